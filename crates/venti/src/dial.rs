@@ -1,0 +1,92 @@
+//! Addresses in Plan 9 dial form (`tcp!host!port`, `net!host!venti`) or the
+//! usual `host:port`, turned into something `ToSocketAddrs` accepts.
+
+/// The conventional venti port.
+pub const DEFAULT_PORT: u16 = 17034;
+
+/// Why an address could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad address {0:?}: use tcp!HOST!PORT or HOST:PORT")]
+pub struct BadAddress(pub String);
+
+/// Turns a dial string into `host:port`. A missing port or the service name
+/// `venti` means 17034; the host `*` means every interface.
+pub fn parse(addr: &str) -> Result<String, BadAddress> {
+    let bad = || BadAddress(addr.to_string());
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(bad());
+    }
+    let (host, port) = if addr.contains('!') {
+        let parts: Vec<&str> = addr.split('!').collect();
+        match parts.as_slice() {
+            [net, host] if is_net(net) => (*host, None),
+            [net, host, port] if is_net(net) => (*host, Some(*port)),
+            [host, port] if !is_net(host) => (*host, Some(*port)),
+            _ => return Err(bad()),
+        }
+    } else if let Some(rest) = addr.strip_prefix('[') {
+        // [v6]:port or [v6]
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+        };
+        return Ok(format!("[{host}]:{}", port_number(port).ok_or_else(bad)?));
+    } else if addr.matches(':').count() == 1 {
+        let (host, port) = addr.split_once(':').expect("one colon");
+        (host, Some(port))
+    } else if addr.contains(':') {
+        // A bare IPv6 address.
+        return Ok(format!("[{addr}]:{DEFAULT_PORT}"));
+    } else {
+        (addr, None)
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let host = if host == "*" { "0.0.0.0" } else { host };
+    let port = port_number(port).ok_or_else(bad)?;
+    if host.contains(':') {
+        Ok(format!("[{host}]:{port}"))
+    } else {
+        Ok(format!("{host}:{port}"))
+    }
+}
+
+fn is_net(word: &str) -> bool {
+    matches!(word, "tcp" | "net")
+}
+
+fn port_number(port: Option<&str>) -> Option<u16> {
+    match port {
+        None | Some("venti") => Some(DEFAULT_PORT),
+        Some(p) => p.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn plan9_and_unix_forms() {
+        assert_eq!(parse("tcp!127.0.0.1!17034").unwrap(), "127.0.0.1:17034");
+        assert_eq!(parse("tcp!example.org!venti").unwrap(), "example.org:17034");
+        assert_eq!(parse("net!example.org").unwrap(), "example.org:17034");
+        assert_eq!(parse("tcp!*!9999").unwrap(), "0.0.0.0:9999");
+        assert_eq!(parse("example.org!123").unwrap(), "example.org:123");
+        assert_eq!(parse("localhost:80").unwrap(), "localhost:80");
+        assert_eq!(parse("localhost").unwrap(), "localhost:17034");
+        assert_eq!(parse("[::1]:5").unwrap(), "[::1]:5");
+        assert_eq!(parse("::1").unwrap(), "[::1]:17034");
+        assert_eq!(parse("tcp!::1!7").unwrap(), "[::1]:7");
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        for bad in ["", "tcp!", "tcp!host!port!x", "host:notaport", "udp!a!b!c", "tcp!h!99999", "[::1"] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

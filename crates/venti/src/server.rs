@@ -1,0 +1,202 @@
+//! The venti server: one task per connection, requests handled in order, replies
+//! batched into as few writes as the client's pipelining allows.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::conn::{self, Version, WireError};
+use crate::message::DecodeError;
+use crate::{BlockStore, BlockType, Message, StoreError};
+
+/// How long shutdown waits for connections to finish their current request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Comment sent in our version line.
+const COMMENT: &str = "colony";
+
+/// Serves `store` on `listener` until `shutdown` resolves, then stops accepting,
+/// ends the sessions and syncs the store.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn BlockStore>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StoreError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    sessions.spawn(run_session(socket, peer, store.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a venti connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    tracing::info!(sessions = sessions.len(), "venti server shutting down");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        sessions.abort_all();
+    }
+    let syncing = store.clone();
+    tokio::task::spawn_blocking(move || syncing.sync())
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Failed(format!("sync task failed: {e}"))))
+}
+
+async fn run_session(socket: TcpStream, peer: SocketAddr, store: Arc<dyn BlockStore>, stop: watch::Receiver<bool>) {
+    tracing::debug!(%peer, "venti connection");
+    match session(socket, store, stop).await {
+        Ok(()) => tracing::debug!(%peer, "venti connection closed"),
+        Err(e) => tracing::info!(%peer, error = %e, "venti connection ended"),
+    }
+}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("first message was not a valid Thello: {0}")]
+    BadHello(String),
+}
+
+impl From<std::io::Error> for SessionError {
+    fn from(e: std::io::Error) -> Self {
+        SessionError::Wire(WireError::Io(e))
+    }
+}
+
+async fn session(socket: TcpStream, store: Arc<dyn BlockStore>, mut stop: watch::Receiver<bool>) -> Result<(), SessionError> {
+    let (r, w) = socket.into_split();
+    let mut r = BufReader::with_capacity(256 << 10, r);
+    let mut w = BufWriter::with_capacity(256 << 10, w);
+
+    // Both sides speak first (§4.2).
+    conn::write_version_line(&mut w, COMMENT).await?;
+    let line = conn::read_version_line(&mut r).await?;
+    let version = conn::negotiate(&line)?;
+
+    // Hello must come first, with tag 0 and the negotiated version; otherwise
+    // close without a reply, as plan9port does (§4.5).
+    let body = conn::read_frame(&mut r, version).await?.ok_or_else(|| SessionError::BadHello("connection closed".into()))?;
+    match Message::decode(&body) {
+        Ok(Message::Thello { tag: 0, version: v, .. }) if v == version.as_str() => {}
+        Ok(other) => return Err(SessionError::BadHello(format!("{other:?}").chars().take(120).collect())),
+        Err(e) => return Err(SessionError::BadHello(e.to_string())),
+    }
+    let mut out = Vec::with_capacity(64 << 10);
+    let hello = Message::Rhello { tag: 0, sid: "anonymous".into(), rcrypto: 0, rcodec: 0 };
+    send(&mut w, &mut out, version, &hello).await?;
+    w.flush().await?;
+
+    loop {
+        let frame = tokio::select! {
+            frame = conn::read_frame(&mut r, version) => frame,
+            _ = stop.changed() => return Ok(()),
+        };
+        let body = match frame {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(()),
+            Err(e @ (WireError::TooLarge(_) | WireError::EmptyFrame)) => {
+                // The framing can no longer be trusted: say why, then close.
+                let reply = Message::Rerror { tag: 0, error: format!("bad packet: {e}") };
+                send(&mut w, &mut out, version, &reply).await?;
+                w.flush().await?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let reply = match Message::decode(&body) {
+            Ok(Message::Tgoodbye { .. }) => {
+                w.flush().await?;
+                return Ok(());
+            }
+            Ok(request) => handle(request, &store).await,
+            Err(e @ DecodeError::UnknownType { .. }) => {
+                Message::Rerror { tag: e.tag().unwrap_or(0), error: "unknown request".into() }
+            }
+            Err(e) => Message::Rerror { tag: e.tag().unwrap_or(0), error: format!("bad packet: {e}") },
+        };
+        send(&mut w, &mut out, version, &reply).await?;
+        // Batch replies while the client has more requests queued.
+        if r.buffer().is_empty() {
+            w.flush().await?;
+        }
+    }
+}
+
+async fn send(w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, out: &mut Vec<u8>, version: Version, m: &Message) -> Result<(), SessionError> {
+    out.clear();
+    conn::encode_frame(out, version, m)?;
+    w.write_all(out).await?;
+    Ok(())
+}
+
+/// Answers one request (anything but Thello-first and Tgoodbye).
+async fn handle(request: Message, store: &Arc<dyn BlockStore>) -> Message {
+    let error = |tag, error: String| Message::Rerror { tag, error };
+    match request {
+        Message::Tping { tag } => Message::Rping { tag },
+        Message::Tread { tag, score, wire_type, count } => {
+            let Some(ty) = BlockType::from_wire(wire_type) else {
+                return error(tag, format!("invalid block type {wire_type}"));
+            };
+            match store.read(&score, ty) {
+                Ok(Some(data)) if data.len() > count as usize => {
+                    error(tag, format!("read too small: asked for {count} need at least {}", data.len()))
+                }
+                Ok(Some(data)) => Message::Rread { tag, data },
+                Ok(None) => error(tag, format!("no block with score {score}/{ty} exists")),
+                Err(e) => {
+                    tracing::error!(error = %e, "venti read failed");
+                    error(tag, e.to_string())
+                }
+            }
+        }
+        Message::Twrite { tag, wire_type, data } => {
+            let Some(ty) = BlockType::from_wire(wire_type) else {
+                return error(tag, format!("invalid block type {wire_type}"));
+            };
+            match store.write(ty, &data) {
+                Ok(score) => Message::Rwrite { tag, score },
+                Err(e @ StoreError::TooLarge(_)) => error(tag, e.to_string()),
+                Err(e) => {
+                    tracing::error!(error = %e, "venti write failed");
+                    error(tag, e.to_string())
+                }
+            }
+        }
+        Message::Tsync { tag } => {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.sync()).await {
+                Ok(Ok(())) => Message::Rsync { tag },
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "venti sync failed");
+                    error(tag, e.to_string())
+                }
+                Err(e) => error(tag, format!("sync failed: {e}")),
+            }
+        }
+        // A second Thello, replies sent as requests, …: plan9port's wording.
+        other => error(other.tag(), "unknown request".into()),
+    }
+}

@@ -1,0 +1,505 @@
+//! The durable store: an append-only log of checksummed records (see
+//! [`super::record`]) plus an on-disk index (redb) from (score, wire type) to the
+//! record's offset.
+//!
+//! Layout of a store directory:
+//!
+//! * `log` — a 64-byte file header, then records, appended only.
+//! * `index.redb` — the index, and `indexed_end`: the log offset up to which
+//!   every record is in the index.
+//! * `LOCK` — held with `flock` so two processes never share a store.
+//!
+//! Ordering rules that make crashes safe:
+//!
+//! * Records are buffered in memory and written in large chunks; `sync` writes
+//!   the buffer and `fdatasync`s the log before it returns.
+//! * The index is a cache of the log. New entries wait in memory and are
+//!   committed in batches, and only after the log is synced, so the index never
+//!   points past durable data. A clean close commits everything, so a clean
+//!   restart scans nothing; after a crash only the records past `indexed_end`
+//!   (at most one batch) are scanned, and a torn tail is cut off.
+//!
+//! Memory is bounded: the pending batch, the write buffer and redb's page cache
+//! all have fixed limits, whatever the size of the store.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::record::{self, HEADER_LEN};
+use super::{BlockStore, MAX_BLOCK_SIZE, StoreError};
+use crate::{BlockType, Score};
+
+const LOG_HEADER: &[u8] = b"colony venti log v1\n";
+const LOG_HEADER_LEN: u64 = 64;
+
+/// Key: score then wire type.
+type Key = [u8; 21];
+/// (score ‖ wire type) → (record offset, data length).
+const INDEX: TableDefinition<&Key, (u64, u32)> = TableDefinition::new("blocks");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const INDEXED_END: &str = "indexed_end";
+
+/// Write the buffer to the file once it holds this much.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Commit the index after this many new blocks …
+const INDEX_BATCH_BLOCKS: usize = 64 * 1024;
+/// … or this many new log bytes, whichever comes first.
+const INDEX_BATCH_BYTES: u64 = 256 << 20;
+/// redb's page cache.
+const INDEX_CACHE: usize = 64 << 20;
+
+/// What opening the store found in the log past the index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Records found past `indexed_end` and added to the index.
+    pub records_recovered: u64,
+    /// Where a torn or corrupt tail began, if one was cut.
+    pub cut_at: Option<u64>,
+    /// How many bytes were cut there.
+    pub bytes_cut: u64,
+    /// The index was unusable (ahead of the log) and was rebuilt from the log.
+    pub index_rebuilt: bool,
+}
+
+/// Where a record lives.
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    offset: u64,
+    len: u32,
+}
+
+/// State changed by writers, behind one lock.
+struct Writer {
+    file: File,
+    /// Records not yet written to the file; they start at `buf_start`.
+    buf: Vec<u8>,
+    buf_start: u64,
+    /// Offset just past the last record (`buf_start + buf.len()`).
+    end: u64,
+    /// Entries not yet committed to the index.
+    pending: HashMap<Key, Location>,
+    indexed_end: u64,
+    /// Set when the index could not be committed; the store then refuses writes
+    /// rather than risk an index that disagrees with the log.
+    failed: Option<String>,
+}
+
+/// The durable log-structured block store.
+pub struct LogStore {
+    dir: PathBuf,
+    writer: Mutex<Writer>,
+    /// A second handle for positioned reads that need no lock.
+    reader: File,
+    index: Database,
+    recovery: Recovery,
+    _lock: File,
+}
+
+fn key(score: &Score, wire_type: u8) -> Key {
+    let mut k = [0u8; 21];
+    k[..20].copy_from_slice(&score.0);
+    k[20] = wire_type;
+    k
+}
+
+impl LogStore {
+    /// Opens the store in `dir`, creating it if needed, and recovers from a crash
+    /// if the last run did not close cleanly.
+    pub fn open(dir: impl AsRef<Path>) -> Result<LogStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("creating store directory {}", dir.display()), e))?;
+        let lock = lock_dir(&dir)?;
+        let log_path = dir.join("log");
+        let (file, created) = open_log(&log_path)?;
+        if created {
+            sync_dir(&dir)?;
+        }
+        let reader = File::open(&log_path)
+            .map_err(|e| StoreError::io(format!("opening {}", log_path.display()), e))?;
+
+        let index_path = dir.join("index.redb");
+        let index_err = |e: &dyn std::fmt::Display| StoreError::Index { path: index_path.clone(), detail: e.to_string() };
+        let index = Database::builder()
+            .set_cache_size(INDEX_CACHE)
+            .create(&index_path)
+            .map_err(|e| index_err(&e))?;
+
+        let mut store = LogStore {
+            dir,
+            writer: Mutex::new(Writer {
+                file,
+                buf: Vec::with_capacity(WRITE_BUFFER + MAX_BLOCK_SIZE + HEADER_LEN),
+                buf_start: 0,
+                end: 0,
+                pending: HashMap::new(),
+                indexed_end: LOG_HEADER_LEN,
+                failed: None,
+            }),
+            reader,
+            index,
+            recovery: Recovery::default(),
+            _lock: lock,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// What opening found; see [`Recovery`].
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log's path (tests flip bytes in it).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+
+    /// Commits everything to the index and syncs, so the next open scans nothing.
+    pub fn close(self) -> Result<(), StoreError> {
+        let mut w = self.lock_writer();
+        self.commit_index(&mut w)
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the lock leaves consistent state: every change
+        // to Writer is made after the I/O it depends on succeeds.
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn index_error(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Index { path: self.dir.join("index.redb"), detail: e.to_string() }
+    }
+
+    /// Brings the index up to the end of the log, cutting a torn tail.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let log_len = {
+            let w = self.lock_writer();
+            w.file.metadata().map_err(|e| StoreError::io("reading log size", e))?.len()
+        };
+        let txn = self.index.begin_write().map_err(|e| self.index_error(e))?;
+        let mut indexed_end = {
+            let meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
+            txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+            let stored = meta.get(INDEXED_END).map_err(|e| self.index_error(e))?.map(|v| v.value());
+            stored.unwrap_or(LOG_HEADER_LEN)
+        };
+        if indexed_end > log_len || indexed_end < LOG_HEADER_LEN {
+            tracing::warn!(
+                store = %self.dir.display(),
+                indexed_end,
+                log_len,
+                "the index points past the end of the log; rebuilding it from the log"
+            );
+            txn.delete_table(INDEX).map_err(|e| self.index_error(e))?;
+            txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+            indexed_end = LOG_HEADER_LEN;
+            self.recovery.index_rebuilt = true;
+        }
+
+        let (entries, valid_end) = scan_log(&self.reader, indexed_end, log_len)
+            .map_err(|e| StoreError::io(format!("scanning {}", self.log_path().display()), e))?;
+        if valid_end < log_len {
+            tracing::warn!(
+                store = %self.dir.display(),
+                offset = valid_end,
+                bytes = log_len - valid_end,
+                "torn or corrupt tail found in the venti log; cutting it off"
+            );
+            {
+                let w = self.lock_writer();
+                w.file.set_len(valid_end).map_err(|e| StoreError::io("cutting torn log tail", e))?;
+                w.file.sync_all().map_err(|e| StoreError::io("syncing log", e))?;
+            }
+            self.recovery.cut_at = Some(valid_end);
+            self.recovery.bytes_cut = log_len - valid_end;
+        }
+        if !entries.is_empty() {
+            tracing::info!(store = %self.dir.display(), records = entries.len(), "recovered records from the log tail");
+        }
+        self.recovery.records_recovered = entries.len() as u64;
+        {
+            let mut table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+            for (k, loc) in &entries {
+                table.insert(k, (loc.offset, loc.len)).map_err(|e| self.index_error(e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
+            meta.insert(INDEXED_END, valid_end).map_err(|e| self.index_error(e))?;
+        }
+        txn.commit().map_err(|e| self.index_error(e))?;
+
+        let mut w = self.lock_writer();
+        w.buf_start = valid_end;
+        w.end = valid_end;
+        w.indexed_end = valid_end;
+        Ok(())
+    }
+
+    /// Writes the buffered records to the file. On failure (a full disk, say)
+    /// the partial write is cut off and the records stay buffered.
+    fn flush_buffer(&self, w: &mut Writer) -> Result<(), StoreError> {
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = w.file.write_all_at(&w.buf, w.buf_start) {
+            let _ = w.file.set_len(w.buf_start);
+            return Err(StoreError::io(format!("writing {}", self.log_path().display()), e));
+        }
+        w.buf_start += w.buf.len() as u64;
+        w.buf.clear();
+        Ok(())
+    }
+
+    fn sync_log(&self, w: &mut Writer) -> Result<(), StoreError> {
+        self.flush_buffer(w)?;
+        w.file.sync_data().map_err(|e| StoreError::io(format!("syncing {}", self.log_path().display()), e))
+    }
+
+    /// Moves the pending entries into the index, after syncing the log so the
+    /// index never names a record that a crash could lose.
+    fn commit_index(&self, w: &mut Writer) -> Result<(), StoreError> {
+        self.sync_log(w)?;
+        if w.indexed_end == w.end {
+            return Ok(());
+        }
+        let result = (|| {
+            let mut entries: Vec<_> = w.pending.iter().collect();
+            entries.sort_unstable_by_key(|(k, _)| **k);
+            let txn = self.index.begin_write().map_err(|e| self.index_error(e))?;
+            {
+                let mut table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+                for (k, loc) in entries {
+                    table.insert(k, (loc.offset, loc.len)).map_err(|e| self.index_error(e))?;
+                }
+                let mut meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
+                meta.insert(INDEXED_END, w.end).map_err(|e| self.index_error(e))?;
+            }
+            txn.commit().map_err(|e| self.index_error(e))
+        })();
+        match result {
+            Ok(()) => {
+                w.pending.clear();
+                w.indexed_end = w.end;
+                Ok(())
+            }
+            Err(e) => {
+                w.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn indexed_location(&self, k: &Key) -> Result<Option<Location>, StoreError> {
+        let txn = self.index.begin_read().map_err(|e| self.index_error(e))?;
+        let table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+        let found = table.get(k).map_err(|e| self.index_error(e))?;
+        Ok(found.map(|v| {
+            let (offset, len) = v.value();
+            Location { offset, len }
+        }))
+    }
+
+    /// Reads and verifies the record at `loc`, which the index says holds `score`.
+    fn read_record(&self, score: &Score, ty: BlockType, loc: Location) -> Result<Vec<u8>, StoreError> {
+        let corrupt = |detail: &str| StoreError::Corrupt { score: *score, ty, offset: loc.offset, detail: detail.into() };
+        let mut rec = vec![0u8; HEADER_LEN + loc.len as usize];
+        match self.reader.read_exact_at(&mut rec, loc.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(corrupt("record runs past the end of the log")),
+            Err(e) => return Err(StoreError::io(format!("reading {}", self.log_path().display()), e)),
+        }
+        let head: [u8; HEADER_LEN] = rec[..HEADER_LEN].try_into().expect("header length");
+        let header = record::parse_header(&head).map_err(corrupt)?;
+        let data = &rec[HEADER_LEN..];
+        if header.score != *score || header.wire_type != ty.to_wire() || header.len != loc.len as usize {
+            return Err(corrupt("record header does not match the index"));
+        }
+        if !record::crc_matches(&head, &header, data) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        if Score::of(data) != *score {
+            return Err(corrupt("data does not hash to its score"));
+        }
+        rec.drain(..HEADER_LEN);
+        Ok(rec)
+    }
+}
+
+impl BlockStore for LogStore {
+    fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+        if score.is_zero() {
+            return Ok(Some(Vec::new()));
+        }
+        let k = key(score, ty.to_wire());
+        let pending = {
+            let w = self.lock_writer();
+            match w.pending.get(&k) {
+                Some(loc) if loc.offset >= w.buf_start => {
+                    let start = (loc.offset - w.buf_start) as usize + HEADER_LEN;
+                    return Ok(Some(w.buf[start..start + loc.len as usize].to_vec()));
+                }
+                other => other.copied(),
+            }
+        };
+        // The index is committed before pending entries are dropped, so an
+        // entry is always in one place or the other.
+        let loc = match pending {
+            Some(loc) => Some(loc),
+            None => self.indexed_location(&k)?,
+        };
+        loc.map(|loc| self.read_record(score, ty, loc)).transpose()
+    }
+
+    fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(StoreError::TooLarge(data.len()));
+        }
+        if data.is_empty() {
+            return Ok(Score::ZERO);
+        }
+        let score = Score::of(data);
+        let wire = ty.to_wire();
+        let k = key(&score, wire);
+        let mut w = self.lock_writer();
+        if let Some(why) = &w.failed {
+            return Err(StoreError::Failed(why.clone()));
+        }
+        if w.pending.contains_key(&k) || self.indexed_location(&k)?.is_some() {
+            return Ok(score);
+        }
+        if w.buf.len() >= WRITE_BUFFER {
+            self.flush_buffer(&mut w)?;
+        }
+        let offset = w.end;
+        record::append(&mut w.buf, wire, &score, data);
+        w.end += (HEADER_LEN + data.len()) as u64;
+        w.pending.insert(k, Location { offset, len: data.len() as u32 });
+        if w.pending.len() >= INDEX_BATCH_BLOCKS || w.end - w.indexed_end >= INDEX_BATCH_BYTES {
+            // The block is in the buffer and readable; a failed commit marks
+            // the store failed and the next write reports it.
+            if let Err(e) = self.commit_index(&mut w) {
+                tracing::error!(error = %e, "committing the venti index failed");
+            }
+        }
+        Ok(score)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let mut w = self.lock_writer();
+        self.sync_log(&mut w)
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        let mut w = self.lock_writer();
+        if w.failed.is_none() && w.indexed_end != w.end {
+            if let Err(e) = self.commit_index(&mut w) {
+                tracing::error!(error = %e, store = %self.dir.display(), "closing the venti store");
+            }
+        }
+    }
+}
+
+fn open_log(path: &Path) -> Result<(File, bool), StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+    let len = file.metadata().map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?.len();
+    if len == 0 {
+        let mut header = LOG_HEADER.to_vec();
+        header.resize(LOG_HEADER_LEN as usize, 0);
+        file.write_all_at(&header, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StoreError::io(format!("initialising {}", path.display()), e))?;
+        return Ok((file, true));
+    }
+    let mut header = vec![0u8; LOG_HEADER_LEN as usize];
+    if len < LOG_HEADER_LEN || file.read_exact_at(&mut header, 0).is_err() || !header.starts_with(LOG_HEADER) {
+        return Err(StoreError::NotAStore(path.to_path_buf(), "the log has no colony header".into()));
+    }
+    Ok((file, false))
+}
+
+/// Takes an exclusive `flock` on `dir/LOCK`.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            return Err(StoreError::Busy(dir.to_path_buf()));
+        }
+        return Err(StoreError::io(format!("locking {}", path.display()), err));
+    }
+    Ok(file)
+}
+
+/// Makes a newly created file's directory entry durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Reads records from `from` to `len`, stopping at the first that is torn or
+/// corrupt. Returns the records' index entries and the offset where the valid
+/// log ends.
+fn scan_log(file: &File, from: u64, len: u64) -> io::Result<(HashMap<Key, Location>, u64)> {
+    let mut entries = HashMap::new();
+    let mut reader = BufReader::with_capacity(1 << 20, ReadAt { file, pos: from });
+    let mut offset = from;
+    let mut head = [0u8; HEADER_LEN];
+    let mut data = vec![0u8; MAX_BLOCK_SIZE];
+    while offset + HEADER_LEN as u64 <= len {
+        reader.read_exact(&mut head)?;
+        let Ok(header) = record::parse_header(&head) else { break };
+        if header.len > MAX_BLOCK_SIZE || offset + (HEADER_LEN + header.len) as u64 > len {
+            break;
+        }
+        reader.read_exact(&mut data[..header.len])?;
+        if !record::crc_matches(&head, &header, &data[..header.len]) {
+            break;
+        }
+        entries.insert(key(&header.score, header.wire_type), Location { offset, len: header.len as u32 });
+        offset += (HEADER_LEN + header.len) as u64;
+    }
+    Ok((entries, offset))
+}
+
+/// Sequential reads through positioned reads, so the scan needs no seek state.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,73 @@
+//! Block stores: where a venti server keeps its blocks. [`BlockStore`] is the
+//! small interface the server (and, later, the embedded default of the other
+//! layers) needs; [`LogStore`] is the durable one, [`MemoryStore`] is for tests.
+
+mod log;
+mod memory;
+mod record;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use log::{LogStore, Recovery};
+pub use memory::MemoryStore;
+
+use crate::{BlockType, Score};
+
+/// The largest block a store accepts (plan9port's `VtMaxLumpSize`, 56 KiB).
+pub const MAX_BLOCK_SIZE: usize = 56 * 1024;
+
+/// Blocks keyed by (score, type). The type is logical; stores key by its wire
+/// number, so a pointer block written as a data pointer reads back as a
+/// directory pointer of the same depth, as in plan9port.
+pub trait BlockStore: Send + Sync {
+    /// The block's stored bytes, or `None` if it is not here. Both zero scores
+    /// name the empty block, which every store has.
+    fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores `data` exactly as given (callers zero-truncate) and returns its
+    /// score. A block already stored is not stored again. Empty data stores
+    /// nothing and returns [`Score::ZERO`].
+    fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError>;
+
+    /// Returns once every earlier write is on stable storage.
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+impl<T: BlockStore + ?Sized> BlockStore for Arc<T> {
+    fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).read(score, ty)
+    }
+    fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+        (**self).write(ty, data)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        (**self).sync()
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("lump too large: block of {0} bytes exceeds the limit of {MAX_BLOCK_SIZE}")]
+    TooLarge(usize),
+    #[error("block {score}/{ty} is corrupt at log offset {offset}: {detail}")]
+    Corrupt { score: Score, ty: BlockType, offset: u64, detail: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("venti index {path}: {detail}")]
+    Index { path: PathBuf, detail: String },
+    #[error("store {0} is in use by another process")]
+    Busy(PathBuf),
+    #[error("{0} is not a colony venti store: {1}")]
+    NotAStore(PathBuf, String),
+    #[error("store is read-only after an earlier failure: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> StoreError {
+        StoreError::Io { context: context.into(), source }
+    }
+}
