@@ -31,7 +31,12 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Venti { blocks, reopen_blocks, dir, window } => bench_venti(blocks, reopen_blocks, dir, window),
+        BenchCommand::Venti {
+            blocks,
+            reopen_blocks,
+            dir,
+            window,
+        } => bench_venti(blocks, reopen_blocks, dir, window),
     }
 }
 
@@ -78,10 +83,15 @@ fn report(name: &str, blocks: usize, bytes_per_block: usize, elapsed: Duration) 
 
 fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usize) -> Result<()> {
     let scratch = match &dir {
-        Some(d) => tempfile::Builder::new().prefix("colony-bench-").tempdir_in(d)?,
+        Some(d) => tempfile::Builder::new()
+            .prefix("colony-bench-")
+            .tempdir_in(d)?,
         None => tempfile::Builder::new().prefix("colony-bench-").tempdir()?,
     };
-    println!("venti benchmark: {n} blocks of {BLOCK} bytes per phase, scratch in {}", scratch.path().display());
+    println!(
+        "venti benchmark: {n} blocks of {BLOCK} bytes per phase, scratch in {}",
+        scratch.path().display()
+    );
 
     // In-process.
     let store = LogStore::open(scratch.path().join("inproc"))?;
@@ -94,8 +104,18 @@ fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usi
     }
     let before_sync = t.elapsed();
     store.sync()?;
-    report("in-process ingest, new blocks (+sync)", n, BLOCK, t.elapsed());
-    println!("{:<44} {:.2} s writing, {:.2} s in the final sync", "", before_sync.as_secs_f64(), (t.elapsed() - before_sync).as_secs_f64());
+    report(
+        "in-process ingest, new blocks (+sync)",
+        n,
+        BLOCK,
+        t.elapsed(),
+    );
+    println!(
+        "{:<44} {:.2} s writing, {:.2} s in the final sync",
+        "",
+        before_sync.as_secs_f64(),
+        (t.elapsed() - before_sync).as_secs_f64()
+    );
 
     let t = Instant::now();
     for b in &blocks {
@@ -105,7 +125,9 @@ fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usi
 
     let t = Instant::now();
     for s in &scores {
-        let data = store.read(s, BlockType::DATA)?.context("a written block is missing")?;
+        let data = store
+            .read(s, BlockType::DATA)?
+            .context("a written block is missing")?;
         std::hint::black_box(data);
     }
     report("in-process reads (verified)", n, BLOCK, t.elapsed());
@@ -127,7 +149,12 @@ fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usi
         let t = Instant::now();
         let scores = write_pipelined(&client, Arc::new(Blocks::new(2)), 0..n, window).await?;
         client.sync().await?;
-        report("loopback writes, 1 pipelined client (+sync)", n, BLOCK, t.elapsed());
+        report(
+            "loopback writes, 1 pipelined client (+sync)",
+            n,
+            BLOCK,
+            t.elapsed(),
+        );
 
         let t = Instant::now();
         read_pipelined(&client, scores, window).await?;
@@ -151,7 +178,12 @@ fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usi
         while let Some(done) = tasks.join_next().await {
             done??;
         }
-        report("loopback writes, 8 pipelined clients (+sync)", per * clients, BLOCK, t.elapsed());
+        report(
+            "loopback writes, 8 pipelined clients (+sync)",
+            per * clients,
+            BLOCK,
+            t.elapsed(),
+        );
 
         let _ = stop_tx.send(());
         server.await??;
@@ -169,23 +201,38 @@ fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usi
             store.write(BlockType::DATA, &small)?;
         }
         store.close()?;
-        report("filling a store with small blocks (64 B)", reopen_blocks, 64, t.elapsed());
+        report(
+            "filling a store with small blocks (64 B)",
+            reopen_blocks,
+            64,
+            t.elapsed(),
+        );
         let t = Instant::now();
         let store = LogStore::open(&path)?;
         let opened = t.elapsed();
-        println!("reopen a store of {reopen_blocks} blocks: {:.1} ms", opened.as_secs_f64() * 1e3);
+        println!(
+            "reopen a store of {reopen_blocks} blocks: {:.1} ms",
+            opened.as_secs_f64() * 1e3
+        );
         let probe = {
             let mut small = [0u8; 64];
             small[..8].copy_from_slice(&((reopen_blocks / 2) as u64).to_be_bytes());
             small[63] = 1;
             Score::of(&small)
         };
-        store.read(&probe, BlockType::DATA)?.context("a block is missing after reopen")?;
+        store
+            .read(&probe, BlockType::DATA)?
+            .context("a block is missing after reopen")?;
     }
     Ok(())
 }
 
-async fn write_pipelined(client: &Client, blockgen: Arc<Blocks>, range: std::ops::Range<usize>, window: usize) -> Result<Vec<Score>> {
+async fn write_pipelined(
+    client: &Client,
+    blockgen: Arc<Blocks>,
+    range: std::ops::Range<usize>,
+    window: usize,
+) -> Result<Vec<Score>> {
     let mut tasks = JoinSet::new();
     let mut scores = Vec::with_capacity(range.len());
     for i in range {

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "colony", version, about = "Spawn and save snapshotted root file systems from a venti block store")]
+#[command(
+    name = "colony",
+    version,
+    about = "Spawn and save snapshotted root file systems from a venti block store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

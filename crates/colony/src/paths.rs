@@ -13,6 +13,8 @@ pub fn default_store_dir() -> Result<PathBuf> {
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(data).join("colony/store"));
     }
-    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context("cannot find the default store: set COLONY_STORE or HOME")?;
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("cannot find the default store: set COLONY_STORE or HOME")?;
     Ok(PathBuf::from(home).join(".local/share/colony/store"))
 }

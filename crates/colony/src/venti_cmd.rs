@@ -76,7 +76,11 @@ pub fn run(cmd: VentiCommand) -> Result<()> {
     runtime.block_on(async move {
         match cmd {
             VentiCommand::Serve { listen, store } => serve(&listen, store).await,
-            VentiCommand::Write { server, ty, truncate } => write(&server, ty, truncate).await,
+            VentiCommand::Write {
+                server,
+                ty,
+                truncate,
+            } => write(&server, ty, truncate).await,
             VentiCommand::Read { server, ty, score } => read(&server, ty, &score).await,
             VentiCommand::Sync { server } => Ok(server.connect().await?.sync().await?),
         }
@@ -99,7 +103,9 @@ async fn serve(listen: &str, store: Option<PathBuf>) -> Result<()> {
     })
     .await??;
     let store: Arc<dyn BlockStore> = Arc::new(opened);
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, store = %dir.display(), "venti server ready");
     // One line on stdout so scripts and tests learn the port.

@@ -26,13 +26,23 @@ impl Server {
             .spawn()
             .expect("start colony venti serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
         Server { child, addr }
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {sig}");
     }
 
@@ -72,20 +82,48 @@ fn write_read_and_sync_from_the_command_line() {
     let h = server.addr.as_str();
 
     let out = colony(&["venti", "write", "-h", h], b"hello world");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed\n"
+    );
 
     // -z truncates for the type before hashing (the spec's vector).
     let out = colony(&["venti", "write", "-z", "-h", h], b"abc\0\0\0");
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), "a9993e364706816aba3e25717850c26c9cd0d89d\n");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "a9993e364706816aba3e25717850c26c9cd0d89d\n"
+    );
     let out = colony(&["venti", "write", "-t", "8", "-h", h], b"dir block");
     let dir_score = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
-    let out = colony(&["venti", "read", "-h", h, "-t", "0", "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed"], b"");
+    let out = colony(
+        &[
+            "venti",
+            "read",
+            "-h",
+            h,
+            "-t",
+            "0",
+            "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed",
+        ],
+        b"",
+    );
     assert_eq!(out.stdout, b"hello world");
     // Without -t every type is tried; a label prefix is accepted.
-    let out = colony(&["venti", "read", "-h", h, &format!("vac:{dir_score}")], b"");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = colony(
+        &["venti", "read", "-h", h, &format!("vac:{dir_score}")],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"dir block");
 
     // The address may come from $venti instead of -h, in Plan 9 dial form.
@@ -95,7 +133,11 @@ fn write_read_and_sync_from_the_command_line() {
         .env("venti", format!("tcp!127.0.0.1!{port}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Failures: non-zero exit, the reason on stderr, nothing on stdout.
     let missing = "6f8f2141577ba09cd814316ef160871cc2dcadcc";
@@ -103,7 +145,10 @@ fn write_read_and_sync_from_the_command_line() {
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains(&format!("no block with score {missing}/0 exists")), "{err}");
+    assert!(
+        err.contains(&format!("no block with score {missing}/0 exists")),
+        "{err}"
+    );
 
     let out = colony(&["venti", "read", "-h", h, "xyz"], b"");
     assert!(!out.status.success());
@@ -111,7 +156,10 @@ fn write_read_and_sync_from_the_command_line() {
 
     let out = colony(&["venti", "write", "-h", h], &vec![b'x'; 60000]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lump too large") || String::from_utf8_lossy(&out.stderr).contains("larger than the limit"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lump too large")
+            || String::from_utf8_lossy(&out.stderr).contains("larger than the limit")
+    );
 
     let out = colony(&["venti", "write"], b"x");
     assert!(!out.status.success());
@@ -122,7 +170,10 @@ fn write_read_and_sync_from_the_command_line() {
 fn sigterm_syncs_and_the_next_start_scans_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let out = colony(&["venti", "write", "-h", &server.addr], b"survives shutdown");
+    let out = colony(
+        &["venti", "write", "-h", &server.addr],
+        b"survives shutdown",
+    );
     assert!(out.status.success());
     server.signal("-TERM");
     let (ok, stderr) = server.wait();
@@ -131,7 +182,13 @@ fn sigterm_syncs_and_the_next_start_scans_nothing() {
 
     let store = LogStore::open(dir.path()).unwrap();
     assert_eq!(store.recovery(), &venti::store::Recovery::default());
-    assert_eq!(store.read(&Score::of(b"survives shutdown"), BlockType::DATA).unwrap().unwrap(), b"survives shutdown");
+    assert_eq!(
+        store
+            .read(&Score::of(b"survives shutdown"), BlockType::DATA)
+            .unwrap()
+            .unwrap(),
+        b"survives shutdown"
+    );
 }
 
 fn crash_block(i: u64) -> Vec<u8> {
@@ -177,7 +234,9 @@ fn sigkill_mid_write_loses_no_synced_block() {
                     let batch: Vec<_> = (j..j + 64)
                         .map(|k| {
                             let c = c.clone();
-                            tokio::spawn(async move { c.write(BlockType::DATA, crash_block(k)).await })
+                            tokio::spawn(
+                                async move { c.write(BlockType::DATA, crash_block(k)).await },
+                            )
                         })
                         .collect();
                     for t in batch {
@@ -192,14 +251,21 @@ fn sigkill_mid_write_loses_no_synced_block() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         server.signal("-KILL");
         let reached = writer.await.unwrap();
-        assert!(reached > 80_000, "the kill should land while unsynced writes are flowing");
+        assert!(
+            reached > 80_000,
+            "the kill should land while unsynced writes are flowing"
+        );
         synced
     });
     drop(server);
 
     let store = LogStore::open(dir.path()).unwrap();
     // The index had committed its first batch; the records after it were found by the scan.
-    assert!(store.recovery().records_recovered > 0, "{:?}", store.recovery());
+    assert!(
+        store.recovery().records_recovered > 0,
+        "{:?}",
+        store.recovery()
+    );
     for i in 0..synced_upto {
         let data = crash_block(i);
         let got = store.read(&Score::of(&data), BlockType::DATA).unwrap();

@@ -36,7 +36,11 @@ impl BlockType {
 
     /// Pointer depth: 0 for leaves and roots.
     pub fn depth(self) -> u8 {
-        if self == BlockType::ROOT { 0 } else { self.0 & Self::DEPTH_MASK }
+        if self == BlockType::ROOT {
+            0
+        } else {
+            self.0 & Self::DEPTH_MASK
+        }
     }
 
     /// True for pointer blocks (depth ≥ 1), whose zero truncation works on 20-byte slots.
@@ -89,7 +93,11 @@ mod tests {
     fn logical_to_wire_spec_11_3() {
         let pairs = [(0, 13), (1, 3), (7, 9), (8, 2), (9, 3), (15, 9), (16, 1)];
         for (logical, wire) in pairs {
-            assert_eq!(BlockType::new(logical).unwrap().to_wire(), wire, "logical {logical}");
+            assert_eq!(
+                BlockType::new(logical).unwrap().to_wire(),
+                wire,
+                "logical {logical}"
+            );
         }
     }
 

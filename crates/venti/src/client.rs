@@ -64,11 +64,18 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` (dial form or `host:port`) and says hello.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
-        let connect_err = |detail: String| ClientError::Connect { addr: addr.to_string(), detail };
+        let connect_err = |detail: String| ClientError::Connect {
+            addr: addr.to_string(),
+            detail,
+        };
         let target = dial::parse(addr).map_err(|e| connect_err(e.to_string()))?;
-        let socket = TcpStream::connect(&target).await.map_err(|e| connect_err(e.to_string()))?;
+        let socket = TcpStream::connect(&target)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
         let _ = socket.set_nodelay(true);
-        Client::handshake(socket, "anonymous").await.map_err(|e| connect_err(e.to_string()))
+        Client::handshake(socket, "anonymous")
+            .await
+            .map_err(|e| connect_err(e.to_string()))
     }
 
     /// Runs the version exchange and hello on an open socket.
@@ -91,20 +98,32 @@ impl Client {
         conn::encode_frame(&mut out, version, &hello)?;
         w.write_all(&out).await?;
         w.flush().await?;
-        let body = conn::read_frame(&mut r, version)
-            .await?
-            .ok_or_else(|| WireError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection during hello")))?;
+        let body = conn::read_frame(&mut r, version).await?.ok_or_else(|| {
+            WireError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "server closed the connection during hello",
+            ))
+        })?;
         match Message::decode(&body) {
             Ok(Message::Rhello { .. }) => {}
             Ok(Message::Rerror { error, .. }) => {
-                return Err(WireError::Io(std::io::Error::other(format!("hello refused: {error}"))));
+                return Err(WireError::Io(std::io::Error::other(format!(
+                    "hello refused: {error}"
+                ))));
             }
-            other => return Err(WireError::Io(std::io::Error::other(format!("unexpected reply to hello: {other:?}")))),
+            other => {
+                return Err(WireError::Io(std::io::Error::other(format!(
+                    "unexpected reply to hello: {other:?}"
+                ))));
+            }
         }
 
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending { slots: (0..256).map(|_| None).collect(), closed: None }),
+            pending: Mutex::new(Pending {
+                slots: (0..256).map(|_| None).collect(),
+                closed: None,
+            }),
             permits: Arc::new(Semaphore::new(256)),
             outgoing: tx,
             version,
@@ -129,7 +148,11 @@ impl Client {
             if let Some(why) = &pending.closed {
                 return Err(ClientError::Closed(why.clone()));
             }
-            let tag = pending.slots.iter().position(Option::is_none).expect("a permit guarantees a free tag");
+            let tag = pending
+                .slots
+                .iter()
+                .position(Option::is_none)
+                .expect("a permit guarantees a free tag");
             pending.slots[tag] = Some((tx, permit));
             tag as u8
         };
@@ -141,24 +164,43 @@ impl Client {
         if self.shared.outgoing.send(frame).is_err() {
             return Err(ClientError::Closed("connection writer stopped".into()));
         }
-        rx.await.unwrap_or_else(|_| Err(ClientError::Closed("connection dropped".into())))
+        rx.await
+            .unwrap_or_else(|_| Err(ClientError::Closed("connection dropped".into())))
     }
 
     /// Reads the block `score` of type `ty`, at most `max` bytes. The reply is
     /// checked against the score. The zero score reads as empty without asking.
-    pub async fn read(&self, score: &Score, ty: BlockType, max: usize) -> Result<Vec<u8>, ClientError> {
+    pub async fn read(
+        &self,
+        score: &Score,
+        ty: BlockType,
+        max: usize,
+    ) -> Result<Vec<u8>, ClientError> {
         if *score == Score::ZERO {
             return Ok(Vec::new());
         }
         let count = max as u32;
-        let reply = self.rpc(|tag| Message::Tread { tag, score: *score, wire_type: ty.to_wire(), count }).await?;
+        let reply = self
+            .rpc(|tag| Message::Tread {
+                tag,
+                score: *score,
+                wire_type: ty.to_wire(),
+                count,
+            })
+            .await?;
         match reply {
             Message::Rread { data, .. } => {
                 if data.len() > max {
-                    return Err(ClientError::Protocol(format!("read asked for {max} got {}", data.len())));
+                    return Err(ClientError::Protocol(format!(
+                        "read asked for {max} got {}",
+                        data.len()
+                    )));
                 }
                 if Score::of(&data) != *score && *score != Score::ALL_ZEROS {
-                    return Err(ClientError::Protocol(format!("read of {score} returned data with score {}", Score::of(&data))));
+                    return Err(ClientError::Protocol(format!(
+                        "read of {score} returned data with score {}",
+                        Score::of(&data)
+                    )));
                 }
                 Ok(data)
             }
@@ -177,11 +219,18 @@ impl Client {
         }
         let expected = Score::of(&data);
         let wire_type = ty.to_wire();
-        match self.rpc(|tag| Message::Twrite { tag, wire_type, data }).await? {
+        match self
+            .rpc(|tag| Message::Twrite {
+                tag,
+                wire_type,
+                data,
+            })
+            .await?
+        {
             Message::Rwrite { score, .. } if score == expected => Ok(score),
-            Message::Rwrite { score, .. } => {
-                Err(ClientError::Protocol(format!("sha1 hash mismatch: sent {expected}, server said {score}")))
-            }
+            Message::Rwrite { score, .. } => Err(ClientError::Protocol(format!(
+                "sha1 hash mismatch: sent {expected}, server said {score}"
+            ))),
             other => Err(unexpected(other)),
         }
     }
@@ -207,7 +256,13 @@ impl Client {
     /// Says goodbye; the server closes the connection without replying.
     pub fn goodbye(self) {
         let mut frame = Vec::new();
-        if conn::encode_frame(&mut frame, self.shared.version, &Message::Tgoodbye { tag: 0 }).is_ok() {
+        if conn::encode_frame(
+            &mut frame,
+            self.shared.version,
+            &Message::Tgoodbye { tag: 0 },
+        )
+        .is_ok()
+        {
             let _ = self.shared.outgoing.send(frame);
         }
     }
@@ -233,7 +288,11 @@ fn close_all(shared: &Shared, why: String) {
     }
 }
 
-async fn write_loop(mut w: BufWriter<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, shared: Arc<Shared>) {
+async fn write_loop(
+    mut w: BufWriter<OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
     while let Some(frame) = rx.recv().await {
         let mut result = w.write_all(&frame).await;
         // Send everything already queued in one go before flushing.
@@ -262,7 +321,8 @@ async fn read_loop(mut r: BufReader<OwnedReadHalf>, shared: Arc<Shared>) {
             Ok(m) => m,
             Err(e) => break format!("undecodable reply: {e}"),
         };
-        let waiter = shared.pending.lock().expect("client tags lock").slots[reply.tag() as usize].take();
+        let waiter =
+            shared.pending.lock().expect("client tags lock").slots[reply.tag() as usize].take();
         match waiter {
             Some((tx, _permit)) => {
                 let reply = match reply {

@@ -3,7 +3,9 @@
 
 use std::io;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
 
 /// A version line may not be this long (it must be shorter).
 const MAX_VERSION_LINE: usize = 1024;
@@ -60,7 +62,10 @@ pub enum WireError {
 /// `venti-`, holds only bytes 0x20..0x7F, and is shorter than 1024 bytes.
 pub async fn read_version_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<String, WireError> {
     let mut line = Vec::new();
-    let n = (&mut *r).take(MAX_VERSION_LINE as u64).read_until(b'\n', &mut line).await?;
+    let n = (&mut *r)
+        .take(MAX_VERSION_LINE as u64)
+        .read_until(b'\n', &mut line)
+        .await?;
     if n == 0 {
         return Err(WireError::Io(io::ErrorKind::UnexpectedEof.into()));
     }
@@ -95,7 +100,10 @@ pub fn negotiate(peer_line: &str) -> Result<Version, WireError> {
 }
 
 /// Reads one body. Returns `Ok(None)` on a clean end of stream between messages.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, version: Version) -> Result<Option<Vec<u8>>, WireError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    version: Version,
+) -> Result<Option<Vec<u8>>, WireError> {
     let mut prefix = [0u8; 4];
     let width = match version {
         Version::V02 => 2,
@@ -156,7 +164,11 @@ pub fn put_frame_prefix(out: &mut Vec<u8>, version: Version, len: usize) -> Resu
 }
 
 /// Encodes `message` with its length prefix onto the end of `out`.
-pub fn encode_frame(out: &mut Vec<u8>, version: Version, message: &crate::Message) -> Result<(), WireError> {
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    version: Version,
+    message: &crate::Message,
+) -> Result<(), WireError> {
     let start = out.len();
     let width = if version == Version::V02 { 2 } else { 4 };
     out.resize(start + width, 0);
@@ -187,7 +199,10 @@ mod tests {
         assert_eq!(negotiate("venti-02-libventi").unwrap(), Version::V02);
         assert_eq!(negotiate("venti-02:04-pytest").unwrap(), Version::V02);
         assert_eq!(negotiate("venti-05-x:04").unwrap(), Version::V04);
-        assert!(matches!(negotiate("venti-05-future"), Err(WireError::NoCommonVersion(_))));
+        assert!(matches!(
+            negotiate("venti-05-future"),
+            Err(WireError::NoCommonVersion(_))
+        ));
     }
 
     #[tokio::test]
@@ -195,12 +210,21 @@ mod tests {
         let mut ok: &[u8] = b"venti-02-pytest\n";
         assert_eq!(read_version_line(&mut ok).await.unwrap(), "venti-02-pytest");
         let mut wrong: &[u8] = b"hello-02\n";
-        assert!(matches!(read_version_line(&mut wrong).await, Err(WireError::BadVersionLine(_))));
+        assert!(matches!(
+            read_version_line(&mut wrong).await,
+            Err(WireError::BadVersionLine(_))
+        ));
         let mut binary: &[u8] = b"venti-02\x01\n";
-        assert!(matches!(read_version_line(&mut binary).await, Err(WireError::BadVersionLine(_))));
+        assert!(matches!(
+            read_version_line(&mut binary).await,
+            Err(WireError::BadVersionLine(_))
+        ));
         let long = format!("venti-{}\n", "0".repeat(2000));
         let mut long: &[u8] = long.as_bytes();
-        assert!(matches!(read_version_line(&mut long).await, Err(WireError::VersionTooLong)));
+        assert!(matches!(
+            read_version_line(&mut long).await,
+            Err(WireError::VersionTooLong)
+        ));
     }
 
     #[tokio::test]
@@ -209,7 +233,10 @@ mod tests {
         encode_frame(&mut out, Version::V02, &crate::Message::Tping { tag: 1 }).unwrap();
         assert_eq!(out, [0, 2, 2, 1]);
         let mut r: &[u8] = &out;
-        assert_eq!(read_frame(&mut r, Version::V02).await.unwrap().unwrap(), [2, 1]);
+        assert_eq!(
+            read_frame(&mut r, Version::V02).await.unwrap().unwrap(),
+            [2, 1]
+        );
         assert_eq!(read_frame(&mut r, Version::V02).await.unwrap(), None);
 
         let mut out = Vec::new();
@@ -217,10 +244,19 @@ mod tests {
         assert_eq!(out, [0, 0, 0, 2, 0x10, 4]);
 
         let mut huge: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1];
-        assert!(matches!(read_frame(&mut huge, Version::V04).await, Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            read_frame(&mut huge, Version::V04).await,
+            Err(WireError::TooLarge(_))
+        ));
         let mut short: &[u8] = &[0, 5, 1, 2];
-        assert!(matches!(read_frame(&mut short, Version::V02).await, Err(WireError::TruncatedFrame)));
+        assert!(matches!(
+            read_frame(&mut short, Version::V02).await,
+            Err(WireError::TruncatedFrame)
+        ));
         let mut half_prefix: &[u8] = &[0];
-        assert!(matches!(read_frame(&mut half_prefix, Version::V02).await, Err(WireError::TruncatedFrame)));
+        assert!(matches!(
+            read_frame(&mut half_prefix, Version::V02).await,
+            Err(WireError::TruncatedFrame)
+        ));
     }
 }

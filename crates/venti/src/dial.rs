@@ -85,7 +85,15 @@ mod tests {
 
     #[test]
     fn nonsense_is_refused() {
-        for bad in ["", "tcp!", "tcp!host!port!x", "host:notaport", "udp!a!b!c", "tcp!h!99999", "[::1"] {
+        for bad in [
+            "",
+            "tcp!",
+            "tcp!host!port!x",
+            "host:notaport",
+            "udp!a!b!c",
+            "tcp!h!99999",
+            "[::1",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

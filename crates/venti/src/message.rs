@@ -26,18 +26,58 @@ mod kind {
 /// One venti message. `wire_type` fields carry the wire numbering (§2.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Rerror { tag: u8, error: String },
-    Tping { tag: u8 },
-    Rping { tag: u8 },
-    Thello { tag: u8, version: String, uid: String, strength: u8, crypto: Vec<u8>, codec: Vec<u8> },
-    Rhello { tag: u8, sid: String, rcrypto: u8, rcodec: u8 },
-    Tgoodbye { tag: u8 },
-    Tread { tag: u8, score: Score, wire_type: u8, count: u32 },
-    Rread { tag: u8, data: Vec<u8> },
-    Twrite { tag: u8, wire_type: u8, data: Vec<u8> },
-    Rwrite { tag: u8, score: Score },
-    Tsync { tag: u8 },
-    Rsync { tag: u8 },
+    Rerror {
+        tag: u8,
+        error: String,
+    },
+    Tping {
+        tag: u8,
+    },
+    Rping {
+        tag: u8,
+    },
+    Thello {
+        tag: u8,
+        version: String,
+        uid: String,
+        strength: u8,
+        crypto: Vec<u8>,
+        codec: Vec<u8>,
+    },
+    Rhello {
+        tag: u8,
+        sid: String,
+        rcrypto: u8,
+        rcodec: u8,
+    },
+    Tgoodbye {
+        tag: u8,
+    },
+    Tread {
+        tag: u8,
+        score: Score,
+        wire_type: u8,
+        count: u32,
+    },
+    Rread {
+        tag: u8,
+        data: Vec<u8>,
+    },
+    Twrite {
+        tag: u8,
+        wire_type: u8,
+        data: Vec<u8>,
+    },
+    Rwrite {
+        tag: u8,
+        score: Score,
+    },
+    Tsync {
+        tag: u8,
+    },
+    Rsync {
+        tag: u8,
+    },
 }
 
 /// Why a message body could not be decoded. The tag is kept when it could be
@@ -100,7 +140,14 @@ impl Message {
             }
             Message::Tping { tag } => head(out, kind::TPING, *tag),
             Message::Rping { tag } => head(out, kind::RPING, *tag),
-            Message::Thello { tag, version, uid, strength, crypto, codec } => {
+            Message::Thello {
+                tag,
+                version,
+                uid,
+                strength,
+                crypto,
+                codec,
+            } => {
                 head(out, kind::THELLO, *tag);
                 put_string(out, version);
                 put_string(out, uid);
@@ -108,13 +155,23 @@ impl Message {
                 put_bytes(out, crypto);
                 put_bytes(out, codec);
             }
-            Message::Rhello { tag, sid, rcrypto, rcodec } => {
+            Message::Rhello {
+                tag,
+                sid,
+                rcrypto,
+                rcodec,
+            } => {
                 head(out, kind::RHELLO, *tag);
                 put_string(out, sid);
                 out.extend_from_slice(&[*rcrypto, *rcodec]);
             }
             Message::Tgoodbye { tag } => head(out, kind::TGOODBYE, *tag),
-            Message::Tread { tag, score, wire_type, count } => {
+            Message::Tread {
+                tag,
+                score,
+                wire_type,
+                count,
+            } => {
                 head(out, kind::TREAD, *tag);
                 out.extend_from_slice(&score.0);
                 out.extend_from_slice(&[*wire_type, 0]);
@@ -128,7 +185,11 @@ impl Message {
                 head(out, kind::RREAD, *tag);
                 out.extend_from_slice(data);
             }
-            Message::Twrite { tag, wire_type, data } => {
+            Message::Twrite {
+                tag,
+                wire_type,
+                data,
+            } => {
                 head(out, kind::TWRITE, *tag);
                 out.extend_from_slice(&[*wire_type, 0, 0, 0]);
                 out.extend_from_slice(data);
@@ -151,9 +212,16 @@ impl Message {
                 _ => DecodeError::UnknownType { kind, tag: None },
             });
         };
-        let mut r = Reader { buf: rest, kind, tag };
+        let mut r = Reader {
+            buf: rest,
+            kind,
+            tag,
+        };
         let message = match kind {
-            kind::RERROR => Message::Rerror { tag, error: r.string()? },
+            kind::RERROR => Message::Rerror {
+                tag,
+                error: r.string()?,
+            },
             kind::TPING => Message::Tping { tag },
             kind::RPING => Message::Rping { tag },
             kind::THELLO => Message::Thello {
@@ -164,7 +232,12 @@ impl Message {
                 crypto: r.bytes()?,
                 codec: r.bytes()?,
             },
-            kind::RHELLO => Message::Rhello { tag, sid: r.string()?, rcrypto: r.u8()?, rcodec: r.u8()? },
+            kind::RHELLO => Message::Rhello {
+                tag,
+                sid: r.string()?,
+                rcrypto: r.u8()?,
+                rcodec: r.u8()?,
+            },
             kind::TGOODBYE => Message::Tgoodbye { tag },
             kind::TREAD => {
                 let score = Score(r.take(20)?.try_into().expect("took 20"));
@@ -175,21 +248,45 @@ impl Message {
                     4 => u32::from_be_bytes(r.take(4)?.try_into().expect("took 4")),
                     _ => u16::from_be_bytes(r.take(2)?.try_into().expect("took 2")) as u32,
                 };
-                Message::Tread { tag, score, wire_type, count }
+                Message::Tread {
+                    tag,
+                    score,
+                    wire_type,
+                    count,
+                }
             }
-            kind::RREAD => Message::Rread { tag, data: r.rest() },
+            kind::RREAD => Message::Rread {
+                tag,
+                data: r.rest(),
+            },
             kind::TWRITE => {
                 let wire_type = r.u8()?;
                 r.take(3)?; // pad
-                Message::Twrite { tag, wire_type, data: r.rest() }
+                Message::Twrite {
+                    tag,
+                    wire_type,
+                    data: r.rest(),
+                }
             }
-            kind::RWRITE => Message::Rwrite { tag, score: Score(r.take(20)?.try_into().expect("took 20")) },
+            kind::RWRITE => Message::Rwrite {
+                tag,
+                score: Score(r.take(20)?.try_into().expect("took 20")),
+            },
             kind::TSYNC => Message::Tsync { tag },
             kind::RSYNC => Message::Rsync { tag },
-            _ => return Err(DecodeError::UnknownType { kind, tag: Some(tag) }),
+            _ => {
+                return Err(DecodeError::UnknownType {
+                    kind,
+                    tag: Some(tag),
+                });
+            }
         };
         if !r.buf.is_empty() {
-            return Err(DecodeError::TrailingBytes { kind, tag, extra: r.buf.len() });
+            return Err(DecodeError::TrailingBytes {
+                kind,
+                tag,
+                extra: r.buf.len(),
+            });
         }
         Ok(message)
     }
@@ -220,7 +317,10 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(DecodeError::Truncated { kind: self.kind, tag: Some(self.tag) });
+            return Err(DecodeError::Truncated {
+                kind: self.kind,
+                tag: Some(self.tag),
+            });
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -234,10 +334,16 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, DecodeError> {
         let n = u16::from_be_bytes(self.take(2)?.try_into().expect("took 2")) as usize;
         if n > MAX_STRING {
-            return Err(DecodeError::StringTooLong { kind: self.kind, tag: self.tag });
+            return Err(DecodeError::StringTooLong {
+                kind: self.kind,
+                tag: self.tag,
+            });
         }
         let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::BadUtf8 { kind: self.kind, tag: self.tag })
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::BadUtf8 {
+            kind: self.kind,
+            tag: self.tag,
+        })
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
@@ -256,7 +362,10 @@ mod tests {
 
     fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn encoded(m: &Message) -> Vec<u8> {
@@ -283,20 +392,37 @@ mod tests {
         let rhello = unhex("05 00 0009 616e6f6e796d6f7573 00 00");
         assert_eq!(
             Message::decode(&rhello).unwrap(),
-            Message::Rhello { tag: 0, sid: "anonymous".into(), rcrypto: 0, rcodec: 0 }
+            Message::Rhello {
+                tag: 0,
+                sid: "anonymous".into(),
+                rcrypto: 0,
+                rcodec: 0
+            }
         );
 
         let twrite = unhex("0e 01 0d 000000 68656c6c6f20776f726c64");
         assert_eq!(
             Message::decode(&twrite).unwrap(),
-            Message::Twrite { tag: 1, wire_type: 13, data: b"hello world".to_vec() }
+            Message::Twrite {
+                tag: 1,
+                wire_type: 13,
+                data: b"hello world".to_vec()
+            }
         );
 
         let score: Score = "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed".parse().unwrap();
         let rwrite = unhex("0f 01 2aae6c35c94fcfb415dbe95f408b9ce91ee846ed");
-        assert_eq!(Message::decode(&rwrite).unwrap(), Message::Rwrite { tag: 1, score });
+        assert_eq!(
+            Message::decode(&rwrite).unwrap(),
+            Message::Rwrite { tag: 1, score }
+        );
 
-        let tread = Message::Tread { tag: 2, score, wire_type: 13, count: 8192 };
+        let tread = Message::Tread {
+            tag: 2,
+            score,
+            wire_type: 13,
+            count: 8192,
+        };
         let tread_bytes = unhex("0c 02 2aae6c35c94fcfb415dbe95f408b9ce91ee846ed 0d 00 2000");
         assert_eq!(encoded(&tread), tread_bytes);
         assert_eq!(Message::decode(&tread_bytes).unwrap(), tread);
@@ -304,9 +430,15 @@ mod tests {
         let rerror = unhex("01 01 000f 756e6b6e6f776e2072657175657374");
         assert_eq!(
             Message::decode(&rerror).unwrap(),
-            Message::Rerror { tag: 1, error: "unknown request".into() }
+            Message::Rerror {
+                tag: 1,
+                error: "unknown request".into()
+            }
         );
-        assert_eq!(Message::decode(&unhex("02 01")).unwrap(), Message::Tping { tag: 1 });
+        assert_eq!(
+            Message::decode(&unhex("02 01")).unwrap(),
+            Message::Tping { tag: 1 }
+        );
         assert_eq!(encoded(&Message::Tsync { tag: 4 }), unhex("10 04"));
         assert_eq!(encoded(&Message::Rsync { tag: 4 }), unhex("11 04"));
     }
@@ -317,39 +449,73 @@ mod tests {
         let long = unhex("0c 03 2aae6c35c94fcfb415dbe95f408b9ce91ee846ed 0d 00 00011170");
         assert_eq!(
             Message::decode(&long).unwrap(),
-            Message::Tread { tag: 3, score, wire_type: 13, count: 70000 }
+            Message::Tread {
+                tag: 3,
+                score,
+                wire_type: 13,
+                count: 70000
+            }
         );
         assert_eq!(
-            encoded(&Message::Tread { tag: 3, score, wire_type: 13, count: 70000 }),
+            encoded(&Message::Tread {
+                tag: 3,
+                score,
+                wire_type: 13,
+                count: 70000
+            }),
             long
         );
         let short = unhex("0c 03 2aae6c35c94fcfb415dbe95f408b9ce91ee846ed 0d 00 0064");
         assert_eq!(
             Message::decode(&short).unwrap(),
-            Message::Tread { tag: 3, score, wire_type: 13, count: 100 }
+            Message::Tread {
+                tag: 3,
+                score,
+                wire_type: 13,
+                count: 100
+            }
         );
         // Three bytes of count is neither form.
         let odd = unhex("0c 03 2aae6c35c94fcfb415dbe95f408b9ce91ee846ed 0d 00 000064");
-        assert!(matches!(Message::decode(&odd), Err(DecodeError::TrailingBytes { tag: 3, .. })));
+        assert!(matches!(
+            Message::decode(&odd),
+            Err(DecodeError::TrailingBytes { tag: 3, .. })
+        ));
     }
 
     #[test]
     fn malformed_bodies_are_errors_that_keep_the_tag() {
         assert_eq!(Message::decode(&[]), Err(DecodeError::Empty));
-        assert_eq!(Message::decode(&[12]), Err(DecodeError::Truncated { kind: 12, tag: None }));
+        assert_eq!(
+            Message::decode(&[12]),
+            Err(DecodeError::Truncated {
+                kind: 12,
+                tag: None
+            })
+        );
         assert_eq!(Message::decode(&[12, 9, 1]).unwrap_err().tag(), Some(9));
         assert_eq!(
             Message::decode(&[8, 5]),
-            Err(DecodeError::UnknownType { kind: 8, tag: Some(5) })
+            Err(DecodeError::UnknownType {
+                kind: 8,
+                tag: Some(5)
+            })
         );
         assert_eq!(
             Message::decode(&[2, 5, 0]),
-            Err(DecodeError::TrailingBytes { kind: 2, tag: 5, extra: 1 })
+            Err(DecodeError::TrailingBytes {
+                kind: 2,
+                tag: 5,
+                extra: 1
+            })
         );
         let mut long = vec![1, 7];
         long.extend_from_slice(&2000u16.to_be_bytes());
         long.extend(std::iter::repeat_n(b'a', 2000));
-        assert_eq!(Message::decode(&long), Err(DecodeError::StringTooLong { kind: 1, tag: 7 }));
+        assert_eq!(
+            Message::decode(&long),
+            Err(DecodeError::StringTooLong { kind: 1, tag: 7 })
+        );
         assert_eq!(
             Message::decode(&[1, 7, 0, 1, 0xff]),
             Err(DecodeError::BadUtf8 { kind: 1, tag: 7 })

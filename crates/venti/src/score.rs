@@ -40,7 +40,9 @@ impl Score {
 
     /// Reads a score from the first 20 bytes of `bytes`, which must be at least that long.
     pub fn from_slice(bytes: &[u8]) -> Option<Score> {
-        bytes.get(..SCORE_SIZE).map(|b| Score(b.try_into().expect("length checked")))
+        bytes
+            .get(..SCORE_SIZE)
+            .map(|b| Score(b.try_into().expect("length checked")))
     }
 
     /// Parses `[label:]HEX` as Plan 9 does: the label is everything before the first `:`.
@@ -106,12 +108,30 @@ mod tests {
     #[test]
     fn spec_vectors_11_1() {
         assert_eq!(Score::of(b""), Score::ZERO);
-        assert_eq!(Score::ZERO.to_string(), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-        assert_eq!(Score::of(b"hello world"), hex("2aae6c35c94fcfb415dbe95f408b9ce91ee846ed"));
-        assert_eq!(Score::of(b"abc"), hex("a9993e364706816aba3e25717850c26c9cd0d89d"));
-        assert_eq!(Score::of(b"abc\0\0\0"), hex("3d66e677c33fa7629c37820ef110ff67a644e4df"));
-        assert_eq!(Score::of(b"hello, venti\n"), hex("20f87bde04892e9ca0c2d880bbe284978c0d261f"));
-        assert_eq!(Score::of(b"xx"), hex("dd7b7b74ea160e049dd128478e074ce47254bde8"));
+        assert_eq!(
+            Score::ZERO.to_string(),
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+        );
+        assert_eq!(
+            Score::of(b"hello world"),
+            hex("2aae6c35c94fcfb415dbe95f408b9ce91ee846ed")
+        );
+        assert_eq!(
+            Score::of(b"abc"),
+            hex("a9993e364706816aba3e25717850c26c9cd0d89d")
+        );
+        assert_eq!(
+            Score::of(b"abc\0\0\0"),
+            hex("3d66e677c33fa7629c37820ef110ff67a644e4df")
+        );
+        assert_eq!(
+            Score::of(b"hello, venti\n"),
+            hex("20f87bde04892e9ca0c2d880bbe284978c0d261f")
+        );
+        assert_eq!(
+            Score::of(b"xx"),
+            hex("dd7b7b74ea160e049dd128478e074ce47254bde8")
+        );
     }
 
     #[test]
@@ -140,7 +160,9 @@ mod tests {
         assert_eq!(score, hex("e5b83eda5dbab14e0ad75448c4032489de467245"));
         assert!(Score::parse_labeled("a:b:e5b83eda5dbab14e0ad75448c4032489de467245").is_err());
         assert_eq!(
-            Score::parse_labeled("e5b83eda5dbab14e0ad75448c4032489de467245").unwrap().0,
+            Score::parse_labeled("e5b83eda5dbab14e0ad75448c4032489de467245")
+                .unwrap()
+                .0,
             None
         );
     }

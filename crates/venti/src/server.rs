@@ -62,7 +62,12 @@ pub async fn serve(
         .unwrap_or_else(|e| Err(StoreError::Failed(format!("sync task failed: {e}"))))
 }
 
-async fn run_session(socket: TcpStream, peer: SocketAddr, store: Arc<dyn BlockStore>, stop: watch::Receiver<bool>) {
+async fn run_session(
+    socket: TcpStream,
+    peer: SocketAddr,
+    store: Arc<dyn BlockStore>,
+    stop: watch::Receiver<bool>,
+) {
     tracing::debug!(%peer, "venti connection");
     match session(socket, store, stop).await {
         Ok(()) => tracing::debug!(%peer, "venti connection closed"),
@@ -85,7 +90,11 @@ impl From<std::io::Error> for SessionError {
     }
 }
 
-async fn session(socket: TcpStream, store: Arc<dyn BlockStore>, mut stop: watch::Receiver<bool>) -> Result<(), SessionError> {
+async fn session(
+    socket: TcpStream,
+    store: Arc<dyn BlockStore>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
     let (r, w) = socket.into_split();
     let mut r = BufReader::with_capacity(256 << 10, r);
     let mut w = BufWriter::with_capacity(256 << 10, w);
@@ -97,14 +106,27 @@ async fn session(socket: TcpStream, store: Arc<dyn BlockStore>, mut stop: watch:
 
     // Hello must come first, with tag 0 and the negotiated version; otherwise
     // close without a reply, as plan9port does (§4.5).
-    let body = conn::read_frame(&mut r, version).await?.ok_or_else(|| SessionError::BadHello("connection closed".into()))?;
+    let body = conn::read_frame(&mut r, version)
+        .await?
+        .ok_or_else(|| SessionError::BadHello("connection closed".into()))?;
     match Message::decode(&body) {
-        Ok(Message::Thello { tag: 0, version: v, .. }) if v == version.as_str() => {}
-        Ok(other) => return Err(SessionError::BadHello(format!("{other:?}").chars().take(120).collect())),
+        Ok(Message::Thello {
+            tag: 0, version: v, ..
+        }) if v == version.as_str() => {}
+        Ok(other) => {
+            return Err(SessionError::BadHello(
+                format!("{other:?}").chars().take(120).collect(),
+            ));
+        }
         Err(e) => return Err(SessionError::BadHello(e.to_string())),
     }
     let mut out = Vec::with_capacity(64 << 10);
-    let hello = Message::Rhello { tag: 0, sid: "anonymous".into(), rcrypto: 0, rcodec: 0 };
+    let hello = Message::Rhello {
+        tag: 0,
+        sid: "anonymous".into(),
+        rcrypto: 0,
+        rcodec: 0,
+    };
     send(&mut w, &mut out, version, &hello).await?;
     w.flush().await?;
 
@@ -118,7 +140,10 @@ async fn session(socket: TcpStream, store: Arc<dyn BlockStore>, mut stop: watch:
             Ok(None) => return Ok(()),
             Err(e @ (WireError::TooLarge(_) | WireError::EmptyFrame)) => {
                 // The framing can no longer be trusted: say why, then close.
-                let reply = Message::Rerror { tag: 0, error: format!("bad packet: {e}") };
+                let reply = Message::Rerror {
+                    tag: 0,
+                    error: format!("bad packet: {e}"),
+                };
                 send(&mut w, &mut out, version, &reply).await?;
                 w.flush().await?;
                 return Err(e.into());
@@ -131,10 +156,14 @@ async fn session(socket: TcpStream, store: Arc<dyn BlockStore>, mut stop: watch:
                 return Ok(());
             }
             Ok(request) => handle(request, &store).await,
-            Err(e @ DecodeError::UnknownType { .. }) => {
-                Message::Rerror { tag: e.tag().unwrap_or(0), error: "unknown request".into() }
-            }
-            Err(e) => Message::Rerror { tag: e.tag().unwrap_or(0), error: format!("bad packet: {e}") },
+            Err(e @ DecodeError::UnknownType { .. }) => Message::Rerror {
+                tag: e.tag().unwrap_or(0),
+                error: "unknown request".into(),
+            },
+            Err(e) => Message::Rerror {
+                tag: e.tag().unwrap_or(0),
+                error: format!("bad packet: {e}"),
+            },
         };
         send(&mut w, &mut out, version, &reply).await?;
         // Batch replies while the client has more requests queued.
@@ -144,7 +173,12 @@ async fn session(socket: TcpStream, store: Arc<dyn BlockStore>, mut stop: watch:
     }
 }
 
-async fn send(w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, out: &mut Vec<u8>, version: Version, m: &Message) -> Result<(), SessionError> {
+async fn send(
+    w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    out: &mut Vec<u8>,
+    version: Version,
+    m: &Message,
+) -> Result<(), SessionError> {
     out.clear();
     conn::encode_frame(out, version, m)?;
     w.write_all(out).await?;
@@ -156,14 +190,23 @@ async fn handle(request: Message, store: &Arc<dyn BlockStore>) -> Message {
     let error = |tag, error: String| Message::Rerror { tag, error };
     match request {
         Message::Tping { tag } => Message::Rping { tag },
-        Message::Tread { tag, score, wire_type, count } => {
+        Message::Tread {
+            tag,
+            score,
+            wire_type,
+            count,
+        } => {
             let Some(ty) = BlockType::from_wire(wire_type) else {
                 return error(tag, format!("invalid block type {wire_type}"));
             };
             match store.read(&score, ty) {
-                Ok(Some(data)) if data.len() > count as usize => {
-                    error(tag, format!("read too small: asked for {count} need at least {}", data.len()))
-                }
+                Ok(Some(data)) if data.len() > count as usize => error(
+                    tag,
+                    format!(
+                        "read too small: asked for {count} need at least {}",
+                        data.len()
+                    ),
+                ),
                 Ok(Some(data)) => Message::Rread { tag, data },
                 Ok(None) => error(tag, format!("no block with score {score}/{ty} exists")),
                 Err(e) => {
@@ -172,7 +215,11 @@ async fn handle(request: Message, store: &Arc<dyn BlockStore>) -> Message {
                 }
             }
         }
-        Message::Twrite { tag, wire_type, data } => {
+        Message::Twrite {
+            tag,
+            wire_type,
+            data,
+        } => {
             let Some(ty) = BlockType::from_wire(wire_type) else {
                 return error(tag, format!("invalid block type {wire_type}"));
             };

@@ -24,25 +24,36 @@ fn block(seed: u64, len: usize) -> Vec<u8> {
 async fn write_read_sync_ping_through_a_durable_store() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(Arc::new(LogStore::open(dir.path()).unwrap())).await;
-    let client = Client::connect(&format!("tcp!127.0.0.1!{}", srv.addr.port())).await.unwrap();
+    let client = Client::connect(&format!("tcp!127.0.0.1!{}", srv.addr.port()))
+        .await
+        .unwrap();
     client.ping().await.unwrap();
 
     let data = block(1, 8192);
     let score = client.write(BlockType::DATA, data.clone()).await.unwrap();
     assert_eq!(score, Score::of(&data));
-    assert_eq!(client.read(&score, BlockType::DATA, 8192).await.unwrap(), data);
+    assert_eq!(
+        client.read(&score, BlockType::DATA, 8192).await.unwrap(),
+        data
+    );
     client.sync().await.unwrap();
 
     // (score, type) is the key: the same bytes under another type are missing.
     let err = client.read(&score, BlockType::DIR, 8192).await.unwrap_err();
     assert!(err.is_missing_block(), "{err}");
-    assert_eq!(err.to_string(), format!("venti server: no block with score {score}/8 exists"));
+    assert_eq!(
+        err.to_string(),
+        format!("venti server: no block with score {score}/8 exists")
+    );
 
     // A data pointer written at depth 2 reads back as a dir pointer of depth 2 (same wire type).
     let ptr = BlockType::at_depth(BlockType::DATA, 2).unwrap();
     let pscore = client.write(ptr, score.0.to_vec()).await.unwrap();
     let dir_ptr = BlockType::at_depth(BlockType::DIR, 2).unwrap();
-    assert_eq!(client.read(&pscore, dir_ptr, 100).await.unwrap(), score.0.to_vec());
+    assert_eq!(
+        client.read(&pscore, dir_ptr, 100).await.unwrap(),
+        score.0.to_vec()
+    );
 
     // The client refuses to send oversized blocks and checks the read limit.
     assert!(client.write(BlockType::DATA, vec![1; 60000]).await.is_err());
@@ -53,8 +64,17 @@ async fn write_read_sync_ping_through_a_durable_store() {
     srv.stop().await;
     // Everything is still there after the server stops and the store reopens.
     let store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(venti::BlockStore::read(&store, &score, BlockType::DATA).unwrap().unwrap(), data);
-    assert_eq!(store.recovery().records_recovered, 0, "a clean restart scans nothing");
+    assert_eq!(
+        venti::BlockStore::read(&store, &score, BlockType::DATA)
+            .unwrap()
+            .unwrap(),
+        data
+    );
+    assert_eq!(
+        store.recovery().records_recovered,
+        0,
+        "a clean restart scans nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +89,10 @@ async fn many_requests_in_flight_on_one_connection() {
         tasks.spawn(async move {
             let data = block(i, 100 + i as usize);
             let score = client.write(BlockType::DATA, data.clone()).await.unwrap();
-            assert_eq!(client.read(&score, BlockType::DATA, 8192).await.unwrap(), data);
+            assert_eq!(
+                client.read(&score, BlockType::DATA, 8192).await.unwrap(),
+                data
+            );
         });
     }
     while let Some(t) = tasks.join_next().await {
@@ -92,11 +115,17 @@ async fn sixty_four_concurrent_clients() {
                 // Half the blocks are shared by every client: dedup under concurrency.
                 let seed = if i % 2 == 0 { i } else { c * 1000 + i };
                 let data = block(seed, 4096);
-                scores.push((client.write(BlockType::DATA, data.clone()).await.unwrap(), data));
+                scores.push((
+                    client.write(BlockType::DATA, data.clone()).await.unwrap(),
+                    data,
+                ));
             }
             client.sync().await.unwrap();
             for (score, data) in scores {
-                assert_eq!(client.read(&score, BlockType::DATA, 8192).await.unwrap(), data);
+                assert_eq!(
+                    client.read(&score, BlockType::DATA, 8192).await.unwrap(),
+                    data
+                );
             }
         });
     }
@@ -109,7 +138,10 @@ async fn sixty_four_concurrent_clients() {
 async fn a_client_that_vanishes_mid_message_does_not_disturb_others() {
     let srv = TestServer::start(Arc::new(venti::MemoryStore::new())).await;
     let client = Client::connect(&srv.addr.to_string()).await.unwrap();
-    let score = client.write(BlockType::DATA, b"before".to_vec()).await.unwrap();
+    let score = client
+        .write(BlockType::DATA, b"before".to_vec())
+        .await
+        .unwrap();
     for _ in 0..10 {
         let (mut raw, _) = Raw::connect(srv.addr, "venti-02-t\n").await;
         raw.send(&unhex(HELLO_02)).await;
@@ -120,9 +152,14 @@ async fn a_client_that_vanishes_mid_message_does_not_disturb_others() {
     }
     // And one that hangs up in the middle of its version line.
     let mut half = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut half, b"vent").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut half, b"vent")
+        .await
+        .unwrap();
     drop(half);
-    assert_eq!(client.read(&score, BlockType::DATA, 100).await.unwrap(), b"before");
+    assert_eq!(
+        client.read(&score, BlockType::DATA, 100).await.unwrap(),
+        b"before"
+    );
     client.ping().await.unwrap();
 }
 
@@ -132,8 +169,15 @@ async fn requests_fail_cleanly_when_the_server_goes_away() {
     let client = Client::connect(&srv.addr.to_string()).await.unwrap();
     client.ping().await.unwrap();
     srv.stop().await;
-    let err = client.write(BlockType::DATA, b"x".to_vec()).await.unwrap_err();
+    let err = client
+        .write(BlockType::DATA, b"x".to_vec())
+        .await
+        .unwrap_err();
     assert!(matches!(err, venti::ClientError::Closed(_)), "{err:?}");
     let err = Client::connect("127.0.0.1:1").await.err().unwrap();
-    assert!(err.to_string().starts_with("connecting to venti at 127.0.0.1:1"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("connecting to venti at 127.0.0.1:1"),
+        "{err}"
+    );
 }

@@ -17,13 +17,53 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<u8>(), text()).prop_map(|(tag, error)| Message::Rerror { tag, error }),
         any::<u8>().prop_map(|tag| Message::Tping { tag }),
         any::<u8>().prop_map(|tag| Message::Rping { tag }),
-        (any::<u8>(), text(), text(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..4), proptest::collection::vec(any::<u8>(), 0..4))
-            .prop_map(|(tag, version, uid, strength, crypto, codec)| Message::Thello { tag, version, uid, strength, crypto, codec }),
-        (any::<u8>(), text(), any::<u8>(), any::<u8>()).prop_map(|(tag, sid, rcrypto, rcodec)| Message::Rhello { tag, sid, rcrypto, rcodec }),
+        (
+            any::<u8>(),
+            text(),
+            text(),
+            any::<u8>(),
+            proptest::collection::vec(any::<u8>(), 0..4),
+            proptest::collection::vec(any::<u8>(), 0..4)
+        )
+            .prop_map(
+                |(tag, version, uid, strength, crypto, codec)| Message::Thello {
+                    tag,
+                    version,
+                    uid,
+                    strength,
+                    crypto,
+                    codec
+                }
+            ),
+        (any::<u8>(), text(), any::<u8>(), any::<u8>()).prop_map(|(tag, sid, rcrypto, rcodec)| {
+            Message::Rhello {
+                tag,
+                sid,
+                rcrypto,
+                rcodec,
+            }
+        }),
         any::<u8>().prop_map(|tag| Message::Tgoodbye { tag }),
-        (any::<u8>(), score(), any::<u8>(), any::<u32>()).prop_map(|(tag, score, wire_type, count)| Message::Tread { tag, score, wire_type, count }),
-        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(tag, data)| Message::Rread { tag, data }),
-        (any::<u8>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(tag, wire_type, data)| Message::Twrite { tag, wire_type, data }),
+        (any::<u8>(), score(), any::<u8>(), any::<u32>()).prop_map(
+            |(tag, score, wire_type, count)| Message::Tread {
+                tag,
+                score,
+                wire_type,
+                count
+            }
+        ),
+        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(tag, data)| Message::Rread { tag, data }),
+        (
+            any::<u8>(),
+            any::<u8>(),
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
+            .prop_map(|(tag, wire_type, data)| Message::Twrite {
+                tag,
+                wire_type,
+                data
+            }),
         (any::<u8>(), score()).prop_map(|(tag, score)| Message::Rwrite { tag, score }),
         any::<u8>().prop_map(|tag| Message::Tsync { tag }),
         any::<u8>().prop_map(|tag| Message::Rsync { tag }),

@@ -23,17 +23,28 @@ fn blocks_survive_reopen_and_a_clean_restart_scans_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let scores: Vec<Score> = {
         let store = LogStore::open(dir.path()).unwrap();
-        let s = (0..100).map(|i| store.write(BlockType::DATA, &block(i, 1000)).unwrap()).collect();
+        let s = (0..100)
+            .map(|i| store.write(BlockType::DATA, &block(i, 1000)).unwrap())
+            .collect();
         store.close().unwrap();
         s
     };
     let store = LogStore::open(dir.path()).unwrap();
     assert_eq!(store.recovery(), &Recovery::default());
     for (i, s) in scores.iter().enumerate() {
-        assert_eq!(store.read(s, BlockType::DATA).unwrap().unwrap(), block(i as u32, 1000));
+        assert_eq!(
+            store.read(s, BlockType::DATA).unwrap().unwrap(),
+            block(i as u32, 1000)
+        );
     }
-    assert_eq!(store.read(&Score::of(b"absent"), BlockType::DATA).unwrap(), None);
-    assert_eq!(store.read(&Score::ZERO, BlockType::ROOT).unwrap(), Some(vec![]));
+    assert_eq!(
+        store.read(&Score::of(b"absent"), BlockType::DATA).unwrap(),
+        None
+    );
+    assert_eq!(
+        store.read(&Score::ZERO, BlockType::ROOT).unwrap(),
+        Some(vec![])
+    );
 }
 
 #[test]
@@ -63,7 +74,10 @@ fn a_duplicate_write_adds_nothing_to_the_log() {
 fn oversized_and_empty_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path()).unwrap();
-    assert!(matches!(store.write(BlockType::DATA, &vec![1; 57345]), Err(StoreError::TooLarge(57345))));
+    assert!(matches!(
+        store.write(BlockType::DATA, &vec![1; 57345]),
+        Err(StoreError::TooLarge(57345))
+    ));
     store.write(BlockType::DATA, &vec![1; 57344]).unwrap();
     assert_eq!(store.write(BlockType::DATA, &[]).unwrap(), Score::ZERO);
 }
@@ -76,7 +90,9 @@ fn a_torn_tail_is_cut_off_and_everything_before_it_is_intact() {
     let dir = tempfile::tempdir().unwrap();
     let (scores, good_len) = {
         let store = LogStore::open(dir.path()).unwrap();
-        let s: Vec<Score> = (0..50).map(|i| store.write(BlockType::DATA, &block(i, 3000)).unwrap()).collect();
+        let s: Vec<Score> = (0..50)
+            .map(|i| store.write(BlockType::DATA, &block(i, 3000)).unwrap())
+            .collect();
         store.close().unwrap();
         (s, log_len(&LogStore::open(dir.path()).unwrap()))
     };
@@ -85,7 +101,10 @@ fn a_torn_tail_is_cut_off_and_everything_before_it_is_intact() {
         let store = LogStore::open(dir.path()).unwrap();
         let extra = store.write(BlockType::DATA, &block(999, 4000)).unwrap();
         store.close().unwrap();
-        let log = OpenOptions::new().write(true).open(dir.path().join("log")).unwrap();
+        let log = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("log"))
+            .unwrap();
         log.set_len(good_len + 32 + 2000).unwrap();
         // The index committed at close points at the record we just tore, so
         // also roll the index back by rebuilding from an older copy: simplest is
@@ -101,14 +120,25 @@ fn a_torn_tail_is_cut_off_and_everything_before_it_is_intact() {
     assert_eq!(rec.records_recovered, 50);
     assert_eq!(log_len(&store), good_len);
     for (i, s) in scores.iter().enumerate() {
-        assert_eq!(store.read(s, BlockType::DATA).unwrap().unwrap(), block(i as u32, 3000));
+        assert_eq!(
+            store.read(s, BlockType::DATA).unwrap().unwrap(),
+            block(i as u32, 3000)
+        );
     }
-    assert_eq!(store.read(&Score::of(&block(999, 4000)), BlockType::DATA).unwrap(), None);
+    assert_eq!(
+        store
+            .read(&Score::of(&block(999, 4000)), BlockType::DATA)
+            .unwrap(),
+        None
+    );
     // The store goes on appending after the cut.
     let s = store.write(BlockType::DATA, &block(1000, 10)).unwrap();
     store.close().unwrap();
     let store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(store.read(&s, BlockType::DATA).unwrap().unwrap(), block(1000, 10));
+    assert_eq!(
+        store.read(&s, BlockType::DATA).unwrap().unwrap(),
+        block(1000, 10)
+    );
 }
 
 #[test]
@@ -120,12 +150,19 @@ fn garbage_after_the_last_record_is_cut() {
         store.close().unwrap();
         s
     };
-    let mut log = OpenOptions::new().append(true).open(dir.path().join("log")).unwrap();
-    log.write_all(b"vlog\x0d\x00\x00\x05 this is not a record at all").unwrap();
+    let mut log = OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("log"))
+        .unwrap();
+    log.write_all(b"vlog\x0d\x00\x00\x05 this is not a record at all")
+        .unwrap();
     drop(log);
     let store = LogStore::open(dir.path()).unwrap();
     assert!(store.recovery().cut_at.is_some());
-    assert_eq!(store.read(&s, BlockType::DATA).unwrap().unwrap(), b"keep me");
+    assert_eq!(
+        store.read(&s, BlockType::DATA).unwrap().unwrap(),
+        b"keep me"
+    );
 }
 
 #[test]
@@ -138,7 +175,11 @@ fn a_flipped_byte_is_reported_naming_the_score_never_served() {
     store.close().unwrap();
 
     // The first record starts right after the 64-byte file header; flip a data byte.
-    let log = OpenOptions::new().read(true).write(true).open(dir.path().join("log")).unwrap();
+    let log = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join("log"))
+        .unwrap();
     let mut byte = [0u8];
     log.read_exact_at(&mut byte, 64 + 32 + 100).unwrap();
     log.write_all_at(&[byte[0] ^ 0x40], 64 + 32 + 100).unwrap();
@@ -148,9 +189,15 @@ fn a_flipped_byte_is_reported_naming_the_score_never_served() {
     let err = store.read(&s, BlockType::DATA).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StoreError::Corrupt { .. }));
-    assert!(text.contains(&s.to_string()) && text.contains("checksum mismatch"), "{text}");
+    assert!(
+        text.contains(&s.to_string()) && text.contains("checksum mismatch"),
+        "{text}"
+    );
     // Other blocks are unaffected.
-    assert_eq!(store.read(&other, BlockType::DATA).unwrap().unwrap(), block(4, 5000));
+    assert_eq!(
+        store.read(&other, BlockType::DATA).unwrap().unwrap(),
+        block(4, 5000)
+    );
 }
 
 #[test]
@@ -164,12 +211,18 @@ fn an_index_ahead_of_the_log_is_rebuilt_from_the_log() {
         (a, b)
     };
     // Lose the second record, as if the log were restored from an older copy.
-    let log = OpenOptions::new().write(true).open(dir.path().join("log")).unwrap();
+    let log = OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("log"))
+        .unwrap();
     log.set_len(64 + 132).unwrap();
     drop(log);
     let store = LogStore::open(dir.path()).unwrap();
     assert!(store.recovery().index_rebuilt);
-    assert_eq!(store.read(&a, BlockType::DATA).unwrap().unwrap(), block(1, 100));
+    assert_eq!(
+        store.read(&a, BlockType::DATA).unwrap().unwrap(),
+        block(1, 100)
+    );
     assert_eq!(store.read(&b, BlockType::DATA).unwrap(), None);
 }
 
@@ -177,12 +230,19 @@ fn an_index_ahead_of_the_log_is_rebuilt_from_the_log() {
 fn a_store_is_locked_against_a_second_opener_and_foreign_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path()).unwrap();
-    assert!(matches!(LogStore::open(dir.path()), Err(StoreError::Busy(_))));
+    assert!(matches!(
+        LogStore::open(dir.path()),
+        Err(StoreError::Busy(_))
+    ));
     drop(store);
     LogStore::open(dir.path()).unwrap();
 
     let other = tempfile::tempdir().unwrap();
-    std::fs::write(other.path().join("log"), b"something else entirely, long enough to have a header....................").unwrap();
+    std::fs::write(
+        other.path().join("log"),
+        b"something else entirely, long enough to have a header....................",
+    )
+    .unwrap();
     let err = LogStore::open(other.path()).err().unwrap();
     assert!(matches!(err, StoreError::NotAStore(..)), "{err}");
 }
@@ -200,7 +260,13 @@ fn more_blocks_than_one_index_batch() {
     let store = LogStore::open(dir.path()).unwrap();
     assert_eq!(store.recovery().records_recovered, 0);
     for i in (0..70_000u32).step_by(997) {
-        assert!(store.read(&Score::of(&i.to_be_bytes()), BlockType::DATA).unwrap().is_some(), "block {i}");
+        assert!(
+            store
+                .read(&Score::of(&i.to_be_bytes()), BlockType::DATA)
+                .unwrap()
+                .is_some(),
+            "block {i}"
+        );
     }
 }
 
@@ -214,7 +280,14 @@ fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
     }
     let mnt = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "colony-test", mnt.path().to_str().unwrap()])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=2m",
+            "colony-test",
+            mnt.path().to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     assert!(status.success(), "mount tmpfs");
@@ -235,7 +308,10 @@ fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
     let mut failure = None;
     for i in 0..1000u32 {
         let data = block(i, 8192);
-        match store.write(BlockType::DATA, &data).and_then(|s| store.sync().map(|()| s)) {
+        match store
+            .write(BlockType::DATA, &data)
+            .and_then(|s| store.sync().map(|()| s))
+        {
             Ok(s) => stored.push((s, data)),
             Err(e) => {
                 failure = Some(e);
@@ -244,7 +320,10 @@ fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
         }
     }
     let failure = failure.expect("a 2 MB disk must fill up");
-    assert!(failure.to_string().contains("No space left on device"), "{failure}");
+    assert!(
+        failure.to_string().contains("No space left on device"),
+        "{failure}"
+    );
     assert!(stored.len() > 10);
     for (s, data) in &stored {
         assert_eq!(&store.read(s, BlockType::DATA).unwrap().unwrap(), data);

@@ -114,8 +114,9 @@ impl LogStore {
     /// if the last run did not close cleanly.
     pub fn open(dir: impl AsRef<Path>) -> Result<LogStore, StoreError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("creating store directory {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::io(format!("creating store directory {}", dir.display()), e)
+        })?;
         let lock = lock_dir(&dir)?;
         let log_path = dir.join("log");
         let (file, created) = open_log(&log_path)?;
@@ -126,7 +127,10 @@ impl LogStore {
             .map_err(|e| StoreError::io(format!("opening {}", log_path.display()), e))?;
 
         let index_path = dir.join("index.redb");
-        let index_err = |e: &dyn std::fmt::Display| StoreError::Index { path: index_path.clone(), detail: e.to_string() };
+        let index_err = |e: &dyn std::fmt::Display| StoreError::Index {
+            path: index_path.clone(),
+            detail: e.to_string(),
+        };
         let index = Database::builder()
             .set_cache_size(INDEX_CACHE)
             .create(&index_path)
@@ -176,24 +180,35 @@ impl LogStore {
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         // A panic while holding the lock leaves consistent state: every change
         // to Writer is made after the I/O it depends on succeeds.
-        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn index_error(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Index { path: self.dir.join("index.redb"), detail: e.to_string() }
+        StoreError::Index {
+            path: self.dir.join("index.redb"),
+            detail: e.to_string(),
+        }
     }
 
     /// Brings the index up to the end of the log, cutting a torn tail.
     fn recover(&mut self) -> Result<(), StoreError> {
         let log_len = {
             let w = self.lock_writer();
-            w.file.metadata().map_err(|e| StoreError::io("reading log size", e))?.len()
+            w.file
+                .metadata()
+                .map_err(|e| StoreError::io("reading log size", e))?
+                .len()
         };
         let txn = self.index.begin_write().map_err(|e| self.index_error(e))?;
         let mut indexed_end = {
             let meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
             txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
-            let stored = meta.get(INDEXED_END).map_err(|e| self.index_error(e))?.map(|v| v.value());
+            let stored = meta
+                .get(INDEXED_END)
+                .map_err(|e| self.index_error(e))?
+                .map(|v| v.value());
             stored.unwrap_or(LOG_HEADER_LEN)
         };
         if indexed_end > log_len || indexed_end < LOG_HEADER_LEN {
@@ -220,8 +235,12 @@ impl LogStore {
             );
             {
                 let w = self.lock_writer();
-                w.file.set_len(valid_end).map_err(|e| StoreError::io("cutting torn log tail", e))?;
-                w.file.sync_all().map_err(|e| StoreError::io("syncing log", e))?;
+                w.file
+                    .set_len(valid_end)
+                    .map_err(|e| StoreError::io("cutting torn log tail", e))?;
+                w.file
+                    .sync_all()
+                    .map_err(|e| StoreError::io("syncing log", e))?;
             }
             self.recovery.cut_at = Some(valid_end);
             self.recovery.bytes_cut = log_len - valid_end;
@@ -233,10 +252,13 @@ impl LogStore {
         {
             let mut table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
             for (k, loc) in &entries {
-                table.insert(k, (loc.offset, loc.len)).map_err(|e| self.index_error(e))?;
+                table
+                    .insert(k, (loc.offset, loc.len))
+                    .map_err(|e| self.index_error(e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
-            meta.insert(INDEXED_END, valid_end).map_err(|e| self.index_error(e))?;
+            meta.insert(INDEXED_END, valid_end)
+                .map_err(|e| self.index_error(e))?;
         }
         txn.commit().map_err(|e| self.index_error(e))?;
 
@@ -255,7 +277,10 @@ impl LogStore {
         }
         if let Err(e) = w.file.write_all_at(&w.buf, w.buf_start) {
             let _ = w.file.set_len(w.buf_start);
-            return Err(StoreError::io(format!("writing {}", self.log_path().display()), e));
+            return Err(StoreError::io(
+                format!("writing {}", self.log_path().display()),
+                e,
+            ));
         }
         w.buf_start += w.buf.len() as u64;
         w.buf.clear();
@@ -264,7 +289,9 @@ impl LogStore {
 
     fn sync_log(&self, w: &mut Writer) -> Result<(), StoreError> {
         self.flush_buffer(w)?;
-        w.file.sync_data().map_err(|e| StoreError::io(format!("syncing {}", self.log_path().display()), e))
+        w.file
+            .sync_data()
+            .map_err(|e| StoreError::io(format!("syncing {}", self.log_path().display()), e))
     }
 
     /// Moves the pending entries into the index, after syncing the log so the
@@ -281,10 +308,13 @@ impl LogStore {
             {
                 let mut table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
                 for (k, loc) in entries {
-                    table.insert(k, (loc.offset, loc.len)).map_err(|e| self.index_error(e))?;
+                    table
+                        .insert(k, (loc.offset, loc.len))
+                        .map_err(|e| self.index_error(e))?;
                 }
                 let mut meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
-                meta.insert(INDEXED_END, w.end).map_err(|e| self.index_error(e))?;
+                meta.insert(INDEXED_END, w.end)
+                    .map_err(|e| self.index_error(e))?;
             }
             txn.commit().map_err(|e| self.index_error(e))
         })();
@@ -312,18 +342,38 @@ impl LogStore {
     }
 
     /// Reads and verifies the record at `loc`, which the index says holds `score`.
-    fn read_record(&self, score: &Score, ty: BlockType, loc: Location) -> Result<Vec<u8>, StoreError> {
-        let corrupt = |detail: &str| StoreError::Corrupt { score: *score, ty, offset: loc.offset, detail: detail.into() };
+    fn read_record(
+        &self,
+        score: &Score,
+        ty: BlockType,
+        loc: Location,
+    ) -> Result<Vec<u8>, StoreError> {
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            score: *score,
+            ty,
+            offset: loc.offset,
+            detail: detail.into(),
+        };
         let mut rec = vec![0u8; HEADER_LEN + loc.len as usize];
         match self.reader.read_exact_at(&mut rec, loc.offset) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(corrupt("record runs past the end of the log")),
-            Err(e) => return Err(StoreError::io(format!("reading {}", self.log_path().display()), e)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(corrupt("record runs past the end of the log"));
+            }
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("reading {}", self.log_path().display()),
+                    e,
+                ));
+            }
         }
         let head: [u8; HEADER_LEN] = rec[..HEADER_LEN].try_into().expect("header length");
         let header = record::parse_header(&head).map_err(corrupt)?;
         let data = &rec[HEADER_LEN..];
-        if header.score != *score || header.wire_type != ty.to_wire() || header.len != loc.len as usize {
+        if header.score != *score
+            || header.wire_type != ty.to_wire()
+            || header.len != loc.len as usize
+        {
             return Err(corrupt("record header does not match the index"));
         }
         if !record::crc_matches(&head, &header, data) {
@@ -385,7 +435,13 @@ impl BlockStore for LogStore {
         let offset = w.end;
         record::append(&mut w.buf, wire, &score, data);
         w.end += (HEADER_LEN + data.len()) as u64;
-        w.pending.insert(k, Location { offset, len: data.len() as u32 });
+        w.pending.insert(
+            k,
+            Location {
+                offset,
+                len: data.len() as u32,
+            },
+        );
         if w.pending.len() >= INDEX_BATCH_BLOCKS || w.end - w.indexed_end >= INDEX_BATCH_BYTES {
             // The block is in the buffer and readable; a failed commit marks
             // the store failed and the next write reports it.
@@ -405,10 +461,11 @@ impl BlockStore for LogStore {
 impl Drop for LogStore {
     fn drop(&mut self) {
         let mut w = self.lock_writer();
-        if w.failed.is_none() && w.indexed_end != w.end {
-            if let Err(e) = self.commit_index(&mut w) {
-                tracing::error!(error = %e, store = %self.dir.display(), "closing the venti store");
-            }
+        if w.failed.is_none()
+            && w.indexed_end != w.end
+            && let Err(e) = self.commit_index(&mut w)
+        {
+            tracing::error!(error = %e, store = %self.dir.display(), "closing the venti store");
         }
     }
 }
@@ -421,7 +478,10 @@ fn open_log(path: &Path) -> Result<(File, bool), StoreError> {
         .truncate(false)
         .open(path)
         .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-    let len = file.metadata().map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
+        .len();
     if len == 0 {
         let mut header = LOG_HEADER.to_vec();
         header.resize(LOG_HEADER_LEN as usize, 0);
@@ -431,8 +491,14 @@ fn open_log(path: &Path) -> Result<(File, bool), StoreError> {
         return Ok((file, true));
     }
     let mut header = vec![0u8; LOG_HEADER_LEN as usize];
-    if len < LOG_HEADER_LEN || file.read_exact_at(&mut header, 0).is_err() || !header.starts_with(LOG_HEADER) {
-        return Err(StoreError::NotAStore(path.to_path_buf(), "the log has no colony header".into()));
+    if len < LOG_HEADER_LEN
+        || file.read_exact_at(&mut header, 0).is_err()
+        || !header.starts_with(LOG_HEADER)
+    {
+        return Err(StoreError::NotAStore(
+            path.to_path_buf(),
+            "the log has no colony header".into(),
+        ));
     }
     Ok((file, false))
 }
@@ -476,7 +542,9 @@ fn scan_log(file: &File, from: u64, len: u64) -> io::Result<(HashMap<Key, Locati
     let mut data = vec![0u8; MAX_BLOCK_SIZE];
     while offset + HEADER_LEN as u64 <= len {
         reader.read_exact(&mut head)?;
-        let Ok(header) = record::parse_header(&head) else { break };
+        let Ok(header) = record::parse_header(&head) else {
+            break;
+        };
         if header.len > MAX_BLOCK_SIZE || offset + (HEADER_LEN + header.len) as u64 > len {
             break;
         }
@@ -484,7 +552,13 @@ fn scan_log(file: &File, from: u64, len: u64) -> io::Result<(HashMap<Key, Locati
         if !record::crc_matches(&head, &header, &data[..header.len]) {
             break;
         }
-        entries.insert(key(&header.score, header.wire_type), Location { offset, len: header.len as u32 });
+        entries.insert(
+            key(&header.score, header.wire_type),
+            Location {
+                offset,
+                len: header.len as u32,
+            },
+        );
         offset += (HEADER_LEN + header.len) as u64;
     }
     Ok((entries, offset))

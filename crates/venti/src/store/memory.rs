@@ -43,7 +43,9 @@ impl BlockStore for MemoryStore {
         let score = Score::of(data);
         if !data.is_empty() {
             let mut blocks = self.blocks.write().expect("memory store lock");
-            blocks.entry((score, ty.to_wire())).or_insert_with(|| data.to_vec());
+            blocks
+                .entry((score, ty.to_wire()))
+                .or_insert_with(|| data.to_vec());
         }
         Ok(score)
     }

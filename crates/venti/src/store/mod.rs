@@ -53,7 +53,12 @@ pub enum StoreError {
     #[error("lump too large: block of {0} bytes exceeds the limit of {MAX_BLOCK_SIZE}")]
     TooLarge(usize),
     #[error("block {score}/{ty} is corrupt at log offset {offset}: {detail}")]
-    Corrupt { score: Score, ty: BlockType, offset: u64, detail: String },
+    Corrupt {
+        score: Score,
+        ty: BlockType,
+        offset: u64,
+        detail: String,
+    },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
     #[error("venti index {path}: {detail}")]
@@ -68,6 +73,9 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> StoreError {
-        StoreError::Io { context: context.into(), source }
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }

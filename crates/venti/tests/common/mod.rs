@@ -25,7 +25,11 @@ impl TestServer {
         let handle = tokio::spawn(venti::server::serve(listener, store, async {
             let _ = rx.await;
         }));
-        TestServer { addr, stop: Some(tx), handle: Some(handle) }
+        TestServer {
+            addr,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -74,7 +78,8 @@ impl Raw {
     /// Reads one 02-framed message body.
     pub async fn recv02(&mut self) -> Vec<u8> {
         let len = self.recv(2).await;
-        self.recv(u16::from_be_bytes([len[0], len[1]]) as usize).await
+        self.recv(u16::from_be_bytes([len[0], len[1]]) as usize)
+            .await
     }
 
     /// True if the server closed the connection (reads EOF) within a second.
@@ -89,7 +94,10 @@ impl Raw {
 
 pub fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// The Thello of the §4.8 transcript, framed for 02.
