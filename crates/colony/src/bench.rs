@@ -26,6 +26,9 @@ pub enum BenchCommand {
         /// Requests in flight per client over TCP.
         #[arg(long, default_value_t = 64)]
         window: usize,
+        /// Repetitions of each phase; the median is printed.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -36,7 +39,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             reopen_blocks,
             dir,
             window,
-        } => bench_venti(blocks, reopen_blocks, dir, window),
+            runs,
+        } => bench_venti(blocks, reopen_blocks, dir, window, runs),
     }
 }
 
@@ -71,17 +75,47 @@ impl Blocks {
     }
 }
 
-fn report(name: &str, blocks: usize, bytes_per_block: usize, elapsed: Duration) {
-    let secs = elapsed.as_secs_f64();
-    println!(
-        "{name:<44} {:>9.1} MB/s {:>10.0} blocks/s  ({blocks} blocks in {:.2} s)",
-        (blocks * bytes_per_block) as f64 / secs / 1e6,
-        blocks as f64 / secs,
-        secs
-    );
+/// One measured phase of one run.
+struct Phase {
+    name: &'static str,
+    blocks: usize,
+    block_size: usize,
+    elapsed: Duration,
 }
 
-fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usize) -> Result<()> {
+/// Prints the median of each phase over the runs, with the range. The first
+/// touch of fresh memory is slow on this kind of virtual machine, so single
+/// runs vary widely; the median is the honest figure.
+fn report(runs: &[Vec<Phase>]) {
+    for (i, phase) in runs[0].iter().enumerate() {
+        let mut rates: Vec<f64> = runs
+            .iter()
+            .map(|run| {
+                (run[i].blocks * run[i].block_size) as f64 / run[i].elapsed.as_secs_f64() / 1e6
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        println!(
+            "{:<46} {:>8.1} MB/s {:>9.0} blocks/s   (range {:.0}..{:.0} MB/s over {} runs of {} blocks)",
+            phase.name,
+            median,
+            median * 1e6 / phase.block_size as f64,
+            rates[0],
+            rates[rates.len() - 1],
+            rates.len(),
+            phase.blocks
+        );
+    }
+}
+
+fn bench_venti(
+    n: usize,
+    reopen_blocks: usize,
+    dir: Option<PathBuf>,
+    window: usize,
+    runs: usize,
+) -> Result<()> {
     let scratch = match &dir {
         Some(d) => tempfile::Builder::new()
             .prefix("colony-bench-")
@@ -89,39 +123,51 @@ fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usi
         None => tempfile::Builder::new().prefix("colony-bench-").tempdir()?,
     };
     println!(
-        "venti benchmark: {n} blocks of {BLOCK} bytes per phase, scratch in {}",
+        "venti benchmark: {n} blocks of {BLOCK} bytes per phase, median of {runs} runs, scratch in {}",
         scratch.path().display()
     );
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut results = Vec::new();
+    for run in 0..runs.max(1) {
+        let dir = scratch.path().join(format!("run{run}"));
+        let mut phases = in_process(&dir, n, run as u64)?;
+        phases.extend(runtime.block_on(loopback(&dir, n, window, run as u64))?);
+        std::fs::remove_dir_all(&dir)?;
+        results.push(phases);
+    }
+    report(&results);
+    if reopen_blocks > 0 {
+        reopen(&scratch.path().join("reopen"), reopen_blocks)?;
+    }
+    Ok(())
+}
 
-    // In-process.
-    let store = LogStore::open(scratch.path().join("inproc"))?;
-    let blockgen = Blocks::new(1);
+fn in_process(dir: &std::path::Path, n: usize, run: u64) -> Result<Vec<Phase>> {
+    let mut phases = Vec::new();
+    let mut phase = |name, elapsed| {
+        phases.push(Phase {
+            name,
+            blocks: n,
+            block_size: BLOCK,
+            elapsed,
+        })
+    };
+    let store = LogStore::open(dir.join("inproc"))?;
+    let blockgen = Blocks::new(1 + run * 10);
     let blocks: Vec<Vec<u8>> = (0..n).map(|i| blockgen.get(i)).collect();
     let t = Instant::now();
     let mut scores = Vec::with_capacity(n);
     for b in &blocks {
         scores.push(store.write(BlockType::DATA, b)?);
     }
-    let before_sync = t.elapsed();
     store.sync()?;
-    report(
-        "in-process ingest, new blocks (+sync)",
-        n,
-        BLOCK,
-        t.elapsed(),
-    );
-    println!(
-        "{:<44} {:.2} s writing, {:.2} s in the final sync",
-        "",
-        before_sync.as_secs_f64(),
-        (t.elapsed() - before_sync).as_secs_f64()
-    );
+    phase("in-process ingest, new blocks (+sync)", t.elapsed());
 
     let t = Instant::now();
     for b in &blocks {
         store.write(BlockType::DATA, b)?;
     }
-    report("in-process ingest, duplicate blocks", n, BLOCK, t.elapsed());
+    phase("in-process ingest, duplicate blocks", t.elapsed());
 
     let t = Instant::now();
     for s in &scores {
@@ -130,100 +176,105 @@ fn bench_venti(n: usize, reopen_blocks: usize, dir: Option<PathBuf>, window: usi
             .context("a written block is missing")?;
         std::hint::black_box(data);
     }
-    report("in-process reads (verified)", n, BLOCK, t.elapsed());
+    phase("in-process reads (verified)", t.elapsed());
     store.close()?;
-    drop(blocks);
+    Ok(phases)
+}
 
-    // Loopback TCP.
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(scratch.path().join("tcp"))?);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(venti::server::serve(listener, store, async {
-            let _ = stop_rx.await;
-        }));
+async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> Result<Vec<Phase>> {
+    let mut phases = Vec::new();
+    let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(dir.join("tcp"))?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(venti::server::serve(listener, store, async {
+        let _ = stop_rx.await;
+    }));
 
-        let client = Client::connect(&addr).await?;
-        let t = Instant::now();
-        let scores = write_pipelined(&client, Arc::new(Blocks::new(2)), 0..n, window).await?;
-        client.sync().await?;
-        report(
-            "loopback writes, 1 pipelined client (+sync)",
-            n,
-            BLOCK,
-            t.elapsed(),
-        );
+    let client = Client::connect(&addr).await?;
+    let t = Instant::now();
+    let scores =
+        write_pipelined(&client, Arc::new(Blocks::new(2 + run * 10)), 0..n, window).await?;
+    client.sync().await?;
+    phases.push(Phase {
+        name: "loopback writes, 1 pipelined client (+sync)",
+        blocks: n,
+        block_size: BLOCK,
+        elapsed: t.elapsed(),
+    });
 
-        let t = Instant::now();
-        read_pipelined(&client, scores, window).await?;
-        report("loopback reads, 1 pipelined client", n, BLOCK, t.elapsed());
+    let t = Instant::now();
+    read_pipelined(&client, scores, window).await?;
+    phases.push(Phase {
+        name: "loopback reads, 1 pipelined client",
+        blocks: n,
+        block_size: BLOCK,
+        elapsed: t.elapsed(),
+    });
 
-        let clients = 8;
-        let per = n / clients;
-        let t = Instant::now();
-        let mut tasks = JoinSet::new();
-        let blockgen = Arc::new(Blocks::new(3));
-        for c in 0..clients {
-            let blockgen = blockgen.clone();
-            let addr = addr.clone();
-            tasks.spawn(async move {
-                let client = Client::connect(&addr).await?;
-                write_pipelined(&client, blockgen, c * per..(c + 1) * per, window).await?;
-                client.sync().await?;
-                anyhow::Ok(())
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done??;
-        }
-        report(
-            "loopback writes, 8 pipelined clients (+sync)",
-            per * clients,
-            BLOCK,
-            t.elapsed(),
-        );
-
-        let _ = stop_tx.send(());
-        server.await??;
-        anyhow::Ok(())
-    })?;
-
-    if reopen_blocks > 0 {
-        let path = scratch.path().join("reopen");
-        let store = LogStore::open(&path)?;
-        let t = Instant::now();
-        for i in 0..reopen_blocks {
-            let mut small = [0u8; 64];
-            small[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            small[63] = 1;
-            store.write(BlockType::DATA, &small)?;
-        }
-        store.close()?;
-        report(
-            "filling a store with small blocks (64 B)",
-            reopen_blocks,
-            64,
-            t.elapsed(),
-        );
-        let t = Instant::now();
-        let store = LogStore::open(&path)?;
-        let opened = t.elapsed();
-        println!(
-            "reopen a store of {reopen_blocks} blocks: {:.1} ms",
-            opened.as_secs_f64() * 1e3
-        );
-        let probe = {
-            let mut small = [0u8; 64];
-            small[..8].copy_from_slice(&((reopen_blocks / 2) as u64).to_be_bytes());
-            small[63] = 1;
-            Score::of(&small)
-        };
-        store
-            .read(&probe, BlockType::DATA)?
-            .context("a block is missing after reopen")?;
+    let clients = 8;
+    let per = n / clients;
+    let t = Instant::now();
+    let mut tasks = JoinSet::new();
+    let blockgen = Arc::new(Blocks::new(3 + run * 10));
+    for c in 0..clients {
+        let blockgen = blockgen.clone();
+        let addr = addr.clone();
+        tasks.spawn(async move {
+            let client = Client::connect(&addr).await?;
+            write_pipelined(&client, blockgen, c * per..(c + 1) * per, window).await?;
+            client.sync().await?;
+            anyhow::Ok(())
+        });
     }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    phases.push(Phase {
+        name: "loopback writes, 8 pipelined clients (+sync)",
+        blocks: per * clients,
+        block_size: BLOCK,
+        elapsed: t.elapsed(),
+    });
+
+    let _ = stop_tx.send(());
+    server.await??;
+    Ok(phases)
+}
+
+fn small_block(i: usize) -> [u8; 64] {
+    let mut small = [0u8; 64];
+    small[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    small[63] = 1;
+    small
+}
+
+fn reopen(path: &std::path::Path, blocks: usize) -> Result<()> {
+    let store = LogStore::open(path)?;
+    let t = Instant::now();
+    for i in 0..blocks {
+        store.write(BlockType::DATA, &small_block(i))?;
+    }
+    store.close()?;
+    let filled = t.elapsed();
+    println!(
+        "filled a store with {blocks} blocks of 64 B in {:.2} s ({:.0} blocks/s)",
+        filled.as_secs_f64(),
+        blocks as f64 / filled.as_secs_f64()
+    );
+    let t = Instant::now();
+    let store = LogStore::open(path)?;
+    let opened = t.elapsed();
+    println!(
+        "reopen a store of {blocks} blocks: {:.1} ms",
+        opened.as_secs_f64() * 1e3
+    );
+    if let Some(peak) = peak_rss() {
+        println!("peak resident memory of this benchmark: {peak}");
+    }
+    store
+        .read(&Score::of(&small_block(blocks / 2)), BlockType::DATA)?
+        .context("a block is missing after reopen")?;
     Ok(())
 }
 
@@ -262,4 +313,11 @@ async fn read_pipelined(client: &Client, scores: Vec<Score>, window: usize) -> R
         done??;
     }
     Ok(())
+}
+
+/// The process's peak resident set, as the kernel reports it.
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.trim_start_matches("VmHWM:").trim().to_string())
 }
