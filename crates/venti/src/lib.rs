@@ -3,7 +3,8 @@
 //! * [`Score`], [`BlockType`] and [`zero`]: names, types and zero truncation of blocks.
 //! * [`Message`] and [`conn`]: the wire protocol — messages, version exchange, framing.
 //! * [`BlockStore`], [`LogStore`], [`MemoryStore`]: where blocks are kept.
-//! * [`server::serve`] and [`Client`]: the network service and its pipelined client.
+//! * [`server::serve`] and [`Client`]: the network service and its pipelined client;
+//!   [`RemoteStore`] puts a server behind the synchronous [`BlockStore`] interface.
 //!
 //! Every layer above (vac, fossil, the grid) stores its data through this crate.
 
@@ -12,6 +13,7 @@ pub mod client;
 pub mod conn;
 pub mod dial;
 pub mod message;
+pub mod remote;
 pub mod score;
 pub mod server;
 pub mod store;
@@ -20,5 +22,6 @@ pub mod zero;
 pub use block_type::BlockType;
 pub use client::{Client, ClientError};
 pub use message::Message;
+pub use remote::RemoteStore;
 pub use score::{SCORE_SIZE, Score};
 pub use store::{BlockStore, LogStore, MAX_BLOCK_SIZE, MemoryStore, StoreError};

@@ -1,0 +1,329 @@
+//! Streams as hash trees (spec §5.3–5.4): [`StreamWriter`] turns leaves into a
+//! tree of pointer blocks and returns the VtEntry; [`StreamReader`] walks a tree
+//! lazily, reading only the blocks on the way to the leaf it needs.
+
+use venti::{BlockStore, BlockType, Score, zero};
+
+use crate::entry::{Entry, pointers_per_block};
+use crate::error::{Error, Result};
+
+/// Reads one block, turning "not there" into an error that names it.
+pub fn read_block(
+    store: &dyn BlockStore,
+    score: &Score,
+    ty: BlockType,
+    max: usize,
+) -> Result<Vec<u8>> {
+    let data = store
+        .read(score, ty)?
+        .ok_or(Error::MissingBlock { score: *score, ty })?;
+    if data.len() > max {
+        return Err(Error::corrupt(format!(
+            "block {score}/{ty} is {} bytes, more than the {max} allowed here",
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
+/// Builds one stream's hash tree, leaf by leaf.
+pub struct StreamWriter<'a> {
+    store: &'a dyn BlockStore,
+    base: BlockType,
+    psize: u32,
+    dsize: u32,
+    /// `levels[i]`: scores waiting to go into a pointer block of depth i+1.
+    levels: Vec<Vec<Score>>,
+    leaves: u64,
+}
+
+impl<'a> StreamWriter<'a> {
+    pub fn new(store: &'a dyn BlockStore, dir: bool, psize: u32, dsize: u32) -> StreamWriter<'a> {
+        let base = if dir { BlockType::DIR } else { BlockType::DATA };
+        StreamWriter {
+            store,
+            base,
+            psize,
+            dsize,
+            levels: vec![Vec::new()],
+            leaves: 0,
+        }
+    }
+
+    /// Appends one leaf (at most `dsize` bytes; zero-truncated before writing).
+    pub fn push_leaf(&mut self, leaf: &[u8]) -> Result<()> {
+        debug_assert!(leaf.len() <= self.dsize as usize);
+        let score = self
+            .store
+            .write(self.base, zero::truncate(self.base, leaf))?;
+        self.leaves += 1;
+        self.push_score(0, score)
+    }
+
+    /// Appends a leaf whose score is already known (and stored).
+    pub fn push_leaf_score(&mut self, score: Score) -> Result<()> {
+        self.leaves += 1;
+        self.push_score(0, score)
+    }
+
+    fn push_score(&mut self, level: usize, score: Score) -> Result<()> {
+        self.levels[level].push(score);
+        if self.levels[level].len() as u64 == pointers_per_block(self.psize) {
+            let block = self.pointer_block(level)?;
+            if self.levels.len() == level + 1 {
+                self.levels.push(Vec::new());
+            }
+            self.push_score(level + 1, block)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pointer block of depth `level+1` from the waiting scores.
+    fn pointer_block(&mut self, level: usize) -> Result<Score> {
+        let scores = std::mem::take(&mut self.levels[level]);
+        let ty = BlockType::at_depth(self.base, level as u8 + 1)
+            .ok_or_else(|| Error::Invalid("stream too large: tree deeper than 7 levels".into()))?;
+        let mut block = Vec::with_capacity(scores.len() * venti::SCORE_SIZE);
+        for s in &scores {
+            block.extend_from_slice(&s.0);
+        }
+        Ok(self.store.write(ty, zero::truncate(ty, &block))?)
+    }
+
+    /// Closes the tree at its minimal depth and returns the stream's entry.
+    pub fn finish(mut self, size: u64) -> Result<Entry> {
+        let mut entry = Entry::empty(self.psize, self.dsize, self.base == BlockType::DIR);
+        entry.size = size;
+        if self.leaves == 0 {
+            return Ok(entry);
+        }
+        let mut level = 0;
+        loop {
+            let higher_empty = self.levels[level + 1..].iter().all(Vec::is_empty);
+            if higher_empty && self.levels[level].len() == 1 {
+                entry.depth = level as u8;
+                entry.score = self.levels[level][0];
+                return Ok(entry);
+            }
+            if !self.levels[level].is_empty() {
+                let block = self.pointer_block(level)?;
+                if self.levels.len() == level + 1 {
+                    self.levels.push(Vec::new());
+                }
+                self.levels[level + 1].push(block);
+            }
+            level += 1;
+        }
+    }
+}
+
+/// Writes a byte stream as a data stream: `data` is cut into `dsize` leaves.
+pub fn write_bytes(store: &dyn BlockStore, data: &[u8], psize: u32, dsize: u32) -> Result<Entry> {
+    let mut w = StreamWriter::new(store, false, psize, dsize);
+    for leaf in data.chunks(dsize as usize) {
+        w.push_leaf(leaf)?;
+    }
+    w.finish(data.len() as u64)
+}
+
+/// Reads a stream's leaves on demand, remembering the last pointer block of
+/// each level so sequential reads fetch each block once.
+pub struct StreamReader<'a> {
+    store: &'a dyn BlockStore,
+    entry: Entry,
+    /// For each depth 1..=entry.depth: (index of the block at that depth, its bytes).
+    cache: Vec<Option<(u64, Vec<u8>)>>,
+}
+
+impl<'a> StreamReader<'a> {
+    pub fn new(store: &'a dyn BlockStore, entry: Entry) -> Result<StreamReader<'a>> {
+        if !entry.is_active() {
+            return Err(Error::corrupt("stream entry is not active"));
+        }
+        // A tree shallower than its size needs is corrupt (plan9port: "bad depth").
+        let leaves = entry.size.div_ceil(entry.dsize as u64);
+        let np = pointers_per_block(entry.psize).max(2);
+        let mut min_depth = 0u8;
+        let mut n = leaves;
+        while n > 1 {
+            n = n.div_ceil(np);
+            min_depth += 1;
+        }
+        if entry.depth < min_depth || entry.depth > 7 {
+            return Err(Error::corrupt(format!(
+                "bad depth {} for a stream of {} bytes",
+                entry.depth, entry.size
+            )));
+        }
+        Ok(StreamReader {
+            store,
+            entry,
+            cache: vec![None; entry.depth as usize + 1],
+        })
+    }
+
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// Number of leaves the stream's size implies.
+    pub fn leaf_count(&self) -> u64 {
+        self.entry.size.div_ceil(self.entry.dsize as u64)
+    }
+
+    /// The stored bytes of leaf `k` (zero-truncated; callers extend as needed).
+    pub fn leaf(&mut self, k: u64) -> Result<Vec<u8>> {
+        let score = self.leaf_score(k)?;
+        read_block(
+            self.store,
+            &score,
+            self.entry.base_type(),
+            self.entry.dsize as usize,
+        )
+    }
+
+    /// The score of leaf `k`, walking down the pointer blocks.
+    pub fn leaf_score(&mut self, k: u64) -> Result<Score> {
+        let depth = self.entry.depth as u32;
+        let np = pointers_per_block(self.entry.psize);
+        if depth == 0 {
+            return if k == 0 {
+                Ok(self.entry.score)
+            } else {
+                Ok(Score::ZERO)
+            };
+        }
+        if k >= np.saturating_pow(depth) {
+            return Ok(Score::ZERO);
+        }
+        let mut score = self.entry.score;
+        for level in (1..=depth).rev() {
+            if score == Score::ZERO {
+                return Ok(Score::ZERO);
+            }
+            // Index of the block at this level, and of the slot within it.
+            let block_index = k / np.pow(level);
+            let slot = (k / np.pow(level - 1)) % np;
+            let cached = matches!(&self.cache[level as usize], Some((i, _)) if *i == block_index);
+            if !cached {
+                let ty =
+                    BlockType::at_depth(self.entry.base_type(), level as u8).expect("depth ≤ 7");
+                let block = read_block(self.store, &score, ty, self.entry.psize as usize)?;
+                self.cache[level as usize] = Some((block_index, block));
+            }
+            let block = &self.cache[level as usize].as_ref().expect("filled").1;
+            let at = slot as usize * venti::SCORE_SIZE;
+            score = match block.get(at..at + venti::SCORE_SIZE) {
+                Some(s) if s.len() == venti::SCORE_SIZE => Score::from_slice(s).expect("20"),
+                _ => Score::ZERO, // truncated trailing zero scores
+            };
+        }
+        Ok(score)
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (0 at the end).
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = self.entry.size;
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let dsize = self.entry.dsize as u64;
+        let want = buf.len().min((size - offset) as usize);
+        let mut done = 0;
+        while done < want {
+            let pos = offset + done as u64;
+            let k = pos / dsize;
+            let within = (pos % dsize) as usize;
+            let n = (dsize as usize - within).min(want - done);
+            let leaf = self.leaf(k)?;
+            let out = &mut buf[done..done + n];
+            // Bytes past the stored (truncated) leaf are zeros.
+            let have = leaf.len().saturating_sub(within).min(n);
+            out[..have].copy_from_slice(&leaf[within..within + have]);
+            out[have..].fill(0);
+            done += n;
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use venti::MemoryStore;
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| ((13 * i + 5) % 256) as u8).collect()
+    }
+
+    #[test]
+    fn x_of_the_spec_11_10_archive() {
+        let store = MemoryStore::new();
+        let e = write_bytes(&store, &pattern(10000), 8180, 8192).unwrap();
+        assert_eq!(e.depth, 1);
+        assert_eq!(
+            e.score.to_string(),
+            "63eb622ced2edadd6053896042e2642e679c7c04"
+        );
+        let mut r = StreamReader::new(&store, e).unwrap();
+        let mut buf = vec![0; 10000];
+        assert_eq!(r.read_at(0, &mut buf).unwrap(), 10000);
+        assert_eq!(buf, pattern(10000));
+    }
+
+    #[test]
+    fn depths_are_minimal_and_reads_cross_leaf_and_pointer_boundaries() {
+        let store = MemoryStore::new();
+        // psize 60 → 3 pointers per block, dsize 256: forces deep trees quickly.
+        for size in [0usize, 1, 256, 257, 768, 769, 2304, 2305, 7000] {
+            let data = pattern(size);
+            let e = write_bytes(&store, &data, 60, 256).unwrap();
+            let leaves = size.div_ceil(256);
+            let mut expect = 0;
+            let mut n = leaves;
+            while n > 1 {
+                n = n.div_ceil(3);
+                expect += 1;
+            }
+            assert_eq!(e.depth, expect, "size {size}");
+            let mut r = StreamReader::new(&store, e).unwrap();
+            let mut got = vec![0; size];
+            assert_eq!(r.read_at(0, &mut got).unwrap(), size);
+            assert_eq!(got, data, "size {size}");
+            if size > 300 {
+                let mut part = vec![0; 100];
+                r.read_at(250, &mut part).unwrap();
+                assert_eq!(part, &data[250..350]);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_leaves_cost_no_blocks() {
+        let store = MemoryStore::new();
+        let mut data = vec![0u8; 8192 * 10];
+        data[8192 * 5] = 1;
+        let e = write_bytes(&store, &data, 8180, 8192).unwrap();
+        // One data leaf and one pointer block; nine zero leaves are the zero score.
+        assert_eq!(store.len(), 2);
+        let mut r = StreamReader::new(&store, e).unwrap();
+        let mut got = vec![7u8; data.len()];
+        r.read_at(0, &mut got).unwrap();
+        assert_eq!(got, data);
+        // An all-zero file of any length is the zero score.
+        let z = write_bytes(&store, &vec![0u8; 30000], 8180, 8192).unwrap();
+        assert_eq!(z.score, Score::ZERO);
+    }
+
+    #[test]
+    fn a_shallow_entry_and_a_missing_block_are_errors() {
+        let store = MemoryStore::new();
+        let mut e = write_bytes(&store, &pattern(20000), 8180, 8192).unwrap();
+        e.depth = 0;
+        assert!(StreamReader::new(&store, e).is_err());
+        let e = write_bytes(&MemoryStore::new(), &pattern(100), 8180, 8192).unwrap();
+        let mut r = StreamReader::new(&store, e).unwrap();
+        let err = r.read_at(0, &mut [0; 10]).unwrap_err();
+        assert!(err.to_string().contains("is not in the store"), "{err}");
+    }
+}

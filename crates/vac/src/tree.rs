@@ -1,0 +1,262 @@
+//! The archive being built: an in-memory tree whose file contents are already
+//! in the store (as stream entries), written out bottom-up at the end.
+//!
+//! Both importers (a directory walk and a tar stream) fill a [`Tree`]; only the
+//! directory structure is held in memory, never file data. Children are kept
+//! sorted by name, and qids are given in that order, so the same tree always
+//! yields the same root score, whichever importer read it.
+
+use std::collections::BTreeMap;
+
+use venti::{BlockStore, BlockType, Score};
+
+use crate::dirent::DirEntry;
+use crate::entry::{ENTRY_SIZE, Entry, entries_per_block};
+use crate::error::{Error, Result};
+use crate::metablock;
+use crate::root::Root;
+use crate::stream::StreamWriter;
+use crate::unix::{Kind, Meta};
+
+/// Block sizes of an archive: vac's defaults are 8192 and 8180 (409 pointers).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockSizes {
+    pub dsize: u32,
+    pub psize: u32,
+}
+
+impl Default for BlockSizes {
+    fn default() -> Self {
+        BlockSizes {
+            dsize: 8192,
+            psize: 8180,
+        }
+    }
+}
+
+/// A node of the tree being built.
+#[derive(Debug, Clone)]
+pub enum TreeNode {
+    /// Anything but a directory: its data stream is already stored.
+    Leaf { meta: Meta, data: Entry },
+    Dir {
+        meta: Meta,
+        children: BTreeMap<String, TreeNode>,
+    },
+}
+
+impl TreeNode {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            TreeNode::Leaf { meta, .. } | TreeNode::Dir { meta, .. } => meta,
+        }
+    }
+
+    /// An empty directory with the given metadata.
+    pub fn dir(meta: Meta) -> TreeNode {
+        TreeNode::Dir {
+            meta,
+            children: BTreeMap::new(),
+        }
+    }
+}
+
+/// Metadata for a directory that appears only as the parent of something
+/// (tar streams may leave parents out).
+pub fn implied_dir_meta() -> Meta {
+    Meta {
+        kind: Kind::Dir,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+    }
+}
+
+/// The whole archive: the root directory's metadata and children.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub root: TreeNode,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree {
+            root: TreeNode::dir(implied_dir_meta()),
+        }
+    }
+}
+
+impl Tree {
+    /// The directory at `path` (components), created with implied metadata as
+    /// needed. Fails if something on the path is not a directory.
+    pub fn dir_mut(&mut self, path: &[&str]) -> Result<&mut BTreeMap<String, TreeNode>> {
+        let mut node = &mut self.root;
+        for (i, part) in path.iter().enumerate() {
+            let TreeNode::Dir { children, .. } = node else {
+                unreachable!("checked below")
+            };
+            node = children
+                .entry(part.to_string())
+                .or_insert_with(|| TreeNode::dir(implied_dir_meta()));
+            if !matches!(node, TreeNode::Dir { .. }) {
+                return Err(Error::Invalid(format!(
+                    "{} is not a directory",
+                    path[..=i].join("/")
+                )));
+            }
+        }
+        match node {
+            TreeNode::Dir { children, .. } => Ok(children),
+            TreeNode::Leaf { .. } => unreachable!("checked in the loop"),
+        }
+    }
+
+    /// Puts `node` at `path`; a directory already there keeps its children
+    /// and takes the new metadata.
+    pub fn insert(&mut self, path: &[&str], node: TreeNode) -> Result<()> {
+        let Some((name, parent)) = path.split_last() else {
+            // The root itself.
+            if let TreeNode::Dir { meta, .. } = node {
+                if let TreeNode::Dir { meta: m, .. } = &mut self.root {
+                    *m = meta;
+                }
+                return Ok(());
+            }
+            return Err(Error::Invalid(
+                "the archive root must be a directory".into(),
+            ));
+        };
+        let children = self.dir_mut(parent)?;
+        match (children.get_mut(*name), node) {
+            (Some(TreeNode::Dir { meta, .. }), TreeNode::Dir { meta: new, .. }) => *meta = new,
+            (_, node) => {
+                children.insert(name.to_string(), node);
+            }
+        }
+        Ok(())
+    }
+
+    /// The node at `path`, if any.
+    pub fn get(&self, path: &[&str]) -> Option<&TreeNode> {
+        let mut node = &self.root;
+        for part in path {
+            match node {
+                TreeNode::Dir { children, .. } => node = children.get(*part)?,
+                TreeNode::Leaf { .. } => return None,
+            }
+        }
+        Some(node)
+    }
+
+    /// Writes the directories bottom-up, then the root directory block and the
+    /// VtRoot, and syncs. Returns the VtRoot's score.
+    pub fn write(
+        &self,
+        store: &dyn BlockStore,
+        sizes: BlockSizes,
+        prev: Option<Score>,
+    ) -> Result<Score> {
+        let TreeNode::Dir { meta, children } = &self.root else {
+            return Err(Error::Invalid(
+                "the archive root must be a directory".into(),
+            ));
+        };
+        let mut next_qid = 1;
+        let (d, m) = write_dir(store, sizes, children, &mut next_qid)?;
+
+        // MR: the root's own DirEntry, vac style, with the qid space used.
+        let mut root_dirent = DirEntry {
+            elem: "/".into(),
+            entry: 0,
+            mentry: 1,
+            qid: 0,
+            ..Default::default()
+        };
+        meta.fill_dirent(&mut root_dirent);
+        root_dirent.qid_space = Some((0, next_qid));
+        let mr = write_meta_stream(store, sizes, std::slice::from_ref(&root_dirent))?;
+
+        let mut top = Vec::with_capacity(3 * ENTRY_SIZE);
+        for e in [d, m, mr] {
+            top.extend_from_slice(&e.pack());
+        }
+        let top_score = store.write(BlockType::DIR, venti::zero::truncate(BlockType::DIR, &top))?;
+        let root = Root {
+            name: String::new(),
+            kind: "vac".into(),
+            score: top_score,
+            block_size: sizes.dsize,
+            prev: prev.unwrap_or(Score::ALL_ZEROS),
+        };
+        let score = store.write(BlockType::ROOT, &root.pack())?;
+        store.sync()?;
+        Ok(score)
+    }
+}
+
+/// Writes one directory's two streams, children first.
+fn write_dir(
+    store: &dyn BlockStore,
+    sizes: BlockSizes,
+    children: &BTreeMap<String, TreeNode>,
+    next_qid: &mut u64,
+) -> Result<(Entry, Entry)> {
+    let mut source: Vec<Entry> = Vec::with_capacity(children.len());
+    let mut dirents = Vec::with_capacity(children.len());
+    for (name, child) in children {
+        let mut d = DirEntry {
+            elem: name.clone(),
+            qid: *next_qid,
+            ..Default::default()
+        };
+        *next_qid += 1;
+        child.meta().fill_dirent(&mut d);
+        d.entry = source.len() as u32;
+        match child {
+            TreeNode::Leaf { data, .. } => source.push(*data),
+            TreeNode::Dir { children, .. } => {
+                let (cd, cm) = write_dir(store, sizes, children, next_qid)?;
+                d.mentry = d.entry + 1;
+                source.push(cd);
+                source.push(cm);
+            }
+        }
+        dirents.push(d);
+    }
+    Ok((
+        write_dir_stream(store, sizes, &source)?,
+        write_meta_stream(store, sizes, &dirents)?,
+    ))
+}
+
+/// A directory stream: `epb` entries per leaf, size counting full leaves as dsize.
+fn write_dir_stream(store: &dyn BlockStore, sizes: BlockSizes, entries: &[Entry]) -> Result<Entry> {
+    let epb = entries_per_block(sizes.dsize) as usize;
+    let mut w = StreamWriter::new(store, true, sizes.psize, sizes.dsize);
+    let mut leaf = Vec::with_capacity(epb * ENTRY_SIZE);
+    for chunk in entries.chunks(epb) {
+        leaf.clear();
+        for e in chunk {
+            leaf.extend_from_slice(&e.pack());
+        }
+        w.push_leaf(&leaf)?;
+    }
+    let n = entries.len() as u64;
+    let size = sizes.dsize as u64 * (n / epb as u64) + ENTRY_SIZE as u64 * (n % epb as u64);
+    w.finish(size)
+}
+
+/// A meta stream: MetaBlocks of dsize bytes each; size is their count × dsize.
+fn write_meta_stream(
+    store: &dyn BlockStore,
+    sizes: BlockSizes,
+    dirents: &[DirEntry],
+) -> Result<Entry> {
+    let blocks = metablock::pack(dirents, sizes.dsize as usize);
+    let mut w = StreamWriter::new(store, false, sizes.psize, sizes.dsize);
+    for b in &blocks {
+        w.push_leaf(b)?;
+    }
+    w.finish(blocks.len() as u64 * sizes.dsize as u64)
+}
