@@ -30,6 +30,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
+    /// embedded store and over loopback, re-archive it with -d, extract it.
+    Vac {
+        /// The tree to archive (kept out of the repository and CI).
+        tree: PathBuf,
+        /// Directory for the scratch stores [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -41,6 +50,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             window,
             runs,
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
+        BenchCommand::Vac { tree, dir } => crate::bench_vac::run(&tree, dir),
     }
 }
 

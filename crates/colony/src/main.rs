@@ -2,7 +2,10 @@
 //! parses arguments and dispatches; each command lives in its own module.
 
 mod bench;
+mod bench_vac;
 mod paths;
+mod progress;
+mod vac_cmd;
 mod venti_cmd;
 
 use std::process::ExitCode;
@@ -25,6 +28,10 @@ enum Command {
     /// The venti block store: server and simple clients.
     #[command(subcommand)]
     Venti(venti_cmd::VentiCommand),
+    /// Archive directory trees or a tar stream into the block store; prints vac:SCORE.
+    Vac(vac_cmd::VacArgs),
+    /// List or extract a vac archive.
+    Unvac(vac_cmd::UnvacArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -35,10 +42,14 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Venti(cmd) => venti_cmd::run(cmd),
+        Command::Vac(args) => vac_cmd::vac(args),
+        Command::Unvac(args) => vac_cmd::unvac(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`colony unvac -t … | head`) is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("colony: {e:#}");
             ExitCode::FAILURE
@@ -55,4 +66,17 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let io =
+            cause
+                .downcast_ref::<std::io::Error>()
+                .or(match cause.downcast_ref::<vac::Error>() {
+                    Some(vac::Error::Io { err, .. }) => Some(err),
+                    _ => None,
+                });
+        io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -159,7 +159,7 @@ impl Entry {
 pub(crate) fn big_code(size: u32) -> Option<u16> {
     (0..32).find_map(|e| {
         let m = size >> e;
-        (m < 2048 && m << e == size).then(|| ((m << 5) | e) as u16)
+        (m < 2048 && m << e == size).then_some(((m << 5) | e) as u16)
     })
 }
 

@@ -13,8 +13,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("corrupt archive: {0}")]
     Corrupt(String),
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: io::Error },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}: no such file or directory in the archive")]
@@ -25,7 +25,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 

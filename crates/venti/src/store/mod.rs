@@ -59,8 +59,8 @@ pub enum StoreError {
         offset: u64,
         detail: String,
     },
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    #[error("{context}: {err}")]
+    Io { context: String, err: io::Error },
     #[error("venti index {path}: {detail}")]
     Index { path: PathBuf, detail: String },
     #[error("store {0} is in use by another process")]
@@ -75,7 +75,7 @@ impl StoreError {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> StoreError {
         StoreError::Io {
             context: context.into(),
-            source,
+            err: source,
         }
     }
 }
