@@ -312,12 +312,13 @@ pub fn import_tar(
             b'0' | 0 | b'7' => {
                 let data = match write_content(store, sizes, &mut body, observer) {
                     Ok(r) => r?,
-                    Err(e) => {
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         return Err(Error::Invalid(format!(
-                            "tar stream: {e} ({shown}, after {} entries)",
+                            "tar stream ended early, in the middle of {shown} (after {} entries)",
                             pos.entries - 1
                         )));
                     }
+                    Err(e) => return Err(Error::io("tar stream", e)),
                 };
                 pos.offset += size;
                 stats.bytes += size;
