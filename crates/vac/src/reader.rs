@@ -115,19 +115,7 @@ impl<'a> Archive<'a> {
 
     /// Every entry of `dir`, in the order of its meta blocks.
     pub fn list(&self, dir: &Dir) -> Result<Vec<Node>> {
-        let mut sources = SourceReader::new(self.store, dir.source)?;
-        let mut out = Vec::new();
-        let mut meta = StreamReader::new(self.store, dir.msource)?;
-        let dsize = dir.msource.dsize as usize;
-        for k in 0..meta.leaf_count() {
-            let mut block = meta.leaf(k)?;
-            zero::extend(BlockType::DATA, &mut block, dsize);
-            let mb = MetaBlock::parse(&block, dsize)?;
-            for i in 0..mb.len() {
-                out.push(sources.resolve(mb.entry(i)?)?);
-            }
-        }
-        Ok(out)
+        list_dir(self.store, dir)
     }
 
     /// Finds `name` in `dir`, reading meta blocks until it turns up.
@@ -171,17 +159,40 @@ impl<'a> Archive<'a> {
 
     /// All of a small stream's data (symlink targets, device strings).
     pub fn read_small(&self, node: &Node, limit: u64) -> Result<Vec<u8>> {
-        if node.entry.size > limit {
-            return Err(Error::corrupt(format!(
-                "{}: {} bytes of link or device data",
-                node.dirent.elem, node.entry.size
-            )));
-        }
-        let mut buf = vec![0u8; node.entry.size as usize];
-        let n = self.open_file(node)?.read_at(0, &mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
+        read_small(self.store, &node.entry, limit)
+            .map_err(|e| Error::corrupt(format!("{}: {e}", node.dirent.elem)))
     }
+}
+
+/// Every entry of `dir`, in the order of its meta blocks.
+pub fn list_dir(store: &dyn BlockStore, dir: &Dir) -> Result<Vec<Node>> {
+    let mut sources = SourceReader::new(store, dir.source)?;
+    let mut out = Vec::new();
+    let mut meta = StreamReader::new(store, dir.msource)?;
+    let dsize = dir.msource.dsize as usize;
+    for k in 0..meta.leaf_count() {
+        let mut block = meta.leaf(k)?;
+        zero::extend(BlockType::DATA, &mut block, dsize);
+        let mb = MetaBlock::parse(&block, dsize)?;
+        for i in 0..mb.len() {
+            out.push(sources.resolve(mb.entry(i)?)?);
+        }
+    }
+    Ok(out)
+}
+
+/// All of a small data stream (symlink targets, device strings), at most `limit` bytes.
+pub fn read_small(store: &dyn BlockStore, entry: &Entry, limit: u64) -> Result<Vec<u8>> {
+    if entry.size > limit {
+        return Err(Error::corrupt(format!(
+            "{} bytes of link or device data is more than {limit}",
+            entry.size
+        )));
+    }
+    let mut buf = vec![0u8; entry.size as usize];
+    let n = StreamReader::new(store, *entry)?.read_at(0, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
 }
 
 fn unpack_top(block: &[u8]) -> Result<[Entry; 3]> {

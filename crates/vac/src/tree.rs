@@ -165,34 +165,45 @@ impl Tree {
         let mut next_qid = 1;
         let (d, m) = write_dir(store, sizes, children, &mut next_qid)?;
 
-        // MR: the root's own DirEntry, vac style, with the qid space used.
         let mut root_dirent = DirEntry {
-            elem: "/".into(),
-            entry: 0,
-            mentry: 1,
             qid: 0,
             ..Default::default()
         };
         meta.fill_dirent(&mut root_dirent);
         root_dirent.qid_space = Some((0, next_qid));
-        let mr = write_meta_stream(store, sizes, std::slice::from_ref(&root_dirent))?;
-
-        let mut top = Vec::with_capacity(3 * ENTRY_SIZE);
-        for e in [d, m, mr] {
-            top.extend_from_slice(&e.pack());
-        }
-        let top_score = store.write(BlockType::DIR, venti::zero::truncate(BlockType::DIR, &top))?;
-        let root = Root {
-            name: String::new(),
-            kind: "vac".into(),
-            score: top_score,
-            block_size: sizes.dsize,
-            prev: prev.unwrap_or(Score::ALL_ZEROS),
-        };
-        let score = store.write(BlockType::ROOT, &root.pack())?;
-        store.sync()?;
-        Ok(score)
+        write_root(store, sizes, root_dirent, d, m, prev)
     }
+}
+
+/// Writes MR (the root's own DirEntry, vac style: named "/", with its qid
+/// space), the root directory block `[D, M, MR]` and the VtRoot, then syncs.
+pub fn write_root(
+    store: &dyn BlockStore,
+    sizes: BlockSizes,
+    mut root: DirEntry,
+    d: Entry,
+    m: Entry,
+    prev: Option<Score>,
+) -> Result<Score> {
+    root.elem = "/".into();
+    root.entry = 0;
+    root.mentry = 1;
+    let mr = write_meta_stream(store, sizes, std::slice::from_ref(&root))?;
+    let mut top = Vec::with_capacity(3 * ENTRY_SIZE);
+    for e in [d, m, mr] {
+        top.extend_from_slice(&e.pack());
+    }
+    let top_score = store.write(BlockType::DIR, venti::zero::truncate(BlockType::DIR, &top))?;
+    let vt_root = Root {
+        name: String::new(),
+        kind: "vac".into(),
+        score: top_score,
+        block_size: sizes.dsize,
+        prev: prev.unwrap_or(Score::ALL_ZEROS),
+    };
+    let score = store.write(BlockType::ROOT, &vt_root.pack())?;
+    store.sync()?;
+    Ok(score)
 }
 
 /// Writes one directory's two streams, children first.
@@ -231,7 +242,11 @@ fn write_dir(
 }
 
 /// A directory stream: `epb` entries per leaf, size counting full leaves as dsize.
-fn write_dir_stream(store: &dyn BlockStore, sizes: BlockSizes, entries: &[Entry]) -> Result<Entry> {
+pub fn write_dir_stream(
+    store: &dyn BlockStore,
+    sizes: BlockSizes,
+    entries: &[Entry],
+) -> Result<Entry> {
     let epb = entries_per_block(sizes.dsize) as usize;
     let mut w = StreamWriter::new(store, true, sizes.psize, sizes.dsize);
     let mut leaf = Vec::with_capacity(epb * ENTRY_SIZE);
@@ -248,7 +263,7 @@ fn write_dir_stream(store: &dyn BlockStore, sizes: BlockSizes, entries: &[Entry]
 }
 
 /// A meta stream: MetaBlocks of dsize bytes each; size is their count × dsize.
-fn write_meta_stream(
+pub fn write_meta_stream(
     store: &dyn BlockStore,
     sizes: BlockSizes,
     dirents: &[DirEntry],

@@ -1,0 +1,315 @@
+//! Save: archive the live file system as a new vac root (fossil's `snap -a`).
+//!
+//! Only what changed is written. A directory that was never loaded, or whose
+//! names and children are unchanged, keeps its archived streams; an unchanged
+//! file keeps its stream; a changed file writes only its changed leaves (the
+//! others keep their scores) and new pointer blocks. The whole save runs under
+//! the file-system lock, so it is one consistent point: no write is half in it.
+//! Afterwards the changed blocks are archived, so they are released from the
+//! change cache and may be evicted like any fetched block.
+
+use std::collections::HashMap;
+
+use vac::dirent::DirEntry;
+use vac::entry::Entry;
+use vac::reader::Dir;
+use vac::stream::{StreamReader, StreamWriter, write_bytes};
+use vac::tree::{write_dir_stream, write_meta_stream, write_root};
+use vac::unix::{Kind, Meta};
+use venti::Score;
+
+use crate::error::{FsError, FsResult};
+use crate::fs::{Attr, Content, FileKind, Fs, ROOT_INO, State};
+
+/// What a save did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveReport {
+    pub score: Score,
+    /// Files whose data was rewritten.
+    pub files_written: u64,
+    /// Directories whose streams were rewritten.
+    pub dirs_written: u64,
+    /// Changed blocks released from the cache.
+    pub blocks_released: u64,
+}
+
+/// Work done during one save, applied to the inodes only at the end, so every
+/// name of a hard-linked file sees the same before-and-after.
+#[derive(Default)]
+struct Pass {
+    /// New streams of files and specials, by inode.
+    streams: HashMap<u64, Entry>,
+    /// New (source, msource) of directories, by inode.
+    dirs: HashMap<u64, Dir>,
+    /// Inodes whose archived form changed (their parents must be rewritten).
+    changed: std::collections::HashSet<u64>,
+}
+
+impl Fs {
+    /// Archives the file system and returns the new root score. Saving an
+    /// unchanged file system returns the same score and writes nothing.
+    pub fn save(&self) -> FsResult<SaveReport> {
+        let mut st = self.lock();
+        let mut pass = Pass::default();
+        let (d, m, root_changed) = self.save_dir(&mut st, ROOT_INO, &mut pass)?;
+        let root = st.inode(ROOT_INO)?;
+        let mut report = SaveReport {
+            score: st.root_score,
+            files_written: 0,
+            dirs_written: pass.dirs.len() as u64,
+            blocks_released: 0,
+        };
+        if !root_changed && !root.changed {
+            return Ok(report);
+        }
+        let mut root_dirent = dirent_for(&root.attr, "/");
+        root_dirent.qid_space = Some((0, st.next_qid));
+        let score = write_root(
+            self.store.as_ref(),
+            self.sizes,
+            root_dirent,
+            d,
+            m,
+            Some(st.root_score),
+        )?;
+
+        // The archive is durable (write_root synced): now make it the base.
+        report.files_written = pass.streams.len() as u64;
+        for (ino, entry) in pass.streams {
+            let State { inodes, dirty, .. } = &mut *st;
+            let Some(inode) = inodes.get_mut(&ino) else {
+                continue;
+            };
+            match &mut inode.content {
+                Content::File {
+                    base,
+                    base_len,
+                    blocks,
+                } => {
+                    *base = Some(entry);
+                    *base_len = entry.size;
+                    for (_, id) in std::mem::take(blocks) {
+                        dirty.release(id);
+                        report.blocks_released += 1;
+                    }
+                }
+                Content::Symlink { base, .. } | Content::Special { base } => *base = Some(entry),
+                Content::Dir { .. } => {}
+            }
+        }
+        for (ino, dir) in pass.dirs {
+            if let Some(inode) = st.inodes.get_mut(&ino)
+                && let Content::Dir {
+                    base,
+                    membership_changed,
+                    ..
+                } = &mut inode.content
+            {
+                *base = Some(dir);
+                *membership_changed = false;
+            }
+        }
+        for inode in st.inodes.values_mut() {
+            inode.changed = false;
+        }
+        st.root_score = score;
+        report.score = score;
+        drop(st);
+        self.store.make_room();
+        Ok(report)
+    }
+
+    /// Saves a directory; returns its streams and whether they are new.
+    fn save_dir(
+        &self,
+        st: &mut State,
+        ino: u64,
+        pass: &mut Pass,
+    ) -> FsResult<(Entry, Entry, bool)> {
+        let (base, children, membership_changed) = match &st.inode(ino)?.content {
+            Content::Dir {
+                base,
+                children,
+                membership_changed,
+                ..
+            } => (*base, children.clone(), *membership_changed),
+            _ => return Err(FsError::not_dir()),
+        };
+        let Some(children) = children else {
+            // Never loaded, so nothing below it changed.
+            let base =
+                base.ok_or_else(|| FsError::io("an unloaded directory has no archived form"))?;
+            return Ok((base.source, base.msource, false));
+        };
+        let mut rewrite = membership_changed || base.is_none();
+        let mut source = Vec::with_capacity(children.len());
+        let mut dirents = Vec::with_capacity(children.len());
+        for (name, child) in &children {
+            let attr = st.inode(*child)?.attr.clone();
+            let mut d = dirent_for(&attr, name);
+            d.entry = source.len() as u32;
+            if attr.kind == FileKind::Dir {
+                let (s, m, new) = self.save_dir(st, *child, pass)?;
+                if new || st.inode(*child)?.changed {
+                    rewrite = true;
+                }
+                d.mentry = d.entry + 1;
+                source.push(s);
+                source.push(m);
+            } else {
+                let Some(entry) = self.save_leaf(st, *child, pass)? else {
+                    tracing::warn!(name = %name, "sockets cannot be archived; left out of the save");
+                    rewrite = true;
+                    continue;
+                };
+                if pass.changed.contains(child) || st.inode(*child)?.changed {
+                    rewrite = true;
+                }
+                source.push(entry);
+            }
+            dirents.push(d);
+        }
+        if !rewrite && let Some(base) = base {
+            return Ok((base.source, base.msource, false));
+        }
+        let s = write_dir_stream(self.store.as_ref(), self.sizes, &source)?;
+        let m = write_meta_stream(self.store.as_ref(), self.sizes, &dirents)?;
+        pass.dirs.insert(
+            ino,
+            Dir {
+                source: s,
+                msource: m,
+            },
+        );
+        Ok((s, m, true))
+    }
+
+    /// The stream of a file, symlink or special, written if it changed.
+    fn save_leaf(&self, st: &State, ino: u64, pass: &mut Pass) -> FsResult<Option<Entry>> {
+        if let Some(entry) = pass.streams.get(&ino) {
+            return Ok(Some(*entry));
+        }
+        let inode = st.inode(ino)?;
+        let (p, d) = (self.sizes.psize, self.sizes.dsize);
+        let entry = match &inode.content {
+            Content::File {
+                base,
+                base_len,
+                blocks,
+            } => {
+                if !inode.changed
+                    && blocks.is_empty()
+                    && base.is_some_and(|b| b.size == inode.attr.size)
+                {
+                    return Ok(*base);
+                }
+                self.write_file(st, inode.attr.size, *base, *base_len, blocks)?
+            }
+            Content::Symlink { target, base } => match (target, base) {
+                (Some(t), base) if inode.changed || base.is_none() => {
+                    write_bytes(self.store.as_ref(), t, p, d)?
+                }
+                (_, Some(base)) => return Ok(Some(*base)),
+                (None, None) => write_bytes(self.store.as_ref(), b"", p, d)?,
+                (Some(t), None) => write_bytes(self.store.as_ref(), t, p, d)?,
+            },
+            Content::Special { base } => {
+                if inode.attr.kind == FileKind::Socket {
+                    return Ok(None);
+                }
+                match base {
+                    Some(base) if !inode.changed => return Ok(Some(*base)),
+                    _ => write_bytes(
+                        self.store.as_ref(),
+                        &meta_for(&inode.attr).special_data(),
+                        p,
+                        d,
+                    )?,
+                }
+            }
+            Content::Dir { .. } => return Err(FsError::is_dir()),
+        };
+        pass.streams.insert(ino, entry);
+        pass.changed.insert(ino);
+        Ok(Some(entry))
+    }
+
+    /// A file's new stream: changed leaves are written, the rest keep their scores.
+    fn write_file(
+        &self,
+        st: &State,
+        size: u64,
+        base: Option<Entry>,
+        base_len: u64,
+        blocks: &std::collections::BTreeMap<u64, u32>,
+    ) -> FsResult<Entry> {
+        let bs = self.sizes.dsize as u64;
+        let store = self.store.as_ref();
+        let mut w = StreamWriter::new(store, false, self.sizes.psize, self.sizes.dsize);
+        let mut reader = match base {
+            Some(entry) => Some(StreamReader::new(store, entry)?),
+            None => None,
+        };
+        let untouched_base =
+            base.is_some_and(|b| b.size == base_len && b.dsize == self.sizes.dsize);
+        for k in 0..size.div_ceil(bs) {
+            let leaf_len = (size - k * bs).min(bs) as usize;
+            if let Some(&id) = blocks.get(&k) {
+                let mut block = st.dirty.get(id)?;
+                block.truncate(leaf_len);
+                w.push_leaf(&block)?;
+                continue;
+            }
+            match reader.as_mut() {
+                Some(r) if k * bs < base_len => {
+                    // The archived leaf is still exactly right if nothing cut it.
+                    let whole = (k + 1) * bs <= base_len || (untouched_base && base_len == size);
+                    if whole {
+                        w.push_leaf_score(r.leaf_score(k)?)?;
+                    } else {
+                        let mut leaf = r.leaf(k)?;
+                        leaf.truncate(((base_len - k * bs) as usize).min(leaf_len));
+                        w.push_leaf(&leaf)?;
+                    }
+                }
+                _ => w.push_leaf_score(Score::ZERO)?,
+            }
+        }
+        Ok(w.finish(size)?)
+    }
+}
+
+fn meta_for(attr: &Attr) -> Meta {
+    let major = vac::unix::dev_major(attr.rdev);
+    let minor = vac::unix::dev_minor(attr.rdev);
+    let kind = match attr.kind {
+        FileKind::File | FileKind::Socket => Kind::File,
+        FileKind::Dir => Kind::Dir,
+        FileKind::Symlink => Kind::Symlink(Vec::new()),
+        FileKind::CharDevice => Kind::CharDevice { major, minor },
+        FileKind::BlockDevice => Kind::BlockDevice { major, minor },
+        FileKind::Fifo => Kind::Fifo,
+    };
+    let mtime = attr
+        .mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Meta {
+        kind,
+        perm: attr.perm,
+        uid: attr.uid,
+        gid: attr.gid,
+        mtime,
+    }
+}
+
+fn dirent_for(attr: &Attr, name: &str) -> DirEntry {
+    let mut d = DirEntry {
+        elem: name.to_string(),
+        qid: attr.qid,
+        ..Default::default()
+    };
+    meta_for(attr).fill_dirent(&mut d);
+    d
+}

@@ -1,0 +1,380 @@
+//! The engine without a front end: lazy loading, copy-on-write, save, the
+//! bounded cache, concurrency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fossil::{CacheConfig, FileKind, Fs, ROOT_INO, SetAttr};
+use vac::tree::{BlockSizes, Tree};
+use vac::walk::{DirImporter, Quiet};
+use venti::{BlockStore, BlockType, MemoryStore, Score, StoreError};
+
+/// Counts reads and writes reaching the store.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryStore,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl BlockStore for Counting {
+    fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read(score, ty)
+    }
+    fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.write(ty, data)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+fn sample_root(store: &dyn BlockStore) -> Score {
+    let src = tempfile::tempdir().unwrap();
+    let p = src.path();
+    std::fs::create_dir_all(p.join("etc")).unwrap();
+    std::fs::create_dir_all(p.join("usr/lib")).unwrap();
+    std::fs::write(p.join("etc/os-release"), b"NAME=colony\n").unwrap();
+    std::fs::write(
+        p.join("etc/big"),
+        (0..100_000u32).map(|i| i as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for i in 0..300 {
+        std::fs::write(p.join(format!("usr/lib/lib{i}.so")), vec![i as u8; 5000]).unwrap();
+    }
+    std::os::unix::fs::symlink("os-release", p.join("etc/link")).unwrap();
+    let mut tree = Tree::default();
+    DirImporter::new(store, BlockSizes::default(), &Quiet, None)
+        .add(&mut tree, &p.join("."))
+        .unwrap();
+    tree.write(store, BlockSizes::default(), None).unwrap()
+}
+
+fn open(store: Arc<dyn BlockStore>, root: Score) -> Fs {
+    Fs::open(store, root, CacheConfig::memory_default()).unwrap()
+}
+
+fn path(fs: &Fs, path: &str) -> u64 {
+    path.split('/')
+        .filter(|p| !p.is_empty())
+        .fold(ROOT_INO, |ino, name| fs.lookup(ino, name).unwrap().ino)
+}
+
+#[test]
+fn opening_costs_three_reads_and_reads_are_lazy() {
+    let store = Arc::new(Counting::default());
+    let root = sample_root(store.as_ref());
+    store.reads.store(0, Ordering::Relaxed);
+    let fs = open(store.clone(), root);
+    assert_eq!(store.reads.load(Ordering::Relaxed), 3);
+    let ino = path(&fs, "etc/os-release");
+    assert_eq!(fs.read(ino, 0, 100).unwrap(), b"NAME=colony\n");
+    let reads = store.reads.load(Ordering::Relaxed);
+    assert!(reads <= 3 + 6, "{reads} reads to cat one file");
+    // A second read of the same file comes from the cache.
+    fs.read(ino, 0, 100).unwrap();
+    assert_eq!(store.reads.load(Ordering::Relaxed), reads);
+    assert_eq!(fs.readlink(path(&fs, "etc/link")).unwrap(), b"os-release");
+}
+
+#[test]
+fn writes_are_copy_on_write_and_save_writes_only_what_changed() {
+    let store = Arc::new(Counting::default());
+    let root = sample_root(store.as_ref());
+    let fs = open(store.clone(), root);
+    let big = path(&fs, "etc/big");
+    fs.write(big, 50_000, b"HELLO").unwrap();
+    let data = fs.read(big, 49_998, 9).unwrap();
+    assert_eq!(
+        data,
+        [
+            (49_998u32 % 256) as u8,
+            (49_999u32 % 256) as u8,
+            b'H',
+            b'E',
+            b'L',
+            b'L',
+            b'O',
+            (50_005u32 % 256) as u8,
+            (50_006u32 % 256) as u8
+        ]
+    );
+    assert_eq!(fs.usage().dirty_blocks, 1);
+
+    store.writes.store(0, Ordering::Relaxed);
+    let report = fs.save().unwrap();
+    let writes = store.writes.load(Ordering::Relaxed);
+    // One data leaf, the file's pointer block, etc's two streams, the root's
+    // two streams, MR, the top block and the VtRoot.
+    assert!(writes < 20, "{writes} blocks written for a one-file save");
+    assert_eq!(report.blocks_released, 1);
+    assert_eq!(fs.usage().dirty_blocks, 0);
+    assert_ne!(report.score, root);
+
+    // The new root reads back with vac's reader; usr/lib kept its streams.
+    let old = vac::Archive::open(store.as_ref(), &root).unwrap();
+    let new = vac::Archive::open(store.as_ref(), &report.score).unwrap();
+    assert_eq!(new.root.prev, root);
+    assert_eq!(
+        old.walk("usr").unwrap().entry,
+        new.walk("usr").unwrap().entry,
+        "unchanged subtree keeps its score"
+    );
+    let node = new.walk("etc/big").unwrap();
+    let mut buf = vec![0u8; 5];
+    new.open_file(&node)
+        .unwrap()
+        .read_at(50_000, &mut buf)
+        .unwrap();
+    assert_eq!(&buf, b"HELLO");
+
+    // Saving again with no changes writes nothing and returns the same root.
+    store.writes.store(0, Ordering::Relaxed);
+    assert_eq!(fs.save().unwrap().score, report.score);
+    assert_eq!(store.writes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn namespace_operations_and_their_save() {
+    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::new());
+    let root = sample_root(store.as_ref());
+    let fs = open(store.clone(), root);
+    let etc = path(&fs, "etc");
+    let f = fs.create(etc, "new.conf", 0o640, 10, 20).unwrap();
+    assert_eq!(fs.write(f.ino, 0, b"a=1\n").unwrap(), 4);
+    let d = fs.mkdir(ROOT_INO, "srv", 0o755, 0, 0).unwrap();
+    fs.rename(etc, "new.conf", d.ino, "moved.conf", false)
+        .unwrap();
+    assert!(fs.lookup(etc, "new.conf").is_err());
+    // Rename over an existing file replaces it.
+    fs.rename(etc, "os-release", etc, "big", false).unwrap();
+    assert_eq!(
+        fs.read(path(&fs, "etc/big"), 0, 100).unwrap(),
+        b"NAME=colony\n"
+    );
+    assert_eq!(
+        fs.rename(d.ino, "moved.conf", etc, "link", true)
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+    fs.symlink(d.ino, "sl", b"../etc/big", 0, 0).unwrap();
+    fs.mknod(
+        d.ino,
+        "null",
+        libc::S_IFCHR | 0o666,
+        vac::unix::make_dev(1, 3),
+        0,
+        0,
+    )
+    .unwrap();
+    fs.mknod(d.ino, "pipe", libc::S_IFIFO | 0o600, 0, 0, 0)
+        .unwrap();
+    fs.link(path(&fs, "srv/moved.conf"), etc, "hard.conf")
+        .unwrap();
+    assert_eq!(fs.getattr(path(&fs, "etc/hard.conf")).unwrap().nlink, 2);
+    assert_eq!(
+        fs.rmdir(ROOT_INO, "usr").unwrap_err().errno,
+        libc::ENOTEMPTY
+    );
+    fs.unlink(path(&fs, "usr"), "lib").unwrap_err();
+    let lib = path(&fs, "usr/lib");
+    fs.unlink(lib, "lib7.so").unwrap();
+    // Truncate down, then extend: the cut part reads as zeros.
+    let so = path(&fs, "usr/lib/lib8.so");
+    fs.setattr(
+        so,
+        &SetAttr {
+            size: Some(10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.setattr(
+        so,
+        &SetAttr {
+            size: Some(20),
+            mode: Some(0o4755),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut want = vec![8u8; 10];
+    want.extend_from_slice(&[0; 10]);
+    assert_eq!(fs.read(so, 0, 100).unwrap(), want);
+    assert_eq!(
+        fs.mkdir(d.ino, "moved.conf", 0o755, 0, 0)
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+    assert_eq!(
+        fs.rename(ROOT_INO, "srv", d.ino, "inside", false)
+            .unwrap_err()
+            .errno,
+        libc::EINVAL
+    );
+
+    let saved = fs.save().unwrap().score;
+    let a = vac::Archive::open(store.as_ref(), &saved).unwrap();
+    let read = |p: &str| {
+        let n = a.walk(p).unwrap();
+        a.read_small(&n, 1 << 20).unwrap()
+    };
+    assert_eq!(read("srv/moved.conf"), b"a=1\n");
+    assert_eq!(
+        read("etc/hard.conf"),
+        b"a=1\n",
+        "a hard link is saved as a copy"
+    );
+    assert_eq!(read("srv/sl"), b"../etc/big");
+    assert_eq!(read("usr/lib/lib8.so"), want);
+    assert!(a.walk("usr/lib/lib7.so").is_err());
+    assert!(a.walk("etc/os-release").is_err());
+    let (meta, _) =
+        vac::unix::Meta::from_dirent(&a.walk("srv/null").unwrap().dirent, &read("srv/null"))
+            .unwrap();
+    assert_eq!(
+        meta.kind,
+        vac::unix::Kind::CharDevice { major: 1, minor: 3 }
+    );
+    let so_dirent = a.walk("usr/lib/lib8.so").unwrap().dirent;
+    assert_eq!(so_dirent.mode & 0o777, 0o755);
+    assert_ne!(so_dirent.mode & vac::dirent::mode::SETUID, 0);
+    let conf = a.walk("srv/moved.conf").unwrap().dirent;
+    assert_eq!(
+        (conf.uid.as_str(), conf.gid.as_str(), conf.mode & 0o777),
+        ("10", "20", 0o640)
+    );
+
+    // A fresh file system on the saved root sees everything.
+    let again = open(store.clone(), saved);
+    assert_eq!(
+        again.read(path(&again, "srv/moved.conf"), 0, 10).unwrap(),
+        b"a=1\n"
+    );
+    assert_eq!(
+        again.getattr(path(&again, "srv/pipe")).unwrap().kind,
+        FileKind::Fifo
+    );
+}
+
+#[test]
+fn a_full_cache_is_enospc_and_deleting_frees_it() {
+    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::new());
+    let root = sample_root(store.as_ref());
+    let fs = Fs::open(store, root, CacheConfig::Memory { bytes: 64 * 8192 }).unwrap();
+    let f = fs.create(ROOT_INO, "fill", 0o644, 0, 0).unwrap();
+    let chunk = vec![1u8; 8192];
+    let mut offset = 0u64;
+    let err = loop {
+        match fs.write(f.ino, offset, &chunk) {
+            Ok(n) => offset += n as u64,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.errno, libc::ENOSPC);
+    assert_eq!(offset, 64 * 8192);
+    // What was written is intact.
+    assert_eq!(fs.read(f.ino, offset - 8192, 8192).unwrap(), chunk);
+    // A partial write: room for one block, asked for two.
+    fs.unlink(ROOT_INO, "fill").unwrap();
+    let g = fs.create(ROOT_INO, "again", 0o644, 0, 0).unwrap();
+    assert_eq!(
+        fs.write(g.ino, 0, &vec![2u8; 63 * 8192]).unwrap(),
+        63 * 8192
+    );
+    assert_eq!(
+        fs.write(g.ino, 63 * 8192, &vec![3u8; 2 * 8192]).unwrap(),
+        8192
+    );
+    // Save releases the blocks: writes work again.
+    fs.save().unwrap();
+    assert_eq!(fs.usage().dirty_blocks, 0);
+    assert_eq!(fs.write(g.ino, 0, &chunk).unwrap(), 8192);
+}
+
+#[test]
+fn the_disk_cache_works_like_the_memory_one() {
+    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::new());
+    let root = sample_root(store.as_ref());
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig::Disk {
+        path: dir.path().join("cache"),
+        bytes: 32 * 8192,
+        read_cache: 1 << 20,
+    };
+    let fs = Fs::open(store.clone(), root, config).unwrap();
+    let f = fs.create(ROOT_INO, "f", 0o644, 0, 0).unwrap();
+    fs.write(f.ino, 100, b"on disk").unwrap();
+    assert_eq!(fs.read(f.ino, 100, 7).unwrap(), b"on disk");
+    let err = fs
+        .write(f.ino, 0, &vec![0u8; 33 * 8192])
+        .map(|n| n < 33 * 8192);
+    assert!(
+        matches!(err, Ok(true)),
+        "a short write when the disk cache fills"
+    );
+    let saved = fs.save().unwrap().score;
+    let again = open(store, saved);
+    assert_eq!(again.getattr(path(&again, "f")).unwrap().size, 32 * 8192);
+}
+
+#[test]
+fn threads_read_and_write_at_once() {
+    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::new());
+    let root = sample_root(store.as_ref());
+    let fs = Arc::new(open(store.clone(), root));
+    let lib = path(&fs, "usr/lib");
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let fs = fs.clone();
+            std::thread::spawn(move || {
+                let f = fs.create(lib, &format!("thread{t}"), 0o644, 0, 0).unwrap();
+                for i in 0..200u64 {
+                    fs.write(f.ino, i * 100, &[t as u8; 100]).unwrap();
+                    let so = fs
+                        .lookup(lib, &format!("lib{}.so", (t * 37 + i) % 300))
+                        .unwrap();
+                    assert_eq!(
+                        fs.read(so.ino, 0, 10).unwrap(),
+                        vec![((t * 37 + i) % 300) as u8; 10]
+                    );
+                    if i == 100 && t == 0 {
+                        fs.save().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let saved = fs.save().unwrap().score;
+    let a = vac::Archive::open(store.as_ref(), &saved).unwrap();
+    for t in 0..8 {
+        let n = a.walk(&format!("usr/lib/thread{t}")).unwrap();
+        assert_eq!(a.read_small(&n, 1 << 20).unwrap(), vec![t as u8; 20_000]);
+    }
+}
+
+#[test]
+fn a_missing_or_bogus_root_is_a_clear_error() {
+    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::new());
+    let err = Fs::open(
+        store.clone(),
+        "6f8f2141577ba09cd814316ef160871cc2dcadcc".parse().unwrap(),
+        CacheConfig::memory_default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.message.contains("not in the store"), "{err}");
+    let data = store.write(BlockType::ROOT, &[1u8; 300]).unwrap();
+    let err = Fs::open(store, data, CacheConfig::memory_default())
+        .err()
+        .unwrap();
+    assert!(err.message.contains("root"), "{err}");
+}
