@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_vac;
+mod mount_cmd;
 mod paths;
 mod progress;
 mod vac_cmd;
@@ -32,6 +33,10 @@ enum Command {
     Vac(vac_cmd::VacArgs),
     /// List or extract a vac archive.
     Unvac(vac_cmd::UnvacArgs),
+    /// Mount a vac root as a writable copy-on-write file system (FUSE).
+    Mount(mount_cmd::MountArgs),
+    /// Ask a running mount to archive its changes; prints the new vac:SCORE.
+    Save(mount_cmd::SaveArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -44,6 +49,8 @@ fn main() -> ExitCode {
         Command::Venti(cmd) => venti_cmd::run(cmd),
         Command::Vac(args) => vac_cmd::vac(args),
         Command::Unvac(args) => vac_cmd::unvac(args),
+        Command::Mount(args) => mount_cmd::mount(args),
+        Command::Save(args) => mount_cmd::save(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -1,0 +1,231 @@
+//! `colony mount` and `colony save`: a fossil file system on a vac root,
+//! mounted through FUSE, and the console another process uses to save it.
+//!
+//! The console is a Unix socket (fossil's `fscons` in spirit). Its default
+//! path is derived from the mount point, so `colony save MOUNTPOINT` finds it:
+//! `$XDG_RUNTIME_DIR/colony/` (or `/run/colony/` for root, else
+//! `/tmp/colony-UID/`) + `mount-<hash of the mount point>.sock`. One line in,
+//! one line out: `save` → `ok vac:HEX`, `status` → `ok …`, or `error …`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use fossil::{CacheConfig, Fs};
+use venti::BlockStore;
+
+use crate::vac_cmd::StoreArg;
+
+#[derive(Args)]
+#[command(disable_help_flag = true)]
+pub struct MountArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// vac:SCORE, a bare score, or a .vac file.
+    root: String,
+    /// Where to mount it.
+    mountpoint: PathBuf,
+    /// RAM for changed and fetched blocks (K, M, G are powers of 1024).
+    #[arg(long, default_value = "100M", conflicts_with = "disk")]
+    cache: String,
+    /// Keep changed blocks in this sparse file instead of RAM.
+    #[arg(long, requires = "size")]
+    disk: Option<PathBuf>,
+    /// Size of the --disk file.
+    #[arg(long)]
+    size: Option<String>,
+    /// Console socket [default: derived from the mount point].
+    #[arg(long)]
+    console: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SaveArgs {
+    /// The mount point of a running `colony mount`.
+    mountpoint: PathBuf,
+    /// Console socket [default: derived from the mount point].
+    #[arg(long)]
+    console: Option<PathBuf>,
+}
+
+/// Parses `100M`, `1G`, `512K` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("bad size {text:?}"))?;
+    let mult = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => bail!("bad size {text:?}: use a number with K, M or G"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("size {text:?} is too large"))
+}
+
+/// The console path for a mount point.
+pub fn console_path(mountpoint: &Path) -> Result<PathBuf> {
+    let canonical =
+        std::fs::canonicalize(mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
+    let hash = venti::Score::of(canonical.as_os_str().as_encoded_bytes()).to_string();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("colony"),
+        None if uid == 0 => PathBuf::from("/run/colony"),
+        None => PathBuf::from(format!("/tmp/colony-{uid}")),
+    };
+    Ok(dir.join(format!("mount-{}.sock", &hash[..16])))
+}
+
+pub fn mount(args: MountArgs) -> Result<()> {
+    let store: Arc<dyn BlockStore> = Arc::from(args.store.open()?);
+    let root = vac::resolve_root_arg(&args.root)?;
+    let config = match &args.disk {
+        Some(path) => CacheConfig::Disk {
+            path: path.clone(),
+            bytes: parse_size(args.size.as_deref().unwrap_or("1G"))?,
+            read_cache: 64 << 20,
+        },
+        None => CacheConfig::Memory {
+            bytes: parse_size(&args.cache)?,
+        },
+    };
+    let fs =
+        Arc::new(Fs::open(store, root, config).with_context(|| format!("opening vac:{root}"))?);
+    let console = match &args.console {
+        Some(p) => p.clone(),
+        None => console_path(&args.mountpoint)?,
+    };
+    if let Some(dir) = console.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&console);
+    let listener = UnixListener::bind(&console)
+        .with_context(|| format!("console socket {}", console.display()))?;
+    let session = fusefs::mount(fs.clone(), &args.mountpoint)
+        .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
+    {
+        let fs = fs.clone();
+        std::thread::spawn(move || serve_console(listener, fs));
+    }
+    println!(
+        "mounted vac:{root} on {} (console {})",
+        args.mountpoint.display(),
+        console.display()
+    );
+    std::io::stdout().flush()?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let unmounted_elsewhere = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return anyhow::Ok(false),
+                _ = int.recv() => return anyhow::Ok(false),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if session.guard.is_finished() {
+                        return anyhow::Ok(true);
+                    }
+                }
+            }
+        }
+    })?;
+    let _ = std::fs::remove_file(&console);
+    let usage = fs.usage();
+    if !unmounted_elsewhere {
+        session.umount_and_join().context("unmounting")?;
+    } else {
+        let _ = session.join();
+    }
+    if usage.dirty_blocks > 0 {
+        eprintln!(
+            "colony: {} changed blocks were not saved (run `colony save` before unmounting to keep them)",
+            usage.dirty_blocks
+        );
+    }
+    eprintln!("colony: unmounted {}", args.mountpoint.display());
+    Ok(())
+}
+
+fn serve_console(listener: UnixListener, fs: Arc<Fs>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = console_session(conn, &fs) {
+                tracing::debug!(error = %e, "console connection ended");
+            }
+        });
+    }
+}
+
+fn console_session(conn: UnixStream, fs: &Fs) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    for line in BufReader::new(conn).lines() {
+        let reply = match line?.trim() {
+            "save" => match fs.save() {
+                Ok(r) => format!("ok vac:{}", r.score),
+                Err(e) => format!("error {e}"),
+            },
+            "status" => {
+                let u = fs.usage();
+                format!(
+                    "ok vac:{} changed-blocks {}/{} fetched {} read-cache {}",
+                    fs.root_score(),
+                    u.dirty_blocks,
+                    u.capacity_blocks,
+                    u.fetched_bytes,
+                    u.read_cache_bytes
+                )
+            }
+            "" => continue,
+            other => format!("error unknown console command {other:?}: use save or status"),
+        };
+        writeln!(out, "{reply}")?;
+    }
+    Ok(())
+}
+
+/// Sends one console command and returns the text after `ok `.
+pub fn console_command(console: &Path, command: &str) -> Result<String> {
+    let mut conn = UnixStream::connect(console).with_context(|| {
+        format!(
+            "no colony mount answers on {} (is it mounted?)",
+            console.display()
+        )
+    })?;
+    writeln!(conn, "{command}")?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    let line = line.trim_end();
+    match line.strip_prefix("ok ") {
+        Some(rest) => Ok(rest.to_string()),
+        None => bail!("{}", line.strip_prefix("error ").unwrap_or(line)),
+    }
+}
+
+pub fn save(args: SaveArgs) -> Result<()> {
+    let console = match &args.console {
+        Some(p) => p.clone(),
+        None => console_path(&args.mountpoint)?,
+    };
+    let score = console_command(&console, "save")?;
+    println!("{score}");
+    Ok(())
+}
