@@ -30,6 +30,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// fossil: mount a real root through FUSE and measure it.
+    Fossil {
+        /// The root to archive and mount (kept out of the repository and CI).
+        tree: PathBuf,
+        /// Directory for the scratch store and mount point.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Size of the generated large file for read rates, in MiB.
+        #[arg(long, default_value_t = 256)]
+        big_mb: u64,
+    },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
     Vac {
@@ -51,6 +62,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             runs,
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
         BenchCommand::Vac { tree, dir } => crate::bench_vac::run(&tree, dir),
+        BenchCommand::Fossil { tree, dir, big_mb } => crate::bench_fossil::run(&tree, dir, big_mb),
     }
 }
 

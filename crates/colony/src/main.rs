@@ -2,6 +2,7 @@
 //! parses arguments and dispatches; each command lives in its own module.
 
 mod bench;
+mod bench_fossil;
 mod bench_vac;
 mod mount_cmd;
 mod paths;

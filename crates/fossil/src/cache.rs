@@ -19,10 +19,14 @@ pub struct CachingStore {
     fetches: AtomicU64,
 }
 
+/// A block's key: score and wire type.
+type Key = (Score, u8);
+
 #[derive(Default)]
 struct Lru {
-    blocks: HashMap<(Score, u8), (Arc<Vec<u8>>, u64)>,
-    order: BTreeMap<u64, (Score, u8)>,
+    /// Each block with the tick of its last use.
+    blocks: HashMap<Key, (Arc<Vec<u8>>, u64)>,
+    order: BTreeMap<u64, Key>,
     tick: u64,
     bytes: u64,
 }

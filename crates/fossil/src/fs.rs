@@ -976,7 +976,7 @@ impl State {
                     dirty.release(id);
                 }
             }
-            if size % bs != 0
+            if !size.is_multiple_of(bs)
                 && let Some(&id) = blocks.get(&(size / bs))
             {
                 dirty.zero_tail(id, (size % bs) as usize)?;
