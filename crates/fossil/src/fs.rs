@@ -320,6 +320,14 @@ impl Fs {
         Ok((parent, list))
     }
 
+    /// A directory's parent (the root is its own parent).
+    pub fn parent(&self, ino: u64) -> FsResult<u64> {
+        match &self.lock().inode(ino)?.content {
+            Content::Dir { parent, .. } => Ok(*parent),
+            _ => Err(FsError::not_dir()),
+        }
+    }
+
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let mut st = self.lock();
         let inode = st.inode_mut(ino)?;
