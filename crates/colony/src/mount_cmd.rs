@@ -41,6 +41,10 @@ pub struct MountArgs {
     /// Console socket [default: derived from the mount point].
     #[arg(long)]
     console: Option<PathBuf>,
+    /// Also serve the file system over 9P2000 on this address
+    /// (tcp!HOST!PORT or HOST:PORT), for Plan 9 clients.
+    #[arg(long)]
+    listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -120,8 +124,24 @@ pub fn mount(args: MountArgs) -> Result<()> {
         let fs = fs.clone();
         std::thread::spawn(move || serve_console(listener, fs));
     }
+    let exported = match &args.listen {
+        Some(addr) => {
+            let addr = venti::dial::parse(addr)?;
+            let listener = std::net::TcpListener::bind(&addr)
+                .with_context(|| format!("9P listener on {addr}"))?;
+            let local = listener.local_addr()?;
+            let fs = fs.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = ninep::serve(listener, fs) {
+                    tracing::error!(error = %e, "9P server stopped");
+                }
+            });
+            format!(", 9P on {local}")
+        }
+        None => String::new(),
+    };
     println!(
-        "mounted vac:{root} on {} (console {})",
+        "mounted vac:{root} on {} (console {}{exported})",
         args.mountpoint.display(),
         console.display()
     );
