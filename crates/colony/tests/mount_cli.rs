@@ -430,3 +430,58 @@ fn save_reports_a_missing_mount_and_mount_a_missing_root() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_same_file_system_over_fuse_and_9p() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let root = colony(&store, &["vac", src.join(".").to_str().unwrap()]);
+    // Pick a free port for the 9P listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::start(
+        &store,
+        &root,
+        &tmp.path().join("mnt"),
+        &["--listen", &format!("tcp!127.0.0.1!{port}")],
+    );
+    let mut c = ninep::Client::connect(&addr, 8216).unwrap();
+    c.attach(0, "0").unwrap();
+    // Read over 9P what FUSE shows.
+    c.walk(0, 1, &["etc", "hostname"]).unwrap();
+    c.open(1, ninep::fcall::OREAD).unwrap();
+    assert_eq!(
+        c.read_all(1).unwrap(),
+        std::fs::read(m.dir.join("etc/hostname")).unwrap()
+    );
+    // Write over 9P, read through the kernel.
+    c.walk(0, 2, &["etc"]).unwrap();
+    c.create(2, "from-9p", 0o644, ninep::fcall::OWRITE).unwrap();
+    c.write_all(2, 0, b"written by a Plan 9 client\n").unwrap();
+    c.clunk(2).unwrap();
+    assert_eq!(
+        std::fs::read(m.dir.join("etc/from-9p")).unwrap(),
+        b"written by a Plan 9 client\n"
+    );
+    // And the other way round.
+    std::fs::write(m.dir.join("etc/from-fuse"), b"via the kernel").unwrap();
+    c.walk(0, 3, &["etc", "from-fuse"]).unwrap();
+    c.open(3, ninep::fcall::OREAD).unwrap();
+    assert_eq!(c.read_all(3).unwrap(), b"via the kernel");
+    let saved = m.save();
+    m.stop();
+    let listing = colony(&store, &["unvac", "-t", &saved, "etc"]);
+    assert!(
+        listing.contains("etc/from-9p") && listing.contains("etc/from-fuse"),
+        "{listing}"
+    );
+}

@@ -378,3 +378,58 @@ fn a_missing_or_bogus_root_is_a_clear_error() {
         .unwrap();
     assert!(err.message.contains("root"), "{err}");
 }
+
+/// A store that can be switched off, as a venti server that goes away.
+struct Flaky {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl BlockStore for Flaky {
+    fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.down.load(Ordering::Relaxed) {
+            return Err(StoreError::Remote(
+                "venti server tcp!10.0.0.1!17034: connection refused".into(),
+            ));
+        }
+        self.inner.read(score, ty)
+    }
+    fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+        self.inner.write(ty, data)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn reads_fail_with_eio_while_the_store_is_away_and_recover_after() {
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        down: false.into(),
+    });
+    let root = sample_root(store.as_ref());
+    let fs = open(store.clone(), root);
+    let ino = path(&fs, "etc/os-release");
+    store.down.store(true, Ordering::Relaxed);
+    let err = fs.read(ino, 0, 100).unwrap_err();
+    assert_eq!(err.errno, libc::EIO);
+    assert!(err.message.contains("connection refused"), "{err}");
+    assert_eq!(
+        fs.lookup(ROOT_INO, "usr")
+            .map(|_| ())
+            .and_then(|_| fs.readdir(path(&fs, "usr")).map(|_| ()))
+            .unwrap_err()
+            .errno,
+        libc::EIO
+    );
+    store.down.store(false, Ordering::Relaxed);
+    assert_eq!(fs.read(ino, 0, 100).unwrap(), b"NAME=colony\n");
+    assert!(
+        fs.readdir(path(&fs, "usr"))
+            .unwrap()
+            .1
+            .iter()
+            .any(|l| l.name == "lib")
+    );
+}

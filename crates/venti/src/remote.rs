@@ -5,7 +5,8 @@
 //! the score at once; a failure is kept and reported by the next `write` or by
 //! `sync`, which waits for every queued write before it asks the server to sync.
 //! So, as with any venti client, nothing is known to be stored until `sync`
-//! returns.
+//! returns. A lost connection is re-established on the next request, so a
+//! server that restarts is used again without the caller starting over.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +23,8 @@ const WRITE_WINDOW: usize = 128;
 /// an async runtime: its methods block the calling thread.
 pub struct RemoteStore {
     runtime: Runtime,
-    client: Client,
+    /// Replaced by a fresh connection when the old one is lost.
+    client: Mutex<Client>,
     addr: String,
     window: Arc<Semaphore>,
     writes: Mutex<JoinSet<Result<(), ClientError>>>,
@@ -39,10 +41,10 @@ impl RemoteStore {
             .map_err(|e| StoreError::io("starting the venti client runtime", e))?;
         let client = runtime
             .block_on(Client::connect(addr))
-            .map_err(|e| StoreError::Failed(e.to_string()))?;
+            .map_err(|e| StoreError::Remote(e.to_string()))?;
         Ok(RemoteStore {
             runtime,
-            client,
+            client: Mutex::new(client),
             addr: addr.to_string(),
             window: Arc::new(Semaphore::new(WRITE_WINDOW)),
             writes: Mutex::new(JoinSet::new()),
@@ -56,27 +58,46 @@ impl RemoteStore {
     }
 
     fn remote_error(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Failed(format!("venti server {}: {e}", self.addr))
+        StoreError::Remote(format!("venti server {}: {e}", self.addr))
     }
 
-    /// Collects finished writes, keeping the first failure.
-    fn reap(&self, writes: &mut JoinSet<Result<(), ClientError>>) {
-        while let Some(done) = writes.try_join_next() {
-            let outcome = done
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            if let Err(e) = outcome {
-                self.failed
-                    .lock()
-                    .expect("remote store lock")
-                    .get_or_insert(e);
+    fn client(&self) -> Client {
+        self.client.lock().expect("remote store lock").clone()
+    }
+
+    /// Runs `op`; if the connection was lost, reconnects once and retries.
+    fn with_retry<T>(
+        &self,
+        op: impl Fn(Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        match op(self.client()) {
+            Err(ClientError::Closed(why)) => {
+                tracing::info!(server = %self.addr, reason = %why, "venti connection lost; reconnecting");
+                let fresh = self.runtime.block_on(Client::connect(&self.addr))?;
+                *self.client.lock().expect("remote store lock") = fresh.clone();
+                op(fresh)
             }
+            other => other,
         }
     }
 
-    fn check_failed(&self) -> Result<(), StoreError> {
-        match self.failed.lock().expect("remote store lock").clone() {
-            Some(e) => Err(self.remote_error(e)),
+    /// Keeps the first failure of a finished write.
+    fn note(&self, outcome: Result<Result<(), ClientError>, tokio::task::JoinError>) {
+        let outcome = outcome
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = outcome {
+            self.failed
+                .lock()
+                .expect("remote store lock")
+                .get_or_insert(e);
+        }
+    }
+
+    /// Reports (once) a write that failed since the last report.
+    fn take_failure(&self) -> Result<(), StoreError> {
+        match self.failed.lock().expect("remote store lock").take() {
+            Some(e) => Err(self.remote_error(format!("an earlier write failed: {e}"))),
             None => Ok(()),
         }
     }
@@ -87,10 +108,7 @@ impl BlockStore for RemoteStore {
         if score.is_zero() {
             return Ok(Some(Vec::new()));
         }
-        match self
-            .runtime
-            .block_on(self.client.read(score, ty, MAX_BLOCK_SIZE))
-        {
+        match self.with_retry(|c| self.runtime.block_on(c.read(score, ty, MAX_BLOCK_SIZE))) {
             Ok(data) => Ok(Some(data)),
             Err(e) if e.is_missing_block() => Ok(None),
             Err(e) => Err(self.remote_error(e)),
@@ -104,17 +122,21 @@ impl BlockStore for RemoteStore {
         if data.is_empty() {
             return Ok(Score::ZERO);
         }
-        self.check_failed()?;
         let score = Score::of(data);
         let permit = self
             .runtime
             .block_on(self.window.clone().acquire_owned())
             .map_err(|e| self.remote_error(e))?;
-        let client = self.client.clone();
+        {
+            let mut writes = self.writes.lock().expect("remote store lock");
+            while let Some(done) = writes.try_join_next() {
+                self.note(done);
+            }
+        }
+        self.take_failure()?;
+        let client = self.client();
         let data = data.to_vec();
-        let mut writes = self.writes.lock().expect("remote store lock");
-        self.reap(&mut writes);
-        writes.spawn_on(
+        self.writes.lock().expect("remote store lock").spawn_on(
             async move {
                 let _permit = permit;
                 client.write(ty, data).await.map(|_| ())
@@ -128,20 +150,11 @@ impl BlockStore for RemoteStore {
         let mut writes = std::mem::take(&mut *self.writes.lock().expect("remote store lock"));
         self.runtime.block_on(async {
             while let Some(done) = writes.join_next().await {
-                let outcome = done
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                if let Err(e) = outcome {
-                    self.failed
-                        .lock()
-                        .expect("remote store lock")
-                        .get_or_insert(e);
-                }
+                self.note(done);
             }
         });
-        self.check_failed()?;
-        self.runtime
-            .block_on(self.client.sync())
+        self.take_failure()?;
+        self.with_retry(|c| self.runtime.block_on(c.sync()))
             .map_err(|e| self.remote_error(e))
     }
 }

@@ -69,6 +69,9 @@ pub enum StoreError {
     NotAStore(PathBuf, String),
     #[error("store is read-only after an earlier failure: {0}")]
     Failed(String),
+    /// A venti server could not be reached or refused a request.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl StoreError {
