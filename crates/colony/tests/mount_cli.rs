@@ -485,3 +485,58 @@ fn the_same_file_system_over_fuse_and_9p() {
         "{listing}"
     );
 }
+
+#[test]
+fn other_users_see_the_mount_with_real_permission_checks() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("public"), b"anyone may read this\n").unwrap();
+    std::fs::write(src.join("secret"), b"root only\n").unwrap();
+    std::fs::set_permissions(src.join("public"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let root = colony(&store, &["vac", src.join(".").to_str().unwrap()]);
+    let m = Mount::start(&store, &root, &tmp.path().join("mnt"), &[]);
+    let as_nobody = |cmd: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    let mnt = m.dir.display().to_string();
+    let out = as_nobody(&format!("cat {mnt}/public"));
+    assert!(
+        out.status.success(),
+        "allow_other: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"anyone may read this\n");
+    let out = as_nobody(&format!("cat {mnt}/secret"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let out = as_nobody(&format!("echo x > {mnt}/new"));
+    assert!(!out.status.success(), "the root directory is 0755 root");
+    // Hard links work while mounted.
+    std::fs::hard_link(m.dir.join("public"), m.dir.join("public.link")).unwrap();
+    assert_eq!(std::fs::metadata(m.dir.join("public")).unwrap().nlink(), 2);
+    // statfs reports the change cache: 100M in 8 KiB blocks.
+    let c = std::ffi::CString::new(mnt.clone()).unwrap();
+    // SAFETY: valid path and a zeroed statvfs to fill.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut vfs) }, 0);
+    assert_eq!(vfs.f_blocks * vfs.f_frsize, (100 << 20) / 8192 * 8192);
+    m.stop();
+}
