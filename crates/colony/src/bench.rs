@@ -49,6 +49,9 @@ pub enum BenchCommand {
         /// Directory for the scratch stores [default: a temporary directory].
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Repetitions; the median is printed.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -61,7 +64,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             window,
             runs,
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
-        BenchCommand::Vac { tree, dir } => crate::bench_vac::run(&tree, dir),
+        BenchCommand::Vac { tree, dir, runs } => crate::bench_vac::run(&tree, dir, runs),
         BenchCommand::Fossil { tree, dir, big_mb } => crate::bench_fossil::run(&tree, dir, big_mb),
     }
 }

@@ -1,5 +1,7 @@
 //! `colony bench vac TREE`: archive and extract a real tree and print MB/s and
 //! files/s, into the embedded store and into a venti server over loopback.
+//! Each phase runs several times on fresh stores and the median is printed:
+//! single runs on this kind of machine swing with the host's disk writeback.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,28 +36,90 @@ fn archive(
     store: &dyn BlockStore,
     tree_dir: &Path,
     prev: Option<&vac::Archive>,
-) -> Result<(Score, Counts, f64)> {
-    let counts = Counts::default();
+    counts: &Counts,
+) -> Result<(Score, f64)> {
     let t = Instant::now();
     let mut tree = Tree::default();
-    let mut importer = DirImporter::new(store, BlockSizes::default(), &counts, prev);
+    let mut importer = DirImporter::new(store, BlockSizes::default(), counts, prev);
     importer.add(&mut tree, &tree_dir.join("."))?;
     let score = tree.write(store, BlockSizes::default(), None)?;
-    Ok((score, counts, t.elapsed().as_secs_f64()))
+    Ok((score, t.elapsed().as_secs_f64()))
 }
 
-fn line(what: &str, counts: &Counts, secs: f64, total_bytes: u64) {
-    let files = counts.files.load(Ordering::Relaxed);
-    println!(
-        "{what:<44} {:>7.3} s {:>8.1} MB/s {:>9.0} files/s  ({files} files, {:.1} MB)",
-        secs,
-        total_bytes as f64 / secs / 1e6,
-        files as f64 / secs,
-        total_bytes as f64 / 1e6
-    );
+/// Seconds per phase of one run.
+struct Run {
+    archive: f64,
+    again: f64,
+    with_prev: f64,
+    prev_bytes_read: u64,
+    extract: f64,
+    loopback: f64,
 }
 
-pub fn run(tree_dir: &Path, dir: Option<PathBuf>) -> Result<()> {
+fn one_run(tree_dir: &Path, scratch: &Path) -> Result<(Run, u64, u64)> {
+    // SAFETY: sync() has no preconditions; it settles earlier writes so they
+    // do not land on this run's clock.
+    unsafe { libc::sync() };
+    let store = LogStore::open(scratch.join("store"))?;
+    let counts = Counts::default();
+    let (score, archive_secs) = archive(&store, tree_dir, None, &counts)?;
+    let (again, again_secs) = archive(&store, tree_dir, None, &Counts::default())?;
+    anyhow::ensure!(again == score, "the same tree must give the same root");
+    let prev = vac::Archive::open(&store, &score)?;
+    let prev_counts = Counts::default();
+    let (_, prev_secs) = archive(&store, tree_dir, Some(&prev), &prev_counts)?;
+    drop(prev);
+
+    let out = scratch.join("extracted");
+    let t = Instant::now();
+    let opened = vac::Archive::open(&store, &score)?;
+    vac::extract::extract(
+        &opened,
+        opened.root(),
+        &out,
+        ExtractOptions::for_current_user(),
+        &Counts::default(),
+    )?;
+    let extract_secs = t.elapsed().as_secs_f64();
+    drop(opened);
+    store.close()?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let server_store: Arc<dyn BlockStore> = Arc::new(LogStore::open(scratch.join("server"))?);
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(venti::server::serve(listener, server_store, async {
+        let _ = stop_rx.await;
+    }));
+    let remote = RemoteStore::connect(&addr)?;
+    let (remote_score, loopback_secs) = archive(&remote, tree_dir, None, &Counts::default())?;
+    anyhow::ensure!(remote_score == score, "the server must get the same root");
+    drop(remote);
+    let _ = stop_tx.send(());
+    runtime.block_on(server)??;
+    std::fs::remove_dir_all(scratch)?;
+    let run = Run {
+        archive: archive_secs,
+        again: again_secs,
+        with_prev: prev_secs,
+        prev_bytes_read: prev_counts.bytes.load(Ordering::Relaxed),
+        extract: extract_secs,
+        loopback: loopback_secs,
+    };
+    Ok((
+        run,
+        counts.files.load(Ordering::Relaxed),
+        counts.bytes.load(Ordering::Relaxed),
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+pub fn run(tree_dir: &Path, dir: Option<PathBuf>, runs: usize) -> Result<()> {
     let scratch = match &dir {
         Some(d) => tempfile::Builder::new()
             .prefix("colony-bench-vac-")
@@ -65,79 +129,47 @@ pub fn run(tree_dir: &Path, dir: Option<PathBuf>) -> Result<()> {
             .tempdir()?,
     };
     println!(
-        "vac benchmark on {} (scratch in {})",
+        "vac benchmark on {}, median of {runs} runs (scratch in {})",
         tree_dir.display(),
         scratch.path().display()
     );
-
-    // Into the embedded store.
-    let store = LogStore::open(scratch.path().join("store"))?;
-    let (score, counts, secs) = archive(&store, tree_dir, None)?;
-    let total = counts.bytes.load(Ordering::Relaxed);
-    line("archive into the embedded store", &counts, secs, total);
-
-    let (again, counts2, secs2) = archive(&store, tree_dir, None)?;
+    let mut results = Vec::new();
+    let (mut files, mut bytes) = (0, 0);
+    for i in 0..runs.max(1) {
+        let (run, f, b) = one_run(tree_dir, &scratch.path().join(format!("run{i}")))?;
+        results.push(run);
+        (files, bytes) = (f, b);
+    }
+    let line = |what: &str, secs: Vec<f64>| {
+        let (mid, lo, hi) = median(secs);
+        println!(
+            "{what:<44} {mid:>7.3} s {:>8.1} MB/s {:>9.0} files/s  (range {lo:.3}..{hi:.3} s; {files} files, {:.1} MB)",
+            bytes as f64 / mid / 1e6,
+            files as f64 / mid,
+            bytes as f64 / 1e6
+        );
+    };
+    line(
+        "archive into the embedded store",
+        results.iter().map(|r| r.archive).collect(),
+    );
     line(
         "archive again, all blocks already stored",
-        &counts2,
-        secs2,
-        total,
+        results.iter().map(|r| r.again).collect(),
     );
-    assert_eq!(again, score, "the same tree must give the same root");
-
-    let prev = vac::Archive::open(&store, &score)?;
-    let (_, counts3, secs3) = archive(&store, tree_dir, Some(&prev))?;
+    let (mid, lo, hi) = median(results.iter().map(|r| r.with_prev).collect());
     println!(
-        "{:<44} {:>7.3} s  ({} files, {} bytes read)",
+        "{:<44} {mid:>7.3} s  (range {lo:.3}..{hi:.3} s; {} bytes of file content read)",
         "re-archive with -d (unchanged tree)",
-        secs3,
-        counts3.files.load(Ordering::Relaxed),
-        counts3.bytes.load(Ordering::Relaxed)
+        results.iter().map(|r| r.prev_bytes_read).max().unwrap_or(0)
     );
-
-    let out = scratch.path().join("extracted");
-    let counts4 = Counts::default();
-    let t = Instant::now();
-    let opened = vac::Archive::open(&store, &score)?;
-    vac::extract::extract(
-        &opened,
-        opened.root(),
-        &out,
-        ExtractOptions::for_current_user(),
-        &counts4,
-    )?;
     line(
         "extract from the embedded store",
-        &counts4,
-        t.elapsed().as_secs_f64(),
-        total,
+        results.iter().map(|r| r.extract).collect(),
     );
-    drop(opened);
-    drop(prev);
-    store.close()?;
-    std::fs::remove_dir_all(&out)?;
-
-    // Into a venti server over loopback.
-    let runtime = tokio::runtime::Runtime::new()?;
-    let server_store: Arc<dyn BlockStore> =
-        Arc::new(LogStore::open(scratch.path().join("server"))?);
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(venti::server::serve(listener, server_store, async {
-        let _ = stop_rx.await;
-    }));
-    let remote = RemoteStore::connect(&addr)?;
-    let (remote_score, counts5, secs5) = archive(&remote, tree_dir, None)?;
     line(
         "archive into a venti server over loopback",
-        &counts5,
-        secs5,
-        total,
+        results.iter().map(|r| r.loopback).collect(),
     );
-    assert_eq!(remote_score, score);
-    drop(remote);
-    let _ = stop_tx.send(());
-    runtime.block_on(server)??;
     Ok(())
 }
