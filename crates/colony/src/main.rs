@@ -4,6 +4,7 @@
 mod bench;
 mod bench_fossil;
 mod bench_vac;
+mod grid_cmd;
 mod mount_cmd;
 mod paths;
 mod progress;
@@ -38,6 +39,16 @@ enum Command {
     Mount(mount_cmd::MountArgs),
     /// Ask a running mount to archive its changes; prints the new vac:SCORE.
     Save(mount_cmd::SaveArgs),
+    /// Run a grid node: the SSH front door and the storage service.
+    Serve(grid_cmd::ServeArgs),
+    /// Manage the node's users (SSH keys).
+    #[command(subcommand)]
+    User(grid_cmd::UserCommand),
+    /// Archive a root file system and bind a score name to it for some users.
+    Import(grid_cmd::ImportArgs),
+    /// The Plan 9 ndb database format.
+    #[command(subcommand)]
+    Ndb(grid_cmd::NdbCommand),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +63,10 @@ fn main() -> ExitCode {
         Command::Unvac(args) => vac_cmd::unvac(args),
         Command::Mount(args) => mount_cmd::mount(args),
         Command::Save(args) => mount_cmd::save(args),
+        Command::Serve(args) => grid_cmd::serve(args),
+        Command::User(cmd) => grid_cmd::user(cmd),
+        Command::Import(args) => grid_cmd::import(args),
+        Command::Ndb(cmd) => grid_cmd::ndb_query(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -1,0 +1,305 @@
+//! `colony serve`, `colony user …`, `colony import` and `colony ndb query`:
+//! running a grid node and keeping its state.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use grid::state::StateDir;
+use grid::{Node, NodeConfig};
+use vac::tree::{BlockSizes, Tree};
+use vac::walk::DirImporter;
+use venti::{BlockStore, LogStore, RemoteStore};
+
+use crate::progress::Progress;
+
+/// `--state DIR`, shared by every command that reads or changes a node.
+#[derive(Args)]
+pub struct StateArg {
+    /// State directory [default: $COLONY_STATE, else $XDG_STATE_HOME/colony,
+    /// else /var/lib/colony for root, else ~/.local/state/colony].
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+}
+
+impl StateArg {
+    fn resolve(&self) -> Result<StateDir> {
+        Ok(StateDir::resolve(self.state.as_deref())?)
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    state: StateArg,
+    /// A config file in ndb form, e.g. `listen=0.0.0.0:16999 spawnmax=5 venti=tcp!host!17034`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// SSH front door address [default: 0.0.0.0:16999].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Use this venti server instead of the embedded store in the state directory.
+    #[arg(long)]
+    venti: Option<String>,
+    /// Live environments allowed at once [default: 5].
+    #[arg(long)]
+    spawn_max: Option<usize>,
+    /// Also serve the node's block store over the venti protocol here (e.g.
+    /// tcp!127.0.0.1!17034), so `colony import --venti` can seed a running node.
+    #[arg(long)]
+    venti_listen: Option<String>,
+}
+
+/// Opens the node's block store: a venti server, or the embedded store.
+fn open_store(state: &StateDir, venti: Option<&str>) -> Result<Arc<dyn BlockStore>> {
+    Ok(match venti {
+        Some(addr) => Arc::new(RemoteStore::connect(addr)?),
+        None => Arc::new(LogStore::open(state.store_dir()).map_err(|e| match e {
+            venti::StoreError::Busy(_) => anyhow::anyhow!(
+                "{e} (is `colony serve` running on this state directory? start it with --venti-listen ADDR and pass --venti ADDR)"
+            ),
+            e => e.into(),
+        })?),
+    })
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let state = args.state.resolve()?;
+    let file = match &args.config {
+        Some(path) => {
+            let db = ndb::Db::open(path)?;
+            let mut merged = ndb::Entry::new(&[]);
+            for e in db.entries() {
+                for p in &e.pairs {
+                    merged.push(&p.attr, &p.value);
+                }
+            }
+            merged
+        }
+        None => ndb::Entry::new(&[]),
+    };
+    let listen = args
+        .listen
+        .or_else(|| file.get("listen").map(str::to_string))
+        .unwrap_or_else(|| format!("0.0.0.0:{}", grid::sshd::DEFAULT_PORT));
+    let venti_addr = args.venti.or_else(|| file.get("venti").map(str::to_string));
+    let mut config = NodeConfig::default();
+    if let Some(n) = args
+        .spawn_max
+        .or_else(|| file.get("spawnmax").and_then(|v| v.parse().ok()))
+    {
+        config.spawn_max = n;
+    }
+    let key = grid::sshd::host_key(&state.host_key())?;
+    let store = open_store(&state, venti_addr.as_deref())?;
+    let node = Arc::new(Node::new(state, store.clone(), config));
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let addr = venti::dial::parse(&listen)?;
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        if let Some(venti_listen) = &args.venti_listen {
+            let addr = venti::dial::parse(venti_listen)?;
+            let venti_listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("venti listener on {addr}"))?;
+            tracing::info!(address = %venti_listener.local_addr()?, "serving the block store over venti");
+            tokio::spawn(venti::server::serve(venti_listener, store.clone(), std::future::pending()));
+        }
+        tracing::info!(address = %local, "grid node ready");
+        println!("listening on {local}");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        grid::sshd::serve(node.clone(), listener, key, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    let live = node.live();
+    node.shutdown();
+    tracing::info!(environments_ended = live, "grid node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Register a user with an SSH public key (another key for an existing user).
+    Add {
+        name: String,
+        /// An OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub).
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// List users and how many keys each has.
+    List {
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Remove a user and their keys.
+    Del {
+        name: String,
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+pub fn user(cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add { name, key, state } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            state.resolve()?.users().add(&name, &text)?;
+            println!("user {name} added");
+        }
+        UserCommand::List { state } => {
+            for (name, keys) in state.resolve()?.users().list()? {
+                println!("{name}\t{keys} key{}", if keys == 1 { "" } else { "s" });
+            }
+        }
+        UserCommand::Del { name, state } => {
+            state.resolve()?.users().remove(&name)?;
+            println!("user {name} removed");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The score name to bind.
+    name: String,
+    /// A directory whose contents become the root.
+    path: Option<PathBuf>,
+    /// A tar stream (file, or - for standard input) instead of a directory.
+    #[arg(long, conflicts_with = "path")]
+    tar: Option<PathBuf>,
+    /// Users who may spawn it (at least one).
+    #[arg(long = "user", required = true)]
+    users: Vec<String>,
+    /// Use this venti server instead of the node's embedded store.
+    #[arg(long)]
+    venti: Option<String>,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+pub fn import(args: ImportArgs) -> Result<()> {
+    let state = args.state.resolve()?;
+    let names = state.scorenames();
+    grid::names::check_score_name(&args.name)?;
+    if names.lookup(&args.name)?.is_some() {
+        bail!(
+            "name {} is taken: names are immutable, choose another",
+            args.name
+        );
+    }
+    for u in &args.users {
+        if !state.users().exists(u)? {
+            bail!("no user {u} on this node (add it with `colony user add`)");
+        }
+    }
+    let store = open_store(&state, args.venti.as_deref())?;
+    let progress = Progress::new("importing");
+    let mut tree = Tree::default();
+    match (&args.path, &args.tar) {
+        (Some(path), None) => {
+            let mut importer =
+                DirImporter::new(store.as_ref(), BlockSizes::default(), &progress, None);
+            importer.add(&mut tree, &contents_of(path))?;
+        }
+        (None, Some(tar)) => {
+            let mut input: Box<dyn std::io::Read> = if tar.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(
+                    std::fs::File::open(tar)
+                        .with_context(|| format!("opening {}", tar.display()))?,
+                )
+            };
+            vac::tar::import_tar(
+                store.as_ref(),
+                BlockSizes::default(),
+                &mut tree,
+                &mut input,
+                &progress,
+            )?;
+        }
+        _ => bail!("give a directory or --tar FILE"),
+    }
+    let score = tree.write(store.as_ref(), BlockSizes::default(), None)?;
+    progress.finish();
+    let users: Vec<&str> = args.users.iter().map(String::as_str).collect();
+    names.bind(&args.name, &score, &users)?;
+    println!("{} vac:{score}", args.name);
+    Ok(())
+}
+
+/// `DIR` → `DIR/.`, so the directory's contents become the root.
+fn contents_of(path: &Path) -> PathBuf {
+    path.join(".")
+}
+
+#[derive(Subcommand)]
+pub enum NdbCommand {
+    /// Look up entries, as Plan 9's ndb/query: `-f FILE ATTR VALUE [RATTR]`.
+    Query {
+        /// With RATTR: every RATTR value of every matching entry.
+        #[arg(short = 'a')]
+        all: bool,
+        #[arg(short = 'f')]
+        file: PathBuf,
+        attr: String,
+        value: String,
+        rattr: Option<String>,
+    },
+}
+
+/// Prints what Plan 9 `ndb/query` prints; exits 1 when nothing matches.
+pub fn ndb_query(cmd: NdbCommand) -> Result<()> {
+    let NdbCommand::Query {
+        all,
+        file,
+        attr,
+        value,
+        rattr,
+    } = cmd;
+    if !file.exists() {
+        bail!("{}: no such file", file.display());
+    }
+    let db = ndb::Db::open(&file)?;
+    let mut found = false;
+    match (rattr, all) {
+        (None, _) => {
+            for e in db.search(&attr, &value) {
+                println!("{}", e.query_line());
+                found = true;
+            }
+        }
+        (Some(r), false) => {
+            if let Some(v) = db.get_value(&attr, &value, &r) {
+                println!("{v}");
+                found = true;
+            }
+        }
+        (Some(r), true) => {
+            for e in db.search(&attr, &value) {
+                for v in e.all(&r) {
+                    println!("{v}");
+                    found = true;
+                }
+            }
+        }
+    }
+    if !found {
+        std::process::exit(1);
+    }
+    Ok(())
+}

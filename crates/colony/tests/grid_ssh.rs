@@ -1,0 +1,536 @@
+//! The grid node driven as users drive it: `colony serve` on loopback and the
+//! real OpenSSH client. Spawning mounts through FUSE, so these need root.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+
+fn can_mount() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/fuse").exists();
+    if !ok {
+        eprintln!("skipped: spawning needs root and /dev/fuse (CI has both)");
+    }
+    ok
+}
+
+struct Grid {
+    tmp: tempfile::TempDir,
+    state: PathBuf,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Grid {
+    /// A state directory with users alice and bob and a busybox root for alice.
+    fn new() -> Grid {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let g = Grid {
+            state,
+            tmp,
+            child: None,
+            port: 0,
+        };
+        for user in ["alice", "bob", "carol"] {
+            let key = g.tmp.path().join(user);
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            if user != "carol" {
+                g.colony(&[
+                    "user",
+                    "add",
+                    user,
+                    "--key",
+                    key.with_extension("pub").to_str().unwrap(),
+                ]);
+            }
+        }
+        let root = g.tmp.path().join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        std::fs::write(root.join("etc/motd"), "hello\n").unwrap();
+        g.colony(&[
+            "import",
+            "busybox",
+            root.to_str().unwrap(),
+            "--user",
+            "alice",
+        ]);
+        g
+    }
+
+    fn colony(&self, args: &[&str]) -> String {
+        let out = Command::new(COLONY)
+            .args(args)
+            .arg("--state")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "colony {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The node's venti listener (with `--venti-listen`).
+    fn start(&mut self, extra: &[&str]) {
+        let mut child = Command::new(COLONY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+            .arg(&self.state)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{line:?}"));
+        self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// `ssh -p PORT -i KEY LOGIN@127.0.0.1 ARGS…` with `input` on stdin.
+    fn ssh_as(&self, key: &str, login: &str, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new("ssh")
+            .args(["-p", &self.port.to_string(), "-i"])
+            .arg(self.tmp.path().join(key))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-T",
+            ])
+            .arg(format!("{login}@127.0.0.1"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn ssh(&self, user: &str, args: &[&str]) -> Output {
+        self.ssh_as(user, user, args, "")
+    }
+
+    fn ok(&self, user: &str, args: &[&str]) -> String {
+        let out = self.ssh(user, args);
+        assert!(
+            out.status.success(),
+            "{user} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn refused(&self, user: &str, args: &[&str]) -> String {
+        let out = self.ssh(user, args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{user} {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(out.stdout.is_empty());
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// SIGTERM, then the daemon's stderr.
+    fn stop(&mut self) -> String {
+        let child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn mounted(&self) -> Vec<String> {
+        let prefix = std::fs::canonicalize(&self.state)
+            .unwrap()
+            .display()
+            .to_string();
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Grid {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for m in self.mounted() {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+    }
+}
+
+#[test]
+fn every_command_and_its_refusals() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let venti_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let venti = format!("tcp!127.0.0.1!{venti_port}");
+    g.start(&["--spawn-max", "2", "--venti-listen", &venti]);
+    assert_eq!(g.ok("alice", &["scores"]), "busybox\n");
+    assert_eq!(g.ok("alice", &["scores", "busy"]), "busybox\n");
+    assert_eq!(g.ok("alice", &["scores", "nomatch"]), "");
+    assert_eq!(g.ok("bob", &["scores"]), "");
+
+    assert!(
+        g.refused("bob", &["spawn", "busybox"])
+            .contains("busybox not found for bob")
+    );
+    assert!(
+        g.refused("alice", &["spawn", "../etc"])
+            .contains("may not contain")
+    );
+    let out = g.ok("alice", &["spawn", "busybox"]);
+    assert!(out.starts_with("busybox spawned from vac:"), "{out}");
+    assert!(
+        g.refused("alice", &["spawn", "busybox"])
+            .contains("already running; use save to clone it to a new name")
+    );
+    let status = g.ok("alice", &["status"]);
+    assert!(
+        status.starts_with("busybox\tfrom busybox vac:") && status.contains("ram 100 MB"),
+        "{status}"
+    );
+    assert_eq!(g.ok("bob", &["status"]), "no environments running\n");
+
+    // Change the environment, save it, spawn the saved name.
+    let mnt = g.state.join("mnt/alice/busybox");
+    std::fs::write(mnt.join("etc/motd"), "changed\n").unwrap();
+    let saved = g.ok("alice", &["save", "busybox", "busybox.1"]);
+    assert!(saved.starts_with("busybox.1 saved\nvac:"), "{saved}");
+    assert!(
+        g.refused("alice", &["save", "busybox", "busybox.1"])
+            .contains("is taken")
+    );
+    assert!(
+        g.refused("alice", &["save", "busybox", "a/b"])
+            .contains("may not contain")
+    );
+    assert!(
+        g.refused("alice", &["save", "nothere", "x"])
+            .contains("nothere is not running for alice")
+    );
+    g.ok("alice", &["spawndisk", "busybox.1"]);
+    assert_eq!(
+        std::fs::read_to_string(g.state.join("mnt/alice/busybox.1/etc/motd")).unwrap(),
+        "changed\n"
+    );
+    assert!(
+        g.refused("alice", &["spawn", "busybox.1"])
+            .contains("already running")
+    );
+    // The limit is 2 live environments on the node.
+    // Seeding a running node goes through its venti listener.
+    g.colony(&[
+        "import",
+        "second",
+        mnt.join("etc").to_str().unwrap(),
+        "--user",
+        "alice",
+        "--venti",
+        &venti,
+    ]);
+    assert!(
+        g.refused("alice", &["spawn", "second"])
+            .contains("spawn limit reached")
+    );
+
+    // Invite: bob gets his own name, with a login in /etc/passwd.
+    assert!(
+        g.refused("alice", &["invite", "nobody", "busybox"])
+            .contains("no user nobody")
+    );
+    let invited = g.ok("alice", &["invite", "bob", "busybox"]);
+    assert!(
+        invited.starts_with("bob invited: busybox+bob\nvac:"),
+        "{invited}"
+    );
+    assert_eq!(g.ok("bob", &["scores"]), "busybox+bob\n");
+    assert!(
+        !g.ok("alice", &["scores"]).contains("busybox+bob"),
+        "the invited name is bob's alone"
+    );
+    let passwd = std::fs::read_to_string(mnt.join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("\nbob:x:1000:1000::/home/bob:/bin/sh\n"),
+        "{passwd}"
+    );
+
+    // Nobody touches anyone else's environment.
+    assert!(
+        g.refused("bob", &["save", "busybox", "stolen"])
+            .contains("not running for bob")
+    );
+    assert!(
+        g.refused("bob", &["invite", "bob", "busybox"])
+            .contains("not running for bob")
+    );
+    assert_eq!(
+        g.ok("bob", &["boom", "busybox"]),
+        "busybox is not running\n"
+    );
+    assert!(
+        mnt.join("etc").exists(),
+        "bob's boom did not touch alice's environment"
+    );
+
+    // Usage errors and unknown commands.
+    assert!(g.refused("alice", &["spawn"]).contains("usage: spawn NAME"));
+    assert!(
+        g.refused("alice", &["save", "busybox"])
+            .contains("usage: save ENV NEWNAME")
+    );
+    assert!(g.refused("alice", &["boom"]).contains("usage: boom ENV"));
+    assert!(
+        g.refused("alice", &["status", "x"])
+            .contains("usage: status")
+    );
+    assert!(
+        g.refused("alice", &["invite", "bob"])
+            .contains("usage: invite USER ENV")
+    );
+    assert!(
+        g.refused("alice", &["frobnicate"])
+            .contains("unknown command")
+    );
+
+    // boom frees the slot and is idempotent.
+    assert_eq!(g.ok("alice", &["boom", "busybox"]), "busybox BOOMed\n");
+    assert_eq!(
+        g.ok("alice", &["boom", "busybox"]),
+        "busybox is not running\n"
+    );
+    assert!(!mnt.exists());
+    g.ok("alice", &["spawn", "second"]);
+    g.stop();
+}
+
+#[test]
+fn the_key_decides_who_you_are() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    // alice's key, claiming to be bob: she is alice.
+    let out = g.ssh_as("alice", "bob", &["scores"], "");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "busybox\n");
+    // An unregistered key is refused by SSH itself.
+    let out = g.ssh_as("carol", "alice", &["scores"], "");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    // A user removed while the node runs can no longer log in.
+    g.colony(&["user", "del", "bob"]);
+    assert_eq!(g.ssh("bob", &["scores"]).status.code(), Some(255));
+    g.stop();
+}
+
+#[test]
+fn the_interactive_prompt() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let out = g.ssh_as(
+        "alice",
+        "alice",
+        &[],
+        "scores\nfrob\nstatus\nexit\nscores\n",
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("colony grid: you are alice\nscores [FILTER] | spawn NAME"),
+        "{text}"
+    );
+    assert!(
+        text.contains("alice% busybox\nalice% alice% no environments running\nalice% "),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("busybox\n").count(),
+        1,
+        "nothing runs after exit"
+    );
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("unknown command")
+    );
+    g.stop();
+}
+
+#[test]
+fn a_restart_ends_live_environments_and_keeps_the_names() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    g.ok("alice", &["spawn", "busybox"]);
+    g.ok("alice", &["save", "busybox", "kept"]);
+    assert_eq!(g.mounted().len(), 1);
+    let log = g.stop();
+    assert!(
+        log.contains("ending environment") && log.contains("env=busybox"),
+        "{log}"
+    );
+    assert!(g.mounted().is_empty(), "no mount left behind");
+
+    // A node killed outright leaves a stale mount; the next start clears it.
+    g.start(&[]);
+    g.ok("alice", &["spawn", "kept"]);
+    let mut child = g.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    g.start(&[]);
+    assert!(g.mounted().is_empty(), "stale mount cleared at start");
+    assert_eq!(g.ok("alice", &["scores"]), "busybox\nkept\n");
+    g.ok("alice", &["spawn", "kept"]);
+    let log = g.stop();
+    assert!(log.contains("left by an earlier run"), "{log}");
+}
+
+#[test]
+fn a_crash_mid_update_leaves_scorenames_whole() {
+    let g = Grid::new();
+    let root = g.tmp.path().join("rootfs");
+    // Import names one after another in a child, and kill it mid-stream.
+    let script = format!(
+        "for i in $(seq 1 200); do {COLONY} import n$i {} --user alice --state {} >/dev/null || exit 1; done",
+        root.display(),
+        g.state.display()
+    );
+    // Its own process group, so the kill takes the running import too.
+    let mut child = std::os::unix::process::CommandExt::process_group(&mut Command::new("sh"), 0)
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let group = child.id() as i32;
+    assert!(group > 1);
+    // SAFETY: kill(2) on the child's own process group (its pid), not ours.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    child.wait().ok();
+    let text = std::fs::read_to_string(g.state.join("scorenames")).unwrap();
+    let db = ndb::Db::parse("scorenames", &text).unwrap();
+    assert!(db.entries().len() >= 2, "some imports happened");
+    for e in db.entries() {
+        assert!(
+            e.get("scorename").is_some()
+                && e.get("rootscore").is_some()
+                && e.get("user") == Some("alice"),
+            "{e:?}"
+        );
+    }
+    // The names are exactly a prefix of what was asked, with no gaps.
+    let names: Vec<&str> = db
+        .entries()
+        .iter()
+        .map(|e| e.get("scorename").unwrap())
+        .collect();
+    for (i, n) in names.iter().skip(1).enumerate() {
+        assert_eq!(*n, format!("n{}", i + 1));
+    }
+    // And ndb/query semantics read it.
+    let out = Command::new(COLONY)
+        .args(["ndb", "query", "-f"])
+        .arg(g.state.join("scorenames"))
+        .args(["scorename", "busybox", "user"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "alice\n");
+}
+
+#[test]
+fn ndb_query_behaves_like_plan9() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ndbtest");
+    std::fs::write(&f, "sys=alpha dom=alpha.example.com\n\tip=10.0.0.1 venti=tcp!10.0.0.1!17034\nsys=gamma ip=10.0.0.3 tag\n\tip=10.0.0.33\n").unwrap();
+    let q = |args: &[&str]| {
+        let out = Command::new(COLONY)
+            .args(["ndb", "query"])
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let file = f.to_str().unwrap();
+    assert_eq!(
+        q(&["-f", file, "sys", "alpha", "venti"]),
+        (Some(0), "tcp!10.0.0.1!17034\n".into())
+    );
+    assert_eq!(
+        q(&["-f", file, "sys", "gamma", "ip"]),
+        (Some(0), "10.0.0.3\n".into())
+    );
+    assert_eq!(
+        q(&["-a", "-f", file, "sys", "gamma", "ip"]),
+        (Some(0), "10.0.0.3\n10.0.0.33\n".into())
+    );
+    assert_eq!(
+        q(&["-f", file, "tag", ""]),
+        (Some(0), "sys=gamma ip=10.0.0.3 tag= ip=10.0.0.33 \n".into())
+    );
+    assert_eq!(q(&["-f", file, "sys", "nope"]), (Some(1), String::new()));
+    std::fs::write(&f, "a=1\nb=\"broken\n").unwrap();
+    let out = Command::new(COLONY)
+        .args(["ndb", "query", "-f", file, "a", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ndbtest:2:"),
+        "the error names file and line"
+    );
+}

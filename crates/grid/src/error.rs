@@ -1,0 +1,34 @@
+//! Errors of the grid layer, worded for the user who typed the command.
+
+#[derive(Debug, thiserror::Error)]
+pub enum GridError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Ndb(#[from] ndb::Error),
+    #[error(transparent)]
+    Vac(#[from] vac::Error),
+    #[error(transparent)]
+    Store(#[from] venti::StoreError),
+    #[error("file system: {0}")]
+    Fs(#[from] fossil::FsError),
+    #[error("{context}: {err}")]
+    Io {
+        context: String,
+        err: std::io::Error,
+    },
+}
+
+impl GridError {
+    pub fn refused(why: impl Into<String>) -> GridError {
+        GridError::Refused(why.into())
+    }
+    pub fn io(context: impl Into<String>, err: std::io::Error) -> GridError {
+        GridError::Io {
+            context: context.into(),
+            err,
+        }
+    }
+}
+
+pub type GridResult<T> = Result<T, GridError>;

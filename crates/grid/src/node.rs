@@ -1,0 +1,425 @@
+//! The storage service's commands. Each runs for one authenticated user and
+//! returns what to print and the exit status; replies go only to that user.
+//!
+//! Environments are per user: alice's `debian` and bob's `debian` are two
+//! different environments, and nobody can name, save, invite into or boom
+//! anyone else's.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use fossil::{CacheConfig, FileKind, Fs, ROOT_INO};
+use venti::{BlockStore, Score};
+
+use crate::error::{GridError, GridResult};
+use crate::names::check_score_name;
+use crate::scorenames::ScoreNames;
+use crate::state::StateDir;
+use crate::users::Users;
+
+/// The help line of the interactive prompt (as the original `gridorc` printed).
+pub const COMMANDS: &str = "scores [FILTER] | spawn NAME | spawndisk NAME | save ENV NEWNAME | invite USER ENV | boom ENV | status | exit";
+
+/// Node-wide settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Live environments allowed at once on this node.
+    pub spawn_max: usize,
+    /// RAM cache of `spawn`.
+    pub ram_cache: u64,
+    /// Disk cache file of `spawndisk`.
+    pub disk_cache: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            spawn_max: 5,
+            ram_cache: 100 << 20,
+            disk_cache: 1 << 30,
+        }
+    }
+}
+
+/// What a command prints, and its exit status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub out: String,
+    pub err: String,
+    pub status: u32,
+}
+
+impl Reply {
+    fn ok(out: String) -> Reply {
+        Reply {
+            out,
+            err: String::new(),
+            status: 0,
+        }
+    }
+    fn fail(err: impl Into<String>) -> Reply {
+        let mut err = err.into();
+        if !err.ends_with('\n') {
+            err.push('\n');
+        }
+        Reply {
+            out: String::new(),
+            err,
+            status: 1,
+        }
+    }
+}
+
+/// A live environment: a fossil over a saved root, mounted for its owner.
+struct Env {
+    spawned_from: String,
+    root: Score,
+    fs: Arc<Fs>,
+    session: Option<fusefs::BackgroundSession>,
+    mountpoint: PathBuf,
+    disk: Option<PathBuf>,
+    started: Instant,
+}
+
+pub struct Node {
+    state: StateDir,
+    store: Arc<dyn BlockStore>,
+    config: NodeConfig,
+    envs: Mutex<HashMap<(String, String), Env>>,
+}
+
+fn usage(text: &str) -> Reply {
+    Reply::fail(format!("usage: {text}"))
+}
+
+impl Node {
+    pub fn new(state: StateDir, store: Arc<dyn BlockStore>, config: NodeConfig) -> Node {
+        clear_stale_mounts(&state.root.join("mnt"));
+        Node {
+            state,
+            store,
+            config,
+            envs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn users(&self) -> Users {
+        self.state.users()
+    }
+
+    fn names(&self) -> ScoreNames {
+        self.state.scorenames()
+    }
+
+    fn envs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Env>> {
+        self.envs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one command line for `user`.
+    pub fn run(&self, user: &str, line: &str) -> Reply {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let result = match words.as_slice() {
+            [] => return Reply::fail(format!("no command; commands: {COMMANDS}")),
+            ["scores"] => self.scores(user, None),
+            ["scores", filter] => self.scores(user, Some(filter)),
+            ["scores", ..] => return usage("scores [FILTER]"),
+            ["spawn", name] => self.spawn(user, name, false),
+            ["spawn", ..] => return usage("spawn NAME"),
+            ["spawndisk", name] => self.spawn(user, name, true),
+            ["spawndisk", ..] => return usage("spawndisk NAME"),
+            ["save", env, new] => self.save(user, env, new),
+            ["save", ..] => return usage("save ENV NEWNAME"),
+            ["invite", invitee, env] => self.invite(user, invitee, env),
+            ["invite", ..] => return usage("invite USER ENV"),
+            ["boom", env] => self.boom(user, env),
+            ["boom", ..] => return usage("boom ENV"),
+            ["status"] => self.status(user),
+            ["status", ..] => return usage("status"),
+            [other, ..] => {
+                return Reply::fail(format!("unknown command {other:?}; commands: {COMMANDS}"));
+            }
+        };
+        match result {
+            Ok(out) => Reply::ok(out),
+            Err(e) => {
+                tracing::info!(user, command = line, error = %e, "command refused");
+                Reply::fail(e.to_string())
+            }
+        }
+    }
+
+    fn scores(&self, user: &str, filter: Option<&str>) -> GridResult<String> {
+        let mut out = String::new();
+        for name in self.names().names_for(user)? {
+            if filter.is_none_or(|f| name.contains(f)) {
+                out.push_str(&name);
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
+    fn spawn(&self, user: &str, name: &str, disk: bool) -> GridResult<String> {
+        check_score_name(name)?;
+        let binding = self
+            .names()
+            .lookup(name)?
+            .filter(|b| b.users.iter().any(|u| u == user));
+        let Some(binding) = binding else {
+            return Err(GridError::refused(format!("{name} not found for {user}")));
+        };
+        let mut envs = self.envs();
+        let key = (user.to_string(), name.to_string());
+        if envs.contains_key(&key) {
+            return Err(GridError::refused(format!(
+                "{name} is already running; use save to clone it to a new name"
+            )));
+        }
+        if envs.len() >= self.config.spawn_max {
+            return Err(GridError::refused(format!(
+                "spawn limit reached: this node runs at most {} environments",
+                self.config.spawn_max
+            )));
+        }
+        let (config, cache_file) = if disk {
+            let path = self.state.cache_file(user, name);
+            std::fs::create_dir_all(path.parent().expect("cache dir"))
+                .map_err(|e| GridError::io("creating the cache directory", e))?;
+            (
+                CacheConfig::Disk {
+                    path: path.clone(),
+                    bytes: self.config.disk_cache,
+                    read_cache: 64 << 20,
+                },
+                Some(path),
+            )
+        } else {
+            (
+                CacheConfig::Memory {
+                    bytes: self.config.ram_cache,
+                },
+                None,
+            )
+        };
+        let fs = Arc::new(Fs::open(self.store.clone(), binding.root, config)?);
+        let mountpoint = self.state.mount_dir(user, name);
+        std::fs::create_dir_all(&mountpoint)
+            .map_err(|e| GridError::io(format!("creating {}", mountpoint.display()), e))?;
+        let session = fusefs::mount(fs.clone(), &mountpoint)
+            .map_err(|e| GridError::io(format!("mounting {}", mountpoint.display()), e))?;
+        tracing::info!(user, env = name, root = %binding.root, "spawned");
+        let kind = if disk { "disk" } else { "ram" };
+        let out = format!(
+            "{name} spawned from vac:{} ({kind} cache), mounted at {}\n",
+            binding.root,
+            mountpoint.display()
+        );
+        envs.insert(
+            key,
+            Env {
+                spawned_from: name.to_string(),
+                root: binding.root,
+                fs,
+                session: Some(session),
+                mountpoint,
+                disk: cache_file,
+                started: Instant::now(),
+            },
+        );
+        Ok(out)
+    }
+
+    /// The live file system of `user`'s environment `env`.
+    fn env_fs(&self, user: &str, env: &str) -> GridResult<Arc<Fs>> {
+        self.envs()
+            .get(&(user.to_string(), env.to_string()))
+            .map(|e| e.fs.clone())
+            .ok_or_else(|| GridError::refused(format!("{env} is not running for {user}")))
+    }
+
+    fn save(&self, user: &str, env: &str, new: &str) -> GridResult<String> {
+        check_score_name(new)?;
+        let fs = self.env_fs(user, env)?;
+        if self.names().lookup(new)?.is_some() {
+            return Err(GridError::refused(format!(
+                "name {new} is taken: names are immutable, choose another"
+            )));
+        }
+        let report = fs.save()?;
+        self.names().bind(new, &report.score, &[user])?;
+        tracing::info!(user, env, name = new, root = %report.score, "saved");
+        Ok(format!("{new} saved\nvac:{}\n", report.score))
+    }
+
+    fn invite(&self, user: &str, invitee: &str, env: &str) -> GridResult<String> {
+        let fs = self.env_fs(user, env)?;
+        if !self.users().exists(invitee)? {
+            return Err(GridError::refused(format!(
+                "no user {invitee} on this node"
+            )));
+        }
+        add_login(&fs, invitee)?;
+        let report = fs.save()?;
+        let name =
+            self.names()
+                .bind_unique(&format!("{env}+{invitee}"), &report.score, &[invitee])?;
+        tracing::info!(user, env, invitee, name = %name, "invited");
+        Ok(format!("{invitee} invited: {name}\nvac:{}\n", report.score))
+    }
+
+    fn boom(&self, user: &str, env: &str) -> GridResult<String> {
+        let Some(e) = self.envs().remove(&(user.to_string(), env.to_string())) else {
+            return Ok(format!("{env} is not running\n"));
+        };
+        end_env(user, env, e);
+        Ok(format!("{env} BOOMed\n"))
+    }
+
+    fn status(&self, user: &str) -> GridResult<String> {
+        let envs = self.envs();
+        let mut mine: Vec<_> = envs.iter().filter(|((u, _), _)| u == user).collect();
+        mine.sort_by(|a, b| a.0.1.cmp(&b.0.1));
+        let mut out = String::new();
+        if mine.is_empty() {
+            out.push_str("no environments running\n");
+        }
+        for ((_, name), e) in mine {
+            let u = e.fs.usage();
+            let kind = if e.disk.is_some() { "disk" } else { "ram" };
+            let size_mb = (u.capacity_blocks as u64 * e.fs.block_size() as u64) >> 20;
+            let used = u.dirty_blocks as u64 * 100 / u.capacity_blocks.max(1) as u64;
+            let up = e.started.elapsed().as_secs();
+            let _ = writeln!(
+                out,
+                "{name}\tfrom {} vac:{}\t{kind} {size_mb} MB, {used}% changed\tmounted at {}\tup {}m{:02}s\troot now vac:{}",
+                e.spawned_from,
+                e.root,
+                e.mountpoint.display(),
+                up / 60,
+                up % 60,
+                e.fs.root_score()
+            );
+        }
+        Ok(out)
+    }
+
+    /// Number of live environments.
+    pub fn live(&self) -> usize {
+        self.envs().len()
+    }
+
+    /// Ends every live environment (daemon shutdown), logging each.
+    pub fn shutdown(&self) {
+        let envs: Vec<_> = self.envs().drain().collect();
+        for ((user, env), e) in envs {
+            tracing::warn!(user = %user, env = %env, "ending environment: the node is shutting down (unsaved changes are lost)");
+            end_env(&user, &env, e);
+        }
+    }
+}
+
+/// Unmounts an environment and frees its cache.
+fn end_env(user: &str, env: &str, mut e: Env) {
+    if let Some(session) = e.session.take()
+        && let Err(err) = session.umount_and_join()
+    {
+        tracing::warn!(user, env, error = %err, "unmount failed; detaching");
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&e.mountpoint)
+            .status();
+    }
+    let _ = std::fs::remove_dir(&e.mountpoint);
+    if let Some(disk) = &e.disk {
+        let _ = std::fs::remove_file(disk);
+    }
+    tracing::info!(user, env, "environment ended");
+}
+
+/// Mounts left behind by a node that was killed: their processes are gone.
+fn clear_stale_mounts(under: &std::path::Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let Ok(prefix) = std::fs::canonicalize(under) else {
+        return;
+    };
+    for line in mounts.lines() {
+        let Some(point) = line.split(' ').nth(1) else {
+            continue;
+        };
+        if std::path::Path::new(point).starts_with(&prefix) {
+            tracing::warn!(
+                mountpoint = point,
+                "unmounting an environment left by an earlier run of the node"
+            );
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(point)
+                .status();
+        }
+    }
+}
+
+/// Adds `user` to the environment's /etc/passwd and /etc/group (creating
+/// them if needed) and makes /home/USER.
+fn add_login(fs: &Fs, user: &str) -> GridResult<()> {
+    let etc = match fs.lookup(ROOT_INO, "etc") {
+        Ok(a) => a.ino,
+        Err(_) => fs.mkdir(ROOT_INO, "etc", 0o755, 0, 0)?.ino,
+    };
+    let read_all = |name: &str| -> GridResult<Option<(u64, String)>> {
+        match fs.lookup(etc, name) {
+            Ok(a) if a.kind == FileKind::File => {
+                let data = fs.read(a.ino, 0, a.size as u32)?;
+                Ok(Some((a.ino, String::from_utf8_lossy(&data).into_owned())))
+            }
+            Ok(_) => Err(GridError::refused(format!(
+                "/etc/{name} in the environment is not a file"
+            ))),
+            Err(_) => Ok(None),
+        }
+    };
+    let passwd = read_all("passwd")?;
+    let text = passwd.as_ref().map(|(_, t)| t.as_str()).unwrap_or("");
+    if let Some(line) = text.lines().find(|l| l.split(':').next() == Some(user)) {
+        tracing::info!(user, line, "already in the environment's passwd");
+        return Ok(());
+    }
+    let uid = text
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse::<u32>().ok())
+        .filter(|&u| (1000..60000).contains(&u))
+        .max()
+        .map_or(1000, |u| u + 1);
+    let append = |file: Option<(u64, String)>, name: &str, line: String| -> GridResult<()> {
+        let (ino, old) = match file {
+            Some(f) => f,
+            None => (fs.create(etc, name, 0o644, 0, 0)?.ino, String::new()),
+        };
+        let sep = if old.is_empty() || old.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        fs.write(ino, old.len() as u64, format!("{sep}{line}\n").as_bytes())?;
+        Ok(())
+    };
+    append(
+        passwd,
+        "passwd",
+        format!("{user}:x:{uid}:{uid}::/home/{user}:/bin/sh"),
+    )?;
+    append(read_all("group")?, "group", format!("{user}:x:{uid}:"))?;
+    let home = match fs.lookup(ROOT_INO, "home") {
+        Ok(a) => a.ino,
+        Err(_) => fs.mkdir(ROOT_INO, "home", 0o755, 0, 0)?.ino,
+    };
+    if fs.lookup(home, user).is_err() {
+        fs.mkdir(home, user, 0o755, uid, uid)?;
+    }
+    Ok(())
+}

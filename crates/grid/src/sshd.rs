@@ -1,0 +1,348 @@
+//! The SSH front door. A user authenticates with a registered key (the name
+//! the client claims is ignored: the key says who it is), then either runs
+//! one command (`ssh -p 16999 alice@node spawn debian`, exit status and
+//! stderr as usual) or gets the interactive prompt when no command is given.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{PrivateKey, ssh_key};
+use russh::server::{Auth, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+
+use crate::error::{GridError, GridResult};
+use crate::node::{COMMANDS, Node, Reply};
+
+/// The default port of the front door.
+pub const DEFAULT_PORT: u16 = 16999;
+
+/// Loads the host key, or makes and stores a new Ed25519 one (mode 0600).
+pub fn host_key(path: &Path) -> GridResult<PrivateKey> {
+    if path.exists() {
+        return PrivateKey::read_openssh_file(path)
+            .map_err(|e| GridError::refused(format!("host key {}: {e}", path.display())));
+    }
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .map_err(|e| GridError::io("reading /dev/urandom", e))?;
+    let key = PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
+    let text = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| GridError::refused(format!("encoding host key: {e}")))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| GridError::io(format!("writing {}", path.display()), e))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| GridError::io(format!("writing {}", path.display()), e))?;
+    tracing::info!(path = %path.display(), "made a new SSH host key");
+    Ok(key)
+}
+
+/// Serves the front door on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    key: PrivateKey,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = Arc::new(russh::server::Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut server = FrontDoor { node };
+    let running = server.run_on_socket(config, &listener);
+    let handle = running.handle();
+    tokio::select! {
+        result = running => result,
+        () = shutdown => {
+            handle.shutdown("the node is shutting down".into());
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone)]
+struct FrontDoor {
+    node: Arc<Node>,
+}
+
+impl russh::server::Server for FrontDoor {
+    type Handler = Connection;
+    fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> Connection {
+        Connection {
+            node: self.node.clone(),
+            user: None,
+            peer,
+            channels: HashMap::new(),
+        }
+    }
+}
+
+/// Per-channel state of an interactive session.
+#[derive(Default)]
+struct Interactive {
+    pty: bool,
+    /// A shell (prompt) session, as opposed to a one-shot command.
+    shell: bool,
+    line: Vec<u8>,
+}
+
+struct Connection {
+    node: Arc<Node>,
+    /// The user the key belongs to, once authenticated.
+    user: Option<String>,
+    peer: Option<std::net::SocketAddr>,
+    channels: HashMap<ChannelId, Interactive>,
+}
+
+impl Connection {
+    fn owner(&self, key: &ssh_key::PublicKey) -> Option<String> {
+        match self.node.users().owner_of(key) {
+            Ok(owner) => owner,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the users file");
+                None
+            }
+        }
+    }
+
+    /// Text for the terminal: with a pty, newlines need carriage returns.
+    fn term(&self, channel: ChannelId, text: &str) -> Vec<u8> {
+        if self.channels.get(&channel).is_some_and(|c| c.pty) {
+            text.replace('\n', "\r\n").into_bytes()
+        } else {
+            text.as_bytes().to_vec()
+        }
+    }
+
+    async fn run(&self, line: String) -> Reply {
+        let node = self.node.clone();
+        let user = self.user.clone().unwrap_or_default();
+        tokio::task::spawn_blocking(move || node.run(&user, &line))
+            .await
+            .unwrap_or_else(|e| Reply {
+                out: String::new(),
+                err: format!("internal error: {e}\n"),
+                status: 1,
+            })
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.owner(offer.public_key).is_some() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        claimed: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.owner(key.public_key) {
+            Some(user) => {
+                if user != claimed {
+                    tracing::info!(claimed, user = %user, "client claimed another name; the key decides");
+                }
+                tracing::info!(user = %user, peer = ?self.peer, "authenticated");
+                self.user = Some(user);
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::info!(claimed, peer = ?self.peer, "unknown key refused");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.insert(channel.id(), Interactive::default());
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.entry(channel).or_default().pty = true;
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _c: u32,
+        _r: u32,
+        _pw: u32,
+        _ph: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let line = String::from_utf8_lossy(data).into_owned();
+        tracing::info!(user = ?self.user, command = %line, "command");
+        let handle = session.handle();
+        let node = self.node.clone();
+        let user = self.user.clone().unwrap_or_default();
+        // Run it off the session task, so the connection keeps being served.
+        tokio::spawn(async move {
+            let reply = tokio::task::spawn_blocking(move || node.run(&user, &line))
+                .await
+                .unwrap_or_else(|e| Reply {
+                    out: String::new(),
+                    err: format!("internal error: {e}\n"),
+                    status: 1,
+                });
+            if !reply.out.is_empty() {
+                let _ = handle.data(channel, reply.out.into_bytes()).await;
+            }
+            if !reply.err.is_empty() {
+                let _ = handle
+                    .extended_data(channel, 1, reply.err.into_bytes())
+                    .await;
+            }
+            let _ = handle.exit_status_request(channel, reply.status).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        self.channels.entry(channel).or_default().shell = true;
+        let user = self.user.clone().unwrap_or_default();
+        let banner = format!("colony grid: you are {user}\n{COMMANDS}\n{user}% ");
+        session.data(channel, self.term(channel, &banner))?;
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let pty = self.channels.get(&channel).is_some_and(|c| c.pty);
+        let mut lines = Vec::new();
+        {
+            let state = self.channels.entry(channel).or_default();
+            for &b in data {
+                match b {
+                    b'\r' | b'\n' => {
+                        if pty {
+                            session.data(channel, b"\r\n".to_vec())?;
+                        }
+                        lines.push(
+                            String::from_utf8_lossy(&std::mem::take(&mut state.line)).into_owned(),
+                        );
+                    }
+                    0x7f | 0x08 if pty => {
+                        if state.line.pop().is_some() {
+                            session.data(channel, b"\x08 \x08".to_vec())?;
+                        }
+                    }
+                    0x03 if pty => {
+                        state.line.clear();
+                        session.data(channel, b"^C\r\n".to_vec())?;
+                        lines.push(String::new());
+                    }
+                    0x04 if state.line.is_empty() => lines.push("exit".into()),
+                    b => {
+                        state.line.push(b);
+                        if pty {
+                            session.data(channel, vec![b])?;
+                        }
+                    }
+                }
+            }
+        }
+        let user = self.user.clone().unwrap_or_default();
+        for line in lines {
+            let trimmed = line.trim();
+            if trimmed == "exit" {
+                session.exit_status_request(channel, 0)?;
+                session.eof(channel)?;
+                session.close(channel)?;
+                return Ok(());
+            }
+            if !trimmed.is_empty() {
+                tracing::info!(user = %user, command = %trimmed, "command");
+                let reply = self.run(trimmed.to_string()).await;
+                if !reply.out.is_empty() {
+                    session.data(channel, self.term(channel, &reply.out))?;
+                }
+                if !reply.err.is_empty() {
+                    session.extended_data(channel, 1, self.term(channel, &reply.err))?;
+                }
+            }
+            session.data(channel, self.term(channel, &format!("{user}% ")))?;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // End of input at the prompt: finish like `exit`. (A one-shot
+        // command's channel closes when the command is done.)
+        if self.channels.get(&channel).is_some_and(|c| c.shell) {
+            session.exit_status_request(channel, 0)?;
+            session.close(channel)?;
+        }
+        Ok(())
+    }
+}

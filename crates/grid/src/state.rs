@@ -1,0 +1,76 @@
+//! The node's state directory:
+//!
+//! ```text
+//! STATE/users        ndb: user=NAME key="ssh-ed25519 …"
+//! STATE/scorenames   ndb: scorename=NAME rootscore=vac:HEX user=USER…
+//! STATE/host_key     the SSH host key (OpenSSH format), made on first start
+//! STATE/store/       the embedded venti block store (unless --venti is given)
+//! STATE/mnt/USER/ENV where environments' file systems are mounted
+//! STATE/cache/       spawndisk cache files
+//! ```
+//!
+//! The directory is `--state DIR`, else `$COLONY_STATE`, else
+//! `$XDG_STATE_HOME/colony`, else `~/.local/state/colony` (`/var/lib/colony`
+//! for root).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{GridError, GridResult};
+use crate::scorenames::ScoreNames;
+use crate::users::Users;
+
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    /// Resolves the default as documented above.
+    pub fn resolve(explicit: Option<&Path>) -> GridResult<StateDir> {
+        let root = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => match std::env::var_os("COLONY_STATE").filter(|v| !v.is_empty()) {
+                Some(p) => PathBuf::from(p),
+                None => match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+                    Some(p) => PathBuf::from(p).join("colony"),
+                    // SAFETY: geteuid has no preconditions.
+                    None if unsafe { libc::geteuid() } == 0 => PathBuf::from("/var/lib/colony"),
+                    None => match std::env::var_os("HOME") {
+                        Some(h) => PathBuf::from(h).join(".local/state/colony"),
+                        None => {
+                            return Err(GridError::refused(
+                                "no state directory: use --state DIR or set COLONY_STATE",
+                            ));
+                        }
+                    },
+                },
+            },
+        };
+        std::fs::create_dir_all(&root)
+            .map_err(|e| GridError::io(format!("creating {}", root.display()), e))?;
+        Ok(StateDir { root })
+    }
+
+    pub fn users(&self) -> Users {
+        Users::new(self.root.join("users"))
+    }
+
+    pub fn scorenames(&self) -> ScoreNames {
+        ScoreNames::new(self.root.join("scorenames"))
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
+    pub fn host_key(&self) -> PathBuf {
+        self.root.join("host_key")
+    }
+
+    pub fn mount_dir(&self, user: &str, env: &str) -> PathBuf {
+        self.root.join("mnt").join(user).join(env)
+    }
+
+    pub fn cache_file(&self, user: &str, env: &str) -> PathBuf {
+        self.root.join("cache").join(format!("{user}-{env}.img"))
+    }
+}
