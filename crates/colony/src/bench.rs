@@ -41,6 +41,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         big_mb: u64,
     },
+    /// grid: time spawn and one-file save through a node's command set.
+    Grid {
+        /// A larger root to spawn besides busybox (kept out of the repository and CI).
+        tree: PathBuf,
+        /// Repetitions; the median is printed.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
     Vac {
@@ -65,6 +73,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             runs,
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
         BenchCommand::Vac { tree, dir, runs } => crate::bench_vac::run(&tree, dir, runs),
+        BenchCommand::Grid { tree, runs } => crate::bench_grid::run(&tree, runs),
         BenchCommand::Fossil { tree, dir, big_mb } => crate::bench_fossil::run(&tree, dir, big_mb),
     }
 }

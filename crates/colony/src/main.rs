@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_fossil;
+mod bench_grid;
 mod bench_vac;
 mod grid_cmd;
 mod mount_cmd;

@@ -534,3 +534,69 @@ fn ndb_query_behaves_like_plan9() {
         "the error names file and line"
     );
 }
+
+#[test]
+fn a_name_whose_blocks_are_missing_and_two_saves_at_once() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    // A binding to a root that is not in the store.
+    let names = g.state.join("scorenames");
+    let mut text = std::fs::read_to_string(&names).unwrap();
+    text.push_str(
+        "scorename=ghost rootscore=vac:6f8f2141577ba09cd814316ef160871cc2dcadcc user=alice\n",
+    );
+    std::fs::write(&names, text).unwrap();
+    g.start(&[]);
+    let err = g.refused("alice", &["spawn", "ghost"]);
+    assert!(err.contains("not in the store"), "{err}");
+    assert_eq!(
+        g.ok("alice", &["status"]),
+        "no environments running\n",
+        "a failed spawn leaves nothing behind"
+    );
+
+    // Two saves of one environment at once: both land, each under its name.
+    g.ok("alice", &["spawn", "busybox"]);
+    std::fs::write(g.state.join("mnt/alice/busybox/etc/motd"), "both\n").unwrap();
+    let port = g.port;
+    let runs: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|name| {
+            let key = g.tmp.path().join("alice");
+            std::thread::spawn(move || {
+                Command::new("ssh")
+                    .args(["-p", &port.to_string(), "-i"])
+                    .arg(key)
+                    .args([
+                        "-o",
+                        "StrictHostKeyChecking=no",
+                        "-o",
+                        "UserKnownHostsFile=/dev/null",
+                        "-o",
+                        "BatchMode=yes",
+                        "-o",
+                        "LogLevel=ERROR",
+                    ])
+                    .args(["alice@127.0.0.1", "save", "busybox", name])
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for r in runs {
+        let out = r.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let scores = g.ok("alice", &["scores"]);
+    assert!(
+        scores.contains("one\n") && scores.contains("two\n"),
+        "{scores}"
+    );
+    g.stop();
+}
