@@ -238,6 +238,16 @@ async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> R
     });
 
     let t = Instant::now();
+    write_pipelined(&client, Arc::new(Blocks::new(2 + run * 10)), 0..n, window).await?;
+    client.sync().await?;
+    phases.push(Phase {
+        name: "loopback writes of duplicates, 1 client (+sync)",
+        blocks: n,
+        block_size: BLOCK,
+        elapsed: t.elapsed(),
+    });
+
+    let t = Instant::now();
     read_pipelined(&client, scores, window).await?;
     phases.push(Phase {
         name: "loopback reads, 1 pipelined client",

@@ -33,7 +33,8 @@ impl StateArg {
 pub struct ServeArgs {
     #[command(flatten)]
     state: StateArg,
-    /// A config file in ndb form, e.g. `listen=0.0.0.0:16999 spawnmax=5 venti=tcp!host!17034`.
+    /// A config file in ndb form, e.g. `listen=0.0.0.0:16999 spawnmax=5 ramcache=100M
+    /// diskcache=1G venti=tcp!host!17034`; command-line options win.
     #[arg(long)]
     config: Option<PathBuf>,
     /// SSH front door address [default: 0.0.0.0:16999].
@@ -45,6 +46,12 @@ pub struct ServeArgs {
     /// Live environments allowed at once [default: 5].
     #[arg(long)]
     spawn_max: Option<usize>,
+    /// RAM cache of `spawn` (K, M, G are powers of 1024) [default: 100M].
+    #[arg(long)]
+    ram_cache: Option<String>,
+    /// Disk cache file size of `spawndisk` [default: 1G].
+    #[arg(long)]
+    disk_cache: Option<String>,
     /// Also serve the node's block store over the venti protocol here (e.g.
     /// tcp!127.0.0.1!17034), so `colony import --venti` can seed a running node.
     #[arg(long)]
@@ -90,6 +97,18 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .or_else(|| file.get("spawnmax").and_then(|v| v.parse().ok()))
     {
         config.spawn_max = n;
+    }
+    if let Some(size) = args
+        .ram_cache
+        .or_else(|| file.get("ramcache").map(str::to_string))
+    {
+        config.ram_cache = crate::mount_cmd::parse_size(&size)?;
+    }
+    if let Some(size) = args
+        .disk_cache
+        .or_else(|| file.get("diskcache").map(str::to_string))
+    {
+        config.disk_cache = crate::mount_cmd::parse_size(&size)?;
     }
     let key = grid::sshd::host_key(&state.host_key())?;
     let store = open_store(&state, venti_addr.as_deref())?;

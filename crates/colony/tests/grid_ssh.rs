@@ -600,3 +600,26 @@ fn a_name_whose_blocks_are_missing_and_two_saves_at_once() {
     );
     g.stop();
 }
+
+#[test]
+fn a_save_while_the_cache_is_full_works_and_frees_it() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&["--ram-cache", "1M"]);
+    g.ok("alice", &["spawn", "busybox"]);
+    let mnt = g.state.join("mnt/alice/busybox");
+    let err = std::fs::write(mnt.join("big"), vec![1u8; 2 << 20]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    let status = g.ok("alice", &["status"]);
+    assert!(status.contains("ram 1 MB, 100% changed"), "{status}");
+    let saved = g.ok("alice", &["save", "busybox", "full"]);
+    assert!(saved.starts_with("full saved\n"), "{saved}");
+    assert!(
+        g.ok("alice", &["status"]).contains("ram 1 MB, 0% changed"),
+        "the save emptied the change cache"
+    );
+    std::fs::write(mnt.join("more"), vec![2u8; 512 << 10]).unwrap();
+    g.stop();
+}

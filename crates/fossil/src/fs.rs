@@ -694,17 +694,7 @@ impl Fs {
         if st.inode(ino)?.attr.kind != FileKind::Dir {
             return Err(FsError::not_dir());
         }
-        self.load_dir(&mut st, ino)?;
-        if let Content::Dir {
-            children: Some(c), ..
-        } = &st.inode(ino)?.content
-            && !c.is_empty()
-        {
-            return Err(FsError::new(
-                libc::ENOTEMPTY,
-                format!("{name}: directory not empty"),
-            ));
-        }
+        self.ensure_empty(&mut st, ino, name)?;
         st.remove_name(parent, name)?;
         st.unref(ino);
         Ok(())
@@ -755,19 +745,7 @@ impl Fs {
             match (is_dir, st.inode(target)?.attr.kind == FileKind::Dir) {
                 (true, false) => return Err(FsError::not_dir()),
                 (false, true) => return Err(FsError::is_dir()),
-                (true, true) => {
-                    self.load_dir(&mut st, target)?;
-                    if let Content::Dir {
-                        children: Some(c), ..
-                    } = &st.inode(target)?.content
-                        && !c.is_empty()
-                    {
-                        return Err(FsError::new(
-                            libc::ENOTEMPTY,
-                            format!("{new_name}: directory not empty"),
-                        ));
-                    }
-                }
+                (true, true) => self.ensure_empty(&mut st, target, new_name)?,
                 (false, false) => {}
             }
             st.remove_name(new_parent, new_name)?;
@@ -782,6 +760,20 @@ impl Fs {
             *p = new_parent;
         }
         Ok(())
+    }
+
+    /// ENOTEMPTY unless directory `ino` (called `name`) has no entries.
+    fn ensure_empty(&self, st: &mut State, ino: u64, name: &str) -> FsResult<()> {
+        self.load_dir(st, ino)?;
+        match &st.inode(ino)?.content {
+            Content::Dir {
+                children: Some(c), ..
+            } if !c.is_empty() => Err(FsError::new(
+                libc::ENOTEMPTY,
+                format!("{name}: directory not empty"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The child named `name` of directory `parent`, loading the directory.

@@ -12,6 +12,7 @@ pub mod block_type;
 pub mod client;
 pub mod conn;
 pub mod dial;
+pub mod hex;
 pub mod message;
 pub mod remote;
 pub mod score;
