@@ -40,7 +40,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         names.bind(name, &root, &["bench"])?;
     }
     let mounts = scratch.path().join("state/mnt/bench");
-    let node = Node::new(state, store, NodeConfig::default());
+    let node = Node::new(state, store, NodeConfig::default())?;
     println!("grid benchmark: median of {runs} runs, in process (no SSH round trip)");
     for name in ["busybox", "tree"] {
         let mut spawn = Vec::new();

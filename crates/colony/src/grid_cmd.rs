@@ -46,6 +46,18 @@ pub struct ServeArgs {
     /// Live environments allowed at once [default: 5].
     #[arg(long)]
     spawn_max: Option<usize>,
+    /// Ports for the environments' SSH logins, FIRST-LAST [default: 20001-20100].
+    #[arg(long)]
+    env_ports: Option<String>,
+    /// Host name in the login commands `spawn` prints [default: this host's name].
+    #[arg(long)]
+    public_host: Option<String>,
+    /// Default memory limit of an environment [default: 512M].
+    #[arg(long)]
+    env_memory: Option<String>,
+    /// Default process limit of an environment [default: 512].
+    #[arg(long)]
+    env_pids: Option<u64>,
     /// RAM cache of `spawn` (K, M, G are powers of 1024) [default: 100M].
     #[arg(long)]
     ram_cache: Option<String>,
@@ -110,9 +122,42 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     {
         config.disk_cache = crate::mount_cmd::parse_size(&size)?;
     }
+    if let Some(range) = args
+        .env_ports
+        .or_else(|| file.get("envports").map(str::to_string))
+    {
+        let (a, b) = range
+            .split_once('-')
+            .context("--env-ports takes FIRST-LAST")?;
+        config.env_ports = (
+            a.parse().context("--env-ports: bad first port")?,
+            b.parse().context("--env-ports: bad last port")?,
+        );
+        if config.env_ports.0 > config.env_ports.1 {
+            bail!("--env-ports: {range} is empty");
+        }
+    }
+    if let Some(host) = args
+        .public_host
+        .or_else(|| file.get("publichost").map(str::to_string))
+    {
+        config.public_host = host;
+    }
+    if let Some(m) = args
+        .env_memory
+        .or_else(|| file.get("envmemory").map(str::to_string))
+    {
+        config.limits.memory = crate::mount_cmd::parse_size(&m)?;
+    }
+    if let Some(p) = args
+        .env_pids
+        .or_else(|| file.get("envpids").and_then(|v| v.parse().ok()))
+    {
+        config.limits.pids = p;
+    }
     let key = grid::sshd::host_key(&state.host_key())?;
     let store = open_store(&state, venti_addr.as_deref())?;
-    let node = Arc::new(Node::new(state, store.clone(), config));
+    let node = Arc::new(Node::new(state, store.clone(), config)?);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = venti::dial::parse(&listen)?;

@@ -56,6 +56,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The environments' helper processes: before anything starts a thread.
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == "__env-init" || a == "__env-exec")
+    {
+        env_helper(&args[1..]);
+    }
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
@@ -103,4 +111,48 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 });
         io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// `colony __env-init --root DIR --hostname NAME [--cgroup DIR]…` and
+/// `colony __env-exec --pid N [--cgroup DIR]… [--pty] [--term T] -- ARGV…`:
+/// run by the grid node, never by hand (see grid::env::launch).
+fn env_helper(args: &[String]) -> ! {
+    let mut cgroups = Vec::new();
+    let (mut root, mut hostname, mut pid, mut pty, mut term) = (None, None, None, false, None);
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--root" => root = args.get(i + 1).map(std::path::PathBuf::from),
+            "--hostname" => hostname = args.get(i + 1).cloned(),
+            "--cgroup" => cgroups.extend(args.get(i + 1).map(std::path::PathBuf::from)),
+            "--pid" => pid = args.get(i + 1).and_then(|p| p.parse().ok()),
+            "--term" => term = args.get(i + 1).cloned(),
+            "--pty" => {
+                pty = true;
+                i += 1;
+                continue;
+            }
+            "--" => break,
+            other => {
+                eprintln!("colony: {}: unexpected argument {other}", args[0]);
+                std::process::exit(2)
+            }
+        }
+        i += 2;
+    }
+    match (args[0].as_str(), root, hostname, pid) {
+        ("__env-init", Some(root), Some(hostname), _) => {
+            grid::env::launch::init_main(&root, &hostname, &cgroups)
+        }
+        ("__env-exec", _, _, Some(pid)) if i + 1 < args.len() => {
+            grid::env::launch::exec_main(pid, &cgroups, pty, term.as_deref(), &args[i + 1..])
+        }
+        _ => {
+            eprintln!(
+                "colony: {} is run by the grid node with arguments it supplies",
+                args[0]
+            );
+            std::process::exit(2)
+        }
+    }
 }

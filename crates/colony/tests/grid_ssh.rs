@@ -54,6 +54,16 @@ impl Grid {
         }
         let root = g.tmp.path().join("rootfs");
         std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("root")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8(applets.stdout)
+            .unwrap()
+            .lines()
+            .filter(|a| *a != "busybox")
+        {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
@@ -85,8 +95,22 @@ impl Grid {
 
     /// The node's venti listener (with `--venti-listen`).
     fn start(&mut self, extra: &[&str]) {
+        // Login ports of their own, so tests running at once never collide.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 21000 + (std::process::id() % 100) as u16 * 200 + slot * 6;
+        let ports = format!("{}-{}", base, base + 4);
         let mut child = Command::new(COLONY)
-            .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--env-ports",
+                &ports,
+                "--public-host",
+                "127.0.0.1",
+                "--state",
+            ])
             .arg(&self.state)
             .args(extra)
             .stdout(Stdio::piped())
@@ -621,5 +645,286 @@ fn a_save_while_the_cache_is_full_works_and_frees_it() {
         "the save emptied the change cache"
     );
     std::fs::write(mnt.join("more"), vec![2u8; 512 << 10]).unwrap();
+    g.stop();
+}
+
+/// The login port from a spawn reply ("… log in with:\nssh -p PORT user@host").
+fn login_port(reply: &str) -> u16 {
+    let line = reply
+        .lines()
+        .find(|l| l.starts_with("ssh -p "))
+        .unwrap_or_else(|| panic!("no login in {reply:?}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+impl Grid {
+    /// Runs `command` inside an environment through its own SSH login.
+    fn env_ssh(&self, key: &str, port: u16, command: &str, input: &str, tty: bool) -> Output {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-p", &port.to_string(), "-i"])
+            .arg(self.tmp.path().join(key))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ]);
+        cmd.arg(if tty { "-tt" } else { "-T" });
+        let mut child = cmd
+            .arg(format!("{key}@127.0.0.1"))
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn env_ok(&self, port: u16, command: &str) -> String {
+        let out = self.env_ssh("alice", port, command, "", false);
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// This node's cgroups still present.
+    fn cgroups(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            if let Ok(groups) = std::fs::read_dir(c.path().join("colony")) {
+                for g in groups.flatten() {
+                    let name = g.file_name().to_string_lossy().into_owned();
+                    let node =
+                        venti::Score::of(self.state.as_os_str().as_encoded_bytes()).to_string();
+                    if name.starts_with(&node[..8]) {
+                        out.push(g.path().display().to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn log_in_run_write_save_boom_and_find_the_files_again() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    assert_eq!(g.env_ok(port, "hostname"), "busybox\n");
+    // A command's output, exit status, and stdin piped through.
+    let out = g.env_ssh(
+        "alice",
+        port,
+        "cat > /root/piped; echo made > /root/file; exit 7",
+        "through the pipe\n",
+        false,
+    );
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(
+        g.env_ok(port, "cat /root/piped /root/file"),
+        "through the pipe\nmade\n"
+    );
+    // tar through ssh, both ways.
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(g.tmp.path().join("rootfs/etc"))
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    let mut untar = Command::new("ssh")
+        .args(["-p", &port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args([
+            "alice@127.0.0.1",
+            "mkdir -p /root/etc && tar -C /root/etc -xf - && ls /root/etc",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    untar.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    let listing = untar.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8(listing.stdout).unwrap(),
+        "group\nmotd\npasswd\n"
+    );
+    // An interactive terminal: the shell's terminal is in the environment's /dev/pts.
+    let out = g.env_ssh("alice", port, "tty", "", true);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // status counts the environment's processes and shows the login.
+    let status = g.ok("alice", &["status"]);
+    assert!(
+        status.contains(&format!("ssh -p {port} alice@127.0.0.1")),
+        "{status}"
+    );
+
+    g.ok("alice", &["save", "busybox", "withfiles"]);
+    g.ok("alice", &["boom", "busybox"]);
+    assert_eq!(
+        g.env_ssh("alice", port, "true", "", false).status.code(),
+        Some(255),
+        "the login is gone"
+    );
+    let port2 = login_port(&g.ok("alice", &["spawn", "withfiles"]));
+    assert_eq!(
+        g.env_ok(port2, "cat /root/file /root/etc/motd"),
+        "made\nhello\n"
+    );
+    g.stop();
+}
+
+#[test]
+fn only_the_owner_logs_in_and_escapes_fail() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let bob = g.env_ssh("bob", port, "true", "", false);
+    assert_eq!(bob.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&bob.stderr).contains("Permission denied"));
+
+    // No host processes: pid 1 is the environment's init, and few processes exist.
+    let ps = g.env_ok(port, "ps -o pid,comm");
+    assert!(ps.lines().count() < 8, "{ps}");
+    assert!(g.env_ok(port, "cat /proc/1/cmdline").contains("__env-init"));
+    let node_pid = g.child.as_ref().unwrap().id();
+    let kill = g.env_ssh("alice", port, &format!("kill -9 {node_pid}"), "", false);
+    assert!(
+        !kill.status.success(),
+        "the node's pid does not exist in here"
+    );
+    assert!(
+        g.ok("alice", &["status"]).contains("busybox"),
+        "the node is alive"
+    );
+    // Cannot mount, make device nodes, write /sys, or gain privileges.
+    let escapes = "mkdir -p /mnt; mount -t tmpfs x /mnt && echo MOUNTED; \
+                   mknod /tmp/sda b 8 0 && echo MKNOD; \
+                   touch /sys/x && echo SYSFS; \
+                   ls /dev | tr '\\n' ' '; echo; \
+                   grep -E 'NoNewPrivs|CapBnd' /proc/self/status";
+    let out = g.env_ok(port, escapes);
+    assert!(
+        !out.contains("MOUNTED") && !out.contains("MKNOD") && !out.contains("SYSFS"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fd full null ptmx pts random shm stderr stdin stdout tty urandom zero"),
+        "{out}"
+    );
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    let bound = out.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
+    let caps = u64::from_str_radix(bound.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    for (cap, name) in [
+        (21, "SYS_ADMIN"),
+        (16, "SYS_MODULE"),
+        (17, "SYS_RAWIO"),
+        (19, "SYS_PTRACE"),
+        (27, "MKNOD"),
+    ] {
+        assert_eq!(caps & (1 << cap), 0, "CAP_{name} must be dropped");
+    }
+    g.stop();
+}
+
+#[test]
+fn a_fork_bomb_and_a_memory_hog_are_contained() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.colony(&[
+        "import",
+        "other",
+        g.tmp.path().join("rootfs").to_str().unwrap(),
+        "--user",
+        "alice",
+    ]);
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox", "pids=40", "memory=64M"]));
+    let other = login_port(&g.ok("alice", &["spawn", "other"]));
+    // Fork until the process limit says no.
+    let bomb = g.env_ssh(
+        "alice",
+        port,
+        "i=0; while [ $i -lt 200 ]; do sleep 60 >/dev/null 2>&1 & i=$((i+1)); done; echo done",
+        "",
+        false,
+    );
+    assert!(
+        String::from_utf8_lossy(&bomb.stderr).contains("fork") || !bomb.status.success(),
+        "the limit bites"
+    );
+    // The node and the other environment are fine.
+    assert!(g.ok("alice", &["status"]).contains("busybox"));
+    assert_eq!(g.env_ok(other, "echo fine"), "fine\n");
+    // Boom ends every one of the bomb's processes.
+    g.ok("alice", &["boom", "busybox"]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox", "memory=64M"]));
+    // A process that eats memory is killed inside the environment.
+    let hog = g.env_ssh(
+        "alice",
+        port,
+        "awk 'BEGIN { s = \"x\"; while (1) s = s s }'",
+        "",
+        false,
+    );
+    assert!(!hog.status.success(), "the hog must be killed");
+    assert_eq!(g.env_ok(port, "echo survived"), "survived\n");
+    assert_eq!(g.env_ok(other, "echo fine"), "fine\n");
+    g.stop();
+}
+
+#[test]
+fn twenty_spawn_boom_cycles_leave_nothing_behind() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+        ports.insert(port);
+        assert_eq!(g.env_ok(port, "echo up"), "up\n");
+        g.ok("alice", &["boom", "busybox"]);
+    }
+    assert_eq!(ports.len(), 1, "the login port is reused");
+    assert!(g.mounted().is_empty(), "{:?}", g.mounted());
+    assert!(g.cgroups().is_empty(), "{:?}", g.cgroups());
     g.stop();
 }

@@ -8,6 +8,7 @@
 //! * [`sshd`]: the SSH front door that authenticates users by key and runs
 //!   their commands, one-shot or at an interactive prompt.
 
+pub mod env;
 pub mod error;
 pub mod names;
 pub mod node;

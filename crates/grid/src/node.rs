@@ -14,6 +14,8 @@ use std::time::Instant;
 use fossil::{CacheConfig, FileKind, Fs, ROOT_INO};
 use venti::{BlockStore, Score};
 
+use crate::env::door::Door;
+use crate::env::{Environment, Limits};
 use crate::error::{GridError, GridResult};
 use crate::names::check_score_name;
 use crate::scorenames::ScoreNames;
@@ -32,14 +34,37 @@ pub struct NodeConfig {
     pub ram_cache: u64,
     /// Disk cache file of `spawndisk`.
     pub disk_cache: u64,
+    /// Default resource limits of an environment (a spawn may override them).
+    pub limits: Limits,
+    /// Ports for environments' SSH logins, first..=last, reused after boom.
+    pub env_ports: (u16, u16),
+    /// Address the environments' logins listen on.
+    pub env_listen: String,
+    /// Host name to put in the login command `spawn` replies with.
+    pub public_host: String,
+    /// The colony executable, re-run as the environments' helper processes.
+    pub helper: PathBuf,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
+        let mut name = [0u8; 256];
+        // SAFETY: gethostname into a buffer of the given length.
+        let host = if unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0 {
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            String::from_utf8_lossy(&name[..end]).into_owned()
+        } else {
+            "localhost".into()
+        };
         NodeConfig {
             spawn_max: 5,
             ram_cache: 100 << 20,
             disk_cache: 1 << 30,
+            limits: Limits::default(),
+            env_ports: (20001, 20100),
+            env_listen: "0.0.0.0".into(),
+            public_host: host,
+            helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony")),
         }
     }
 }
@@ -73,7 +98,8 @@ impl Reply {
     }
 }
 
-/// A live environment: a fossil over a saved root, mounted for its owner.
+/// A live environment: a fossil over a saved root, mounted for its owner,
+/// with processes running in it and an SSH login of its own.
 struct Env {
     spawned_from: String,
     root: Score,
@@ -82,6 +108,10 @@ struct Env {
     mountpoint: PathBuf,
     disk: Option<PathBuf>,
     started: Instant,
+    environment: Option<Arc<Environment>>,
+    door_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    port: u16,
+    login: String,
 }
 
 pub struct Node {
@@ -89,6 +119,9 @@ pub struct Node {
     store: Arc<dyn BlockStore>,
     config: NodeConfig,
     envs: Mutex<HashMap<(String, String), Env>>,
+    /// Runs the environments' SSH logins.
+    runtime: tokio::runtime::Runtime,
+    host_key: russh::keys::PrivateKey,
 }
 
 fn usage(text: &str) -> Reply {
@@ -96,14 +129,28 @@ fn usage(text: &str) -> Reply {
 }
 
 impl Node {
-    pub fn new(state: StateDir, store: Arc<dyn BlockStore>, config: NodeConfig) -> Node {
+    pub fn new(
+        state: StateDir,
+        store: Arc<dyn BlockStore>,
+        config: NodeConfig,
+    ) -> GridResult<Node> {
         clear_stale_mounts(&state.root.join("mnt"));
-        Node {
+        clear_stale_cgroups(&node_id(&state));
+        let host_key = crate::sshd::host_key(&state.host_key())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("env-logins")
+            .enable_all()
+            .build()
+            .map_err(|e| GridError::io("starting the environments' runtime", e))?;
+        Ok(Node {
             state,
             store,
             config,
             envs: Mutex::new(HashMap::new()),
-        }
+            runtime,
+            host_key,
+        })
     }
 
     pub fn users(&self) -> Users {
@@ -126,10 +173,16 @@ impl Node {
             ["scores"] => self.scores(user, None),
             ["scores", filter] => self.scores(user, Some(filter)),
             ["scores", ..] => return usage("scores [FILTER]"),
-            ["spawn", name] => self.spawn(user, name, false),
-            ["spawn", ..] => return usage("spawn NAME"),
-            ["spawndisk", name] => self.spawn(user, name, true),
-            ["spawndisk", ..] => return usage("spawndisk NAME"),
+            ["spawn", name, limits @ ..] => self
+                .limits(limits)
+                .and_then(|l| self.spawn(user, name, false, l)),
+            ["spawn", ..] => return usage("spawn NAME [memory=SIZE] [pids=N] [cpu=WEIGHT]"),
+            ["spawndisk", name, limits @ ..] => self
+                .limits(limits)
+                .and_then(|l| self.spawn(user, name, true, l)),
+            ["spawndisk", ..] => {
+                return usage("spawndisk NAME [memory=SIZE] [pids=N] [cpu=WEIGHT]");
+            }
             ["save", env, new] => self.save(user, env, new),
             ["save", ..] => return usage("save ENV NEWNAME"),
             ["invite", invitee, env] => self.invite(user, invitee, env),
@@ -151,6 +204,42 @@ impl Node {
         }
     }
 
+    /// The node's default limits with `memory=`, `pids=` and `cpu=` overrides.
+    fn limits(&self, words: &[&str]) -> GridResult<Limits> {
+        let mut limits = self.config.limits.clone();
+        for w in words {
+            let bad = || {
+                GridError::refused(format!(
+                    "bad limit {w:?}: use memory=SIZE (K/M/G, at least 4M), pids=N or cpu=WEIGHT (1-10000)"
+                ))
+            };
+            let (key, value) = w.split_once('=').ok_or_else(bad)?;
+            match key {
+                "memory" => {
+                    limits.memory = parse_size(value)
+                        .filter(|&m| m >= 4 << 20)
+                        .ok_or_else(bad)?
+                }
+                "pids" => {
+                    limits.pids = value
+                        .parse()
+                        .ok()
+                        .filter(|&n: &u64| n >= 1)
+                        .ok_or_else(bad)?
+                }
+                "cpu" => {
+                    limits.cpu_weight = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=10000).contains(n))
+                        .ok_or_else(bad)?
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(limits)
+    }
+
     fn scores(&self, user: &str, filter: Option<&str>) -> GridResult<String> {
         let mut out = String::new();
         for name in self.names().names_for(user)? {
@@ -162,7 +251,7 @@ impl Node {
         Ok(out)
     }
 
-    fn spawn(&self, user: &str, name: &str, disk: bool) -> GridResult<String> {
+    fn spawn(&self, user: &str, name: &str, disk: bool, limits: Limits) -> GridResult<String> {
         check_score_name(name)?;
         let binding = self
             .names()
@@ -210,26 +299,99 @@ impl Node {
             .map_err(|e| GridError::io(format!("creating {}", mountpoint.display()), e))?;
         let session = fusefs::mount(fs.clone(), &mountpoint)
             .map_err(|e| GridError::io(format!("mounting {}", mountpoint.display()), e))?;
-        tracing::info!(user, env = name, root = %binding.root, "spawned");
+        let mut env = Env {
+            spawned_from: name.to_string(),
+            root: binding.root,
+            fs,
+            session: Some(session),
+            mountpoint: mountpoint.clone(),
+            disk: cache_file,
+            started: Instant::now(),
+            environment: None,
+            door_stop: None,
+            port: 0,
+            login: String::new(),
+        };
+        // The cpu half: processes in namespaces on the mount, and a login.
+        let used: Vec<u16> = envs.values().map(|e| e.port).collect();
+        match self.start_environment(user, name, &mountpoint, &limits, &used) {
+            Ok((environment, stop, port)) => {
+                env.environment = Some(environment);
+                env.door_stop = Some(stop);
+                env.port = port;
+                env.login = format!("ssh -p {port} {user}@{}", self.config.public_host);
+            }
+            Err(e) => {
+                end_env(user, name, env);
+                return Err(e);
+            }
+        }
+        tracing::info!(user, env = name, root = %binding.root, port = env.port, "spawned");
         let kind = if disk { "disk" } else { "ram" };
         let out = format!(
-            "{name} spawned from vac:{} ({kind} cache), mounted at {}\n",
-            binding.root,
-            mountpoint.display()
+            "{name} spawned from vac:{} ({kind} cache); log in with:\n{}\n",
+            binding.root, env.login
         );
-        envs.insert(
-            key,
-            Env {
-                spawned_from: name.to_string(),
-                root: binding.root,
-                fs,
-                session: Some(session),
-                mountpoint,
-                disk: cache_file,
-                started: Instant::now(),
-            },
-        );
+        envs.insert(key, env);
         Ok(out)
+    }
+
+    /// Starts the namespaces and the SSH login of an environment.
+    fn start_environment(
+        &self,
+        user: &str,
+        name: &str,
+        root: &std::path::Path,
+        limits: &Limits,
+        used_ports: &[u16],
+    ) -> GridResult<(Arc<Environment>, tokio::sync::oneshot::Sender<()>, u16)> {
+        let hostname: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(63)
+            .collect();
+        let group = format!("{}-{user}-{hostname}", node_id(&self.state));
+        let environment = Arc::new(
+            Environment::start(&self.config.helper, root, &hostname, &group, limits)
+                .map_err(|e| GridError::io(format!("starting environment {name}"), e))?,
+        );
+        let (first, last) = self.config.env_ports;
+        let listener = (first..=last)
+            .filter(|p| !used_ports.contains(p))
+            .find_map(|p| {
+                std::net::TcpListener::bind((self.config.env_listen.as_str(), p))
+                    .ok()
+                    .map(|l| (l, p))
+            });
+        let Some((listener, port)) = listener else {
+            environment.stop();
+            return Err(GridError::refused(format!(
+                "no free login port in {first}-{last}"
+            )));
+        };
+        let _ = listener.set_nonblocking(true);
+        let door = Arc::new(Door {
+            owner: user.to_string(),
+            users: self.users(),
+            env: environment.clone(),
+            root: root.to_path_buf(),
+            shell: root_shell(root),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let key = self.host_key.clone();
+        self.runtime.spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => crate::env::door::serve(door, l, key, stop_rx).await,
+                Err(e) => tracing::error!(error = %e, "environment login listener"),
+            }
+        });
+        Ok((environment, stop_tx, port))
     }
 
     /// The live file system of `user`'s environment `env`.
@@ -292,12 +454,16 @@ impl Node {
             let size_mb = (u.capacity_blocks as u64 * e.fs.block_size() as u64) >> 20;
             let used = u.dirty_blocks as u64 * 100 / u.capacity_blocks.max(1) as u64;
             let up = e.started.elapsed().as_secs();
+            let procs = e
+                .environment
+                .as_ref()
+                .map_or(0, |env| env.processes().len());
             let _ = writeln!(
                 out,
-                "{name}\tfrom {} vac:{}\t{kind} {size_mb} MB, {used}% changed\tmounted at {}\tup {}m{:02}s\troot now vac:{}",
+                "{name}\tfrom {} vac:{}\t{kind} {size_mb} MB, {used}% changed\t{}\tup {}m{:02}s\t{procs} processes\troot now vac:{}",
                 e.spawned_from,
                 e.root,
-                e.mountpoint.display(),
+                e.login,
                 up / 60,
                 up % 60,
                 e.fs.root_score()
@@ -321,8 +487,14 @@ impl Node {
     }
 }
 
-/// Unmounts an environment and frees its cache.
+/// Ends an environment: its login, every process in it, then its mount and cache.
 fn end_env(user: &str, env: &str, mut e: Env) {
+    if let Some(stop) = e.door_stop.take() {
+        let _ = stop.send(());
+    }
+    if let Some(environment) = e.environment.take() {
+        environment.stop();
+    }
     if let Some(session) = e.session.take()
         && let Err(err) = session.umount_and_join()
     {
@@ -422,4 +594,70 @@ fn add_login(fs: &Fs, user: &str) -> GridResult<()> {
         fs.mkdir(home, user, 0o755, uid, uid)?;
     }
     Ok(())
+}
+
+/// root's shell from the environment's /etc/passwd, else /bin/sh.
+fn root_shell(root: &std::path::Path) -> String {
+    std::fs::read_to_string(root.join("etc/passwd"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("root:"))
+                .and_then(|l| l.split(':').nth(6))
+                .map(str::trim)
+                .filter(|s| s.starts_with('/'))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "/bin/sh".into())
+}
+
+/// `100M`, `1G`, `512K` or bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().ok()?;
+    let mult = match t[split..].to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A short id of this node's state directory: cgroup names carry it, so two
+/// nodes on one machine never share a group.
+fn node_id(state: &StateDir) -> String {
+    venti::Score::of(state.root.as_os_str().as_encoded_bytes()).to_string()[..8].to_string()
+}
+
+/// Groups of environments whose node was killed: end their processes.
+fn clear_stale_cgroups(node_id: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut stale = Vec::new();
+    for c in controllers.flatten() {
+        let parent = c.path().join("colony");
+        let Ok(groups) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for g in groups.flatten() {
+            if g.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{node_id}-"))
+                && g.path().is_dir()
+            {
+                stale.push(g.path());
+            }
+        }
+    }
+    if !stale.is_empty() {
+        tracing::warn!(
+            groups = stale.len(),
+            "ending processes of environments left by an earlier run of the node"
+        );
+        crate::env::Cgroups { dirs: stale }.remove();
+    }
 }

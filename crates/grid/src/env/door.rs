@@ -1,0 +1,417 @@
+//! An environment's own SSH login. Only the environment's owner (by key) is
+//! admitted. Interactive shells get a pseudo-terminal (with window resizing);
+//! one-shot commands get pipes, so `tar c . | ssh … tar x` works, and their
+//! exit status; the `sftp` subsystem runs the root's sftp-server if it has one.
+//! Everything runs inside the environment as its root user, with the shell
+//! its /etc/passwd gives root (or /bin/sh).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::{PrivateKey, ssh_key};
+use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+
+use super::Environment;
+use crate::users::Users;
+
+/// What the door needs to know about its environment.
+pub struct Door {
+    pub owner: String,
+    pub users: Users,
+    pub env: Arc<Environment>,
+    /// Host path of the environment's root (to look for an sftp-server).
+    pub root: PathBuf,
+    /// root's login shell inside the environment.
+    pub shell: String,
+}
+
+/// Serves the door on `listener` until `stop` resolves.
+pub async fn serve(
+    door: Arc<Door>,
+    listener: tokio::net::TcpListener,
+    key: PrivateKey,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let config = Arc::new(russh::server::Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut server = Front { door };
+    let running = server.run_on_socket(config, &listener);
+    let handle = running.handle();
+    tokio::select! {
+        _ = running => {}
+        _ = stop => handle.shutdown("the environment was ended".into()),
+    }
+}
+
+#[derive(Clone)]
+struct Front {
+    door: Arc<Door>,
+}
+
+impl russh::server::Server for Front {
+    type Handler = Conn;
+    fn new_client(&mut self, _peer: Option<std::net::SocketAddr>) -> Conn {
+        Conn {
+            door: self.door.clone(),
+            channels: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Chan {
+    /// (TERM, columns, rows) once a pty was asked for.
+    pty: Option<(String, u16, u16)>,
+    input: Option<Arc<Mutex<Option<File>>>>,
+    master: Option<Arc<File>>,
+    /// The helper process and whether it has exited (then its pid may be reused).
+    helper: Option<(u32, Arc<std::sync::atomic::AtomicBool>)>,
+}
+
+struct Conn {
+    door: Arc<Door>,
+    channels: HashMap<ChannelId, Chan>,
+}
+
+/// A pseudo-terminal from the environment's own devpts instance (through
+/// `/proc/PID/root`), so programs inside find their terminal under /dev/pts.
+fn open_pty(init_pid: u32, cols: u16, rows: u16) -> std::io::Result<(File, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let pts = format!("/proc/{init_pid}/root/dev/pts");
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(format!("{pts}/ptmx"))?;
+    let mut n: libc::c_uint = 0;
+    let unlock: libc::c_int = 0;
+    // SAFETY: ioctls on the ptmx descriptor we just opened, with valid pointers.
+    unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0
+            || libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ws = winsize(cols, rows);
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+    }
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(format!("{pts}/{n}"))?;
+    Ok((master, OwnedFd::from(slave)))
+}
+
+fn winsize(cols: u16, rows: u16) -> libc::winsize {
+    libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// Sends everything `from` yields to the channel (stdout, or stderr with `ext`).
+fn pump(
+    mut from: impl Read + Send + 'static,
+    handle: Handle,
+    channel: ChannelId,
+    ext: Option<u32>,
+    rt: tokio::runtime::Handle,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let data = buf[..n].to_vec();
+            let sent = match ext {
+                Some(e) => rt.block_on(handle.extended_data(channel, e, data)),
+                None => rt.block_on(handle.data(channel, data)),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+impl Conn {
+    fn admitted(&self, key: &ssh_key::PublicKey) -> bool {
+        matches!(self.door.users.owner_of(key), Ok(Some(user)) if user == self.door.owner)
+    }
+
+    /// Starts `argv` in the environment for `channel`.
+    fn start(
+        &mut self,
+        channel: ChannelId,
+        argv: Vec<String>,
+        session: &mut Session,
+    ) -> std::io::Result<()> {
+        let handle = session.handle();
+        let rt = tokio::runtime::Handle::current();
+        let state = self.channels.entry(channel).or_default();
+        let pty = state.pty.clone();
+        let mut child: Child;
+        let mut pumps = Vec::new();
+        if let Some((term, cols, rows)) = pty {
+            let (master, slave) = open_pty(self.door.env.init_pid, cols, rows)?;
+            let mut cmd = self.door.env.command(&argv, true, Some(&term));
+            cmd.stdin(Stdio::from(slave.try_clone()?))
+                .stdout(Stdio::from(slave.try_clone()?))
+                .stderr(Stdio::from(slave));
+            child = cmd.spawn()?;
+            drop(cmd);
+            let master = Arc::new(master);
+            let reader = master.try_clone()?;
+            state.input = Some(Arc::new(Mutex::new(Some(master.try_clone()?))));
+            state.master = Some(master);
+            pumps.push(pump(reader, handle.clone(), channel, None, rt.clone()));
+        } else {
+            let mut cmd = self.door.env.command(&argv, false, None);
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            child = cmd.spawn()?;
+            let stdin: File = OwnedFd::from(child.stdin.take().expect("piped")).into();
+            state.input = Some(Arc::new(Mutex::new(Some(stdin))));
+            pumps.push(pump(
+                child.stdout.take().expect("piped"),
+                handle.clone(),
+                channel,
+                None,
+                rt.clone(),
+            ));
+            pumps.push(pump(
+                child.stderr.take().expect("piped"),
+                handle.clone(),
+                channel,
+                Some(1),
+                rt.clone(),
+            ));
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        state.helper = Some((child.id(), done.clone()));
+        let is_pty = state.master.is_some();
+        std::thread::spawn(move || {
+            let status = child.wait().ok().and_then(|s| s.code()).unwrap_or(255) as u32;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            if is_pty {
+                // The pty reader sees EIO once the last holder of the terminal is
+                // gone; give it a moment to pass on the final output.
+                std::thread::sleep(Duration::from_millis(50));
+            } else {
+                for p in pumps.drain(..) {
+                    let _ = p.join();
+                }
+            }
+            let _ = rt.block_on(handle.exit_status_request(channel, status));
+            let _ = rt.block_on(handle.eof(channel));
+            let _ = rt.block_on(handle.close(channel));
+        });
+        Ok(())
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.admitted(offer.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.admitted(key.public_key) {
+            Ok(Auth::Accept)
+        } else {
+            tracing::info!(owner = %self.door.owner, "refused a login to someone else's environment");
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.insert(channel.id(), Chan::default());
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.entry(channel).or_default().pty =
+            Some((term.to_string(), cols as u16, rows as u16));
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        _pw: u32,
+        _ph: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(master) = self.channels.get(&channel).and_then(|c| c.master.as_ref()) {
+            let ws = winsize(cols as u16, rows as u16);
+            // SAFETY: TIOCSWINSZ on our pty master with a valid winsize.
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        }
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        let argv = vec![self.door.shell.clone(), "-c".into(), command];
+        match self.start(channel, argv, session) {
+            Ok(()) => session.channel_success(channel)?,
+            Err(e) => {
+                tracing::warn!(error = %e, "starting a command in an environment failed");
+                session.channel_failure(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let argv = vec![self.door.shell.clone(), "-l".into()];
+        match self.start(channel, argv, session) {
+            Ok(()) => session.channel_success(channel)?,
+            Err(e) => {
+                tracing::warn!(error = %e, "starting a shell in an environment failed");
+                session.channel_failure(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let found = [
+            "usr/lib/openssh/sftp-server",
+            "usr/libexec/openssh/sftp-server",
+            "usr/lib/sftp-server",
+            "usr/libexec/sftp-server",
+        ]
+        .into_iter()
+        .find(|p| self.door.root.join(p).exists());
+        match (name, found) {
+            ("sftp", Some(path)) => match self.start(channel, vec![format!("/{path}")], session) {
+                Ok(()) => session.channel_success(channel)?,
+                Err(_) => session.channel_failure(channel)?,
+            },
+            _ => {
+                tracing::info!(subsystem = name, "no such subsystem in this environment");
+                session.channel_failure(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(input) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
+            let data = data.to_vec();
+            // Writing may block on a full pipe: do it off the session task.
+            tokio::task::spawn_blocking(move || {
+                if let Some(f) = input.lock().expect("input lock").as_mut() {
+                    let _ = f.write_all(&data);
+                }
+            })
+            .await
+            .ok();
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // End of the client's input: close the program's stdin (not a pty's).
+        if let Some(c) = self.channels.get(&channel)
+            && c.master.is_none()
+            && let Some(input) = &c.input
+        {
+            input.lock().expect("input lock").take();
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(c) = self.channels.remove(&channel)
+            && let Some((pid, done)) = c.helper
+            && !done.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // The helper's child dies with it (PR_SET_PDEATHSIG).
+            // SAFETY: signalling the helper process we started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,382 @@
+//! The two helper processes of an environment, run by re-executing the
+//! colony binary (`colony __env-init`, `colony __env-exec`): namespace and
+//! mount work needs a single-threaded process, which the node is not.
+//!
+//! * init: joins the environment's cgroups, unshares mount, pid, uts and ipc
+//!   namespaces and forks pid 1, which mounts `/proc`, a read-only `/sys`, a
+//!   minimal `/dev` (null, zero, full, random, urandom, tty, pts, ptmx, shm),
+//!   tmpfs `/tmp` and `/run`, an empty private `/srv`, pivots into the spawned
+//!   root, takes the environment's name as hostname, and then only reaps
+//!   orphans — until SIGTERM, when it takes every process down.
+//! * exec: joins the cgroups and namespaces of a running environment, drops
+//!   to the environment's capabilities with no_new_privs, and runs a program
+//!   there (a login shell, a command, an sftp server).
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::caps;
+use super::cgroup::Cgroups;
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("paths have no NUL")
+}
+
+fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn mount(
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let (src_c, fs_c, data_c) = (
+        CString::new(src).expect("no NUL"),
+        CString::new(fstype).expect("no NUL"),
+        CString::new(data).expect("no NUL"),
+    );
+    let target_c = cstr(target);
+    // SAFETY: every pointer is a valid NUL-terminated string for the call.
+    let rc = unsafe {
+        libc::mount(
+            src_c.as_ptr(),
+            target_c.as_ptr(),
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                fs_c.as_ptr()
+            },
+            flags,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data_c.as_ptr().cast()
+            },
+        )
+    };
+    check(rc, &format!("mounting {fstype} on {}", target.display()))
+}
+
+fn ensure_dir(path: &Path, mode: u32) -> io::Result<()> {
+    if !path.is_dir() {
+        std::fs::create_dir_all(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", path.display())))?;
+        let c = cstr(path);
+        // SAFETY: valid path.
+        unsafe { libc::chmod(c.as_ptr(), mode) };
+    }
+    Ok(())
+}
+
+/// Builds the environment's file system view and pivots into it.
+fn setup(root: &Path, hostname: &str) -> io::Result<()> {
+    mount("", Path::new("/"), "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+    mount(
+        root.to_str().unwrap_or(""),
+        root,
+        "",
+        libc::MS_BIND | libc::MS_REC,
+        "",
+    )?;
+    for (dir, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+        ("run", 0o755),
+        ("srv", 0o755),
+    ] {
+        ensure_dir(&root.join(dir), mode)?;
+    }
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount("proc", &root.join("proc"), "proc", nosuid, "")?;
+    mount(
+        "sysfs",
+        &root.join("sys"),
+        "sysfs",
+        nosuid | libc::MS_RDONLY,
+        "",
+    )?;
+    let dev = root.join("dev");
+    mount(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        "mode=755,size=1m",
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let c = cstr(&dev.join(name));
+        // SAFETY: valid path; a character device on our own tmpfs.
+        check(
+            unsafe {
+                libc::mknod(
+                    c.as_ptr(),
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(major, minor),
+                )
+            },
+            "mknod",
+        )?;
+        // SAFETY: valid path.
+        unsafe { libc::chmod(c.as_ptr(), 0o666) };
+    }
+    std::fs::create_dir(dev.join("pts"))?;
+    mount(
+        "devpts",
+        &dev.join("pts"),
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=620",
+    )?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))?;
+    std::fs::create_dir(dev.join("shm"))?;
+    mount(
+        "tmpfs",
+        &dev.join("shm"),
+        "tmpfs",
+        nosuid,
+        "mode=1777,size=64m",
+    )?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))?;
+    }
+    mount(
+        "tmpfs",
+        &root.join("tmp"),
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    )?;
+    mount(
+        "tmpfs",
+        &root.join("run"),
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=755",
+    )?;
+    // A private, empty /srv: the environment's own service registry.
+    mount(
+        "tmpfs",
+        &root.join("srv"),
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=755",
+    )?;
+
+    std::env::set_current_dir(root)?;
+    let dot = CString::new(".").expect("no NUL");
+    // SAFETY: pivot_root(".", ".") stacks the old root under the new one; it
+    // is then detached, as runc does, so no directory in the root is needed.
+    check(
+        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as libc::c_int,
+        "pivot_root",
+    )?;
+    // SAFETY: valid path.
+    check(
+        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
+        "detaching the old root",
+    )?;
+    std::env::set_current_dir("/")?;
+    // SAFETY: a valid buffer and its length.
+    check(
+        unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) },
+        "sethostname",
+    )?;
+    Ok(())
+}
+
+/// pid 1: reap orphans; on SIGTERM take everything down and exit.
+fn init_loop() -> ! {
+    // SAFETY: plain signal-set calls on a local set; this process has one thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        loop {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            if sig == libc::SIGTERM || sig == libc::SIGINT {
+                libc::kill(-1, libc::SIGTERM);
+                for _ in 0..20 {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+                }
+                libc::kill(-1, libc::SIGKILL);
+                libc::_exit(0);
+            }
+        }
+    }
+}
+
+/// `colony __env-init`: prints `pid N` (pid 1's number on the host) and then
+/// `ready` or `error WHY` on standard output, which the node reads.
+pub fn init_main(root: &Path, hostname: &str, cgroups: &[PathBuf]) -> ! {
+    let fail = |e: io::Error| -> ! {
+        println!("error {e}");
+        std::process::exit(1)
+    };
+    if let Err(e) = Cgroups::enter(cgroups, std::process::id()) {
+        fail(e);
+    }
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    // SAFETY: unshare with namespace flags in a single-threaded process.
+    if let Err(e) = check(unsafe { libc::unshare(flags) }, "unshare") {
+        fail(e);
+    }
+    // SAFETY: fork in a single-threaded process.
+    match unsafe { libc::fork() } {
+        -1 => fail(io::Error::last_os_error()),
+        0 => {
+            match setup(root, hostname) {
+                Ok(()) => println!("ready"),
+                Err(e) => fail(e),
+            }
+            let _ = io::stdout().flush();
+            // Nothing more to say: detach from the node's pipes.
+            let null = CString::new("/dev/null").expect("no NUL");
+            // SAFETY: open and dup2 on descriptors this process owns.
+            unsafe {
+                let fd = libc::open(null.as_ptr(), libc::O_RDWR);
+                for target in 0..3 {
+                    libc::dup2(fd, target);
+                }
+            }
+            init_loop()
+        }
+        child => {
+            println!("pid {child}");
+            let _ = io::stdout().flush();
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            std::process::exit(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                0
+            })
+        }
+    }
+}
+
+/// `colony __env-exec`: runs `argv` inside the environment whose pid 1 is
+/// `init_pid` (host numbering), and exits with its status.
+pub fn exec_main(
+    init_pid: u32,
+    cgroups: &[PathBuf],
+    pty: bool,
+    term: Option<&str>,
+    argv: &[String],
+) -> ! {
+    let fail = |what: &str, e: io::Error| -> ! {
+        eprintln!("colony: {what}: {e}");
+        std::process::exit(126)
+    };
+    if let Err(e) = Cgroups::enter(cgroups, std::process::id()) {
+        fail("joining the environment's cgroups", e);
+    }
+    let mut fds = Vec::new();
+    for ns in ["ipc", "uts", "pid", "mnt"] {
+        let path = format!("/proc/{init_pid}/ns/{ns}");
+        match std::fs::File::open(&path) {
+            Ok(f) => fds.push(f),
+            Err(e) => fail(&format!("the environment is gone ({path})"), e),
+        }
+    }
+    for f in &fds {
+        // SAFETY: setns on a namespace descriptor we opened.
+        if let Err(e) = check(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(f), 0) },
+            "setns",
+        ) {
+            fail("entering the environment", e);
+        }
+    }
+    drop(fds);
+    // SAFETY: fork in a single-threaded process; the child enters the pid namespace.
+    match unsafe { libc::fork() } {
+        -1 => fail("fork", io::Error::last_os_error()),
+        0 => {
+            // SAFETY: prctl/setsid/ioctl on this process and its own stdio.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                if pty {
+                    libc::setsid();
+                    libc::ioctl(0, libc::TIOCSCTTY as _, 0);
+                }
+            }
+            let _ = std::env::set_current_dir("/root").or_else(|_| std::env::set_current_dir("/"));
+            if let Err(e) = caps::restrict() {
+                fail("dropping capabilities", e);
+            }
+            let program = CString::new(argv[0].as_str()).unwrap_or_default();
+            let args: Vec<CString> = argv
+                .iter()
+                .map(|a| CString::new(a.as_str()).unwrap_or_default())
+                .collect();
+            let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+            arg_ptrs.push(std::ptr::null());
+            let mut env = vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                "HOME=/root".into(),
+                "USER=root".into(),
+                "LOGNAME=root".into(),
+                format!("SHELL={}", argv[0]),
+            ];
+            if let Some(t) = term {
+                env.push(format!("TERM={t}"));
+            }
+            let env: Vec<CString> = env
+                .into_iter()
+                .map(|e| CString::new(e).unwrap_or_default())
+                .collect();
+            let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+            env_ptrs.push(std::ptr::null());
+            // SAFETY: NUL-terminated arrays of valid C strings.
+            unsafe { libc::execve(program.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+            fail(&argv[0], io::Error::last_os_error())
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            std::process::exit(code)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Environments: the cpu half of a node. A spawned root becomes what behaves
+//! like an independent system: its own mount, pid, uts and ipc namespaces,
+//! pivoted into the spawned FUSE root, resource-limited by cgroups, with the
+//! node's network, and its own SSH login ([`door`]).
+//!
+//! Isolation, chosen and documented: processes run as root *inside* the
+//! environment, with Docker's default capability set minus CAP_MKNOD and with
+//! no_new_privs (see [`caps`]); no user namespace, so files show their real
+//! owners on the FUSE root without uid shifting. They cannot see or signal
+//! host processes (pid namespace), mount or load modules (no CAP_SYS_ADMIN /
+//! CAP_SYS_MODULE), reach host devices (a minimal /dev, no mknod), or gain
+//! privileges (no_new_privs, bounded capabilities).
+
+pub mod caps;
+pub mod cgroup;
+pub mod door;
+pub mod launch;
+
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub use cgroup::{Cgroups, Limits};
+
+/// A running environment, seen from the node.
+pub struct Environment {
+    /// pid 1 of the environment, in the host's numbering.
+    pub init_pid: u32,
+    helper: PathBuf,
+    outer: std::sync::Mutex<Child>,
+    cgroups: Cgroups,
+}
+
+impl Environment {
+    /// Starts an environment rooted at `root` (a mounted file system), named
+    /// `hostname`, limited by `limits`, in cgroups called `group`.
+    pub fn start(
+        helper: &Path,
+        root: &Path,
+        hostname: &str,
+        group: &str,
+        limits: &Limits,
+    ) -> io::Result<Environment> {
+        let cgroups = Cgroups::create(group, limits)?;
+        let mut cmd = Command::new(helper);
+        cmd.arg("__env-init")
+            .arg("--root")
+            .arg(root)
+            .arg("--hostname")
+            .arg(hostname);
+        for dir in &cgroups.dirs {
+            cmd.arg("--cgroup").arg(dir);
+        }
+        let mut outer = match cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                cgroups.remove();
+                return Err(e);
+            }
+        };
+        let stdout = outer.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut init_pid = None;
+        let mut ready = false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(ready && init_pid.is_some()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let failure = match rx.recv_timeout(left) {
+                Ok(line) if line == "ready" => {
+                    ready = true;
+                    continue;
+                }
+                Ok(line) if line.starts_with("pid ") => {
+                    init_pid = line[4..].trim().parse().ok();
+                    continue;
+                }
+                Ok(line) => line.strip_prefix("error ").unwrap_or(&line).to_string(),
+                Err(_) => "the environment did not start in time".to_string(),
+            };
+            let _ = outer.kill();
+            let _ = outer.wait();
+            cgroups.remove();
+            return Err(io::Error::other(format!(
+                "starting the environment: {failure}"
+            )));
+        }
+        Ok(Environment {
+            init_pid: init_pid.expect("checked"),
+            helper: helper.to_path_buf(),
+            outer: std::sync::Mutex::new(outer),
+            cgroups,
+        })
+    }
+
+    /// A command that runs `argv` inside the environment; the caller sets its stdio.
+    pub fn command(&self, argv: &[String], pty: bool, term: Option<&str>) -> Command {
+        let mut cmd = Command::new(&self.helper);
+        cmd.arg("__env-exec")
+            .arg("--pid")
+            .arg(self.init_pid.to_string());
+        for dir in &self.cgroups.dirs {
+            cmd.arg("--cgroup").arg(dir);
+        }
+        if pty {
+            cmd.arg("--pty");
+        }
+        if let Some(t) = term {
+            cmd.arg("--term").arg(t);
+        }
+        cmd.arg("--").args(argv);
+        cmd
+    }
+
+    /// Processes of the environment still alive (host numbering).
+    pub fn processes(&self) -> Vec<u32> {
+        self.cgroups.procs()
+    }
+
+    /// How many times the memory limit killed something.
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroups.oom_kills()
+    }
+
+    /// Kills everything the environment runs and removes its cgroups.
+    pub fn stop(&self) {
+        // SAFETY: signalling the environment's own pid 1.
+        unsafe { libc::kill(self.init_pid as i32, libc::SIGTERM) };
+        let mut outer = self.outer.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..40 {
+            if matches!(outer.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above; SIGKILL of pid 1 ends the whole pid namespace.
+        unsafe { libc::kill(self.init_pid as i32, libc::SIGKILL) };
+        let _ = outer.kill();
+        let _ = outer.wait();
+        self.cgroups.remove();
+    }
+}
