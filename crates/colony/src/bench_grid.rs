@@ -1,9 +1,10 @@
 //! `colony bench grid TREE`: a grid node in this process; times `spawn` (to
-//! its reply) and `save` after changing one file, for a busybox root and for
-//! TREE. Needs root (spawn mounts through FUSE). SSH adds its own round trip
-//! on top; `ssh … scores` against a running node measures that.
+//! its reply, and to the first command's output through the environment's own
+//! SSH login) and `save` after changing one file, for a busybox root and for
+//! TREE. Needs root (spawn mounts and makes namespaces) and the OpenSSH client.
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,21 +15,42 @@ use vac::tree::{BlockSizes, Tree};
 use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
 
+fn median(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    format!(
+        "{:>8.1} ms (range {:.1}..{:.1})",
+        v[v.len() / 2] * 1e3,
+        v[0] * 1e3,
+        v[v.len() - 1] * 1e3
+    )
+}
+
 pub fn run(tree: &Path, runs: usize) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-grid-")
         .tempdir()?;
     let state = StateDir::resolve(Some(&scratch.path().join("state")))?;
     let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
-    let key =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGP1b2hqEI4x6AnqeHtY2xSk5QbyN6n6fN3Eo1J8O1Xq bench";
-    state.users().add("bench", key)?;
+    // A real key, so the environments' SSH logins can be timed too.
+    let key = scratch.path().join("key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        bail!("ssh-keygen is needed (openssh-client)");
+    }
+    state.users().add(
+        "bench",
+        &std::fs::read_to_string(key.with_extension("pub"))?,
+    )?;
 
     let busybox = scratch.path().join("busybox");
     std::fs::create_dir_all(busybox.join("bin"))?;
     std::fs::create_dir_all(busybox.join("etc"))?;
-    if Path::new("/bin/busybox").exists() {
-        std::fs::copy("/bin/busybox", busybox.join("bin/busybox"))?;
+    std::fs::copy("/bin/busybox", busybox.join("bin/busybox"))?;
+    for applet in ["sh", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet))?;
     }
     std::fs::write(busybox.join("etc/motd"), "hello\n")?;
     let names = state.scorenames();
@@ -40,17 +62,52 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         names.bind(name, &root, &["bench"])?;
     }
     let mounts = scratch.path().join("state/mnt/bench");
-    let node = Node::new(state, store, NodeConfig::default())?;
-    println!("grid benchmark: median of {runs} runs, in process (no SSH round trip)");
+    let config = NodeConfig {
+        public_host: "127.0.0.1".into(),
+        env_listen: "127.0.0.1".into(),
+        ..NodeConfig::default()
+    };
+    let node = Node::new(state, store, config)?;
+    println!(
+        "grid benchmark: median of {runs} runs; commands through the node's command set in this process"
+    );
     for name in ["busybox", "tree"] {
-        let mut spawn = Vec::new();
-        let mut save = Vec::new();
+        let (mut spawn, mut first, mut save) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs.max(1) {
             let t = Instant::now();
             let r = node.run("bench", &format!("spawn {name}"));
             spawn.push(t.elapsed().as_secs_f64());
             if r.status != 0 {
                 bail!("spawn {name}: {}", r.err);
+            }
+            let port = r
+                .out
+                .lines()
+                .find_map(|l| l.strip_prefix("ssh -p "))
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or("0")
+                .to_string();
+            let out = Command::new("ssh")
+                .args(["-p", &port, "-i"])
+                .arg(&key)
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "LogLevel=ERROR",
+                ])
+                .args(["bench@127.0.0.1", "echo ready"])
+                .output()?;
+            first.push(t.elapsed().as_secs_f64());
+            if out.stdout != b"ready\n" {
+                bail!(
+                    "the first command in {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             std::fs::write(mounts.join(name).join("etc/motd"), format!("run {i}\n"))?;
             let t = Instant::now();
@@ -61,27 +118,23 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
             }
             node.run("bench", &format!("boom {name}"));
         }
-        spawn.sort_by(f64::total_cmp);
-        save.sort_by(f64::total_cmp);
         let label = if name == "tree" {
             tree.display().to_string()
         } else {
             "a busybox root".into()
         };
+        println!("{:<50} {}", format!("spawn {label}"), median(spawn));
         println!(
-            "{:<44} {:>8.1} ms (range {:.1}..{:.1})",
-            format!("spawn {label}"),
-            spawn[spawn.len() / 2] * 1e3,
-            spawn[0] * 1e3,
-            spawn[spawn.len() - 1] * 1e3
+            "{:<50} {}",
+            format!("spawn to first output over ssh, {label}"),
+            median(first)
         );
         println!(
-            "{:<44} {:>8.1} ms (range {:.1}..{:.1})",
+            "{:<50} {}",
             format!("save after one file, {label}"),
-            save[save.len() / 2] * 1e3,
-            save[0] * 1e3,
-            save[save.len() - 1] * 1e3
+            median(save)
         );
     }
+    node.shutdown();
     Ok(())
 }

@@ -821,6 +821,26 @@ fn only_the_owner_logs_in_and_escapes_fail() {
     let ps = g.env_ok(port, "ps -o pid,comm");
     assert!(ps.lines().count() < 8, "{ps}");
     assert!(g.env_ok(port, "cat /proc/1/cmdline").contains("__env-init"));
+    // A device node already in the root (made on the host, as an import could
+    // carry one) cannot be opened: the device cgroup allows only the minimal /dev.
+    let mnt = g.state.join("mnt/alice/busybox/root/disk");
+    let c = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
+    // SAFETY: valid path; a block device node made by root on the host side.
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) },
+        0
+    );
+    let out = g.env_ssh(
+        "alice",
+        port,
+        "head -c 1 /root/disk && echo READ",
+        "",
+        false,
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("READ"),
+        "a host device must not open"
+    );
     let node_pid = g.child.as_ref().unwrap().id();
     let kill = g.env_ssh("alice", port, &format!("kill -9 {node_pid}"), "", false);
     assert!(

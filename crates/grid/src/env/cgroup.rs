@@ -1,5 +1,5 @@
 //! Resource limits of an environment through cgroups: memory, number of
-//! processes and CPU share. Version 2 is used where its hierarchy has those
+//! processes and CPU share, and (v1) which devices it may open. Version 2 is used where its hierarchy has those
 //! controllers; otherwise the v1 hierarchies (this machine's case: a hybrid
 //! whose v2 part has no controllers). Exceeding memory OOM-kills inside the
 //! environment's group only.
@@ -29,6 +29,18 @@ impl Default for Limits {
 }
 
 const ROOT: &str = "/sys/fs/cgroup";
+
+/// null, zero, full, random, urandom, tty, ptmx and the pty slaves.
+const DEVICES_ALLOWED: &[&str] = &[
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 /// The cgroup directories of one environment (one per v1 controller, or one v2 group).
 #[derive(Debug, Clone)]
@@ -92,6 +104,14 @@ impl Cgroups {
         );
         let pids = make("pids")?;
         write(&pids.join("pids.max"), &limits.pids.to_string())?;
+        // Only the devices of the minimal /dev, whatever nodes the root holds.
+        if Path::new(ROOT).join("devices").is_dir() {
+            let devices = make("devices")?;
+            write(&devices.join("devices.deny"), "a")?;
+            for allow in DEVICES_ALLOWED {
+                write(&devices.join("devices.allow"), allow)?;
+            }
+        }
         let cpu = make("cpu")?;
         // v1 shares: 1024 is the default weight, as 100 is in v2.
         write(
