@@ -948,3 +948,86 @@ fn twenty_spawn_boom_cycles_leave_nothing_behind() {
     assert!(g.cgroups().is_empty(), "{:?}", g.cgroups());
     g.stop();
 }
+
+#[test]
+fn files_move_with_scp_and_sftp() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let opts = |cmd: &mut Command| {
+        cmd.args(["-P", &port.to_string(), "-i"])
+            .arg(g.tmp.path().join("alice"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ]);
+    };
+    let local = g.tmp.path().join("upload.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let mut scp = Command::new("scp");
+    opts(&mut scp);
+    let out = scp
+        .arg(&local)
+        .arg("alice@127.0.0.1:/root/uploaded.bin")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scp up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        g.env_ok(port, "wc -c < /root/uploaded.bin").trim(),
+        "300000"
+    );
+    let back = g.tmp.path().join("back.bin");
+    let mut scp = Command::new("scp");
+    opts(&mut scp);
+    let out = scp
+        .arg("alice@127.0.0.1:/root/uploaded.bin")
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scp down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    let batch = g.tmp.path().join("batch");
+    std::fs::write(&batch, "mkdir /root/viasftp\nput /etc/hostname /root/viasftp/h\nls /root/viasftp\nrename /root/viasftp/h /root/viasftp/renamed\nls /root/viasftp\n").unwrap();
+    let mut sftp = Command::new("sftp");
+    opts(&mut sftp);
+    let out = sftp
+        .arg("-b")
+        .arg(&batch)
+        .arg("alice@127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sftp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("/root/viasftp/renamed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        g.env_ok(port, "cat /root/viasftp/renamed"),
+        std::fs::read_to_string("/etc/hostname").unwrap()
+    );
+    g.stop();
+}

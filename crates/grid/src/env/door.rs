@@ -351,15 +351,19 @@ impl russh::server::Handler for Conn {
         ]
         .into_iter()
         .find(|p| self.door.root.join(p).exists());
-        match (name, found) {
-            ("sftp", Some(path)) => match self.start(channel, vec![format!("/{path}")], session) {
-                Ok(()) => session.channel_success(channel)?,
-                Err(_) => session.channel_failure(channel)?,
-            },
-            _ => {
-                tracing::info!(subsystem = name, "no such subsystem in this environment");
-                session.channel_failure(channel)?;
-            }
+        if name != "sftp" {
+            tracing::info!(subsystem = name, "no such subsystem in this environment");
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        // The root's own sftp-server if it has one, else colony's, run inside.
+        let argv = match found {
+            Some(path) => vec![format!("/{path}")],
+            None => vec![super::SELF.to_string(), "__sftp-server".to_string()],
+        };
+        match self.start(channel, argv, session) {
+            Ok(()) => session.channel_success(channel)?,
+            Err(_) => session.channel_failure(channel)?,
         }
         Ok(())
     }

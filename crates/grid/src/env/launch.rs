@@ -300,6 +300,9 @@ pub fn exec_main(
     if let Err(e) = Cgroups::enter(cgroups, std::process::id()) {
         fail("joining the environment's cgroups", e);
     }
+    // A built-in (the SFTP server) runs as this very process inside the
+    // environment: no program from the root, nor its dynamic loader, is needed.
+    let builtin = argv[0] == super::SELF;
     let mut fds = Vec::new();
     for ns in ["ipc", "uts", "pid", "mnt"] {
         let path = format!("/proc/{init_pid}/ns/{ns}");
@@ -363,6 +366,15 @@ pub fn exec_main(
                 .collect();
             let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
             env_ptrs.push(std::ptr::null());
+            if builtin {
+                let result = match argv.get(1).map(String::as_str) {
+                    Some("__sftp-server") => {
+                        super::sftp::serve(io::stdin().lock(), io::stdout().lock())
+                    }
+                    other => Err(io::Error::other(format!("no built-in {other:?}"))),
+                };
+                std::process::exit(if result.is_ok() { 0 } else { 1 });
+            }
             // SAFETY: NUL-terminated arrays of valid C strings.
             unsafe { libc::execve(program.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr()) };
             fail(&argv[0], io::Error::last_os_error())

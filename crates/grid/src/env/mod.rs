@@ -15,6 +15,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod door;
 pub mod launch;
+pub mod sftp;
 
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub use cgroup::{Cgroups, Limits};
+
+/// As `argv[0]` of [`Environment::command`]: run a built-in of colony (named
+/// by `argv[1]`, e.g. `__sftp-server`) inside the environment.
+pub const SELF: &str = "__colony_self__";
 
 /// A running environment, seen from the node.
 pub struct Environment {
