@@ -58,11 +58,12 @@ fi
 cat <<TXT
 colony grid on port $port, state in $state. As $user:
   ssh -p $port $user@localhost scores
-  ssh -p $port $user@localhost spawn busybox
+  ssh -p $port $user@localhost spawn busybox       (replies with the environment's own login:)
+  ssh -p 20001 $user@localhost                     (a shell inside it)
   ssh -p $port $user@localhost status
   ssh -p $port $user@localhost save busybox mybox
   ssh -p $port $user@localhost boom busybox
   ssh -p $port $user@localhost            (an interactive prompt)
 Ctrl-C stops the node.
 TXT
-exec "$colony" serve --state "$state" --listen "0.0.0.0:$port"
+exec "$colony" serve --state "$state" --listen "0.0.0.0:$port" --public-host localhost
