@@ -783,6 +783,25 @@ fn log_in_run_write_save_boom_and_find_the_files_again() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The terminal has the client's size (ssh run under `script`, so it has a tty of its own).
+    let ssh = format!(
+        "ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -tt alice@127.0.0.1 'stty size'",
+        g.tmp.path().join("alice").display()
+    );
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty cols 101 rows 41; {ssh}"),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("41 101"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // status counts the environment's processes and shows the login.
     let status = g.ok("alice", &["status"]);
     assert!(
