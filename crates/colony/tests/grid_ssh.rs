@@ -131,8 +131,8 @@ impl Grid {
 
     /// `ssh -p PORT -i KEY LOGIN@127.0.0.1 ARGS…` with `input` on stdin.
     fn ssh_as(&self, key: &str, login: &str, args: &[&str], input: &str) -> Output {
-        let mut child = Command::new("ssh")
-            .args(["-p", &self.port.to_string(), "-i"])
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-p", &self.port.to_string(), "-i"])
             .arg(self.tmp.path().join(key))
             .args([
                 "-o",
@@ -148,19 +148,8 @@ impl Grid {
                 "-T",
             ])
             .arg(format!("{login}@127.0.0.1"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+            .args(args);
+        run_with_input(cmd, input)
     }
 
     fn ssh(&self, user: &str, args: &[&str]) -> Output {
@@ -674,21 +663,8 @@ impl Grid {
                 "LogLevel=ERROR",
             ]);
         cmd.arg(if tty { "-tt" } else { "-T" });
-        let mut child = cmd
-            .arg(format!("{key}@127.0.0.1"))
-            .arg(command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        cmd.arg(format!("{key}@127.0.0.1")).arg(command);
+        run_with_input(cmd, input)
     }
 
     fn env_ok(&self, port: u16, command: &str) -> String {
@@ -1049,4 +1025,21 @@ fn files_move_with_scp_and_sftp() {
         std::fs::read_to_string("/etc/hostname").unwrap()
     );
     g.stop();
+}
+
+/// Runs `cmd` with `input` on its stdin and collects its output.
+fn run_with_input(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }

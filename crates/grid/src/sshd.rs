@@ -48,14 +48,10 @@ pub fn host_key(path: &Path) -> GridResult<PrivateKey> {
     Ok(key)
 }
 
-/// Serves the front door on `listener` until `shutdown` resolves.
-pub async fn serve(
-    node: Arc<Node>,
-    listener: TcpListener,
-    key: PrivateKey,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let config = Arc::new(russh::server::Config {
+/// SSH settings shared by the front door and the environments' logins:
+/// public keys only, a short delay after a refused key.
+pub(crate) fn server_config(key: PrivateKey) -> Arc<russh::server::Config> {
+    Arc::new(russh::server::Config {
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         auth_rejection_time: Duration::from_millis(300),
         auth_rejection_time_initial: Some(Duration::ZERO),
@@ -63,7 +59,17 @@ pub async fn serve(
         inactivity_timeout: None,
         nodelay: true,
         ..Default::default()
-    });
+    })
+}
+
+/// Serves the front door on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    key: PrivateKey,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = server_config(key);
     let mut server = FrontDoor { node };
     let running = server.run_on_socket(config, &listener);
     let handle = running.handle();

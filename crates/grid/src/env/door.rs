@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use russh::keys::{PrivateKey, ssh_key};
 use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use russh::{Channel, ChannelId};
 
 use super::Environment;
 use crate::users::Users;
@@ -39,14 +39,7 @@ pub async fn serve(
     key: PrivateKey,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let config = Arc::new(russh::server::Config {
-        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
-        auth_rejection_time: Duration::from_millis(300),
-        auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![key],
-        nodelay: true,
-        ..Default::default()
-    });
+    let config = crate::sshd::server_config(key);
     let mut server = Front { door };
     let running = server.run_on_socket(config, &listener);
     let handle = running.handle();
