@@ -58,24 +58,8 @@ pub struct SaveArgs {
 
 /// Parses `100M`, `1G`, `512K` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, ""),
-    };
-    let n: u64 = digits
-        .parse()
-        .with_context(|| format!("bad size {text:?}"))?;
-    let mult = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => bail!("bad size {text:?}: use a number with K, M or G"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("size {text:?} is too large"))
+    grid::node::parse_size(text)
+        .with_context(|| format!("bad size {text:?}: use a number with K, M, G or T"))
 }
 
 /// The console path for a mount point.

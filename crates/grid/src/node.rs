@@ -611,7 +611,7 @@ fn root_shell(root: &std::path::Path) -> String {
         .unwrap_or_else(|| "/bin/sh".into())
 }
 
-/// `100M`, `1G`, `512K` or bytes.
+/// `100M`, `1G`, `512K` or bytes (K, M, G, T are powers of 1024).
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -621,6 +621,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
         "K" => 1 << 10,
         "M" => 1 << 20,
         "G" => 1 << 30,
+        "T" => 1 << 40,
         _ => return None,
     };
     n.checked_mul(mult)
@@ -659,5 +660,22 @@ fn clear_stale_cgroups(node_id: &str) {
             "ending processes of environments left by an earlier run of the node"
         );
         crate::env::Cgroups { dirs: stale }.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100M"), Some(100 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("2t"), Some(2 << 40));
+        for bad in ["", "M", "5Q", "-1M", "99999999999999999999G"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
     }
 }
