@@ -470,7 +470,7 @@ fn a_crash_mid_update_leaves_scorenames_whole() {
         .args(["-c", &script])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let group = child.id() as i32;
     assert!(group > 1);
     // SAFETY: kill(2) on the child's own process group (its pid), not ours.
