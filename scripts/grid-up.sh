@@ -21,6 +21,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}"
 fi
 
+# sudo resets PATH: find the invoking user's rustup toolchain if cargo is not on it.
+if ! command -v cargo >/dev/null; then
+  PATH="$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)/.cargo/bin:$PATH"
+fi
 cargo build --release --locked -p colony
 colony=$PWD/target/release/colony
 state=${COLONY_STATE:-/var/lib/colony}
