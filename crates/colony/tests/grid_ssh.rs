@@ -847,6 +847,28 @@ fn only_the_owner_logs_in_and_escapes_fail() {
         "the node is alive"
     );
     // Cannot mount, make device nodes, write /sys, or gain privileges.
+    // The host's kernel tunables are read-only: write back the value already there.
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let out = g.env_ssh("alice", port, "cat /proc/sys/kernel/core_pattern > /tmp/p && cat /tmp/p > /proc/sys/kernel/core_pattern && echo WROTE", "", false);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("WROTE"),
+        "/proc/sys must be read-only"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        pattern
+    );
+    let out = g.env_ssh(
+        "alice",
+        port,
+        "echo h > /proc/sysrq-trigger && echo WROTE",
+        "",
+        false,
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("WROTE"),
+        "sysrq must be read-only"
+    );
     let escapes = "mkdir -p /mnt; mount -t tmpfs x /mnt && echo MOUNTED; \
                    mknod /tmp/sda b 8 0 && echo MKNOD; \
                    touch /sys/x && echo SYSFS; \

@@ -3,7 +3,8 @@
 //! mount work needs a single-threaded process, which the node is not.
 //!
 //! * init: joins the environment's cgroups, unshares mount, pid, uts and ipc
-//!   namespaces and forks pid 1, which mounts `/proc`, a read-only `/sys`, a
+//!   namespaces and forks pid 1, which mounts `/proc` (its kernel tunables
+//!   read-only, as Docker does), a read-only `/sys`, a
 //!   minimal `/dev` (null, zero, full, random, urandom, tty, pts, ptmx, shm),
 //!   tmpfs `/tmp` and `/run`, an empty private `/srv`, pivots into the spawned
 //!   root, takes the environment's name as hostname, and then only reaps
@@ -77,6 +78,39 @@ fn ensure_dir(path: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// What Docker protects in /proc: the kernel's tunables and triggers are
+/// read-only (root writing /proc/sys/kernel/core_pattern or
+/// /proc/sysrq-trigger would reach the host), and files that leak kernel
+/// memory or other tenants' data read as empty.
+fn protect_proc(proc: &Path) -> io::Result<()> {
+    for name in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+        let path = proc.join(name);
+        if path.exists() {
+            mount(
+                path.to_str().unwrap_or(""),
+                &path,
+                "",
+                libc::MS_BIND | libc::MS_REC,
+                "",
+            )?;
+            mount(
+                "",
+                &path,
+                "",
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+                "",
+            )?;
+        }
+    }
+    for name in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {
+        let path = proc.join(name);
+        if path.exists() {
+            mount("/dev/null", &path, "", libc::MS_BIND, "")?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds the environment's file system view and pivots into it.
 fn setup(root: &Path, hostname: &str) -> io::Result<()> {
     mount("", Path::new("/"), "", libc::MS_REC | libc::MS_PRIVATE, "")?;
@@ -99,6 +133,7 @@ fn setup(root: &Path, hostname: &str) -> io::Result<()> {
     }
     let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount("proc", &root.join("proc"), "proc", nosuid, "")?;
+    protect_proc(&root.join("proc"))?;
     mount(
         "sysfs",
         &root.join("sys"),
