@@ -892,6 +892,7 @@ fn only_the_owner_logs_in_and_escapes_fail() {
         (17, "SYS_RAWIO"),
         (19, "SYS_PTRACE"),
         (27, "MKNOD"),
+        (13, "NET_RAW"),
     ] {
         assert_eq!(caps & (1 << cap), 0, "CAP_{name} must be dropped");
     }

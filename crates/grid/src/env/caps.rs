@@ -1,13 +1,15 @@
 //! Capabilities of processes in an environment: Docker's default set without
 //! CAP_MKNOD (a device node made on the environment's FUSE root would reach
-//! host devices), with no_new_privs so setuid files cannot add any back.
+//! host devices) and without CAP_NET_RAW (environments share the node's
+//! network, where raw sockets could read other tenants' traffic), with
+//! no_new_privs so setuid files cannot add any back.
 
 use std::io;
 
 /// The capabilities kept (Linux numbering): chown, dac_override, fowner,
-/// fsetid, kill, setgid, setuid, setpcap, net_bind_service, net_raw,
-/// sys_chroot, audit_write, setfcap.
-pub const KEPT: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31];
+/// fsetid, kill, setgid, setuid, setpcap, net_bind_service, sys_chroot,
+/// audit_write, setfcap.
+pub const KEPT: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29, 31];
 
 const CAP_LAST: u32 = 63;
 

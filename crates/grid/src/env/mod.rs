@@ -4,8 +4,8 @@
 //! node's network, and its own SSH login ([`door`]).
 //!
 //! Isolation, chosen and documented: processes run as root *inside* the
-//! environment, with Docker's default capability set minus CAP_MKNOD and with
-//! no_new_privs (see [`caps`]); no user namespace, so files show their real
+//! environment, with Docker's default capability set minus CAP_MKNOD and
+//! CAP_NET_RAW, and with no_new_privs (see [`caps`]); no user namespace, so files show their real
 //! owners on the FUSE root without uid shifting. They cannot see or signal
 //! host processes (pid namespace), mount or load modules (no CAP_SYS_ADMIN /
 //! CAP_SYS_MODULE), reach host devices (a minimal /dev, no mknod), or gain
