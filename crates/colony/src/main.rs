@@ -119,6 +119,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn env_helper(args: &[String]) -> ! {
     let mut cgroups = Vec::new();
     let (mut root, mut hostname, mut pid, mut pty, mut term) = (None, None, None, false, None);
+    let mut namespaces = None;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -126,6 +127,12 @@ fn env_helper(args: &[String]) -> ! {
             "--hostname" => hostname = args.get(i + 1).cloned(),
             "--cgroup" => cgroups.extend(args.get(i + 1).map(std::path::PathBuf::from)),
             "--pid" => pid = args.get(i + 1).and_then(|p| p.parse().ok()),
+            "--ns" => {
+                namespaces = args.get(i + 1).and_then(|v| {
+                    let (m, p) = v.split_once(':')?;
+                    Some((m.parse().ok()?, p.parse().ok()?))
+                })
+            }
             "--term" => term = args.get(i + 1).cloned(),
             "--pty" => {
                 pty = true;
@@ -144,8 +151,15 @@ fn env_helper(args: &[String]) -> ! {
         ("__env-init", Some(root), Some(hostname), _) => {
             grid::env::launch::init_main(&root, &hostname, &cgroups)
         }
-        ("__env-exec", _, _, Some(pid)) if i + 1 < args.len() => {
-            grid::env::launch::exec_main(pid, &cgroups, pty, term.as_deref(), &args[i + 1..])
+        ("__env-exec", _, _, Some(pid)) if i + 1 < args.len() && namespaces.is_some() => {
+            grid::env::launch::exec_main(
+                pid,
+                namespaces.expect("checked"),
+                &cgroups,
+                pty,
+                term.as_deref(),
+                &args[i + 1..],
+            )
         }
         _ => {
             eprintln!(

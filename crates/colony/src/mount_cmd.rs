@@ -45,6 +45,10 @@ pub struct MountArgs {
     /// (tcp!HOST!PORT or HOST:PORT), for Plan 9 clients.
     #[arg(long)]
     listen: Option<String>,
+    /// Let 9P clients attach as root (the 9P service has no authentication:
+    /// only on a trusted network).
+    #[arg(long = "9p-allow-root")]
+    allow_root: bool,
 }
 
 #[derive(Args)]
@@ -115,8 +119,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
                 .with_context(|| format!("9P listener on {addr}"))?;
             let local = listener.local_addr()?;
             let fs = fs.clone();
+            let allow_root = args.allow_root;
             std::thread::spawn(move || {
-                if let Err(e) = ninep::serve(listener, fs) {
+                let options = ninep::Options { allow_root };
+                if let Err(e) = ninep::serve_with(listener, fs, options) {
                     tracing::error!(error = %e, "9P server stopped");
                 }
             });

@@ -1066,3 +1066,38 @@ fn run_with_input(mut cmd: Command, input: &str) -> Output {
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+#[test]
+fn an_environment_whose_init_died_is_never_entered_again() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    // Signals from inside cannot end pid 1 (the kernel drops them)...
+    let _ = g.env_ssh("alice", port, "kill -TERM 1; kill -KILL 1", "", false);
+    assert_eq!(g.env_ok(port, "hostname"), "busybox\n");
+    // ...but it can die (an OOM kill, say): simulate that from the host.
+    let mnt = g.state.join("mnt/alice/busybox");
+    let pattern = format!("__env-init --root {}", mnt.display());
+    assert!(
+        Command::new("pkill")
+            .args(["-KILL", "-f", &pattern])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A new login must fail, not land in whatever now has that pid.
+    let out = g.env_ssh("alice", port, "cat /proc/1/cmdline; hostname", "", false);
+    assert!(
+        !out.status.success(),
+        "entered a dead environment: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // boom still cleans up after it.
+    assert_eq!(g.ok("alice", &["boom", "busybox"]), "busybox BOOMed\n");
+    assert!(g.mounted().is_empty() && g.cgroups().is_empty());
+    g.stop();
+}

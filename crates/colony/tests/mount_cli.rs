@@ -452,7 +452,11 @@ fn the_same_file_system_over_fuse_and_9p() {
         &store,
         &root,
         &tmp.path().join("mnt"),
-        &["--listen", &format!("tcp!127.0.0.1!{port}")],
+        &[
+            "--listen",
+            &format!("tcp!127.0.0.1!{port}"),
+            "--9p-allow-root",
+        ],
     );
     let mut c = ninep::Client::connect(&addr, 8216).unwrap();
     c.attach(0, "0").unwrap();

@@ -412,12 +412,12 @@ impl Fs {
             let dst = &mut out[(pos - offset) as usize..(pos - offset) as usize + n];
             if let Some(block) = dirty.get(&k) {
                 dst.copy_from_slice(&block[within..within + n]);
-            } else if let (Some(r), true) = (reader.as_mut(), k * bs < base_len) {
-                let leaf = r.leaf(k)?;
-                // Valid base bytes of this block end at base_len; the rest is zero.
-                let valid = ((base_len - k * bs).min(bs) as usize).min(leaf.len());
-                let have = valid.saturating_sub(within).min(n);
-                dst[..have].copy_from_slice(&leaf[within..within + have]);
+            } else if let (Some(r), true) = (reader.as_mut(), pos < base_len) {
+                // Valid archived bytes end at base_len; the rest is zero. Read
+                // by byte range: the archive's leaves may be of another size.
+                let have = ((base_len - pos) as usize).min(n);
+                let got = r.read_at(pos, &mut dst[..have])?;
+                dst[got..].fill(0);
             }
             pos += n as u64;
         }
@@ -458,11 +458,11 @@ impl Fs {
                     // write covers all of it.
                     let initial = match base {
                         Some(entry) if k * bs < *base_len && n < bs as usize => {
-                            let mut leaf =
-                                vac::stream::StreamReader::new(self.store.as_ref(), *entry)?
-                                    .leaf(k)?;
-                            leaf.truncate(((*base_len - k * bs).min(bs)) as usize);
-                            leaf
+                            let mut block = vec![0u8; ((*base_len - k * bs).min(bs)) as usize];
+                            let got = vac::stream::StreamReader::new(self.store.as_ref(), *entry)?
+                                .read_at(k * bs, &mut block)?;
+                            block.truncate(got);
+                            block
                         }
                         _ => Vec::new(),
                     };

@@ -250,29 +250,54 @@ impl Fs {
             Some(entry) => Some(StreamReader::new(store, entry)?),
             None => None,
         };
-        let untouched_base =
-            base.is_some_and(|b| b.size == base_len && b.dsize == self.sizes.dsize);
-        for k in 0..size.div_ceil(bs) {
+        // Archived leaves are reused by score only when they are leaves of our
+        // size; another block size (an archive made with vac -b) is re-cut.
+        let same_leaves = base.is_some_and(|b| b.dsize == self.sizes.dsize);
+        let untouched_base = same_leaves && base.is_some_and(|b| b.size == base_len);
+        let leaves = size.div_ceil(bs);
+        let base_leaves = base_len.div_ceil(bs);
+        let mut k = 0;
+        while k < leaves {
             let leaf_len = (size - k * bs).min(bs) as usize;
             if let Some(&id) = blocks.get(&k) {
                 let mut block = st.dirty.get(id)?;
                 block.truncate(leaf_len);
                 w.push_leaf(&block)?;
+                k += 1;
                 continue;
             }
             match reader.as_mut() {
-                Some(r) if k * bs < base_len => {
+                Some(r) if k < base_leaves => {
                     // The archived leaf is still exactly right if nothing cut it.
-                    let whole = (k + 1) * bs <= base_len || (untouched_base && base_len == size);
+                    let whole = same_leaves
+                        && ((k + 1) * bs <= base_len || (untouched_base && base_len == size));
                     if whole {
                         w.push_leaf_score(r.leaf_score(k)?)?;
                     } else {
-                        let mut leaf = r.leaf(k)?;
-                        leaf.truncate(((base_len - k * bs) as usize).min(leaf_len));
+                        let want = ((base_len - k * bs) as usize).min(leaf_len);
+                        let mut leaf = vec![0u8; want];
+                        let got = r.read_at(k * bs, &mut leaf)?;
+                        leaf.truncate(got);
                         w.push_leaf(&leaf)?;
                     }
+                    k += 1;
                 }
-                _ => w.push_leaf_score(Score::ZERO)?,
+                _ => {
+                    // A hole up to the next changed block (or the end): whole
+                    // runs of zero leaves cost no loop per leaf.
+                    let next = blocks
+                        .range(k..)
+                        .next()
+                        .map_or(leaves, |(&n, _)| n)
+                        .min(leaves);
+                    let next = if k < base_leaves {
+                        next.min(base_leaves)
+                    } else {
+                        next
+                    };
+                    w.push_zero_leaves(next - k)?;
+                    k = next;
+                }
             }
         }
         Ok(w.finish(size)?)

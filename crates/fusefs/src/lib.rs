@@ -1,7 +1,8 @@
 //! The FUSE front of a fossil file system: each kernel request becomes one
 //! engine call. Mounted with `allow_other` and `default_permissions`, so the
 //! kernel checks permissions against the attributes, as for any root file
-//! system, and with device nodes and setuid honoured (root mounts only).
+//! system. Device nodes are listed but cannot be opened, and setuid bits do
+//! not raise privileges (`nodev`, `nosuid`): a root is user data.
 
 use std::ffi::OsStr;
 use std::io;
@@ -37,8 +38,9 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path) -> io::Result<BackgroundSession> {
         MountOption::FSName("colony".into()),
         MountOption::Subtype("fossil".into()),
         MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
+        // Device nodes and setuid files in a user's root must not act on the host.
+        MountOption::NoDev,
+        MountOption::NoSuid,
         MountOption::RW,
     ];
     config.acl = SessionACL::All;

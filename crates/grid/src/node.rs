@@ -314,7 +314,7 @@ impl Node {
         };
         // The cpu half: processes in namespaces on the mount, and a login.
         let used: Vec<u16> = envs.values().map(|e| e.port).collect();
-        match self.start_environment(user, name, &mountpoint, &limits, &used) {
+        match self.start_environment(user, name, &mountpoint, &env.fs, &limits, &used) {
             Ok((environment, stop, port)) => {
                 env.environment = Some(environment);
                 env.door_stop = Some(stop);
@@ -342,6 +342,7 @@ impl Node {
         user: &str,
         name: &str,
         root: &std::path::Path,
+        fs: &Arc<Fs>,
         limits: &Limits,
         used_ports: &[u16],
     ) -> GridResult<(Arc<Environment>, tokio::sync::oneshot::Sender<()>, u16)> {
@@ -356,7 +357,13 @@ impl Node {
             })
             .take(63)
             .collect();
-        let group = format!("{}-{user}-{hostname}", node_id(&self.state));
+        // Names built from (user, env) could collide ("a-b"/"c" and "a"/"b-c"):
+        // the group is named by a hash of the pair instead.
+        let group = format!(
+            "{}-{}",
+            node_id(&self.state),
+            crate::state::pair_id(user, name)
+        );
         let environment = Arc::new(
             Environment::start(&self.config.helper, root, &hostname, &group, limits)
                 .map_err(|e| GridError::io(format!("starting environment {name}"), e))?,
@@ -380,8 +387,8 @@ impl Node {
             owner: user.to_string(),
             users: self.users(),
             env: environment.clone(),
-            root: root.to_path_buf(),
-            shell: root_shell(root),
+            fs: fs.clone(),
+            shell: root_shell(fs),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let key = self.host_key.clone();
@@ -597,11 +604,11 @@ fn add_login(fs: &Fs, user: &str) -> GridResult<()> {
 }
 
 /// root's shell from the environment's /etc/passwd, else /bin/sh.
-fn root_shell(root: &std::path::Path) -> String {
-    std::fs::read_to_string(root.join("etc/passwd"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
+fn root_shell(fs: &Fs) -> String {
+    read_file(fs, "etc/passwd", 1 << 20)
+        .and_then(|data| {
+            String::from_utf8_lossy(&data)
+                .lines()
                 .find(|l| l.starts_with("root:"))
                 .and_then(|l| l.split(':').nth(6))
                 .map(str::trim)
@@ -609,6 +616,27 @@ fn root_shell(root: &std::path::Path) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "/bin/sh".into())
+}
+
+/// A regular file of the environment's root, read through the file system
+/// itself: no symlink is followed and nothing but a regular file is read, so
+/// a root cannot point the node at host files, FIFOs or endless devices.
+pub fn read_file(fs: &Fs, path: &str, limit: u64) -> Option<Vec<u8>> {
+    let mut ino = ROOT_INO;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let attr = fs.lookup(ino, part).ok()?;
+        let last = i + 1 == parts.len();
+        if (last && attr.kind != FileKind::File) || (!last && attr.kind != FileKind::Dir) {
+            return None;
+        }
+        ino = attr.ino;
+    }
+    let size = fs.getattr(ino).ok()?.size;
+    if size > limit {
+        return None;
+    }
+    fs.read(ino, 0, size as u32).ok()
 }
 
 /// `100M`, `1G`, `512K` or bytes (K, M, G, T are powers of 1024).
@@ -639,8 +667,12 @@ fn clear_stale_cgroups(node_id: &str) {
         return;
     };
     let mut stale = Vec::new();
-    for c in controllers.flatten() {
-        let parent = c.path().join("colony");
+    // v1: /sys/fs/cgroup/CONTROLLER/colony/…; v2: /sys/fs/cgroup/colony/….
+    let parents = controllers
+        .flatten()
+        .map(|c| c.path().join("colony"))
+        .chain([std::path::PathBuf::from("/sys/fs/cgroup/colony")]);
+    for parent in parents {
         let Ok(groups) = std::fs::read_dir(&parent) else {
             continue;
         };

@@ -70,7 +70,15 @@ impl StateDir {
         self.root.join("mnt").join(user).join(env)
     }
 
+    /// One file per (user, environment), named so no two pairs can share it.
     pub fn cache_file(&self, user: &str, env: &str) -> PathBuf {
-        self.root.join("cache").join(format!("{user}-{env}.img"))
+        self.root
+            .join("cache")
+            .join(format!("{}.img", pair_id(user, env)))
     }
+}
+
+/// A short name for a (user, environment) pair that no other pair shares.
+pub fn pair_id(user: &str, env: &str) -> String {
+    venti::Score::of(format!("{user}\0{env}").as_bytes()).to_string()[..16].to_string()
 }

@@ -19,12 +19,26 @@ const MIN_MSIZE: u32 = 256;
 
 /// Serves `fs` on `listener` until the listener fails; a thread per client.
 pub fn serve(listener: TcpListener, fs: Arc<Fs>) -> io::Result<()> {
+    serve_with(listener, fs, Options::default())
+}
+
+/// Choices of the operator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// 9P2000 has no authentication here, so the user name is whatever the
+    /// client says; attaching as root (`0` or `root`) is refused unless this
+    /// is set (for trusted networks and tests).
+    pub allow_root: bool,
+}
+
+/// Serves `fs` on `listener` with `options`; a thread per client.
+pub fn serve_with(listener: TcpListener, fs: Arc<Fs>, options: Options) -> io::Result<()> {
     loop {
         let (stream, peer) = listener.accept()?;
         let fs = fs.clone();
         std::thread::spawn(move || {
             let _ = stream.set_nodelay(true);
-            match Session::new(fs).run(stream) {
+            match Session::new(fs, options).run(stream) {
                 Ok(()) => tracing::debug!(%peer, "9P connection closed"),
                 Err(e) => tracing::info!(%peer, error = %e, "9P connection ended"),
             }
@@ -103,6 +117,7 @@ impl Fid {
 
 struct Session {
     fs: Arc<Fs>,
+    options: Options,
     msize: u32,
     fids: HashMap<u32, Fid>,
 }
@@ -164,9 +179,10 @@ fn fs_err(e: FsError) -> String {
 }
 
 impl Session {
-    fn new(fs: Arc<Fs>) -> Session {
+    fn new(fs: Arc<Fs>, options: Options) -> Session {
         Session {
             fs,
+            options,
             msize: 8192 + IOHDRSZ,
             fids: HashMap::new(),
         }
@@ -251,7 +267,20 @@ impl Session {
         Ok(Fcall::Rclunk)
     }
 
+    /// Fails if the name the fid was walked through now names another file
+    /// (renamed or replaced through FUSE or another connection).
+    fn still_named(&self, fid: &Fid) -> Result<(), String> {
+        let (parent, name) = fid.parent().ok_or("the root has no name")?;
+        match self.fs.lookup(parent, name) {
+            Ok(a) if a.ino == fid.ino() => Ok(()),
+            _ => Err(format!(
+                "{name} has been renamed or replaced since it was walked to"
+            )),
+        }
+    }
+
     fn remove_path(&self, fid: &Fid) -> Result<(), String> {
+        self.still_named(fid)?;
         let (parent, name) = fid.parent().ok_or("cannot remove the root")?;
         let attr = self.fs.getattr(fid.ino()).map_err(fs_err)?;
         let pattr = self.fs.getattr(parent).map_err(fs_err)?;
@@ -304,10 +333,14 @@ impl Session {
                 if self.fids.contains_key(&fid) {
                     return Err(format!("fid {fid} is in use"));
                 }
+                let user = User::from_uname(&uname);
+                if user.uid == 0 && !self.options.allow_root {
+                    return Err("root may not attach: this 9P service has no authentication".into());
+                }
                 let attr = self.fs.getattr(ROOT_INO).map_err(fs_err)?;
                 let f = Fid {
                     path: vec![(ROOT_INO, "/".into())],
-                    user: User::from_uname(&uname),
+                    user,
                     open: None,
                     remove_on_clunk: false,
                     listing: None,
@@ -585,6 +618,7 @@ impl Session {
             && Some(stat.name.as_str()) != f.path.last().map(|(_, n)| n.as_str()))
         .then_some(stat.name.clone());
         if let Some(new) = &rename {
+            self.still_named(f)?;
             let (parent, _) = f.parent().ok_or("cannot rename the root")?;
             let pattr = self.fs.getattr(parent).map_err(fs_err)?;
             if !user.may(&pattr, W) {

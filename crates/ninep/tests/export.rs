@@ -32,7 +32,9 @@ fn export() -> (std::net::SocketAddr, Arc<Fs>, Arc<MemoryStore>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let served = fs.clone();
-    std::thread::spawn(move || ninep::serve(listener, served));
+    std::thread::spawn(move || {
+        ninep::serve_with(listener, served, ninep::Options { allow_root: true })
+    });
     (addr, fs, store)
 }
 
@@ -227,4 +229,36 @@ fn malformed_messages_and_vanishing_clients() {
         "closed"
     );
     assert_eq!(c.walk(0, 2, &["hello.txt"]).unwrap().len(), 1);
+}
+
+#[test]
+fn root_is_refused_unless_allowed_and_stale_names_are_not_acted_on() {
+    let (_, fs, _) = export();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = fs.clone();
+    std::thread::spawn(move || ninep::serve(listener, served));
+    let mut c = Client::connect(addr, 8216).unwrap();
+    assert!(server_error(c.attach(0, "root")).contains("may not attach"));
+    assert!(server_error(c.attach(0, "0")).contains("may not attach"));
+    c.attach(0, "glenda").unwrap();
+
+    // A fid walked to hello.txt, which is then replaced by another file of the
+    // same name: removing through the old fid must not delete the new file.
+    let (addr, fs, _) = export();
+    let mut c = Client::connect(addr, 8216).unwrap();
+    c.attach(0, "0").unwrap();
+    c.walk(0, 1, &["hello.txt"]).unwrap();
+    fs.rename(
+        fossil::ROOT_INO,
+        "hello.txt",
+        fossil::ROOT_INO,
+        "moved.txt",
+        false,
+    )
+    .unwrap();
+    fs.create(fossil::ROOT_INO, "hello.txt", 0o644, 0, 0)
+        .unwrap();
+    assert!(server_error(c.remove(1)).contains("renamed or replaced"));
+    assert!(fs.lookup(fossil::ROOT_INO, "hello.txt").is_ok());
 }

@@ -66,6 +66,35 @@ impl<'a> StreamWriter<'a> {
         self.push_score(0, score)
     }
 
+    /// Appends `count` leaves of zeros. A full block of zero scores is itself
+    /// the zero score, so whole runs are pushed a level up: the cost grows
+    /// with the logarithm of `count`, not with it.
+    pub fn push_zero_leaves(&mut self, count: u64) -> Result<()> {
+        self.leaves += count;
+        self.push_zero_scores(0, count)
+    }
+
+    fn push_zero_scores(&mut self, level: usize, mut count: u64) -> Result<()> {
+        let np = pointers_per_block(self.psize);
+        while count > 0 {
+            if self.levels.len() <= level {
+                self.levels.push(Vec::new());
+            }
+            if self.levels[level].is_empty() && count >= np {
+                let blocks = count / np;
+                self.push_zero_scores(level + 1, blocks)?;
+                count -= blocks * np;
+            } else {
+                let room = np - self.levels[level].len() as u64;
+                for _ in 0..room.min(count) {
+                    self.push_score(level, Score::ZERO)?;
+                }
+                count -= room.min(count);
+            }
+        }
+        Ok(())
+    }
+
     fn push_score(&mut self, level: usize, score: Score) -> Result<()> {
         self.levels[level].push(score);
         if self.levels[level].len() as u64 == pointers_per_block(self.psize) {
@@ -239,7 +268,9 @@ impl<'a> StreamReader<'a> {
             let out = &mut buf[done..done + n];
             // Bytes past the stored (truncated) leaf are zeros.
             let have = leaf.len().saturating_sub(within).min(n);
-            out[..have].copy_from_slice(&leaf[within..within + have]);
+            if have > 0 {
+                out[..have].copy_from_slice(&leaf[within..within + have]);
+            }
             out[have..].fill(0);
             done += n;
         }
@@ -299,6 +330,20 @@ mod tests {
     }
 
     #[test]
+    fn reading_inside_a_short_or_zero_leaf_is_zeros_not_a_panic() {
+        let store = MemoryStore::new();
+        let mut data = vec![0u8; 3 * 8192];
+        data[10] = 1; // leaf 0 is stored 11 bytes long; leaf 1 and 2 are zero leaves
+        let e = write_bytes(&store, &data, 8180, 8192).unwrap();
+        let mut r = StreamReader::new(&store, e).unwrap();
+        let mut buf = [7u8; 4];
+        assert_eq!(r.read_at(8190, &mut buf).unwrap(), 4);
+        assert_eq!(buf, [0; 4]);
+        assert_eq!(r.read_at(100, &mut buf).unwrap(), 4);
+        assert_eq!(buf, [0; 4]);
+    }
+
+    #[test]
     fn zero_leaves_cost_no_blocks() {
         let store = MemoryStore::new();
         let mut data = vec![0u8; 8192 * 10];
@@ -325,5 +370,47 @@ mod tests {
         let mut r = StreamReader::new(&store, e).unwrap();
         let err = r.read_at(0, &mut [0; 10]).unwrap_err();
         assert!(err.to_string().contains("is not in the store"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod zero_run_tests {
+    use super::*;
+    use venti::MemoryStore;
+
+    /// Zero runs pushed at once make the same tree as zero leaves one by one.
+    #[test]
+    fn zero_runs_match_leaf_by_leaf() {
+        let store = MemoryStore::new();
+        for (before, zeros, after) in [
+            (0u64, 5u64, 1u64),
+            (1, 3, 0),
+            (2, 9 * 3 + 2, 1),
+            (0, 27, 0),
+            (4, 100, 2),
+            (0, 0, 3),
+        ] {
+            let (psize, dsize) = (60, 256);
+            let mut one = StreamWriter::new(&store, false, psize, dsize);
+            let mut run = StreamWriter::new(&store, false, psize, dsize);
+            for i in 0..before {
+                one.push_leaf(&[i as u8 + 1; 10]).unwrap();
+                run.push_leaf(&[i as u8 + 1; 10]).unwrap();
+            }
+            for _ in 0..zeros {
+                one.push_leaf_score(Score::ZERO).unwrap();
+            }
+            run.push_zero_leaves(zeros).unwrap();
+            for i in 0..after {
+                one.push_leaf(&[i as u8 + 9; 10]).unwrap();
+                run.push_leaf(&[i as u8 + 9; 10]).unwrap();
+            }
+            let size = (before + zeros + after) * dsize as u64;
+            assert_eq!(
+                one.finish(size).unwrap(),
+                run.finish(size).unwrap(),
+                "{before} {zeros} {after}"
+            );
+        }
     }
 }

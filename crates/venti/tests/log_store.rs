@@ -353,3 +353,32 @@ unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+#[test]
+fn damage_in_the_middle_of_the_log_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::open(dir.path()).unwrap();
+        for i in 0..20 {
+            store.write(BlockType::DATA, &block(i, 1000)).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let before = std::fs::metadata(dir.path().join("log")).unwrap().len();
+    // Damage the fifth record, then drop the index so opening must scan the log.
+    let log = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join("log"))
+        .unwrap();
+    log.write_all_at(&[0xff], 64 + 4 * 1032 + 40).unwrap();
+    drop(log);
+    std::fs::remove_file(dir.path().join("index.redb")).unwrap();
+    let err = LogStore::open(dir.path()).err().expect("must refuse");
+    assert!(err.to_string().contains("middle of the log"), "{err}");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("log")).unwrap().len(),
+        before,
+        "nothing was cut"
+    );
+}

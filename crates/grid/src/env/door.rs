@@ -9,9 +9,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::{PrivateKey, ssh_key};
@@ -26,8 +25,8 @@ pub struct Door {
     pub owner: String,
     pub users: Users,
     pub env: Arc<Environment>,
-    /// Host path of the environment's root (to look for an sftp-server).
-    pub root: PathBuf,
+    /// The environment's file system (to look for an sftp-server safely).
+    pub fs: Arc<fossil::Fs>,
     /// root's login shell inside the environment.
     pub shell: String,
 }
@@ -68,10 +67,45 @@ impl russh::server::Server for Front {
 struct Chan {
     /// (TERM, columns, rows) once a pty was asked for.
     pty: Option<(String, u16, u16)>,
-    input: Option<Arc<Mutex<Option<File>>>>,
+    /// Input for the program, written by a thread of its own so a full pipe
+    /// never stalls the session (whose task also carries the program's output).
+    input: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     master: Option<Arc<File>>,
-    /// The helper process and whether it has exited (then its pid may be reused).
-    helper: Option<(u32, Arc<std::sync::atomic::AtomicBool>)>,
+    /// A pidfd of the helper process: signals through it cannot reach a
+    /// process that later got the same pid.
+    helper: Option<Arc<OwnedFd>>,
+}
+
+impl Chan {
+    /// Ends the program (its child dies with it, PR_SET_PDEATHSIG).
+    fn kill(&self) {
+        if let Some(pidfd) = &self.helper {
+            // SAFETY: pidfd_send_signal on a pidfd we own.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<u8>(),
+                    0,
+                )
+            };
+        }
+    }
+}
+
+/// A thread that writes what the channel receives to the program's input,
+/// and closes it when the sender is dropped (end of input).
+fn feeder(mut to: File) -> std::sync::mpsc::Sender<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for chunk in rx {
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    tx
 }
 
 struct Conn {
@@ -173,7 +207,7 @@ impl Conn {
             drop(cmd);
             let master = Arc::new(master);
             let reader = master.try_clone()?;
-            state.input = Some(Arc::new(Mutex::new(Some(master.try_clone()?))));
+            state.input = Some(feeder(master.try_clone()?));
             state.master = Some(master);
             pumps.push(pump(reader, handle.clone(), channel, None, rt.clone()));
         } else {
@@ -183,7 +217,7 @@ impl Conn {
                 .stderr(Stdio::piped());
             child = cmd.spawn()?;
             let stdin: File = OwnedFd::from(child.stdin.take().expect("piped")).into();
-            state.input = Some(Arc::new(Mutex::new(Some(stdin))));
+            state.input = Some(feeder(stdin));
             pumps.push(pump(
                 child.stdout.take().expect("piped"),
                 handle.clone(),
@@ -199,12 +233,17 @@ impl Conn {
                 rt.clone(),
             ));
         }
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        state.helper = Some((child.id(), done.clone()));
+        // SAFETY: pidfd_open of our own child, which has not been waited for.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        if pidfd >= 0 {
+            // SAFETY: pidfd_open returned a descriptor we now own.
+            state.helper = Some(Arc::new(unsafe {
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32)
+            }));
+        }
         let is_pty = state.master.is_some();
         std::thread::spawn(move || {
             let status = child.wait().ok().and_then(|s| s.code()).unwrap_or(255) as u32;
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
             if is_pty {
                 // The pty reader sees EIO once the last holder of the terminal is
                 // gone; give it a moment to pass on the final output.
@@ -343,7 +382,7 @@ impl russh::server::Handler for Conn {
             "usr/libexec/sftp-server",
         ]
         .into_iter()
-        .find(|p| self.door.root.join(p).exists());
+        .find(|p| crate::node::read_file(&self.door.fs, p, 64 << 20).is_some());
         if name != "sftp" {
             tracing::info!(subsystem = name, "no such subsystem in this environment");
             session.channel_failure(channel)?;
@@ -367,16 +406,8 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(input) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
-            let data = data.to_vec();
-            // Writing may block on a full pipe: do it off the session task.
-            tokio::task::spawn_blocking(move || {
-                if let Some(f) = input.lock().expect("input lock").as_mut() {
-                    let _ = f.write_all(&data);
-                }
-            })
-            .await
-            .ok();
+        if let Some(input) = self.channels.get(&channel).and_then(|c| c.input.as_ref()) {
+            let _ = input.send(data.to_vec());
         }
         Ok(())
     }
@@ -387,11 +418,10 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         // End of the client's input: close the program's stdin (not a pty's).
-        if let Some(c) = self.channels.get(&channel)
+        if let Some(c) = self.channels.get_mut(&channel)
             && c.master.is_none()
-            && let Some(input) = &c.input
         {
-            input.lock().expect("input lock").take();
+            c.input = None;
         }
         Ok(())
     }
@@ -401,14 +431,18 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(c) = self.channels.remove(&channel)
-            && let Some((pid, done)) = c.helper
-            && !done.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            // The helper's child dies with it (PR_SET_PDEATHSIG).
-            // SAFETY: signalling the helper process we started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        if let Some(c) = self.channels.remove(&channel) {
+            c.kill();
         }
         Ok(())
+    }
+}
+
+impl Drop for Conn {
+    /// A dropped connection ends what it started: no shell is left behind.
+    fn drop(&mut self) {
+        for c in self.channels.values() {
+            c.kill();
+        }
     }
 }

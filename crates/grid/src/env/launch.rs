@@ -68,6 +68,20 @@ fn mount(
 }
 
 fn ensure_dir(path: &Path, mode: u32) -> io::Result<()> {
+    // The root is the user's: a symlink here could aim a mount, or the chmod
+    // below, at the host. Only a real directory (or nothing) is accepted.
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "/{} in the root is not a directory (a symlink or a file); environments need it to be one",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            )));
+        }
+        Err(_) => {}
+    }
     if !path.is_dir() {
         std::fs::create_dir_all(path)
             .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", path.display())))?;
@@ -323,6 +337,7 @@ pub fn init_main(root: &Path, hostname: &str, cgroups: &[PathBuf]) -> ! {
 /// `init_pid` (host numbering), and exits with its status.
 pub fn exec_main(
     init_pid: u32,
+    namespaces: (u64, u64),
     cgroups: &[PathBuf],
     pty: bool,
     term: Option<&str>,
@@ -345,6 +360,20 @@ pub fn exec_main(
             Ok(f) => fds.push(f),
             Err(e) => fail(&format!("the environment is gone ({path})"), e),
         }
+    }
+    // The pid may have been reused since the environment died: enter only
+    // the namespaces it was started with, and never the host's own.
+    use std::os::unix::fs::MetadataExt;
+    let inode = |f: &std::fs::File| f.metadata().map(|m| m.ino()).unwrap_or(0);
+    let own_mnt = std::fs::metadata("/proc/self/ns/mnt")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    if inode(&fds[3]) != namespaces.0 || inode(&fds[2]) != namespaces.1 || inode(&fds[3]) == own_mnt
+    {
+        fail(
+            "entering the environment",
+            io::Error::other("the environment is gone"),
+        );
     }
     for f in &fds {
         // SAFETY: setns on a namespace descriptor we opened.

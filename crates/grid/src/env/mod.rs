@@ -32,6 +32,9 @@ pub const SELF: &str = "__colony_self__";
 pub struct Environment {
     /// pid 1 of the environment, in the host's numbering.
     pub init_pid: u32,
+    /// Inode numbers of its mount and pid namespaces: a pid can be reused once
+    /// the environment is gone, so every entry checks these.
+    namespaces: (u64, u64),
     helper: PathBuf,
     outer: std::sync::Mutex<Child>,
     cgroups: Cgroups,
@@ -102,8 +105,23 @@ impl Environment {
                 "starting the environment: {failure}"
             )));
         }
+        let init_pid = init_pid.expect("checked");
+        let ns_inode = |ns: &str| {
+            std::fs::metadata(format!("/proc/{init_pid}/ns/{ns}"))
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        };
+        let namespaces = match (ns_inode("mnt"), ns_inode("pid")) {
+            (Ok(mnt), Ok(pid)) => (mnt, pid),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = outer.kill();
+                let _ = outer.wait();
+                cgroups.remove();
+                return Err(e);
+            }
+        };
         Ok(Environment {
-            init_pid: init_pid.expect("checked"),
+            init_pid,
+            namespaces,
             helper: helper.to_path_buf(),
             outer: std::sync::Mutex::new(outer),
             cgroups,
@@ -115,7 +133,9 @@ impl Environment {
         let mut cmd = Command::new(&self.helper);
         cmd.arg("__env-exec")
             .arg("--pid")
-            .arg(self.init_pid.to_string());
+            .arg(self.init_pid.to_string())
+            .arg("--ns")
+            .arg(format!("{}:{}", self.namespaces.0, self.namespaces.1));
         for dir in &self.cgroups.dirs {
             cmd.arg("--cgroup").arg(dir);
         }
@@ -141,17 +161,23 @@ impl Environment {
 
     /// Kills everything the environment runs and removes its cgroups.
     pub fn stop(&self) {
-        // SAFETY: signalling the environment's own pid 1.
-        unsafe { libc::kill(self.init_pid as i32, libc::SIGTERM) };
         let mut outer = self.outer.lock().unwrap_or_else(|p| p.into_inner());
-        for _ in 0..40 {
-            if matches!(outer.try_wait(), Ok(Some(_))) {
-                break;
+        // pid 1 is the outer helper's child: while the helper has not exited,
+        // pid 1 has not been reaped and its number cannot belong to anyone else.
+        if matches!(outer.try_wait(), Ok(None)) {
+            // SAFETY: signalling the environment's own, still living, pid 1.
+            unsafe { libc::kill(self.init_pid as i32, libc::SIGTERM) };
+            for _ in 0..40 {
+                if matches!(outer.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        // SAFETY: as above; SIGKILL of pid 1 ends the whole pid namespace.
-        unsafe { libc::kill(self.init_pid as i32, libc::SIGKILL) };
+        if matches!(outer.try_wait(), Ok(None)) {
+            // SAFETY: as above; SIGKILL of pid 1 ends the whole pid namespace.
+            unsafe { libc::kill(self.init_pid as i32, libc::SIGKILL) };
+        }
         let _ = outer.kill();
         let _ = outer.wait();
         self.cgroups.remove();

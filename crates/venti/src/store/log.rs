@@ -226,6 +226,21 @@ impl LogStore {
 
         let (entries, valid_end) = scan_log(&self.reader, indexed_end, log_len)
             .map_err(|e| StoreError::io(format!("scanning {}", self.log_path().display()), e))?;
+        if valid_end < log_len
+            && let Some(next) = next_valid_record(&self.reader, valid_end)
+        {
+            // Not a torn tail: good records follow the bad one. Cutting would
+            // throw away data that may have been synced; refuse instead.
+            return Err(StoreError::Corrupt {
+                score: Score::ALL_ZEROS,
+                ty: BlockType::DATA,
+                offset: valid_end,
+                detail: format!(
+                    "a damaged record in the middle of the log (valid records follow at offset {next}); \
+                     not cutting it: copy the store aside and repair it by hand"
+                ),
+            });
+        }
         if valid_end < log_len {
             tracing::warn!(
                 store = %self.dir.display(),
@@ -288,10 +303,18 @@ impl LogStore {
     }
 
     fn sync_log(&self, w: &mut Writer) -> Result<(), StoreError> {
+        if let Some(why) = &w.failed {
+            return Err(StoreError::Failed(why.clone()));
+        }
         self.flush_buffer(w)?;
-        w.file
-            .sync_data()
-            .map_err(|e| StoreError::io(format!("syncing {}", self.log_path().display()), e))
+        if let Err(e) = w.file.sync_data() {
+            // After a failed fsync Linux may have dropped the dirty pages, and a
+            // later fsync can report success: never trust the log again.
+            let e = StoreError::io(format!("syncing {}", self.log_path().display()), e);
+            w.failed = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Moves the pending entries into the index, after syncing the log so the
@@ -576,4 +599,38 @@ impl Read for ReadAt<'_> {
         self.pos += n as u64;
         Ok(n)
     }
+}
+
+/// The offset of the first whole, checksummed record after `from` (searching
+/// byte by byte for its magic), if any.
+fn next_valid_record(file: &File, from: u64) -> Option<u64> {
+    // A whole record follows any damaged one within a block's length, so a
+    // bounded look-ahead answers the question.
+    let mut data = Vec::new();
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        ReadAt {
+            file,
+            pos: from + 1,
+        },
+    );
+    reader.take(64 << 20).read_to_end(&mut data).ok()?;
+    let base = from + 1;
+    let mut i = 0;
+    while i + HEADER_LEN <= data.len() {
+        if data[i..i + 4] == record::MAGIC {
+            let head: [u8; HEADER_LEN] = data[i..i + HEADER_LEN].try_into().expect("header length");
+            if let Ok(header) = record::parse_header(&head) {
+                let end = i + HEADER_LEN + header.len;
+                if header.len <= MAX_BLOCK_SIZE
+                    && end <= data.len()
+                    && record::crc_matches(&head, &header, &data[i + HEADER_LEN..end])
+                {
+                    return Some(base + i as u64);
+                }
+            }
+        }
+        i += 1;
+    }
+    None
 }
