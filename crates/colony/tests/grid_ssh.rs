@@ -1101,3 +1101,65 @@ fn an_environment_whose_init_died_is_never_entered_again() {
     assert!(g.mounted().is_empty() && g.cgroups().is_empty());
     g.stop();
 }
+
+#[test]
+fn large_input_and_output_at_once_do_not_deadlock_a_login() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut child = Command::new("ssh")
+        .args(["-p", &port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args(["alice@127.0.0.1", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "the echo must be byte for byte");
+    g.stop();
+}
+
+#[test]
+fn a_root_whose_proc_is_a_symlink_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let bad = g.tmp.path().join("badroot");
+    std::fs::create_dir_all(bad.join("bin")).unwrap();
+    std::os::unix::fs::symlink("/etc", bad.join("proc")).unwrap();
+    g.colony(&["import", "bad", bad.to_str().unwrap(), "--user", "alice"]);
+    g.start(&[]);
+    let err = g.refused("alice", &["spawn", "bad"]);
+    assert!(
+        err.contains("/proc in the root is not a directory"),
+        "{err}"
+    );
+    assert_eq!(g.ok("alice", &["status"]), "no environments running\n");
+    assert!(
+        g.mounted().is_empty() && g.cgroups().is_empty(),
+        "a refused spawn leaves nothing"
+    );
+    g.stop();
+}
