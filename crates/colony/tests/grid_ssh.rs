@@ -7,6 +7,18 @@ use std::process::{Child, Command, Output, Stdio};
 
 const COLONY: &str = env!("CARGO_BIN_EXE_colony");
 
+/// OpenSSH client options for throwaway test servers: no host-key prompts or records, no passwords, quiet.
+const SSH_OPTS: [&str; 8] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "LogLevel=ERROR",
+];
+
 fn can_mount() -> bool {
     // SAFETY: geteuid has no preconditions.
     let ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/fuse").exists();
@@ -134,19 +146,8 @@ impl Grid {
         let mut cmd = Command::new("ssh");
         cmd.args(["-p", &self.port.to_string(), "-i"])
             .arg(self.tmp.path().join(key))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-T",
-            ])
+            .args(SSH_OPTS)
+            .args(["-o", "IdentitiesOnly=yes", "-T"])
             .arg(format!("{login}@127.0.0.1"))
             .args(args);
         run_with_input(cmd, input)
@@ -582,16 +583,7 @@ fn a_name_whose_blocks_are_missing_and_two_saves_at_once() {
                 Command::new("ssh")
                     .args(["-p", &port.to_string(), "-i"])
                     .arg(key)
-                    .args([
-                        "-o",
-                        "StrictHostKeyChecking=no",
-                        "-o",
-                        "UserKnownHostsFile=/dev/null",
-                        "-o",
-                        "BatchMode=yes",
-                        "-o",
-                        "LogLevel=ERROR",
-                    ])
+                    .args(SSH_OPTS)
                     .args(["alice@127.0.0.1", "save", "busybox", name])
                     .output()
                     .unwrap()
@@ -652,16 +644,7 @@ impl Grid {
         let mut cmd = Command::new("ssh");
         cmd.args(["-p", &port.to_string(), "-i"])
             .arg(self.tmp.path().join(key))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-            ]);
+            .args(SSH_OPTS);
         cmd.arg(if tty { "-tt" } else { "-T" });
         cmd.arg(format!("{key}@127.0.0.1")).arg(command);
         run_with_input(cmd, input)
@@ -728,16 +711,7 @@ fn log_in_run_write_save_boom_and_find_the_files_again() {
     let mut untar = Command::new("ssh")
         .args(["-p", &port.to_string(), "-i"])
         .arg(g.tmp.path().join("alice"))
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ])
+        .args(SSH_OPTS)
         .args([
             "alice@127.0.0.1",
             "mkdir -p /root/etc && tar -C /root/etc -xf - && ls /root/etc",
@@ -761,8 +735,9 @@ fn log_in_run_write_save_boom_and_find_the_files_again() {
     );
     // The terminal has the client's size (ssh run under `script`, so it has a tty of its own).
     let ssh = format!(
-        "ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -tt alice@127.0.0.1 'stty size'",
-        g.tmp.path().join("alice").display()
+        "ssh -p {port} -i {} {} -tt alice@127.0.0.1 'stty size'",
+        g.tmp.path().join("alice").display(),
+        SSH_OPTS.join(" ")
     );
     let out = Command::new("script")
         .args([
@@ -978,16 +953,7 @@ fn files_move_with_scp_and_sftp() {
     let opts = |cmd: &mut Command| {
         cmd.args(["-P", &port.to_string(), "-i"])
             .arg(g.tmp.path().join("alice"))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-            ]);
+            .args(SSH_OPTS);
     };
     let local = g.tmp.path().join("upload.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
@@ -1114,16 +1080,7 @@ fn large_input_and_output_at_once_do_not_deadlock_a_login() {
     let mut child = Command::new("ssh")
         .args(["-p", &port.to_string(), "-i"])
         .arg(g.tmp.path().join("alice"))
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ])
+        .args(SSH_OPTS)
         .args(["alice@127.0.0.1", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
