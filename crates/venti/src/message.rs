@@ -8,7 +8,7 @@ use crate::Score;
 pub const MAX_STRING: usize = 1024;
 
 /// Message type numbers.
-mod kind {
+pub mod kind {
     pub const RERROR: u8 = 1;
     pub const TPING: u8 = 2;
     pub const RPING: u8 = 3;

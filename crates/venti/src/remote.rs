@@ -7,6 +7,20 @@
 //! So, as with any venti client, nothing is known to be stored until `sync`
 //! returns. A lost connection is re-established on the next request, so a
 //! server that restarts is used again without the caller starting over.
+//!
+//! # Sync means durable, across reconnects
+//!
+//! A venti server's `Rsync` covers only the writes *that server process*
+//! received: one killed and restarted on the same store has forgotten whatever
+//! it had acknowledged but not yet made durable, and the protocol has no
+//! session identity to tell a restarted server from the old one. So the store
+//! keeps every block written since the last successful sync, tagged with the
+//! connection that carried it. Before asking for a sync, it writes again, on
+//! the current connection, every kept block that went over an earlier one
+//! (the server stores a block it already has as a lookup), and only an `Rsync`
+//! on the connection that carried — or re-carried — every block is taken as
+//! done. The kept blocks are bounded: past [`REPLAY_LIMIT`] bytes the store
+//! syncs by itself, so they never grow past that whatever the caller writes.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,16 +33,45 @@ use crate::{BlockStore, BlockType, Client, ClientError, MAX_BLOCK_SIZE, Score, S
 /// Writes allowed in flight before `write` waits.
 const WRITE_WINDOW: usize = 128;
 
+/// Bytes of unsynced blocks kept for replay before `write` syncs by itself.
+pub const REPLAY_LIMIT: usize = 32 << 20;
+
+/// How many times one `sync` reconnects before it gives up.
+const SYNC_ATTEMPTS: u32 = 3;
+
+/// The current connection and its number; the number grows with every reconnect.
+struct Session {
+    client: Client,
+    generation: u64,
+}
+
+/// A block written since the last successful sync.
+struct Unsynced {
+    ty: BlockType,
+    data: Vec<u8>,
+    /// The connection that last carried it.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    blocks: Vec<Unsynced>,
+    bytes: usize,
+}
+
 /// A blocking, pipelining handle on a venti server. Do not use it from inside
 /// an async runtime: its methods block the calling thread.
 pub struct RemoteStore {
     runtime: Runtime,
     /// Replaced by a fresh connection when the old one is lost.
-    client: Mutex<Client>,
+    session: Mutex<Session>,
     addr: String,
     window: Arc<Semaphore>,
     writes: Mutex<JoinSet<Result<(), ClientError>>>,
     failed: Mutex<Option<String>>,
+    unsynced: Mutex<Pending>,
+    /// Serialises syncs, so two callers never replay the same blocks at once.
+    syncing: Mutex<()>,
 }
 
 impl RemoteStore {
@@ -44,11 +87,16 @@ impl RemoteStore {
             .map_err(|e| StoreError::Remote(e.to_string()))?;
         Ok(RemoteStore {
             runtime,
-            client: Mutex::new(client),
+            session: Mutex::new(Session {
+                client,
+                generation: 0,
+            }),
             addr: addr.to_string(),
             window: Arc::new(Semaphore::new(WRITE_WINDOW)),
             writes: Mutex::new(JoinSet::new()),
             failed: Mutex::new(None),
+            unsynced: Mutex::new(Pending::default()),
+            syncing: Mutex::new(()),
         })
     }
 
@@ -57,41 +105,67 @@ impl RemoteStore {
         &self.addr
     }
 
+    /// Bytes written since the last successful sync (kept for replay).
+    pub fn unsynced_bytes(&self) -> usize {
+        self.unsynced.lock().expect("remote store lock").bytes
+    }
+
     fn remote_error(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Remote(format!("venti server {}: {e}", self.addr))
     }
 
-    fn client(&self) -> Client {
-        self.client.lock().expect("remote store lock").clone()
+    fn current(&self) -> (Client, u64) {
+        let s = self.session.lock().expect("remote store lock");
+        (s.client.clone(), s.generation)
+    }
+
+    /// Replaces the connection numbered `lost` with a fresh one, unless another
+    /// caller already did; returns the connection to use now.
+    fn reconnect(&self, lost: u64, why: &str) -> Result<(Client, u64), ClientError> {
+        {
+            let s = self.session.lock().expect("remote store lock");
+            if s.generation != lost {
+                return Ok((s.client.clone(), s.generation));
+            }
+        }
+        tracing::info!(server = %self.addr, reason = %why, "venti connection lost; reconnecting");
+        let fresh = self.runtime.block_on(Client::connect(&self.addr))?;
+        let mut s = self.session.lock().expect("remote store lock");
+        if s.generation == lost {
+            s.client = fresh;
+            s.generation += 1;
+        }
+        Ok((s.client.clone(), s.generation))
     }
 
     /// Runs `op`; if the connection was lost, reconnects once and retries.
+    /// For reads only: a write's fate is settled by `sync`.
     fn with_retry<T>(
         &self,
         op: impl Fn(Client) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        match op(self.client()) {
+        let (client, generation) = self.current();
+        match op(client) {
             Err(ClientError::Closed(why)) => {
-                tracing::info!(server = %self.addr, reason = %why, "venti connection lost; reconnecting");
-                let fresh = self.runtime.block_on(Client::connect(&self.addr))?;
-                *self.client.lock().expect("remote store lock") = fresh.clone();
+                let (fresh, _) = self.reconnect(generation, &why)?;
                 op(fresh)
             }
             other => other,
         }
     }
 
-    /// Keeps the first failure of a finished write.
+    /// Keeps the first failure of a finished write. A write that failed only
+    /// because its connection was lost is not a failure: `sync` sends it again.
     fn note(&self, outcome: Result<Result<(), ClientError>, tokio::task::JoinError>) {
-        let outcome = outcome
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = outcome {
-            self.failed
-                .lock()
-                .expect("remote store lock")
-                .get_or_insert(e);
-        }
+        let outcome = match outcome {
+            Ok(Ok(())) | Ok(Err(ClientError::Closed(_))) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.failed
+            .lock()
+            .expect("remote store lock")
+            .get_or_insert(outcome);
     }
 
     /// Reports (once) a write that failed since the last report.
@@ -100,6 +174,67 @@ impl RemoteStore {
             Some(e) => Err(self.remote_error(format!("an earlier write failed: {e}"))),
             None => Ok(()),
         }
+    }
+
+    /// Waits for every queued write.
+    fn drain_writes(&self) {
+        let mut writes = std::mem::take(&mut *self.writes.lock().expect("remote store lock"));
+        self.runtime.block_on(async {
+            while let Some(done) = writes.join_next().await {
+                self.note(done);
+            }
+        });
+    }
+
+    /// Sends again, on connection `generation`, every unsynced block that an
+    /// earlier connection carried.
+    fn replay(&self, client: &Client, generation: u64) -> Result<usize, ClientError> {
+        let stale: Vec<(usize, BlockType, Vec<u8>)> = {
+            let pending = self.unsynced.lock().expect("remote store lock");
+            pending
+                .blocks
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.generation != generation)
+                .map(|(i, b)| (i, b.ty, b.data.clone()))
+                .collect()
+        };
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        tracing::info!(
+            server = %self.addr,
+            blocks = stale.len(),
+            "writing again the unsynced blocks of a lost venti connection"
+        );
+        let count = stale.len();
+        let indices: Vec<usize> = stale.iter().map(|(i, _, _)| *i).collect();
+        self.runtime.block_on(async {
+            let mut set = JoinSet::new();
+            for (_, ty, data) in stale {
+                let client = client.clone();
+                let permit = self.window.clone().acquire_owned().await;
+                set.spawn(async move {
+                    let _permit = permit;
+                    client.write(ty, data).await.map(|_| ())
+                });
+            }
+            let mut first_err = None;
+            while let Some(done) = set.join_next().await {
+                let result = done.unwrap_or_else(|e| Err(ClientError::Closed(e.to_string())));
+                if let Err(e) = result {
+                    first_err.get_or_insert(e);
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })?;
+        let mut pending = self.unsynced.lock().expect("remote store lock");
+        for i in indices {
+            if let Some(b) = pending.blocks.get_mut(i) {
+                b.generation = generation;
+            }
+        }
+        Ok(count)
     }
 }
 
@@ -122,6 +257,9 @@ impl BlockStore for RemoteStore {
         if data.is_empty() {
             return Ok(Score::ZERO);
         }
+        if self.unsynced_bytes() + data.len() > REPLAY_LIMIT {
+            self.sync()?;
+        }
         let score = Score::of(data);
         let permit = self
             .runtime
@@ -134,7 +272,16 @@ impl BlockStore for RemoteStore {
             }
         }
         self.take_failure()?;
-        let client = self.client();
+        let (client, generation) = self.current();
+        {
+            let mut pending = self.unsynced.lock().expect("remote store lock");
+            pending.bytes += data.len();
+            pending.blocks.push(Unsynced {
+                ty,
+                data: data.to_vec(),
+                generation,
+            });
+        }
         let data = data.to_vec();
         self.writes.lock().expect("remote store lock").spawn_on(
             async move {
@@ -147,14 +294,47 @@ impl BlockStore for RemoteStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let mut writes = std::mem::take(&mut *self.writes.lock().expect("remote store lock"));
-        self.runtime.block_on(async {
-            while let Some(done) = writes.join_next().await {
-                self.note(done);
-            }
-        });
+        let _one_at_a_time = self.syncing.lock().expect("remote store lock");
+        self.drain_writes();
         self.take_failure()?;
-        self.with_retry(|c| self.runtime.block_on(c.sync()))
-            .map_err(|e| self.remote_error(e))
+        // Everything kept now is what this sync must make durable; writes
+        // that other threads add meanwhile wait for the next sync.
+        let covered = self
+            .unsynced
+            .lock()
+            .expect("remote store lock")
+            .blocks
+            .len();
+        let mut last_loss = String::new();
+        for _ in 0..SYNC_ATTEMPTS {
+            let (client, generation) = self.current();
+            let outcome = self
+                .replay(&client, generation)
+                .and_then(|_| self.runtime.block_on(client.sync()));
+            match outcome {
+                Ok(()) => {
+                    let mut pending = self.unsynced.lock().expect("remote store lock");
+                    let synced: usize = pending.blocks.drain(..covered).map(|b| b.data.len()).sum();
+                    pending.bytes -= synced;
+                    return Ok(());
+                }
+                Err(ClientError::Closed(why)) => {
+                    last_loss = why.clone();
+                    self.reconnect(generation, &why)
+                        .map_err(|e| self.remote_error(e))?;
+                }
+                Err(e) => return Err(self.remote_error(e)),
+            }
+        }
+        let blocks = self
+            .unsynced
+            .lock()
+            .expect("remote store lock")
+            .blocks
+            .len();
+        Err(self.remote_error(format!(
+            "the connection was lost {SYNC_ATTEMPTS} times before {blocks} unsynced writes \
+             could be made durable (last: {last_loss}); nothing after the last good sync is stored"
+        )))
     }
 }

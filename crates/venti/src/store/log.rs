@@ -13,6 +13,18 @@
 //!
 //! * Records are buffered in memory and written in large chunks; `sync` writes
 //!   the buffer and `fdatasync`s the log before it returns.
+//! * After each successful `fdatasync` the store appends a *sync marker*: a
+//!   record of a reserved type holding the store's secret salt (random, in the
+//!   log header) and the marker's own offset. Data cannot forge one — it would
+//!   need the salt, and a copy of a real marker (an archived backup of this
+//!   log, say) sits at another offset than it names — so a marker proves that
+//!   everything before it was once durable. Recovery uses that: damage that a
+//!   valid marker follows is real corruption of synced data, and opening
+//!   refuses, naming the offset and the record; damage after the last marker
+//!   is a torn tail (writes no sync ever covered), and is cut, whatever bytes
+//!   the torn data or the records after it hold. The marker is written only
+//!   after the fsync returned, so power loss during a sync (a later page kept,
+//!   an earlier one lost) never leaves a marker behind damage.
 //! * The index is a cache of the log. New entries wait in memory and are
 //!   committed in batches, and only after the log is synced, so the index never
 //!   points past durable data. A clean close commits everything, so a clean
@@ -38,6 +50,10 @@ use crate::{BlockType, Score};
 
 const LOG_HEADER: &[u8] = b"colony venti log v1\n";
 const LOG_HEADER_LEN: u64 = 64;
+/// Where in the log header the store's salt lives (zero in stores made before
+/// sync markers; such a store gets a salt when it is next opened).
+const SALT_AT: usize = 32;
+const SALT_LEN: usize = 16;
 
 /// Key: score then wire type.
 type Key = [u8; 21];
@@ -86,6 +102,11 @@ struct Writer {
     /// Entries not yet committed to the index.
     pending: HashMap<Key, Location>,
     indexed_end: u64,
+    /// The end of the log as of the last sync marker: nothing past it was
+    /// covered by a sync.
+    marked_end: u64,
+    /// The end of the data the last successful fsync covered.
+    durable_end: u64,
     /// Set when the index could not be committed; the store then refuses writes
     /// rather than risk an index that disagrees with the log.
     failed: Option<String>,
@@ -98,6 +119,7 @@ pub struct LogStore {
     /// A second handle for positioned reads that need no lock.
     reader: File,
     index: Database,
+    salt: [u8; SALT_LEN],
     recovery: Recovery,
     _lock: File,
 }
@@ -119,7 +141,7 @@ impl LogStore {
         })?;
         let lock = lock_dir(&dir)?;
         let log_path = dir.join("log");
-        let (file, created) = open_log(&log_path)?;
+        let (file, created, salt) = open_log(&log_path)?;
         if created {
             sync_dir(&dir)?;
         }
@@ -145,10 +167,13 @@ impl LogStore {
                 end: 0,
                 pending: HashMap::new(),
                 indexed_end: LOG_HEADER_LEN,
+                marked_end: LOG_HEADER_LEN,
+                durable_end: LOG_HEADER_LEN,
                 failed: None,
             }),
             reader,
             index,
+            salt,
             recovery: Recovery::default(),
             _lock: lock,
         };
@@ -227,18 +252,16 @@ impl LogStore {
         let (entries, valid_end) = scan_log(&self.reader, indexed_end, log_len)
             .map_err(|e| StoreError::io(format!("scanning {}", self.log_path().display()), e))?;
         if valid_end < log_len
-            && let Some(next) = next_valid_record(&self.reader, valid_end)
+            && let Some(marker) = next_sync_marker(&self.reader, &self.salt, valid_end, log_len)
         {
-            // Not a torn tail: good records follow the bad one. Cutting would
-            // throw away data that may have been synced; refuse instead.
-            return Err(StoreError::Corrupt {
-                score: Score::ALL_ZEROS,
-                ty: BlockType::DATA,
+            // A sync marker follows the damage: the damaged bytes were once
+            // durable. That is corruption of acknowledged data, not a torn
+            // tail; cutting would lose it silently, so refuse instead.
+            return Err(StoreError::DamagedLog {
+                path: self.log_path(),
                 offset: valid_end,
-                detail: format!(
-                    "a damaged record in the middle of the log (valid records follow at offset {next}); \
-                     not cutting it: copy the store aside and repair it by hand"
-                ),
+                record: describe_record(&self.reader, valid_end),
+                sync_point: marker,
             });
         }
         if valid_end < log_len {
@@ -281,6 +304,8 @@ impl LogStore {
         w.buf_start = valid_end;
         w.end = valid_end;
         w.indexed_end = valid_end;
+        w.marked_end = valid_end;
+        w.durable_end = valid_end;
         Ok(())
     }
 
@@ -314,6 +339,17 @@ impl LogStore {
             w.failed = Some(e.to_string());
             return Err(e);
         }
+        w.durable_end = w.end;
+        if w.end > w.marked_end {
+            // Only now, with the data durable, may a marker say it is.
+            let at = w.end;
+            record::append_sync_marker(&mut w.buf, &self.salt, at);
+            w.end += record::SYNC_MARKER_LEN as u64;
+            w.marked_end = w.end;
+            // Written at once but not fsynced: if it is lost, nothing is
+            // claimed that was not so; the next sync makes it durable.
+            self.flush_buffer(w)?;
+        }
         Ok(())
     }
 
@@ -321,7 +357,10 @@ impl LogStore {
     /// index never names a record that a crash could lose.
     fn commit_index(&self, w: &mut Writer) -> Result<(), StoreError> {
         self.sync_log(w)?;
-        if w.indexed_end == w.end {
+        // The marker that sync just appended may not be on disk yet; index
+        // only what the fsync covered.
+        let covered = w.durable_end;
+        if w.indexed_end == covered {
             return Ok(());
         }
         let result = (|| {
@@ -336,7 +375,7 @@ impl LogStore {
                         .map_err(|e| self.index_error(e))?;
                 }
                 let mut meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
-                meta.insert(INDEXED_END, w.end)
+                meta.insert(INDEXED_END, covered)
                     .map_err(|e| self.index_error(e))?;
             }
             txn.commit().map_err(|e| self.index_error(e))
@@ -344,7 +383,7 @@ impl LogStore {
         match result {
             Ok(()) => {
                 w.pending.clear();
-                w.indexed_end = w.end;
+                w.indexed_end = covered;
                 Ok(())
             }
             Err(e) => {
@@ -493,7 +532,7 @@ impl Drop for LogStore {
     }
 }
 
-fn open_log(path: &Path) -> Result<(File, bool), StoreError> {
+fn open_log(path: &Path) -> Result<(File, bool, [u8; SALT_LEN]), StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -505,13 +544,16 @@ fn open_log(path: &Path) -> Result<(File, bool), StoreError> {
         .metadata()
         .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
         .len();
+    let init_err = |e| StoreError::io(format!("initialising {}", path.display()), e);
     if len == 0 {
+        let salt = new_salt().map_err(init_err)?;
         let mut header = LOG_HEADER.to_vec();
         header.resize(LOG_HEADER_LEN as usize, 0);
+        header[SALT_AT..SALT_AT + SALT_LEN].copy_from_slice(&salt);
         file.write_all_at(&header, 0)
             .and_then(|()| file.sync_all())
-            .map_err(|e| StoreError::io(format!("initialising {}", path.display()), e))?;
-        return Ok((file, true));
+            .map_err(init_err)?;
+        return Ok((file, true, salt));
     }
     let mut header = vec![0u8; LOG_HEADER_LEN as usize];
     if len < LOG_HEADER_LEN
@@ -523,7 +565,24 @@ fn open_log(path: &Path) -> Result<(File, bool), StoreError> {
             "the log has no colony header".into(),
         ));
     }
-    Ok((file, false))
+    let mut salt: [u8; SALT_LEN] = header[SALT_AT..SALT_AT + SALT_LEN]
+        .try_into()
+        .expect("salt length");
+    if salt == [0; SALT_LEN] {
+        // A store from before sync markers: it has none, so any salt works.
+        salt = new_salt().map_err(init_err)?;
+        file.write_all_at(&salt, SALT_AT as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(init_err)?;
+    }
+    Ok((file, false, salt))
+}
+
+/// A random salt for a store's sync markers.
+fn new_salt() -> io::Result<[u8; SALT_LEN]> {
+    let mut salt = [0u8; SALT_LEN];
+    File::open("/dev/urandom")?.read_exact(&mut salt)?;
+    Ok(salt)
 }
 
 /// Takes an exclusive `flock` on `dir/LOCK`.
@@ -575,6 +634,12 @@ fn scan_log(file: &File, from: u64, len: u64) -> io::Result<(HashMap<Key, Locati
         if !record::crc_matches(&head, &header, &data[..header.len]) {
             break;
         }
+        if header.wire_type == record::SYNC_MARKER_TYPE {
+            // Whole and checksummed; it names no block. (Whether it is one of
+            // ours only matters when damage precedes it.)
+            offset += (HEADER_LEN + header.len) as u64;
+            continue;
+        }
         entries.insert(
             key(&header.score, header.wire_type),
             Location {
@@ -601,36 +666,48 @@ impl Read for ReadAt<'_> {
     }
 }
 
-/// The offset of the first whole, checksummed record after `from` (searching
-/// byte by byte for its magic), if any.
-fn next_valid_record(file: &File, from: u64) -> Option<u64> {
-    // A whole record follows any damaged one within a block's length, so a
-    // bounded look-ahead answers the question.
-    let mut data = Vec::new();
-    let reader = BufReader::with_capacity(
-        1 << 20,
-        ReadAt {
-            file,
-            pos: from + 1,
-        },
-    );
-    reader.take(64 << 20).read_to_end(&mut data).ok()?;
-    let base = from + 1;
-    let mut i = 0;
-    while i + HEADER_LEN <= data.len() {
-        if data[i..i + 4] == record::MAGIC {
-            let head: [u8; HEADER_LEN] = data[i..i + HEADER_LEN].try_into().expect("header length");
-            if let Ok(header) = record::parse_header(&head) {
-                let end = i + HEADER_LEN + header.len;
-                if header.len <= MAX_BLOCK_SIZE
-                    && end <= data.len()
-                    && record::crc_matches(&head, &header, &data[i + HEADER_LEN..end])
-                {
-                    return Some(base + i as u64);
+/// The offset of the first genuine sync marker of this store after `from`
+/// (below `len`): a whole, checksummed marker record that holds `salt` and
+/// sits at the offset it names.
+fn next_sync_marker(file: &File, salt: &[u8; SALT_LEN], from: u64, len: u64) -> Option<u64> {
+    const CHUNK: usize = 1 << 20;
+    let want = record::sync_marker_prefix();
+    let mut chunk = vec![0u8; CHUNK + record::SYNC_MARKER_LEN];
+    let mut pos = from + 1;
+    while pos < len {
+        let n = ((len - pos) as usize).min(chunk.len());
+        file.read_exact_at(&mut chunk[..n], pos).ok()?;
+        let mut i = 0;
+        while i + record::SYNC_MARKER_LEN <= n {
+            if chunk[i..i + want.len()] == want {
+                let at = pos + i as u64;
+                if record::is_sync_marker(&chunk[i..i + record::SYNC_MARKER_LEN], salt, at) {
+                    return Some(at);
                 }
             }
+            i += 1;
         }
-        i += 1;
+        if n < chunk.len() {
+            break;
+        }
+        // Overlap so a marker that straddles two chunks is still seen.
+        pos += (n - record::SYNC_MARKER_LEN) as u64 + 1;
     }
     None
+}
+
+/// What can be said of the record at `offset`: its score and type if its
+/// header is readable.
+fn describe_record(file: &File, offset: u64) -> String {
+    let mut head = [0u8; HEADER_LEN];
+    if file.read_exact_at(&mut head, offset).is_err() {
+        return "a record header cut short".into();
+    }
+    match record::parse_header(&head) {
+        Ok(h) => format!(
+            "the record of block {} (wire type {}, {} bytes) fails its checksum",
+            h.score, h.wire_type, h.len
+        ),
+        Err(why) => format!("unreadable record header: {why}"),
+    }
 }

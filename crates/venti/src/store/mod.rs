@@ -59,6 +59,17 @@ pub enum StoreError {
         offset: u64,
         detail: String,
     },
+    #[error(
+        "venti log {path} is damaged in the middle of the log at offset {offset} ({record}), \
+         before the sync point at offset {sync_point}: acknowledged data is corrupt; not cutting \
+         it: copy the store aside and repair it by hand"
+    )]
+    DamagedLog {
+        path: PathBuf,
+        offset: u64,
+        record: String,
+        sync_point: u64,
+    },
     #[error("{context}: {err}")]
     Io { context: String, err: io::Error },
     #[error("venti index {path}: {detail}")]

@@ -13,6 +13,13 @@ use crate::Score;
 pub const MAGIC: [u8; 4] = *b"vlog";
 pub const HEADER_LEN: usize = 32;
 
+/// The wire type of a sync marker; no venti block type maps to it.
+pub const SYNC_MARKER_TYPE: u8 = 0xff;
+/// A marker's data: `"sync" | salt[16] | own offset[8]`.
+const SYNC_MARKER_DATA: usize = 4 + 16 + 8;
+/// A whole marker record.
+pub const SYNC_MARKER_LEN: usize = HEADER_LEN + SYNC_MARKER_DATA;
+
 /// The decoded fixed part of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -32,6 +39,36 @@ pub fn append(out: &mut Vec<u8>, wire_type: u8, score: &Score, data: &[u8]) {
     let crc = checksum(&out[start..start + 28], data);
     out.extend_from_slice(&crc.to_be_bytes());
     out.extend_from_slice(data);
+}
+
+/// Appends a sync marker, to sit at log offset `at`, for a store with `salt`.
+pub fn append_sync_marker(out: &mut Vec<u8>, salt: &[u8; 16], at: u64) {
+    let data = sync_marker_data(salt, at);
+    append(out, SYNC_MARKER_TYPE, &Score::of(&data), &data);
+}
+
+fn sync_marker_data(salt: &[u8; 16], at: u64) -> [u8; SYNC_MARKER_DATA] {
+    let mut data = [0u8; SYNC_MARKER_DATA];
+    data[..4].copy_from_slice(b"sync");
+    data[4..20].copy_from_slice(salt);
+    data[20..].copy_from_slice(&at.to_be_bytes());
+    data
+}
+
+/// The first 8 bytes of every marker record (magic, type, length), to search for.
+pub fn sync_marker_prefix() -> [u8; 8] {
+    let mut p = [0u8; 8];
+    p[..4].copy_from_slice(&MAGIC);
+    p[4] = SYNC_MARKER_TYPE;
+    p[5..8].copy_from_slice(&(SYNC_MARKER_DATA as u32).to_be_bytes()[1..]);
+    p
+}
+
+/// True if `bytes` is exactly the marker that a store with `salt` writes at `at`.
+pub fn is_sync_marker(bytes: &[u8], salt: &[u8; 16], at: u64) -> bool {
+    let mut expected = Vec::with_capacity(SYNC_MARKER_LEN);
+    append_sync_marker(&mut expected, salt, at);
+    bytes == expected.as_slice()
 }
 
 fn checksum(head: &[u8], data: &[u8]) -> u32 {
@@ -62,6 +99,24 @@ pub fn crc_matches(header_bytes: &[u8; HEADER_LEN], header: &Header, data: &[u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sync_marker_is_recognised_only_with_its_salt_and_offset() {
+        let salt = [7u8; 16];
+        let mut m = Vec::new();
+        append_sync_marker(&mut m, &salt, 4096);
+        assert_eq!(m.len(), SYNC_MARKER_LEN);
+        assert_eq!(m[..8], sync_marker_prefix());
+        assert!(is_sync_marker(&m, &salt, 4096));
+        assert!(
+            !is_sync_marker(&m, &salt, 4097),
+            "a copy elsewhere is not a marker"
+        );
+        assert!(
+            !is_sync_marker(&m, &[8u8; 16], 4096),
+            "another store's marker"
+        );
+    }
 
     #[test]
     fn a_record_round_trips_and_a_flipped_bit_is_caught() {
