@@ -45,6 +45,26 @@ struct Pass {
     changed: std::collections::HashSet<u64>,
 }
 
+/// A directory part-way through a save.
+struct DirFrame {
+    ino: u64,
+    base: Option<Dir>,
+    /// Its streams must be written anew.
+    rewrite: bool,
+    source: Vec<Entry>,
+    dirents: Vec<DirEntry>,
+    children: Vec<(String, u64)>,
+    /// The next child to save.
+    next: usize,
+    /// The entry of the child directory being saved above this frame.
+    waiting: Option<DirEntry>,
+}
+
+enum DirVisit {
+    Unchanged(Entry, Entry),
+    Open(DirFrame),
+}
+
 impl Fs {
     /// Archives the file system and returns the new root score. Saving an
     /// unchanged file system returns the same score and writes nothing.
@@ -119,63 +139,122 @@ impl Fs {
         Ok(report)
     }
 
-    /// Saves a directory; returns its streams and whether they are new.
+    /// Saves the directory `top` and everything below it; returns its
+    /// streams and whether they are new.
+    ///
+    /// Iterative, with an explicit stack of the directories being saved, so
+    /// no depth of nesting a tenant can make runs the node out of stack.
     fn save_dir(
         &self,
         st: &mut State,
-        ino: u64,
+        top: u64,
         pass: &mut Pass,
     ) -> FsResult<(Entry, Entry, bool)> {
+        let mut stack = match self.open_dir_frame(st, top)? {
+            DirVisit::Unchanged(s, m) => return Ok((s, m, false)),
+            DirVisit::Open(frame) => vec![frame],
+        };
+        loop {
+            let frame = stack.last_mut().expect("a directory is being saved");
+            let Some((name, child)) = frame.children.get(frame.next).cloned() else {
+                // Every child done: this directory's streams.
+                let frame = stack.pop().expect("a directory is being saved");
+                let result = self.finish_dir_frame(frame, pass)?;
+                let Some(parent) = stack.last_mut() else {
+                    return Ok(result);
+                };
+                let (s, m, new) = result;
+                let mut d = parent.waiting.take().expect("a parent waits for its child");
+                let child = parent.children[parent.next].1;
+                if new || st.inode(child)?.changed {
+                    parent.rewrite = true;
+                }
+                d.mentry = d.entry + 1;
+                parent.source.push(s);
+                parent.source.push(m);
+                parent.dirents.push(d);
+                parent.next += 1;
+                continue;
+            };
+            let attr = st.inode(child)?.attr.clone();
+            let mut d = dirent_for(&attr, &name);
+            d.entry = frame.source.len() as u32;
+            if attr.kind == FileKind::Dir {
+                match self.open_dir_frame(st, child)? {
+                    DirVisit::Unchanged(s, m) => {
+                        let frame = stack.last_mut().expect("a directory is being saved");
+                        if st.inode(child)?.changed {
+                            frame.rewrite = true;
+                        }
+                        d.mentry = d.entry + 1;
+                        frame.source.push(s);
+                        frame.source.push(m);
+                        frame.dirents.push(d);
+                        frame.next += 1;
+                    }
+                    DirVisit::Open(sub) => {
+                        stack.last_mut().expect("a directory is being saved").waiting = Some(d);
+                        stack.push(sub);
+                    }
+                }
+                continue;
+            }
+            let leaf = self.save_leaf(st, child, pass)?;
+            let frame = stack.last_mut().expect("a directory is being saved");
+            frame.next += 1;
+            let Some(entry) = leaf else {
+                tracing::warn!(name = %name, "sockets cannot be archived; left out of the save");
+                frame.rewrite = true;
+                continue;
+            };
+            if pass.changed.contains(&child) || st.inode(child)?.changed {
+                frame.rewrite = true;
+            }
+            frame.source.push(entry);
+            frame.dirents.push(d);
+        }
+    }
+
+    /// Starts saving directory `ino`: its archived streams if it was never
+    /// loaded (nothing below it can have changed), else a frame to fill.
+    fn open_dir_frame(&self, st: &State, ino: u64) -> FsResult<DirVisit> {
         let (base, children, membership_changed) = match &st.inode(ino)?.content {
             Content::Dir {
                 base,
                 children,
                 membership_changed,
                 ..
-            } => (*base, children.clone(), *membership_changed),
+            } => (*base, children, *membership_changed),
             _ => return Err(FsError::not_dir()),
         };
         let Some(children) = children else {
-            // Never loaded, so nothing below it changed.
             let base =
                 base.ok_or_else(|| FsError::io("an unloaded directory has no archived form"))?;
-            return Ok((base.source, base.msource, false));
+            return Ok(DirVisit::Unchanged(base.source, base.msource));
         };
-        let mut rewrite = membership_changed || base.is_none();
-        let mut source = Vec::with_capacity(children.len());
-        let mut dirents = Vec::with_capacity(children.len());
-        for (name, child) in &children {
-            let attr = st.inode(*child)?.attr.clone();
-            let mut d = dirent_for(&attr, name);
-            d.entry = source.len() as u32;
-            if attr.kind == FileKind::Dir {
-                let (s, m, new) = self.save_dir(st, *child, pass)?;
-                if new || st.inode(*child)?.changed {
-                    rewrite = true;
-                }
-                d.mentry = d.entry + 1;
-                source.push(s);
-                source.push(m);
-            } else {
-                let Some(entry) = self.save_leaf(st, *child, pass)? else {
-                    tracing::warn!(name = %name, "sockets cannot be archived; left out of the save");
-                    rewrite = true;
-                    continue;
-                };
-                if pass.changed.contains(child) || st.inode(*child)?.changed {
-                    rewrite = true;
-                }
-                source.push(entry);
-            }
-            dirents.push(d);
-        }
-        if !rewrite && let Some(base) = base {
+        Ok(DirVisit::Open(DirFrame {
+            ino,
+            base,
+            rewrite: membership_changed || base.is_none(),
+            source: Vec::with_capacity(children.len()),
+            dirents: Vec::with_capacity(children.len()),
+            children: children.iter().map(|(n, c)| (n.clone(), *c)).collect(),
+            next: 0,
+            waiting: None,
+        }))
+    }
+
+    /// Writes a finished directory's streams if anything in it changed.
+    fn finish_dir_frame(&self, frame: DirFrame, pass: &mut Pass) -> FsResult<(Entry, Entry, bool)> {
+        if !frame.rewrite
+            && let Some(base) = frame.base
+        {
             return Ok((base.source, base.msource, false));
         }
-        let s = write_dir_stream(self.store.as_ref(), self.sizes, &source)?;
-        let m = write_meta_stream(self.store.as_ref(), self.sizes, &dirents)?;
+        let s = write_dir_stream(self.store.as_ref(), self.sizes, &frame.source)?;
+        let m = write_meta_stream(self.store.as_ref(), self.sizes, &frame.dirents)?;
         pass.dirs.insert(
-            ino,
+            frame.ino,
             Dir {
                 source: s,
                 msource: m,

@@ -6,9 +6,17 @@
 //!   would silently mangle, naming the file and line.
 //! * Queries follow `ndbsearch` and `ndbgetvalue` (same-line preference).
 //! * Edits replace, add or remove whole entries and keep every other line —
-//!   comments included — byte for byte.
+//!   comments included — byte for byte. An edit whose result would not parse
+//!   back into exactly the pairs asked for is refused ([`EditError`]), so a
+//!   database is never written in a form that reads differently.
 //! * [`update`] serialises writers with a lock file and replaces the file
 //!   atomically and durably (temporary file, fsync, rename, fsync directory).
+//!
+//! An entry's *extent* — the lines an edit replaces or removes — runs from its
+//! first line to its last line that begins with white space, be it a
+//! continuation line, an indented comment or a white-space-only line: libndb
+//! reads every such line as part of the entry. Column-0 comments inside the
+//! extent are the file's, not the entry's, and always stay.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -18,6 +26,11 @@ use std::path::{Path, PathBuf};
 
 /// The longest attribute name (libndb's `Ndbalen` is 32 with the NUL).
 pub const MAX_ATTR: usize = 31;
+
+/// The white space of libndb's `ISWHITE`; nothing else separates pairs.
+fn is_ndb_space(c: char) -> bool {
+    c == ' ' || c == '\t' || c == '\r'
+}
 
 /// One `attr=value` pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +45,8 @@ pub struct Pair {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub pairs: Vec<Pair>,
-    /// File line numbers (0-based) of the entry's first and last lines.
+    /// File line numbers (0-based) of the first and last lines of the
+    /// entry's extent (see the crate documentation).
     first: usize,
     last: usize,
 }
@@ -95,32 +109,106 @@ impl Entry {
     }
 
     /// The entry as file text, keeping its line structure; values that need
-    /// it are quoted.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let mut line = None;
-        for p in &self.pairs {
-            match line {
-                None => {}
-                Some(l) if l == p.line => out.push(' '),
-                Some(_) => out.push_str("\n\t"),
-            }
-            line = Some(p.line);
-            out.push_str(&p.attr);
-            out.push('=');
-            if p.value.is_empty()
-                || p.value.contains(|c: char| c.is_whitespace() || c == '#')
-                || p.value.starts_with('"')
-            {
-                out.push('"');
-                out.push_str(&p.value);
-                out.push('"');
-            } else {
-                out.push_str(&p.value);
-            }
+    /// it are quoted. Fails rather than return text that would parse into
+    /// other pairs.
+    pub fn to_text(&self) -> Result<String, EditError> {
+        Ok(self
+            .text_lines()?
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect())
+    }
+
+    /// The entry's lines, without newlines: the first line bare, each later
+    /// one indented by a tab so that it continues the entry.
+    fn text_lines(&self) -> Result<Vec<String>, EditError> {
+        if self.pairs.is_empty() {
+            // It would print as a blank line, which is no entry at all.
+            return Err(EditError::NoPairs);
         }
-        out.push('\n');
-        out
+        let mut lines: Vec<String> = Vec::new();
+        let mut at = None;
+        for p in &self.pairs {
+            let text = pair_text(p)?;
+            match lines.last_mut() {
+                Some(line) if at == Some(p.line) => {
+                    line.push(' ');
+                    line.push_str(&text);
+                }
+                Some(_) => lines.push(format!("\t{text}")),
+                None => lines.push(text),
+            }
+            at = Some(p.line);
+        }
+        Ok(lines)
+    }
+
+    /// The (attribute, value) list that equality of content is judged by.
+    fn content(&self) -> Vec<(&str, &str)> {
+        self.pairs
+            .iter()
+            .map(|p| (p.attr.as_str(), p.value.as_str()))
+            .collect()
+    }
+}
+
+/// `attr=value` as it must be written to parse back to the same pair.
+fn pair_text(p: &Pair) -> Result<String, EditError> {
+    check_attr(&p.attr).map_err(|why| EditError::Attr {
+        attr: p.attr.clone(),
+        why,
+    })?;
+    let value = value_text(&p.value).map_err(|why| EditError::Value {
+        attr: p.attr.clone(),
+        value: p.value.clone(),
+        why,
+    })?;
+    Ok(format!("{}={value}", p.attr))
+}
+
+/// Refuses attribute names that would not read back as themselves: the
+/// attribute is the run up to `=` or white space, and [`Db::parse`] refuses
+/// empty, over-long and control-character names.
+fn check_attr(attr: &str) -> Result<(), &'static str> {
+    if attr.is_empty() {
+        Err("it is empty")
+    } else if attr.len() > MAX_ATTR {
+        Err("it is longer than 31 bytes")
+    } else if attr.contains(char::is_control) {
+        Err("it holds a control character")
+    } else if attr.contains(['=', ' ']) {
+        Err("it holds '=' or a space, which end an attribute")
+    } else if attr.starts_with('#') {
+        Err("it starts with '#', which starts a comment")
+    } else {
+        Ok(())
+    }
+}
+
+/// A value as ndb text. libndb has no escapes: a quoted value runs to the
+/// next `"` (so it cannot hold one), and a bare value runs to the next white
+/// space and must not start with `"` or `#`. A value that fits neither form —
+/// a `"` together with white space, a leading `"` or `#` with a `"`, or a
+/// newline anywhere — cannot be written at all.
+fn value_text(value: &str) -> Result<String, &'static str> {
+    if value.contains('\n') {
+        return Err("a newline ends an ndb line");
+    }
+    // Quote what a reader might misread (as 9front's ndbvalfmt does), even
+    // where ndb would not need it, such as `#` inside or non-ASCII space.
+    let wants_quotes = value.is_empty()
+        || value.starts_with('"')
+        || value.contains(|c: char| c.is_whitespace() || c == '#');
+    let can_be_bare =
+        !value.is_empty() && !value.starts_with(['"', '#']) && !value.contains(is_ndb_space);
+    if !wants_quotes {
+        Ok(value.to_string())
+    } else if !value.contains('"') {
+        Ok(format!("\"{value}\""))
+    } else if can_be_bare {
+        Ok(value.to_string())
+    } else {
+        Err("a quoted value cannot hold '\"', and a bare one no white space")
     }
 }
 
@@ -133,11 +221,32 @@ pub struct ParseError {
     pub why: String,
 }
 
+/// Why an edit was refused: what it asked for cannot be written as ndb text
+/// that reads back the same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error("an ndb entry needs at least one pair")]
+    NoPairs,
+    #[error("attribute {attr:?} cannot be written in ndb: {why}")]
+    Attr { attr: String, why: &'static str },
+    #[error("the value {value:?} of {attr} cannot be written in ndb: {why}")]
+    Value {
+        attr: String,
+        value: String,
+        why: &'static str,
+    },
+    /// The last line of defence: the edited text would read differently.
+    #[error("refusing an edit whose text would {0}")]
+    Unfaithful(String),
+}
+
 /// Errors of file operations.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Parse(#[from] ParseError),
+    #[error(transparent)]
+    Edit(#[from] EditError),
     #[error("{}: {err}", path.display())]
     Io { path: PathBuf, err: io::Error },
 }
@@ -152,8 +261,15 @@ fn io_err(path: &Path, err: io::Error) -> Error {
 /// A parsed database file: its lines, and the entries they hold.
 #[derive(Debug, Clone, Default)]
 pub struct Db {
+    /// Every complete line, without its `\n` (a `\r` before it stays).
     lines: Vec<String>,
+    /// Text after the last newline. libndb ignores it; it is kept, at the
+    /// end, so that a rewrite loses nothing.
+    tail: String,
     entries: Vec<Entry>,
+    /// The first edit that [`Db::edit`] or [`Db::append`] refused; it makes
+    /// [`Db::checked_text`] and [`update`] refuse to write.
+    refused: Option<EditError>,
 }
 
 impl fmt::Display for Db {
@@ -161,76 +277,146 @@ impl fmt::Display for Db {
         for line in &self.lines {
             writeln!(f, "{line}")?;
         }
-        Ok(())
+        f.write_str(&self.tail)
     }
+}
+
+/// What a line is to the entry structure.
+enum Line {
+    /// A lone newline: it ends the open entry.
+    Blank,
+    /// A `#` in column 0: ignored, and it does not end the entry.
+    Comment,
+    /// White space first and no pairs (an indented comment or a
+    /// white-space-only line): part of the open entry, if any.
+    Indented,
+    /// White space first, then pairs: they continue the open entry.
+    Continuation(Vec<(String, String)>),
+    /// Anything else starts an entry.
+    Start(Vec<(String, String)>),
+}
+
+fn classify(line: &str) -> Result<Line, String> {
+    match line.chars().next() {
+        None => Ok(Line::Blank),
+        Some('#') => Ok(Line::Comment),
+        Some(c) if is_ndb_space(c) => {
+            let pairs = parse_line(line)?;
+            Ok(if pairs.is_empty() {
+                Line::Indented
+            } else {
+                Line::Continuation(pairs)
+            })
+        }
+        Some(_) => Ok(Line::Start(parse_line(line)?)),
+    }
+}
+
+/// Whether a line of a parsed file holds pairs; edits keep the others. (A
+/// line that does not parse is in no parsed file; were it, dropping it with
+/// the pairs would be the safe side.)
+fn holds_pairs(line: &str) -> bool {
+    matches!(
+        classify(line),
+        Ok(Line::Start(_) | Line::Continuation(_)) | Err(_)
+    )
+}
+
+/// Finds the entries in `lines`, each with its extent.
+fn parse_lines(name: &str, lines: &[String]) -> Result<Vec<Entry>, ParseError> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut open: Option<Entry> = None;
+    for (n, line) in lines.iter().enumerate() {
+        let err = |why: String| ParseError {
+            file: name.to_string(),
+            line: n + 1,
+            why,
+        };
+        match classify(line).map_err(err)? {
+            Line::Blank => entries.extend(open.take()),
+            Line::Comment => {}
+            Line::Indented => {
+                // With no entry open libndb skips it too; it belongs to no one.
+                if let Some(entry) = open.as_mut() {
+                    entry.last = n;
+                }
+            }
+            Line::Continuation(pairs) => {
+                let entry = open
+                    .as_mut()
+                    .ok_or_else(|| err("continuation line with no entry to continue".into()))?;
+                let index = entry.pairs.last().map_or(0, |p| p.line + 1);
+                entry
+                    .pairs
+                    .extend(pairs.into_iter().map(|(attr, value)| Pair {
+                        attr,
+                        value,
+                        line: index,
+                    }));
+                entry.last = n;
+            }
+            Line::Start(pairs) => {
+                entries.extend(open.take());
+                let mut entry = Entry::new(&[]);
+                entry.pairs = pairs
+                    .into_iter()
+                    .map(|(attr, value)| Pair {
+                        attr,
+                        value,
+                        line: 0,
+                    })
+                    .collect();
+                (entry.first, entry.last) = (n, n);
+                open = Some(entry);
+            }
+        }
+    }
+    entries.extend(open);
+    Ok(entries)
+}
+
+/// Splits text into complete lines, split at `\n` only (a `\r` is white
+/// space to libndb, not part of a line end), and the unterminated tail.
+fn split_lines(text: &str) -> (Vec<String>, String) {
+    match text.rfind('\n') {
+        Some(i) => (
+            text[..i].split('\n').map(str::to_string).collect(),
+            text[i + 1..].to_string(),
+        ),
+        None => (Vec::new(), text.to_string()),
+    }
+}
+
+/// Parses the edited `lines` and checks that they hold exactly the entries
+/// `want`, in order; only then may an edit take effect.
+fn reparse<'a>(
+    lines: &[String],
+    want: impl IntoIterator<Item = &'a Entry>,
+) -> Result<Vec<Entry>, EditError> {
+    let entries = parse_lines("edited text", lines)
+        .map_err(|e| EditError::Unfaithful(format!("not parse ({e})")))?;
+    let got: Vec<_> = entries.iter().map(Entry::content).collect();
+    let want: Vec<_> = want.into_iter().map(Entry::content).collect();
+    if got != want {
+        return Err(EditError::Unfaithful(format!(
+            "parse into {got:?} instead of {want:?}"
+        )));
+    }
+    Ok(entries)
 }
 
 impl Db {
     /// Parses `text`; `name` is used in error messages.
     pub fn parse(name: &str, text: &str) -> Result<Db, ParseError> {
         // libndb reads whole lines: a last line without a newline is ignored.
-        let complete = match text.rfind('\n') {
-            Some(i) => &text[..=i],
-            None => "",
-        };
-        let lines: Vec<String> = complete.lines().map(str::to_string).collect();
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut open: Option<Entry> = None;
-        for (n, line) in lines.iter().enumerate() {
-            let err = |why: String| ParseError {
-                file: name.to_string(),
-                line: n + 1,
-                why,
-            };
-            if line.is_empty() {
-                entries.extend(open.take());
-                continue;
-            }
-            let first = line.chars().next().expect("not empty");
-            if first == '#' {
-                continue;
-            }
-            let continuation = first == ' ' || first == '\t' || first == '\r';
-            if continuation && line.trim().is_empty() {
-                continue;
-            }
-            let pairs = parse_line(line).map_err(err)?;
-            if continuation {
-                match open.as_mut() {
-                    Some(entry) => {
-                        let index = entry.pairs.last().map_or(0, |p| p.line + 1);
-                        if pairs.is_empty() {
-                            continue;
-                        }
-                        entry
-                            .pairs
-                            .extend(pairs.into_iter().map(|(attr, value)| Pair {
-                                attr,
-                                value,
-                                line: index,
-                            }));
-                        entry.last = n;
-                    }
-                    None => return Err(err("continuation line with no entry to continue".into())),
-                }
-            } else {
-                entries.extend(open.take());
-                open = Some(Entry {
-                    pairs: pairs
-                        .into_iter()
-                        .map(|(attr, value)| Pair {
-                            attr,
-                            value,
-                            line: 0,
-                        })
-                        .collect(),
-                    first: n,
-                    last: n,
-                });
-            }
-        }
-        entries.extend(open);
-        Ok(Db { lines, entries })
+        let (lines, tail) = split_lines(text);
+        let entries = parse_lines(name, &lines)?;
+        Ok(Db {
+            lines,
+            tail,
+            entries,
+            refused: None,
+        })
     }
 
     /// Reads and parses a file; a missing file is an empty database.
@@ -276,73 +462,102 @@ impl Db {
             })
     }
 
-    /// Appends an entry at the end of the file.
-    pub fn append(&mut self, mut entry: Entry) {
-        let text = entry.to_text();
-        let start = self.lines.len();
-        self.lines.extend(text.lines().map(str::to_string));
-        entry.first = start;
-        entry.last = self.lines.len() - 1;
-        self.entries.push(entry);
+    /// The text to write: refused if an edit was refused, or if the text
+    /// would not parse back into this database's entries.
+    pub fn checked_text(&self) -> Result<String, EditError> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.clone());
+        }
+        let text = self.to_string();
+        reparse(&split_lines(&text).0, &self.entries)?;
+        Ok(text)
     }
 
-    /// Replaces or removes the `index`-th entry, keeping every other line.
-    fn splice(&mut self, index: usize, with: Option<Entry>) {
-        let old = &self.entries[index];
-        let (first, last) = (old.first, old.last);
-        // Comment lines inside the entry stay, after its new text.
-        let comments: Vec<String> = self.lines[first..=last]
-            .iter()
-            .filter(|l| l.starts_with('#'))
-            .cloned()
-            .collect();
-        let mut new_lines: Vec<String> = match &with {
-            Some(e) => e.to_text().lines().map(str::to_string).collect(),
-            None => Vec::new(),
-        };
-        new_lines.extend(comments);
-        let delta = new_lines.len() as isize - (last - first + 1) as isize;
-        self.lines.splice(first..=last, new_lines.iter().cloned());
-        match with {
-            Some(mut e) => {
-                e.first = first;
-                e.last = first + e.to_text().lines().count() - 1;
-                self.entries[index] = e;
-            }
-            None => {
-                self.entries.remove(index);
-            }
+    /// Appends an entry at the end of the file (before an unterminated
+    /// tail, which stays ignored). If it cannot be written, the database is
+    /// left as it was and the refusal kept for [`Db::checked_text`].
+    pub fn append(&mut self, entry: Entry) {
+        if let Err(e) = self.try_append(entry) {
+            self.refused.get_or_insert(e);
         }
-        for e in &mut self.entries {
-            if e.first > last && e.first != usize::MAX {
-                e.first = (e.first as isize + delta) as usize;
-                e.last = (e.last as isize + delta) as usize;
-            }
-        }
+    }
+
+    /// [`Db::append`], saying at once why it was refused.
+    pub fn try_append(&mut self, entry: Entry) -> Result<(), EditError> {
+        let mut lines = self.lines.clone();
+        lines.extend(entry.text_lines()?);
+        let want = self.entries.iter().chain([&entry]);
+        self.entries = reparse(&lines, want)?;
+        self.lines = lines;
+        Ok(())
     }
 
     /// Replaces every entry for which `pick` is true with `edit`'s result
-    /// (`None` removes it). Returns how many entries it touched.
+    /// (`None` removes it). Returns how many entries it picked. If any
+    /// result cannot be written, nothing changes and the refusal is kept for
+    /// [`Db::checked_text`] (and so [`update`]) to report.
     pub fn edit(
         &mut self,
         pick: impl Fn(&Entry) -> bool,
         edit: impl Fn(&Entry) -> Option<Entry>,
     ) -> usize {
-        let mut touched = 0;
-        let mut i = 0;
-        while i < self.entries.len() {
-            if pick(&self.entries[i]) {
-                touched += 1;
-                let replacement = edit(&self.entries[i]);
-                let removed = replacement.is_none();
-                self.splice(i, replacement);
-                if removed {
-                    continue;
-                }
+        match self.try_edit(&pick, edit) {
+            Ok(n) => n,
+            Err(refused) => {
+                self.refused.get_or_insert(refused);
+                self.entries.iter().filter(|e| pick(e)).count()
             }
-            i += 1;
         }
-        touched
+    }
+
+    /// [`Db::edit`], saying at once why it was refused; all or nothing.
+    pub fn try_edit(
+        &mut self,
+        pick: impl Fn(&Entry) -> bool,
+        edit: impl Fn(&Entry) -> Option<Entry>,
+    ) -> Result<usize, EditError> {
+        let mut lines = Vec::with_capacity(self.lines.len());
+        let mut want = Vec::with_capacity(self.entries.len());
+        let mut next = 0;
+        let mut picked = 0;
+        for old in &self.entries {
+            if !pick(old) {
+                want.push(old.clone());
+                continue;
+            }
+            picked += 1;
+            let new = edit(old);
+            lines.extend_from_slice(&self.lines[next..old.first]);
+            lines.extend(self.rewrite(old, new.as_ref())?);
+            next = old.last + 1;
+            want.extend(new);
+        }
+        lines.extend_from_slice(&self.lines[next..]);
+        self.entries = reparse(&lines, &want)?;
+        self.lines = lines;
+        Ok(picked)
+    }
+
+    /// The lines that take the place of `old`'s extent. A replacement keeps
+    /// every line of the extent that holds no pairs (comments, indented
+    /// comments, white-space lines), after its own text and in order: they
+    /// stay part of the entry. A removal keeps only the column-0 comments,
+    /// which are the file's; indented ones go with their entry, or they
+    /// would join whatever entry comes before.
+    fn rewrite(&self, old: &Entry, new: Option<&Entry>) -> Result<Vec<String>, EditError> {
+        let extent = &self.lines[old.first..=old.last];
+        Ok(match new {
+            Some(new) => {
+                let mut lines = new.text_lines()?;
+                lines.extend(extent.iter().filter(|l| !holds_pairs(l)).cloned());
+                lines
+            }
+            None => extent
+                .iter()
+                .filter(|l| l.starts_with('#'))
+                .cloned()
+                .collect(),
+        })
     }
 }
 
@@ -351,7 +566,7 @@ fn parse_line(line: &str) -> Result<Vec<(String, String)>, String> {
     let b = line.as_bytes();
     let mut pairs = Vec::new();
     let mut i = 0;
-    let ws = |c: u8| c == b' ' || c == b'\t' || c == b'\r';
+    let ws = |c: u8| is_ndb_space(c as char);
     loop {
         while i < b.len() && ws(b[i]) {
             i += 1;
@@ -445,7 +660,9 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
 }
 
 /// Reads `path` under its lock, lets `change` edit it, and writes it back
-/// atomically if `change` succeeds. Concurrent updaters take turns.
+/// atomically if `change` succeeds. Concurrent updaters take turns. If an
+/// edit was refused, or the text would not read back the same
+/// ([`Db::checked_text`]), the file is left untouched and that is the error.
 pub fn update<T, E: From<Error>>(
     path: &Path,
     change: impl FnOnce(&mut Db) -> Result<T, E>,
@@ -453,7 +670,8 @@ pub fn update<T, E: From<Error>>(
     let _lock = lock(path)?;
     let mut db = Db::open(path)?;
     let out = change(&mut db)?;
-    write_atomically(path, &db.to_string())?;
+    let text = db.checked_text().map_err(Error::from)?;
+    write_atomically(path, &text)?;
     Ok(out)
 }
 
@@ -521,5 +739,66 @@ mod tests {
         let again = Db::parse("t", &db.to_string()).unwrap();
         assert_eq!(again.entries().len(), 2);
         assert_eq!(again.get_value("user", "c", "key"), Some("k4"));
+    }
+
+    #[test]
+    fn values_are_written_in_the_one_form_that_reads_back() {
+        let cases = [
+            ("plain", Some("plain")),
+            ("", Some("\"\"")),
+            ("two words", Some("\"two words\"")),
+            ("a#b", Some("\"a#b\"")),
+            ("#lead", Some("\"#lead\"")),
+            // A quote can only be bare: libndb has no escape, not even "".
+            ("a\"b", Some("a\"b")),
+            ("a\"#b", Some("a\"#b")),
+            ("a\"b\u{a0}c", Some("a\"b\u{a0}c")),
+            ("a\" b", None),
+            ("\"lead", None),
+            ("#\"", None),
+            ("cr\"\r", None),
+            ("two\nlines", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(value_text(value).ok().as_deref(), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_what_cannot_be_written() {
+        let e = Entry::new(&[("note", "a\" b")]).to_text().unwrap_err();
+        assert!(
+            matches!(&e, EditError::Value { attr, .. } if attr == "note"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("note"), "{e}");
+        assert_eq!(Entry::new(&[]).to_text(), Err(EditError::NoPairs));
+        for attr in ["", "a b", "a=b", "#a", "a\tb", &"x".repeat(32)] {
+            let e = Entry::new(&[(attr, "v")]).to_text().unwrap_err();
+            assert!(matches!(e, EditError::Attr { .. }), "{attr:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_edit_changes_nothing_and_is_reported_on_writing() {
+        let text = "a=1\na=2\n";
+        let mut db = Db::parse("t", text).unwrap();
+        // The second replacement cannot be written: the first is not made.
+        let said = db.try_edit(
+            |e| e.get("a").is_some(),
+            |e| {
+                Some(Entry::new(&[(
+                    "v",
+                    if e.has("a", "1") { "ok" } else { "x\ny" },
+                )]))
+            },
+        );
+        assert!(matches!(said, Err(EditError::Value { .. })), "{said:?}");
+        assert_eq!(db.to_string(), text);
+        assert_eq!(db.checked_text(), Ok(text.to_string()));
+        // The infallible forms keep the refusal for the writer.
+        db.append(Entry::new(&[("v", "x\ny")]));
+        assert_eq!(db.to_string(), text);
+        assert!(matches!(db.checked_text(), Err(EditError::Value { .. })));
     }
 }

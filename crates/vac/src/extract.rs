@@ -45,7 +45,14 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The longest path Linux accepts in a system call, with its NUL.
+const PATH_MAX: usize = libc::PATH_MAX as usize;
+
 /// Extracts `node` (a file, or a directory and everything below it) to `dest`.
+///
+/// Iterative, with an explicit stack of the directories being filled, so no
+/// archive, however deep, runs the process out of stack; one that nests past
+/// what a Linux path can reach is refused there with an error saying so.
 pub fn extract(
     archive: &Archive,
     node: &Node,
@@ -53,19 +60,63 @@ pub fn extract(
     options: ExtractOptions,
     observer: &dyn Observer,
 ) -> Result<Stats> {
+    /// A directory being filled: the children still to extract (last first)
+    /// and the metadata to give it once they are in.
+    struct Frame {
+        rest: Vec<Node>,
+        meta: Meta,
+    }
     let mut stats = Stats::default();
-    extract_node(archive, node, dest, options, observer, &mut stats)?;
+    let mut path = dest.to_path_buf();
+    let mut stack: Vec<Frame> = Vec::new();
+    if let Some(frame) = extract_one(archive, node, &path, options, observer, &mut stats)? {
+        stack.push(frame_of(archive, node, frame)?);
+    }
+    fn frame_of(archive: &Archive, node: &Node, meta: Meta) -> Result<Frame> {
+        let dir = node.dir.expect("directory nodes have streams");
+        let mut rest = archive.list(&dir)?;
+        rest.reverse();
+        Ok(Frame { rest, meta })
+    }
+    while let Some(top) = stack.last_mut() {
+        let Some(child) = top.rest.pop() else {
+            let done = stack.pop().expect("a directory is being filled");
+            apply_meta(&path, &done.meta, options)?;
+            if !stack.is_empty() {
+                path.pop();
+            }
+            continue;
+        };
+        check_name(&child.dirent.elem)?;
+        path.push(&child.dirent.elem);
+        if path.as_os_str().len() >= PATH_MAX {
+            return Err(Error::Invalid(format!(
+                "the archive nests deeper than a Linux path can reach ({} levels below {}, \
+                 PATH_MAX is {PATH_MAX} bytes): extract a subtree with `unvac SCORE DEST PATH`",
+                stack.len(),
+                dest.display()
+            )));
+        }
+        match extract_one(archive, &child, &path, options, observer, &mut stats)? {
+            Some(meta) => stack.push(frame_of(archive, &child, meta)?),
+            None => {
+                path.pop();
+            }
+        }
+    }
     Ok(stats)
 }
 
-fn extract_node(
+/// Extracts one node to `dest`. A directory is created (writable while it is
+/// filled) and its metadata returned, to be applied once its children are in.
+fn extract_one(
     archive: &Archive,
     node: &Node,
     dest: &Path,
     options: ExtractOptions,
     observer: &dyn Observer,
     stats: &mut Stats,
-) -> Result<()> {
+) -> Result<Option<Meta>> {
     let data = if unix::needs_data(&node.dirent) {
         archive.read_small(node, 4096)?
     } else {
@@ -76,6 +127,12 @@ fn extract_node(
     observer.file();
     match &meta.kind {
         Kind::Dir => {
+            if node.dir.is_none() {
+                return Err(Error::corrupt(format!(
+                    "{} is a directory without streams",
+                    dest.display()
+                )));
+            }
             match fs::create_dir(dest) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dest.is_dir() => {}
@@ -83,18 +140,7 @@ fn extract_node(
             }
             // Writable while we fill it, whatever its archived mode.
             let _ = fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-            let dir = node.dir.expect("directory nodes have streams");
-            for child in archive.list(&dir)? {
-                check_name(&child.dirent.elem)?;
-                extract_node(
-                    archive,
-                    &child,
-                    &dest.join(&child.dirent.elem),
-                    options,
-                    observer,
-                    stats,
-                )?;
-            }
+            return Ok(Some(meta));
         }
         Kind::File => {
             remove_non_dir(dest)?;
@@ -115,7 +161,7 @@ fn extract_node(
             if !options.devices {
                 observer.warn(dest, "device node not created (needs root)");
                 stats.warnings += 1;
-                return Ok(());
+                return Ok(None);
             }
             remove_non_dir(dest)?;
             let kind = if matches!(meta.kind, Kind::CharDevice { .. }) {
@@ -134,7 +180,8 @@ fn extract_node(
             mknod(dest, libc::S_IFIFO | (meta.perm & 0o777), 0)?;
         }
     }
-    apply_meta(dest, &meta, options)
+    apply_meta(dest, &meta, options)?;
+    Ok(None)
 }
 
 /// Writes a file's data, leaving holes where the archive has zero leaves.
@@ -223,6 +270,10 @@ fn apply_meta(path: &Path, meta: &Meta, options: ExtractOptions) -> Result<()> {
 
 /// Prints the paths under `node` (with `verbose`, ls-style lines as plan9port's
 /// `unvac -tv` does).
+///
+/// Iterative over one shared path buffer, so neither the depth of an archive
+/// nor the length of its paths costs stack, and memory grows with the depth,
+/// not with its square.
 pub fn list(
     archive: &Archive,
     node: &Node,
@@ -233,18 +284,34 @@ pub fn list(
     let Some(dir) = node.dir else {
         return print_node(archive, node, prefix, verbose, out);
     };
-    for child in archive.list(&dir)? {
-        let path = if prefix.is_empty() {
-            child.dirent.elem.clone()
-        } else {
-            format!("{prefix}/{}", child.dirent.elem)
+    let mut path = prefix.to_string();
+    // Per directory being listed: its children still to print (last first)
+    // and the length of `path` that names it.
+    let mut stack: Vec<(Vec<Node>, usize)> = vec![(reversed(archive.list(&dir)?), path.len())];
+    loop {
+        let Some((rest, at)) = stack.last_mut() else {
+            return Ok(());
         };
+        let at = *at;
+        let Some(child) = rest.pop() else {
+            stack.pop();
+            continue;
+        };
+        path.truncate(at);
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(&child.dirent.elem);
         print_node(archive, &child, &path, verbose, out)?;
-        if child.dir.is_some() {
-            list(archive, &child, &path, verbose, out)?;
+        if let Some(d) = child.dir {
+            stack.push((reversed(archive.list(&d)?), path.len()));
         }
     }
-    Ok(())
+}
+
+fn reversed(mut nodes: Vec<Node>) -> Vec<Node> {
+    nodes.reverse();
+    nodes
 }
 
 fn print_node(

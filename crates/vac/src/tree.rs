@@ -45,6 +45,22 @@ pub enum TreeNode {
     },
 }
 
+impl Drop for TreeNode {
+    /// Drops a directory's descendants from a heap stack instead of by
+    /// recursion, so a tree of any depth can be dropped.
+    fn drop(&mut self) {
+        let TreeNode::Dir { children, .. } = self else {
+            return;
+        };
+        let mut stack: Vec<TreeNode> = std::mem::take(children).into_values().collect();
+        while let Some(mut node) = stack.pop() {
+            if let TreeNode::Dir { children, .. } = &mut node {
+                stack.extend(std::mem::take(children).into_values());
+            }
+        }
+    }
+}
+
 impl TreeNode {
     pub fn meta(&self) -> &Meta {
         match self {
@@ -117,9 +133,9 @@ impl Tree {
     pub fn insert(&mut self, path: &[&str], node: TreeNode) -> Result<()> {
         let Some((name, parent)) = path.split_last() else {
             // The root itself.
-            if let TreeNode::Dir { meta, .. } = node {
+            if let TreeNode::Dir { meta, .. } = &node {
                 if let TreeNode::Dir { meta: m, .. } = &mut self.root {
-                    *m = meta;
+                    *m = meta.clone();
                 }
                 return Ok(());
             }
@@ -128,11 +144,12 @@ impl Tree {
             ));
         };
         let children = self.dir_mut(parent)?;
-        match (children.get_mut(*name), node) {
-            (Some(TreeNode::Dir { meta, .. }), TreeNode::Dir { meta: new, .. }) => *meta = new,
-            (_, node) => {
-                children.insert(name.to_string(), node);
-            }
+        if let (Some(TreeNode::Dir { meta, .. }), TreeNode::Dir { meta: new, .. }) =
+            (children.get_mut(*name), &node)
+        {
+            *meta = new.clone();
+        } else {
+            children.insert(name.to_string(), node);
         }
         Ok(())
     }
@@ -207,15 +224,49 @@ pub fn write_root(
 }
 
 /// Writes one directory's two streams, children first.
+///
+/// Iterative, with an explicit stack of the directories being written, so no
+/// depth of nesting (a tar stream can name a path of any length) runs the
+/// process out of stack. Qids are given in the same pre-order as always, so
+/// the same tree still yields the same score.
 fn write_dir(
     store: &dyn BlockStore,
     sizes: BlockSizes,
     children: &BTreeMap<String, TreeNode>,
     next_qid: &mut u64,
 ) -> Result<(Entry, Entry)> {
-    let mut source: Vec<Entry> = Vec::with_capacity(children.len());
-    let mut dirents = Vec::with_capacity(children.len());
-    for (name, child) in children {
+    struct Frame<'t> {
+        children: std::collections::btree_map::Iter<'t, String, TreeNode>,
+        source: Vec<Entry>,
+        dirents: Vec<DirEntry>,
+        /// The entry of the child directory being written above this frame.
+        waiting: Option<DirEntry>,
+    }
+    fn frame(children: &BTreeMap<String, TreeNode>) -> Frame<'_> {
+        Frame {
+            source: Vec::with_capacity(children.len()),
+            dirents: Vec::with_capacity(children.len()),
+            children: children.iter(),
+            waiting: None,
+        }
+    }
+    let mut stack = vec![frame(children)];
+    loop {
+        let top = stack.last_mut().expect("a directory is being written");
+        let Some((name, child)) = top.children.next() else {
+            let done = stack.pop().expect("a directory is being written");
+            let d = write_dir_stream(store, sizes, &done.source)?;
+            let m = write_meta_stream(store, sizes, &done.dirents)?;
+            let Some(parent) = stack.last_mut() else {
+                return Ok((d, m));
+            };
+            let mut dirent = parent.waiting.take().expect("a parent waits for its child");
+            dirent.mentry = dirent.entry + 1;
+            parent.source.push(d);
+            parent.source.push(m);
+            parent.dirents.push(dirent);
+            continue;
+        };
         let mut d = DirEntry {
             elem: name.clone(),
             qid: *next_qid,
@@ -223,22 +274,18 @@ fn write_dir(
         };
         *next_qid += 1;
         child.meta().fill_dirent(&mut d);
-        d.entry = source.len() as u32;
+        d.entry = top.source.len() as u32;
         match child {
-            TreeNode::Leaf { data, .. } => source.push(*data),
+            TreeNode::Leaf { data, .. } => {
+                top.source.push(*data);
+                top.dirents.push(d);
+            }
             TreeNode::Dir { children, .. } => {
-                let (cd, cm) = write_dir(store, sizes, children, next_qid)?;
-                d.mentry = d.entry + 1;
-                source.push(cd);
-                source.push(cm);
+                top.waiting = Some(d);
+                stack.push(frame(children));
             }
         }
-        dirents.push(d);
     }
-    Ok((
-        write_dir_stream(store, sizes, &source)?,
-        write_meta_stream(store, sizes, &dirents)?,
-    ))
 }
 
 /// A directory stream: `epb` entries per leaf, size counting full leaves as dsize.
