@@ -37,6 +37,12 @@ impl FsError {
     pub fn invalid(why: impl Into<String>) -> FsError {
         FsError::new(libc::EINVAL, why)
     }
+    pub fn too_big() -> FsError {
+        FsError::new(
+            libc::EFBIG,
+            "file too large: vac files hold at most 2^48-1 bytes",
+        )
+    }
     pub fn stale() -> FsError {
         FsError::new(libc::ESTALE, "stale file handle")
     }

@@ -140,6 +140,10 @@ pub(crate) struct State {
     pub dirty: DirtyBlocks,
 }
 
+/// The largest file the vac format can hold: a VtEntry's size has 48 bits.
+/// Larger sizes are refused (EFBIG), never cut on save.
+pub const MAX_FILE_SIZE: u64 = (1 << 48) - 1;
+
 /// A live file system over a vac root.
 pub struct Fs {
     pub(crate) store: Arc<CachingStore>,
@@ -203,7 +207,10 @@ impl Fs {
         let block_size = archive.root.block_size;
         let sizes = BlockSizes {
             dsize: block_size,
-            psize: (block_size / 20 * 20).min(60_000),
+            // Whole scores, at least 256 bytes (what every vac reader
+            // requires, so a root of 256..259-byte blocks still reads back)
+            // and no larger than a block can be.
+            psize: (block_size / 20 * 20).clamp(260, venti::MAX_BLOCK_SIZE as u32 / 20 * 20),
         };
         let dirty = DirtyBlocks::new(&config, block_size as usize, dirty_bytes)?;
         let root_node = archive.root().clone();
@@ -389,14 +396,14 @@ impl Fs {
             if offset >= file_size {
                 return Ok(Vec::new());
             }
-            let end = (offset + size as u64).min(file_size);
+            let end = offset.saturating_add(size as u64).min(file_size);
             let mut dirty = HashMap::new();
             for (&k, &id) in blocks.range(offset / bs..end.div_ceil(bs)) {
                 dirty.insert(k, st.dirty.get(id)?);
             }
             (file_size, *base, *base_len, dirty)
         };
-        let end = (offset + size as u64).min(file_size);
+        let end = offset.saturating_add(size as u64).min(file_size);
         let mut out = vec![0u8; (end - offset) as usize];
         let mut reader = match base {
             Some(entry) if base_len > 0 => {
@@ -426,6 +433,9 @@ impl Fs {
 
     /// Writes `data` at `offset`. A write that fills the cache part-way
     /// returns how much it wrote; one that can write nothing is ENOSPC.
+    ///
+    /// A write past [`MAX_FILE_SIZE`] is EFBIG (one that crosses it is cut
+    /// there), and a zero-length write changes nothing, wherever it points.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
         let bs = self.sizes.dsize as u64;
         let mut st = self.lock();
@@ -444,6 +454,13 @@ impl Fs {
                 FsError::invalid("not a regular file")
             });
         };
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if offset >= MAX_FILE_SIZE {
+            return Err(FsError::too_big());
+        }
+        let data = &data[..data.len().min((MAX_FILE_SIZE - offset) as usize)];
         let mut written = 0usize;
         while written < data.len() {
             let pos = offset + written as u64;
@@ -624,7 +641,10 @@ impl Fs {
         let ino = st.next_ino;
         st.next_ino += 1;
         let qid = st.next_qid;
-        st.next_qid += 1;
+        // A crafted archive can claim a qid space that ends at u64::MAX.
+        st.next_qid = qid
+            .checked_add(1)
+            .ok_or_else(|| FsError::new(libc::ENOSPC, "the archive's qid space is used up"))?;
         let t = now();
         let attr = Attr {
             ino,
@@ -968,6 +988,9 @@ impl State {
                 FsError::invalid("not a regular file")
             });
         };
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::too_big());
+        }
         if size < inode.attr.size {
             let first_gone = size.div_ceil(bs);
             let gone: Vec<u64> = blocks.range(first_gone..).map(|(&k, _)| k).collect();

@@ -18,5 +18,7 @@ pub mod save;
 
 pub use dirty::CacheConfig;
 pub use error::{FsError, FsResult};
-pub use fs::{Attr, FileKind, Fs, Listing, ROOT_INO, SetAttr, StatFs, Usage};
+pub use fs::{
+    Attr, FileKind, Fs, Listing, MAX_FILE_SIZE, ROOT_INO, SetAttr, StatFs, Usage, check_name,
+};
 pub use save::SaveReport;

@@ -193,7 +193,10 @@ impl Fs {
                         frame.next += 1;
                     }
                     DirVisit::Open(sub) => {
-                        stack.last_mut().expect("a directory is being saved").waiting = Some(d);
+                        stack
+                            .last_mut()
+                            .expect("a directory is being saved")
+                            .waiting = Some(d);
                         stack.push(sub);
                     }
                 }

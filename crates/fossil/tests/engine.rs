@@ -533,7 +533,11 @@ fn a_hundred_thousand_nested_directories_save_without_a_crash() {
     let leaf = fs.create(ino, "bottom", 0o644, 0, 0).unwrap().ino;
     fs.write(leaf, 0, b"deep").unwrap();
     let report = fs.save().unwrap();
-    assert_eq!(fs.save().unwrap().score, report.score, "unchanged tree, same score");
+    assert_eq!(
+        fs.save().unwrap().score,
+        report.score,
+        "unchanged tree, same score"
+    );
 
     // Walk the archive down without recursion and find the file at the bottom.
     let archive = vac::Archive::open(store.as_ref(), &report.score).unwrap();
@@ -547,4 +551,50 @@ fn a_hundred_thousand_nested_directories_save_without_a_crash() {
         .unwrap()
         .unwrap();
     assert_eq!(archive.read_small(&bottom, 100).unwrap(), b"deep");
+}
+
+/// A root of 256-byte blocks: pointer blocks must still hold whole scores
+/// and be at least 256 bytes, or the saved archive cannot be read back.
+#[test]
+fn a_root_of_256_byte_blocks_saves_an_archive_that_reads_back() {
+    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::default());
+    let sizes = BlockSizes {
+        dsize: 256,
+        psize: 260,
+    };
+    let root = Tree::default().write(store.as_ref(), sizes, None).unwrap();
+    let fs = open(store.clone(), root);
+    let f = fs.create(ROOT_INO, "f", 0o644, 0, 0).unwrap().ino;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    fs.write(f, 0, &data).unwrap();
+    let report = fs.save().unwrap();
+    let archive = vac::Archive::open(store.as_ref(), &report.score).unwrap();
+    let node = archive.walk("f").unwrap();
+    assert_eq!(archive.read_small(&node, 1 << 20).unwrap(), data);
+}
+
+/// A crafted archive whose qid space ends at u64::MAX: creating a file is
+/// refused with a clear error, not a panic or a wrapped qid.
+#[test]
+fn an_exhausted_qid_space_refuses_new_files() {
+    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::default());
+    let sizes = BlockSizes::default();
+    let d = vac::tree::write_dir_stream(store.as_ref(), sizes, &[]).unwrap();
+    let m = vac::tree::write_meta_stream(store.as_ref(), sizes, &[]).unwrap();
+    let mut dirent = vac::dirent::DirEntry {
+        mode: vac::dirent::mode::DIR | 0o755,
+        ..Default::default()
+    };
+    dirent.qid_space = Some((0, u64::MAX));
+    let root = vac::tree::write_root(store.as_ref(), sizes, dirent, d, m, None).unwrap();
+    let fs = open(store, root);
+    let err = fs
+        .create(ROOT_INO, "one-too-many", 0o644, 0, 0)
+        .unwrap_err();
+    assert!(err.message.contains("qid space"), "{err}");
+    assert_eq!(err.errno, libc::ENOSPC);
+    assert!(
+        fs.lookup(ROOT_INO, "one-too-many").is_err(),
+        "nothing was made"
+    );
 }

@@ -618,6 +618,7 @@ impl Session {
             && Some(stat.name.as_str()) != f.path.last().map(|(_, n)| n.as_str()))
         .then_some(stat.name.clone());
         if let Some(new) = &rename {
+            fossil::check_name(new).map_err(fs_err)?;
             self.still_named(f)?;
             let (parent, _) = f.parent().ok_or("cannot rename the root")?;
             let pattr = self.fs.getattr(parent).map_err(fs_err)?;
@@ -631,6 +632,9 @@ impl Session {
         if stat.length != dont.length {
             if attr.kind == FileKind::Dir && stat.length != 0 {
                 return Err("a directory's length can only be 0".into());
+            }
+            if stat.length > fossil::MAX_FILE_SIZE {
+                return Err(fs_err(fossil::FsError::too_big()));
             }
             if !user.may(&attr, W) {
                 return Err("permission denied".into());

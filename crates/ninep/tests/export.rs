@@ -262,3 +262,55 @@ fn root_is_refused_unless_allowed_and_stale_names_are_not_acted_on() {
     assert!(server_error(c.remove(1)).contains("renamed or replaced"));
     assert!(fs.lookup(fossil::ROOT_INO, "hello.txt").is_ok());
 }
+
+/// Offsets and sizes at the edge of u64 and of the vac format: refused
+/// (EFBIG), never wrapped onto the file's start or cut on save. Invariant:
+/// after every refused request the file reads back exactly as before.
+#[test]
+fn writes_and_lengths_past_the_format_limit_are_refused_and_change_nothing() {
+    let (addr, fs, store) = export();
+    let mut c = Client::connect(addr, 8216).unwrap();
+    c.attach(0, "0").unwrap();
+    c.walk(0, 1, &["hello.txt"]).unwrap();
+    c.open(1, ORDWR).unwrap();
+    let before = c.read_all(1).unwrap();
+
+    // A zero-length write far out does nothing (it once set the size to 2^64-1).
+    assert_eq!(c.write(1, u64::MAX, b"").unwrap(), 0);
+    assert_eq!(c.stat(1).unwrap().length, before.len() as u64);
+    // A write that would wrap past 2^64 once landed at offset 0.
+    let err = server_error(c.write(1, u64::MAX - 9, &[b'X'; 20]));
+    assert!(err.contains("too large"), "{err}");
+    let err = server_error(c.write(1, 1 << 48, b"x"));
+    assert!(err.contains("too large"), "{err}");
+    let mut st = Stat::dont_touch();
+    st.length = 300 << 40;
+    let err = server_error(c.wstat(1, st));
+    assert!(err.contains("too large"), "{err}");
+    assert_eq!(c.read_all(1).unwrap(), before);
+    let report = fs.save().unwrap();
+    let saved = vac::Archive::open(store.as_ref(), &report.score).unwrap();
+    let node = saved.walk("hello.txt").unwrap();
+    assert_eq!(saved.read_small(&node, 1 << 20).unwrap(), before);
+}
+
+/// A wstat is all or nothing: with a bad name in it, the length and mode it
+/// also asked for are not applied either.
+#[test]
+fn a_wstat_with_a_bad_name_changes_nothing() {
+    let (addr, _, _) = export();
+    let mut c = Client::connect(addr, 8216).unwrap();
+    c.attach(0, "0").unwrap();
+    c.walk(0, 1, &["hello.txt"]).unwrap();
+    let before = c.stat(1).unwrap();
+    let mut st = Stat::dont_touch();
+    st.length = 0;
+    st.mode = 0o600;
+    st.name = "a/b".into();
+    let err = server_error(c.wstat(1, st));
+    assert!(err.contains("a/b"), "the name is what is refused: {err}");
+    let after = c.stat(1).unwrap();
+    assert_eq!(after.length, before.length, "not truncated");
+    assert_eq!(after.mode, before.mode, "not chmodded");
+    assert_eq!(after.name, "hello.txt");
+}
