@@ -94,7 +94,10 @@ fn a_hundred_thousand_nested_directories_import_list_and_extract_without_a_crash
         &Quiet,
     )
     .unwrap_err();
-    assert!(err.to_string().contains("deeper than a Linux path"), "{err}");
+    assert!(
+        err.to_string().contains("deeper than a Linux path"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -115,10 +118,6 @@ fn a_thousand_nested_directories_extract_whole() {
     )
     .unwrap();
     assert_eq!(stats.files, 1000 + 2);
-    let leaf = dest
-        .path()
-        .join("x")
-        .join("d/".repeat(1000))
-        .join("leaf");
+    let leaf = dest.path().join("x").join("d/".repeat(1000)).join("leaf");
     assert_eq!(std::fs::read(leaf).unwrap(), b"hello");
 }
