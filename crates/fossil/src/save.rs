@@ -62,7 +62,7 @@ struct DirFrame {
 
 enum DirVisit {
     Unchanged(Entry, Entry),
-    Open(DirFrame),
+    Open(Box<DirFrame>),
 }
 
 impl Fs {
@@ -235,7 +235,7 @@ impl Fs {
                 base.ok_or_else(|| FsError::io("an unloaded directory has no archived form"))?;
             return Ok(DirVisit::Unchanged(base.source, base.msource));
         };
-        Ok(DirVisit::Open(DirFrame {
+        Ok(DirVisit::Open(Box::new(DirFrame {
             ino,
             base,
             rewrite: membership_changed || base.is_none(),
@@ -244,11 +244,15 @@ impl Fs {
             children: children.iter().map(|(n, c)| (n.clone(), *c)).collect(),
             next: 0,
             waiting: None,
-        }))
+        })))
     }
 
     /// Writes a finished directory's streams if anything in it changed.
-    fn finish_dir_frame(&self, frame: DirFrame, pass: &mut Pass) -> FsResult<(Entry, Entry, bool)> {
+    fn finish_dir_frame(
+        &self,
+        frame: Box<DirFrame>,
+        pass: &mut Pass,
+    ) -> FsResult<(Entry, Entry, bool)> {
         if !frame.rewrite
             && let Some(base) = frame.base
         {
@@ -354,7 +358,22 @@ impl Fs {
                     let whole = same_leaves
                         && ((k + 1) * bs <= base_len || (untouched_base && base_len == size));
                     if whole {
-                        w.push_leaf_score(r.leaf_score(k)?)?;
+                        let score = r.leaf_score(k)?;
+                        if score == Score::ZERO {
+                            // A hole in the archived file: skip the whole
+                            // zero run at once (up to the next stored leaf,
+                            // changed block or partial leaf), so a re-save
+                            // of a huge sparse file costs what is stored.
+                            let stored = r.next_stored_leaf(k)?.unwrap_or(u64::MAX);
+                            let changed = blocks.range(k..).next().map_or(u64::MAX, |(&n, _)| n);
+                            let run_end = stored.min(changed).min(base_len / bs).min(leaves);
+                            if run_end > k + 1 {
+                                w.push_zero_leaves(run_end - k)?;
+                                k = run_end;
+                                continue;
+                            }
+                        }
+                        w.push_leaf_score(score)?;
                     } else {
                         let want = ((base_len - k * bs) as usize).min(leaf_len);
                         let mut leaf = vec![0u8; want];
