@@ -10,6 +10,13 @@ use crate::error::{Error, Result};
 
 pub const ENTRY_SIZE: usize = 40;
 
+/// The smallest psize or dsize an active entry may claim (plan9port's checksize).
+pub const MIN_BLOCK_SIZE: u32 = 256;
+/// The largest: a venti block (plan9port's VtMaxLumpSize, 56 KiB).
+pub const MAX_BLOCK_SIZE: u32 = venti::MAX_BLOCK_SIZE as u32;
+/// The deepest tree a VtEntry can describe (its depth field has 3 bits).
+pub const MAX_DEPTH: u8 = 7;
+
 pub const FLAG_ACTIVE: u8 = 0x01;
 const FLAG_DIR: u8 = 0x02;
 const DEPTH_SHIFT: u8 = 2;
@@ -78,8 +85,57 @@ impl Entry {
     }
 
     /// The type of the block `entry.score` names.
+    ///
+    /// # Panics
+    /// If `depth > 7`, which [`Entry::unpack`] never returns (the field has
+    /// 3 bits) and [`Entry::check_geometry`] refuses.
     pub fn top_type(&self) -> BlockType {
         BlockType::at_depth(self.base_type(), self.depth).expect("depth ≤ 7")
+    }
+
+    /// Checks that the stream's tree can be walked: at least 2 pointers per
+    /// pointer block, blocks no larger than a venti block, a depth of at most
+    /// 7 and at least what `size` needs (plan9port: "bad depth").
+    ///
+    /// Looser than [`Entry::unpack`] (which also wants sizes ≥ 256), so
+    /// entries built in memory with small blocks stay readable.
+    pub fn check_geometry(&self) -> Result<()> {
+        let np = pointers_per_block(self.psize);
+        if np < 2 || self.psize > MAX_BLOCK_SIZE {
+            return Err(Error::corrupt(format!(
+                "impossible stream geometry: psize {} holds {np} pointers \
+                 (a pointer block needs 2 to {} scores)",
+                self.psize,
+                MAX_BLOCK_SIZE as usize / venti::SCORE_SIZE
+            )));
+        }
+        if self.dsize == 0 || self.dsize > MAX_BLOCK_SIZE {
+            return Err(Error::corrupt(format!(
+                "impossible stream geometry: dsize {} is outside 1..={MAX_BLOCK_SIZE}",
+                self.dsize
+            )));
+        }
+        if self.depth > MAX_DEPTH {
+            return Err(Error::corrupt(format!(
+                "bad depth {} for a stream of {} bytes: deeper than {MAX_DEPTH}",
+                self.depth, self.size
+            )));
+        }
+        let need = depth_for(self.size, self.psize, self.dsize);
+        if need > MAX_DEPTH as u32 {
+            return Err(Error::corrupt(format!(
+                "impossible stream geometry: {} bytes in {}-byte leaves needs a tree \
+                 {need} levels deep with psize {}; a VtEntry holds at most {MAX_DEPTH}",
+                self.size, self.dsize, self.psize
+            )));
+        }
+        if (self.depth as u32) < need {
+            return Err(Error::corrupt(format!(
+                "bad depth {} for a stream of {} bytes (psize {}, dsize {}): it needs {need}",
+                self.depth, self.size, self.psize, self.dsize
+            )));
+        }
+        Ok(())
     }
 
     pub fn pack(&self) -> [u8; ENTRY_SIZE] {
@@ -134,10 +190,15 @@ impl Entry {
                 psize = 4096;
                 dsize = 4096;
             }
-            if psize < 256 || dsize < 256 {
-                return Err(Error::corrupt(format!(
-                    "bad block size in entry (psize {psize}, dsize {dsize})"
-                )));
+            // plan9port's checksize: 256 ≤ n ≤ VtMaxLumpSize. The upper bound
+            // also keeps a crafted entry from sizing buffers past a block.
+            for (what, n) in [("psize", psize), ("dsize", dsize)] {
+                if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&n) {
+                    return Err(Error::corrupt(format!(
+                        "bad block size in entry: {what} {n} is outside \
+                         {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE} (psize {psize}, dsize {dsize})"
+                    )));
+                }
             }
         }
         Ok(Entry {
@@ -163,15 +224,29 @@ pub(crate) fn big_code(size: u32) -> Option<u16> {
     })
 }
 
+/// Decodes a big size; one past `u32` (a crafted code) saturates to
+/// `u32::MAX`, which every size check refuses, instead of wrapping.
 pub(crate) fn from_big_code(code: u16) -> u32 {
-    ((code >> 5) as u32)
-        .checked_shl((code & 31) as u32)
-        .unwrap_or(0)
+    let size = u64::from(code >> 5) << (code & 31);
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 /// Pointers per pointer block.
 pub fn pointers_per_block(psize: u32) -> u64 {
     (psize / venti::SCORE_SIZE as u32) as u64
+}
+
+/// The least depth of a tree of `size` bytes (plan9port's sizetodepth);
+/// `psize` must hold 2 pointers and `dsize` be non-zero.
+pub fn depth_for(size: u64, psize: u32, dsize: u32) -> u32 {
+    let np = pointers_per_block(psize).max(2);
+    let mut n = size.div_ceil(u64::from(dsize.max(1)));
+    let mut depth = 0;
+    while n > 1 {
+        n = n.div_ceil(np);
+        depth += 1;
+    }
+    depth
 }
 
 /// Entries per directory-stream leaf.
@@ -233,11 +308,22 @@ mod tests {
         assert_eq!(big_code(65536), Some(0x8006));
         assert_eq!(big_code(131072), Some(0x8007));
         assert_eq!(from_big_code(0x8006), 65536);
+        // Past 2^32 saturates (and is refused) instead of wrapping.
+        assert_eq!(from_big_code((2047 << 5) | 31), u32::MAX);
         let mut e = Entry::empty(65536, 131072, false);
         e.size = 5;
         let packed = e.pack();
         assert_eq!(packed[8] & FLAG_BIG, FLAG_BIG);
-        assert_eq!(Entry::unpack(&packed).unwrap(), e);
+        // Coded, but more than a venti block: refused on read, as plan9port does.
+        let err = Entry::unpack(&packed).unwrap_err().to_string();
+        assert!(err.contains("psize 65536 is outside 256..=57344"), "{err}");
+        // A big code that decodes to a size in range reads back.
+        let mut packed = Entry::empty(8180, 8192, false).pack();
+        packed[4..6].copy_from_slice(&big_code(8180).unwrap().to_be_bytes());
+        packed[6..8].copy_from_slice(&big_code(8192).unwrap().to_be_bytes());
+        packed[8] |= FLAG_BIG;
+        let back = Entry::unpack(&packed).unwrap();
+        assert_eq!((back.psize, back.dsize), (8180, 8192));
     }
 
     #[test]

@@ -7,8 +7,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use venti::Score;
-
 use crate::error::{Error, Result};
 use crate::reader::{Archive, Node};
 use crate::unix::{self, Kind, Meta};
@@ -195,10 +193,11 @@ fn write_file(
     let mut reader = archive.open_file(node)?;
     let size = node.entry.size;
     let dsize = node.entry.dsize as u64;
-    for k in 0..reader.leaf_count() {
-        if reader.leaf_score(k)? == Score::ZERO {
-            continue;
-        }
+    // Only stored leaves are visited: zero subtrees (holes) are skipped whole,
+    // so a crafted size over the zero score costs nothing to walk.
+    let mut next = 0;
+    while let Some(k) = reader.next_stored_leaf(next)? {
+        next = k + 1;
         let leaf = reader.leaf(k)?;
         let end = ((k + 1) * dsize).min(size);
         let want = (end - k * dsize) as usize;

@@ -5,7 +5,7 @@
 use venti::{BlockStore, BlockType, Score, zero};
 
 use crate::dirent::DirEntry;
-use crate::entry::{ENTRY_SIZE, Entry, entries_per_block};
+use crate::entry::{ENTRY_SIZE, Entry, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, entries_per_block};
 use crate::error::{Error, Result};
 use crate::metablock::MetaBlock;
 use crate::root::Root;
@@ -219,8 +219,14 @@ impl<'a> SourceReader<'a> {
                 "a directory's source is not a directory stream",
             ));
         }
+        if (source.dsize as usize) < ENTRY_SIZE {
+            return Err(Error::corrupt(format!(
+                "a directory stream's dsize {} cannot hold one {ENTRY_SIZE}-byte entry",
+                source.dsize
+            )));
+        }
         Ok(SourceReader {
-            epb: entries_per_block(source.dsize).max(1),
+            epb: entries_per_block(source.dsize),
             stream: StreamReader::new(store, source)?,
             leaf: None,
         })
@@ -276,7 +282,9 @@ impl<'a> SourceReader<'a> {
         let entry = if entry.is_active() && entry.generation == dirent.generation {
             entry
         } else {
-            Entry::empty(entry.psize.max(256), entry.dsize.max(256), false)
+            // An inactive slot's sizes are unchecked: keep them in range.
+            let fit = |n: u32| n.clamp(MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
+            Entry::empty(fit(entry.psize), fit(entry.dsize), false)
         };
         Ok(Node {
             dirent,

@@ -58,9 +58,13 @@ impl Root {
         } else {
             raw as u32
         };
-        if block_size < 256 {
+        // plan9port's checksize, as for entries; readers (and fossil) size
+        // buffers from it, so a crafted root must not claim more than a block.
+        if !(crate::entry::MIN_BLOCK_SIZE..=crate::entry::MAX_BLOCK_SIZE).contains(&block_size) {
             return Err(Error::corrupt(format!(
-                "root block size {block_size} is too small"
+                "root block size {block_size} is outside {}..={}",
+                crate::entry::MIN_BLOCK_SIZE,
+                crate::entry::MAX_BLOCK_SIZE
             )));
         }
         Ok(Root {

@@ -2,6 +2,8 @@
 //! tree of pointer blocks and returns the VtEntry; [`StreamReader`] walks a tree
 //! lazily, reading only the blocks on the way to the leaf it needs.
 
+use std::collections::HashSet;
+
 use venti::{BlockStore, BlockType, Score, zero};
 
 use crate::entry::{Entry, pointers_per_block};
@@ -162,32 +164,26 @@ pub struct StreamReader<'a> {
     entry: Entry,
     /// For each depth 1..=entry.depth: (index of the block at that depth, its bytes).
     cache: Vec<Option<(u64, Vec<u8>)>>,
+    /// Pointer blocks (depth, score) found to hold only zero leaves.
+    empty: HashSet<(u8, Score)>,
 }
+
+/// How many all-zero subtrees [`StreamReader::next_stored_leaf`] remembers.
+const MAX_EMPTY_MEMO: usize = 1 << 16;
 
 impl<'a> StreamReader<'a> {
     pub fn new(store: &'a dyn BlockStore, entry: Entry) -> Result<StreamReader<'a>> {
         if !entry.is_active() {
             return Err(Error::corrupt("stream entry is not active"));
         }
-        // A tree shallower than its size needs is corrupt (plan9port: "bad depth").
-        let leaves = entry.size.div_ceil(entry.dsize as u64);
-        let np = pointers_per_block(entry.psize).max(2);
-        let mut min_depth = 0u8;
-        let mut n = leaves;
-        while n > 1 {
-            n = n.div_ceil(np);
-            min_depth += 1;
-        }
-        if entry.depth < min_depth || entry.depth > 7 {
-            return Err(Error::corrupt(format!(
-                "bad depth {} for a stream of {} bytes",
-                entry.depth, entry.size
-            )));
-        }
+        // Pointers per block ≥ 2, blocks ≤ 56 KiB, depth ≤ 7 and at least
+        // what the size needs (plan9port: "bad depth").
+        entry.check_geometry()?;
         Ok(StreamReader {
             store,
             entry,
             cache: vec![None; entry.depth as usize + 1],
+            empty: HashSet::new(),
         })
     }
 
@@ -211,6 +207,42 @@ impl<'a> StreamReader<'a> {
         )
     }
 
+    /// Leaves under one pointer at `level` (a block of depth `level`):
+    /// `np^level`, computed in u128 (2867^7 < 2^81) so it cannot overflow.
+    fn span(&self, level: u32) -> u128 {
+        u128::from(pointers_per_block(self.entry.psize)).pow(level)
+    }
+
+    /// Puts the pointer block of depth `level` that holds leaf `k`, named by
+    /// `score`, in the cache (if it is not there already).
+    fn load_block(&mut self, level: u32, k: u64, score: &Score) -> Result<()> {
+        // k < span(depth), so the index fits in u64.
+        let block_index = (u128::from(k) / self.span(level)) as u64;
+        let cached = matches!(&self.cache[level as usize], Some((i, _)) if *i == block_index);
+        if !cached {
+            let ty = BlockType::at_depth(self.entry.base_type(), level as u8)
+                .ok_or_else(|| Error::corrupt(format!("bad depth {level}")))?;
+            let block = read_block(self.store, score, ty, self.entry.psize as usize)?;
+            self.cache[level as usize] = Some((block_index, block));
+        }
+        Ok(())
+    }
+
+    /// The cached pointer block of depth `level` (after [`Self::load_block`]).
+    fn cached_block(&self, level: u32) -> &[u8] {
+        &self.cache[level as usize].as_ref().expect("loaded").1
+    }
+
+    /// The score in slot `slot` of a pointer block (zero past its stored,
+    /// zero-truncated end).
+    fn slot(block: &[u8], slot: u64) -> Score {
+        let at = slot as usize * venti::SCORE_SIZE;
+        match block.get(at..at + venti::SCORE_SIZE) {
+            Some(s) => Score::from_slice(s).expect("20"),
+            None => Score::ZERO, // truncated trailing zero scores
+        }
+    }
+
     /// The score of leaf `k`, walking down the pointer blocks.
     pub fn leaf_score(&mut self, k: u64) -> Result<Score> {
         let depth = self.entry.depth as u32;
@@ -222,7 +254,7 @@ impl<'a> StreamReader<'a> {
                 Ok(Score::ZERO)
             };
         }
-        if k >= np.saturating_pow(depth) {
+        if u128::from(k) >= self.span(depth) {
             return Ok(Score::ZERO);
         }
         let mut score = self.entry.score;
@@ -230,24 +262,73 @@ impl<'a> StreamReader<'a> {
             if score == Score::ZERO {
                 return Ok(Score::ZERO);
             }
-            // Index of the block at this level, and of the slot within it.
-            let block_index = k / np.pow(level);
-            let slot = (k / np.pow(level - 1)) % np;
-            let cached = matches!(&self.cache[level as usize], Some((i, _)) if *i == block_index);
-            if !cached {
-                let ty =
-                    BlockType::at_depth(self.entry.base_type(), level as u8).expect("depth ≤ 7");
-                let block = read_block(self.store, &score, ty, self.entry.psize as usize)?;
-                self.cache[level as usize] = Some((block_index, block));
-            }
-            let block = &self.cache[level as usize].as_ref().expect("filled").1;
-            let at = slot as usize * venti::SCORE_SIZE;
-            score = match block.get(at..at + venti::SCORE_SIZE) {
-                Some(s) if s.len() == venti::SCORE_SIZE => Score::from_slice(s).expect("20"),
-                _ => Score::ZERO, // truncated trailing zero scores
-            };
+            // The slot within the block at this level.
+            let slot = ((u128::from(k) / self.span(level - 1)) % u128::from(np)) as u64;
+            self.load_block(level, k, &score)?;
+            score = Self::slot(self.cached_block(level), slot);
         }
         Ok(score)
+    }
+
+    /// The first leaf at or after `from` (and before [`leaf_count`]) whose
+    /// score is not the zero score, or `None`.
+    ///
+    /// A zero pointer at depth L stands for `np^L` zero leaves and is skipped
+    /// at once, and a pointer block's zero slots are skipped in memory, so
+    /// the cost follows the blocks stored, not the size claimed. Subtrees
+    /// found to hold no leaf are remembered by score, so a crafted tree that
+    /// points at one such block many times is searched once.
+    ///
+    /// [`leaf_count`]: StreamReader::leaf_count
+    pub fn next_stored_leaf(&mut self, from: u64) -> Result<Option<u64>> {
+        let count = self.leaf_count();
+        let depth = self.entry.depth as u32;
+        let np = pointers_per_block(self.entry.psize);
+        if depth == 0 {
+            let stored = from == 0 && count > 0 && self.entry.score != Score::ZERO;
+            return Ok(stored.then_some(0));
+        }
+        let end = u128::from(count).min(self.span(depth));
+        let mut k = u128::from(from);
+        'restart: while k < end {
+            let mut score = self.entry.score;
+            for level in (1..=depth).rev() {
+                // `score` names the block of depth `level` holding leaf k,
+                // which covers leaves [base, base + span).
+                let span = self.span(level);
+                let base = k - k % span;
+                if score == Score::ZERO || self.empty.contains(&(level as u8, score)) {
+                    k = base + span;
+                    continue 'restart;
+                }
+                let child_span = self.span(level - 1);
+                let first = ((k / child_span) % u128::from(np)) as u64;
+                self.load_block(level, k as u64, &score)?;
+                let block = &self.cache[level as usize].as_ref().expect("loaded").1;
+                let empty = &self.empty;
+                let found = (first..np).find_map(|s| {
+                    let child = Self::slot(block, s);
+                    let known_empty = level > 1 && empty.contains(&(level as u8 - 1, child));
+                    (child != Score::ZERO && !known_empty).then_some((s, child))
+                });
+                let Some((s, child)) = found else {
+                    if first == 0 && self.empty.len() < MAX_EMPTY_MEMO {
+                        self.empty.insert((level as u8, score));
+                    }
+                    k = base + span;
+                    continue 'restart;
+                };
+                if s > first {
+                    k = base + u128::from(s) * child_span;
+                    if k >= end {
+                        return Ok(None);
+                    }
+                }
+                score = child;
+            }
+            return Ok(Some(k as u64));
+        }
+        Ok(None)
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns how many (0 at the end).
