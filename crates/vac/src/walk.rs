@@ -79,6 +79,27 @@ pub fn write_content(
     }
 }
 
+/// What archiving one path gave.
+enum Visit {
+    Skipped,
+    Leaf(TreeNode),
+    /// A directory: its contents are still to be read.
+    Dir(Meta),
+}
+
+/// A directory part-way through being read from disk.
+struct WalkFrame {
+    /// Its name in its parent (empty for the directory the walk started at).
+    name: String,
+    /// Its metadata (`None` for the directory the walk started at).
+    meta: Option<Meta>,
+    children: std::collections::BTreeMap<String, TreeNode>,
+    /// Entries still to read, last first.
+    rest: Vec<(PathBuf, String)>,
+    /// The previous archive's entries of this directory, by name.
+    prev: HashMap<String, Node>,
+}
+
 /// Archives paths from the file system into a [`Tree`].
 pub struct DirImporter<'a> {
     store: &'a dyn BlockStore,
@@ -129,7 +150,7 @@ impl<'a> DirImporter<'a> {
                 unreachable!("root is a dir")
             };
             *root_meta = meta;
-            self.add_children(children, path, prev_root.as_ref())?;
+            self.fill_dir(children, path, prev_root.as_ref())?;
             return Ok(());
         }
         let name = path.file_name().ok_or_else(|| {
@@ -163,41 +184,66 @@ impl<'a> DirImporter<'a> {
         md: &std::fs::Metadata,
         prev: Option<&Node>,
     ) -> Result<Option<TreeNode>> {
+        Ok(match self.visit(path, md, prev)? {
+            Visit::Skipped => None,
+            Visit::Leaf(node) => Some(node),
+            Visit::Dir(meta) => {
+                let mut children = std::collections::BTreeMap::new();
+                self.fill_dir(&mut children, path, prev)?;
+                Some(TreeNode::Dir { meta, children })
+            }
+        })
+    }
+
+    /// Archives one path, except a directory's contents: for a directory it
+    /// returns the metadata, and the caller walks it.
+    fn visit(
+        &mut self,
+        path: &Path,
+        md: &std::fs::Metadata,
+        prev: Option<&Node>,
+    ) -> Result<Visit> {
         let link = if md.file_type().is_symlink() {
             match std::fs::read_link(path) {
                 Ok(t) => Some(t.into_os_string().into_vec()),
-                Err(e) => return Ok(self.skip(path, &format!("cannot read link: {e}"))),
+                Err(e) => {
+                    self.skip(path, &format!("cannot read link: {e}"));
+                    return Ok(Visit::Skipped);
+                }
             }
         } else {
             None
         };
         let Some(meta) = Meta::from_std(md, link) else {
-            return Ok(self.skip(path, "sockets cannot be archived"));
+            self.skip(path, "sockets cannot be archived");
+            return Ok(Visit::Skipped);
         };
         self.stats.files += 1;
         self.observer.file();
         match meta.kind {
-            Kind::Dir => {
-                let mut children = std::collections::BTreeMap::new();
-                self.add_children(&mut children, path, prev)?;
-                Ok(Some(TreeNode::Dir { meta, children }))
-            }
+            Kind::Dir => Ok(Visit::Dir(meta)),
             Kind::File => {
                 if let Some(reused) = self.reusable(prev, md) {
                     self.stats.reused += 1;
-                    return Ok(Some(TreeNode::Leaf { meta, data: reused }));
+                    return Ok(Visit::Leaf(TreeNode::Leaf { meta, data: reused }));
                 }
                 let mut file = match File::open(path) {
                     Ok(f) => f,
-                    Err(e) => return Ok(self.skip(path, &format!("cannot open: {e}"))),
+                    Err(e) => {
+                        self.skip(path, &format!("cannot open: {e}"));
+                        return Ok(Visit::Skipped);
+                    }
                 };
                 match write_content(self.store, self.sizes, &mut file, self.observer) {
                     Ok(result) => {
                         let data = result?;
                         self.stats.bytes += data.size;
-                        Ok(Some(TreeNode::Leaf { meta, data }))
+                        Ok(Visit::Leaf(TreeNode::Leaf { meta, data }))
                     }
-                    Err(e) => Ok(self.skip(path, &format!("cannot read: {e}"))),
+                    Err(e) => {
+                        self.skip(path, &format!("cannot read: {e}"));
+                        Ok(Visit::Skipped)
+                    }
                 }
             }
             _ => {
@@ -207,22 +253,87 @@ impl<'a> DirImporter<'a> {
                     self.sizes.psize,
                     self.sizes.dsize,
                 )?;
-                Ok(Some(TreeNode::Leaf { meta, data }))
+                Ok(Visit::Leaf(TreeNode::Leaf { meta, data }))
             }
         }
     }
 
-    fn add_children(
+    /// Fills `into` with the contents of the directory at `path`, everything
+    /// below it included.
+    ///
+    /// Iterative, with an explicit stack of the directories being read, so
+    /// the depth of the tree on disk costs no stack.
+    fn fill_dir(
         &mut self,
-        children: &mut std::collections::BTreeMap<String, TreeNode>,
+        into: &mut std::collections::BTreeMap<String, TreeNode>,
         path: &Path,
         prev: Option<&Node>,
     ) -> Result<()> {
+        let mut stack = vec![WalkFrame {
+            name: String::new(),
+            meta: None,
+            children: std::mem::take(into),
+            rest: self.list_dir(path),
+            prev: self.prev_children(prev),
+        }];
+        loop {
+            let top = stack.last_mut().expect("a directory is being read");
+            let Some((child, name)) = top.rest.pop() else {
+                let done = stack.pop().expect("a directory is being read");
+                match (stack.last_mut(), done.meta) {
+                    (Some(parent), Some(meta)) => {
+                        let node = TreeNode::Dir {
+                            meta,
+                            children: done.children,
+                        };
+                        parent.children.insert(done.name, node);
+                    }
+                    _ => {
+                        *into = done.children;
+                        return Ok(());
+                    }
+                }
+                continue;
+            };
+            let md = match std::fs::symlink_metadata(&child) {
+                Ok(md) => md,
+                Err(e) => {
+                    self.skip(&child, &format!("cannot stat: {e}"));
+                    continue;
+                }
+            };
+            let prev_child = top.prev.remove(&name);
+            match self.visit(&child, &md, prev_child.as_ref())? {
+                Visit::Skipped => {}
+                Visit::Leaf(node) => {
+                    stack
+                        .last_mut()
+                        .expect("a directory is being read")
+                        .children
+                        .insert(name, node);
+                }
+                Visit::Dir(meta) => {
+                    let frame = WalkFrame {
+                        name,
+                        meta: Some(meta),
+                        children: std::collections::BTreeMap::new(),
+                        rest: self.list_dir(&child),
+                        prev: self.prev_children(prev_child.as_ref()),
+                    };
+                    stack.push(frame);
+                }
+            }
+        }
+    }
+
+    /// The entries of a directory as (path, name), sorted, last first; what
+    /// cannot be listed or named is reported and left out.
+    fn list_dir(&mut self, path: &Path) -> Vec<(PathBuf, String)> {
         let entries = match std::fs::read_dir(path) {
             Ok(rd) => rd,
             Err(e) => {
                 self.skip(path, &format!("cannot list directory: {e}"));
-                return Ok(());
+                return Vec::new();
             }
         };
         let mut names: Vec<PathBuf> = Vec::new();
@@ -235,27 +346,22 @@ impl<'a> DirImporter<'a> {
             }
         }
         names.sort();
-        let prev_children = self.prev_children(prev);
-        for child in names {
+        let mut out = Vec::with_capacity(names.len());
+        for child in names.into_iter().rev() {
             let name = child
                 .file_name()
                 .expect("read_dir names have a last component");
-            let Some(name) = name.to_str() else {
-                self.skip(&child, "name is not UTF-8; vac names are UTF-8");
-                continue;
-            };
-            let md = match std::fs::symlink_metadata(&child) {
-                Ok(md) => md,
-                Err(e) => {
-                    self.skip(&child, &format!("cannot stat: {e}"));
-                    continue;
+            match name.to_str() {
+                Some(name) => {
+                    let name = name.to_string();
+                    out.push((child, name));
                 }
-            };
-            if let Some(node) = self.node(&child, &md, prev_children.get(name))? {
-                children.insert(name.to_string(), node);
+                None => {
+                    self.skip(&child, "name is not UTF-8; vac names are UTF-8");
+                }
             }
         }
-        Ok(())
+        out
     }
 
     /// The previous archive's entries of the matching directory, by name.

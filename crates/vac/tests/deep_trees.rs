@@ -121,3 +121,35 @@ fn a_thousand_nested_directories_extract_whole() {
     let leaf = dest.path().join("x").join("d/".repeat(1000)).join("leaf");
     assert_eq!(std::fs::read(leaf).unwrap(), b"hello");
 }
+
+/// The directory importer walks the disk without recursion too: a tree as
+/// deep as Linux paths allow is archived on a thread with a small stack
+/// (the recursive walk needed about a kilobyte of stack per level).
+#[test]
+fn a_deep_tree_on_disk_is_archived_on_a_small_stack() {
+    const LEVELS: usize = 1500;
+    let src = tempfile::tempdir().unwrap();
+    let deep = src.path().join("d/".repeat(LEVELS));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("leaf"), b"hello").unwrap();
+    let top = src.path().join("d");
+    let lines = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let store = MemoryStore::default();
+            let sizes = BlockSizes::default();
+            let mut tree = Tree::default();
+            let mut importer = vac::walk::DirImporter::new(&store, sizes, &Quiet, None);
+            importer.add(&mut tree, &top).unwrap();
+            let score = tree.write(&store, sizes, None).unwrap();
+            drop(tree);
+            let archive = vac::Archive::open(&store, &score).unwrap();
+            let mut lines = LineCount::default();
+            list(&archive, archive.root(), "", false, &mut lines).unwrap();
+            lines.0
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(lines, LEVELS + 1);
+}
