@@ -1,8 +1,9 @@
 //! Listing and extracting an archive (`colony unvac`).
 
-use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{CStr, CString};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -43,14 +44,15 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The longest path Linux accepts in a system call, with its NUL.
-const PATH_MAX: usize = libc::PATH_MAX as usize;
-
 /// Extracts `node` (a file, or a directory and everything below it) to `dest`.
 ///
-/// Iterative, with an explicit stack of the directories being filled, so no
-/// archive, however deep, runs the process out of stack; one that nests past
-/// what a Linux path can reach is refused there with an error saying so.
+/// Every file is made relative to an open descriptor of its directory
+/// (`openat`, `mkdirat`, …), never through a path from `dest`, so an archive
+/// of any depth extracts whole, past what a Linux path (PATH_MAX) can name.
+/// The walk is iterative, and only the directory being filled holds a
+/// descriptor: going back up opens its `..` and checks it is the directory
+/// it came from, so a directory moved away meanwhile stops the extraction
+/// instead of writing elsewhere.
 pub fn extract(
     archive: &Archive,
     node: &Node,
@@ -58,128 +60,384 @@ pub fn extract(
     options: ExtractOptions,
     observer: &dyn Observer,
 ) -> Result<Stats> {
-    /// A directory being filled: the children still to extract (last first)
-    /// and the metadata to give it once they are in.
-    struct Frame {
-        rest: Vec<Node>,
-        meta: Meta,
-    }
     let mut stats = Stats::default();
-    let mut path = dest.to_path_buf();
-    let mut stack: Vec<Frame> = Vec::new();
-    if let Some(frame) = extract_one(archive, node, &path, options, observer, &mut stats)? {
-        stack.push(frame_of(archive, node, frame)?);
-    }
-    fn frame_of(archive: &Archive, node: &Node, meta: Meta) -> Result<Frame> {
-        let dir = node.dir.expect("directory nodes have streams");
-        let mut rest = archive.list(&dir)?;
-        rest.reverse();
-        Ok(Frame { rest, meta })
-    }
-    while let Some(top) = stack.last_mut() {
-        let Some(child) = top.rest.pop() else {
-            let done = stack.pop().expect("a directory is being filled");
-            apply_meta(&path, &done.meta, options)?;
-            if !stack.is_empty() {
-                path.pop();
-            }
-            continue;
-        };
-        check_name(&child.dirent.elem)?;
-        path.push(&child.dirent.elem);
-        if path.as_os_str().len() >= PATH_MAX {
-            return Err(Error::Invalid(format!(
-                "the archive nests deeper than a Linux path can reach ({} levels below {}, \
-                 PATH_MAX is {PATH_MAX} bytes): extract a subtree with `unvac SCORE DEST PATH`",
-                stack.len(),
-                dest.display()
-            )));
+    let mut x = Extraction {
+        archive,
+        options,
+        observer,
+        dest,
+        names: Vec::new(),
+        stats: &mut stats,
+    };
+    // `dest` itself: made in its parent, or, for `.`, `/` and the like, an
+    // existing directory to fill.
+    let top = match dest.file_name() {
+        Some(name) => {
+            let parent = match dest.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let parent_dir = open_dir(parent)?;
+            let name = CString::new(name.as_bytes())
+                .map_err(|_| Error::Invalid(format!("{}: holds a NUL byte", dest.display())))?;
+            x.one(node, &parent_dir, &name, true)?
         }
-        match extract_one(archive, &child, &path, options, observer, &mut stats)? {
-            Some(meta) => stack.push(frame_of(archive, &child, meta)?),
-            None => {
-                path.pop();
+        None => {
+            if node.dir.is_none() {
+                return Err(Error::Invalid(format!(
+                    "{}: a file cannot be extracted onto a directory",
+                    dest.display()
+                )));
             }
+            let data = read_meta_data(archive, node)?;
+            let (meta, _) = Meta::from_dirent(&node.dirent, &data)?;
+            x.stats.files += 1;
+            observer.file();
+            Some((open_dir(dest)?, meta))
         }
+    };
+    if let Some((dir, meta)) = top {
+        x.fill(node, dir, meta)?;
     }
     Ok(stats)
 }
 
-/// Extracts one node to `dest`. A directory is created (writable while it is
-/// filled) and its metadata returned, to be applied once its children are in.
-fn extract_one(
-    archive: &Archive,
-    node: &Node,
-    dest: &Path,
+/// A directory part-way through being filled.
+struct Frame {
+    /// Open only for the directory being filled now.
+    dir: Option<File>,
+    /// (st_dev, st_ino), to check the way back up.
+    id: (u64, u64),
+    meta: Meta,
+    /// Children still to extract, last first.
+    rest: Vec<Node>,
+}
+
+struct Extraction<'x, 'a> {
+    archive: &'x Archive<'a>,
     options: ExtractOptions,
-    observer: &dyn Observer,
-    stats: &mut Stats,
-) -> Result<Option<Meta>> {
-    let data = if unix::needs_data(&node.dirent) {
-        archive.read_small(node, 4096)?
-    } else {
-        Vec::new()
-    };
-    let (meta, _) = Meta::from_dirent(&node.dirent, &data)?;
-    stats.files += 1;
-    observer.file();
-    match &meta.kind {
-        Kind::Dir => {
-            if node.dir.is_none() {
-                return Err(Error::corrupt(format!(
-                    "{} is a directory without streams",
-                    dest.display()
-                )));
+    observer: &'x dyn Observer,
+    dest: &'x Path,
+    /// Names from `dest` down to the directory being filled, for messages.
+    names: Vec<String>,
+    stats: &'x mut Stats,
+}
+
+impl Extraction<'_, '_> {
+    /// Where something is, for a message: `dest/a/b/name`, shortened in the
+    /// middle when deep.
+    fn shown(&self, name: &str) -> std::path::PathBuf {
+        let mut p = self.dest.to_path_buf();
+        let n = self.names.len();
+        if n > 8 {
+            for part in &self.names[..3] {
+                p.push(part);
             }
-            match fs::create_dir(dest) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dest.is_dir() => {}
-                Err(e) => return Err(Error::io(dest, e)),
+            p.push(format!("…({} more levels)…", n - 6));
+            for part in &self.names[n - 3..] {
+                p.push(part);
             }
-            // Writable while we fill it, whatever its archived mode.
-            let _ = fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-            return Ok(Some(meta));
-        }
-        Kind::File => {
-            remove_non_dir(dest)?;
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(dest)
-                .map_err(|e| Error::io(dest, e))?;
-            stats.bytes += write_file(archive, node, &file, dest, observer)?;
-        }
-        Kind::Symlink(target) => {
-            remove_non_dir(dest)?;
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), dest)
-                .map_err(|e| Error::io(dest, e))?;
-        }
-        Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
-            if !options.devices {
-                observer.warn(dest, "device node not created (needs root)");
-                stats.warnings += 1;
-                return Ok(None);
+        } else {
+            for part in &self.names {
+                p.push(part);
             }
-            remove_non_dir(dest)?;
-            let kind = if matches!(meta.kind, Kind::CharDevice { .. }) {
-                libc::S_IFCHR
-            } else {
-                libc::S_IFBLK
+        }
+        if !name.is_empty() {
+            p.push(name);
+        }
+        p
+    }
+
+    /// Extracts everything below directory `node`, already made and open
+    /// as `dir`, then gives it `meta`.
+    fn fill(&mut self, node: &Node, dir: File, meta: Meta) -> Result<()> {
+        let top_dir = node.dir.expect("checked: a directory");
+        let mut stack = vec![Frame {
+            id: identity(&dir).map_err(|e| Error::io(self.dest, e))?,
+            dir: Some(dir),
+            meta,
+            rest: reversed(self.archive.list(&top_dir)?),
+        }];
+        loop {
+            let top = stack.last_mut().expect("a directory is being filled");
+            let Some(child) = top.rest.pop() else {
+                let done = stack.pop().expect("a directory is being filled");
+                let dir = done.dir.expect("the directory being filled is open");
+                apply_meta_fd(&dir, &done.meta, self.options)
+                    .map_err(|e| Error::io(self.shown(""), e))?;
+                let Some(parent) = stack.last_mut() else {
+                    return Ok(());
+                };
+                let up = open_dir_at(&dir, c"..");
+                let here = self.shown("");
+                self.names.pop();
+                let up = up.map_err(|e| Error::io(&here, e))?;
+                if identity(&up).map_err(|e| Error::io(&here, e))? != parent.id {
+                    return Err(Error::Invalid(format!(
+                        "{}: its parent was moved during extraction; stopping",
+                        here.display()
+                    )));
+                }
+                parent.dir = Some(up);
+                continue;
             };
-            mknod(
-                dest,
-                kind | (meta.perm & 0o777),
-                unix::make_dev(*major, *minor),
-            )?;
-        }
-        Kind::Fifo => {
-            remove_non_dir(dest)?;
-            mknod(dest, libc::S_IFIFO | (meta.perm & 0o777), 0)?;
+            check_name(&child.dirent.elem)?;
+            let name = CString::new(child.dirent.elem.as_bytes()).expect("checked: no NUL");
+            let dir = top.dir.take().expect("the directory being filled is open");
+            let made = self.one(&child, &dir, &name, false);
+            let Some((sub, meta)) = made? else {
+                stack.last_mut().expect("a parent").dir = Some(dir);
+                continue;
+            };
+            let listed = self.archive.list(&child.dir.expect("checked: a directory"));
+            let id = identity(&sub).map_err(|e| Error::io(self.shown(&child.dirent.elem), e))?;
+            // Only the directory being filled keeps a descriptor: `dir` closes here.
+            drop(dir);
+            self.names.push(child.dirent.elem.clone());
+            stack.push(Frame {
+                dir: Some(sub),
+                id,
+                meta,
+                rest: reversed(listed?),
+            });
         }
     }
-    apply_meta(dest, &meta, options)?;
-    Ok(None)
+
+    /// Extracts one node as `name` in `dir`. A directory is made (writable
+    /// while it is filled) and returned open with the metadata to give it
+    /// once its children are in. `is_dest` marks the destination itself,
+    /// which may name a directory that is already there.
+    fn one(
+        &mut self,
+        node: &Node,
+        dir: &File,
+        name: &CStr,
+        is_dest: bool,
+    ) -> Result<Option<(File, Meta)>> {
+        let data = read_meta_data(self.archive, node)?;
+        let (meta, _) = Meta::from_dirent(&node.dirent, &data)?;
+        self.stats.files += 1;
+        self.observer.file();
+        let shown = if is_dest {
+            self.dest.to_path_buf()
+        } else {
+            self.shown(&name.to_string_lossy())
+        };
+        let at = |e: io::Error| Error::io(&shown, e);
+        match &meta.kind {
+            Kind::Dir => {
+                if node.dir.is_none() {
+                    return Err(Error::corrupt(format!(
+                        "{} is a directory without streams",
+                        shown.display()
+                    )));
+                }
+                // SAFETY: dir is an open descriptor and name a NUL-terminated string.
+                if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) } != 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(at(e));
+                    }
+                }
+                // An existing non-directory (or symlink) fails here: O_NOFOLLOW.
+                let sub = open_dir_at(dir, name).map_err(at)?;
+                // Writable while we fill it, whatever its archived mode.
+                sub.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                    .map_err(at)?;
+                return Ok(Some((sub, meta)));
+            }
+            Kind::File => {
+                remove_non_dir_at(dir, name).map_err(at)?;
+                // SAFETY: as above; the returned descriptor is owned by the File.
+                let fd = unsafe {
+                    libc::openat(
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_WRONLY
+                            | libc::O_CREAT
+                            | libc::O_TRUNC
+                            | libc::O_NOFOLLOW
+                            | libc::O_CLOEXEC,
+                        0o600 as libc::c_uint,
+                    )
+                };
+                if fd < 0 {
+                    return Err(at(io::Error::last_os_error()));
+                }
+                // SAFETY: fd was just opened and nothing else owns it.
+                let file = unsafe { File::from_raw_fd(fd) };
+                self.stats.bytes += write_file(self.archive, node, &file, &shown, self.observer)?;
+            }
+            Kind::Symlink(target) => {
+                remove_non_dir_at(dir, name).map_err(at)?;
+                let target = CString::new(target.as_slice()).map_err(|_| {
+                    Error::corrupt(format!("{}: link target holds a NUL byte", shown.display()))
+                })?;
+                // SAFETY: valid strings and descriptor.
+                if unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) } != 0
+                {
+                    return Err(at(io::Error::last_os_error()));
+                }
+            }
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                if !self.options.devices {
+                    self.observer
+                        .warn(&shown, "device node not created (needs root)");
+                    self.stats.warnings += 1;
+                    return Ok(None);
+                }
+                remove_non_dir_at(dir, name).map_err(at)?;
+                let kind = if matches!(meta.kind, Kind::CharDevice { .. }) {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
+                };
+                let dev = unix::make_dev(*major, *minor);
+                mknod_at(dir, name, kind | (meta.perm & 0o777), dev).map_err(at)?;
+            }
+            Kind::Fifo => {
+                remove_non_dir_at(dir, name).map_err(at)?;
+                mknod_at(dir, name, libc::S_IFIFO | (meta.perm & 0o777), 0).map_err(at)?;
+            }
+        }
+        apply_meta_at(dir, name, &meta, self.options).map_err(at)?;
+        Ok(None)
+    }
+}
+
+/// The small data some kinds keep in their stream (link targets, devices).
+fn read_meta_data(archive: &Archive, node: &Node) -> Result<Vec<u8>> {
+    if unix::needs_data(&node.dirent) {
+        archive.read_small(node, 4096)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+fn open_dir(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Opens directory `name` in `dir`, never through a symlink.
+fn open_dir_at(dir: &File, name: &CStr) -> io::Result<File> {
+    // SAFETY: dir is an open descriptor and name a NUL-terminated string.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn identity(dir: &File) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = dir.metadata()?;
+    Ok((md.dev(), md.ino()))
+}
+
+/// Removes `name` from `dir` if it is there and not a directory.
+fn remove_non_dir_at(dir: &File, name: &CStr) -> io::Result<()> {
+    // SAFETY: an all-zero stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, string and out-pointer.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::NotFound {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        return Ok(());
+    }
+    // SAFETY: valid descriptor and string.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn mknod_at(dir: &File, name: &CStr, mode: u32, dev: u64) -> io::Result<()> {
+    // SAFETY: valid descriptor and string.
+    if unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Owner, then mode (chown clears setuid), then times; never through a symlink.
+fn apply_meta_at(dir: &File, name: &CStr, meta: &Meta, options: ExtractOptions) -> io::Result<()> {
+    let fd = dir.as_raw_fd();
+    let is_link = matches!(meta.kind, Kind::Symlink(_));
+    if options.owners {
+        let flags = libc::AT_SYMLINK_NOFOLLOW;
+        // SAFETY: valid descriptor and string; the flag acts on a link itself.
+        if unsafe { libc::fchownat(fd, name.as_ptr(), meta.uid, meta.gid, flags) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if !is_link {
+        // SAFETY: valid descriptor and string (not a symlink: checked above).
+        if unsafe { libc::fchmodat(fd, name.as_ptr(), meta.perm as libc::mode_t, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let times = mtime_pair(meta);
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: valid descriptor, string and two timespecs.
+    if unsafe { libc::utimensat(fd, name.as_ptr(), times.as_ptr(), flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The same for a directory, through its own descriptor.
+fn apply_meta_fd(dir: &File, meta: &Meta, options: ExtractOptions) -> io::Result<()> {
+    let fd = dir.as_raw_fd();
+    if options.owners {
+        // SAFETY: valid descriptor.
+        if unsafe { libc::fchown(fd, meta.uid, meta.gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: valid descriptor.
+    if unsafe { libc::fchmod(fd, meta.perm as libc::mode_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let times = mtime_pair(meta);
+    // SAFETY: valid descriptor and two timespecs.
+    if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn mtime_pair(meta: &Meta) -> [libc::timespec; 2] {
+    let t = libc::timespec {
+        tv_sec: meta.mtime as libc::time_t,
+        tv_nsec: 0,
+    };
+    [t, t]
 }
 
 /// Writes a file's data, leaving holes where the archive has zero leaves.
@@ -208,63 +466,6 @@ fn write_file(
     }
     file.set_len(size).map_err(|e| Error::io(dest, e))?;
     Ok(size)
-}
-
-fn remove_non_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if !md.is_dir() => fs::remove_file(path).map_err(|e| Error::io(path, e)),
-        _ => Ok(()),
-    }
-}
-
-fn c_path(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Invalid(format!("{}: path holds a NUL byte", path.display())))
-}
-
-fn mknod(path: &Path, mode: u32, dev: u64) -> Result<()> {
-    let c = c_path(path)?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
-        return Err(Error::io(path, io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Owner, then mode (chown clears setuid), then times; never through a symlink.
-fn apply_meta(path: &Path, meta: &Meta, options: ExtractOptions) -> Result<()> {
-    let c = c_path(path)?;
-    let is_link = matches!(meta.kind, Kind::Symlink(_));
-    if options.owners {
-        // SAFETY: c is a valid path; lchown does not follow symlinks.
-        if unsafe { libc::lchown(c.as_ptr(), meta.uid, meta.gid) } != 0 {
-            return Err(Error::io(path, io::Error::last_os_error()));
-        }
-    }
-    if !is_link {
-        // SAFETY: c is a valid path.
-        if unsafe { libc::chmod(c.as_ptr(), meta.perm as libc::mode_t) } != 0 {
-            return Err(Error::io(path, io::Error::last_os_error()));
-        }
-    }
-    let t = libc::timespec {
-        tv_sec: meta.mtime as libc::time_t,
-        tv_nsec: 0,
-    };
-    let times = [t, t];
-    // SAFETY: c is a valid path and times has two entries.
-    if unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0
-    {
-        return Err(Error::io(path, io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Prints the paths under `node` (with `verbose`, ls-style lines as plan9port's

@@ -197,12 +197,7 @@ impl<'a> DirImporter<'a> {
 
     /// Archives one path, except a directory's contents: for a directory it
     /// returns the metadata, and the caller walks it.
-    fn visit(
-        &mut self,
-        path: &Path,
-        md: &std::fs::Metadata,
-        prev: Option<&Node>,
-    ) -> Result<Visit> {
+    fn visit(&mut self, path: &Path, md: &std::fs::Metadata, prev: Option<&Node>) -> Result<Visit> {
         let link = if md.file_type().is_symlink() {
             match std::fs::read_link(path) {
                 Ok(t) => Some(t.into_os_string().into_vec()),
