@@ -57,11 +57,18 @@ enum Command {
 
 fn main() -> ExitCode {
     // The environments' helper processes: before anything starts a thread.
+    if std::env::var_os(grid::env::HELPER_VAR).is_some_and(|v| v == "init") {
+        let request = grid::env::InitRequest::read(&mut std::io::stdin().lock());
+        match request {
+            Ok(r) => grid::env::launch::init_main(&r.root, &r.hostname, &r.cgroups),
+            Err(e) => {
+                println!("error {e}");
+                std::process::exit(2)
+            }
+        }
+    }
     let args: Vec<String> = std::env::args().collect();
-    if args
-        .get(1)
-        .is_some_and(|a| a == "__env-init" || a == "__env-exec")
-    {
+    if args.get(1).is_some_and(|a| a == "__env-exec") {
         env_helper(&args[1..]);
     }
     let cli = Cli::parse();
@@ -113,18 +120,16 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// `colony __env-init --root DIR --hostname NAME [--cgroup DIR]…` and
 /// `colony __env-exec --pid N [--cgroup DIR]… [--pty] [--term T] -- ARGV…`:
-/// run by the grid node, never by hand (see grid::env::launch).
+/// run by the grid node, never by hand (see grid::env::launch). The init
+/// helper is started as `init` with its request on stdin (see `main`).
 fn env_helper(args: &[String]) -> ! {
     let mut cgroups = Vec::new();
-    let (mut root, mut hostname, mut pid, mut pty, mut term) = (None, None, None, false, None);
+    let (mut pid, mut pty, mut term) = (None, false, None);
     let mut namespaces = None;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
-            "--root" => root = args.get(i + 1).map(std::path::PathBuf::from),
-            "--hostname" => hostname = args.get(i + 1).cloned(),
             "--cgroup" => cgroups.extend(args.get(i + 1).map(std::path::PathBuf::from)),
             "--pid" => pid = args.get(i + 1).and_then(|p| p.parse().ok()),
             "--ns" => {
@@ -147,11 +152,8 @@ fn env_helper(args: &[String]) -> ! {
         }
         i += 2;
     }
-    match (args[0].as_str(), root, hostname, pid) {
-        ("__env-init", Some(root), Some(hostname), _) => {
-            grid::env::launch::init_main(&root, &hostname, &cgroups)
-        }
-        ("__env-exec", _, _, Some(pid)) if i + 1 < args.len() && namespaces.is_some() => {
+    match (args[0].as_str(), pid) {
+        ("__env-exec", Some(pid)) if i + 1 < args.len() && namespaces.is_some() => {
             grid::env::launch::exec_main(
                 pid,
                 namespaces.expect("checked"),

@@ -790,7 +790,21 @@ fn only_the_owner_logs_in_and_escapes_fail() {
     // No host processes: pid 1 is the environment's init, and few processes exist.
     let ps = g.env_ok(port, "ps -o pid,comm");
     assert!(ps.lines().count() < 8, "{ps}");
-    assert!(g.env_ok(port, "cat /proc/1/cmdline").contains("__env-init"));
+    // pid 1 is just `init`: nothing inside names the node's state directory.
+    assert_eq!(g.env_ok(port, "cat /proc/1/cmdline"), "init\0");
+    let state = g.state.to_str().unwrap().to_string();
+    for file in [
+        "/proc/1/cmdline",
+        "/proc/1/environ",
+        "/proc/1/mountinfo",
+        "/proc/self/environ",
+        "/proc/self/mountinfo",
+    ] {
+        // Unreadable (pid 1's environ is not the login's to read) is fine too.
+        let seen = g.env_ssh("alice", port, &format!("cat {file}"), "", false);
+        let seen = String::from_utf8_lossy(&seen.stdout);
+        assert!(!seen.contains(&state), "{file} names {state}: {seen}");
+    }
     // A device node already in the root (made on the host, as an import could
     // carry one) cannot be opened: the device cgroup allows only the minimal /dev.
     let mnt = g.state.join("mnt/alice/busybox/root/disk");
@@ -1033,6 +1047,33 @@ fn run_with_input(mut cmd: Command, input: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Host pids of the children of `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?;
+        (ppid.trim().parse() == Ok(parent)).then_some(pid)
+    })
+    .collect()
+}
+
+/// The host pid of an environment's pid 1: the child of the node's `init`
+/// helper (its command line names no host path to search for).
+fn init_pid_of_only_environment(node: u32) -> Option<u32> {
+    let helpers: Vec<u32> = children_of(node)
+        .into_iter()
+        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"init\0"))
+        .collect();
+    match helpers.as_slice() {
+        [helper] => children_of(*helper).into_iter().next(),
+        _ => None,
+    }
+}
+
 #[test]
 fn an_environment_whose_init_died_is_never_entered_again() {
     if !can_mount() {
@@ -1045,15 +1086,10 @@ fn an_environment_whose_init_died_is_never_entered_again() {
     let _ = g.env_ssh("alice", port, "kill -TERM 1; kill -KILL 1", "", false);
     assert_eq!(g.env_ok(port, "hostname"), "busybox\n");
     // ...but it can die (an OOM kill, say): simulate that from the host.
-    let mnt = g.state.join("mnt/alice/busybox");
-    let pattern = format!("__env-init --root {}", mnt.display());
-    assert!(
-        Command::new("pkill")
-            .args(["-KILL", "-f", &pattern])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let node = g.child.as_ref().unwrap().id();
+    let init = init_pid_of_only_environment(node).expect("the environment's pid 1 on the host");
+    // SAFETY: kill with a pid just read from /proc.
+    assert_eq!(unsafe { libc::kill(init as i32, libc::SIGKILL) }, 0);
     std::thread::sleep(std::time::Duration::from_millis(500));
     // A new login must fail, not land in whatever now has that pid.
     let out = g.env_ssh("alice", port, "cat /proc/1/cmdline; hostname", "", false);
@@ -1119,4 +1155,144 @@ fn a_root_whose_proc_is_a_symlink_is_refused() {
         "a refused spawn leaves nothing"
     );
     g.stop();
+}
+
+/// A static C program that makes each refused call with harmless arguments
+/// (unfiltered, most would fail with EFAULT, EINVAL or EBADF, or succeed)
+/// and the calls that must keep working, printing `name errno` per line.
+fn syscall_probe_source() -> String {
+    let mut calls = String::new();
+    for name in grid::env::seccomp::refused_names() {
+        calls.push_str(&format!("    {{\"{name}\", SYS_{name}}},\n"));
+    }
+    format!(
+        r#"#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static struct {{ const char *name; long nr; }} calls[] = {{
+{calls}    {{"clone3", SYS_clone3}},
+}};
+
+static void *thread(void *arg) {{ return arg; }}
+
+static int ran(int ok) {{ return ok ? 0 : (errno ? errno : -1); }}
+
+int main(void) {{
+    for (unsigned i = 0; i < sizeof calls / sizeof calls[0]; i++) {{
+        const char *n = calls[i].name;
+        long r;
+        errno = 0;
+        if (!strcmp(n, "add_key"))
+            r = syscall(SYS_add_key, "user", "colony-probe", "x", 1, -4 /* @u */);
+        else if (!strcmp(n, "keyctl"))
+            r = syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -4, 0);
+        else if (!strcmp(n, "request_key"))
+            r = syscall(SYS_request_key, "user", "colony-probe", 0, 0);
+        else if (!strcmp(n, "unshare"))
+            r = syscall(SYS_unshare, CLONE_NEWUSER);
+        else if (!strcmp(n, "clone")) {{
+            r = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+            if (r == 0) _exit(0);
+        }} else if (!strcmp(n, "personality"))
+            r = syscall(SYS_personality, ADDR_NO_RANDOMIZE);
+        else
+            r = syscall(calls[i].nr, 0, 0, 0, 0, 0, 0);
+        printf("%s %d\n", n, r == -1 ? errno : 0);
+    }}
+    pthread_t t;
+    printf("thread %d\n", pthread_create(&t, 0, thread, 0) == 0 && pthread_join(t, 0) == 0 ? 0 : -1);
+    int status = -1;
+    pid_t pid = fork();
+    if (pid == 0) _exit(7);
+    printf("fork %d\n", pid > 0 && waitpid(pid, &status, 0) == pid && WEXITSTATUS(status) == 7 ? 0 : -1);
+    pid = fork();
+    if (pid == 0) {{ execl("/bin/true", "true", (char *)0); _exit(99); }}
+    printf("execve %d\n", waitpid(pid, &status, 0) == pid && WEXITSTATUS(status) == 0 ? 0 : -1);
+    printf("mmap %d\n", ran(mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED));
+    printf("socket %d\n", ran(socket(AF_INET, SOCK_STREAM, 0) >= 0));
+    pid = fork();
+    if (pid == 0) {{ ptrace(PTRACE_TRACEME, 0, 0, 0); raise(SIGSTOP); _exit(0); }}
+    int traced = waitpid(pid, &status, 0) == pid && WIFSTOPPED(status)
+        && ptrace(PTRACE_CONT, pid, 0, 0) == 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status);
+    printf("ptrace %d\n", traced ? 0 : -1);
+    return 0;
+}}
+"#
+    )
+}
+
+/// The syscall filter, from inside, as root of the environment: every
+/// refused call answers EPERM (clone3 ENOSYS, so libc falls back to clone),
+/// what programs and debuggers need still works, and a key "added" inside
+/// is nowhere in the node's keyrings.
+#[test]
+fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let src = g.tmp.path().join("probe.c");
+    std::fs::write(&src, syscall_probe_source()).unwrap();
+    let probe = g.tmp.path().join("probe");
+    let cc = Command::new("cc")
+        .args(["-static", "-O1", "-pthread", "-o"])
+        .arg(&probe)
+        .arg(&src)
+        .output()
+        .expect("a C compiler (gcc) to build the probe");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    std::fs::copy(&probe, g.state.join("mnt/alice/busybox/probe")).unwrap();
+    let out = g.env_ok(port, "/probe");
+    let results: std::collections::HashMap<&str, i32> = out
+        .lines()
+        .filter_map(|l| {
+            let (name, errno) = l.split_once(' ')?;
+            Some((name, errno.parse().ok()?))
+        })
+        .collect();
+    for name in grid::env::seccomp::refused_names() {
+        assert_eq!(
+            results.get(name),
+            Some(&libc::EPERM),
+            "{name} inside: {out}"
+        );
+    }
+    assert_eq!(results.get("clone3"), Some(&libc::ENOSYS), "{out}");
+    for name in ["thread", "fork", "execve", "mmap", "socket", "ptrace"] {
+        assert_eq!(
+            results.get(name),
+            Some(&0),
+            "{name} must work inside: {out}"
+        );
+    }
+    // SAFETY: request_key with valid strings; it searches the calling (host
+    // root) process's keyrings.
+    let found = unsafe {
+        libc::syscall(
+            libc::SYS_request_key,
+            c"user".as_ptr(),
+            c"colony-probe".as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    assert_eq!(found, -1, "the key must not be in the node's keyrings");
 }

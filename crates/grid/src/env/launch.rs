@@ -1,5 +1,5 @@
 //! The two helper processes of an environment, run by re-executing the
-//! colony binary (`colony __env-init`, `colony __env-exec`): namespace and
+//! colony binary (as `init`, with [`HELPER_VAR`] set, and `colony __env-exec`): namespace and
 //! mount work needs a single-threaded process, which the node is not.
 //!
 //! * init: joins the environment's cgroups, unshares mount, pid, uts and ipc
@@ -10,8 +10,9 @@
 //!   root, takes the environment's name as hostname, and then only reaps
 //!   orphans — until SIGTERM, when it takes every process down.
 //! * exec: joins the cgroups and namespaces of a running environment, drops
-//!   to the environment's capabilities with no_new_privs, and runs a program
-//!   there (a login shell, a command, an sftp server).
+//!   to the environment's capabilities with no_new_privs, installs the
+//!   syscall filter ([`super::seccomp`]), and runs a program there (a login
+//!   shell, a command, an sftp server).
 
 use std::ffi::CString;
 use std::io::{self, Write};
@@ -283,7 +284,70 @@ fn init_loop() -> ! {
     }
 }
 
-/// `colony __env-init`: prints `pid N` (pid 1's number on the host) and then
+/// The environment variable that makes the colony binary the init helper
+/// (its command line stays `init`: pid 1 inherits it).
+pub const HELPER_VAR: &str = "COLONY_ENV_HELPER";
+
+/// What the node tells the init helper, on its stdin: host paths that must
+/// not show in pid 1's command line. Lines of `key value`, then an empty line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitRequest {
+    pub root: PathBuf,
+    pub hostname: String,
+    pub cgroups: Vec<PathBuf>,
+}
+
+impl InitRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line = |key: &str, value: &[u8]| {
+            out.extend_from_slice(key.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(value);
+            out.push(b'\n');
+        };
+        line("root", self.root.as_os_str().as_bytes());
+        line("hostname", self.hostname.as_bytes());
+        for dir in &self.cgroups {
+            line("cgroup", dir.as_os_str().as_bytes());
+        }
+        out
+    }
+
+    /// Reads a request up to its empty line.
+    pub fn read(input: &mut dyn io::BufRead) -> io::Result<InitRequest> {
+        use std::os::unix::ffi::OsStrExt;
+        let (mut root, mut hostname, mut cgroups) = (None, None, Vec::new());
+        loop {
+            let mut line = Vec::new();
+            if input.read_until(b'\n', &mut line)? == 0 || line == b"\n" {
+                break;
+            }
+            line.pop_if(|b| *b == b'\n');
+            let Some(space) = line.iter().position(|&b| b == b' ') else {
+                return Err(io::Error::other("malformed init request"));
+            };
+            let value = &line[space + 1..];
+            let path = || PathBuf::from(std::ffi::OsStr::from_bytes(value));
+            match &line[..space] {
+                b"root" => root = Some(path()),
+                b"hostname" => hostname = Some(String::from_utf8_lossy(value).into_owned()),
+                b"cgroup" => cgroups.push(path()),
+                _ => return Err(io::Error::other("unknown key in init request")),
+            }
+        }
+        match (root, hostname) {
+            (Some(root), Some(hostname)) => Ok(InitRequest {
+                root,
+                hostname,
+                cgroups,
+            }),
+            _ => Err(io::Error::other("incomplete init request")),
+        }
+    }
+}
+
+/// The init helper: prints `pid N` (pid 1's number on the host) and then
 /// `ready` or `error WHY` on standard output, which the node reads.
 pub fn init_main(root: &Path, hostname: &str, cgroups: &[PathBuf]) -> ! {
     let fail = |e: io::Error| -> ! {
@@ -302,7 +366,9 @@ pub fn init_main(root: &Path, hostname: &str, cgroups: &[PathBuf]) -> ! {
     match unsafe { libc::fork() } {
         -1 => fail(io::Error::last_os_error()),
         0 => {
-            match setup(root, hostname) {
+            // pid 1 runs under the same syscall filter as everything else
+            // (it needs none of the refused calls once set up).
+            match setup(root, hostname).and_then(|()| super::seccomp::install()) {
                 Ok(()) => println!("ready"),
                 Err(e) => fail(e),
             }
@@ -406,6 +472,9 @@ pub fn exec_main(
             let _ = std::env::set_current_dir("/root").or_else(|_| std::env::set_current_dir("/"));
             if let Err(e) = caps::restrict() {
                 fail("dropping capabilities", e);
+            }
+            if let Err(e) = super::seccomp::install() {
+                fail("installing the syscall filter", e);
             }
             let program = CString::new(argv[0].as_str()).unwrap_or_default();
             let args: Vec<CString> = argv

@@ -15,14 +15,17 @@ pub mod caps;
 pub mod cgroup;
 pub mod door;
 pub mod launch;
+pub mod seccomp;
 pub mod sftp;
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub use cgroup::{Cgroups, Limits};
+pub use launch::{HELPER_VAR, InitRequest};
 
 /// As `argv[0]` of [`Environment::command`]: run a built-in of colony (named
 /// by `argv[1]`, e.g. `__sftp-server`) inside the environment.
@@ -51,17 +54,13 @@ impl Environment {
         limits: &Limits,
     ) -> io::Result<Environment> {
         let cgroups = Cgroups::create(group, limits)?;
+        // pid 1 is forked from this helper and shows its command line and
+        // environment to everyone inside: so it is called `init`, has an
+        // empty environment, and gets the host paths it needs on stdin.
         let mut cmd = Command::new(helper);
-        cmd.arg("__env-init")
-            .arg("--root")
-            .arg(root)
-            .arg("--hostname")
-            .arg(hostname);
-        for dir in &cgroups.dirs {
-            cmd.arg("--cgroup").arg(dir);
-        }
+        cmd.arg0("init").env_clear().env(HELPER_VAR, "init");
         let mut outer = match cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -72,6 +71,20 @@ impl Environment {
                 return Err(e);
             }
         };
+        let mut request = InitRequest {
+            root: root.to_path_buf(),
+            hostname: hostname.to_string(),
+            cgroups: cgroups.dirs.clone(),
+        }
+        .encode();
+        request.push(b'\n');
+        let sent = outer.stdin.take().expect("piped").write_all(&request);
+        if let Err(e) = sent {
+            let _ = outer.kill();
+            let _ = outer.wait();
+            cgroups.remove();
+            return Err(e);
+        }
         let stdout = outer.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -131,7 +144,10 @@ impl Environment {
     /// A command that runs `argv` inside the environment; the caller sets its stdio.
     pub fn command(&self, argv: &[String], pty: bool, term: Option<&str>) -> Command {
         let mut cmd = Command::new(&self.helper);
-        cmd.arg("__env-exec")
+        // Nothing of the node's environment (its state directory, say) is
+        // passed on: the program's own is built inside.
+        cmd.env_clear()
+            .arg("__env-exec")
             .arg("--pid")
             .arg(self.init_pid.to_string())
             .arg("--ns")
