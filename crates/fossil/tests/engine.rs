@@ -644,3 +644,25 @@ fn a_resave_of_a_changed_huge_sparse_file_skips_its_holes() {
         assert_eq!(one[0], last);
     }
 }
+
+/// A legal 200-byte name on a root of 256-byte blocks cannot fit a meta
+/// block: the save says so (it once panicked, taking the node down) and
+/// changes nothing, and after a rename the same tree saves.
+#[test]
+fn a_name_too_long_for_the_roots_blocks_fails_the_save_not_the_node() {
+    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::default());
+    let sizes = BlockSizes {
+        dsize: 256,
+        psize: 260,
+    };
+    let root = Tree::default().write(store.as_ref(), sizes, None).unwrap();
+    let fs = open(store.clone(), root);
+    let long = "n".repeat(200);
+    fs.create(ROOT_INO, &long, 0o644, 0, 0).unwrap();
+    let err = fs.save().unwrap_err();
+    assert!(err.message.contains("meta block"), "{err}");
+    fs.rename(ROOT_INO, &long, ROOT_INO, "short", true).unwrap();
+    let report = fs.save().unwrap();
+    let archive = vac::Archive::open(store.as_ref(), &report.score).unwrap();
+    assert!(archive.walk("short").is_ok());
+}

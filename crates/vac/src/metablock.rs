@@ -25,7 +25,9 @@ pub fn max_index(dsize: usize) -> usize {
 
 /// Packs `entries` (already sorted in correct order) into as many MetaBlocks
 /// as needed, each `dsize` bytes before zero truncation; none for no entries.
-pub fn pack(entries: &[DirEntry], dsize: usize) -> Vec<Vec<u8>> {
+/// An entry too big for a block of its own (a long name in small blocks) is
+/// an error naming it.
+pub fn pack(entries: &[DirEntry], dsize: usize) -> Result<Vec<Vec<u8>>> {
     let maxindex = max_index(dsize);
     let bodies_start = HEADER + 4 * maxindex;
     let mut blocks = Vec::new();
@@ -51,6 +53,15 @@ pub fn pack(entries: &[DirEntry], dsize: usize) -> Vec<Vec<u8>> {
     };
     for entry in entries {
         let body = entry.pack();
+        if bodies_start + body.len() > dsize {
+            return Err(Error::Invalid(format!(
+                "{:?}: its directory entry takes {} bytes, more than a {dsize}-byte meta block holds \
+                 ({} after its header): use a shorter name or a larger block size",
+                entry.elem,
+                body.len(),
+                dsize.saturating_sub(bodies_start)
+            )));
+        }
         if !current.is_empty() && (current.len() == maxindex || used + body.len() > dsize) {
             blocks.push(finish(&mut current));
             used = bodies_start;
@@ -61,7 +72,7 @@ pub fn pack(entries: &[DirEntry], dsize: usize) -> Vec<Vec<u8>> {
     if !current.is_empty() {
         blocks.push(finish(&mut current));
     }
-    blocks
+    Ok(blocks)
 }
 
 /// Byte-wise name order: `a < ab < abc < b`.

@@ -152,6 +152,9 @@ fn parse_pax(data: &[u8], into: &mut Overrides) -> Result<()> {
     Ok(())
 }
 
+/// The longest file name Linux (and so an extracted archive) allows.
+const NAME_MAX: usize = 255;
+
 /// Splits a tar path into archive components, dropping `.`, leading `/` and
 /// refusing `..` and non-UTF-8 names.
 fn components(path: &[u8]) -> Result<Vec<String>> {
@@ -168,6 +171,12 @@ fn components(path: &[u8]) -> Result<Vec<String>> {
             ".." => {
                 return Err(Error::Invalid(format!(
                     "tar entry {text:?} climbs out with '..'"
+                )));
+            }
+            p if p.len() > NAME_MAX => {
+                return Err(Error::Invalid(format!(
+                    "tar entry {text:?} has a name of {} bytes; names are at most {NAME_MAX}",
+                    p.len()
                 )));
             }
             p => out.push(p.to_string()),
@@ -293,10 +302,22 @@ pub fn import_tar(
             None => field(136..148, "mtime")? as i64,
         };
         let perm = field(100..108, "mode")? as u32 & 0o7777;
-        let major = field(329..337, "devmajor").unwrap_or(0) as u32;
-        let minor = field(337..345, "devminor").unwrap_or(0) as u32;
+        let major = field(329..337, "devmajor").unwrap_or(0);
+        let minor = field(337..345, "devminor").unwrap_or(0);
         pending = Overrides::default();
         pos.entries += 1;
+        // Ids past 32 bits must not wrap into others (uid 2^32 would be
+        // root, setuid bits and all): such an entry is refused.
+        let fits = |value: u64, what: &str| {
+            u32::try_from(value).map_err(|_| {
+                Error::Invalid(format!(
+                    "tar entry {:?}: {what} {value} does not fit 32 bits",
+                    String::from_utf8_lossy(&path)
+                ))
+            })
+        };
+        let (uid, gid) = (fits(uid, "uid")?, fits(gid, "gid")?);
+        let (major, minor) = (fits(major, "devmajor")?, fits(minor, "devminor")?);
 
         let parts = components(&path)?;
         let parts_ref: Vec<&str> = parts.iter().map(String::as_str).collect();
@@ -304,8 +325,8 @@ pub fn import_tar(
         let meta = |kind| Meta {
             kind,
             perm,
-            uid: uid as u32,
-            gid: gid as u32,
+            uid,
+            gid,
             mtime,
         };
         let node = match typeflag {

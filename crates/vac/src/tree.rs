@@ -315,7 +315,7 @@ pub fn write_meta_stream(
     sizes: BlockSizes,
     dirents: &[DirEntry],
 ) -> Result<Entry> {
-    let blocks = metablock::pack(dirents, sizes.dsize as usize);
+    let blocks = metablock::pack(dirents, sizes.dsize as usize)?;
     let mut w = StreamWriter::new(store, false, sizes.psize, sizes.dsize);
     for b in &blocks {
         w.push_leaf(b)?;

@@ -1,5 +1,6 @@
-//! Trees far deeper than any stack: every walk over an archive (import from
-//! tar, write, list, extract) is iterative, so no input can abort the process.
+//! Hostile trees: far deeper than any stack (every walk over an archive —
+//! import from tar, write, list, extract — is iterative, so no input can
+//! abort the process), names too long for their blocks, ids past 32 bits.
 //! Invariant: a 100,000-level tree is archived, listed and extracted whole —
 //! never a crash.
 
@@ -38,8 +39,12 @@ fn padded(out: &mut Vec<u8>, data: &[u8]) {
 /// A tar stream holding one file at a path of `depth` directories, named by
 /// a pax header (parents implied, as tar streams may leave them out).
 fn deep_tar(depth: usize) -> Vec<u8> {
-    let path = format!("{}leaf", "d/".repeat(depth));
-    let body = |len: usize| format!("{len} path={path}\n");
+    pax_tar(&format!("path={}leaf", "d/".repeat(depth)))
+}
+
+/// A tar stream of one 5-byte file of mode 4755 described by one pax record.
+fn pax_tar(record: &str) -> Vec<u8> {
+    let body = |len: usize| format!("{len} {record}\n");
     // A pax record's length counts its own digits.
     let mut len = body(0).len();
     while body(len).len() != len {
@@ -49,7 +54,12 @@ fn deep_tar(depth: usize) -> Vec<u8> {
     let mut tar = Vec::new();
     tar.extend_from_slice(&ustar("pax", b'x', record.len()));
     padded(&mut tar, record.as_bytes());
-    tar.extend_from_slice(&ustar("leaf", b'0', 5));
+    let mut file = ustar("leaf", b'0', 5);
+    file[100..108].copy_from_slice(b"0004755\0");
+    file[148..156].copy_from_slice(b"        ");
+    let sum: u32 = file.iter().map(|&b| b as u32).sum();
+    file[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    tar.extend_from_slice(&file);
     padded(&mut tar, b"hello");
     tar.extend_from_slice(&[0u8; 1024]);
     tar
@@ -217,4 +227,50 @@ fn a_deep_tree_on_disk_is_archived_on_a_small_stack() {
         .join()
         .expect("no stack overflow");
     assert_eq!(lines, LEVELS + 1);
+}
+
+/// A uid past 32 bits once wrapped to 0: a setuid file of uid 2^32 was
+/// archived as setuid root. Such an entry is refused, and so are names
+/// longer than Linux allows.
+#[test]
+fn tar_ids_past_32_bits_and_overlong_names_are_refused() {
+    let store = MemoryStore::default();
+    let sizes = BlockSizes::default();
+    for (record, complaint) in [
+        ("uid=4294967296".to_string(), "uid 4294967296 does not fit"),
+        ("gid=4294967297".to_string(), "gid 4294967297 does not fit"),
+        (format!("path={}", "n".repeat(300)), "names are at most 255"),
+    ] {
+        let mut tree = Tree::default();
+        let err =
+            vac::tar::import_tar(&store, sizes, &mut tree, &mut &pax_tar(&record)[..], &Quiet)
+                .unwrap_err();
+        assert!(err.to_string().contains(complaint), "{record}: {err}");
+        assert!(tree.get(&["leaf"]).is_none(), "nothing was added");
+    }
+}
+
+/// A name whose directory entry cannot fit one meta block (small blocks, or
+/// a long name) is an error naming it, not a panic.
+#[test]
+fn a_name_too_long_for_its_meta_block_is_an_error() {
+    let store = MemoryStore::default();
+    let sizes = BlockSizes {
+        dsize: 256,
+        psize: 260,
+    };
+    let mut tree = Tree::default();
+    let data = vac::stream::write_bytes(&store, b"x", sizes.psize, sizes.dsize).unwrap();
+    let meta = vac::unix::Meta {
+        kind: vac::unix::Kind::File,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+    };
+    let name = "n".repeat(200);
+    tree.insert(&[&name], vac::tree::TreeNode::Leaf { meta, data })
+        .unwrap();
+    let err = tree.write(&store, sizes, None).unwrap_err();
+    assert!(err.to_string().contains("meta block"), "{err}");
 }
