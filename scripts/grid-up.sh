@@ -15,6 +15,8 @@ need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+# Environments have private networks with user-mode networking.
+command -v slirp4netns >/dev/null || need+=(slirp4netns)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

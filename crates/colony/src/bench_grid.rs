@@ -65,17 +65,21 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
     let config = NodeConfig {
         public_host: "127.0.0.1".into(),
         env_listen: "127.0.0.1".into(),
+        allow_host_net: true,
         ..NodeConfig::default()
     };
     let node = Node::new(state, store, config)?;
     println!(
         "grid benchmark: median of {runs} runs; commands through the node's command set in this process"
     );
-    for name in ["busybox", "tree"] {
+    let cases = ["busybox", "tree"]
+        .into_iter()
+        .flat_map(|name| [(name, "private"), (name, "host")]);
+    for (name, net) in cases {
         let (mut spawn, mut first, mut save) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs.max(1) {
             let t = Instant::now();
-            let r = node.run("bench", &format!("spawn {name}"));
+            let r = node.run("bench", &format!("spawn {name} net={net}"));
             spawn.push(t.elapsed().as_secs_f64());
             if r.status != 0 {
                 bail!("spawn {name}: {}", r.err);
@@ -111,7 +115,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
             }
             std::fs::write(mounts.join(name).join("etc/motd"), format!("run {i}\n"))?;
             let t = Instant::now();
-            let r = node.run("bench", &format!("save {name} {name}-saved-{i}"));
+            let r = node.run("bench", &format!("save {name} {name}-{net}-saved-{i}"));
             save.push(t.elapsed().as_secs_f64());
             if r.status != 0 {
                 bail!("save {name}: {}", r.err);
@@ -119,18 +123,18 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
             node.run("bench", &format!("boom {name}"));
         }
         let label = if name == "tree" {
-            tree.display().to_string()
+            format!("{}, net={net}", tree.display())
         } else {
-            "a busybox root".into()
+            format!("a busybox root, net={net}")
         };
-        println!("{:<50} {}", format!("spawn {label}"), median(spawn));
+        println!("{:<60} {}", format!("spawn {label}"), median(spawn));
         println!(
-            "{:<50} {}",
+            "{:<60} {}",
             format!("spawn to first output over ssh, {label}"),
             median(first)
         );
         println!(
-            "{:<50} {}",
+            "{:<60} {}",
             format!("save after one file, {label}"),
             median(save)
         );

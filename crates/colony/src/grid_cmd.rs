@@ -49,6 +49,14 @@ pub struct ServeArgs {
     /// Ports for the environments' SSH logins, FIRST-LAST [default: 20001-20100].
     #[arg(long)]
     env_ports: Option<String>,
+    /// Node ports that `spawn … publish=PORT` forwards into environments,
+    /// FIRST-LAST [default: 30001-30100].
+    #[arg(long)]
+    publish_ports: Option<String>,
+    /// Allow `spawn … net=host`: an environment on the node's own network
+    /// (it can listen on the node's addresses and reach its loopback services).
+    #[arg(long)]
+    allow_host_net: bool,
     /// Host name in the login commands `spawn` prints [default: this host's name].
     #[arg(long)]
     public_host: Option<String>,
@@ -126,17 +134,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .env_ports
         .or_else(|| file.get("envports").map(str::to_string))
     {
-        let (a, b) = range
-            .split_once('-')
-            .context("--env-ports takes FIRST-LAST")?;
-        config.env_ports = (
-            a.parse().context("--env-ports: bad first port")?,
-            b.parse().context("--env-ports: bad last port")?,
-        );
-        if config.env_ports.0 > config.env_ports.1 {
-            bail!("--env-ports: {range} is empty");
-        }
+        config.env_ports = port_range(&range, "--env-ports")?;
     }
+    if let Some(range) = args
+        .publish_ports
+        .or_else(|| file.get("publishports").map(str::to_string))
+    {
+        config.publish_ports = port_range(&range, "--publish-ports")?;
+    }
+    config.allow_host_net = args.allow_host_net || file.get("allowhostnet") == Some("yes");
     if let Some(host) = args
         .public_host
         .or_else(|| file.get("publichost").map(str::to_string))
@@ -366,4 +372,21 @@ pub fn ndb_query(cmd: NdbCommand) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// A FIRST-LAST port range of a serve option.
+fn port_range(range: &str, option: &str) -> Result<(u16, u16)> {
+    let (a, b) = range
+        .split_once('-')
+        .with_context(|| format!("{option} takes FIRST-LAST"))?;
+    let ports: (u16, u16) = (
+        a.parse()
+            .with_context(|| format!("{option}: bad first port"))?,
+        b.parse()
+            .with_context(|| format!("{option}: bad last port"))?,
+    );
+    if ports.0 > ports.1 {
+        bail!("{option}: {range} is empty");
+    }
+    Ok(ports)
 }

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     if std::env::var_os(grid::env::HELPER_VAR).is_some_and(|v| v == "init") {
         let request = grid::env::InitRequest::read(&mut std::io::stdin().lock());
         match request {
-            Ok(r) => grid::env::launch::init_main(&r.root, &r.hostname, &r.cgroups),
+            Ok(r) => grid::env::launch::init_main(&r),
             Err(e) => {
                 println!("error {e}");
                 std::process::exit(2)

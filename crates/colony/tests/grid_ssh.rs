@@ -33,6 +33,8 @@ struct Grid {
     state: PathBuf,
     child: Option<Child>,
     port: u16,
+    /// A network namespace the node and the test's ssh clients run in.
+    netns: Option<String>,
 }
 
 impl Grid {
@@ -45,6 +47,7 @@ impl Grid {
             tmp,
             child: None,
             port: 0,
+            netns: None,
         };
         for user in ["alice", "bob", "carol"] {
             let key = g.tmp.path().join(user);
@@ -112,7 +115,8 @@ impl Grid {
         let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = 21000 + (std::process::id() % 100) as u16 * 200 + slot * 6;
         let ports = format!("{}-{}", base, base + 4);
-        let mut child = Command::new(COLONY)
+        let mut child = self
+            .command(COLONY)
             .args([
                 "serve",
                 "--listen",
@@ -141,9 +145,23 @@ impl Grid {
         self.child = Some(child);
     }
 
+    /// `program`, run in the grid's network namespace if it has one.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            // nsenter, not `ip netns exec`: that also remounts /sys, which
+            // would hide the cgroup file systems from the node.
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}")).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
     /// `ssh -p PORT -i KEY LOGIN@127.0.0.1 ARGS…` with `input` on stdin.
     fn ssh_as(&self, key: &str, login: &str, args: &[&str], input: &str) -> Output {
-        let mut cmd = Command::new("ssh");
+        let mut cmd = self.command("ssh");
         cmd.args(["-p", &self.port.to_string(), "-i"])
             .arg(self.tmp.path().join(key))
             .args(SSH_OPTS)
@@ -641,7 +659,7 @@ fn login_port(reply: &str) -> u16 {
 impl Grid {
     /// Runs `command` inside an environment through its own SSH login.
     fn env_ssh(&self, key: &str, port: u16, command: &str, input: &str, tty: bool) -> Output {
-        let mut cmd = Command::new("ssh");
+        let mut cmd = self.command("ssh");
         cmd.args(["-p", &port.to_string(), "-i"])
             .arg(self.tmp.path().join(key))
             .args(SSH_OPTS);
@@ -1295,4 +1313,235 @@ fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
         )
     };
     assert_eq!(found, -1, "the key must not be in the node's keyrings");
+}
+
+/// A TCP connection to `addr` is refused or times out (nothing listens for us).
+fn unreachable(addr: &str) -> bool {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_err()
+}
+
+/// Starts busybox's web server inside the environment on `port`, serving a
+/// file `hello` holding `text`, and checks from inside that it answers.
+fn serve_hello_inside(g: &Grid, port: u16, text: &str) {
+    g.env_ok(
+        port_of_login(g),
+        // Its stdio must not hold the login session open.
+        &format!(
+            "mkdir -p /www && echo {text} > /www/hello && httpd -p {port} -h /www </dev/null >/dev/null 2>&1"
+        ),
+    );
+    let got = g.env_ok(
+        port_of_login(g),
+        &format!("wget -q -O - http://127.0.0.1:{port}/hello"),
+    );
+    assert_eq!(got.trim(), text, "the server answers inside");
+}
+
+/// The login port of alice's only environment, from `status`.
+fn port_of_login(g: &Grid) -> u16 {
+    login_port(&g.ok("alice", &["status"]).replace('\t', "\n"))
+}
+
+/// Invariant: an environment's network is its own. A server inside on
+/// 0.0.0.0 is not reachable at the node's addresses, and the node's
+/// loopback services (the unauthenticated venti, say) are not reachable from
+/// inside, neither at 127.0.0.1 nor through the user-mode gateway.
+#[test]
+fn a_private_network_keeps_servers_in_and_the_nodes_loopback_out() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    g.ok("alice", &["spawn", "busybox"]);
+    assert!(g.ok("alice", &["status"]).contains("net private"));
+    let inside = 20_980 + (std::process::id() % 17) as u16;
+    serve_hello_inside(&g, inside, "inside");
+    assert!(
+        unreachable(&format!("127.0.0.1:{inside}")),
+        "a listener inside must not be on the node's loopback"
+    );
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = service.local_addr().unwrap().port();
+    service.set_nonblocking(true).unwrap();
+    let login = port_of_login(&g);
+    for host in ["127.0.0.1", "10.0.2.2"] {
+        let out = g.env_ssh(
+            "alice",
+            login,
+            &format!("echo x | nc -w 2 {host} {port} && echo REACHED"),
+            "",
+            false,
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("REACHED"),
+            "the node's loopback reached from inside via {host}"
+        );
+    }
+    assert!(
+        service.accept().is_err(),
+        "nothing came in from the environment"
+    );
+}
+
+/// `net=host` shares the node's network, so it is refused unless the node's
+/// admin allows it; where allowed, a server inside is on the node's loopback.
+#[test]
+fn net_host_is_refused_unless_the_node_allows_it() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let err = g.refused("alice", &["spawn", "busybox", "net=host"]);
+    assert!(err.contains("--allow-host-net"), "{err}");
+    g.stop();
+    g.start(&["--allow-host-net"]);
+    g.ok("alice", &["spawn", "busybox", "net=host"]);
+    assert!(g.ok("alice", &["status"]).contains("net host"));
+    let inside = 21_980 + (std::process::id() % 17) as u16;
+    serve_hello_inside(&g, inside, "shared");
+    assert!(
+        !unreachable(&format!("127.0.0.1:{inside}")),
+        "net=host shares the node's ports"
+    );
+    let err = g.refused("alice", &["spawn", "busybox", "publish=80"]);
+    assert!(err.contains("already running"), "{err}");
+}
+
+/// `publish=PORT` forwards a free node port from the pool to the
+/// environment's port, says which in the reply and in `status`, and a client
+/// outside reaches the server inside through it.
+#[test]
+fn a_published_port_reaches_the_environments_server() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let base = 31_000 + (std::process::id() % 50) as u16 * 10;
+    let pool = format!("{base}-{}", base + 9);
+    g.start(&["--publish-ports", &pool]);
+    let reply = g.ok("alice", &["spawn", "busybox", "publish=8080"]);
+    let node_port: u16 = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("port 8080 published at 127.0.0.1:"))
+        .unwrap_or_else(|| panic!("{reply}"))
+        .parse()
+        .unwrap();
+    assert!((base..base + 10).contains(&node_port));
+    assert!(
+        g.ok("alice", &["status"])
+            .contains(&format!("127.0.0.1:{node_port}->8080"))
+    );
+    serve_hello_inside(&g, 8080, "published");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", node_port)).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /hello HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+    assert!(reply.ends_with("published\n"), "{reply}");
+    // boom frees the port and ends the network stack.
+    g.ok("alice", &["boom", "busybox"]);
+    assert!(unreachable(&format!("127.0.0.1:{node_port}")));
+    let left = Command::new("pgrep")
+        .args(["-f", &format!("slirp4netns.*{}", g.state.display())])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "slirp4netns left behind");
+}
+
+/// Two network namespaces of the test's own, joined by a veth pair: the
+/// node's (10.201.N.1) and a server's (10.201.N.2); removed on drop.
+struct TestHosts {
+    node: String,
+    server: String,
+    server_addr: String,
+    /// Programs run on the server host, killed on drop.
+    running: Vec<Child>,
+}
+
+impl TestHosts {
+    fn new() -> TestHosts {
+        let n = std::process::id() % 250;
+        let (node, server) = (format!("cnode{n}"), format!("csrv{n}"));
+        let (vn, vs) = (format!("cvn{n}"), format!("cvs{n}"));
+        let server_addr = format!("10.201.{n}.2");
+        let sh = |cmd: String| {
+            let ok = Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "{cmd}");
+        };
+        sh(format!("ip netns add {node} && ip netns add {server}"));
+        let hosts = TestHosts {
+            node,
+            server,
+            server_addr,
+            running: Vec::new(),
+        };
+        let (node, server) = (&hosts.node, &hosts.server);
+        sh(format!(
+            "ip link add {vn} netns {node} type veth peer name {vs} netns {server} && \
+             ip -n {node} addr add 10.201.{n}.1/24 dev {vn} && ip -n {server} addr add 10.201.{n}.2/24 dev {vs} && \
+             ip -n {node} link set {vn} up && ip -n {server} link set {vs} up && \
+             ip -n {node} link set lo up && ip -n {server} link set lo up"
+        ));
+        hosts
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for child in &mut self.running {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.node, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// An environment's own network still gets out: from inside, a web server
+/// on another host (a test namespace, through the node's namespace) answers.
+#[test]
+fn outbound_connections_from_a_private_network_work() {
+    if !can_mount() {
+        return;
+    }
+    let mut hosts = TestHosts::new();
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("hello"), "from another host\n").unwrap();
+    let server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &hosts.server,
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8081",
+            "-h",
+        ])
+        .arg(www.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    hosts.running.push(server);
+    let mut g = Grid::new();
+    g.netns = Some(hosts.node.clone());
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let got = g.env_ok(
+        port,
+        &format!("wget -q -O - http://{}:8081/hello", hosts.server_addr),
+    );
+    assert_eq!(got, "from another host\n");
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
 }

@@ -76,6 +76,18 @@ fn colony(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `colony vac -h ADDR TREE`, running, its output piped.
+fn spawn_vac(addr: &str, tree: &Path) -> Child {
+    Command::new(COLONY)
+        .args(["vac", "-h", addr])
+        .arg(tree)
+        .env_remove("venti")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A small pseudo-random generator, so a failing round can be replayed from
 /// the seed the test prints.
 struct Rng(u64);
@@ -245,14 +257,7 @@ fn a_sync_after_a_server_restart_covers_the_writes_of_the_lost_connection() {
 
     let server = Server::start(&store, "127.0.0.1:0");
     let proxy = SyncHoldingProxy::start(&server.addr);
-    let vac = Command::new(COLONY)
-        .args(["vac", "-h", &proxy.addr])
-        .arg(&tree)
-        .env_remove("venti")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let vac = spawn_vac(&proxy.addr, &tree);
     proxy
         .sync_seen
         .recv_timeout(Duration::from_secs(30))
@@ -302,14 +307,7 @@ fn crash_loop_every_acknowledged_archive_survives_kill_9() {
         let tree = dir.path().join(format!("tree{round}"));
         std::fs::create_dir(&tree).unwrap();
         random_tree(&tree, &mut rng, 40, 200_000, seed ^ round as u64);
-        let vac = Command::new(COLONY)
-            .args(["vac", "-h", &addr])
-            .arg(&tree)
-            .env_remove("venti")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let vac = spawn_vac(&addr, &tree);
         std::thread::sleep(Duration::from_millis(rng.below(400)));
         server.kill9();
         server = Server::start(&store, &addr);

@@ -60,6 +60,20 @@ struct DirFrame {
     waiting: Option<DirEntry>,
 }
 
+impl DirFrame {
+    /// Records the saved child directory at `next` and moves past it.
+    fn add_dir_child(&mut self, mut d: DirEntry, source: Entry, msource: Entry, changed: bool) {
+        if changed {
+            self.rewrite = true;
+        }
+        d.mentry = d.entry + 1;
+        self.source.push(source);
+        self.source.push(msource);
+        self.dirents.push(d);
+        self.next += 1;
+    }
+}
+
 enum DirVisit {
     Unchanged(Entry, Entry),
     Open(Box<DirFrame>),
@@ -164,16 +178,10 @@ impl Fs {
                     return Ok(result);
                 };
                 let (s, m, new) = result;
-                let mut d = parent.waiting.take().expect("a parent waits for its child");
+                let d = parent.waiting.take().expect("a parent waits for its child");
                 let child = parent.children[parent.next].1;
-                if new || st.inode(child)?.changed {
-                    parent.rewrite = true;
-                }
-                d.mentry = d.entry + 1;
-                parent.source.push(s);
-                parent.source.push(m);
-                parent.dirents.push(d);
-                parent.next += 1;
+                let changed = new || st.inode(child)?.changed;
+                parent.add_dir_child(d, s, m, changed);
                 continue;
             };
             let attr = st.inode(child)?.attr.clone();
@@ -182,15 +190,9 @@ impl Fs {
             if attr.kind == FileKind::Dir {
                 match self.open_dir_frame(st, child)? {
                     DirVisit::Unchanged(s, m) => {
+                        let changed = st.inode(child)?.changed;
                         let frame = stack.last_mut().expect("a directory is being saved");
-                        if st.inode(child)?.changed {
-                            frame.rewrite = true;
-                        }
-                        d.mentry = d.entry + 1;
-                        frame.source.push(s);
-                        frame.source.push(m);
-                        frame.dirents.push(d);
-                        frame.next += 1;
+                        frame.add_dir_child(d, s, m, changed);
                     }
                     DirVisit::Open(sub) => {
                         stack

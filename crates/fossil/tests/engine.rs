@@ -553,10 +553,8 @@ fn a_hundred_thousand_nested_directories_save_without_a_crash() {
     assert_eq!(archive.read_small(&bottom, 100).unwrap(), b"deep");
 }
 
-/// A root of 256-byte blocks: pointer blocks must still hold whole scores
-/// and be at least 256 bytes, or the saved archive cannot be read back.
-#[test]
-fn a_root_of_256_byte_blocks_saves_an_archive_that_reads_back() {
+/// An empty root whose blocks are 256 bytes, the smallest vac allows, opened.
+fn empty_root_of_256_byte_blocks() -> (Arc<dyn BlockStore>, Fs) {
     let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::default());
     let sizes = BlockSizes {
         dsize: 256,
@@ -564,6 +562,14 @@ fn a_root_of_256_byte_blocks_saves_an_archive_that_reads_back() {
     };
     let root = Tree::default().write(store.as_ref(), sizes, None).unwrap();
     let fs = open(store.clone(), root);
+    (store, fs)
+}
+
+/// A root of 256-byte blocks: pointer blocks must still hold whole scores
+/// and be at least 256 bytes, or the saved archive cannot be read back.
+#[test]
+fn a_root_of_256_byte_blocks_saves_an_archive_that_reads_back() {
+    let (store, fs) = empty_root_of_256_byte_blocks();
     let f = fs.create(ROOT_INO, "f", 0o644, 0, 0).unwrap().ino;
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     fs.write(f, 0, &data).unwrap();
@@ -650,13 +656,7 @@ fn a_resave_of_a_changed_huge_sparse_file_skips_its_holes() {
 /// changes nothing, and after a rename the same tree saves.
 #[test]
 fn a_name_too_long_for_the_roots_blocks_fails_the_save_not_the_node() {
-    let store: Arc<dyn BlockStore> = Arc::new(MemoryStore::default());
-    let sizes = BlockSizes {
-        dsize: 256,
-        psize: 260,
-    };
-    let root = Tree::default().write(store.as_ref(), sizes, None).unwrap();
-    let fs = open(store.clone(), root);
+    let (store, fs) = empty_root_of_256_byte_blocks();
     let long = "n".repeat(200);
     fs.create(ROOT_INO, &long, 0o644, 0, 0).unwrap();
     let err = fs.save().unwrap_err();

@@ -15,7 +15,7 @@ use fossil::{CacheConfig, FileKind, Fs, ROOT_INO};
 use venti::{BlockStore, Score};
 
 use crate::env::door::Door;
-use crate::env::{Environment, Limits};
+use crate::env::{Environment, Limits, Network, Published};
 use crate::error::{GridError, GridResult};
 use crate::names::check_score_name;
 use crate::scorenames::ScoreNames;
@@ -44,6 +44,10 @@ pub struct NodeConfig {
     pub public_host: String,
     /// The colony executable, re-run as the environments' helper processes.
     pub helper: PathBuf,
+    /// Whether `spawn … net=host` (the node's network, shared) is allowed.
+    pub allow_host_net: bool,
+    /// Node ports that `publish=PORT` forwards into environments, first..=last.
+    pub publish_ports: (u16, u16),
 }
 
 impl Default for NodeConfig {
@@ -65,6 +69,8 @@ impl Default for NodeConfig {
             env_listen: "0.0.0.0".into(),
             public_host: host,
             helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony")),
+            allow_host_net: false,
+            publish_ports: (30001, 30100),
         }
     }
 }
@@ -112,7 +118,20 @@ struct Env {
     door_stop: Option<tokio::sync::oneshot::Sender<()>>,
     port: u16,
     login: String,
+    network: Network,
+    published: Vec<Published>,
 }
+
+/// What a `spawn` asks for beyond the root.
+struct SpawnOptions {
+    limits: Limits,
+    network: Network,
+    /// Environment ports to publish at node ports.
+    publish: Vec<u16>,
+}
+
+const SPAWN_USAGE: &str =
+    "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]…";
 
 pub struct Node {
     state: StateDir,
@@ -173,16 +192,14 @@ impl Node {
             ["scores"] => self.scores(user, None),
             ["scores", filter] => self.scores(user, Some(filter)),
             ["scores", ..] => return usage("scores [FILTER]"),
-            ["spawn", name, limits @ ..] => self
-                .limits(limits)
-                .and_then(|l| self.spawn(user, name, false, l)),
-            ["spawn", ..] => return usage("spawn NAME [memory=SIZE] [pids=N] [cpu=WEIGHT]"),
-            ["spawndisk", name, limits @ ..] => self
-                .limits(limits)
-                .and_then(|l| self.spawn(user, name, true, l)),
-            ["spawndisk", ..] => {
-                return usage("spawndisk NAME [memory=SIZE] [pids=N] [cpu=WEIGHT]");
-            }
+            ["spawn", name, options @ ..] => self
+                .spawn_options(options)
+                .and_then(|o| self.spawn(user, name, false, o)),
+            ["spawn", ..] => return usage(&format!("spawn {SPAWN_USAGE}")),
+            ["spawndisk", name, options @ ..] => self
+                .spawn_options(options)
+                .and_then(|o| self.spawn(user, name, true, o)),
+            ["spawndisk", ..] => return usage(&format!("spawndisk {SPAWN_USAGE}")),
             ["save", env, new] => self.save(user, env, new),
             ["save", ..] => return usage("save ENV NEWNAME"),
             ["invite", invitee, env] => self.invite(user, invitee, env),
@@ -204,17 +221,38 @@ impl Node {
         }
     }
 
-    /// The node's default limits with `memory=`, `pids=` and `cpu=` overrides.
-    fn limits(&self, words: &[&str]) -> GridResult<Limits> {
+    /// The node's default limits with `memory=`, `pids=` and `cpu=` overrides,
+    /// the network (`net=`) and the ports to publish (`publish=`).
+    fn spawn_options(&self, words: &[&str]) -> GridResult<SpawnOptions> {
         let mut limits = self.config.limits.clone();
+        let (mut network, mut publish) = (Network::Private, Vec::new());
         for w in words {
             let bad = || {
                 GridError::refused(format!(
-                    "bad limit {w:?}: use memory=SIZE (K/M/G, at least 4M), pids=N or cpu=WEIGHT (1-10000)"
+                    "bad option {w:?}: use memory=SIZE (K/M/G, at least 4M), pids=N, cpu=WEIGHT (1-10000), \
+                     net=private|host or publish=PORT (1-65535)"
                 ))
             };
             let (key, value) = w.split_once('=').ok_or_else(bad)?;
             match key {
+                "net" => {
+                    network = match value {
+                        "private" => Network::Private,
+                        "host" if self.config.allow_host_net => Network::Host,
+                        "host" => {
+                            return Err(GridError::refused(
+                                "net=host is not allowed on this node (its admin may start it with serve --allow-host-net)",
+                            ));
+                        }
+                        _ => return Err(bad()),
+                    }
+                }
+                "publish" => {
+                    let port: u16 = value.parse().ok().filter(|&p| p > 0).ok_or_else(bad)?;
+                    if !publish.contains(&port) {
+                        publish.push(port);
+                    }
+                }
                 "memory" => {
                     limits.memory = parse_size(value)
                         .filter(|&m| m >= 4 << 20)
@@ -237,7 +275,16 @@ impl Node {
                 _ => return Err(bad()),
             }
         }
-        Ok(limits)
+        if network == Network::Host && !publish.is_empty() {
+            return Err(GridError::refused(
+                "publish= is for a private network: with net=host the environment's ports are the node's",
+            ));
+        }
+        Ok(SpawnOptions {
+            limits,
+            network,
+            publish,
+        })
     }
 
     fn scores(&self, user: &str, filter: Option<&str>) -> GridResult<String> {
@@ -251,7 +298,13 @@ impl Node {
         Ok(out)
     }
 
-    fn spawn(&self, user: &str, name: &str, disk: bool, limits: Limits) -> GridResult<String> {
+    fn spawn(
+        &self,
+        user: &str,
+        name: &str,
+        disk: bool,
+        options: SpawnOptions,
+    ) -> GridResult<String> {
         check_score_name(name)?;
         let binding = self
             .names()
@@ -311,10 +364,12 @@ impl Node {
             door_stop: None,
             port: 0,
             login: String::new(),
+            network: options.network.clone(),
+            published: Vec::new(),
         };
         // The cpu half: processes in namespaces on the mount, and a login.
         let used: Vec<u16> = envs.values().map(|e| e.port).collect();
-        match self.start_environment(user, name, &mountpoint, &env.fs, &limits, &used) {
+        match self.start_environment(user, name, &mountpoint, &env.fs, &options, &used) {
             Ok((environment, stop, port)) => {
                 env.environment = Some(environment);
                 env.door_stop = Some(stop);
@@ -326,12 +381,31 @@ impl Node {
                 return Err(e);
             }
         }
+        let taken: Vec<u16> = envs
+            .values()
+            .flat_map(|e| e.published.iter().map(|p| p.node_port))
+            .collect();
+        let environment = env.environment.clone().expect("just started");
+        match self.publish(&environment, &options.publish, &taken) {
+            Ok(published) => env.published = published,
+            Err(e) => {
+                end_env(user, name, env);
+                return Err(e);
+            }
+        }
         tracing::info!(user, env = name, root = %binding.root, port = env.port, "spawned");
         let kind = if disk { "disk" } else { "ram" };
-        let out = format!(
+        let mut out = format!(
             "{name} spawned from vac:{} ({kind} cache); log in with:\n{}\n",
             binding.root, env.login
         );
+        for p in &env.published {
+            let _ = writeln!(
+                out,
+                "port {} published at {}:{}",
+                p.env_port, self.config.public_host, p.node_port
+            );
+        }
         envs.insert(key, env);
         Ok(out)
     }
@@ -343,7 +417,7 @@ impl Node {
         name: &str,
         root: &std::path::Path,
         fs: &Arc<Fs>,
-        limits: &Limits,
+        options: &SpawnOptions,
         used_ports: &[u16],
     ) -> GridResult<(Arc<Environment>, tokio::sync::oneshot::Sender<()>, u16)> {
         let hostname: String = name
@@ -364,9 +438,22 @@ impl Node {
             node_id(&self.state),
             crate::state::pair_id(user, name)
         );
+        let net_api = self.state.net_socket(user, name);
+        if let Some(dir) = net_api.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| GridError::io(format!("creating {}", dir.display()), e))?;
+        }
         let environment = Arc::new(
-            Environment::start(&self.config.helper, root, &hostname, &group, limits)
-                .map_err(|e| GridError::io(format!("starting environment {name}"), e))?,
+            Environment::start(
+                &self.config.helper,
+                root,
+                &hostname,
+                &group,
+                &options.limits,
+                &options.network,
+                &net_api,
+            )
+            .map_err(|e| GridError::io(format!("starting environment {name}"), e))?,
         );
         let (first, last) = self.config.env_ports;
         let listener = (first..=last)
@@ -399,6 +486,39 @@ impl Node {
             }
         });
         Ok((environment, stop_tx, port))
+    }
+
+    /// Forwards a free node port from the pool to each of `ports` inside.
+    fn publish(
+        &self,
+        environment: &Environment,
+        ports: &[u16],
+        taken: &[u16],
+    ) -> GridResult<Vec<Published>> {
+        let (first, last) = self.config.publish_ports;
+        let mut published: Vec<Published> = Vec::new();
+        for &env_port in ports {
+            // Free now: not another environment's, and nothing on the node holds it.
+            let node_port = (first..=last).find(|p| {
+                !taken.contains(p)
+                    && !published.iter().any(|q| q.node_port == *p)
+                    && std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok()
+            });
+            let Some(node_port) = node_port else {
+                return Err(GridError::refused(format!(
+                    "no free port in the publish pool {first}-{last}"
+                )));
+            };
+            let p = Published {
+                node_port,
+                env_port,
+            };
+            environment
+                .publish(p)
+                .map_err(|e| GridError::io(format!("publishing port {env_port}"), e))?;
+            published.push(p);
+        }
+        Ok(published)
     }
 
     /// The live file system of `user`'s environment `env`.
@@ -465,9 +585,20 @@ impl Node {
                 .environment
                 .as_ref()
                 .map_or(0, |env| env.processes().len());
+            let mut net = match e.network {
+                Network::Private => "net private".to_string(),
+                Network::Host => "net host".to_string(),
+            };
+            for p in &e.published {
+                let _ = write!(
+                    net,
+                    ", {}:{}->{}",
+                    self.config.public_host, p.node_port, p.env_port
+                );
+            }
             let _ = writeln!(
                 out,
-                "{name}\tfrom {} vac:{}\t{kind} {size_mb} MB, {used}% changed\t{}\tup {}m{:02}s\t{procs} processes\troot now vac:{}",
+                "{name}\tfrom {} vac:{}\t{kind} {size_mb} MB, {used}% changed\t{}\tup {}m{:02}s\t{procs} processes\t{net}\troot now vac:{}",
                 e.spawned_from,
                 e.root,
                 e.login,

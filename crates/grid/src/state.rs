@@ -70,6 +70,13 @@ impl StateDir {
         self.root.join("mnt").join(user).join(env)
     }
 
+    /// The control socket of an environment's user-mode network.
+    pub fn net_socket(&self, user: &str, env: &str) -> PathBuf {
+        self.root
+            .join("run")
+            .join(format!("{}.net", pair_id(user, env)))
+    }
+
     /// One file per (user, environment), named so no two pairs can share it.
     pub fn cache_file(&self, user: &str, env: &str) -> PathBuf {
         self.root

@@ -237,7 +237,7 @@ mod tests {
         for (i, e) in entries.iter_mut().enumerate() {
             e.qid = i as u64;
         }
-        let mut block = pack(&entries, 8192).remove(0);
+        let mut block = pack(&entries, 8192).unwrap().remove(0);
         block[0..4].copy_from_slice(&MAGIC_BOTCHED.to_be_bytes());
         let mb = MetaBlock::parse(&block, 8192).unwrap();
         for (i, n) in names.iter().enumerate() {
@@ -249,7 +249,7 @@ mod tests {
     fn packing_splits_into_blocks_and_every_name_is_found() {
         let mut entries: Vec<DirEntry> = (0..500).map(|i| named(&format!("file-{i:04}"))).collect();
         entries.sort_by(|a, b| a.elem.cmp(&b.elem));
-        let blocks = pack(&entries, 8192);
+        let blocks = pack(&entries, 8192).unwrap();
         assert!(blocks.len() >= 7, "81 entries per block at most");
         let mut found = 0;
         for b in &blocks {
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn corrupt_blocks_are_refused() {
-        let block = pack(&[named("a")], 8192).remove(0);
+        let block = pack(&[named("a")], 8192).unwrap().remove(0);
         let mut bad = block.clone();
         bad[0] = 0;
         assert!(MetaBlock::parse(&bad, 8192).is_err());

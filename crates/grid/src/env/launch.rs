@@ -295,6 +295,8 @@ pub struct InitRequest {
     pub root: PathBuf,
     pub hostname: String,
     pub cgroups: Vec<PathBuf>,
+    /// A network namespace of its own (else the node's network).
+    pub private_net: bool,
 }
 
 impl InitRequest {
@@ -311,6 +313,14 @@ impl InitRequest {
         for dir in &self.cgroups {
             line("cgroup", dir.as_os_str().as_bytes());
         }
+        line(
+            "net",
+            if self.private_net {
+                b"private"
+            } else {
+                b"host"
+            },
+        );
         out
     }
 
@@ -318,6 +328,7 @@ impl InitRequest {
     pub fn read(input: &mut dyn io::BufRead) -> io::Result<InitRequest> {
         use std::os::unix::ffi::OsStrExt;
         let (mut root, mut hostname, mut cgroups) = (None, None, Vec::new());
+        let mut private_net = false;
         loop {
             let mut line = Vec::new();
             if input.read_until(b'\n', &mut line)? == 0 || line == b"\n" {
@@ -333,6 +344,7 @@ impl InitRequest {
                 b"root" => root = Some(path()),
                 b"hostname" => hostname = Some(String::from_utf8_lossy(value).into_owned()),
                 b"cgroup" => cgroups.push(path()),
+                b"net" => private_net = value == b"private",
                 _ => return Err(io::Error::other("unknown key in init request")),
             }
         }
@@ -341,6 +353,7 @@ impl InitRequest {
                 root,
                 hostname,
                 cgroups,
+                private_net,
             }),
             _ => Err(io::Error::other("incomplete init request")),
         }
@@ -349,7 +362,8 @@ impl InitRequest {
 
 /// The init helper: prints `pid N` (pid 1's number on the host) and then
 /// `ready` or `error WHY` on standard output, which the node reads.
-pub fn init_main(root: &Path, hostname: &str, cgroups: &[PathBuf]) -> ! {
+pub fn init_main(request: &InitRequest) -> ! {
+    let (root, hostname, cgroups) = (&request.root, &request.hostname, &request.cgroups);
     let fail = |e: io::Error| -> ! {
         println!("error {e}");
         std::process::exit(1)
@@ -357,10 +371,19 @@ pub fn init_main(root: &Path, hostname: &str, cgroups: &[PathBuf]) -> ! {
     if let Err(e) = Cgroups::enter(cgroups, std::process::id()) {
         fail(e);
     }
-    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if request.private_net {
+        flags |= libc::CLONE_NEWNET;
+    }
     // SAFETY: unshare with namespace flags in a single-threaded process.
     if let Err(e) = check(unsafe { libc::unshare(flags) }, "unshare") {
         fail(e);
+    }
+    if request.private_net
+        && let Err(e) = super::net::loopback_up()
+    {
+        fail(io::Error::other(format!("bringing up loopback: {e}")));
     }
     // SAFETY: fork in a single-threaded process.
     match unsafe { libc::fork() } {
@@ -420,7 +443,9 @@ pub fn exec_main(
     // environment: no program from the root, nor its dynamic loader, is needed.
     let builtin = argv[0] == super::SELF;
     let mut fds = Vec::new();
-    for ns in ["ipc", "uts", "pid", "mnt"] {
+    // The network first: for a host-network environment it is the node's
+    // own, and joining it changes nothing.
+    for ns in ["net", "ipc", "uts", "pid", "mnt"] {
         let path = format!("/proc/{init_pid}/ns/{ns}");
         match std::fs::File::open(&path) {
             Ok(f) => fds.push(f),
@@ -434,8 +459,8 @@ pub fn exec_main(
     let own_mnt = std::fs::metadata("/proc/self/ns/mnt")
         .map(|m| m.ino())
         .unwrap_or(0);
-    if inode(&fds[3]) != namespaces.0 || inode(&fds[2]) != namespaces.1 || inode(&fds[3]) == own_mnt
-    {
+    let (pid_ns, mnt_ns) = (&fds[3], &fds[4]);
+    if inode(mnt_ns) != namespaces.0 || inode(pid_ns) != namespaces.1 || inode(mnt_ns) == own_mnt {
         fail(
             "entering the environment",
             io::Error::other("the environment is gone"),

@@ -1,7 +1,8 @@
 //! Environments: the cpu half of a node. A spawned root becomes what behaves
 //! like an independent system: its own mount, pid, uts and ipc namespaces,
-//! pivoted into the spawned FUSE root, resource-limited by cgroups, with the
-//! node's network, and its own SSH login ([`door`]).
+//! pivoted into the spawned FUSE root, resource-limited by cgroups, with a
+//! network of its own ([`net`]) or, where allowed, the node's, and its own
+//! SSH login ([`door`]).
 //!
 //! Isolation, chosen and documented: processes run as root *inside* the
 //! environment, with Docker's default capability set minus CAP_MKNOD and
@@ -15,6 +16,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod door;
 pub mod launch;
+pub mod net;
 pub mod seccomp;
 pub mod sftp;
 
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 pub use cgroup::{Cgroups, Limits};
 pub use launch::{HELPER_VAR, InitRequest};
+pub use net::{Network, Published};
 
 /// As `argv[0]` of [`Environment::command`]: run a built-in of colony (named
 /// by `argv[1]`, e.g. `__sftp-server`) inside the environment.
@@ -41,17 +44,22 @@ pub struct Environment {
     helper: PathBuf,
     outer: std::sync::Mutex<Child>,
     cgroups: Cgroups,
+    /// The user-mode network of a private-network environment.
+    slirp: std::sync::Mutex<Option<net::Slirp>>,
 }
 
 impl Environment {
     /// Starts an environment rooted at `root` (a mounted file system), named
-    /// `hostname`, limited by `limits`, in cgroups called `group`.
+    /// `hostname`, limited by `limits`, in cgroups called `group`, networked
+    /// as `network` (a private network's control socket at `net_api`).
     pub fn start(
         helper: &Path,
         root: &Path,
         hostname: &str,
         group: &str,
         limits: &Limits,
+        network: &Network,
+        net_api: &Path,
     ) -> io::Result<Environment> {
         let cgroups = Cgroups::create(group, limits)?;
         // pid 1 is forked from this helper and shows its command line and
@@ -75,6 +83,7 @@ impl Environment {
             root: root.to_path_buf(),
             hostname: hostname.to_string(),
             cgroups: cgroups.dirs.clone(),
+            private_net: *network == Network::Private,
         }
         .encode();
         request.push(b'\n');
@@ -132,13 +141,41 @@ impl Environment {
                 return Err(e);
             }
         };
-        Ok(Environment {
+        let environment = Environment {
             init_pid,
             namespaces,
             helper: helper.to_path_buf(),
             outer: std::sync::Mutex::new(outer),
             cgroups,
-        })
+            slirp: std::sync::Mutex::new(None),
+        };
+        if *network == Network::Private {
+            match net::Slirp::start(init_pid, net_api) {
+                Ok(slirp) => {
+                    *environment.slirp.lock().unwrap_or_else(|p| p.into_inner()) = Some(slirp)
+                }
+                Err(e) => {
+                    environment.stop();
+                    return Err(io::Error::other(format!("its network: {e}")));
+                }
+            }
+        }
+        Ok(environment)
+    }
+
+    /// Forwards a node port to a port inside (private network only).
+    pub fn publish(&self, p: Published) -> io::Result<()> {
+        match self
+            .slirp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(slirp) => slirp.publish(p),
+            None => Err(io::Error::other(
+                "only an environment with a private network publishes ports",
+            )),
+        }
     }
 
     /// A command that runs `argv` inside the environment; the caller sets its stdio.
@@ -177,6 +214,9 @@ impl Environment {
 
     /// Kills everything the environment runs and removes its cgroups.
     pub fn stop(&self) {
+        if let Some(mut slirp) = self.slirp.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            slirp.stop();
+        }
         let mut outer = self.outer.lock().unwrap_or_else(|p| p.into_inner());
         // pid 1 is the outer helper's child: while the helper has not exited,
         // pid 1 has not been reaped and its number cannot belong to anyone else.
