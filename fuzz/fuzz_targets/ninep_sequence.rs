@@ -672,6 +672,8 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
     let report = match fs.save() {
         Ok(r) => r,
         Err(_) if too_big => return Ok(()),
+        // A name too long for the root's block size fails the save, by design.
+        Err(e) if e.message.contains("meta block") => return Ok(()),
         Err(e) => panic!("save failed: {e}"),
     };
     let saved = archived_tree(store.as_ref(), &report.score, &writes);

@@ -594,16 +594,26 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // A lock can be held for a moment by a process that is going away: one
+    // just killed, or a child forked (by any thread) between its fork and its
+    // exec, which holds every descriptor for that instant. Wait a little
+    // before calling the store busy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
         let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::WouldBlock {
+        if err.kind() != io::ErrorKind::WouldBlock {
+            return Err(StoreError::io(format!("locking {}", path.display()), err));
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(StoreError::Busy(dir.to_path_buf()));
         }
-        return Err(StoreError::io(format!("locking {}", path.display()), err));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(file)
 }
 
 /// Makes a newly created file's directory entry durable.
