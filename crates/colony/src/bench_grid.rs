@@ -72,6 +72,14 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
     println!(
         "grid benchmark: median of {runs} runs; commands through the node's command set in this process"
     );
+    let result = run_cases(&node, tree, &key, &mounts, runs);
+    // End every environment, also after a failure, so none outlives the run.
+    node.shutdown();
+    result
+}
+
+/// Spawn, first output and save for each root and network, `runs` times.
+fn run_cases(node: &Node, tree: &Path, key: &Path, mounts: &Path, runs: usize) -> Result<()> {
     let cases = ["busybox", "tree"]
         .into_iter()
         .flat_map(|name| [(name, "private"), (name, "host")]);
@@ -93,7 +101,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
                 .to_string();
             let out = Command::new("ssh")
                 .args(["-p", &port, "-i"])
-                .arg(&key)
+                .arg(key)
                 .args([
                     "-o",
                     "StrictHostKeyChecking=no",
@@ -139,6 +147,5 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
             median(save)
         );
     }
-    node.shutdown();
     Ok(())
 }
