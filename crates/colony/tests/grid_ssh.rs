@@ -1419,7 +1419,8 @@ fn a_published_port_reaches_the_environments_server() {
         return;
     }
     let mut g = Grid::new();
-    let base = 31_000 + (std::process::id() % 50) as u16 * 10;
+    // Above every test's login ports (21000 + pid % 100 * 200 + 6 per test).
+    let base = 41_000 + (std::process::id() % 50) as u16 * 10;
     let pool = format!("{base}-{}", base + 9);
     g.start(&["--publish-ports", &pool]);
     let reply = g.ok("alice", &["spawn", "busybox", "publish=8080"]);
