@@ -188,7 +188,7 @@ impl RemoteStore {
 
     /// Sends again, on connection `generation`, every unsynced block that an
     /// earlier connection carried.
-    fn replay(&self, client: &Client, generation: u64) -> Result<usize, ClientError> {
+    fn replay(&self, client: &Client, generation: u64) -> Result<(), ClientError> {
         let stale: Vec<(usize, BlockType, Vec<u8>)> = {
             let pending = self.unsynced.lock().expect("remote store lock");
             pending
@@ -200,14 +200,13 @@ impl RemoteStore {
                 .collect()
         };
         if stale.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         tracing::info!(
             server = %self.addr,
             blocks = stale.len(),
             "writing again the unsynced blocks of a lost venti connection"
         );
-        let count = stale.len();
         let indices: Vec<usize> = stale.iter().map(|(i, _, _)| *i).collect();
         self.runtime.block_on(async {
             let mut set = JoinSet::new();
@@ -234,7 +233,7 @@ impl RemoteStore {
                 b.generation = generation;
             }
         }
-        Ok(count)
+        Ok(())
     }
 }
 
@@ -310,7 +309,7 @@ impl BlockStore for RemoteStore {
             let (client, generation) = self.current();
             let outcome = self
                 .replay(&client, generation)
-                .and_then(|_| self.runtime.block_on(client.sync()));
+                .and_then(|()| self.runtime.block_on(client.sync()));
             match outcome {
                 Ok(()) => {
                     let mut pending = self.unsynced.lock().expect("remote store lock");

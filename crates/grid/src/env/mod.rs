@@ -214,9 +214,8 @@ impl Environment {
 
     /// Kills everything the environment runs and removes its cgroups.
     pub fn stop(&self) {
-        if let Some(mut slirp) = self.slirp.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            slirp.stop();
-        }
+        // Dropping the network stack ends it.
+        drop(self.slirp.lock().unwrap_or_else(|p| p.into_inner()).take());
         let mut outer = self.outer.lock().unwrap_or_else(|p| p.into_inner());
         // pid 1 is the outer helper's child: while the helper has not exited,
         // pid 1 has not been reaped and its number cannot belong to anyone else.

@@ -149,18 +149,14 @@ impl Slirp {
             )))
         }
     }
-
-    /// Ends the network stack.
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.api);
-    }
 }
 
 impl Drop for Slirp {
+    /// Ends the network stack.
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.api);
     }
 }
 
