@@ -1,7 +1,7 @@
 //! `colony bench grid TREE`: a grid node in this process; times `spawn` (to
 //! its reply, and to the first command's output through the environment's own
 //! SSH login) and `save` after changing one file, for a busybox root and for
-//! TREE. Needs root (spawn mounts and makes namespaces) and the OpenSSH client.
+//! TREE, each with a private network, the node's network, and rootless. Needs root (spawn mounts and makes namespaces) and the OpenSSH client.
 
 use std::path::Path;
 use std::process::Command;
@@ -80,14 +80,21 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
 
 /// Spawn, first output and save for each root and network, `runs` times.
 fn run_cases(node: &Node, tree: &Path, key: &Path, mounts: &Path, runs: usize) -> Result<()> {
+    // What isolation costs: the private network against the node's, and a
+    // rootless environment (user namespace, shifted owners) against root.
+    let variants = [
+        ("net=private userns=no", "private"),
+        ("net=host userns=no", "host"),
+        ("net=private userns=yes", "rootless"),
+    ];
     let cases = ["busybox", "tree"]
         .into_iter()
-        .flat_map(|name| [(name, "private"), (name, "host")]);
-    for (name, net) in cases {
+        .flat_map(|name| variants.map(|(options, tag)| (name, options, tag)));
+    for (name, options, net) in cases {
         let (mut spawn, mut first, mut save) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs.max(1) {
             let t = Instant::now();
-            let r = node.run("bench", &format!("spawn {name} net={net}"));
+            let r = node.run("bench", &format!("spawn {name} {options}"));
             spawn.push(t.elapsed().as_secs_f64());
             if r.status != 0 {
                 bail!("spawn {name}: {}", r.err);
@@ -131,9 +138,9 @@ fn run_cases(node: &Node, tree: &Path, key: &Path, mounts: &Path, runs: usize) -
             node.run("bench", &format!("boom {name}"));
         }
         let label = if name == "tree" {
-            format!("{}, net={net}", tree.display())
+            format!("{}, {options}", tree.display())
         } else {
-            format!("a busybox root, net={net}")
+            format!("a busybox root, {options}")
         };
         println!("{:<60} {}", format!("spawn {label}"), median(spawn));
         println!(

@@ -57,6 +57,15 @@ pub struct ServeArgs {
     /// (it can listen on the node's addresses and reach its loopback services).
     #[arg(long)]
     allow_host_net: bool,
+    /// Make environments rootful unless a spawn says `userns=yes`: root
+    /// inside is the host's root, bounded by capabilities and the syscall
+    /// filter (by default root inside is an unprivileged range of host ids,
+    /// in a user namespace of the environment's own).
+    #[arg(long)]
+    rootful: bool,
+    /// Allow `spawn … userns=no` (a rootful environment) on a rootless node.
+    #[arg(long)]
+    allow_rootful: bool,
     /// Host name in the login commands `spawn` prints [default: this host's name].
     #[arg(long)]
     public_host: Option<String>,
@@ -143,6 +152,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         config.publish_ports = port_range(&range, "--publish-ports")?;
     }
     config.allow_host_net = args.allow_host_net || file.get("allowhostnet") == Some("yes");
+    config.userns = !(args.rootful || file.get("rootful") == Some("yes"));
+    config.allow_rootful = args.allow_rootful || file.get("allowrootful") == Some("yes");
     if let Some(host) = args
         .public_host
         .or_else(|| file.get("publichost").map(str::to_string))

@@ -133,10 +133,9 @@ fn env_helper(args: &[String]) -> ! {
             "--cgroup" => cgroups.extend(args.get(i + 1).map(std::path::PathBuf::from)),
             "--pid" => pid = args.get(i + 1).and_then(|p| p.parse().ok()),
             "--ns" => {
-                namespaces = args.get(i + 1).and_then(|v| {
-                    let (m, p) = v.split_once(':')?;
-                    Some((m.parse().ok()?, p.parse().ok()?))
-                })
+                namespaces = args
+                    .get(i + 1)
+                    .and_then(|v| grid::env::launch::Namespaces::parse(v))
             }
             "--term" => term = args.get(i + 1).cloned(),
             "--pty" => {

@@ -19,6 +19,12 @@ const SSH_OPTS: [&str; 8] = [
     "LogLevel=ERROR",
 ];
 
+/// `COLONY_TEST_USERNS=no` runs the whole suite against rootful
+/// environments (`serve --rootful`); by default they are rootless.
+fn rootful_suite() -> bool {
+    std::env::var_os("COLONY_TEST_USERNS").is_some_and(|v| v == "no")
+}
+
 fn can_mount() -> bool {
     // SAFETY: geteuid has no preconditions.
     let ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/fuse").exists();
@@ -129,6 +135,7 @@ impl Grid {
             ])
             .arg(&self.state)
             .args(extra)
+            .args((rootful_suite() && !extra.contains(&"--rootful")).then_some("--rootful"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -460,12 +467,35 @@ fn a_restart_ends_live_environments_and_keeps_the_names() {
     );
     assert!(g.mounted().is_empty(), "no mount left behind");
 
-    // A node killed outright leaves a stale mount; the next start clears it.
+    // A node killed outright takes its environments with it (no tenant
+    // process runs on, holding ports or ids), and leaves a stale mount that
+    // the next start clears.
     g.start(&[]);
-    g.ok("alice", &["spawn", "kept"]);
+    let port = login_port(&g.ok("alice", &["spawn", "kept"]));
+    g.env_ok(port, "sleep 1000 </dev/null >/dev/null 2>&1 &");
     let mut child = g.child.take().unwrap();
+    let init = init_pid_of_only_environment(child.id()).expect("the environment's pid 1");
+    let inside: Vec<u32> = children_of(init);
+    assert!(!inside.is_empty(), "the sleep runs");
     child.kill().unwrap();
     child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let alive = |p: &u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    while std::iter::once(&init).chain(&inside).any(alive) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the environment outlived its node"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     g.start(&[]);
     assert!(g.mounted().is_empty(), "stale mount cleared at start");
     assert_eq!(g.ok("alice", &["scores"]), "busybox\nkept\n");
@@ -799,8 +829,17 @@ fn only_the_owner_logs_in_and_escapes_fail() {
         return;
     }
     let mut g = Grid::new();
-    g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    g.start(&["--allow-rootful"]);
+    // Rootless and rootful environments hold the same line.
+    for mode in ["userns=yes", "userns=no"] {
+        only_the_owner_logs_in_and_escapes_fail_in(&g, mode);
+        g.ok("alice", &["boom", "busybox"]);
+    }
+    g.stop();
+}
+
+fn only_the_owner_logs_in_and_escapes_fail_in(g: &Grid, mode: &str) {
+    let port = login_port(&g.ok("alice", &["spawn", "busybox", mode]));
     let bob = g.env_ssh("bob", port, "true", "", false);
     assert_eq!(bob.status.code(), Some(255));
     assert!(String::from_utf8_lossy(&bob.stderr).contains("Permission denied"));
@@ -901,9 +940,8 @@ fn only_the_owner_logs_in_and_escapes_fail() {
         (27, "MKNOD"),
         (13, "NET_RAW"),
     ] {
-        assert_eq!(caps & (1 << cap), 0, "CAP_{name} must be dropped");
+        assert_eq!(caps & (1 << cap), 0, "CAP_{name} must be dropped ({mode})");
     }
-    g.stop();
 }
 
 #[test]
@@ -1275,10 +1313,21 @@ fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
-    g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
-    std::fs::copy(&probe, g.state.join("mnt/alice/busybox/probe")).unwrap();
-    let out = g.env_ok(port, "/probe");
+    g.start(&["--allow-rootful"]);
+    // Rootless and rootful environments refuse the same calls.
+    for mode in ["userns=yes", "userns=no"] {
+        let port = login_port(&g.ok("alice", &["spawn", "busybox", mode]));
+        std::fs::copy(&probe, g.state.join("mnt/alice/busybox/probe")).unwrap();
+        let out = g.env_ok(port, "/probe");
+        check_probe_results(&out, mode);
+        g.ok("alice", &["boom", "busybox"]);
+    }
+    g.stop();
+}
+
+/// The static probe's report: each refused call EPERM, clone3 ENOSYS, the
+/// ordinary calls working, and no key in the node's keyrings.
+fn check_probe_results(out: &str, mode: &str) {
     let results: std::collections::HashMap<&str, i32> = out
         .lines()
         .filter_map(|l| {
@@ -1290,15 +1339,15 @@ fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
         assert_eq!(
             results.get(name),
             Some(&libc::EPERM),
-            "{name} inside: {out}"
+            "{name} inside ({mode}): {out}"
         );
     }
-    assert_eq!(results.get("clone3"), Some(&libc::ENOSYS), "{out}");
+    assert_eq!(results.get("clone3"), Some(&libc::ENOSYS), "{mode}: {out}");
     for name in ["thread", "fork", "execve", "mmap", "socket", "ptrace"] {
         assert_eq!(
             results.get(name),
             Some(&0),
-            "{name} must work inside: {out}"
+            "{name} must work inside ({mode}): {out}"
         );
     }
     // SAFETY: request_key with valid strings; it searches the calling (host
@@ -1544,5 +1593,174 @@ fn outbound_connections_from_a_private_network_work() {
     );
     assert_eq!(got, "from another host\n");
     g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}
+
+/// Every file of the environment's root (its own file system only, and not
+/// busybox's hundreds of links) as `UID GID MODE PATH`, sorted. /proc and
+/// /sys are left out: they are the kernel's, and a rootless environment
+/// shows their owner, host root, as nobody.
+const OWNERS: &str = "find / -xdev ! -path '/bin/*' ! -path /proc ! -path /sys \
+                      -exec stat -c '%u %g %a %n' {} + | sort";
+
+/// The uid (real, effective, saved, fs) of a host process, as its status says.
+fn host_uids(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().map(|n| n.parse().ok()).collect()
+}
+
+/// Invariants: a rootless environment's processes, pid 1 and logins alike,
+/// are root inside and never root (nor any id below the leased range) on the
+/// host; files show their archived owners; a save stores owners as they are
+/// inside, exactly, whichever way the saved root is spawned again; ids the
+/// namespace cannot show are kept as archived.
+#[test]
+fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    if !rootful_suite() {
+        g.start(&[]);
+        let err = g.refused("alice", &["spawn", "busybox", "userns=no"]);
+        assert!(err.contains("--allow-rootful"), "{err}");
+        g.ok("alice", &["spawn", "busybox"]);
+        assert!(
+            g.ok("alice", &["status"]).contains("rootless"),
+            "the default"
+        );
+        g.ok("alice", &["boom", "busybox"]);
+        g.stop();
+    }
+    g.start(&["--allow-rootful"]);
+    // Owners to keep: made in a rootful environment, saved.
+    let port = login_port(&g.ok("alice", &["spawn", "busybox", "userns=no"]));
+    g.env_ok(
+        port,
+        "mkdir -p /home/u /srv2 && touch /home/u/a /home/u/b /srv2/far /etc/setuid && \
+         chown 1000:1000 /home/u /home/u/a && chown 4242:77 /home/u/b && \
+         chown 70000:70001 /srv2/far && chmod 4755 /etc/setuid && chmod 1777 /srv2",
+    );
+    let plain = g.env_ok(port, OWNERS);
+    assert!(plain.contains("70000 70001 644 /srv2/far"), "{plain}");
+    assert!(!g.ok("alice", &["status"]).contains("rootless"));
+    g.ok("alice", &["save", "busybox", "owners"]);
+    g.ok("alice", &["boom", "busybox"]);
+
+    let port = login_port(&g.ok("alice", &["spawn", "owners", "userns=yes"]));
+    assert!(g.ok("alice", &["status"]).contains("rootless"));
+    let id = g.env_ok(port, "id");
+    assert!(id.starts_with("uid=0(root) gid=0(root)"), "{id}");
+    // Files show their archived owners; the id the namespace cannot show is nobody.
+    let rootless = g.env_ok(port, OWNERS);
+    assert_eq!(
+        rootless,
+        plain.replace("70000 70001 644 /srv2/far", "65534 65534 644 /srv2/far"),
+    );
+    // Root inside can do root's work on its own files and directories.
+    let out = g.env_ok(
+        port,
+        "echo x > /run/pid && echo y > /etc/made && mkdir /dev/shm/d && \
+         chown 1234:4321 /home/u/a && chmod 600 /home/u/b && cat /home/u/b && \
+         tty; ls -ln /run/pid /etc/made | cut -c1-30",
+    );
+    assert!(out.contains("not a tty"), "{out}");
+    assert!(!out.contains("Permission denied"), "{out}");
+    let tty = g.env_ssh("alice", port, "tty && ls -ln $(tty)", "", true);
+    let tty = String::from_utf8_lossy(&tty.stdout).into_owned();
+    assert!(tty.starts_with("/dev/pts/"), "{tty}");
+    assert!(tty.contains(" 0 "), "the terminal is root's inside: {tty}");
+
+    // On the host: every process of the environment is one unprivileged id.
+    let mut ssh = g
+        .command("ssh")
+        .args(["-p", &port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .args(["-T", "alice@127.0.0.1", "sleep 30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = g.child.as_ref().unwrap().id();
+    let init = init_pid_of_only_environment(node).expect("the environment's pid 1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let procs = loop {
+        let procs: Vec<u32> = g
+            .cgroups()
+            .iter()
+            .map(|c| std::fs::read_to_string(format!("{c}/cgroup.procs")).unwrap_or_default())
+            .collect::<String>()
+            .lines()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let sleeping = procs.iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "sleep\n")
+        });
+        if sleeping || std::time::Instant::now() > deadline {
+            break procs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let base = host_uids(init).unwrap()[0];
+    assert!(base >= 1 << 30, "pid 1 runs as host uid {base}");
+    // The processes inside: in pid 1's pid namespace (the node's helpers
+    // share the cgroups from outside it).
+    let pid_ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let inside = pid_ns(init).unwrap();
+    let mut seen_sleep = false;
+    for p in procs.iter().chain([&init]) {
+        if pid_ns(*p).as_ref() != Some(&inside) {
+            continue;
+        }
+        let Some(uids) = host_uids(*p) else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        seen_sleep |= comm == "sleep\n";
+        assert!(
+            uids.iter().all(|&u| u == base),
+            "{} (pid {p}) runs as {uids:?} on the host",
+            comm.trim()
+        );
+    }
+    assert!(seen_sleep, "the login's sleep was among {procs:?}");
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    // The mount, seen from the host, holds the shifted owners.
+    use std::os::unix::fs::MetadataExt;
+    let mount = g
+        .mounted()
+        .into_iter()
+        .next()
+        .expect("the environment's mount");
+    let made = std::fs::metadata(format!("{mount}/etc/made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (base, base));
+    let a = std::fs::metadata(format!("{mount}/home/u/a")).unwrap();
+    assert_eq!((a.uid(), a.gid()), (base + 1234, base + 4321));
+
+    // Saved and spawned again, rootless or not: owners exactly as inside.
+    let before = g.env_ok(port, OWNERS);
+    g.ok("alice", &["save", "owners", "owners2"]);
+    g.ok("alice", &["boom", "owners"]);
+    let port = login_port(&g.ok("alice", &["spawn", "owners2", "userns=no"]));
+    let after_plain = g.env_ok(port, OWNERS);
+    assert_eq!(
+        after_plain.replace("70000 70001 644 /srv2/far", "65534 65534 644 /srv2/far"),
+        before,
+        "the save kept owners as they are inside"
+    );
+    assert!(
+        after_plain.contains("1234 4321 644 /home/u/a"),
+        "{after_plain}"
+    );
+    assert!(after_plain.contains("0 0 644 /etc/made"), "{after_plain}");
+    assert!(
+        after_plain.contains("70000 70001 644 /srv2/far"),
+        "{after_plain}"
+    );
+    g.ok("alice", &["boom", "owners2"]);
+    let port = login_port(&g.ok("alice", &["spawn", "owners2", "userns=yes"]));
+    assert_eq!(g.env_ok(port, OWNERS), before);
+    g.ok("alice", &["boom", "owners2"]);
+    assert!(g.mounted().is_empty() && g.cgroups().is_empty());
     g.stop();
 }

@@ -28,11 +28,70 @@ const TTL: Duration = Duration::from_secs(1);
 /// A fossil file system as a FUSE file system.
 pub struct FuseFs {
     fs: Arc<Fs>,
+    ids: Option<IdShift>,
+}
+
+/// Owners as a rootless environment's kernel sees them: the environment's
+/// user namespace maps its ids `0..count` to the host's `base..base+count`,
+/// so the file system shows archived id `n` as host id `base + n` (which the
+/// namespace shows as `n` again) and stores a host id coming from inside
+/// shifted back. The archive always holds the ids as they are inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdShift {
+    base: u32,
+    count: u32,
+}
+
+/// The kernel's overflow id (`nobody`): what an id with no place in the
+/// namespace's range is shown as, inside and out.
+pub const OVERFLOW_ID: u32 = 65534;
+
+impl IdShift {
+    /// `None` when `base + count` does not fit in an id.
+    pub fn new(base: u32, count: u32) -> Option<IdShift> {
+        base.checked_add(count)?;
+        Some(IdShift { base, count })
+    }
+
+    pub fn base(self) -> u32 {
+        self.base
+    }
+
+    pub fn count(self) -> u32 {
+        self.count
+    }
+
+    /// The host id that shows an archived id.
+    pub fn to_host(self, id: u32) -> u32 {
+        if id < self.count {
+            self.base + id
+        } else {
+            OVERFLOW_ID
+        }
+    }
+
+    /// The archived id of a host id. Ids outside the range come from the
+    /// node's side (host root working on the mount), and are kept as they are.
+    pub fn from_host(self, id: u32) -> u32 {
+        match id.checked_sub(self.base) {
+            Some(n) if n < self.count => n,
+            _ => id,
+        }
+    }
 }
 
 /// Mounts `fs` at `mountpoint` and serves it on background threads until the
 /// session is dropped or unmounted.
 pub fn mount(fs: Arc<Fs>, mountpoint: &Path) -> io::Result<BackgroundSession> {
+    mount_with_ids(fs, mountpoint, None)
+}
+
+/// As [`mount`], with owners shifted for a user namespace (see [`IdShift`]).
+pub fn mount_with_ids(
+    fs: Arc<Fs>,
+    mountpoint: &Path,
+    ids: Option<IdShift>,
+) -> io::Result<BackgroundSession> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("colony".into()),
@@ -45,7 +104,7 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path) -> io::Result<BackgroundSession> {
     ];
     config.acl = SessionACL::All;
     config.n_threads = Some(4);
-    fuser::spawn_mount(FuseFs { fs }, mountpoint, &config)
+    fuser::spawn_mount(FuseFs { fs, ids }, mountpoint, &config)
 }
 
 fn errno(e: FsError) -> Errno {
@@ -88,7 +147,8 @@ fn dev_from_kernel(rdev: u32) -> u64 {
         | (minor & 0xff)
 }
 
-fn fuse_attr(a: &Attr) -> FileAttr {
+fn fuse_attr(a: &Attr, ids: Option<IdShift>) -> FileAttr {
+    let shown = |id: u32| ids.map_or(id, |s| s.to_host(id));
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
@@ -100,8 +160,8 @@ fn fuse_attr(a: &Attr) -> FileAttr {
         kind: file_type(a.kind),
         perm: (a.perm & 0o7777) as u16,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: shown(a.uid),
+        gid: shown(a.gid),
         rdev: kernel_rdev(a.rdev),
         blksize: 64 * 1024,
         flags: 0,
@@ -116,9 +176,23 @@ fn time(t: TimeOrNow) -> SystemTime {
 }
 
 impl FuseFs {
+    fn attr(&self, a: &Attr) -> FileAttr {
+        fuse_attr(a, self.ids)
+    }
+
+    /// An owner the kernel sent (a creator's fsuid, a chown), as archived.
+    fn stored(&self, id: u32) -> u32 {
+        self.ids.map_or(id, |s| s.from_host(id))
+    }
+
+    /// The archived owner and group of a request's creator.
+    fn creator(&self, req: &Request) -> (u32, u32) {
+        (self.stored(req.uid()), self.stored(req.gid()))
+    }
+
     fn entry(&self, result: Result<Attr, FsError>, reply: ReplyEntry) {
         match result {
-            Ok(a) => reply.entry(&TTL, &fuse_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -134,7 +208,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &fuse_attr(&a)),
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -159,14 +233,14 @@ impl Filesystem for FuseFs {
     ) {
         let set = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(|id| self.stored(id)),
+            gid: gid.map(|id| self.stored(id)),
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
         };
         match self.fs.setattr(ino.0, &set) {
-            Ok(a) => reply.attr(&TTL, &fuse_attr(&a)),
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -188,18 +262,13 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let (uid, gid) = self.creator(req);
         match name_of(name) {
             Ok(name) => {
                 let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
                 self.entry(
-                    self.fs.mknod(
-                        parent.0,
-                        name,
-                        mode,
-                        dev_from_kernel(rdev),
-                        req.uid(),
-                        req.gid(),
-                    ),
+                    self.fs
+                        .mknod(parent.0, name, mode, dev_from_kernel(rdev), uid, gid),
                     reply,
                 )
             }
@@ -216,10 +285,11 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let (uid, gid) = self.creator(req);
         match name_of(name) {
             Ok(name) => self.entry(
                 self.fs
-                    .mkdir(parent.0, name, mode & 0o7777 & !umask, req.uid(), req.gid()),
+                    .mkdir(parent.0, name, mode & 0o7777 & !umask, uid, gid),
                 reply,
             ),
             Err(e) => reply.error(e),
@@ -248,15 +318,11 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let (uid, gid) = self.creator(req);
         match name_of(link_name) {
             Ok(name) => self.entry(
-                self.fs.symlink(
-                    parent.0,
-                    name,
-                    target.as_os_str().as_bytes(),
-                    req.uid(),
-                    req.gid(),
-                ),
+                self.fs
+                    .symlink(parent.0, name, target.as_os_str().as_bytes(), uid, gid),
                 reply,
             ),
             Err(e) => reply.error(e),
@@ -458,18 +524,19 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let (uid, gid) = self.creator(req);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let result = self
             .fs
-            .create(parent.0, name, mode & 0o7777 & !umask, req.uid(), req.gid())
+            .create(parent.0, name, mode & 0o7777 & !umask, uid, gid)
             .and_then(|a| self.fs.open_file(a.ino));
         match result {
             Ok(a) => reply.created(
                 &TTL,
-                &fuse_attr(&a),
+                &self.attr(&a),
                 Generation(0),
                 FileHandle(0),
                 FopenFlags::empty(),
@@ -482,6 +549,24 @@ impl Filesystem for FuseFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifted_ids_go_out_and_come_back_and_the_rest_is_kept() {
+        let s = IdShift::new(1 << 30, 65536).unwrap();
+        for id in [0, 1, 1000, 65533, 65535] {
+            assert_eq!(s.to_host(id), (1 << 30) + id);
+            assert_eq!(s.from_host(s.to_host(id)), id);
+        }
+        // Archived ids past the range show as nobody; the archive keeps them
+        // as long as nobody changes the owner.
+        assert_eq!(s.to_host(65536), OVERFLOW_ID);
+        assert_eq!(s.to_host(u32::MAX), OVERFLOW_ID);
+        // Host ids outside the range (the node's own, root's) are stored as they are.
+        for id in [0, 1000, (1 << 30) - 1, (1 << 30) + 65536] {
+            assert_eq!(s.from_host(id), id);
+        }
+        assert!(IdShift::new(u32::MAX - 10, 65536).is_none());
+    }
 
     #[test]
     fn device_numbers_survive_the_kernel_encoding() {

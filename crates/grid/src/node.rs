@@ -15,7 +15,7 @@ use fossil::{CacheConfig, FileKind, Fs, ROOT_INO};
 use venti::{BlockStore, Score};
 
 use crate::env::door::Door;
-use crate::env::{Environment, Limits, Network, Published};
+use crate::env::{Environment, Limits, Network, Published, Spec};
 use crate::error::{GridError, GridResult};
 use crate::names::check_score_name;
 use crate::scorenames::ScoreNames;
@@ -48,6 +48,12 @@ pub struct NodeConfig {
     pub allow_host_net: bool,
     /// Node ports that `publish=PORT` forwards into environments, first..=last.
     pub publish_ports: (u16, u16),
+    /// Whether environments are rootless (a user namespace of their own)
+    /// unless a spawn says otherwise.
+    pub userns: bool,
+    /// Whether `spawn … userns=no` (root inside is the host's root, bounded
+    /// by capabilities and the syscall filter) is allowed.
+    pub allow_rootful: bool,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +77,8 @@ impl Default for NodeConfig {
             helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony")),
             allow_host_net: false,
             publish_ports: (30001, 30100),
+            userns: true,
+            allow_rootful: false,
         }
     }
 }
@@ -120,18 +128,23 @@ struct Env {
     login: String,
     network: Network,
     published: Vec<Published>,
+    /// A rootless environment's claim on its host ids; released after the
+    /// environment and its mount have ended (the fields drop last).
+    ids: Option<crate::env::userns::Lease>,
 }
 
 /// What a `spawn` asks for beyond the root.
 struct SpawnOptions {
     limits: Limits,
     network: Network,
+    /// A user namespace of its own.
+    rootless: bool,
     /// Environment ports to publish at node ports.
     publish: Vec<u16>,
 }
 
 const SPAWN_USAGE: &str =
-    "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]…";
+    "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]… [userns=yes|no]";
 
 pub struct Node {
     state: StateDir,
@@ -226,11 +239,12 @@ impl Node {
     fn spawn_options(&self, words: &[&str]) -> GridResult<SpawnOptions> {
         let mut limits = self.config.limits.clone();
         let (mut network, mut publish) = (Network::Private, Vec::new());
+        let mut rootless = self.config.userns;
         for w in words {
             let bad = || {
                 GridError::refused(format!(
                     "bad option {w:?}: use memory=SIZE (K/M/G, at least 4M), pids=N, cpu=WEIGHT (1-10000), \
-                     net=private|host or publish=PORT (1-65535)"
+                     net=private|host, publish=PORT (1-65535) or userns=yes|no"
                 ))
             };
             let (key, value) = w.split_once('=').ok_or_else(bad)?;
@@ -242,6 +256,18 @@ impl Node {
                         "host" => {
                             return Err(GridError::refused(
                                 "net=host is not allowed on this node (its admin may start it with serve --allow-host-net)",
+                            ));
+                        }
+                        _ => return Err(bad()),
+                    }
+                }
+                "userns" => {
+                    rootless = match value {
+                        "yes" => true,
+                        "no" if self.config.allow_rootful || !self.config.userns => false,
+                        "no" => {
+                            return Err(GridError::refused(
+                                "userns=no is not allowed on this node (its admin may start it with serve --allow-rootful)",
                             ));
                         }
                         _ => return Err(bad()),
@@ -283,6 +309,7 @@ impl Node {
         Ok(SpawnOptions {
             limits,
             network,
+            rootless,
             publish,
         })
     }
@@ -346,11 +373,19 @@ impl Node {
                 None,
             )
         };
+        let ids = if options.rootless {
+            Some(
+                crate::env::userns::Lease::claim()
+                    .map_err(|e| GridError::io("claiming ids for a rootless environment", e))?,
+            )
+        } else {
+            None
+        };
         let fs = Arc::new(Fs::open(self.store.clone(), binding.root, config)?);
         let mountpoint = self.state.mount_dir(user, name);
         std::fs::create_dir_all(&mountpoint)
             .map_err(|e| GridError::io(format!("creating {}", mountpoint.display()), e))?;
-        let session = fusefs::mount(fs.clone(), &mountpoint)
+        let session = fusefs::mount_with_ids(fs.clone(), &mountpoint, ids.as_ref().map(|l| l.ids))
             .map_err(|e| GridError::io(format!("mounting {}", mountpoint.display()), e))?;
         let mut env = Env {
             spawned_from: name.to_string(),
@@ -366,10 +401,11 @@ impl Node {
             login: String::new(),
             network: options.network.clone(),
             published: Vec::new(),
+            ids,
         };
         // The cpu half: processes in namespaces on the mount, and a login.
         let used: Vec<u16> = envs.values().map(|e| e.port).collect();
-        match self.start_environment(user, name, &mountpoint, &env.fs, &options, &used) {
+        match self.start_environment(user, name, &env, &options, &used) {
             Ok((environment, stop, port)) => {
                 env.environment = Some(environment);
                 env.door_stop = Some(stop);
@@ -415,8 +451,7 @@ impl Node {
         &self,
         user: &str,
         name: &str,
-        root: &std::path::Path,
-        fs: &Arc<Fs>,
+        env: &Env,
         options: &SpawnOptions,
         used_ports: &[u16],
     ) -> GridResult<(Arc<Environment>, tokio::sync::oneshot::Sender<()>, u16)> {
@@ -446,12 +481,15 @@ impl Node {
         let environment = Arc::new(
             Environment::start(
                 &self.config.helper,
-                root,
-                &hostname,
-                &group,
-                &options.limits,
-                &options.network,
-                &net_api,
+                &Spec {
+                    root: &env.mountpoint,
+                    hostname: &hostname,
+                    group: &group,
+                    limits: &options.limits,
+                    network: &options.network,
+                    net_api: &net_api,
+                    ids: env.ids.as_ref(),
+                },
             )
             .map_err(|e| GridError::io(format!("starting environment {name}"), e))?,
         );
@@ -474,8 +512,8 @@ impl Node {
             owner: user.to_string(),
             users: self.users(),
             env: environment.clone(),
-            fs: fs.clone(),
-            shell: root_shell(fs),
+            fs: env.fs.clone(),
+            shell: root_shell(&env.fs),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let key = self.host_key.clone();
@@ -589,6 +627,9 @@ impl Node {
                 Network::Private => "net private".to_string(),
                 Network::Host => "net host".to_string(),
             };
+            if e.ids.is_some() {
+                net.push_str(", rootless");
+            }
             for p in &e.published {
                 let _ = write!(
                     net,

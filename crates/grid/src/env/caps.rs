@@ -1,7 +1,8 @@
 //! Capabilities of processes in an environment: Docker's default set without
 //! CAP_MKNOD (a device node made on the environment's FUSE root would reach
-//! host devices) and without CAP_NET_RAW (environments share the node's
-//! network, where raw sockets could read other tenants' traffic), with
+//! host devices) and without CAP_NET_RAW (with `net=host` an environment
+//! shares the node's network, where raw sockets could read other tenants'
+//! traffic), with
 //! no_new_privs so setuid files cannot add any back.
 
 use std::io;

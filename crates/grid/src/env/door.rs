@@ -115,7 +115,14 @@ struct Conn {
 
 /// A pseudo-terminal from the environment's own devpts instance (through
 /// `/proc/PID/root`), so programs inside find their terminal under /dev/pts.
-fn open_pty(init_pid: u32, cols: u16, rows: u16) -> std::io::Result<(File, OwnedFd)> {
+/// Its terminal is given to `owner` (a rootless environment's root), who
+/// could not open it again otherwise.
+fn open_pty(
+    init_pid: u32,
+    owner: Option<u32>,
+    cols: u16,
+    rows: u16,
+) -> std::io::Result<(File, OwnedFd)> {
     use std::os::unix::fs::OpenOptionsExt;
     let pts = format!("/proc/{init_pid}/root/dev/pts");
     let master = std::fs::OpenOptions::new()
@@ -140,6 +147,12 @@ fn open_pty(init_pid: u32, cols: u16, rows: u16) -> std::io::Result<(File, Owned
         .write(true)
         .custom_flags(libc::O_NOCTTY)
         .open(format!("{pts}/{n}"))?;
+    if let Some(id) = owner {
+        // SAFETY: fchown of the descriptor we just opened.
+        if unsafe { libc::fchown(slave.as_raw_fd(), id, id) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     Ok((master, OwnedFd::from(slave)))
 }
 
@@ -198,7 +211,12 @@ impl Conn {
         let mut child: Child;
         let mut pumps = Vec::new();
         if let Some((term, cols, rows)) = pty {
-            let (master, slave) = open_pty(self.door.env.init_pid, cols, rows)?;
+            let (master, slave) = open_pty(
+                self.door.env.init_pid,
+                self.door.env.root_on_host(),
+                cols,
+                rows,
+            )?;
             let mut cmd = self.door.env.command(&argv, true, Some(&term));
             cmd.stdin(Stdio::from(slave.try_clone()?))
                 .stdout(Stdio::from(slave.try_clone()?))

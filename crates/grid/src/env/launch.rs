@@ -126,8 +126,22 @@ fn protect_proc(proc: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Builds the environment's file system view and pivots into it.
-fn setup(root: &Path, hostname: &str) -> io::Result<()> {
+/// Builds the environment's file system view and pivots into it. `owner` is
+/// the host id of a rootless environment's root: the directories and nodes
+/// made here are its (as they would be root's), else they stay host root's.
+fn setup(root: &Path, hostname: &str, owner: Option<u32>) -> io::Result<()> {
+    let owned = |opts: &str| match owner {
+        Some(id) => format!("{opts},uid={id},gid={id}"),
+        None => opts.to_string(),
+    };
+    let chown = |path: &Path| -> io::Result<()> {
+        if let Some(id) = owner {
+            let c = cstr(path);
+            // SAFETY: valid path; the link itself, never what it points at.
+            check(unsafe { libc::lchown(c.as_ptr(), id, id) }, "lchown")?;
+        }
+        Ok(())
+    };
     mount("", Path::new("/"), "", libc::MS_REC | libc::MS_PRIVATE, "")?;
     mount(
         root.to_str().unwrap_or(""),
@@ -162,7 +176,7 @@ fn setup(root: &Path, hostname: &str) -> io::Result<()> {
         &dev,
         "tmpfs",
         libc::MS_NOSUID | libc::MS_STRICTATIME,
-        "mode=755,size=1m",
+        &owned("mode=755,size=1m"),
     )?;
     for (name, major, minor) in [
         ("null", 1, 3),
@@ -186,8 +200,10 @@ fn setup(root: &Path, hostname: &str) -> io::Result<()> {
         )?;
         // SAFETY: valid path.
         unsafe { libc::chmod(c.as_ptr(), 0o666) };
+        chown(&dev.join(name))?;
     }
     std::fs::create_dir(dev.join("pts"))?;
+    chown(&dev.join("pts"))?;
     mount(
         "devpts",
         &dev.join("pts"),
@@ -196,13 +212,14 @@ fn setup(root: &Path, hostname: &str) -> io::Result<()> {
         "newinstance,ptmxmode=0666,mode=620",
     )?;
     std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))?;
+    chown(&dev.join("ptmx"))?;
     std::fs::create_dir(dev.join("shm"))?;
     mount(
         "tmpfs",
         &dev.join("shm"),
         "tmpfs",
         nosuid,
-        "mode=1777,size=64m",
+        &owned("mode=1777,size=64m"),
     )?;
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -211,20 +228,21 @@ fn setup(root: &Path, hostname: &str) -> io::Result<()> {
         ("stderr", "/proc/self/fd/2"),
     ] {
         std::os::unix::fs::symlink(target, dev.join(link))?;
+        chown(&dev.join(link))?;
     }
     mount(
         "tmpfs",
         &root.join("tmp"),
         "tmpfs",
         libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=1777",
+        &owned("mode=1777"),
     )?;
     mount(
         "tmpfs",
         &root.join("run"),
         "tmpfs",
         libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=755",
+        &owned("mode=755"),
     )?;
     // A private, empty /srv: the environment's own service registry.
     mount(
@@ -232,7 +250,7 @@ fn setup(root: &Path, hostname: &str) -> io::Result<()> {
         &root.join("srv"),
         "tmpfs",
         libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=755",
+        &owned("mode=755"),
     )?;
 
     std::env::set_current_dir(root)?;
@@ -297,6 +315,8 @@ pub struct InitRequest {
     pub cgroups: Vec<PathBuf>,
     /// A network namespace of its own (else the node's network).
     pub private_net: bool,
+    /// A rootless environment's range of host ids.
+    pub ids: Option<super::userns::IdShift>,
 }
 
 impl InitRequest {
@@ -321,6 +341,9 @@ impl InitRequest {
                 b"host"
             },
         );
+        if let Some(ids) = self.ids {
+            line("ids", format!("{} {}", ids.base(), ids.count()).as_bytes());
+        }
         out
     }
 
@@ -328,7 +351,7 @@ impl InitRequest {
     pub fn read(input: &mut dyn io::BufRead) -> io::Result<InitRequest> {
         use std::os::unix::ffi::OsStrExt;
         let (mut root, mut hostname, mut cgroups) = (None, None, Vec::new());
-        let mut private_net = false;
+        let (mut private_net, mut ids) = (false, None);
         loop {
             let mut line = Vec::new();
             if input.read_until(b'\n', &mut line)? == 0 || line == b"\n" {
@@ -345,6 +368,17 @@ impl InitRequest {
                 b"hostname" => hostname = Some(String::from_utf8_lossy(value).into_owned()),
                 b"cgroup" => cgroups.push(path()),
                 b"net" => private_net = value == b"private",
+                b"ids" => {
+                    let text = String::from_utf8_lossy(value);
+                    let mut numbers = text.split(' ').map(|n| n.parse::<u32>().ok());
+                    ids = match (numbers.next().flatten(), numbers.next().flatten()) {
+                        (Some(base), Some(count)) => super::userns::IdShift::new(base, count),
+                        _ => None,
+                    };
+                    if ids.is_none() {
+                        return Err(io::Error::other("malformed id range in init request"));
+                    }
+                }
                 _ => return Err(io::Error::other("unknown key in init request")),
             }
         }
@@ -354,6 +388,7 @@ impl InitRequest {
                 hostname,
                 cgroups,
                 private_net,
+                ids,
             }),
             _ => Err(io::Error::other("incomplete init request")),
         }
@@ -362,6 +397,11 @@ impl InitRequest {
 
 /// The init helper: prints `pid N` (pid 1's number on the host) and then
 /// `ready` or `error WHY` on standard output, which the node reads.
+///
+/// A rootless environment's pid 1 does all its setup as host root, in
+/// namespaces the host's user namespace owns, and only then moves into a
+/// user namespace of its own; this helper, still outside, writes that
+/// namespace's id maps (a process cannot map a range it is not in).
 pub fn init_main(request: &InitRequest) -> ! {
     let (root, hostname, cgroups) = (&request.root, &request.hostname, &request.cgroups);
     let fail = |e: io::Error| -> ! {
@@ -381,17 +421,41 @@ pub fn init_main(request: &InitRequest) -> ! {
         fail(e);
     }
     if request.private_net
-        && let Err(e) = super::net::loopback_up()
+        && let Err(e) = super::net::loopback_up().and_then(|()| super::net::open_low_ports())
     {
-        fail(io::Error::other(format!("bringing up loopback: {e}")));
+        fail(io::Error::other(format!("setting up the network: {e}")));
     }
+    // pid 1's pivot_root moves this process into the environment's root too
+    // (they share the mount namespace): the host's /proc is opened before.
+    let handshake = match request.ids {
+        Some(_) => {
+            match std::fs::File::open("/proc").and_then(|proc| Ok((proc, Handshake::new()?))) {
+                Ok(h) => Some(h),
+                Err(e) => fail(io::Error::other(format!(
+                    "preparing the user namespace: {e}"
+                ))),
+            }
+        }
+        None => None,
+    };
     // SAFETY: fork in a single-threaded process.
     match unsafe { libc::fork() } {
         -1 => fail(io::Error::last_os_error()),
         0 => {
+            let handshake = handshake.map(|(proc, h)| {
+                drop(proc);
+                h.child_side()
+            });
+            let owner = request.ids.map(|ids| ids.base());
             // pid 1 runs under the same syscall filter as everything else
             // (it needs none of the refused calls once set up).
-            match setup(root, hostname).and_then(|()| super::seccomp::install()) {
+            let started = setup(root, hostname, owner)
+                .and_then(|()| match handshake {
+                    Some(h) => enter_user_namespace(h),
+                    None => Ok(()),
+                })
+                .and_then(|()| super::seccomp::install());
+            match started {
                 Ok(()) => println!("ready"),
                 Err(e) => fail(e),
             }
@@ -410,15 +474,203 @@ pub fn init_main(request: &InitRequest) -> ! {
         child => {
             println!("pid {child}");
             let _ = io::stdout().flush();
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            std::process::exit(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                0
+            if let (Some((proc, h)), Some(ids)) = (handshake, request.ids) {
+                let mut h = h.parent_side();
+                // Nothing to map if pid 1 failed before its user namespace
+                // (it has said why).
+                if h.wait() {
+                    match super::userns::write_maps(&proc, child, ids) {
+                        Ok(()) => {
+                            let _ = h.signal();
+                        }
+                        Err(e) => {
+                            println!("error mapping the environment's ids: {e}");
+                            // SAFETY: killing our own child.
+                            unsafe { libc::kill(child, libc::SIGKILL) };
+                        }
+                    }
+                }
+            }
+            let code = watch_the_node_until_exit(child);
+            std::process::exit(code)
+        }
+    }
+}
+
+/// Waits for pid 1 to exit and returns its exit code. Meanwhile, watches
+/// this helper's stdin, which the node holds open for as long as it runs the
+/// environment: if the node dies (even by SIGKILL) the pipe closes, and the
+/// environment is killed with it, so nothing of a dead node's tenants runs
+/// on, holding ports, memory or a range of ids. (No thread: a process that
+/// has unshared its pid namespace cannot make one.)
+fn watch_the_node_until_exit(init: libc::pid_t) -> i32 {
+    // SAFETY: pidfd_open of our own, unreaped child.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, init, 0) } as libc::c_int;
+    // Without a pidfd (a kernel before 5.3) there is only waiting.
+    if pidfd >= 0 {
+        kill_if_the_node_dies(init, pidfd);
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(init, &mut status, 0) };
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        0
+    }
+}
+
+/// Returns once pid 1 (`pidfd`) has exited, having killed it if stdin closed.
+fn kill_if_the_node_dies(init: libc::pid_t, pidfd: libc::c_int) {
+    let mut node_alive = true;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: if node_alive { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on an array of two pollfds we own.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if fds[1].revents != 0 {
+            break;
+        }
+        if fds[0].revents != 0 {
+            let mut buf = [0u8; 64];
+            // SAFETY: reading into a buffer of the given length.
+            let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                node_alive = false;
+                // SAFETY: pid 1 is our child, not yet reaped, so its number
+                // is still its own; SIGKILL of it ends its pid namespace.
+                unsafe { libc::kill(init, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Two pipes between the init helper and pid 1 for the user namespace:
+/// pid 1 says it has made its namespace, the helper says the maps are written.
+struct Handshake {
+    /// pid 1 to helper: read end, write end.
+    up: (std::fs::File, std::fs::File),
+    /// helper to pid 1: read end, write end.
+    down: (std::fs::File, std::fs::File),
+}
+
+struct HandshakeEnd {
+    read: std::fs::File,
+    write: std::fs::File,
+}
+
+impl Handshake {
+    fn new() -> io::Result<Handshake> {
+        fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
+            use std::os::fd::FromRawFd;
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 fills two descriptors, which become ours.
+            check(
+                unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+                "pipe",
+            )?;
+            // SAFETY: both descriptors were just created and are owned here only.
+            Ok(unsafe {
+                (
+                    std::fs::File::from_raw_fd(fds[0]),
+                    std::fs::File::from_raw_fd(fds[1]),
+                )
             })
         }
+        Ok(Handshake {
+            up: pipe()?,
+            down: pipe()?,
+        })
+    }
+
+    fn child_side(self) -> HandshakeEnd {
+        HandshakeEnd {
+            read: self.down.0,
+            write: self.up.1,
+        }
+    }
+
+    fn parent_side(self) -> HandshakeEnd {
+        HandshakeEnd {
+            read: self.up.0,
+            write: self.down.1,
+        }
+    }
+}
+
+impl HandshakeEnd {
+    /// Tells the other side to go on.
+    fn signal(&mut self) -> io::Result<()> {
+        self.write.write_all(b"1")
+    }
+
+    /// Waits for the other side's go; false if it went away instead.
+    fn wait(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(io::Read::read(&mut &self.read, &mut byte), Ok(1))
+    }
+}
+
+/// pid 1 of a rootless environment, set up: a user namespace of its own,
+/// mapped by the helper, in which it is root.
+fn enter_user_namespace(mut h: HandshakeEnd) -> io::Result<()> {
+    // SAFETY: unshare in a single-threaded process.
+    check(
+        unsafe { libc::unshare(libc::CLONE_NEWUSER) },
+        "making the user namespace",
+    )?;
+    h.signal()?;
+    if !h.wait() {
+        return Err(io::Error::other("the environment's ids were not mapped"));
+    }
+    super::userns::become_root()
+}
+
+/// Which namespaces an environment was started with (their inode numbers):
+/// a pid can be reused once the environment is gone, so every entry checks
+/// them. `user` is the user namespace of a rootless environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Namespaces {
+    pub mnt: u64,
+    pub pid: u64,
+    pub user: Option<u64>,
+}
+
+impl Namespaces {
+    /// `MNT:PID` or `MNT:PID:USER`, as `__env-exec --ns` takes it.
+    pub fn encode(&self) -> String {
+        match self.user {
+            Some(user) => format!("{}:{}:{user}", self.mnt, self.pid),
+            None => format!("{}:{}", self.mnt, self.pid),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Namespaces> {
+        let mut parts = text.split(':').map(|n| n.parse::<u64>().ok());
+        let (mnt, pid) = (parts.next()??, parts.next()??);
+        let user = match parts.next() {
+            Some(n) => Some(n?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Namespaces { mnt, pid, user })
     }
 }
 
@@ -426,7 +678,7 @@ pub fn init_main(request: &InitRequest) -> ! {
 /// `init_pid` (host numbering), and exits with its status.
 pub fn exec_main(
     init_pid: u32,
-    namespaces: (u64, u64),
+    namespaces: Namespaces,
     cgroups: &[PathBuf],
     pty: bool,
     term: Option<&str>,
@@ -460,11 +712,30 @@ pub fn exec_main(
         .map(|m| m.ino())
         .unwrap_or(0);
     let (pid_ns, mnt_ns) = (&fds[3], &fds[4]);
-    if inode(mnt_ns) != namespaces.0 || inode(pid_ns) != namespaces.1 || inode(mnt_ns) == own_mnt {
+    if inode(mnt_ns) != namespaces.mnt
+        || inode(pid_ns) != namespaces.pid
+        || inode(mnt_ns) == own_mnt
+    {
         fail(
             "entering the environment",
             io::Error::other("the environment is gone"),
         );
+    }
+    // A rootless environment's user namespace is joined last: once in it,
+    // this process has no capability over the others.
+    if let Some(user) = namespaces.user {
+        let path = format!("/proc/{init_pid}/ns/user");
+        let own_user = std::fs::metadata("/proc/self/ns/user")
+            .map(|m| m.ino())
+            .unwrap_or(0);
+        match std::fs::File::open(&path) {
+            Ok(f) if inode(&f) == user && user != own_user => fds.push(f),
+            Ok(_) => fail(
+                "entering the environment",
+                io::Error::other("the environment is gone"),
+            ),
+            Err(e) => fail(&format!("the environment is gone ({path})"), e),
+        }
     }
     for f in &fds {
         // SAFETY: setns on a namespace descriptor we opened.
@@ -476,6 +747,11 @@ pub fn exec_main(
         }
     }
     drop(fds);
+    if namespaces.user.is_some()
+        && let Err(e) = super::userns::become_root()
+    {
+        fail("entering the environment", e);
+    }
     // SAFETY: fork in a single-threaded process; the child enters the pid namespace.
     match unsafe { libc::fork() } {
         -1 => fail("fork", io::Error::last_os_error()),
@@ -547,6 +823,67 @@ pub fn exec_main(
                 128 + libc::WTERMSIG(status)
             };
             std::process::exit(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_init_request_reads_back_as_written() {
+        for ids in [None, super::super::userns::IdShift::new(1 << 30, 65536)] {
+            let request = InitRequest {
+                root: PathBuf::from("/var/lib/colony/mnt/a b"),
+                hostname: "box".into(),
+                cgroups: vec![PathBuf::from("/sys/fs/cgroup/memory/colony/x")],
+                private_net: ids.is_some(),
+                ids,
+            };
+            let mut text = request.encode();
+            text.extend_from_slice(b"\nafter the request\n");
+            let mut input = io::Cursor::new(text);
+            assert_eq!(InitRequest::read(&mut input).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn malformed_init_requests_are_refused() {
+        for text in [
+            &b"root /r\n"[..],
+            b"root /r\nhostname h\nids 5\n",
+            b"root /r\nhostname h\nids 4294967295 2\n",
+            b"root /r\nhostname h\nids x y\n",
+            b"root /r\nhostname h\nsecret 1\n",
+            b"rootless\n",
+        ] {
+            assert!(
+                InitRequest::read(&mut io::Cursor::new(text)).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn namespaces_read_back_and_junk_is_refused() {
+        for ns in [
+            Namespaces {
+                mnt: 1,
+                pid: 2,
+                user: None,
+            },
+            Namespaces {
+                mnt: 4026531840,
+                pid: 4026531836,
+                user: Some(4026531837),
+            },
+        ] {
+            assert_eq!(Namespaces::parse(&ns.encode()), Some(ns));
+        }
+        for junk in ["", "1", "1:", "1:2:", "1:2:3:4", "a:b", "-1:2"] {
+            assert_eq!(Namespaces::parse(junk), None, "{junk:?}");
         }
     }
 }

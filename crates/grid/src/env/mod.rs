@@ -6,8 +6,10 @@
 //!
 //! Isolation, chosen and documented: processes run as root *inside* the
 //! environment, with Docker's default capability set minus CAP_MKNOD and
-//! CAP_NET_RAW, and with no_new_privs (see [`caps`]); no user namespace, so files show their real
-//! owners on the FUSE root without uid shifting. They cannot see or signal
+//! CAP_NET_RAW, with no_new_privs (see [`caps`]) and Docker's syscall filter
+//! (see [`seccomp`]). A rootless environment ([`userns`]) is root only in a
+//! user namespace of its own, an unprivileged range of host ids; otherwise
+//! its root is the host's root, bounded as above. They cannot see or signal
 //! host processes (pid namespace), mount or load modules (no CAP_SYS_ADMIN /
 //! CAP_SYS_MODULE), reach host devices (a minimal /dev, no mknod), or gain
 //! privileges (no_new_privs, bounded capabilities).
@@ -19,6 +21,7 @@ pub mod launch;
 pub mod net;
 pub mod seccomp;
 pub mod sftp;
+pub mod userns;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -27,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub use cgroup::{Cgroups, Limits};
-pub use launch::{HELPER_VAR, InitRequest};
+pub use launch::{HELPER_VAR, InitRequest, Namespaces};
 pub use net::{Network, Published};
 
 /// As `argv[0]` of [`Environment::command`]: run a built-in of colony (named
@@ -38,35 +41,75 @@ pub const SELF: &str = "__colony_self__";
 pub struct Environment {
     /// pid 1 of the environment, in the host's numbering.
     pub init_pid: u32,
-    /// Inode numbers of its mount and pid namespaces: a pid can be reused once
-    /// the environment is gone, so every entry checks these.
-    namespaces: (u64, u64),
+    /// Its namespaces, which every entry checks.
+    namespaces: Namespaces,
+    /// A rootless environment's host ids.
+    ids: Option<userns::IdShift>,
     helper: PathBuf,
     outer: std::sync::Mutex<Child>,
     cgroups: Cgroups,
     /// The user-mode network of a private-network environment.
     slirp: std::sync::Mutex<Option<net::Slirp>>,
+    /// The init helper's stdin: while it is open, the node is alive.
+    _lifeline: std::process::ChildStdin,
+}
+
+/// What an environment is to be.
+pub struct Spec<'a> {
+    /// Its root: a mounted file system.
+    pub root: &'a Path,
+    pub hostname: &'a str,
+    /// The name of its cgroups.
+    pub group: &'a str,
+    pub limits: &'a Limits,
+    pub network: &'a Network,
+    /// A private network's control socket.
+    pub net_api: &'a Path,
+    /// A rootless environment's range of host ids (its root mounted with
+    /// the same shift).
+    pub ids: Option<&'a userns::Lease>,
 }
 
 impl Environment {
-    /// Starts an environment rooted at `root` (a mounted file system), named
-    /// `hostname`, limited by `limits`, in cgroups called `group`, networked
-    /// as `network` (a private network's control socket at `net_api`).
-    pub fn start(
-        helper: &Path,
-        root: &Path,
-        hostname: &str,
-        group: &str,
-        limits: &Limits,
-        network: &Network,
-        net_api: &Path,
-    ) -> io::Result<Environment> {
+    /// Starts an environment as `spec` says, with `helper` (the colony
+    /// executable) as its helper processes.
+    pub fn start(helper: &Path, spec: &Spec) -> io::Result<Environment> {
+        let Spec {
+            root,
+            hostname,
+            group,
+            limits,
+            network,
+            net_api,
+            ids,
+        } = *spec;
         let cgroups = Cgroups::create(group, limits)?;
         // pid 1 is forked from this helper and shows its command line and
         // environment to everyone inside: so it is called `init`, has an
         // empty environment, and gets the host paths it needs on stdin.
         let mut cmd = Command::new(helper);
         cmd.arg0("init").env_clear().env(HELPER_VAR, "init");
+        if let Some(lease) = ids {
+            // pid 1 holds the id range too, so it is not handed out again
+            // while any process of the environment may live (even if the
+            // node dies first).
+            let fd = lease.lock_fd();
+            // SAFETY: dup2 between descriptors, safe after fork; the copy
+            // at 3 is not close-on-exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let kept = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, 3)
+                    };
+                    if kept < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut outer = match cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -84,10 +127,14 @@ impl Environment {
             hostname: hostname.to_string(),
             cgroups: cgroups.dirs.clone(),
             private_net: *network == Network::Private,
+            ids: ids.map(|l| l.ids),
         }
         .encode();
         request.push(b'\n');
-        let sent = outer.stdin.take().expect("piped").write_all(&request);
+        // The helper's stdin stays open while the environment runs: its
+        // closing, when this process dies, ends the environment.
+        let mut lifeline = outer.stdin.take().expect("piped");
+        let sent = lifeline.write_all(&request);
         if let Err(e) = sent {
             let _ = outer.kill();
             let _ = outer.wait();
@@ -132,9 +179,13 @@ impl Environment {
             std::fs::metadata(format!("/proc/{init_pid}/ns/{ns}"))
                 .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         };
-        let namespaces = match (ns_inode("mnt"), ns_inode("pid")) {
-            (Ok(mnt), Ok(pid)) => (mnt, pid),
-            (Err(e), _) | (_, Err(e)) => {
+        let user = match ids {
+            Some(_) => ns_inode("user").map(Some),
+            None => Ok(None),
+        };
+        let namespaces = match (ns_inode("mnt"), ns_inode("pid"), user) {
+            (Ok(mnt), Ok(pid), Ok(user)) => Namespaces { mnt, pid, user },
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 let _ = outer.kill();
                 let _ = outer.wait();
                 cgroups.remove();
@@ -144,10 +195,12 @@ impl Environment {
         let environment = Environment {
             init_pid,
             namespaces,
+            ids: ids.map(|l| l.ids),
             helper: helper.to_path_buf(),
             outer: std::sync::Mutex::new(outer),
             cgroups,
             slirp: std::sync::Mutex::new(None),
+            _lifeline: lifeline,
         };
         if *network == Network::Private {
             match net::Slirp::start(init_pid, net_api) {
@@ -188,7 +241,7 @@ impl Environment {
             .arg("--pid")
             .arg(self.init_pid.to_string())
             .arg("--ns")
-            .arg(format!("{}:{}", self.namespaces.0, self.namespaces.1));
+            .arg(self.namespaces.encode());
         for dir in &self.cgroups.dirs {
             cmd.arg("--cgroup").arg(dir);
         }
@@ -200,6 +253,11 @@ impl Environment {
         }
         cmd.arg("--").args(argv);
         cmd
+    }
+
+    /// The host id of the environment's root, if it is rootless.
+    pub fn root_on_host(&self) -> Option<u32> {
+        self.ids.map(|ids| ids.base())
     }
 
     /// Processes of the environment still alive (host numbering).

@@ -86,7 +86,11 @@ impl Slirp {
             .arg("--exit-fd=4")
             .arg("--api-socket")
             .arg(api)
-            .arg(pid.to_string())
+            // By path, not by pid: given a pid, slirp4netns also joins its
+            // user namespace, where a rootless environment's is no use for
+            // a network namespace the host's user namespace owns.
+            .arg("--netns-type=path")
+            .arg(format!("/proc/{pid}/ns/net"))
             .arg("tap0")
             .env_clear()
             .stdin(Stdio::null())
@@ -184,6 +188,22 @@ pub fn loopback_up() -> io::Result<()> {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
             return Err(io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// Lets every user of the calling process's (new) network namespace bind
+/// ports below 1024 and send pings, as Docker does for a container's own
+/// network: a rootless environment's root has no capability over a
+/// namespace it does not own, and a web server inside still wants port 80.
+/// Nothing outside the namespace is affected.
+pub fn open_low_ports() -> io::Result<()> {
+    for (path, value) in [
+        ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
+        ("/proc/sys/net/ipv4/ping_group_range", "0 2147483647"),
+    ] {
+        std::fs::write(path, value)
+            .map_err(|e| io::Error::new(e.kind(), format!("writing {path}: {e}")))?;
     }
     Ok(())
 }

@@ -1,0 +1,182 @@
+//! Rootless environments: a user namespace in which the environment's root
+//! is an unprivileged range of host ids, so that nothing an environment does
+//! as root counts as root for the host's kernel (keyrings, files on host
+//! mounts, rlimits per user, signals).
+//!
+//! Each live environment of every node on the host holds its own range of
+//! [`IDS_PER_ENV`] ids, claimed by an `flock` on a file in [`LEASE_DIR`]:
+//! ranges are never shared, not even by two nodes on one host, and a
+//! range is free again the moment the last process holding its lock is gone
+//! (pid 1 inherits the lock, so the range outlives a crashed node exactly
+//! as long as the environment's processes do).
+//!
+//! The namespaces of a rootless environment other than the user namespace
+//! stay owned by the host's: its root has capabilities only over its own
+//! files (whose owners the FUSE layer shifts, see [`fusefs::IdShift`]), and
+//! none over its mounts, network or host name.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+pub use fusefs::IdShift;
+
+/// Ids of one environment: 0..65535 inside, which covers `nobody` (65534).
+pub const IDS_PER_ENV: u32 = 65536;
+
+/// The first host id handed out, far above the ids of real host users and
+/// below the ranges systemd hands out for its own containers.
+pub const FIRST_ID: u32 = 1 << 30;
+
+/// How many environments may be rootless at once on one host.
+pub const SLOTS: u32 = 4096;
+
+/// Where the ranges' lock files are: host-wide, so that every node on the
+/// host sees every claim.
+pub const LEASE_DIR: &str = "/run/colony/ids";
+
+/// A claimed range of host ids, held while this value (or a process that
+/// inherited [`Lease::lock_fd`]) lives.
+#[derive(Debug)]
+pub struct Lease {
+    pub ids: IdShift,
+    lock: File,
+}
+
+impl Lease {
+    /// Claims the lowest free range.
+    pub fn claim() -> io::Result<Lease> {
+        Self::claim_in(Path::new(LEASE_DIR))
+    }
+
+    fn claim_in(dir: &Path) -> io::Result<Lease> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+        for slot in 0..SLOTS {
+            let path = dir.join(slot.to_string());
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+                })?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                let ids = IdShift::new(FIRST_ID + slot * IDS_PER_ENV, IDS_PER_ENV)
+                    .expect("the slots fit below 2^32");
+                return Ok(Lease { ids, lock });
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("locking {}: {e}", path.display()),
+                ));
+            }
+        }
+        Err(io::Error::other(format!(
+            "all {SLOTS} id ranges for rootless environments are in use on this host"
+        )))
+    }
+
+    /// The lock's descriptor, for a process that must hold the range too.
+    pub fn lock_fd(&self) -> i32 {
+        self.lock.as_raw_fd()
+    }
+}
+
+/// Maps ids `0..count` inside the user namespace of `pid` to the range
+/// (`proc` is a descriptor of the host's `/proc`: the caller may by now see
+/// another one at that path).
+pub fn write_maps(proc: &File, pid: i32, ids: IdShift) -> io::Result<()> {
+    let line = format!("0 {} {}\n", ids.base(), ids.count());
+    for map in ["uid_map", "gid_map"] {
+        let path = std::ffi::CString::new(format!("{pid}/{map}")).expect("no NUL");
+        // SAFETY: openat relative to a directory descriptor we own, with a
+        // NUL-terminated path.
+        let fd = unsafe { libc::openat(proc.as_raw_fd(), path.as_ptr(), libc::O_WRONLY) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("opening {map}: {e}")));
+        }
+        // SAFETY: a descriptor we just opened, and a valid buffer.
+        let written = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+        let e = io::Error::last_os_error();
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(fd) };
+        if written != line.len() as isize {
+            return Err(io::Error::new(e.kind(), format!("writing {map}: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// Becomes root of the user namespace this process is in (after `unshare`
+/// or `setns` of it, with the namespace's maps written): real, effective and
+/// saved ids 0, and no supplementary groups of the host.
+pub fn become_root() -> io::Result<()> {
+    // SAFETY: plain id-setting calls with valid arguments.
+    let failed = unsafe {
+        libc::setresgid(0, 0, 0) != 0
+            || libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresuid(0, 0, 0) != 0
+    };
+    if failed {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("becoming root of the user namespace: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_claims_get_two_ranges_and_a_dropped_one_is_free_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Lease::claim_in(dir.path()).unwrap();
+        let b = Lease::claim_in(dir.path()).unwrap();
+        assert_eq!(a.ids.base(), FIRST_ID);
+        assert_eq!(b.ids.base(), FIRST_ID + IDS_PER_ENV);
+        drop(a);
+        let c = Lease::claim_in(dir.path()).unwrap();
+        assert_eq!(c.ids.base(), FIRST_ID, "the freed range is reused");
+        assert!(
+            FIRST_ID as u64 + (SLOTS * IDS_PER_ENV) as u64 <= u32::MAX as u64,
+            "every slot fits"
+        );
+    }
+
+    #[test]
+    fn a_range_held_by_another_process_is_not_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A child holding the lock of slot 0, as pid 1 of an environment does.
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path().join("0"), "").unwrap();
+        let mut holder = std::process::Command::new("flock")
+            .arg("--no-fork")
+            .arg(dir.path().join("0"))
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let lease = loop {
+            let lease = Lease::claim_in(dir.path()).unwrap();
+            if lease.ids.base() != FIRST_ID || std::time::Instant::now() > deadline {
+                break lease;
+            }
+            drop(lease);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(lease.ids.base(), FIRST_ID + IDS_PER_ENV);
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
+}
