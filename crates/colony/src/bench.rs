@@ -49,6 +49,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// link: venti over mutual TLS against plain, on loopback and across
+    /// network namespaces; one request in flight; handshake times.
+    Link {
+        /// New 8 KiB blocks per phase.
+        #[arg(long, default_value_t = 20_000)]
+        blocks: usize,
+        /// Repetitions; the median is printed.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Skip the cross-namespace figures.
+        #[arg(long)]
+        no_netns: bool,
+    },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
     Vac {
@@ -74,6 +87,11 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
         BenchCommand::Vac { tree, dir, runs } => crate::bench_vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench_grid::run(&tree, runs),
+        BenchCommand::Link {
+            blocks,
+            runs,
+            no_netns,
+        } => crate::bench_link::run(blocks, runs, !no_netns),
         BenchCommand::Fossil { tree, dir, big_mb } => crate::bench_fossil::run(&tree, dir, big_mb),
     }
 }
@@ -82,13 +100,13 @@ const BLOCK: usize = 8192;
 
 /// Unique blocks made cheaply: random bytes with a counter and a salt in front,
 /// so generating them costs a copy, not a random-number run.
-struct Blocks {
+pub(crate) struct Blocks {
     base: Vec<u8>,
     salt: u64,
 }
 
 impl Blocks {
-    fn new(salt: u64) -> Blocks {
+    pub(crate) fn new(salt: u64) -> Blocks {
         let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ salt;
         let base = (0..BLOCK)
             .map(|_| {
@@ -322,7 +340,8 @@ fn reopen(path: &std::path::Path, blocks: usize) -> Result<()> {
     Ok(())
 }
 
-async fn write_pipelined(
+/// Writes the blocks of `range` with `window` requests in flight.
+pub(crate) async fn write_pipelined(
     client: &Client,
     blockgen: Arc<Blocks>,
     range: std::ops::Range<usize>,

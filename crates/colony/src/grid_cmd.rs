@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// tcp!127.0.0.1!17034), so `colony import --venti` can seed a running node.
     #[arg(long)]
     venti_listen: Option<String>,
+    /// The node's grid certificate directory: `--venti-listen tls!HOST!PORT`
+    /// then serves the block store over mutual TLS to grid members only.
+    #[arg(long)]
+    tls: Option<std::path::PathBuf>,
 }
 
 /// Opens the node's block store: a venti server, or the embedded store.
@@ -173,6 +177,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         config.limits.pids = p;
     }
     let key = grid::sshd::host_key(&state.host_key())?;
+    if let Some(dir) = &args.tls {
+        // The node's own identity also for what it dials (--venti tls!…).
+        link::Link::set_default(link::Link::load(dir)?);
+    }
     let store = open_store(&state, venti_addr.as_deref())?;
     let node = Arc::new(Node::new(state, store.clone(), config)?);
     let runtime = tokio::runtime::Runtime::new()?;
@@ -181,10 +189,19 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
         let local = listener.local_addr()?;
         if let Some(venti_listen) = &args.venti_listen {
-            let addr = venti::dial::parse(venti_listen)?;
+            let (transport, addr) = venti::dial::parse_transport(venti_listen)?;
+            let tls = match (&args.tls, transport) {
+                (Some(_), venti::dial::Transport::Tls) => {
+                    let link = link::Link::from_env().map_err(anyhow::Error::msg)?;
+                    crate::venti_cmd::reload_on_sighup(link.clone());
+                    Some(venti::server::Tls { link, roles: link::Role::ALL.to_vec() })
+                }
+                (None, venti::dial::Transport::Tls) => anyhow::bail!("--venti-listen tls!… needs the node's certificate: --tls DIR"),
+                (_, venti::dial::Transport::Tcp) => None,
+            };
             let venti_listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("venti listener on {addr}"))?;
-            tracing::info!(address = %venti_listener.local_addr()?, "serving the block store over venti");
-            tokio::spawn(venti::server::serve(venti_listener, store.clone(), std::future::pending()));
+            tracing::info!(address = %venti_listener.local_addr()?, tls = tls.is_some(), "serving the block store over venti");
+            tokio::spawn(venti::server::serve_with(venti_listener, store.clone(), tls, std::future::pending()));
         }
         tracing::info!(address = %local, "grid node ready");
         println!("listening on {local}");

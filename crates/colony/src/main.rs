@@ -4,8 +4,10 @@
 mod bench;
 mod bench_fossil;
 mod bench_grid;
+mod bench_link;
 mod bench_vac;
 mod grid_cmd;
+mod link_cmd;
 mod mount_cmd;
 mod paths;
 mod progress;
@@ -50,6 +52,12 @@ enum Command {
     /// The Plan 9 ndb database format.
     #[command(subcommand)]
     Ndb(grid_cmd::NdbCommand),
+    /// The grid's certificate authority (node identities for links).
+    #[command(subcommand)]
+    Grid(link_cmd::GridCommand),
+    /// Carry plain TCP on loopback over mutual TLS to a grid member, or
+    /// the other way round (as Plan 9's tlsclient and tlssrv).
+    Tunnel(link_cmd::TunnelArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -83,6 +91,8 @@ fn main() -> ExitCode {
         Command::User(cmd) => grid_cmd::user(cmd),
         Command::Import(args) => grid_cmd::import(args),
         Command::Ndb(cmd) => grid_cmd::ndb_query(cmd),
+        Command::Grid(cmd) => link_cmd::grid(cmd),
+        Command::Tunnel(args) => link_cmd::tunnel(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

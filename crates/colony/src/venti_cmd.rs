@@ -20,6 +20,14 @@ pub enum VentiCommand {
         /// Store directory [default: the embedded store, see COLONY_STORE].
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Serve over mutual TLS with this node's certificate directory
+        /// (colony grid ca issue … --out DIR); clients dial tls!HOST!PORT.
+        #[arg(long)]
+        tls: Option<PathBuf>,
+        /// With --tls: the roles admitted (storage,cpu,client); a node-only
+        /// port is `storage,cpu`.
+        #[arg(long, default_value = "storage,cpu,client")]
+        peer_roles: String,
     },
     /// Write one block from standard input and print its score.
     #[command(disable_help_flag = true)]
@@ -75,7 +83,12 @@ pub fn run(cmd: VentiCommand) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cmd {
-            VentiCommand::Serve { listen, store } => serve(&listen, store).await,
+            VentiCommand::Serve {
+                listen,
+                store,
+                tls,
+                peer_roles,
+            } => serve(&listen, store, tls, &peer_roles).await,
             VentiCommand::Write {
                 server,
                 ty,
@@ -91,12 +104,27 @@ fn block_type(ty: u8) -> Result<BlockType> {
     BlockType::new(ty).with_context(|| format!("bad block type {ty}: types are 0 to 16"))
 }
 
-async fn serve(listen: &str, store: Option<PathBuf>) -> Result<()> {
+async fn serve(
+    listen: &str,
+    store: Option<PathBuf>,
+    tls: Option<PathBuf>,
+    peer_roles: &str,
+) -> Result<()> {
     let dir = match store {
         Some(dir) => dir,
         None => crate::paths::default_store_dir()?,
     };
-    let addr = venti::dial::parse(listen)?;
+    let (transport, addr) = venti::dial::parse_transport(listen)?;
+    let tls = match (tls, transport) {
+        (Some(certs), _) => Some(venti::server::Tls {
+            link: link::Link::load(&certs)?,
+            roles: link::Role::parse_list(peer_roles)?,
+        }),
+        (None, venti::dial::Transport::Tls) => {
+            bail!("a tls! listener needs the node's certificate: --tls DIR")
+        }
+        (None, venti::dial::Transport::Tcp) => None,
+    };
     let opened = tokio::task::spawn_blocking({
         let dir = dir.clone();
         move || LogStore::open(&dir)
@@ -107,13 +135,37 @@ async fn serve(listen: &str, store: Option<PathBuf>) -> Result<()> {
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(address = %local, store = %dir.display(), "venti server ready");
+    match &tls {
+        Some(t) => {
+            tracing::info!(address = %local, store = %dir.display(), me = %t.link.me, "venti server ready, mutual TLS");
+            reload_on_sighup(t.link.clone());
+        }
+        None => tracing::info!(address = %local, store = %dir.display(), "venti server ready"),
+    }
     // One line on stdout so scripts and tests learn the port.
     println!("listening on {local}");
     std::io::stdout().flush()?;
-    venti::server::serve(listener, store, shutdown_signal()).await?;
+    venti::server::serve_with(listener, store, tls, shutdown_signal()).await?;
     tracing::info!("venti server stopped; store synced");
     Ok(())
+}
+
+/// Reloads the link's revocation list on every SIGHUP (it is also reloaded
+/// when its file changes).
+pub fn reload_on_sighup(link: Arc<link::Link>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    link.reload();
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: revocations reload only when their file changes")
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -4,12 +4,12 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::conn::{self, Version, WireError};
+use crate::conn::{self, Stream, Version, WireError};
 use crate::store::MAX_BLOCK_SIZE;
 use crate::{BlockType, Message, Score, dial};
 
@@ -62,25 +62,44 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` (dial form or `host:port`) and says hello.
+    /// Connects to `addr` (dial form or `host:port`) and says hello. A
+    /// `tls!HOST!PORT` address is reached over mutual TLS with this
+    /// machine's grid certificate (`$COLONY_TLS`), and its server must be a
+    /// storage node of the grid.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
         let connect_err = |detail: String| ClientError::Connect {
             addr: addr.to_string(),
             detail,
         };
-        let target = dial::parse(addr).map_err(|e| connect_err(e.to_string()))?;
+        let (transport, target) =
+            dial::parse_transport(addr).map_err(|e| connect_err(e.to_string()))?;
+        // Before dialing: a missing certificate is this machine's fault.
+        let link = match transport {
+            dial::Transport::Tls => Some(link::Link::from_env().map_err(connect_err)?),
+            dial::Transport::Tcp => None,
+        };
         let socket = TcpStream::connect(&target)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = socket.set_nodelay(true);
-        Client::handshake(socket, "anonymous")
+        let stream = match link {
+            Some(link) => {
+                let (tls, _server) = link
+                    .connect(socket, &[link::Role::Storage])
+                    .await
+                    .map_err(|e| connect_err(e.to_string()))?;
+                Stream::new(tls)
+            }
+            None => Stream::from(socket),
+        };
+        Client::handshake(stream, "anonymous")
             .await
             .map_err(|e| connect_err(e.to_string()))
     }
 
-    /// Runs the version exchange and hello on an open socket.
-    pub async fn handshake(socket: TcpStream, uid: &str) -> Result<Client, WireError> {
-        let (r, w) = socket.into_split();
+    /// Runs the version exchange and hello on an open connection.
+    pub async fn handshake(stream: impl Into<Stream>, uid: &str) -> Result<Client, WireError> {
+        let Stream { read: r, write: w } = stream.into();
         let mut r = BufReader::with_capacity(256 << 10, r);
         let mut w = BufWriter::with_capacity(256 << 10, w);
         conn::write_version_line(&mut w, COMMENT).await?;
@@ -289,7 +308,7 @@ fn close_all(shared: &Shared, why: String) {
 }
 
 async fn write_loop(
-    mut w: BufWriter<OwnedWriteHalf>,
+    mut w: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
@@ -310,7 +329,7 @@ async fn write_loop(
     let _ = w.shutdown().await;
 }
 
-async fn read_loop(mut r: BufReader<OwnedReadHalf>, shared: Arc<Shared>) {
+async fn read_loop(mut r: BufReader<Box<dyn AsyncRead + Send + Unpin>>, shared: Arc<Shared>) {
     let why = loop {
         let body = match conn::read_frame(&mut r, shared.version).await {
             Ok(Some(body)) => body,

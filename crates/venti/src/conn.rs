@@ -7,6 +7,34 @@ use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
 };
 
+/// The two directions of a connection, plain TCP or TLS alike.
+pub struct Stream {
+    pub read: Box<dyn AsyncRead + Send + Unpin>,
+    pub write: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+impl Stream {
+    /// Any duplex stream (a TLS session, say).
+    pub fn new<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Stream {
+        let (read, write) = tokio::io::split(stream);
+        Stream {
+            read: Box::new(read),
+            write: Box::new(write),
+        }
+    }
+}
+
+impl From<tokio::net::TcpStream> for Stream {
+    /// A TCP connection's halves, which need no lock between them.
+    fn from(socket: tokio::net::TcpStream) -> Stream {
+        let (read, write) = socket.into_split();
+        Stream {
+            read: Box::new(read),
+            write: Box::new(write),
+        }
+    }
+}
+
 /// A version line may not be this long (it must be shorter).
 const MAX_VERSION_LINE: usize = 1024;
 

@@ -6,8 +6,29 @@ pub const DEFAULT_PORT: u16 = 17034;
 
 /// Why an address could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad address {0:?}: use tcp!HOST!PORT or HOST:PORT")]
+#[error("bad address {0:?}: use tcp!HOST!PORT, tls!HOST!PORT or HOST:PORT")]
 pub struct BadAddress(pub String);
+
+/// How a dial string reaches its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP: `tcp!HOST!PORT`, `HOST:PORT`.
+    Tcp,
+    /// Mutual TLS between grid members: `tls!HOST!PORT`.
+    Tls,
+}
+
+/// Splits off the transport of a dial string: `tls!HOST!PORT` is TLS, any
+/// other form plain TCP; the rest is as [`parse`] reads it.
+pub fn parse_transport(addr: &str) -> Result<(Transport, String), BadAddress> {
+    match addr.trim().strip_prefix("tls!") {
+        Some(rest) => Ok((
+            Transport::Tls,
+            parse(&format!("tcp!{rest}")).map_err(|_| BadAddress(addr.to_string()))?,
+        )),
+        None => Ok((Transport::Tcp, parse(addr)?)),
+    }
+}
 
 /// Turns a dial string into `host:port`. A missing port or the service name
 /// `venti` means 17034; the host `*` means every interface.
@@ -68,6 +89,26 @@ fn port_number(port: Option<&str>) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::parse;
+
+    #[test]
+    fn tls_addresses() {
+        use super::{Transport, parse_transport};
+        assert_eq!(
+            parse_transport("tls!10.0.0.1!17035").unwrap(),
+            (Transport::Tls, "10.0.0.1:17035".into())
+        );
+        assert_eq!(
+            parse_transport("tls!node").unwrap(),
+            (Transport::Tls, "node:17034".into())
+        );
+        assert_eq!(
+            parse_transport("tcp!h!1").unwrap(),
+            (Transport::Tcp, "h:1".into())
+        );
+        for bad in ["tls!", "tls!a!b!c", "tls!a!x"] {
+            assert!(parse_transport(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn plan9_and_unix_forms() {

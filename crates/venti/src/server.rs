@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::conn::{self, Version, WireError};
+use crate::conn::{self, Stream, Version, WireError};
 use crate::message::DecodeError;
 use crate::{BlockStore, BlockType, Message, StoreError};
 
@@ -20,11 +20,29 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Comment sent in our version line.
 const COMMENT: &str = "colony";
 
+/// Mutual TLS on a server's connections: this node's side of grid links,
+/// and the roles of the peers it admits.
+#[derive(Clone)]
+pub struct Tls {
+    pub link: Arc<link::Link>,
+    pub roles: Vec<link::Role>,
+}
+
 /// Serves `store` on `listener` until `shutdown` resolves, then stops accepting,
 /// ends the sessions and syncs the store.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn BlockStore>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StoreError> {
+    serve_with(listener, store, None, shutdown).await
+}
+
+/// As [`serve`], with every connection over mutual TLS if `tls` is given.
+pub async fn serve_with(
+    listener: TcpListener,
+    store: Arc<dyn BlockStore>,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -36,7 +54,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    sessions.spawn(run_session(socket, peer, store.clone(), stop_rx.clone()));
+                    sessions.spawn(run_session(socket, peer, store.clone(), stop_rx.clone(), tls.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, say: back off instead of spinning.
@@ -67,9 +85,25 @@ async fn run_session(
     peer: SocketAddr,
     store: Arc<dyn BlockStore>,
     stop: watch::Receiver<bool>,
+    tls: Option<Tls>,
 ) {
-    tracing::debug!(%peer, "venti connection");
-    match session(socket, store, stop).await {
+    let stream = match tls {
+        Some(tls) => match tls.link.accept(socket, peer, &tls.roles).await {
+            Ok((stream, who)) => {
+                tracing::debug!(%peer, %who, "venti connection over TLS");
+                Stream::new(stream)
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "refused a venti link");
+                return;
+            }
+        },
+        None => {
+            tracing::debug!(%peer, "venti connection");
+            Stream::from(socket)
+        }
+    };
+    match session(stream, store, stop).await {
         Ok(()) => tracing::debug!(%peer, "venti connection closed"),
         Err(e) => tracing::info!(%peer, error = %e, "venti connection ended"),
     }
@@ -91,16 +125,23 @@ impl From<std::io::Error> for SessionError {
 }
 
 async fn session(
-    socket: TcpStream,
+    stream: Stream,
     store: Arc<dyn BlockStore>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let (r, w) = socket.into_split();
+    let Stream { read: r, write: w } = stream;
     let mut r = BufReader::with_capacity(256 << 10, r);
     let mut w = BufWriter::with_capacity(256 << 10, w);
 
     // Both sides speak first (§4.2).
     conn::write_version_line(&mut w, COMMENT).await?;
+    // A TLS client on a plaintext port sends a handshake record (0x16)
+    // where the version line should be: say so instead of "bad version".
+    if tokio::io::AsyncBufReadExt::fill_buf(&mut r).await?.first() == Some(&0x16) {
+        return Err(SessionError::BadHello(
+            "a TLS handshake on a plaintext venti port (tls! addresses need a server started with --tls)".into(),
+        ));
+    }
     let line = conn::read_version_line(&mut r).await?;
     let version = conn::negotiate(&line)?;
 
@@ -174,7 +215,7 @@ async fn session(
 }
 
 async fn send(
-    w: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    w: &mut BufWriter<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
     out: &mut Vec<u8>,
     version: Version,
     m: &Message,

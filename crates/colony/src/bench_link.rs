@@ -1,0 +1,293 @@
+//! `colony bench link`: what mutual TLS costs a venti link. New 8 KiB
+//! blocks written by one pipelined client, plain and over TLS, on loopback
+//! and between two network namespaces joined by a veth pair (where ip(8)
+//! and root allow); blocks per second with one request in flight, as
+//! plan9port's `vac` and `venti/write` send them; and handshake time, full
+//! and resumed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use link::{Link, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use venti::{BlockStore, Client, LogStore};
+
+use crate::bench::Blocks;
+
+const BLOCK: usize = 8192;
+
+pub fn run(blocks: usize, runs: usize, netns: bool) -> Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("colony-bench-link-")
+        .tempdir()?;
+    let ca = scratch.path().join("ca");
+    link::ca::init(&ca, "bench")?;
+    let valid = link::ca::Validity::Days(1);
+    link::ca::issue(
+        &ca,
+        "server",
+        Role::Storage,
+        valid,
+        &scratch.path().join("server"),
+    )?;
+    link::ca::issue(
+        &ca,
+        "client",
+        Role::Client,
+        valid,
+        &scratch.path().join("client"),
+    )?;
+    let server_link = Link::load(&scratch.path().join("server"))?;
+    let client_link = Link::load(&scratch.path().join("client"))?;
+    Link::set_default(client_link.clone());
+    println!(
+        "link benchmark: {blocks} new blocks of {BLOCK} bytes per phase, median of {runs} runs"
+    );
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut add = |name: String, rate: f64| match rows.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, v)) => v.push(rate),
+        None => rows.push((name, vec![rate])),
+    };
+    let here = Place::Loopback;
+    let far = if netns { Place::namespaces()? } else { None };
+    for run in 0..runs.max(1) {
+        let seed = 100 + run as u64 * 10;
+        for place in std::iter::once(&here).chain(far.as_ref()) {
+            for tls in [false, true] {
+                let kind = if tls { "mutual TLS" } else { "plain" };
+                let store = scratch
+                    .path()
+                    .join(format!("store-{run}-{}-{tls}", place.label()));
+                let rate =
+                    place.writes(&store, tls.then(|| server_link.clone()), blocks, 64, seed)?;
+                add(
+                    format!("{}, {kind}: 1 client, 64 in flight", place.label()),
+                    rate,
+                );
+                let rate = place.writes(
+                    &store.with_extension("one"),
+                    tls.then(|| server_link.clone()),
+                    blocks / 4,
+                    1,
+                    seed + 1,
+                )?;
+                add(
+                    format!("{}, {kind}: 1 client, 1 in flight", place.label()),
+                    rate,
+                );
+            }
+        }
+    }
+    for (name, mut rates) in rows {
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        println!(
+            "{name:<58} {:>8.1} MB/s {:>8.0} blocks/s (range {:.0}..{:.0} blocks/s)",
+            median * BLOCK as f64 / 1e6,
+            median,
+            rates[0],
+            rates[rates.len() - 1]
+        );
+    }
+    handshakes(&scratch.path().join("client"), server_link)?;
+    Ok(())
+}
+
+/// Where the server runs relative to its client.
+enum Place {
+    Loopback,
+    /// Two namespaces joined by a veth pair: (server ns, its address, client ns).
+    Namespaces(String, String, String),
+}
+
+impl Place {
+    fn label(&self) -> &'static str {
+        match self {
+            Place::Loopback => "loopback",
+            Place::Namespaces(..) => "across namespaces",
+        }
+    }
+
+    fn namespaces() -> Result<Option<Place>> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("(not root: no cross-namespace figures)");
+            return Ok(None);
+        }
+        let n = std::process::id() % 200;
+        let (a, b) = (format!("benchA{n}"), format!("benchB{n}"));
+        let script = format!(
+            "ip netns add {a} && ip netns add {b} && \
+             ip link add va netns {a} type veth peer name vb netns {b} && \
+             ip -n {a} addr add 10.211.{n}.1/24 dev va && ip -n {b} addr add 10.211.{n}.2/24 dev vb && \
+             ip -n {a} link set va up && ip -n {b} link set vb up && \
+             ip -n {a} link set lo up && ip -n {b} link set lo up"
+        );
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("ip netns del {a}; ip netns del {b}")])
+                .status();
+            bail!("could not make the benchmark's network namespaces (ip netns)");
+        }
+        Ok(Some(Place::Namespaces(a, format!("10.211.{n}.1"), b)))
+    }
+
+    /// New blocks per second from one client with `window` requests in flight.
+    fn writes(
+        &self,
+        store: &std::path::Path,
+        tls: Option<Arc<Link>>,
+        blocks: usize,
+        window: usize,
+        seed: u64,
+    ) -> Result<f64> {
+        let (server_ns, host, client_ns) = match self {
+            Place::Loopback => (None, "127.0.0.1".to_string(), None),
+            Place::Namespaces(a, addr, b) => (Some(a.clone()), addr.clone(), Some(b.clone())),
+        };
+        let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(store)?);
+        let scheme = if tls.is_some() { "tls" } else { "tcp" };
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let bind = format!("{host}:0");
+        let server = std::thread::spawn(move || -> Result<()> {
+            enter(server_ns.as_deref())?;
+            // The server's runtime as `colony venti serve` runs it.
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&bind).await?;
+                addr_tx.send(listener.local_addr()?)?;
+                let tls = tls.map(|link| venti::server::Tls {
+                    link,
+                    roles: Role::ALL.to_vec(),
+                });
+                venti::server::serve_with(listener, store, tls, async {
+                    let _ = stop_rx.await;
+                })
+                .await?;
+                anyhow::Ok(())
+            })
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the benchmark's server did not start")?;
+        let dial = format!("{scheme}!{}!{}", addr.ip(), addr.port());
+        let client = std::thread::spawn(move || -> Result<f64> {
+            enter(client_ns.as_deref())?;
+            // One thread, as plan9port's clients are: no hops between
+            // workers in the figures, only the link and the server.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let client = Client::connect(&dial).await?;
+                let blockgen = Arc::new(Blocks::new(seed));
+                let t = Instant::now();
+                crate::bench::write_pipelined(&client, blockgen, 0..blocks, window).await?;
+                client.sync().await?;
+                Ok(blocks as f64 / t.elapsed().as_secs_f64())
+            })
+        });
+        let rate = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client thread panicked"))?;
+        let _ = stop_tx.send(());
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+        rate
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Place::Namespaces(a, _, b) = self {
+            for ns in [a, b] {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", ns.as_str()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Moves the calling thread (and the threads it starts) into network
+/// namespace `ns`.
+fn enter(ns: Option<&str>) -> Result<()> {
+    let Some(ns) = ns else { return Ok(()) };
+    let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    // SAFETY: setns of this thread into a namespace descriptor we opened.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("entering the benchmark's namespace");
+    }
+    Ok(())
+}
+
+/// Handshake time on loopback: a fresh client (full handshake) against one
+/// that resumes its last session.
+fn handshakes(client_dir: &std::path::Path, server: Arc<Link>) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((socket, peer)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Ok((mut s, _)) = server.accept(socket, peer, &Role::ALL).await {
+                        let mut b = [0u8; 1];
+                        while matches!(s.read(&mut b).await, Ok(1)) {
+                            if s.write_all(&b).await.is_err() || s.flush().await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        // One byte each way, so the client has read the server's tickets.
+        async fn once(link: &Link, addr: std::net::SocketAddr) -> Result<(Duration, bool)> {
+            let socket = tokio::net::TcpStream::connect(addr).await?;
+            let _ = socket.set_nodelay(true);
+            let t = Instant::now();
+            let (mut s, _) = link.connect(socket, &[Role::Storage]).await?;
+            let took = t.elapsed();
+            s.write_all(b"x").await?;
+            s.flush().await?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await?;
+            let resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            Ok((took, resumed))
+        }
+        let (mut full, mut resumed) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let fresh = Link::load(client_dir)?;
+            full.push(once(&fresh, addr).await?.0);
+        }
+        let link = Link::load(client_dir)?;
+        once(&link, addr).await?;
+        for _ in 0..20 {
+            let (took, was_resumed) = once(&link, addr).await?;
+            if !was_resumed {
+                bail!("a reconnect did not resume its session");
+            }
+            resumed.push(took);
+        }
+        for (name, mut v) in [("full", full), ("resumed", resumed)] {
+            v.sort();
+            println!(
+                "{:<58} {:>8.2} ms (range {:.2}..{:.2})",
+                format!("TLS handshake on loopback, {name}"),
+                v[v.len() / 2].as_secs_f64() * 1e3,
+                v[0].as_secs_f64() * 1e3,
+                v[v.len() - 1].as_secs_f64() * 1e3
+            );
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,175 @@
+//! `colony grid ca …` (the grid's certificate authority) and `colony tunnel`
+//! (plain TCP on loopback carried over mutual TLS, as Plan 9's
+//! `tlsclient`/`tlssrv` did for venti).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use link::ca::{self, Validity};
+use link::{Link, Role};
+use venti::dial::{self, Transport};
+
+#[derive(Subcommand)]
+pub enum GridCommand {
+    /// The grid's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Make a new grid CA in DIR (its key can then stay offline).
+    Init {
+        #[arg(long)]
+        ca: PathBuf,
+        /// The grid's name, in the CA's own name.
+        #[arg(long, default_value = "colony")]
+        grid: String,
+    },
+    /// Issue a certificate and key for a node or an admin client into OUT.
+    Issue {
+        /// The node's name: its identity on every link.
+        name: String,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// storage, cpu or client.
+        #[arg(long, default_value = "storage")]
+        role: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        /// Valid until this moment instead (RFC 3339, e.g. 2027-06-01T00:00:00Z).
+        #[arg(long)]
+        not_after: Option<String>,
+    },
+    /// Revoke every certificate issued to NAME; copy the CA's crl.pem to the
+    /// nodes' certificate directories, which they reload when it changes.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        ca: PathBuf,
+    },
+}
+
+pub fn grid(cmd: GridCommand) -> Result<()> {
+    let GridCommand::Ca(cmd) = cmd;
+    match cmd {
+        CaCommand::Init { ca: dir, grid } => {
+            ca::init(&dir, &grid)?;
+            println!("grid CA made in {}", dir.display());
+        }
+        CaCommand::Issue {
+            name,
+            ca: dir,
+            out,
+            role,
+            days,
+            not_after,
+        } => {
+            let validity = match not_after {
+                Some(t) => Validity::Until(
+                    time_of(&t).with_context(|| format!("bad --not-after {t:?}: use RFC 3339"))?,
+                ),
+                None => Validity::Days(days),
+            };
+            ca::issue(&dir, &name, Role::parse(&role)?, validity, &out)?;
+            println!("{name} ({role}) issued into {}", out.display());
+        }
+        CaCommand::Revoke { name, ca: dir } => {
+            let n = ca::revoke(&dir, &name)?;
+            println!(
+                "{name}: {n} certificate(s) newly revoked; copy {} to every node",
+                dir.join(ca::CRL).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn time_of(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+#[derive(Args)]
+pub struct TunnelArgs {
+    /// Where to accept connections: tcp!HOST!PORT (plain, for a Plan 9
+    /// client on this machine) or tls!HOST!PORT (grid members only).
+    #[arg(long)]
+    listen: String,
+    /// Where to carry them: tls!HOST!PORT from a plain listener, or
+    /// tcp!HOST!PORT (a plain venti, say) from a TLS listener.
+    #[arg(long)]
+    to: String,
+    /// This machine's certificate directory [default: $COLONY_TLS].
+    #[arg(long, env = "COLONY_TLS")]
+    cert: PathBuf,
+    /// Roles admitted on a TLS listener, or required of a TLS server.
+    #[arg(long, default_value = "storage,cpu,client")]
+    peer_roles: String,
+}
+
+pub fn tunnel(args: TunnelArgs) -> Result<()> {
+    let link = Link::load(&args.cert)?;
+    let roles = Role::parse_list(&args.peer_roles)?;
+    let (from, listen) = dial::parse_transport(&args.listen)?;
+    let (to, target) = dial::parse_transport(&args.to)?;
+    if from == to {
+        bail!(
+            "a tunnel joins plain TCP and TLS: one of --listen and --to is tcp!…, the other tls!…"
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(listen = %local, to = %target, me = %link.me, "tunnel ready");
+        println!("listening on {local}");
+        crate::venti_cmd::reload_on_sighup(link.clone());
+        loop {
+            let (socket, peer) = listener.accept().await?;
+            let _ = socket.set_nodelay(true);
+            let (link, roles, target) = (link.clone(), roles.clone(), target.clone());
+            tokio::spawn(async move {
+                if let Err(e) = carry(link, socket, peer, from, &target, &roles).await {
+                    tracing::warn!(%peer, error = %e, "tunnel connection ended");
+                }
+            });
+        }
+    })
+}
+
+/// One connection through the tunnel, until either end closes.
+async fn carry(
+    link: Arc<Link>,
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    from: Transport,
+    target: &str,
+    roles: &[Role],
+) -> Result<()> {
+    let far = tokio::net::TcpStream::connect(target)
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    let _ = far.set_nodelay(true);
+    match from {
+        Transport::Tcp => {
+            let (mut tls, server) = link.connect(far, roles).await?;
+            tracing::debug!(%peer, %server, "tunnel connection");
+            let mut socket = socket;
+            tokio::io::copy_bidirectional(&mut socket, &mut tls).await?;
+        }
+        Transport::Tls => {
+            let (mut tls, client) = link.accept(socket, peer, roles).await?;
+            tracing::debug!(%peer, %client, "tunnel connection");
+            let mut far = far;
+            tokio::io::copy_bidirectional(&mut tls, &mut far).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! Mutual TLS between grid nodes: TLS 1.3 only, both ends verified against
+//! the grid CA, revoked names refused, roles checked where they matter, and
+//! sessions resumed so a reconnect costs no full handshake.
+//!
+//! Revocation is checked twice: during a full handshake by the verifier (the
+//! CA-signed list), and after every handshake against the serials of the
+//! list as last loaded — a resumed session skips certificate verification,
+//! and a revoked node must not come back in on an old ticket. The list is
+//! reloaded when its file changes (checked at each handshake) or on
+//! [`Link::reload`] (SIGHUP).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+
+use crate::CertError;
+use crate::ca::{CA_CERT, CERT, CRL, KEY};
+use crate::identity::{Peer, Role, peer_of};
+
+/// How long a peer may take to finish its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server name a dialer puts in its hello. Nodes are not known by
+/// address or DNS name: the server's certificate is checked against the
+/// name it carries itself, and then its role.
+const DIAL_NAME: &str = "colony-grid";
+
+/// Why a link was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("TLS handshake with {peer} failed: {reason}")]
+    Handshake { peer: SocketAddr, reason: String },
+    #[error("TLS handshake with {peer} did not finish within {secs} s")]
+    Timeout { peer: SocketAddr, secs: u64 },
+    #[error(
+        "{peer} presented a certificate for {who}, whose role may not use this link (allowed: {allowed})"
+    )]
+    Role {
+        peer: SocketAddr,
+        who: Peer,
+        allowed: String,
+    },
+    #[error("{peer} presented the revoked certificate of {who}")]
+    Revoked { peer: SocketAddr, who: Peer },
+    #[error("{peer}: {reason}")]
+    Identity { peer: SocketAddr, reason: String },
+}
+
+static DEFAULT: std::sync::OnceLock<Result<Arc<Link>, String>> = std::sync::OnceLock::new();
+
+/// The revocation list as loaded, and when its file was last seen changed.
+struct Revocations {
+    modified: Option<SystemTime>,
+    serials: HashSet<Vec<u8>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+/// A node's (or client's) side of grid links: its certificate and key, the
+/// grid CA, and the revocation list, from a certificate directory.
+pub struct Link {
+    dir: PathBuf,
+    pub me: Peer,
+    roots: Arc<RootCertStore>,
+    revocations: RwLock<Revocations>,
+    /// Shared with the configs' verifiers, which use whatever is in force.
+    verifiers: Arc<RwLock<Verifiers>>,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    pub handshake_timeout: Duration,
+}
+
+struct Verifiers {
+    client: Arc<dyn ClientCertVerifier>,
+    server: Arc<WebPkiServerVerifier>,
+}
+
+fn load_revocations(path: &Path) -> Result<Revocations, CertError> {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if modified.is_none() {
+        // No list: nothing is revoked.
+        return Ok(Revocations {
+            modified,
+            serials: HashSet::new(),
+            crls: Vec::new(),
+        });
+    }
+    let pem =
+        std::fs::read(path).map_err(|e| CertError::io(format!("reading {}", path.display()), e))?;
+    let mut crls = Vec::new();
+    let mut serials = HashSet::new();
+    for crl in CertificateRevocationListDer::pem_slice_iter(&pem) {
+        let crl = crl.map_err(|e| CertError::bad(format!("{}: {e}", path.display())))?;
+        let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| {
+            CertError::bad(format!(
+                "{}: unreadable revocation list: {e}",
+                path.display()
+            ))
+        })?;
+        for revoked in parsed.iter_revoked_certificates() {
+            serials.insert(revoked.raw_serial().to_vec());
+        }
+        crls.push(crl);
+    }
+    Ok(Revocations {
+        modified,
+        serials,
+        crls,
+    })
+}
+
+fn verifiers(
+    roots: &Arc<RootCertStore>,
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<Verifiers, CertError> {
+    let provider = crate::provider();
+    let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(crls.iter().cloned())
+        .build()
+        .map_err(|e| CertError::bad(format!("grid CA: {e}")))?;
+    let server = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider)
+        .with_crls(crls.iter().cloned())
+        .build()
+        .map_err(|e| CertError::bad(format!("grid CA: {e}")))?;
+    Ok(Verifiers { client, server })
+}
+
+impl Link {
+    /// Loads the certificate directory `dir` (as `colony grid ca issue` writes it).
+    pub fn load(dir: &Path) -> Result<Arc<Link>, CertError> {
+        let file = |name: &str| dir.join(name);
+        let read = |name: &str| {
+            std::fs::read(file(name))
+                .map_err(|e| CertError::io(format!("reading {}", file(name).display()), e))
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(CERT)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| CertError::bad(format!("{}: {e}", file(CERT).display())))?;
+        let Some(leaf) = certs.first() else {
+            return Err(CertError::bad(format!(
+                "{} holds no certificate",
+                file(CERT).display()
+            )));
+        };
+        let me = peer_of(leaf)?;
+        let key = PrivateKeyDer::from_pem_slice(&read(KEY)?)
+            .map_err(|e| CertError::bad(format!("{}: {e}", file(KEY).display())))?;
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&read(CA_CERT)?) {
+            let ca = ca.map_err(|e| CertError::bad(format!("{}: {e}", file(CA_CERT).display())))?;
+            roots
+                .add(ca)
+                .map_err(|e| CertError::bad(format!("{}: {e}", file(CA_CERT).display())))?;
+        }
+        let roots = Arc::new(roots);
+        let revocations = load_revocations(&file(CRL))?;
+        let verifiers = verifiers(&roots, &revocations.crls)?;
+
+        let shared = Arc::new(RwLock::new(verifiers));
+        let provider = crate::provider();
+        let bad_key = |e: rustls::Error| CertError::bad(format!("{}: {e}", dir.display()));
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(bad_key)?
+            .with_client_cert_verifier(Arc::new(ClientSide(shared.clone())))
+            .with_single_cert(certs.clone(), key.clone_key())
+            .map_err(bad_key)?;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(bad_key)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerSide(shared.clone())))
+            .with_client_auth_cert(certs, key)
+            .map_err(bad_key)?;
+        // Tests shorten the handshake timeout to see it fire.
+        let handshake_timeout = std::env::var("COLONY_TLS_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or(HANDSHAKE_TIMEOUT, Duration::from_secs_f64);
+        Ok(Arc::new(Link {
+            dir: dir.to_path_buf(),
+            me,
+            roots,
+            revocations: RwLock::new(revocations),
+            verifiers: shared,
+            server: Arc::new(server),
+            client: Arc::new(client),
+            handshake_timeout,
+        }))
+    }
+
+    /// Makes `link` the one [`Link::from_env`] returns (a node dials with its
+    /// own certificate); false if dialing already chose one.
+    pub fn set_default(link: Arc<Link>) -> bool {
+        DEFAULT.set(Ok(link)).is_ok()
+    }
+
+    /// The link this process dials `tls!` addresses with: the one set by
+    /// [`Link::set_default`], else the certificate directory named by
+    /// `$COLONY_TLS`, loaded once per process.
+    pub fn from_env() -> Result<Arc<Link>, String> {
+        DEFAULT.get_or_init(|| match std::env::var_os("COLONY_TLS") {
+            Some(dir) => Link::load(Path::new(&dir)).map_err(|e| e.to_string()),
+            None => Err("a tls! address needs this machine's grid certificate: set COLONY_TLS to its directory (colony grid ca issue … --out DIR)".into()),
+        })
+        .clone()
+    }
+
+    /// Reloads the revocation list if its file changed since it was loaded.
+    pub fn reload_if_changed(&self) {
+        let path = self.dir.join(CRL);
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let seen = self
+            .revocations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .modified;
+        if modified != seen {
+            self.reload();
+        }
+    }
+
+    /// Reloads the revocation list (SIGHUP). A list that does not load is
+    /// logged and the one in force is kept.
+    pub fn reload(&self) {
+        let path = self.dir.join(CRL);
+        let loaded =
+            load_revocations(&path).and_then(|r| Ok((verifiers(&self.roots, &r.crls)?, r)));
+        match loaded {
+            Ok((verifiers, revocations)) => {
+                tracing::info!(revoked = revocations.serials.len(), list = %path.display(), "revocation list loaded");
+                *self.verifiers.write().unwrap_or_else(|p| p.into_inner()) = verifiers;
+                *self.revocations.write().unwrap_or_else(|p| p.into_inner()) = revocations;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the new revocation list does not load; keeping the old one")
+            }
+        }
+    }
+
+    /// The peer's identity after a handshake: its certificate read, its
+    /// serial not revoked, its role one of `allowed`.
+    fn admit(
+        &self,
+        certs: Option<&[CertificateDer<'static>]>,
+        addr: SocketAddr,
+        allowed: &[Role],
+    ) -> Result<Peer, LinkError> {
+        let leaf = certs
+            .and_then(|c| c.first())
+            .ok_or_else(|| LinkError::Identity {
+                peer: addr,
+                reason: "presented no certificate".into(),
+            })?;
+        let who = peer_of(leaf).map_err(|e| LinkError::Identity {
+            peer: addr,
+            reason: e.to_string(),
+        })?;
+        let revoked = self
+            .revocations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .serials
+            .contains(&who.serial);
+        if revoked {
+            return Err(LinkError::Revoked { peer: addr, who });
+        }
+        if !allowed.contains(&who.role) {
+            return Err(LinkError::Role {
+                peer: addr,
+                who,
+                allowed: allowed
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            });
+        }
+        Ok(who)
+    }
+
+    /// Runs the server side of a handshake on an accepted connection and
+    /// admits the peer if its role is one of `allowed`.
+    pub async fn accept(
+        &self,
+        socket: TcpStream,
+        addr: SocketAddr,
+        allowed: &[Role],
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Peer), LinkError> {
+        self.reload_if_changed();
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
+        let stream = tokio::time::timeout(self.handshake_timeout, acceptor.accept(socket))
+            .await
+            .map_err(|_| LinkError::Timeout {
+                peer: addr,
+                secs: self.handshake_timeout.as_secs(),
+            })?
+            .map_err(|e| LinkError::Handshake {
+                peer: addr,
+                reason: describe(&e, "a plaintext client on a TLS port"),
+            })?;
+        let who = self.admit(stream.get_ref().1.peer_certificates(), addr, allowed)?;
+        Ok((stream, who))
+    }
+
+    /// Runs the client side of a handshake on a connected socket and admits
+    /// the server if its role is one of `allowed`.
+    pub async fn connect(
+        &self,
+        socket: TcpStream,
+        allowed: &[Role],
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Peer), LinkError> {
+        let addr = socket
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        self.reload_if_changed();
+        let connector = tokio_rustls::TlsConnector::from(self.client.clone());
+        let name = ServerName::try_from(DIAL_NAME).expect("a valid DNS name");
+        let stream = tokio::time::timeout(self.handshake_timeout, connector.connect(name, socket))
+            .await
+            .map_err(|_| LinkError::Timeout {
+                peer: addr,
+                secs: self.handshake_timeout.as_secs(),
+            })?
+            .map_err(|e| LinkError::Handshake {
+                peer: addr,
+                reason: describe(&e, "a plaintext server"),
+            })?;
+        let who = self.admit(stream.get_ref().1.peer_certificates(), addr, allowed)?;
+        Ok((stream, who))
+    }
+}
+
+/// A handshake error in words an operator can act on; `other` is what the
+/// peer probably is when it does not speak TLS at all.
+fn describe(e: &std::io::Error, other: &str) -> String {
+    let text = e.to_string();
+    if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        format!("{text} (not TLS: {other}?)")
+    } else {
+        text
+    }
+}
+
+/// Verifies client certificates with the verifier of the list in force.
+struct ClientSide(Arc<RwLock<Verifiers>>);
+
+impl std::fmt::Debug for ClientSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("grid client verifier")
+    }
+}
+
+impl ClientSide {
+    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        Ok(self
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .client
+            .clone())
+    }
+}
+
+impl ClientCertVerifier for ClientSide {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner()?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        crate::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies a server's certificate against the name it carries itself (a
+/// node is not known by its address), with the list in force.
+struct ServerSide(Arc<RwLock<Verifiers>>);
+
+impl std::fmt::Debug for ServerSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("grid server verifier")
+    }
+}
+
+impl ServerSide {
+    fn inner(&self) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+        Ok(self
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .server
+            .clone())
+    }
+}
+
+impl ServerCertVerifier for ServerSide {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let who = peer_of(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let name = ServerName::try_from(who.name.as_str())
+            .map_err(|e| rustls::Error::General(format!("{}: {e}", who.name)))?;
+        self.inner()?
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        crate::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
