@@ -61,6 +61,12 @@ pub enum BenchCommand {
         /// Skip the cross-namespace figures.
         #[arg(long)]
         no_netns: bool,
+        /// One-way delay of the far link, in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        far_delay_ms: u64,
+        /// Bandwidth of the far link, in Mbit/s.
+        #[arg(long, default_value_t = 100)]
+        far_mbit: u64,
     },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
@@ -91,7 +97,17 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             blocks,
             runs,
             no_netns,
-        } => crate::bench_link::run(blocks, runs, !no_netns),
+            far_delay_ms,
+            far_mbit,
+        } => crate::bench_link::run(
+            blocks,
+            runs,
+            !no_netns,
+            crate::slow_link::Shape {
+                delay: Duration::from_millis(far_delay_ms),
+                rate: far_mbit * 1_000_000 / 8,
+            },
+        ),
         BenchCommand::Fossil { tree, dir, big_mb } => crate::bench_fossil::run(&tree, dir, big_mb),
     }
 }

@@ -1,9 +1,11 @@
 //! `colony bench link`: what mutual TLS costs a venti link. New 8 KiB
-//! blocks written by one pipelined client, plain and over TLS, on loopback
-//! and between two network namespaces joined by a veth pair (where ip(8)
-//! and root allow); blocks per second with one request in flight, as
-//! plan9port's `vac` and `venti/write` send them; and handshake time, full
-//! and resumed.
+//! blocks written by one pipelined client, plain and over TLS, on loopback,
+//! through a shaping proxy that makes the server far away (a delay and a
+//! bandwidth), and between two network namespaces joined by a veth pair
+//! (where ip(8) and root allow); blocks and pings per second with one
+//! request in flight, as plan9port's `vac` and `venti/write` send them; and
+//! handshake time, full and resumed. The client runs on one thread, as
+//! plan9port's do.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use crate::bench::Blocks;
 
 const BLOCK: usize = 8192;
 
-pub fn run(blocks: usize, runs: usize, netns: bool) -> Result<()> {
+pub fn run(blocks: usize, runs: usize, netns: bool, far: crate::slow_link::Shape) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-link-")
         .tempdir()?;
@@ -50,25 +52,31 @@ pub fn run(blocks: usize, runs: usize, netns: bool) -> Result<()> {
         None => rows.push((name, vec![rate])),
     };
     let here = Place::Loopback;
-    let far = if netns { Place::namespaces()? } else { None };
+    let namespaces = if netns { Place::namespaces()? } else { None };
+    let far_away = Place::Far(far);
     for run in 0..runs.max(1) {
         let seed = 100 + run as u64 * 10;
-        for place in std::iter::once(&here).chain(far.as_ref()) {
+        for place in [&here, &far_away].into_iter().chain(namespaces.as_ref()) {
             for tls in [false, true] {
                 let kind = if tls { "mutual TLS" } else { "plain" };
                 let store = scratch
                     .path()
                     .join(format!("store-{run}-{}-{tls}", place.label()));
-                let rate =
+                let (rate, _) =
                     place.writes(&store, tls.then(|| server_link.clone()), blocks, 64, seed)?;
                 add(
                     format!("{}, {kind}: 1 client, 64 in flight", place.label()),
                     rate,
                 );
-                let rate = place.writes(
+                let (rate, pings) = place.writes(
                     &store.with_extension("one"),
                     tls.then(|| server_link.clone()),
-                    blocks / 4,
+                    // A far link's round trips are slow to count by thousands.
+                    if matches!(place, Place::Far(_)) {
+                        100
+                    } else {
+                        blocks / 4
+                    },
                     1,
                     seed + 1,
                 )?;
@@ -76,19 +84,32 @@ pub fn run(blocks: usize, runs: usize, netns: bool) -> Result<()> {
                     format!("{}, {kind}: 1 client, 1 in flight", place.label()),
                     rate,
                 );
+                add(
+                    format!("{}, {kind}: pings, 1 in flight", place.label()),
+                    pings,
+                );
             }
         }
     }
     for (name, mut rates) in rows {
         rates.sort_by(f64::total_cmp);
         let median = rates[rates.len() / 2];
-        println!(
-            "{name:<58} {:>8.1} MB/s {:>8.0} blocks/s (range {:.0}..{:.0} blocks/s)",
-            median * BLOCK as f64 / 1e6,
-            median,
-            rates[0],
-            rates[rates.len() - 1]
-        );
+        if name.contains("pings") {
+            println!(
+                "{name:<58} {:>8.0} pings/s              (range {:.0}..{:.0})",
+                median,
+                rates[0],
+                rates[rates.len() - 1]
+            );
+        } else {
+            println!(
+                "{name:<58} {:>8.1} MB/s {:>8.0} blocks/s (range {:.0}..{:.0} blocks/s)",
+                median * BLOCK as f64 / 1e6,
+                median,
+                rates[0],
+                rates[rates.len() - 1]
+            );
+        }
     }
     handshakes(&scratch.path().join("client"), server_link)?;
     Ok(())
@@ -97,15 +118,22 @@ pub fn run(blocks: usize, runs: usize, netns: bool) -> Result<()> {
 /// Where the server runs relative to its client.
 enum Place {
     Loopback,
+    /// On loopback, through a proxy that adds a delay and a bandwidth limit.
+    Far(crate::slow_link::Shape),
     /// Two namespaces joined by a veth pair: (server ns, its address, client ns).
     Namespaces(String, String, String),
 }
 
 impl Place {
-    fn label(&self) -> &'static str {
+    fn label(&self) -> String {
         match self {
-            Place::Loopback => "loopback",
-            Place::Namespaces(..) => "across namespaces",
+            Place::Loopback => "loopback".into(),
+            Place::Far(shape) => format!(
+                "far ({} ms each way, {} Mbit/s)",
+                shape.delay.as_millis(),
+                shape.rate * 8 / 1_000_000
+            ),
+            Place::Namespaces(..) => "across namespaces".into(),
         }
     }
 
@@ -137,7 +165,8 @@ impl Place {
         Ok(Some(Place::Namespaces(a, format!("10.211.{n}.1"), b)))
     }
 
-    /// New blocks per second from one client with `window` requests in flight.
+    /// New blocks per second from one client with `window` requests in
+    /// flight, and pings per second (the link's and server's floor) with one.
     fn writes(
         &self,
         store: &std::path::Path,
@@ -145,9 +174,9 @@ impl Place {
         blocks: usize,
         window: usize,
         seed: u64,
-    ) -> Result<f64> {
+    ) -> Result<(f64, f64)> {
         let (server_ns, host, client_ns) = match self {
-            Place::Loopback => (None, "127.0.0.1".to_string(), None),
+            Place::Loopback | Place::Far(_) => (None, "127.0.0.1".to_string(), None),
             Place::Namespaces(a, addr, b) => (Some(a.clone()), addr.clone(), Some(b.clone())),
         };
         let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(store)?);
@@ -176,8 +205,26 @@ impl Place {
         let addr = addr_rx
             .recv_timeout(Duration::from_secs(10))
             .context("the benchmark's server did not start")?;
-        let dial = format!("{scheme}!{}!{}", addr.ip(), addr.port());
-        let client = std::thread::spawn(move || -> Result<f64> {
+        // A far server is reached through the shaping proxy, on a runtime
+        // of its own that ends with this measurement.
+        let proxy = match self {
+            Place::Far(shape) => {
+                let rt = tokio::runtime::Runtime::new()?;
+                let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+                let near = listener.local_addr()?;
+                rt.spawn(crate::slow_link::run(listener, addr.to_string(), *shape));
+                Some((rt, near))
+            }
+            _ => None,
+        };
+        let to = proxy.as_ref().map_or(addr, |(_, near)| *near);
+        let dial = format!("{scheme}!{}!{}", to.ip(), to.port());
+        let pings = if matches!(self, Place::Far(_)) {
+            50
+        } else {
+            2000
+        };
+        let client = std::thread::spawn(move || -> Result<(f64, f64)> {
             enter(client_ns.as_deref())?;
             // One thread, as plan9port's clients are: no hops between
             // workers in the figures, only the link and the server.
@@ -186,11 +233,16 @@ impl Place {
                 .build()?;
             rt.block_on(async move {
                 let client = Client::connect(&dial).await?;
+                let t = Instant::now();
+                for _ in 0..pings {
+                    client.ping().await?;
+                }
+                let ping_rate = pings as f64 / t.elapsed().as_secs_f64();
                 let blockgen = Arc::new(Blocks::new(seed));
                 let t = Instant::now();
                 crate::bench::write_pipelined(&client, blockgen, 0..blocks, window).await?;
                 client.sync().await?;
-                Ok(blocks as f64 / t.elapsed().as_secs_f64())
+                Ok((blocks as f64 / t.elapsed().as_secs_f64(), ping_rate))
             })
         });
         let rate = client

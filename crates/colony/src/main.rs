@@ -11,6 +11,7 @@ mod link_cmd;
 mod mount_cmd;
 mod paths;
 mod progress;
+mod slow_link;
 mod vac_cmd;
 mod venti_cmd;
 

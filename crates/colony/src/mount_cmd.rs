@@ -42,9 +42,16 @@ pub struct MountArgs {
     #[arg(long)]
     console: Option<PathBuf>,
     /// Also serve the file system over 9P2000 on this address
-    /// (tcp!HOST!PORT or HOST:PORT), for Plan 9 clients.
+    /// (tcp!HOST!PORT or HOST:PORT, or tls!HOST!PORT with --tls), for Plan 9
+    /// clients.
     #[arg(long)]
     listen: Option<String>,
+    /// Serve 9P over mutual TLS with this node's certificate directory.
+    #[arg(long)]
+    tls: Option<PathBuf>,
+    /// With --tls: the roles admitted (storage, cpu, client).
+    #[arg(long, default_value = "storage,cpu,client")]
+    peer_roles: String,
     /// Let 9P clients attach as root (the 9P service has no authentication:
     /// only on a trusted network).
     #[arg(long = "9p-allow-root")]
@@ -114,19 +121,35 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
     let exported = match &args.listen {
         Some(addr) => {
-            let addr = venti::dial::parse(addr)?;
+            let (transport, addr) = venti::dial::parse_transport(addr)?;
+            let tls = match (&args.tls, transport) {
+                (Some(dir), _) => Some((
+                    link::Link::load(dir)?,
+                    link::Role::parse_list(&args.peer_roles)?,
+                )),
+                (None, venti::dial::Transport::Tls) => {
+                    anyhow::bail!("a tls! 9P listener needs the node's certificate: --tls DIR")
+                }
+                (None, venti::dial::Transport::Tcp) => None,
+            };
             let listener = std::net::TcpListener::bind(&addr)
                 .with_context(|| format!("9P listener on {addr}"))?;
             let local = listener.local_addr()?;
             let fs = fs.clone();
-            let allow_root = args.allow_root;
+            let options = ninep::Options {
+                allow_root: args.allow_root,
+            };
+            let secure = tls.is_some();
             std::thread::spawn(move || {
-                let options = ninep::Options { allow_root };
-                if let Err(e) = ninep::serve_with(listener, fs, options) {
+                let stopped = match tls {
+                    Some((link, roles)) => serve_9p_tls(listener, fs, options, link, roles),
+                    None => ninep::serve_with(listener, fs, options),
+                };
+                if let Err(e) = stopped {
                     tracing::error!(error = %e, "9P server stopped");
                 }
             });
-            format!(", 9P on {local}")
+            format!(", 9P{} on {local}", if secure { " over TLS" } else { "" })
         }
         None => String::new(),
     };
@@ -171,6 +194,29 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
     eprintln!("colony: unmounted {}", args.mountpoint.display());
     Ok(())
+}
+
+/// The 9P export over mutual TLS: a thread per client, each admitted by
+/// the grid CA and `roles` before its first message.
+fn serve_9p_tls(
+    listener: std::net::TcpListener,
+    fs: Arc<Fs>,
+    options: ninep::Options,
+    link: Arc<link::Link>,
+    roles: Vec<link::Role>,
+) -> std::io::Result<()> {
+    loop {
+        let (socket, peer) = listener.accept()?;
+        let _ = socket.set_nodelay(true);
+        let (fs, link, roles) = (fs.clone(), link.clone(), roles.clone());
+        std::thread::spawn(move || match link.accept_blocking(socket, peer, &roles) {
+            Ok((stream, who)) => match ninep::serve_stream(stream, fs, options) {
+                Ok(()) => tracing::debug!(%peer, %who, "9P connection closed"),
+                Err(e) => tracing::info!(%peer, %who, error = %e, "9P connection ended"),
+            },
+            Err(e) => tracing::warn!(%peer, error = %e, "refused a 9P link"),
+        });
+    }
 }
 
 fn serve_console(listener: UnixListener, fs: Arc<Fs>) {

@@ -544,3 +544,96 @@ fn other_users_see_the_mount_with_real_permission_checks() {
     assert_eq!(vfs.f_blocks * vfs.f_frsize, (100 << 20) / 8192 * 8192);
     m.stop();
 }
+
+/// The 9P export over mutual TLS, reached by a plain 9P client through a
+/// tunnel on its machine (as Plan 9's `9p` through `tlsclient`); a plain
+/// client on the TLS port itself gets nothing.
+#[test]
+fn nine_p_over_mutual_tls_through_a_tunnel() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let root = colony(&store, &["vac", src.join(".").to_str().unwrap()]);
+    let (ca, node, laptop) = (
+        tmp.path().join("ca"),
+        tmp.path().join("node"),
+        tmp.path().join("laptop"),
+    );
+    let grid = |args: &[&str]| {
+        let out = Command::new(COLONY).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    grid(&["grid", "ca", "init", "--ca", ca.to_str().unwrap()]);
+    for (name, dir, role) in [("fs", &node, "cpu"), ("laptop", &laptop, "client")] {
+        grid(&[
+            "grid",
+            "ca",
+            "issue",
+            name,
+            "--role",
+            role,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let m = Mount::start(
+        &store,
+        &root,
+        &tmp.path().join("mnt"),
+        &[
+            "--listen",
+            &format!("tls!127.0.0.1!{port}"),
+            "--tls",
+            node.to_str().unwrap(),
+            "--9p-allow-root",
+        ],
+    );
+    let mut tunnel = Command::new(COLONY)
+        .args(["tunnel", "--listen", "tcp!127.0.0.1!0", "--to"])
+        .arg(format!("tls!127.0.0.1!{port}"))
+        .args(["--peer-roles", "cpu", "--cert"])
+        .arg(&laptop)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(tunnel.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let local = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let mut c = ninep::Client::connect(&local, 8216).unwrap();
+    c.attach(0, "0").unwrap();
+    c.walk(0, 1, &["etc", "hostname"]).unwrap();
+    c.open(1, ninep::fcall::OREAD).unwrap();
+    assert_eq!(
+        c.read_all(1).unwrap(),
+        std::fs::read(m.dir.join("etc/hostname")).unwrap()
+    );
+    // Plain 9P on the TLS port: no version reply, only a closed connection.
+    assert!(ninep::Client::connect(format!("127.0.0.1:{port}"), 8216).is_err());
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+    m.stop();
+}

@@ -316,6 +316,62 @@ impl Link {
         Ok((stream, who))
     }
 
+    /// As [`Link::accept`], for a blocking server (the 9P export runs a
+    /// thread per client).
+    pub fn accept_blocking(
+        &self,
+        mut socket: std::net::TcpStream,
+        addr: SocketAddr,
+        allowed: &[Role],
+    ) -> Result<
+        (
+            rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
+            Peer,
+        ),
+        LinkError,
+    > {
+        self.reload_if_changed();
+        let failed = |e: std::io::Error| LinkError::Handshake {
+            peer: addr,
+            reason: describe(&e, "a plaintext client on a TLS port"),
+        };
+        let mut conn = rustls::ServerConnection::new(self.server.clone()).map_err(|e| {
+            LinkError::Handshake {
+                peer: addr,
+                reason: e.to_string(),
+            }
+        })?;
+        let deadline = std::time::Instant::now() + self.handshake_timeout;
+        while conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(LinkError::Timeout {
+                    peer: addr,
+                    secs: self.handshake_timeout.as_secs(),
+                });
+            }
+            socket.set_read_timeout(Some(left)).map_err(failed)?;
+            match conn.complete_io(&mut socket) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(LinkError::Timeout {
+                        peer: addr,
+                        secs: self.handshake_timeout.as_secs(),
+                    });
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        socket.set_read_timeout(None).map_err(failed)?;
+        let who = self.admit(conn.peer_certificates(), addr, allowed)?;
+        Ok((rustls::StreamOwned::new(conn, socket), who))
+    }
+
     /// Runs the client side of a handshake on a connected socket and admits
     /// the server if its role is one of `allowed`.
     pub async fn connect(
@@ -396,7 +452,7 @@ impl ClientCertVerifier for ClientSide {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner()?.verify_tls12_signature(message, cert, dss)
+        signatures::tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -405,13 +461,11 @@ impl ClientCertVerifier for ClientSide {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner()?.verify_tls13_signature(message, cert, dss)
+        signatures::tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        signatures::schemes()
     }
 }
 
@@ -458,7 +512,7 @@ impl ServerCertVerifier for ServerSide {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner()?.verify_tls12_signature(message, cert, dss)
+        signatures::tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -467,12 +521,42 @@ impl ServerCertVerifier for ServerSide {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner()?.verify_tls13_signature(message, cert, dss)
+        signatures::tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        signatures::schemes()
+    }
+}
+
+/// Handshake signatures, checked the same way at both ends: with the
+/// provider's algorithms, whatever list of revocations is in force.
+mod signatures {
+    use rustls::client::danger::HandshakeSignatureValid;
+    use rustls::pki_types::CertificateDer;
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    fn algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
+        crate::provider().signature_verification_algorithms
+    }
+
+    pub fn tls12(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
+    }
+
+    pub fn tls13(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+    }
+
+    pub fn schemes() -> Vec<SignatureScheme> {
+        algorithms().supported_schemes()
     }
 }

@@ -9,4 +9,4 @@ pub mod server;
 
 pub use client::Client;
 pub use fcall::{Fcall, Qid, Stat};
-pub use server::{Options, serve, serve_with};
+pub use server::{Options, serve, serve_stream, serve_with};

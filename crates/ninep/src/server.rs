@@ -46,6 +46,37 @@ pub fn serve_with(listener: TcpListener, fs: Arc<Fs>, options: Options) -> io::R
     }
 }
 
+/// Serves one client on `stream` (a TLS session, say) until it closes.
+/// Requests and replies alternate, so one stream does for both directions.
+pub fn serve_stream(stream: impl Read + Write, fs: Arc<Fs>, options: Options) -> io::Result<()> {
+    let stream = std::cell::RefCell::new(stream);
+    let mut session = Session::new(fs, options);
+    let mut r = BufReader::new(Half(&stream));
+    let mut w = BufWriter::new(Half(&stream));
+    let result = session.serve_messages(&mut r, &mut w);
+    session.clunk_all();
+    result
+}
+
+/// One direction of a stream served in turn (see [`serve_stream`]).
+struct Half<'a, S>(&'a std::cell::RefCell<S>);
+
+impl<S: Read> Read for Half<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+impl<S: Write> Write for Half<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
 /// Who is attached: numeric ids for permission checks.
 #[derive(Debug, Clone, Copy)]
 struct User {
