@@ -107,15 +107,21 @@ pub struct TunnelArgs {
     /// This machine's certificate directory [default: $COLONY_TLS].
     #[arg(long, env = "COLONY_TLS")]
     cert: PathBuf,
-    /// Roles admitted on a TLS listener, or required of a TLS server.
-    #[arg(long, default_value = "storage,cpu,client")]
-    peer_roles: String,
+    /// Roles admitted on a TLS listener [default: storage,cpu,client], or
+    /// required of the TLS server dialed [default: storage,cpu].
+    #[arg(long)]
+    peer_roles: Option<String>,
 }
 
 pub fn tunnel(args: TunnelArgs) -> Result<()> {
     let link = Link::load(&args.cert)?;
-    let roles = Role::parse_list(&args.peer_roles)?;
     let (from, listen) = dial::parse_transport(&args.listen)?;
+    // What dials out through a tunnel must reach a node, never another client.
+    let default_roles = match from {
+        Transport::Tcp => "storage,cpu",
+        Transport::Tls => "storage,cpu,client",
+    };
+    let roles = Role::parse_list(args.peer_roles.as_deref().unwrap_or(default_roles))?;
     let (to, target) = dial::parse_transport(&args.to)?;
     if from == to {
         bail!(
