@@ -191,13 +191,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         if let Some(venti_listen) = &args.venti_listen {
             let (transport, addr) = venti::dial::parse_transport(venti_listen)?;
             let tls = match (&args.tls, transport) {
-                (Some(_), venti::dial::Transport::Tls) => {
+                // With the node's certificate, its block store is served
+                // to grid members only, whichever way the address is written.
+                (Some(_), _) => {
                     let link = link::Link::from_env().map_err(anyhow::Error::msg)?;
                     crate::venti_cmd::reload_on_sighup(link.clone());
                     Some(venti::server::Tls { link, roles: link::Role::ALL.to_vec() })
                 }
                 (None, venti::dial::Transport::Tls) => anyhow::bail!("--venti-listen tls!… needs the node's certificate: --tls DIR"),
-                (_, venti::dial::Transport::Tcp) => None,
+                (None, venti::dial::Transport::Tcp) => None,
             };
             let venti_listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("venti listener on {addr}"))?;
             tracing::info!(address = %venti_listener.local_addr()?, tls = tls.is_some(), "serving the block store over venti");

@@ -128,6 +128,19 @@ pub fn tunnel(args: TunnelArgs) -> Result<()> {
             "a tunnel joins plain TCP and TLS: one of --listen and --to is tcp!…, the other tls!…"
         );
     }
+    // A plain listener lends this machine's grid identity to whoever
+    // connects: only programs on this machine may.
+    if from == Transport::Tcp {
+        let ip = listen
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']))
+            .and_then(|host| host.parse::<std::net::IpAddr>().ok());
+        if !ip.is_some_and(|ip| ip.is_loopback()) {
+            bail!(
+                "a plain tunnel listener must be on loopback (tcp!127.0.0.1!PORT): on {listen} any host could use this machine's certificate"
+            );
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
@@ -159,21 +172,25 @@ async fn carry(
     target: &str,
     roles: &[Role],
 ) -> Result<()> {
-    let far = tokio::net::TcpStream::connect(target)
-        .await
-        .with_context(|| format!("connecting to {target}"))?;
-    let _ = far.set_nodelay(true);
+    let dial = || async {
+        let far = tokio::net::TcpStream::connect(target)
+            .await
+            .with_context(|| format!("connecting to {target}"))?;
+        let _ = far.set_nodelay(true);
+        anyhow::Ok(far)
+    };
     match from {
         Transport::Tcp => {
-            let (mut tls, server) = link.connect(far, roles).await?;
+            let (mut tls, server) = link.connect(dial().await?, roles).await?;
             tracing::debug!(%peer, %server, "tunnel connection");
             let mut socket = socket;
             tokio::io::copy_bidirectional(&mut socket, &mut tls).await?;
         }
         Transport::Tls => {
+            // The peer is admitted before anything behind the tunnel is dialed.
             let (mut tls, client) = link.accept(socket, peer, roles).await?;
             tracing::debug!(%peer, %client, "tunnel connection");
-            let mut far = far;
+            let mut far = dial().await?;
             tokio::io::copy_bidirectional(&mut tls, &mut far).await?;
         }
     }

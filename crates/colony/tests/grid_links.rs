@@ -353,6 +353,16 @@ fn plain_clients_reach_a_grid_node_through_tunnels() {
         .args(["--peer-roles", "storage", "--cert"])
         .arg(&laptop);
     let back = Daemon::start(back);
+    // A plain listener on a host address would lend the laptop's identity
+    // to the whole network: refused.
+    let open = hosts
+        .command(1, COLONY)
+        .args(["tunnel", "--listen", &format!("tcp!{}!0", hosts.addrs[1])])
+        .args(["--to", &format!("tls!{}!17037", hosts.addrs[0]), "--cert"])
+        .arg(&laptop)
+        .output()
+        .unwrap();
+    assert!(err(&open).contains("must be on loopback"));
     let local = format!("tcp!127.0.0.1!{}", back.port);
     let score = ok(&venti_write(
         &hosts,

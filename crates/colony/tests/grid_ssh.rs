@@ -1667,10 +1667,14 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
     );
     assert!(out.contains("not a tty"), "{out}");
     assert!(!out.contains("Permission denied"), "{out}");
-    let tty = g.env_ssh("alice", port, "tty && ls -ln $(tty)", "", true);
+    let tty = g.env_ssh("alice", port, "tty && stat -c '%u %g' $(tty)", "", true);
     let tty = String::from_utf8_lossy(&tty.stdout).into_owned();
     assert!(tty.starts_with("/dev/pts/"), "{tty}");
-    assert!(tty.contains(" 0 "), "the terminal is root's inside: {tty}");
+    assert_eq!(
+        tty.lines().nth(1).map(str::trim),
+        Some("0 0"),
+        "the terminal is root's inside: {tty}"
+    );
 
     // On the host: every process of the environment is one unprivileged id.
     let mut ssh = g
@@ -1703,7 +1707,7 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let base = host_uids(init).unwrap()[0];
-    assert!(base >= 1 << 30, "pid 1 runs as host uid {base}");
+    assert!(base >= 0x7000_0000, "pid 1 runs as host uid {base}");
     // The processes inside: in pid 1's pid namespace (the node's helpers
     // share the cgroups from outside it).
     let pid_ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
@@ -1725,8 +1729,11 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
     assert!(seen_sleep, "the login's sleep was among {procs:?}");
     let _ = ssh.kill();
     let _ = ssh.wait();
-    // The mount, seen from the host, holds the shifted owners.
+    // The mount, seen from the host, holds the shifted owners, where only
+    // host root may reach it.
     use std::os::unix::fs::MetadataExt;
+    let mounts = std::fs::metadata(g.state.join("mnt")).unwrap();
+    assert_eq!(mounts.mode() & 0o777, 0o700);
     let mount = g
         .mounted()
         .into_iter()

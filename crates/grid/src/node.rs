@@ -167,6 +167,18 @@ impl Node {
         config: NodeConfig,
     ) -> GridResult<Node> {
         clear_stale_mounts(&state.root.join("mnt"));
+        // The roots are mounted for every user (the kernel checks
+        // permissions as for any root), and their archived owners may be
+        // ids of host users or of `nobody`: only root may reach them.
+        let mounts = state.root.join("mnt");
+        std::fs::create_dir_all(&mounts)
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &mounts,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+            })
+            .map_err(|e| GridError::io(format!("making {} private", mounts.display()), e))?;
         clear_stale_cgroups(&node_id(&state));
         let host_key = crate::sshd::host_key(&state.host_key())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

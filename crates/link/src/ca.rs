@@ -41,10 +41,15 @@ fn read(path: &Path) -> Result<String, CertError> {
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), CertError> {
     let tmp = path.with_extension("tmp");
     let result = (|| {
+        // A leftover temporary file could have any mode: made afresh, the
+        // mode (0600 for keys) is the one asked for.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
@@ -169,6 +174,17 @@ pub fn issue(
         }
     }
     let cert = params.signed_by(&key, &issuer)?;
+    // Recorded before it is handed out: a certificate the CA cannot find
+    // could never be revoked.
+    let record = dir.join(ISSUED).join(name);
+    std::fs::create_dir_all(&record)
+        .map_err(|e| CertError::io(format!("creating {}", record.display()), e))?;
+    let serial = params.serial_number.as_ref().expect("set above").to_bytes();
+    write(
+        &record.join(format!("{}.pem", hex(&serial))),
+        cert.pem().as_bytes(),
+        0o644,
+    )?;
     std::fs::create_dir_all(out)
         .map_err(|e| CertError::io(format!("creating {}", out.display()), e))?;
     write(&out.join(KEY), key.serialize_pem().as_bytes(), 0o600)?;
@@ -179,15 +195,7 @@ pub fn issue(
         0o644,
     )?;
     write(&out.join(CRL), read(&dir.join(CRL))?.as_bytes(), 0o644)?;
-    let record = dir.join(ISSUED).join(name);
-    std::fs::create_dir_all(&record)
-        .map_err(|e| CertError::io(format!("creating {}", record.display()), e))?;
-    let serial = params.serial_number.as_ref().expect("set above").to_bytes();
-    write(
-        &record.join(format!("{}.pem", hex(&serial))),
-        cert.pem().as_bytes(),
-        0o644,
-    )
+    Ok(())
 }
 
 /// Revokes every certificate issued to `name` and rewrites the CA's
@@ -204,6 +212,9 @@ pub fn revoke(dir: &Path, name: &str) -> Result<usize, CertError> {
         let path = entry
             .map_err(|e| CertError::io(format!("reading {}", record.display()), e))?
             .path();
+        if path.extension().is_none_or(|e| e != "pem") {
+            continue;
+        }
         let pem = read(&path)?;
         let der = <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(pem.as_bytes())
             .map_err(|e| CertError::bad(format!("{}: {e}", path.display())))?;

@@ -58,6 +58,8 @@ pub struct Peer {
     pub role: Role,
     /// The certificate's serial number (big-endian bytes), which revocation names.
     pub serial: Vec<u8>,
+    /// When the certificate stops being valid (seconds since the epoch).
+    pub not_after: i64,
 }
 
 impl fmt::Display for Peer {
@@ -70,19 +72,24 @@ impl fmt::Display for Peer {
 /// lowercase letters, digits, `-` and `.`, starting with a letter or digit,
 /// at most 63 bytes.
 pub fn check_name(name: &str) -> Result<(), CertError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && !name.ends_with('.')
-        && !name.contains("..");
+    // Valid DNS labels (a letter or digit at each end), and a letter
+    // somewhere, so that no name reads as an IP address.
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = name.len() <= 63
+        && name.split('.').all(label_ok)
+        && name.bytes().any(|b| b.is_ascii_lowercase());
     if ok {
         Ok(())
     } else {
         Err(CertError::bad(format!(
-            "bad node name {name:?}: use lowercase letters, digits, '-' and '.', at most 63"
+            "bad node name {name:?}: use lowercase letters, digits, '-' and '.' (DNS labels, \
+             at least one letter), at most 63"
         )))
     }
 }
@@ -110,6 +117,7 @@ pub fn peer_of(cert: &CertificateDer<'_>) -> Result<Peer, CertError> {
         name,
         role,
         serial: parsed.raw_serial().to_vec(),
+        not_after: parsed.validity().not_after.timestamp(),
     })
 }
 
@@ -122,7 +130,20 @@ mod tests {
         for good in ["a", "store-1", "node.grid", "0abc"] {
             check_name(good).unwrap();
         }
-        for bad in ["", "-a", "A", "a..b", "a.", "a b", "a_b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "A",
+            "a..b",
+            "a.",
+            "a b",
+            "a_b",
+            "x-",
+            "a.-b",
+            "10.0.0.1",
+            "123",
+            &"x".repeat(64),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -87,10 +87,16 @@ struct Verifiers {
     server: Arc<WebPkiServerVerifier>,
 }
 
-fn load_revocations(path: &Path) -> Result<Revocations, CertError> {
+/// Loads the revocation list at `path`. `first` is the load at start, where
+/// no file means nothing is revoked; later a missing or empty file is an
+/// error (the list in force stays): a list being copied in, or removed by
+/// mistake, must never un-revoke anyone.
+fn load_revocations(path: &Path, first: bool) -> Result<Revocations, CertError> {
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     if modified.is_none() {
-        // No list: nothing is revoked.
+        if !first {
+            return Err(CertError::bad(format!("{} is gone", path.display())));
+        }
         return Ok(Revocations {
             modified,
             serials: HashSet::new(),
@@ -113,6 +119,12 @@ fn load_revocations(path: &Path) -> Result<Revocations, CertError> {
             serials.insert(revoked.raw_serial().to_vec());
         }
         crls.push(crl);
+    }
+    if crls.is_empty() {
+        return Err(CertError::bad(format!(
+            "{} holds no revocation list",
+            path.display()
+        )));
     }
     Ok(Revocations {
         modified,
@@ -165,7 +177,7 @@ impl Link {
                 .map_err(|e| CertError::bad(format!("{}: {e}", file(CA_CERT).display())))?;
         }
         let roots = Arc::new(roots);
-        let revocations = load_revocations(&file(CRL))?;
+        let revocations = load_revocations(&file(CRL), true)?;
         let verifiers = verifiers(&roots, &revocations.crls)?;
 
         let shared = Arc::new(RwLock::new(verifiers));
@@ -238,7 +250,7 @@ impl Link {
     pub fn reload(&self) {
         let path = self.dir.join(CRL);
         let loaded =
-            load_revocations(&path).and_then(|r| Ok((verifiers(&self.roots, &r.crls)?, r)));
+            load_revocations(&path, false).and_then(|r| Ok((verifiers(&self.roots, &r.crls)?, r)));
         match loaded {
             Ok((verifiers, revocations)) => {
                 tracing::info!(revoked = revocations.serials.len(), list = %path.display(), "revocation list loaded");
@@ -246,7 +258,13 @@ impl Link {
                 *self.revocations.write().unwrap_or_else(|p| p.into_inner()) = revocations;
             }
             Err(e) => {
-                tracing::error!(error = %e, "the new revocation list does not load; keeping the old one")
+                tracing::error!(error = %e, "the new revocation list does not load; keeping the old one");
+                // Not tried again until the file changes once more.
+                let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                self.revocations
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .modified = modified;
             }
         }
     }
@@ -277,6 +295,17 @@ impl Link {
             .contains(&who.serial);
         if revoked {
             return Err(LinkError::Revoked { peer: addr, who });
+        }
+        // A resumed session skipped the chain's dates: an expired
+        // certificate must not live on in its tickets.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if now > who.not_after {
+            return Err(LinkError::Identity {
+                peer: addr,
+                reason: format!("the certificate of {who} has expired"),
+            });
         }
         if !allowed.contains(&who.role) {
             return Err(LinkError::Role {

@@ -215,6 +215,21 @@ async fn a_revoked_node_is_refused_after_the_reload_even_resuming() {
     let _ = echo_once(&cpu_again, addr).await;
     let refused = seen.recv().await.unwrap().unwrap_err();
     assert!(refused.contains("Revoked"), "{refused}");
+    // A list removed, or emptied as a copy begins, un-revokes nobody.
+    for emptied in [false, true] {
+        let crl = g.certs("store1").join(ca::CRL);
+        if emptied {
+            std::fs::write(&crl, "").unwrap();
+        } else {
+            std::fs::remove_file(&crl).unwrap();
+        }
+        let _ = echo_once(&cpu_again, addr).await;
+        let refused = seen.recv().await.unwrap().unwrap_err();
+        assert!(
+            refused.contains("Revoked") || refused.contains("revoked"),
+            "{refused}"
+        );
+    }
     // Others still get in.
     let cpu2 = g.issue("cpu2", Role::Cpu);
     echo_once(&cpu2, addr).await.unwrap();

@@ -65,7 +65,7 @@ impl Client {
     /// Connects to `addr` (dial form or `host:port`) and says hello. A
     /// `tls!HOST!PORT` address is reached over mutual TLS with this
     /// machine's grid certificate (`$COLONY_TLS`), and its server must be a
-    /// storage node of the grid.
+    /// node of the grid (storage, or a cpu node serving its store).
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
         let connect_err = |detail: String| ClientError::Connect {
             addr: addr.to_string(),
@@ -85,7 +85,7 @@ impl Client {
         let stream = match link {
             Some(link) => {
                 let (tls, _server) = link
-                    .connect(socket, &[link::Role::Storage])
+                    .connect(socket, &[link::Role::Storage, link::Role::Cpu])
                     .await
                     .map_err(|e| connect_err(e.to_string()))?;
                 Stream::new(tls)

@@ -454,6 +454,7 @@ pub fn init_main(request: &InitRequest) -> ! {
                     Some(h) => enter_user_namespace(h),
                     None => Ok(()),
                 })
+                .and_then(|()| die_with_the_helper())
                 .and_then(|()| super::seccomp::install());
             match started {
                 Ok(()) => println!("ready"),
@@ -624,6 +625,26 @@ impl HandshakeEnd {
         let mut byte = [0u8; 1];
         matches!(io::Read::read(&mut &self.read, &mut byte), Ok(1))
     }
+}
+
+/// pid 1 dies with its helper (the helper is single-threaded, so this
+/// fires only when the helper process itself ends): an environment whose
+/// helper was killed, by an OOM kill in its cgroup say, must not live on
+/// unwatched. Set last, as changing ids clears it.
+fn die_with_the_helper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments on this process.
+    check(
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        },
+        "PR_SET_PDEATHSIG",
+    )
 }
 
 /// pid 1 of a rootless environment, set up: a user namespace of its own,

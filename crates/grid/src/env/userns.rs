@@ -25,12 +25,14 @@ pub use fusefs::IdShift;
 /// Ids of one environment: 0..65535 inside, which covers `nobody` (65534).
 pub const IDS_PER_ENV: u32 = 65536;
 
-/// The first host id handed out, far above the ids of real host users and
-/// below the ranges systemd hands out for its own containers.
-pub const FIRST_ID: u32 = 1 << 30;
+/// The first host id handed out: far above the ids of real host users,
+/// above the range systemd hands out to its containers
+/// (0x00080000–0x6FFFFFFF), and, with [`SLOTS`], below 0x7FFE0000 and the
+/// upper half of the id space that some tools take for negative.
+pub const FIRST_ID: u32 = 0x7000_0000;
 
 /// How many environments may be rootless at once on one host.
-pub const SLOTS: u32 = 4096;
+pub const SLOTS: u32 = 4094;
 
 /// Where the ranges' lock files are: host-wide, so that every node on the
 /// host sees every claim.
@@ -149,8 +151,8 @@ mod tests {
         let c = Lease::claim_in(dir.path()).unwrap();
         assert_eq!(c.ids.base(), FIRST_ID, "the freed range is reused");
         assert!(
-            FIRST_ID as u64 + (SLOTS * IDS_PER_ENV) as u64 <= u32::MAX as u64,
-            "every slot fits"
+            FIRST_ID as u64 + (SLOTS * IDS_PER_ENV) as u64 <= 0x7FFE_0000,
+            "every slot fits below systemd's reserved top"
         );
     }
 
