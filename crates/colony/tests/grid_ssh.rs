@@ -1771,3 +1771,47 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
     assert!(g.mounted().is_empty() && g.cgroups().is_empty());
     g.stop();
 }
+
+/// Invariant: no environment runs unwatched. If its init helper is killed
+/// (an OOM kill in its cgroup, say), pid 1 and everything inside die with
+/// it, and boom still leaves nothing behind.
+#[test]
+fn an_environment_dies_with_its_helper() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    g.env_ok(port, "sleep 1000 </dev/null >/dev/null 2>&1 &");
+    let node = g.child.as_ref().unwrap().id();
+    let helper = children_of(node)
+        .into_iter()
+        .find(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"init\0"))
+        .expect("the init helper");
+    let init = init_pid_of_only_environment(node).expect("pid 1");
+    let inside = children_of(init);
+    assert!(!inside.is_empty());
+    // SAFETY: SIGKILL of the helper process this test found.
+    unsafe { libc::kill(helper as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let alive = |p: &u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    while std::iter::once(&init).chain(&inside).any(alive) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the environment outlived its helper"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    g.ok("alice", &["boom", "busybox"]);
+    assert!(g.cgroups().is_empty() && g.mounted().is_empty());
+    g.stop();
+}
