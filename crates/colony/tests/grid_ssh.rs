@@ -479,23 +479,7 @@ fn a_restart_ends_live_environments_and_keeps_the_names() {
     assert!(!inside.is_empty(), "the sleep runs");
     child.kill().unwrap();
     child.wait().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let alive = |p: &u32| {
-        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-    };
-    while std::iter::once(&init).chain(&inside).any(alive) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the environment outlived its node"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until_gone(std::iter::once(init).chain(inside), "its node");
     g.start(&[]);
     assert!(g.mounted().is_empty(), "stale mount cleared at start");
     assert_eq!(g.ok("alice", &["scores"]), "busybox\nkept\n");
@@ -1101,6 +1085,29 @@ fn run_with_input(mut cmd: Command, input: &str) -> Output {
         .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Waits (10 s at most) until none of `pids` lives (zombies count as gone),
+/// else fails: the environment outlived `what`.
+fn wait_until_gone(pids: impl Iterator<Item = u32>, what: &str) {
+    let pids: Vec<u32> = pids.collect();
+    let alive = |p: &u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pids.iter().any(alive) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the environment outlived {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Host pids of the children of `parent`.
@@ -1794,23 +1801,7 @@ fn an_environment_dies_with_its_helper() {
     assert!(!inside.is_empty());
     // SAFETY: SIGKILL of the helper process this test found.
     unsafe { libc::kill(helper as i32, libc::SIGKILL) };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let alive = |p: &u32| {
-        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-    };
-    while std::iter::once(&init).chain(&inside).any(alive) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the environment outlived its helper"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until_gone(std::iter::once(init).chain(inside), "its helper");
     g.ok("alice", &["boom", "busybox"]);
     assert!(g.cgroups().is_empty() && g.mounted().is_empty());
     g.stop();
