@@ -1124,14 +1124,18 @@ fn children_of(parent: u32) -> Vec<u32> {
     .collect()
 }
 
+/// The node's init helpers (one per environment), by their command line.
+fn init_helpers_of(node: u32) -> Vec<u32> {
+    children_of(node)
+        .into_iter()
+        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"init\0"))
+        .collect()
+}
+
 /// The host pid of an environment's pid 1: the child of the node's `init`
 /// helper (its command line names no host path to search for).
 fn init_pid_of_only_environment(node: u32) -> Option<u32> {
-    let helpers: Vec<u32> = children_of(node)
-        .into_iter()
-        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"init\0"))
-        .collect();
-    match helpers.as_slice() {
+    match init_helpers_of(node).as_slice() {
         [helper] => children_of(*helper).into_iter().next(),
         _ => None,
     }
@@ -1792,10 +1796,7 @@ fn an_environment_dies_with_its_helper() {
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     g.env_ok(port, "sleep 1000 </dev/null >/dev/null 2>&1 &");
     let node = g.child.as_ref().unwrap().id();
-    let helper = children_of(node)
-        .into_iter()
-        .find(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"init\0"))
-        .expect("the init helper");
+    let helper = *init_helpers_of(node).first().expect("the init helper");
     let init = init_pid_of_only_environment(node).expect("pid 1");
     let inside = children_of(init);
     assert!(!inside.is_empty());
