@@ -321,6 +321,26 @@ impl Link {
         Ok(who)
     }
 
+    /// A handshake with `addr`, given the handshake timeout; `other` is what
+    /// the peer probably is if it does not speak TLS at all.
+    async fn timed<T>(
+        &self,
+        addr: SocketAddr,
+        other: &str,
+        handshake: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> Result<T, LinkError> {
+        tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+            .map_err(|_| LinkError::Timeout {
+                peer: addr,
+                secs: self.handshake_timeout.as_secs(),
+            })?
+            .map_err(|e| LinkError::Handshake {
+                peer: addr,
+                reason: describe(&e, other),
+            })
+    }
+
     /// Runs the server side of a handshake on an accepted connection and
     /// admits the peer if its role is one of `allowed`.
     pub async fn accept(
@@ -331,16 +351,13 @@ impl Link {
     ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Peer), LinkError> {
         self.reload_if_changed();
         let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
-        let stream = tokio::time::timeout(self.handshake_timeout, acceptor.accept(socket))
-            .await
-            .map_err(|_| LinkError::Timeout {
-                peer: addr,
-                secs: self.handshake_timeout.as_secs(),
-            })?
-            .map_err(|e| LinkError::Handshake {
-                peer: addr,
-                reason: describe(&e, "a plaintext client on a TLS port"),
-            })?;
+        let stream = self
+            .timed(
+                addr,
+                "a plaintext client on a TLS port",
+                acceptor.accept(socket),
+            )
+            .await?;
         let who = self.admit(stream.get_ref().1.peer_certificates(), addr, allowed)?;
         Ok((stream, who))
     }
@@ -414,16 +431,9 @@ impl Link {
         self.reload_if_changed();
         let connector = tokio_rustls::TlsConnector::from(self.client.clone());
         let name = ServerName::try_from(DIAL_NAME).expect("a valid DNS name");
-        let stream = tokio::time::timeout(self.handshake_timeout, connector.connect(name, socket))
-            .await
-            .map_err(|_| LinkError::Timeout {
-                peer: addr,
-                secs: self.handshake_timeout.as_secs(),
-            })?
-            .map_err(|e| LinkError::Handshake {
-                peer: addr,
-                reason: describe(&e, "a plaintext server"),
-            })?;
+        let stream = self
+            .timed(addr, "a plaintext server", connector.connect(name, socket))
+            .await?;
         let who = self.admit(stream.get_ref().1.peer_certificates(), addr, allowed)?;
         Ok((stream, who))
     }
