@@ -68,6 +68,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         far_mbit: u64,
     },
+    /// replicate: two storage nodes over mutual TLS across network
+    /// namespaces: throughput, bytes on the link per new byte, time from a
+    /// binding on one node to the name on the other, an idle link's cost.
+    Replicate {
+        /// Megabytes of new 8 KiB blocks for the throughput phase.
+        #[arg(long, default_value_t = 400)]
+        mb: usize,
+        /// MiB of files in the large import.
+        #[arg(long, default_value_t = 200)]
+        big_mb: usize,
+        /// Stay on loopback.
+        #[arg(long)]
+        no_netns: bool,
+    },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
     Vac {
@@ -108,6 +122,11 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 rate: far_mbit * 1_000_000 / 8,
             },
         ),
+        BenchCommand::Replicate {
+            mb,
+            big_mb,
+            no_netns,
+        } => crate::bench_replica::run(mb, big_mb, !no_netns),
         BenchCommand::Fossil { tree, dir, big_mb } => crate::bench_fossil::run(&tree, dir, big_mb),
     }
 }
@@ -135,7 +154,7 @@ impl Blocks {
         Blocks { base, salt }
     }
 
-    fn get(&self, i: usize) -> Vec<u8> {
+    pub(crate) fn get(&self, i: usize) -> Vec<u8> {
         let mut b = self.base.clone();
         b[..8].copy_from_slice(&(i as u64).to_be_bytes());
         b[8..16].copy_from_slice(&self.salt.to_be_bytes());

@@ -116,7 +116,7 @@ pub fn run(blocks: usize, runs: usize, netns: bool, far: crate::slow_link::Shape
 }
 
 /// Where the server runs relative to its client.
-enum Place {
+pub(crate) enum Place {
     Loopback,
     /// On loopback, through a proxy that adds a delay and a bandwidth limit.
     Far(crate::slow_link::Shape),
@@ -137,7 +137,7 @@ impl Place {
         }
     }
 
-    fn namespaces() -> Result<Option<Place>> {
+    pub(crate) fn namespaces() -> Result<Option<Place>> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             println!("(not root: no cross-namespace figures)");
@@ -270,7 +270,7 @@ impl Drop for Place {
 
 /// Moves the calling thread (and the threads it starts) into network
 /// namespace `ns`.
-fn enter(ns: Option<&str>) -> Result<()> {
+pub(crate) fn enter(ns: Option<&str>) -> Result<()> {
     let Some(ns) = ns else { return Ok(()) };
     let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
     // SAFETY: setns of this thread into a namespace descriptor we opened.

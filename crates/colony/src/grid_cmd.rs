@@ -89,19 +89,38 @@ pub struct ServeArgs {
     /// then serves the block store over mutual TLS to grid members only.
     #[arg(long)]
     tls: Option<std::path::PathBuf>,
+    /// Replicate to this storage peer: NAME=ADDRESS, its certificate's
+    /// name and its --replica-listen address (e.g. b=tls!10.0.0.2!17035),
+    /// or venti:NAME=ADDRESS for a plain venti server (blocks only).
+    /// Repeatable; also `peer=NAME=ADDRESS` in the config file.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Accept replication from the grid's storage nodes, and status
+    /// requests from its members, here over mutual TLS (e.g.
+    /// tls!0.0.0.0!17035); needs --tls.
+    #[arg(long)]
+    replica_listen: Option<String>,
+    /// Blocks per replication batch: what a kill may cost again [default: 4096].
+    #[arg(long, hide = true)]
+    replica_batch: Option<usize>,
 }
 
 /// Opens the node's block store: a venti server, or the embedded store.
 fn open_store(state: &StateDir, venti: Option<&str>) -> Result<Arc<dyn BlockStore>> {
     Ok(match venti {
         Some(addr) => Arc::new(RemoteStore::connect(addr)?),
-        None => Arc::new(LogStore::open(state.store_dir()).map_err(|e| match e {
-            venti::StoreError::Busy(_) => anyhow::anyhow!(
-                "{e} (is `colony serve` running on this state directory? start it with --venti-listen ADDR and pass --venti ADDR)"
-            ),
-            e => e.into(),
-        })?),
+        None => open_log_store(state)?,
     })
+}
+
+/// The embedded store of the state directory.
+fn open_log_store(state: &StateDir) -> Result<Arc<LogStore>> {
+    Ok(Arc::new(LogStore::open(state.store_dir()).map_err(|e| match e {
+        venti::StoreError::Busy(_) => anyhow::anyhow!(
+            "{e} (is `colony serve` running on this state directory? start it with --venti-listen ADDR and pass --venti ADDR)"
+        ),
+        e => e.into(),
+    })?))
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -177,11 +196,30 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         config.limits.pids = p;
     }
     let key = grid::sshd::host_key(&state.host_key())?;
-    if let Some(dir) = &args.tls {
+    let tls_dir = args
+        .tls
+        .clone()
+        .or_else(|| file.get("tls").map(PathBuf::from));
+    if let Some(dir) = &tls_dir {
         // The node's own identity also for what it dials (--venti tls!…).
         link::Link::set_default(link::Link::load(dir)?);
     }
-    let store = open_store(&state, venti_addr.as_deref())?;
+    let (store, log): (Arc<dyn BlockStore>, Option<Arc<LogStore>>) = match &venti_addr {
+        Some(addr) => (open_store(&state, Some(addr))?, None),
+        None => {
+            let log = open_log_store(&state)?;
+            (log.clone(), Some(log))
+        }
+    };
+    let replication = replication(
+        &args.peers,
+        &args.replica_listen,
+        args.replica_batch,
+        &file,
+        &state,
+        log,
+        tls_dir.is_some(),
+    )?;
     let node = Arc::new(Node::new(state, store.clone(), config)?);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -205,6 +243,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!(address = %venti_listener.local_addr()?, tls = tls.is_some(), "serving the block store over venti");
             tokio::spawn(venti::server::serve_with(venti_listener, store.clone(), tls, std::future::pending()));
         }
+        if let Some((rep, listen)) = replication {
+            rep.start().map_err(anyhow::Error::msg)?;
+            if let Some(listen) = listen {
+                let (_, addr) = venti::dial::parse_transport(&listen)?;
+                let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("replication listener on {addr}"))?;
+                tracing::info!(address = %listener.local_addr()?, node = %rep.node, peers = rep.peers.len(), "accepting replication");
+                tokio::spawn(replica::keep::serve(rep, listener));
+            }
+        }
         tracing::info!(address = %local, "grid node ready");
         println!("listening on {local}");
         std::io::Write::flush(&mut std::io::stdout())?;
@@ -215,6 +262,76 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     node.shutdown();
     tracing::info!(environments_ended = live, "grid node stopped");
     Ok(())
+}
+
+/// The replication service the options ask for, and where it listens.
+fn replication(
+    peer_args: &[String],
+    listen_arg: &Option<String>,
+    batch: Option<usize>,
+    file: &ndb::Entry,
+    state: &StateDir,
+    log: Option<Arc<LogStore>>,
+    has_tls: bool,
+) -> Result<Option<(Arc<replica::Replicator>, Option<String>)>> {
+    let mut peers = Vec::new();
+    for text in peer_args.iter().map(String::as_str).chain(file.all("peer")) {
+        peers.push(replica::Peer::parse(text).map_err(anyhow::Error::msg)?);
+    }
+    let listen = listen_arg
+        .clone()
+        .or_else(|| file.get("replicalisten").map(str::to_string));
+    if peers.is_empty() && listen.is_none() {
+        return Ok(None);
+    }
+    let Some(store) = log else {
+        bail!(
+            "replication needs the node's embedded store (it reads the store's log); drop --venti"
+        );
+    };
+    let link = if has_tls {
+        Some(link::Link::from_env().map_err(anyhow::Error::msg)?)
+    } else {
+        if listen.is_some() || peers.iter().any(|p| !p.plain_venti) {
+            bail!(
+                "replication between storage nodes runs over mutual TLS: give the node's certificate with --tls DIR"
+            );
+        }
+        None
+    };
+    let node = match &link {
+        Some(l) => l.me.name.clone(),
+        None => NodeConfig::default().public_host,
+    };
+    if let Some(l) = &link
+        && l.me.role != link::Role::Storage
+    {
+        bail!(
+            "replication is between storage nodes; this node's certificate is for {}",
+            l.me.role.as_str()
+        );
+    }
+    let catalog = Arc::new(crate::replicate_cmd::NodeCatalog {
+        state: state.clone(),
+        store: store.clone(),
+        node: node.clone(),
+    });
+    let rep = Arc::new(replica::Replicator {
+        node,
+        store,
+        catalog,
+        link,
+        dir: state.replica_dir(),
+        changes: state.changes.subscribe(),
+        board: replica::board::Board::default(),
+        peers,
+        batch_records: batch
+            .unwrap_or(replica::BATCH_RECORDS)
+            .clamp(1, replica::frame::MAX_OFFER),
+        batch_bytes: replica::BATCH_BYTES,
+        catch_up: std::time::Duration::from_secs(1),
+    });
+    Ok(Some((rep, listen)))
 }
 
 async fn shutdown_signal() {

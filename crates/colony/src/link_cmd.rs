@@ -16,6 +16,17 @@ pub enum GridCommand {
     /// The grid's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// A storage node's replication, per peer: how far behind, last
+    /// contact, rate, last error.
+    Status {
+        /// The node's replication address (its --replica-listen), e.g.
+        /// tls!10.0.0.1!17035.
+        address: String,
+        /// Your certificate directory (an admin client's, or a node's)
+        /// [default: $COLONY_TLS].
+        #[arg(long, env = "COLONY_TLS")]
+        cert: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -56,7 +67,20 @@ pub enum CaCommand {
 }
 
 pub fn grid(cmd: GridCommand) -> Result<()> {
-    let GridCommand::Ca(cmd) = cmd;
+    let cmd = match cmd {
+        GridCommand::Ca(cmd) => cmd,
+        GridCommand::Status { address, cert } => {
+            let link = Link::load(&cert)?;
+            let text = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(replica::fetch_status(&link, &address))
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("replication status of {address}"))?;
+            print!("{text}");
+            return Ok(());
+        }
+    };
     match cmd {
         CaCommand::Init { ca: dir, grid } => {
             ca::init(&dir, &grid)?;

@@ -328,9 +328,19 @@ impl Node {
 
     fn scores(&self, user: &str, filter: Option<&str>) -> GridResult<String> {
         let mut out = String::new();
+        let renamed = self.names().renamed()?;
         for name in self.names().names_for(user)? {
             if filter.is_none_or(|f| name.contains(f)) {
                 out.push_str(&name);
+                // A binding that lost a replication conflict: say so, once
+                // per listing, so its owner knows where their root went.
+                if let Some(r) = renamed.iter().find(|r| r.shown_as == name) {
+                    let _ = write!(
+                        out,
+                        "\t(bound as {} on {}; another root holds that name)",
+                        r.bound_as, r.origin
+                    );
+                }
                 out.push('\n');
             }
         }

@@ -1,6 +1,16 @@
 //! scorenames: `scorename=NAME rootscore=vac:HEX user=USER [user=…]`, an ndb
 //! file. Names are immutable: binding a name again is refused. Every update
 //! is serialised and atomic (see [`ndb::update`]).
+//!
+//! For replication each entry also carries `origin=NODE time=NANOS` (where
+//! and when it was bound: together with the name and root, the binding's
+//! identity) and `pos=OFFSET`, the end of this node's durable log when the
+//! binding became visible here, so a peer is sent a binding only after every
+//! block before `pos`. Bindings are a grow-only set: when two nodes bind one
+//! name to different roots, the earliest binding (by time, then origin, then
+//! root) keeps the name everywhere and each other one is shown under a
+//! derived name `NAME.ORIGIN-ROOT8` with `conflict=NAME`, which `scores`
+//! points out to its users.
 
 use std::path::{Path, PathBuf};
 
@@ -17,13 +27,90 @@ pub struct Binding {
     pub users: Vec<String>,
 }
 
+/// A name that lost a conflict, and the name it was bound as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renamed {
+    pub shown_as: String,
+    pub bound_as: String,
+    pub origin: String,
+}
+
 pub struct ScoreNames {
     path: PathBuf,
+    changes: Option<std::sync::Arc<tokio::sync::watch::Sender<u64>>>,
+}
+
+/// Nanoseconds since the epoch, for binding times.
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The replicated identity and order of a binding.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Precedence {
+    time: u64,
+    origin: String,
+    root: String,
+}
+
+fn bound_name(e: &ndb::Entry) -> &str {
+    e.get("conflict")
+        .or_else(|| e.get("scorename"))
+        .unwrap_or_default()
+}
+
+fn precedence(e: &ndb::Entry) -> Precedence {
+    Precedence {
+        time: e.get("time").and_then(|t| t.parse().ok()).unwrap_or(0),
+        origin: e.get("origin").unwrap_or_default().to_string(),
+        root: e.get("rootscore").unwrap_or_default().to_string(),
+    }
+}
+
+/// The name a losing binding is shown under: `NAME.ORIGIN-ROOT8`, cut to fit.
+pub fn derived_name(name: &str, origin: &str, root: &str) -> String {
+    let hex = root.strip_prefix("vac:").unwrap_or(root);
+    let suffix = format!(".{origin}-{}", &hex[..hex.len().min(8)]);
+    let keep = crate::names::MAX_NAME.saturating_sub(suffix.len());
+    let mut cut = name.to_string();
+    while cut.len() > keep {
+        cut.pop();
+    }
+    format!("{cut}{suffix}")
+}
+
+/// The entry as a peer receives it: without this node's `pos`, under the
+/// name it was bound as.
+fn wire_entry(e: &ndb::Entry) -> ndb::Entry {
+    let mut out = ndb::Entry::new(&[("scorename", bound_name(e))]);
+    for p in &e.pairs {
+        if !matches!(p.attr.as_str(), "scorename" | "pos" | "conflict") {
+            out.push(&p.attr, &p.value);
+        }
+    }
+    out
 }
 
 impl ScoreNames {
     pub fn new(path: impl Into<PathBuf>) -> ScoreNames {
-        ScoreNames { path: path.into() }
+        ScoreNames {
+            path: path.into(),
+            changes: None,
+        }
+    }
+
+    /// Bumps `changes` after every change, so replication wakes at once.
+    pub fn notifying(mut self, changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
+    fn changed(&self) {
+        if let Some(c) = &self.changes {
+            c.send_modify(|n| *n += 1);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -45,9 +132,198 @@ impl ScoreNames {
             let root = vac::format_vac(root);
             let mut pairs = vec![("scorename", name), ("rootscore", root.as_str())];
             pairs.extend(users.iter().map(|u| ("user", *u)));
+            let time = now_nanos().to_string();
+            pairs.push(("time", &time));
             db.append(ndb::Entry::new(&pairs));
             Ok(())
-        })
+        })?;
+        self.changed();
+        Ok(())
+    }
+
+    /// How many bindings there are.
+    pub fn count(&self) -> GridResult<u64> {
+        Ok(ndb::Db::open(&self.path)?.entries().len() as u64)
+    }
+
+    /// For replication: the bindings after the first `from` whose `pos` is
+    /// at most `upto`, as ndb text, and the count they bring a peer to.
+    /// Bindings made without a position (by this node's commands, or by
+    /// another process on its state directory) are first given `durable_end`
+    /// — their blocks were synced before they were bound — and `node` as
+    /// their origin.
+    pub fn since(
+        &self,
+        from: u64,
+        upto: u64,
+        node: &str,
+        durable_end: impl Fn() -> u64,
+    ) -> GridResult<(String, u64)> {
+        let mut db = ndb::Db::open(&self.path)?;
+        if db.entries().iter().any(|e| e.get("pos").is_none()) {
+            db = ndb::update(&self.path, |db| {
+                // Read inside the lock: every binding now in the file was
+                // made after its blocks were durable, so they lie before it.
+                let end = durable_end().to_string();
+                db.edit(
+                    |e| e.get("pos").is_none(),
+                    |e| {
+                        let mut e = e.clone();
+                        if e.get("origin").is_none() {
+                            e.push("origin", node);
+                        }
+                        if e.get("time").is_none() {
+                            e.push("time", "0");
+                        }
+                        e.push("pos", &end);
+                        Some(e)
+                    },
+                );
+                Ok::<_, GridError>(db.clone())
+            })?;
+        }
+        let mut text = String::new();
+        let mut count = from;
+        for e in db.entries().iter().skip(from as usize) {
+            let pos: u64 = e
+                .get("pos")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(u64::MAX);
+            if pos > upto {
+                break;
+            }
+            text.push_str(&wire_entry(e).to_text().map_err(ndb::Error::from)?);
+            count += 1;
+        }
+        Ok((text, count))
+    }
+
+    /// Merges bindings a peer sent (ndb text from [`ScoreNames::since`]).
+    /// Every root must satisfy `has_root` (its block durable here), or
+    /// nothing is merged: a name never runs ahead of its blocks. New
+    /// bindings get `pos = durable_end()`, read under the file's lock.
+    /// Returns the bindings shown under a derived name by this merge.
+    pub fn merge(
+        &self,
+        text: &str,
+        has_root: impl Fn(&Score) -> GridResult<bool>,
+        durable_end: impl Fn() -> u64,
+    ) -> GridResult<Vec<Renamed>> {
+        let incoming = ndb::Db::parse("replicated names", text)
+            .map_err(|e| GridError::refused(format!("replicated names: {e}")))?;
+        for e in incoming.entries() {
+            let b = binding(e)?;
+            check_score_name(&b.name)?;
+            if b.users.is_empty() {
+                return Err(GridError::refused(format!(
+                    "replicated name {} has no user",
+                    b.name
+                )));
+            }
+            if e.get("origin").is_none()
+                || e.get("time").and_then(|t| t.parse::<u64>().ok()).is_none()
+            {
+                return Err(GridError::refused(format!(
+                    "replicated name {} lacks its origin or time",
+                    b.name
+                )));
+            }
+            if !has_root(&b.root)? {
+                return Err(GridError::refused(format!(
+                    "name {} arrived before its root block {}; not bound",
+                    b.name, b.root
+                )));
+            }
+        }
+        let renamed = ndb::update(&self.path, |db| {
+            let end = durable_end().to_string();
+            let mut renamed = Vec::new();
+            for e in incoming.entries() {
+                let name = bound_name(e).to_string();
+                let new = precedence(e);
+                let group: Vec<Precedence> = db
+                    .entries()
+                    .iter()
+                    .filter(|x| bound_name(x) == name)
+                    .map(precedence)
+                    .collect();
+                if group.contains(&new) {
+                    continue; // Seen before: replaying is harmless.
+                }
+                let wins = group.iter().all(|g| new < *g);
+                if wins {
+                    // The binding shown as `name` until now gives way.
+                    db.edit(
+                        |x| x.get("scorename") == Some(name.as_str()),
+                        |x| {
+                            let p = precedence(x);
+                            let shown = derived_name(&name, &p.origin, &p.root);
+                            let mut y = ndb::Entry::new(&[("scorename", &shown)]);
+                            for pair in &x.pairs {
+                                if pair.attr != "scorename" && pair.attr != "conflict" {
+                                    y.push(&pair.attr, &pair.value);
+                                }
+                            }
+                            y.push("conflict", &name);
+                            Some(y)
+                        },
+                    );
+                    for x in db.entries() {
+                        if x.get("conflict") == Some(name.as_str())
+                            && !renamed
+                                .iter()
+                                .any(|r: &Renamed| Some(r.shown_as.as_str()) == x.get("scorename"))
+                        {
+                            renamed.push(Renamed {
+                                shown_as: x.get("scorename").unwrap_or_default().to_string(),
+                                bound_as: name.clone(),
+                                origin: x.get("origin").unwrap_or_default().to_string(),
+                            });
+                        }
+                    }
+                }
+                let shown = if wins {
+                    name.clone()
+                } else {
+                    derived_name(&name, &new.origin, &new.root)
+                };
+                let mut entry = ndb::Entry::new(&[("scorename", &shown)]);
+                for pair in &e.pairs {
+                    if pair.attr != "scorename" && pair.attr != "pos" && pair.attr != "conflict" {
+                        entry.push(&pair.attr, &pair.value);
+                    }
+                }
+                if !wins {
+                    entry.push("conflict", &name);
+                    renamed.push(Renamed {
+                        shown_as: shown,
+                        bound_as: name.clone(),
+                        origin: new.origin.clone(),
+                    });
+                }
+                entry.push("pos", &end);
+                db.append(entry);
+            }
+            Ok::<_, GridError>(renamed)
+        })?;
+        self.changed();
+        Ok(renamed)
+    }
+
+    /// The bindings shown under a derived name, for `scores` to point out.
+    pub fn renamed(&self) -> GridResult<Vec<Renamed>> {
+        let db = ndb::Db::open(&self.path)?;
+        Ok(db
+            .entries()
+            .iter()
+            .filter_map(|e| {
+                Some(Renamed {
+                    shown_as: e.get("scorename")?.to_string(),
+                    bound_as: e.get("conflict")?.to_string(),
+                    origin: e.get("origin").unwrap_or_default().to_string(),
+                })
+            })
+            .collect())
     }
 
     /// Binds `name`, or if it is taken `name.2`, `name.3`, …; returns the name used.

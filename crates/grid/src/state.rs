@@ -19,8 +19,12 @@ use crate::error::{GridError, GridResult};
 use crate::scorenames::ScoreNames;
 use crate::users::Users;
 
+#[derive(Clone)]
 pub struct StateDir {
     pub root: PathBuf,
+    /// Bumped whenever this process changes names or users, so the
+    /// replication pushers wake at once.
+    pub changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateDir {
@@ -47,15 +51,23 @@ impl StateDir {
         };
         std::fs::create_dir_all(&root)
             .map_err(|e| GridError::io(format!("creating {}", root.display()), e))?;
-        Ok(StateDir { root })
+        Ok(StateDir {
+            root,
+            changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        })
     }
 
     pub fn users(&self) -> Users {
-        Users::new(self.root.join("users"))
+        Users::new(self.root.join("users")).notifying(self.changes.clone())
     }
 
     pub fn scorenames(&self) -> ScoreNames {
-        ScoreNames::new(self.root.join("scorenames"))
+        ScoreNames::new(self.root.join("scorenames")).notifying(self.changes.clone())
+    }
+
+    /// Replication's per-peer progress files.
+    pub fn replica_dir(&self) -> PathBuf {
+        self.root.join("replica")
     }
 
     pub fn store_dir(&self) -> PathBuf {

@@ -1,8 +1,17 @@
 //! The node's users: `user=NAME key="ssh-ed25519 AAAA…"` (one or more keys),
 //! an ndb file. A user is whoever holds a registered key; the name an SSH
 //! client claims is ignored.
+//!
+//! So that users replicate between storage nodes, the file is a grow-only
+//! set of events: `user=NAME key=… added=NANOS` adds a key and
+//! `user=NAME deleted=NANOS` is a tombstone that ends every key added
+//! before it. A user's keys are those added after their latest tombstone
+//! (entries without `added`, from before replication, count as added at 0).
+//! Merging two files is their union; entries a tombstone ends are dropped.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use russh::keys::PublicKey;
 
@@ -11,6 +20,7 @@ use crate::names::check_user_name;
 
 pub struct Users {
     path: PathBuf,
+    changes: Option<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 /// The `type base64` part of an OpenSSH public key line, checked.
@@ -28,9 +38,71 @@ pub fn normalize_key(line: &str) -> GridResult<String> {
         .join(" "))
 }
 
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn number(e: &ndb::Entry, attr: &str) -> Option<u64> {
+    e.get(attr).and_then(|v| v.parse().ok())
+}
+
+/// Each user's latest tombstone.
+fn tombstones(db: &ndb::Db) -> HashMap<String, u64> {
+    let mut t: HashMap<String, u64> = HashMap::new();
+    for e in db.entries() {
+        if let (Some(u), Some(d)) = (e.get("user"), number(e, "deleted")) {
+            let v = t.entry(u.to_string()).or_default();
+            *v = (*v).max(d);
+        }
+    }
+    t
+}
+
+/// Whether a key entry is still in force (no later tombstone of its user).
+fn live(e: &ndb::Entry, dead: &HashMap<String, u64>) -> bool {
+    let Some(u) = e.get("user") else {
+        return false;
+    };
+    e.get("key").is_some()
+        && e.get("deleted").is_none()
+        && dead
+            .get(u)
+            .is_none_or(|&d| number(e, "added").unwrap_or(0) > d)
+}
+
+/// Drops the entries a tombstone has ended, and tombstones a later one has.
+fn compact(db: &mut ndb::Db) {
+    let dead = tombstones(db);
+    db.edit(
+        |e| match (e.get("user"), number(e, "deleted")) {
+            (Some(u), Some(d)) => dead.get(u).is_some_and(|&max| d < max),
+            (Some(_), None) => e.get("key").is_some() && !live(e, &dead),
+            _ => false,
+        },
+        |_| None,
+    );
+}
+
 impl Users {
     pub fn new(path: impl Into<PathBuf>) -> Users {
-        Users { path: path.into() }
+        Users {
+            path: path.into(),
+            changes: None,
+        }
+    }
+
+    /// Bumps `changes` after every change, so replication wakes at once.
+    pub fn notifying(mut self, changes: Arc<tokio::sync::watch::Sender<u64>>) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
+    fn changed(&self) {
+        if let Some(c) = &self.changes {
+            c.send_modify(|n| *n += 1);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -42,50 +114,69 @@ impl Users {
         check_user_name(name)?;
         let key = normalize_key(key_line)?;
         ndb::update(&self.path, |db| {
-            if let Some(owner) = db.search("key", &key).next().and_then(|e| e.get("user")) {
+            let dead = tombstones(db);
+            if let Some(owner) = db
+                .search("key", &key)
+                .find(|e| live(e, &dead))
+                .and_then(|e| e.get("user"))
+            {
                 return Err(GridError::refused(format!(
                     "that key already belongs to {owner}"
                 )));
             }
-            let touched = db.edit(
-                |e| e.has("user", name),
-                |e| {
-                    let mut e = e.clone();
-                    e.push("key", &key);
-                    Some(e)
-                },
-            );
-            if touched == 0 {
-                db.append(ndb::Entry::new(&[("user", name), ("key", &key)]));
-            }
+            let added = now_nanos().to_string();
+            db.append(ndb::Entry::new(&[
+                ("user", name),
+                ("key", &key),
+                ("added", &added),
+            ]));
             Ok(())
-        })
+        })?;
+        self.changed();
+        Ok(())
     }
 
+    /// Ends the user: a tombstone that replicates, and that later keys
+    /// outlive.
     pub fn remove(&self, name: &str) -> GridResult<()> {
         ndb::update(&self.path, |db| {
-            if db.edit(|e| e.has("user", name), |_| None) == 0 {
+            let dead = tombstones(db);
+            if !db
+                .entries()
+                .iter()
+                .any(|e| e.get("user") == Some(name) && live(e, &dead))
+            {
                 return Err(GridError::refused(format!("no user {name}")));
             }
+            let deleted = now_nanos().to_string();
+            db.append(ndb::Entry::new(&[("user", name), ("deleted", &deleted)]));
+            compact(db);
             Ok(())
-        })
+        })?;
+        self.changed();
+        Ok(())
     }
 
-    /// (name, number of keys) for every user.
+    /// (name, number of keys) for every user, in the order they were added.
     pub fn list(&self) -> GridResult<Vec<(String, usize)>> {
         let db = ndb::Db::open(&self.path)?;
-        Ok(db
-            .entries()
-            .iter()
-            .filter_map(|e| e.get("user").map(|u| (u.to_string(), e.all("key").count())))
-            .collect())
+        let dead = tombstones(&db);
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for e in db.entries().iter().filter(|e| live(e, &dead)) {
+            let user = e.get("user").unwrap_or_default();
+            let keys = e.all("key").count();
+            match out.iter_mut().find(|(u, _)| u == user) {
+                Some((_, n)) => *n += keys,
+                None => out.push((user.to_string(), keys)),
+            }
+        }
+        Ok(out)
     }
 
     pub fn exists(&self, name: &str) -> GridResult<bool> {
-        Ok(ndb::Db::open(&self.path)?
-            .search("user", name)
-            .next()
-            .is_some())
+        let db = ndb::Db::open(&self.path)?;
+        let dead = tombstones(&db);
+        Ok(db.search("user", name).any(|e| live(e, &dead)))
     }
 
     /// The user who registered `key`, read afresh so changes apply at once.
@@ -99,10 +190,65 @@ impl Users {
             .collect::<Vec<_>>()
             .join(" ");
         let db = ndb::Db::open(&self.path)?;
+        let dead = tombstones(&db);
         Ok(db
             .search("key", &wanted)
-            .next()
+            .find(|e| live(e, &dead))
             .and_then(|e| e.get("user"))
             .map(str::to_string))
+    }
+
+    /// The whole file, for replication.
+    pub fn text(&self) -> GridResult<String> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(GridError::io(format!("reading {}", self.path.display()), e)),
+        }
+    }
+
+    /// Merges a peer's users file: the union of both, compacted. Returns
+    /// how many entries were new here.
+    pub fn merge(&self, text: &str) -> GridResult<usize> {
+        let incoming = ndb::Db::parse("replicated users", text)
+            .map_err(|e| GridError::refused(format!("replicated users: {e}")))?;
+        for e in incoming.entries() {
+            let user = e
+                .get("user")
+                .ok_or_else(|| GridError::refused("a replicated users entry has no user"))?;
+            check_user_name(user)?;
+            for key in e.all("key") {
+                normalize_key(key)?;
+            }
+        }
+        let added = ndb::update(&self.path, |db| {
+            let mut added = 0;
+            for e in incoming.entries() {
+                let same = |x: &ndb::Entry| {
+                    x.get("user") == e.get("user")
+                        && x.get("added") == e.get("added")
+                        && x.get("deleted") == e.get("deleted")
+                        && x.all("key").eq(e.all("key"))
+                };
+                if !db.entries().iter().any(same) {
+                    let pairs: Vec<(&str, &str)> = e
+                        .pairs
+                        .iter()
+                        .filter(|p| matches!(p.attr.as_str(), "user" | "key" | "added" | "deleted"))
+                        .map(|p| (p.attr.as_str(), p.value.as_str()))
+                        .collect();
+                    db.append(ndb::Entry::new(&pairs));
+                    added += 1;
+                }
+            }
+            if added > 0 {
+                compact(db);
+            }
+            Ok::<_, GridError>(added)
+        })?;
+        if added > 0 {
+            self.changed();
+        }
+        Ok(added)
     }
 }

@@ -77,6 +77,20 @@ impl Hosts {
     }
 }
 
+impl Hosts {
+    /// Cuts host `i` off the bridge (its link goes down), as a pulled cable.
+    #[allow(dead_code)]
+    pub fn cut(&self, i: usize) {
+        sh(&format!("ip -n {} link set p{i} down", self.hub));
+    }
+
+    /// Plugs host `i` back in.
+    #[allow(dead_code)]
+    pub fn heal(&self, i: usize) {
+        sh(&format!("ip -n {} link set p{i} up", self.hub));
+    }
+}
+
 impl Drop for Hosts {
     fn drop(&mut self) {
         for ns in self.names.iter().chain([&self.hub]) {

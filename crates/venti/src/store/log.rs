@@ -121,7 +121,19 @@ pub struct LogStore {
     index: Database,
     salt: [u8; SALT_LEN],
     recovery: Recovery,
+    /// The durable end of the log, published after every sync so that
+    /// replication pushes new blocks the moment they are durable.
+    durable: tokio::sync::watch::Sender<u64>,
     _lock: File,
+}
+
+/// One block record of the log, as [`LogStore::read_log`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub offset: u64,
+    pub wire_type: u8,
+    pub score: Score,
+    pub data: Vec<u8>,
 }
 
 fn key(score: &Score, wire_type: u8) -> Key {
@@ -175,6 +187,7 @@ impl LogStore {
             index,
             salt,
             recovery: Recovery::default(),
+            durable: tokio::sync::watch::Sender::new(LOG_HEADER_LEN),
             _lock: lock,
         };
         store.recover()?;
@@ -194,6 +207,130 @@ impl LogStore {
     /// The log's path (tests flip bytes in it).
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("log")
+    }
+
+    /// Where the first record of every log starts: a replication position
+    /// that has seen nothing.
+    pub const LOG_START: u64 = LOG_HEADER_LEN;
+
+    /// The end of the data the last sync made durable: every record before
+    /// it survives a crash.
+    pub fn durable_end(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Follows [`LogStore::durable_end`] as syncs move it.
+    pub fn watch_durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    /// Reads the block records from `from`, which must be a record boundary
+    /// (`LOG_START` or an offset this method returned), towards the durable
+    /// end: at most `max_records` records and about `max_bytes` of data (the
+    /// record that crosses it is included). Returns them and the offset after
+    /// the last one read; sync markers are passed over. Each record is
+    /// checked by its checksum, so damage is reported, never passed on.
+    pub fn read_log(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogRecord>, u64), StoreError> {
+        let end = self.durable_end();
+        if from < LOG_HEADER_LEN || from > end {
+            return Err(StoreError::Remote(format!(
+                "log position {from} is outside this store's durable log ({LOG_HEADER_LEN}..{end})"
+            )));
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut offset = from;
+        let mut reader = BufReader::with_capacity(
+            (max_bytes + HEADER_LEN).clamp(64 << 10, 8 << 20),
+            ReadAt {
+                file: &self.reader,
+                pos: from,
+            },
+        );
+        let mut head = [0u8; HEADER_LEN];
+        let damaged = |offset: u64, what: &str| {
+            StoreError::Remote(format!(
+                "venti log {} is damaged at offset {offset}: {what}",
+                self.log_path().display()
+            ))
+        };
+        while offset < end && out.len() < max_records && bytes < max_bytes {
+            if offset + HEADER_LEN as u64 > end {
+                return Err(damaged(offset, "a record header runs past the durable end"));
+            }
+            reader
+                .read_exact(&mut head)
+                .map_err(|e| StoreError::io(format!("reading {}", self.log_path().display()), e))?;
+            let header = record::parse_header(&head).map_err(|why| damaged(offset, why))?;
+            let next = offset + (HEADER_LEN + header.len) as u64;
+            if header.len > MAX_BLOCK_SIZE || next > end {
+                return Err(damaged(offset, "a record runs past the durable end"));
+            }
+            let mut data = vec![0u8; header.len];
+            reader
+                .read_exact(&mut data)
+                .map_err(|e| StoreError::io(format!("reading {}", self.log_path().display()), e))?;
+            if !record::crc_matches(&head, &header, &data) {
+                return Err(damaged(offset, "checksum mismatch"));
+            }
+            if header.wire_type != record::SYNC_MARKER_TYPE {
+                bytes += data.len();
+                out.push(LogRecord {
+                    offset,
+                    wire_type: header.wire_type,
+                    score: header.score,
+                    data,
+                });
+            }
+            offset = next;
+        }
+        Ok((out, offset))
+    }
+
+    /// Writes buffered records to the log file (not to the disk): they then
+    /// outlive this process, if not the machine.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut w = self.lock_writer();
+        self.flush_buffer(&mut w)
+    }
+
+    /// How many block records lie between `from` (a record boundary) and the
+    /// durable end; reads record headers only.
+    pub fn count_records(&self, from: u64) -> Result<u64, StoreError> {
+        let end = self.durable_end();
+        let mut offset = from.max(LOG_HEADER_LEN);
+        let mut n = 0;
+        let mut head = [0u8; HEADER_LEN];
+        while offset + HEADER_LEN as u64 <= end {
+            self.reader
+                .read_exact_at(&mut head, offset)
+                .map_err(|e| StoreError::io(format!("reading {}", self.log_path().display()), e))?;
+            let Ok(header) = record::parse_header(&head) else {
+                break;
+            };
+            if header.wire_type != record::SYNC_MARKER_TYPE {
+                n += 1;
+            }
+            offset += (HEADER_LEN + header.len) as u64;
+        }
+        Ok(n)
+    }
+
+    /// Whether the store holds the block, without reading it.
+    pub fn has(&self, score: &Score, wire_type: u8) -> Result<bool, StoreError> {
+        if score.is_zero() {
+            return Ok(true);
+        }
+        let k = key(score, wire_type);
+        if self.lock_writer().pending.contains_key(&k) {
+            return Ok(true);
+        }
+        Ok(self.indexed_location(&k)?.is_some())
     }
 
     /// Commits everything to the index and syncs, so the next open scans nothing.
@@ -306,6 +443,7 @@ impl LogStore {
         w.indexed_end = valid_end;
         w.marked_end = valid_end;
         w.durable_end = valid_end;
+        self.durable.send_replace(valid_end);
         Ok(())
     }
 
@@ -340,6 +478,11 @@ impl LogStore {
             return Err(e);
         }
         w.durable_end = w.end;
+        self.durable.send_if_modified(|end| {
+            let moved = *end != w.durable_end;
+            *end = w.durable_end;
+            moved
+        });
         if w.end > w.marked_end {
             // Only now, with the data durable, may a marker say it is.
             let at = w.end;
@@ -515,8 +658,41 @@ impl BlockStore for LogStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        // Write out under the lock, but wait for the disk without it, so
+        // writers (a replication stream's next batch, say) go on meanwhile.
+        let target = {
+            let mut w = self.lock_writer();
+            if let Some(why) = &w.failed {
+                return Err(StoreError::Failed(why.clone()));
+            }
+            self.flush_buffer(&mut w)?;
+            w.end
+        };
+        if let Err(e) = self.reader.sync_data() {
+            // As in sync_log: after a failed fsync, never trust the log again.
+            let e = StoreError::io(format!("syncing {}", self.log_path().display()), e);
+            self.lock_writer().failed = Some(e.to_string());
+            return Err(e);
+        }
         let mut w = self.lock_writer();
-        self.sync_log(&mut w)
+        if target > w.durable_end {
+            w.durable_end = target;
+            self.durable.send_if_modified(|end| {
+                let moved = *end < target;
+                *end = (*end).max(target);
+                moved
+            });
+        }
+        // A marker claims everything before it durable: only if nothing
+        // was written while the disk worked.
+        if w.end == target && w.end > w.marked_end {
+            let at = w.end;
+            record::append_sync_marker(&mut w.buf, &self.salt, at);
+            w.end += record::SYNC_MARKER_LEN as u64;
+            w.marked_end = w.end;
+            self.flush_buffer(&mut w)?;
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use log::{LogStore, Recovery};
+pub use log::{LogRecord, LogStore, Recovery};
 pub use memory::MemoryStore;
 
 use crate::{BlockType, Score};

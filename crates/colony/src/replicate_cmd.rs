@@ -1,0 +1,62 @@
+//! The glue between a node's state directory (names and users, in the grid
+//! crate) and its replication (the replica crate), and the serve options
+//! that configure it.
+
+use std::sync::Arc;
+
+use grid::state::StateDir;
+use venti::{BlockType, LogStore};
+
+/// A node's names and users as replication sees them.
+pub struct NodeCatalog {
+    pub state: StateDir,
+    pub store: Arc<LogStore>,
+    pub node: String,
+}
+
+impl replica::Catalog for NodeCatalog {
+    fn names_since(&self, from: u64, upto: u64) -> Result<(String, u64), String> {
+        let store = self.store.clone();
+        self.state
+            .scorenames()
+            .since(from, upto, &self.node, move || store.durable_end())
+            .map_err(|e| e.to_string())
+    }
+
+    fn names_count(&self) -> Result<u64, String> {
+        self.state.scorenames().count().map_err(|e| e.to_string())
+    }
+
+    fn merge_names(&self, text: &str, peer: &str) -> Result<(), String> {
+        let store = self.store.clone();
+        let has = self.store.clone();
+        let renamed = self
+            .state
+            .scorenames()
+            .merge(
+                text,
+                move |root| {
+                    has.has(root, BlockType::ROOT.to_wire())
+                        .map_err(|e| grid::GridError::refused(e.to_string()))
+                },
+                move || store.durable_end(),
+            )
+            .map_err(|e| e.to_string())?;
+        for r in renamed {
+            tracing::warn!(peer, name = %r.bound_as, shown_as = %r.shown_as, origin = %r.origin, "two roots bound to one name: the later binding is kept under a derived name");
+        }
+        Ok(())
+    }
+
+    fn users_text(&self) -> Result<String, String> {
+        self.state.users().text().map_err(|e| e.to_string())
+    }
+
+    fn merge_users(&self, text: &str) -> Result<(), String> {
+        self.state
+            .users()
+            .merge(text)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,805 @@
+//! Storage nodes replicating to each other, run as an admin would: a grid
+//! CA, `colony serve` on hosts of their own (network namespaces on a
+//! bridge) with `--replica-listen` and `--peer`, users on OpenSSH.
+//!
+//! Invariants checked:
+//! * a name is never visible on a node before every block of its root is
+//!   there: on every arrival of a name, the whole tree is read back through
+//!   that node's venti service;
+//! * every root and every user reaches every node, in a mesh and along a
+//!   chain, and a root saved on one node spawns on another;
+//! * after kill -9 of the sender or the receiver mid-stream, every block
+//!   arrives, and none is sent twice beyond one batch;
+//! * a cut link heals by itself;
+//! * one name bound to two roots on two nodes at once converges on one
+//!   winner everywhere, and the other root stays reachable, pointed out.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::netns::{self, Hosts};
+
+const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+const SSH_OPTS: [&str; 10] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "IdentitiesOnly=yes",
+];
+const REPLICA_PORT: u16 = 17035;
+/// Each node's venti service, on its own loopback, for the checks (over
+/// TLS, as a node with a certificate serves it to grid members only).
+const VENTI: &str = "tls!127.0.0.1!17034";
+/// The pushers' batch limit (`serve --replica-batch`): small, so a kill
+/// lands mid-stream and "one batch" is a tight bound.
+const BATCH: u64 = 32;
+
+fn can_run() -> bool {
+    netns::available() && Path::new("/dev/fuse").exists()
+}
+
+fn colony(args: &[&str]) -> String {
+    let out = Command::new(COLONY).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "colony {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A grid: its CA, certificates, keys and hosts.
+struct Grid {
+    tmp: tempfile::TempDir,
+    hosts: Hosts,
+    names: Vec<String>,
+}
+
+struct Node {
+    i: usize,
+    name: String,
+    state: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// Everything the node wrote to stderr, over all its runs.
+    log: Arc<Mutex<String>>,
+}
+
+impl Grid {
+    fn new(names: &[&str]) -> Grid {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = tmp.path().join("ca");
+        colony(&[
+            "grid",
+            "ca",
+            "init",
+            "--grid",
+            "test",
+            "--ca",
+            ca.to_str().unwrap(),
+        ]);
+        for n in names {
+            let out = tmp.path().join(format!("{n}.tls"));
+            colony(&[
+                "grid",
+                "ca",
+                "issue",
+                n,
+                "--role",
+                "storage",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+        }
+        let admin = tmp.path().join("admin.tls");
+        colony(&[
+            "grid",
+            "ca",
+            "issue",
+            "admin",
+            "--role",
+            "client",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--out",
+            admin.to_str().unwrap(),
+        ]);
+        for user in ["alice", "bob"] {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(tmp.path().join(user))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        Grid {
+            hosts: Hosts::new(names.len()),
+            tmp,
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    fn addr(&self, i: usize) -> &str {
+        &self.hosts.addrs[i]
+    }
+
+    /// Node `i`, pushing to `peers` (indices); not started.
+    fn node(&self, i: usize, peers: &[usize]) -> Node {
+        let name = self.names[i].clone();
+        let state = self.tmp.path().join(format!("{name}.state"));
+        std::fs::create_dir_all(&state).unwrap();
+        let addr = self.addr(i);
+        let mut args: Vec<String> = [
+            "serve",
+            "--listen",
+            &format!("{addr}:16999"),
+            "--env-ports",
+            "20001-20010",
+            "--public-host",
+            addr,
+            "--venti-listen",
+            VENTI,
+            "--replica-listen",
+            &format!("tls!{addr}!{REPLICA_PORT}"),
+            "--replica-batch",
+            &BATCH.to_string(),
+            "--tls",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(
+            self.tmp
+                .path()
+                .join(format!("{name}.tls"))
+                .display()
+                .to_string(),
+        );
+        for &p in peers {
+            args.push("--peer".into());
+            args.push(format!(
+                "{}=tls!{}!{REPLICA_PORT}",
+                self.names[p],
+                self.addr(p)
+            ));
+        }
+        args.push("--state".into());
+        args.push(state.display().to_string());
+        Node {
+            i,
+            name,
+            state,
+            args,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
+    fn key(&self, user: &str) -> PathBuf {
+        self.tmp.path().join(user)
+    }
+
+    fn add_user(&self, node: &Node, user: &str) {
+        colony(&[
+            "user",
+            "add",
+            user,
+            "--key",
+            self.key(user).with_extension("pub").to_str().unwrap(),
+            "--state",
+            node.state.to_str().unwrap(),
+        ]);
+    }
+
+    /// `ssh USER@node ARGS` to the front door of `node`.
+    fn ssh(&self, node: &Node, user: &str, args: &[&str]) -> Output {
+        let mut cmd = self.hosts.command(node.i, "ssh");
+        cmd.args(["-p", "16999", "-i"])
+            .arg(self.key(user))
+            .args(SSH_OPTS)
+            .arg("-T")
+            .arg(format!("{user}@{}", self.addr(node.i)))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output().unwrap()
+    }
+
+    fn ssh_ok(&self, node: &Node, user: &str, args: &[&str]) -> String {
+        let out = self.ssh(node, user, args);
+        assert!(
+            out.status.success(),
+            "{user}@{} {args:?}: {}\n{}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr),
+            node.log.lock().unwrap()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `command` in the environment whose login `port` is on `node`.
+    fn in_env(&self, node: &Node, user: &str, port: u16, command: &str) -> String {
+        let mut cmd = self.hosts.command(node.i, "ssh");
+        cmd.args(["-p", &port.to_string(), "-i"])
+            .arg(self.key(user))
+            .args(SSH_OPTS)
+            .arg("-T")
+            .arg(format!("{user}@{}", self.addr(node.i)))
+            .arg(command)
+            .stdin(Stdio::null());
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{command} on {}: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `colony grid status` of `node`, as the grid's admin.
+    fn status(&self, node: &Node) -> String {
+        let out = self
+            .hosts
+            .command(node.i, COLONY)
+            .args([
+                "grid",
+                "status",
+                &format!("tls!{}!{REPLICA_PORT}", self.addr(node.i)),
+                "--cert",
+            ])
+            .arg(self.tmp.path().join("admin.tls"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Reads the whole tree of `root` through `node`'s venti service: Ok
+    /// only if every block is there.
+    fn read_tree(&self, node: &Node, root: &str) -> Result<String, String> {
+        self.read_tree_on(node.i, root)
+    }
+
+    fn read_tree_on(&self, host: usize, root: &str) -> Result<String, String> {
+        let out = self
+            .hosts
+            .command(host, COLONY)
+            .env("COLONY_TLS", self.tmp.path().join("admin.tls"))
+            .args(["unvac", "-t", "-h", VENTI, root])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Imports `dir` as `name` for alice into `node` (running or not).
+    fn import(&self, node: &Node, name: &str, dir: &Path) -> String {
+        let mut cmd = self.hosts.command(node.i, COLONY);
+        cmd.args(["import", name])
+            .arg(dir)
+            .args(["--user", "alice", "--state"])
+            .arg(&node.state);
+        if node.child.is_some() {
+            cmd.args(["--venti", VENTI])
+                .env("COLONY_TLS", self.tmp.path().join("admin.tls"));
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Node {
+    fn start(&mut self, grid: &Grid) {
+        let mut child = grid
+            .hosts
+            .command(self.i, COLONY)
+            .args(&self.args)
+            .env("COLONY_LOG", "info,replica=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                log.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("listening on "),
+            "{} did not start: {line:?}\n{}",
+            self.name,
+            self.log.lock().unwrap()
+        );
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn stop(&mut self) {
+        let c = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        c.wait_with_output().unwrap();
+    }
+
+    /// Name → root, as the node shows it.
+    fn names(&self) -> Vec<(String, String)> {
+        names_in(&self.state)
+    }
+
+    fn root_of(&self, name: &str) -> Option<String> {
+        self.names()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r)
+    }
+
+    /// Blocks the node's keeper stored, summed over the `stored a batch`
+    /// lines of all its runs.
+    fn blocks_stored(&self) -> u64 {
+        self.log
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("stored a batch"))
+            .filter_map(|l| {
+                l.split("blocks=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
+    fn batches_stored(&self) -> usize {
+        self.log.lock().unwrap().matches("stored a batch").count()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} ---\n{}\nscorenames: {:?}\nprogress: {:?}",
+                self.name,
+                self.log.lock().unwrap(),
+                std::fs::read_to_string(self.state.join("scorenames")),
+                std::fs::read_dir(self.state.join("replica")).map(|d| d
+                    .filter_map(|e| e.ok())
+                    .map(|e| (e.file_name(), std::fs::read_to_string(e.path())))
+                    .collect::<Vec<_>>())
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let prefix = self.state.display().to_string();
+            for m in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+                if m.starts_with(&prefix) {
+                    let _ = Command::new("umount").args(["-l", m]).status();
+                }
+            }
+        }
+    }
+}
+
+/// Name → root in a node's state directory.
+fn names_in(state: &Path) -> Vec<(String, String)> {
+    let Ok(db) = ndb::Db::open(&state.join("scorenames")) else {
+        return Vec::new();
+    };
+    db.entries()
+        .iter()
+        .map(|e| {
+            (
+                e.get("scorename").unwrap_or_default().to_string(),
+                e.get("rootscore").unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits up to `secs` for `done`, else fails naming `what`.
+fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A busybox root with a file of its own.
+fn busybox_root(dir: &Path, motd: &str) -> PathBuf {
+    let root = dir.join(format!("root-{}", motd.len()));
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("root")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(root.join("etc/motd"), motd).unwrap();
+    root
+}
+
+/// `mb` MB of incompressible files in a fresh directory.
+fn random_tree(dir: &Path, tag: &str, mb: usize) -> PathBuf {
+    let root = dir.join(format!("random-{tag}"));
+    std::fs::create_dir_all(&root).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ tag.len() as u64 ^ ((tag.as_bytes()[0] as u64) << 32);
+    for f in 0..mb {
+        let mut data = vec![0u8; 1 << 20];
+        for chunk in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::File::create(root.join(format!("f{f}")))
+            .unwrap()
+            .write_all(&data)
+            .unwrap();
+    }
+    root
+}
+
+/// Watches nodes' names while a test runs: on every name that appears, the
+/// whole tree of its root must read back through that node's venti.
+struct Watcher {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<usize, String>>>,
+}
+
+impl Watcher {
+    fn start(grid: &Arc<Grid>, nodes: Vec<(usize, PathBuf)>) -> Watcher {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let grid = grid.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen: BTreeSet<(usize, String)> = BTreeSet::new();
+            let mut checked = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, state) in &nodes {
+                    for (name, root) in names_in(state) {
+                        if seen.insert((*i, name.clone())) {
+                            grid.read_tree_on(*i, &root).map_err(|e| {
+                                format!("{name} visible on host {i} before its blocks: {e}")
+                            })?;
+                            checked += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(checked)
+        });
+        Watcher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; returns how many arrivals were checked.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap().unwrap()
+    }
+}
+
+fn spawn_port(reply: &str) -> u16 {
+    let line = reply
+        .lines()
+        .find(|l| l.starts_with("ssh -p "))
+        .unwrap_or_else(|| panic!("no login in {reply:?}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_full_mesh_carries_roots_saves_users_and_conflicts_to_every_node() {
+    if !can_run() {
+        return;
+    }
+    let grid = Arc::new(Grid::new(&["a", "b", "c"]));
+    let mut a = grid.node(0, &[1, 2]);
+    let mut b = grid.node(1, &[0, 2]);
+    let mut c = grid.node(2, &[0, 1]);
+    // alice exists on a only; busybox is imported on a before it starts.
+    grid.add_user(&a, "alice");
+    grid.import(
+        &a,
+        "busybox",
+        &busybox_root(grid.tmp.path(), "hello from a\n"),
+    );
+    let watcher = Watcher::start(&grid, vec![(1, b.state.clone()), (2, c.state.clone())]);
+    for n in [&mut a, &mut b, &mut c] {
+        n.start(&grid);
+    }
+
+    // The root and the user reach c; alice logs in there and spawns it.
+    wait_for(20, "busybox on c", || c.root_of("busybox").is_some());
+    wait_for(20, "alice on c", || {
+        grid.ssh(&c, "alice", &["scores"]).status.success()
+    });
+    let reply = grid.ssh_ok(&c, "alice", &["spawn", "busybox"]);
+    let port = spawn_port(&reply);
+    assert_eq!(
+        grid.in_env(&c, "alice", port, "cat /etc/motd"),
+        "hello from a\n"
+    );
+    grid.ssh_ok(&c, "alice", &["boom", "busybox"]);
+
+    // A save on a: the name is spawnable on c with the change in it.
+    let reply = grid.ssh_ok(&a, "alice", &["spawn", "busybox"]);
+    let port = spawn_port(&reply);
+    grid.in_env(&a, "alice", port, "echo saved on a > /root/note");
+    let saved_at = Instant::now();
+    grid.ssh_ok(&a, "alice", &["save", "busybox", "withnote"]);
+    wait_for(20, "withnote on c", || c.root_of("withnote").is_some());
+    eprintln!(
+        "a save on a was bound on c {:?} after its reply",
+        saved_at.elapsed()
+    );
+    let reply = grid.ssh_ok(&c, "alice", &["spawn", "withnote"]);
+    let port = spawn_port(&reply);
+    assert_eq!(
+        grid.in_env(&c, "alice", port, "cat /root/note"),
+        "saved on a\n"
+    );
+    grid.ssh_ok(&c, "alice", &["boom", "withnote"]);
+    grid.ssh_ok(&a, "alice", &["boom", "busybox"]);
+
+    // A user added on b (bob) logs in on a; a user removed on c is gone
+    // everywhere.
+    grid.add_user(&b, "bob");
+    wait_for(20, "bob on a", || {
+        grid.ssh(&a, "bob", &["scores"]).status.success()
+    });
+    colony(&["user", "del", "bob", "--state", c.state.to_str().unwrap()]);
+    wait_for(20, "bob gone from a", || {
+        !grid.ssh(&a, "bob", &["scores"]).status.success()
+    });
+
+    // One name, two roots, bound on a and b at once: a is cut off while
+    // both bind, so neither can know of the other.
+    let one = busybox_root(grid.tmp.path(), "clash one\n");
+    let two = busybox_root(grid.tmp.path(), "clash two, longer\n");
+    grid.hosts.cut(0);
+    let (root_a, root_b) = std::thread::scope(|s| {
+        let ta = s.spawn(|| grid.import(&a, "clash", &one));
+        let tb = s.spawn(|| grid.import(&b, "clash", &two));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    grid.hosts.heal(0);
+    assert_ne!(root_a, root_b);
+    let view = |n: &Node| {
+        let mut v: Vec<(String, String)> = n
+            .names()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("clash"))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_for(20, "the clash to converge", || {
+        let va = view(&a);
+        va.len() == 2 && va == view(&b) && va == view(&c)
+    });
+    let v = view(&c);
+    let winner = &v.iter().find(|(n, _)| n == "clash").unwrap().1;
+    let (derived, loser) = v.iter().find(|(n, _)| n != "clash").unwrap();
+    assert!(
+        [&root_a, &root_b].contains(&winner)
+            && [&root_a, &root_b].contains(&loser)
+            && winner != loser,
+        "{v:?}"
+    );
+    // The owner is told where the other root went.
+    let scores = grid.ssh_ok(&c, "alice", &["scores", "clash"]);
+    assert!(
+        scores
+            .lines()
+            .any(|l| l.starts_with(derived.as_str()) && l.contains("bound as clash")),
+        "{scores}"
+    );
+    let reply = grid.ssh_ok(&b, "alice", &["spawn", derived]);
+    let port = spawn_port(&reply);
+    let motd = grid.in_env(&b, "alice", port, "cat /etc/motd");
+    assert!(motd.starts_with("clash"), "{motd}");
+    grid.ssh_ok(&b, "alice", &["boom", derived]);
+
+    let checked = watcher.finish();
+    assert!(checked >= 6, "only {checked} arrivals checked");
+    let status = grid.status(&a);
+    assert!(
+        status.contains("peer b at") && status.contains("peer c at"),
+        "{status}"
+    );
+    assert!(status.contains("connected"), "{status}");
+    assert!(
+        status.contains("from b:") && status.contains("from c:"),
+        "{status}"
+    );
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop();
+    }
+}
+
+#[test]
+fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
+    if !can_run() {
+        return;
+    }
+    let grid = Arc::new(Grid::new(&["a", "b", "c"]));
+    let mut a = grid.node(0, &[1]);
+    let mut b = grid.node(1, &[2]);
+    let mut c = grid.node(2, &[]);
+    // a also mirrors its blocks into a plain venti server on its host.
+    let mirror = grid.tmp.path().join("mirror");
+    let mut venti_mirror = grid
+        .hosts
+        .command(0, COLONY)
+        .args([
+            "venti",
+            "serve",
+            "--listen",
+            "tcp!127.0.0.1!17040",
+            "--store",
+        ])
+        .arg(&mirror)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    a.args
+        .extend(["--peer".into(), "venti:mirror=tcp!127.0.0.1!17040".into()]);
+    grid.add_user(&a, "alice");
+    let big = grid.import(&a, "big", &random_tree(grid.tmp.path(), "one", 24));
+    let watcher = Watcher::start(&grid, vec![(1, b.state.clone()), (2, c.state.clone())]);
+    c.start(&grid);
+    b.start(&grid);
+    a.start(&grid);
+
+    // The sender dies after the first batch it had acknowledged.
+    wait_for(30, "a first batch on b", || b.batches_stored() >= 1);
+    a.kill9();
+    let before_restart = b.blocks_stored();
+    assert!(
+        before_restart < 24 * 128,
+        "the kill came after the stream: {before_restart}"
+    );
+    a.start(&grid);
+    wait_for(60, "big on c", || {
+        c.root_of("big").as_deref() == Some(big.as_str())
+    });
+    let listing = grid.read_tree(&c, &big).unwrap();
+    assert_eq!(
+        listing.lines().filter(|l| l.contains('f')).count(),
+        24,
+        "{listing}"
+    );
+    assert!(before_restart > 0);
+
+    // Now the receiver dies mid-stream of a second root.
+    let second = grid.import(&a, "second", &random_tree(grid.tmp.path(), "two", 24));
+    let batches = b.batches_stored();
+    wait_for(30, "a batch of the second root on b", || {
+        b.batches_stored() > batches
+    });
+    b.kill9();
+    b.start(&grid);
+    wait_for(60, "second on c", || {
+        c.root_of("second").as_deref() == Some(second.as_str())
+    });
+    grid.read_tree(&c, &second).unwrap();
+
+    // A cut link: nothing crosses; healed, it catches up by itself.
+    grid.hosts.cut(1);
+    let third = grid.import(
+        &a,
+        "third",
+        &busybox_root(grid.tmp.path(), "after the cut\n"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(b.root_of("third").is_none(), "crossed a cut link");
+    grid.hosts.heal(1);
+    wait_for(60, "third on c after the heal", || {
+        c.root_of("third").as_deref() == Some(third.as_str())
+    });
+
+    let checked = watcher.finish();
+    assert!(checked >= 6, "only {checked} arrivals checked");
+    let status = grid.status(&a);
+    assert!(
+        status.contains("peer mirror at tcp!127.0.0.1!17040 (plain venti)"),
+        "{status}"
+    );
+    wait_for(30, "the mirror to catch up", || {
+        grid.status(&a)
+            .contains("(plain venti): connected\n  behind: 0 blocks")
+    });
+
+    // Every block arrived once, give or take the batch in flight at each
+    // kill: b's log holds each block once, and its keeper stored no more
+    // than that plus one batch per kill.
+    b.stop();
+    let unique = venti::LogStore::open(b.state.join("store"))
+        .unwrap()
+        .count_records(venti::LogStore::LOG_START)
+        .unwrap();
+    let stored = b.blocks_stored();
+    assert!(
+        stored >= unique && stored <= unique + 2 * BATCH,
+        "b stored {stored} blocks for {unique} distinct"
+    );
+    eprintln!("b stored {stored} blocks for {unique} distinct ones, across two kills");
+    a.stop();
+    c.stop();
+    let _ = venti_mirror.kill();
+    let _ = venti_mirror.wait();
+    // The mirror's store, opened directly, holds the big root whole.
+    let mirror_serve = Command::new(COLONY)
+        .env("COLONY_STORE", &mirror)
+        .args(["unvac", "-t", &big])
+        .output()
+        .unwrap();
+    assert!(
+        mirror_serve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mirror_serve.stderr)
+    );
+}

@@ -1,0 +1,146 @@
+//! Names and users as replication merges them: grow-only sets whose merge
+//! is order-free (every node converges on the same file contents whatever
+//! order bindings arrive in), idempotent (replaying changes nothing), and
+//! loses nothing (a conflicting root stays reachable under a derived name).
+
+use grid::scorenames::ScoreNames;
+use grid::users::Users;
+use venti::Score;
+
+const KEY_A: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ6dDrh0mG5t0u4Cv8gxT1xAG7Q0v2sE7VZ2Yy3a1xQ";
+const KEY_B: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOyNNwq9+hIm1gKzk6m2dU5Jd9O0v0Kx7sH2dWcA3T1Y";
+
+fn root(n: u8) -> Score {
+    Score::of(&[n; 10])
+}
+
+/// What each name resolves to, sorted: the part of the file that must agree.
+fn view(names: &ScoreNames) -> Vec<(String, Score)> {
+    let db = ndb::Db::open(names.path()).unwrap();
+    let mut v: Vec<(String, Score)> = db
+        .entries()
+        .iter()
+        .map(|e| {
+            let name = e.get("scorename").unwrap().to_string();
+            let b = names.lookup(&name).unwrap().unwrap();
+            (name, b.root)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A name bound on node `origin`, as its own `since` sends it.
+fn bound_on(dir: &std::path::Path, origin: &str, name: &str, r: Score) -> String {
+    let names = ScoreNames::new(dir.join(format!("{origin}.names")));
+    names.bind(name, &r, &["alice"]).unwrap();
+    let (text, count) = names.since(0, u64::MAX, origin, || 100).unwrap();
+    assert_eq!(count, 1);
+    text
+}
+
+#[test]
+fn two_roots_for_one_name_converge_on_one_winner_and_the_other_is_renamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_a = bound_on(dir.path(), "a", "web", root(1));
+    let from_b = bound_on(dir.path(), "b", "web", root(2));
+    let all = |_: &Score| Ok(true);
+    // Node c hears a first, node d hears b first.
+    let c = ScoreNames::new(dir.path().join("c"));
+    let d = ScoreNames::new(dir.path().join("d"));
+    assert!(c.merge(&from_a, all, || 7).unwrap().is_empty());
+    let renamed_c = c.merge(&from_b, all, || 8).unwrap();
+    d.merge(&from_b, all, || 7).unwrap();
+    let renamed_d = d.merge(&from_a, all, || 8).unwrap();
+    assert_eq!(view(&c), view(&d), "the same names everywhere");
+    // a bound first, so a's root keeps the name.
+    assert_eq!(c.lookup("web").unwrap().unwrap().root, root(1));
+    let derived = grid::scorenames::derived_name("web", "b", &vac::format_vac(&root(2)));
+    assert_eq!(c.lookup(&derived).unwrap().unwrap().root, root(2));
+    assert_eq!(renamed_c.len(), 1);
+    assert_eq!(renamed_c[0].shown_as, derived);
+    assert!(renamed_d.iter().any(|r| r.shown_as == derived));
+    assert_eq!(c.renamed().unwrap(), d.renamed().unwrap());
+    // The originals converge too once each hears the other.
+    let a = ScoreNames::new(dir.path().join("a.names"));
+    let b = ScoreNames::new(dir.path().join("b.names"));
+    a.merge(&from_b, all, || 9).unwrap();
+    b.merge(&from_a, all, || 9).unwrap();
+    assert_eq!(view(&a), view(&c));
+    assert_eq!(view(&b), view(&c));
+    // Replaying changes nothing.
+    let before = std::fs::read_to_string(c.path()).unwrap();
+    c.merge(&from_a, all, || 10).unwrap();
+    c.merge(&from_b, all, || 10).unwrap();
+    assert_eq!(std::fs::read_to_string(c.path()).unwrap(), before);
+    // A forwarded binding carries the name it was bound as, so a node
+    // down the chain reaches the same view.
+    let (forwarded, _) = d.since(0, u64::MAX, "d", || 11).unwrap();
+    let e = ScoreNames::new(dir.path().join("e"));
+    e.merge(&forwarded, all, || 12).unwrap();
+    assert_eq!(view(&e), view(&c));
+}
+
+#[test]
+fn a_name_whose_root_block_is_missing_is_not_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = bound_on(dir.path(), "a", "late", root(3));
+    let c = ScoreNames::new(dir.path().join("c"));
+    let err = c.merge(&text, |_| Ok(false), || 1).unwrap_err();
+    assert!(err.to_string().contains("before its root block"), "{err}");
+    assert!(c.lookup("late").unwrap().is_none());
+}
+
+#[test]
+fn bindings_go_out_only_when_their_blocks_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ScoreNames::new(dir.path().join("n"));
+    names.bind("one", &root(1), &["alice"]).unwrap();
+    // Placed at the durable end when first seen: 500.
+    let (text, count) = names.since(0, 499, "a", || 500).unwrap();
+    assert_eq!(
+        (text.as_str(), count),
+        ("", 0),
+        "blocks not yet acknowledged"
+    );
+    names.bind("two", &root(2), &["alice"]).unwrap();
+    let (text, count) = names.since(0, 500, "a", || 900).unwrap();
+    assert_eq!(count, 1, "only the binding whose blocks lie before 500");
+    assert!(text.contains("scorename=one") && text.contains("origin=a"));
+    assert!(!text.contains("pos="), "positions are local: {text}");
+    let (text, count) = names.since(1, 900, "a", || 900).unwrap();
+    assert_eq!(count, 2);
+    assert!(text.contains("scorename=two"));
+}
+
+#[test]
+fn users_merge_as_a_set_with_tombstones_in_any_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Users::new(dir.path().join("a"));
+    a.add("alice", KEY_A).unwrap();
+    let added = a.text().unwrap();
+    a.remove("alice").unwrap();
+    let removed = a.text().unwrap();
+    a.add("bob", KEY_B).unwrap();
+    // b hears the removal before the addition it ends.
+    let b = Users::new(dir.path().join("b"));
+    b.merge(&removed).unwrap();
+    b.merge(&added).unwrap();
+    assert!(
+        !b.exists("alice").unwrap(),
+        "the tombstone wins over an older add"
+    );
+    b.merge(&a.text().unwrap()).unwrap();
+    assert_eq!(b.list().unwrap(), vec![("bob".to_string(), 1)]);
+    assert_eq!(a.list().unwrap(), b.list().unwrap());
+    // Replaying is harmless.
+    assert_eq!(b.merge(&a.text().unwrap()).unwrap(), 0);
+    // Alice comes back later, with a key added after her tombstone.
+    a.add("alice", KEY_A).unwrap();
+    b.merge(&a.text().unwrap()).unwrap();
+    assert!(b.exists("alice").unwrap());
+    // Malformed input is refused whole.
+    assert!(b.merge("user=\"bad name\" key=x\n").is_err());
+}

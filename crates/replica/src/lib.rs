@@ -1,0 +1,165 @@
+//! Replication between storage nodes, ventiprog done right.
+//!
+//! Every storage node runs a *pusher* per configured peer and a *keeper*
+//! that its peers push to, over the grid's mutual-TLS links:
+//!
+//! * Blocks: the pusher reads this node's log from the peer's position
+//!   (kept durably in `PEER.progress`, see [`progress`]), offers the scores,
+//!   sends only the blocks the keeper lacks, and moves the position once
+//!   the keeper says they are durable. It starts the moment a sync makes
+//!   new blocks durable ([`venti::LogStore::watch_durable`]); an idle link
+//!   costs one ping round trip now and then, and no log scan.
+//! * Names: after the blocks, the bindings whose blocks lie before the
+//!   acknowledged position, never one beyond, so *a name is never visible
+//!   on a node before every block of its root is durable there*. The keeper
+//!   checks the root block again before it merges.
+//! * Users: the whole (small) user set whenever it changed; merging is
+//!   grow-only with tombstones, so replaying is harmless.
+//! * Blocks a keeper stores enter its own log, so its pushers forward them:
+//!   chains and meshes converge, and a block a node has costs one score.
+//!
+//! The names and users themselves belong to the layer above, behind
+//! [`Catalog`]. [`frame`] is the wire format; [`board`] the status text.
+
+pub mod board;
+pub mod catalog;
+pub mod frame;
+pub mod keep;
+pub mod progress;
+pub mod push;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use catalog::Catalog;
+use venti::LogStore;
+
+/// A peer this node pushes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The name its certificate must carry (for a plain venti server: a
+    /// label for status and its progress file).
+    pub name: String,
+    /// `tls!HOST!PORT`, `tcp!HOST!PORT` or `HOST:PORT`.
+    pub address: String,
+    /// A plain venti server: blocks only, no offers, no names.
+    pub plain_venti: bool,
+}
+
+impl Peer {
+    /// `NAME=ADDRESS` or `venti:NAME=ADDRESS`, as `--peer` and the
+    /// configuration file's `peer=` take them.
+    pub fn parse(text: &str) -> Result<Peer, String> {
+        let (plain_venti, rest) = match text.strip_prefix("venti:") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (name, address) = rest.split_once('=').ok_or_else(|| {
+            format!("peer {text:?}: expected NAME=ADDRESS (e.g. b=tls!10.0.0.2!17035)")
+        })?;
+        link::identity::check_name(name).map_err(|e| format!("peer {text:?}: {e}"))?;
+        venti::dial::parse_transport(address).map_err(|e| format!("peer {text:?}: {e}"))?;
+        Ok(Peer {
+            name: name.to_string(),
+            address: address.to_string(),
+            plain_venti,
+        })
+    }
+}
+
+/// The replication service of one storage node.
+pub struct Replicator {
+    /// This node's name (its certificate's).
+    pub node: String,
+    pub store: Arc<LogStore>,
+    pub catalog: Arc<dyn Catalog>,
+    /// The node's identity; without one only plain venti peers work.
+    pub link: Option<Arc<link::Link>>,
+    /// Where the progress files live.
+    pub dir: PathBuf,
+    /// Bumped whenever names or users change here.
+    pub changes: tokio::sync::watch::Receiver<u64>,
+    pub board: board::Board,
+    pub peers: Vec<Peer>,
+    /// A batch: at most this many blocks …
+    pub batch_records: usize,
+    /// … and about this many bytes.
+    pub batch_bytes: usize,
+    /// How often an idle link pings (and re-reads the catalog, for changes
+    /// made by other processes).
+    pub catch_up: Duration,
+}
+
+/// Default batch limits: a batch is what a kill may cost again.
+pub const BATCH_RECORDS: usize = 4096;
+pub const BATCH_BYTES: usize = 8 << 20;
+
+impl Replicator {
+    /// Starts a pusher per peer on the current runtime.
+    pub fn start(self: &Arc<Self>) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        for peer in &self.peers {
+            if peer.name == self.node {
+                return Err(format!("peer {} is this node itself", peer.name));
+            }
+            tokio::spawn(push::run(self.clone(), peer.clone()));
+        }
+        Ok(())
+    }
+
+    /// The status text of every link, as `colony grid status` prints it.
+    pub fn status_text(&self) -> String {
+        let (out, inc) = self.board.snapshot();
+        let names = self.catalog.names_count().unwrap_or(0);
+        let end = self.store.durable_end();
+        let behind: BTreeMap<String, board::Behind> = out
+            .iter()
+            .map(|(name, o)| {
+                let blocks = self.store.count_records(o.position).unwrap_or(0);
+                (
+                    name.clone(),
+                    board::Behind {
+                        blocks,
+                        bytes: end.saturating_sub(o.position),
+                        names: if o.plain_venti {
+                            0
+                        } else {
+                            names.saturating_sub(o.names_sent)
+                        },
+                    },
+                )
+            })
+            .collect();
+        board::render(&self.node, &out, &behind, &inc)
+    }
+}
+
+/// Asks the node at `address` for its replication status, as a grid member
+/// (an admin's client certificate, or a node's).
+pub async fn fetch_status(link: &link::Link, address: &str) -> Result<String, String> {
+    let (_, addr) = venti::dial::parse_transport(address).map_err(|e| e.to_string())?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    .map_err(|_| format!("connecting to {addr}: timed out"))?
+    .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let (mut tls, _) = link
+        .connect(tcp, &[link::Role::Storage])
+        .await
+        .map_err(|e| e.to_string())?;
+    frame::write(&mut tls, &frame::Frame::StatusRequest)
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), frame::read(&mut tls)).await {
+        Ok(Ok(frame::Frame::Status { text })) => Ok(text),
+        Ok(Ok(frame::Frame::Error { message })) => Err(message),
+        Ok(Ok(f)) => Err(format!("expected a Status reply, got {}", f.kind())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no status reply within 10 s".into()),
+    }
+}
