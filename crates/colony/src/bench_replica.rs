@@ -38,6 +38,7 @@ fn node(dir: &Path, name: &str, link: Arc<Link>, peers: Vec<replica::Peer>) -> R
         state: state.clone(),
         store: store.clone(),
         node: name.into(),
+        read_through: None,
     });
     let rep = Arc::new(replica::Replicator {
         node: name.into(),
@@ -51,6 +52,7 @@ fn node(dir: &Path, name: &str, link: Arc<Link>, peers: Vec<replica::Peer>) -> R
         batch_records: replica::BATCH_RECORDS,
         batch_bytes: replica::BATCH_BYTES,
         catch_up: Duration::from_secs(1),
+        read_through: false,
     });
     Ok(Node { state, store, rep })
 }

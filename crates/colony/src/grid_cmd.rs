@@ -89,6 +89,13 @@ pub struct ServeArgs {
     /// then serves the block store over mutual TLS to grid members only.
     #[arg(long)]
     tls: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    replica: ReplicaArgs,
+}
+
+/// How a storage node replicates (see the replica crate).
+#[derive(Args)]
+pub struct ReplicaArgs {
     /// Replicate to this storage peer: NAME=ADDRESS, its certificate's
     /// name and its --replica-listen address (e.g. b=tls!10.0.0.2!17035),
     /// or venti:NAME=ADDRESS for a plain venti server (blocks only).
@@ -100,6 +107,11 @@ pub struct ServeArgs {
     /// tls!0.0.0.0!17035); needs --tls.
     #[arg(long)]
     replica_listen: Option<String>,
+    /// Join a grid late: take the peers' names at once and fetch the
+    /// blocks not yet replicated here from them on demand (config
+    /// `readthrough=yes`).
+    #[arg(long)]
+    read_through: bool,
     /// Blocks per replication batch: what a kill may cost again [default: 4096].
     #[arg(long, hide = true)]
     replica_batch: Option<usize>,
@@ -211,15 +223,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             (log.clone(), Some(log))
         }
     };
-    let replication = replication(
-        &args.peers,
-        &args.replica_listen,
-        args.replica_batch,
-        &file,
-        &state,
-        log,
-        tls_dir.is_some(),
-    )?;
+    let replication = replication(&args.replica, &file, &state, log, tls_dir.is_some())?;
+    // A node that reads through serves its environments from the store
+    // that fetches what replication has not brought yet.
+    let store: Arc<dyn BlockStore> = match replication.as_ref().and_then(|(_, _, t)| t.clone()) {
+        Some(through) => through,
+        None => store,
+    };
+    let replication = replication.map(|(rep, listen, _)| (rep, listen));
     let node = Arc::new(Node::new(state, store.clone(), config)?);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -264,24 +275,41 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The replication service, where it listens, and the store that reads
+/// through to the peers (with --read-through).
+type ReplicationSetup = Option<(
+    Arc<replica::Replicator>,
+    Option<String>,
+    Option<Arc<replica::readthrough::ReadThrough>>,
+)>;
+
 /// The replication service the options ask for, and where it listens.
 fn replication(
-    peer_args: &[String],
-    listen_arg: &Option<String>,
-    batch: Option<usize>,
+    args: &ReplicaArgs,
     file: &ndb::Entry,
     state: &StateDir,
     log: Option<Arc<LogStore>>,
     has_tls: bool,
-) -> Result<Option<(Arc<replica::Replicator>, Option<String>)>> {
+) -> Result<ReplicationSetup> {
+    let read_through = args.read_through || file.get("readthrough") == Some("yes");
+    let batch = args.replica_batch;
     let mut peers = Vec::new();
-    for text in peer_args.iter().map(String::as_str).chain(file.all("peer")) {
+    for text in args
+        .peers
+        .iter()
+        .map(String::as_str)
+        .chain(file.all("peer"))
+    {
         peers.push(replica::Peer::parse(text).map_err(anyhow::Error::msg)?);
     }
-    let listen = listen_arg
+    let listen = args
+        .replica_listen
         .clone()
         .or_else(|| file.get("replicalisten").map(str::to_string));
     if peers.is_empty() && listen.is_none() {
+        if read_through {
+            bail!("--read-through needs peers to read from (--peer)");
+        }
         return Ok(None);
     }
     let Some(store) = log else {
@@ -311,10 +339,21 @@ fn replication(
             l.me.role.as_str()
         );
     }
+    let through = match (&link, read_through) {
+        (Some(link), true) => Some(replica::readthrough::ReadThrough::start(
+            store.clone(),
+            link.clone(),
+            node.clone(),
+            peers.clone(),
+        )),
+        (None, true) => bail!("--read-through needs the node's certificate (--tls DIR)"),
+        _ => None,
+    };
     let catalog = Arc::new(crate::replicate_cmd::NodeCatalog {
         state: state.clone(),
         store: store.clone(),
         node: node.clone(),
+        read_through: through.clone(),
     });
     let rep = Arc::new(replica::Replicator {
         node,
@@ -330,8 +369,9 @@ fn replication(
             .clamp(1, replica::frame::MAX_OFFER),
         batch_bytes: replica::BATCH_BYTES,
         catch_up: std::time::Duration::from_secs(1),
+        read_through: through.is_some(),
     });
-    Ok(Some((rep, listen)))
+    Ok(Some((rep, listen, through)))
 }
 
 async fn shutdown_signal() {

@@ -12,14 +12,17 @@ pub struct NodeCatalog {
     pub state: StateDir,
     pub store: Arc<LogStore>,
     pub node: String,
+    /// On a node that reads through, a name's root block may come from
+    /// the peer that sent the name.
+    pub read_through: Option<Arc<replica::readthrough::ReadThrough>>,
 }
 
 impl replica::Catalog for NodeCatalog {
-    fn names_since(&self, from: u64, upto: u64) -> Result<(String, u64), String> {
+    fn names_since(&self, from: u64, upto: u64, with_at: bool) -> Result<(String, u64), String> {
         let store = self.store.clone();
         self.state
             .scorenames()
-            .since(from, upto, &self.node, move || store.durable_end())
+            .since(from, upto, with_at, &self.node, move || store.durable_end())
             .map_err(|e| e.to_string())
     }
 
@@ -30,14 +33,20 @@ impl replica::Catalog for NodeCatalog {
     fn merge_names(&self, text: &str, peer: &str) -> Result<(), String> {
         let store = self.store.clone();
         let has = self.store.clone();
+        let through = self.read_through.clone();
         let renamed = self
             .state
             .scorenames()
             .merge(
                 text,
+                peer,
                 move |root| {
-                    has.has(root, BlockType::ROOT.to_wire())
-                        .map_err(|e| grid::GridError::refused(e.to_string()))
+                    let wire = BlockType::ROOT.to_wire();
+                    match &through {
+                        Some(t) => t.has_or_fetch(root, wire),
+                        None => has.has(root, wire),
+                    }
+                    .map_err(|e| grid::GridError::refused(e.to_string()))
                 },
                 move || store.durable_end(),
             )
@@ -46,6 +55,15 @@ impl replica::Catalog for NodeCatalog {
             tracing::warn!(peer, name = %r.bound_as, shown_as = %r.shown_as, origin = %r.origin, "two roots bound to one name: the later binding is kept under a derived name");
         }
         Ok(())
+    }
+
+    fn blocks_arrived(&self, peer: &str, upto: u64) -> Result<(), String> {
+        let store = self.store.clone();
+        self.state
+            .scorenames()
+            .resolve(peer, upto, move || store.durable_end())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn users_text(&self) -> Result<String, String> {

@@ -513,7 +513,9 @@ impl Watcher {
         let thread = std::thread::spawn(move || {
             let mut seen: BTreeSet<(usize, String)> = BTreeSet::new();
             let mut checked = 0;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
+                // Read before the scan, so the last scan follows the stop.
+                let stopping = flag.load(std::sync::atomic::Ordering::Relaxed);
                 for (i, state) in &nodes {
                     for (name, root) in names_in(state) {
                         if seen.insert((*i, name.clone())) {
@@ -523,6 +525,9 @@ impl Watcher {
                             checked += 1;
                         }
                     }
+                }
+                if stopping {
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -802,4 +807,77 @@ fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
         "{}",
         String::from_utf8_lossy(&mirror_serve.stderr)
     );
+}
+
+impl Node {
+    /// Sets `flag`'s value in the node's command line (adding it if absent).
+    fn set_arg(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) => self.args[i + 1] = value.to_string(),
+            None => self.args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+}
+
+/// A node that joins late with --read-through: it has a's names at once
+/// and spawns them while replication still fills its store, every block it
+/// lacks fetched from a (checked by score), and its status says so.
+#[test]
+fn a_node_joining_late_reads_blocks_through_from_its_peer() {
+    if !can_run() {
+        return;
+    }
+    let grid = Arc::new(Grid::new(&["a", "b"]));
+    let mut a = grid.node(0, &[1]);
+    let mut b = grid.node(1, &[0]);
+    // a pushes one block per batch, so catching up takes b a while.
+    a.set_arg("--replica-batch", "1");
+    b.args.push("--read-through".into());
+    grid.add_user(&a, "alice");
+    let root = busybox_root(grid.tmp.path(), "big and lazy\n");
+    let data = random_tree(grid.tmp.path(), "lazy", 16);
+    std::fs::rename(&data, root.join("data")).unwrap();
+    let sum = |path: &Path| {
+        let out = Command::new("md5sum").arg(path).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let want = sum(&root.join("data/f15"));
+    let big = grid.import(&a, "lazy", &root);
+    a.start(&grid);
+    b.start(&grid);
+
+    wait_for(20, "lazy on b", || {
+        b.root_of("lazy").as_deref() == Some(big.as_str())
+    });
+    wait_for(20, "alice on b", || {
+        grid.ssh(&b, "alice", &["scores"]).status.success()
+    });
+    let reply = grid.ssh_ok(&b, "alice", &["spawn", "lazy"]);
+    let port = spawn_port(&reply);
+    let got = grid.in_env(&b, "alice", port, "busybox md5sum /data/f15");
+    assert_eq!(got.split_whitespace().next(), Some(want.as_str()));
+    let status = grid.ssh_ok(&b, "alice", &["status"]);
+    assert!(status.contains("lazy\tdepends on a peer:"), "{status}");
+    // Replication had not caught up when the file was read: b read it
+    // through, not from its own copy.
+    let behind = grid.status(&a);
+    assert!(
+        !behind.contains("behind: 0 blocks"),
+        "b caught up too soon to tell:\n{behind}"
+    );
+    grid.ssh_ok(&b, "alice", &["boom", "lazy"]);
+    // It catches up all the same.
+    a.stop();
+    a.set_arg("--replica-batch", "4096");
+    a.start(&grid);
+    wait_for(60, "b to catch up", || {
+        grid.status(&a).contains("behind: 0 blocks (0 B), 0 names")
+    });
+    a.stop();
+    b.stop();
 }

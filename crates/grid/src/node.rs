@@ -131,6 +131,41 @@ struct Env {
     /// A rootless environment's claim on its host ids; released after the
     /// environment and its mount have ended (the fields drop last).
     ids: Option<crate::env::userns::Lease>,
+    /// Blocks its file system had to fetch from a peer (on a node that
+    /// reads through while it catches up).
+    peer_reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The node's store as one environment sees it, counting the blocks that
+/// came from a peer rather than this node's disk.
+struct EnvStore {
+    inner: Arc<dyn BlockStore>,
+    peer_reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BlockStore for EnvStore {
+    fn read(
+        &self,
+        score: &Score,
+        ty: venti::BlockType,
+    ) -> Result<Option<Vec<u8>>, venti::StoreError> {
+        Ok(self
+            .inner
+            .read_sourced(score, ty)?
+            .map(|(data, from_peer)| {
+                if from_peer {
+                    self.peer_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                data
+            }))
+    }
+    fn write(&self, ty: venti::BlockType, data: &[u8]) -> Result<Score, venti::StoreError> {
+        self.inner.write(ty, data)
+    }
+    fn sync(&self) -> Result<(), venti::StoreError> {
+        self.inner.sync()
+    }
 }
 
 /// What a `spawn` asks for beyond the root.
@@ -403,7 +438,12 @@ impl Node {
         } else {
             None
         };
-        let fs = Arc::new(Fs::open(self.store.clone(), binding.root, config)?);
+        let peer_reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let store: Arc<dyn BlockStore> = Arc::new(EnvStore {
+            inner: self.store.clone(),
+            peer_reads: peer_reads.clone(),
+        });
+        let fs = Arc::new(Fs::open(store, binding.root, config)?);
         let mountpoint = self.state.mount_dir(user, name);
         std::fs::create_dir_all(&mountpoint)
             .map_err(|e| GridError::io(format!("creating {}", mountpoint.display()), e))?;
@@ -424,6 +464,7 @@ impl Node {
             network: options.network.clone(),
             published: Vec::new(),
             ids,
+            peer_reads,
         };
         // The cpu half: processes in namespaces on the mount, and a login.
         let used: Vec<u16> = envs.values().map(|e| e.port).collect();
@@ -669,6 +710,15 @@ impl Node {
                 up % 60,
                 e.fs.root_score()
             );
+            let from_peers = e.peer_reads.load(std::sync::atomic::Ordering::Relaxed);
+            if from_peers > 0 {
+                // The line above ends with a newline; say it on a line of
+                // its own so the fields stay where scripts expect them.
+                let _ = writeln!(
+                    out,
+                    "{name}\tdepends on a peer: {from_peers} blocks read through (this node is still catching up)"
+                );
+            }
         }
         Ok(out)
     }

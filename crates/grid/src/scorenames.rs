@@ -86,7 +86,10 @@ pub fn derived_name(name: &str, origin: &str, root: &str) -> String {
 fn wire_entry(e: &ndb::Entry) -> ndb::Entry {
     let mut out = ndb::Entry::new(&[("scorename", bound_name(e))]);
     for p in &e.pairs {
-        if !matches!(p.attr.as_str(), "scorename" | "pos" | "conflict") {
+        if !matches!(
+            p.attr.as_str(),
+            "scorename" | "pos" | "conflict" | "waiting" | "at"
+        ) {
             out.push(&p.attr, &p.value);
         }
     }
@@ -151,34 +154,37 @@ impl ScoreNames {
     /// Bindings made without a position (by this node's commands, or by
     /// another process on its state directory) are first given `durable_end`
     /// — their blocks were synced before they were bound — and `node` as
-    /// their origin.
+    /// their origin. With `with_at`, each binding carries its position as
+    /// `at=`, for a peer that takes names before their blocks (reading
+    /// through) and binds them for good once blocks up to `at` are there.
+    /// A binding this node took that way (`waiting=`) goes no further until
+    /// its own blocks are here.
     pub fn since(
         &self,
         from: u64,
         upto: u64,
+        with_at: bool,
         node: &str,
         durable_end: impl Fn() -> u64,
     ) -> GridResult<(String, u64)> {
+        let unplaced = |e: &ndb::Entry| e.get("pos").is_none() && e.get("waiting").is_none();
         let mut db = ndb::Db::open(&self.path)?;
-        if db.entries().iter().any(|e| e.get("pos").is_none()) {
+        if db.entries().iter().any(unplaced) {
             db = ndb::update(&self.path, |db| {
                 // Read inside the lock: every binding now in the file was
                 // made after its blocks were durable, so they lie before it.
                 let end = durable_end().to_string();
-                db.edit(
-                    |e| e.get("pos").is_none(),
-                    |e| {
-                        let mut e = e.clone();
-                        if e.get("origin").is_none() {
-                            e.push("origin", node);
-                        }
-                        if e.get("time").is_none() {
-                            e.push("time", "0");
-                        }
-                        e.push("pos", &end);
-                        Some(e)
-                    },
-                );
+                db.edit(unplaced, |e| {
+                    let mut e = e.clone();
+                    if e.get("origin").is_none() {
+                        e.push("origin", node);
+                    }
+                    if e.get("time").is_none() {
+                        e.push("time", "0");
+                    }
+                    e.push("pos", &end);
+                    Some(e)
+                });
                 Ok::<_, GridError>(db.clone())
             })?;
         }
@@ -189,10 +195,14 @@ impl ScoreNames {
                 .get("pos")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(u64::MAX);
-            if pos > upto {
+            if pos > upto || e.get("waiting").is_some() {
                 break;
             }
-            text.push_str(&wire_entry(e).to_text().map_err(ndb::Error::from)?);
+            let mut wire = wire_entry(e);
+            if with_at {
+                wire.push("at", &pos.to_string());
+            }
+            text.push_str(&wire.to_text().map_err(ndb::Error::from)?);
             count += 1;
         }
         Ok((text, count))
@@ -202,10 +212,14 @@ impl ScoreNames {
     /// Every root must satisfy `has_root` (its block durable here), or
     /// nothing is merged: a name never runs ahead of its blocks. New
     /// bindings get `pos = durable_end()`, read under the file's lock.
+    /// A binding that comes with `at=` (sent ahead of its blocks to a node
+    /// that reads through) is kept as `waiting=PEER:AT` until
+    /// [`ScoreNames::resolve`] says `peer`'s blocks up to `at` are here.
     /// Returns the bindings shown under a derived name by this merge.
     pub fn merge(
         &self,
         text: &str,
+        peer: &str,
         has_root: impl Fn(&Score) -> GridResult<bool>,
         durable_end: impl Fn() -> u64,
     ) -> GridResult<Vec<Renamed>> {
@@ -289,7 +303,10 @@ impl ScoreNames {
                 };
                 let mut entry = ndb::Entry::new(&[("scorename", &shown)]);
                 for pair in &e.pairs {
-                    if pair.attr != "scorename" && pair.attr != "pos" && pair.attr != "conflict" {
+                    if !matches!(
+                        pair.attr.as_str(),
+                        "scorename" | "pos" | "conflict" | "waiting" | "at"
+                    ) {
                         entry.push(&pair.attr, &pair.value);
                     }
                 }
@@ -301,13 +318,50 @@ impl ScoreNames {
                         origin: new.origin.clone(),
                     });
                 }
-                entry.push("pos", &end);
+                match e.get("at") {
+                    Some(at) => entry.push("waiting", &format!("{peer}:{at}")),
+                    None => entry.push("pos", &end),
+                }
                 db.append(entry);
             }
             Ok::<_, GridError>(renamed)
         })?;
         self.changed();
         Ok(renamed)
+    }
+
+    /// `peer` says every block before its log offset `upto` is durable
+    /// here: the bindings it sent ahead of those blocks take their place in
+    /// this node's order now (`pos = durable_end()`), and go on to peers.
+    pub fn resolve(
+        &self,
+        peer: &str,
+        upto: u64,
+        durable_end: impl Fn() -> u64,
+    ) -> GridResult<usize> {
+        let ready = |e: &ndb::Entry| {
+            e.get("waiting")
+                .and_then(|w| w.rsplit_once(':'))
+                .is_some_and(|(p, at)| p == peer && at.parse::<u64>().is_ok_and(|at| at <= upto))
+        };
+        if !ndb::Db::open(&self.path)?.entries().iter().any(ready) {
+            return Ok(0);
+        }
+        let n = ndb::update(&self.path, |db| {
+            let end = durable_end().to_string();
+            Ok::<_, GridError>(db.edit(ready, |e| {
+                let mut y = ndb::Entry::new(&[]);
+                for p in &e.pairs {
+                    if p.attr != "waiting" {
+                        y.push(&p.attr, &p.value);
+                    }
+                }
+                y.push("pos", &end);
+                Some(y)
+            }))
+        })?;
+        self.changed();
+        Ok(n)
     }
 
     /// The bindings shown under a derived name, for `scores` to point out.

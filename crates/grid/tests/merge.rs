@@ -36,7 +36,7 @@ fn view(names: &ScoreNames) -> Vec<(String, Score)> {
 fn bound_on(dir: &std::path::Path, origin: &str, name: &str, r: Score) -> String {
     let names = ScoreNames::new(dir.join(format!("{origin}.names")));
     names.bind(name, &r, &["alice"]).unwrap();
-    let (text, count) = names.since(0, u64::MAX, origin, || 100).unwrap();
+    let (text, count) = names.since(0, u64::MAX, false, origin, || 100).unwrap();
     assert_eq!(count, 1);
     text
 }
@@ -50,10 +50,10 @@ fn two_roots_for_one_name_converge_on_one_winner_and_the_other_is_renamed() {
     // Node c hears a first, node d hears b first.
     let c = ScoreNames::new(dir.path().join("c"));
     let d = ScoreNames::new(dir.path().join("d"));
-    assert!(c.merge(&from_a, all, || 7).unwrap().is_empty());
-    let renamed_c = c.merge(&from_b, all, || 8).unwrap();
-    d.merge(&from_b, all, || 7).unwrap();
-    let renamed_d = d.merge(&from_a, all, || 8).unwrap();
+    assert!(c.merge(&from_a, "p", all, || 7).unwrap().is_empty());
+    let renamed_c = c.merge(&from_b, "p", all, || 8).unwrap();
+    d.merge(&from_b, "p", all, || 7).unwrap();
+    let renamed_d = d.merge(&from_a, "p", all, || 8).unwrap();
     assert_eq!(view(&c), view(&d), "the same names everywhere");
     // a bound first, so a's root keeps the name.
     assert_eq!(c.lookup("web").unwrap().unwrap().root, root(1));
@@ -66,20 +66,20 @@ fn two_roots_for_one_name_converge_on_one_winner_and_the_other_is_renamed() {
     // The originals converge too once each hears the other.
     let a = ScoreNames::new(dir.path().join("a.names"));
     let b = ScoreNames::new(dir.path().join("b.names"));
-    a.merge(&from_b, all, || 9).unwrap();
-    b.merge(&from_a, all, || 9).unwrap();
+    a.merge(&from_b, "p", all, || 9).unwrap();
+    b.merge(&from_a, "p", all, || 9).unwrap();
     assert_eq!(view(&a), view(&c));
     assert_eq!(view(&b), view(&c));
     // Replaying changes nothing.
     let before = std::fs::read_to_string(c.path()).unwrap();
-    c.merge(&from_a, all, || 10).unwrap();
-    c.merge(&from_b, all, || 10).unwrap();
+    c.merge(&from_a, "p", all, || 10).unwrap();
+    c.merge(&from_b, "p", all, || 10).unwrap();
     assert_eq!(std::fs::read_to_string(c.path()).unwrap(), before);
     // A forwarded binding carries the name it was bound as, so a node
     // down the chain reaches the same view.
-    let (forwarded, _) = d.since(0, u64::MAX, "d", || 11).unwrap();
+    let (forwarded, _) = d.since(0, u64::MAX, false, "d", || 11).unwrap();
     let e = ScoreNames::new(dir.path().join("e"));
-    e.merge(&forwarded, all, || 12).unwrap();
+    e.merge(&forwarded, "p", all, || 12).unwrap();
     assert_eq!(view(&e), view(&c));
 }
 
@@ -88,7 +88,7 @@ fn a_name_whose_root_block_is_missing_is_not_bound() {
     let dir = tempfile::tempdir().unwrap();
     let text = bound_on(dir.path(), "a", "late", root(3));
     let c = ScoreNames::new(dir.path().join("c"));
-    let err = c.merge(&text, |_| Ok(false), || 1).unwrap_err();
+    let err = c.merge(&text, "p", |_| Ok(false), || 1).unwrap_err();
     assert!(err.to_string().contains("before its root block"), "{err}");
     assert!(c.lookup("late").unwrap().is_none());
 }
@@ -99,18 +99,18 @@ fn bindings_go_out_only_when_their_blocks_have() {
     let names = ScoreNames::new(dir.path().join("n"));
     names.bind("one", &root(1), &["alice"]).unwrap();
     // Placed at the durable end when first seen: 500.
-    let (text, count) = names.since(0, 499, "a", || 500).unwrap();
+    let (text, count) = names.since(0, 499, false, "a", || 500).unwrap();
     assert_eq!(
         (text.as_str(), count),
         ("", 0),
         "blocks not yet acknowledged"
     );
     names.bind("two", &root(2), &["alice"]).unwrap();
-    let (text, count) = names.since(0, 500, "a", || 900).unwrap();
+    let (text, count) = names.since(0, 500, false, "a", || 900).unwrap();
     assert_eq!(count, 1, "only the binding whose blocks lie before 500");
     assert!(text.contains("scorename=one") && text.contains("origin=a"));
     assert!(!text.contains("pos="), "positions are local: {text}");
-    let (text, count) = names.since(1, 900, "a", || 900).unwrap();
+    let (text, count) = names.since(1, 900, false, "a", || 900).unwrap();
     assert_eq!(count, 2);
     assert!(text.contains("scorename=two"));
 }
@@ -143,4 +143,40 @@ fn users_merge_as_a_set_with_tombstones_in_any_order() {
     assert!(b.exists("alice").unwrap());
     // Malformed input is refused whole.
     assert!(b.merge("user=\"bad name\" key=x\n").is_err());
+}
+
+#[test]
+fn a_name_taken_ahead_of_its_blocks_goes_no_further_until_they_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = ScoreNames::new(dir.path().join("a"));
+    a.bind("early", &root(4), &["alice"]).unwrap();
+    let (text, _) = a.since(0, u64::MAX, true, "a", || 4000).unwrap();
+    assert!(text.contains("at=4000"), "{text}");
+    // b reads through: it binds the name at once, waiting on a's blocks.
+    let b = ScoreNames::new(dir.path().join("b"));
+    b.merge(&text, "a", |_| Ok(true), || 10).unwrap();
+    assert!(b.lookup("early").unwrap().is_some(), "spawnable at once");
+    let (fwd, count) = b.since(0, u64::MAX, false, "b", || 20).unwrap();
+    assert_eq!(
+        (fwd.as_str(), count),
+        ("", 0),
+        "not forwarded before its blocks"
+    );
+    assert_eq!(
+        b.resolve("a", 3999, || 30).unwrap(),
+        0,
+        "a's blocks not all here yet"
+    );
+    assert_eq!(
+        b.resolve("other", 5000, || 30).unwrap(),
+        0,
+        "only a's word counts"
+    );
+    assert_eq!(b.resolve("a", 4000, || 30).unwrap(), 1);
+    let (fwd, count) = b.since(0, 30, false, "b", || 40).unwrap();
+    assert_eq!(count, 1);
+    assert!(
+        fwd.contains("scorename=early") && !fwd.contains("waiting"),
+        "{fwd}"
+    );
 }

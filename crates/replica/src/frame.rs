@@ -6,11 +6,12 @@
 //!
 //! ```text
 //! pusher                          keeper
-//! Hello(version, node)        →
-//!                             ←   Hello(version, node)
+//! Hello(version, node, flags) →
+//!                             ←   Hello(version, node, flags)   READ_THROUGH: send names first
 //! Offer(seq, [(type, score)]) →                         what the log holds next
 //!                             ←   Need(seq, bitmap)     what the keeper lacks
-//! Blocks(seq, [block])        →                         only the lacking ones
+//! Blocks(seq, upto, [block])  →                         only the lacking ones; upto: the
+//!                                                       pusher's log offset after the batch
 //!                             ←   Stored(seq)           after they are durable
 //! Names(seq, ndb text)        →                         bindings whose blocks are acknowledged
 //!                             ←   Applied(seq)
@@ -18,6 +19,8 @@
 //!                             ←   Applied(seq)
 //! Ping(seq)                   →                         a round with nothing new
 //!                             ←   Pong(seq)
+//! Fetch(seq, type, score)     →                         a node reading through
+//!                             ←   Block(seq, bytes or none)
 //! StatusRequest               →                         an admin's client
 //!                             ←   Status(text)
 //!                             ←   Error(text)           instead of any reply
@@ -32,6 +35,9 @@ use venti::{MAX_BLOCK_SIZE, SCORE_SIZE, Score};
 pub const VERSION: u8 = 1;
 /// The largest frame body accepted.
 pub const MAX_FRAME: usize = 32 << 20;
+/// Hello flag of a keeper that reads missing blocks through from its
+/// peers: it wants names before their blocks.
+pub const READ_THROUGH: u8 = 1;
 /// The most blocks one offer may carry.
 pub const MAX_OFFER: usize = 64 * 1024;
 
@@ -45,19 +51,60 @@ pub struct WireBlock {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello { version: u8, node: String },
-    Offer { seq: u64, blocks: Vec<(u8, Score)> },
-    Need { seq: u64, want: Vec<bool> },
-    Blocks { seq: u64, blocks: Vec<WireBlock> },
-    Stored { seq: u64 },
-    Names { seq: u64, text: String },
-    Users { seq: u64, text: String },
-    Applied { seq: u64 },
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Hello {
+        version: u8,
+        node: String,
+        flags: u8,
+    },
+    Offer {
+        seq: u64,
+        blocks: Vec<(u8, Score)>,
+    },
+    Need {
+        seq: u64,
+        want: Vec<bool>,
+    },
+    Blocks {
+        seq: u64,
+        upto: u64,
+        blocks: Vec<WireBlock>,
+    },
+    Stored {
+        seq: u64,
+    },
+    Names {
+        seq: u64,
+        text: String,
+    },
+    Users {
+        seq: u64,
+        text: String,
+    },
+    Applied {
+        seq: u64,
+    },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    Fetch {
+        seq: u64,
+        wire_type: u8,
+        score: Score,
+    },
+    Block {
+        seq: u64,
+        data: Option<Vec<u8>>,
+    },
     StatusRequest,
-    Status { text: String },
-    Error { message: String },
+    Status {
+        text: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -82,6 +129,8 @@ const PONG: u8 = 10;
 const STATUS_REQUEST: u8 = 11;
 const STATUS: u8 = 12;
 const ERROR: u8 = 13;
+const FETCH: u8 = 14;
+const BLOCK: u8 = 15;
 
 impl Frame {
     /// The frame's name, for errors ("expected Stored, got Error").
@@ -97,6 +146,8 @@ impl Frame {
             Frame::Applied { .. } => "Applied",
             Frame::Ping { .. } => "Ping",
             Frame::Pong { .. } => "Pong",
+            Frame::Fetch { .. } => "Fetch",
+            Frame::Block { .. } => "Block",
             Frame::StatusRequest => "StatusRequest",
             Frame::Status { .. } => "Status",
             Frame::Error { .. } => "Error",
@@ -107,10 +158,37 @@ impl Frame {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; 4];
         match self {
-            Frame::Hello { version, node } => {
+            Frame::Hello {
+                version,
+                node,
+                flags,
+            } => {
                 b.push(HELLO);
                 b.push(*version);
+                b.push(*flags);
                 put_text(&mut b, node);
+            }
+            Frame::Fetch {
+                seq,
+                wire_type,
+                score,
+            } => {
+                b.push(FETCH);
+                b.extend_from_slice(&seq.to_be_bytes());
+                b.push(*wire_type);
+                b.extend_from_slice(&score.0);
+            }
+            Frame::Block { seq, data } => {
+                b.push(BLOCK);
+                b.extend_from_slice(&seq.to_be_bytes());
+                match data {
+                    Some(d) => {
+                        b.push(1);
+                        b.extend_from_slice(&(d.len() as u32).to_be_bytes());
+                        b.extend_from_slice(d);
+                    }
+                    None => b.push(0),
+                }
             }
             Frame::Offer { seq, blocks } => {
                 b.push(OFFER);
@@ -133,9 +211,10 @@ impl Frame {
                 }
                 b.extend_from_slice(&bits);
             }
-            Frame::Blocks { seq, blocks } => {
+            Frame::Blocks { seq, upto, blocks } => {
                 b.push(BLOCKS);
                 b.extend_from_slice(&seq.to_be_bytes());
+                b.extend_from_slice(&upto.to_be_bytes());
                 b.extend_from_slice(&(blocks.len() as u32).to_be_bytes());
                 for block in blocks {
                     b.push(block.wire_type);
@@ -180,8 +259,31 @@ impl Frame {
         let frame = match kind {
             HELLO => Frame::Hello {
                 version: r.u8()?,
+                flags: r.u8()?,
                 node: r.text()?,
             },
+            FETCH => Frame::Fetch {
+                seq: r.u64()?,
+                wire_type: r.u8()?,
+                score: r.score()?,
+            },
+            BLOCK => {
+                let seq = r.u64()?;
+                let data = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let len = r.u32()? as usize;
+                        if len > MAX_BLOCK_SIZE {
+                            return Err(bad(format!(
+                                "a block of {len} bytes exceeds the limit of {MAX_BLOCK_SIZE}"
+                            )));
+                        }
+                        Some(r.take(len)?.to_vec())
+                    }
+                    other => return Err(bad(format!("bad block presence byte {other}"))),
+                };
+                Frame::Block { seq, data }
+            }
             OFFER => {
                 let seq = r.u64()?;
                 let n = r.count(1 + SCORE_SIZE)?;
@@ -205,6 +307,7 @@ impl Frame {
             }
             BLOCKS => {
                 let seq = r.u64()?;
+                let upto = r.u64()?;
                 let n = r.count(1 + SCORE_SIZE + 4)?;
                 let mut blocks = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -223,7 +326,7 @@ impl Frame {
                         data,
                     });
                 }
-                Frame::Blocks { seq, blocks }
+                Frame::Blocks { seq, upto, blocks }
             }
             STORED => Frame::Stored { seq: r.u64()? },
             APPLIED => Frame::Applied { seq: r.u64()? },

@@ -66,6 +66,11 @@ async fn connection(
                 &Frame::Hello {
                     version: VERSION,
                     node: rep.node.clone(),
+                    flags: if rep.read_through {
+                        frame::READ_THROUGH
+                    } else {
+                        0
+                    },
                 },
             )
             .await?;
@@ -142,7 +147,7 @@ where
     // blocks; the syncer makes each written batch durable, in order, and
     // acknowledges it; the writer sends what both reply.
     let (replies, mut outgoing) = tokio::sync::mpsc::channel::<Frame>(8);
-    let (written, mut to_sync) = tokio::sync::mpsc::channel::<(u64, u64, u64)>(4);
+    let (written, mut to_sync) = tokio::sync::mpsc::channel::<(u64, u64, u64, u64)>(4);
     let writer = async move {
         while let Some(f) = outgoing.recv().await {
             send(w, &f).await?;
@@ -151,11 +156,17 @@ where
     };
     let acks = replies.clone();
     let syncer = async move {
-        while let Some((seq, n, bytes)) = to_sync.recv().await {
+        while let Some((seq, upto, n, bytes)) = to_sync.recv().await {
             let store = rep.store.clone();
             // Durable before acknowledged: the pusher moves its position
             // past these blocks on our word.
             blocking(move || store.sync().map_err(|e| e.to_string())).await?;
+            if rep.read_through {
+                // Names this node took ahead of their blocks may now go on.
+                let catalog = rep.catalog.clone();
+                let from = peer.to_string();
+                blocking(move || catalog.blocks_arrived(&from, upto)).await?;
+            }
             rep.board.incoming(peer, |i| {
                 i.blocks_stored += n;
                 i.bytes_stored += bytes;
@@ -180,7 +191,7 @@ async fn read_frames<R>(
     peer: &str,
     r: &mut R,
     replies: &tokio::sync::mpsc::Sender<Frame>,
-    written: &tokio::sync::mpsc::Sender<(u64, u64, u64)>,
+    written: &tokio::sync::mpsc::Sender<(u64, u64, u64, u64)>,
 ) -> Result<(), String>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -222,7 +233,7 @@ where
                 rep.board.incoming(peer, |i| i.blocks_offered += offered);
                 reply(Frame::Need { seq, want }).await?;
             }
-            Frame::Blocks { seq, blocks } => {
+            Frame::Blocks { seq, upto, blocks } => {
                 if seq != asked.0 {
                     return Err(format!(
                         "blocks for batch {seq}, but the offer was {}",
@@ -267,7 +278,7 @@ where
                 .await?;
                 tracing::debug!(peer, blocks = n, bytes, "stored a batch");
                 written
-                    .send((seq, n, bytes))
+                    .send((seq, upto, n, bytes))
                     .await
                     .map_err(|_| "the connection is closing".to_string())?;
             }
@@ -285,6 +296,21 @@ where
                 reply(Frame::Applied { seq }).await?;
             }
             Frame::Ping { seq } => reply(Frame::Pong { seq }).await?,
+            Frame::Fetch {
+                seq,
+                wire_type,
+                score,
+            } => {
+                // A peer reading through: blocks are content-addressed and
+                // every storage node may hold them all.
+                let store = rep.store.clone();
+                let data = blocking(move || match BlockType::from_wire(wire_type) {
+                    Some(ty) => store.read(&score, ty).map_err(|e| e.to_string()),
+                    None => Ok(None),
+                })
+                .await?;
+                reply(Frame::Block { seq, data }).await?;
+            }
             other => return Err(format!("unexpected {} frame from a pusher", other.kind())),
         }
     }

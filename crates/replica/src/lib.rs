@@ -18,6 +18,9 @@
 //! * Blocks a keeper stores enter its own log, so its pushers forward them:
 //!   chains and meshes converge, and a block a node has costs one score.
 //!
+//! * Reading through ([`readthrough`]): a node that joins late takes its
+//!   peers' names at once and fetches missing blocks from them on demand.
+//!
 //! The names and users themselves belong to the layer above, behind
 //! [`Catalog`]. [`frame`] is the wire format; [`board`] the status text.
 
@@ -27,6 +30,7 @@ pub mod frame;
 pub mod keep;
 pub mod progress;
 pub mod push;
+pub mod readthrough;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -87,6 +91,9 @@ pub struct Replicator {
     pub batch_records: usize,
     /// … and about this many bytes.
     pub batch_bytes: usize,
+    /// This node reads missing blocks through from its peers, so it asks
+    /// them for names before their blocks (a node joining a grid late).
+    pub read_through: bool,
     /// How often an idle link pings (and re-reads the catalog, for changes
     /// made by other processes).
     pub catch_up: Duration,

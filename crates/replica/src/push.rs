@@ -267,12 +267,15 @@ async fn session(
         &Frame::Hello {
             version: VERSION,
             node: rep.node.clone(),
+            flags: 0,
         },
     )
     .await
     .map_err(fail(false))?;
-    match tokio::time::timeout(REPLY_TIMEOUT, frame::read(&mut r)).await {
-        Ok(Ok(Frame::Hello { version, .. })) if version == VERSION => {}
+    let names_first = match tokio::time::timeout(REPLY_TIMEOUT, frame::read(&mut r)).await {
+        Ok(Ok(Frame::Hello { version, flags, .. })) if version == VERSION => {
+            flags & frame::READ_THROUGH != 0
+        }
         Ok(Ok(Frame::Hello { version, .. })) => {
             return Err((
                 false,
@@ -287,7 +290,7 @@ async fn session(
         Ok(Ok(f)) => return Err((false, other(format!("expected Hello, got {}", f.kind())))),
         Ok(Err(e)) => return Err((false, e.into())),
         Err(_) => return Err((false, other("no Hello from the peer"))),
-    }
+    };
     rep.board.outgoing(&peer.name, |o| {
         o.connected = true;
         o.last_contact = Some(SystemTime::now());
@@ -309,6 +312,47 @@ async fn session(
         durable.borrow_and_update();
         changes.borrow_and_update();
 
+        if names_first && window.batches.is_empty() {
+            // The peer reads missing blocks through from us: it may have
+            // every name now, ahead of the blocks.
+            let catalog = rep.catalog.clone();
+            let from = pos.names;
+            let (text, count) = blocking(move || catalog.names_since(from, u64::MAX, true))
+                .await
+                .map_err(fail(progressed))?;
+            if count != pos.names {
+                if !text.is_empty() {
+                    seq += 1;
+                    send(&mut w, &Frame::Names { seq, text })
+                        .await
+                        .map_err(fail(progressed))?;
+                    reply(&mut r, "Applied", seq)
+                        .await
+                        .map_err(fail(progressed))?;
+                }
+                pos.names = count;
+                save(progress, pos).await.map_err(fail(progressed))?;
+                progressed = true;
+                rep.board.outgoing(&peer.name, |o| o.names_sent = count);
+            }
+            // And the users who may spawn them.
+            let catalog = rep.catalog.clone();
+            let users = blocking(move || catalog.users_text())
+                .await
+                .map_err(fail(progressed))?;
+            let hash = fingerprint(&users);
+            if users_sent != Some(hash) {
+                seq += 1;
+                send(&mut w, &Frame::Users { seq, text: users })
+                    .await
+                    .map_err(fail(progressed))?;
+                reply(&mut r, "Applied", seq)
+                    .await
+                    .map_err(fail(progressed))?;
+                users_sent = Some(hash);
+                progressed = true;
+            }
+        }
         if window.batches.len() < WINDOW {
             let (records, next) = match next_batch(rep, cursor).await {
                 Ok(batch) => batch,
@@ -371,9 +415,16 @@ async fn session(
                     sent: blocks.len() as u64,
                     bytes: blocks.iter().map(|b| b.data.len() as u64).sum(),
                 };
-                send(&mut w, &Frame::Blocks { seq, blocks })
-                    .await
-                    .map_err(fail(progressed))?;
+                send(
+                    &mut w,
+                    &Frame::Blocks {
+                        seq,
+                        upto: next,
+                        blocks,
+                    },
+                )
+                .await
+                .map_err(fail(progressed))?;
                 window.batches.push_back(batch);
                 cursor = next;
                 continue;
@@ -401,7 +452,7 @@ async fn session(
         // whose blocks lie before it, never one beyond.
         let catalog = rep.catalog.clone();
         let (from, upto) = (pos.names, pos.blocks);
-        let (text, count) = blocking(move || catalog.names_since(from, upto))
+        let (text, count) = blocking(move || catalog.names_since(from, upto, false))
             .await
             .map_err(fail(progressed))?;
         if count != pos.names {

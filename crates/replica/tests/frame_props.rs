@@ -11,7 +11,21 @@ fn score() -> impl Strategy<Value = Score> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u8>(), ".{0,20}").prop_map(|(version, node)| Frame::Hello { version, node }),
+        (any::<u8>(), ".{0,20}", any::<u8>()).prop_map(|(version, node, flags)| Frame::Hello {
+            version,
+            node,
+            flags
+        }),
+        (any::<u64>(), any::<u8>(), score()).prop_map(|(seq, wire_type, score)| Frame::Fetch {
+            seq,
+            wire_type,
+            score
+        }),
+        (
+            any::<u64>(),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..300))
+        )
+            .prop_map(|(seq, data)| Frame::Block { seq, data }),
         (
             any::<u64>(),
             prop::collection::vec((any::<u8>(), score()), 0..40)
@@ -20,6 +34,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (any::<u64>(), prop::collection::vec(any::<bool>(), 0..70))
             .prop_map(|(seq, want)| Frame::Need { seq, want }),
         (
+            any::<u64>(),
             any::<u64>(),
             prop::collection::vec(
                 (
@@ -30,8 +45,9 @@ fn frame() -> impl Strategy<Value = Frame> {
                 0..8
             )
         )
-            .prop_map(|(seq, b)| Frame::Blocks {
+            .prop_map(|(seq, upto, b)| Frame::Blocks {
                 seq,
+                upto,
                 blocks: b
                     .into_iter()
                     .map(|(wire_type, score, data)| WireBlock {
@@ -93,6 +109,7 @@ fn a_forged_count_is_refused_before_allocating() {
     assert!(err.to_string().contains("cannot fit"), "{err}");
     let mut big = vec![4u8];
     big.extend_from_slice(&1u64.to_be_bytes());
+    big.extend_from_slice(&0u64.to_be_bytes());
     big.extend_from_slice(&1u32.to_be_bytes());
     big.push(0);
     big.extend_from_slice(&[0u8; 20]);

@@ -36,7 +36,7 @@ impl TestCatalog {
 }
 
 impl Catalog for TestCatalog {
-    fn names_since(&self, from: u64, upto: u64) -> Result<(String, u64), String> {
+    fn names_since(&self, from: u64, upto: u64, _with_at: bool) -> Result<(String, u64), String> {
         let names = self.names.lock().unwrap();
         let mut text = String::new();
         let mut count = from;
@@ -68,6 +68,9 @@ impl Catalog for TestCatalog {
             let end = self.store.durable_end();
             self.names.lock().unwrap().push((line.to_string(), end));
         }
+        Ok(())
+    }
+    fn blocks_arrived(&self, _peer: &str, _upto: u64) -> Result<(), String> {
         Ok(())
     }
     fn users_text(&self) -> Result<String, String> {
@@ -118,6 +121,7 @@ impl Grid {
             batch_records: 64,
             batch_bytes: 256 << 10,
             catch_up: Duration::from_millis(200),
+            read_through: false,
         });
         (rep, catalog)
     }
@@ -284,6 +288,7 @@ async fn a_keeper_refuses_what_it_did_not_ask_for_and_clients_may_only_ask_statu
         &Frame::Hello {
             version: 1,
             node: "a".into(),
+            flags: 0,
         },
     )
     .await
@@ -313,6 +318,7 @@ async fn a_keeper_refuses_what_it_did_not_ask_for_and_clients_may_only_ask_statu
         &mut s,
         &Frame::Blocks {
             seq: 1,
+            upto: 0,
             blocks: vec![WireBlock {
                 wire_type: 13,
                 score: claimed,
@@ -335,6 +341,7 @@ async fn a_keeper_refuses_what_it_did_not_ask_for_and_clients_may_only_ask_statu
         &Frame::Hello {
             version: 1,
             node: "a2".into(),
+            flags: 0,
         },
     )
     .await
@@ -344,6 +351,7 @@ async fn a_keeper_refuses_what_it_did_not_ask_for_and_clients_may_only_ask_statu
         &mut s,
         &Frame::Blocks {
             seq: 0,
+            upto: 0,
             blocks: vec![WireBlock {
                 wire_type: 13,
                 score: Score::of(b"x"),
@@ -370,6 +378,7 @@ async fn a_keeper_refuses_what_it_did_not_ask_for_and_clients_may_only_ask_statu
         &Frame::Hello {
             version: 1,
             node: "admin".into(),
+            flags: 0,
         },
     )
     .await

@@ -33,6 +33,16 @@ pub trait BlockStore: Send + Sync {
 
     /// Returns once every earlier write is on stable storage.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// As [`BlockStore::read`], also saying whether the block had to be
+    /// fetched from elsewhere (a peer, by a store that reads through).
+    fn read_sourced(
+        &self,
+        score: &Score,
+        ty: BlockType,
+    ) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+        Ok(self.read(score, ty)?.map(|d| (d, false)))
+    }
 }
 
 impl<T: BlockStore + ?Sized> BlockStore for Arc<T> {
@@ -44,6 +54,13 @@ impl<T: BlockStore + ?Sized> BlockStore for Arc<T> {
     }
     fn sync(&self) -> Result<(), StoreError> {
         (**self).sync()
+    }
+    fn read_sourced(
+        &self,
+        score: &Score,
+        ty: BlockType,
+    ) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+        (**self).read_sourced(score, ty)
     }
 }
 
