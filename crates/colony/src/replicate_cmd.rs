@@ -40,6 +40,7 @@ impl replica::Catalog for NodeCatalog {
             .merge(
                 text,
                 peer,
+                &self.node,
                 move |root| {
                     let wire = BlockType::ROOT.to_wire();
                     match &through {

@@ -208,7 +208,8 @@ impl ScoreNames {
         Ok((text, count))
     }
 
-    /// Merges bindings a peer sent (ndb text from [`ScoreNames::since`]).
+    /// Merges bindings a peer sent (ndb text from [`ScoreNames::since`]);
+    /// `node` is this node, the origin of its own bindings.
     /// Every root must satisfy `has_root` (its block durable here), or
     /// nothing is merged: a name never runs ahead of its blocks. New
     /// bindings get `pos = durable_end()`, read under the file's lock.
@@ -220,6 +221,7 @@ impl ScoreNames {
         &self,
         text: &str,
         peer: &str,
+        node: &str,
         has_root: impl Fn(&Score) -> GridResult<bool>,
         durable_end: impl Fn() -> u64,
     ) -> GridResult<Vec<Renamed>> {
@@ -251,6 +253,22 @@ impl ScoreNames {
         }
         let renamed = ndb::update(&self.path, |db| {
             let end = durable_end().to_string();
+            // This node's own bindings must carry their identity before
+            // they are compared with a peer's, or the two would disagree
+            // about which one is which.
+            db.edit(
+                |e| e.get("origin").is_none() || e.get("time").is_none(),
+                |e| {
+                    let mut e = e.clone();
+                    if e.get("origin").is_none() {
+                        e.push("origin", node);
+                    }
+                    if e.get("time").is_none() {
+                        e.push("time", "0");
+                    }
+                    Some(e)
+                },
+            );
             let mut renamed = Vec::new();
             for e in incoming.entries() {
                 let name = bound_name(e).to_string();

@@ -50,10 +50,10 @@ fn two_roots_for_one_name_converge_on_one_winner_and_the_other_is_renamed() {
     // Node c hears a first, node d hears b first.
     let c = ScoreNames::new(dir.path().join("c"));
     let d = ScoreNames::new(dir.path().join("d"));
-    assert!(c.merge(&from_a, "p", all, || 7).unwrap().is_empty());
-    let renamed_c = c.merge(&from_b, "p", all, || 8).unwrap();
-    d.merge(&from_b, "p", all, || 7).unwrap();
-    let renamed_d = d.merge(&from_a, "p", all, || 8).unwrap();
+    assert!(c.merge(&from_a, "p", "here", all, || 7).unwrap().is_empty());
+    let renamed_c = c.merge(&from_b, "p", "here", all, || 8).unwrap();
+    d.merge(&from_b, "p", "here", all, || 7).unwrap();
+    let renamed_d = d.merge(&from_a, "p", "here", all, || 8).unwrap();
     assert_eq!(view(&c), view(&d), "the same names everywhere");
     // a bound first, so a's root keeps the name.
     assert_eq!(c.lookup("web").unwrap().unwrap().root, root(1));
@@ -66,20 +66,20 @@ fn two_roots_for_one_name_converge_on_one_winner_and_the_other_is_renamed() {
     // The originals converge too once each hears the other.
     let a = ScoreNames::new(dir.path().join("a.names"));
     let b = ScoreNames::new(dir.path().join("b.names"));
-    a.merge(&from_b, "p", all, || 9).unwrap();
-    b.merge(&from_a, "p", all, || 9).unwrap();
+    a.merge(&from_b, "p", "here", all, || 9).unwrap();
+    b.merge(&from_a, "p", "here", all, || 9).unwrap();
     assert_eq!(view(&a), view(&c));
     assert_eq!(view(&b), view(&c));
     // Replaying changes nothing.
     let before = std::fs::read_to_string(c.path()).unwrap();
-    c.merge(&from_a, "p", all, || 10).unwrap();
-    c.merge(&from_b, "p", all, || 10).unwrap();
+    c.merge(&from_a, "p", "here", all, || 10).unwrap();
+    c.merge(&from_b, "p", "here", all, || 10).unwrap();
     assert_eq!(std::fs::read_to_string(c.path()).unwrap(), before);
     // A forwarded binding carries the name it was bound as, so a node
     // down the chain reaches the same view.
     let (forwarded, _) = d.since(0, u64::MAX, false, "d", || 11).unwrap();
     let e = ScoreNames::new(dir.path().join("e"));
-    e.merge(&forwarded, "p", all, || 12).unwrap();
+    e.merge(&forwarded, "p", "here", all, || 12).unwrap();
     assert_eq!(view(&e), view(&c));
 }
 
@@ -88,7 +88,9 @@ fn a_name_whose_root_block_is_missing_is_not_bound() {
     let dir = tempfile::tempdir().unwrap();
     let text = bound_on(dir.path(), "a", "late", root(3));
     let c = ScoreNames::new(dir.path().join("c"));
-    let err = c.merge(&text, "p", |_| Ok(false), || 1).unwrap_err();
+    let err = c
+        .merge(&text, "p", "here", |_| Ok(false), || 1)
+        .unwrap_err();
     assert!(err.to_string().contains("before its root block"), "{err}");
     assert!(c.lookup("late").unwrap().is_none());
 }
@@ -154,7 +156,7 @@ fn a_name_taken_ahead_of_its_blocks_goes_no_further_until_they_arrive() {
     assert!(text.contains("at=4000"), "{text}");
     // b reads through: it binds the name at once, waiting on a's blocks.
     let b = ScoreNames::new(dir.path().join("b"));
-    b.merge(&text, "a", |_| Ok(true), || 10).unwrap();
+    b.merge(&text, "a", "b", |_| Ok(true), || 10).unwrap();
     assert!(b.lookup("early").unwrap().is_some(), "spawnable at once");
     let (fwd, count) = b.since(0, u64::MAX, false, "b", || 20).unwrap();
     assert_eq!(
@@ -179,4 +181,29 @@ fn a_name_taken_ahead_of_its_blocks_goes_no_further_until_they_arrive() {
         fwd.contains("scorename=early") && !fwd.contains("waiting"),
         "{fwd}"
     );
+}
+
+/// A node cut off from the grid binds a name no peer has heard of (its own
+/// binding not yet stamped with its origin); the peer's binding of the same
+/// name, made earlier, arrives: the local one is renamed under its own
+/// origin, as every other node names it. (The derived name once came out
+/// as `NAME.-HEX`, with no origin, and nodes disagreed.)
+#[test]
+fn a_local_binding_that_loses_is_renamed_under_this_nodes_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_b = bound_on(dir.path(), "b", "clash", root(5));
+    let a = ScoreNames::new(dir.path().join("a"));
+    a.bind("clash", &root(6), &["alice"]).unwrap();
+    let renamed = a.merge(&from_b, "b", "a", |_| Ok(true), || 50).unwrap();
+    let derived = grid::scorenames::derived_name("clash", "a", &vac::format_vac(&root(6)));
+    assert_eq!(renamed.len(), 1);
+    assert_eq!(renamed[0].shown_as, derived);
+    assert_eq!(a.lookup("clash").unwrap().unwrap().root, root(5));
+    assert_eq!(a.lookup(&derived).unwrap().unwrap().root, root(6));
+    // A third node hearing both ends up with the same names.
+    let (from_a, _) = a.since(0, u64::MAX, false, "a", || 60).unwrap();
+    let c = ScoreNames::new(dir.path().join("c"));
+    c.merge(&from_a, "a", "c", |_| Ok(true), || 1).unwrap();
+    c.merge(&from_b, "b", "c", |_| Ok(true), || 2).unwrap();
+    assert_eq!(view(&c), view(&a));
 }
