@@ -436,6 +436,16 @@ impl Drop for Node {
     }
 }
 
+/// A helper process ended with the test, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Name → root in a node's state directory.
 fn names_in(state: &Path) -> Vec<(String, String)> {
     let Ok(db) = ndb::Db::open(&state.join("scorenames")) else {
@@ -695,7 +705,7 @@ fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
     let mut c = grid.node(2, &[]);
     // a also mirrors its blocks into a plain venti server on its host.
     let mirror = grid.tmp.path().join("mirror");
-    let mut venti_mirror = grid
+    let venti_mirror = grid
         .hosts
         .command(0, COLONY)
         .args([
@@ -710,6 +720,7 @@ fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let venti_mirror = Reaped(venti_mirror);
     a.args
         .extend(["--peer".into(), "venti:mirror=tcp!127.0.0.1!17040".into()]);
     grid.add_user(&a, "alice");
@@ -794,8 +805,7 @@ fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
     eprintln!("b stored {stored} blocks for {unique} distinct ones, across two kills");
     a.stop();
     c.stop();
-    let _ = venti_mirror.kill();
-    let _ = venti_mirror.wait();
+    drop(venti_mirror);
     // The mirror's store, opened directly, holds the big root whole.
     let mirror_serve = Command::new(COLONY)
         .env("COLONY_STORE", &mirror)

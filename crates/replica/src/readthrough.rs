@@ -154,12 +154,26 @@ fn fetcher(
         let mut errors = Vec::new();
         let mut answer = Ok(None);
         for (peer, conn) in peers.iter().zip(conns.iter_mut()) {
-            seq += 1;
-            let got = rt.block_on(async {
-                tokio::time::timeout(PEER_TIMEOUT, fetch_one(&link, &node, peer, conn, seq, &req))
+            // A connection kept from an earlier fetch may have been closed
+            // by the peer meanwhile (it ends silent links): then once more
+            // on a fresh one.
+            let mut got = Err(String::new());
+            for _ in 0..2 {
+                let reused = conn.is_some();
+                seq += 1;
+                got = rt.block_on(async {
+                    tokio::time::timeout(
+                        PEER_TIMEOUT,
+                        fetch_one(&link, &node, peer, conn, seq, &req),
+                    )
                     .await
                     .unwrap_or_else(|_| Err("timed out".into()))
-            });
+                });
+                if got.is_ok() || !reused {
+                    break;
+                }
+                *conn = None;
+            }
             match got {
                 Ok(Some(data)) => {
                     answer = Ok(Some(data));

@@ -415,3 +415,77 @@ async fn a_pusher_names_a_peer_that_is_not_who_it_should_be() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A proxy to `to` whose connections all drop when `cut` is bumped.
+async fn cuttable_proxy(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<u32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, _) = tokio::sync::watch::channel(0u32);
+    let cuts = cut.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut cut = cuts.subscribe();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(to).await.unwrap();
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.changed() => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_through_fetches_checked_blocks_and_outlives_a_dropped_connection() {
+    let grid = Grid::new();
+    let (b, _) = grid.node("b", vec![]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (proxy, cut) = cuttable_proxy(listener.local_addr().unwrap()).await;
+    tokio::spawn(replica::keep::serve(b.clone(), listener));
+    let first = b.store.write(BlockType::DATA, b"first block").unwrap();
+    b.store.sync().unwrap();
+
+    let (a, _) = grid.node("a", vec![]);
+    let through = replica::readthrough::ReadThrough::start(
+        a.store.clone(),
+        grid.issue("a2", Role::Storage),
+        "a".into(),
+        vec![Peer {
+            name: "b".into(),
+            address: format!("tls!127.0.0.1!{}", proxy.port()),
+            plain_venti: false,
+        }],
+    );
+    let t = through.clone();
+    let got = tokio::task::spawn_blocking(move || t.read_sourced(&first, BlockType::DATA))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Some((b"first block".to_vec(), true)), "fetched from b");
+    assert!(a.store.has(&first, 13).unwrap(), "and kept here");
+    assert_eq!(through.fetched(), 1);
+
+    // The link drops; the next fetch makes a new one.
+    cut.send_modify(|n| *n += 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = b.store.write(BlockType::DATA, b"second block").unwrap();
+    b.store.sync().unwrap();
+    let t = through.clone();
+    let got = tokio::task::spawn_blocking(move || t.read(&second, BlockType::DATA))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(&b"second block"[..]));
+    // A block nobody has is absent, not an error.
+    let t = through.clone();
+    let none = tokio::task::spawn_blocking(move || t.read(&Score::of(b"nowhere"), BlockType::DATA))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(none, None);
+}
