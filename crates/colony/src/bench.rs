@@ -82,6 +82,16 @@ pub enum BenchCommand {
         #[arg(long)]
         no_netns: bool,
     },
+    /// density: idle busybox environments on one node — memory and threads
+    /// per environment — and spawns at once. Needs root.
+    Density {
+        /// Idle environments to hold.
+        #[arg(long, default_value_t = 100)]
+        envs: usize,
+        /// Spawns at once after them.
+        #[arg(long, default_value_t = 40)]
+        concurrent: usize,
+    },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
     Vac {
@@ -122,6 +132,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 rate: far_mbit * 1_000_000 / 8,
             },
         ),
+        BenchCommand::Density { envs, concurrent } => crate::bench_density::run(envs, concurrent),
         BenchCommand::Replicate {
             mb,
             big_mb,

@@ -2,6 +2,7 @@
 //! parses arguments and dispatches; each command lives in its own module.
 
 mod bench;
+mod bench_density;
 mod bench_fossil;
 mod bench_grid;
 mod bench_link;
@@ -67,6 +68,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Large buffers (FUSE's 16 MiB request buffer per mount thread, block
+    // batches) always from fresh mappings: glibc otherwise raises its mmap
+    // threshold after the first such buffer is freed and serves the next
+    // from an arena, where calloc must zero — touching — all of it. With a
+    // fixed threshold an idle mount's buffers cost only the pages requests
+    // actually fill.
+    // SAFETY: mallopt only changes allocator tuning; called before any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     // The environments' helper processes: before anything starts a thread.
     if std::env::var_os(grid::env::HELPER_VAR).is_some_and(|v| v == "init") {
         let request = grid::env::InitRequest::read(&mut std::io::stdin().lock());

@@ -996,6 +996,46 @@ fn twenty_spawn_boom_cycles_leave_nothing_behind() {
     g.stop();
 }
 
+/// Idle environments cost the node little memory: FUSE's 16 MiB request
+/// buffer per mount thread stays untouched until requests fill it. (glibc
+/// once served those buffers from its arenas, zeroing — touching — every
+/// byte: about 17 MB of node memory per idle environment.)
+#[test]
+fn idle_environments_cost_the_node_little_memory() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let root = g.tmp.path().join("rootfs");
+    for i in 1..5 {
+        g.colony(&["import", &format!("busybox{i}"), root.to_str().unwrap(), "--user", "alice"]);
+    }
+    g.start(&[]);
+    let node = g.child.as_ref().unwrap().id();
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{node}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    // One environment first: what every node pays once (runtimes, caches).
+    let first = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    assert_eq!(g.env_ok(first, "echo up"), "up\n");
+    let before = rss();
+    for i in 1..5 {
+        let port = login_port(&g.ok("alice", &["spawn", &format!("busybox{i}")]));
+        assert_eq!(g.env_ok(port, "echo up"), "up\n");
+    }
+    let grown_kb = rss().saturating_sub(before);
+    assert!(
+        grown_kb < 4 * 4096,
+        "four more idle environments grew the node by {grown_kb} kB"
+    );
+    g.stop();
+}
+
 #[test]
 fn files_move_with_scp_and_sftp() {
     if !can_mount() {

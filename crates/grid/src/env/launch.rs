@@ -291,9 +291,22 @@ fn init_loop() -> ! {
             while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
             if sig == libc::SIGTERM || sig == libc::SIGINT {
                 libc::kill(-1, libc::SIGTERM);
-                for _ in 0..20 {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+                // A second for the processes to go, but no longer than they
+                // take: once there is nothing left to reap, pid 1 is done.
+                for _ in 0..200 {
+                    loop {
+                        let r = libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG);
+                        if r > 0 {
+                            continue;
+                        }
+                        if r < 0
+                            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+                        {
+                            libc::_exit(0);
+                        }
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 libc::kill(-1, libc::SIGKILL);
                 libc::_exit(0);
