@@ -1008,7 +1008,13 @@ fn idle_environments_cost_the_node_little_memory() {
     let mut g = Grid::new();
     let root = g.tmp.path().join("rootfs");
     for i in 1..5 {
-        g.colony(&["import", &format!("busybox{i}"), root.to_str().unwrap(), "--user", "alice"]);
+        g.colony(&[
+            "import",
+            &format!("busybox{i}"),
+            root.to_str().unwrap(),
+            "--user",
+            "alice",
+        ]);
     }
     g.start(&[]);
     let node = g.child.as_ref().unwrap().id();
@@ -1190,7 +1196,16 @@ fn an_environment_whose_init_died_is_never_entered_again() {
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     // Signals from inside cannot end pid 1 (the kernel drops them)...
-    let _ = g.env_ssh("alice", port, "kill -TERM 1; kill -KILL 1", "", false);
+    let _ = g.env_ssh(
+        "alice",
+        port,
+        "kill -TERM 1; kill -INT 1; kill -KILL 1",
+        "",
+        false,
+    );
+    // (pid 1 once took a SIGTERM from inside as the node's and ended the
+    // environment a second later: look after that second.)
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(g.env_ok(port, "hostname"), "busybox\n");
     // ...but it can die (an OOM kill, say): simulate that from the host.
     let node = g.child.as_ref().unwrap().id();

@@ -5,7 +5,7 @@
 //! different environments, and nobody can name, save, invite into or boom
 //! anyone else's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -186,6 +186,11 @@ pub struct Node {
     store: Arc<dyn BlockStore>,
     config: NodeConfig,
     envs: Mutex<HashMap<(String, String), Env>>,
+    /// Environments being spawned: counted against the limit and held
+    /// against a second spawn of the same name, while their mounts and
+    /// namespaces start without the lock (spawns run side by side).
+    /// Locked after `envs` when both are.
+    starting: Mutex<HashSet<(String, String)>>,
     /// Runs the environments' SSH logins.
     runtime: tokio::runtime::Runtime,
     host_key: russh::keys::PrivateKey,
@@ -227,6 +232,7 @@ impl Node {
             store,
             config,
             envs: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashSet::new()),
             runtime,
             host_key,
         })
@@ -397,19 +403,35 @@ impl Node {
         let Some(binding) = binding else {
             return Err(GridError::refused(format!("{name} not found for {user}")));
         };
-        let mut envs = self.envs();
         let key = (user.to_string(), name.to_string());
-        if envs.contains_key(&key) {
-            return Err(GridError::refused(format!(
-                "{name} is already running; use save to clone it to a new name"
-            )));
+        let used: Vec<u16> = {
+            let envs = self.envs();
+            let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            if envs.contains_key(&key) || starting.contains(&key) {
+                return Err(GridError::refused(format!(
+                    "{name} is already running; use save to clone it to a new name"
+                )));
+            }
+            if envs.len() + starting.len() >= self.config.spawn_max {
+                return Err(GridError::refused(format!(
+                    "spawn limit reached: this node runs at most {} environments",
+                    self.config.spawn_max
+                )));
+            }
+            starting.insert(key.clone());
+            envs.values().map(|e| e.port).collect()
+        };
+        // However this spawn ends, the name is no longer starting.
+        struct Started<'a>(&'a Mutex<HashSet<(String, String)>>, (String, String));
+        impl Drop for Started<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&self.1);
+            }
         }
-        if envs.len() >= self.config.spawn_max {
-            return Err(GridError::refused(format!(
-                "spawn limit reached: this node runs at most {} environments",
-                self.config.spawn_max
-            )));
-        }
+        let _started = Started(&self.starting, key.clone());
         let (config, cache_file) = if disk {
             let path = self.state.cache_file(user, name);
             std::fs::create_dir_all(path.parent().expect("cache dir"))
@@ -467,7 +489,8 @@ impl Node {
             peer_reads,
         };
         // The cpu half: processes in namespaces on the mount, and a login.
-        let used: Vec<u16> = envs.values().map(|e| e.port).collect();
+        // (A login port another spawn took meanwhile fails to bind and is
+        // passed over.)
         match self.start_environment(user, name, &env, &options, &used) {
             Ok((environment, stop, port)) => {
                 env.environment = Some(environment);
@@ -480,6 +503,9 @@ impl Node {
                 return Err(e);
             }
         }
+        // Publishing and recording under the lock: node ports are checked
+        // against the other environments'.
+        let mut envs = self.envs();
         let taken: Vec<u16> = envs
             .values()
             .flat_map(|e| e.published.iter().map(|p| p.node_port))

@@ -286,10 +286,15 @@ fn init_loop() -> ! {
         }
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         loop {
-            let mut sig = 0;
-            libc::sigwait(&set, &mut sig);
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(&set, &mut info);
             while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
-            if sig == libc::SIGTERM || sig == libc::SIGINT {
+            // Blocked signals reach pid 1 from inside too (the kernel drops
+            // only those a default disposition would); a sender inside has
+            // a pid here, the node outside the namespace has none. Only the
+            // node may end the environment.
+            let from_outside = info.si_pid() == 0;
+            if (sig == libc::SIGTERM || sig == libc::SIGINT) && from_outside {
                 libc::kill(-1, libc::SIGTERM);
                 // A second for the processes to go, but no longer than they
                 // take: once there is nothing left to reap, pid 1 is done.
