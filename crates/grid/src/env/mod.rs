@@ -280,12 +280,7 @@ impl Environment {
         if matches!(outer.try_wait(), Ok(None)) {
             // SAFETY: signalling the environment's own, still living, pid 1.
             unsafe { libc::kill(self.init_pid as i32, libc::SIGTERM) };
-            for _ in 0..40 {
-                if matches!(outer.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_for_exit(&mut outer, Duration::from_secs(2));
         }
         if matches!(outer.try_wait(), Ok(None)) {
             // SAFETY: as above; SIGKILL of pid 1 ends the whole pid namespace.
@@ -294,5 +289,32 @@ impl Environment {
         let _ = outer.kill();
         let _ = outer.wait();
         self.cgroups.remove();
+    }
+}
+
+/// Waits up to `limit` for `child` to exit: on its pidfd where the kernel
+/// has them (woken the moment it exits), else by looking now and then.
+fn wait_for_exit(child: &mut std::process::Child, limit: Duration) {
+    // SAFETY: pidfd_open of our own child, not yet reaped.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if pidfd >= 0 {
+        let mut p = libc::pollfd {
+            fd: pidfd as libc::c_int,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd, then closing the fd we opened.
+        unsafe {
+            libc::poll(&mut p, 1, limit.as_millis() as libc::c_int);
+            libc::close(pidfd as libc::c_int);
+        }
+        return;
+    }
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
