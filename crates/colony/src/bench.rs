@@ -91,6 +91,9 @@ pub enum BenchCommand {
         /// Spawns at once after them.
         #[arg(long, default_value_t = 40)]
         concurrent: usize,
+        /// Spawn options, e.g. "net=host userns=no" [default: the node's].
+        #[arg(long, default_value = "")]
+        spawn_options: String,
     },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
@@ -132,7 +135,11 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 rate: far_mbit * 1_000_000 / 8,
             },
         ),
-        BenchCommand::Density { envs, concurrent } => crate::bench_density::run(envs, concurrent),
+        BenchCommand::Density {
+            envs,
+            concurrent,
+            spawn_options,
+        } => crate::bench_density::run(envs, concurrent, &spawn_options),
         BenchCommand::Replicate {
             mb,
             big_mb,

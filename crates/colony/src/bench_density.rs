@@ -27,7 +27,7 @@ fn footprint() -> (u64, u64) {
     (field("VmRSS:"), field("Threads:"))
 }
 
-pub fn run(envs: usize, concurrent: usize) -> Result<()> {
+pub fn run(envs: usize, concurrent: usize, options: &str) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-density-")
         .tempdir()?;
@@ -63,12 +63,14 @@ pub fn run(envs: usize, concurrent: usize) -> Result<()> {
     let config = NodeConfig {
         public_host: "127.0.0.1".into(),
         env_listen: "127.0.0.1".into(),
+        allow_host_net: true,
+        allow_rootful: true,
         spawn_max: total,
         env_ports: (24001, 24000 + total as u16 + 10),
         ..NodeConfig::default()
     };
     let node = Node::new(state, store, config)?;
-    let result = measure(&node, envs, concurrent);
+    let result = measure(&node, envs, concurrent, options);
     let t = Instant::now();
     let live = node.live();
     node.shutdown();
@@ -80,9 +82,9 @@ pub fn run(envs: usize, concurrent: usize) -> Result<()> {
     result
 }
 
-fn measure(node: &Node, envs: usize, concurrent: usize) -> Result<()> {
+fn measure(node: &Node, envs: usize, concurrent: usize, options: &str) -> Result<()> {
     let spawn = |i: usize| {
-        let r = node.run("bench", &format!("spawn b{i}"));
+        let r = node.run("bench", &format!("spawn b{i} {options}"));
         if r.status != 0 {
             bail!("spawn b{i}: {}", r.err.trim());
         }
@@ -98,7 +100,12 @@ fn measure(node: &Node, envs: usize, concurrent: usize) -> Result<()> {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let (rss1, threads1) = footprint();
     println!(
-        "{envs} idle busybox environments (rootless, private network): node memory {:.2} MB each ({:.1} MB in all), {:.1} threads each; spawned one by one in {:.2} s",
+        "{envs} idle busybox environments ({}): node memory {:.2} MB each ({:.1} MB in all), {:.1} threads each; spawned one by one in {:.2} s",
+        if options.is_empty() {
+            "rootless, private network"
+        } else {
+            options
+        },
         (rss1.saturating_sub(rss0)) as f64 / 1024.0 / envs as f64,
         rss1 as f64 / 1024.0,
         (threads1.saturating_sub(threads0)) as f64 / envs as f64,
