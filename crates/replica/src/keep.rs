@@ -82,15 +82,11 @@ async fn connection(
             result
         }
         (Frame::Hello { version, .. }, link::Role::Storage) => {
-            let message = format!("this node speaks replication version {VERSION}, not {version}");
-            let _ = send(
+            refuse(
                 &mut w,
-                &Frame::Error {
-                    message: message.clone(),
-                },
+                format!("this node speaks replication version {VERSION}, not {version}"),
             )
-            .await;
-            Err(message)
+            .await
         }
         (f, role) => {
             let message = format!(
@@ -99,16 +95,24 @@ async fn connection(
                 role.as_str(),
                 f.kind()
             );
-            let _ = send(
-                &mut w,
-                &Frame::Error {
-                    message: message.clone(),
-                },
-            )
-            .await;
-            Err(message)
+            refuse(&mut w, message).await
         }
     }
+}
+
+/// Tells the peer why it is refused (if it still listens), and fails.
+async fn refuse<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    message: String,
+) -> Result<(), String> {
+    let _ = send(
+        w,
+        &Frame::Error {
+            message: message.clone(),
+        },
+    )
+    .await;
+    Err(message)
 }
 
 async fn read<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Frame, String> {

@@ -75,17 +75,7 @@ pub async fn run(rep: Arc<Replicator>, peer: Peer) {
 
 /// A reply within the deadline, checked to be `want` for `seq`.
 async fn reply<R: AsyncRead + Unpin>(r: &mut R, want: &str, seq: u64) -> Result<Frame, PushError> {
-    let f = tokio::time::timeout(REPLY_TIMEOUT, frame::read(r))
-        .await
-        .map_err(|_| {
-            other(format!(
-                "no {want} reply within {} s",
-                REPLY_TIMEOUT.as_secs()
-            ))
-        })??;
-    if let Frame::Error { message } = &f {
-        return Err(other(format!("the peer refused: {message}")));
-    }
+    let f = read_reply(r, want).await?;
     let got_seq = match &f {
         Frame::Need { seq, .. }
         | Frame::Stored { seq }
@@ -201,9 +191,25 @@ impl Window {
 
 /// Any reply within the deadline; a refusal is an error.
 async fn reply_any<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, PushError> {
+    read_reply(r, "").await
+}
+
+/// The next frame within the deadline (`what` names it in the timeout
+/// error); a refusal is an error.
+async fn read_reply<R: AsyncRead + Unpin>(r: &mut R, what: &str) -> Result<Frame, PushError> {
     let f = tokio::time::timeout(REPLY_TIMEOUT, frame::read(r))
         .await
-        .map_err(|_| other(format!("no reply within {} s", REPLY_TIMEOUT.as_secs())))??;
+        .map_err(|_| {
+            let what = if what.is_empty() {
+                String::new()
+            } else {
+                format!("{what} ")
+            };
+            other(format!(
+                "no {what}reply within {} s",
+                REPLY_TIMEOUT.as_secs()
+            ))
+        })??;
     if let Frame::Error { message } = &f {
         return Err(other(format!("the peer refused: {message}")));
     }
@@ -314,42 +320,26 @@ async fn session(
 
         if names_first && window.batches.is_empty() {
             // The peer reads missing blocks through from us: it may have
-            // every name now, ahead of the blocks.
-            let catalog = rep.catalog.clone();
-            let from = pos.names;
-            let (text, count) = blocking(move || catalog.names_since(from, u64::MAX, true))
-                .await
-                .map_err(fail(progressed))?;
-            if count != pos.names {
-                if !text.is_empty() {
-                    seq += 1;
-                    send(&mut w, &Frame::Names { seq, text })
-                        .await
-                        .map_err(fail(progressed))?;
-                    reply(&mut r, "Applied", seq)
-                        .await
-                        .map_err(fail(progressed))?;
-                }
-                pos.names = count;
-                save(progress, pos).await.map_err(fail(progressed))?;
+            // every name now, ahead of the blocks, and the users with them.
+            let io = (&mut r, &mut w);
+            if push_names(
+                rep,
+                peer,
+                progress,
+                io,
+                &mut seq,
+                &mut pos,
+                NamesAfter::Anything,
+            )
+            .await
+            .map_err(fail(progressed))?
+            {
                 progressed = true;
-                rep.board.outgoing(&peer.name, |o| o.names_sent = count);
             }
-            // And the users who may spawn them.
-            let catalog = rep.catalog.clone();
-            let users = blocking(move || catalog.users_text())
+            if push_users(rep, (&mut r, &mut w), &mut seq, &mut users_sent)
                 .await
-                .map_err(fail(progressed))?;
-            let hash = fingerprint(&users);
-            if users_sent != Some(hash) {
-                seq += 1;
-                send(&mut w, &Frame::Users { seq, text: users })
-                    .await
-                    .map_err(fail(progressed))?;
-                reply(&mut r, "Applied", seq)
-                    .await
-                    .map_err(fail(progressed))?;
-                users_sent = Some(hash);
+                .map_err(fail(progressed))?
+            {
                 progressed = true;
             }
         }
@@ -450,45 +440,19 @@ async fn session(
 
         // Blocks are acknowledged up to `pos.blocks`: send the bindings
         // whose blocks lie before it, never one beyond.
-        let catalog = rep.catalog.clone();
-        let (from, upto) = (pos.names, pos.blocks);
-        let (text, count) = blocking(move || catalog.names_since(from, upto, false))
+        let acknowledged = NamesAfter::Blocks(pos.blocks);
+        let io = (&mut r, &mut w);
+        if push_names(rep, peer, progress, io, &mut seq, &mut pos, acknowledged)
             .await
-            .map_err(fail(progressed))?;
-        if count != pos.names {
-            if !text.is_empty() {
-                seq += 1;
-                send(&mut w, &Frame::Names { seq, text })
-                    .await
-                    .map_err(fail(progressed))?;
-                reply(&mut r, "Applied", seq)
-                    .await
-                    .map_err(fail(progressed))?;
-            }
-            pos.names = count;
-            save(progress, pos).await.map_err(fail(progressed))?;
+            .map_err(fail(progressed))?
+        {
             progressed = true;
-            rep.board.outgoing(&peer.name, |o| {
-                o.names_sent = count;
-                o.last_contact = Some(SystemTime::now());
-            });
             continue;
         }
-
-        let catalog = rep.catalog.clone();
-        let users = blocking(move || catalog.users_text())
+        if push_users(rep, (&mut r, &mut w), &mut seq, &mut users_sent)
             .await
-            .map_err(fail(progressed))?;
-        let hash = fingerprint(&users);
-        if users_sent != Some(hash) {
-            seq += 1;
-            send(&mut w, &Frame::Users { seq, text: users })
-                .await
-                .map_err(fail(progressed))?;
-            reply(&mut r, "Applied", seq)
-                .await
-                .map_err(fail(progressed))?;
-            users_sent = Some(hash);
+            .map_err(fail(progressed))?
+        {
             progressed = true;
             continue;
         }
@@ -506,6 +470,76 @@ async fn session(
             }
         }
     }
+}
+
+/// Which bindings a peer may be sent.
+enum NamesAfter {
+    /// Those whose blocks lie before this offset of our log (acknowledged).
+    Blocks(u64),
+    /// All, each with its offset (`at=`): the peer reads blocks through.
+    Anything,
+}
+
+/// Sends the bindings past `pos.names` that `gate` allows and moves
+/// `pos.names` past them; true if there were any.
+async fn push_names<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rep: &Arc<Replicator>,
+    peer: &Peer,
+    progress: &ProgressFile,
+    (r, w): (&mut R, &mut W),
+    seq: &mut u64,
+    pos: &mut Position,
+    gate: NamesAfter,
+) -> Result<bool, PushError> {
+    let catalog = rep.catalog.clone();
+    let from = pos.names;
+    let (upto, with_at) = match gate {
+        NamesAfter::Blocks(upto) => (upto, false),
+        NamesAfter::Anything => (u64::MAX, true),
+    };
+    let (text, count) = blocking(move || catalog.names_since(from, upto, with_at)).await?;
+    if count == pos.names {
+        return Ok(false);
+    }
+    if !text.is_empty() {
+        *seq += 1;
+        send(w, &Frame::Names { seq: *seq, text }).await?;
+        reply(r, "Applied", *seq).await?;
+    }
+    pos.names = count;
+    save(progress, *pos).await?;
+    rep.board.outgoing(&peer.name, |o| {
+        o.names_sent = count;
+        o.last_contact = Some(SystemTime::now());
+    });
+    Ok(true)
+}
+
+/// Sends the users if they changed since `sent`; true if it did.
+async fn push_users<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rep: &Arc<Replicator>,
+    (r, w): (&mut R, &mut W),
+    seq: &mut u64,
+    sent: &mut Option<u64>,
+) -> Result<bool, PushError> {
+    let catalog = rep.catalog.clone();
+    let users = blocking(move || catalog.users_text()).await?;
+    let hash = fingerprint(&users);
+    if *sent == Some(hash) {
+        return Ok(false);
+    }
+    *seq += 1;
+    send(
+        w,
+        &Frame::Users {
+            seq: *seq,
+            text: users,
+        },
+    )
+    .await?;
+    reply(r, "Applied", *seq).await?;
+    *sent = Some(hash);
+    Ok(true)
 }
 
 /// A cheap, stable fingerprint of a text (FNV-1a).
