@@ -471,19 +471,29 @@ impl LogStore {
         }
         self.flush_buffer(w)?;
         if let Err(e) = w.file.sync_data() {
-            // After a failed fsync Linux may have dropped the dirty pages, and a
-            // later fsync can report success: never trust the log again.
-            let e = StoreError::io(format!("syncing {}", self.log_path().display()), e);
-            w.failed = Some(e.to_string());
-            return Err(e);
+            return Err(self.fsync_failed(w, e));
         }
-        w.durable_end = w.end;
-        self.durable.send_if_modified(|end| {
-            let moved = *end != w.durable_end;
-            *end = w.durable_end;
-            moved
-        });
-        if w.end > w.marked_end {
+        let end = w.end;
+        self.mark_durable(w, end)
+    }
+
+    /// After a failed fsync Linux may have dropped the dirty pages, and a
+    /// later fsync can report success: never trust the log again.
+    fn fsync_failed(&self, w: &mut Writer, e: io::Error) -> StoreError {
+        let e = StoreError::io(format!("syncing {}", self.log_path().display()), e);
+        w.failed = Some(e.to_string());
+        e
+    }
+
+    /// An fsync that covered the log up to `target` returned: publishes the
+    /// new durable end, and appends a sync marker if nothing was written
+    /// past `target` meanwhile (a marker claims everything before it).
+    fn mark_durable(&self, w: &mut Writer, target: u64) -> Result<(), StoreError> {
+        if target > w.durable_end {
+            w.durable_end = target;
+            self.durable.send_replace(target);
+        }
+        if w.end == target && w.end > w.marked_end {
             // Only now, with the data durable, may a marker say it is.
             let at = w.end;
             record::append_sync_marker(&mut w.buf, &self.salt, at);
@@ -669,30 +679,9 @@ impl BlockStore for LogStore {
             w.end
         };
         if let Err(e) = self.reader.sync_data() {
-            // As in sync_log: after a failed fsync, never trust the log again.
-            let e = StoreError::io(format!("syncing {}", self.log_path().display()), e);
-            self.lock_writer().failed = Some(e.to_string());
-            return Err(e);
+            return Err(self.fsync_failed(&mut self.lock_writer(), e));
         }
-        let mut w = self.lock_writer();
-        if target > w.durable_end {
-            w.durable_end = target;
-            self.durable.send_if_modified(|end| {
-                let moved = *end < target;
-                *end = (*end).max(target);
-                moved
-            });
-        }
-        // A marker claims everything before it durable: only if nothing
-        // was written while the disk worked.
-        if w.end == target && w.end > w.marked_end {
-            let at = w.end;
-            record::append_sync_marker(&mut w.buf, &self.salt, at);
-            w.end += record::SYNC_MARKER_LEN as u64;
-            w.marked_end = w.end;
-            self.flush_buffer(&mut w)?;
-        }
-        Ok(())
+        self.mark_durable(&mut self.lock_writer(), target)
     }
 }
 
