@@ -3,6 +3,14 @@
 
 use crate::error::{GridError, GridResult};
 
+/// Nanoseconds since the epoch: the times of bindings, keys and
+/// tombstones, which replication compares across nodes.
+pub(crate) fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Longest score or user name.
 pub const MAX_NAME: usize = 64;
 

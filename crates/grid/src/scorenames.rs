@@ -40,13 +40,6 @@ pub struct ScoreNames {
     changes: Option<std::sync::Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
-/// Nanoseconds since the epoch, for binding times.
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// The replicated identity and order of a binding.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Precedence {
@@ -81,19 +74,38 @@ pub fn derived_name(name: &str, origin: &str, root: &str) -> String {
     format!("{cut}{suffix}")
 }
 
-/// The entry as a peer receives it: without this node's `pos`, under the
-/// name it was bound as.
-fn wire_entry(e: &ndb::Entry) -> ndb::Entry {
-    let mut out = ndb::Entry::new(&[("scorename", bound_name(e))]);
+/// This node's own attributes of an entry, which a peer never receives:
+/// its place in this node's order and how this node shows it.
+const LOCAL_ATTRS: [&str; 4] = ["pos", "conflict", "waiting", "at"];
+
+/// `e` shown as `scorename`, without the attributes in `drop`.
+fn rebuilt(scorename: &str, e: &ndb::Entry, drop: &[&str]) -> ndb::Entry {
+    let mut out = ndb::Entry::new(&[("scorename", scorename)]);
     for p in &e.pairs {
-        if !matches!(
-            p.attr.as_str(),
-            "scorename" | "pos" | "conflict" | "waiting" | "at"
-        ) {
+        if p.attr != "scorename" && !drop.contains(&p.attr.as_str()) {
             out.push(&p.attr, &p.value);
         }
     }
     out
+}
+
+/// The entry as a peer receives it: without this node's `pos`, under the
+/// name it was bound as.
+fn wire_entry(e: &ndb::Entry) -> ndb::Entry {
+    rebuilt(bound_name(e), e, &LOCAL_ATTRS)
+}
+
+/// A binding this node made, given its identity (this node's name as its
+/// origin, and time 0 if it was made before bindings had times).
+fn with_identity(e: &ndb::Entry, node: &str) -> ndb::Entry {
+    let mut e = e.clone();
+    if e.get("origin").is_none() {
+        e.push("origin", node);
+    }
+    if e.get("time").is_none() {
+        e.push("time", "0");
+    }
+    e
 }
 
 impl ScoreNames {
@@ -135,7 +147,7 @@ impl ScoreNames {
             let root = vac::format_vac(root);
             let mut pairs = vec![("scorename", name), ("rootscore", root.as_str())];
             pairs.extend(users.iter().map(|u| ("user", *u)));
-            let time = now_nanos().to_string();
+            let time = crate::names::now_nanos().to_string();
             pairs.push(("time", &time));
             db.append(ndb::Entry::new(&pairs));
             Ok(())
@@ -175,13 +187,7 @@ impl ScoreNames {
                 // made after its blocks were durable, so they lie before it.
                 let end = durable_end().to_string();
                 db.edit(unplaced, |e| {
-                    let mut e = e.clone();
-                    if e.get("origin").is_none() {
-                        e.push("origin", node);
-                    }
-                    if e.get("time").is_none() {
-                        e.push("time", "0");
-                    }
+                    let mut e = with_identity(e, node);
                     e.push("pos", &end);
                     Some(e)
                 });
@@ -258,16 +264,7 @@ impl ScoreNames {
             // about which one is which.
             db.edit(
                 |e| e.get("origin").is_none() || e.get("time").is_none(),
-                |e| {
-                    let mut e = e.clone();
-                    if e.get("origin").is_none() {
-                        e.push("origin", node);
-                    }
-                    if e.get("time").is_none() {
-                        e.push("time", "0");
-                    }
-                    Some(e)
-                },
+                |e| Some(with_identity(e, node)),
             );
             let mut renamed = Vec::new();
             for e in incoming.entries() {
@@ -290,12 +287,7 @@ impl ScoreNames {
                         |x| {
                             let p = precedence(x);
                             let shown = derived_name(&name, &p.origin, &p.root);
-                            let mut y = ndb::Entry::new(&[("scorename", &shown)]);
-                            for pair in &x.pairs {
-                                if pair.attr != "scorename" && pair.attr != "conflict" {
-                                    y.push(&pair.attr, &pair.value);
-                                }
-                            }
+                            let mut y = rebuilt(&shown, x, &["conflict"]);
                             y.push("conflict", &name);
                             Some(y)
                         },
@@ -319,15 +311,7 @@ impl ScoreNames {
                 } else {
                     derived_name(&name, &new.origin, &new.root)
                 };
-                let mut entry = ndb::Entry::new(&[("scorename", &shown)]);
-                for pair in &e.pairs {
-                    if !matches!(
-                        pair.attr.as_str(),
-                        "scorename" | "pos" | "conflict" | "waiting" | "at"
-                    ) {
-                        entry.push(&pair.attr, &pair.value);
-                    }
-                }
+                let mut entry = rebuilt(&shown, e, &LOCAL_ATTRS);
                 if !wins {
                     entry.push("conflict", &name);
                     renamed.push(Renamed {
@@ -368,12 +352,7 @@ impl ScoreNames {
         let n = ndb::update(&self.path, |db| {
             let end = durable_end().to_string();
             Ok::<_, GridError>(db.edit(ready, |e| {
-                let mut y = ndb::Entry::new(&[]);
-                for p in &e.pairs {
-                    if p.attr != "waiting" {
-                        y.push(&p.attr, &p.value);
-                    }
-                }
+                let mut y = rebuilt(e.get("scorename").unwrap_or_default(), e, &["waiting"]);
                 y.push("pos", &end);
                 Some(y)
             }))

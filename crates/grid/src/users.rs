@@ -38,12 +38,6 @@ pub fn normalize_key(line: &str) -> GridResult<String> {
         .join(" "))
 }
 
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 fn number(e: &ndb::Entry, attr: &str) -> Option<u64> {
     e.get(attr).and_then(|v| v.parse().ok())
 }
@@ -124,7 +118,7 @@ impl Users {
                     "that key already belongs to {owner}"
                 )));
             }
-            let added = now_nanos().to_string();
+            let added = crate::names::now_nanos().to_string();
             db.append(ndb::Entry::new(&[
                 ("user", name),
                 ("key", &key),
@@ -148,7 +142,7 @@ impl Users {
             {
                 return Err(GridError::refused(format!("no user {name}")));
             }
-            let deleted = now_nanos().to_string();
+            let deleted = crate::names::now_nanos().to_string();
             db.append(ndb::Entry::new(&[("user", name), ("deleted", &deleted)]));
             compact(db);
             Ok(())
