@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use grid::state::StateDir;
-use grid::{Node, NodeConfig};
+use grid::{CpuConfig, Node};
 use vac::tree::{BlockSizes, Tree};
 use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
@@ -60,16 +60,16 @@ pub fn run(envs: usize, concurrent: usize, options: &str) -> Result<()> {
     for i in 0..total {
         names.bind(&format!("b{i}"), &root, &["bench"])?;
     }
-    let config = NodeConfig {
+    let config = CpuConfig {
         public_host: "127.0.0.1".into(),
         env_listen: "127.0.0.1".into(),
         allow_host_net: true,
         allow_rootful: true,
         spawn_max: total,
         env_ports: (24001, 24000 + total as u16 + 10),
-        ..NodeConfig::default()
+        ..CpuConfig::default()
     };
-    let node = Node::new(state, store, config)?;
+    let node = Node::local(state, store, config)?;
     let result = measure(&node, envs, concurrent, options);
     let t = Instant::now();
     let live = node.live();

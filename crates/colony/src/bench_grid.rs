@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use grid::state::StateDir;
-use grid::{Node, NodeConfig};
+use grid::{CpuConfig, Node};
 use vac::tree::{BlockSizes, Tree};
 use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
@@ -62,13 +62,13 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         names.bind(name, &root, &["bench"])?;
     }
     let mounts = scratch.path().join("state/mnt/bench");
-    let config = NodeConfig {
+    let config = CpuConfig {
         public_host: "127.0.0.1".into(),
         env_listen: "127.0.0.1".into(),
         allow_host_net: true,
-        ..NodeConfig::default()
+        ..CpuConfig::default()
     };
-    let node = Node::new(state, store, config)?;
+    let node = Node::local(state, store, config)?;
     println!(
         "grid benchmark: median of {runs} runs; commands through the node's command set in this process"
     );

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use grid::state::StateDir;
-use grid::{Node, NodeConfig};
+use grid::{CpuConfig, Node};
 use vac::tree::{BlockSizes, Tree};
 use vac::walk::DirImporter;
 use venti::{BlockStore, LogStore, RemoteStore};
@@ -91,6 +91,43 @@ pub struct ServeArgs {
     tls: Option<std::path::PathBuf>,
     #[command(flatten)]
     replica: ReplicaArgs,
+    #[command(flatten)]
+    roles: RoleArgs,
+}
+
+/// What a node does in a grid of storage and cpu nodes.
+#[derive(Args)]
+pub struct RoleArgs {
+    /// both: the single node (store, names, front door and environments);
+    /// storage: store, names and front door, environments placed on the
+    /// cpu nodes that link to it; cpu: environments for its storage nodes
+    /// [default: both; config `role=`].
+    #[arg(long)]
+    role: Option<String>,
+    /// (storage) Accept cpu nodes' control links here, over mutual TLS
+    /// (e.g. tls!0.0.0.0!17036; config `cpulisten=`).
+    #[arg(long)]
+    cpu_listen: Option<String>,
+    /// (cpu) A storage node to run environments for: NAME=ADDRESS, its
+    /// certificate's name and its --cpu-listen address. Repeatable
+    /// (config `storage=`).
+    #[arg(long = "storage")]
+    storage_nodes: Vec<String>,
+    /// (cpu) Bound of the block cache on disk that every environment of
+    /// this node shares [default: 4G; config `blockcache=`].
+    #[arg(long)]
+    block_cache: Option<String>,
+    /// (cpu) Seconds a file read waits for an unreachable storage node
+    /// before it fails with EIO [default: 30; config `blockwait=`].
+    #[arg(long)]
+    block_wait: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Both,
+    Storage,
+    Cpu,
 }
 
 /// How a storage node replicates (see the replica crate).
@@ -153,9 +190,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let listen = args
         .listen
         .or_else(|| file.get("listen").map(str::to_string))
-        .unwrap_or_else(|| format!("0.0.0.0:{}", grid::sshd::DEFAULT_PORT));
+        .unwrap_or_else(|| format!("0.0.0.0:{}", grid::storage::frontdoor::DEFAULT_PORT));
     let venti_addr = args.venti.or_else(|| file.get("venti").map(str::to_string));
-    let mut config = NodeConfig::default();
+    let mut config = CpuConfig::default();
     if let Some(n) = args
         .spawn_max
         .or_else(|| file.get("spawnmax").and_then(|v| v.parse().ok()))
@@ -207,7 +244,19 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     {
         config.limits.pids = p;
     }
-    let key = grid::sshd::host_key(&state.host_key())?;
+    let role = match args
+        .roles
+        .role
+        .as_deref()
+        .or_else(|| file.get("role"))
+        .unwrap_or("both")
+    {
+        "both" => Role::Both,
+        "storage" => Role::Storage,
+        "cpu" => Role::Cpu,
+        other => bail!("unknown role {other:?}: use both, storage or cpu"),
+    };
+    let key = grid::ssh::host_key(&state.host_key())?;
     let tls_dir = args
         .tls
         .clone()
@@ -215,6 +264,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if let Some(dir) = &tls_dir {
         // The node's own identity also for what it dials (--venti tls!…).
         link::Link::set_default(link::Link::load(dir)?);
+    }
+    if role == Role::Cpu {
+        return serve_cpu(&args.roles, &file, state, config, tls_dir.is_some());
     }
     let (store, log): (Arc<dyn BlockStore>, Option<Arc<LogStore>>) = match &venti_addr {
         Some(addr) => (open_store(&state, Some(addr))?, None),
@@ -231,7 +283,30 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => store,
     };
     let replication = replication.map(|(rep, listen, _)| (rep, listen));
-    let node = Arc::new(Node::new(state, store.clone(), config)?);
+    let cpu_listen = args
+        .roles
+        .cpu_listen
+        .clone()
+        .or_else(|| file.get("cpulisten").map(str::to_string));
+    let (node, pool) = match role {
+        Role::Storage => {
+            let (pool, listen) = storage_pool(
+                &state,
+                cpu_listen,
+                args.venti_listen.as_deref(),
+                tls_dir.is_some(),
+                &config.public_host,
+            )?;
+            let node = Node::new(state, pool.clone());
+            (Arc::new(node), Some((pool, listen)))
+        }
+        _ => {
+            if cpu_listen.is_some() {
+                bail!("--cpu-listen is for a storage node (--role storage)");
+            }
+            (Arc::new(Node::local(state, store.clone(), config)?), None)
+        }
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = venti::dial::parse(&listen)?;
@@ -263,15 +338,137 @@ pub fn serve(args: ServeArgs) -> Result<()> {
                 tokio::spawn(replica::keep::serve(rep, listener));
             }
         }
+        if let Some((pool, listen)) = pool {
+            let (_, addr) = venti::dial::parse_transport(&listen)?;
+            let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cpu node listener on {addr}"))?;
+            tracing::info!(address = %listener.local_addr()?, venti = %pool.venti, "accepting cpu nodes");
+            let link = link::Link::from_env().map_err(anyhow::Error::msg)?;
+            tokio::spawn(grid::storage::placement::serve(pool, link, listener));
+        }
         tracing::info!(address = %local, "grid node ready");
         println!("listening on {local}");
         std::io::Write::flush(&mut std::io::stdout())?;
-        grid::sshd::serve(node.clone(), listener, key, shutdown_signal()).await?;
+        grid::storage::frontdoor::serve(node.clone(), listener, key, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     let live = node.live();
     node.shutdown();
     tracing::info!(environments_ended = live, "grid node stopped");
+    Ok(())
+}
+
+/// A storage node's placement of environments on its cpu nodes, and
+/// where it accepts them.
+fn storage_pool(
+    state: &StateDir,
+    cpu_listen: Option<String>,
+    venti_listen: Option<&str>,
+    has_tls: bool,
+    public_host: &str,
+) -> Result<(Arc<grid::storage::placement::Pool>, String)> {
+    if !has_tls {
+        bail!(
+            "a storage node links to its cpu nodes over mutual TLS: give its certificate with --tls DIR"
+        );
+    }
+    let link = link::Link::from_env().map_err(anyhow::Error::msg)?;
+    if link.me.role != link::Role::Storage {
+        bail!(
+            "--role storage needs a storage node's certificate; this one is for {}",
+            link.me.role.as_str()
+        );
+    }
+    let Some(listen) = cpu_listen else {
+        bail!(
+            "a storage node needs --cpu-listen ADDRESS (e.g. tls!0.0.0.0!17036) for its cpu nodes to link to"
+        );
+    };
+    // Its cpu nodes read blocks from its venti service, over TLS.
+    let Some(venti_listen) = venti_listen else {
+        bail!("a storage node serves its cpu nodes' blocks: give --venti-listen tls!HOST!PORT");
+    };
+    let (_, venti_addr) = venti::dial::parse_transport(venti_listen)?;
+    let (host, port) = venti_addr
+        .rsplit_once(':')
+        .context("the --venti-listen address has no port")?;
+    // Listening everywhere: the cpu nodes dial it by the public name.
+    let host = match host {
+        "0.0.0.0" | "[::]" | "::" => public_host,
+        h => h,
+    };
+    let venti = format!("tls!{host}!{port}");
+    let pool = grid::storage::placement::Pool::new(link.me.name.clone(), venti, state.users());
+    Ok((Arc::new(pool), listen))
+}
+
+/// `serve --role cpu`: environments for the storage nodes it links to; no
+/// front door and no store of its own, only the shared block cache.
+fn serve_cpu(
+    args: &RoleArgs,
+    file: &ndb::Entry,
+    state: StateDir,
+    config: CpuConfig,
+    has_tls: bool,
+) -> Result<()> {
+    if !has_tls {
+        bail!(
+            "a cpu node links to its storage nodes over mutual TLS: give its certificate with --tls DIR"
+        );
+    }
+    let link = link::Link::from_env().map_err(anyhow::Error::msg)?;
+    if link.me.role != link::Role::Cpu {
+        bail!(
+            "--role cpu needs a cpu node's certificate; this one is for {}",
+            link.me.role.as_str()
+        );
+    }
+    let mut storage = Vec::new();
+    for text in args
+        .storage_nodes
+        .iter()
+        .map(String::as_str)
+        .chain(file.all("storage"))
+    {
+        storage.push(grid::cpu::agent::StorageNode::parse(text).map_err(anyhow::Error::msg)?);
+    }
+    if storage.is_empty() {
+        bail!("a cpu node needs at least one --storage NAME=ADDRESS to run environments for");
+    }
+    let cache_bytes = match args
+        .block_cache
+        .clone()
+        .or_else(|| file.get("blockcache").map(str::to_string))
+    {
+        Some(size) => crate::mount_cmd::parse_size(&size)?,
+        None => 4 << 30,
+    };
+    let wait = args
+        .block_wait
+        .or_else(|| file.get("blockwait").and_then(|v| v.parse().ok()))
+        .unwrap_or(30);
+    let cache = venti::BlockCache::open(&state.root.join("blockcache"), cache_bytes)?;
+    let envs = Arc::new(grid::cpu::Environments::new(state, config)?);
+    let agent = grid::cpu::agent::Agent::new(
+        envs.clone(),
+        link.clone(),
+        cache,
+        std::time::Duration::from_secs(wait),
+    );
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        for s in storage {
+            tracing::info!(storage = %s.name, addr = %s.addr, "linking to storage node");
+            tokio::spawn(agent.clone().run(s));
+        }
+        tracing::info!(node = %link.me.name, "cpu node ready");
+        println!("cpu node {} ready", link.me.name);
+        std::io::Write::flush(&mut std::io::stdout())?;
+        shutdown_signal().await;
+        anyhow::Ok(())
+    })?;
+    let live = envs.live();
+    envs.shutdown();
+    tracing::info!(environments_ended = live, "cpu node stopped");
     Ok(())
 }
 
@@ -329,7 +526,7 @@ fn replication(
     };
     let node = match &link {
         Some(l) => l.me.name.clone(),
-        None => NodeConfig::default().public_host,
+        None => CpuConfig::default().public_host,
     };
     if let Some(l) = &link
         && l.me.role != link::Role::Storage

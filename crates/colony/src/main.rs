@@ -47,7 +47,7 @@ enum Command {
     /// Ask a running mount to archive its changes; prints the new vac:SCORE.
     Save(mount_cmd::SaveArgs),
     /// Run a grid node: the SSH front door and the storage service.
-    Serve(grid_cmd::ServeArgs),
+    Serve(Box<grid_cmd::ServeArgs>),
     /// Manage the node's users (SSH keys).
     #[command(subcommand)]
     User(grid_cmd::UserCommand),
@@ -79,10 +79,10 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
     // The environments' helper processes: before anything starts a thread.
-    if std::env::var_os(grid::env::HELPER_VAR).is_some_and(|v| v == "init") {
-        let request = grid::env::InitRequest::read(&mut std::io::stdin().lock());
+    if std::env::var_os(grid::cpu::env::HELPER_VAR).is_some_and(|v| v == "init") {
+        let request = grid::cpu::env::InitRequest::read(&mut std::io::stdin().lock());
         match request {
-            Ok(r) => grid::env::launch::init_main(&r),
+            Ok(r) => grid::cpu::env::launch::init_main(&r),
             Err(e) => {
                 println!("error {e}");
                 std::process::exit(2)
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         Command::Unvac(args) => vac_cmd::unvac(args),
         Command::Mount(args) => mount_cmd::mount(args),
         Command::Save(args) => mount_cmd::save(args),
-        Command::Serve(args) => grid_cmd::serve(args),
+        Command::Serve(args) => grid_cmd::serve(*args),
         Command::User(cmd) => grid_cmd::user(cmd),
         Command::Import(args) => grid_cmd::import(args),
         Command::Ndb(cmd) => grid_cmd::ndb_query(cmd),
@@ -145,7 +145,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// `colony __env-exec --pid N [--cgroup DIR]… [--pty] [--term T] -- ARGV…`:
-/// run by the grid node, never by hand (see grid::env::launch). The init
+/// run by the grid node, never by hand (see grid::cpu::env::launch). The init
 /// helper is started as `init` with its request on stdin (see `main`).
 fn env_helper(args: &[String]) -> ! {
     let mut cgroups = Vec::new();
@@ -159,7 +159,7 @@ fn env_helper(args: &[String]) -> ! {
             "--ns" => {
                 namespaces = args
                     .get(i + 1)
-                    .and_then(|v| grid::env::launch::Namespaces::parse(v))
+                    .and_then(|v| grid::cpu::env::launch::Namespaces::parse(v))
             }
             "--term" => term = args.get(i + 1).cloned(),
             "--pty" => {
@@ -177,7 +177,7 @@ fn env_helper(args: &[String]) -> ! {
     }
     match (args[0].as_str(), pid) {
         ("__env-exec", Some(pid)) if i + 1 < args.len() && namespaces.is_some() => {
-            grid::env::launch::exec_main(
+            grid::cpu::env::launch::exec_main(
                 pid,
                 namespaces.expect("checked"),
                 &cgroups,

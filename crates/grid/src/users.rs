@@ -18,6 +18,7 @@ use russh::keys::PublicKey;
 use crate::error::{GridError, GridResult};
 use crate::names::check_user_name;
 
+#[derive(Clone)]
 pub struct Users {
     path: PathBuf,
     changes: Option<Arc<tokio::sync::watch::Sender<u64>>>,
@@ -190,6 +191,17 @@ impl Users {
             .find(|e| live(e, &dead))
             .and_then(|e| e.get("user"))
             .map(str::to_string))
+    }
+
+    /// The user's public keys as OpenSSH lines (`TYPE BASE64`).
+    pub fn keys_of(&self, name: &str) -> GridResult<Vec<String>> {
+        let db = ndb::Db::open(&self.path)?;
+        let dead = tombstones(&db);
+        Ok(db
+            .search("user", name)
+            .filter(|e| live(e, &dead))
+            .flat_map(|e| e.all("key").map(str::to_string).collect::<Vec<_>>())
+            .collect())
     }
 
     /// The whole file, for replication.

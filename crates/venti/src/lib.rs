@@ -25,4 +25,7 @@ pub use client::{Client, ClientError};
 pub use message::Message;
 pub use remote::RemoteStore;
 pub use score::{SCORE_SIZE, Score};
-pub use store::{BlockStore, LogRecord, LogStore, MAX_BLOCK_SIZE, MemoryStore, StoreError};
+pub use store::{
+    BlockCache, BlockStore, CacheStats, CachedStore, LogRecord, LogStore, MAX_BLOCK_SIZE,
+    MemoryStore, StoreError,
+};

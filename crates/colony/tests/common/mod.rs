@@ -1,1 +1,2 @@
+pub mod grid;
 pub mod netns;

@@ -2,6 +2,7 @@
 //! small interface the server (and, later, the embedded default of the other
 //! layers) needs; [`LogStore`] is the durable one, [`MemoryStore`] is for tests.
 
+pub mod cache;
 mod log;
 mod memory;
 mod record;
@@ -10,6 +11,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use cache::{BlockCache, CacheStats, CachedStore};
 pub use log::{LogRecord, LogStore, Recovery};
 pub use memory::MemoryStore;
 

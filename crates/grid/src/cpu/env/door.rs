@@ -18,12 +18,13 @@ use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Server as _, Session, Ver
 use russh::{Channel, ChannelId};
 
 use super::Environment;
-use crate::users::Users;
+use crate::cpu::OwnerKeys;
 
 /// What the door needs to know about its environment.
 pub struct Door {
     pub owner: String,
-    pub users: Users,
+    /// The keys that log in as `owner`.
+    pub keys: OwnerKeys,
     pub env: Arc<Environment>,
     /// The environment's file system (to look for an sftp-server safely).
     pub fs: Arc<fossil::Fs>,
@@ -38,7 +39,7 @@ pub async fn serve(
     key: PrivateKey,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let config = crate::sshd::server_config(key);
+    let config = crate::ssh::server_config(key);
     let mut server = Front { door };
     let running = server.run_on_socket(config, &listener);
     let handle = running.handle();
@@ -194,7 +195,7 @@ fn pump(
 
 impl Conn {
     fn admitted(&self, key: &ssh_key::PublicKey) -> bool {
-        matches!(self.door.users.owner_of(key), Ok(Some(user)) if user == self.door.owner)
+        self.door.keys.admits(&self.door.owner, key)
     }
 
     /// Starts `argv` in the environment for `channel`.
@@ -400,7 +401,7 @@ impl russh::server::Handler for Conn {
             "usr/libexec/sftp-server",
         ]
         .into_iter()
-        .find(|p| crate::node::read_file(&self.door.fs, p, 64 << 20).is_some());
+        .find(|p| crate::cpu::rootfs::read_file(&self.door.fs, p, 64 << 20).is_some());
         if name != "sftp" {
             tracing::info!(subsystem = name, "no such subsystem in this environment");
             session.channel_failure(channel)?;

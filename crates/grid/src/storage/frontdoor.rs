@@ -5,62 +5,18 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use russh::keys::{PrivateKey, ssh_key};
 use russh::server::{Auth, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use russh::{Channel, ChannelId};
 use tokio::net::TcpListener;
 
-use crate::error::{GridError, GridResult};
-use crate::node::{COMMANDS, Node, Reply};
+use super::{COMMANDS, Node, Reply};
+use crate::ssh::server_config;
 
 /// The default port of the front door.
 pub const DEFAULT_PORT: u16 = 16999;
-
-/// Loads the host key, or makes and stores a new Ed25519 one (mode 0600).
-pub fn host_key(path: &Path) -> GridResult<PrivateKey> {
-    if path.exists() {
-        return PrivateKey::read_openssh_file(path)
-            .map_err(|e| GridError::refused(format!("host key {}: {e}", path.display())));
-    }
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
-        .map_err(|e| GridError::io("reading /dev/urandom", e))?;
-    let key = PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
-    let text = key
-        .to_openssh(ssh_key::LineEnding::LF)
-        .map_err(|e| GridError::refused(format!("encoding host key: {e}")))?;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| GridError::io(format!("writing {}", path.display()), e))?;
-    std::io::Write::write_all(&mut f, text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| GridError::io(format!("writing {}", path.display()), e))?;
-    tracing::info!(path = %path.display(), "made a new SSH host key");
-    Ok(key)
-}
-
-/// SSH settings shared by the front door and the environments' logins:
-/// public keys only, a short delay after a refused key.
-pub(crate) fn server_config(key: PrivateKey) -> Arc<russh::server::Config> {
-    Arc::new(russh::server::Config {
-        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
-        auth_rejection_time: Duration::from_millis(300),
-        auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![key],
-        inactivity_timeout: None,
-        nodelay: true,
-        ..Default::default()
-    })
-}
 
 /// Serves the front door on `listener` until `shutdown` resolves.
 pub async fn serve(

@@ -1,34 +1,40 @@
-//! The storage service's commands. Each runs for one authenticated user and
-//! returns what to print and the exit status; replies go only to that user.
+//! The cpu service: environments on this machine. Each is a fossil over a
+//! saved root, mounted through FUSE, with processes in namespaces of their
+//! own on it ([`env`]) and an SSH login for its owner.
 //!
-//! Environments are per user: alice's `debian` and bob's `debian` are two
-//! different environments, and nobody can name, save, invite into or boom
-//! anyone else's.
+//! The service neither knows names nor users' records: whoever asks (the
+//! storage service of the same node, or a storage node over the control
+//! link, [`agent`]) has already checked that the user may spawn the root,
+//! and hands over the root's score, the store to read it from and the keys
+//! that may log in.
+
+pub mod agent;
+pub mod env;
+pub mod options;
+pub mod rootfs;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fossil::{CacheConfig, FileKind, Fs, ROOT_INO};
+use fossil::{CacheConfig, Fs};
+use russh::keys::ssh_key::PublicKey;
 use venti::{BlockStore, Score};
 
-use crate::env::door::Door;
-use crate::env::{Environment, Limits, Network, Published, Spec};
 use crate::error::{GridError, GridResult};
-use crate::names::check_score_name;
-use crate::scorenames::ScoreNames;
 use crate::state::StateDir;
 use crate::users::Users;
+use env::door::Door;
+use env::{Environment, Limits, Network, Published, Spec};
+use options::SpawnOptions;
 
-/// The help line of the interactive prompt (as the original `gridorc` printed).
-pub const COMMANDS: &str = "scores [FILTER] | spawn NAME | spawndisk NAME | save ENV NEWNAME | invite USER ENV | boom ENV | status | exit";
-
-/// Node-wide settings.
+/// Settings of the environments a machine runs.
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Live environments allowed at once on this node.
+pub struct CpuConfig {
+    /// Live environments allowed at once.
     pub spawn_max: usize,
     /// RAM cache of `spawn`.
     pub ram_cache: u64,
@@ -56,24 +62,16 @@ pub struct NodeConfig {
     pub allow_rootful: bool,
 }
 
-impl Default for NodeConfig {
+impl Default for CpuConfig {
     fn default() -> Self {
-        let mut name = [0u8; 256];
-        // SAFETY: gethostname into a buffer of the given length.
-        let host = if unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0 {
-            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-            String::from_utf8_lossy(&name[..end]).into_owned()
-        } else {
-            "localhost".into()
-        };
-        NodeConfig {
+        CpuConfig {
             spawn_max: 5,
             ram_cache: 100 << 20,
             disk_cache: 1 << 30,
             limits: Limits::default(),
             env_ports: (20001, 20100),
             env_listen: "0.0.0.0".into(),
-            public_host: host,
+            public_host: host_name(),
             helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony")),
             allow_host_net: false,
             publish_ports: (30001, 30100),
@@ -83,33 +81,67 @@ impl Default for NodeConfig {
     }
 }
 
-/// What a command prints, and its exit status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reply {
-    pub out: String,
-    pub err: String,
-    pub status: u32,
+/// This machine's host name, or `localhost`.
+pub fn host_name() -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: gethostname into a buffer of the given length.
+    if unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0 {
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        String::from_utf8_lossy(&name[..end]).into_owned()
+    } else {
+        "localhost".into()
+    }
 }
 
-impl Reply {
-    fn ok(out: String) -> Reply {
-        Reply {
-            out,
-            err: String::new(),
-            status: 0,
+/// The keys that may log in to an environment as its owner.
+#[derive(Clone)]
+pub enum OwnerKeys {
+    /// As the node's users file says at each login (a single node, where
+    /// the file is local).
+    Registry(Users),
+    /// The owner's keys as the storage node sent them with the spawn.
+    Given(Vec<PublicKey>),
+}
+
+impl OwnerKeys {
+    /// Parses OpenSSH public key lines; a line that is not one is an error.
+    pub fn parse(lines: &[String]) -> GridResult<OwnerKeys> {
+        let keys = lines
+            .iter()
+            .map(|l| {
+                PublicKey::from_openssh(l.trim())
+                    .map_err(|e| GridError::refused(format!("a login key of the owner: {e}")))
+            })
+            .collect::<GridResult<Vec<_>>>()?;
+        Ok(OwnerKeys::Given(keys))
+    }
+
+    pub fn admits(&self, owner: &str, key: &PublicKey) -> bool {
+        match self {
+            OwnerKeys::Registry(users) => {
+                matches!(users.owner_of(key), Ok(Some(user)) if user == owner)
+            }
+            OwnerKeys::Given(keys) => keys.iter().any(|k| k.key_data() == key.key_data()),
         }
     }
-    fn fail(err: impl Into<String>) -> Reply {
-        let mut err = err.into();
-        if !err.ends_with('\n') {
-            err.push('\n');
-        }
-        Reply {
-            out: String::new(),
-            err,
-            status: 1,
-        }
-    }
+}
+
+/// A spawn, as the storage service hands it over.
+pub struct SpawnRequest<'a> {
+    pub user: &'a str,
+    /// The environment's name: the name it was spawned from.
+    pub name: &'a str,
+    pub root: Score,
+    /// A disk cache (`spawndisk`) rather than RAM.
+    pub disk: bool,
+    /// `memory=`, `net=`, … as the user gave them.
+    pub options: &'a [String],
+    pub keys: OwnerKeys,
+    /// Where the root's blocks are read from and saves are written to.
+    pub store: Arc<dyn BlockStore>,
+    /// How `status` tells of N blocks the store had to fetch from
+    /// elsewhere (none: it does not).
+    pub fetched_note: Option<fn(u64) -> String>,
 }
 
 /// A live environment: a fossil over a saved root, mounted for its owner,
@@ -130,17 +162,17 @@ struct Env {
     published: Vec<Published>,
     /// A rootless environment's claim on its host ids; released after the
     /// environment and its mount have ended (the fields drop last).
-    ids: Option<crate::env::userns::Lease>,
-    /// Blocks its file system had to fetch from a peer (on a node that
-    /// reads through while it catches up).
-    peer_reads: Arc<std::sync::atomic::AtomicU64>,
+    ids: Option<env::userns::Lease>,
+    /// Blocks its file system had to fetch from elsewhere.
+    fetched: Arc<AtomicU64>,
+    fetched_note: Option<fn(u64) -> String>,
 }
 
-/// The node's store as one environment sees it, counting the blocks that
-/// came from a peer rather than this node's disk.
+/// The store as one environment sees it, counting the blocks that came
+/// from elsewhere (a peer, a storage node) rather than local disk.
 struct EnvStore {
     inner: Arc<dyn BlockStore>,
-    peer_reads: Arc<std::sync::atomic::AtomicU64>,
+    fetched: Arc<AtomicU64>,
 }
 
 impl BlockStore for EnvStore {
@@ -149,16 +181,12 @@ impl BlockStore for EnvStore {
         score: &Score,
         ty: venti::BlockType,
     ) -> Result<Option<Vec<u8>>, venti::StoreError> {
-        Ok(self
-            .inner
-            .read_sourced(score, ty)?
-            .map(|(data, from_peer)| {
-                if from_peer {
-                    self.peer_reads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                data
-            }))
+        Ok(self.inner.read_sourced(score, ty)?.map(|(data, far)| {
+            if far {
+                self.fetched.fetch_add(1, Ordering::Relaxed);
+            }
+            data
+        }))
     }
     fn write(&self, ty: venti::BlockType, data: &[u8]) -> Result<Score, venti::StoreError> {
         self.inner.write(ty, data)
@@ -168,23 +196,19 @@ impl BlockStore for EnvStore {
     }
 }
 
-/// What a `spawn` asks for beyond the root.
-struct SpawnOptions {
-    limits: Limits,
-    network: Network,
-    /// A user namespace of its own.
-    rootless: bool,
-    /// Environment ports to publish at node ports.
-    publish: Vec<u16>,
+/// One environment as [`Environments::running`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub user: String,
+    pub name: String,
+    pub root: Score,
+    pub login: String,
 }
 
-const SPAWN_USAGE: &str =
-    "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]… [userns=yes|no]";
-
-pub struct Node {
+/// The environments of this machine.
+pub struct Environments {
     state: StateDir,
-    store: Arc<dyn BlockStore>,
-    config: NodeConfig,
+    config: CpuConfig,
     envs: Mutex<HashMap<(String, String), Env>>,
     /// Environments being spawned: counted against the limit and held
     /// against a second spawn of the same name, while their mounts and
@@ -196,16 +220,8 @@ pub struct Node {
     host_key: russh::keys::PrivateKey,
 }
 
-fn usage(text: &str) -> Reply {
-    Reply::fail(format!("usage: {text}"))
-}
-
-impl Node {
-    pub fn new(
-        state: StateDir,
-        store: Arc<dyn BlockStore>,
-        config: NodeConfig,
-    ) -> GridResult<Node> {
+impl Environments {
+    pub fn new(state: StateDir, config: CpuConfig) -> GridResult<Environments> {
         clear_stale_mounts(&state.root.join("mnt"));
         // The roots are mounted for every user (the kernel checks
         // permissions as for any root), and their archived owners may be
@@ -220,16 +236,15 @@ impl Node {
             })
             .map_err(|e| GridError::io(format!("making {} private", mounts.display()), e))?;
         clear_stale_cgroups(&node_id(&state));
-        let host_key = crate::sshd::host_key(&state.host_key())?;
+        let host_key = crate::ssh::host_key(&state.host_key())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("env-logins")
             .enable_all()
             .build()
             .map_err(|e| GridError::io("starting the environments' runtime", e))?;
-        Ok(Node {
+        Ok(Environments {
             state,
-            store,
             config,
             envs: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashSet::new()),
@@ -238,171 +253,18 @@ impl Node {
         })
     }
 
-    pub fn users(&self) -> Users {
-        self.state.users()
-    }
-
-    fn names(&self) -> ScoreNames {
-        self.state.scorenames()
+    pub fn config(&self) -> &CpuConfig {
+        &self.config
     }
 
     fn envs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Env>> {
         self.envs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs one command line for `user`.
-    pub fn run(&self, user: &str, line: &str) -> Reply {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let result = match words.as_slice() {
-            [] => return Reply::fail(format!("no command; commands: {COMMANDS}")),
-            ["scores"] => self.scores(user, None),
-            ["scores", filter] => self.scores(user, Some(filter)),
-            ["scores", ..] => return usage("scores [FILTER]"),
-            ["spawn", name, options @ ..] => self
-                .spawn_options(options)
-                .and_then(|o| self.spawn(user, name, false, o)),
-            ["spawn", ..] => return usage(&format!("spawn {SPAWN_USAGE}")),
-            ["spawndisk", name, options @ ..] => self
-                .spawn_options(options)
-                .and_then(|o| self.spawn(user, name, true, o)),
-            ["spawndisk", ..] => return usage(&format!("spawndisk {SPAWN_USAGE}")),
-            ["save", env, new] => self.save(user, env, new),
-            ["save", ..] => return usage("save ENV NEWNAME"),
-            ["invite", invitee, env] => self.invite(user, invitee, env),
-            ["invite", ..] => return usage("invite USER ENV"),
-            ["boom", env] => self.boom(user, env),
-            ["boom", ..] => return usage("boom ENV"),
-            ["status"] => self.status(user),
-            ["status", ..] => return usage("status"),
-            [other, ..] => {
-                return Reply::fail(format!("unknown command {other:?}; commands: {COMMANDS}"));
-            }
-        };
-        match result {
-            Ok(out) => Reply::ok(out),
-            Err(e) => {
-                tracing::info!(user, command = line, error = %e, "command refused");
-                Reply::fail(e.to_string())
-            }
-        }
-    }
-
-    /// The node's default limits with `memory=`, `pids=` and `cpu=` overrides,
-    /// the network (`net=`) and the ports to publish (`publish=`).
-    fn spawn_options(&self, words: &[&str]) -> GridResult<SpawnOptions> {
-        let mut limits = self.config.limits.clone();
-        let (mut network, mut publish) = (Network::Private, Vec::new());
-        let mut rootless = self.config.userns;
-        for w in words {
-            let bad = || {
-                GridError::refused(format!(
-                    "bad option {w:?}: use memory=SIZE (K/M/G, at least 4M), pids=N, cpu=WEIGHT (1-10000), \
-                     net=private|host, publish=PORT (1-65535) or userns=yes|no"
-                ))
-            };
-            let (key, value) = w.split_once('=').ok_or_else(bad)?;
-            match key {
-                "net" => {
-                    network = match value {
-                        "private" => Network::Private,
-                        "host" if self.config.allow_host_net => Network::Host,
-                        "host" => {
-                            return Err(GridError::refused(
-                                "net=host is not allowed on this node (its admin may start it with serve --allow-host-net)",
-                            ));
-                        }
-                        _ => return Err(bad()),
-                    }
-                }
-                "userns" => {
-                    rootless = match value {
-                        "yes" => true,
-                        "no" if self.config.allow_rootful || !self.config.userns => false,
-                        "no" => {
-                            return Err(GridError::refused(
-                                "userns=no is not allowed on this node (its admin may start it with serve --allow-rootful)",
-                            ));
-                        }
-                        _ => return Err(bad()),
-                    }
-                }
-                "publish" => {
-                    let port: u16 = value.parse().ok().filter(|&p| p > 0).ok_or_else(bad)?;
-                    if !publish.contains(&port) {
-                        publish.push(port);
-                    }
-                }
-                "memory" => {
-                    limits.memory = parse_size(value)
-                        .filter(|&m| m >= 4 << 20)
-                        .ok_or_else(bad)?
-                }
-                "pids" => {
-                    limits.pids = value
-                        .parse()
-                        .ok()
-                        .filter(|&n: &u64| n >= 1)
-                        .ok_or_else(bad)?
-                }
-                "cpu" => {
-                    limits.cpu_weight = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=10000).contains(n))
-                        .ok_or_else(bad)?
-                }
-                _ => return Err(bad()),
-            }
-        }
-        if network == Network::Host && !publish.is_empty() {
-            return Err(GridError::refused(
-                "publish= is for a private network: with net=host the environment's ports are the node's",
-            ));
-        }
-        Ok(SpawnOptions {
-            limits,
-            network,
-            rootless,
-            publish,
-        })
-    }
-
-    fn scores(&self, user: &str, filter: Option<&str>) -> GridResult<String> {
-        let mut out = String::new();
-        let renamed = self.names().renamed()?;
-        for name in self.names().names_for(user)? {
-            if filter.is_none_or(|f| name.contains(f)) {
-                out.push_str(&name);
-                // A binding that lost a replication conflict: say so, once
-                // per listing, so its owner knows where their root went.
-                if let Some(r) = renamed.iter().find(|r| r.shown_as == name) {
-                    let _ = write!(
-                        out,
-                        "\t(bound as {} on {}; another root holds that name)",
-                        r.bound_as, r.origin
-                    );
-                }
-                out.push('\n');
-            }
-        }
-        Ok(out)
-    }
-
-    fn spawn(
-        &self,
-        user: &str,
-        name: &str,
-        disk: bool,
-        options: SpawnOptions,
-    ) -> GridResult<String> {
-        check_score_name(name)?;
-        let binding = self
-            .names()
-            .lookup(name)?
-            .filter(|b| b.users.iter().any(|u| u == user));
-        let Some(binding) = binding else {
-            return Err(GridError::refused(format!("{name} not found for {user}")));
-        };
+    /// Starts an environment and returns what to tell its owner.
+    pub fn spawn(&self, req: SpawnRequest<'_>) -> GridResult<String> {
+        let options = options::parse(&self.config, req.options)?;
+        let (user, name) = (req.user, req.name);
         let key = (user.to_string(), name.to_string());
         let used: Vec<u16> = {
             let envs = self.envs();
@@ -432,7 +294,7 @@ impl Node {
             }
         }
         let _started = Started(&self.starting, key.clone());
-        let (config, cache_file) = if disk {
+        let (config, cache_file) = if req.disk {
             let path = self.state.cache_file(user, name);
             std::fs::create_dir_all(path.parent().expect("cache dir"))
                 .map_err(|e| GridError::io("creating the cache directory", e))?;
@@ -454,18 +316,18 @@ impl Node {
         };
         let ids = if options.rootless {
             Some(
-                crate::env::userns::Lease::claim()
+                env::userns::Lease::claim()
                     .map_err(|e| GridError::io("claiming ids for a rootless environment", e))?,
             )
         } else {
             None
         };
-        let peer_reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let fetched = Arc::new(AtomicU64::new(0));
         let store: Arc<dyn BlockStore> = Arc::new(EnvStore {
-            inner: self.store.clone(),
-            peer_reads: peer_reads.clone(),
+            inner: req.store.clone(),
+            fetched: fetched.clone(),
         });
-        let fs = Arc::new(Fs::open(store, binding.root, config)?);
+        let fs = Arc::new(Fs::open(store, req.root, config)?);
         let mountpoint = self.state.mount_dir(user, name);
         std::fs::create_dir_all(&mountpoint)
             .map_err(|e| GridError::io(format!("creating {}", mountpoint.display()), e))?;
@@ -473,7 +335,7 @@ impl Node {
             .map_err(|e| GridError::io(format!("mounting {}", mountpoint.display()), e))?;
         let mut env = Env {
             spawned_from: name.to_string(),
-            root: binding.root,
+            root: req.root,
             fs,
             session: Some(session),
             mountpoint: mountpoint.clone(),
@@ -486,12 +348,12 @@ impl Node {
             network: options.network.clone(),
             published: Vec::new(),
             ids,
-            peer_reads,
+            fetched,
+            fetched_note: req.fetched_note,
         };
-        // The cpu half: processes in namespaces on the mount, and a login.
-        // (A login port another spawn took meanwhile fails to bind and is
-        // passed over.)
-        match self.start_environment(user, name, &env, &options, &used) {
+        // Processes in namespaces on the mount, and a login. (A login port
+        // another spawn took meanwhile fails to bind and is passed over.)
+        match self.start_environment(user, name, &env, &options, &used, req.keys) {
             Ok((environment, stop, port)) => {
                 env.environment = Some(environment);
                 env.door_stop = Some(stop);
@@ -518,11 +380,11 @@ impl Node {
                 return Err(e);
             }
         }
-        tracing::info!(user, env = name, root = %binding.root, port = env.port, "spawned");
-        let kind = if disk { "disk" } else { "ram" };
+        tracing::info!(user, env = name, root = %req.root, port = env.port, "spawned");
+        let kind = if req.disk { "disk" } else { "ram" };
         let mut out = format!(
             "{name} spawned from vac:{} ({kind} cache); log in with:\n{}\n",
-            binding.root, env.login
+            req.root, env.login
         );
         for p in &env.published {
             let _ = writeln!(
@@ -543,6 +405,7 @@ impl Node {
         env: &Env,
         options: &SpawnOptions,
         used_ports: &[u16],
+        keys: OwnerKeys,
     ) -> GridResult<(Arc<Environment>, tokio::sync::oneshot::Sender<()>, u16)> {
         let hostname: String = name
             .chars()
@@ -599,16 +462,16 @@ impl Node {
         let _ = listener.set_nonblocking(true);
         let door = Arc::new(Door {
             owner: user.to_string(),
-            users: self.users(),
+            keys,
             env: environment.clone(),
             fs: env.fs.clone(),
-            shell: root_shell(&env.fs),
+            shell: rootfs::root_shell(&env.fs),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let key = self.host_key.clone();
         self.runtime.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => crate::env::door::serve(door, l, key, stop_rx).await,
+                Ok(l) => env::door::serve(door, l, key, stop_rx).await,
                 Err(e) => tracing::error!(error = %e, "environment login listener"),
             }
         });
@@ -656,52 +519,40 @@ impl Node {
             .ok_or_else(|| GridError::refused(format!("{env} is not running for {user}")))
     }
 
-    fn save(&self, user: &str, env: &str, new: &str) -> GridResult<String> {
-        check_score_name(new)?;
+    /// Saves the environment's current tree (its blocks durable in its
+    /// store) and returns the root's score; binding a name is the caller's.
+    pub fn save(&self, user: &str, env: &str) -> GridResult<Score> {
         let fs = self.env_fs(user, env)?;
-        if self.names().lookup(new)?.is_some() {
-            return Err(GridError::refused(format!(
-                "name {new} is taken: names are immutable, choose another"
-            )));
-        }
-        let report = fs.save()?;
-        self.names().bind(new, &report.score, &[user])?;
-        tracing::info!(user, env, name = new, root = %report.score, "saved");
-        Ok(format!("{new} saved\nvac:{}\n", report.score))
+        Ok(fs.save()?.score)
     }
 
-    fn invite(&self, user: &str, invitee: &str, env: &str) -> GridResult<String> {
+    /// Adds a login for `invitee` to the environment and saves it.
+    pub fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score> {
         let fs = self.env_fs(user, env)?;
-        if !self.users().exists(invitee)? {
-            return Err(GridError::refused(format!(
-                "no user {invitee} on this node"
-            )));
+        rootfs::add_login(&fs, invitee)?;
+        Ok(fs.save()?.score)
+    }
+
+    /// Ends `user`'s environment `env`; false if it was not running.
+    pub fn boom(&self, user: &str, env: &str) -> bool {
+        match self.envs().remove(&(user.to_string(), env.to_string())) {
+            Some(e) => {
+                end_env(user, env, e);
+                true
+            }
+            None => false,
         }
-        add_login(&fs, invitee)?;
-        let report = fs.save()?;
-        let name =
-            self.names()
-                .bind_unique(&format!("{env}+{invitee}"), &report.score, &[invitee])?;
-        tracing::info!(user, env, invitee, name = %name, "invited");
-        Ok(format!("{invitee} invited: {name}\nvac:{}\n", report.score))
     }
 
-    fn boom(&self, user: &str, env: &str) -> GridResult<String> {
-        let Some(e) = self.envs().remove(&(user.to_string(), env.to_string())) else {
-            return Ok(format!("{env} is not running\n"));
-        };
-        end_env(user, env, e);
-        Ok(format!("{env} BOOMed\n"))
-    }
-
-    fn status(&self, user: &str) -> GridResult<String> {
+    /// `status` lines of `user`'s environments (of those in `only`, if given).
+    pub fn status(&self, user: &str, only: Option<&[String]>) -> String {
         let envs = self.envs();
-        let mut mine: Vec<_> = envs.iter().filter(|((u, _), _)| u == user).collect();
+        let mut mine: Vec<_> = envs
+            .iter()
+            .filter(|((u, n), _)| u == user && only.is_none_or(|o| o.contains(n)))
+            .collect();
         mine.sort_by(|a, b| a.0.1.cmp(&b.0.1));
         let mut out = String::new();
-        if mine.is_empty() {
-            out.push_str("no environments running\n");
-        }
         for ((_, name), e) in mine {
             let u = e.fs.usage();
             let kind = if e.disk.is_some() { "disk" } else { "ram" };
@@ -736,17 +587,39 @@ impl Node {
                 up % 60,
                 e.fs.root_score()
             );
-            let from_peers = e.peer_reads.load(std::sync::atomic::Ordering::Relaxed);
-            if from_peers > 0 {
+            let fetched = e.fetched.load(Ordering::Relaxed);
+            if let Some(note) = e.fetched_note
+                && fetched > 0
+            {
                 // The line above ends with a newline; say it on a line of
                 // its own so the fields stay where scripts expect them.
-                let _ = writeln!(
-                    out,
-                    "{name}\tdepends on a peer: {from_peers} blocks read through (this node is still catching up)"
-                );
+                let _ = writeln!(out, "{name}\t{}", note(fetched));
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// Every live environment.
+    pub fn running(&self) -> Vec<Running> {
+        let mut all: Vec<Running> = self
+            .envs()
+            .iter()
+            .map(|((user, name), e)| Running {
+                user: user.clone(),
+                name: name.clone(),
+                root: e.root,
+                login: e.login.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
+        all
+    }
+
+    /// Number of live environments, and of those starting.
+    pub fn load(&self) -> (usize, usize) {
+        let envs = self.envs();
+        let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        (envs.len(), starting.len())
     }
 
     /// Number of live environments.
@@ -826,118 +699,6 @@ fn clear_stale_mounts(under: &std::path::Path) {
     }
 }
 
-/// Adds `user` to the environment's /etc/passwd and /etc/group (creating
-/// them if needed) and makes /home/USER.
-fn add_login(fs: &Fs, user: &str) -> GridResult<()> {
-    let etc = match fs.lookup(ROOT_INO, "etc") {
-        Ok(a) => a.ino,
-        Err(_) => fs.mkdir(ROOT_INO, "etc", 0o755, 0, 0)?.ino,
-    };
-    let read_all = |name: &str| -> GridResult<Option<(u64, String)>> {
-        match fs.lookup(etc, name) {
-            Ok(a) if a.kind == FileKind::File => {
-                let data = fs.read(a.ino, 0, a.size as u32)?;
-                Ok(Some((a.ino, String::from_utf8_lossy(&data).into_owned())))
-            }
-            Ok(_) => Err(GridError::refused(format!(
-                "/etc/{name} in the environment is not a file"
-            ))),
-            Err(_) => Ok(None),
-        }
-    };
-    let passwd = read_all("passwd")?;
-    let text = passwd.as_ref().map(|(_, t)| t.as_str()).unwrap_or("");
-    if let Some(line) = text.lines().find(|l| l.split(':').next() == Some(user)) {
-        tracing::info!(user, line, "already in the environment's passwd");
-        return Ok(());
-    }
-    let uid = text
-        .lines()
-        .filter_map(|l| l.split(':').nth(2)?.parse::<u32>().ok())
-        .filter(|&u| (1000..60000).contains(&u))
-        .max()
-        .map_or(1000, |u| u + 1);
-    let append = |file: Option<(u64, String)>, name: &str, line: String| -> GridResult<()> {
-        let (ino, old) = match file {
-            Some(f) => f,
-            None => (fs.create(etc, name, 0o644, 0, 0)?.ino, String::new()),
-        };
-        let sep = if old.is_empty() || old.ends_with('\n') {
-            ""
-        } else {
-            "\n"
-        };
-        fs.write(ino, old.len() as u64, format!("{sep}{line}\n").as_bytes())?;
-        Ok(())
-    };
-    append(
-        passwd,
-        "passwd",
-        format!("{user}:x:{uid}:{uid}::/home/{user}:/bin/sh"),
-    )?;
-    append(read_all("group")?, "group", format!("{user}:x:{uid}:"))?;
-    let home = match fs.lookup(ROOT_INO, "home") {
-        Ok(a) => a.ino,
-        Err(_) => fs.mkdir(ROOT_INO, "home", 0o755, 0, 0)?.ino,
-    };
-    if fs.lookup(home, user).is_err() {
-        fs.mkdir(home, user, 0o755, uid, uid)?;
-    }
-    Ok(())
-}
-
-/// root's shell from the environment's /etc/passwd, else /bin/sh.
-fn root_shell(fs: &Fs) -> String {
-    read_file(fs, "etc/passwd", 1 << 20)
-        .and_then(|data| {
-            String::from_utf8_lossy(&data)
-                .lines()
-                .find(|l| l.starts_with("root:"))
-                .and_then(|l| l.split(':').nth(6))
-                .map(str::trim)
-                .filter(|s| s.starts_with('/'))
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "/bin/sh".into())
-}
-
-/// A regular file of the environment's root, read through the file system
-/// itself: no symlink is followed and nothing but a regular file is read, so
-/// a root cannot point the node at host files, FIFOs or endless devices.
-pub fn read_file(fs: &Fs, path: &str, limit: u64) -> Option<Vec<u8>> {
-    let mut ino = ROOT_INO;
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        let attr = fs.lookup(ino, part).ok()?;
-        let last = i + 1 == parts.len();
-        if (last && attr.kind != FileKind::File) || (!last && attr.kind != FileKind::Dir) {
-            return None;
-        }
-        ino = attr.ino;
-    }
-    let size = fs.getattr(ino).ok()?.size;
-    if size > limit {
-        return None;
-    }
-    fs.read(ino, 0, size as u32).ok()
-}
-
-/// `100M`, `1G`, `512K` or bytes (K, M, G, T are powers of 1024).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..split].parse().ok()?;
-    let mult = match t[split..].to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
 /// A short id of this node's state directory: cgroup names carry it, so two
 /// nodes on one machine never share a group.
 fn node_id(state: &StateDir) -> String {
@@ -974,23 +735,6 @@ fn clear_stale_cgroups(node_id: &str) {
             groups = stale.len(),
             "ending processes of environments left by an earlier run of the node"
         );
-        crate::env::Cgroups { dirs: stale }.remove();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("100M"), Some(100 << 20));
-        assert_eq!(parse_size("1G"), Some(1 << 30));
-        assert_eq!(parse_size("1MiB"), Some(1 << 20));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("2t"), Some(2 << 40));
-        for bad in ["", "M", "5Q", "-1M", "99999999999999999999G"] {
-            assert_eq!(parse_size(bad), None, "{bad:?}");
-        }
+        env::Cgroups { dirs: stale }.remove();
     }
 }

@@ -1,0 +1,568 @@
+//! A grid of one storage node and two cpu nodes, each on a host of its own
+//! (network namespaces on a bridge), run as an admin would: a grid CA,
+//! `colony serve --role storage` and `--role cpu`, users on OpenSSH.
+//!
+//! Invariants checked:
+//! * an environment runs where its spawn said, and only its owner logs in;
+//! * a name a save binds is never visible before every block of its root
+//!   is on the storage node (the tree reads back through its venti as soon
+//!   as the save returns);
+//! * a cpu node out of reach shows as lost, spawns go elsewhere, and when
+//!   it returns it runs exactly what the storage node still places there;
+//! * environments outlive a kill -9 of their storage node: reads wait for
+//!   it (and fail with EIO past the node's deadline), and its successor
+//!   adopts them;
+//! * the shared block cache stays within its bound, and a damaged entry is
+//!   fetched again, never served.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::grid::{
+    COLONY, Proc, SSH_OPTS, busybox_root, colony, grid_ca, random_tree, spawn_host, spawn_port,
+    wait_for,
+};
+use common::netns::{self, Hosts};
+
+const CONTROL_PORT: u16 = 17036;
+
+fn can_run() -> bool {
+    netns::available() && Path::new("/dev/fuse").exists()
+}
+
+/// host 0: storage node s1; hosts 1 and 2: cpu nodes c1 and c2.
+struct Split {
+    tmp: tempfile::TempDir,
+    hosts: Hosts,
+    s1: Proc,
+    c1: Proc,
+    c2: Proc,
+}
+
+impl Split {
+    fn new(c1_extra: &[&str], c2_extra: &[&str]) -> Split {
+        let tmp = tempfile::tempdir().unwrap();
+        grid_ca(
+            tmp.path(),
+            &[
+                ("s1", "storage"),
+                ("c1", "cpu"),
+                ("c2", "cpu"),
+                ("admin", "client"),
+            ],
+            &["alice", "bob"],
+        );
+        let hosts = Hosts::new(3);
+        let dir = |n: &str| tmp.path().join(n).display().to_string();
+        let s = &hosts.addrs[0];
+        let s1 = Proc::new(
+            "s1",
+            [
+                "serve",
+                "--role",
+                "storage",
+                "--listen",
+                &format!("{s}:16999"),
+                "--public-host",
+                s,
+                "--venti-listen",
+                &format!("tls!{s}!17034"),
+                "--cpu-listen",
+                &format!("tls!{s}!{CONTROL_PORT}"),
+                "--tls",
+                &dir("s1.tls"),
+                "--state",
+                &dir("s1.state"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let cpu = |i: usize, name: &str, extra: &[&str]| {
+            let addr = &hosts.addrs[i];
+            let mut args: Vec<String> = [
+                "serve",
+                "--role",
+                "cpu",
+                "--storage",
+                &format!("s1=tls!{s}!{CONTROL_PORT}"),
+                "--public-host",
+                addr,
+                "--env-ports",
+                "20001-20010",
+                "--tls",
+                &dir(&format!("{name}.tls")),
+                "--state",
+                &dir(&format!("{name}.state")),
+            ]
+            .map(String::from)
+            .to_vec();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            Proc::new(name, args)
+        };
+        let (c1, c2) = (cpu(1, "c1", c1_extra), cpu(2, "c2", c2_extra));
+        std::fs::create_dir_all(tmp.path().join("s1.state")).unwrap();
+        for user in ["alice", "bob"] {
+            colony(&[
+                "user",
+                "add",
+                user,
+                "--key",
+                &dir(&format!("{user}.pub")),
+                "--state",
+                &dir("s1.state"),
+            ]);
+        }
+        Split {
+            tmp,
+            hosts,
+            s1,
+            c1,
+            c2,
+        }
+    }
+
+    fn state(&self, node: &str) -> PathBuf {
+        self.tmp.path().join(format!("{node}.state"))
+    }
+
+    /// Imports `dir` as `name` for alice into the stopped storage node.
+    fn import(&self, name: &str, dir: &Path) -> String {
+        let out = colony(&[
+            "import",
+            name,
+            dir.to_str().unwrap(),
+            "--user",
+            "alice",
+            "--state",
+            self.state("s1").to_str().unwrap(),
+        ]);
+        out.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    fn start_s1(&mut self) {
+        let cmd = self.hosts.command(0, COLONY);
+        self.s1.start_with(env_logged(cmd), "listening on ");
+    }
+
+    fn start_cpu(&mut self, i: usize) {
+        let cmd = env_logged(self.hosts.command(i, COLONY));
+        let node = if i == 1 { &mut self.c1 } else { &mut self.c2 };
+        node.start_with(cmd, "cpu node ");
+    }
+
+    /// Waits until the storage node has seen `n` links from cpu nodes in
+    /// all (over all its runs).
+    fn wait_links(&self, n: usize) {
+        wait_for(20, &format!("{n} cpu node links"), || {
+            self.s1.log_count("cpu node linked") >= n
+        });
+    }
+
+    /// `ssh USER@s1 ARGS` to the storage node's front door.
+    fn door(&self, user: &str, args: &[&str]) -> Output {
+        let mut cmd = self.hosts.command(0, "ssh");
+        cmd.args(["-p", "16999", "-i"])
+            .arg(self.tmp.path().join(user))
+            .args(SSH_OPTS)
+            .arg("-T")
+            .arg(format!("{user}@{}", self.hosts.addrs[0]))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output().unwrap()
+    }
+
+    fn door_ok(&self, user: &str, args: &[&str]) -> String {
+        let out = self.door(user, args);
+        assert!(
+            out.status.success(),
+            "{user} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn door_err(&self, user: &str, args: &[&str]) -> String {
+        let out = self.door(user, args);
+        assert!(!out.status.success(), "{user} {args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Runs `command` in the environment a spawn `reply` logs in to, from
+    /// the storage node's host (as a user elsewhere in the grid would).
+    fn in_env(&self, user: &str, reply: &str, command: &str) -> Output {
+        let mut cmd = self.hosts.command(0, "ssh");
+        cmd.args(["-p", &spawn_port(reply).to_string(), "-i"])
+            .arg(self.tmp.path().join(user))
+            .args(SSH_OPTS)
+            .args(["-o", "ConnectTimeout=5", "-T"])
+            .arg(format!("{user}@{}", spawn_host(reply)))
+            .arg(command)
+            .stdin(Stdio::null());
+        cmd.output().unwrap()
+    }
+
+    fn in_env_ok(&self, user: &str, reply: &str, command: &str) -> String {
+        let out = self.in_env(user, reply, command);
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Reads the whole tree of `root` through the storage node's venti:
+    /// Ok only if every block is there.
+    fn read_tree(&self, root: &str) -> Result<String, String> {
+        let out = self
+            .hosts
+            .command(0, COLONY)
+            .env("COLONY_TLS", self.tmp.path().join("admin.tls"))
+            .args([
+                "unvac",
+                "-t",
+                "-h",
+                &format!("tls!{}!17034", self.hosts.addrs[0]),
+                root,
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn root_of(&self, name: &str) -> Option<String> {
+        let db = ndb::Db::open(&self.state("s1").join("scorenames")).ok()?;
+        db.entries()
+            .iter()
+            .find(|e| e.get("scorename") == Some(name))
+            .and_then(|e| e.get("rootscore").map(str::to_string))
+    }
+}
+
+fn env_logged(mut cmd: Command) -> Command {
+    cmd.env("COLONY_LOG", "info");
+    cmd
+}
+
+/// Flips a byte in the middle of every file of a cpu node's block cache.
+fn damage_cache(dir: &Path) -> usize {
+    let mut n = 0;
+    for sub in std::fs::read_dir(dir).unwrap().flatten() {
+        let Ok(files) = std::fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let mut bytes = std::fs::read(f.path()).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x5a;
+            std::fs::write(f.path(), &bytes).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+fn cache_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for sub in std::fs::read_dir(dir).unwrap().flatten() {
+        if let Ok(files) = std::fs::read_dir(sub.path()) {
+            n += files
+                .flatten()
+                .map(|f| f.metadata().unwrap().len())
+                .sum::<u64>();
+        }
+    }
+    n
+}
+
+#[test]
+fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::new(&[], &[]);
+    g.import(
+        "busybox",
+        &busybox_root(g.tmp.path(), "hello from the grid\n"),
+    );
+    g.start_s1();
+    g.start_cpu(1);
+    g.start_cpu(2);
+    g.wait_links(2);
+    let (c1, c2) = (g.hosts.addrs[1].clone(), g.hosts.addrs[2].clone());
+
+    // A spawn lands on a cpu node, not the storage node, and logs in there.
+    let first = g.door_ok("alice", &["spawn", "busybox"]);
+    let host = spawn_host(&first);
+    assert!(host == c1 || host == c2, "placed on {host}: {first}");
+    assert_eq!(
+        g.in_env_ok("alice", &first, "cat /etc/motd"),
+        "hello from the grid\n"
+    );
+    // Only its owner logs in; others are refused at the door and there.
+    assert!(!g.in_env("bob", &first, "true").status.success());
+    assert!(
+        g.door_err("bob", &["spawn", "busybox"])
+            .contains("not found for bob")
+    );
+    assert!(
+        g.door_err("alice", &["spawn", "busybox"])
+            .contains("already running"),
+        "one environment per name and user"
+    );
+
+    // Save there: the name is bound only once its blocks are on the
+    // storage node.
+    g.in_env_ok("alice", &first, "echo changed on a cpu node > /root/note");
+    let saved = g.door_ok("alice", &["save", "busybox", "withnote"]);
+    assert!(saved.starts_with("withnote saved"), "{saved}");
+    let root = g.root_of("withnote").expect("withnote bound");
+    let tree = g.read_tree(&root).expect("every block on the storage node");
+    assert!(tree.contains("root/note"), "{tree}");
+
+    // …and spawn the saved name on the other cpu node, by name.
+    let other = if host == c1 { "c2" } else { "c1" };
+    let other_addr = if host == c1 { &c2 } else { &c1 };
+    let second = g.door_ok(
+        "alice",
+        &["spawn", "withnote", &format!("node={other}"), "memory=64M"],
+    );
+    assert_eq!(&spawn_host(&second), other_addr, "{second}");
+    assert_eq!(
+        g.in_env_ok("alice", &second, "cat /root/note"),
+        "changed on a cpu node\n"
+    );
+
+    // status reaches both cpu nodes and says where each runs.
+    let status = g.door_ok("alice", &["status"]);
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(lines.len(), 2, "{status}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("busybox\t") && l.contains("on cpu ")),
+        "{status}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("withnote\t") && l.ends_with(&format!("on cpu {other}"))),
+        "{status}"
+    );
+    assert_eq!(g.door_ok("bob", &["status"]), "no environments running\n");
+
+    // invite reaches the environment's cpu node; bob spawns his copy.
+    let invited = g.door_ok("alice", &["invite", "bob", "busybox"]);
+    assert!(invited.contains("busybox+bob"), "{invited}");
+    let bobs = g.door_ok("bob", &["spawn", "busybox+bob", "node=c2"]);
+    assert_eq!(spawn_host(&bobs), c2);
+    assert!(
+        g.in_env_ok("bob", &bobs, "cat /etc/passwd")
+            .contains("bob:")
+    );
+    assert!(!g.in_env("alice", &bobs, "true").status.success());
+
+    // Placement errors name the problem.
+    assert!(
+        g.door_err("alice", &["spawn", "busybox+bob"])
+            .contains("not found for alice")
+    );
+    let err = g.door_err("alice", &["save", "nosuch", "x"]);
+    assert!(err.contains("nosuch is not running for alice"), "{err}");
+    g.door_ok("alice", &["boom", "withnote"]);
+    let err = g.door_err("alice", &["spawn", "withnote", "node=nope"]);
+    assert!(err.contains("no cpu node nope"), "{err}");
+    let err = g.door_err("alice", &["spawn", "withnote", "bogus=1"]);
+    assert!(err.contains("bad option"), "{err}");
+
+    // A warm cpu node: the boomed root spawns again from its cache, and a
+    // damaged cache entry is fetched again, never served.
+    let cpu_name = if host == c1 { "c1" } else { "c2" };
+    g.door_ok("alice", &["boom", "busybox"]);
+    let damaged = damage_cache(&g.state(cpu_name).join("blockcache"));
+    assert!(damaged > 0, "the cpu node cached blocks");
+    let again = g.door_ok("alice", &["spawn", "busybox", &format!("node={cpu_name}")]);
+    assert_eq!(
+        g.in_env_ok("alice", &again, "cat /etc/motd"),
+        "hello from the grid\n"
+    );
+    let node = if host == c1 { &g.c1 } else { &g.c2 };
+    assert!(
+        node.log_has("fails its score check"),
+        "the damage was noticed"
+    );
+    g.door_ok("alice", &["boom", "busybox"]);
+    g.door_ok("bob", &["boom", "busybox+bob"]);
+    assert_eq!(g.door_ok("alice", &["status"]), "no environments running\n");
+}
+
+#[test]
+fn a_lost_cpu_node_shows_in_status_and_is_reconciled_when_it_returns() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::new(&[], &[]);
+    let root = busybox_root(g.tmp.path(), "lost and found\n");
+    g.import("one", &root);
+    g.import("two", &root);
+    g.import("three", &root);
+    g.start_s1();
+    g.start_cpu(1);
+    g.start_cpu(2);
+    g.wait_links(2);
+    let (c1, c2) = (g.hosts.addrs[1].clone(), g.hosts.addrs[2].clone());
+
+    let one = g.door_ok("alice", &["spawn", "one", "node=c1"]);
+    assert_eq!(spawn_host(&one), c1);
+    g.in_env_ok("alice", &one, "true");
+
+    // Cut c1 off: it shows as lost, with when it was last seen.
+    g.hosts.cut(1);
+    wait_for(15, "c1 lost", || {
+        g.door_ok("alice", &["status"])
+            .contains("lost: cpu node c1 out of reach, last seen")
+    });
+    // New spawns go elsewhere; commands to its environments say why not.
+    let two = g.door_ok("alice", &["spawn", "two"]);
+    assert_eq!(spawn_host(&two), c2, "{two}");
+    let err = g.door_err("alice", &["save", "one", "x"]);
+    assert!(err.contains("which was lost"), "{err}");
+    let err = g.door_err("alice", &["spawn", "one"]);
+    assert!(err.contains("out of reach; boom it"), "{err}");
+    // Boomed while out of reach: the grid no longer places it there.
+    assert_eq!(g.door_ok("alice", &["boom", "one"]), "one BOOMed\n");
+
+    // When it returns, it ends what it should no longer run.
+    g.hosts.heal(1);
+    wait_for(20, "c1 ends `one`", || {
+        g.c1.log_has("environment ended") && g.s1.log_count("cpu node linked") >= 3
+    });
+    let status = g.door_ok("alice", &["status"]);
+    assert!(!status.contains("one\t"), "{status}");
+    assert!(!g.in_env("alice", &one, "true").status.success());
+    // …and takes spawns again.
+    let three = g.door_ok("alice", &["spawn", "three", "node=c1"]);
+    assert_eq!(spawn_host(&three), c1);
+
+    // kill -9 of c2 mid-session: lost, then its restart ends `two`, and
+    // the storage node's records say so.
+    g.c2.kill9();
+    wait_for(15, "c2 lost", || {
+        g.door_ok("alice", &["status"])
+            .contains("lost: cpu node c2 out of reach")
+    });
+    let links = g.s1.log_count("cpu node linked");
+    g.start_cpu(2);
+    wait_for(20, "c2 back", || g.s1.log_count("cpu node linked") > links);
+    let status = g.door_ok("alice", &["status"]);
+    assert!(
+        status.contains("two\tended: cpu node c2 restarted"),
+        "{status}"
+    );
+    assert!(status.contains("three\t"), "{status}");
+    // Said once; then two is simply not running, and spawns again.
+    assert!(!g.door_ok("alice", &["status"]).contains("two\t"));
+    let again = g.door_ok("alice", &["spawn", "two", "node=c2"]);
+    assert_eq!(
+        g.in_env_ok("alice", &again, "cat /etc/motd"),
+        "lost and found\n"
+    );
+}
+
+#[test]
+fn environments_outlive_a_storage_node_restart_and_the_cache_keeps_its_bound() {
+    if !can_run() {
+        return;
+    }
+    // c2 gives up on a missing block after 2 s and caches at most 1 MiB.
+    let mut g = Split::new(&[], &["--block-wait", "2", "--block-cache", "1M"]);
+    let root = busybox_root(g.tmp.path(), "outlives its storage\n");
+    let data = random_tree(g.tmp.path(), "data", 4);
+    std::fs::rename(&data, root.join("data")).unwrap();
+    let md5 = |f: &str| {
+        let out = Command::new("md5sum")
+            .arg(root.join("data").join(f))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()[..32].to_string()
+    };
+    g.import("big", &root);
+    g.import("big2", &root);
+    g.start_s1();
+    g.start_cpu(1);
+    g.start_cpu(2);
+    g.wait_links(2);
+
+    let on1 = g.door_ok("alice", &["spawn", "big", "node=c1"]);
+    let on2 = g.door_ok("alice", &["spawn", "big2", "node=c2"]);
+    let sum = |reply: &str, f: &str| {
+        g.in_env_ok("alice", reply, &format!("busybox md5sum /data/{f}"))[..32].to_string()
+    };
+    assert_eq!(sum(&on2, "f0"), md5("f0"));
+    assert_eq!(sum(&on2, "f3"), md5("f3"));
+    let held = cache_bytes(&g.state("c2").join("blockcache"));
+    assert!(held <= 1 << 20, "c2's cache holds {held} bytes");
+
+    // kill -9 of the storage node under running environments.
+    g.s1.kill9();
+    // A read on c1 of blocks it never fetched waits for the storage node…
+    let waiting = {
+        let mut cmd = g.hosts.command(0, "ssh");
+        cmd.args(["-p", &spawn_port(&on1).to_string(), "-i"])
+            .arg(g.tmp.path().join("alice"))
+            .args(SSH_OPTS)
+            .arg("-T")
+            .arg(format!("alice@{}", spawn_host(&on1)))
+            .arg("busybox md5sum /data/f1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    // …while on c2, with its 2 s deadline, it fails with EIO.
+    let failed = g.in_env("alice", &on2, "busybox md5sum /data/f1");
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("Input/output error"), "{err}");
+
+    let links = g.s1.log_count("cpu node linked");
+    g.start_s1();
+    // The failed read did not end the environment: with its storage node
+    // back, the same environment reads on.
+    assert_eq!(
+        g.in_env_ok("alice", &on2, "cat /etc/motd"),
+        "outlives its storage\n"
+    );
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap()[..32], md5("f1"));
+    // The new storage process adopts both environments from their nodes.
+    wait_for(20, "both cpu nodes back", || {
+        g.s1.log_count("cpu node linked") >= links + 2
+    });
+    let status = g.door_ok("alice", &["status"]);
+    assert!(
+        status.contains("big\t") && status.contains("on cpu c1"),
+        "{status}"
+    );
+    assert!(
+        status.contains("big2\t") && status.contains("on cpu c2"),
+        "{status}"
+    );
+    g.in_env_ok("alice", &on1, "echo after the restart > /root/later");
+    g.door_ok("alice", &["save", "big", "later"]);
+    let root = g.root_of("later").unwrap();
+    assert!(g.read_tree(&root).unwrap().contains("root/later"));
+    std::thread::sleep(Duration::from_millis(10));
+}

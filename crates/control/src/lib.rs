@@ -1,0 +1,534 @@
+//! The control link between a storage node and its cpu nodes: the
+//! original's `gridsvc` hubs (`sto.in`, `cpu.in`, … read and written with
+//! sleeps and polling), as typed requests and replies on one mutual-TLS
+//! connection that the cpu node dials.
+//!
+//! Every frame is `length[4] kind[1] body`, big-endian, the length counting
+//! kind and body:
+//!
+//! ```text
+//! cpu node                                  storage node
+//! Hello(version, node, slots, held) →        who it is, its room, what it runs
+//!                                   ←  Welcome(node, venti)    where to read blocks
+//!                                   ←  Request(id, deadline, request)
+//! Reply(id, answer or error)        →        in any order; id correlates
+//! Load(running, slots)              →        after every change
+//! Ping(seq) ↔ Pong(seq)                      either side, to notice a dead link
+//! Error(text)                       ↔        instead of anything, then close
+//! ```
+//!
+//! A request whose deadline passes is answered by the storage node's side
+//! with an error of its own; a late reply is dropped. Decoding never panics
+//! and never allocates more than the frame holds.
+
+use venti::{SCORE_SIZE, Score};
+
+/// The protocol version both sides must speak.
+pub const VERSION: u8 = 1;
+/// How often each side pings; a link silent for three times this is dead.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The largest frame accepted.
+pub const MAX_FRAME: usize = 1 << 20;
+/// The most items of one list (environments held, options, keys).
+pub const MAX_ITEMS: usize = 4096;
+
+/// An environment a cpu node runs, as it reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub user: String,
+    pub name: String,
+    pub root: Score,
+    pub login: String,
+}
+
+/// What a storage node asks of a cpu node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Spawn {
+        user: String,
+        name: String,
+        root: Score,
+        disk: bool,
+        options: Vec<String>,
+        /// The owner's OpenSSH public keys: who may log in.
+        keys: Vec<String>,
+    },
+    Save {
+        user: String,
+        env: String,
+    },
+    Invite {
+        user: String,
+        env: String,
+        invitee: String,
+    },
+    Boom {
+        user: String,
+        env: String,
+    },
+    /// `status` lines of these environments of the user.
+    Status {
+        user: String,
+        envs: Vec<String>,
+    },
+}
+
+impl Request {
+    /// The request's name, for logs and events.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Spawn { .. } => "spawn",
+            Request::Save { .. } => "save",
+            Request::Invite { .. } => "invite",
+            Request::Boom { .. } => "boom",
+            Request::Status { .. } => "status",
+        }
+    }
+}
+
+/// A cpu node's answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `text` for the user; `login` the command that logs in.
+    Spawned {
+        text: String,
+        login: String,
+    },
+    /// The saved root; its blocks are durable on the storage node.
+    Saved {
+        root: Score,
+    },
+    Boomed {
+        was_running: bool,
+    },
+    Status {
+        text: String,
+    },
+}
+
+/// Why a request failed, as the user should read it; `full` if the cpu
+/// node had no room (the storage node then tries another).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub full: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello {
+        version: u8,
+        node: String,
+        slots: u32,
+        held: Vec<Held>,
+    },
+    Welcome {
+        node: String,
+        /// The storage node's venti service, as the cpu node should dial it.
+        venti: String,
+    },
+    Request {
+        id: u64,
+        deadline_ms: u32,
+        request: Request,
+    },
+    Reply {
+        id: u64,
+        result: Result<Answer, Refusal>,
+    },
+    Load {
+        running: u32,
+        slots: u32,
+    },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed control frame: {0}")]
+pub struct FrameError(pub String);
+
+fn bad(why: impl Into<String>) -> FrameError {
+    FrameError(why.into())
+}
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const REQUEST: u8 = 3;
+const REPLY: u8 = 4;
+const LOAD: u8 = 5;
+const PING: u8 = 6;
+const PONG: u8 = 7;
+const ERROR: u8 = 8;
+
+const SPAWN: u8 = 1;
+const SAVE: u8 = 2;
+const INVITE: u8 = 3;
+const BOOM: u8 = 4;
+const STATUS: u8 = 5;
+
+const SPAWNED: u8 = 1;
+const SAVED: u8 = 2;
+const BOOMED: u8 = 3;
+const STATUS_TEXT: u8 = 4;
+const REFUSED: u8 = 0x80;
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn text(&mut self, t: &str) {
+        self.u32(t.len() as u32);
+        self.0.extend_from_slice(t.as_bytes());
+    }
+    fn score(&mut self, s: &Score) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn texts(&mut self, list: &[String]) {
+        self.u32(list.len() as u32);
+        for t in list {
+            self.text(t);
+        }
+    }
+}
+
+impl Frame {
+    /// The frame with its length prefix.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(vec![0; 4]);
+        match self {
+            Frame::Hello {
+                version,
+                node,
+                slots,
+                held,
+            } => {
+                w.u8(HELLO);
+                w.u8(*version);
+                w.text(node);
+                w.u32(*slots);
+                w.u32(held.len() as u32);
+                for h in held {
+                    w.text(&h.user);
+                    w.text(&h.name);
+                    w.score(&h.root);
+                    w.text(&h.login);
+                }
+            }
+            Frame::Welcome { node, venti } => {
+                w.u8(WELCOME);
+                w.text(node);
+                w.text(venti);
+            }
+            Frame::Request {
+                id,
+                deadline_ms,
+                request,
+            } => {
+                w.u8(REQUEST);
+                w.u64(*id);
+                w.u32(*deadline_ms);
+                match request {
+                    Request::Spawn {
+                        user,
+                        name,
+                        root,
+                        disk,
+                        options,
+                        keys,
+                    } => {
+                        w.u8(SPAWN);
+                        w.text(user);
+                        w.text(name);
+                        w.score(root);
+                        w.u8(u8::from(*disk));
+                        w.texts(options);
+                        w.texts(keys);
+                    }
+                    Request::Save { user, env } => {
+                        w.u8(SAVE);
+                        w.text(user);
+                        w.text(env);
+                    }
+                    Request::Invite { user, env, invitee } => {
+                        w.u8(INVITE);
+                        w.text(user);
+                        w.text(env);
+                        w.text(invitee);
+                    }
+                    Request::Boom { user, env } => {
+                        w.u8(BOOM);
+                        w.text(user);
+                        w.text(env);
+                    }
+                    Request::Status { user, envs } => {
+                        w.u8(STATUS);
+                        w.text(user);
+                        w.texts(envs);
+                    }
+                }
+            }
+            Frame::Reply { id, result } => {
+                w.u8(REPLY);
+                w.u64(*id);
+                match result {
+                    Ok(Answer::Spawned { text, login }) => {
+                        w.u8(SPAWNED);
+                        w.text(text);
+                        w.text(login);
+                    }
+                    Ok(Answer::Saved { root }) => {
+                        w.u8(SAVED);
+                        w.score(root);
+                    }
+                    Ok(Answer::Boomed { was_running }) => {
+                        w.u8(BOOMED);
+                        w.u8(u8::from(*was_running));
+                    }
+                    Ok(Answer::Status { text }) => {
+                        w.u8(STATUS_TEXT);
+                        w.text(text);
+                    }
+                    Err(r) => {
+                        w.u8(REFUSED);
+                        w.text(&r.message);
+                        w.u8(u8::from(r.full));
+                    }
+                }
+            }
+            Frame::Load { running, slots } => {
+                w.u8(LOAD);
+                w.u32(*running);
+                w.u32(*slots);
+            }
+            Frame::Ping { seq } => {
+                w.u8(PING);
+                w.u64(*seq);
+            }
+            Frame::Pong { seq } => {
+                w.u8(PONG);
+                w.u64(*seq);
+            }
+            Frame::Error { message } => {
+                w.u8(ERROR);
+                w.text(message);
+            }
+        }
+        let len = (w.0.len() - 4) as u32;
+        w.0[..4].copy_from_slice(&len.to_be_bytes());
+        w.0
+    }
+
+    /// Decodes a frame's body (kind and what follows, no length prefix).
+    pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
+        let mut r = Reader { b: body };
+        let frame = match r.u8()? {
+            HELLO => {
+                let version = r.u8()?;
+                let node = r.text()?;
+                let slots = r.u32()?;
+                // user, name, login lengths and the score at the least.
+                let n = r.count(12 + SCORE_SIZE)?;
+                let mut held = Vec::with_capacity(n);
+                for _ in 0..n {
+                    held.push(Held {
+                        user: r.text()?,
+                        name: r.text()?,
+                        root: r.score()?,
+                        login: r.text()?,
+                    });
+                }
+                Frame::Hello {
+                    version,
+                    node,
+                    slots,
+                    held,
+                }
+            }
+            WELCOME => Frame::Welcome {
+                node: r.text()?,
+                venti: r.text()?,
+            },
+            REQUEST => {
+                let id = r.u64()?;
+                let deadline_ms = r.u32()?;
+                let request = match r.u8()? {
+                    SPAWN => Request::Spawn {
+                        user: r.text()?,
+                        name: r.text()?,
+                        root: r.score()?,
+                        disk: r.flag()?,
+                        options: r.texts()?,
+                        keys: r.texts()?,
+                    },
+                    SAVE => Request::Save {
+                        user: r.text()?,
+                        env: r.text()?,
+                    },
+                    INVITE => Request::Invite {
+                        user: r.text()?,
+                        env: r.text()?,
+                        invitee: r.text()?,
+                    },
+                    BOOM => Request::Boom {
+                        user: r.text()?,
+                        env: r.text()?,
+                    },
+                    STATUS => Request::Status {
+                        user: r.text()?,
+                        envs: r.texts()?,
+                    },
+                    other => return Err(bad(format!("unknown request kind {other}"))),
+                };
+                Frame::Request {
+                    id,
+                    deadline_ms,
+                    request,
+                }
+            }
+            REPLY => {
+                let id = r.u64()?;
+                let result = match r.u8()? {
+                    SPAWNED => Ok(Answer::Spawned {
+                        text: r.text()?,
+                        login: r.text()?,
+                    }),
+                    SAVED => Ok(Answer::Saved { root: r.score()? }),
+                    BOOMED => Ok(Answer::Boomed {
+                        was_running: r.flag()?,
+                    }),
+                    STATUS_TEXT => Ok(Answer::Status { text: r.text()? }),
+                    REFUSED => Err(Refusal {
+                        message: r.text()?,
+                        full: r.flag()?,
+                    }),
+                    other => return Err(bad(format!("unknown reply kind {other}"))),
+                };
+                Frame::Reply { id, result }
+            }
+            LOAD => Frame::Load {
+                running: r.u32()?,
+                slots: r.u32()?,
+            },
+            PING => Frame::Ping { seq: r.u64()? },
+            PONG => Frame::Pong { seq: r.u64()? },
+            ERROR => Frame::Error { message: r.text()? },
+            other => return Err(bad(format!("unknown frame kind {other}"))),
+        };
+        if !r.b.is_empty() {
+            return Err(bad(format!("{} bytes after the end of a frame", r.b.len())));
+        }
+        Ok(frame)
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.b.len() < n {
+            return Err(bad(format!(
+                "frame cut short: {n} bytes wanted, {} left",
+                self.b.len()
+            )));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    fn flag(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(bad(format!("flag byte {v} is neither 0 nor 1"))),
+        }
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn score(&mut self) -> Result<Score, FrameError> {
+        Ok(Score::from_slice(self.take(SCORE_SIZE)?).expect("20 bytes"))
+    }
+    /// A count of items of at least `min_size` bytes each, checked against
+    /// what is left so a forged count cannot make us allocate.
+    fn count(&mut self, min_size: usize) -> Result<usize, FrameError> {
+        let n = self.u32()? as usize;
+        if n > MAX_ITEMS {
+            return Err(bad(format!("{n} items exceed the limit of {MAX_ITEMS}")));
+        }
+        if n * min_size > self.b.len() {
+            return Err(bad(format!(
+                "{n} items cannot fit in the {} bytes left",
+                self.b.len()
+            )));
+        }
+        Ok(n)
+    }
+    fn text(&mut self) -> Result<String, FrameError> {
+        let n = self.u32()? as usize;
+        let bytes = self.take(n)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| bad("text that is not UTF-8"))
+    }
+    fn texts(&mut self) -> Result<Vec<String>, FrameError> {
+        let n = self.count(4)?;
+        (0..n).map(|_| self.text()).collect()
+    }
+}
+
+fn invalid(e: FrameError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+/// Reads one frame from `r`.
+pub async fn read<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Frame, std::io::Error> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(invalid(bad(format!(
+            "a frame of {len} bytes (the limit is {MAX_FRAME})"
+        ))));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Frame::decode(&body).map_err(invalid)
+}
+
+/// Writes one frame to `w` and flushes it.
+pub async fn write<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &Frame,
+) -> Result<(), std::io::Error> {
+    use tokio::io::AsyncWriteExt;
+    w.write_all(&frame.encode()).await?;
+    w.flush().await
+}

@@ -1,0 +1,123 @@
+//! Control frames come from the network: decoding arbitrary bytes never
+//! panics, and every frame decodes to itself.
+
+use control::{Answer, Frame, Held, Refusal, Request};
+use proptest::prelude::*;
+use venti::Score;
+
+fn score() -> impl Strategy<Value = Score> {
+    any::<[u8; 20]>().prop_map(Score)
+}
+
+fn texts() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(".{0,12}", 0..5)
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (".{0,8}", ".{0,8}", score(), any::<bool>(), texts(), texts()).prop_map(
+            |(user, name, root, disk, options, keys)| Request::Spawn {
+                user,
+                name,
+                root,
+                disk,
+                options,
+                keys
+            }
+        ),
+        (".{0,8}", ".{0,8}").prop_map(|(user, env)| Request::Save { user, env }),
+        (".{0,8}", ".{0,8}", ".{0,8}").prop_map(|(user, env, invitee)| Request::Invite {
+            user,
+            env,
+            invitee
+        }),
+        (".{0,8}", ".{0,8}").prop_map(|(user, env)| Request::Boom { user, env }),
+        (".{0,8}", texts()).prop_map(|(user, envs)| Request::Status { user, envs }),
+    ]
+}
+
+fn answer() -> impl Strategy<Value = Result<Answer, Refusal>> {
+    prop_oneof![
+        (".{0,30}", ".{0,30}").prop_map(|(text, login)| Ok(Answer::Spawned { text, login })),
+        score().prop_map(|root| Ok(Answer::Saved { root })),
+        any::<bool>().prop_map(|was_running| Ok(Answer::Boomed { was_running })),
+        ".{0,30}".prop_map(|text| Ok(Answer::Status { text })),
+        (".{0,30}", any::<bool>()).prop_map(|(message, full)| Err(Refusal { message, full })),
+    ]
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (
+            any::<u8>(),
+            ".{0,10}",
+            any::<u32>(),
+            prop::collection::vec((".{0,6}", ".{0,6}", score(), ".{0,20}"), 0..4)
+        )
+            .prop_map(|(version, node, slots, held)| Frame::Hello {
+                version,
+                node,
+                slots,
+                held: held
+                    .into_iter()
+                    .map(|(user, name, root, login)| Held {
+                        user,
+                        name,
+                        root,
+                        login
+                    })
+                    .collect()
+            }),
+        (".{0,10}", ".{0,20}").prop_map(|(node, venti)| Frame::Welcome { node, venti }),
+        (any::<u64>(), any::<u32>(), request()).prop_map(|(id, deadline_ms, request)| {
+            Frame::Request {
+                id,
+                deadline_ms,
+                request,
+            }
+        }),
+        (any::<u64>(), answer()).prop_map(|(id, result)| Frame::Reply { id, result }),
+        (any::<u32>(), any::<u32>()).prop_map(|(running, slots)| Frame::Load { running, slots }),
+        any::<u64>().prop_map(|seq| Frame::Ping { seq }),
+        any::<u64>().prop_map(|seq| Frame::Pong { seq }),
+        ".{0,30}".prop_map(|message| Frame::Error { message }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_frame_decodes_to_itself(f in frame()) {
+        let bytes = f.encode();
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        prop_assert_eq!(len, bytes.len() - 4);
+        prop_assert_eq!(Frame::decode(&bytes[4..]).unwrap(), f);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Frame::decode(&bytes);
+    }
+
+    #[test]
+    fn a_cut_or_altered_frame_is_an_error_not_a_panic(f in frame(), cut in any::<prop::sample::Index>(), flip in any::<(prop::sample::Index, u8)>()) {
+        let bytes = f.encode();
+        let body = &bytes[4..];
+        let n = cut.index(body.len());
+        if n < body.len() {
+            prop_assert!(Frame::decode(&body[..n]).is_err());
+        }
+        let mut altered = body.to_vec();
+        let i = flip.0.index(altered.len());
+        altered[i] ^= flip.1;
+        let _ = Frame::decode(&altered);
+    }
+}
+
+#[test]
+fn a_forged_count_does_not_allocate() {
+    // A Hello claiming 4096 environments in a few bytes.
+    let mut body = vec![1u8, 1, 0, 0, 0, 1, b'c', 0, 0, 0, 1];
+    body.extend_from_slice(&4096u32.to_be_bytes());
+    let err = Frame::decode(&body).unwrap_err();
+    assert!(err.to_string().contains("cannot fit"), "{err}");
+}

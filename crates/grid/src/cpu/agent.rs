@@ -1,0 +1,369 @@
+//! A cpu node's side of the control link: it dials each of its storage
+//! nodes over mutual TLS, says what it runs and how much room it has, and
+//! serves their requests (spawn, save, invite, boom, status) with its
+//! environments. A link that drops is dialled again, with backoff, for as
+//! long as the node runs; the environments carry on meanwhile.
+//!
+//! Blocks come from the storage node's venti service (its address arrives
+//! in the Welcome), through the machine's persistent block cache, which
+//! every environment of every storage node shares.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use control::{Answer, Frame, Held, PING_EVERY, Refusal, Request};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use venti::{BlockCache, BlockStore, CachedStore, RemoteStore};
+
+use super::{Environments, OwnerKeys, SpawnRequest};
+use crate::error::GridError;
+
+/// A storage node to link to: its certificate's name and control address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageNode {
+    pub name: String,
+    pub addr: String,
+}
+
+impl StorageNode {
+    /// `NAME=ADDRESS`, e.g. `s1=tls!10.0.0.1!17036`.
+    pub fn parse(text: &str) -> Result<StorageNode, String> {
+        let (name, addr) = text.split_once('=').ok_or_else(|| {
+            format!("storage node {text:?}: use NAME=ADDRESS (e.g. s1=tls!10.0.0.1!17036)")
+        })?;
+        link::identity::check_name(name).map_err(|e| format!("storage node {text:?}: {e}"))?;
+        if addr.is_empty() {
+            return Err(format!("storage node {text:?} has no address"));
+        }
+        Ok(StorageNode {
+            name: name.into(),
+            addr: addr.into(),
+        })
+    }
+}
+
+pub struct Agent {
+    pub envs: Arc<Environments>,
+    pub link: Arc<link::Link>,
+    pub cache: Arc<BlockCache>,
+    /// How long a read waits for an unreachable storage node before EIO.
+    pub patience: Duration,
+    /// Which storage node placed each environment: each is told only of
+    /// its own.
+    placed_by: Mutex<HashMap<(String, String), String>>,
+    /// Each storage node's store, kept across links (it reconnects itself).
+    stores: Mutex<HashMap<String, Arc<dyn BlockStore>>>,
+    /// The live links, to tell every storage node of a change of load.
+    links: Mutex<HashMap<String, mpsc::UnboundedSender<Frame>>>,
+}
+
+impl Agent {
+    pub fn new(
+        envs: Arc<Environments>,
+        link: Arc<link::Link>,
+        cache: Arc<BlockCache>,
+        patience: Duration,
+    ) -> Arc<Agent> {
+        Arc::new(Agent {
+            envs,
+            link,
+            cache,
+            patience,
+            placed_by: Mutex::default(),
+            stores: Mutex::default(),
+            links: Mutex::default(),
+        })
+    }
+
+    fn held_for(&self, storage: &str) -> Vec<Held> {
+        let placed = self.placed_by.lock().unwrap_or_else(|p| p.into_inner());
+        self.envs
+            .running()
+            .into_iter()
+            .filter(|r| {
+                placed
+                    .get(&(r.user.clone(), r.name.clone()))
+                    .map(String::as_str)
+                    == Some(storage)
+            })
+            .map(|r| Held {
+                user: r.user,
+                name: r.name,
+                root: r.root,
+                login: r.login,
+            })
+            .collect()
+    }
+
+    fn load(&self) -> Frame {
+        let (running, starting) = self.envs.load();
+        Frame::Load {
+            running: (running + starting) as u32,
+            slots: self.envs.config().spawn_max as u32,
+        }
+    }
+
+    fn announce_load(&self) {
+        let frame = self.load();
+        for out in self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let _ = out.send(frame.clone());
+        }
+    }
+
+    /// The store of `storage`'s blocks, through the shared cache.
+    fn store(&self, storage: &str, venti: &str) -> Result<Arc<dyn BlockStore>, GridError> {
+        if let Some(s) = self
+            .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(storage)
+        {
+            return Ok(s.clone());
+        }
+        let remote = RemoteStore::connect(venti).map_err(|e| {
+            GridError::refused(format!(
+                "reaching storage node {storage}'s venti at {venti}: {e}"
+            ))
+        })?;
+        let store: Arc<dyn BlockStore> = Arc::new(CachedStore::new(
+            self.cache.clone(),
+            Arc::new(remote),
+            self.patience,
+        ));
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(storage.to_string(), store.clone());
+        Ok(store)
+    }
+
+    /// Serves one request of `storage` (blocking: environments start and
+    /// save synchronously).
+    fn handle(&self, storage: &str, venti: &str, request: Request) -> Result<Answer, Refusal> {
+        let refused = |e: GridError| {
+            let message = e.to_string();
+            Refusal {
+                full: message.starts_with("spawn limit reached"),
+                message,
+            }
+        };
+        match request {
+            Request::Spawn {
+                user,
+                name,
+                root,
+                disk,
+                options,
+                keys,
+            } => {
+                let keys = OwnerKeys::parse(&keys).map_err(refused)?;
+                let store = self.store(storage, venti).map_err(refused)?;
+                let text = self
+                    .envs
+                    .spawn(SpawnRequest {
+                        user: &user,
+                        name: &name,
+                        root,
+                        disk,
+                        options: &options,
+                        keys,
+                        store,
+                        fetched_note: None,
+                    })
+                    .map_err(refused)?;
+                let login = self
+                    .envs
+                    .running()
+                    .into_iter()
+                    .find(|r| r.user == user && r.name == name)
+                    .map(|r| r.login)
+                    .unwrap_or_default();
+                self.placed_by
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((user, name), storage.to_string());
+                self.announce_load();
+                Ok(Answer::Spawned { text, login })
+            }
+            Request::Save { user, env } => {
+                self.check_placed(storage, &user, &env)?;
+                let root = self.envs.save(&user, &env).map_err(refused)?;
+                Ok(Answer::Saved { root })
+            }
+            Request::Invite { user, env, invitee } => {
+                self.check_placed(storage, &user, &env)?;
+                let root = self.envs.invite(&user, &env, &invitee).map_err(refused)?;
+                Ok(Answer::Saved { root })
+            }
+            Request::Boom { user, env } => {
+                self.check_placed(storage, &user, &env)?;
+                let was_running = self.envs.boom(&user, &env);
+                self.placed_by
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(user, env));
+                self.announce_load();
+                Ok(Answer::Boomed { was_running })
+            }
+            Request::Status { user, envs } => {
+                let mine: Vec<String> = envs
+                    .into_iter()
+                    .filter(|e| self.check_placed(storage, &user, e).is_ok())
+                    .collect();
+                Ok(Answer::Status {
+                    text: self.envs.status(&user, Some(&mine)),
+                })
+            }
+        }
+    }
+
+    /// Storage nodes act only on the environments they placed.
+    fn check_placed(&self, storage: &str, user: &str, env: &str) -> Result<(), Refusal> {
+        let placed = self.placed_by.lock().unwrap_or_else(|p| p.into_inner());
+        match placed.get(&(user.to_string(), env.to_string())) {
+            Some(s) if s == storage => Ok(()),
+            Some(other) => Err(Refusal {
+                message: format!("{env} of {user} was placed here by storage node {other}"),
+                full: false,
+            }),
+            None => Err(Refusal {
+                message: format!("{env} is not running for {user}"),
+                full: false,
+            }),
+        }
+    }
+
+    /// Keeps a link to `storage` up for as long as the node runs.
+    pub async fn run(self: Arc<Self>, storage: StorageNode) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.clone().session(&storage).await {
+                Ok(()) => pause = Duration::from_millis(100),
+                Err(why) => {
+                    tracing::warn!(storage = %storage.name, addr = %storage.addr, error = %why, "control link");
+                }
+            }
+            self.links
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&storage.name);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One link: dial, hello, then requests until it drops.
+    async fn session(self: Arc<Self>, storage: &StorageNode) -> Result<(), String> {
+        let (_, addr) = venti::dial::parse_transport(&storage.addr).map_err(|e| e.to_string())?;
+        let socket = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        .map_err(|_| format!("no answer from {addr} within 5s"))?
+        .map_err(|e| format!("dialling {addr}: {e}"))?;
+        let _ = socket.set_nodelay(true);
+        let (stream, peer) = self
+            .link
+            .connect(socket, &[link::Role::Storage])
+            .await
+            .map_err(|e| e.to_string())?;
+        if peer.name != storage.name {
+            return Err(format!(
+                "{addr} is storage node {:?}, not {:?}",
+                peer.name, storage.name
+            ));
+        }
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let hello = Frame::Hello {
+            version: control::VERSION,
+            node: self.link.me.name.clone(),
+            slots: self.envs.config().spawn_max as u32,
+            held: self.held_for(&storage.name),
+        };
+        control::write(&mut wr, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        let venti =
+            match tokio::time::timeout(Duration::from_secs(10), control::read(&mut rd)).await {
+                Ok(Ok(Frame::Welcome { venti, .. })) => venti,
+                Ok(Ok(Frame::Error { message })) => return Err(format!("refused: {message}")),
+                Ok(Ok(other)) => return Err(format!("expected Welcome, got {other:?}")),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("no welcome within 10s".into()),
+            };
+        tracing::info!(storage = %storage.name, venti = %venti, "linked to storage node");
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+        let _ = out.send(self.load());
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(storage.name.clone(), out.clone());
+        let writer = tokio::spawn(async move {
+            let mut ping = tokio::time::interval(PING_EVERY);
+            let mut seq = 0;
+            loop {
+                let frame = tokio::select! {
+                    f = outgoing.recv() => match f { Some(f) => f, None => break },
+                    _ = ping.tick() => { seq += 1; Frame::Ping { seq } }
+                };
+                if control::write(&mut wr, &frame).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let result = loop {
+            let frame = match tokio::time::timeout(PING_EVERY * 3, control::read(&mut rd)).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => break Err(format!("link ended: {e}")),
+                Err(_) => break Err(format!("silent for {}s", (PING_EVERY * 3).as_secs())),
+            };
+            match frame {
+                Frame::Request { id, request, .. } => {
+                    let (agent, out, name, venti) = (
+                        self.clone(),
+                        out.clone(),
+                        storage.name.clone(),
+                        venti.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let verb = request.verb();
+                        let result = tokio::task::spawn_blocking(move || {
+                            agent.handle(&name, &venti, request)
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(Refusal {
+                                message: format!("internal error: {e}"),
+                                full: false,
+                            })
+                        });
+                        tracing::info!(target: "grid::events", request = verb, id, ok = result.is_ok(), "served a control request");
+                        let _ = out.send(Frame::Reply { id, result });
+                    });
+                }
+                Frame::Ping { seq } => {
+                    let _ = out.send(Frame::Pong { seq });
+                }
+                Frame::Pong { .. } => {}
+                Frame::Error { message } => break Err(format!("refused: {message}")),
+                other => {
+                    let _ = out.send(Frame::Error {
+                        message: "unexpected frame".into(),
+                    });
+                    break Err(format!("unexpected frame {other:?}"));
+                }
+            }
+        };
+        writer.abort();
+        result
+    }
+}

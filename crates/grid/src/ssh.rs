@@ -1,0 +1,53 @@
+//! SSH settings shared by the front door and the environments' logins, and
+//! the node's host key.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{PrivateKey, ssh_key};
+use russh::{MethodKind, MethodSet};
+
+use crate::error::{GridError, GridResult};
+
+/// Loads the host key, or makes and stores a new Ed25519 one (mode 0600).
+pub fn host_key(path: &Path) -> GridResult<PrivateKey> {
+    if path.exists() {
+        return PrivateKey::read_openssh_file(path)
+            .map_err(|e| GridError::refused(format!("host key {}: {e}", path.display())));
+    }
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .map_err(|e| GridError::io("reading /dev/urandom", e))?;
+    let key = PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
+    let text = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| GridError::refused(format!("encoding host key: {e}")))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| GridError::io(format!("writing {}", path.display()), e))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| GridError::io(format!("writing {}", path.display()), e))?;
+    tracing::info!(path = %path.display(), "made a new SSH host key");
+    Ok(key)
+}
+
+/// SSH settings shared by the front door and the environments' logins:
+/// public keys only, a short delay after a refused key.
+pub fn server_config(key: PrivateKey) -> Arc<russh::server::Config> {
+    Arc::new(russh::server::Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,62 @@
+//! Environments on the storage node's own machine (a node of role `both`,
+//! the single-node grid): the cpu service, reading the node's own store and
+//! admitting logins by the node's users file.
+
+use std::sync::Arc;
+
+use venti::{BlockStore, Score};
+
+use super::{Cpus, Spawn};
+use crate::cpu::{Environments, OwnerKeys, SpawnRequest};
+use crate::error::GridResult;
+use crate::users::Users;
+
+pub struct LocalCpus {
+    pub envs: Environments,
+    pub store: Arc<dyn BlockStore>,
+    pub users: Users,
+}
+
+impl Cpus for LocalCpus {
+    fn spawn(&self, spawn: Spawn<'_>) -> GridResult<String> {
+        self.envs.spawn(SpawnRequest {
+            user: spawn.user,
+            name: spawn.name,
+            root: spawn.root,
+            disk: spawn.disk,
+            options: spawn.options,
+            keys: OwnerKeys::Registry(self.users.clone()),
+            store: self.store.clone(),
+            // Only a node that reads through from peers fetches blocks.
+            fetched_note: Some(|n| {
+                format!(
+                    "depends on a peer: {n} blocks read through (this node is still catching up)"
+                )
+            }),
+        })
+    }
+
+    fn save(&self, user: &str, env: &str) -> GridResult<Score> {
+        self.envs.save(user, env)
+    }
+
+    fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score> {
+        self.envs.invite(user, env, invitee)
+    }
+
+    fn boom(&self, user: &str, env: &str) -> GridResult<bool> {
+        Ok(self.envs.boom(user, env))
+    }
+
+    fn status(&self, user: &str) -> GridResult<String> {
+        Ok(self.envs.status(user, None))
+    }
+
+    fn live(&self) -> usize {
+        self.envs.live()
+    }
+
+    fn shutdown(&self) {
+        self.envs.shutdown()
+    }
+}

@@ -1,0 +1,252 @@
+//! The storage service: users, names and the command set of the front door
+//! (scores, spawn, spawndisk, save, invite, boom, status). Each command runs
+//! for one authenticated user and returns what to print and the exit
+//! status; replies go only to that user.
+//!
+//! Where environments run is behind [`Cpus`]: on this machine ([`local`],
+//! a node of role `both`) or on the grid's cpu nodes ([`placement`]).
+//! Environments are per user: alice's `debian` and bob's `debian` are two
+//! different environments, and nobody can name, save, invite into or boom
+//! anyone else's.
+
+pub mod frontdoor;
+pub mod local;
+pub mod placement;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use venti::Score;
+
+use crate::cpu::options::SPAWN_USAGE;
+use crate::error::{GridError, GridResult};
+use crate::names::check_score_name;
+use crate::scorenames::ScoreNames;
+use crate::state::StateDir;
+use crate::users::Users;
+
+/// The help line of the interactive prompt (as the original `gridorc` printed).
+pub const COMMANDS: &str = "scores [FILTER] | spawn NAME | spawndisk NAME | save ENV NEWNAME | invite USER ENV | boom ENV | status | exit";
+
+/// What a command prints, and its exit status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub out: String,
+    pub err: String,
+    pub status: u32,
+}
+
+impl Reply {
+    fn ok(out: String) -> Reply {
+        Reply {
+            out,
+            err: String::new(),
+            status: 0,
+        }
+    }
+    fn fail(err: impl Into<String>) -> Reply {
+        let mut err = err.into();
+        if !err.ends_with('\n') {
+            err.push('\n');
+        }
+        Reply {
+            out: String::new(),
+            err,
+            status: 1,
+        }
+    }
+}
+
+/// A spawn the storage service has allowed: the user may spawn `name`,
+/// which is bound to `root`.
+pub struct Spawn<'a> {
+    pub user: &'a str,
+    pub name: &'a str,
+    pub root: Score,
+    pub disk: bool,
+    /// The spawn's options, unparsed: the machine that runs it judges them.
+    pub options: &'a [String],
+}
+
+/// Where environments run. Names and users are the storage service's; the
+/// environments, their logins and their saved trees are the cpus'.
+pub trait Cpus: Send + Sync {
+    /// Starts an environment; returns what to tell the user (the login).
+    fn spawn(&self, spawn: Spawn<'_>) -> GridResult<String>;
+    /// Saves the environment; its blocks are durable in the store when
+    /// this returns the root's score.
+    fn save(&self, user: &str, env: &str) -> GridResult<Score>;
+    /// Adds a login for `invitee` and saves.
+    fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score>;
+    /// Ends the environment; false if it was not running.
+    fn boom(&self, user: &str, env: &str) -> GridResult<bool>;
+    /// `status` lines of the user's environments.
+    fn status(&self, user: &str) -> GridResult<String>;
+    /// Live environments.
+    fn live(&self) -> usize;
+    /// Ends what runs here (the node is stopping).
+    fn shutdown(&self);
+}
+
+pub struct Node {
+    state: StateDir,
+    cpus: Arc<dyn Cpus>,
+}
+
+fn usage(text: &str) -> Reply {
+    Reply::fail(format!("usage: {text}"))
+}
+
+impl Node {
+    pub fn new(state: StateDir, cpus: Arc<dyn Cpus>) -> Node {
+        Node { state, cpus }
+    }
+
+    /// A node of role `both`: environments run on this machine, reading
+    /// `store` (the single-node grid).
+    pub fn local(
+        state: StateDir,
+        store: Arc<dyn venti::BlockStore>,
+        config: crate::cpu::CpuConfig,
+    ) -> GridResult<Node> {
+        let envs = crate::cpu::Environments::new(state.clone(), config)?;
+        let users = state.users();
+        let cpus = Arc::new(local::LocalCpus { envs, store, users });
+        Ok(Node::new(state, cpus))
+    }
+
+    pub fn users(&self) -> Users {
+        self.state.users()
+    }
+
+    fn names(&self) -> ScoreNames {
+        self.state.scorenames()
+    }
+
+    /// Runs one command line for `user`.
+    pub fn run(&self, user: &str, line: &str) -> Reply {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let result = match words.as_slice() {
+            [] => return Reply::fail(format!("no command; commands: {COMMANDS}")),
+            ["scores"] => self.scores(user, None),
+            ["scores", filter] => self.scores(user, Some(filter)),
+            ["scores", ..] => return usage("scores [FILTER]"),
+            ["spawn", name, options @ ..] => self.spawn(user, name, false, options),
+            ["spawn", ..] => return usage(&format!("spawn {SPAWN_USAGE}")),
+            ["spawndisk", name, options @ ..] => self.spawn(user, name, true, options),
+            ["spawndisk", ..] => return usage(&format!("spawndisk {SPAWN_USAGE}")),
+            ["save", env, new] => self.save(user, env, new),
+            ["save", ..] => return usage("save ENV NEWNAME"),
+            ["invite", invitee, env] => self.invite(user, invitee, env),
+            ["invite", ..] => return usage("invite USER ENV"),
+            ["boom", env] => self.boom(user, env),
+            ["boom", ..] => return usage("boom ENV"),
+            ["status"] => self.status(user),
+            ["status", ..] => return usage("status"),
+            [other, ..] => {
+                return Reply::fail(format!("unknown command {other:?}; commands: {COMMANDS}"));
+            }
+        };
+        match result {
+            Ok(out) => Reply::ok(out),
+            Err(e) => {
+                tracing::info!(user, command = line, error = %e, "command refused");
+                Reply::fail(e.to_string())
+            }
+        }
+    }
+
+    fn scores(&self, user: &str, filter: Option<&str>) -> GridResult<String> {
+        let mut out = String::new();
+        let renamed = self.names().renamed()?;
+        for name in self.names().names_for(user)? {
+            if filter.is_none_or(|f| name.contains(f)) {
+                out.push_str(&name);
+                // A binding that lost a replication conflict: say so, once
+                // per listing, so its owner knows where their root went.
+                if let Some(r) = renamed.iter().find(|r| r.shown_as == name) {
+                    let _ = write!(
+                        out,
+                        "\t(bound as {} on {}; another root holds that name)",
+                        r.bound_as, r.origin
+                    );
+                }
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
+    fn spawn(&self, user: &str, name: &str, disk: bool, options: &[&str]) -> GridResult<String> {
+        check_score_name(name)?;
+        let binding = self
+            .names()
+            .lookup(name)?
+            .filter(|b| b.users.iter().any(|u| u == user));
+        let Some(binding) = binding else {
+            return Err(GridError::refused(format!("{name} not found for {user}")));
+        };
+        let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        self.cpus.spawn(Spawn {
+            user,
+            name,
+            root: binding.root,
+            disk,
+            options: &options,
+        })
+    }
+
+    fn save(&self, user: &str, env: &str, new: &str) -> GridResult<String> {
+        check_score_name(new)?;
+        if self.names().lookup(new)?.is_some() {
+            return Err(GridError::refused(format!(
+                "name {new} is taken: names are immutable, choose another"
+            )));
+        }
+        let score = self.cpus.save(user, env)?;
+        self.names().bind(new, &score, &[user])?;
+        tracing::info!(user, env, name = new, root = %score, "saved");
+        Ok(format!("{new} saved\nvac:{score}\n"))
+    }
+
+    fn invite(&self, user: &str, invitee: &str, env: &str) -> GridResult<String> {
+        if !self.users().exists(invitee)? {
+            return Err(GridError::refused(format!(
+                "no user {invitee} on this node"
+            )));
+        }
+        let score = self.cpus.invite(user, env, invitee)?;
+        let name = self
+            .names()
+            .bind_unique(&format!("{env}+{invitee}"), &score, &[invitee])?;
+        tracing::info!(user, env, invitee, name = %name, "invited");
+        Ok(format!("{invitee} invited: {name}\nvac:{score}\n"))
+    }
+
+    fn boom(&self, user: &str, env: &str) -> GridResult<String> {
+        Ok(if self.cpus.boom(user, env)? {
+            format!("{env} BOOMed\n")
+        } else {
+            format!("{env} is not running\n")
+        })
+    }
+
+    fn status(&self, user: &str) -> GridResult<String> {
+        let out = self.cpus.status(user)?;
+        Ok(if out.is_empty() {
+            "no environments running\n".into()
+        } else {
+            out
+        })
+    }
+
+    /// Number of live environments.
+    pub fn live(&self) -> usize {
+        self.cpus.live()
+    }
+
+    /// Ends every live environment (daemon shutdown).
+    pub fn shutdown(&self) {
+        self.cpus.shutdown()
+    }
+}

@@ -1,0 +1,791 @@
+//! Environments on the grid's cpu nodes: a storage node of role `storage`
+//! places each spawn on one of the cpu nodes linked to it, and sends the
+//! environment's later commands to wherever it runs.
+//!
+//! Each cpu node dials in over mutual TLS ([`serve`]) and says what it runs
+//! and how much room it has. The pool keeps a record of every environment it
+//! placed; a cpu node whose link drops (or falls silent: pings every
+//! [`control::PING_EVERY`]) is *lost* — its environments show as lost in `status`,
+//! with the time it was last seen, and spawns go elsewhere. When it comes
+//! back, its report is reconciled with the records: what the pool still
+//! places there carries on, what was boomed or placed elsewhere meanwhile
+//! is ended, and records of environments it no longer runs (it restarted)
+//! are dropped with a notice to their owners. A storage node that restarts
+//! has no records: it adopts what its cpu nodes report, so environments
+//! outlive their storage node's restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use control::{Answer, Frame, Held, PING_EVERY, Refusal, Request};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use venti::Score;
+
+use super::{Cpus, Spawn};
+use crate::error::{GridError, GridResult};
+use crate::users::Users;
+
+/// How long the pool waits for each kind of request.
+#[derive(Debug, Clone)]
+pub struct Deadlines {
+    pub spawn: Duration,
+    pub save: Duration,
+    pub other: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            spawn: Duration::from_secs(60),
+            save: Duration::from_secs(300),
+            other: Duration::from_secs(15),
+        }
+    }
+}
+
+type Answered = std::sync::mpsc::Sender<Result<Answer, Refusal>>;
+
+/// A live link to a cpu node.
+struct Conn {
+    out: mpsc::UnboundedSender<Frame>,
+    pending: Arc<Mutex<HashMap<u64, Answered>>>,
+    /// Tells one link from the next of the same node.
+    generation: u64,
+}
+
+struct Cpu {
+    conn: Option<Conn>,
+    slots: u32,
+    running: u32,
+    last_seen: SystemTime,
+}
+
+/// Where the pool placed an environment.
+struct Placed {
+    cpu: String,
+    root: Score,
+    login: String,
+    /// The spawn has not answered yet.
+    starting: bool,
+}
+
+#[derive(Default)]
+struct State {
+    cpus: BTreeMap<String, Cpu>,
+    envs: HashMap<(String, String), Placed>,
+    /// (cpu, user, env) boomed while their node was out of reach: ended
+    /// when it returns.
+    ended: HashSet<(String, String, String)>,
+    /// What each user should be told at their next `status`.
+    notices: HashMap<String, Vec<String>>,
+}
+
+pub struct Pool {
+    /// This storage node's name (its certificate's).
+    pub node: String,
+    /// Its venti service as the cpu nodes should dial it.
+    pub venti: String,
+    pub users: Users,
+    pub deadlines: Deadlines,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    next_generation: AtomicU64,
+}
+
+/// A failed request: refused by the cpu node (`full`: for lack of room),
+/// or the node out of reach.
+enum CallError {
+    Refused(Refusal),
+    Unreachable(String),
+}
+
+impl From<CallError> for GridError {
+    fn from(e: CallError) -> GridError {
+        match e {
+            CallError::Refused(r) => GridError::refused(r.message),
+            CallError::Unreachable(why) => GridError::refused(why),
+        }
+    }
+}
+
+fn ago(t: SystemTime) -> String {
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default()
+        .as_secs();
+    format!("{}m{:02}s ago", secs / 60, secs % 60)
+}
+
+impl Pool {
+    pub fn new(node: String, venti: String, users: Users) -> Pool {
+        Pool {
+            node,
+            venti,
+            users,
+            deadlines: Deadlines::default(),
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            next_generation: AtomicU64::new(1),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `request` to `cpu` and waits for its answer until `deadline`.
+    fn call(&self, cpu: &str, request: Request, deadline: Duration) -> Result<Answer, CallError> {
+        let verb = request.verb();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let pending = {
+            let state = self.state();
+            let Some(conn) = state.cpus.get(cpu).and_then(|c| c.conn.as_ref()) else {
+                return Err(CallError::Unreachable(format!(
+                    "cpu node {cpu} is out of reach"
+                )));
+            };
+            conn.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, tx);
+            let frame = Frame::Request {
+                id,
+                deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
+                request,
+            };
+            if conn.out.send(frame).is_err() {
+                return Err(CallError::Unreachable(format!("cpu node {cpu} was lost")));
+            }
+            conn.pending.clone()
+        };
+        let started = Instant::now();
+        let result = rx.recv_timeout(deadline);
+        pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let outcome = match result {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(refusal)) => Err(CallError::Refused(refusal)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(CallError::Unreachable(format!(
+                    "cpu node {cpu} did not answer {verb} within {}s",
+                    deadline.as_secs()
+                )))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(CallError::Unreachable(
+                format!("cpu node {cpu} was lost during {verb}"),
+            )),
+        };
+        // The grid's event stream: every request and how it went.
+        tracing::info!(
+            target: "grid::events",
+            cpu,
+            request = verb,
+            id,
+            ms = started.elapsed().as_millis() as u64,
+            ok = outcome.is_ok(),
+            "control request"
+        );
+        outcome
+    }
+
+    /// The cpu node an environment of `user` runs on, if it is reachable.
+    fn placed(&self, user: &str, env: &str) -> GridResult<String> {
+        let state = self.state();
+        let Some(p) = state.envs.get(&(user.to_string(), env.to_string())) else {
+            return Err(GridError::refused(format!(
+                "{env} is not running for {user}"
+            )));
+        };
+        if p.starting {
+            return Err(GridError::refused(format!("{env} is still starting")));
+        }
+        match state.cpus.get(&p.cpu) {
+            Some(c) if c.conn.is_some() => Ok(p.cpu.clone()),
+            Some(c) => Err(GridError::refused(format!(
+                "{env} runs on cpu node {}, which was lost (last seen {})",
+                p.cpu,
+                ago(c.last_seen)
+            ))),
+            None => Err(GridError::refused(format!(
+                "{env} runs on cpu node {}, which is unknown here",
+                p.cpu
+            ))),
+        }
+    }
+
+    /// Cpu nodes to try for a spawn: the one named, or those with room,
+    /// least loaded first.
+    fn candidates(&self, named: Option<&str>) -> GridResult<Vec<String>> {
+        let state = self.state();
+        if let Some(name) = named {
+            return match state.cpus.get(name) {
+                Some(c) if c.conn.is_some() => Ok(vec![name.to_string()]),
+                Some(c) => Err(GridError::refused(format!(
+                    "cpu node {name} is out of reach (last seen {})",
+                    ago(c.last_seen)
+                ))),
+                None => Err(GridError::refused(format!(
+                    "no cpu node {name} in this grid; cpu nodes: {}",
+                    state.cpus.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))),
+            };
+        }
+        let mut open: Vec<(&String, &Cpu)> = state
+            .cpus
+            .iter()
+            .filter(|(_, c)| c.conn.is_some() && c.running < c.slots)
+            .collect();
+        // Fewest running per slot first; ties to the one with more room.
+        open.sort_by(|a, b| {
+            let load = |c: &Cpu| c.running as f64 / c.slots.max(1) as f64;
+            load(a.1)
+                .total_cmp(&load(b.1))
+                .then(b.1.slots.cmp(&a.1.slots))
+        });
+        if open.is_empty() {
+            return Err(GridError::refused(if state.cpus.is_empty() {
+                "no cpu node is linked to this storage node yet".to_string()
+            } else {
+                "every cpu node is full or out of reach; try again later".to_string()
+            }));
+        }
+        Ok(open.into_iter().map(|(n, _)| n.clone()).collect())
+    }
+
+    /// Accepts a cpu node's link: reconciles what it runs with the records,
+    /// then serves it until it drops.
+    async fn link<S>(self: Arc<Self>, stream: S, peer: link::Peer)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let hello = tokio::time::timeout(Duration::from_secs(10), control::read(&mut rd)).await;
+        let (slots, held) = match hello {
+            Ok(Ok(Frame::Hello {
+                version,
+                node,
+                slots,
+                held,
+            })) => {
+                if version != control::VERSION {
+                    let _ = refuse(
+                        &mut wr,
+                        format!(
+                            "control protocol version {version}; this storage node speaks {}",
+                            control::VERSION
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+                if node != peer.name {
+                    let _ = refuse(
+                        &mut wr,
+                        format!(
+                            "you say you are {node:?}, your certificate says {:?}",
+                            peer.name
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+                (slots, held)
+            }
+            Ok(Ok(other)) => {
+                let _ = refuse(&mut wr, format!("expected Hello, got {other:?}")).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(cpu = %peer.name, error = %e, "cpu node's hello");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(cpu = %peer.name, "cpu node sent no hello within 10s");
+                return;
+            }
+        };
+        let welcome = Frame::Welcome {
+            node: self.node.clone(),
+            venti: self.venti.clone(),
+        };
+        if control::write(&mut wr, &welcome).await.is_err() {
+            return;
+        }
+        let cpu = peer.name.clone();
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+        let pending: Arc<Mutex<HashMap<u64, Answered>>> = Arc::default();
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let to_end = self.reconcile(
+            &cpu,
+            slots,
+            &held,
+            Conn {
+                out: out.clone(),
+                pending: pending.clone(),
+                generation,
+            },
+        );
+        tracing::info!(target: "grid::events", cpu = %cpu, slots, running = held.len(), "cpu node linked");
+        // Ending what should not run there any more: requests like any other.
+        for (user, env) in to_end {
+            let pool = self.clone();
+            let cpu = cpu.clone();
+            tokio::task::spawn_blocking(move || {
+                tracing::info!(target: "grid::events", cpu = %cpu, user = %user, env = %env, "ending an environment the grid no longer places there");
+                let _ = pool.call(&cpu, Request::Boom { user, env }, pool.deadlines.other);
+            });
+        }
+        let writer = tokio::spawn(async move {
+            let mut ping = tokio::time::interval(PING_EVERY);
+            let mut seq = 0;
+            loop {
+                let frame = tokio::select! {
+                    f = outgoing.recv() => match f { Some(f) => f, None => break },
+                    _ = ping.tick() => { seq += 1; Frame::Ping { seq } }
+                };
+                if control::write(&mut wr, &frame).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        loop {
+            let frame = tokio::time::timeout(PING_EVERY * 3, control::read(&mut rd)).await;
+            let frame = match frame {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => {
+                    tracing::warn!(cpu = %cpu, error = %e, "cpu node link ended");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(cpu = %cpu, "cpu node silent for {}s; taking it as lost", (PING_EVERY * 3).as_secs());
+                    break;
+                }
+            };
+            match frame {
+                Frame::Reply { id, result } => {
+                    let waiter = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    if let Some(w) = waiter {
+                        let _ = w.send(result);
+                    }
+                }
+                Frame::Load { running, slots } => {
+                    if let Some(c) = self.state().cpus.get_mut(&cpu) {
+                        c.running = running;
+                        c.slots = slots;
+                    }
+                }
+                Frame::Ping { seq } => {
+                    let _ = out.send(Frame::Pong { seq });
+                }
+                Frame::Pong { .. } => {}
+                Frame::Error { message } => {
+                    tracing::warn!(cpu = %cpu, error = %message, "cpu node refused the link");
+                    break;
+                }
+                other => {
+                    tracing::warn!(cpu = %cpu, frame = ?other, "unexpected frame from a cpu node");
+                    let _ = out.send(Frame::Error {
+                        message: "unexpected frame".into(),
+                    });
+                    break;
+                }
+            }
+            if let Some(c) = self.state().cpus.get_mut(&cpu) {
+                c.last_seen = SystemTime::now();
+            }
+        }
+        writer.abort();
+        {
+            let mut state = self.state();
+            if let Some(c) = state.cpus.get_mut(&cpu)
+                && c.conn.as_ref().is_some_and(|k| k.generation == generation)
+            {
+                c.conn = None;
+            }
+        }
+        // Requests in flight fail now rather than at their deadlines.
+        pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        tracing::warn!(target: "grid::events", cpu = %cpu, "cpu node lost");
+    }
+
+    /// Records a cpu node's (re)link; returns what it must end.
+    fn reconcile(&self, cpu: &str, slots: u32, held: &[Held], conn: Conn) -> Vec<(String, String)> {
+        let mut state = self.state();
+        let mut end = Vec::new();
+        let reported: HashSet<(String, String)> = held
+            .iter()
+            .map(|h| (h.user.clone(), h.name.clone()))
+            .collect();
+        for h in held {
+            let key = (h.user.clone(), h.name.clone());
+            let ended = state
+                .ended
+                .remove(&(cpu.to_string(), h.user.clone(), h.name.clone()));
+            match state.envs.get(&key) {
+                Some(p) if p.cpu == cpu && !ended => {}
+                Some(_) => end.push(key),
+                None if ended => end.push(key),
+                None => {
+                    tracing::info!(target: "grid::events", cpu, user = %h.user, env = %h.name, "adopting an environment the cpu node runs");
+                    state.envs.insert(
+                        key,
+                        Placed {
+                            cpu: cpu.to_string(),
+                            root: h.root,
+                            login: h.login.clone(),
+                            starting: false,
+                        },
+                    );
+                }
+            }
+        }
+        let gone: Vec<(String, String)> = state
+            .envs
+            .iter()
+            .filter(|(k, p)| p.cpu == cpu && !p.starting && !reported.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (user, env) in gone {
+            state.envs.remove(&(user.clone(), env.clone()));
+            tracing::warn!(target: "grid::events", cpu, user = %user, env = %env, "environment ended: its cpu node restarted");
+            state.notices.entry(user).or_default().push(format!(
+                "{env}\tended: cpu node {cpu} restarted (unsaved changes are lost)\n"
+            ));
+        }
+        state.ended.retain(|(c, _, _)| c != cpu);
+        let running = state.envs.values().filter(|p| p.cpu == cpu).count() as u32;
+        state.cpus.insert(
+            cpu.to_string(),
+            Cpu {
+                conn: Some(conn),
+                slots,
+                running,
+                last_seen: SystemTime::now(),
+            },
+        );
+        end
+    }
+
+    /// The cpu nodes, for the admin: name, linked or lost, load.
+    pub fn cpus(&self) -> String {
+        let state = self.state();
+        let mut out = String::new();
+        for (name, c) in &state.cpus {
+            let _ = writeln!(
+                out,
+                "cpu {name}\t{}\t{}/{} environments",
+                if c.conn.is_some() {
+                    "linked".to_string()
+                } else {
+                    format!("lost, last seen {}", ago(c.last_seen))
+                },
+                c.running,
+                c.slots
+            );
+        }
+        out
+    }
+}
+
+async fn refuse<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    message: String,
+) -> std::io::Result<()> {
+    tracing::warn!(error = %message, "refusing a cpu node's link");
+    control::write(w, &Frame::Error { message }).await
+}
+
+/// Accepts cpu nodes' links on `listener` (mutual TLS, cpu certificates
+/// only) and serves them.
+pub async fn serve(pool: Arc<Pool>, link: Arc<link::Link>, listener: tokio::net::TcpListener) {
+    loop {
+        let (socket, addr) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a cpu node");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let (pool, link) = (pool.clone(), link.clone());
+        tokio::spawn(async move {
+            match link.accept(socket, addr, &[link::Role::Cpu]).await {
+                Ok((stream, peer)) => pool.link(stream, peer).await,
+                Err(e) => tracing::warn!(peer = %addr, error = %e, "refused a control link"),
+            }
+        });
+    }
+}
+
+impl Cpus for Pool {
+    fn spawn(&self, spawn: Spawn<'_>) -> GridResult<String> {
+        // node=NAME is the placement's; the rest is the cpu node's to judge.
+        let mut named = None;
+        let mut options = Vec::new();
+        for o in spawn.options {
+            match o.strip_prefix("node=") {
+                Some(n) => named = Some(n.to_string()),
+                None => options.push(o.clone()),
+            }
+        }
+        let key = (spawn.user.to_string(), spawn.name.to_string());
+        {
+            let state = self.state();
+            if let Some(p) = state.envs.get(&key) {
+                let lost = state.cpus.get(&p.cpu).is_none_or(|c| c.conn.is_none());
+                return Err(GridError::refused(if lost {
+                    format!(
+                        "{} is running on cpu node {}, which is out of reach; boom it to spawn it again",
+                        spawn.name, p.cpu
+                    )
+                } else {
+                    format!(
+                        "{} is already running; use save to clone it to a new name",
+                        spawn.name
+                    )
+                }));
+            }
+        }
+        let keys = self.users.keys_of(spawn.user)?;
+        let mut last = None;
+        for cpu in self.candidates(named.as_deref())? {
+            {
+                let mut state = self.state();
+                if state.envs.contains_key(&key) {
+                    return Err(GridError::refused(format!(
+                        "{} is already running; use save to clone it to a new name",
+                        spawn.name
+                    )));
+                }
+                state.envs.insert(
+                    key.clone(),
+                    Placed {
+                        cpu: cpu.clone(),
+                        root: spawn.root,
+                        login: String::new(),
+                        starting: true,
+                    },
+                );
+                if let Some(c) = state.cpus.get_mut(&cpu) {
+                    c.running += 1;
+                }
+            }
+            let request = Request::Spawn {
+                user: spawn.user.to_string(),
+                name: spawn.name.to_string(),
+                root: spawn.root,
+                disk: spawn.disk,
+                options: options.clone(),
+                keys: keys.clone(),
+            };
+            let result = self.call(&cpu, request, self.deadlines.spawn);
+            let mut state = self.state();
+            match result {
+                Ok(Answer::Spawned { text, login }) => {
+                    if let Some(p) = state.envs.get_mut(&key) {
+                        p.login = login;
+                        p.starting = false;
+                    }
+                    return Ok(text);
+                }
+                other => {
+                    state.envs.remove(&key);
+                    if let Some(c) = state.cpus.get_mut(&cpu) {
+                        c.running = c.running.saturating_sub(1);
+                    }
+                    match other {
+                        // No room after all (another storage node's spawns):
+                        // the next one may have it.
+                        Err(CallError::Refused(r)) if r.full && named.is_none() => {
+                            last = Some(GridError::refused(r.message))
+                        }
+                        Err(e) => return Err(e.into()),
+                        Ok(a) => {
+                            return Err(GridError::refused(format!(
+                                "cpu node {cpu} answered a spawn with {a:?}"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| GridError::refused("no cpu node could take the spawn")))
+    }
+
+    fn save(&self, user: &str, env: &str) -> GridResult<Score> {
+        let cpu = self.placed(user, env)?;
+        let request = Request::Save {
+            user: user.into(),
+            env: env.into(),
+        };
+        match self.call(&cpu, request, self.deadlines.save)? {
+            Answer::Saved { root } => Ok(root),
+            a => Err(GridError::refused(format!(
+                "cpu node {cpu} answered a save with {a:?}"
+            ))),
+        }
+    }
+
+    fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score> {
+        let cpu = self.placed(user, env)?;
+        let request = Request::Invite {
+            user: user.into(),
+            env: env.into(),
+            invitee: invitee.into(),
+        };
+        match self.call(&cpu, request, self.deadlines.save)? {
+            Answer::Saved { root } => Ok(root),
+            a => Err(GridError::refused(format!(
+                "cpu node {cpu} answered an invite with {a:?}"
+            ))),
+        }
+    }
+
+    fn boom(&self, user: &str, env: &str) -> GridResult<bool> {
+        let key = (user.to_string(), env.to_string());
+        let (cpu, reachable) = {
+            let state = self.state();
+            let Some(p) = state.envs.get(&key) else {
+                return Ok(false);
+            };
+            if p.starting {
+                return Err(GridError::refused(format!("{env} is still starting")));
+            }
+            let reachable = state.cpus.get(&p.cpu).is_some_and(|c| c.conn.is_some());
+            (p.cpu.clone(), reachable)
+        };
+        if reachable {
+            let request = Request::Boom {
+                user: user.into(),
+                env: env.into(),
+            };
+            match self.call(&cpu, request, self.deadlines.other) {
+                Ok(_) => {}
+                // Lost meanwhile: ended when it returns, as below.
+                Err(CallError::Unreachable(_)) => {
+                    self.state()
+                        .ended
+                        .insert((cpu.clone(), user.into(), env.into()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            self.state()
+                .ended
+                .insert((cpu.clone(), user.into(), env.into()));
+        }
+        let mut state = self.state();
+        state.envs.remove(&key);
+        if let Some(c) = state.cpus.get_mut(&cpu) {
+            c.running = c.running.saturating_sub(1);
+        }
+        Ok(true)
+    }
+
+    fn status(&self, user: &str) -> GridResult<String> {
+        let (mut by_cpu, notices) = {
+            let mut state = self.state();
+            let mut by_cpu: BTreeMap<String, Vec<(String, Score, String, bool)>> = BTreeMap::new();
+            for ((u, name), p) in &state.envs {
+                if u == user {
+                    by_cpu.entry(p.cpu.clone()).or_default().push((
+                        name.clone(),
+                        p.root,
+                        p.login.clone(),
+                        p.starting,
+                    ));
+                }
+            }
+            let reachable: HashMap<String, Option<SystemTime>> = by_cpu
+                .keys()
+                .map(|c| {
+                    let cpu = state.cpus.get(c);
+                    let lost = cpu.is_none_or(|c| c.conn.is_none());
+                    (
+                        c.clone(),
+                        lost.then(|| cpu.map_or(SystemTime::UNIX_EPOCH, |c| c.last_seen)),
+                    )
+                })
+                .collect();
+            let notices = state.notices.remove(user).unwrap_or_default();
+            (
+                by_cpu
+                    .into_iter()
+                    .map(|(c, envs)| {
+                        let lost = reachable.get(&c).copied().flatten();
+                        (c, envs, lost)
+                    })
+                    .collect::<Vec<_>>(),
+                notices,
+            )
+        };
+        let mut out = String::new();
+        for (cpu, envs, lost) in by_cpu.iter_mut() {
+            envs.sort();
+            let mut text = None;
+            if lost.is_none() {
+                let names = envs.iter().filter(|e| !e.3).map(|e| e.0.clone()).collect();
+                let request = Request::Status {
+                    user: user.into(),
+                    envs: names,
+                };
+                match self.call(cpu, request, self.deadlines.other) {
+                    Ok(Answer::Status { text: t }) => text = Some(t),
+                    Ok(_) | Err(CallError::Refused(_)) => {}
+                    Err(CallError::Unreachable(why)) => {
+                        *lost = Some(SystemTime::now());
+                        tracing::info!(cpu = %cpu, error = %why, "status");
+                    }
+                }
+            }
+            match (text, *lost) {
+                (Some(t), _) => {
+                    for line in t.lines() {
+                        let _ = writeln!(out, "{line}\ton cpu {cpu}");
+                    }
+                    for e in envs.iter().filter(|e| e.3) {
+                        let _ = writeln!(out, "{}\tstarting on cpu {cpu}", e.0);
+                    }
+                }
+                (None, seen) => {
+                    let seen = seen.map_or_else(|| "just now".to_string(), ago);
+                    for (name, root, login, _) in envs.iter() {
+                        let _ = writeln!(
+                            out,
+                            "{name}\tfrom vac:{root}\tlost: cpu node {cpu} out of reach, last seen {seen}\t{login}"
+                        );
+                    }
+                }
+            }
+        }
+        for n in notices {
+            out.push_str(&n);
+        }
+        Ok(out)
+    }
+
+    fn live(&self) -> usize {
+        self.state().envs.len()
+    }
+
+    fn shutdown(&self) {
+        // The environments are the cpu nodes': they outlive this storage
+        // node's restart, and its successor adopts them.
+        tracing::info!(
+            environments = self.live(),
+            "storage node stopping; environments on cpu nodes carry on"
+        );
+    }
+}
