@@ -95,6 +95,24 @@ pub enum BenchCommand {
         #[arg(long, default_value = "")]
         spawn_options: String,
     },
+    /// split: a storage node and a cpu node in this process over loopback
+    /// mutual TLS, direct and at a round trip: spawn to first output with
+    /// the cpu node's block cache cold and warm, and what it fetched.
+    /// Needs root.
+    Split {
+        /// A larger root to spawn besides busybox, e.g. a debootstrap
+        /// minbase (kept out of the repository and CI).
+        tree: Option<PathBuf>,
+        /// Repetitions; the median is printed.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Round trip of the far link, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        rtt_ms: u64,
+        /// Spawn options, e.g. "net=host userns=no" [default: the node's].
+        #[arg(long, default_value = "")]
+        spawn_options: String,
+    },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
     Vac {
@@ -120,6 +138,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
         BenchCommand::Vac { tree, dir, runs } => crate::bench_vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench_grid::run(&tree, runs),
+        BenchCommand::Split {
+            tree,
+            runs,
+            rtt_ms,
+            spawn_options,
+        } => crate::bench_split::run(tree.as_deref(), runs, rtt_ms, &spawn_options),
         BenchCommand::Link {
             blocks,
             runs,

@@ -7,6 +7,7 @@ mod bench_fossil;
 mod bench_grid;
 mod bench_link;
 mod bench_replica;
+mod bench_split;
 mod bench_vac;
 mod grid_cmd;
 mod link_cmd;

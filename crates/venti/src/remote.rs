@@ -62,7 +62,8 @@ struct Pending {
 /// A blocking, pipelining handle on a venti server. Do not use it from inside
 /// an async runtime: its methods block the calling thread.
 pub struct RemoteStore {
-    runtime: Runtime,
+    /// Always set; taken only by `drop`.
+    runtime: Option<Runtime>,
     /// Replaced by a fresh connection when the old one is lost.
     session: Mutex<Session>,
     addr: String,
@@ -75,6 +76,10 @@ pub struct RemoteStore {
 }
 
 impl RemoteStore {
+    fn rt(&self) -> &Runtime {
+        self.runtime.as_ref().expect("the runtime lives until drop")
+    }
+
     /// Connects to the server at `addr` (dial form or `host:port`).
     pub fn connect(addr: &str) -> Result<RemoteStore, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +91,7 @@ impl RemoteStore {
             .block_on(Client::connect(addr))
             .map_err(|e| StoreError::Remote(e.to_string()))?;
         Ok(RemoteStore {
-            runtime,
+            runtime: Some(runtime),
             session: Mutex::new(Session {
                 client,
                 generation: 0,
@@ -129,7 +134,7 @@ impl RemoteStore {
             }
         }
         tracing::info!(server = %self.addr, reason = %why, "venti connection lost; reconnecting");
-        let fresh = self.runtime.block_on(Client::connect(&self.addr))?;
+        let fresh = self.rt().block_on(Client::connect(&self.addr))?;
         let mut s = self.session.lock().expect("remote store lock");
         if s.generation == lost {
             s.client = fresh;
@@ -179,7 +184,7 @@ impl RemoteStore {
     /// Waits for every queued write.
     fn drain_writes(&self) {
         let mut writes = std::mem::take(&mut *self.writes.lock().expect("remote store lock"));
-        self.runtime.block_on(async {
+        self.rt().block_on(async {
             while let Some(done) = writes.join_next().await {
                 self.note(done);
             }
@@ -208,7 +213,7 @@ impl RemoteStore {
             "writing again the unsynced blocks of a lost venti connection"
         );
         let indices: Vec<usize> = stale.iter().map(|(i, _, _)| *i).collect();
-        self.runtime.block_on(async {
+        self.rt().block_on(async {
             let mut set = JoinSet::new();
             for (_, ty, data) in stale {
                 let client = client.clone();
@@ -237,12 +242,24 @@ impl RemoteStore {
     }
 }
 
+impl Drop for RemoteStore {
+    fn drop(&mut self) {
+        // A runtime may not be dropped on an async thread (a store held by
+        // a task that ends with its runtime): drop it on a thread of its own.
+        if let Some(rt) = self.runtime.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(rt));
+        }
+    }
+}
+
 impl BlockStore for RemoteStore {
     fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
         if score.is_zero() {
             return Ok(Some(Vec::new()));
         }
-        match self.with_retry(|c| self.runtime.block_on(c.read(score, ty, MAX_BLOCK_SIZE))) {
+        match self.with_retry(|c| self.rt().block_on(c.read(score, ty, MAX_BLOCK_SIZE))) {
             Ok(data) => Ok(Some(data)),
             Err(e) if e.is_missing_block() => Ok(None),
             Err(e) => Err(self.remote_error(e)),
@@ -261,7 +278,7 @@ impl BlockStore for RemoteStore {
         }
         let score = Score::of(data);
         let permit = self
-            .runtime
+            .rt()
             .block_on(self.window.clone().acquire_owned())
             .map_err(|e| self.remote_error(e))?;
         {
@@ -287,7 +304,7 @@ impl BlockStore for RemoteStore {
                 let _permit = permit;
                 client.write(ty, data).await.map(|_| ())
             },
-            self.runtime.handle(),
+            self.rt().handle(),
         );
         Ok(score)
     }
@@ -309,7 +326,7 @@ impl BlockStore for RemoteStore {
             let (client, generation) = self.current();
             let outcome = self
                 .replay(&client, generation)
-                .and_then(|()| self.runtime.block_on(client.sync()));
+                .and_then(|()| self.rt().block_on(client.sync()));
             match outcome {
                 Ok(()) => {
                     let mut pending = self.unsynced.lock().expect("remote store lock");

@@ -20,6 +20,10 @@ use venti::{BlockCache, BlockStore, CachedStore, RemoteStore};
 use super::{Environments, OwnerKeys, SpawnRequest};
 use crate::error::GridError;
 
+/// Fetchers per storage node that read ahead of the file systems: enough
+/// requests in flight to fill a far link's round trips.
+const READ_AHEAD_THREADS: usize = 32;
+
 /// A storage node to link to: its certificate's name and control address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageNode {
@@ -136,6 +140,7 @@ impl Agent {
             self.cache.clone(),
             Arc::new(remote),
             self.patience,
+            READ_AHEAD_THREADS,
         ));
         self.stores
             .lock()

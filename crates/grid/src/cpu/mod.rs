@@ -215,9 +215,21 @@ pub struct Environments {
     /// namespaces start without the lock (spawns run side by side).
     /// Locked after `envs` when both are.
     starting: Mutex<HashSet<(String, String)>>,
-    /// Runs the environments' SSH logins.
-    runtime: tokio::runtime::Runtime,
+    /// Runs the environments' SSH logins. Always set; taken by `drop`.
+    runtime: Option<tokio::runtime::Runtime>,
     host_key: russh::keys::PrivateKey,
+}
+
+impl Drop for Environments {
+    fn drop(&mut self) {
+        // A runtime may not be dropped on an async thread (the service held
+        // by a task that ends with its runtime): drop it on one of its own.
+        if let Some(rt) = self.runtime.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(rt));
+        }
+    }
 }
 
 impl Environments {
@@ -248,7 +260,7 @@ impl Environments {
             config,
             envs: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashSet::new()),
-            runtime,
+            runtime: Some(runtime),
             host_key,
         })
     }
@@ -469,7 +481,8 @@ impl Environments {
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let key = self.host_key.clone();
-        self.runtime.spawn(async move {
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        runtime.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(l) => env::door::serve(door, l, key, stop_rx).await,
                 Err(e) => tracing::error!(error = %e, "environment login listener"),

@@ -5,84 +5,56 @@
 //! Blocks are content-addressed, so the cache needs no invalidation: a block
 //! is either the block its score names or garbage. Every read is checked
 //! against its score, and a block that fails the check (a flipped bit on
-//! disk, a file truncated by a crash mid-write) is removed and fetched again,
-//! never served. That is also why writes into the cache are not fsynced: a
-//! torn file is caught by the same check.
+//! disk, a record torn by a crash mid-write) is dropped and fetched again,
+//! never served. That is also why nothing here is fsynced.
 //!
-//! Layout: `DIR/ab/abcdef…-T`, a file per block named by its score and wire
-//! type, two hex digits of fan-out. Eviction is least-recently-used within a
-//! run; across restarts, the order of the files' modification times (when
-//! each was cached).
+//! Layout: a log in segment files (`DIR/seg-NNNNNNNNNNNN`), each a run of
+//! records `score[20] wire_type[1] length[4] data`, appended to the newest
+//! segment. The index lives in memory and is rebuilt at open by reading the
+//! records' headers. The bound is kept by deleting the oldest segment
+//! whole, and a block read from the older half of the segments is written
+//! again at the head, so what is in use stays: least-recently-used at the
+//! grain of a segment. (A file per block was the first design; ext4's
+//! inode allocation under the churn of eviction made it slower than the
+//! network it saves.)
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{BlockStore, BlockType, Score, StoreError};
+use crate::{BlockStore, BlockType, MAX_BLOCK_SIZE, SCORE_SIZE, Score, StoreError};
 
 type Key = (Score, u8);
 
-struct Entry {
-    bytes: u64,
-    tick: u64,
+/// score, wire type, length.
+const HEADER: usize = SCORE_SIZE + 1 + 4;
+
+/// Where a cached block's bytes are.
+#[derive(Clone, Copy)]
+struct Loc {
+    seg: u64,
+    /// Of the data, past the record's header.
+    offset: u64,
+    len: u32,
+}
+
+struct Segment {
+    file: Arc<File>,
+    /// Bytes written or reserved.
+    end: u64,
+    keys: Vec<Key>,
 }
 
 #[derive(Default)]
-struct Lru {
-    entries: HashMap<Key, Entry>,
-    by_use: BTreeMap<u64, Key>,
-    next_tick: u64,
+struct Log {
+    index: HashMap<Key, Loc>,
+    segments: BTreeMap<u64, Segment>,
+    /// Sum of the segments' ends.
     bytes: u64,
-}
-
-impl Lru {
-    fn touch(&mut self, key: &Key) -> bool {
-        let tick = self.next_tick;
-        let Some(e) = self.entries.get_mut(key) else {
-            return false;
-        };
-        self.by_use.remove(&e.tick);
-        e.tick = tick;
-        self.by_use.insert(tick, *key);
-        self.next_tick += 1;
-        true
-    }
-
-    fn insert(&mut self, key: Key, bytes: u64) {
-        if self.touch(&key) {
-            return;
-        }
-        let tick = self.next_tick;
-        self.next_tick += 1;
-        self.entries.insert(key, Entry { bytes, tick });
-        self.by_use.insert(tick, key);
-        self.bytes += bytes;
-    }
-
-    fn remove(&mut self, key: &Key) {
-        if let Some(e) = self.entries.remove(key) {
-            self.by_use.remove(&e.tick);
-            self.bytes -= e.bytes;
-        }
-    }
-
-    /// The least recently used entries to drop so that `bytes` fits `limit`.
-    fn evict(&mut self, limit: u64) -> Vec<Key> {
-        let mut gone = Vec::new();
-        while self.bytes > limit {
-            let Some((_, key)) = self.by_use.pop_first() else {
-                break;
-            };
-            if let Some(e) = self.entries.remove(&key) {
-                self.bytes -= e.bytes;
-            }
-            gone.push(key);
-        }
-        gone
-    }
 }
 
 /// What the cache has done since it was opened.
@@ -92,24 +64,58 @@ pub struct CacheStats {
     pub misses: u64,
     /// Cached blocks that failed their score check (and were refetched).
     pub corrupt: u64,
+    /// Blocks dropped to keep the bound.
     pub evicted: u64,
-    /// Blocks and bytes held now.
+    /// Blocks and bytes put into the cache since it was opened.
+    pub added: u64,
+    pub added_bytes: u64,
+    /// Blocks indexed and bytes on disk now.
     pub blocks: u64,
     pub bytes: u64,
     pub limit: u64,
 }
 
-/// The cache itself: a directory of blocks and their use order.
+/// The cache itself: a directory of segments and their index.
 pub struct BlockCache {
     dir: PathBuf,
     limit: u64,
-    lru: Mutex<Lru>,
+    segment_size: u64,
+    log: Mutex<Log>,
     hits: AtomicU64,
     misses: AtomicU64,
     corrupt: AtomicU64,
     evicted: AtomicU64,
-    /// Names temporary files uniquely within this process.
-    temp: AtomicU64,
+    added: AtomicU64,
+    added_bytes: AtomicU64,
+}
+
+fn segment_name(n: u64) -> String {
+    format!("seg-{n:012}")
+}
+
+/// A record found in a segment: its key, data offset and length.
+type Found = (Key, u64, u32);
+
+/// The records of a segment file, up to the first that is cut short (a
+/// crash mid-append), and where that is.
+fn scan(file: &File) -> std::io::Result<(Vec<Found>, u64)> {
+    let size = file.metadata()?.len();
+    let mut records = Vec::new();
+    let mut at = 0u64;
+    let mut header = [0u8; HEADER];
+    while at + HEADER as u64 <= size {
+        file.read_exact_at(&mut header, at)?;
+        let score = Score::from_slice(&header[..SCORE_SIZE]).expect("20 bytes");
+        let wire = header[SCORE_SIZE];
+        let len = u32::from_be_bytes(header[SCORE_SIZE + 1..].try_into().expect("4 bytes"));
+        let data = at + HEADER as u64;
+        if len as usize > MAX_BLOCK_SIZE || data + len as u64 > size {
+            break;
+        }
+        records.push(((score, wire), data, len));
+        at = data + len as u64;
+    }
+    Ok((records, at))
 }
 
 impl BlockCache {
@@ -118,179 +124,547 @@ impl BlockCache {
     pub fn open(dir: &Path, limit: u64) -> Result<Arc<BlockCache>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("creating block cache {}", dir.display()), e))?;
-        let mut found: Vec<(std::time::SystemTime, Key, u64)> = Vec::new();
-        let fanout = std::fs::read_dir(dir)
+        let mut log = Log::default();
+        let entries = std::fs::read_dir(dir)
             .map_err(|e| StoreError::io(format!("reading block cache {}", dir.display()), e))?;
-        for sub in fanout.flatten() {
-            let Ok(files) = std::fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let name = f.file_name();
-                let name = name.to_string_lossy();
-                let Some(key) = parse_name(&name) else {
-                    // A temporary file of a run that died mid-write.
-                    let _ = std::fs::remove_file(f.path());
+        let mut numbers: Vec<u64> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("seg-")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        for n in numbers {
+            let path = dir.join(segment_name(n));
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .and_then(|f| scan(&f).map(|r| (f, r)));
+            let (file, (records, end)) = match opened {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "dropping an unreadable cache segment");
+                    let _ = std::fs::remove_file(&path);
                     continue;
-                };
-                if let Ok(meta) = f.metadata() {
-                    let when = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                    found.push((when, key, meta.len()));
                 }
+            };
+            let mut keys = Vec::with_capacity(records.len());
+            for (key, offset, len) in records {
+                log.index.insert(
+                    key,
+                    Loc {
+                        seg: n,
+                        offset,
+                        len,
+                    },
+                );
+                keys.push(key);
             }
-        }
-        found.sort_by_key(|(when, _, _)| *when);
-        let mut lru = Lru::default();
-        for (_, key, bytes) in found {
-            lru.insert(key, bytes);
+            // A torn tail is cut, so appends start on a record boundary.
+            let _ = file.set_len(end);
+            log.bytes += end;
+            log.segments.insert(
+                n,
+                Segment {
+                    file: Arc::new(file),
+                    end,
+                    keys,
+                },
+            );
         }
         let cache = BlockCache {
             dir: dir.to_path_buf(),
             limit,
-            lru: Mutex::new(lru),
+            // Eviction drops a segment at a time: an eighth of the cache,
+            // at most half of it however small the cache.
+            segment_size: (limit / 8).clamp(16 << 10, 64 << 20).min(limit / 2).max(1),
+            log: Mutex::new(log),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
-            temp: AtomicU64::new(0),
+            added: AtomicU64::new(0),
+            added_bytes: AtomicU64::new(0),
         };
-        // A smaller limit than the last run's takes effect at once.
-        cache.evict();
+        // A smaller limit than the last run's takes effect at once (before
+        // any append, the newest segment may go too).
+        {
+            let mut log = cache.log();
+            while log.bytes > limit
+                && let Some((&oldest, _)) = log.segments.iter().next()
+            {
+                cache.drop_segment(&mut log, oldest);
+            }
+        }
         Ok(Arc::new(cache))
     }
 
-    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn path(&self, key: &Key) -> PathBuf {
-        let hex = key.0.to_string();
-        self.dir.join(&hex[..2]).join(format!("{hex}-{}", key.1))
+    fn contains(&self, key: &Key) -> bool {
+        self.log().index.contains_key(key)
+    }
+
+    /// Deletes the oldest segments until `more` bytes fit the bound (never
+    /// the newest, which appends are going to).
+    fn make_room(&self, log: &mut Log, more: u64) {
+        while log.bytes + more > self.limit && log.segments.len() > 1 {
+            let (&oldest, _) = log.segments.iter().next().expect("a segment");
+            self.drop_segment(log, oldest);
+        }
+    }
+
+    fn drop_segment(&self, log: &mut Log, n: u64) {
+        let Some(seg) = log.segments.remove(&n) else {
+            return;
+        };
+        log.bytes -= seg.end;
+        let mut gone = 0;
+        for key in seg.keys {
+            if log.index.get(&key).is_some_and(|l| l.seg == n) {
+                log.index.remove(&key);
+                gone += 1;
+            }
+        }
+        self.evicted.fetch_add(gone, Ordering::Relaxed);
+        let _ = std::fs::remove_file(self.dir.join(segment_name(n)));
+    }
+
+    /// Space for a record of `len` data bytes at the head: the segment,
+    /// its file and the record's offset.
+    fn reserve(&self, log: &mut Log, len: u64) -> Result<(u64, Arc<File>, u64), std::io::Error> {
+        let need = HEADER as u64 + len;
+        let head = log.segments.iter().next_back().map(|(&n, s)| (n, s.end));
+        let n = match head {
+            Some((n, end)) if end + need <= self.segment_size => n,
+            _ => {
+                let n = head.map_or(0, |(n, _)| n + 1);
+                self.new_segment(log, n)?;
+                n
+            }
+        };
+        self.make_room(log, need);
+        let n = if log.bytes + need > self.limit {
+            // The head alone leaves no room (a cache smaller than a few
+            // blocks): start afresh.
+            self.drop_segment(log, n);
+            self.new_segment(log, n + 1)?;
+            n + 1
+        } else {
+            n
+        };
+        let seg = log
+            .segments
+            .get_mut(&n)
+            .expect("the head segment is never dropped for room");
+        let at = seg.end;
+        seg.end += need;
+        log.bytes += need;
+        Ok((n, seg.file.clone(), at))
+    }
+
+    fn new_segment(&self, log: &mut Log, n: u64) -> Result<(), std::io::Error> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.dir.join(segment_name(n)))?;
+        log.segments.insert(
+            n,
+            Segment {
+                file: Arc::new(file),
+                end: 0,
+                keys: Vec::new(),
+            },
+        );
+        Ok(())
     }
 
     /// The block, if it is cached and still the block its score names.
     pub fn get(&self, score: &Score, ty: BlockType) -> Option<Vec<u8>> {
         let key = (*score, ty.to_wire());
-        if !self.lru().touch(&key) {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let path = self.path(&key);
-        match std::fs::read(&path) {
-            Ok(data) if Score::of(&data) == *score => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(data)
-            }
-            Ok(data) => {
-                self.corrupt.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    score = %score,
-                    file = %path.display(),
-                    bytes = data.len(),
-                    "cached block fails its score check; dropping it and fetching it again"
-                );
-                self.lru().remove(&key);
-                let _ = std::fs::remove_file(&path);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(e) => {
-                // Evicted by another thread meanwhile, or removed by hand.
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(file = %path.display(), error = %e, "reading a cached block");
+        let (loc, file, old) = {
+            let log = self.log();
+            let found = log.index.get(&key).and_then(|loc| {
+                let seg = log.segments.get(&loc.seg)?;
+                // In the older half of the segments: write it again at the
+                // head, so a block in use outlives the segment it was in.
+                let newest = log.segments.keys().next_back().copied().unwrap_or(0);
+                let oldest = log.segments.keys().next().copied().unwrap_or(0);
+                let old = loc.seg < oldest + (newest - oldest).div_ceil(2);
+                Some((*loc, seg.file.clone(), old && newest > oldest))
+            });
+            match found {
+                Some(f) => f,
+                None => {
+                    self.misses.fetch_add(1, Ordering::Relaxed);
+                    return None;
                 }
-                self.lru().remove(&key);
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
             }
+        };
+        let mut data = vec![0u8; loc.len as usize];
+        let read = file.read_exact_at(&mut data, loc.offset);
+        if read.is_ok() && Score::of(&data) == *score {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            if old {
+                self.append(key, &data);
+            }
+            return Some(data);
         }
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            score = %score,
+            segment = loc.seg,
+            offset = loc.offset,
+            error = ?read.err(),
+            "cached block fails its score check; dropping it and fetching it again"
+        );
+        let mut log = self.log();
+        if log
+            .index
+            .get(&key)
+            .is_some_and(|l| l.seg == loc.seg && l.offset == loc.offset)
+        {
+            log.index.remove(&key);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     /// Keeps `data` (whose score the caller has checked) for later reads.
     /// A failure to cache is logged, not returned: the block was read.
     pub fn put(&self, score: &Score, ty: BlockType, data: &[u8]) {
-        if data.is_empty() || data.len() as u64 > self.limit {
+        if data.is_empty() || data.len() > MAX_BLOCK_SIZE {
             return;
         }
         let key = (*score, ty.to_wire());
-        if self.lru().touch(&key) {
+        if self.contains(&key) {
             return;
         }
-        let path = self.path(&key);
-        let temp = self.dir.join(format!(
-            "tmp.{}.{}",
-            std::process::id(),
-            self.temp.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = std::fs::create_dir_all(path.parent().expect("fan-out dir"))
-            .and_then(|()| std::fs::write(&temp, data))
-            .and_then(|()| std::fs::rename(&temp, &path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temp);
-            tracing::warn!(file = %path.display(), error = %e, "caching a block");
-            return;
-        }
-        self.lru().insert(key, data.len() as u64);
-        self.evict();
+        self.append(key, data);
+        self.added.fetch_add(1, Ordering::Relaxed);
+        self.added_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
     }
 
-    fn evict(&self) {
-        let gone = self.lru().evict(self.limit);
-        self.evicted.fetch_add(gone.len() as u64, Ordering::Relaxed);
-        for key in gone {
-            let _ = std::fs::remove_file(self.path(&key));
+    /// Appends a record; indexes it once it is written, so no reader sees
+    /// it before its bytes.
+    fn append(&self, key: Key, data: &[u8]) {
+        let reserved = self.reserve(&mut self.log(), data.len() as u64);
+        let (n, file, at) = match reserved {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "caching a block");
+                return;
+            }
+        };
+        let mut record = Vec::with_capacity(HEADER + data.len());
+        record.extend_from_slice(key.0.as_bytes());
+        record.push(key.1);
+        record.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        record.extend_from_slice(data);
+        if let Err(e) = file.write_all_at(&record, at) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "caching a block");
+            return;
+        }
+        let mut log = self.log();
+        // Dropped for room meanwhile: the record is gone with its segment.
+        let Some(seg) = log.segments.get_mut(&n) else {
+            return;
+        };
+        seg.keys.push(key);
+        log.index.insert(
+            key,
+            Loc {
+                seg: n,
+                offset: at + HEADER as u64,
+                len: data.len() as u32,
+            },
+        );
+    }
+
+    /// Drops every cached block (an admin's reset; benchmarks' cold start).
+    pub fn clear(&self) {
+        let mut log = self.log();
+        let all: Vec<u64> = log.segments.keys().copied().collect();
+        for n in all {
+            self.drop_segment(&mut log, n);
         }
     }
 
     pub fn stats(&self) -> CacheStats {
-        let lru = self.lru();
+        let log = self.log();
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
-            blocks: lru.entries.len() as u64,
-            bytes: lru.bytes,
+            added: self.added.load(Ordering::Relaxed),
+            added_bytes: self.added_bytes.load(Ordering::Relaxed),
+            blocks: log.index.len() as u64,
+            bytes: log.bytes,
             limit: self.limit,
         }
     }
 
-    /// The file holding a cached block (for tests that damage one).
-    pub fn file_of(&self, score: &Score, ty: BlockType) -> PathBuf {
-        self.path(&(*score, ty.to_wire()))
+    /// Flips a byte of a cached block where it lies on disk (for tests of
+    /// damage).
+    #[cfg(test)]
+    fn damage(&self, score: &Score, ty: BlockType, at: usize) {
+        let log = self.log();
+        let loc = log.index[&(*score, ty.to_wire())];
+        let file = &log.segments[&loc.seg].file;
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, loc.offset + at as u64).unwrap();
+        b[0] ^= 0x40;
+        file.write_all_at(&b, loc.offset + at as u64).unwrap();
     }
 }
 
-fn parse_name(name: &str) -> Option<Key> {
-    let (hex, ty) = name.split_once('-')?;
-    let (_, score) = Score::parse_labeled(hex).ok()?;
-    Some((score, ty.parse().ok()?))
-}
+/// Children fetched ahead per pointer block above depth 1 (whose children
+/// are themselves pointer blocks, each covering megabytes).
+const AHEAD_OF_DEEP_POINTERS: usize = 16;
+/// Blocks waiting to be fetched ahead; past this, readahead is skipped.
+const AHEAD_QUEUE: usize = 8192;
 
 /// A store read through a [`BlockCache`]: reads the cache has are served
 /// from local disk; the rest come from `origin` and are kept. Writes go to
 /// `origin` (and into the cache, as the writer will likely read them).
 ///
+/// Reading ahead: on a far link each block costs a round trip, and a file
+/// system walking a tree asks for one block at a time. So every pointer
+/// block read queues its children (all of them under a depth-1 pointer,
+/// the first [`AHEAD_OF_DEEP_POINTERS`] higher up), and every directory
+/// block, at a lower priority, its entries' roots, for a pool of fetchers
+/// that keep many requests in flight. A read of a block a fetcher is
+/// already fetching waits for it; one still queued is fetched at once by
+/// the reader itself, so readahead never delays what is asked for.
+///
 /// An origin that fails (a storage node restarting, a cut link) is retried
 /// for up to `patience` before the read fails, so a short outage stalls
 /// file reads instead of failing them.
 pub struct CachedStore {
-    pub cache: Arc<BlockCache>,
-    pub origin: Arc<dyn BlockStore>,
-    pub patience: Duration,
-    /// Blocks fetched from `origin`.
-    pub fetched: AtomicU64,
-    pub fetched_bytes: AtomicU64,
+    shared: Arc<Shared>,
+}
+
+/// Where a block fetched ahead stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Queued,
+    Fetching,
+}
+
+#[derive(Default)]
+struct Ahead {
+    /// Children of pointer blocks: the rest of a file being read.
+    urgent: std::collections::VecDeque<Key>,
+    /// Roots of a directory's entries: what a walk may open next.
+    later: std::collections::VecDeque<Key>,
+    stages: HashMap<Key, Stage>,
+    closed: bool,
+}
+
+struct Shared {
+    cache: Arc<BlockCache>,
+    origin: Arc<dyn BlockStore>,
+    patience: Duration,
+    fetchers: usize,
+    ahead: Mutex<Ahead>,
+    /// Wakes the fetchers: work queued, or the end.
+    work: std::sync::Condvar,
+    /// Wakes readers waiting for a block a fetcher is fetching.
+    landed: std::sync::Condvar,
+    fetched: AtomicU64,
+    fetched_bytes: AtomicU64,
 }
 
 impl CachedStore {
-    pub fn new(cache: Arc<BlockCache>, origin: Arc<dyn BlockStore>, patience: Duration) -> Self {
-        CachedStore {
+    /// A store over `origin` through `cache`, with `fetchers` threads
+    /// reading ahead (0: none).
+    pub fn new(
+        cache: Arc<BlockCache>,
+        origin: Arc<dyn BlockStore>,
+        patience: Duration,
+        fetchers: usize,
+    ) -> Self {
+        let shared = Arc::new(Shared {
             cache,
             origin,
             patience,
+            fetchers,
+            ahead: Mutex::default(),
+            work: std::sync::Condvar::new(),
+            landed: std::sync::Condvar::new(),
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
+        });
+        for i in 0..fetchers {
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("readahead-{i}"))
+                .spawn(move || shared.fetch_ahead());
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "starting a readahead thread");
+            }
+        }
+        CachedStore { shared }
+    }
+
+    /// Blocks fetched from the origin, and their bytes.
+    pub fn fetched(&self) -> (u64, u64) {
+        (
+            self.shared.fetched.load(Ordering::Relaxed),
+            self.shared.fetched_bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for CachedStore {
+    fn drop(&mut self) {
+        self.shared.ahead().closed = true;
+        self.shared.work.notify_all();
+    }
+}
+
+/// The blocks a block points to: a pointer block's scores, a directory
+/// block's entries' roots (40-byte VtEntries: flags at 8, score at 20).
+fn children(ty: BlockType, data: &[u8]) -> Vec<(Score, BlockType)> {
+    if ty.is_pointer() {
+        let Some(child) = BlockType::new(ty.value() - 1) else {
+            return Vec::new();
+        };
+        let limit = if ty.depth() == 1 {
+            usize::MAX
+        } else {
+            AHEAD_OF_DEEP_POINTERS
+        };
+        data.chunks_exact(crate::SCORE_SIZE)
+            .filter_map(Score::from_slice)
+            .filter(|s| !s.is_zero())
+            .take(limit)
+            .map(|s| (s, child))
+            .collect()
+    } else if ty == BlockType::DIR {
+        data.chunks_exact(40)
+            .filter(|e| e[8] & 0x01 != 0)
+            .filter_map(|e| {
+                let base = if e[8] & 0x02 != 0 {
+                    BlockType::DIR
+                } else {
+                    BlockType::DATA
+                };
+                let ty = BlockType::at_depth(base, (e[8] & 0x1c) >> 2)?;
+                let score = Score::from_slice(&e[20..40])?;
+                (!score.is_zero()).then_some((score, ty))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
+impl Shared {
+    fn ahead(&self) -> std::sync::MutexGuard<'_, Ahead> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues what `data`, a block of type `ty`, points to.
+    fn read_ahead(&self, ty: BlockType, data: &[u8]) {
+        if self.fetchers == 0 {
+            return;
+        }
+        let children = children(ty, data);
+        if children.is_empty() {
+            return;
+        }
+        let urgent = ty.is_pointer();
+        let mut ahead = self.ahead();
+        for (score, child) in children {
+            let key = (score, child.to_wire());
+            if ahead.stages.len() >= AHEAD_QUEUE {
+                break;
+            }
+            if ahead.stages.contains_key(&key) || self.cache.contains(&key) {
+                continue;
+            }
+            ahead.stages.insert(key, Stage::Queued);
+            if urgent {
+                ahead.urgent.push_back(key);
+            } else {
+                ahead.later.push_back(key);
+            }
+        }
+        drop(ahead);
+        self.work.notify_all();
+    }
+
+    /// A readahead thread: fetches what is queued until the store goes.
+    fn fetch_ahead(&self) {
+        loop {
+            let key = {
+                let mut ahead = self.ahead();
+                loop {
+                    if ahead.closed {
+                        return;
+                    }
+                    let next = ahead.urgent.pop_front().or_else(|| ahead.later.pop_front());
+                    match next {
+                        // Claimed here, unless a reader took it meanwhile.
+                        Some(key) if ahead.stages.get(&key) == Some(&Stage::Queued) => {
+                            ahead.stages.insert(key, Stage::Fetching);
+                            break key;
+                        }
+                        Some(_) => continue,
+                        None => {
+                            ahead = self.work.wait(ahead).unwrap_or_else(|p| p.into_inner());
+                        }
+                    }
+                }
+            };
+            let ty = BlockType::from_wire(key.1).unwrap_or(BlockType::DATA);
+            // One try: a failure here is the foreground read's to wait out.
+            if let Ok(Some(data)) = self.origin.read(&key.0, ty)
+                && Score::of(&data) == key.0
+            {
+                self.fetched.fetch_add(1, Ordering::Relaxed);
+                self.fetched_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                // Its own children wait for a reader to ask for it: read
+                // ahead follows reads, it does not walk whole files.
+                self.cache.put(&key.0, ty, &data);
+            }
+            self.ahead().stages.remove(&key);
+            self.landed.notify_all();
+        }
+    }
+
+    /// Before a reader fetches `key` itself: waits while a fetcher is
+    /// fetching it (up to `patience`), and takes it off the queue if it is
+    /// only queued.
+    fn claim(&self, key: &Key) {
+        let deadline = Instant::now() + self.patience.max(Duration::from_secs(1));
+        let mut ahead = self.ahead();
+        loop {
+            match ahead.stages.get(key) {
+                Some(Stage::Fetching) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    ahead = self
+                        .landed
+                        .wait_timeout(ahead, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                Some(Stage::Queued) => {
+                    ahead.stages.remove(key);
+                    return;
+                }
+                None => return,
+            }
         }
     }
 
@@ -321,13 +695,17 @@ impl BlockStore for CachedStore {
         score: &Score,
         ty: BlockType,
     ) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+        let shared = &self.shared;
         if score.is_zero() {
-            return self.origin.read_sourced(score, ty);
+            return shared.origin.read_sourced(score, ty);
         }
-        if let Some(data) = self.cache.get(score, ty) {
+        let key = (*score, ty.to_wire());
+        shared.claim(&key);
+        if let Some(data) = shared.cache.get(score, ty) {
+            shared.read_ahead(ty, &data);
             return Ok(Some((data, false)));
         }
-        let Some(data) = self.fetch(score, ty)? else {
+        let Some(data) = shared.fetch(score, ty)? else {
             return Ok(None);
         };
         if Score::of(&data) != *score {
@@ -335,21 +713,23 @@ impl BlockStore for CachedStore {
                 "the store returned a block that does not match score {score}"
             )));
         }
-        self.fetched.fetch_add(1, Ordering::Relaxed);
-        self.fetched_bytes
+        shared.fetched.fetch_add(1, Ordering::Relaxed);
+        shared
+            .fetched_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.cache.put(score, ty, &data);
+        shared.cache.put(score, ty, &data);
+        shared.read_ahead(ty, &data);
         Ok(Some((data, true)))
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
-        let score = self.origin.write(ty, data)?;
-        self.cache.put(&score, ty, data);
+        let score = self.shared.origin.write(ty, data)?;
+        self.shared.cache.put(&score, ty, data);
         Ok(score)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.origin.sync()
+        self.shared.origin.sync()
     }
 }
 
@@ -370,7 +750,7 @@ mod tests {
         let origin = Arc::new(MemoryStore::new());
         let score = origin.write(BlockType::DATA, &block(1)).unwrap();
         let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
-        let store = CachedStore::new(cache.clone(), origin.clone(), Duration::ZERO);
+        let store = CachedStore::new(cache.clone(), origin.clone(), Duration::ZERO, 0);
         let (data, fetched) = store
             .read_sourced(&score, BlockType::DATA)
             .unwrap()
@@ -389,38 +769,77 @@ mod tests {
     }
 
     #[test]
-    fn stays_within_its_bound_dropping_the_least_recently_used() {
+    fn stays_within_its_bound_keeping_what_is_in_use() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = BlockCache::open(dir.path(), 3500).unwrap();
-        let scores: Vec<Score> = (0..5).map(|i| Score::of(&block(i))).collect();
-        for (i, score) in scores.iter().take(3).enumerate() {
-            cache.put(score, BlockType::DATA, &block(i as u32));
+        let limit = 64 << 10;
+        let cache = BlockCache::open(dir.path(), limit).unwrap();
+        let hot = Score::of(&block(0));
+        cache.put(&hot, BlockType::DATA, &block(0));
+        for i in 1..400u32 {
+            cache.put(&Score::of(&block(i)), BlockType::DATA, &block(i));
+            // Used all along: it must survive the churn.
+            assert!(cache.get(&hot, BlockType::DATA).is_some(), "after {i}");
+            let s = cache.stats();
+            assert!(s.bytes <= limit, "{s:?}");
+            assert_eq!(on_disk(dir.path()), s.bytes, "files follow the index");
         }
-        // Block 0 is used again, so block 1 is the oldest when 3 arrives.
-        assert!(cache.get(&scores[0], BlockType::DATA).is_some());
-        cache.put(&scores[3], BlockType::DATA, &block(3));
-        cache.put(&scores[4], BlockType::DATA, &block(4));
         let s = cache.stats();
-        assert!(s.bytes <= 3500, "{s:?}");
-        assert_eq!(s.evicted, 2);
-        assert!(cache.get(&scores[1], BlockType::DATA).is_none());
-        assert!(cache.get(&scores[2], BlockType::DATA).is_none());
-        assert!(cache.get(&scores[0], BlockType::DATA).is_some());
-        assert!(cache.get(&scores[4], BlockType::DATA).is_some());
-        let files = walk(dir.path());
-        assert_eq!(files, 3, "files on disk follow the bound");
-        // A smaller bound on reopening evicts at once.
-        let cache = BlockCache::open(dir.path(), 1000).unwrap();
-        assert_eq!(cache.stats().blocks, 1);
-        assert_eq!(walk(dir.path()), 1);
+        assert!(s.evicted > 300, "{s:?}");
+        assert!(cache.get(&Score::of(&block(1)), BlockType::DATA).is_none());
+        assert!(
+            cache
+                .get(&Score::of(&block(399)), BlockType::DATA)
+                .is_some()
+        );
+        // Another run finds the same blocks; a smaller bound evicts at once.
+        drop(cache);
+        let cache = BlockCache::open(dir.path(), limit).unwrap();
+        assert_eq!(cache.stats().blocks, s.blocks);
+        assert!(cache.get(&hot, BlockType::DATA).is_some());
+        let cache = BlockCache::open(dir.path(), 8 << 10).unwrap();
+        assert!(cache.stats().bytes <= 8 << 10);
+        assert!(on_disk(dir.path()) <= 8 << 10);
     }
 
-    fn walk(dir: &Path) -> usize {
+    fn on_disk(dir: &Path) -> u64 {
         std::fs::read_dir(dir)
             .unwrap()
             .flatten()
-            .map(|d| std::fs::read_dir(d.path()).map_or(0, |f| f.count()))
+            .map(|f| f.metadata().unwrap().len())
             .sum()
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..3 {
+            cache.put(&Score::of(&block(i)), BlockType::DATA, &block(i));
+        }
+        drop(cache);
+        let seg = dir.path().join(segment_name(0));
+        let len = std::fs::metadata(&seg).unwrap().len();
+        // A crash in the middle of the last record.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(cache.stats().blocks, 2);
+        assert_eq!(
+            cache.get(&Score::of(&block(1)), BlockType::DATA),
+            Some(block(1))
+        );
+        cache.put(&Score::of(&block(2)), BlockType::DATA, &block(2));
+        drop(cache);
+        let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(cache.stats().blocks, 3);
+        assert_eq!(
+            cache.get(&Score::of(&block(2)), BlockType::DATA),
+            Some(block(2))
+        );
     }
 
     #[test]
@@ -429,12 +848,9 @@ mod tests {
         let origin = Arc::new(MemoryStore::new());
         let score = origin.write(BlockType::DATA, &block(7)).unwrap();
         let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
-        let store = CachedStore::new(cache.clone(), origin.clone(), Duration::ZERO);
+        let store = CachedStore::new(cache.clone(), origin.clone(), Duration::ZERO, 0);
         store.read(&score, BlockType::DATA).unwrap();
-        let file = cache.file_of(&score, BlockType::DATA);
-        let mut bytes = std::fs::read(&file).unwrap();
-        bytes[10] ^= 0x40;
-        std::fs::write(&file, &bytes).unwrap();
+        cache.damage(&score, BlockType::DATA, 10);
         let (data, fetched) = store
             .read_sourced(&score, BlockType::DATA)
             .unwrap()
@@ -442,12 +858,89 @@ mod tests {
         assert_eq!(data, block(7));
         assert!(fetched, "came from the origin again");
         assert_eq!(cache.stats().corrupt, 1);
-        // And the refetched copy is good on disk.
-        assert_eq!(std::fs::read(&file).unwrap(), block(7));
-        // A truncated file likewise.
-        std::fs::write(&file, &bytes[..100]).unwrap();
+        // And the refetched copy is good.
+        assert_eq!(cache.get(&score, BlockType::DATA), Some(block(7)));
+        assert_eq!(cache.stats().corrupt, 1);
+        cache.damage(&score, BlockType::DATA, 999);
         assert_eq!(store.read(&score, BlockType::DATA).unwrap(), Some(block(7)));
         assert_eq!(cache.stats().corrupt, 2);
+    }
+
+    /// Counts the reads that reach it.
+    struct Counting {
+        inner: MemoryStore,
+        reads: AtomicU64,
+    }
+
+    impl BlockStore for Counting {
+        fn read(&self, s: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.read(s, ty)
+        }
+        fn write(&self, ty: BlockType, d: &[u8]) -> Result<Score, StoreError> {
+            self.inner.write(ty, d)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_pointer_block_brings_its_children_ahead_each_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Arc::new(Counting {
+            inner: MemoryStore::new(),
+            reads: AtomicU64::new(0),
+        });
+        let scores: Vec<Score> = (0..50)
+            .map(|i| origin.write(BlockType::DATA, &block(i)).unwrap())
+            .collect();
+        let pointer: Vec<u8> = scores.iter().flat_map(|s| s.0).collect();
+        let ptype = BlockType::at_depth(BlockType::DATA, 1).unwrap();
+        let top = origin.write(ptype, &pointer).unwrap();
+        let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
+        let store = CachedStore::new(cache.clone(), origin.clone(), Duration::from_secs(5), 8);
+        store.read(&top, ptype).unwrap().unwrap();
+        // Read every child as a file system would, one after another.
+        for (i, s) in scores.iter().enumerate() {
+            assert_eq!(
+                store.read(s, BlockType::DATA).unwrap(),
+                Some(block(i as u32))
+            );
+        }
+        assert_eq!(
+            origin.reads.load(Ordering::Relaxed),
+            51,
+            "every block came once, the children mostly ahead of their reads"
+        );
+        assert_eq!(store.fetched().0, 51);
+        assert_eq!(cache.stats().blocks, 51);
+    }
+
+    #[test]
+    fn a_directory_block_brings_its_entries_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Arc::new(MemoryStore::new());
+        let a = origin.write(BlockType::DATA, &block(1)).unwrap();
+        let b = origin.write(BlockType::DIR, &[7u8; 40]).unwrap();
+        let mut entries = Vec::new();
+        for (score, flags) in [(a, 0x01u8), (b, 0x03), (Score::of(b"inactive"), 0x00)] {
+            let mut e = [0u8; 40];
+            e[8] = flags;
+            e[20..].copy_from_slice(&score.0);
+            entries.extend_from_slice(&e);
+        }
+        let top = origin.write(BlockType::DIR, &entries).unwrap();
+        let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
+        let store = CachedStore::new(cache.clone(), origin.clone(), Duration::from_secs(5), 2);
+        store.read(&top, BlockType::DIR).unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.stats().blocks < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(cache.get(&a, BlockType::DATA).is_some());
+        assert!(cache.get(&b, BlockType::DIR).is_some());
+        assert_eq!(cache.stats().blocks, 3, "the inactive entry is not fetched");
     }
 
     #[test]
@@ -466,7 +959,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
-        let store = CachedStore::new(cache.clone(), Arc::new(Liar), Duration::ZERO);
+        let store = CachedStore::new(cache.clone(), Arc::new(Liar), Duration::ZERO, 0);
         let err = store.read(&Score::of(b"it"), BlockType::DATA).unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
         assert_eq!(cache.stats().blocks, 0);

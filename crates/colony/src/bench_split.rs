@@ -1,0 +1,290 @@
+//! `colony bench split [TREE]`: a storage node and cpu nodes in this
+//! process, linked over loopback by mutual TLS exactly as in a grid (the
+//! control link, venti for blocks), once directly and once through the
+//! delay proxy at a given round trip. Times spawn → first command output
+//! (over the environment's own SSH login) on a cpu node whose block cache
+//! is cold and warm, for busybox and TREE, and counts what the cpu node
+//! fetched from the storage node to do it and to `cat /etc/os-release`.
+//! Needs root (spawn mounts and makes namespaces) and the OpenSSH client.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use grid::cpu::agent::{Agent, StorageNode};
+use grid::cpu::{CpuConfig, Environments};
+use grid::state::StateDir;
+use grid::storage::Node;
+use grid::storage::placement::Pool;
+use vac::tree::{BlockSizes, Tree};
+use vac::walk::{DirImporter, Quiet};
+use venti::{BlockCache, BlockStore, LogStore};
+
+/// One cpu node as the benchmark drives it.
+struct Cpu {
+    label: String,
+    node: Node,
+    pool: Arc<Pool>,
+    cache: Arc<BlockCache>,
+    envs: Arc<Environments>,
+}
+
+fn median(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    format!(
+        "{:>8.1} ms (range {:.1}..{:.1})",
+        v[v.len() / 2] * 1e3,
+        v[0] * 1e3,
+        v[v.len() - 1] * 1e3
+    )
+}
+
+pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("colony-bench-split-")
+        .tempdir()?;
+    let dir = scratch.path();
+    let ca = dir.join("ca");
+    link::ca::init(&ca, "bench")?;
+    for (name, role) in [("s1", link::Role::Storage), ("c1", link::Role::Cpu)] {
+        link::ca::issue(
+            &ca,
+            name,
+            role,
+            link::ca::Validity::Days(1),
+            &dir.join(format!("{name}.tls")),
+        )?;
+    }
+    let storage_link = link::Link::load(&dir.join("s1.tls"))?;
+    let cpu_link = link::Link::load(&dir.join("c1.tls"))?;
+    // The cpu side dials venti with the process's default identity.
+    link::Link::set_default(cpu_link.clone());
+
+    let state = StateDir::resolve(Some(&dir.join("s1")))?;
+    let store = Arc::new(LogStore::open(state.store_dir())?);
+    let key = dir.join("key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        bail!("ssh-keygen is needed (openssh-client)");
+    }
+    state.users().add(
+        "bench",
+        &std::fs::read_to_string(key.with_extension("pub"))?,
+    )?;
+    let busybox = dir.join("busybox");
+    std::fs::create_dir_all(busybox.join("bin"))?;
+    std::fs::create_dir_all(busybox.join("etc"))?;
+    std::fs::copy("/bin/busybox", busybox.join("bin/busybox"))?;
+    for applet in ["sh", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet))?;
+    }
+    std::fs::write(busybox.join("etc/os-release"), "NAME=busybox\n")?;
+    let mut roots: Vec<(&str, PathBuf)> = vec![("busybox", busybox)];
+    if let Some(t) = tree {
+        roots.push(("tree", t.to_path_buf()));
+    }
+    for (name, root) in &roots {
+        let mut t = Tree::default();
+        DirImporter::new(store.as_ref(), BlockSizes::default(), &Quiet, None)
+            .add(&mut t, &root.join("."))
+            .with_context(|| format!("importing {}", root.display()))?;
+        let score = t.write(store.as_ref(), BlockSizes::default(), None)?;
+        state.scorenames().bind(name, &score, &["bench"])?;
+    }
+    store.sync()?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _guard = runtime.enter();
+    // The storage node's venti service, and the proxy in front of it.
+    let venti = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let venti_addr = venti.local_addr()?;
+    runtime.spawn(venti::server::serve_with(
+        venti,
+        store.clone() as Arc<dyn BlockStore>,
+        Some(venti::server::Tls {
+            link: storage_link.clone(),
+            roles: vec![link::Role::Cpu],
+        }),
+        std::future::pending(),
+    ));
+    let shape = crate::slow_link::Shape {
+        delay: Duration::from_micros(rtt_ms * 500),
+        rate: 0,
+    };
+    let far = |to: std::net::SocketAddr| -> Result<std::net::SocketAddr> {
+        let l = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = l.local_addr()?;
+        runtime.spawn(crate::slow_link::run(l, to.to_string(), shape));
+        Ok(addr)
+    };
+    let far_venti = far(venti_addr)?;
+
+    let mut cpus = Vec::new();
+    for (i, (label, venti, delayed)) in [
+        ("direct link".to_string(), venti_addr, false),
+        (format!("{rtt_ms} ms round trip"), far_venti, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A storage node's placement for each cpu node, so each spawn goes
+        // where the figure says.
+        let pool = Arc::new(Pool::new(
+            "s1".into(),
+            format!("tls!127.0.0.1!{}", venti.port()),
+            state.users(),
+        ));
+        let control = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let mut control_addr = control.local_addr()?;
+        runtime.spawn(grid::storage::placement::serve(
+            pool.clone(),
+            storage_link.clone(),
+            control,
+        ));
+        if delayed {
+            control_addr = far(control_addr)?;
+        }
+        let cpu_state = StateDir::resolve(Some(&dir.join(format!("c{i}"))))?;
+        let cache = BlockCache::open(&cpu_state.root.join("blockcache"), 4 << 30)?;
+        let first_port = 25001 + i as u16 * 50;
+        let envs = Arc::new(Environments::new(
+            cpu_state,
+            CpuConfig {
+                public_host: "127.0.0.1".into(),
+                env_listen: "127.0.0.1".into(),
+                allow_host_net: true,
+                allow_rootful: true,
+                env_ports: (first_port, first_port + 40),
+                ..CpuConfig::default()
+            },
+        )?);
+        let agent = Agent::new(
+            envs.clone(),
+            cpu_link.clone(),
+            cache.clone(),
+            Duration::from_secs(30),
+        );
+        runtime.spawn(agent.run(StorageNode {
+            name: "s1".into(),
+            addr: format!("tls!127.0.0.1!{}", control_addr.port()),
+        }));
+        let node = Node::new(state.clone(), pool.clone());
+        cpus.push(Cpu {
+            label,
+            node,
+            pool,
+            cache,
+            envs,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cpus.iter().all(|c| c.pool.cpus().contains("linked")) {
+        if Instant::now() > deadline {
+            bail!("the cpu nodes did not link within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "storage/cpu split: median of {runs} runs; spawn options {:?}; figures from `spawn` to the first output of `echo ready` over the environment's SSH login",
+        if options.is_empty() {
+            "(the node's: rootless, private network)"
+        } else {
+            options
+        }
+    );
+    let result = measure(&cpus, &roots, &key, runs, options);
+    for c in &cpus {
+        c.envs.shutdown();
+    }
+    result
+}
+
+fn ssh(key: &Path, reply: &str, command: &str) -> Result<String> {
+    let port = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("ssh -p "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("no login in the spawn's reply")?;
+    let out = Command::new("ssh")
+        .args(["-p", port, "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args(["bench@127.0.0.1", command])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{command} in the environment: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn measure(
+    cpus: &[Cpu],
+    roots: &[(&str, PathBuf)],
+    key: &Path,
+    runs: usize,
+    options: &str,
+) -> Result<()> {
+    for cpu in cpus {
+        for (name, dir) in roots {
+            for cold in [true, false] {
+                let mut first = Vec::new();
+                let (mut fetched_blocks, mut fetched_bytes, mut waits) = (0, 0, 0);
+                let mut cat_bytes = 0;
+                for _ in 0..runs.max(1) {
+                    if cold {
+                        cpu.cache.clear();
+                    }
+                    let before = cpu.cache.stats();
+                    let t = Instant::now();
+                    let r = cpu.node.run("bench", &format!("spawn {name} {options}"));
+                    if r.status != 0 {
+                        bail!("spawn {name}: {}", r.err.trim());
+                    }
+                    let out = ssh(key, &r.out, "echo ready")?;
+                    first.push(t.elapsed().as_secs_f64());
+                    if out != "ready\n" {
+                        bail!("the first command in {name} printed {out:?}");
+                    }
+                    let after = cpu.cache.stats();
+                    fetched_blocks = after.added - before.added;
+                    waits = after.misses - before.misses;
+                    fetched_bytes = after.added_bytes - before.added_bytes;
+                    ssh(key, &r.out, "cat /etc/os-release")?;
+                    cat_bytes = cpu.cache.stats().added_bytes - after.added_bytes;
+                    cpu.node.run("bench", &format!("boom {name}"));
+                }
+                let root = if *name == "tree" {
+                    dir.display().to_string()
+                } else {
+                    "busybox".to_string()
+                };
+                let temp = if cold { "cold" } else { "warm" };
+                println!(
+                    "{:<58} {}   fetched {fetched_blocks} blocks, {:.1} KB ({waits} reads waited on the link); then cat /etc/os-release {:.1} KB",
+                    format!("{root}, {temp} cache, {}", cpu.label),
+                    median(first),
+                    fetched_bytes as f64 / 1e3,
+                    cat_bytes as f64 / 1e3
+                );
+            }
+        }
+    }
+    Ok(())
+}
