@@ -335,6 +335,8 @@ pub struct InitRequest {
     pub private_net: bool,
     /// A rootless environment's range of host ids.
     pub ids: Option<super::userns::IdShift>,
+    /// The lock file of that range, for pid 1 to hold.
+    pub lease: Option<PathBuf>,
 }
 
 impl InitRequest {
@@ -362,6 +364,9 @@ impl InitRequest {
         if let Some(ids) = self.ids {
             line("ids", format!("{} {}", ids.base(), ids.count()).as_bytes());
         }
+        if let Some(lease) = &self.lease {
+            line("lease", lease.as_os_str().as_bytes());
+        }
         out
     }
 
@@ -369,7 +374,7 @@ impl InitRequest {
     pub fn read(input: &mut dyn io::BufRead) -> io::Result<InitRequest> {
         use std::os::unix::ffi::OsStrExt;
         let (mut root, mut hostname, mut cgroups) = (None, None, Vec::new());
-        let (mut private_net, mut ids) = (false, None);
+        let (mut private_net, mut ids, mut lease) = (false, None, None);
         loop {
             let mut line = Vec::new();
             if input.read_until(b'\n', &mut line)? == 0 || line == b"\n" {
@@ -386,6 +391,7 @@ impl InitRequest {
                 b"hostname" => hostname = Some(String::from_utf8_lossy(value).into_owned()),
                 b"cgroup" => cgroups.push(path()),
                 b"net" => private_net = value == b"private",
+                b"lease" => lease = Some(path()),
                 b"ids" => {
                     let text = String::from_utf8_lossy(value);
                     let mut numbers = text.split(' ').map(|n| n.parse::<u32>().ok());
@@ -407,6 +413,7 @@ impl InitRequest {
                 cgroups,
                 private_net,
                 ids,
+                lease,
             }),
             _ => Err(io::Error::other("incomplete init request")),
         }
@@ -429,6 +436,15 @@ pub fn init_main(request: &InitRequest) -> ! {
     if let Err(e) = Cgroups::enter(cgroups, std::process::id()) {
         fail(e);
     }
+    // The id range's lock, held for as long as this process and pid 1
+    // (which inherits the descriptor) live.
+    let _lease = match &request.lease {
+        Some(path) => match super::userns::hold(path) {
+            Ok(f) => Some(f),
+            Err(e) => fail(e),
+        },
+        None => None,
+    };
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if request.private_net {
@@ -879,6 +895,7 @@ mod tests {
                 cgroups: vec![PathBuf::from("/sys/fs/cgroup/memory/colony/x")],
                 private_net: ids.is_some(),
                 ids,
+                lease: ids.map(|_| PathBuf::from("/run/colony/ids/7")),
             };
             let mut text = request.encode();
             text.extend_from_slice(b"\nafter the request\n");

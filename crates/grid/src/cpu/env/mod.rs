@@ -87,29 +87,11 @@ impl Environment {
         // pid 1 is forked from this helper and shows its command line and
         // environment to everyone inside: so it is called `init`, has an
         // empty environment, and gets the host paths it needs on stdin.
+        // Nothing is arranged between fork and exec (no pre_exec), so the
+        // standard library spawns with vfork: a fork of this large process
+        // cost each spawn milliseconds.
         let mut cmd = Command::new(helper);
         cmd.arg0("init").env_clear().env(HELPER_VAR, "init");
-        if let Some(lease) = ids {
-            // pid 1 holds the id range too, so it is not handed out again
-            // while any process of the environment may live (even if the
-            // node dies first).
-            let fd = lease.lock_fd();
-            // SAFETY: dup2 between descriptors, safe after fork; the copy
-            // at 3 is not close-on-exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let kept = if fd == 3 {
-                        libc::fcntl(3, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, 3)
-                    };
-                    if kept < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
         let mut outer = match cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -128,6 +110,10 @@ impl Environment {
             cgroups: cgroups.dirs.clone(),
             private_net: *network == Network::Private,
             ids: ids.map(|l| l.ids),
+            // pid 1 holds the id range too, so it is not handed out again
+            // while any process of the environment may live (even if the
+            // node dies first).
+            lease: ids.map(|l| l.path().to_path_buf()),
         }
         .encode();
         request.push(b'\n');

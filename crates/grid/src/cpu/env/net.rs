@@ -13,9 +13,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// The user-mode network stack program.
@@ -40,7 +38,7 @@ pub struct Published {
 
 /// The running user-mode network of one environment.
 pub struct Slirp {
-    child: Child,
+    child: Spawned,
     api: PathBuf,
     /// Closing it tells slirp4netns to exit.
     _exit: OwnedFd,
@@ -56,8 +54,8 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Waits until `fd` is readable (slirp4netns writes "1" when ready).
-fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+/// Waits until slirp4netns writes "1" on `fd` (ready).
+fn wait_ready(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -66,9 +64,17 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
     // SAFETY: poll on one valid pollfd.
     let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
     match n {
-        1 => Ok(()),
-        0 => Err(io::Error::other("slirp4netns did not come up in time")),
-        _ => Err(io::Error::last_os_error()),
+        0 => return Err(io::Error::other("slirp4netns did not come up in time")),
+        n if n < 0 => return Err(io::Error::last_os_error()),
+        _ => {}
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: a one-byte read into a buffer of that size.
+    let got = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+    if got == 1 && b[0] == b'1' {
+        Ok(())
+    } else {
+        Err(io::Error::other("slirp4netns failed"))
     }
 }
 
@@ -76,59 +82,205 @@ impl Slirp {
     /// Starts user-mode networking for the network namespace of `pid`, with
     /// its control socket at `api`, and waits until the namespace is set up.
     pub fn start(pid: u32, api: &Path) -> io::Result<Slirp> {
+        Self::launch(pid, api)?.wait(Duration::from_secs(10))
+    }
+
+    /// Spawns slirp4netns with its ready and exit pipes at descriptors 3
+    /// and 4, by `posix_spawn`: a vfork, not a copy of this large process
+    /// (a fork made each private network cost several milliseconds).
+    fn launch(pid: u32, api: &Path) -> io::Result<Starting> {
         let _ = std::fs::remove_file(api);
         let (ready_r, ready_w) = pipe()?;
         let (exit_r, exit_w) = pipe()?;
-        let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
-        let mut cmd = Command::new(SLIRP);
-        cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback"])
-            .arg("--ready-fd=3")
-            .arg("--exit-fd=4")
-            .arg("--api-socket")
-            .arg(api)
-            // By path, not by pid: given a pid, slirp4netns also joins its
-            // user namespace, where a rootless environment's is no use for
-            // a network namespace the host's user namespace owns.
-            .arg("--netns-type=path")
-            .arg(format!("/proc/{pid}/ns/net"))
-            .arg("tap0")
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: only dup2 between the fork and the exec, which is
-        // async-signal-safe; the source descriptors stay open in the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(ready_fd, 3) < 0 || libc::dup2(exit_fd, 4) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| {
+        // Its stderr goes to a file beside its socket: read if it fails,
+        // never a pipe that would fill once nobody reads it.
+        let log = log_path(api);
+        let err_w = std::fs::File::create(&log)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", log.display())))?;
+        let mut args: Vec<std::ffi::OsString> = [
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--ready-fd=3",
+            "--exit-fd=4",
+            "--api-socket",
+        ]
+        .map(Into::into)
+        .to_vec();
+        args.push(api.into());
+        // By path, not by pid: given a pid, slirp4netns also joins its
+        // user namespace, where a rootless environment's is no use for a
+        // network namespace the host's user namespace owns.
+        args.push("--netns-type=path".into());
+        args.push(format!("/proc/{pid}/ns/net").into());
+        args.push("tap0".into());
+        let child = spawn_placed(
+            slirp_path(),
+            &args,
+            &[
+                (err_w.as_raw_fd(), 2),
+                (ready_w.as_raw_fd(), 3),
+                (exit_r.as_raw_fd(), 4),
+            ],
+        )
+        .map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("starting {SLIRP} (install it: apt-get install slirp4netns): {e}"),
             )
         })?;
-        drop(ready_w);
-        drop(exit_r);
-        if let Err(e) = wait_readable(&ready_r, Duration::from_secs(10)) {
-            let _ = child.kill();
-            let _ = child.wait();
-            let mut why = String::new();
-            if let Some(err) = child.stderr.take() {
-                let _ = io::Read::read_to_string(&mut io::Read::take(err, 4096), &mut why);
-            }
+        Ok(Starting {
+            child,
+            ready: ready_r,
+            api: api.to_path_buf(),
+            exit: exit_w,
+        })
+    }
+}
+
+/// Where slirp4netns's stderr goes: beside its control socket.
+fn log_path(api: &Path) -> PathBuf {
+    let mut name = api.as_os_str().to_os_string();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// A child process known by its pid; killed and reaped on demand.
+struct Spawned(libc::pid_t);
+
+impl Spawned {
+    fn kill(&self) {
+        // SAFETY: signalling our own child, which is not reaped before `reap`.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+
+    fn reap(&self) {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(self.0, &mut status, 0) };
+    }
+}
+
+/// Starts `program` with `args`, an empty environment, stdin and stdout on
+/// /dev/null and each `(from, to)` descriptor placed at `to`, through
+/// `posix_spawn` (glibc's is a vfork).
+fn spawn_placed(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    fds: &[(i32, i32)],
+) -> io::Result<Spawned> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::other("a NUL in an argument"));
+    let path = cstr(program.as_os_str().as_bytes())?;
+    let mut argv = vec![path.clone()];
+    for a in args {
+        argv.push(cstr(a.as_bytes())?);
+    }
+    let mut argv_ptrs: Vec<*mut libc::c_char> =
+        argv.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
+    let null = cstr(b"/dev/null")?;
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    };
+    // SAFETY: the file actions are initialised before use and destroyed
+    // after; every pointer passed is to a live, NUL-terminated string or a
+    // null-terminated array of them.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut added = check(libc::posix_spawn_file_actions_addopen(
+            &mut actions,
+            0,
+            null.as_ptr(),
+            libc::O_RDONLY,
+            0,
+        ))
+        .and_then(|()| {
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                1,
+                null.as_ptr(),
+                libc::O_WRONLY,
+                0,
+            ))
+        });
+        for &(from, to) in fds {
+            added = added
+                .and_then(|()| check(libc::posix_spawn_file_actions_adddup2(&mut actions, from, to)));
+        }
+        let mut pid = 0;
+        let spawned = added.and_then(|()| {
+            check(libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &actions,
+                std::ptr::null(),
+                argv_ptrs.as_ptr(),
+                envp.as_ptr(),
+            ))
+        });
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        spawned.map(|()| Spawned(pid))
+    }
+}
+
+/// slirp4netns by its full path: a program found through PATH with the
+/// environment cleared makes the standard library fork rather than vfork.
+fn slirp_path() -> &'static Path {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(["/usr/bin".into(), "/bin".into()])
+            .map(|dir| dir.join(SLIRP))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from(SLIRP))
+    })
+}
+
+/// A user-mode network on its way up.
+struct Starting {
+    child: Spawned,
+    ready: OwnedFd,
+    api: PathBuf,
+    exit: OwnedFd,
+}
+
+impl Starting {
+    /// Waits until the network is up.
+    fn wait(self, timeout: Duration) -> io::Result<Slirp> {
+        let Starting {
+            child,
+            ready,
+            api,
+            exit,
+        } = self;
+        if let Err(e) = wait_ready(&ready, timeout) {
+            child.kill();
+            child.reap();
+            let why = std::fs::read(log_path(&api)).unwrap_or_default();
+            let _ = std::fs::remove_file(log_path(&api));
+            let why = String::from_utf8_lossy(&why[..why.len().min(4096)]).into_owned();
             return Err(io::Error::other(format!("{e}: {}", why.trim())));
         }
         Ok(Slirp {
             child,
-            api: api.to_path_buf(),
-            _exit: exit_w,
+            api,
+            _exit: exit,
         })
     }
+}
+
+impl Slirp {
 
     /// Forwards TCP `node_port` on every node address to `env_port` inside.
     pub fn publish(&self, p: Published) -> io::Result<()> {
@@ -158,9 +310,10 @@ impl Slirp {
 impl Drop for Slirp {
     /// Ends the network stack.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
+        self.child.reap();
         let _ = std::fs::remove_file(&self.api);
+        let _ = std::fs::remove_file(log_path(&self.api));
     }
 }
 

@@ -4,11 +4,12 @@
 //! mounts, rlimits per user, signals).
 //!
 //! Each live environment of every node on the host holds its own range of
-//! [`IDS_PER_ENV`] ids, claimed by an `flock` on a file in [`LEASE_DIR`]:
+//! [`IDS_PER_ENV`] ids, claimed by an exclusive `flock` on a file in
+//! [`LEASE_DIR`], then held shared by the node and by pid 1:
 //! ranges are never shared, not even by two nodes on one host, and a
 //! range is free again the moment the last process holding its lock is gone
-//! (pid 1 inherits the lock, so the range outlives a crashed node exactly
-//! as long as the environment's processes do).
+//! (pid 1 holds it too, so the range outlives a crashed node exactly as long
+//! as the environment's processes do).
 //!
 //! The namespaces of a rootless environment other than the user namespace
 //! stay owned by the host's: its root has capabilities only over its own
@@ -39,11 +40,13 @@ pub const SLOTS: u32 = 4094;
 pub const LEASE_DIR: &str = "/run/colony/ids";
 
 /// A claimed range of host ids, held while this value (or a process that
-/// inherited [`Lease::lock_fd`]) lives.
+/// took a [`hold`] on it) lives.
 #[derive(Debug)]
 pub struct Lease {
     pub ids: IdShift,
-    lock: File,
+    /// Held for its flock: the claim itself.
+    _lock: File,
+    path: std::path::PathBuf,
 }
 
 impl Lease {
@@ -67,9 +70,22 @@ impl Lease {
                 })?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                // Held shared from here on, so the environment's pid 1 can
+                // take the lock too (by path: no descriptor to hand down,
+                // so the helper starts without a fork of this process). The
+                // conversion is not atomic: another claimer may take the
+                // range in between, and then this one moves on.
+                // SAFETY: as above.
+                if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+                    continue;
+                }
                 let ids = IdShift::new(FIRST_ID + slot * IDS_PER_ENV, IDS_PER_ENV)
                     .expect("the slots fit below 2^32");
-                return Ok(Lease { ids, lock });
+                return Ok(Lease {
+                    ids,
+                    _lock: lock,
+                    path,
+                });
             }
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
@@ -84,10 +100,29 @@ impl Lease {
         )))
     }
 
-    /// The lock's descriptor, for a process that must hold the range too.
-    pub fn lock_fd(&self) -> i32 {
-        self.lock.as_raw_fd()
+    /// The lock file, for a process that must hold the range too ([`hold`]).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
+}
+
+/// Takes a shared hold on the range whose lock file is `path` (in the
+/// environment's pid 1, beside the node's): the returned file must stay
+/// open for as long as the range is in use.
+pub fn hold(path: &Path) -> io::Result<File> {
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("holding the id range of {}: {e}", path.display()),
+        ));
+    }
+    Ok(lock)
 }
 
 /// Maps ids `0..count` inside the user namespace of `pid` to the range
@@ -154,6 +189,30 @@ mod tests {
             FIRST_ID as u64 + (SLOTS * IDS_PER_ENV) as u64 <= 0x7FFE_0000,
             "every slot fits below systemd's reserved top"
         );
+    }
+
+    #[test]
+    fn a_range_pid_1_holds_outlives_the_nodes_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Lease::claim_in(dir.path()).unwrap();
+        let held = hold(a.path()).unwrap();
+        drop(a);
+        let b = Lease::claim_in(dir.path()).unwrap();
+        assert_eq!(b.ids.base(), FIRST_ID + IDS_PER_ENV, "slot 0 is still held");
+        drop(held);
+        // Free once the hold is gone (a child that another test forks may
+        // carry a copy of the descriptor until its exec: allow for that).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let c = Lease::claim_in(dir.path()).unwrap();
+            if c.ids.base() == FIRST_ID {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "slot 0 never freed");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // A hold needs the range not to be claimed by someone else.
+        assert!(hold(&dir.path().join("nonexistent")).is_err());
     }
 
     #[test]
