@@ -15,7 +15,7 @@ use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
 
 /// (resident kB, threads) of this process.
-fn footprint() -> (u64, u64) {
+pub(crate) fn footprint() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status
@@ -82,7 +82,9 @@ pub fn run(envs: usize, concurrent: usize, options: &str) -> Result<()> {
     result
 }
 
-fn measure(node: &Node, envs: usize, concurrent: usize, options: &str) -> Result<()> {
+/// Holds `envs` idle environments b0…, then spawns `concurrent` more at
+/// once; prints memory and threads per environment and the spawn rate.
+pub(crate) fn measure(node: &Node, envs: usize, concurrent: usize, options: &str) -> Result<()> {
     let spawn = |i: usize| {
         let r = node.run("bench", &format!("spawn b{i} {options}"));
         if r.status != 0 {

@@ -125,9 +125,12 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
     let far_venti = far(venti_addr)?;
 
     let mut cpus = Vec::new();
-    for (i, (label, venti, delayed)) in [
-        ("direct link".to_string(), venti_addr, false),
-        (format!("{rtt_ms} ms round trip"), far_venti, true),
+    // The third cpu node holds the density figures' environments.
+    let (envs, concurrent) = (100, 40);
+    for (i, (label, venti, delayed, slots)) in [
+        ("direct link".to_string(), venti_addr, false, 5),
+        (format!("{rtt_ms} ms round trip"), far_venti, true, 5),
+        ("density".to_string(), venti_addr, false, envs + concurrent),
     ]
     .into_iter()
     .enumerate()
@@ -151,7 +154,7 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
         }
         let cpu_state = StateDir::resolve(Some(&dir.join(format!("c{i}"))))?;
         let cache = BlockCache::open(&cpu_state.root.join("blockcache"), 4 << 30)?;
-        let first_port = 25001 + i as u16 * 50;
+        let first_port = 25001 + i as u16 * 200;
         let envs = Arc::new(Environments::new(
             cpu_state,
             CpuConfig {
@@ -159,7 +162,8 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
                 env_listen: "127.0.0.1".into(),
                 allow_host_net: true,
                 allow_rootful: true,
-                env_ports: (first_port, first_port + 40),
+                env_ports: (first_port, first_port + slots as u16 + 10),
+                spawn_max: slots,
                 ..CpuConfig::default()
             },
         )?);
@@ -197,7 +201,17 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
             options
         }
     );
-    let result = measure(&cpus, &roots, &key, runs, options);
+    let result = measure(&cpus[..2], &roots, &key, runs, options).and_then(|()| {
+        // Idle environments placed on a cpu node through the control link:
+        // node memory (both nodes are this process) and spawns at once.
+        let busybox = state.scorenames().lookup("busybox")?.context("busybox bound")?;
+        for i in 0..envs + concurrent {
+            state
+                .scorenames()
+                .bind(&format!("b{i}"), &busybox.root, &["bench"])?;
+        }
+        crate::bench_density::measure(&cpus[2].node, envs, concurrent, options)
+    });
     for c in &cpus {
         c.envs.shutdown();
     }
