@@ -204,7 +204,10 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
     let result = measure(&cpus[..2], &roots, &key, runs, options).and_then(|()| {
         // Idle environments placed on a cpu node through the control link:
         // node memory (both nodes are this process) and spawns at once.
-        let busybox = state.scorenames().lookup("busybox")?.context("busybox bound")?;
+        let busybox = state
+            .scorenames()
+            .lookup("busybox")?
+            .context("busybox bound")?;
         for i in 0..envs + concurrent {
             state
                 .scorenames()

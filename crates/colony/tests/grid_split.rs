@@ -13,7 +13,10 @@
 //!   it (and fail with EIO past the node's deadline), and its successor
 //!   adopts them;
 //! * the shared block cache stays within its bound, and a damaged entry is
-//!   fetched again, never served.
+//!   fetched again, never served;
+//! * a cpu node serves two replicating storage nodes, each of which sees
+//!   and commands only what it placed, and a root saved through one spawns
+//!   through the other.
 
 mod common;
 
@@ -33,61 +36,77 @@ fn can_run() -> bool {
     netns::available() && Path::new("/dev/fuse").exists()
 }
 
-/// host 0: storage node s1; hosts 1 and 2: cpu nodes c1 and c2.
+/// host 0: storage node s1; hosts 1 and 2: cpu nodes c1 and c2; host 3:
+/// storage node s2, replicating with s1, when the grid has two.
 struct Split {
     tmp: tempfile::TempDir,
     hosts: Hosts,
     s1: Proc,
     c1: Proc,
     c2: Proc,
+    s2: Option<Proc>,
 }
 
 impl Split {
     fn new(c1_extra: &[&str], c2_extra: &[&str]) -> Split {
+        Split::with_storage(1, c1_extra, c2_extra)
+    }
+
+    /// A grid of `storage` storage nodes (1 or 2) and two cpu nodes.
+    fn with_storage(storage: usize, c1_extra: &[&str], c2_extra: &[&str]) -> Split {
         let tmp = tempfile::tempdir().unwrap();
         grid_ca(
             tmp.path(),
             &[
                 ("s1", "storage"),
+                ("s2", "storage"),
                 ("c1", "cpu"),
                 ("c2", "cpu"),
                 ("admin", "client"),
             ],
             &["alice", "bob"],
         );
-        let hosts = Hosts::new(3);
+        let hosts = Hosts::new(4);
         let dir = |n: &str| tmp.path().join(n).display().to_string();
-        let s = &hosts.addrs[0];
-        let s1 = Proc::new(
-            "s1",
-            [
+        // (name, host) of each storage node.
+        let stores: Vec<(&str, usize)> = [("s1", 0), ("s2", 3)][..storage].to_vec();
+        let storage_node = |name: &str, host: usize| {
+            let a = &hosts.addrs[host];
+            let mut args: Vec<String> = [
                 "serve",
                 "--role",
                 "storage",
                 "--listen",
-                &format!("{s}:16999"),
+                &format!("{a}:16999"),
                 "--public-host",
-                s,
+                a,
                 "--venti-listen",
-                &format!("tls!{s}!17034"),
+                &format!("tls!{a}!17034"),
                 "--cpu-listen",
-                &format!("tls!{s}!{CONTROL_PORT}"),
+                &format!("tls!{a}!{CONTROL_PORT}"),
                 "--tls",
-                &dir("s1.tls"),
+                &dir(&format!("{name}.tls")),
                 "--state",
-                &dir("s1.state"),
+                &dir(&format!("{name}.state")),
             ]
             .map(String::from)
-            .to_vec(),
-        );
+            .to_vec();
+            for &(peer, h) in stores.iter().filter(|(p, _)| *p != name) {
+                args.push("--replica-listen".into());
+                args.push(format!("tls!{a}!17035"));
+                args.push("--peer".into());
+                args.push(format!("{peer}=tls!{}!17035", hosts.addrs[h]));
+            }
+            Proc::new(name, args)
+        };
+        let s1 = storage_node("s1", 0);
+        let s2 = (storage > 1).then(|| storage_node("s2", 3));
         let cpu = |i: usize, name: &str, extra: &[&str]| {
             let addr = &hosts.addrs[i];
             let mut args: Vec<String> = [
                 "serve",
                 "--role",
                 "cpu",
-                "--storage",
-                &format!("s1=tls!{s}!{CONTROL_PORT}"),
                 "--public-host",
                 addr,
                 "--env-ports",
@@ -99,6 +118,10 @@ impl Split {
             ]
             .map(String::from)
             .to_vec();
+            for &(s, h) in &stores {
+                args.push("--storage".into());
+                args.push(format!("{s}=tls!{}!{CONTROL_PORT}", hosts.addrs[h]));
+            }
             args.extend(extra.iter().map(|s| s.to_string()));
             Proc::new(name, args)
         };
@@ -121,6 +144,7 @@ impl Split {
             s1,
             c1,
             c2,
+            s2,
         }
     }
 
@@ -147,6 +171,14 @@ impl Split {
         self.s1.start_with(env_logged(cmd), "listening on ");
     }
 
+    fn start_s2(&mut self) {
+        let cmd = env_logged(self.hosts.command(3, COLONY));
+        self.s2
+            .as_mut()
+            .expect("a grid of two storage nodes")
+            .start_with(cmd, "listening on ");
+    }
+
     fn start_cpu(&mut self, i: usize) {
         let cmd = env_logged(self.hosts.command(i, COLONY));
         let node = if i == 1 { &mut self.c1 } else { &mut self.c2 };
@@ -163,15 +195,30 @@ impl Split {
 
     /// `ssh USER@s1 ARGS` to the storage node's front door.
     fn door(&self, user: &str, args: &[&str]) -> Output {
+        self.door_on(0, user, args)
+    }
+
+    /// `ssh USER@HOST ARGS` to the front door of the storage node on `host`.
+    fn door_on(&self, host: usize, user: &str, args: &[&str]) -> Output {
         let mut cmd = self.hosts.command(0, "ssh");
         cmd.args(["-p", "16999", "-i"])
             .arg(self.tmp.path().join(user))
             .args(SSH_OPTS)
             .arg("-T")
-            .arg(format!("{user}@{}", self.hosts.addrs[0]))
+            .arg(format!("{user}@{}", self.hosts.addrs[host]))
             .args(args)
             .stdin(Stdio::null());
         cmd.output().unwrap()
+    }
+
+    fn door_on_ok(&self, host: usize, user: &str, args: &[&str]) -> String {
+        let out = self.door_on(host, user, args);
+        assert!(
+            out.status.success(),
+            "{user} {args:?} on host {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     fn door_ok(&self, user: &str, args: &[&str]) -> String {
@@ -238,7 +285,12 @@ impl Split {
     }
 
     fn root_of(&self, name: &str) -> Option<String> {
-        let db = ndb::Db::open(&self.state("s1").join("scorenames")).ok()?;
+        self.root_on("s1", name)
+    }
+
+    /// The root `name` is bound to on storage node `node`.
+    fn root_on(&self, node: &str, name: &str) -> Option<String> {
+        let db = ndb::Db::open(&self.state(node).join("scorenames")).ok()?;
         db.entries()
             .iter()
             .find(|e| e.get("scorename") == Some(name))
@@ -557,4 +609,60 @@ fn environments_outlive_a_storage_node_restart_and_the_cache_keeps_its_bound() {
     let root = g.root_of("later").unwrap();
     assert!(g.read_tree(&root).unwrap().contains("root/later"));
     std::thread::sleep(Duration::from_millis(10));
+}
+
+#[test]
+fn a_cpu_node_serves_two_replicating_storage_nodes() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::with_storage(2, &[], &[]);
+    g.import("busybox", &busybox_root(g.tmp.path(), "two stores\n"));
+    g.start_s1();
+    g.start_s2();
+    g.start_cpu(1);
+    wait_for(20, "c1 linked to both storage nodes", || {
+        g.s1.log_has("cpu node linked") && g.s2.as_ref().unwrap().log_has("cpu node linked")
+    });
+    // Users and names reach s2 by replication; the blocks before the name.
+    wait_for(20, "busybox on s2", || {
+        g.root_on("s2", "busybox").is_some()
+            && g.door_on(3, "alice", &["scores"]).stdout == b"busybox\n"
+    });
+    let c1 = g.hosts.addrs[1].clone();
+
+    // Spawned through s2: c1 reads the root's blocks from s2's venti.
+    let via2 = g.door_on_ok(3, "alice", &["spawn", "busybox"]);
+    assert_eq!(spawn_host(&via2), c1);
+    assert_eq!(g.in_env_ok("alice", &via2, "cat /etc/motd"), "two stores\n");
+    g.in_env_ok("alice", &via2, "echo saved through s2 > /root/note");
+    g.door_on_ok(3, "alice", &["save", "busybox", "fromtwo"]);
+    // …replicated to s1, spawned through it on the same cpu node.
+    wait_for(20, "fromtwo on s1", || g.root_of("fromtwo").is_some());
+    let via1 = g.door_ok("alice", &["spawn", "fromtwo"]);
+    assert_eq!(spawn_host(&via1), c1);
+    assert_eq!(
+        g.in_env_ok("alice", &via1, "cat /root/note"),
+        "saved through s2\n"
+    );
+    // One user's name runs once per cpu node: s1 cannot place a second
+    // busybox of alice's where s2's runs, and says so.
+    let err = g.door_err("alice", &["spawn", "busybox"]);
+    assert!(
+        err.contains("already runs here, placed by storage node s2"),
+        "{err}"
+    );
+    // Each storage node answers for what it placed.
+    let one = g.door_ok("alice", &["status"]);
+    assert!(
+        one.starts_with("fromtwo\t") && !one.contains("busybox\t"),
+        "{one}"
+    );
+    let two = g.door_on_ok(3, "alice", &["status"]);
+    assert!(
+        two.starts_with("busybox\t") && !two.contains("fromtwo\t"),
+        "{two}"
+    );
+    g.door_ok("alice", &["boom", "fromtwo"]);
+    g.door_on_ok(3, "alice", &["boom", "busybox"]);
 }

@@ -168,6 +168,23 @@ impl Agent {
                 options,
                 keys,
             } => {
+                // The same user's environment of the same name placed here
+                // by another storage node: one name runs once per machine,
+                // so the storage node is to try another cpu node.
+                if let Some(other) = self
+                    .placed_by
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&(user.clone(), name.clone()))
+                    .filter(|s| *s != storage)
+                {
+                    return Err(Refusal {
+                        message: format!(
+                            "{name} of {user} already runs here, placed by storage node {other}"
+                        ),
+                        full: true,
+                    });
+                }
                 let keys = OwnerKeys::parse(&keys).map_err(refused)?;
                 let store = self.store(storage, venti).map_err(refused)?;
                 let text = self

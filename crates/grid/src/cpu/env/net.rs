@@ -177,8 +177,10 @@ fn spawn_placed(
     for a in args {
         argv.push(cstr(a.as_bytes())?);
     }
-    let mut argv_ptrs: Vec<*mut libc::c_char> =
-        argv.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
+    let mut argv_ptrs: Vec<*mut libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr() as *mut libc::c_char)
+        .collect();
     argv_ptrs.push(std::ptr::null_mut());
     let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
     let null = cstr(b"/dev/null")?;
@@ -212,8 +214,13 @@ fn spawn_placed(
             ))
         });
         for &(from, to) in fds {
-            added = added
-                .and_then(|()| check(libc::posix_spawn_file_actions_adddup2(&mut actions, from, to)));
+            added = added.and_then(|()| {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    &mut actions,
+                    from,
+                    to,
+                ))
+            });
         }
         let mut pid = 0;
         let spawned = added.and_then(|()| {
@@ -281,7 +288,6 @@ impl Starting {
 }
 
 impl Slirp {
-
     /// Forwards TCP `node_port` on every node address to `env_port` inside.
     pub fn publish(&self, p: Published) -> io::Result<()> {
         let mut s = UnixStream::connect(&self.api)?;
