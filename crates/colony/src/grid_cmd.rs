@@ -275,7 +275,35 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             (log.clone(), Some(log))
         }
     };
-    let replication = replication(&args.replica, &file, &state, log, tls_dir.is_some())?;
+    let cpu_listen = args
+        .roles
+        .cpu_listen
+        .clone()
+        .or_else(|| file.get("cpulisten").map(str::to_string));
+    let pool = match role {
+        Role::Storage => Some(storage_pool(
+            &state,
+            cpu_listen,
+            args.venti_listen.as_deref(),
+            tls_dir.is_some(),
+            &config.public_host,
+        )?),
+        _ if cpu_listen.is_some() => bail!("--cpu-listen is for a storage node (--role storage)"),
+        _ => None,
+    };
+    // `colony grid status` shows a storage node's cpu nodes too.
+    let more_status = pool.as_ref().map(|(p, _)| {
+        let p = p.clone();
+        Arc::new(move || p.cpus()) as Arc<dyn Fn() -> String + Send + Sync>
+    });
+    let replication = replication(
+        &args.replica,
+        &file,
+        &state,
+        log,
+        tls_dir.is_some(),
+        more_status,
+    )?;
     // A node that reads through serves its environments from the store
     // that fetches what replication has not brought yet.
     let store: Arc<dyn BlockStore> = match replication.as_ref().and_then(|(_, _, t)| t.clone()) {
@@ -283,29 +311,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => store,
     };
     let replication = replication.map(|(rep, listen, _)| (rep, listen));
-    let cpu_listen = args
-        .roles
-        .cpu_listen
-        .clone()
-        .or_else(|| file.get("cpulisten").map(str::to_string));
-    let (node, pool) = match role {
-        Role::Storage => {
-            let (pool, listen) = storage_pool(
-                &state,
-                cpu_listen,
-                args.venti_listen.as_deref(),
-                tls_dir.is_some(),
-                &config.public_host,
-            )?;
-            let node = Node::new(state, pool.clone());
-            (Arc::new(node), Some((pool, listen)))
-        }
-        _ => {
-            if cpu_listen.is_some() {
-                bail!("--cpu-listen is for a storage node (--role storage)");
-            }
-            (Arc::new(Node::local(state, store.clone(), config)?), None)
-        }
+    let node = match &pool {
+        Some((pool, _)) => Arc::new(Node::new(state, pool.clone())),
+        None => Arc::new(Node::local(state, store.clone(), config)?),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -487,6 +495,7 @@ fn replication(
     state: &StateDir,
     log: Option<Arc<LogStore>>,
     has_tls: bool,
+    more_status: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 ) -> Result<ReplicationSetup> {
     let read_through = args.read_through || file.get("readthrough") == Some("yes");
     let batch = args.replica_batch;
@@ -566,6 +575,7 @@ fn replication(
             .clamp(1, replica::frame::MAX_OFFER),
         batch_bytes: replica::BATCH_BYTES,
         catch_up: std::time::Duration::from_secs(1),
+        more_status,
         read_through: through.is_some(),
     });
     Ok(Some((rep, listen, through)))

@@ -630,6 +630,24 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
             && g.door_on(3, "alice", &["scores"]).stdout == b"busybox\n"
     });
     let c1 = g.hosts.addrs[1].clone();
+    // The admin's view of a storage node lists its cpu nodes.
+    let out = g
+        .hosts
+        .command(0, COLONY)
+        .args([
+            "grid",
+            "status",
+            &format!("tls!{}!17035", g.hosts.addrs[0]),
+            "--cert",
+        ])
+        .arg(g.tmp.path().join("admin.tls"))
+        .output()
+        .unwrap();
+    let board = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        board.contains("cpu c1\tlinked\t0/5 environments"),
+        "{board}"
+    );
 
     // Spawned through s2: c1 reads the root's blocks from s2's venti.
     let via2 = g.door_on_ok(3, "alice", &["spawn", "busybox"]);

@@ -97,6 +97,9 @@ pub struct Replicator {
     /// How often an idle link pings (and re-reads the catalog, for changes
     /// made by other processes).
     pub catch_up: Duration,
+    /// More for the status text, from the node's other services (a
+    /// storage node's cpu nodes).
+    pub more_status: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// Default batch limits: a batch is what a kill may cost again.
@@ -140,7 +143,11 @@ impl Replicator {
                 )
             })
             .collect();
-        board::render(&self.node, &out, &behind, &inc)
+        let mut text = board::render(&self.node, &out, &behind, &inc);
+        if let Some(more) = &self.more_status {
+            text.push_str(&more());
+        }
+        text
     }
 }
 

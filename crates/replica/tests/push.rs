@@ -121,6 +121,7 @@ impl Grid {
             batch_records: 64,
             batch_bytes: 256 << 10,
             catch_up: Duration::from_millis(200),
+            more_status: None,
             read_through: false,
         });
         (rep, catalog)
