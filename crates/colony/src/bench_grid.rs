@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use cpu::CpuConfig;
 use grid::state::StateDir;
-use grid::{CpuConfig, Node};
+use storage::Node;
 use vac::tree::{BlockSizes, Tree};
 use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use grid::cpu::agent::{Agent, StorageNode};
-use grid::cpu::{CpuConfig, Environments};
+use cpu::agent::{Agent, StorageNode};
+use cpu::{CpuConfig, Environments};
 use grid::state::StateDir;
-use grid::storage::Node;
-use grid::storage::placement::Pool;
+use storage::Node;
+use storage::placement::Pool;
 use vac::tree::{BlockSizes, Tree};
 use vac::walk::{DirImporter, Quiet};
 use venti::{BlockCache, BlockStore, LogStore};
@@ -144,7 +144,7 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
         ));
         let control = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let mut control_addr = control.local_addr()?;
-        runtime.spawn(grid::storage::placement::serve(
+        runtime.spawn(storage::placement::serve(
             pool.clone(),
             storage_link.clone(),
             control,

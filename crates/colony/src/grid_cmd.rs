@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use cpu::CpuConfig;
 use grid::state::StateDir;
-use grid::{CpuConfig, Node};
+use storage::Node;
 use vac::tree::{BlockSizes, Tree};
 use vac::walk::DirImporter;
 use venti::{BlockStore, LogStore, RemoteStore};
@@ -190,7 +191,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let listen = args
         .listen
         .or_else(|| file.get("listen").map(str::to_string))
-        .unwrap_or_else(|| format!("0.0.0.0:{}", grid::storage::frontdoor::DEFAULT_PORT));
+        .unwrap_or_else(|| format!("0.0.0.0:{}", storage::frontdoor::DEFAULT_PORT));
     let venti_addr = args.venti.or_else(|| file.get("venti").map(str::to_string));
     let mut config = CpuConfig::default();
     if let Some(n) = args
@@ -351,12 +352,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cpu node listener on {addr}"))?;
             tracing::info!(address = %listener.local_addr()?, venti = %pool.venti, "accepting cpu nodes");
             let link = link::Link::from_env().map_err(anyhow::Error::msg)?;
-            tokio::spawn(grid::storage::placement::serve(pool, link, listener));
+            tokio::spawn(storage::placement::serve(pool, link, listener));
         }
         tracing::info!(address = %local, "grid node ready");
         println!("listening on {local}");
         std::io::Write::flush(&mut std::io::stdout())?;
-        grid::storage::frontdoor::serve(node.clone(), listener, key, shutdown_signal()).await?;
+        storage::frontdoor::serve(node.clone(), listener, key, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     let live = node.live();
@@ -373,7 +374,7 @@ fn storage_pool(
     venti_listen: Option<&str>,
     has_tls: bool,
     public_host: &str,
-) -> Result<(Arc<grid::storage::placement::Pool>, String)> {
+) -> Result<(Arc<storage::placement::Pool>, String)> {
     if !has_tls {
         bail!(
             "a storage node links to its cpu nodes over mutual TLS: give its certificate with --tls DIR"
@@ -405,7 +406,7 @@ fn storage_pool(
         h => h,
     };
     let venti = format!("tls!{host}!{port}");
-    let pool = grid::storage::placement::Pool::new(link.me.name.clone(), venti, state.users());
+    let pool = storage::placement::Pool::new(link.me.name.clone(), venti, state.users());
     Ok((Arc::new(pool), listen))
 }
 
@@ -437,7 +438,7 @@ fn serve_cpu(
         .map(String::as_str)
         .chain(file.all("storage"))
     {
-        storage.push(grid::cpu::agent::StorageNode::parse(text).map_err(anyhow::Error::msg)?);
+        storage.push(cpu::agent::StorageNode::parse(text).map_err(anyhow::Error::msg)?);
     }
     if storage.is_empty() {
         bail!("a cpu node needs at least one --storage NAME=ADDRESS to run environments for");
@@ -455,8 +456,8 @@ fn serve_cpu(
         .or_else(|| file.get("blockwait").and_then(|v| v.parse().ok()))
         .unwrap_or(30);
     let cache = venti::BlockCache::open(&state.root.join("blockcache"), cache_bytes)?;
-    let envs = Arc::new(grid::cpu::Environments::new(state, config)?);
-    let agent = grid::cpu::agent::Agent::new(
+    let envs = Arc::new(cpu::Environments::new(state, config)?);
+    let agent = cpu::agent::Agent::new(
         envs.clone(),
         link.clone(),
         cache,

@@ -80,10 +80,10 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
     // The environments' helper processes: before anything starts a thread.
-    if std::env::var_os(grid::cpu::env::HELPER_VAR).is_some_and(|v| v == "init") {
-        let request = grid::cpu::env::InitRequest::read(&mut std::io::stdin().lock());
+    if std::env::var_os(cpu::env::HELPER_VAR).is_some_and(|v| v == "init") {
+        let request = cpu::env::InitRequest::read(&mut std::io::stdin().lock());
         match request {
-            Ok(r) => grid::cpu::env::launch::init_main(&r),
+            Ok(r) => cpu::env::launch::init_main(&r),
             Err(e) => {
                 println!("error {e}");
                 std::process::exit(2)
@@ -146,7 +146,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// `colony __env-exec --pid N [--cgroup DIR]… [--pty] [--term T] -- ARGV…`:
-/// run by the grid node, never by hand (see grid::cpu::env::launch). The init
+/// run by the grid node, never by hand (see cpu::env::launch). The init
 /// helper is started as `init` with its request on stdin (see `main`).
 fn env_helper(args: &[String]) -> ! {
     let mut cgroups = Vec::new();
@@ -160,7 +160,7 @@ fn env_helper(args: &[String]) -> ! {
             "--ns" => {
                 namespaces = args
                     .get(i + 1)
-                    .and_then(|v| grid::cpu::env::launch::Namespaces::parse(v))
+                    .and_then(|v| cpu::env::launch::Namespaces::parse(v))
             }
             "--term" => term = args.get(i + 1).cloned(),
             "--pty" => {
@@ -178,7 +178,7 @@ fn env_helper(args: &[String]) -> ! {
     }
     match (args[0].as_str(), pid) {
         ("__env-exec", Some(pid)) if i + 1 < args.len() && namespaces.is_some() => {
-            grid::cpu::env::launch::exec_main(
+            cpu::env::launch::exec_main(
                 pid,
                 namespaces.expect("checked"),
                 &cgroups,

@@ -1284,7 +1284,7 @@ fn a_root_whose_proc_is_a_symlink_is_refused() {
 /// and the calls that must keep working, printing `name errno` per line.
 fn syscall_probe_source() -> String {
     let mut calls = String::new();
-    for name in grid::cpu::env::seccomp::refused_names() {
+    for name in cpu::env::seccomp::refused_names() {
         calls.push_str(&format!("    {{\"{name}\", SYS_{name}}},\n"));
     }
     format!(
@@ -1401,7 +1401,7 @@ fn check_probe_results(out: &str, mode: &str) {
             Some((name, errno.parse().ok()?))
         })
         .collect();
-    for name in grid::cpu::env::seccomp::refused_names() {
+    for name in cpu::env::seccomp::refused_names() {
         assert_eq!(
             results.get(name),
             Some(&libc::EPERM),

@@ -12,8 +12,8 @@ use russh::server::{Auth, Msg, PublicKeyOffer, Server as _, Session, VerifiedPub
 use russh::{Channel, ChannelId};
 use tokio::net::TcpListener;
 
-use super::{COMMANDS, Node, Reply};
-use crate::ssh::server_config;
+use crate::{COMMANDS, Node, Reply};
+use grid::ssh::server_config;
 
 /// The default port of the front door.
 pub const DEFAULT_PORT: u16 = 16999;

@@ -1,9 +1,9 @@
 //! What a spawn may ask for beyond its root: limits, network, published
 //! ports and the kind of root, checked against what this machine allows.
 
-use super::CpuConfig;
-use super::env::{Limits, Network};
-use crate::error::{GridError, GridResult};
+use crate::CpuConfig;
+use crate::env::{Limits, Network};
+use grid::error::{GridError, GridResult};
 
 /// What a `spawn` asks for beyond the root.
 pub struct SpawnOptions {

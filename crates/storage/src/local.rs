@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use venti::{BlockStore, Score};
 
-use super::{Cpus, Spawn};
-use crate::cpu::{Environments, OwnerKeys, SpawnRequest};
-use crate::error::GridResult;
-use crate::users::Users;
+use crate::{Cpus, Spawn};
+use cpu::{Environments, OwnerKeys, SpawnRequest};
+use grid::error::GridResult;
+use grid::users::Users;
 
 pub struct LocalCpus {
     pub envs: Environments,

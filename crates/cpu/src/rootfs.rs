@@ -4,7 +4,7 @@
 
 use fossil::{FileKind, Fs, ROOT_INO};
 
-use crate::error::{GridError, GridResult};
+use grid::error::{GridError, GridResult};
 
 /// Adds `user` to the environment's /etc/passwd and /etc/group (creating
 /// them if needed) and makes /home/USER.

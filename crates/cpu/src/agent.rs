@@ -17,8 +17,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use venti::{BlockCache, BlockStore, CachedStore, RemoteStore};
 
-use super::{Environments, OwnerKeys, SpawnRequest};
-use crate::error::GridError;
+use crate::{Environments, OwnerKeys, SpawnRequest};
+use grid::error::GridError;
 
 /// Fetchers per storage node that read ahead of the file systems: enough
 /// requests in flight to fill a far link's round trips.

@@ -18,7 +18,7 @@ use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Server as _, Session, Ver
 use russh::{Channel, ChannelId};
 
 use super::Environment;
-use crate::cpu::OwnerKeys;
+use crate::OwnerKeys;
 
 /// What the door needs to know about its environment.
 pub struct Door {
@@ -39,7 +39,7 @@ pub async fn serve(
     key: PrivateKey,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let config = crate::ssh::server_config(key);
+    let config = grid::ssh::server_config(key);
     let mut server = Front { door };
     let running = server.run_on_socket(config, &listener);
     let handle = running.handle();
@@ -401,7 +401,7 @@ impl russh::server::Handler for Conn {
             "usr/libexec/sftp-server",
         ]
         .into_iter()
-        .find(|p| crate::cpu::rootfs::read_file(&self.door.fs, p, 64 << 20).is_some());
+        .find(|p| crate::rootfs::read_file(&self.door.fs, p, 64 << 20).is_some());
         if name != "sftp" {
             tracing::info!(subsystem = name, "no such subsystem in this environment");
             session.channel_failure(channel)?;

@@ -24,11 +24,11 @@ use fossil::{CacheConfig, Fs};
 use russh::keys::ssh_key::PublicKey;
 use venti::{BlockStore, Score};
 
-use crate::error::{GridError, GridResult};
-use crate::state::StateDir;
-use crate::users::Users;
 use env::door::Door;
 use env::{Environment, Limits, Network, Published, Spec};
+use grid::error::{GridError, GridResult};
+use grid::state::StateDir;
+use grid::users::Users;
 use options::SpawnOptions;
 
 /// Settings of the environments a machine runs.
@@ -248,7 +248,7 @@ impl Environments {
             })
             .map_err(|e| GridError::io(format!("making {} private", mounts.display()), e))?;
         clear_stale_cgroups(&node_id(&state));
-        let host_key = crate::ssh::host_key(&state.host_key())?;
+        let host_key = grid::ssh::host_key(&state.host_key())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("env-logins")
@@ -435,7 +435,7 @@ impl Environments {
         let group = format!(
             "{}-{}",
             node_id(&self.state),
-            crate::state::pair_id(user, name)
+            grid::state::pair_id(user, name)
         );
         let net_api = self.state.net_socket(user, name);
         if let Some(dir) = net_api.parent() {

@@ -18,12 +18,12 @@ use std::sync::Arc;
 
 use venti::Score;
 
-use crate::cpu::options::SPAWN_USAGE;
-use crate::error::{GridError, GridResult};
-use crate::names::check_score_name;
-use crate::scorenames::ScoreNames;
-use crate::state::StateDir;
-use crate::users::Users;
+use cpu::options::SPAWN_USAGE;
+use grid::error::{GridError, GridResult};
+use grid::names::check_score_name;
+use grid::scorenames::ScoreNames;
+use grid::state::StateDir;
+use grid::users::Users;
 
 /// The help line of the interactive prompt (as the original `gridorc` printed).
 pub const COMMANDS: &str = "scores [FILTER] | spawn NAME | spawndisk NAME | save ENV NEWNAME | invite USER ENV | boom ENV | status | exit";
@@ -107,9 +107,9 @@ impl Node {
     pub fn local(
         state: StateDir,
         store: Arc<dyn venti::BlockStore>,
-        config: crate::cpu::CpuConfig,
+        config: cpu::CpuConfig,
     ) -> GridResult<Node> {
-        let envs = crate::cpu::Environments::new(state.clone(), config)?;
+        let envs = cpu::Environments::new(state.clone(), config)?;
         let users = state.users();
         let cpus = Arc::new(local::LocalCpus { envs, store, users });
         Ok(Node::new(state, cpus))

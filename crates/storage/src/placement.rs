@@ -25,9 +25,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use venti::Score;
 
-use super::{Cpus, Spawn};
-use crate::error::{GridError, GridResult};
-use crate::users::Users;
+use crate::{Cpus, Spawn};
+use grid::error::{GridError, GridResult};
+use grid::users::Users;
 
 /// How long the pool waits for each kind of request.
 #[derive(Debug, Clone)]
