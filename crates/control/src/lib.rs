@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! cpu node                                  storage node
-//! Hello(version, node, slots, held) →        who it is, its room, what it runs
+//! Hello(version, node, slots,             who it is, its room (environments,
+//!       memory, cache, held)  →          bytes of memory and cache), what it runs
 //!                                   ←  Welcome(node, venti)    where to read blocks
 //!                                   ←  Request(id, deadline, request)
 //! Reply(id, answer or error)        →        in any order; id correlates
@@ -119,7 +120,11 @@ pub enum Frame {
     Hello {
         version: u8,
         node: String,
+        /// Environments it may run at once.
         slots: u32,
+        /// Its memory and its block cache's bound, in bytes.
+        memory: u64,
+        cache: u64,
         held: Vec<Held>,
     },
     Welcome {
@@ -217,12 +222,16 @@ impl Frame {
                 version,
                 node,
                 slots,
+                memory,
+                cache,
                 held,
             } => {
                 w.u8(HELLO);
                 w.u8(*version);
                 w.text(node);
                 w.u32(*slots);
+                w.u64(*memory);
+                w.u64(*cache);
                 w.u32(held.len() as u32);
                 for h in held {
                     w.text(&h.user);
@@ -343,6 +352,8 @@ impl Frame {
                 let version = r.u8()?;
                 let node = r.text()?;
                 let slots = r.u32()?;
+                let memory = r.u64()?;
+                let cache = r.u64()?;
                 // user, name, login lengths and the score at the least.
                 let n = r.count(12 + SCORE_SIZE)?;
                 let mut held = Vec::with_capacity(n);
@@ -358,6 +369,8 @@ impl Frame {
                     version,
                     node,
                     slots,
+                    memory,
+                    cache,
                     held,
                 }
             }

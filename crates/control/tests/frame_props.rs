@@ -52,22 +52,27 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u8>(),
             ".{0,10}",
             any::<u32>(),
+            any::<(u64, u64)>(),
             prop::collection::vec((".{0,6}", ".{0,6}", score(), ".{0,20}"), 0..4)
         )
-            .prop_map(|(version, node, slots, held)| Frame::Hello {
-                version,
-                node,
-                slots,
-                held: held
-                    .into_iter()
-                    .map(|(user, name, root, login)| Held {
-                        user,
-                        name,
-                        root,
-                        login
-                    })
-                    .collect()
-            }),
+            .prop_map(
+                |(version, node, slots, (memory, cache), held)| Frame::Hello {
+                    version,
+                    node,
+                    slots,
+                    memory,
+                    cache,
+                    held: held
+                        .into_iter()
+                        .map(|(user, name, root, login)| Held {
+                            user,
+                            name,
+                            root,
+                            login
+                        })
+                        .collect()
+                }
+            ),
         (".{0,10}", ".{0,20}").prop_map(|(node, venti)| Frame::Welcome { node, venti }),
         (any::<u64>(), any::<u32>(), request()).prop_map(|(id, deadline_ms, request)| {
             Frame::Request {
@@ -117,6 +122,7 @@ proptest! {
 fn a_forged_count_does_not_allocate() {
     // A Hello claiming 4096 environments in a few bytes.
     let mut body = vec![1u8, 1, 0, 0, 0, 1, b'c', 0, 0, 0, 1];
+    body.extend_from_slice(&[0; 16]);
     body.extend_from_slice(&4096u32.to_be_bytes());
     let err = Frame::decode(&body).unwrap_err();
     assert!(err.to_string().contains("cannot fit"), "{err}");

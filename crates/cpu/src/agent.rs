@@ -24,6 +24,18 @@ use grid::error::GridError;
 /// requests in flight to fill a far link's round trips.
 const READ_AHEAD_THREADS: usize = 32;
 
+/// This machine's memory (MemTotal), in bytes; 0 if unknown.
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// A storage node to link to: its certificate's name and control address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageNode {
@@ -308,6 +320,8 @@ impl Agent {
             version: control::VERSION,
             node: self.link.me.name.clone(),
             slots: self.envs.config().spawn_max as u32,
+            memory: memory_bytes(),
+            cache: self.cache.stats().limit,
             held: self.held_for(&storage.name),
         };
         control::write(&mut wr, &hello)

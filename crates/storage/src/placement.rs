@@ -61,6 +61,9 @@ struct Cpu {
     conn: Option<Conn>,
     slots: u32,
     running: u32,
+    /// Its memory and block cache bound, as it offered them.
+    memory: u64,
+    cache: u64,
     last_seen: SystemTime,
 }
 
@@ -267,11 +270,13 @@ impl Pool {
     {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let hello = tokio::time::timeout(Duration::from_secs(10), control::read(&mut rd)).await;
-        let (slots, held) = match hello {
+        let (slots, room, held) = match hello {
             Ok(Ok(Frame::Hello {
                 version,
                 node,
                 slots,
+                memory,
+                cache,
                 held,
             })) => {
                 if version != control::VERSION {
@@ -296,7 +301,7 @@ impl Pool {
                     .await;
                     return;
                 }
-                (slots, held)
+                (slots, (memory, cache), held)
             }
             Ok(Ok(other)) => {
                 let _ = refuse(&mut wr, format!("expected Hello, got {other:?}")).await;
@@ -325,6 +330,7 @@ impl Pool {
         let to_end = self.reconcile(
             &cpu,
             slots,
+            room,
             &held,
             Conn {
                 out: out.clone(),
@@ -420,7 +426,14 @@ impl Pool {
     }
 
     /// Records a cpu node's (re)link; returns what it must end.
-    fn reconcile(&self, cpu: &str, slots: u32, held: &[Held], conn: Conn) -> Vec<(String, String)> {
+    fn reconcile(
+        &self,
+        cpu: &str,
+        slots: u32,
+        (memory, cache): (u64, u64),
+        held: &[Held],
+        conn: Conn,
+    ) -> Vec<(String, String)> {
         let mut state = self.state();
         let mut end = Vec::new();
         let reported: HashSet<(String, String)> = held
@@ -471,6 +484,8 @@ impl Pool {
                 conn: Some(conn),
                 slots,
                 running,
+                memory,
+                cache,
                 last_seen: SystemTime::now(),
             },
         );
@@ -482,16 +497,19 @@ impl Pool {
         let state = self.state();
         let mut out = String::new();
         for (name, c) in &state.cpus {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             let _ = writeln!(
                 out,
-                "cpu {name}\t{}\t{}/{} environments",
+                "cpu {name}\t{}\t{}/{} environments\t{:.1} GiB memory, {:.1} GiB block cache",
                 if c.conn.is_some() {
                     "linked".to_string()
                 } else {
                     format!("lost, last seen {}", ago(c.last_seen))
                 },
                 c.running,
-                c.slots
+                c.slots,
+                gib(c.memory),
+                gib(c.cache)
             );
         }
         out
