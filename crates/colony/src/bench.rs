@@ -113,6 +113,16 @@ pub enum BenchCommand {
         #[arg(long, default_value = "")]
         spawn_options: String,
     },
+    /// hub: bytes a second through one hub to 1 and 8 readers, and the
+    /// time from a write to a waiting reader, over 9P on loopback.
+    Hub {
+        /// MiB each reader receives.
+        #[arg(long, default_value_t = 512)]
+        mb: usize,
+        /// Latency rounds.
+        #[arg(long, default_value_t = 2000)]
+        rounds: usize,
+    },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
     Vac {
@@ -138,6 +148,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
         BenchCommand::Vac { tree, dir, runs } => crate::bench_vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench_grid::run(&tree, runs),
+        BenchCommand::Hub { mb, rounds } => crate::bench_hub::run(mb, rounds),
         BenchCommand::Split {
             tree,
             runs,

@@ -5,11 +5,13 @@ mod bench;
 mod bench_density;
 mod bench_fossil;
 mod bench_grid;
+mod bench_hub;
 mod bench_link;
 mod bench_replica;
 mod bench_split;
 mod bench_vac;
 mod grid_cmd;
+mod hub_cmd;
 mod link_cmd;
 mod mount_cmd;
 mod paths;
@@ -63,6 +65,11 @@ enum Command {
     /// Carry plain TCP on loopback over mutual TLS to a grid member, or
     /// the other way round (as Plan 9's tlsclient and tlssrv).
     Tunnel(link_cmd::TunnelArgs),
+    /// Serve hubs (broadcast pipes with a ring buffer) over 9P2000.
+    Hubfs(hub_cmd::HubfsArgs),
+    /// A client of a hubfs: ls, cat, write, ctl.
+    #[command(subcommand)]
+    Hub(hub_cmd::HubCommand),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -108,6 +115,8 @@ fn main() -> ExitCode {
         Command::Ndb(cmd) => grid_cmd::ndb_query(cmd),
         Command::Grid(cmd) => link_cmd::grid(cmd),
         Command::Tunnel(args) => link_cmd::tunnel(args),
+        Command::Hubfs(args) => hub_cmd::hubfs(args),
+        Command::Hub(cmd) => hub_cmd::hub(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -1,0 +1,188 @@
+//! `colony hubfs` (serve a set of hubs over 9P) and `colony hub …` (a
+//! client of one: list, cat, write, ctl).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use hubfs::{HubSet, Limits, RateLimit};
+use ninep::Client;
+use ninep::fcall::{OREAD, OWRITE};
+
+#[derive(Args)]
+pub struct HubfsArgs {
+    /// 9P address to serve on, e.g. tcp!127.0.0.1!5640 or 127.0.0.1:5640.
+    /// 9P2000 has no authentication: the user name is the client's word,
+    /// so keep it on loopback or a private network.
+    #[arg(long, default_value = "127.0.0.1:5640")]
+    listen: String,
+    /// Bytes each hub keeps (K, M, G are powers of 1024).
+    #[arg(long, default_value = "777777")]
+    buffer: String,
+    /// Hubs at once.
+    #[arg(long, default_value_t = 77)]
+    max_hubs: usize,
+    /// Largest single write; a larger one is an error.
+    #[arg(long, default_value = "666666")]
+    max_write: String,
+    /// New readers start at the end, not at the oldest kept byte.
+    #[arg(long)]
+    trunc: bool,
+    /// Seconds a write waits for slow readers in fear mode.
+    #[arg(long, default_value_t = 5)]
+    fear_deadline: u64,
+    /// Limit each hub's writers to this many bytes a second.
+    #[arg(long)]
+    rate: Option<String>,
+    /// And to at least this many milliseconds between writes.
+    #[arg(long)]
+    min_gap_ms: Option<u64>,
+}
+
+pub fn hubfs(args: HubfsArgs) -> Result<()> {
+    let limits = Limits {
+        buffer: crate::mount_cmd::parse_size(&args.buffer)? as usize,
+        hubs: args.max_hubs,
+        write: crate::mount_cmd::parse_size(&args.max_write)? as usize,
+        fear_deadline: Duration::from_secs(args.fear_deadline),
+        ..Limits::default()
+    };
+    if limits.buffer == 0 || limits.write == 0 {
+        bail!("--buffer and --max-write must be more than 0");
+    }
+    let mut hubs = HubSet::new(limits);
+    if args.rate.is_some() || args.min_gap_ms.is_some() {
+        hubs.rate = Some(RateLimit {
+            bytes_per_sec: match &args.rate {
+                Some(r) => crate::mount_cmd::parse_size(r)?,
+                None => 0,
+            },
+            min_gap: Duration::from_millis(args.min_gap_ms.unwrap_or(0)),
+        });
+    }
+    if args.trunc {
+        hubs.ctl("trunc").expect("a known command");
+    }
+    let addr = venti::dial::parse(&args.listen)?;
+    let listener =
+        std::net::TcpListener::bind(&addr).with_context(|| format!("listening on {addr}"))?;
+    println!("hubfs on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    hubfs::server::serve(listener, Arc::new(hubs))?;
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum HubCommand {
+    /// List the hubs: name, owner, mode, bytes written and kept.
+    Ls(HubAddr),
+    /// Copy a hub to stdout until an eof (a slow reader is warned of what
+    /// it lost, and reads on).
+    Cat {
+        #[command(flatten)]
+        at: HubAddr,
+        hub: String,
+    },
+    /// Copy stdin to a hub, making it (mode 0600) if it is not there.
+    Write {
+        #[command(flatten)]
+        at: HubAddr,
+        hub: String,
+    },
+    /// Send a ctl command (fear, calm, freeze, melt, trunc, notrunc,
+    /// eof [HUB]); with none, print the status.
+    Ctl {
+        #[command(flatten)]
+        at: HubAddr,
+        command: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct HubAddr {
+    /// The hubfs's 9P address.
+    #[arg(long, default_value = "127.0.0.1:5640")]
+    at: String,
+    /// The user name to attach as [default: $USER].
+    #[arg(long)]
+    user: Option<String>,
+}
+
+impl HubAddr {
+    fn connect(&self) -> Result<Client> {
+        let addr = venti::dial::parse(&self.at)?;
+        let mut c = Client::connect(&addr, 256 * 1024)
+            .with_context(|| format!("connecting to hubfs at {addr}"))?;
+        let user = self
+            .user
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "none".into());
+        c.attach(0, &user)?;
+        Ok(c)
+    }
+}
+
+pub fn hub(cmd: HubCommand) -> Result<()> {
+    match cmd {
+        HubCommand::Ls(at) => {
+            let mut c = at.connect()?;
+            c.walk(0, 1, &[])?;
+            c.open(1, OREAD)?;
+            for s in c.read_dir(1)? {
+                println!("{}\t{}\t{:o}\t{}", s.name, s.uid, s.mode & 0o777, s.length);
+            }
+        }
+        HubCommand::Cat { at, hub } => {
+            let mut c = at.connect()?;
+            c.walk(0, 1, &[&hub])
+                .with_context(|| format!("no hub {hub}"))?;
+            c.open(1, OREAD)?;
+            let mut out = std::io::stdout().lock();
+            loop {
+                match c.read(1, 0, 128 * 1024) {
+                    Ok(data) if data.is_empty() => break,
+                    Ok(data) => {
+                        out.write_all(&data)?;
+                        out.flush()?;
+                    }
+                    Err(ninep::client::ClientError::Server(e)) if e.contains("lost") => {
+                        eprintln!("colony hub: {e}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        HubCommand::Write { at, hub } => {
+            let mut c = at.connect()?;
+            if c.walk(0, 1, &[&hub]).is_ok() {
+                c.open(1, OWRITE)?;
+            } else {
+                c.walk(0, 1, &[])?;
+                c.create(1, &hub, 0o600, OWRITE)?;
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut input = std::io::stdin().lock();
+            loop {
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                c.write_all(1, 0, &buf[..n])?;
+            }
+        }
+        HubCommand::Ctl { at, command } => {
+            let mut c = at.connect()?;
+            c.walk(0, 1, &["ctl"])?;
+            c.open(1, ninep::fcall::ORDWR)?;
+            if command.is_empty() {
+                print!("{}", String::from_utf8_lossy(&c.read_all(1)?));
+            } else {
+                c.write(1, 0, command.join(" ").as_bytes())?;
+            }
+        }
+    }
+    Ok(())
+}
