@@ -39,6 +39,9 @@ pub struct HubfsArgs {
     /// And to at least this many milliseconds between writes.
     #[arg(long)]
     min_gap_ms: Option<u64>,
+    /// Also mount the hubs here through FUSE (as root).
+    #[arg(long)]
+    mount: Option<std::path::PathBuf>,
 }
 
 pub fn hubfs(args: HubfsArgs) -> Result<()> {
@@ -68,9 +71,17 @@ pub fn hubfs(args: HubfsArgs) -> Result<()> {
     let addr = venti::dial::parse(&args.listen)?;
     let listener =
         std::net::TcpListener::bind(&addr).with_context(|| format!("listening on {addr}"))?;
+    let hubs = Arc::new(hubs);
+    let _mounted = match &args.mount {
+        Some(dir) => Some(
+            hubfs::fuse::mount(hubs.clone(), dir)
+                .with_context(|| format!("mounting the hubs on {}", dir.display()))?,
+        ),
+        None => None,
+    };
     println!("hubfs on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    hubfs::server::serve(listener, Arc::new(hubs))?;
+    hubfs::server::serve(listener, hubs)?;
     Ok(())
 }
 

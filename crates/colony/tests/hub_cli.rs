@@ -112,3 +112,83 @@ fn errors_name_the_problem() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to hubfs at 127.0.0.1:1"));
 }
+
+#[test]
+fn the_fuse_mount_and_9p_are_one_hub_set_with_permissions_per_hub() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: mounting needs root and /dev/fuse (CI has both)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("hubs");
+    std::fs::create_dir(&mnt).unwrap();
+    let s = hubfs(&["--mount", mnt.to_str().unwrap()]);
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Made through the mount by root, mode 0600; written through it.
+    sh(&format!("umask 077; echo hello > {}/chat", mnt.display()));
+    let fuse_reader = Command::new("cat")
+        .arg(mnt.join("chat"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ninep_reader = Command::new(COLONY)
+        .args(["hub", "cat", "chat", "--at", &s.1, "--user", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Written through 9P, read through both.
+    let out = Command::new(COLONY)
+        .args(["hub", "write", "chat", "--at", &s.1, "--user", "0"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"more\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    sh(&format!("echo eof chat > {}/ctl", mnt.display()));
+    for r in [fuse_reader, ninep_reader] {
+        let out = r.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nmore\n");
+    }
+    // Another user may not open root's 0600 hub; ls shows it.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(mnt.join("chat"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(listing, ["ctl", "chat"]);
+    // A bad ctl command is an error to the writer.
+    let out = Command::new("sh")
+        .args(["-c", &format!("echo explode > {}/ctl", mnt.display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    std::fs::remove_file(mnt.join("chat")).unwrap();
+    assert!(!mnt.join("chat").exists());
+    drop(s);
+    // The mount goes with the server (its session unmounts on exit).
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+}

@@ -94,7 +94,7 @@ pub enum Got {
 
 /// A reader's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReaderId(u64);
+pub struct ReaderId(pub(crate) u64);
 
 struct Hub {
     /// The bytes kept: positions `start..start + data.len()`.

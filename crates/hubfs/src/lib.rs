@@ -7,7 +7,9 @@
 //!   `freeze`, `trunc`, `eof`, rate limits, and limits that are errors.
 //! * [`server`]: a 9P2000 server of a hub set, which plan9port's `9p` and
 //!   `9pfuse` and colony's client speak.
+//! * [`fuse`]: the same hub set mounted on Linux through FUSE.
 
+pub mod fuse;
 pub mod hub;
 pub mod server;
 
