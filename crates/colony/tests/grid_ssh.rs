@@ -1862,3 +1862,131 @@ fn an_environment_dies_with_its_helper() {
     assert!(g.cgroups().is_empty() && g.mounted().is_empty());
     g.stop();
 }
+
+/// An interactive `ssh -tt … COMMAND` to an environment: what it prints is
+/// gathered as it comes, and input goes in when the test says.
+struct Attached {
+    child: Child,
+    input: std::process::ChildStdin,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Attached {
+    fn open(g: &Grid, key: &str, port: u16, command: &str) -> Attached {
+        let mut cmd = g.command("ssh");
+        cmd.args(["-p", &port.to_string(), "-i"])
+            .arg(g.tmp.path().join(key))
+            .args(SSH_OPTS)
+            .arg("-tt")
+            .arg(format!("{key}@127.0.0.1"))
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let input = child.stdin.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut out, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                into.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Attached { child, input, seen }
+    }
+
+    fn send(&mut self, text: &str) {
+        self.input.write_all(text.as_bytes()).unwrap();
+        self.input.flush().unwrap();
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (up to 10 s) until the output holds `what`.
+    fn expect(&self, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.text().contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what:?} in {:?}",
+                self.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_hub_shell_outlives_its_connection_with_its_state() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+
+    // First attachment: state in the shell, and a background job.
+    let mut one = Attached::open(&g, "alice", port, "hub");
+    one.send("cd /tmp; X=forty-two; sleep 1000 &\n");
+    one.send("echo marker-$X\n");
+    one.expect("marker-forty-two");
+    // The connection drops (as a closed laptop): the shell runs on.
+    let _ = one.child.kill();
+    let _ = one.child.wait();
+
+    // Reattached: the recent output first, then the same shell.
+    let mut two = Attached::open(&g, "alice", port, "hub main");
+    two.expect("marker-forty-two");
+    two.send("pwd; echo again-$X; jobs\n");
+    two.expect("again-forty-two");
+    let text = two.text();
+    assert!(text.contains("/tmp"), "{text}");
+    assert!(
+        text.contains("sleep 1000"),
+        "the background job runs: {text}"
+    );
+    // An interrupt reaches the foreground job, not the shell.
+    two.send("sleep 200\n");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    two.send("\x03");
+    two.send("echo after-the-interrupt-$X\n");
+    two.expect("after-the-interrupt-forty-two");
+    // %detach leaves it running and ends the session cleanly.
+    two.send("%status\n");
+    two.expect("main: running");
+    two.send("%detach\n");
+    two.expect("[detached from main; it runs on]");
+    let status = two.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Two attachments share one shell; another name is another shell.
+    let mut three = Attached::open(&g, "alice", port, "hub");
+    let mut four = Attached::open(&g, "alice", port, "hub");
+    three.send("echo shared-$X\n");
+    four.expect("shared-forty-two");
+    let mut other = Attached::open(&g, "alice", port, "hub work");
+    other.send("echo other-[$X]\n");
+    other.expect("other-[]");
+    other.send("%list\n");
+    other.expect("work\tup");
+    // Ctrl-D at the prompt ends the shell, and its sessions with it.
+    four.send("\x04");
+    assert!(three.child.wait().unwrap().success());
+    assert!(four.child.wait().unwrap().success());
+    other.send("%detach\n");
+    let _ = other.child.wait();
+
+    // Only the owner reaches the shells; a bad name is refused.
+    let out = g.env_ssh("bob", port, "hub", "", true);
+    assert!(!out.status.success());
+    let out = g.env_ssh("alice", port, "hub ../etc", "", false);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad shell name"));
+}

@@ -478,6 +478,7 @@ impl Environments {
             env: environment.clone(),
             fs: env.fs.clone(),
             shell: rootfs::root_shell(&env.fs),
+            shells: Arc::default(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let key = self.host_key.clone();

@@ -30,6 +30,8 @@ pub struct Door {
     pub fs: Arc<fossil::Fs>,
     /// root's login shell inside the environment.
     pub shell: String,
+    /// The environment's persistent shells on hubs (`ssh … hub NAME`).
+    pub shells: Arc<super::hubshell::HubShells>,
 }
 
 /// Serves the door on `listener` until `stop` resolves.
@@ -75,11 +77,18 @@ struct Chan {
     /// A pidfd of the helper process: signals through it cannot reach a
     /// process that later got the same pid.
     helper: Option<Arc<OwnedFd>>,
+    /// Attached to a persistent shell: its name, the reader of its output,
+    /// and the `%` commands in what is typed.
+    attached: Option<(String, super::hubshell::Attached, super::hubshell::Typed)>,
 }
 
 impl Chan {
-    /// Ends the program (its child dies with it, PR_SET_PDEATHSIG).
-    fn kill(&self) {
+    /// Ends the program (its child dies with it, PR_SET_PDEATHSIG), or
+    /// leaves the persistent shell it is attached to (which runs on).
+    fn kill(&self, door: &Door) {
+        if let Some((_, attached, _)) = &self.attached {
+            attached.end(&door.shells.hubs);
+        }
         if let Some(pidfd) = &self.helper {
             // SAFETY: pidfd_send_signal on a pidfd we own.
             unsafe {
@@ -196,6 +205,118 @@ fn pump(
 impl Conn {
     fn admitted(&self, key: &ssh_key::PublicKey) -> bool {
         self.door.keys.admits(&self.door.owner, key)
+    }
+
+    /// Attaches `channel` to persistent shell `name`, starting it if needed:
+    /// its output hub from the oldest kept byte to the channel.
+    fn attach(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> std::io::Result<()> {
+        let door = self.door.clone();
+        let state = self.channels.entry(channel).or_default();
+        let (term, cols, rows) = state.pty.clone().unwrap_or_else(|| ("dumb".into(), 80, 24));
+        let (init_pid, owner) = (door.env.init_pid, door.env.root_on_host());
+        door.shells
+            .ensure(name, &door.env, &door.shell, &term, || {
+                open_pty(init_pid, owner, cols, rows)
+            })?;
+        door.shells.resize(name, cols, rows);
+        let output = format!("{name}1");
+        let reader = door
+            .shells
+            .hubs
+            .open_reader(&output)
+            .map_err(std::io::Error::other)?;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let attached = super::hubshell::Attached {
+            hub: output.clone(),
+            reader,
+            done: done.clone(),
+        };
+        state.attached = Some((name.to_string(), attached, super::hubshell::Typed::new()));
+        let handle = session.handle();
+        let rt = tokio::runtime::Handle::current();
+        let hubs = door.shells.hubs.clone();
+        std::thread::spawn(move || {
+            let never = std::sync::atomic::AtomicBool::new(false);
+            loop {
+                match hubs.read(&output, reader, 64 * 1024, &never) {
+                    Ok(hubfs::hub::Got::Data(d)) => {
+                        if rt.block_on(handle.data(channel, d)).is_err() {
+                            break;
+                        }
+                    }
+                    // Lost output (a burst past the scrollback): read on.
+                    Err(hubfs::HubError::Lost { .. }) => continue,
+                    // The shell ended, or this attachment did.
+                    Ok(hubfs::hub::Got::Eof) | Err(_) => break,
+                }
+            }
+            hubs.close_reader(&output, reader);
+            if !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = rt.block_on(handle.exit_status_request(channel, 0));
+                let _ = rt.block_on(handle.eof(channel));
+                let _ = rt.block_on(handle.close(channel));
+            }
+        });
+        Ok(())
+    }
+
+    /// A `%` line typed in an attachment.
+    fn hub_command(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        line: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        match line.trim() {
+            "%detach" => {
+                if let Some((_, attached, _)) = self
+                    .channels
+                    .get_mut(&channel)
+                    .and_then(|c| c.attached.take())
+                {
+                    attached.end(&self.door.shells.hubs);
+                }
+                session.data(
+                    channel,
+                    format!("\r\n[detached from {name}; it runs on]\r\n").into_bytes(),
+                )?;
+                session.exit_status_request(channel, 0)?;
+                session.eof(channel)?;
+                session.close(channel)?;
+            }
+            "%list" => session.data(
+                channel,
+                format!("\r\n{}", self.door.shells.list()).into_bytes(),
+            )?,
+            "%status" => {
+                let kept = self
+                    .door
+                    .shells
+                    .hubs
+                    .info(&format!("{name}1"))
+                    .map_or(0, |i| i.kept);
+                let state = if self.door.shells.running(name) {
+                    "running"
+                } else {
+                    "ended"
+                };
+                session.data(
+                    channel,
+                    format!("\r\n{name}: {state}, {kept} bytes of output kept\r\n").into_bytes(),
+                )?
+            }
+            other => session.data(
+                channel,
+                format!("\r\nunknown command {other:?}: %detach, %list, %status\r\n").into_bytes(),
+            )?,
+        }
+        Ok(())
     }
 
     /// Starts `argv` in the environment for `channel`.
@@ -345,6 +466,13 @@ impl russh::server::Handler for Conn {
         _ph: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some((name, _, _)) = self
+            .channels
+            .get(&channel)
+            .and_then(|c| c.attached.as_ref())
+        {
+            self.door.shells.resize(name, cols as u16, rows as u16);
+        }
         if let Some(master) = self.channels.get(&channel).and_then(|c| c.master.as_ref()) {
             let ws = winsize(cols as u16, rows as u16);
             // SAFETY: TIOCSWINSZ on our pty master with a valid winsize.
@@ -361,6 +489,27 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
+        match super::hubshell::requested(&command) {
+            Some(Ok(name)) => {
+                match self.attach(channel, &name, session) {
+                    Ok(()) => session.channel_success(channel)?,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "attaching to a hub shell failed");
+                        session.channel_failure(channel)?;
+                    }
+                }
+                return Ok(());
+            }
+            Some(Err(why)) => {
+                session.channel_success(channel)?;
+                session.extended_data(channel, 1, format!("{why}\r\n").into_bytes())?;
+                session.exit_status_request(channel, 2)?;
+                session.eof(channel)?;
+                session.close(channel)?;
+                return Ok(());
+            }
+            None => {}
+        }
         let argv = vec![self.door.shell.clone(), "-c".into(), command];
         match self.start(channel, argv, session) {
             Ok(()) => session.channel_success(channel)?,
@@ -423,8 +572,25 @@ impl russh::server::Handler for Conn {
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(c) = self.channels.get_mut(&channel)
+            && let Some((name, _, typed)) = &mut c.attached
+        {
+            let name = name.clone();
+            for key in typed.feed(data) {
+                match key {
+                    super::hubshell::Key::Shell(bytes) => {
+                        let _ = self.door.shells.hubs.write(&format!("{name}0"), &bytes);
+                    }
+                    super::hubshell::Key::Echo(bytes) => session.data(channel, bytes)?,
+                    super::hubshell::Key::Command(line) => {
+                        self.hub_command(channel, &name, &line, session)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
         if let Some(input) = self.channels.get(&channel).and_then(|c| c.input.as_ref()) {
             let _ = input.send(data.to_vec());
         }
@@ -451,7 +617,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(c) = self.channels.remove(&channel) {
-            c.kill();
+            c.kill(&self.door);
         }
         Ok(())
     }
@@ -461,7 +627,7 @@ impl Drop for Conn {
     /// A dropped connection ends what it started: no shell is left behind.
     fn drop(&mut self) {
         for c in self.channels.values() {
-            c.kill();
+            c.kill(&self.door);
         }
     }
 }

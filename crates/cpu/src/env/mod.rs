@@ -17,6 +17,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod door;
+pub mod hubshell;
 pub mod launch;
 pub mod net;
 pub mod seccomp;

@@ -1,0 +1,358 @@
+//! Persistent shells in an environment, on hubs (the original's `hub -b -z
+//! NAME` and `hubshell`): `ssh -t -p PORT you@node hub [NAME]` attaches to
+//! the environment's shell NAME (default `main`), made on first use. The
+//! shell runs on a pseudo-terminal whose output goes to hub `NAME1` and
+//! whose input comes from hub `NAME0`; an attached session reads `NAME1`
+//! from the oldest byte kept (so a reattach shows the recent screen) and
+//! writes what is typed to `NAME0`. A dropped connection or `%detach`
+//! leaves the shell running, with its working directory, variables and
+//! jobs; two sessions attached to one name share it. Ctrl-C reaches the
+//! shell's foreground job through the terminal, as on any terminal.
+//!
+//! Lines typed at the start of a line beginning with `%` are for the
+//! attachment, not the shell: `%detach`, `%list`, `%status`.
+//!
+//! Each environment has a hub set of its own, in the node's process; only
+//! the environment's owner reaches it (through the environment's login).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hubfs::HubSet;
+use hubfs::hub::{Got, ReaderId};
+
+use super::Environment;
+
+/// The default shell name.
+pub const DEFAULT: &str = "main";
+
+/// One running shell.
+struct Shell {
+    /// The pty's master: window changes go to it.
+    master: Arc<File>,
+    started: std::time::Instant,
+}
+
+/// The environment's hubs and the shells on them.
+pub struct HubShells {
+    pub hubs: Arc<HubSet>,
+    shells: Mutex<HashMap<String, Shell>>,
+}
+
+impl Default for HubShells {
+    fn default() -> Self {
+        HubShells {
+            hubs: Arc::new(HubSet::new(hubfs::Limits {
+                // A generous scrollback, and room for many named shells.
+                buffer: 1 << 20,
+                hubs: 64,
+                write: 1 << 20,
+                ..hubfs::Limits::default()
+            })),
+            shells: Mutex::default(),
+        }
+    }
+}
+
+/// `hub` or `hub NAME` as an SSH command: the shell's name.
+pub fn requested(command: &str) -> Option<Result<String, String>> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    match words.as_slice() {
+        ["hub"] => Some(Ok(DEFAULT.to_string())),
+        ["hub", name] => Some(
+            if !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                Ok(name.to_string())
+            } else {
+                Err(format!(
+                    "bad shell name {name:?}: use letters, digits, - and _, at most 32"
+                ))
+            },
+        ),
+        ["hub", ..] => Some(Err("usage: hub [NAME]".into())),
+        _ => None,
+    }
+}
+
+impl HubShells {
+    fn shells(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shell>> {
+        self.shells.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts shell `name` on a new pty unless it runs; `pty` opens one
+    /// (master, slave) in the environment.
+    pub fn ensure(
+        self: &Arc<Self>,
+        name: &str,
+        env: &Environment,
+        shell: &str,
+        term: &str,
+        pty: impl FnOnce() -> std::io::Result<(File, OwnedFd)>,
+    ) -> std::io::Result<()> {
+        let mut shells = self.shells();
+        if shells.contains_key(name) {
+            return Ok(());
+        }
+        let (input, output) = (format!("{name}0"), format!("{name}1"));
+        for hub in [&input, &output] {
+            if self.hubs.info(hub).is_err() {
+                self.hubs
+                    .create(hub, "owner", 0o600)
+                    .map_err(std::io::Error::other)?;
+            }
+        }
+        let (master, slave) = pty()?;
+        let mut cmd = env.command(&[shell.to_string(), "-l".into()], true, Some(term));
+        cmd.stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave));
+        let mut child = cmd.spawn()?;
+        drop(cmd);
+        let master = Arc::new(master);
+        // The terminal's output, to the output hub.
+        {
+            // Ends when the last holder of the terminal (the shell, or a
+            // job it left) is gone.
+            let (mut from, hubs, out) = (master.try_clone()?, self.hubs.clone(), output.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 32 * 1024];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 || hubs.write(&out, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        // The input hub, to the terminal.
+        let input_reader = self
+            .hubs
+            .open_reader(&input)
+            .map_err(std::io::Error::other)?;
+        {
+            let reader = input_reader;
+            let (mut to, hubs, input) = (master.try_clone()?, self.hubs.clone(), input.clone());
+            std::thread::spawn(move || {
+                let never = AtomicBool::new(false);
+                loop {
+                    match hubs.read(&input, reader, 64 * 1024, &never) {
+                        Ok(Got::Data(d)) => {
+                            if to.write_all(&d).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(Got::Eof) => continue,
+                        Err(hubfs::HubError::Lost { .. }) => continue,
+                        Err(_) => break,
+                    }
+                }
+                hubs.close_reader(&input, reader);
+            });
+        }
+        // The shell's end (not the terminal's: a background job may hold
+        // that open) ends its attachments.
+        {
+            let (me, name, hubs, out) = (
+                self.clone(),
+                name.to_string(),
+                self.hubs.clone(),
+                output.clone(),
+            );
+            std::thread::spawn(move || {
+                let _ = child.wait();
+                me.shells().remove(&name);
+                let _ = hubs.ctl(&format!("eof {out}"));
+                // And the thread feeding its input.
+                hubs.close_reader(&input, input_reader);
+            });
+        }
+        shells.insert(
+            name.to_string(),
+            Shell {
+                master,
+                started: std::time::Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets the window size of shell `name`.
+    pub fn resize(&self, name: &str, cols: u16, rows: u16) {
+        if let Some(s) = self.shells().get(name) {
+            let ws = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ on our pty master with a valid winsize.
+            unsafe { libc::ioctl(s.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        }
+    }
+
+    /// `%list`: the shells and what their hubs hold.
+    pub fn list(&self) -> String {
+        let shells = self.shells();
+        let mut names: Vec<&String> = shells.keys().collect();
+        names.sort();
+        let mut out = String::new();
+        for n in names {
+            let kept = self.hubs.info(&format!("{n}1")).map_or(0, |i| i.kept);
+            out.push_str(&format!(
+                "{n}\tup {}s\t{kept} bytes of output kept\r\n",
+                shells[n].started.elapsed().as_secs()
+            ));
+        }
+        out
+    }
+
+    pub fn running(&self, name: &str) -> bool {
+        self.shells().contains_key(name)
+    }
+}
+
+/// An attachment's view of the keys typed: what goes to the shell, and the
+/// `%` commands taken out of the stream.
+#[derive(Default)]
+pub struct Typed {
+    at_line_start: bool,
+    /// A `%…` line being held back until Enter.
+    held: Option<Vec<u8>>,
+}
+
+/// What a run of typed bytes comes to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Key {
+    Shell(Vec<u8>),
+    Command(String),
+    /// What to show of a `%` line being typed (the shell does not see it,
+    /// so its terminal does not echo it).
+    Echo(Vec<u8>),
+}
+
+impl Typed {
+    pub fn new() -> Typed {
+        Typed {
+            at_line_start: true,
+            held: None,
+        }
+    }
+
+    /// Splits typed bytes into input for the shell and `%` commands.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<Key> {
+        let mut out = Vec::new();
+        let mut plain = Vec::new();
+        for &b in data {
+            if let Some(held) = &mut self.held {
+                match b {
+                    b'\r' | b'\n' => {
+                        let line = String::from_utf8_lossy(held).into_owned();
+                        self.held = None;
+                        self.at_line_start = true;
+                        if !plain.is_empty() {
+                            out.push(Key::Shell(std::mem::take(&mut plain)));
+                        }
+                        out.push(Key::Command(line));
+                    }
+                    0x7f | 0x08 => {
+                        held.pop();
+                        out.push(Key::Echo(b"\x08 \x08".to_vec()));
+                        if held.is_empty() {
+                            self.held = None;
+                        }
+                    }
+                    _ => {
+                        held.push(b);
+                        out.push(Key::Echo(vec![b]));
+                    }
+                }
+                continue;
+            }
+            if self.at_line_start && b == b'%' {
+                if !plain.is_empty() {
+                    out.push(Key::Shell(std::mem::take(&mut plain)));
+                }
+                self.held = Some(vec![b]);
+                out.push(Key::Echo(vec![b]));
+                continue;
+            }
+            self.at_line_start = matches!(b, b'\r' | b'\n' | 0x03 | 0x15);
+            plain.push(b);
+        }
+        if !plain.is_empty() {
+            out.push(Key::Shell(plain));
+        }
+        out
+    }
+}
+
+/// Where an attachment reads the shell's output.
+pub struct Attached {
+    pub hub: String,
+    pub reader: ReaderId,
+    pub done: Arc<AtomicBool>,
+}
+
+impl Attached {
+    pub fn end(&self, hubs: &HubSet) {
+        self.done.store(true, Ordering::Relaxed);
+        hubs.close_reader(&self.hub, self.reader);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_lines_at_a_line_start_are_commands() {
+        let mut t = Typed::new();
+        let commands = |keys: Vec<Key>| -> Vec<Key> {
+            keys.into_iter()
+                .filter(|k| !matches!(k, Key::Echo(_)))
+                .collect()
+        };
+        assert_eq!(
+            commands(t.feed(b"ls\r%det")),
+            vec![Key::Shell(b"ls\r".to_vec())]
+        );
+        assert_eq!(
+            commands(t.feed(b"ach\r")),
+            vec![Key::Command("%detach".into())]
+        );
+        // Not at a line start: for the shell.
+        assert_eq!(
+            t.feed(b"echo 50%\r"),
+            vec![Key::Shell(b"echo 50%\r".to_vec())]
+        );
+        // Rubbed out, a held line goes back to being typing.
+        assert_eq!(commands(t.feed(b"%\x7fx")), vec![Key::Shell(b"x".to_vec())]);
+        assert_eq!(
+            commands(t.feed(b"\r%list\r")),
+            vec![Key::Shell(b"\r".to_vec()), Key::Command("%list".into())]
+        );
+        // What is held is shown as typed.
+        assert_eq!(
+            t.feed(b"%s"),
+            vec![Key::Echo(b"%".to_vec()), Key::Echo(b"s".to_vec())]
+        );
+    }
+
+    #[test]
+    fn the_hub_command_names_a_shell() {
+        assert_eq!(requested("hub"), Some(Ok("main".into())));
+        assert_eq!(requested("hub work"), Some(Ok("work".into())));
+        assert!(matches!(requested("hub ../x"), Some(Err(_))));
+        assert!(matches!(requested("hub a b"), Some(Err(_))));
+        assert_eq!(requested("hubble"), None);
+        assert_eq!(requested("ls"), None);
+    }
+}
