@@ -94,6 +94,11 @@ pub struct ServeArgs {
     replica: ReplicaArgs,
     #[command(flatten)]
     roles: RoleArgs,
+    /// Publish the node's requests, replies and events as hubs (sto.in,
+    /// sto.out, events; USER.in and USER.out), served over 9P here, on
+    /// loopback only: 9P2000 has no authentication (config `hubslisten=`).
+    #[arg(long)]
+    hubs_listen: Option<String>,
 }
 
 /// What a node does in a grid of storage and cpu nodes.
@@ -312,10 +317,39 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => store,
     };
     let replication = replication.map(|(rep, listen, _)| (rep, listen));
-    let node = match &pool {
-        Some((pool, _)) => Arc::new(Node::new(state, pool.clone())),
-        None => Arc::new(Node::local(state, store.clone(), config)?),
+    let hubs_listen = args
+        .hubs_listen
+        .clone()
+        .or_else(|| file.get("hubslisten").map(str::to_string));
+    let streams = match &hubs_listen {
+        Some(addr) => {
+            let addr = venti::dial::parse(addr)?;
+            let listener = std::net::TcpListener::bind(&addr)
+                .with_context(|| format!("hub listener on {addr}"))?;
+            if !listener.local_addr()?.ip().is_loopback() {
+                bail!(
+                    "--hubs-listen serves 9P without authentication: give a loopback address (e.g. 127.0.0.1:5641)"
+                );
+            }
+            let streams = Arc::new(storage::streams::Streams::new());
+            tracing::info!(address = %listener.local_addr()?, "serving the node's stream hubs over 9P");
+            let hubs = streams.hubs.clone();
+            std::thread::spawn(move || hubfs::server::serve(listener, hubs));
+            Some(streams)
+        }
+        None => None,
     };
+    let node = match &pool {
+        Some((pool, _)) => Node::new(state, pool.clone()),
+        None => Node::local(state, store.clone(), config)?,
+    };
+    if let (Some(s), Some((pool, _))) = (&streams, &pool) {
+        let _ = pool.streams.set(s.clone());
+    }
+    let node = Arc::new(match streams {
+        Some(s) => node.with_streams(s),
+        None => node,
+    });
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = venti::dial::parse(&listen)?;

@@ -1990,3 +1990,74 @@ fn a_hub_shell_outlives_its_connection_with_its_state() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad shell name"));
 }
+
+#[test]
+fn the_nodes_requests_replies_and_events_are_hubs() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let addr = format!("127.0.0.1:{}", 29000 + std::process::id() % 500);
+    g.start(&["--hubs-listen", &addr]);
+    g.ok("alice", &["scores"]);
+    g.ok("alice", &["spawn", "busybox"]);
+    g.refused("bob", &["spawn", "busybox"]);
+    g.ok("alice", &["boom", "busybox"]);
+    // Reads a hub's backlog (a reader starts at the oldest kept byte),
+    // then an eof ends it.
+    let read = |hub: &str, user: &str| -> (bool, String, String) {
+        let child = Command::new(COLONY)
+            .args(["hub", "cat", hub, "--at", &addr, "--user", user])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let ok = Command::new(COLONY)
+            .args(["hub", "ctl", "eof", hub, "--at", &addr, "--user", "admin"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_, requests, _) = read("sto.in", "admin");
+    for want in [
+        "alice scores",
+        "alice spawn busybox",
+        "bob spawn busybox",
+        "alice boom busybox",
+    ] {
+        assert!(requests.contains(want), "{want:?} in {requests}");
+    }
+    let (_, replies, _) = read("sto.out", "admin");
+    assert!(
+        replies.contains("bob 1 busybox not found for bob"),
+        "{replies}"
+    );
+    let (_, events, _) = read("events", "admin");
+    assert!(
+        events.contains("alice spawn busybox: busybox spawned from vac:"),
+        "{events}"
+    );
+    assert!(
+        events.contains("alice boom busybox: busybox BOOMed"),
+        "{events}"
+    );
+    assert!(
+        !events.contains("scores"),
+        "only what changes the grid: {events}"
+    );
+    // A user's own stream holds their requests alone, and is theirs.
+    let (_, mine, _) = read("alice.out", "alice");
+    assert!(
+        mine.contains("alice 0 busybox BOOMed") && !mine.contains("bob"),
+        "{mine}"
+    );
+    let (ok, _, err) = read("alice.out", "bob");
+    assert!(!ok && err.contains("permission denied"), "{err}");
+}

@@ -12,6 +12,7 @@
 pub mod frontdoor;
 pub mod local;
 pub mod placement;
+pub mod streams;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -91,6 +92,8 @@ pub trait Cpus: Send + Sync {
 pub struct Node {
     state: StateDir,
     cpus: Arc<dyn Cpus>,
+    /// Where requests, replies and events are published, if anywhere.
+    streams: Option<Arc<streams::Streams>>,
 }
 
 fn usage(text: &str) -> Reply {
@@ -99,7 +102,17 @@ fn usage(text: &str) -> Reply {
 
 impl Node {
     pub fn new(state: StateDir, cpus: Arc<dyn Cpus>) -> Node {
-        Node { state, cpus }
+        Node {
+            state,
+            cpus,
+            streams: None,
+        }
+    }
+
+    /// Publishes every request, reply and event on `streams`.
+    pub fn with_streams(mut self, streams: Arc<streams::Streams>) -> Node {
+        self.streams = Some(streams);
+        self
     }
 
     /// A node of role `both`: environments run on this machine, reading
@@ -123,8 +136,28 @@ impl Node {
         self.state.scorenames()
     }
 
-    /// Runs one command line for `user`.
+    /// Runs one command line for `user` (and publishes it and its outcome
+    /// on the node's streams).
     pub fn run(&self, user: &str, line: &str) -> Reply {
+        let Some(streams) = &self.streams else {
+            return self.execute(user, line);
+        };
+        streams.request(user, line);
+        let reply = self.execute(user, line);
+        let first = if reply.status == 0 {
+            reply.out.lines().next().unwrap_or("")
+        } else {
+            reply.err.lines().next().unwrap_or("")
+        };
+        streams.reply(user, reply.status, first);
+        let verb = line.split_whitespace().next().unwrap_or("");
+        if reply.status == 0 && ["spawn", "spawndisk", "save", "invite", "boom"].contains(&verb) {
+            streams.event(&format!("{user} {}: {first}", line.trim()));
+        }
+        reply
+    }
+
+    fn execute(&self, user: &str, line: &str) -> Reply {
         let words: Vec<&str> = line.split_whitespace().collect();
         let result = match words.as_slice() {
             [] => return Reply::fail(format!("no command; commands: {COMMANDS}")),

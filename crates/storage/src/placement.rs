@@ -97,6 +97,8 @@ pub struct Pool {
     state: Mutex<State>,
     next_id: AtomicU64,
     next_generation: AtomicU64,
+    /// Where cpu nodes' comings and goings are published.
+    pub streams: std::sync::OnceLock<Arc<crate::streams::Streams>>,
 }
 
 /// A failed request: refused by the cpu node (`full`: for lack of room),
@@ -133,6 +135,7 @@ impl Pool {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
+            streams: std::sync::OnceLock::new(),
         }
     }
 
@@ -339,6 +342,10 @@ impl Pool {
             },
         );
         tracing::info!(target: "grid::events", cpu = %cpu, slots, running = held.len(), "cpu node linked");
+        self.event(&format!(
+            "cpu node {cpu} linked: {slots} slots, {} running",
+            held.len()
+        ));
         // Ending what should not run there any more: requests like any other.
         for (user, env) in to_end {
             let pool = self.clone();
@@ -423,6 +430,13 @@ impl Pool {
         // Requests in flight fail now rather than at their deadlines.
         pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
         tracing::warn!(target: "grid::events", cpu = %cpu, "cpu node lost");
+        self.event(&format!("cpu node {cpu} lost"));
+    }
+
+    fn event(&self, text: &str) {
+        if let Some(s) = self.streams.get() {
+            s.event(text);
+        }
     }
 
     /// Records a cpu node's (re)link; returns what it must end.
