@@ -84,6 +84,8 @@ impl Split {
                 &format!("tls!{a}!17034"),
                 "--cpu-listen",
                 &format!("tls!{a}!{CONTROL_PORT}"),
+                "--hubs-listen",
+                "127.0.0.1:5641",
                 "--tls",
                 &dir(&format!("{name}.tls")),
                 "--state",
@@ -445,6 +447,48 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
     g.door_ok("alice", &["boom", "busybox"]);
     g.door_ok("bob", &["boom", "busybox+bob"]);
     assert_eq!(g.door_ok("alice", &["status"]), "no environments running\n");
+
+    // The admin watches the control link and the grid's events as hubs.
+    let backlog = |hub: &str| {
+        let mut cat = g
+            .hosts
+            .command(0, COLONY)
+            .args([
+                "hub",
+                "cat",
+                hub,
+                "--at",
+                "127.0.0.1:5641",
+                "--user",
+                "admin",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let ok = g
+            .hosts
+            .command(0, COLONY)
+            .args(["hub", "ctl", "eof", hub, "--at", "127.0.0.1:5641"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let mut text = String::new();
+        std::io::Read::read_to_string(cat.stdout.as_mut().unwrap(), &mut text).unwrap();
+        cat.wait().unwrap();
+        text
+    };
+    let sent = backlog("cpu.in");
+    assert!(sent.contains(" spawn alice busybox vac:"), "{sent}");
+    assert!(sent.contains(" save alice busybox"), "{sent}");
+    let answers = backlog("cpu.out");
+    assert!(answers.contains("ok ssh -p "), "{answers}");
+    assert!(answers.contains("refused bad option"), "{answers}");
+    let events = backlog("events");
+    assert!(
+        events.contains("cpu node c1 linked") && events.contains("cpu node c2 linked"),
+        "{events}"
+    );
 }
 
 #[test]

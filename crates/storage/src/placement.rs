@@ -117,6 +117,32 @@ impl From<CallError> for GridError {
     }
 }
 
+/// A request as `cpu.in` shows it (the owner's keys left out).
+fn describe(r: &Request) -> String {
+    match r {
+        Request::Spawn {
+            user,
+            name,
+            root,
+            options,
+            ..
+        } => format!("{user} {name} vac:{root} {}", options.join(" ")),
+        Request::Save { user, env } | Request::Boom { user, env } => format!("{user} {env}"),
+        Request::Invite { user, env, invitee } => format!("{user} {env} {invitee}"),
+        Request::Status { user, envs } => format!("{user} {}", envs.join(" ")),
+    }
+}
+
+/// An answer as `cpu.out` shows it.
+fn answered(a: &Answer) -> String {
+    match a {
+        Answer::Spawned { login, .. } => login.clone(),
+        Answer::Saved { root } => format!("vac:{root}"),
+        Answer::Boomed { was_running } => format!("was running: {was_running}"),
+        Answer::Status { text } => format!("{} lines", text.lines().count()),
+    }
+}
+
 fn ago(t: SystemTime) -> String {
     let secs = SystemTime::now()
         .duration_since(t)
@@ -148,6 +174,9 @@ impl Pool {
         let verb = request.verb();
         let (tx, rx) = std::sync::mpsc::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.streams.get() {
+            s.to_cpu(cpu, id, verb, &describe(&request));
+        }
         let pending = {
             let state = self.state();
             let Some(conn) = state.cpus.get(cpu).and_then(|c| c.conn.as_ref()) else {
@@ -188,6 +217,14 @@ impl Pool {
                 format!("cpu node {cpu} was lost during {verb}"),
             )),
         };
+        if let Some(s) = self.streams.get() {
+            let text = match &outcome {
+                Ok(a) => format!("ok {}", answered(a)),
+                Err(CallError::Refused(r)) => format!("refused {}", r.message),
+                Err(CallError::Unreachable(why)) => format!("failed {why}"),
+            };
+            s.from_cpu(cpu, id, started.elapsed().as_millis() as u64, &text);
+        }
         // The grid's event stream: every request and how it went.
         tracing::info!(
             target: "grid::events",

@@ -1,6 +1,7 @@
 //! The grid's message streams as hubs, as the original's `gridsvc` had
 //! them: every command a storage node runs goes to `sto.in`, its outcome to
-//! `sto.out`, and what changes the grid (spawns, saves, invites, booms, cpu
+//! `sto.out`, every request to a cpu node to `cpu.in` and its answer to
+//! `cpu.out`, and what changes the grid (spawns, saves, invites, booms, cpu
 //! nodes linking and being lost) to `events`, so an admin can watch a grid
 //! at work with `colony hub cat` or plan9port's `9p read`. Each user's own
 //! requests and replies also go to `USER.in` and `USER.out`, theirs alone
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use hubfs::HubSet;
 
 /// The admin's hubs.
-pub const ADMIN_HUBS: [&str; 3] = ["sto.in", "sto.out", "events"];
+pub const ADMIN_HUBS: [&str; 5] = ["sto.in", "sto.out", "cpu.in", "cpu.out", "events"];
 
 /// The stream hubs of a storage node.
 pub struct Streams {
@@ -62,6 +63,24 @@ impl Streams {
         let text = format!("{} {user} {status} {first_line}", stamp());
         self.put("sto.out", "admin", &text);
         self.put(&format!("{user}.out"), user, &text);
+    }
+
+    /// A request sent to a cpu node over the control link.
+    pub fn to_cpu(&self, cpu: &str, id: u64, verb: &str, detail: &str) {
+        self.put(
+            "cpu.in",
+            "admin",
+            &format!("{} {cpu} {id} {verb} {detail}", stamp()),
+        );
+    }
+
+    /// A cpu node's answer (or its absence) to request `id`.
+    pub fn from_cpu(&self, cpu: &str, id: u64, ms: u64, outcome: &str) {
+        self.put(
+            "cpu.out",
+            "admin",
+            &format!("{} {cpu} {id} {ms}ms {outcome}", stamp()),
+        );
     }
 
     /// Something that changed the grid.
