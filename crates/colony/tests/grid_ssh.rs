@@ -1909,6 +1909,22 @@ impl Attached {
         String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
     }
 
+    /// Waits (up to 20 s) for the session to end: a hang fails the test
+    /// instead of holding up the suite.
+    fn ended(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the session did not end; it printed {:?}", self.text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Waits (up to 10 s) until the output holds `what`.
     fn expect(&self, what: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1963,7 +1979,7 @@ fn a_hub_shell_outlives_its_connection_with_its_state() {
     two.expect("main: running");
     two.send("%detach\n");
     two.expect("[detached from main; it runs on]");
-    let status = two.child.wait().unwrap();
+    let status = two.ended();
     assert!(status.success(), "{status:?}");
 
     // Two attachments share one shell; another name is another shell.
@@ -1978,10 +1994,10 @@ fn a_hub_shell_outlives_its_connection_with_its_state() {
     other.expect("work\tup");
     // Ctrl-D at the prompt ends the shell, and its sessions with it.
     four.send("\x04");
-    assert!(three.child.wait().unwrap().success());
-    assert!(four.child.wait().unwrap().success());
+    assert!(three.ended().success());
+    assert!(four.ended().success());
     other.send("%detach\n");
-    let _ = other.child.wait();
+    assert!(other.ended().success());
 
     // Only the owner reaches the shells; a bad name is refused.
     let out = g.env_ssh("bob", port, "hub", "", true);

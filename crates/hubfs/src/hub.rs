@@ -104,6 +104,9 @@ struct Hub {
     readers: HashMap<ReaderId, u64>,
     /// Bumped by `eof`: a reader waiting since an earlier value gets EOF.
     eofs: u64,
+    /// Its writer is done for good ([`HubSet::finish`]): a caught-up
+    /// reader gets EOF at once, whenever it reads.
+    finished: bool,
     owner: String,
     mode: u32,
     /// Set while a frozen write rewrote the content.
@@ -217,6 +220,7 @@ impl HubSet {
                 start: 0,
                 readers: HashMap::new(),
                 eofs: 0,
+                finished: false,
                 owner: owner.to_string(),
                 mode,
                 rate,
@@ -311,6 +315,9 @@ impl HubSet {
                         lost: hub.start - pos,
                     });
                 }
+                if pos == hub.end() && hub.finished {
+                    return Ok(Got::Eof);
+                }
                 if pos < hub.end() {
                     let from = (pos - hub.start) as usize;
                     let n = (hub.data.len() - from).min(max);
@@ -383,6 +390,20 @@ impl HubSet {
             std::thread::sleep(p);
         }
         Ok(data.len())
+    }
+
+    /// Marks hub `name` finished (its writer is gone for good, as a shell
+    /// that exited) or not (a new writer): readers that have read
+    /// everything get EOF, now and at every later read, until unmarked.
+    /// Unlike `eof`, no reader can miss it by not waiting at the moment.
+    pub fn finish(&self, name: &str, finished: bool) -> Result<(), HubError> {
+        self.state()
+            .hubs
+            .get_mut(name)
+            .ok_or_else(|| HubError::NoHub(name.into()))?
+            .finished = finished;
+        self.changed.notify_all();
+        Ok(())
     }
 
     /// Whether hubs are plain files now (`freeze`).
@@ -675,6 +696,35 @@ mod tests {
         assert_eq!(
             s.ctl("eof nosuch").unwrap_err(),
             HubError::NoHub("nosuch".into())
+        );
+    }
+
+    #[test]
+    fn a_finished_hub_ends_every_caught_up_reader_however_late() {
+        let s = set(100);
+        s.create("out", "alice", 0o600).unwrap();
+        let r = s.open_reader("out").unwrap();
+        s.write("out", b"last words").unwrap();
+        s.finish("out", true).unwrap();
+        // What was written is still read first; then EOF, again and again.
+        assert_eq!(
+            read(&s, "out", r).unwrap(),
+            Got::Data(b"last words".to_vec())
+        );
+        assert_eq!(read(&s, "out", r).unwrap(), Got::Eof);
+        assert_eq!(read(&s, "out", r).unwrap(), Got::Eof);
+        // A new writer: readers wait again.
+        s.finish("out", false).unwrap();
+        let waiting = {
+            let s = s.clone();
+            std::thread::spawn(move || read(&s, "out", r))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiting.is_finished());
+        s.write("out", b"again").unwrap();
+        assert_eq!(
+            waiting.join().unwrap().unwrap(),
+            Got::Data(b"again".to_vec())
         );
     }
 

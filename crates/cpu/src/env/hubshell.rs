@@ -110,6 +110,8 @@ impl HubShells {
                     .map_err(std::io::Error::other)?;
             }
         }
+        // A shell again on this name: its readers wait for output again.
+        let _ = self.hubs.finish(&output, false);
         let (master, slave) = pty()?;
         let mut cmd = env.command(&[shell.to_string(), "-l".into()], true, Some(term));
         cmd.stdin(Stdio::from(slave.try_clone()?))
@@ -169,7 +171,7 @@ impl HubShells {
             std::thread::spawn(move || {
                 let _ = child.wait();
                 me.shells().remove(&name);
-                let _ = hubs.ctl(&format!("eof {out}"));
+                let _ = hubs.finish(&out, true);
                 // And the thread feeding its input.
                 hubs.close_reader(&input, input_reader);
             });
