@@ -1992,6 +1992,13 @@ fn a_hub_shell_outlives_its_connection_with_its_state() {
     other.expect("other-[]");
     other.send("%list\n");
     other.expect("work\tup");
+    // %attach moves the session to another shell; the first runs on.
+    other.send("%attach spare\n");
+    other.expect("[work runs on; attached to spare]");
+    other.send("echo in-spare\n");
+    other.expect("in-spare");
+    other.send("%status\n");
+    other.expect("spare: running");
     // Ctrl-D at the prompt ends the shell, and its sessions with it.
     four.send("\x04");
     assert!(three.ended().success());

@@ -290,6 +290,36 @@ impl Conn {
                 session.eof(channel)?;
                 session.close(channel)?;
             }
+            attach if attach.starts_with("%attach") => {
+                let wanted = attach.trim_start_matches("%attach").trim();
+                match super::hubshell::requested(&format!("hub {wanted}")) {
+                    Some(Ok(next)) => {
+                        if let Some((_, attached, _)) = self
+                            .channels
+                            .get_mut(&channel)
+                            .and_then(|c| c.attached.take())
+                        {
+                            attached.end(&self.door.shells.hubs);
+                        }
+                        session.data(
+                            channel,
+                            format!("\r\n[{name} runs on; attached to {next}]\r\n").into_bytes(),
+                        )?;
+                        if let Err(e) = self.attach(channel, &next, session) {
+                            session.data(
+                                channel,
+                                format!("attaching to {next}: {e}\r\n").into_bytes(),
+                            )?;
+                            session.exit_status_request(channel, 1)?;
+                            session.close(channel)?;
+                        }
+                    }
+                    Some(Err(why)) => {
+                        session.data(channel, format!("\r\n{why}\r\n").into_bytes())?
+                    }
+                    None => {}
+                }
+            }
             "%list" => session.data(
                 channel,
                 format!("\r\n{}", self.door.shells.list()).into_bytes(),
@@ -313,7 +343,8 @@ impl Conn {
             }
             other => session.data(
                 channel,
-                format!("\r\nunknown command {other:?}: %detach, %list, %status\r\n").into_bytes(),
+                format!("\r\nunknown command {other:?}: %detach, %attach NAME, %list, %status\r\n")
+                    .into_bytes(),
             )?,
         }
         Ok(())

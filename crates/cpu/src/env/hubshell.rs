@@ -10,7 +10,8 @@
 //! shell's foreground job through the terminal, as on any terminal.
 //!
 //! Lines typed at the start of a line beginning with `%` are for the
-//! attachment, not the shell: `%detach`, `%list`, `%status`.
+//! attachment, not the shell: `%detach`, `%attach NAME` (to another shell,
+//! made if needed), `%list`, `%status`.
 //!
 //! Each environment has a hub set of its own, in the node's process; only
 //! the environment's owner reaches it (through the environment's login).
