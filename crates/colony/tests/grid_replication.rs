@@ -17,27 +17,17 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::grid::{
+    COLONY, Reaped, SSH_OPTS, busybox_root, colony, random_tree, spawn_port, wait_for,
+};
 use common::netns::{self, Hosts};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
-const SSH_OPTS: [&str; 10] = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "IdentitiesOnly=yes",
-];
 const REPLICA_PORT: u16 = 17035;
 /// Each node's venti service, on its own loopback, for the checks (over
 /// TLS, as a node with a certificate serves it to grid members only).
@@ -48,16 +38,6 @@ const BATCH: u64 = 32;
 
 fn can_run() -> bool {
     netns::available() && Path::new("/dev/fuse").exists()
-}
-
-fn colony(args: &[&str]) -> String {
-    let out = Command::new(COLONY).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "colony {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A grid: its CA, certificates, keys and hosts.
@@ -437,15 +417,6 @@ impl Drop for Node {
 }
 
 /// A helper process ended with the test, however it ends.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Name → root in a node's state directory.
 fn names_in(state: &Path) -> Vec<(String, String)> {
     let Ok(db) = ndb::Db::open(&state.join("scorenames")) else {
@@ -460,52 +431,6 @@ fn names_in(state: &Path) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// Waits up to `secs` for `done`, else fails naming `what`.
-fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A busybox root with a file of its own.
-fn busybox_root(dir: &Path, motd: &str) -> PathBuf {
-    let root = dir.join(format!("root-{}", motd.len()));
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::create_dir_all(root.join("root")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "ls", "echo"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    std::fs::write(root.join("etc/motd"), motd).unwrap();
-    root
-}
-
-/// `mb` MB of incompressible files in a fresh directory.
-fn random_tree(dir: &Path, tag: &str, mb: usize) -> PathBuf {
-    let root = dir.join(format!("random-{tag}"));
-    std::fs::create_dir_all(&root).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ tag.len() as u64 ^ ((tag.as_bytes()[0] as u64) << 32);
-    for f in 0..mb {
-        let mut data = vec![0u8; 1 << 20];
-        for chunk in data.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        std::fs::File::create(root.join(format!("f{f}")))
-            .unwrap()
-            .write_all(&data)
-            .unwrap();
-    }
-    root
 }
 
 /// Watches nodes' names while a test runs: on every name that appears, the
@@ -554,14 +479,6 @@ impl Watcher {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap().unwrap()
     }
-}
-
-fn spawn_port(reply: &str) -> u16 {
-    let line = reply
-        .lines()
-        .find(|l| l.starts_with("ssh -p "))
-        .unwrap_or_else(|| panic!("no login in {reply:?}"));
-    line.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
 
 #[test]

@@ -265,6 +265,17 @@ impl Conn {
         Ok(())
     }
 
+    /// Ends `channel`'s attachment to its shell; the shell runs on.
+    fn leave_shell(&mut self, channel: ChannelId) {
+        if let Some((_, attached, _)) = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|c| c.attached.take())
+        {
+            attached.end(&self.door.shells.hubs);
+        }
+    }
+
     /// A `%` line typed in an attachment.
     fn hub_command(
         &mut self,
@@ -275,13 +286,7 @@ impl Conn {
     ) -> Result<(), russh::Error> {
         match line.trim() {
             "%detach" => {
-                if let Some((_, attached, _)) = self
-                    .channels
-                    .get_mut(&channel)
-                    .and_then(|c| c.attached.take())
-                {
-                    attached.end(&self.door.shells.hubs);
-                }
+                self.leave_shell(channel);
                 session.data(
                     channel,
                     format!("\r\n[detached from {name}; it runs on]\r\n").into_bytes(),
@@ -294,13 +299,7 @@ impl Conn {
                 let wanted = attach.trim_start_matches("%attach").trim();
                 match super::hubshell::requested(&format!("hub {wanted}")) {
                     Some(Ok(next)) => {
-                        if let Some((_, attached, _)) = self
-                            .channels
-                            .get_mut(&channel)
-                            .and_then(|c| c.attached.take())
-                        {
-                            attached.end(&self.door.shells.hubs);
-                        }
+                        self.leave_shell(channel);
                         session.data(
                             channel,
                             format!("\r\n[{name} runs on; attached to {next}]\r\n").into_bytes(),
