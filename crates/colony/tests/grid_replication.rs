@@ -17,14 +17,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::grid::{
-    COLONY, Reaped, SSH_OPTS, busybox_root, colony, random_tree, spawn_port, wait_for,
+    COLONY, Reaped, SSH_OPTS, busybox_root, colony, drained, gather, random_tree, spawn_port,
+    wait_for,
 };
 use common::netns::{self, Hosts};
 
@@ -55,6 +56,8 @@ struct Node {
     child: Option<Child>,
     /// Everything the node wrote to stderr, over all its runs.
     log: Arc<Mutex<String>>,
+    /// The thread copying the current run's stderr into `log`.
+    gathering: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Grid {
@@ -166,6 +169,7 @@ impl Grid {
             args,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
+            gathering: None,
         }
     }
 
@@ -310,19 +314,7 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                log.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        self.gathering = Some(gather(child.stderr.take().unwrap(), self.log.clone()));
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -340,6 +332,7 @@ impl Node {
         let mut c = self.child.take().unwrap();
         c.kill().unwrap();
         c.wait().unwrap();
+        drained(self.gathering.take());
     }
 
     fn stop(&mut self) {
@@ -349,6 +342,7 @@ impl Node {
             .status()
             .unwrap();
         c.wait_with_output().unwrap();
+        drained(self.gathering.take());
     }
 
     /// Name → root, as the node shows it.

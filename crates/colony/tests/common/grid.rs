@@ -148,6 +148,37 @@ impl Drop for Reaped {
     }
 }
 
+/// Copies what `from` yields into `log` on a thread of its own.
+pub fn gather(
+    mut from: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            log.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
+/// Waits (up to 5 s: a helper the process left may hold the pipe) until
+/// `gathering` has copied all a stopped process wrote, so a test reading
+/// its log sees the end of it.
+pub fn drained(gathering: Option<std::thread::JoinHandle<()>>) {
+    let Some(g) = gathering else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !g.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A node run as a process: `start` waits for the line it prints when
 /// ready; everything it writes to stderr, over all its runs, is kept.
 pub struct Proc {
@@ -155,6 +186,7 @@ pub struct Proc {
     pub args: Vec<String>,
     pub child: Option<Child>,
     pub log: Arc<Mutex<String>>,
+    gathering: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -164,6 +196,7 @@ impl Proc {
             args,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
+            gathering: None,
         }
     }
 
@@ -176,19 +209,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                log.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        self.gathering = Some(gather(child.stderr.take().unwrap(), self.log.clone()));
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -206,6 +227,7 @@ impl Proc {
         let mut c = self.child.take().unwrap();
         c.kill().unwrap();
         c.wait().unwrap();
+        drained(self.gathering.take());
     }
 
     pub fn stop(&mut self) {
@@ -215,6 +237,7 @@ impl Proc {
             .status()
             .unwrap();
         c.wait_with_output().unwrap();
+        drained(self.gathering.take());
     }
 
     pub fn log_has(&self, text: &str) -> bool {
