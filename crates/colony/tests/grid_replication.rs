@@ -702,7 +702,10 @@ fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
 
     // Every block arrived once, give or take the batch in flight at each
     // kill: b's log holds each block once, and its keeper stored no more
-    // than that plus one batch per kill.
+    // than that plus one batch per kill. (Its "stored a batch" lines count
+    // what it stored; a kill -9 of b between a batch made durable and its
+    // line may leave that one batch uncounted, so the count may fall short
+    // of the log by at most that batch.)
     b.stop();
     let unique = venti::LogStore::open(b.state.join("store"))
         .unwrap()
@@ -710,7 +713,7 @@ fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
         .unwrap();
     let stored = b.blocks_stored();
     assert!(
-        stored >= unique && stored <= unique + 2 * BATCH,
+        stored + BATCH >= unique && stored <= unique + 2 * BATCH,
         "b stored {stored} blocks for {unique} distinct"
     );
     eprintln!("b stored {stored} blocks for {unique} distinct ones, across two kills");
