@@ -346,6 +346,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if let (Some(s), Some((pool, _))) = (&streams, &pool) {
         let _ = pool.streams.set(s.clone());
     }
+    if let (Some(s), Some((rep, _))) = (&streams, &replication) {
+        let s = s.clone();
+        rep.board.tell(Arc::new(move |event| s.event(event)));
+    }
     let node = Arc::new(match streams {
         Some(s) => node.with_streams(s),
         None => node,

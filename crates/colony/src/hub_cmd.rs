@@ -72,17 +72,35 @@ pub fn hubfs(args: HubfsArgs) -> Result<()> {
     let listener =
         std::net::TcpListener::bind(&addr).with_context(|| format!("listening on {addr}"))?;
     let hubs = Arc::new(hubs);
-    let _mounted = match &args.mount {
+    // Taken by a thread, so that a mount is unmounted before we go.
+    let signals = crate::signals::Blocked::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    let mounted = match &args.mount {
         Some(dir) => Some(
             hubfs::fuse::mount(hubs.clone(), dir)
                 .with_context(|| format!("mounting the hubs on {}", dir.display()))?,
         ),
         None => None,
     };
+    std::thread::spawn(move || {
+        let signal = signals.wait();
+        drop(mounted);
+        std::process::exit(128 + signal);
+    });
     println!("hubfs on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     hubfs::server::serve(listener, hubs)?;
     Ok(())
+}
+
+/// `colony hub [NAME]` is the hubshell; `colony hub ls|cat|write|ctl` are
+/// plain clients.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HubArgs {
+    #[command(subcommand)]
+    command: Option<HubCommand>,
+    #[command(flatten)]
+    shell: crate::hubshell::ShellArgs,
 }
 
 #[derive(Subcommand)]
@@ -111,32 +129,37 @@ pub enum HubCommand {
     },
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct HubAddr {
-    /// The hubfs's 9P address.
-    #[arg(long, default_value = "127.0.0.1:5640")]
-    at: String,
+    /// The hubfs's 9P address (a hub shell's own hubfs, inside one).
+    #[arg(long, env = "COLONY_HUBFS", default_value = "127.0.0.1:5640")]
+    pub at: String,
     /// The user name to attach as [default: $USER].
     #[arg(long)]
-    user: Option<String>,
+    pub user: Option<String>,
 }
 
 impl HubAddr {
-    fn connect(&self) -> Result<Client> {
+    pub fn user_name(&self) -> String {
+        self.user
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "none".into())
+    }
+
+    pub fn connect(&self) -> Result<Client> {
         let addr = venti::dial::parse(&self.at)?;
         let mut c = Client::connect(&addr, 256 * 1024)
             .with_context(|| format!("connecting to hubfs at {addr}"))?;
-        let user = self
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "none".into());
-        c.attach(0, &user)?;
+        c.attach(0, &self.user_name())?;
         Ok(c)
     }
 }
 
-pub fn hub(cmd: HubCommand) -> Result<()> {
+pub fn hub(args: HubArgs) -> Result<()> {
+    let Some(cmd) = args.command else {
+        return crate::hubshell::run(args.shell);
+    };
     match cmd {
         HubCommand::Ls(at) => {
             let mut c = at.connect()?;
@@ -149,7 +172,7 @@ pub fn hub(cmd: HubCommand) -> Result<()> {
         HubCommand::Cat { at, hub } => {
             let mut c = at.connect()?;
             c.walk(0, 1, &[&hub])
-                .with_context(|| format!("no hub {hub}"))?;
+                .with_context(|| format!("hub {hub} does not exist"))?;
             c.open(1, OREAD)?;
             let mut out = std::io::stdout().lock();
             loop {

@@ -12,11 +12,13 @@ mod bench_split;
 mod bench_vac;
 mod grid_cmd;
 mod hub_cmd;
+mod hubshell;
 mod link_cmd;
 mod mount_cmd;
 mod paths;
 mod progress;
 mod replicate_cmd;
+mod signals;
 mod slow_link;
 mod vac_cmd;
 mod venti_cmd;
@@ -67,9 +69,9 @@ enum Command {
     Tunnel(link_cmd::TunnelArgs),
     /// Serve hubs (broadcast pipes with a ring buffer) over 9P2000.
     Hubfs(hub_cmd::HubfsArgs),
-    /// A client of a hubfs: ls, cat, write, ctl.
-    #[command(subcommand)]
-    Hub(hub_cmd::HubCommand),
+    /// A shell on hubs that outlives its terminal (`colony hub [NAME]`), or
+    /// a client of a hubfs: ls, cat, write, ctl.
+    Hub(hub_cmd::HubArgs),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),

@@ -449,35 +449,7 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
     assert_eq!(g.door_ok("alice", &["status"]), "no environments running\n");
 
     // The admin watches the control link and the grid's events as hubs.
-    let backlog = |hub: &str| {
-        let mut cat = g
-            .hosts
-            .command(0, COLONY)
-            .args([
-                "hub",
-                "cat",
-                hub,
-                "--at",
-                "127.0.0.1:5641",
-                "--user",
-                "admin",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let ok = g
-            .hosts
-            .command(0, COLONY)
-            .args(["hub", "ctl", "eof", hub, "--at", "127.0.0.1:5641"])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let mut text = String::new();
-        std::io::Read::read_to_string(cat.stdout.as_mut().unwrap(), &mut text).unwrap();
-        cat.wait().unwrap();
-        text
-    };
+    let backlog = |hub: &str| hub_backlog(&g.hosts, 0, hub);
     let sent = backlog("cpu.in");
     assert!(sent.contains(" spawn alice busybox vac:"), "{sent}");
     assert!(sent.contains(" save alice busybox"), "{sent}");
@@ -655,6 +627,37 @@ fn environments_outlive_a_storage_node_restart_and_the_cache_keeps_its_bound() {
     std::thread::sleep(Duration::from_millis(10));
 }
 
+/// What a storage node's stream hub `hub` holds, read on `host` as the
+/// admin (over the node's loopback 9P).
+fn hub_backlog(hosts: &Hosts, host: usize, hub: &str) -> String {
+    let mut cat = hosts
+        .command(host, COLONY)
+        .args([
+            "hub",
+            "cat",
+            hub,
+            "--at",
+            "127.0.0.1:5641",
+            "--user",
+            "admin",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The backlog, then an eof that ends the reader once it has read it.
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = hosts
+        .command(host, COLONY)
+        .args(["hub", "ctl", "eof", hub, "--at", "127.0.0.1:5641"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(cat.stdout.as_mut().unwrap(), &mut text).unwrap();
+    cat.wait().unwrap();
+    text
+}
+
 #[test]
 fn a_cpu_node_serves_two_replicating_storage_nodes() {
     if !can_run() {
@@ -727,4 +730,16 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
     );
     g.door_ok("alice", &["boom", "fromtwo"]);
     g.door_on_ok(3, "alice", &["boom", "busybox"]);
+
+    // Replication's progress is in each storage node's events.
+    let events = hub_backlog(&g.hosts, 0, "events");
+    for said in [
+        "replica: linked to s2 at tls!",
+        "replica: s2 has this node's log to ",
+        " names to s2",
+        " names from s2",
+        "replica: stored ",
+    ] {
+        assert!(events.contains(said), "no {said:?} in {events}");
+    }
 }

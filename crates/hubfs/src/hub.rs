@@ -57,25 +57,28 @@ pub struct RateLimit {
     pub min_gap: Duration,
 }
 
-/// Why a hub operation failed; the text is what the client sees.
+/// Why a hub operation failed; the text is what the client sees. The
+/// words follow Plan 9's ("does not exist", "exists", "permission",
+/// "invalid", "too long"), which clients such as plan9port's 9pfuse turn
+/// into the matching errno.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
-    #[error("no hub {0}")]
+    #[error("hub {0} does not exist")]
     NoHub(String),
     #[error("hub {0} exists")]
     Exists(String),
     #[error("too many hubs: the limit is {0}")]
     TooMany(usize),
-    #[error("bad hub name {0:?}: use letters, digits, '.', '-' and '_', at most {1} bytes")]
+    #[error("invalid hub name {0:?}: use letters, digits, '.', '-' and '_', at most {1} bytes")]
     BadName(String, usize),
-    #[error("a write of {0} bytes exceeds the limit of {1}")]
+    #[error("a write of {0} bytes is too long: the limit is {1}")]
     TooBig(usize, usize),
     #[error(
         "this reader fell behind hub {hub} and lost {lost} bytes; it reads on from the oldest byte kept"
     )]
     Lost { hub: String, lost: u64 },
     #[error(
-        "bad ctl message {0:?}: commands are fear, calm, freeze, melt, trunc, notrunc, eof [HUB]"
+        "invalid ctl message {0:?}: commands are fear, calm, freeze, melt, trunc, notrunc, eof [HUB], finish HUB, unfinish HUB"
     )]
     BadCtl(String),
     #[error("permission denied: {0}")]
@@ -96,14 +99,23 @@ pub enum Got {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReaderId(pub(crate) u64);
 
+/// One reader of a hub.
+#[derive(Clone, Copy)]
+struct Reader {
+    /// Its next position.
+    pos: u64,
+    /// An `eof` sent while it was open: it reads up to this position (what
+    /// was written before the eof), then gets EOF once. Kept per reader,
+    /// so a reader busy at the moment of the eof does not miss it, and one
+    /// that wakes late does not see it before the data written first.
+    eof_at: Option<u64>,
+}
+
 struct Hub {
     /// The bytes kept: positions `start..start + data.len()`.
     data: VecDeque<u8>,
     start: u64,
-    /// Each reader's next position.
-    readers: HashMap<ReaderId, u64>,
-    /// Bumped by `eof`: a reader waiting since an earlier value gets EOF.
-    eofs: u64,
+    readers: HashMap<ReaderId, Reader>,
     /// Its writer is done for good ([`HubSet::finish`]): a caught-up
     /// reader gets EOF at once, whenever it reads.
     finished: bool,
@@ -122,6 +134,15 @@ struct RateState {
 }
 
 impl Hub {
+    /// `eof`: every open reader gets EOF once it has read what was written
+    /// so far.
+    fn send_eof(&mut self) {
+        let end = self.end();
+        for r in self.readers.values_mut() {
+            r.eof_at.get_or_insert(end);
+        }
+    }
+
     fn end(&self) -> u64 {
         self.start + self.data.len() as u64
     }
@@ -163,6 +184,8 @@ pub struct HubInfo {
     pub kept: u64,
     /// A number unique to the hub for the set's life (its qid).
     pub id: u64,
+    /// Readers open now.
+    pub readers: usize,
 }
 
 fn check_name(name: &str, max: usize) -> Result<(), HubError> {
@@ -219,7 +242,6 @@ impl HubSet {
                 data: VecDeque::new(),
                 start: 0,
                 readers: HashMap::new(),
-                eofs: 0,
                 finished: false,
                 owner: owner.to_string(),
                 mode,
@@ -265,7 +287,13 @@ impl HubSet {
             .get_mut(name)
             .ok_or_else(|| HubError::NoHub(name.into()))?;
         let at = if trunc { hub.end() } else { hub.start };
-        hub.readers.insert(id, at);
+        hub.readers.insert(
+            id,
+            Reader {
+                pos: at,
+                eof_at: None,
+            },
+        );
         Ok(id)
     }
 
@@ -287,10 +315,6 @@ impl HubSet {
         cancel: &AtomicBool,
     ) -> Result<Got, HubError> {
         let mut state = self.state();
-        let eofs = match state.hubs.get(name) {
-            Some(h) => h.eofs,
-            None => return Err(HubError::NoHub(name.into())),
-        };
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(HubError::Interrupted);
@@ -300,27 +324,30 @@ impl HubSet {
                 .hubs
                 .get_mut(name)
                 .ok_or_else(|| HubError::NoHub(name.into()))?;
-            if hub.eofs != eofs {
-                return Ok(Got::Eof);
-            }
-            let Some(&pos) = hub.readers.get(&reader) else {
+            let Some(&Reader { pos, eof_at }) = hub.readers.get(&reader) else {
                 return Err(HubError::NoHub(name.into()));
             };
             if !frozen {
                 if pos < hub.start {
-                    hub.readers.insert(reader, hub.start);
+                    hub.readers.get_mut(&reader).expect("read above").pos = hub.start;
                     self.changed.notify_all();
                     return Err(HubError::Lost {
                         hub: name.into(),
                         lost: hub.start - pos,
                     });
                 }
+                // Data first, as far as an eof sent after it.
+                let end = eof_at.map_or(hub.end(), |at| at.min(hub.end()));
+                if pos >= end && eof_at.is_some() {
+                    hub.readers.get_mut(&reader).expect("read above").eof_at = None;
+                    return Ok(Got::Eof);
+                }
                 if pos == hub.end() && hub.finished {
                     return Ok(Got::Eof);
                 }
-                if pos < hub.end() {
+                if pos < end {
                     let from = (pos - hub.start) as usize;
-                    let n = (hub.data.len() - from).min(max);
+                    let n = ((end - pos) as usize).min(max);
                     let (a, b) = hub.data.as_slices();
                     let mut out = Vec::with_capacity(n);
                     if from < a.len() {
@@ -330,7 +357,7 @@ impl HubSet {
                     } else {
                         out.extend_from_slice(&b[from - a.len()..from - a.len() + n]);
                     }
-                    hub.readers.insert(reader, pos + n as u64);
+                    hub.readers.get_mut(&reader).expect("read above").pos = pos + n as u64;
                     // Fear-mode writers wait on readers' progress.
                     self.changed.notify_all();
                     return Ok(Got::Data(out));
@@ -356,7 +383,7 @@ impl HubSet {
                 .hubs
                 .get(name)
                 .ok_or_else(|| HubError::NoHub(name.into()))?;
-            let slowest = hub.readers.values().copied().min();
+            let slowest = hub.readers.values().map(|r| r.pos).min();
             let would_drop =
                 (hub.data.len() + data.len()).saturating_sub(self.limits.buffer) as u64;
             let blocked = fear
@@ -461,7 +488,7 @@ impl HubSet {
             ["notrunc"] => state.flags.trunc = false,
             ["eof"] => {
                 for hub in state.hubs.values_mut() {
-                    hub.eofs += 1;
+                    hub.send_eof();
                 }
             }
             ["eof", name] => {
@@ -469,7 +496,15 @@ impl HubSet {
                     .hubs
                     .get_mut(*name)
                     .ok_or_else(|| HubError::NoHub(name.to_string()))?
-                    .eofs += 1;
+                    .send_eof();
+            }
+            // A lasting eof (a shell that exited), for writers over 9P.
+            [verb @ ("finish" | "unfinish"), name] => {
+                state
+                    .hubs
+                    .get_mut(*name)
+                    .ok_or_else(|| HubError::NoHub(name.to_string()))?
+                    .finished = *verb == "finish";
             }
             _ => return Err(HubError::BadCtl(command.trim().to_string())),
         }
@@ -541,6 +576,7 @@ fn info(name: &str, hub: &Hub) -> HubInfo {
         written: hub.end(),
         kept: hub.data.len() as u64,
         id: hub.id,
+        readers: hub.readers.len(),
     }
 }
 
@@ -693,6 +729,22 @@ mod tests {
         // Not a state: the next read waits for data again.
         s.write("io", b"x").unwrap();
         assert_eq!(read(&s, "io", r).unwrap(), Got::Data(b"x".to_vec()));
+        // A reader not waiting at the moment (busy with what it read) gets
+        // the eof at its next read, after what was written before it and
+        // not after what came later (9pfuse's cat missed the tail when
+        // the eof came first).
+        s.write("io", b"before").unwrap();
+        s.ctl("eof io").unwrap();
+        s.write("io", b"after").unwrap();
+        assert_eq!(read(&s, "io", r).unwrap(), Got::Data(b"before".to_vec()));
+        assert_eq!(read(&s, "io", r).unwrap(), Got::Eof);
+        assert_eq!(read(&s, "io", r).unwrap(), Got::Data(b"after".to_vec()));
+        // A reader opened after an eof does not get it.
+        let late = s.open_reader("io").unwrap();
+        assert_eq!(
+            read(&s, "io", late).unwrap(),
+            Got::Data(b"xbeforeafter".to_vec())
+        );
         assert_eq!(
             s.ctl("eof nosuch").unwrap_err(),
             HubError::NoHub("nosuch".into())
@@ -725,6 +777,17 @@ mod tests {
         assert_eq!(
             waiting.join().unwrap().unwrap(),
             Got::Data(b"again".to_vec())
+        );
+        // The same through ctl, for writers on the far side of 9P.
+        s.ctl("finish out").unwrap();
+        assert_eq!(read(&s, "out", r).unwrap(), Got::Eof);
+        s.ctl("unfinish out").unwrap();
+        s.write("out", b"more").unwrap();
+        assert_eq!(read(&s, "out", r).unwrap(), Got::Data(b"more".to_vec()));
+        assert!(matches!(s.ctl("finish"), Err(HubError::BadCtl(_))));
+        assert_eq!(
+            s.ctl("finish nosuch").unwrap_err(),
+            HubError::NoHub("nosuch".into())
         );
     }
 

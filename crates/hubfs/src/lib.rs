@@ -8,9 +8,12 @@
 //! * [`server`]: a 9P2000 server of a hub set, which plan9port's `9p` and
 //!   `9pfuse` and colony's client speak.
 //! * [`fuse`]: the same hub set mounted on Linux through FUSE.
+//! * [`typed`]: a hub shell's keys, split into the shell's input and `%`
+//!   commands.
 
 pub mod fuse;
 pub mod hub;
 pub mod server;
+pub mod typed;
 
 pub use hub::{HubError, HubSet, Limits, RateLimit};

@@ -67,7 +67,7 @@ fn two_connections_share_a_hub_and_a_waiting_reader_gets_what_is_written() {
     );
     alice.write(3, 0, b"trunc\n").unwrap();
     let err = alice.write(3, 0, b"launch missiles\n").unwrap_err();
-    assert!(err.to_string().contains("bad ctl message"), "{err}");
+    assert!(err.to_string().contains("invalid ctl message"), "{err}");
     let status = String::from_utf8(alice.read(3, 0, 8192).unwrap()).unwrap();
     assert!(status.contains("trunc 1"), "{status}");
 }
@@ -184,7 +184,10 @@ fn hubs_are_their_owners_and_limits_are_errors() {
     );
 
     let err = alice.write(1, 0, &[b'x'; 33]).unwrap_err();
-    assert!(err.to_string().contains("exceeds the limit of 32"), "{err}");
+    assert!(
+        err.to_string().contains("too long: the limit is 32"),
+        "{err}"
+    );
     alice.walk(0, 2, &[]).unwrap();
     alice.create(2, "second", 0o644, OREAD).unwrap();
     alice.walk(0, 3, &[]).unwrap();
@@ -194,7 +197,7 @@ fn hubs_are_their_owners_and_limits_are_errors() {
         "{err}"
     );
     let err = alice.create(3, "no/slash", 0o644, OREAD).unwrap_err();
-    assert!(err.to_string().contains("bad hub name"), "{err}");
+    assert!(err.to_string().contains("invalid hub name"), "{err}");
     // A slow reader is told what it lost.
     bob.walk(0, 3, &["second"]).unwrap();
     bob.open(3, OREAD).unwrap();

@@ -46,6 +46,12 @@ impl Client {
         Ok(c)
     }
 
+    /// A handle on the connection whose `shutdown` ends a request that
+    /// waits (a hub read) from another thread: the request then fails.
+    pub fn hangup_handle(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
     /// Sends raw bytes (for tests of malformed input) and reads one reply.
     pub fn raw(&mut self, bytes: &[u8]) -> Result<(u16, Fcall), ClientError> {
         self.stream.write_all(bytes)?;

@@ -1,10 +1,12 @@
 //! What each link is doing, for `colony grid status`: per peer, how far
 //! behind it is, when it was last heard from, how fast blocks travel and
-//! the last thing that went wrong.
+//! the last thing that went wrong. The changes that matter to someone
+//! watching (a link up or failing, blocks acknowledged, names sent or
+//! merged) are also told as events, to the node's `events` hub.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// One outgoing link's state.
@@ -47,18 +49,28 @@ pub struct Incoming {
     pub names_merged: u64,
 }
 
+/// Where the board tells its events.
+pub type Events = Arc<dyn Fn(&str) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Board {
     out: Mutex<BTreeMap<String, Outgoing>>,
     inc: Mutex<BTreeMap<String, Incoming>>,
+    events: OnceLock<Events>,
 }
 
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 impl Board {
+    /// Tells replication's events to `events` from now on.
+    pub fn tell(&self, events: Events) {
+        let _ = self.events.set(events);
+    }
+
     pub fn outgoing(&self, peer: &str, change: impl FnOnce(&mut Outgoing)) {
         let mut map = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let o = map.entry(peer.to_string()).or_default();
+        let before = self.events.get().map(|_| o.clone());
         change(o);
         let now = Instant::now();
         if o.samples.back().is_none_or(|s| s.1 != o.bytes_sent) || o.samples.is_empty() {
@@ -72,11 +84,33 @@ impl Board {
         {
             o.samples.pop_front();
         }
+        if let (Some(before), Some(events)) = (before, self.events.get()) {
+            for event in outgoing_events(peer, &before, o) {
+                events(&event);
+            }
+        }
     }
 
     pub fn incoming(&self, peer: &str, change: impl FnOnce(&mut Incoming)) {
         let mut map = self.inc.lock().unwrap_or_else(|p| p.into_inner());
-        change(map.entry(peer.to_string()).or_default());
+        let i = map.entry(peer.to_string()).or_default();
+        let before = i.clone();
+        change(i);
+        if let Some(events) = self.events.get() {
+            if i.blocks_stored > before.blocks_stored {
+                events(&format!(
+                    "replica: stored {} blocks ({}) from {peer}",
+                    i.blocks_stored - before.blocks_stored,
+                    human_bytes((i.bytes_stored - before.bytes_stored) as f64)
+                ));
+            }
+            if i.names_merged > before.names_merged {
+                events(&format!(
+                    "replica: merged {} names from {peer}",
+                    i.names_merged - before.names_merged
+                ));
+            }
+        }
     }
 
     pub fn snapshot(&self) -> (BTreeMap<String, Outgoing>, BTreeMap<String, Incoming>) {
@@ -85,6 +119,36 @@ impl Board {
             self.inc.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         )
     }
+}
+
+/// What changed on an outgoing link, as events.
+fn outgoing_events(peer: &str, before: &Outgoing, now: &Outgoing) -> Vec<String> {
+    let mut events = Vec::new();
+    if now.connected && !before.connected {
+        events.push(format!("replica: linked to {peer} at {}", now.address));
+    }
+    if now.last_error.as_ref().map(|e| &e.1) != before.last_error.as_ref().map(|e| &e.1)
+        && let Some((_, error)) = &now.last_error
+    {
+        events.push(format!("replica: link to {peer} failed: {error}"));
+    } else if before.connected && !now.connected {
+        events.push(format!("replica: link to {peer} down"));
+    }
+    if now.position > before.position {
+        events.push(format!(
+            "replica: {peer} has this node's log to {} ({} blocks, {} sent so far)",
+            now.position,
+            now.blocks_sent,
+            human_bytes(now.bytes_sent as f64)
+        ));
+    }
+    if now.names_sent > before.names_sent {
+        events.push(format!(
+            "replica: sent {} names to {peer}",
+            now.names_sent - before.names_sent
+        ));
+    }
+    events
 }
 
 /// How far behind a peer is, worked out from this node's log and catalog.
