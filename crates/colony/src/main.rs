@@ -20,6 +20,7 @@ mod progress;
 mod replicate_cmd;
 mod signals;
 mod slow_link;
+mod stores;
 mod vac_cmd;
 mod venti_cmd;
 

@@ -89,7 +89,7 @@ pub fn console_path(mountpoint: &Path) -> Result<PathBuf> {
 }
 
 pub fn mount(args: MountArgs) -> Result<()> {
-    let store: Arc<dyn BlockStore> = Arc::from(args.store.open()?);
+    let store: Arc<dyn BlockStore> = args.store.open()?;
     let root = vac::resolve_root_arg(&args.root)?;
     let config = match &args.disk {
         Some(path) => CacheConfig::Disk {

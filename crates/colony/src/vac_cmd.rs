@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Args};
@@ -13,21 +14,28 @@ use venti::{BlockStore, LogStore, RemoteStore};
 
 use crate::progress::Progress;
 
-/// Where blocks live: `-h ADDR` or `$venti` for a venti server, else the
-/// embedded store directory.
+/// Where blocks live: `-h ADDR` or `$venti` for a venti server, `--store`
+/// for a store directory or a bucket, else the embedded store directory.
 #[derive(Args)]
 pub struct StoreArg {
     /// Venti server address [default: $venti, else the embedded store].
-    #[arg(short = 'h', long = "host", env = "venti")]
+    #[arg(short = 'h', long = "host", env = "venti", conflicts_with = "store")]
     pub host: Option<String>,
+    /// A store directory, or s3://BUCKET/PREFIX (credentials from the
+    /// environment or the S3 settings file, never the command line).
+    #[arg(long)]
+    pub store: Option<String>,
     #[arg(long, action = ArgAction::Help, help = "Print help")]
     help: Option<bool>,
 }
 
 impl StoreArg {
-    pub fn open(&self) -> Result<Box<dyn BlockStore>> {
+    pub fn open(&self) -> Result<Arc<dyn BlockStore>> {
         if let Some(addr) = self.host.as_deref().filter(|a| !a.is_empty()) {
-            return Ok(Box::new(RemoteStore::connect(addr)?));
+            return Ok(Arc::new(RemoteStore::connect(addr)?));
+        }
+        if let Some(spec) = &self.store {
+            return crate::stores::open(spec);
         }
         let dir = crate::paths::default_store_dir()?;
         let store = LogStore::open(&dir).map_err(|e| match e {
@@ -36,7 +44,7 @@ impl StoreArg {
             ),
             e => e.into(),
         })?;
-        Ok(Box::new(store))
+        Ok(Arc::new(store))
     }
 }
 

@@ -1,0 +1,448 @@
+//! The block store on a real Garage cluster (three nodes, three zones,
+//! replication factor 3, on loopback), started and torn down here:
+//! writers sharing a bucket, a Garage node killed during writes, damaged
+//! objects, an unreachable store, and colony's commands on a bucket.
+//!
+//! `.ci/run` installs Garage; without it these tests fail, unless
+//! COLONY_SKIP_GARAGE=1 says to skip them.
+
+#[path = "../src/garage_cluster.rs"]
+#[allow(dead_code)]
+mod garage_cluster;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use garage_cluster::Garage;
+use object_store::ObjectStoreExt;
+use s3store::{PackStore, Settings};
+use venti::{BlockStore, BlockType, Score};
+
+const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+
+fn garage(bucket: &str) -> Option<Garage> {
+    if std::env::var_os("COLONY_SKIP_GARAGE").is_some() {
+        eprintln!("skipped: COLONY_SKIP_GARAGE is set");
+        return None;
+    }
+    Some(Garage::start(bucket).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// A writer's settings: through Garage node `node`, with its own cache.
+fn settings(g: &Garage, node: usize, prefix: &str, cache: &Path) -> Settings {
+    Settings {
+        url: s3store::S3Url::parse(&format!("s3://{}/{prefix}", g.bucket)).unwrap(),
+        endpoint: Some(g.endpoint(node)),
+        region: "garage".into(),
+        access_key_id: g.key_id.clone(),
+        secret_access_key: g.secret.clone(),
+        session_token: None,
+        cache: cache.to_path_buf(),
+        cache_bytes: 64 << 20,
+        // Small packs, so a few hundred blocks make many.
+        pack_bytes: 256 << 10,
+        file: None,
+    }
+}
+
+/// Distinct blocks: `n` of them from `seed`.
+fn blocks(seed: u32, n: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut b = vec![0u8; 8192];
+            b[..4].copy_from_slice(&seed.to_be_bytes());
+            b[4..8].copy_from_slice(&i.to_be_bytes());
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn writers_share_a_bucket_and_a_third_reader_sees_all() {
+    let Some(g) = garage("shared") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // Two writers at once, through different Garage nodes; 100 blocks in
+    // common (both store them: harmless, and counted).
+    let common = blocks(0, 100);
+    // Both open before either writes, so neither knows the other's blocks.
+    let stores: Vec<PackStore> = [1usize, 2]
+        .into_iter()
+        .map(|w| {
+            PackStore::open(&settings(
+                &g,
+                w - 1,
+                "grid",
+                &tmp.path().join(format!("w{w}")),
+            ))
+            .unwrap()
+        })
+        .collect();
+    let handles: Vec<_> = stores
+        .into_iter()
+        .zip([1u32, 2])
+        .map(|(store, w)| {
+            let common = common.clone();
+            std::thread::spawn(move || {
+                let mut scores = Vec::new();
+                for b in blocks(w, 300).iter().chain(&common) {
+                    scores.push(store.write(BlockType::DATA, b).unwrap());
+                }
+                store.sync().unwrap();
+                (scores, store.stats())
+            })
+        })
+        .collect();
+    let written: Vec<(Vec<Score>, s3store::Stats)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (_, stats) in &written {
+        assert!(stats.puts >= 2 * 8, "packs went as many objects: {stats:?}");
+    }
+    // A third, which wrote nothing, reads every block of both.
+    let reader = PackStore::open(&settings(&g, 2, "grid", &tmp.path().join("r"))).unwrap();
+    let want: HashMap<Score, Vec<u8>> = blocks(1, 300)
+        .into_iter()
+        .chain(blocks(2, 300))
+        .chain(common.clone())
+        .map(|b| (Score::of(&b), b))
+        .collect();
+    for (score, data) in &want {
+        assert!(reader.read(score, BlockType::DATA).unwrap().as_ref() == Some(data));
+    }
+    let stats = reader.stats();
+    assert_eq!(stats.blocks, 700);
+    // Each common block is in both writers' packs.
+    assert_eq!(stats.duplicates, 100);
+    // One ranged GET per cold block.
+    assert_eq!(stats.block_gets, 700);
+    // A block nobody wrote is not there (and costs a LIST, not an error).
+    assert!(
+        reader
+            .read(&Score::of(b"never written"), BlockType::DATA)
+            .unwrap()
+            .is_none()
+    );
+    // A writer that knows a block does not store it again; and a restart
+    // learns the bucket from its local index copies: a LIST to check the
+    // bucket, one for new indexes, and no index fetched again.
+    drop(reader);
+    let again = PackStore::open(&settings(&g, 0, "grid", &tmp.path().join("r"))).unwrap();
+    for b in &common {
+        again.write(BlockType::DATA, b).unwrap();
+    }
+    again.sync().unwrap();
+    let s = again.stats();
+    assert_eq!((s.deduplicated, s.puts), (100, 0), "{s:?}");
+    assert_eq!((s.lists, s.object_gets, s.blocks), (2, 0, 700), "{s:?}");
+    drop(again);
+    // A second process on one cache directory is refused, by name.
+    let first = PackStore::open(&settings(&g, 0, "grid", &tmp.path().join("w1"))).unwrap();
+    let err = PackStore::open(&settings(&g, 0, "grid", &tmp.path().join("w1")))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(first);
+}
+
+#[test]
+fn every_acknowledged_block_survives_a_garage_node_killed_during_writes() {
+    let Some(mut g) = garage("faults") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(PackStore::open(&settings(&g, 0, "kill", &tmp.path().join("w"))).unwrap());
+    // Invariant: a block whose sync returned Ok reads back, whatever
+    // happened to a Garage node meanwhile.
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut acknowledged = Vec::new();
+            let mut unacknowledged = 0;
+            for round in 0..20u32 {
+                let batch = blocks(100 + round, 50);
+                for b in &batch {
+                    store.write(BlockType::DATA, b).unwrap();
+                }
+                match store.sync() {
+                    Ok(()) => acknowledged.extend(batch),
+                    Err(_) => unacknowledged += 1,
+                }
+            }
+            (acknowledged, unacknowledged)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Not the node the writer talks to: the cluster keeps a quorum.
+    g.kill_node(2);
+    let (acknowledged, unacknowledged) = writer.join().unwrap();
+    assert!(!acknowledged.is_empty());
+    eprintln!(
+        "{} blocks acknowledged, {unacknowledged} syncs failed",
+        acknowledged.len()
+    );
+    drop(store);
+    // A fresh reader (no cache), through another node.
+    let reader = PackStore::open(&settings(&g, 1, "kill", &tmp.path().join("r"))).unwrap();
+    for b in &acknowledged {
+        assert!(
+            reader
+                .read(&Score::of(b), BlockType::DATA)
+                .unwrap()
+                .as_ref()
+                == Some(b),
+            "a block read back wrong"
+        );
+    }
+    // And with the node back, it has them too.
+    g.start_node(2).unwrap();
+}
+
+#[test]
+fn damaged_objects_are_named_and_never_served() {
+    let Some(g) = garage("damage") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let s = settings(&g, 0, "dmg", &tmp.path().join("w"));
+    let store = PackStore::open(&s).unwrap();
+    let data = blocks(7, 40);
+    for b in &data {
+        store.write(BlockType::DATA, b).unwrap();
+    }
+    store.sync().unwrap();
+    let writer = store.writer().to_string();
+    drop(store);
+    // The raw bucket, as someone (or a fault) might change it.
+    let raw = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&g.bucket)
+        .with_region("garage")
+        .with_endpoint(g.endpoint(0))
+        .with_allow_http(true)
+        .with_access_key_id(&g.key_id)
+        .with_secret_access_key(&g.secret)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pack = object_store::path::Path::from(format!("dmg/packs/{writer}/00000000.pack"));
+    let index = object_store::path::Path::from(format!("dmg/index/{writer}/00000000.idx"));
+    let original = rt.block_on(async { raw.get(&pack).await.unwrap().bytes().await.unwrap() });
+
+    // A damaged index: the pack is indexed again from its own records.
+    let good_index = rt.block_on(async { raw.get(&index).await.unwrap().bytes().await.unwrap() });
+    let mut bad = good_index.to_vec();
+    bad[20] ^= 0xff;
+    rt.block_on(raw.put(&index, bad.into())).unwrap();
+    let reader = PackStore::open(&settings(&g, 1, "dmg", &tmp.path().join("r1"))).unwrap();
+    assert_eq!(reader.stats().damaged_indexes, 1);
+    for b in &data {
+        assert!(
+            reader
+                .read(&Score::of(b), BlockType::DATA)
+                .unwrap()
+                .as_ref()
+                == Some(b),
+            "a block read back wrong"
+        );
+    }
+    drop(reader);
+
+    // A damaged pack (its index whole again): the block that fails its
+    // score check is an error naming the pack, never its bytes.
+    rt.block_on(raw.put(&index, good_index.into())).unwrap();
+    // (The first block's data starts after the magic and its header.)
+    let mut flipped = original.to_vec();
+    flipped[8 + 25 + 10] ^= 0xff;
+    rt.block_on(raw.put(&pack, flipped.into())).unwrap();
+    let reader = PackStore::open(&settings(&g, 1, "dmg", &tmp.path().join("r2"))).unwrap();
+    let victim = Score::of(&data[0]);
+    let err = reader
+        .read(&victim, BlockType::DATA)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("score check") && err.contains(&writer),
+        "{err}"
+    );
+    // The others are fine.
+    assert!(
+        reader
+            .read(&Score::of(&data[1]), BlockType::DATA)
+            .unwrap()
+            .as_ref()
+            == Some(&data[1]),
+        "a block read back wrong"
+    );
+    // A pack cut short: the blocks past its end are errors. (A 256 KiB
+    // pack holds the first 31 blocks.)
+    rt.block_on(raw.put(&pack, original.slice(..original.len() / 2).into()))
+        .unwrap();
+    let err = reader
+        .read(&Score::of(&data[25]), BlockType::DATA)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&writer), "{err}");
+}
+
+#[test]
+fn an_unreachable_store_fails_writes_clearly_and_loses_nothing_acknowledged() {
+    let Some(mut g) = garage("outage") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let opened = s3store::open_with(&settings(&g, 0, "out", &tmp.path().join("w"))).unwrap();
+    let store = opened.store.clone();
+    let before = blocks(1, 20);
+    for b in &before {
+        store.write(BlockType::DATA, b).unwrap();
+    }
+    store.sync().unwrap();
+    // Every node down.
+    for i in 0..3 {
+        g.kill_node(i);
+    }
+    // Cached blocks still read (the cache has what was written).
+    assert!(
+        store
+            .read(&Score::of(&before[0]), BlockType::DATA)
+            .unwrap()
+            .as_ref()
+            == Some(&before[0]),
+        "a block read back wrong"
+    );
+    // A write is taken, but its sync fails with a clear error (after a
+    // bounded retry) instead of acknowledging it.
+    let during = blocks(2, 5);
+    for b in &during {
+        store.write(BlockType::DATA, b).unwrap();
+    }
+    let err = store.sync().unwrap_err().to_string();
+    assert!(
+        err.contains("sending") && err.contains("s3://outage/out"),
+        "{err}"
+    );
+    // Opening the store now names the problem.
+    let err = PackStore::open(&settings(&g, 0, "out", &tmp.path().join("x")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("cannot reach"), "{err}");
+    // Back up: the kept pack goes at the next sync, and a fresh reader
+    // finds everything.
+    for i in 0..3 {
+        g.start_node(i).unwrap();
+    }
+    g.reconnect();
+    let start = std::time::Instant::now();
+    while let Err(e) = store.sync() {
+        assert!(start.elapsed().as_secs() < 60, "sync never recovered: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(opened);
+    drop(store);
+    let reader = PackStore::open(&settings(&g, 1, "out", &tmp.path().join("r"))).unwrap();
+    for b in before.iter().chain(&during) {
+        assert!(
+            reader
+                .read(&Score::of(b), BlockType::DATA)
+                .unwrap()
+                .as_ref()
+                == Some(b),
+            "a block read back wrong"
+        );
+    }
+}
+
+fn colony(g: &Garage, cache: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(COLONY)
+        .args(args)
+        .envs(g.env(0))
+        .env("COLONY_S3_CACHE", cache)
+        .env("COLONY_S3_CONFIG", "/dev/null")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn colony_vacs_into_a_bucket_and_unvacs_back_and_bad_settings_are_named() {
+    let Some(g) = garage("trees") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/motd"), "on garage\n").unwrap();
+    std::fs::write(src.join("big"), vec![7u8; 300_000]).unwrap();
+    let url = format!("s3://{}/roots", g.bucket);
+    let out = colony(
+        &g,
+        &tmp.path().join("c1"),
+        &["vac", "--store", &url, &format!("{}/.", src.display())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let score = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(score.starts_with("vac:"), "{score}");
+    // Another machine (another cache) extracts it.
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let out = colony(
+        &g,
+        &tmp.path().join("c2"),
+        &["unvac", "--store", &url, &score, dest.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("etc/motd")).unwrap(),
+        "on garage\n"
+    );
+    assert!(std::fs::read(dest.join("big")).unwrap() == vec![7u8; 300_000]);
+
+    // No credentials: named, with where to put them.
+    let out = Command::new(COLONY)
+        .args(["unvac", "--store", &url, &score])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("COLONY_S3_CONFIG", "/dev/null")
+        .env("AWS_ENDPOINT_URL", g.endpoint(0))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no S3 credentials"),
+        "{err}"
+    );
+    // A bucket that does not exist.
+    let out = colony(
+        &g,
+        &tmp.path().join("c3"),
+        &["unvac", "--store", "s3://nosuch/x", &score],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bucket nosuch does not exist"),
+        "{err}"
+    );
+    // Wrong credentials.
+    let out = Command::new(COLONY)
+        .args(["unvac", "--store", &url, &score])
+        .envs(g.env(0))
+        .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64))
+        .env("COLONY_S3_CACHE", tmp.path().join("c4"))
+        .env("COLONY_S3_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("refused the credentials"),
+        "{err}"
+    );
+    // And the secret is never printed, even in an error.
+    assert!(!err.contains(&g.secret));
+}

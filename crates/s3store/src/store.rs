@@ -1,0 +1,735 @@
+//! [`PackStore`]: venti's [`BlockStore`] on a bucket of packs.
+//!
+//! Writes fill a pack in memory; a full pack is sent (its data, then its
+//! index) while the next fills, with at most [`MAX_UNSENT`] packs waiting,
+//! so memory stays bounded whatever the ingest. `sync` sends the partial
+//! pack and returns only when every block written before it is in the
+//! bucket: venti's durability promise. A pack that fails to go is kept,
+//! readable, and tried again at the next sync; a write that finds every
+//! slot held by packs that keep failing is an error.
+//!
+//! Reads: a block still unsent comes from memory; a block in the index is
+//! one ranged GET of its pack, checked against its score (damage is named,
+//! never served). A block the index does not know makes the store look
+//! for new indexes in the bucket (at most once a second), so another
+//! writer's blocks are found. Warm reads are the cache's job, in front
+//! (see [`crate::open`]).
+//!
+//! Several writers share a bucket without any lock or conditional write
+//! (Garage ignores `If-None-Match`): each process writes under a writer
+//! name of its own, made fresh at every open, so no two ever write one
+//! key. A block two writers both stored is harmless: the index keeps the
+//! first it learns, and the rest are counted as duplicates.
+//!
+//! The local directory keeps a copy of every index merged, so a restart
+//! learns the bucket with one LIST.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use venti::{BlockStore, BlockType, MAX_BLOCK_SIZE, Score, StoreError};
+
+use crate::config::Settings;
+use crate::pack::{self, Entry, PackBuilder};
+
+/// Sealed packs that may wait to be sent before a write waits.
+pub const MAX_UNSENT: usize = 4;
+/// The least time between two looks for other writers' indexes.
+const REFRESH_GAP: Duration = Duration::from_secs(1);
+
+/// Where a block is in the bucket.
+#[derive(Clone, Copy)]
+struct Loc {
+    /// Into [`State::packs`].
+    pack: u32,
+    ty: u8,
+    offset: u32,
+    len: u32,
+}
+
+/// A pack sealed but not yet in the bucket.
+struct Unsent {
+    seq: u64,
+    bytes: Bytes,
+    entries: Vec<Entry>,
+    sending: bool,
+    /// Why its last try failed.
+    failed: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    index: HashMap<Score, Loc>,
+    /// Pack keys, by [`Loc::pack`].
+    packs: Vec<String>,
+    /// Index keys merged (from the bucket or the local copies).
+    merged: HashSet<String>,
+    filling: PackBuilder,
+    /// Blocks not yet in the bucket: the pack (its seq) and the entry.
+    unsent_blocks: HashMap<Score, (u64, Entry)>,
+    unsent: Vec<Unsent>,
+    next_seq: u64,
+}
+
+/// What the store has done since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Blocks and packs the index knows (this writer's and others').
+    pub blocks: u64,
+    pub packs: u64,
+    /// Blocks written that were already stored (or unsent) here.
+    pub deduplicated: u64,
+    /// Blocks found in more than one pack while merging indexes.
+    pub duplicates: u64,
+    /// Requests: ranged GETs of blocks, GETs of whole objects (indexes,
+    /// packs being indexed again), PUTs and LISTs.
+    pub block_gets: u64,
+    pub object_gets: u64,
+    pub puts: u64,
+    pub lists: u64,
+    pub put_bytes: u64,
+    pub get_bytes: u64,
+    /// Index objects that were damaged (their packs were indexed again).
+    pub damaged_indexes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    deduplicated: AtomicU64,
+    duplicates: AtomicU64,
+    block_gets: AtomicU64,
+    object_gets: AtomicU64,
+    puts: AtomicU64,
+    lists: AtomicU64,
+    put_bytes: AtomicU64,
+    get_bytes: AtomicU64,
+    damaged_indexes: AtomicU64,
+}
+
+struct Inner {
+    s3: Arc<dyn ObjectStore>,
+    /// `s3://BUCKET/PREFIX`, for messages.
+    name: String,
+    prefix: String,
+    writer: String,
+    local: PathBuf,
+    pack_bytes: usize,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    state: Mutex<State>,
+    /// Signalled when a send ends.
+    sent: Condvar,
+    last_refresh: Mutex<Option<Instant>>,
+    counters: Counters,
+    /// Held for the store's life: one process per local directory.
+    _lock: File,
+}
+
+/// A block store on a bucket; see the module's text.
+pub struct PackStore {
+    inner: Arc<Inner>,
+}
+
+fn remote(context: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Remote(format!("{context}: {e}"))
+}
+
+/// A writer name no other process has used: host, pid, and random bits.
+fn writer_name() -> String {
+    let mut random = [0u8; 8];
+    // SAFETY: getrandom fills the buffer we own.
+    let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    if got != random.len() as isize {
+        // Never the only thing that keeps names apart: the pid and the
+        // time are in it too.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        random = t.to_be_bytes();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+impl PackStore {
+    /// Opens the bucket: checks it is there and the credentials work,
+    /// learns its blocks (from the local copies, then the bucket).
+    pub fn open(settings: &Settings) -> Result<PackStore, StoreError> {
+        // Only an https endpoint uses it; the ring provider colony uses
+        // everywhere else.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let name = settings.url.to_string();
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&settings.url.bucket)
+            .with_region(&settings.region)
+            .with_access_key_id(&settings.access_key_id)
+            .with_secret_access_key(&settings.secret_access_key)
+            .with_virtual_hosted_style_request(false)
+            // Blocks carry their own checks (their scores).
+            .with_unsigned_payload(true)
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(30),
+            })
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(60))
+                    .with_pool_max_idle_per_host(64),
+            );
+        if let Some(endpoint) = &settings.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(token) = &settings.session_token {
+            builder = builder.with_token(token);
+        }
+        let s3: Arc<dyn ObjectStore> = Arc::new(
+            builder
+                .build()
+                .map_err(|e| remote(format!("opening {name}"), e))?,
+        );
+        std::fs::create_dir_all(settings.cache.join("index")).map_err(|e| StoreError::Io {
+            context: format!("creating {}", settings.cache.display()),
+            err: e,
+        })?;
+        let lock = lock(&settings.cache)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("s3store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io {
+                context: "starting the object store's runtime".into(),
+                err: e,
+            })?;
+        let inner = Arc::new(Inner {
+            s3,
+            name,
+            prefix: settings.url.prefix.clone(),
+            writer: writer_name(),
+            local: settings.cache.clone(),
+            pack_bytes: settings.pack_bytes,
+            handle: runtime.handle().clone(),
+            runtime: Mutex::new(Some(runtime)),
+            state: Mutex::default(),
+            sent: Condvar::new(),
+            last_refresh: Mutex::new(None),
+            counters: Counters::default(),
+            _lock: lock,
+        });
+        let store = PackStore { inner };
+        store.inner.check_bucket(settings)?;
+        store.inner.load_local();
+        store.inner.refresh()?;
+        Ok(store)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let state = self.inner.state();
+        Stats {
+            blocks: state.index.len() as u64,
+            packs: state.packs.len() as u64,
+            deduplicated: c.deduplicated.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            block_gets: c.block_gets.load(Ordering::Relaxed),
+            object_gets: c.object_gets.load(Ordering::Relaxed),
+            puts: c.puts.load(Ordering::Relaxed),
+            lists: c.lists.load(Ordering::Relaxed),
+            put_bytes: c.put_bytes.load(Ordering::Relaxed),
+            get_bytes: c.get_bytes.load(Ordering::Relaxed),
+            damaged_indexes: c.damaged_indexes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// This process's writer name (its packs are under it).
+    pub fn writer(&self) -> &str {
+        &self.inner.writer
+    }
+
+    /// Looks for other writers' new indexes now.
+    pub fn refresh(&self) -> Result<(), StoreError> {
+        self.inner.refresh()
+    }
+}
+
+/// One process per local directory: its copies of indexes and its cache
+/// are not shared.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("lock");
+    let file = File::create(&path).map_err(|e| StoreError::Io {
+        context: format!("creating {}", path.display()),
+        err: e,
+    })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StoreError::Busy(dir.to_path_buf()));
+    }
+    Ok(file)
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(&self, rest: &str) -> Key {
+        if self.prefix.is_empty() {
+            Key::from(rest)
+        } else {
+            Key::from(format!("{}/{rest}", self.prefix))
+        }
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, from any thread
+    /// (an async one included: it is only blocked, never nested).
+    fn wait<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Remote(format!("{}: the store is closing", self.name)))
+    }
+
+    fn check_bucket(&self, settings: &Settings) -> Result<(), StoreError> {
+        let s3 = self.s3.clone();
+        let prefix = self.key("index");
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        let listed = self.wait(async move { s3.list_with_delimiter(Some(&prefix)).await })?;
+        let Err(e) = listed else { return Ok(()) };
+        let text = e.to_string();
+        let at = settings.endpoint.as_deref().unwrap_or("AWS");
+        Err(StoreError::Remote(if text.contains("NoSuchBucket") {
+            format!("bucket {} does not exist at {at}", settings.url.bucket)
+        } else if text.contains("InvalidAccessKeyId")
+            || text.contains("SignatureDoesNotMatch")
+            || text.contains("AccessDenied")
+            || text.contains("403")
+        {
+            format!(
+                "{at} refused the credentials for {} (key {}): {text}",
+                self.name, settings.access_key_id
+            )
+        } else {
+            format!("cannot reach {} at {at}: {text}", self.name)
+        }))
+    }
+
+    /// Takes in one pack's entries, learnt from index `index_key`.
+    fn merge(&self, state: &mut State, pack_key: String, entries: &[Entry]) {
+        let pack = state.packs.len() as u32;
+        state.packs.push(pack_key);
+        for e in entries {
+            let loc = Loc {
+                pack,
+                ty: e.ty,
+                offset: e.offset,
+                len: e.len,
+            };
+            if state.index.insert(e.score, loc).is_some() {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn local_copy(&self, index_key: &str) -> PathBuf {
+        self.local.join("index").join(index_key.replace('/', "%"))
+    }
+
+    /// The indexes an earlier run merged. A damaged copy is removed: the
+    /// bucket's is fetched again.
+    fn load_local(&self) {
+        let Ok(dir) = std::fs::read_dir(self.local.join("index")) else {
+            return;
+        };
+        let mut state = self.state();
+        for entry in dir.flatten() {
+            let Some(index_key) = entry.file_name().to_str().map(|n| n.replace('%', "/")) else {
+                continue;
+            };
+            let parsed = std::fs::read(entry.path())
+                .map_err(|e| e.to_string())
+                .and_then(|b| pack::parse_index(&b));
+            match parsed {
+                Ok(entries) => {
+                    let Some(pack_key) = pack_of(&index_key) else {
+                        continue;
+                    };
+                    self.merge(&mut state, pack_key, &entries);
+                    state.merged.insert(index_key);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "a local index copy is damaged; fetching it again");
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
+    /// Merges the bucket's indexes not merged yet.
+    fn refresh(&self) -> Result<(), StoreError> {
+        *self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let s3 = self.s3.clone();
+        let prefix = self.key("index");
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        let keys = self
+            .wait(async move {
+                let mut keys = Vec::new();
+                let mut listing = s3.list(Some(&prefix));
+                while let Some(meta) = listing.next().await {
+                    keys.push(meta?.location.to_string());
+                }
+                Ok::<_, object_store::Error>(keys)
+            })?
+            .map_err(|e| remote(format!("listing the indexes of {}", self.name), e))?;
+        let new: Vec<String> = {
+            let state = self.state();
+            keys.into_iter()
+                .filter(|k| k.ends_with(".idx") && !state.merged.contains(k))
+                .collect()
+        };
+        for index_key in new {
+            let Some(pack_key) = pack_of(&index_key) else {
+                continue;
+            };
+            let bytes = self.get_object(&index_key)?;
+            let entries = match pack::parse_index(&bytes) {
+                Ok(entries) => {
+                    let _ = std::fs::write(self.local_copy(&index_key), &bytes);
+                    entries
+                }
+                Err(why) => {
+                    // Its pack says what it holds: index it again.
+                    self.counters
+                        .damaged_indexes
+                        .fetch_add(1, Ordering::Relaxed);
+                    let pack = self.get_object(&pack_key)?;
+                    let (entries, damage) = pack::scan_pack(&pack);
+                    tracing::warn!(index = %index_key, error = %why, blocks = entries.len(),
+                        pack_damage = damage.as_deref().unwrap_or("none"),
+                        "a damaged index in the bucket; its pack was indexed again");
+                    entries
+                }
+            };
+            let mut state = self.state();
+            if state.merged.insert(index_key) {
+                self.merge(&mut state, pack_key, &entries);
+            }
+        }
+        Ok(())
+    }
+
+    fn get_object(&self, key: &str) -> Result<Bytes, StoreError> {
+        let s3 = self.s3.clone();
+        let path = Key::from(key);
+        self.counters.object_gets.fetch_add(1, Ordering::Relaxed);
+        let got = self
+            .wait(async move { s3.get(&path).await?.bytes().await })?
+            .map_err(|e| remote(format!("reading {key} in {}", self.name), e))?;
+        self.counters
+            .get_bytes
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        Ok(got)
+    }
+
+    /// Seals the pack being filled (if it holds anything) and starts it.
+    fn seal(self: &Arc<Self>, state: &mut State) {
+        if state.filling.is_empty() {
+            return;
+        }
+        let filled = std::mem::take(&mut state.filling);
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.unsent.push(Unsent {
+            seq,
+            bytes: Bytes::from(filled.bytes),
+            entries: filled.entries,
+            sending: false,
+            failed: None,
+        });
+        self.send_waiting(state);
+    }
+
+    /// Starts every unsent pack not being sent (new, or failed before).
+    fn send_waiting(self: &Arc<Self>, state: &mut State) {
+        for u in state.unsent.iter_mut().filter(|u| !u.sending) {
+            u.sending = true;
+            let (me, seq, bytes) = (self.clone(), u.seq, u.bytes.clone());
+            let index = Bytes::from(pack::encode_index(&u.entries));
+            let (pack_key, index_key) = (
+                self.key(&format!("packs/{}/{seq:08}.pack", self.writer)),
+                self.key(&format!("index/{}/{seq:08}.idx", self.writer)),
+            );
+            self.handle.spawn(async move {
+                let (n, m) = (bytes.len() as u64, index.len() as u64);
+                // The pack first: an index never names what is not there.
+                let result = async {
+                    me.s3.put(&pack_key, PutPayload::from(bytes)).await?;
+                    me.s3.put(&index_key, PutPayload::from(index.clone())).await?;
+                    Ok::<_, object_store::Error>(())
+                }
+                .await;
+                me.counters.puts.fetch_add(2, Ordering::Relaxed);
+                let mut state = me.state();
+                match result {
+                    Ok(()) => {
+                        me.counters.put_bytes.fetch_add(n + m, Ordering::Relaxed);
+                        let _ = std::fs::write(me.local_copy(index_key.as_ref()), &index);
+                        if let Some(at) = state.unsent.iter().position(|u| u.seq == seq) {
+                            let done = state.unsent.remove(at);
+                            for e in &done.entries {
+                                state.unsent_blocks.remove(&e.score);
+                            }
+                            state.merged.insert(index_key.to_string());
+                            me.merge(&mut state, pack_key.to_string(), &done.entries);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(pack = %pack_key, error = %e, "sending a pack failed; it is kept and tried again");
+                        if let Some(u) = state.unsent.iter_mut().find(|u| u.seq == seq) {
+                            u.sending = false;
+                            u.failed = Some(format!("sending {pack_key} to {}: {e}", me.name));
+                        }
+                    }
+                }
+                drop(state);
+                me.sent.notify_all();
+            });
+        }
+    }
+
+    /// Waits while `busy` holds and some pack is being sent.
+    fn wait_sends<'a>(
+        &self,
+        mut state: MutexGuard<'a, State>,
+        busy: impl Fn(&State) -> bool,
+    ) -> MutexGuard<'a, State> {
+        while busy(&state) && state.unsent.iter().any(|u| u.sending) {
+            state = self.sent.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state
+    }
+
+    fn failure(state: &State) -> Option<String> {
+        state.unsent.iter().find_map(|u| u.failed.clone())
+    }
+}
+
+/// `PREFIX/index/W/N.idx` → `PREFIX/packs/W/N.pack`.
+fn pack_of(index_key: &str) -> Option<String> {
+    let (head, tail) = index_key.rsplit_once("index/")?;
+    let tail = tail.strip_suffix(".idx")?;
+    Some(format!("{head}packs/{tail}.pack"))
+}
+
+impl BlockStore for PackStore {
+    fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+        if score.is_zero() {
+            return Ok(Some(Vec::new()));
+        }
+        let inner = &self.inner;
+        let wire = ty.to_wire();
+        let mut loc = None;
+        {
+            let state = inner.state();
+            if let Some(&(seq, e)) = state.unsent_blocks.get(score) {
+                if e.ty != wire {
+                    return Ok(None);
+                }
+                let bytes = if seq == state.next_seq {
+                    &state.filling.bytes[..]
+                } else {
+                    match state.unsent.iter().find(|u| u.seq == seq) {
+                        Some(u) => &u.bytes[..],
+                        None => {
+                            return Err(StoreError::Remote("an unsent block went missing".into()));
+                        }
+                    }
+                };
+                return Ok(Some(bytes[e.offset as usize..][..e.len as usize].to_vec()));
+            }
+            if let Some(l) = state.index.get(score) {
+                loc = Some((*l, state.packs[l.pack as usize].clone()));
+            }
+        }
+        if loc.is_none() {
+            // Perhaps another writer's: look, but not more than once a second.
+            let due = inner
+                .last_refresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|t| t.elapsed() >= REFRESH_GAP);
+            if due {
+                inner.refresh()?;
+                let state = inner.state();
+                if let Some(l) = state.index.get(score) {
+                    loc = Some((*l, state.packs[l.pack as usize].clone()));
+                }
+            }
+        }
+        let Some((l, pack_key)) = loc else {
+            return Ok(None);
+        };
+        if l.ty != wire {
+            return Ok(None);
+        }
+        let s3 = inner.s3.clone();
+        let path = Key::from(pack_key.as_str());
+        let range = l.offset as u64..l.offset as u64 + l.len as u64;
+        inner.counters.block_gets.fetch_add(1, Ordering::Relaxed);
+        let data = inner
+            .wait(async move { s3.get_range(&path, range).await })?
+            .map_err(|e| {
+                remote(
+                    format!("reading block {score} from {pack_key} in {}", inner.name),
+                    e,
+                )
+            })?;
+        inner
+            .counters
+            .get_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if data.len() != l.len as usize || Score::of(&data) != *score {
+            return Err(StoreError::Corrupt {
+                score: *score,
+                ty,
+                offset: l.offset as u64,
+                detail: format!(
+                    "pack {pack_key} in {} holds {} bytes there that fail the block's score check",
+                    inner.name,
+                    data.len()
+                ),
+            });
+        }
+        Ok(Some(data.to_vec()))
+    }
+
+    fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(StoreError::TooLarge(data.len()));
+        }
+        if data.is_empty() {
+            return Ok(Score::ZERO);
+        }
+        let score = Score::of(data);
+        let inner = &self.inner;
+        let mut state = inner.state();
+        if state.index.contains_key(&score) || state.unsent_blocks.contains_key(&score) {
+            inner.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+            return Ok(score);
+        }
+        if state.filling.bytes.len() + data.len() + pack::RECORD_HEADER > inner.pack_bytes {
+            // A full pack goes; with too many unsent, wait for sends (and
+            // try failed ones once more) before taking more.
+            if state.unsent.len() >= MAX_UNSENT {
+                state = inner.wait_sends(state, |s| s.unsent.len() >= MAX_UNSENT);
+                if state.unsent.len() >= MAX_UNSENT {
+                    inner.send_waiting(&mut state);
+                    state = inner.wait_sends(state, |s| s.unsent.len() >= MAX_UNSENT);
+                    if state.unsent.len() >= MAX_UNSENT {
+                        let why = Inner::failure(&state).unwrap_or_default();
+                        return Err(StoreError::Remote(format!(
+                            "{MAX_UNSENT} packs could not be sent, so no more blocks are taken: {why}"
+                        )));
+                    }
+                }
+            }
+            inner.seal(&mut state);
+        }
+        let seq = state.next_seq;
+        let entry = state.filling.push(score, ty.to_wire(), data);
+        state.unsent_blocks.insert(score, (seq, entry));
+        Ok(score)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut state = inner.state();
+        inner.seal(&mut state);
+        // Failed packs get another try.
+        inner.send_waiting(&mut state);
+        let state = inner.wait_sends(state, |s| !s.unsent.is_empty());
+        match Inner::failure(&state) {
+            Some(why) if !state.unsent.is_empty() => Err(StoreError::Remote(why)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for PackStore {
+    fn drop(&mut self) {
+        // Never blocks, so an async thread may drop the store.
+        if let Some(rt) = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_key_names_its_pack() {
+        assert_eq!(
+            pack_of("grid/index/w1/00000003.idx").as_deref(),
+            Some("grid/packs/w1/00000003.pack")
+        );
+        assert_eq!(
+            pack_of("index/w/00000000.idx").as_deref(),
+            Some("packs/w/00000000.pack")
+        );
+        assert_eq!(pack_of("grid/index/w1/x.txt"), None);
+    }
+
+    #[test]
+    fn writer_names_differ() {
+        assert_ne!(writer_name(), writer_name());
+    }
+}
