@@ -95,6 +95,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "")]
         spawn_options: String,
     },
+    /// s3: the block store on a three-node Garage cluster it starts
+    /// (needs the garage binary): ingest, vac of TREE, cold reads, and
+    /// spawns with the store on the bucket (root, OpenSSH client).
+    S3 {
+        /// A larger root to archive and spawn besides busybox, e.g. a
+        /// debootstrap minbase (kept out of the repository and CI).
+        tree: Option<PathBuf>,
+        /// MiB of new 8 KiB blocks to ingest.
+        #[arg(long, default_value_t = 512)]
+        mb: usize,
+        /// Spawn repetitions; the median is printed.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// split: a storage node and a cpu node in this process over loopback
     /// mutual TLS, direct and at a round trip: spawn to first output with
     /// the cpu node's block cache cold and warm, and what it fetched.
@@ -149,6 +163,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vac { tree, dir, runs } => crate::bench_vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench_grid::run(&tree, runs),
         BenchCommand::Hub { mb, rounds } => crate::bench_hub::run(mb, rounds),
+        BenchCommand::S3 { tree, mb, runs } => crate::bench_s3::run(tree.as_deref(), mb, runs),
         BenchCommand::Split {
             tree,
             runs,

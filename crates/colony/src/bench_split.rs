@@ -221,7 +221,8 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
     result
 }
 
-fn ssh(key: &Path, reply: &str, command: &str) -> Result<String> {
+/// Runs `command` over the login a spawn's `reply` names, as `bench`.
+pub(crate) fn ssh(key: &Path, reply: &str, command: &str) -> Result<String> {
     let port = reply
         .lines()
         .find_map(|l| l.strip_prefix("ssh -p "))

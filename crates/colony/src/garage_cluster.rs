@@ -2,6 +2,7 @@
 //! (which include this file): three nodes in three zones with replication
 //! factor 3, a bucket and a key. Uses only std and tempfile, so a test can
 //! include it with `#[path]`.
+#![allow(dead_code)] // The benchmarks use less of it than the tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,11 +25,24 @@ pub fn garage_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A loopback port no other cluster of this process was given and that
+/// nothing listens on now. (Asking the kernel for port 0 and letting go of
+/// it races with the other clusters the tests start at the same moment.)
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        41000 + (std::process::id() % 700) as u16 * 20,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct GarageNode {
@@ -166,8 +180,14 @@ impl Garage {
         // Up once its S3 port answers.
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].s3_port)).is_err() {
-            if start.elapsed() > Duration::from_secs(20) {
-                return Err(format!("garage node {} did not start", i + 1));
+            let exited = self.nodes[i]
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || start.elapsed() > Duration::from_secs(20) {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("n{}.log", i + 1)))
+                    .unwrap_or_default();
+                return Err(format!("garage node {} did not start: {log}", i + 1));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

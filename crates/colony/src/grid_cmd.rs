@@ -42,8 +42,13 @@ pub struct ServeArgs {
     #[arg(long)]
     listen: Option<String>,
     /// Use this venti server instead of the embedded store in the state directory.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     venti: Option<String>,
+    /// Keep blocks in s3://BUCKET/PREFIX (packs in an object store, shared
+    /// by the nodes on the bucket) instead of the embedded store (config
+    /// `store=`). Names and users stay in the state directory.
+    #[arg(long)]
+    store: Option<String>,
     /// Live environments allowed at once [default: 5].
     #[arg(long)]
     spawn_max: Option<usize>,
@@ -274,9 +279,21 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if role == Role::Cpu {
         return serve_cpu(&args.roles, &file, state, config, tls_dir.is_some());
     }
-    let (store, log): (Arc<dyn BlockStore>, Option<Arc<LogStore>>) = match &venti_addr {
-        Some(addr) => (open_store(&state, Some(addr))?, None),
-        None => {
+    let bucket = args.store.or_else(|| file.get("store").map(str::to_string));
+    let (store, log): (Arc<dyn BlockStore>, Option<Arc<LogStore>>) = match (&venti_addr, &bucket) {
+        (Some(_), Some(_)) => {
+            bail!("give the node a venti server or a bucket (--venti or --store), not both")
+        }
+        (Some(addr), None) => (open_store(&state, Some(addr))?, None),
+        (None, Some(url)) => {
+            if !s3store::is_url(url) {
+                bail!(
+                    "--store takes s3://BUCKET/PREFIX; the embedded store is the state directory's"
+                );
+            }
+            (crate::stores::open(url)?, None)
+        }
+        (None, None) => {
             let log = open_log_store(&state)?;
             (log.clone(), Some(log))
         }
@@ -559,7 +576,7 @@ fn replication(
     }
     let Some(store) = log else {
         bail!(
-            "replication needs the node's embedded store (it reads the store's log); drop --venti"
+            "replication needs the node's embedded store (it reads the store's log); drop --venti or --store (nodes on one bucket share its blocks already)"
         );
     };
     let link = if has_tls {

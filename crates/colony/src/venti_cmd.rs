@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Args, Subcommand};
-use venti::{BlockStore, BlockType, Client, LogStore, MAX_BLOCK_SIZE, Score};
+use venti::{BlockStore, BlockType, Client, MAX_BLOCK_SIZE, Score};
 
 #[derive(Subcommand)]
 pub enum VentiCommand {
@@ -17,9 +17,10 @@ pub enum VentiCommand {
         /// authentication, so the default is loopback only.
         #[arg(long, default_value = "tcp!127.0.0.1!17034")]
         listen: String,
-        /// Store directory [default: the embedded store, see COLONY_STORE].
+        /// Store directory or s3://BUCKET/PREFIX [default: the embedded
+        /// store, see COLONY_STORE].
         #[arg(long)]
-        store: Option<PathBuf>,
+        store: Option<String>,
         /// Serve over mutual TLS with this node's certificate directory
         /// (colony grid ca issue … --out DIR); clients dial tls!HOST!PORT.
         #[arg(long)]
@@ -106,13 +107,13 @@ fn block_type(ty: u8) -> Result<BlockType> {
 
 async fn serve(
     listen: &str,
-    store: Option<PathBuf>,
+    store: Option<String>,
     tls: Option<PathBuf>,
     peer_roles: &str,
 ) -> Result<()> {
-    let dir = match store {
-        Some(dir) => dir,
-        None => crate::paths::default_store_dir()?,
+    let spec = match store {
+        Some(spec) => spec,
+        None => crate::paths::default_store_dir()?.display().to_string(),
     };
     let (transport, addr) = venti::dial::parse_transport(listen)?;
     let tls = match (tls, transport) {
@@ -125,22 +126,21 @@ async fn serve(
         }
         (None, venti::dial::Transport::Tcp) => None,
     };
-    let opened = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || LogStore::open(&dir)
+    let store: Arc<dyn BlockStore> = tokio::task::spawn_blocking({
+        let spec = spec.clone();
+        move || crate::stores::open(&spec)
     })
     .await??;
-    let store: Arc<dyn BlockStore> = Arc::new(opened);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     match &tls {
         Some(t) => {
-            tracing::info!(address = %local, store = %dir.display(), me = %t.link.me, "venti server ready, mutual TLS");
+            tracing::info!(address = %local, store = %spec, me = %t.link.me, "venti server ready, mutual TLS");
             reload_on_sighup(t.link.clone());
         }
-        None => tracing::info!(address = %local, store = %dir.display(), "venti server ready"),
+        None => tracing::info!(address = %local, store = %spec, "venti server ready"),
     }
     // One line on stdout so scripts and tests learn the port.
     println!("listening on {local}");

@@ -9,8 +9,11 @@
 //! slot held by packs that keep failing is an error.
 //!
 //! Reads: a block still unsent comes from memory; a block in the index is
-//! one ranged GET of its pack, checked against its score (damage is named,
-//! never served). A block the index does not know makes the store look
+//! read with one ranged GET of the aligned stretch of its pack around it
+//! ([`READ_SPAN`], one Garage block by default), kept for a while so the
+//! blocks written next to it (the rest of a file, its directory's
+//! neighbours) cost no request; every block is checked against its score
+//! (damage is named, never served). A block the index does not know makes the store look
 //! for new indexes in the bucket (at most once a second), so another
 //! writer's blocks are found. Warm reads are the cache's job, in front
 //! (see [`crate::open`]).
@@ -43,6 +46,11 @@ use crate::pack::{self, Entry, PackBuilder};
 
 /// Sealed packs that may wait to be sent before a write waits.
 pub const MAX_UNSENT: usize = 4;
+/// A cold read fetches this aligned stretch of a pack (Garage's default
+/// block: it reads a whole block to serve any range of one).
+pub const READ_SPAN: u64 = 1 << 20;
+/// Stretches of packs kept in memory.
+const SPANS_KEPT: usize = 64;
 /// The least time between two looks for other writers' indexes.
 const REFRESH_GAP: Duration = Duration::from_secs(1);
 
@@ -66,11 +74,18 @@ struct Unsent {
     failed: Option<String>,
 }
 
+/// A pack the index knows.
+struct Pack {
+    key: String,
+    /// Its length, as far as its entries say.
+    len: u64,
+}
+
 #[derive(Default)]
 struct State {
     index: HashMap<Score, Loc>,
-    /// Pack keys, by [`Loc::pack`].
-    packs: Vec<String>,
+    /// By [`Loc::pack`].
+    packs: Vec<Pack>,
     /// Index keys merged (from the bucket or the local copies).
     merged: HashSet<String>,
     filling: PackBuilder,
@@ -90,8 +105,9 @@ pub struct Stats {
     pub deduplicated: u64,
     /// Blocks found in more than one pack while merging indexes.
     pub duplicates: u64,
-    /// Requests: ranged GETs of blocks, GETs of whole objects (indexes,
-    /// packs being indexed again), PUTs and LISTs.
+    /// Requests: ranged GETs (a stretch of a pack around a block read),
+    /// GETs of whole objects (indexes, packs being indexed again), PUTs
+    /// and LISTs.
     pub block_gets: u64,
     pub object_gets: u64,
     pub puts: u64,
@@ -129,9 +145,20 @@ struct Inner {
     /// Signalled when a send ends.
     sent: Condvar,
     last_refresh: Mutex<Option<Instant>>,
+    spans: Mutex<Spans>,
+    /// Signalled when a span's fetch ends.
+    span_landed: Condvar,
     counters: Counters,
     /// Held for the store's life: one process per local directory.
     _lock: File,
+}
+
+/// Stretches of packs read lately, and those being read.
+#[derive(Default)]
+struct Spans {
+    /// (pack, start) → bytes, oldest first.
+    kept: std::collections::VecDeque<((u32, u64), Bytes)>,
+    fetching: HashSet<(u32, u64)>,
 }
 
 /// A block store on a bucket; see the module's text.
@@ -250,6 +277,8 @@ impl PackStore {
             state: Mutex::default(),
             sent: Condvar::new(),
             last_refresh: Mutex::new(None),
+            spans: Mutex::default(),
+            span_landed: Condvar::new(),
             counters: Counters::default(),
             _lock: lock,
         });
@@ -281,6 +310,17 @@ impl PackStore {
     /// This process's writer name (its packs are under it).
     pub fn writer(&self) -> &str {
         &self.inner.writer
+    }
+
+    /// Forgets the stretches of packs read lately (a benchmark's cold
+    /// start).
+    pub fn forget_reads(&self) {
+        self.inner
+            .spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .kept
+            .clear();
     }
 
     /// Looks for other writers' new indexes now.
@@ -358,7 +398,12 @@ impl Inner {
     /// Takes in one pack's entries, learnt from index `index_key`.
     fn merge(&self, state: &mut State, pack_key: String, entries: &[Entry]) {
         let pack = state.packs.len() as u32;
-        state.packs.push(pack_key);
+        let len = entries
+            .iter()
+            .map(|e| e.offset as u64 + e.len as u64)
+            .max()
+            .unwrap_or(0);
+        state.packs.push(Pack { key: pack_key, len });
         for e in entries {
             let loc = Loc {
                 pack,
@@ -457,6 +502,66 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Bytes `start..end` of pack `pack` with the aligned stretch around
+    /// them: (where the bytes returned start, the bytes). One GET for a
+    /// stretch no one has read lately; readers of one stretch at once wait
+    /// for a single GET.
+    fn span(
+        &self,
+        pack: u32,
+        key: &str,
+        start: u64,
+        end: u64,
+        pack_len: u64,
+    ) -> Result<(u64, Bytes), StoreError> {
+        let from = start / READ_SPAN * READ_SPAN;
+        // A block across the stretch's end is read whole with it.
+        let to = (from + READ_SPAN).min(pack_len).max(end);
+        let id = (pack, from);
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some((_, b)) = spans
+                .kept
+                .iter()
+                .find(|(k, b)| *k == id && from + b.len() as u64 >= end)
+            {
+                return Ok((from, b.clone()));
+            }
+            if !spans.fetching.contains(&id) {
+                break;
+            }
+            spans = self
+                .span_landed
+                .wait(spans)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        spans.fetching.insert(id);
+        drop(spans);
+        let s3 = self.s3.clone();
+        let path = Key::from(key);
+        self.counters.block_gets.fetch_add(1, Ordering::Relaxed);
+        let got = self
+            .wait(async move { s3.get_range(&path, from..to).await })
+            .and_then(|r| {
+                r.map_err(|e| remote(format!("reading {key} at {from}..{to} in {}", self.name), e))
+            });
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        spans.fetching.remove(&id);
+        if let Ok(bytes) = &got {
+            self.counters
+                .get_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            spans.kept.retain(|(k, _)| *k != id);
+            spans.kept.push_back((id, bytes.clone()));
+            while spans.kept.len() > SPANS_KEPT {
+                spans.kept.pop_front();
+            }
+        }
+        drop(spans);
+        self.span_landed.notify_all();
+        Ok((from, got?))
     }
 
     fn get_object(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -589,7 +694,8 @@ impl BlockStore for PackStore {
                 return Ok(Some(bytes[e.offset as usize..][..e.len as usize].to_vec()));
             }
             if let Some(l) = state.index.get(score) {
-                loc = Some((*l, state.packs[l.pack as usize].clone()));
+                let p = &state.packs[l.pack as usize];
+                loc = Some((*l, p.key.clone(), p.len));
             }
         }
         if loc.is_none() {
@@ -603,33 +709,24 @@ impl BlockStore for PackStore {
                 inner.refresh()?;
                 let state = inner.state();
                 if let Some(l) = state.index.get(score) {
-                    loc = Some((*l, state.packs[l.pack as usize].clone()));
+                    let p = &state.packs[l.pack as usize];
+                    loc = Some((*l, p.key.clone(), p.len));
                 }
             }
         }
-        let Some((l, pack_key)) = loc else {
+        let Some((l, pack_key, pack_len)) = loc else {
             return Ok(None);
         };
         if l.ty != wire {
             return Ok(None);
         }
-        let s3 = inner.s3.clone();
-        let path = Key::from(pack_key.as_str());
-        let range = l.offset as u64..l.offset as u64 + l.len as u64;
-        inner.counters.block_gets.fetch_add(1, Ordering::Relaxed);
-        let data = inner
-            .wait(async move { s3.get_range(&path, range).await })?
-            .map_err(|e| {
-                remote(
-                    format!("reading block {score} from {pack_key} in {}", inner.name),
-                    e,
-                )
-            })?;
-        inner
-            .counters
-            .get_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if data.len() != l.len as usize || Score::of(&data) != *score {
+        let (start, end) = (l.offset as u64, l.offset as u64 + l.len as u64);
+        let span = inner.span(l.pack, &pack_key, start, end, pack_len)?;
+        let data = span
+            .1
+            .get((start - span.0) as usize..(end - span.0) as usize)
+            .unwrap_or_default();
+        if data.len() != l.len as usize || Score::of(data) != *score {
             return Err(StoreError::Corrupt {
                 score: *score,
                 ty,
