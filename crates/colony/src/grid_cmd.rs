@@ -359,7 +359,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let node = match &pool {
         Some((pool, _)) => Node::new(state, pool.clone()),
         None => Node::local(state, store.clone(), config)?,
-    };
+    }
+    .with_store(store.clone());
     if let (Some(s), Some((pool, _))) = (&streams, &pool) {
         let _ = pool.streams.set(s.clone());
     }
@@ -637,6 +638,18 @@ fn replication(
     Ok(Some((rep, listen, through)))
 }
 
+fn set_quota(state: &StateDir, user: &str, size: &str) -> Result<()> {
+    let limit = match size {
+        "none" => None,
+        s => Some(crate::mount_cmd::parse_size(s)?),
+    };
+    state.quotas().update(user, |q| {
+        q.limit = limit;
+        Ok(())
+    })?;
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -655,6 +668,16 @@ pub enum UserCommand {
         /// An OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub).
         #[arg(long)]
         key: PathBuf,
+        /// The most new stored bytes the user's imports may add (K, M, G, T).
+        #[arg(long)]
+        quota: Option<String>,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Show or set a user's quota of new stored bytes (SIZE, or `none`).
+    Quota {
+        name: String,
+        size: Option<String>,
         #[command(flatten)]
         state: StateArg,
     },
@@ -673,11 +696,40 @@ pub enum UserCommand {
 
 pub fn user(cmd: UserCommand) -> Result<()> {
     match cmd {
-        UserCommand::Add { name, key, state } => {
+        UserCommand::Add {
+            name,
+            key,
+            quota,
+            state,
+        } => {
             let text = std::fs::read_to_string(&key)
                 .with_context(|| format!("reading {}", key.display()))?;
-            state.resolve()?.users().add(&name, &text)?;
+            let state = state.resolve()?;
+            state.users().add(&name, &text)?;
+            if let Some(q) = quota {
+                set_quota(&state, &name, &q)?;
+            }
             println!("user {name} added");
+        }
+        UserCommand::Quota { name, size, state } => {
+            let state = state.resolve()?;
+            if !state.users().exists(&name)? {
+                bail!("no user {name} on this node");
+            }
+            match size {
+                Some(q) => set_quota(&state, &name, &q)?,
+                None => {
+                    let q = state.quotas().get(&name)?;
+                    match q.limit {
+                        Some(l) => println!(
+                            "{name}: {} of {} used",
+                            grid::quota::human(q.used),
+                            grid::quota::human(l)
+                        ),
+                        None => println!("{name}: no quota ({} used)", grid::quota::human(q.used)),
+                    }
+                }
+            }
         }
         UserCommand::List { state } => {
             for (name, keys) in state.resolve()?.users().list()? {

@@ -2084,3 +2084,118 @@ fn the_nodes_requests_replies_and_events_are_hubs() {
     let (ok, _, err) = read("alice.out", "bob");
     assert!(!ok && err.contains("permission denied"), "{err}");
 }
+
+impl Grid {
+    /// `ssh … ARGS` as `user` with `input` (any bytes) on stdin.
+    fn ssh_bytes(&self, user: &str, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command("ssh")
+            .args(["-p", &self.port.to_string(), "-i"])
+            .arg(self.tmp.path().join(user))
+            .args(SSH_OPTS)
+            .args(["-o", "IdentitiesOnly=yes", "-T"])
+            .arg(format!("{user}@127.0.0.1"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        // The node may refuse before reading it all.
+        let feeding = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        feeding.join().unwrap();
+        out
+    }
+}
+
+#[test]
+fn a_tar_stream_imported_through_the_front_door_spawns_within_the_quota() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let root = g.tmp.path().join("rootfs");
+    std::fs::write(root.join("etc/brought"), "brought over ssh\n").unwrap();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap()
+        .stdout;
+    // tar c -C DIR . | ssh -p 16999 alice@node import mine
+    let out = g.ssh_bytes("alice", &["import", "mine"], &tar);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.starts_with("mine vac:") && said.contains("new"),
+        "{said}"
+    );
+    assert!(g.ok("alice", &["scores"]).contains("mine\n"));
+    let port = login_port(&g.ok("alice", &["spawn", "mine"]));
+    assert_eq!(g.env_ok(port, "cat /etc/brought"), "brought over ssh\n");
+    g.ok("alice", &["boom", "mine"]);
+
+    // A stream cut short, garbage, and a taken name: refused, nothing bound.
+    let out = g.ssh_bytes("alice", &["import", "half"], &tar[..tar.len() / 2]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nothing was bound"),
+        "{err}"
+    );
+    let out = g.ssh_bytes("alice", &["import", "junk"], &[7u8; 5000]);
+    assert!(!out.status.success());
+    let out = g.ssh_bytes("alice", &["import", "mine"], &tar);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is taken"));
+    let scores = g.ok("alice", &["scores"]);
+    assert!(
+        !scores.contains("half") && !scores.contains("junk"),
+        "{scores}"
+    );
+
+    // A quota of new bytes: the same tree again costs nothing (its blocks
+    // are stored), a new megabyte does not fit.
+    g.colony(&["user", "quota", "bob", "100K"]);
+    let out = g.ssh_bytes("bob", &["import", "bobs"], &tar);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = g.ok("bob", &["status"]);
+    assert!(
+        status.contains("quota: ") && status.contains("of 100.0 KiB"),
+        "{status}"
+    );
+    let big = g.tmp.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let noise: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(big.join("noise"), noise).unwrap();
+    let tar2 = Command::new("tar")
+        .arg("-C")
+        .arg(&big)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap()
+        .stdout;
+    let out = g.ssh_bytes("bob", &["import", "toobig"], &tar2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("over your quota"),
+        "{err}"
+    );
+    assert!(!g.ok("bob", &["scores"]).contains("toobig"));
+    g.stop();
+}

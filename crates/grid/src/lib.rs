@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod names;
+pub mod quota;
 pub mod scorenames;
 pub mod ssh;
 pub mod state;

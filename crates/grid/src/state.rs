@@ -65,6 +65,11 @@ impl StateDir {
         ScoreNames::new(self.root.join("scorenames")).notifying(self.changes.clone())
     }
 
+    /// Per-user quotas of new stored bytes.
+    pub fn quotas(&self) -> crate::quota::Quotas {
+        crate::quota::Quotas::new(self.root.join("quotas"))
+    }
+
     /// Replication's per-peer progress files.
     pub fn replica_dir(&self) -> PathBuf {
         self.root.join("replica")

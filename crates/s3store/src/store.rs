@@ -668,6 +668,19 @@ fn pack_of(index_key: &str) -> Option<String> {
 }
 
 impl BlockStore for PackStore {
+    fn holds(&self, score: &Score, ty: BlockType) -> Result<bool, StoreError> {
+        if score.is_zero() {
+            return Ok(true);
+        }
+        let state = self.inner.state();
+        let wire = ty.to_wire();
+        Ok(state.index.get(score).is_some_and(|l| l.ty == wire)
+            || state
+                .unsent_blocks
+                .get(score)
+                .is_some_and(|(_, e)| e.ty == wire))
+    }
+
     fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
         if score.is_zero() {
             return Ok(Some(Vec::new()));

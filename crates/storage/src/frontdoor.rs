@@ -62,6 +62,32 @@ struct Interactive {
     /// A shell (prompt) session, as opposed to a one-shot command.
     shell: bool,
     line: Vec<u8>,
+    /// An `import`'s stream: the channel's data goes to the importer.
+    import: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+}
+
+/// The importer's end of an `import` stream.
+struct ImportStream {
+    from: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ImportStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            // The end of the channel's data (or of the connection).
+            let Some(next) = self.from.blocking_recv() else {
+                return Ok(0);
+            };
+            self.chunk = next;
+            self.at = 0;
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 struct Connection {
@@ -193,6 +219,44 @@ impl russh::server::Handler for Connection {
         let handle = session.handle();
         let node = self.node.clone();
         let user = self.user.clone().unwrap_or_default();
+        if let ["import", name] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            let name = name.to_string();
+            // Refused before a byte of the stream is read.
+            if let Err(e) = node.check_import(&user, &name) {
+                session.extended_data(channel, 1, format!("import {name}: {e}\n").into_bytes())?;
+                session.exit_status_request(channel, 1)?;
+                session.eof(channel)?;
+                session.close(channel)?;
+                return Ok(());
+            }
+            // A few chunks in flight: a slow store holds the client back
+            // (through SSH's window) instead of filling memory.
+            let (to, from) = tokio::sync::mpsc::channel(16);
+            self.channels.entry(channel).or_default().import = Some(to);
+            tokio::spawn(async move {
+                let mut stream = ImportStream {
+                    from,
+                    chunk: Vec::new(),
+                    at: 0,
+                };
+                let reply =
+                    tokio::task::spawn_blocking(move || node.import(&user, &name, &mut stream))
+                        .await
+                        .unwrap_or_else(|e| Reply {
+                            out: String::new(),
+                            err: format!("internal error: {e}\n"),
+                            status: 1,
+                        });
+                let _ = handle.data(channel, reply.out.into_bytes()).await;
+                let _ = handle
+                    .extended_data(channel, 1, reply.err.into_bytes())
+                    .await;
+                let _ = handle.exit_status_request(channel, reply.status).await;
+                let _ = handle.eof(channel).await;
+                let _ = handle.close(channel).await;
+            });
+            return Ok(());
+        }
         // Run it off the session task, so the connection keeps being served.
         tokio::spawn(async move {
             let reply = tokio::task::spawn_blocking(move || node.run(&user, &line))
@@ -236,6 +300,11 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(to) = self.channels.get(&channel).and_then(|c| c.import.clone()) {
+            // The importer may have stopped (an error): the rest is dropped.
+            let _ = to.send(data.to_vec()).await;
+            return Ok(());
+        }
         let pty = self.channels.get(&channel).is_some_and(|c| c.pty);
         let mut lines = Vec::new();
         {
@@ -299,6 +368,10 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // The end of an import's stream.
+        if let Some(c) = self.channels.get_mut(&channel) {
+            c.import = None;
+        }
         // End of input at the prompt: finish like `exit`. (A one-shot
         // command's channel closes when the command is done.)
         if self.channels.get(&channel).is_some_and(|c| c.shell) {

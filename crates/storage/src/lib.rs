@@ -10,6 +10,7 @@
 //! anyone else's.
 
 pub mod frontdoor;
+pub mod import;
 pub mod local;
 pub mod placement;
 pub mod streams;
@@ -27,7 +28,7 @@ use grid::state::StateDir;
 use grid::users::Users;
 
 /// The help line of the interactive prompt (as the original `gridorc` printed).
-pub const COMMANDS: &str = "scores [FILTER] | spawn NAME | spawndisk NAME | save ENV NEWNAME | invite USER ENV | boom ENV | status | exit";
+pub const COMMANDS: &str = "scores [FILTER] | spawn NAME | spawndisk NAME | save ENV NEWNAME | invite USER ENV | boom ENV | status | import NAME < TAR | exit";
 
 /// What a command prints, and its exit status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,6 +95,8 @@ pub struct Node {
     cpus: Arc<dyn Cpus>,
     /// Where requests, replies and events are published, if anywhere.
     streams: Option<Arc<streams::Streams>>,
+    /// The node's block store, for imports through the front door.
+    store: Option<Arc<dyn venti::BlockStore>>,
 }
 
 fn usage(text: &str) -> Reply {
@@ -106,7 +109,80 @@ impl Node {
             state,
             cpus,
             streams: None,
+            store: None,
         }
+    }
+
+    /// Takes imports into `store`.
+    pub fn with_store(mut self, store: Arc<dyn venti::BlockStore>) -> Node {
+        self.store = Some(store);
+        self
+    }
+
+    /// Checks an `import NAME` before its stream is read: the name is
+    /// free and well formed, and the node takes imports.
+    pub fn check_import(&self, user: &str, name: &str) -> GridResult<()> {
+        check_score_name(name)?;
+        if self.store.is_none() {
+            return Err(GridError::refused(
+                "this node takes no imports (it has no block store of its own)",
+            ));
+        }
+        if self.names().lookup(name)?.is_some() {
+            return Err(GridError::refused(format!(
+                "name {name} is taken: names are immutable, choose another"
+            )));
+        }
+        if !self.users().exists(user)? {
+            return Err(GridError::refused(format!("no user {user}")));
+        }
+        Ok(())
+    }
+
+    /// `import NAME` with its tar stream: archives it and binds NAME for
+    /// `user` (see [`import`]).
+    pub fn import(&self, user: &str, name: &str, input: &mut dyn std::io::Read) -> Reply {
+        let line = format!("import {name}");
+        if let Some(s) = &self.streams {
+            s.request(user, &line);
+        }
+        let result = (|| -> GridResult<String> {
+            self.check_import(user, name)?;
+            let store = self.store.as_ref().expect("checked");
+            let quotas = self.state.quotas();
+            let left = quotas.get(user)?.left();
+            let done = import::archive(store.as_ref(), left, input)?;
+            quotas.update(user, |q| {
+                q.used += done.added;
+                Ok(())
+            })?;
+            self.names().bind(name, &done.score, &[user])?;
+            Ok(format!(
+                "{name} vac:{} ({} new, {} already stored)\n",
+                done.score,
+                grid::quota::human(done.added),
+                grid::quota::human(done.known)
+            ))
+        })();
+        let reply = match result {
+            Ok(out) => Reply::ok(out),
+            Err(e) => {
+                tracing::info!(user, name, error = %e, "import refused");
+                Reply::fail(format!("import {name}: {e}"))
+            }
+        };
+        if let Some(s) = &self.streams {
+            let first = if reply.status == 0 {
+                &reply.out
+            } else {
+                &reply.err
+            };
+            s.reply(user, reply.status, first.lines().next().unwrap_or(""));
+            if reply.status == 0 {
+                s.event(&format!("{user} {line}: {}", reply.out.trim()));
+            }
+        }
+        reply
     }
 
     /// Publishes every request, reply and event on `streams`.
@@ -176,6 +252,11 @@ impl Node {
             ["boom", ..] => return usage("boom ENV"),
             ["status"] => self.status(user),
             ["status", ..] => return usage("status"),
+            ["import", ..] => {
+                return Reply::fail(
+                    "import reads a tar stream: tar c -C DIR . | ssh -p 16999 you@node import NAME",
+                );
+            }
             [other, ..] => {
                 return Reply::fail(format!("unknown command {other:?}; commands: {COMMANDS}"));
             }
@@ -266,11 +347,21 @@ impl Node {
 
     fn status(&self, user: &str) -> GridResult<String> {
         let out = self.cpus.status(user)?;
-        Ok(if out.is_empty() {
+        let mut out = if out.is_empty() {
             "no environments running\n".into()
         } else {
             out
-        })
+        };
+        let q = self.state.quotas().get(user)?;
+        if let Some(limit) = q.limit {
+            let _ = writeln!(
+                out,
+                "quota: {} of {} used by imports",
+                grid::quota::human(q.used),
+                grid::quota::human(limit)
+            );
+        }
+        Ok(out)
     }
 
     /// Number of live environments.

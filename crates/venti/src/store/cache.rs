@@ -731,6 +731,10 @@ impl BlockStore for CachedStore {
     fn sync(&self) -> Result<(), StoreError> {
         self.shared.origin.sync()
     }
+
+    fn holds(&self, score: &Score, ty: BlockType) -> Result<bool, StoreError> {
+        self.shared.origin.holds(score, ty)
+    }
 }
 
 #[cfg(test)]

@@ -603,6 +603,10 @@ impl LogStore {
 }
 
 impl BlockStore for LogStore {
+    fn holds(&self, score: &Score, ty: BlockType) -> Result<bool, StoreError> {
+        LogStore::has(self, score, ty.to_wire())
+    }
+
     fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
         if score.is_zero() {
             return Ok(Some(Vec::new()));

@@ -36,6 +36,12 @@ pub trait BlockStore: Send + Sync {
     /// Returns once every earlier write is on stable storage.
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Whether the block is here, without reading it where the store can
+    /// tell (an index lookup).
+    fn holds(&self, score: &Score, ty: BlockType) -> Result<bool, StoreError> {
+        Ok(score.is_zero() || self.read(score, ty)?.is_some())
+    }
+
     /// As [`BlockStore::read`], also saying whether the block had to be
     /// fetched from elsewhere (a peer, by a store that reads through).
     fn read_sourced(
@@ -56,6 +62,9 @@ impl<T: BlockStore + ?Sized> BlockStore for Arc<T> {
     }
     fn sync(&self) -> Result<(), StoreError> {
         (**self).sync()
+    }
+    fn holds(&self, score: &Score, ty: BlockType) -> Result<bool, StoreError> {
+        (**self).holds(score, ty)
     }
     fn read_sourced(
         &self,

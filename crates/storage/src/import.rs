@@ -1,0 +1,96 @@
+//! `import NAME` through the front door: a tar stream on the command's
+//! standard input (`tar c -C DIR . | ssh -p 16999 you@node import NAME`,
+//! or `docker export C | ssh … import NAME`) archived as a new root bound
+//! to NAME for that user.
+//!
+//! The stream is read as it comes (memory is bounded whatever its size) and
+//! deduplicated against the store. Only the blocks the store did not hold
+//! count against the user's quota; an import that would pass it stops with
+//! an error. A malformed or truncated stream is refused, and nothing is
+//! bound: the blocks already written are unreachable, never half a root
+//! under a name.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use grid::error::{GridError, GridResult};
+use grid::quota::human;
+use vac::tree::{BlockSizes, Tree};
+use venti::{BlockStore, BlockType, Score, StoreError};
+
+/// A store that counts the bytes of blocks it did not hold, and refuses
+/// one that would pass `left`.
+struct Metered<'a> {
+    inner: &'a dyn BlockStore,
+    left: u64,
+    added: AtomicU64,
+    known: AtomicU64,
+}
+
+impl BlockStore for Metered<'_> {
+    fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.read(score, ty)
+    }
+
+    fn holds(&self, score: &Score, ty: BlockType) -> Result<bool, StoreError> {
+        self.inner.holds(score, ty)
+    }
+
+    fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+        let score = Score::of(data);
+        if self.inner.holds(&score, ty)? {
+            self.known.fetch_add(data.len() as u64, Ordering::Relaxed);
+            return Ok(score);
+        }
+        let added = self.added.load(Ordering::Relaxed) + data.len() as u64;
+        if added > self.left {
+            return Err(StoreError::Remote(format!(
+                "over your quota: this import needs more than the {} you have left",
+                human(self.left)
+            )));
+        }
+        self.added.store(added, Ordering::Relaxed);
+        self.inner.write(ty, data)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+}
+
+/// What an import stored.
+pub struct Imported {
+    pub score: Score,
+    /// New bytes (counted against the quota) and bytes the store had.
+    pub added: u64,
+    pub known: u64,
+}
+
+/// Archives the tar stream `input` into `store` for `user`, within the
+/// bytes `left` of their quota. Binding the name is the caller's.
+pub fn archive(store: &dyn BlockStore, left: u64, input: &mut dyn Read) -> GridResult<Imported> {
+    let metered = Metered {
+        inner: store,
+        left,
+        added: AtomicU64::new(0),
+        known: AtomicU64::new(0),
+    };
+    let mut tree = Tree::default();
+    vac::tar::import_tar(
+        &metered,
+        BlockSizes::default(),
+        &mut tree,
+        input,
+        &vac::walk::Quiet,
+    )
+    .map_err(|e| GridError::refused(format!("{e}; nothing was bound")))?;
+    let score = tree
+        .write(&metered, BlockSizes::default(), None)
+        .map_err(|e| GridError::refused(format!("{e}; nothing was bound")))?;
+    metered.sync()?;
+    Ok(Imported {
+        score,
+        added: metered.added.load(Ordering::Relaxed),
+        known: metered.known.load(Ordering::Relaxed),
+    })
+}
