@@ -356,6 +356,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    let state_for_admin = state.clone();
     let node = match &pool {
         Some((pool, _)) => Node::new(state, pool.clone()),
         None => Node::local(state, store.clone(), config)?,
@@ -372,6 +373,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         Some(s) => node.with_streams(s),
         None => node,
     });
+    serve_admin(node.clone(), &state_for_admin)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = venti::dial::parse(&listen)?;
@@ -753,6 +755,10 @@ pub struct ImportArgs {
     /// A tar stream (file, or - for standard input) instead of a directory.
     #[arg(long, conflicts_with = "path")]
     tar: Option<PathBuf>,
+    /// An OCI image layout, DIR or DIR:TAG (as `skopeo copy … oci:DIR:TAG`
+    /// writes), flattened into one root.
+    #[arg(long, conflicts_with_all = ["path", "tar"])]
+    oci: Option<String>,
     /// Users who may spawn it (at least one).
     #[arg(long = "user", required = true)]
     users: Vec<String>,
@@ -761,6 +767,16 @@ pub struct ImportArgs {
     venti: Option<String>,
     #[command(flatten)]
     state: StateArg,
+}
+
+/// `DIR[:TAG]` of `--oci`.
+fn oci_arg(text: &str) -> (PathBuf, Option<String>) {
+    match text.rsplit_once(':') {
+        Some((dir, tag)) if !tag.is_empty() && !tag.contains('/') && Path::new(dir).is_dir() => {
+            (PathBuf::from(dir), Some(tag.to_string()))
+        }
+        _ => (PathBuf::from(text), None),
+    }
 }
 
 pub fn import(args: ImportArgs) -> Result<()> {
@@ -778,16 +794,26 @@ pub fn import(args: ImportArgs) -> Result<()> {
             bail!("no user {u} on this node (add it with `colony user add`)");
         }
     }
-    let store = open_store(&state, args.venti.as_deref())?;
+    let store = match args.venti.as_deref() {
+        Some(addr) => open_store(&state, Some(addr))?,
+        None => match LogStore::open(state.store_dir()) {
+            Ok(log) => Arc::new(log),
+            // The node runs and holds its store: go through the node.
+            Err(venti::StoreError::Busy(_)) if state.root.join(ADMIN_SOCKET).exists() => {
+                return import_through_node(&state, &args);
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
     let progress = Progress::new("importing");
     let mut tree = Tree::default();
-    match (&args.path, &args.tar) {
-        (Some(path), None) => {
+    match (&args.path, &args.tar, &args.oci) {
+        (Some(path), None, None) => {
             let mut importer =
                 DirImporter::new(store.as_ref(), BlockSizes::default(), &progress, None);
             importer.add(&mut tree, &contents_of(path))?;
         }
-        (None, Some(tar)) => {
+        (None, Some(tar), None) => {
             let mut input: Box<dyn std::io::Read> = if tar.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
             } else {
@@ -804,13 +830,133 @@ pub fn import(args: ImportArgs) -> Result<()> {
                 &progress,
             )?;
         }
-        _ => bail!("give a directory or --tar FILE"),
+        (None, None, Some(oci)) => {
+            let (dir, tag) = oci_arg(oci);
+            tree = vac::oci::import_layout(
+                store.as_ref(),
+                BlockSizes::default(),
+                &dir,
+                tag.as_deref(),
+                &progress,
+            )?;
+        }
+        _ => bail!("give a directory, --tar FILE or --oci DIR[:TAG]"),
     }
     let score = tree.write(store.as_ref(), BlockSizes::default(), None)?;
     progress.finish();
     let users: Vec<&str> = args.users.iter().map(String::as_str).collect();
     names.bind(&args.name, &score, &users)?;
     println!("{} vac:{score}", args.name);
+    Ok(())
+}
+
+/// The node's socket for its admin on this machine (`colony import` while
+/// the node runs): `STATE/admin.sock`, mode 0600.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// Streams the import to the running node: a header line, then a tar
+/// stream (of the directory or the OCI layout, made by tar(1), or the
+/// --tar stream itself).
+fn import_through_node(state: &StateDir, args: &ImportArgs) -> Result<()> {
+    use std::io::{BufRead, Read, Write};
+    let path = state.root.join(ADMIN_SOCKET);
+    let mut sock = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "the store is in use; reaching the node at {}",
+            path.display()
+        )
+    })?;
+    let (format, tar_of) = match (&args.path, &args.tar, &args.oci) {
+        (Some(dir), None, None) => ("tar".to_string(), Some(dir.clone())),
+        (None, Some(_), None) => ("tar".to_string(), None),
+        (None, None, Some(oci)) => {
+            let (dir, tag) = oci_arg(oci);
+            (
+                match tag {
+                    Some(t) => format!("oci:{t}"),
+                    None => "oci".into(),
+                },
+                Some(dir),
+            )
+        }
+        _ => bail!("give a directory, --tar FILE or --oci DIR[:TAG]"),
+    };
+    writeln!(
+        sock,
+        "import {} {} {format}",
+        args.name,
+        args.users.join(",")
+    )?;
+    let mut input: Box<dyn Read> = match (&tar_of, &args.tar) {
+        (Some(dir), _) => {
+            let child = std::process::Command::new("tar")
+                .arg("-C")
+                .arg(dir)
+                .args(["-cf", "-", "."])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("running tar(1) to stream the directory")?;
+            Box::new(child.stdout.context("tar's output")?)
+        }
+        (None, Some(t)) if t.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
+        (None, Some(t)) => {
+            Box::new(std::fs::File::open(t).with_context(|| format!("opening {}", t.display()))?)
+        }
+        (None, None) => unreachable!("checked above"),
+    };
+    std::io::copy(&mut input, &mut sock)?;
+    sock.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = std::io::BufReader::new(sock);
+    let mut status = String::new();
+    reply.read_line(&mut status)?;
+    let mut text = String::new();
+    reply.read_to_string(&mut text)?;
+    if status.trim() == "0" {
+        print!("{text}");
+        Ok(())
+    } else {
+        bail!("{}", text.trim_end())
+    }
+}
+
+/// Serves the admin socket: `import NAME USER[,USER…] tar|oci[:TAG]`, then
+/// the stream; answers the status, then what the import printed.
+pub fn serve_admin(node: Arc<Node>, state: &StateDir) -> Result<()> {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let path = state.root.join(ADMIN_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("admin socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(&conn);
+                let mut header = String::new();
+                // A header is a line, not a stream of its own.
+                let _ = std::io::Read::take(&mut reader, 4096).read_line(&mut header);
+                let words: Vec<&str> = header.split_whitespace().collect();
+                let reply = match words.as_slice() {
+                    ["import", name, users, format] => {
+                        let users: Vec<&str> = users.split(',').collect();
+                        let format = match *format {
+                            "tar" => Ok(storage::import::Format::Tar),
+                            f => storage::import::Format::parse(Some(f)),
+                        };
+                        match format {
+                            Ok(f) => node.import_for("admin", None, &users, name, &f, &mut reader),
+                            Err(e) => storage::Reply::fail(e),
+                        }
+                    }
+                    _ => storage::Reply::fail(format!("bad request {:?}", header.trim())),
+                };
+                let mut out = &conn;
+                let _ = write!(out, "{}\n{}{}", reply.status, reply.out, reply.err);
+            });
+        }
+    });
     Ok(())
 }
 

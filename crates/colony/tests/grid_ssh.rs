@@ -2199,3 +2199,145 @@ fn a_tar_stream_imported_through_the_front_door_spawns_within_the_quota() {
     assert!(!g.ok("bob", &["scores"]).contains("toobig"));
     g.stop();
 }
+
+/// An OCI image layout of two layers (gzip, then zstd) in `dir`, tagged
+/// `v1`: the second deletes `etc/a`, replaces `etc/b`, and makes `dir`
+/// opaque (its `x` goes) with a new `y`.
+fn oci_layout(g: &Grid, dir: &Path) {
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let l1 = dir.join("l1");
+    let l2 = dir.join("l2");
+    sh(&format!(
+        "cp -a {} {}",
+        g.tmp.path().join("rootfs").display(),
+        l1.display()
+    ));
+    std::fs::create_dir_all(l1.join("dir")).unwrap();
+    std::fs::write(l1.join("etc/a"), "a from layer 1\n").unwrap();
+    std::fs::write(l1.join("etc/b"), "b from layer 1\n").unwrap();
+    std::fs::write(l1.join("dir/x"), "x from layer 1\n").unwrap();
+    std::fs::create_dir_all(l2.join("etc")).unwrap();
+    std::fs::create_dir_all(l2.join("dir")).unwrap();
+    std::fs::write(l2.join("etc/.wh.a"), "").unwrap();
+    std::fs::write(l2.join("etc/b"), "b from layer 2\n").unwrap();
+    std::fs::write(l2.join("dir/.wh..wh..opq"), "").unwrap();
+    std::fs::write(l2.join("dir/y"), "y from layer 2\n").unwrap();
+    let layout = dir.join("image");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let d = dir.display();
+    sh(&format!(
+        "tar -C {d}/l1 -cf - . | gzip -n > {d}/l1.tgz && tar -C {d}/l2 -cf - . | zstd -q > {d}/l2.tzst"
+    ));
+    let blob = |path: &Path| -> (String, u64) {
+        let hex = sh(&format!("sha256sum {}", path.display()))[..64].to_string();
+        std::fs::copy(path, layout.join("blobs/sha256").join(&hex)).unwrap();
+        (
+            format!("sha256:{hex}"),
+            std::fs::metadata(path).unwrap().len(),
+        )
+    };
+    let (g1, s1) = blob(&dir.join("l1.tgz"));
+    let (g2, s2) = blob(&dir.join("l2.tzst"));
+    std::fs::write(dir.join("config.json"), "{}").unwrap();
+    let (gc, sc) = blob(&dir.join("config.json"));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{gc}","size":{sc}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{g1}","size":{s1}}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"{g2}","size":{s2}}}]}}"#
+    );
+    std::fs::write(dir.join("manifest.json"), &manifest).unwrap();
+    let (gm, sm) = blob(&dir.join("manifest.json"));
+    std::fs::write(
+        layout.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{gm}","size":{sm},"annotations":{{"org.opencontainers.image.ref.name":"v1"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_oci_image_of_two_layers_spawns_with_exactly_its_files() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let dir = g.tmp.path().join("oci");
+    std::fs::create_dir_all(&dir).unwrap();
+    oci_layout(&g, &dir);
+    let layout = dir.join("image");
+    // With the node stopped, straight into its store.
+    g.colony(&[
+        "import",
+        "image",
+        "--oci",
+        &format!("{}:v1", layout.display()),
+        "--user",
+        "alice",
+    ]);
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "image"]));
+    let listing = g.env_ok(port, "ls -a /etc /dir; cat /etc/b /dir/y");
+    assert_eq!(
+        listing,
+        "/dir:\n.\n..\ny\n\n/etc:\n.\n..\nb\ngroup\nmotd\npasswd\nb from layer 2\ny from layer 2\n"
+    );
+    g.ok("alice", &["boom", "image"]);
+
+    // The same layout as a tar through the front door, and a bad tag.
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap()
+        .stdout;
+    let out = g.ssh_bytes("alice", &["import", "viassh", "oci:v1"], &tar);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = login_port(&g.ok("alice", &["spawn", "viassh"]));
+    assert_eq!(
+        g.env_ok(port, "ls -a /etc /dir; cat /etc/b /dir/y"),
+        listing
+    );
+    g.ok("alice", &["boom", "viassh"]);
+    let out = g.ssh_bytes("alice", &["import", "badtag", "oci:v2"], &tar);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no image tagged"),
+        "{err}"
+    );
+
+    // `colony import` while the node runs goes through the node.
+    let out = Command::new(COLONY)
+        .args(["import", "live"])
+        .arg(g.tmp.path().join("rootfs"))
+        .args(["--user", "alice", "--state"])
+        .arg(&g.state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("live vac:"));
+    let port = login_port(&g.ok("alice", &["spawn", "live"]));
+    assert_eq!(g.env_ok(port, "cat /etc/motd"), "hello\n");
+    g.ok("alice", &["boom", "live"]);
+    g.stop();
+}

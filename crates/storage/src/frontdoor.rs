@@ -12,7 +12,8 @@ use russh::server::{Auth, Msg, PublicKeyOffer, Server as _, Session, VerifiedPub
 use russh::{Channel, ChannelId};
 use tokio::net::TcpListener;
 
-use crate::{COMMANDS, Node, Reply};
+use crate::{COMMANDS, Node, Reply, import};
+use grid::error::GridError;
 use grid::ssh::server_config;
 
 /// The default port of the front door.
@@ -219,16 +220,29 @@ impl russh::server::Handler for Connection {
         let handle = session.handle();
         let node = self.node.clone();
         let user = self.user.clone().unwrap_or_default();
-        if let ["import", name] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["import", name, rest @ ..] = words.as_slice()
+            && rest.len() <= 1
+        {
             let name = name.to_string();
             // Refused before a byte of the stream is read.
-            if let Err(e) = node.check_import(&user, &name) {
-                session.extended_data(channel, 1, format!("import {name}: {e}\n").into_bytes())?;
-                session.exit_status_request(channel, 1)?;
-                session.eof(channel)?;
-                session.close(channel)?;
-                return Ok(());
-            }
+            let checked = import::Format::parse(rest.first().copied())
+                .map_err(GridError::refused)
+                .and_then(|f| node.check_import(&user, &name).map(|()| f));
+            let format = match checked {
+                Ok(f) => f,
+                Err(e) => {
+                    session.extended_data(
+                        channel,
+                        1,
+                        format!("import {name}: {e}\n").into_bytes(),
+                    )?;
+                    session.exit_status_request(channel, 1)?;
+                    session.eof(channel)?;
+                    session.close(channel)?;
+                    return Ok(());
+                }
+            };
             // A few chunks in flight: a slow store holds the client back
             // (through SSH's window) instead of filling memory.
             let (to, from) = tokio::sync::mpsc::channel(16);
@@ -239,14 +253,15 @@ impl russh::server::Handler for Connection {
                     chunk: Vec::new(),
                     at: 0,
                 };
-                let reply =
-                    tokio::task::spawn_blocking(move || node.import(&user, &name, &mut stream))
-                        .await
-                        .unwrap_or_else(|e| Reply {
-                            out: String::new(),
-                            err: format!("internal error: {e}\n"),
-                            status: 1,
-                        });
+                let reply = tokio::task::spawn_blocking(move || {
+                    node.import(&user, &name, &format, &mut stream)
+                })
+                .await
+                .unwrap_or_else(|e| Reply {
+                    out: String::new(),
+                    err: format!("internal error: {e}\n"),
+                    status: 1,
+                });
                 let _ = handle.data(channel, reply.out.into_bytes()).await;
                 let _ = handle
                     .extended_data(channel, 1, reply.err.into_bytes())

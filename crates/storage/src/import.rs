@@ -58,6 +58,32 @@ impl BlockStore for Metered<'_> {
     }
 }
 
+/// What an import's stream holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// A root file system as a tar stream.
+    Tar,
+    /// A tar of an OCI image layout, flattened into one root; the tag, if
+    /// the layout holds several images.
+    Oci(Option<String>),
+}
+
+impl Format {
+    /// `oci` or `oci:TAG` after the name, or nothing.
+    pub fn parse(word: Option<&str>) -> Result<Format, String> {
+        match word {
+            None => Ok(Format::Tar),
+            Some("oci") => Ok(Format::Oci(None)),
+            Some(w) => match w.strip_prefix("oci:") {
+                Some(tag) if !tag.is_empty() => Ok(Format::Oci(Some(tag.to_string()))),
+                _ => Err(format!(
+                    "unknown import format {w:?}: give nothing (a tar of a root) or oci[:TAG]"
+                )),
+            },
+        }
+    }
+}
+
 /// What an import stored.
 pub struct Imported {
     pub score: Score,
@@ -66,27 +92,80 @@ pub struct Imported {
     pub known: u64,
 }
 
-/// Archives the tar stream `input` into `store` for `user`, within the
-/// bytes `left` of their quota. Binding the name is the caller's.
-pub fn archive(store: &dyn BlockStore, left: u64, input: &mut dyn Read) -> GridResult<Imported> {
+/// Archives the stream `input` into `store`, within the bytes `left` of
+/// the importer's quota. An OCI layout is unpacked first into `scratch`
+/// (a store and files of its own, removed after), so only the flattened
+/// root counts. Binding the name is the caller's.
+pub fn archive(
+    store: &dyn BlockStore,
+    left: u64,
+    input: &mut dyn Read,
+    format: &Format,
+    scratch: &std::path::Path,
+) -> GridResult<Imported> {
     let metered = Metered {
         inner: store,
         left,
         added: AtomicU64::new(0),
         known: AtomicU64::new(0),
     };
-    let mut tree = Tree::default();
-    vac::tar::import_tar(
-        &metered,
-        BlockSizes::default(),
-        &mut tree,
-        input,
-        &vac::walk::Quiet,
-    )
-    .map_err(|e| GridError::refused(format!("{e}; nothing was bound")))?;
+    let refused = |e: vac::Error| GridError::refused(format!("{e}; nothing was bound"));
+    let tree = match format {
+        Format::Tar => {
+            let mut tree = Tree::default();
+            vac::tar::import_tar(
+                &metered,
+                BlockSizes::default(),
+                &mut tree,
+                input,
+                &vac::walk::Quiet,
+            )
+            .map_err(refused)?;
+            tree
+        }
+        Format::Oci(tag) => {
+            std::fs::create_dir_all(scratch)
+                .map_err(|e| GridError::io(format!("creating {}", scratch.display()), e))?;
+            let tmp = tempfile::Builder::new()
+                .prefix("import-")
+                .tempdir_in(scratch)
+                .map_err(|e| GridError::io(format!("a directory in {}", scratch.display()), e))?;
+            let unpacked = venti::LogStore::open(tmp.path().join("store"))?;
+            let mut layout = Tree::default();
+            vac::tar::import_tar(
+                &unpacked,
+                BlockSizes::default(),
+                &mut layout,
+                input,
+                &vac::walk::Quiet,
+            )
+            .map_err(refused)?;
+            let score = layout
+                .write(&unpacked, BlockSizes::default(), None)
+                .map_err(refused)?;
+            let archive = vac::Archive::open(&unpacked, &score).map_err(refused)?;
+            let dir = tmp.path().join("layout");
+            vac::extract::extract(
+                &archive,
+                archive.root(),
+                &dir,
+                vac::extract::ExtractOptions::for_current_user(),
+                &vac::walk::Quiet,
+            )
+            .map_err(refused)?;
+            vac::oci::import_layout(
+                &metered,
+                BlockSizes::default(),
+                &dir,
+                tag.as_deref(),
+                &vac::walk::Quiet,
+            )
+            .map_err(refused)?
+        }
+    };
     let score = tree
         .write(&metered, BlockSizes::default(), None)
-        .map_err(|e| GridError::refused(format!("{e}; nothing was bound")))?;
+        .map_err(refused)?;
     metered.sync()?;
     Ok(Imported {
         score,

@@ -46,7 +46,7 @@ impl Reply {
             status: 0,
         }
     }
-    fn fail(err: impl Into<String>) -> Reply {
+    pub fn fail(err: impl Into<String>) -> Reply {
         let mut err = err.into();
         if !err.ends_with('\n') {
             err.push('\n');
@@ -139,24 +139,69 @@ impl Node {
         Ok(())
     }
 
-    /// `import NAME` with its tar stream: archives it and binds NAME for
-    /// `user` (see [`import`]).
-    pub fn import(&self, user: &str, name: &str, input: &mut dyn std::io::Read) -> Reply {
+    /// `import NAME [oci[:TAG]]` with its stream, by `user`: archives it
+    /// and binds NAME for `user` (see [`import`]), within their quota.
+    pub fn import(
+        &self,
+        user: &str,
+        name: &str,
+        format: &import::Format,
+        input: &mut dyn std::io::Read,
+    ) -> Reply {
+        self.import_for(user, Some(user), &[user], name, format, input)
+    }
+
+    /// An import by `by` binding NAME for `users`; `quota_of` pays for
+    /// the new blocks (none: the node's admin, through its own socket).
+    pub fn import_for(
+        &self,
+        by: &str,
+        quota_of: Option<&str>,
+        users: &[&str],
+        name: &str,
+        format: &import::Format,
+        input: &mut dyn std::io::Read,
+    ) -> Reply {
         let line = format!("import {name}");
         if let Some(s) = &self.streams {
-            s.request(user, &line);
+            s.request(by, &line);
         }
         let result = (|| -> GridResult<String> {
-            self.check_import(user, name)?;
-            let store = self.store.as_ref().expect("checked");
+            check_score_name(name)?;
+            let Some(store) = &self.store else {
+                return Err(GridError::refused(
+                    "this node takes no imports (it has no block store of its own)",
+                ));
+            };
+            if self.names().lookup(name)?.is_some() {
+                return Err(GridError::refused(format!(
+                    "name {name} is taken: names are immutable, choose another"
+                )));
+            }
+            for u in users {
+                if !self.users().exists(u)? {
+                    return Err(GridError::refused(format!("no user {u}")));
+                }
+            }
             let quotas = self.state.quotas();
-            let left = quotas.get(user)?.left();
-            let done = import::archive(store.as_ref(), left, input)?;
-            quotas.update(user, |q| {
-                q.used += done.added;
-                Ok(())
-            })?;
-            self.names().bind(name, &done.score, &[user])?;
+            let left = match quota_of {
+                Some(u) => quotas.get(u)?.left(),
+                None => u64::MAX,
+            };
+            let done = import::archive(
+                store.as_ref(),
+                left,
+                input,
+                format,
+                &self.state.root.join("tmp"),
+            )?;
+            if let Some(u) = quota_of {
+                quotas.update(u, |q| {
+                    q.used += done.added;
+                    Ok(())
+                })?;
+            }
+            self.names().bind(name, &done.score, users)?;
             Ok(format!(
                 "{name} vac:{} ({} new, {} already stored)\n",
                 done.score,
@@ -167,7 +212,7 @@ impl Node {
         let reply = match result {
             Ok(out) => Reply::ok(out),
             Err(e) => {
-                tracing::info!(user, name, error = %e, "import refused");
+                tracing::info!(by, name, error = %e, "import refused");
                 Reply::fail(format!("import {name}: {e}"))
             }
         };
@@ -177,9 +222,9 @@ impl Node {
             } else {
                 &reply.err
             };
-            s.reply(user, reply.status, first.lines().next().unwrap_or(""));
+            s.reply(by, reply.status, first.lines().next().unwrap_or(""));
             if reply.status == 0 {
-                s.event(&format!("{user} {line}: {}", reply.out.trim()));
+                s.event(&format!("{by} {line}: {}", reply.out.trim()));
             }
         }
         reply

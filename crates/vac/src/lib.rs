@@ -15,6 +15,7 @@ pub mod entry;
 pub mod error;
 pub mod extract;
 pub mod metablock;
+pub mod oci;
 pub mod reader;
 pub mod root;
 pub mod stream;
