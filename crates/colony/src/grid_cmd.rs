@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// Use this venti server instead of the embedded store in the state directory.
     #[arg(long, conflicts_with = "store")]
     venti: Option<String>,
+    /// Serve /metrics and the status page here (config `adminlisten=`),
+    /// e.g. 127.0.0.1:16990; off loopback it needs --tls, and only grid
+    /// certificates are answered.
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Keep blocks in s3://BUCKET/PREFIX (packs in an object store, shared
     /// by the nodes on the bucket) instead of the embedded store (config
     /// `store=`). Names and users stay in the state directory.
@@ -323,7 +328,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         &args.replica,
         &file,
         &state,
-        log,
+        log.clone(),
         tls_dir.is_some(),
         more_status,
     )?;
@@ -357,11 +362,24 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let state_for_admin = state.clone();
+    // Every block the node stores or reads through its commands is counted.
+    let metrics = Arc::new(storage::metrics::Metrics::new());
+    let store: Arc<dyn BlockStore> = Arc::new(storage::metrics::MeteredStore {
+        inner: store,
+        metrics: metrics.clone(),
+    });
+    if let Some(log) = &log {
+        let log = log.clone();
+        metrics.refresh_with(Box::new(move |m| {
+            m.store_bytes.set(log.durable_end() as i64);
+        }));
+    }
     let node = match &pool {
         Some((pool, _)) => Node::new(state, pool.clone()),
         None => Node::local(state, store.clone(), config)?,
     }
-    .with_store(store.clone());
+    .with_store(store.clone())
+    .with_metrics(metrics.clone());
     if let (Some(s), Some((pool, _))) = (&streams, &pool) {
         let _ = pool.streams.set(s.clone());
     }
@@ -374,6 +392,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         None => node,
     });
     serve_admin(node.clone(), &state_for_admin)?;
+    let admin_rep = replication.as_ref().map(|(rep, _)| rep.clone());
+    let admin_pool = pool.as_ref().map(|(p, _)| p.clone());
+    let admin_name = link::Link::from_env()
+        .map(|l| l.me.name.clone())
+        .unwrap_or_else(|_| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "node".into())
+        });
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = venti::dial::parse(&listen)?;
@@ -412,8 +439,73 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             let link = link::Link::from_env().map_err(anyhow::Error::msg)?;
             tokio::spawn(storage::placement::serve(pool, link, listener));
         }
+        let admin_listen = args
+            .admin_listen
+            .clone()
+            .or_else(|| file.get("adminlisten").map(str::to_string));
+        let mut admin_bound = None;
+        if let Some(addr) = admin_listen {
+            let addr = venti::dial::parse(&addr)?;
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("admin listener on {addr}"))?;
+            let bound = listener.local_addr()?;
+            let tls = if bound.ip().is_loopback() {
+                None
+            } else {
+                if tls_dir.is_none() {
+                    anyhow::bail!(
+                        "--admin-listen {bound} is off loopback: it needs the node's certificate (--tls DIR), and then answers only grid certificates"
+                    );
+                }
+                Some(link::Link::from_env().map_err(anyhow::Error::msg)?)
+            };
+            let links: Option<Arc<dyn Fn() -> String + Send + Sync>> = match (&admin_rep, &admin_pool) {
+                (Some(rep), _) => {
+                    let rep = rep.clone();
+                    Some(Arc::new(move || rep.status_text()))
+                }
+                (None, Some(pool)) => {
+                    let pool = pool.clone();
+                    Some(Arc::new(move || pool.cpus()))
+                }
+                (None, None) => None,
+            };
+            {
+                let node = node.clone();
+                metrics.refresh_with(Box::new(move |m| {
+                    m.environments
+                        .get_or_create(&storage::metrics::StateLabel { state: "running".into() })
+                        .set(node.live() as i64);
+                }));
+            }
+            if let Some(rep) = admin_rep.clone() {
+                metrics.refresh_with(Box::new(move |m| {
+                    for (peer, blocks, bytes) in rep.lag() {
+                        let l = storage::metrics::PeerLabel { peer };
+                        m.replication_lag_blocks.get_or_create(&l).set(blocks as i64);
+                        m.replication_lag_bytes.get_or_create(&l).set(bytes as i64);
+                    }
+                }));
+            }
+            let admin = Arc::new(storage::admin::Admin {
+                node: node.clone(),
+                metrics: metrics.clone(),
+                name: admin_name.clone(),
+                links,
+            });
+            tracing::info!(address = %bound, tls = tls.is_some(), "admin address: /metrics and the status page");
+            admin_bound = Some(bound);
+            tokio::spawn(storage::admin::serve(admin, listener, tls));
+        }
         tracing::info!(address = %local, "grid node ready");
         println!("listening on {local}");
+        if let Some(bound) = admin_bound {
+            // Whoever started us may have stopped reading after the first
+            // line: not a reason to stop.
+            let mut out = std::io::stdout();
+            let _ = std::io::Write::write_fmt(&mut out, format_args!("admin on {bound}\n"));
+        }
         std::io::Write::flush(&mut std::io::stdout())?;
         storage::frontdoor::serve(node.clone(), listener, key, shutdown_signal()).await?;
         anyhow::Ok(())

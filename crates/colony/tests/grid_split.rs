@@ -25,8 +25,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::grid::{
-    COLONY, Proc, SSH_OPTS, busybox_root, colony, grid_ca, random_tree, spawn_host, spawn_port,
-    wait_for,
+    COLONY, Proc, Reaped, SSH_OPTS, busybox_root, colony, grid_ca, random_tree, spawn_host,
+    spawn_port, wait_for,
 };
 use common::netns::{self, Hosts};
 
@@ -86,6 +86,8 @@ impl Split {
                 &format!("tls!{a}!{CONTROL_PORT}"),
                 "--hubs-listen",
                 "127.0.0.1:5641",
+                "--admin-listen",
+                &format!("{a}:16990"),
                 "--tls",
                 &dir(&format!("{name}.tls")),
                 "--state",
@@ -461,6 +463,44 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
         events.contains("cpu node c1 linked") && events.contains("cpu node c2 linked"),
         "{events}"
     );
+
+    // The admin address off loopback speaks only TLS to grid certificates:
+    // a plain client gets nothing; the admin's certificate (through a
+    // tunnel) gets the metrics.
+    let a0 = g.hosts.addrs[0].clone();
+    let plain = g
+        .hosts
+        .command(1, "curl")
+        .args(["-s", "-m", "5", &format!("http://{a0}:16990/metrics")])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("colony_"),
+        "a client without a certificate was answered"
+    );
+    let tunnel = Reaped(
+        g.hosts
+            .command(1, COLONY)
+            .args(["tunnel", "--listen", "tcp!127.0.0.1!17990", "--to"])
+            .arg(format!("tls!{a0}!16990"))
+            .arg("--cert")
+            .arg(g.tmp.path().join("admin.tls"))
+            .args(["--peer-roles", "storage"])
+            .spawn()
+            .unwrap(),
+    );
+    let mut metrics = String::new();
+    wait_for(10, "the metrics through the tunnel", || {
+        let out = g
+            .hosts
+            .command(1, "curl")
+            .args(["-s", "-m", "5", "http://127.0.0.1:17990/metrics"])
+            .output()
+            .unwrap();
+        metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+        metrics.contains("colony_spawn_seconds_count")
+    });
+    drop(tunnel);
 }
 
 #[test]

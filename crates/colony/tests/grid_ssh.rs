@@ -39,6 +39,8 @@ struct Grid {
     state: PathBuf,
     child: Option<Child>,
     port: u16,
+    /// The admin address (with `--admin-listen`).
+    admin: Option<String>,
     /// A network namespace the node and the test's ssh clients run in.
     netns: Option<String>,
 }
@@ -53,6 +55,7 @@ impl Grid {
             tmp,
             child: None,
             port: 0,
+            admin: None,
             netns: None,
         };
         for user in ["alice", "bob", "carol"] {
@@ -141,14 +144,18 @@ impl Grid {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("{line:?}"));
         self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        if extra.contains(&"--admin-listen") {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            self.admin = line.trim().strip_prefix("admin on ").map(str::to_string);
+        }
         self.child = Some(child);
     }
 
@@ -2340,4 +2347,116 @@ fn an_oci_image_of_two_layers_spawns_with_exactly_its_files() {
     assert_eq!(g.env_ok(port, "cat /etc/motd"), "hello\n");
     g.ok("alice", &["boom", "live"]);
     g.stop();
+}
+
+/// A plain HTTP GET: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = g.admin.clone().expect("an admin address");
+    g.ok("alice", &["spawn", "busybox"]);
+    // carol's key is not registered: a login refused.
+    assert!(!g.ssh("carol", &["scores"]).status.success());
+
+    let (status, metrics) = http_get(&admin, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    for want in [
+        "colony_spawn_seconds_count 1",
+        "colony_environments{state=\"running\"} 1",
+        "colony_frontdoor_logins_refused_total 1",
+        "colony_store_bytes ",
+        "colony_commands_total{command=\"spawn\",outcome=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(want), "no {want:?} in\n{metrics}");
+    }
+    // Prometheus's own checker.
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut p) => {
+            p.stdin
+                .take()
+                .unwrap()
+                .write_all(metrics.as_bytes())
+                .unwrap();
+            let out = p.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => panic!("promtool (Debian's prometheus, which .ci/run installs): {e}"),
+    }
+
+    // The status page, loaded and run by a real browser.
+    let profile = g.tmp.path().join("chromium");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://{admin}/"))
+        .output()
+        .expect("chromium (Debian's, which .ci/run installs)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<td>alice</td>") && dom.contains("<td>busybox\t"),
+        "the page does not show alice's busybox: {dom}"
+    );
+    assert!(dom.contains("alice spawn busybox"), "no spawn event: {dom}");
+    assert_eq!(http_get(&admin, "/nosuch").0, "HTTP/1.1 404 Not Found");
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+
+    // Off loopback the admin address needs the node's certificate.
+    let out = Command::new(COLONY)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+            "--state",
+        ])
+        .arg(&g.state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("off loopback"),
+        "{err}"
+    );
 }

@@ -120,6 +120,22 @@ impl Replicator {
         Ok(())
     }
 
+    /// Per peer: blocks and bytes of this node's log it has not
+    /// acknowledged (for metrics).
+    pub fn lag(&self) -> Vec<(String, u64, u64)> {
+        let (out, _) = self.board.snapshot();
+        let end = self.store.durable_end();
+        out.iter()
+            .map(|(name, o)| {
+                (
+                    name.clone(),
+                    self.store.count_records(o.position).unwrap_or(0),
+                    end.saturating_sub(o.position),
+                )
+            })
+            .collect()
+    }
+
     /// The status text of every link, as `colony grid status` prints it.
     pub fn status_text(&self) -> String {
         let (out, inc) = self.board.snapshot();

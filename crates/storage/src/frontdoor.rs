@@ -48,6 +48,7 @@ impl russh::server::Server for FrontDoor {
     type Handler = Connection;
     fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> Connection {
         Connection {
+            refused: false,
             node: self.node.clone(),
             user: None,
             peer,
@@ -92,11 +93,26 @@ impl std::io::Read for ImportStream {
 }
 
 struct Connection {
+    /// A key was offered and none admitted (so far).
+    refused: bool,
     node: Arc<Node>,
     /// The user the key belongs to, once authenticated.
     user: Option<String>,
     peer: Option<std::net::SocketAddr>,
     channels: HashMap<ChannelId, Interactive>,
+}
+
+impl Drop for Connection {
+    /// A connection that ends without a login after offering keys is a
+    /// login refused.
+    fn drop(&mut self) {
+        if self.refused
+            && self.user.is_none()
+            && let Some(m) = self.node.metrics()
+        {
+            m.logins_refused.inc();
+        }
+    }
 }
 
 impl Connection {
@@ -143,6 +159,7 @@ impl russh::server::Handler for Connection {
         Ok(if self.owner(offer.public_key).is_some() {
             Auth::Accept
         } else {
+            self.refused = true;
             Auth::reject()
         })
     }
@@ -163,6 +180,7 @@ impl russh::server::Handler for Connection {
             }
             None => {
                 tracing::info!(claimed, peer = ?self.peer, "unknown key refused");
+                self.refused = true;
                 Ok(Auth::reject())
             }
         }

@@ -9,9 +9,11 @@
 //! different environments, and nobody can name, save, invite into or boom
 //! anyone else's.
 
+pub mod admin;
 pub mod frontdoor;
 pub mod import;
 pub mod local;
+pub mod metrics;
 pub mod placement;
 pub mod streams;
 
@@ -97,6 +99,7 @@ pub struct Node {
     streams: Option<Arc<streams::Streams>>,
     /// The node's block store, for imports through the front door.
     store: Option<Arc<dyn venti::BlockStore>>,
+    metrics: Option<Arc<metrics::Metrics>>,
 }
 
 fn usage(text: &str) -> Reply {
@@ -110,7 +113,30 @@ impl Node {
             cpus,
             streams: None,
             store: None,
+            metrics: None,
         }
+    }
+
+    /// Counts commands, their latencies and imports in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<metrics::Metrics>) -> Node {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<metrics::Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Every user's `status`, for the admin's status page.
+    pub fn all_status(&self) -> GridResult<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (user, _) in self.users().list()? {
+            let s = self.cpus.status(&user)?;
+            if !s.is_empty() {
+                out.push((user, s));
+            }
+        }
+        Ok(out)
     }
 
     /// Takes imports into `store`.
@@ -201,6 +227,10 @@ impl Node {
                     Ok(())
                 })?;
             }
+            if let Some(m) = &self.metrics {
+                m.import_bytes.inc_by(done.added);
+                m.event(&format!("{by} imported {name}"));
+            }
             self.names().bind(name, &done.score, users)?;
             Ok(format!(
                 "{name} vac:{} ({} new, {} already stored)\n",
@@ -261,10 +291,10 @@ impl Node {
     /// on the node's streams).
     pub fn run(&self, user: &str, line: &str) -> Reply {
         let Some(streams) = &self.streams else {
-            return self.execute(user, line);
+            return self.measured(user, line);
         };
         streams.request(user, line);
-        let reply = self.execute(user, line);
+        let reply = self.measured(user, line);
         let first = if reply.status == 0 {
             reply.out.lines().next().unwrap_or("")
         } else {
@@ -274,6 +304,38 @@ impl Node {
         let verb = line.split_whitespace().next().unwrap_or("");
         if reply.status == 0 && ["spawn", "spawndisk", "save", "invite", "boom"].contains(&verb) {
             streams.event(&format!("{user} {}: {first}", line.trim()));
+        }
+        reply
+    }
+
+    /// Runs the command, counting it and timing spawns and saves.
+    fn measured(&self, user: &str, line: &str) -> Reply {
+        let Some(m) = &self.metrics else {
+            return self.execute(user, line);
+        };
+        let verb = line.split_whitespace().next().unwrap_or("").to_string();
+        let t = std::time::Instant::now();
+        let reply = self.execute(user, line);
+        let secs = t.elapsed().as_secs_f64();
+        let known = COMMANDS
+            .split(" | ")
+            .any(|c| c.split(' ').next() == Some(verb.as_str()));
+        m.commands
+            .get_or_create(&metrics::CommandLabels {
+                command: if known { verb.clone() } else { "other".into() },
+                outcome: if reply.status == 0 { "ok" } else { "refused" }.into(),
+            })
+            .inc();
+        if reply.status == 0 {
+            match verb.as_str() {
+                "spawn" | "spawndisk" => m.spawn_seconds.observe(secs),
+                "save" => m.save_seconds.observe(secs),
+                _ => {}
+            }
+            if ["spawn", "spawndisk", "save", "invite", "boom"].contains(&verb.as_str()) {
+                let first = reply.out.lines().next().unwrap_or("");
+                m.event(&format!("{user} {}: {first}", line.trim()));
+            }
         }
         reply
     }

@@ -1,0 +1,118 @@
+//! The node's admin address: `/metrics` for Prometheus, a status page
+//! (`/`, plain HTML with a little JavaScript, no build step) and the JSON
+//! it reads (`/status.json`).
+//!
+//! On loopback it is plain HTTP. On any other address it is HTTPS with
+//! mutual TLS: only holders of a grid certificate (an admin's client
+//! certificate, or a node's) get an answer; others fail the handshake.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::Node;
+use crate::metrics::Metrics;
+
+const PAGE: &str = include_str!("admin_page.html");
+
+/// What the admin address shows.
+pub struct Admin {
+    pub node: Arc<Node>,
+    pub metrics: Arc<Metrics>,
+    /// This node's name (its certificate's, or the host's).
+    pub name: String,
+    /// The replication and cpu-node status text, if any.
+    pub links: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+/// Serves `listener`; `tls` is required off loopback (the caller checks).
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<Arc<link::Link>>) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (admin, tls) = (admin.clone(), tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                Some(link) => match link.accept(tcp, peer, &link::Role::ALL).await {
+                    Ok((stream, _)) => answer(&admin, stream, peer).await,
+                    Err(e) => tracing::info!(peer = %peer, error = %e, "admin client refused"),
+                },
+                None => answer(&admin, tcp, peer).await,
+            }
+        });
+    }
+}
+
+async fn answer(admin: &Admin, mut s: impl AsyncRead + AsyncWrite + Unpin, peer: SocketAddr) {
+    // One request per connection; its head is enough.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            admin.metrics.encode(),
+        ),
+        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
+        ("GET", "/status.json") => ("200 OK", "application/json", status_json(admin)),
+        ("GET", _) => ("404 Not Found", "text/plain", "no such page\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    };
+    tracing::debug!(peer = %peer, path, status, "admin request");
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(reply.as_bytes()).await;
+    let _ = s.write_all(body.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+/// The page's data: the node, its links, its environments, growth, events.
+fn status_json(admin: &Admin) -> String {
+    let envs: Vec<serde_json::Value> = match admin.node.all_status() {
+        Ok(list) => list
+            .into_iter()
+            .flat_map(|(user, text)| {
+                text.lines()
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with("quota:"))
+                    .map(|l| serde_json::json!({ "user": user, "line": l }))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        Err(e) => vec![serde_json::json!({ "user": "", "line": format!("error: {e}") })],
+    };
+    let growth: Vec<serde_json::Value> = admin
+        .metrics
+        .growth()
+        .into_iter()
+        .map(|(t, b)| serde_json::json!([t, b]))
+        .collect();
+    let mut links = String::new();
+    if let Some(f) = &admin.links {
+        let _ = write!(links, "{}", f());
+    }
+    serde_json::json!({
+        "node": admin.name,
+        "uptime_seconds": admin.metrics.started.elapsed().as_secs(),
+        "store_bytes": admin.metrics.store_bytes.get(),
+        "environments": envs,
+        "links": links,
+        "growth": growth,
+        "events": admin.metrics.events(),
+    })
+    .to_string()
+}

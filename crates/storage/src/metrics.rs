@@ -1,0 +1,370 @@
+//! The node's figures for Prometheus (`/metrics` on the admin address) and
+//! for its status page: blocks and bytes stored, deduplication, ingest and
+//! read rates (as counters), environments, spawn and save latencies,
+//! replication lag per peer, front-door logins refused, imports.
+//!
+//! Most are counted where things happen; the rest (store size, live
+//! environments, replication lag) are read at each scrape by the
+//! refreshers the node's wiring registers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use venti::{BlockStore, BlockType, Score, StoreError};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: String,
+    pub outcome: String,
+}
+
+/// Something read at every scrape (a gauge's current value).
+pub type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub started: Instant,
+    pub store_bytes: Gauge,
+    pub blocks_written: Counter,
+    pub blocks_deduplicated: Counter,
+    pub bytes_written: Counter,
+    pub blocks_read: Counter,
+    pub bytes_read: Counter,
+    pub dedup_ratio: Gauge<f64, AtomicU64>,
+    pub environments: Family<StateLabel, Gauge>,
+    pub spawn_seconds: Histogram,
+    pub save_seconds: Histogram,
+    pub commands: Family<CommandLabels, Counter>,
+    pub logins_refused: Counter,
+    pub import_bytes: Counter,
+    pub replication_lag_bytes: Family<PeerLabel, Gauge>,
+    pub replication_lag_blocks: Family<PeerLabel, Gauge>,
+    refreshers: Mutex<Vec<Refresher>>,
+    /// Recent events, newest last, for the status page.
+    events: Mutex<VecDeque<String>>,
+    /// (unix seconds, store bytes) every scrape or page load, at most a
+    /// sample a minute kept, for the page's growth plot.
+    growth: Mutex<VecDeque<(u64, i64)>>,
+}
+
+const EVENTS_KEPT: usize = 50;
+const GROWTH_KEPT: usize = 24 * 60;
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("colony");
+        let latency = || Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        let m = Metrics {
+            registry: Registry::default(),
+            started: Instant::now(),
+            store_bytes: Gauge::default(),
+            blocks_written: Counter::default(),
+            blocks_deduplicated: Counter::default(),
+            bytes_written: Counter::default(),
+            blocks_read: Counter::default(),
+            bytes_read: Counter::default(),
+            dedup_ratio: Gauge::default(),
+            environments: Family::default(),
+            spawn_seconds: latency(),
+            save_seconds: latency(),
+            commands: Family::default(),
+            logins_refused: Counter::default(),
+            import_bytes: Counter::default(),
+            replication_lag_bytes: Family::default(),
+            replication_lag_blocks: Family::default(),
+            refreshers: Mutex::default(),
+            events: Mutex::default(),
+            growth: Mutex::default(),
+        };
+        registry.register(
+            "store_bytes",
+            "Bytes in the block store",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "store_blocks_written",
+            "New blocks stored through the node",
+            m.blocks_written.clone(),
+        );
+        registry.register(
+            "store_blocks_deduplicated",
+            "Blocks written that the store held already",
+            m.blocks_deduplicated.clone(),
+        );
+        registry.register(
+            "store_written_bytes",
+            "Bytes of new blocks stored (the ingest rate is its rate)",
+            m.bytes_written.clone(),
+        );
+        registry.register("store_blocks_read", "Blocks read", m.blocks_read.clone());
+        registry.register(
+            "store_read_bytes",
+            "Bytes of blocks read (the read rate is its rate)",
+            m.bytes_read.clone(),
+        );
+        registry.register(
+            "store_dedup_ratio",
+            "Blocks written per new block stored",
+            m.dedup_ratio.clone(),
+        );
+        registry.register(
+            "environments",
+            "Environments, by state",
+            m.environments.clone(),
+        );
+        registry.register(
+            "spawn_seconds",
+            "Time to spawn an environment",
+            m.spawn_seconds.clone(),
+        );
+        registry.register(
+            "save_seconds",
+            "Time to save an environment",
+            m.save_seconds.clone(),
+        );
+        registry.register(
+            "commands",
+            "Front-door commands, by command and outcome",
+            m.commands.clone(),
+        );
+        registry.register(
+            "frontdoor_logins_refused",
+            "Front-door logins refused (unknown keys)",
+            m.logins_refused.clone(),
+        );
+        registry.register(
+            "import_bytes",
+            "New bytes stored by imports",
+            m.import_bytes.clone(),
+        );
+        registry.register(
+            "replication_lag_bytes",
+            "Bytes of this node's log a peer has not acknowledged",
+            m.replication_lag_bytes.clone(),
+        );
+        registry.register(
+            "replication_lag_blocks",
+            "Blocks of this node's log a peer has not acknowledged",
+            m.replication_lag_blocks.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Reads `f` at every scrape.
+    pub fn refresh_with(&self, f: Refresher) {
+        self.refreshers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
+    }
+
+    fn refresh(&self) {
+        for f in self
+            .refreshers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f(self);
+        }
+        let (new, dup) = (self.blocks_written.get(), self.blocks_deduplicated.get());
+        self.dedup_ratio.set(if new == 0 {
+            1.0
+        } else {
+            (new + dup) as f64 / new as f64
+        });
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut g = self.growth.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = self.store_bytes.get();
+        match g.back_mut() {
+            Some(last) if now.saturating_sub(last.0) < 60 => last.1 = bytes,
+            _ => g.push_back((now, bytes)),
+        }
+        while g.len() > GROWTH_KEPT {
+            g.pop_front();
+        }
+    }
+
+    /// The exposition text, in Prometheus's text format (version 0.0.4),
+    /// which every scraper and `promtool check metrics` read.
+    pub fn encode(&self) -> String {
+        self.refresh();
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        openmetrics_to_prometheus(&out)
+    }
+
+    pub fn event(&self, text: &str) {
+        let mut e = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        e.push_back(text.to_string());
+        while e.len() > EVENTS_KEPT {
+            e.pop_front();
+        }
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The growth samples, after a refresh.
+    pub fn growth(&self) -> Vec<(u64, i64)> {
+        self.refresh();
+        self.growth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+/// OpenMetrics text (what the crate writes) as Prometheus text: a
+/// counter's HELP and TYPE name its `_total` samples, and the OpenMetrics
+/// end marker, units and `_created` samples go.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let name = rest.split(' ').next().unwrap_or("");
+                if counters.contains(name) {
+                    out.push_str(&format!("{p}{name}_total{}\n", &rest[name.len()..]));
+                    continue;
+                }
+            }
+            None => {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                if name.ends_with("_created") && counters.contains(name.trim_end_matches("_created")) {
+                    continue;
+                }
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The node's store, counted.
+pub struct MeteredStore {
+    pub inner: Arc<dyn BlockStore>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl BlockStore for MeteredStore {
+    fn read(&self, score: &Score, ty: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+        let got = self.inner.read(score, ty)?;
+        if let Some(d) = &got {
+            self.metrics.blocks_read.inc();
+            self.metrics.bytes_read.inc_by(d.len() as u64);
+        }
+        Ok(got)
+    }
+
+    fn read_sourced(
+        &self,
+        score: &Score,
+        ty: BlockType,
+    ) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+        let got = self.inner.read_sourced(score, ty)?;
+        if let Some((d, _)) = &got {
+            self.metrics.blocks_read.inc();
+            self.metrics.bytes_read.inc_by(d.len() as u64);
+        }
+        Ok(got)
+    }
+
+    fn holds(&self, score: &Score, ty: BlockType) -> Result<bool, StoreError> {
+        self.inner.holds(score, ty)
+    }
+
+    fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+        let score = Score::of(data);
+        if self.inner.holds(&score, ty)? {
+            self.metrics.blocks_deduplicated.inc();
+            return Ok(score);
+        }
+        let s = self.inner.write(ty, data)?;
+        self.metrics.blocks_written.inc();
+        self.metrics.bytes_written.inc_by(data.len() as u64);
+        Ok(s)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_has_every_family_and_counts() {
+        let m = Arc::new(Metrics::new());
+        let store = MeteredStore {
+            inner: Arc::new(venti::MemoryStore::new()),
+            metrics: m.clone(),
+        };
+        store.write(BlockType::DATA, b"one").unwrap();
+        store.write(BlockType::DATA, b"one").unwrap();
+        store.write(BlockType::DATA, b"two").unwrap();
+        m.spawn_seconds.observe(0.2);
+        m.refresh_with(Box::new(|m| {
+            m.store_bytes.set(1234);
+        }));
+        let text = m.encode();
+        for want in [
+            "colony_store_blocks_written_total 2",
+            "colony_store_blocks_deduplicated_total 1",
+            "colony_store_dedup_ratio 1.5",
+            "colony_store_bytes 1234",
+            "colony_spawn_seconds_count 1",
+        ] {
+            assert!(text.contains(want), "no {want:?} in\n{text}");
+        }
+    }
+}
