@@ -500,6 +500,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         }
         tracing::info!(address = %local, "grid node ready");
         println!("listening on {local}");
+        notify_ready();
         if let Some(bound) = admin_bound {
             // Whoever started us may have stopped reading after the first
             // line: not a reason to stop.
@@ -620,6 +621,7 @@ fn serve_cpu(
             tokio::spawn(agent.clone().run(s));
         }
         tracing::info!(node = %link.me.name, "cpu node ready");
+        notify_ready();
         println!("cpu node {} ready", link.me.name);
         std::io::Write::flush(&mut std::io::stdout())?;
         shutdown_signal().await;
@@ -742,6 +744,27 @@ fn set_quota(state: &StateDir, user: &str, size: &str) -> Result<()> {
         Ok(())
     })?;
     Ok(())
+}
+
+/// Tells systemd the node is ready (a `Type=notify` unit), if it runs
+/// under one: READY=1 to $NOTIFY_SOCKET.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()),
+        None => std::os::unix::net::SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        sock.send_to_addr(b"READY=1\nSTATUS=the front door listens", &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(socket = %path, error = %e, "telling systemd the node is ready");
+    }
 }
 
 async fn shutdown_signal() {

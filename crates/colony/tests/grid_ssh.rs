@@ -2460,3 +2460,43 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
         "{err}"
     );
 }
+
+#[test]
+fn under_systemd_the_node_says_when_it_is_ready_and_the_example_config_works() {
+    if !can_mount() {
+        return;
+    }
+    let g = Grid::new();
+    // The repository's example configuration, as the unit starts it (with
+    // this test's own ports).
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/colony.ndb");
+    let notify = g.tmp.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut node = Command::new(COLONY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--env-ports",
+            "24001-24010",
+            "--state",
+        ])
+        .arg(&g.state)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no READY=1 from the node");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("READY=1"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status();
+    assert!(node.wait().unwrap().success());
+}

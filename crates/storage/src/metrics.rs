@@ -277,7 +277,9 @@ fn openmetrics_to_prometheus(text: &str) -> String {
             }
             None => {
                 let name = line.split(['{', ' ']).next().unwrap_or("");
-                if name.ends_with("_created") && counters.contains(name.trim_end_matches("_created")) {
+                if name.ends_with("_created")
+                    && counters.contains(name.trim_end_matches("_created"))
+                {
                     continue;
                 }
             }
