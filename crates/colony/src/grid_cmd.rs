@@ -443,7 +443,6 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .admin_listen
             .clone()
             .or_else(|| file.get("adminlisten").map(str::to_string));
-        let mut admin_bound = None;
         if let Some(addr) = admin_listen {
             let addr = venti::dial::parse(&addr)?;
             let listener = tokio::net::TcpListener::bind(&addr)
@@ -495,18 +494,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
                 links,
             });
             tracing::info!(address = %bound, tls = tls.is_some(), "admin address: /metrics and the status page");
-            admin_bound = Some(bound);
+            // Where it listens (a port of 0 picks one), for scripts: not
+            // on stdout, whose reader may have gone after the first line.
+            let _ = std::fs::write(state_for_admin.root.join("admin.addr"), format!("{bound}\n"));
             tokio::spawn(storage::admin::serve(admin, listener, tls));
         }
         tracing::info!(address = %local, "grid node ready");
         println!("listening on {local}");
         notify_ready();
-        if let Some(bound) = admin_bound {
-            // Whoever started us may have stopped reading after the first
-            // line: not a reason to stop.
-            let mut out = std::io::stdout();
-            let _ = std::io::Write::write_fmt(&mut out, format_args!("admin on {bound}\n"));
-        }
+
         std::io::Write::flush(&mut std::io::stdout())?;
         storage::frontdoor::serve(node.clone(), listener, key, shutdown_signal()).await?;
         anyhow::Ok(())

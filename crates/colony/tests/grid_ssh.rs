@@ -152,9 +152,9 @@ impl Grid {
             .unwrap_or_else(|| panic!("{line:?}"));
         self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
         if extra.contains(&"--admin-listen") {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            self.admin = line.trim().strip_prefix("admin on ").map(str::to_string);
+            // The node writes where it listens once it does.
+            let addr = std::fs::read_to_string(self.state.join("admin.addr")).unwrap();
+            self.admin = Some(addr.trim().to_string());
         }
         self.child = Some(child);
     }

@@ -252,7 +252,11 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.name, self.log.lock().unwrap());
+            let ended = match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => format!(" (it had ended: {status})"),
+                _ => String::new(),
+            };
+            eprintln!("--- {}{ended} ---\n{}", self.name, self.log.lock().unwrap());
         }
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
