@@ -137,6 +137,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2000)]
         rounds: usize,
     },
+    /// import: a tar of TREE imported through the SSH front door on
+    /// loopback (needs the OpenSSH client): MB/s, new and deduplicated.
+    Import {
+        /// The tree to tar (e.g. a debootstrap minbase; kept out of CI).
+        tree: PathBuf,
+        /// Repetitions; the median is printed.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// vac: archive a real tree (e.g. a debootstrap minbase root) into the
     /// embedded store and over loopback, re-archive it with -d, extract it.
     Vac {
@@ -163,6 +172,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vac { tree, dir, runs } => crate::bench_vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench_grid::run(&tree, runs),
         BenchCommand::Hub { mb, rounds } => crate::bench_hub::run(mb, rounds),
+        BenchCommand::Import { tree, runs } => crate::bench_import::run(&tree, runs),
         BenchCommand::S3 { tree, mb, runs } => crate::bench_s3::run(tree.as_deref(), mb, runs),
         BenchCommand::Split {
             tree,

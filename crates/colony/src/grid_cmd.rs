@@ -500,11 +500,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             tokio::spawn(storage::admin::serve(admin, listener, tls));
         }
         tracing::info!(address = %local, "grid node ready");
+        let shutdown = shutdown_signal();
         println!("listening on {local}");
         notify_ready();
 
         std::io::Write::flush(&mut std::io::stdout())?;
-        storage::frontdoor::serve(node.clone(), listener, key, shutdown_signal()).await?;
+        storage::frontdoor::serve(node.clone(), listener, key, shutdown).await?;
         anyhow::Ok(())
     })?;
     let live = node.live();
@@ -616,11 +617,12 @@ fn serve_cpu(
             tracing::info!(storage = %s.name, addr = %s.addr, "linking to storage node");
             tokio::spawn(agent.clone().run(s));
         }
+        let shutdown = shutdown_signal();
         tracing::info!(node = %link.me.name, "cpu node ready");
         notify_ready();
         println!("cpu node {} ready", link.me.name);
         std::io::Write::flush(&mut std::io::stdout())?;
-        shutdown_signal().await;
+        shutdown.await;
         anyhow::Ok(())
     })?;
     let live = envs.live();
@@ -763,13 +765,18 @@ fn notify_ready() {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are in place when this returns (not
+/// when the future is first polled), so a node that has said it is ready
+/// never dies of a signal it meant to take.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod bench_density;
 mod bench_fossil;
 mod bench_grid;
 mod bench_hub;
+mod bench_import;
 mod bench_link;
 mod bench_replica;
 mod bench_s3;

@@ -142,10 +142,11 @@ async fn serve(
         }
         None => tracing::info!(address = %local, store = %spec, "venti server ready"),
     }
+    let shutdown = crate::grid_cmd::shutdown_signal();
     // One line on stdout so scripts and tests learn the port.
     println!("listening on {local}");
     std::io::stdout().flush()?;
-    venti::server::serve_with(listener, store, tls, shutdown_signal()).await?;
+    venti::server::serve_with(listener, store, tls, shutdown).await?;
     tracing::info!("venti server stopped; store synced");
     Ok(())
 }
@@ -165,17 +166,6 @@ pub fn reload_on_sighup(link: Arc<link::Link>) {
         Err(e) => {
             tracing::warn!(error = %e, "no SIGHUP handler: revocations reload only when their file changes")
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
 
