@@ -476,6 +476,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
                     m.environments
                         .get_or_create(&storage::metrics::StateLabel { state: "running".into() })
                         .set(node.live() as i64);
+                    // Only the environments running now.
+                    m.cache_used_bytes.clear();
+                    m.cache_capacity_bytes.clear();
+                    for (user, environment, used, capacity) in node.cache_use() {
+                        let l = storage::metrics::CacheLabels { user, environment };
+                        m.cache_used_bytes.get_or_create(&l).set(used as i64);
+                        m.cache_capacity_bytes.get_or_create(&l).set(capacity as i64);
+                    }
                 }));
             }
             if let Some(rep) = admin_rep.clone() {

@@ -2384,6 +2384,8 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
         "colony_frontdoor_logins_refused_total 1",
         "colony_store_bytes ",
         "colony_commands_total{command=\"spawn\",outcome=\"ok\"} 1",
+        "colony_environment_cache_capacity_bytes{user=\"alice\",environment=\"busybox\"} 104857600",
+        "colony_environment_cache_used_bytes{user=\"alice\",environment=\"busybox\"} ",
     ] {
         assert!(metrics.contains(want), "no {want:?} in\n{metrics}");
     }

@@ -641,6 +641,24 @@ impl Environments {
         self.envs().len()
     }
 
+    /// Each environment's cache of changed blocks: (user, environment,
+    /// bytes used, bytes it may hold).
+    pub fn cache_use(&self) -> Vec<(String, String, u64, u64)> {
+        self.envs()
+            .iter()
+            .map(|((user, name), e)| {
+                let u = e.fs.usage();
+                let block = e.fs.block_size() as u64;
+                (
+                    user.clone(),
+                    name.clone(),
+                    u.dirty_blocks as u64 * block,
+                    u.capacity_blocks as u64 * block,
+                )
+            })
+            .collect()
+    }
+
     /// Ends every live environment (daemon shutdown), logging each.
     pub fn shutdown(&self) {
         let envs: Vec<_> = self.envs().drain().collect();

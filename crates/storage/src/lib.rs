@@ -88,6 +88,12 @@ pub trait Cpus: Send + Sync {
     fn status(&self, user: &str) -> GridResult<String>;
     /// Live environments.
     fn live(&self) -> usize;
+    /// Each environment's cache use here: (user, environment, used,
+    /// capacity) in bytes. Where environments run on cpu nodes, their
+    /// caches are theirs to report.
+    fn cache_use(&self) -> Vec<(String, String, u64, u64)> {
+        Vec::new()
+    }
     /// Ends what runs here (the node is stopping).
     fn shutdown(&self);
 }
@@ -474,6 +480,10 @@ impl Node {
     /// Number of live environments.
     pub fn live(&self) -> usize {
         self.cpus.live()
+    }
+
+    pub fn cache_use(&self) -> Vec<(String, String, u64, u64)> {
+        self.cpus.cache_use()
     }
 
     /// Ends every live environment (daemon shutdown).

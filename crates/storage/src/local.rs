@@ -56,6 +56,10 @@ impl Cpus for LocalCpus {
         self.envs.live()
     }
 
+    fn cache_use(&self) -> Vec<(String, String, u64, u64)> {
+        self.envs.cache_use()
+    }
+
     fn shutdown(&self) {
         self.envs.shutdown()
     }

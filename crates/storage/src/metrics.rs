@@ -31,6 +31,12 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub user: String,
+    pub environment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
     pub command: String,
     pub outcome: String,
@@ -50,6 +56,8 @@ pub struct Metrics {
     pub bytes_read: Counter,
     pub dedup_ratio: Gauge<f64, AtomicU64>,
     pub environments: Family<StateLabel, Gauge>,
+    pub cache_used_bytes: Family<CacheLabels, Gauge>,
+    pub cache_capacity_bytes: Family<CacheLabels, Gauge>,
     pub spawn_seconds: Histogram,
     pub save_seconds: Histogram,
     pub commands: Family<CommandLabels, Counter>,
@@ -89,6 +97,8 @@ impl Metrics {
             bytes_read: Counter::default(),
             dedup_ratio: Gauge::default(),
             environments: Family::default(),
+            cache_used_bytes: Family::default(),
+            cache_capacity_bytes: Family::default(),
             spawn_seconds: latency(),
             save_seconds: latency(),
             commands: Family::default(),
@@ -135,6 +145,16 @@ impl Metrics {
             "environments",
             "Environments, by state",
             m.environments.clone(),
+        );
+        registry.register(
+            "environment_cache_used_bytes",
+            "Changed blocks an environment's cache holds",
+            m.cache_used_bytes.clone(),
+        );
+        registry.register(
+            "environment_cache_capacity_bytes",
+            "What an environment's cache of changed blocks may hold",
+            m.cache_capacity_bytes.clone(),
         );
         registry.register(
             "spawn_seconds",
