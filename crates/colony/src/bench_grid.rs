@@ -4,7 +4,6 @@
 //! TREE, each with a private network, the node's network, and rootless. Needs root (spawn mounts and makes namespaces) and the OpenSSH client.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,26 +32,9 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
     let state = StateDir::resolve(Some(&scratch.path().join("state")))?;
     let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
     // A real key, so the environments' SSH logins can be timed too.
-    let key = scratch.path().join("key");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status();
-    if !made.is_ok_and(|s| s.success()) {
-        bail!("ssh-keygen is needed (openssh-client)");
-    }
-    state.users().add(
-        "bench",
-        &std::fs::read_to_string(key.with_extension("pub"))?,
-    )?;
+    let key = crate::bench_env::bench_user(scratch.path(), &state)?;
 
-    let busybox = scratch.path().join("busybox");
-    std::fs::create_dir_all(busybox.join("bin"))?;
-    std::fs::create_dir_all(busybox.join("etc"))?;
-    std::fs::copy("/bin/busybox", busybox.join("bin/busybox"))?;
-    for applet in ["sh", "echo", "cat"] {
-        std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet))?;
-    }
+    let busybox = crate::bench_env::busybox_root(scratch.path())?;
     std::fs::write(busybox.join("etc/motd"), "hello\n")?;
     let names = state.scorenames();
     for (name, dir) in [("busybox", busybox.as_path()), ("tree", tree)] {
@@ -107,20 +89,8 @@ fn run_cases(node: &Node, tree: &Path, key: &Path, mounts: &Path, runs: usize) -
                 .and_then(|l| l.split_whitespace().next())
                 .unwrap_or("0")
                 .to_string();
-            let out = Command::new("ssh")
-                .args(["-p", &port, "-i"])
-                .arg(key)
-                .args([
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "LogLevel=ERROR",
-                ])
-                .args(["bench@127.0.0.1", "echo ready"])
+            let out = crate::bench_env::ssh_bench(key, &port)
+                .arg("echo ready")
                 .output()?;
             first.push(t.elapsed().as_secs_f64());
             if out.stdout != b"ready\n" {

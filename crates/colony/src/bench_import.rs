@@ -33,14 +33,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         bail!("tar of {} failed", tree.display());
     }
     let bytes = std::fs::metadata(&tar)?.len();
-    let key = dir.join("key");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status();
-    if !made.is_ok_and(|s| s.success()) {
-        bail!("ssh-keygen is needed (openssh-client)");
-    }
+    let key = crate::bench_env::new_key(dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     println!(
         "import through the front door over ssh on loopback: a {:.1} MB tar of {}; median of {runs}",
@@ -53,10 +46,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         // A fresh node each run, so the first import always meets an
         // empty store.
         let state = StateDir::resolve(Some(&dir.join(format!("state{run}"))))?;
-        state.users().add(
-            "bench",
-            &std::fs::read_to_string(key.with_extension("pub"))?,
-        )?;
+        crate::bench_env::add_bench_user(&state, &key)?;
         let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
         let host_key = grid::ssh::host_key(&state.host_key())?;
         let node = Arc::new(
@@ -83,22 +73,8 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         ));
         let import = |name: &str| -> Result<f64> {
             let t = Instant::now();
-            let out = Command::new("ssh")
-                .args(["-p", &port.to_string(), "-i"])
-                .arg(&key)
-                .args([
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "LogLevel=ERROR",
-                    "bench@127.0.0.1",
-                    "import",
-                    name,
-                ])
+            let out = crate::bench_env::ssh_bench(&key, &port.to_string())
+                .args(["import", name])
                 .stdin(std::fs::File::open(&tar)?)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -7,7 +7,6 @@
 //! garage binary; the spawns need root and the OpenSSH client.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -113,25 +112,8 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
     // The node's store: busybox and TREE archived into the bucket.
     let opened = s3store::open_with(&settings(&g, &dir.join("node-cache"), "node")?)?;
     let state = StateDir::resolve(Some(&dir.join("state")))?;
-    let key = dir.join("key");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status();
-    if !made.is_ok_and(|s| s.success()) {
-        bail!("ssh-keygen is needed (openssh-client)");
-    }
-    state.users().add(
-        "bench",
-        &std::fs::read_to_string(key.with_extension("pub"))?,
-    )?;
-    let busybox = dir.join("busybox");
-    std::fs::create_dir_all(busybox.join("bin"))?;
-    std::fs::create_dir_all(busybox.join("etc"))?;
-    std::fs::copy("/bin/busybox", busybox.join("bin/busybox"))?;
-    for applet in ["sh", "echo", "cat"] {
-        std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet))?;
-    }
+    let key = crate::bench_env::bench_user(dir, &state)?;
+    let busybox = crate::bench_env::busybox_root(dir)?;
     let mut roots = vec![("busybox", busybox.clone())];
     if let Some(t) = tree {
         roots.push(("tree", t.to_path_buf()));

@@ -8,7 +8,6 @@
 //! Needs root (spawn mounts and makes namespaces) and the OpenSSH client.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,25 +63,8 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
 
     let state = StateDir::resolve(Some(&dir.join("s1")))?;
     let store = Arc::new(LogStore::open(state.store_dir())?);
-    let key = dir.join("key");
-    let made = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status();
-    if !made.is_ok_and(|s| s.success()) {
-        bail!("ssh-keygen is needed (openssh-client)");
-    }
-    state.users().add(
-        "bench",
-        &std::fs::read_to_string(key.with_extension("pub"))?,
-    )?;
-    let busybox = dir.join("busybox");
-    std::fs::create_dir_all(busybox.join("bin"))?;
-    std::fs::create_dir_all(busybox.join("etc"))?;
-    std::fs::copy("/bin/busybox", busybox.join("bin/busybox"))?;
-    for applet in ["sh", "echo", "cat"] {
-        std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet))?;
-    }
+    let key = crate::bench_env::bench_user(dir, &state)?;
+    let busybox = crate::bench_env::busybox_root(dir)?;
     std::fs::write(busybox.join("etc/os-release"), "NAME=busybox\n")?;
     let mut roots: Vec<(&str, PathBuf)> = vec![("busybox", busybox)];
     if let Some(t) = tree {
@@ -228,20 +210,8 @@ pub(crate) fn ssh(key: &Path, reply: &str, command: &str) -> Result<String> {
         .find_map(|l| l.strip_prefix("ssh -p "))
         .and_then(|l| l.split_whitespace().next())
         .context("no login in the spawn's reply")?;
-    let out = Command::new("ssh")
-        .args(["-p", port, "-i"])
-        .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .args(["bench@127.0.0.1", command])
+    let out = crate::bench_env::ssh_bench(key, port)
+        .arg(command)
         .output()?;
     if !out.status.success() {
         bail!(

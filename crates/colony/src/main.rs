@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_density;
+mod bench_env;
 mod bench_fossil;
 mod bench_grid;
 mod bench_hub;

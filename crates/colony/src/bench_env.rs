@@ -1,0 +1,70 @@
+//! What the benchmarks that spawn set up alike: a user `bench` with a
+//! fresh SSH key, a small busybox root, and an OpenSSH client command for
+//! a login on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use grid::state::StateDir;
+
+/// A new ed25519 key `dir/key` (needs ssh-keygen); returns its path.
+pub fn new_key(dir: &Path) -> Result<PathBuf> {
+    let key = dir.join("key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        bail!("ssh-keygen is needed (openssh-client)");
+    }
+    Ok(key)
+}
+
+/// Registers `key` as user `bench` of `state`.
+pub fn add_bench_user(state: &StateDir, key: &Path) -> Result<()> {
+    state.users().add(
+        "bench",
+        &std::fs::read_to_string(key.with_extension("pub"))?,
+    )?;
+    Ok(())
+}
+
+/// A new key in `dir`, registered as user `bench` of `state`; returns the
+/// private key's path.
+pub fn bench_user(dir: &Path, state: &StateDir) -> Result<PathBuf> {
+    let key = new_key(dir)?;
+    add_bench_user(state, &key)?;
+    Ok(key)
+}
+
+/// `dir/busybox`: /bin/busybox with `sh`, `echo` and `cat`, and an `etc`.
+pub fn busybox_root(dir: &Path) -> Result<PathBuf> {
+    let busybox = dir.join("busybox");
+    std::fs::create_dir_all(busybox.join("bin"))?;
+    std::fs::create_dir_all(busybox.join("etc"))?;
+    std::fs::copy("/bin/busybox", busybox.join("bin/busybox"))
+        .context("copying /bin/busybox (busybox-static)")?;
+    for applet in ["sh", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet))?;
+    }
+    Ok(busybox)
+}
+
+/// `ssh -p PORT -i KEY … bench@127.0.0.1`, quiet and asking nothing; the
+/// remote command is the caller's to add.
+pub fn ssh_bench(key: &Path, port: &str) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-p", port, "-i"]).arg(key).args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "bench@127.0.0.1",
+    ]);
+    cmd
+}
