@@ -379,6 +379,17 @@ fn colony(g: &Garage, cache: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `colony ARGS` on the bucket, which must succeed: its stdout.
+fn colony_ok(g: &Garage, cache: &Path, args: &[&str]) -> String {
+    let out = colony(g, cache, args);
+    assert!(
+        out.status.success(),
+        "colony {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn colony_vacs_into_a_bucket_and_unvacs_back_and_bad_settings_are_named() {
     let Some(g) = garage("trees") else { return };
@@ -388,30 +399,20 @@ fn colony_vacs_into_a_bucket_and_unvacs_back_and_bad_settings_are_named() {
     std::fs::write(src.join("etc/motd"), "on garage\n").unwrap();
     std::fs::write(src.join("big"), vec![7u8; 300_000]).unwrap();
     let url = format!("s3://{}/roots", g.bucket);
-    let out = colony(
+    let out = colony_ok(
         &g,
         &tmp.path().join("c1"),
         &["vac", "--store", &url, &format!("{}/.", src.display())],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let score = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let score = out.trim().to_string();
     assert!(score.starts_with("vac:"), "{score}");
     // Another machine (another cache) extracts it.
     let dest = tmp.path().join("dest");
     std::fs::create_dir(&dest).unwrap();
-    let out = colony(
+    colony_ok(
         &g,
         &tmp.path().join("c2"),
         &["unvac", "--store", &url, &score, dest.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         std::fs::read_to_string(dest.join("etc/motd")).unwrap(),
@@ -476,17 +477,12 @@ fn a_mount_on_a_bucket_saves_into_it_and_a_restart_finds_everything_through_the_
     std::fs::write(src.join("hello"), "from the bucket\n").unwrap();
     let url = format!("s3://{}/m", g.bucket);
     let cache = tmp.path().join("cache");
-    let out = colony(
+    let out = colony_ok(
         &g,
         &cache,
         &["vac", "--store", &url, &format!("{}/.", src.display())],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let root = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let root = out.trim().to_string();
 
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -529,15 +525,10 @@ fn a_mount_on_a_bucket_saves_into_it_and_a_restart_finds_everything_through_the_
     // Another machine (a fresh cache): what was saved is in the bucket.
     let dest = tmp.path().join("dest");
     std::fs::create_dir(&dest).unwrap();
-    let out = colony(
+    colony_ok(
         &g,
         &tmp.path().join("elsewhere"),
         &["unvac", "--store", &url, &saved, dest.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         std::fs::read_to_string(dest.join("new")).unwrap(),
@@ -549,9 +540,7 @@ fn a_mount_on_a_bucket_saves_into_it_and_a_restart_finds_everything_through_the_
     );
     // And this one after its restart: its index copies say where
     // everything is, with one LIST for anything new.
-    let listing = colony(&g, &cache, &["unvac", "--store", &url, "-t", &saved]);
-    assert!(listing.status.success());
-    let listing = String::from_utf8(listing.stdout).unwrap();
+    let listing = colony_ok(&g, &cache, &["unvac", "--store", &url, "-t", &saved]);
     assert!(
         listing.contains("new") && listing.contains("hello"),
         "{listing}"
