@@ -72,17 +72,8 @@ pub struct ShellArgs {
     keep: bool,
 }
 
-/// A shell name: letters, digits, `-` and `_`, at most 32.
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 32
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
-    {
-        bail!("bad shell name {name:?}: use letters, digits, - and _, at most 32");
-    }
-    Ok(())
+    hubfs::typed::check_shell_name(name).map_err(anyhow::Error::msg)
 }
 
 pub fn run(args: ShellArgs) -> Result<()> {

@@ -3,6 +3,22 @@
 //! count only at the start of a line. Shared by the environments' hub
 //! shells (over SSH) and `colony hub` (a terminal on any hubfs).
 
+/// A hub shell's name (its hubs are NAME0, NAME1, …): letters, digits,
+/// `-` and `_`, at most 32.
+pub fn check_shell_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 32
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(format!(
+            "bad shell name {name:?}: use letters, digits, - and _, at most 32"
+        ));
+    }
+    Ok(())
+}
+
 /// An attachment's view of the keys typed: what goes to the shell, and the
 /// `%` commands taken out of the stream.
 pub struct Typed {

@@ -66,20 +66,7 @@ pub fn requested(command: &str) -> Option<Result<String, String>> {
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.as_slice() {
         ["hub"] => Some(Ok(DEFAULT.to_string())),
-        ["hub", name] => Some(
-            if !name.is_empty()
-                && name.len() <= 32
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
-            {
-                Ok(name.to_string())
-            } else {
-                Err(format!(
-                    "bad shell name {name:?}: use letters, digits, - and _, at most 32"
-                ))
-            },
-        ),
+        ["hub", name] => Some(hubfs::typed::check_shell_name(name).map(|()| name.to_string())),
         ["hub", ..] => Some(Err("usage: hub [NAME]".into())),
         _ => None,
     }
