@@ -154,21 +154,29 @@ impl Node {
     /// Checks an `import NAME` before its stream is read: the name is
     /// free and well formed, and the node takes imports.
     pub fn check_import(&self, user: &str, name: &str) -> GridResult<()> {
+        self.import_target(&[user], name).map(|_| ())
+    }
+
+    /// The store an import of NAME for `users` goes into, once NAME is
+    /// well formed and free and the users exist.
+    fn import_target(&self, users: &[&str], name: &str) -> GridResult<&Arc<dyn venti::BlockStore>> {
         check_score_name(name)?;
-        if self.store.is_none() {
+        let Some(store) = &self.store else {
             return Err(GridError::refused(
                 "this node takes no imports (it has no block store of its own)",
             ));
-        }
+        };
         if self.names().lookup(name)?.is_some() {
             return Err(GridError::refused(format!(
                 "name {name} is taken: names are immutable, choose another"
             )));
         }
-        if !self.users().exists(user)? {
-            return Err(GridError::refused(format!("no user {user}")));
+        for u in users {
+            if !self.users().exists(u)? {
+                return Err(GridError::refused(format!("no user {u}")));
+            }
         }
-        Ok(())
+        Ok(store)
     }
 
     /// `import NAME [oci[:TAG]]` with its stream, by `user`: archives it
@@ -199,22 +207,7 @@ impl Node {
             s.request(by, &line);
         }
         let result = (|| -> GridResult<String> {
-            check_score_name(name)?;
-            let Some(store) = &self.store else {
-                return Err(GridError::refused(
-                    "this node takes no imports (it has no block store of its own)",
-                ));
-            };
-            if self.names().lookup(name)?.is_some() {
-                return Err(GridError::refused(format!(
-                    "name {name} is taken: names are immutable, choose another"
-                )));
-            }
-            for u in users {
-                if !self.users().exists(u)? {
-                    return Err(GridError::refused(format!("no user {u}")));
-                }
-            }
+            let store = self.import_target(users, name)?;
             let quotas = self.state.quotas();
             let left = match quota_of {
                 Some(u) => quotas.get(u)?.left(),
