@@ -101,6 +101,20 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
         rates[2],
         puts / 2
     );
+    // What Garage itself takes here: whole pack-sized objects, as many at
+    // once as the store keeps in flight, with nothing of colony's around
+    // them.
+    let probe = PackStore::open(&settings(&g, &dir.join("probe"), "probe")?)?;
+    let objects = (mb / (s3store::config::DEFAULT_PACK_BYTES >> 20)).max(4);
+    for parallel in [1, s3store::MAX_UNSENT, 2 * s3store::MAX_UNSENT] {
+        let rate = probe.measure_put_rate(objects, parallel)?;
+        println!(
+            "{:<58} {:>8.1} MB/s",
+            format!("the object store's own ceiling: PUTs of packs, {parallel} at once"),
+            rate / 1e6
+        );
+    }
+    drop(probe);
     let opened = s3store::open_with(&settings(&g, &dir.join("ingest-cached"), "cached")?)?;
     let rate = ingest(opened.store.as_ref(), mb)?;
     println!(

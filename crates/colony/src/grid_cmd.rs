@@ -473,9 +473,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             {
                 let node = node.clone();
                 metrics.refresh_with(Box::new(move |m| {
-                    m.environments
-                        .get_or_create(&storage::metrics::StateLabel { state: "running".into() })
-                        .set(node.live() as i64);
+                    for (state, n) in node.counts().by_state() {
+                        m.environments
+                            .get_or_create(&storage::metrics::StateLabel { state: state.into() })
+                            .set(n as i64);
+                    }
                     // Only the environments running now.
                     m.cache_used_bytes.clear();
                     m.cache_capacity_bytes.clear();

@@ -7,8 +7,10 @@
 //! * a name a save binds is never visible before every block of its root
 //!   is on the storage node (the tree reads back through its venti as soon
 //!   as the save returns);
-//! * a cpu node out of reach shows as lost, spawns go elsewhere, and when
-//!   it returns it runs exactly what the storage node still places there;
+//! * a cpu node out of reach shows as lost (in `status` and in the storage
+//!   node's metrics, which otherwise show each environment's cache as its
+//!   cpu node reports it), spawns go elsewhere, and when it returns it runs
+//!   exactly what the storage node still places there;
 //! * environments outlive a kill -9 of their storage node: reads wait for
 //!   it (and fail with EIO past the node's deadline), and its successor
 //!   adopts them;
@@ -478,11 +480,28 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
         !String::from_utf8_lossy(&plain.stdout).contains("colony_"),
         "a client without a certificate was answered"
     );
-    let tunnel = Reaped(
+    scrape_s1(&g, 1, "the metrics through the tunnel", |m| {
+        m.contains("colony_spawn_seconds_count")
+    });
+}
+
+/// Storage node s1's `/metrics`, scraped from `host` with the admin's
+/// certificate (through `colony tunnel`), once `ready` holds of them;
+/// fails after 15 s.
+fn scrape_s1(g: &Split, host: usize, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    // A port of its own for each scrape: no waiting for the last to close.
+    static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(17990);
+    let port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _tunnel = Reaped(
         g.hosts
-            .command(1, COLONY)
-            .args(["tunnel", "--listen", "tcp!127.0.0.1!17990", "--to"])
-            .arg(format!("tls!{a0}!16990"))
+            .command(host, COLONY)
+            .args([
+                "tunnel",
+                "--listen",
+                &format!("tcp!127.0.0.1!{port}"),
+                "--to",
+            ])
+            .arg(format!("tls!{}!16990", g.hosts.addrs[0]))
             .arg("--cert")
             .arg(g.tmp.path().join("admin.tls"))
             .args(["--peer-roles", "storage"])
@@ -490,17 +509,17 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
             .unwrap(),
     );
     let mut metrics = String::new();
-    wait_for(10, "the metrics through the tunnel", || {
+    wait_for(15, what, || {
         let out = g
             .hosts
-            .command(1, "curl")
-            .args(["-s", "-m", "5", "http://127.0.0.1:17990/metrics"])
+            .command(host, "curl")
+            .args(["-s", "-m", "5", &format!("http://127.0.0.1:{port}/metrics")])
             .output()
             .unwrap();
         metrics = String::from_utf8_lossy(&out.stdout).into_owned();
-        metrics.contains("colony_spawn_seconds_count")
+        ready(&metrics)
     });
-    drop(tunnel);
+    metrics
 }
 
 #[test]
@@ -522,12 +541,27 @@ fn a_lost_cpu_node_shows_in_status_and_is_reconciled_when_it_returns() {
     let one = g.door_ok("alice", &["spawn", "one", "node=c1"]);
     assert_eq!(spawn_host(&one), c1);
     g.in_env_ok("alice", &one, "true");
+    // The storage node's metrics show the environment's cache, as c1
+    // reports it, and its state.
+    let one_cache = "colony_environment_cache_capacity_bytes{user=\"alice\",environment=\"one\"} ";
+    scrape_s1(&g, 0, "one's cache in s1's metrics", |m| {
+        m.contains(one_cache)
+            && m.contains("colony_environments{state=\"running\"} 1")
+            && m.contains("colony_environments{state=\"lost\"} 0")
+    });
 
     // Cut c1 off: it shows as lost, with when it was last seen.
     g.hosts.cut(1);
     wait_for(15, "c1 lost", || {
         g.door_ok("alice", &["status"])
             .contains("lost: cpu node c1 out of reach, last seen")
+    });
+    // A lost environment is counted as lost, and its cache figures, which
+    // nobody can vouch for now, are gone.
+    scrape_s1(&g, 0, "one lost in s1's metrics", |m| {
+        m.contains("colony_environments{state=\"lost\"} 1")
+            && m.contains("colony_environments{state=\"running\"} 0")
+            && !m.contains(one_cache)
     });
     // New spawns go elsewhere; commands to its environments say why not.
     let two = g.door_ok("alice", &["spawn", "two"]);

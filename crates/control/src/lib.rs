@@ -14,6 +14,7 @@
 //!                                   ←  Request(id, deadline, request)
 //! Reply(id, answer or error)        →        in any order; id correlates
 //! Load(running, slots)              →        after every change
+//! Caches(user, env, used, capacity…) →       with each of its pings
 //! Ping(seq) ↔ Pong(seq)                      either side, to notice a dead link
 //! Error(text)                       ↔        instead of anything, then close
 //! ```
@@ -25,7 +26,9 @@
 use venti::{SCORE_SIZE, Score};
 
 /// The protocol version both sides must speak.
-pub const VERSION: u8 = 1;
+///
+/// 2: cpu nodes report their environments' caches (`Caches`).
+pub const VERSION: u8 = 2;
 /// How often each side pings; a link silent for three times this is dead.
 pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The largest frame accepted.
@@ -40,6 +43,16 @@ pub struct Held {
     pub name: String,
     pub root: Score,
     pub login: String,
+}
+
+/// How full an environment's cache of changed blocks is, as the cpu node
+/// running it reports it: bytes held and bytes it may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheUse {
+    pub user: String,
+    pub name: String,
+    pub used: u64,
+    pub capacity: u64,
 }
 
 /// What a storage node asks of a cpu node.
@@ -145,6 +158,11 @@ pub enum Frame {
         running: u32,
         slots: u32,
     },
+    /// The caches of the environments the cpu node runs for this storage
+    /// node, for its metrics and status page.
+    Caches {
+        envs: Vec<CacheUse>,
+    },
     Ping {
         seq: u64,
     },
@@ -173,6 +191,7 @@ const LOAD: u8 = 5;
 const PING: u8 = 6;
 const PONG: u8 = 7;
 const ERROR: u8 = 8;
+const CACHES: u8 = 9;
 
 const SPAWN: u8 = 1;
 const SAVE: u8 = 2;
@@ -326,6 +345,16 @@ impl Frame {
                 w.u32(*running);
                 w.u32(*slots);
             }
+            Frame::Caches { envs } => {
+                w.u8(CACHES);
+                w.u32(envs.len() as u32);
+                for e in envs {
+                    w.text(&e.user);
+                    w.text(&e.name);
+                    w.u64(e.used);
+                    w.u64(e.capacity);
+                }
+            }
             Frame::Ping { seq } => {
                 w.u8(PING);
                 w.u64(*seq);
@@ -439,6 +468,20 @@ impl Frame {
                 running: r.u32()?,
                 slots: r.u32()?,
             },
+            CACHES => {
+                // Two text lengths and two sizes at the least.
+                let n = r.count(8 + 16)?;
+                let mut envs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    envs.push(CacheUse {
+                        user: r.text()?,
+                        name: r.text()?,
+                        used: r.u64()?,
+                        capacity: r.u64()?,
+                    });
+                }
+                Frame::Caches { envs }
+            }
             PING => Frame::Ping { seq: r.u64()? },
             PONG => Frame::Pong { seq: r.u64()? },
             ERROR => Frame::Error { message: r.text()? },

@@ -1,7 +1,7 @@
 //! Control frames come from the network: decoding arbitrary bytes never
 //! panics, and every frame decodes to itself.
 
-use control::{Answer, Frame, Held, Refusal, Request};
+use control::{Answer, CacheUse, Frame, Held, Refusal, Request};
 use proptest::prelude::*;
 use venti::Score;
 
@@ -83,6 +83,19 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         (any::<u64>(), answer()).prop_map(|(id, result)| Frame::Reply { id, result }),
         (any::<u32>(), any::<u32>()).prop_map(|(running, slots)| Frame::Load { running, slots }),
+        prop::collection::vec((".{0,6}", ".{0,6}", any::<(u64, u64)>()), 0..4).prop_map(|envs| {
+            Frame::Caches {
+                envs: envs
+                    .into_iter()
+                    .map(|(user, name, (used, capacity))| CacheUse {
+                        user,
+                        name,
+                        used,
+                        capacity,
+                    })
+                    .collect(),
+            }
+        }),
         any::<u64>().prop_map(|seq| Frame::Ping { seq }),
         any::<u64>().prop_map(|seq| Frame::Pong { seq }),
         ".{0,30}".prop_map(|message| Frame::Error { message }),

@@ -113,6 +113,29 @@ impl Agent {
             .collect()
     }
 
+    /// The caches of the environments `storage` placed here.
+    fn caches_for(&self, storage: &str) -> Frame {
+        let placed = self.placed_by.lock().unwrap_or_else(|p| p.into_inner());
+        let envs = self
+            .envs
+            .cache_use()
+            .into_iter()
+            .filter(|(user, name, _, _)| {
+                placed
+                    .get(&(user.clone(), name.clone()))
+                    .map(String::as_str)
+                    == Some(storage)
+            })
+            .map(|(user, name, used, capacity)| control::CacheUse {
+                user,
+                name,
+                used,
+                capacity,
+            })
+            .collect();
+        Frame::Caches { envs }
+    }
+
     fn load(&self) -> Frame {
         let (running, starting) = self.envs.load();
         Frame::Load {
@@ -356,6 +379,27 @@ impl Agent {
             }
             let _ = wr.shutdown().await;
         });
+        // The caches, as often as the pings. Read apart from the pings: a
+        // file system busy saving may keep its figures a while, and that
+        // must not make the link look dead.
+        let reporter = {
+            let (agent, out, name) = (self.clone(), out.clone(), storage.name.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(PING_EVERY);
+                loop {
+                    every.tick().await;
+                    let (agent, name) = (agent.clone(), name.clone());
+                    let Ok(frame) =
+                        tokio::task::spawn_blocking(move || agent.caches_for(&name)).await
+                    else {
+                        break;
+                    };
+                    if out.send(frame).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
         let result = loop {
             let frame = match tokio::time::timeout(PING_EVERY * 3, control::read(&mut rd)).await {
                 Ok(Ok(f)) => f,
@@ -400,6 +444,7 @@ impl Agent {
             }
         };
         writer.abort();
+        reporter.abort();
         result
     }
 }

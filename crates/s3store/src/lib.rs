@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{S3Url, Settings};
-pub use store::{PackStore, Stats};
+pub use store::{MAX_UNSENT, PackStore, Stats};
 use venti::{BlockCache, BlockStore, CachedStore, StoreError};
 
 /// Readahead requests in flight per store.

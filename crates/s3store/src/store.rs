@@ -327,6 +327,54 @@ impl PackStore {
     pub fn refresh(&self) -> Result<(), StoreError> {
         self.inner.refresh()
     }
+
+    /// The object store's own rate, in bytes a second, for `objects`
+    /// objects of a pack's size sent `parallel` at once by this client:
+    /// the ceiling any ingest through it can reach (`colony bench s3`).
+    /// The objects go under `PREFIX/probe/WRITER/` and are deleted after.
+    pub fn measure_put_rate(&self, objects: usize, parallel: usize) -> Result<f64, StoreError> {
+        let inner = self.inner.clone();
+        let size = inner.pack_bytes;
+        // Bytes that do not compress, different in every object.
+        let payloads: Vec<Bytes> = (0..objects as u64)
+            .map(|i| {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ 1;
+                let mut b = vec![0u8; size];
+                for chunk in b.chunks_exact_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    chunk.copy_from_slice(&x.to_le_bytes());
+                }
+                Bytes::from(b)
+            })
+            .collect();
+        let keys: Vec<Key> = (0..objects)
+            .map(|i| inner.key(&format!("probe/{}/{i:08}", inner.writer)))
+            .collect();
+        let (s3, put_keys) = (inner.s3.clone(), keys.clone());
+        let started = Instant::now();
+        let sent = self.inner.wait(async move {
+            let puts = futures_util::stream::iter(put_keys.into_iter().zip(payloads))
+                .map(|(key, bytes)| {
+                    let s3 = s3.clone();
+                    async move { s3.put(&key, PutPayload::from(bytes)).await }
+                })
+                .buffer_unordered(parallel.max(1));
+            puts.collect::<Vec<_>>().await
+        })?;
+        let secs = started.elapsed().as_secs_f64();
+        let s3 = inner.s3.clone();
+        let _ = self.inner.wait(async move {
+            for key in keys {
+                let _ = s3.delete(&key).await;
+            }
+        });
+        for r in sent {
+            r.map_err(|e| remote(format!("a probe PUT to {}", inner.name), e))?;
+        }
+        Ok((objects * size) as f64 / secs)
+    }
 }
 
 /// One process per local directory: its copies of indexes and its cache

@@ -72,6 +72,28 @@ pub struct Spawn<'a> {
     pub options: &'a [String],
 }
 
+/// How many environments are in each state, for the node's metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EnvCounts {
+    /// Spawns not yet answered.
+    pub starting: usize,
+    pub running: usize,
+    /// On a cpu node that is out of reach.
+    pub lost: usize,
+}
+
+impl EnvCounts {
+    /// Each state by its metric label; every state, zero or not, so a
+    /// dashboard sees a state go to zero rather than vanish.
+    pub fn by_state(&self) -> [(&'static str, usize); 3] {
+        [
+            ("starting", self.starting),
+            ("running", self.running),
+            ("lost", self.lost),
+        ]
+    }
+}
+
 /// Where environments run. Names and users are the storage service's; the
 /// environments, their logins and their saved trees are the cpus'.
 pub trait Cpus: Send + Sync {
@@ -88,12 +110,11 @@ pub trait Cpus: Send + Sync {
     fn status(&self, user: &str) -> GridResult<String>;
     /// Live environments.
     fn live(&self) -> usize;
+    /// Environments by state.
+    fn counts(&self) -> EnvCounts;
     /// Each environment's cache use here: (user, environment, used,
-    /// capacity) in bytes. Where environments run on cpu nodes, their
-    /// caches are theirs to report.
-    fn cache_use(&self) -> Vec<(String, String, u64, u64)> {
-        Vec::new()
-    }
+    /// capacity) in bytes, of those whose figures are known.
+    fn cache_use(&self) -> Vec<(String, String, u64, u64)>;
     /// Ends what runs here (the node is stopping).
     fn shutdown(&self);
 }
@@ -473,6 +494,10 @@ impl Node {
     /// Number of live environments.
     pub fn live(&self) -> usize {
         self.cpus.live()
+    }
+
+    pub fn counts(&self) -> EnvCounts {
+        self.cpus.counts()
     }
 
     pub fn cache_use(&self) -> Vec<(String, String, u64, u64)> {

@@ -56,6 +56,15 @@ impl Cpus for LocalCpus {
         self.envs.live()
     }
 
+    fn counts(&self) -> crate::EnvCounts {
+        let (running, starting) = self.envs.load();
+        crate::EnvCounts {
+            starting,
+            running,
+            lost: 0,
+        }
+    }
+
     fn cache_use(&self) -> Vec<(String, String, u64, u64)> {
         self.envs.cache_use()
     }

@@ -65,6 +65,9 @@ struct Cpu {
     memory: u64,
     cache: u64,
     last_seen: SystemTime,
+    /// Its environments' caches as it last reported them: (user, env) →
+    /// (used, capacity).
+    caches: HashMap<(String, String), (u64, u64)>,
 }
 
 /// Where the pool placed an environment.
@@ -435,6 +438,14 @@ impl Pool {
                         c.slots = slots;
                     }
                 }
+                Frame::Caches { envs } => {
+                    if let Some(c) = self.state().cpus.get_mut(&cpu) {
+                        c.caches = envs
+                            .into_iter()
+                            .map(|e| ((e.user, e.name), (e.used, e.capacity)))
+                            .collect();
+                    }
+                }
                 Frame::Ping { seq } => {
                     let _ = out.send(Frame::Pong { seq });
                 }
@@ -538,6 +549,7 @@ impl Pool {
                 memory,
                 cache,
                 last_seen: SystemTime::now(),
+                caches: HashMap::new(),
             },
         );
         end
@@ -847,6 +859,40 @@ impl Cpus for Pool {
 
     fn live(&self) -> usize {
         self.state().envs.len()
+    }
+
+    fn counts(&self) -> crate::EnvCounts {
+        let state = self.state();
+        let mut counts = crate::EnvCounts::default();
+        for p in state.envs.values() {
+            let linked = state.cpus.get(&p.cpu).is_some_and(|c| c.conn.is_some());
+            if !linked {
+                counts.lost += 1;
+            } else if p.starting {
+                counts.starting += 1;
+            } else {
+                counts.running += 1;
+            }
+        }
+        counts
+    }
+
+    /// The caches as the cpu nodes last reported them, of the
+    /// environments placed there that are running.
+    fn cache_use(&self) -> Vec<(String, String, u64, u64)> {
+        let state = self.state();
+        let mut out: Vec<_> = state
+            .envs
+            .iter()
+            .filter(|(_, p)| !p.starting)
+            .filter_map(|((user, env), p)| {
+                let c = state.cpus.get(&p.cpu).filter(|c| c.conn.is_some())?;
+                let (used, capacity) = c.caches.get(&(user.clone(), env.clone()))?;
+                Some((user.clone(), env.clone(), *used, *capacity))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     fn shutdown(&self) {
