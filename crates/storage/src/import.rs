@@ -37,7 +37,10 @@ impl BlockStore for Metered<'_> {
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
-        let score = Score::of(data);
+        self.write_scored(ty, data, Score::of(data))
+    }
+
+    fn write_scored(&self, ty: BlockType, data: &[u8], score: Score) -> Result<Score, StoreError> {
         if self.inner.holds(&score, ty)? {
             self.known.fetch_add(data.len() as u64, Ordering::Relaxed);
             return Ok(score);
@@ -50,7 +53,7 @@ impl BlockStore for Metered<'_> {
             )));
         }
         self.added.store(added, Ordering::Relaxed);
-        self.inner.write(ty, data)
+        self.inner.write_scored(ty, data, score)
     }
 
     fn sync(&self) -> Result<(), StoreError> {

@@ -344,12 +344,15 @@ impl BlockStore for MeteredStore {
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
-        let score = Score::of(data);
+        self.write_scored(ty, data, Score::of(data))
+    }
+
+    fn write_scored(&self, ty: BlockType, data: &[u8], score: Score) -> Result<Score, StoreError> {
         if self.inner.holds(&score, ty)? {
             self.metrics.blocks_deduplicated.inc();
             return Ok(score);
         }
-        let s = self.inner.write(ty, data)?;
+        let s = self.inner.write_scored(ty, data, score)?;
         self.metrics.blocks_written.inc();
         self.metrics.bytes_written.inc_by(data.len() as u64);
         Ok(s)

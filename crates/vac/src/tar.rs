@@ -331,7 +331,7 @@ pub fn import_tar(
         };
         let node = match typeflag {
             b'0' | 0 | b'7' => {
-                let data = match write_content(store, sizes, &mut body, observer) {
+                let data = match write_content(store, sizes, &mut body, size, observer) {
                     Ok(r) => r?,
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         return Err(Error::Invalid(format!(

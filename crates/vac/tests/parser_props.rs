@@ -91,3 +91,52 @@ proptest! {
         let _ = r.read_at(offset % (e.size + 1), &mut buf);
     }
 }
+
+/// A reader that hands out at most `step` bytes a call, as pipes and tar
+/// bodies do.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.step).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The expected length only sizes the read buffer: too small, too
+    /// large or zero, the stream archived is the same, whatever the reads'
+    /// sizes.
+    #[test]
+    fn the_expected_length_never_changes_what_is_archived(
+        len in 0usize..40_000,
+        expected in prop_oneof![Just(0u64), 0u64..50_000, Just(u64::MAX)],
+        step in 1usize..20_000,
+        seed in any::<u8>(),
+    ) {
+        let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+        let sizes = vac::BlockSizes { psize: 1024, dsize: 1024 };
+        let store = venti::MemoryStore::new();
+        let got = vac::walk::write_content(
+            &store,
+            sizes,
+            &mut Trickle { data: &data, step },
+            expected,
+            &vac::walk::Quiet,
+        )
+        .unwrap()
+        .unwrap();
+        let want = vac::walk::write_content(&store, sizes, &mut &data[..], len as u64, &vac::walk::Quiet)
+            .unwrap()
+            .unwrap();
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(got.size, len as u64);
+    }
+}

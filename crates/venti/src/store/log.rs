@@ -632,13 +632,17 @@ impl BlockStore for LogStore {
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+        self.write_scored(ty, data, Score::of(data))
+    }
+
+    fn write_scored(&self, ty: BlockType, data: &[u8], score: Score) -> Result<Score, StoreError> {
+        debug_assert_eq!(score, Score::of(data), "write_scored with a wrong score");
         if data.len() > MAX_BLOCK_SIZE {
             return Err(StoreError::TooLarge(data.len()));
         }
         if data.is_empty() {
             return Ok(Score::ZERO);
         }
-        let score = Score::of(data);
         let wire = ty.to_wire();
         let k = key(&score, wire);
         let mut w = self.lock_writer();

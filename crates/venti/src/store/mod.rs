@@ -33,6 +33,15 @@ pub trait BlockStore: Send + Sync {
     /// nothing and returns [`Score::ZERO`].
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError>;
 
+    /// As [`BlockStore::write`], for a caller that has just computed
+    /// `score` as `Score::of(data)` (to look it up, say): a store may take
+    /// it rather than hash the block again. Only for scores computed in
+    /// this process, never for ones that came from elsewhere.
+    fn write_scored(&self, ty: BlockType, data: &[u8], score: Score) -> Result<Score, StoreError> {
+        let _ = score;
+        self.write(ty, data)
+    }
+
     /// Returns once every earlier write is on stable storage.
     fn sync(&self) -> Result<(), StoreError>;
 
@@ -59,6 +68,9 @@ impl<T: BlockStore + ?Sized> BlockStore for Arc<T> {
     }
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
         (**self).write(ty, data)
+    }
+    fn write_scored(&self, ty: BlockType, data: &[u8], score: Score) -> Result<Score, StoreError> {
+        (**self).write_scored(ty, data, score)
     }
     fn sync(&self) -> Result<(), StoreError> {
         (**self).sync()
