@@ -108,9 +108,15 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
     // once as the store keeps in flight, with nothing of colony's around
     // them.
     let probe = PackStore::open(&settings(&g, &dir.join("probe"), "probe")?)?;
-    let objects = (mb / (s3store::config::DEFAULT_PACK_BYTES >> 20)).max(4);
+    let pack = s3store::config::DEFAULT_PACK_BYTES;
+    let objects = (mb / (pack >> 20)).max(4);
+    // The same new blocks as the ingest's, a pack's worth to an object;
+    // made once for every run.
+    let payloads: Vec<s3store::Bytes> = (0..objects)
+        .map(|_| s3store::Bytes::from(fresh_blocks(pack / 8192).flatten().collect::<Vec<u8>>()))
+        .collect();
     for parallel in [1, s3store::MAX_UNSENT, 2 * s3store::MAX_UNSENT] {
-        let rate = probe.measure_put_rate(objects, parallel)?;
+        let rate = probe.measure_put_rate(payloads.clone(), parallel)?;
         println!(
             "{:<58} {:>8.1} MB/s",
             format!("the object store's own ceiling: PUTs of packs, {parallel} at once"),

@@ -93,17 +93,25 @@ impl Agent {
         })
     }
 
+    /// Whether `storage` placed the environment (user, name) here.
+    fn is_placed_by(
+        placed: &HashMap<(String, String), String>,
+        storage: &str,
+        user: &str,
+        name: &str,
+    ) -> bool {
+        placed
+            .get(&(user.to_string(), name.to_string()))
+            .map(String::as_str)
+            == Some(storage)
+    }
+
     fn held_for(&self, storage: &str) -> Vec<Held> {
         let placed = self.placed_by.lock().unwrap_or_else(|p| p.into_inner());
         self.envs
             .running()
             .into_iter()
-            .filter(|r| {
-                placed
-                    .get(&(r.user.clone(), r.name.clone()))
-                    .map(String::as_str)
-                    == Some(storage)
-            })
+            .filter(|r| Self::is_placed_by(&placed, storage, &r.user, &r.name))
             .map(|r| Held {
                 user: r.user,
                 name: r.name,
@@ -120,12 +128,7 @@ impl Agent {
             .envs
             .cache_use()
             .into_iter()
-            .filter(|(user, name, _, _)| {
-                placed
-                    .get(&(user.clone(), name.clone()))
-                    .map(String::as_str)
-                    == Some(storage)
-            })
+            .filter(|(user, name, _, _)| Self::is_placed_by(&placed, storage, user, name))
             .map(|(user, name, used, capacity)| control::CacheUse {
                 user,
                 name,

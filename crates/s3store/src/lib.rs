@@ -19,6 +19,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use bytes::Bytes;
 pub use config::{S3Url, Settings};
 pub use store::{MAX_UNSENT, PackStore, Stats};
 use venti::{BlockCache, BlockStore, CachedStore, StoreError};

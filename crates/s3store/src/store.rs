@@ -330,28 +330,19 @@ impl PackStore {
         self.inner.refresh()
     }
 
-    /// The object store's own rate, in bytes a second, for `objects`
-    /// objects of a pack's size sent `parallel` at once by this client:
-    /// the ceiling any ingest through it can reach (`colony bench s3`).
-    /// The objects go under `PREFIX/probe/WRITER/` and are deleted after.
-    pub fn measure_put_rate(&self, objects: usize, parallel: usize) -> Result<f64, StoreError> {
+    /// The object store's own rate, in bytes a second, for `payloads`
+    /// sent as objects `parallel` at once by this client: with payloads of
+    /// a pack's size, the ceiling any ingest through it can reach
+    /// (`colony bench s3`). The objects go under `PREFIX/probe/WRITER/`
+    /// and are deleted after.
+    pub fn measure_put_rate(
+        &self,
+        payloads: Vec<Bytes>,
+        parallel: usize,
+    ) -> Result<f64, StoreError> {
         let inner = self.inner.clone();
-        let size = inner.pack_bytes;
-        // Bytes that do not compress, different in every object.
-        let payloads: Vec<Bytes> = (0..objects as u64)
-            .map(|i| {
-                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ 1;
-                let mut b = vec![0u8; size];
-                for chunk in b.chunks_exact_mut(8) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    chunk.copy_from_slice(&x.to_le_bytes());
-                }
-                Bytes::from(b)
-            })
-            .collect();
-        let keys: Vec<Key> = (0..objects)
+        let total: usize = payloads.iter().map(Bytes::len).sum();
+        let keys: Vec<Key> = (0..payloads.len())
             .map(|i| inner.key(&format!("probe/{}/{i:08}", inner.writer)))
             .collect();
         let (s3, put_keys) = (inner.s3.clone(), keys.clone());
@@ -375,7 +366,7 @@ impl PackStore {
         for r in sent {
             r.map_err(|e| remote(format!("a probe PUT to {}", inner.name), e))?;
         }
-        Ok((objects * size) as f64 / secs)
+        Ok(total as f64 / secs)
     }
 }
 
