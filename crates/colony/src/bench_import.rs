@@ -1,8 +1,8 @@
 //! `colony bench import TREE`: a tar of TREE imported through a node's
 //! SSH front door on loopback (`ssh -p PORT you@127.0.0.1 import NAME <
 //! TAR`), as a user brings a root: MB/s of the tar stream, first into an
-//! empty store and then again (every block deduplicated), against a plain
-//! `cat` of the tar through the same SSH connection setup for scale.
+//! empty store and then again, when every block is already stored and
+//! what is left is the SSH transport, the tar parse and the hashing.
 
 use std::path::Path;
 use std::process::{Command, Stdio};

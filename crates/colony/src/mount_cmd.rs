@@ -197,7 +197,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
 }
 
 /// The 9P export over mutual TLS: a thread per client, each admitted by
-/// the grid CA and `roles` before its first message.
+/// the grid CA and `roles` before its first message. Peers still in their
+/// handshake are bounded by `link::MAX_HANDSHAKES`: past it a thread ends at
+/// once, so strangers cannot make the export start threads without end.
 fn serve_9p_tls(
     listener: std::net::TcpListener,
     fs: Arc<Fs>,

@@ -11,7 +11,7 @@ pub mod identity;
 pub mod tls;
 
 pub use identity::{Peer, Role};
-pub use tls::{Link, LinkError};
+pub use tls::{Link, LinkError, MAX_HANDSHAKES};
 
 /// Why a grid certificate operation failed.
 #[derive(Debug, thiserror::Error)]

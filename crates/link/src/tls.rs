@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +33,13 @@ use crate::identity::{Peer, Role, peer_of};
 
 /// How long a peer may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many peers may be in their handshake with one node at once. Until it
+/// is done a peer is nobody, yet it holds a socket (and on the 9P export a
+/// thread) for up to [`HANDSHAKE_TIMEOUT`]; past this many, a connection is
+/// refused at once, so strangers opening sockets cannot use up the node.
+/// Peers that finished are not counted: they are members of the grid.
+pub const MAX_HANDSHAKES: usize = 256;
 
 /// The server name a dialer puts in its hello. Nodes are not known by
 /// address or DNS name: the server's certificate is checked against the
@@ -57,6 +65,8 @@ pub enum LinkError {
     Revoked { peer: SocketAddr, who: Peer },
     #[error("{peer}: {reason}")]
     Identity { peer: SocketAddr, reason: String },
+    #[error("{peer} refused at once: {limit} TLS handshakes are already in progress")]
+    Busy { peer: SocketAddr, limit: usize },
 }
 
 static DEFAULT: std::sync::OnceLock<Result<Arc<Link>, String>> = std::sync::OnceLock::new();
@@ -80,6 +90,18 @@ pub struct Link {
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     pub handshake_timeout: Duration,
+    /// At most this many server-side handshakes at once ([`MAX_HANDSHAKES`]).
+    pub max_handshakes: usize,
+    handshaking: AtomicUsize,
+}
+
+/// One server-side handshake counted in progress until it is dropped.
+struct Handshaking<'a>(&'a AtomicUsize);
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Verifiers {
@@ -211,6 +233,8 @@ impl Link {
             server: Arc::new(server),
             client: Arc::new(client),
             handshake_timeout,
+            max_handshakes: MAX_HANDSHAKES,
+            handshaking: AtomicUsize::new(0),
         }))
     }
 
@@ -321,6 +345,25 @@ impl Link {
         Ok(who)
     }
 
+    /// How many peers are in their handshake with this node now.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.handshaking.load(Ordering::Acquire)
+    }
+
+    /// Counts a server-side handshake with `addr` as begun, or refuses it
+    /// when [`Link::max_handshakes`] are already under way.
+    fn begin_handshake(&self, addr: SocketAddr) -> Result<Handshaking<'_>, LinkError> {
+        let before = self.handshaking.fetch_add(1, Ordering::AcqRel);
+        let counted = Handshaking(&self.handshaking);
+        if before >= self.max_handshakes {
+            return Err(LinkError::Busy {
+                peer: addr,
+                limit: self.max_handshakes,
+            });
+        }
+        Ok(counted)
+    }
+
     /// A handshake with `addr`, given the handshake timeout; `other` is what
     /// the peer probably is if it does not speak TLS at all.
     async fn timed<T>(
@@ -349,6 +392,7 @@ impl Link {
         addr: SocketAddr,
         allowed: &[Role],
     ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, Peer), LinkError> {
+        let handshaking = self.begin_handshake(addr)?;
         self.reload_if_changed();
         let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
         let stream = self
@@ -358,6 +402,7 @@ impl Link {
                 acceptor.accept(socket),
             )
             .await?;
+        drop(handshaking);
         let who = self.admit(stream.get_ref().1.peer_certificates(), addr, allowed)?;
         Ok((stream, who))
     }
@@ -376,6 +421,7 @@ impl Link {
         ),
         LinkError,
     > {
+        let handshaking = self.begin_handshake(addr)?;
         self.reload_if_changed();
         let failed = |e: std::io::Error| LinkError::Handshake {
             peer: addr,
@@ -414,6 +460,7 @@ impl Link {
             }
         }
         socket.set_read_timeout(None).map_err(failed)?;
+        drop(handshaking);
         let who = self.admit(conn.peer_certificates(), addr, allowed)?;
         Ok((rustls::StreamOwned::new(conn, socket), who))
     }

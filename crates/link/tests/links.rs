@@ -83,6 +83,43 @@ async fn echo_server(
     (addr, rx)
 }
 
+/// As `echo_server`, on the blocking accept and a thread per connection, as
+/// the 9P export serves.
+fn blocking_echo_server(
+    link: Arc<Link>,
+    allowed: Vec<Role>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        loop {
+            let (socket, peer) = listener.accept().unwrap();
+            let (link, allowed, tx) = (link.clone(), allowed.clone(), tx.clone());
+            std::thread::spawn(move || match link.accept_blocking(socket, peer, &allowed) {
+                Ok((mut stream, who)) => {
+                    let _ = tx.send(Ok(who.name.clone()));
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let _ = stream.flush();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
 /// Why an echo through a link failed: the handshake, or the server closing
 /// the link after it (a refusal after the handshake, by role or revocation).
 #[derive(Debug)]
@@ -259,6 +296,54 @@ async fn plaintext_and_silence_on_a_tls_port_are_refused_in_time() {
     drop(half);
     let refused = seen.recv().await.unwrap().unwrap_err();
     assert!(refused.contains("127.0.0.1"), "{refused}");
+}
+
+/// Invariant: peers that connect and never finish a handshake hold at most
+/// `max_handshakes` of a node. The next connection is refused at once (not
+/// after the 10 s timeout, here far off), and once the silent ones go a node
+/// gets in again. Both for the async accept and for the blocking one of the
+/// 9P export, where each of them would otherwise hold a thread.
+#[tokio::test]
+async fn silent_peers_past_the_handshake_limit_are_refused_at_once() {
+    let g = Grid::new();
+    let cpu = g.issue("cpu1", Role::Cpu);
+    for blocking in [false, true] {
+        let mut store = g.issue("store1", Role::Storage);
+        Arc::get_mut(&mut store).unwrap().max_handshakes = 4;
+        let (addr, mut seen) = if blocking {
+            blocking_echo_server(store.clone(), Role::ALL.to_vec())
+        } else {
+            echo_server(store.clone(), Role::ALL.to_vec()).await
+        };
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let started = std::time::Instant::now();
+        while store.handshakes_in_progress() < 4 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the server never counted 4 handshakes (blocking: {blocking})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let err = echo_once(&cpu, addr).await.unwrap_err();
+        assert!(matches!(err, Failed::Link(_)), "{err}");
+        let refused = seen.recv().await.unwrap().unwrap_err();
+        assert!(
+            refused.contains("127.0.0.1")
+                && refused.contains("refused at once: 4 TLS handshakes"),
+            "blocking: {blocking}: {refused}"
+        );
+        drop(silent);
+        for _ in 0..4 {
+            let gone = seen.recv().await.unwrap().unwrap_err();
+            assert!(!gone.contains("refused at once"), "{gone}");
+        }
+        assert_eq!(store.handshakes_in_progress(), 0);
+        echo_once(&cpu, addr).await.unwrap();
+        assert_eq!(seen.recv().await.unwrap(), Ok("cpu1".into()));
+    }
 }
 
 #[test]
