@@ -23,6 +23,7 @@
 //! with an error of its own; a late reply is dropped. Decoding never panics
 //! and never allocates more than the frame holds.
 
+use frames::{Reader, Writer};
 use venti::{SCORE_SIZE, Score};
 
 /// The protocol version both sides must speak.
@@ -174,13 +175,14 @@ pub enum Frame {
     },
 }
 
-/// Why bytes are not a frame.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed control frame: {0}")]
-pub struct FrameError(pub String);
+/// Why bytes are not a control frame.
+pub type FrameError = frames::Malformed;
+
+/// The protocol's name in its errors.
+const PROTOCOL: &str = "control";
 
 fn bad(why: impl Into<String>) -> FrameError {
-    FrameError(why.into())
+    FrameError::new(PROTOCOL, why)
 }
 
 const HELLO: u8 = 1;
@@ -205,37 +207,10 @@ const BOOMED: u8 = 3;
 const STATUS_TEXT: u8 = 4;
 const REFUSED: u8 = 0x80;
 
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_be_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_be_bytes());
-    }
-    fn text(&mut self, t: &str) {
-        self.u32(t.len() as u32);
-        self.0.extend_from_slice(t.as_bytes());
-    }
-    fn score(&mut self, s: &Score) {
-        self.0.extend_from_slice(s.as_bytes());
-    }
-    fn texts(&mut self, list: &[String]) {
-        self.u32(list.len() as u32);
-        for t in list {
-            self.text(t);
-        }
-    }
-}
-
 impl Frame {
     /// The frame with its length prefix.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(vec![0; 4]);
+        let mut w = Writer::new();
         match self {
             Frame::Hello {
                 version,
@@ -285,7 +260,7 @@ impl Frame {
                         w.text(user);
                         w.text(name);
                         w.score(root);
-                        w.u8(u8::from(*disk));
+                        w.flag(*disk);
                         w.texts(options);
                         w.texts(keys);
                     }
@@ -327,7 +302,7 @@ impl Frame {
                     }
                     Ok(Answer::Boomed { was_running }) => {
                         w.u8(BOOMED);
-                        w.u8(u8::from(*was_running));
+                        w.flag(*was_running);
                     }
                     Ok(Answer::Status { text }) => {
                         w.u8(STATUS_TEXT);
@@ -336,7 +311,7 @@ impl Frame {
                     Err(r) => {
                         w.u8(REFUSED);
                         w.text(&r.message);
-                        w.u8(u8::from(r.full));
+                        w.flag(r.full);
                     }
                 }
             }
@@ -368,14 +343,12 @@ impl Frame {
                 w.text(message);
             }
         }
-        let len = (w.0.len() - 4) as u32;
-        w.0[..4].copy_from_slice(&len.to_be_bytes());
-        w.0
+        w.finish()
     }
 
     /// Decodes a frame's body (kind and what follows, no length prefix).
     pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
-        let mut r = Reader { b: body };
+        let mut r = Reader::new(body, PROTOCOL, MAX_ITEMS);
         let frame = match r.u8()? {
             HELLO => {
                 let version = r.u8()?;
@@ -487,96 +460,17 @@ impl Frame {
             ERROR => Frame::Error { message: r.text()? },
             other => return Err(bad(format!("unknown frame kind {other}"))),
         };
-        if !r.b.is_empty() {
-            return Err(bad(format!("{} bytes after the end of a frame", r.b.len())));
+        if r.left() > 0 {
+            return Err(bad(format!("{} bytes after the end of a frame", r.left())));
         }
         Ok(frame)
     }
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if self.b.len() < n {
-            return Err(bad(format!(
-                "frame cut short: {n} bytes wanted, {} left",
-                self.b.len()
-            )));
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.take(1)?[0])
-    }
-    fn flag(&mut self) -> Result<bool, FrameError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            v => Err(bad(format!("flag byte {v} is neither 0 nor 1"))),
-        }
-    }
-    fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn score(&mut self) -> Result<Score, FrameError> {
-        Ok(Score::from_slice(self.take(SCORE_SIZE)?).expect("20 bytes"))
-    }
-    /// A count of items of at least `min_size` bytes each, checked against
-    /// what is left so a forged count cannot make us allocate.
-    fn count(&mut self, min_size: usize) -> Result<usize, FrameError> {
-        let n = self.u32()? as usize;
-        if n > MAX_ITEMS {
-            return Err(bad(format!("{n} items exceed the limit of {MAX_ITEMS}")));
-        }
-        if n * min_size > self.b.len() {
-            return Err(bad(format!(
-                "{n} items cannot fit in the {} bytes left",
-                self.b.len()
-            )));
-        }
-        Ok(n)
-    }
-    fn text(&mut self) -> Result<String, FrameError> {
-        let n = self.u32()? as usize;
-        let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| bad("text that is not UTF-8"))
-    }
-    fn texts(&mut self) -> Result<Vec<String>, FrameError> {
-        let n = self.count(4)?;
-        (0..n).map(|_| self.text()).collect()
-    }
-}
-
-fn invalid(e: FrameError) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
-}
-
 /// Reads one frame from `r`.
 pub async fn read<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Frame, std::io::Error> {
-    use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(invalid(bad(format!(
-            "a frame of {len} bytes (the limit is {MAX_FRAME})"
-        ))));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    Frame::decode(&body).map_err(invalid)
+    let body = frames::read_body(r, PROTOCOL, MAX_FRAME).await?;
+    Frame::decode(&body).map_err(frames::invalid)
 }
 
 /// Writes one frame to `w` and flushes it.
@@ -584,7 +478,5 @@ pub async fn write<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     frame: &Frame,
 ) -> Result<(), std::io::Error> {
-    use tokio::io::AsyncWriteExt;
-    w.write_all(&frame.encode()).await?;
-    w.flush().await
+    frames::write(w, &frame.encode()).await
 }

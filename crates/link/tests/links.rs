@@ -331,8 +331,7 @@ async fn silent_peers_past_the_handshake_limit_are_refused_at_once() {
         assert!(matches!(err, Failed::Link(_)), "{err}");
         let refused = seen.recv().await.unwrap().unwrap_err();
         assert!(
-            refused.contains("127.0.0.1")
-                && refused.contains("refused at once: 4 TLS handshakes"),
+            refused.contains("127.0.0.1") && refused.contains("refused at once: 4 TLS handshakes"),
             "blocking: {blocking}: {refused}"
         );
         drop(silent);

@@ -29,6 +29,7 @@
 //! Decoding never panics and never allocates more than the frame holds: a
 //! peer's bytes are untrusted until the score check of each block.
 
+use frames::{Reader, Writer};
 use venti::{MAX_BLOCK_SIZE, SCORE_SIZE, Score};
 
 /// The protocol version both sides must speak.
@@ -107,13 +108,14 @@ pub enum Frame {
     },
 }
 
-/// Why bytes are not a frame.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed replication frame: {0}")]
-pub struct FrameError(pub String);
+/// Why bytes are not a replication frame.
+pub type FrameError = frames::Malformed;
+
+/// The protocol's name in its errors.
+const PROTOCOL: &str = "replication";
 
 fn bad(why: impl Into<String>) -> FrameError {
-    FrameError(why.into())
+    FrameError::new(PROTOCOL, why)
 }
 
 const HELLO: u8 = 1;
@@ -156,105 +158,98 @@ impl Frame {
 
     /// The whole frame, length prefix included.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; 4];
+        let mut w = Writer::new();
         match self {
             Frame::Hello {
                 version,
                 node,
                 flags,
             } => {
-                b.push(HELLO);
-                b.push(*version);
-                b.push(*flags);
-                put_text(&mut b, node);
+                w.u8(HELLO);
+                w.u8(*version);
+                w.u8(*flags);
+                w.text(node);
             }
             Frame::Fetch {
                 seq,
                 wire_type,
                 score,
             } => {
-                b.push(FETCH);
-                b.extend_from_slice(&seq.to_be_bytes());
-                b.push(*wire_type);
-                b.extend_from_slice(&score.0);
+                w.u8(FETCH);
+                w.u64(*seq);
+                w.u8(*wire_type);
+                w.score(score);
             }
             Frame::Block { seq, data } => {
-                b.push(BLOCK);
-                b.extend_from_slice(&seq.to_be_bytes());
-                match data {
-                    Some(d) => {
-                        b.push(1);
-                        b.extend_from_slice(&(d.len() as u32).to_be_bytes());
-                        b.extend_from_slice(d);
-                    }
-                    None => b.push(0),
+                w.u8(BLOCK);
+                w.u64(*seq);
+                w.flag(data.is_some());
+                if let Some(d) = data {
+                    w.bytes(d);
                 }
             }
             Frame::Offer { seq, blocks } => {
-                b.push(OFFER);
-                b.extend_from_slice(&seq.to_be_bytes());
-                b.extend_from_slice(&(blocks.len() as u32).to_be_bytes());
+                w.u8(OFFER);
+                w.u64(*seq);
+                w.u32(blocks.len() as u32);
                 for (ty, score) in blocks {
-                    b.push(*ty);
-                    b.extend_from_slice(&score.0);
+                    w.u8(*ty);
+                    w.score(score);
                 }
             }
             Frame::Need { seq, want } => {
-                b.push(NEED);
-                b.extend_from_slice(&seq.to_be_bytes());
-                b.extend_from_slice(&(want.len() as u32).to_be_bytes());
+                w.u8(NEED);
+                w.u64(*seq);
+                w.u32(want.len() as u32);
                 let mut bits = vec![0u8; want.len().div_ceil(8)];
-                for (i, w) in want.iter().enumerate() {
-                    if *w {
+                for (i, wanted) in want.iter().enumerate() {
+                    if *wanted {
                         bits[i / 8] |= 0x80 >> (i % 8);
                     }
                 }
-                b.extend_from_slice(&bits);
+                w.raw(&bits);
             }
             Frame::Blocks { seq, upto, blocks } => {
-                b.push(BLOCKS);
-                b.extend_from_slice(&seq.to_be_bytes());
-                b.extend_from_slice(&upto.to_be_bytes());
-                b.extend_from_slice(&(blocks.len() as u32).to_be_bytes());
+                w.u8(BLOCKS);
+                w.u64(*seq);
+                w.u64(*upto);
+                w.u32(blocks.len() as u32);
                 for block in blocks {
-                    b.push(block.wire_type);
-                    b.extend_from_slice(&block.score.0);
-                    b.extend_from_slice(&(block.data.len() as u32).to_be_bytes());
-                    b.extend_from_slice(&block.data);
+                    w.u8(block.wire_type);
+                    w.score(&block.score);
+                    w.bytes(&block.data);
                 }
             }
-            Frame::Stored { seq } => seq_only(&mut b, STORED, *seq),
-            Frame::Applied { seq } => seq_only(&mut b, APPLIED, *seq),
-            Frame::Ping { seq } => seq_only(&mut b, PING, *seq),
-            Frame::Pong { seq } => seq_only(&mut b, PONG, *seq),
+            Frame::Stored { seq } => seq_only(&mut w, STORED, *seq),
+            Frame::Applied { seq } => seq_only(&mut w, APPLIED, *seq),
+            Frame::Ping { seq } => seq_only(&mut w, PING, *seq),
+            Frame::Pong { seq } => seq_only(&mut w, PONG, *seq),
             Frame::Names { seq, text } => {
-                b.push(NAMES);
-                b.extend_from_slice(&seq.to_be_bytes());
-                put_text(&mut b, text);
+                w.u8(NAMES);
+                w.u64(*seq);
+                w.text(text);
             }
             Frame::Users { seq, text } => {
-                b.push(USERS);
-                b.extend_from_slice(&seq.to_be_bytes());
-                put_text(&mut b, text);
+                w.u8(USERS);
+                w.u64(*seq);
+                w.text(text);
             }
-            Frame::StatusRequest => b.push(STATUS_REQUEST),
+            Frame::StatusRequest => w.u8(STATUS_REQUEST),
             Frame::Status { text } => {
-                b.push(STATUS);
-                put_text(&mut b, text);
+                w.u8(STATUS);
+                w.text(text);
             }
             Frame::Error { message } => {
-                b.push(ERROR);
-                put_text(&mut b, message);
+                w.u8(ERROR);
+                w.text(message);
             }
         }
-        let len = (b.len() - 4) as u32;
-        b[..4].copy_from_slice(&len.to_be_bytes());
-        b
+        w.finish()
     }
 
     /// Decodes one frame body (kind and what follows, without the length).
     pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
-        let mut r = Reader { b: body };
+        let mut r = Reader::new(body, PROTOCOL, MAX_OFFER);
         let kind = r.u8()?;
         let frame = match kind {
             HELLO => Frame::Hello {
@@ -345,10 +340,10 @@ impl Frame {
             ERROR => Frame::Error { message: r.text()? },
             other => return Err(bad(format!("unknown frame kind {other}"))),
         };
-        if !r.b.is_empty() {
+        if r.left() > 0 {
             return Err(bad(format!(
                 "{} bytes left over after a {} frame",
-                r.b.len(),
+                r.left(),
                 frame.kind()
             )));
         }
@@ -356,85 +351,15 @@ impl Frame {
     }
 }
 
-fn seq_only(b: &mut Vec<u8>, kind: u8, seq: u64) {
-    b.push(kind);
-    b.extend_from_slice(&seq.to_be_bytes());
-}
-
-fn put_text(b: &mut Vec<u8>, text: &str) {
-    b.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    b.extend_from_slice(text.as_bytes());
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if self.b.len() < n {
-            return Err(bad(format!(
-                "frame cut short: {n} bytes wanted, {} left",
-                self.b.len()
-            )));
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn score(&mut self) -> Result<Score, FrameError> {
-        Ok(Score::from_slice(self.take(SCORE_SIZE)?).expect("20 bytes"))
-    }
-    /// A count of items of at least `min_size` bytes each, checked against
-    /// what is left so a forged count cannot make us allocate.
-    fn count(&mut self, min_size: usize) -> Result<usize, FrameError> {
-        let n = self.u32()? as usize;
-        if n > MAX_OFFER {
-            return Err(bad(format!("{n} items exceed the limit of {MAX_OFFER}")));
-        }
-        if n * min_size > self.b.len() {
-            return Err(bad(format!(
-                "{n} items cannot fit in the {} bytes left",
-                self.b.len()
-            )));
-        }
-        Ok(n)
-    }
-    fn text(&mut self) -> Result<String, FrameError> {
-        let n = self.u32()? as usize;
-        let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| bad("text that is not UTF-8"))
-    }
+fn seq_only(w: &mut Writer, kind: u8, seq: u64) {
+    w.u8(kind);
+    w.u64(seq);
 }
 
 /// Reads one frame from `r`.
 pub async fn read<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Frame, std::io::Error> {
-    use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            bad(format!("a frame of {len} bytes (the limit is {MAX_FRAME})")),
-        ));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    Frame::decode(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    let body = frames::read_body(r, PROTOCOL, MAX_FRAME).await?;
+    Frame::decode(&body).map_err(frames::invalid)
 }
 
 /// Writes one frame to `w` and flushes it.
@@ -442,7 +367,5 @@ pub async fn write<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     frame: &Frame,
 ) -> Result<(), std::io::Error> {
-    use tokio::io::AsyncWriteExt;
-    w.write_all(&frame.encode()).await?;
-    w.flush().await
+    frames::write(w, &frame.encode()).await
 }
