@@ -30,7 +30,7 @@ use venti::{SCORE_SIZE, Score};
 ///
 /// 2: cpu nodes report their environments' caches (`Caches`).
 pub const VERSION: u8 = 2;
-/// How often each side pings; a link silent for three times this is dead.
+/// How often each side pings; a link silent for [`SILENT_FOR`] is dead.
 pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The largest frame accepted.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -479,4 +479,54 @@ pub async fn write<W: tokio::io::AsyncWrite + Unpin>(
     frame: &Frame,
 ) -> Result<(), std::io::Error> {
     frames::write(w, &frame.encode()).await
+}
+
+/// Why a control link is taken as lost.
+#[derive(Debug, thiserror::Error)]
+pub enum Lost {
+    #[error("link ended: {0}")]
+    Ended(std::io::Error),
+    #[error("silent for {}s", SILENT_FOR.as_secs())]
+    Silent,
+}
+
+/// How long a link may stay silent: three pings missed.
+pub const SILENT_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Reads the next frame of a live link: each side pings every
+/// [`PING_EVERY`], so [`SILENT_FOR`] without a frame means the peer or the
+/// path to it is gone, even where TCP has not noticed.
+pub async fn read_live<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Frame, Lost> {
+    match tokio::time::timeout(SILENT_FOR, read(r)).await {
+        Ok(Ok(frame)) => Ok(frame),
+        Ok(Err(e)) => Err(Lost::Ended(e)),
+        Err(_) => Err(Lost::Silent),
+    }
+}
+
+/// The writing half of a link, as a task: what is sent on `outgoing`, in
+/// order, and a `Ping` every [`PING_EVERY`] so the other side's
+/// [`read_live`] sees the link alive. It ends, shutting the stream down,
+/// when every sender is gone or a write fails; abort it to end it sooner.
+pub fn spawn_writer<W>(
+    mut w: W,
+    mut outgoing: tokio::sync::mpsc::UnboundedReceiver<Frame>,
+) -> tokio::task::JoinHandle<()>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut seq = 0;
+        loop {
+            let frame = tokio::select! {
+                f = outgoing.recv() => match f { Some(f) => f, None => break },
+                _ = ping.tick() => { seq += 1; Frame::Ping { seq } }
+            };
+            if write(&mut w, &frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+    })
 }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use control::{Answer, Frame, Held, PING_EVERY, Refusal, Request};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use venti::{BlockCache, BlockStore, CachedStore, RemoteStore};
 
@@ -362,26 +361,13 @@ impl Agent {
                 Err(_) => return Err("no welcome within 10s".into()),
             };
         tracing::info!(storage = %storage.name, venti = %venti, "linked to storage node");
-        let (out, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+        let (out, outgoing) = mpsc::unbounded_channel::<Frame>();
         let _ = out.send(self.load());
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(storage.name.clone(), out.clone());
-        let writer = tokio::spawn(async move {
-            let mut ping = tokio::time::interval(PING_EVERY);
-            let mut seq = 0;
-            loop {
-                let frame = tokio::select! {
-                    f = outgoing.recv() => match f { Some(f) => f, None => break },
-                    _ = ping.tick() => { seq += 1; Frame::Ping { seq } }
-                };
-                if control::write(&mut wr, &frame).await.is_err() {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
+        let writer = control::spawn_writer(wr, outgoing);
         // The caches, as often as the pings. Read apart from the pings: a
         // file system busy saving may keep its figures a while, and that
         // must not make the link look dead.
@@ -404,10 +390,9 @@ impl Agent {
             })
         };
         let result = loop {
-            let frame = match tokio::time::timeout(PING_EVERY * 3, control::read(&mut rd)).await {
-                Ok(Ok(f)) => f,
-                Ok(Err(e)) => break Err(format!("link ended: {e}")),
-                Err(_) => break Err(format!("silent for {}s", (PING_EVERY * 3).as_secs())),
+            let frame = match control::read_live(&mut rd).await {
+                Ok(f) => f,
+                Err(lost) => break Err(lost.to_string()),
             };
             match frame {
                 Frame::Request { id, request, .. } => {

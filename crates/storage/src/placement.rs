@@ -4,8 +4,8 @@
 //!
 //! Each cpu node dials in over mutual TLS ([`serve`]) and says what it runs
 //! and how much room it has. The pool keeps a record of every environment it
-//! placed; a cpu node whose link drops (or falls silent: pings every
-//! [`control::PING_EVERY`]) is *lost* — its environments show as lost in `status`,
+//! placed; a cpu node whose link drops (or falls silent for
+//! [`control::SILENT_FOR`]) is *lost* — its environments show as lost in `status`,
 //! with the time it was last seen, and spawns go elsewhere. When it comes
 //! back, its report is reconciled with the records: what the pool still
 //! places there carries on, what was boomed or placed elsewhere meanwhile
@@ -20,8 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use control::{Answer, Frame, Held, PING_EVERY, Refusal, Request};
-use tokio::io::AsyncWriteExt;
+use control::{Answer, Frame, Held, Refusal, Request};
 use tokio::sync::mpsc;
 use venti::Score;
 
@@ -367,7 +366,7 @@ impl Pool {
             return;
         }
         let cpu = peer.name.clone();
-        let (out, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+        let (out, outgoing) = mpsc::unbounded_channel::<Frame>();
         let pending: Arc<Mutex<HashMap<u64, Answered>>> = Arc::default();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let to_end = self.reconcile(
@@ -395,30 +394,12 @@ impl Pool {
                 let _ = pool.call(&cpu, Request::Boom { user, env }, pool.deadlines.other);
             });
         }
-        let writer = tokio::spawn(async move {
-            let mut ping = tokio::time::interval(PING_EVERY);
-            let mut seq = 0;
-            loop {
-                let frame = tokio::select! {
-                    f = outgoing.recv() => match f { Some(f) => f, None => break },
-                    _ = ping.tick() => { seq += 1; Frame::Ping { seq } }
-                };
-                if control::write(&mut wr, &frame).await.is_err() {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
+        let writer = control::spawn_writer(wr, outgoing);
         loop {
-            let frame = tokio::time::timeout(PING_EVERY * 3, control::read(&mut rd)).await;
-            let frame = match frame {
-                Ok(Ok(f)) => f,
-                Ok(Err(e)) => {
-                    tracing::warn!(cpu = %cpu, error = %e, "cpu node link ended");
-                    break;
-                }
-                Err(_) => {
-                    tracing::warn!(cpu = %cpu, "cpu node silent for {}s; taking it as lost", (PING_EVERY * 3).as_secs());
+            let frame = match control::read_live(&mut rd).await {
+                Ok(f) => f,
+                Err(lost) => {
+                    tracing::warn!(cpu = %cpu, reason = %lost, "cpu node taken as lost");
                     break;
                 }
             };
