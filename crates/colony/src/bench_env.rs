@@ -55,16 +55,9 @@ pub fn busybox_root(dir: &Path) -> Result<PathBuf> {
 /// remote command is the caller's to add.
 pub fn ssh_bench(key: &Path, port: &str) -> Command {
     let mut cmd = Command::new("ssh");
-    cmd.args(["-p", port, "-i"]).arg(key).args([
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "bench@127.0.0.1",
-    ]);
+    cmd.args(["-p", port, "-i"])
+        .arg(key)
+        .args(grid::ssh::SCRIPTED_CLIENT_OPTS)
+        .arg("bench@127.0.0.1");
     cmd
 }

@@ -7,17 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 const COLONY: &str = env!("CARGO_BIN_EXE_colony");
 
-/// OpenSSH client options for throwaway test servers: no host-key prompts or records, no passwords, quiet.
-const SSH_OPTS: [&str; 8] = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "LogLevel=ERROR",
-];
+// OpenSSH client options for throwaway test servers.
+use grid::ssh::SCRIPTED_CLIENT_OPTS as SSH_OPTS;
 
 /// `COLONY_TEST_USERNS=no` runs the whole suite against rootful
 /// environments (`serve --rootful`); by default they are rootless.
@@ -179,7 +170,7 @@ impl Grid {
         cmd.args(["-p", &self.port.to_string(), "-i"])
             .arg(self.tmp.path().join(key))
             .args(SSH_OPTS)
-            .args(["-o", "IdentitiesOnly=yes", "-T"])
+            .arg("-T")
             .arg(format!("{login}@127.0.0.1"))
             .args(args);
         run_with_input(cmd, input)
@@ -2100,7 +2091,7 @@ impl Grid {
             .args(["-p", &self.port.to_string(), "-i"])
             .arg(self.tmp.path().join(user))
             .args(SSH_OPTS)
-            .args(["-o", "IdentitiesOnly=yes", "-T"])
+            .arg("-T")
             .arg(format!("{user}@127.0.0.1"))
             .args(args)
             .stdin(Stdio::piped())

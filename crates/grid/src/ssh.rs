@@ -1,5 +1,5 @@
-//! SSH settings shared by the front door and the environments' logins, and
-//! the node's host key.
+//! SSH settings shared by the front door and the environments' logins, the
+//! node's host key, and how a script's OpenSSH client talks to a node.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +9,23 @@ use russh::keys::{PrivateKey, ssh_key};
 use russh::{MethodKind, MethodSet};
 
 use crate::error::{GridError, GridResult};
+
+/// OpenSSH client options for a script talking to a node whose host key it
+/// never recorded and will not keep (a benchmark's or a test's node on
+/// loopback): no host-key prompt or record, no password prompt, only the
+/// key given with `-i`, and quiet.
+pub const SCRIPTED_CLIENT_OPTS: [&str; 10] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "IdentitiesOnly=yes",
+];
 
 /// Loads the host key, or makes and stores a new Ed25519 one (mode 0600).
 pub fn host_key(path: &Path) -> GridResult<PrivateKey> {

@@ -12,18 +12,7 @@ use std::time::{Duration, Instant};
 pub const COLONY: &str = env!("CARGO_BIN_EXE_colony");
 
 /// OpenSSH as a script would run it against throwaway hosts.
-pub const SSH_OPTS: [&str; 10] = [
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "IdentitiesOnly=yes",
-];
+pub const SSH_OPTS: [&str; 10] = grid::ssh::SCRIPTED_CLIENT_OPTS;
 
 /// Runs colony; its stdout, or a failure naming its stderr.
 pub fn colony(args: &[&str]) -> String {
