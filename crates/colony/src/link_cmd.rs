@@ -175,7 +175,7 @@ pub fn tunnel(args: TunnelArgs) -> Result<()> {
         println!("listening on {local}");
         crate::venti_cmd::reload_on_sighup(link.clone());
         loop {
-            let (socket, peer) = listener.accept().await?;
+            let (socket, peer) = link::listener::accept(&listener, "tunnel").await;
             let _ = socket.set_nodelay(true);
             let (link, roles, target) = (link.clone(), roles.clone(), target.clone());
             tokio::spawn(async move {

@@ -208,7 +208,7 @@ fn serve_9p_tls(
     roles: Vec<link::Role>,
 ) -> std::io::Result<()> {
     loop {
-        let (socket, peer) = listener.accept()?;
+        let (socket, peer) = link::listener::accept_blocking(&listener, "9P");
         let _ = socket.set_nodelay(true);
         let (fs, link, roles) = (fs.clone(), link.clone(), roles.clone());
         std::thread::spawn(move || match link.accept_blocking(socket, peer, &roles) {

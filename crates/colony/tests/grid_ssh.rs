@@ -34,6 +34,8 @@ struct Grid {
     admin: Option<String>,
     /// A network namespace the node and the test's ssh clients run in.
     netns: Option<String>,
+    /// The node's environment, beyond the test's own.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Grid {
@@ -48,6 +50,7 @@ impl Grid {
             port: 0,
             admin: None,
             netns: None,
+            env: Vec::new(),
         };
         for user in ["alice", "bob", "carol"] {
             let key = g.tmp.path().join(user);
@@ -129,6 +132,7 @@ impl Grid {
             ])
             .arg(&self.state)
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args((rootful_suite() && !extra.contains(&"--rootful")).then_some("--rootful"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -2502,4 +2506,109 @@ fn under_systemd_the_node_says_when_it_is_ready_and_the_example_config_works() {
         .args(["-TERM", &node.id().to_string()])
         .status();
     assert!(node.wait().unwrap().success());
+}
+
+/// The node's soft limit of open files, set to `soft`; the old one back.
+fn set_open_files(pid: u32, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on a process of ours, with valid rlimit pointers.
+    assert_eq!(
+        unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) },
+        0
+    );
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) },
+        0
+    );
+    old.rlim_cur
+}
+
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// What a connection that says nothing is sent before the node closes it
+/// (the read fails if the node never does within a minute).
+fn read_until_closed(mut s: std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the node closes a silent connection");
+    got
+}
+
+/// Invariant: connections that never log in cannot take the front door
+/// away. Each is closed after the login grace time; past 64 logging in at
+/// once a new one is closed at once; and when the node runs out of file
+/// descriptors, accepting pauses instead of ending (before, the front door
+/// returned the accept error and the whole node stopped). Afterwards users
+/// log in as before.
+#[test]
+fn silent_connections_never_take_the_front_door_down() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.env.push(("COLONY_SSH_LOGIN_GRACE", "5".into()));
+    g.start(&[]);
+    let pid = g.child.as_ref().unwrap().id();
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+
+    // Out of file descriptors (first, while the node's own files are all
+    // it has open): room for a few connections, then accept fails while
+    // more wait.
+    let room = open_files(pid) + 6;
+    let normal = set_open_files(pid, room as u64);
+    let waiting: Vec<_> = (0..20).map(|_| connect()).collect();
+    let started = std::time::Instant::now();
+    while open_files(pid) < room {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the node never filled its file descriptors: {} of {room}",
+            open_files(pid)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A few rounds of failed accepts (one each 100 ms).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        g.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the node stopped when it ran out of file descriptors"
+    );
+    set_open_files(pid, normal);
+    drop(waiting);
+    assert!(g.ok("alice", &["scores"]).contains("busybox"));
+
+    // One silent connection: greeted, then closed when its time is up.
+    let got = read_until_closed(connect());
+    assert!(
+        got.starts_with(b"SSH-2.0-"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // 64 logging in at once, and one more: that one is closed unanswered.
+    let held: Vec<_> = (0..64).map(|_| connect()).collect();
+    let extra = read_until_closed(connect());
+    assert!(extra.is_empty(), "{:?}", String::from_utf8_lossy(&extra));
+    drop(held);
+    let log = g.stop();
+    assert!(
+        log.contains("accepting an SSH connection failed"),
+        "the node never ran out of file descriptors: {log}"
+    );
+    assert!(log.contains("did not log in in time"), "{log}");
+    assert!(log.contains("too many logging in at once"), "{log}");
 }

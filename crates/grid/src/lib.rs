@@ -6,7 +6,7 @@
 //!   key, and which roots they may spawn, kept as ndb files that Plan 9's
 //!   `ndb/query` reads.
 //! * [`ssh`]: the SSH settings and host key of the front door and the
-//!   environments' logins.
+//!   environments' logins, and [`ssh_server`], the accept loop they share.
 //! * [`error`]: errors worded for the user who typed the command.
 
 pub mod error;
@@ -14,6 +14,7 @@ pub mod names;
 pub mod quota;
 pub mod scorenames;
 pub mod ssh;
+pub mod ssh_server;
 pub mod state;
 pub mod users;
 

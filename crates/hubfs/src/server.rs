@@ -21,10 +21,12 @@ use crate::hub::{Got, HubError, HubSet, ReaderId};
 /// Largest msize we agree to.
 pub const MAX_MSIZE: u32 = 256 * 1024 + IOHDRSZ;
 
-/// Serves `hubs` on `listener`, a thread per client, until it fails.
+/// Serves `hubs` on `listener`, a thread per client. A failed accept (out
+/// of file descriptors, say) is logged and retried after a pause: it never
+/// ends the server.
 pub fn serve(listener: TcpListener, hubs: Arc<HubSet>) -> io::Result<()> {
     loop {
-        let (stream, peer) = listener.accept()?;
+        let (stream, peer) = link::listener::accept_blocking(&listener, "hub");
         let hubs = hubs.clone();
         std::thread::spawn(move || {
             let _ = stream.set_nodelay(true);

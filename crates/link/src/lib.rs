@@ -4,10 +4,12 @@
 //! ([`ca`]) issues each node and admin client a certificate naming it and its
 //! role ([`identity`]), and every link between nodes is TLS 1.3 with both ends
 //! verified against the grid CA ([`tls`]). A node's identity is the name in
-//! its certificate, never its address.
+//! its certificate, never its address. Its servers accept connections
+//! through [`listener`], which rides out failed accepts.
 
 pub mod ca;
 pub mod identity;
+pub mod listener;
 pub mod tls;
 
 pub use identity::{Peer, Role};

@@ -31,10 +31,12 @@ pub struct Options {
     pub allow_root: bool,
 }
 
-/// Serves `fs` on `listener` with `options`; a thread per client.
+/// Serves `fs` on `listener` with `options`; a thread per client. A failed
+/// accept (out of file descriptors, say) is logged and retried after a
+/// pause: it never ends the server.
 pub fn serve_with(listener: TcpListener, fs: Arc<Fs>, options: Options) -> io::Result<()> {
     loop {
-        let (stream, peer) = listener.accept()?;
+        let (stream, peer) = link::listener::accept_blocking(&listener, "9P");
         let fs = fs.clone();
         std::thread::spawn(move || {
             let _ = stream.set_nodelay(true);

@@ -22,14 +22,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// member) until the listener fails.
 pub async fn serve(rep: Arc<Replicator>, listener: TcpListener) {
     loop {
-        let (socket, addr) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a replication connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (socket, addr) = link::listener::accept(&listener, "replication").await;
         let rep = rep.clone();
         tokio::spawn(async move {
             if let Err(e) = connection(&rep, socket, addr).await {

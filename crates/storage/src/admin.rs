@@ -31,9 +31,7 @@ pub struct Admin {
 /// Serves `listener`; `tls` is required off loopback (the caller checks).
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<Arc<link::Link>>) {
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, peer) = link::listener::accept(&listener, "admin").await;
         let (admin, tls) = (admin.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use russh::keys::{PrivateKey, ssh_key};
-use russh::server::{Auth, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 use tokio::net::TcpListener;
 
@@ -26,35 +26,23 @@ pub async fn serve(
     key: PrivateKey,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let config = server_config(key);
-    let mut server = FrontDoor { node };
-    let running = server.run_on_socket(config, &listener);
-    let handle = running.handle();
-    tokio::select! {
-        result = running => result,
-        () = shutdown => {
-            handle.shutdown("the node is shutting down".into());
-            Ok(())
-        }
-    }
-}
-
-#[derive(Clone)]
-struct FrontDoor {
-    node: Arc<Node>,
-}
-
-impl russh::server::Server for FrontDoor {
-    type Handler = Connection;
-    fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> Connection {
-        Connection {
-            refused: false,
-            node: self.node.clone(),
-            user: None,
-            peer,
-            channels: HashMap::new(),
-        }
-    }
+    let new_connection = |peer, logging_in| Connection {
+        refused: false,
+        node: node.clone(),
+        user: None,
+        peer,
+        logging_in,
+        channels: HashMap::new(),
+    };
+    grid::ssh_server::serve(
+        listener,
+        server_config(key),
+        new_connection,
+        shutdown,
+        "the node is shutting down",
+    )
+    .await;
+    Ok(())
 }
 
 /// Per-channel state of an interactive session.
@@ -98,7 +86,8 @@ struct Connection {
     node: Arc<Node>,
     /// The user the key belongs to, once authenticated.
     user: Option<String>,
-    peer: Option<std::net::SocketAddr>,
+    peer: std::net::SocketAddr,
+    logging_in: grid::ssh_server::LoggingIn,
     channels: HashMap<ChannelId, Interactive>,
 }
 
@@ -174,12 +163,13 @@ impl russh::server::Handler for Connection {
                 if user != claimed {
                     tracing::info!(claimed, user = %user, "client claimed another name; the key decides");
                 }
-                tracing::info!(user = %user, peer = ?self.peer, "authenticated");
+                tracing::info!(user = %user, peer = %self.peer, "authenticated");
+                self.logging_in.logged_in();
                 self.user = Some(user);
                 Ok(Auth::Accept)
             }
             None => {
-                tracing::info!(claimed, peer = ?self.peer, "unknown key refused");
+                tracing::info!(claimed, peer = %self.peer, "unknown key refused");
                 self.refused = true;
                 Ok(Auth::reject())
             }

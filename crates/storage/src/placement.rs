@@ -572,14 +572,7 @@ async fn refuse<W: tokio::io::AsyncWrite + Unpin>(
 /// only) and serves them.
 pub async fn serve(pool: Arc<Pool>, link: Arc<link::Link>, listener: tokio::net::TcpListener) {
     loop {
-        let (socket, addr) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a cpu node");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (socket, addr) = link::listener::accept(&listener, "control link").await;
         let _ = socket.set_nodelay(true);
         let (pool, link) = (pool.clone(), link.clone());
         tokio::spawn(async move {

@@ -51,17 +51,10 @@ pub async fn serve_with(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    let _ = socket.set_nodelay(true);
-                    sessions.spawn(run_session(socket, peer, store.clone(), stop_rx.clone(), tls.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors, say: back off instead of spinning.
-                    tracing::warn!(error = %e, "accepting a venti connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            (socket, peer) = link::listener::accept(&listener, "venti") => {
+                let _ = socket.set_nodelay(true);
+                sessions.spawn(run_session(socket, peer, store.clone(), stop_rx.clone(), tls.clone()));
+            }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::{PrivateKey, ssh_key};
-use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
+use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 
 use super::Environment;
@@ -41,29 +41,22 @@ pub async fn serve(
     key: PrivateKey,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let config = grid::ssh::server_config(key);
-    let mut server = Front { door };
-    let running = server.run_on_socket(config, &listener);
-    let handle = running.handle();
-    tokio::select! {
-        _ = running => {}
-        _ = stop => handle.shutdown("the environment was ended".into()),
-    }
-}
-
-#[derive(Clone)]
-struct Front {
-    door: Arc<Door>,
-}
-
-impl russh::server::Server for Front {
-    type Handler = Conn;
-    fn new_client(&mut self, _peer: Option<std::net::SocketAddr>) -> Conn {
-        Conn {
-            door: self.door.clone(),
-            channels: HashMap::new(),
-        }
-    }
+    let new_conn = |_peer, logging_in| Conn {
+        door: door.clone(),
+        logging_in,
+        channels: HashMap::new(),
+    };
+    let stopped = async {
+        let _ = stop.await;
+    };
+    grid::ssh_server::serve(
+        listener,
+        grid::ssh::server_config(key),
+        new_conn,
+        stopped,
+        "the environment was ended",
+    )
+    .await;
 }
 
 #[derive(Default)]
@@ -120,6 +113,7 @@ fn feeder(mut to: File) -> std::sync::mpsc::Sender<Vec<u8>> {
 
 struct Conn {
     door: Arc<Door>,
+    logging_in: grid::ssh_server::LoggingIn,
     channels: HashMap<ChannelId, Chan>,
 }
 
@@ -452,6 +446,7 @@ impl russh::server::Handler for Conn {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         if self.admitted(key.public_key) {
+            self.logging_in.logged_in();
             Ok(Auth::Accept)
         } else {
             tracing::info!(owner = %self.door.owner, "refused a login to someone else's environment");
