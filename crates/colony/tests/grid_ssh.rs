@@ -2606,7 +2606,7 @@ fn silent_connections_never_take_the_front_door_down() {
     drop(held);
     let log = g.stop();
     assert!(
-        log.contains("accepting an SSH connection failed"),
+        log.contains("SSH listener: accepting a connection failed"),
         "the node never ran out of file descriptors: {log}"
     );
     assert!(log.contains("did not log in in time"), "{log}");

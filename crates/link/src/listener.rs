@@ -19,7 +19,7 @@ pub async fn accept(
         match listener.accept().await {
             Ok(accepted) => return accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "accepting a {what} connection failed; retrying");
+                tracing::warn!(error = %e, "{what} listener: accepting a connection failed; retrying");
                 tokio::time::sleep(ACCEPT_PAUSE).await;
             }
         }
@@ -35,7 +35,7 @@ pub fn accept_blocking(
         match listener.accept() {
             Ok(accepted) => return accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "accepting a {what} connection failed; retrying");
+                tracing::warn!(error = %e, "{what} listener: accepting a connection failed; retrying");
                 std::thread::sleep(ACCEPT_PAUSE);
             }
         }
