@@ -515,7 +515,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         notify_ready();
 
         std::io::Write::flush(&mut std::io::stdout())?;
-        storage::frontdoor::serve(node.clone(), listener, key, shutdown).await?;
+        storage::frontdoor::serve(node.clone(), listener, key, shutdown).await;
         anyhow::Ok(())
     })?;
     let live = node.live();

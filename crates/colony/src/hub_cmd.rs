@@ -88,7 +88,7 @@ pub fn hubfs(args: HubfsArgs) -> Result<()> {
     });
     println!("hubfs on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    hubfs::server::serve(listener, hubs)?;
+    hubfs::server::serve(listener, hubs);
     Ok(())
 }
 

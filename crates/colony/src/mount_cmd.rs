@@ -140,14 +140,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
                 allow_root: args.allow_root,
             };
             let secure = tls.is_some();
-            std::thread::spawn(move || {
-                let stopped = match tls {
-                    Some((link, roles)) => serve_9p_tls(listener, fs, options, link, roles),
-                    None => ninep::serve_with(listener, fs, options),
-                };
-                if let Err(e) = stopped {
-                    tracing::error!(error = %e, "9P server stopped");
-                }
+            std::thread::spawn(move || match tls {
+                Some((link, roles)) => serve_9p_tls(listener, fs, options, link, roles),
+                None => ninep::serve_with(listener, fs, options),
             });
             format!(", 9P{} on {local}", if secure { " over TLS" } else { "" })
         }
@@ -206,7 +201,7 @@ fn serve_9p_tls(
     options: ninep::Options,
     link: Arc<link::Link>,
     roles: Vec<link::Role>,
-) -> std::io::Result<()> {
+) {
     loop {
         let (socket, peer) = link::listener::accept_blocking(&listener, "9P");
         let _ = socket.set_nodelay(true);

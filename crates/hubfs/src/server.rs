@@ -23,8 +23,8 @@ pub const MAX_MSIZE: u32 = 256 * 1024 + IOHDRSZ;
 
 /// Serves `hubs` on `listener`, a thread per client. A failed accept (out
 /// of file descriptors, say) is logged and retried after a pause: it never
-/// ends the server.
-pub fn serve(listener: TcpListener, hubs: Arc<HubSet>) -> io::Result<()> {
+/// ends the server, which serves for good.
+pub fn serve(listener: TcpListener, hubs: Arc<HubSet>) {
     loop {
         let (stream, peer) = link::listener::accept_blocking(&listener, "hub");
         let hubs = hubs.clone();

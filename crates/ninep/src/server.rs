@@ -17,8 +17,8 @@ pub const MAX_MSIZE: u32 = 128 * 1024 + IOHDRSZ;
 /// Smallest msize we accept (vacfs refuses below 256 too).
 const MIN_MSIZE: u32 = 256;
 
-/// Serves `fs` on `listener` until the listener fails; a thread per client.
-pub fn serve(listener: TcpListener, fs: Arc<Fs>) -> io::Result<()> {
+/// Serves `fs` on `listener`, a thread per client, for good.
+pub fn serve(listener: TcpListener, fs: Arc<Fs>) {
     serve_with(listener, fs, Options::default())
 }
 
@@ -33,8 +33,8 @@ pub struct Options {
 
 /// Serves `fs` on `listener` with `options`; a thread per client. A failed
 /// accept (out of file descriptors, say) is logged and retried after a
-/// pause: it never ends the server.
-pub fn serve_with(listener: TcpListener, fs: Arc<Fs>, options: Options) -> io::Result<()> {
+/// pause: it never ends the server, which serves for good.
+pub fn serve_with(listener: TcpListener, fs: Arc<Fs>, options: Options) {
     loop {
         let (stream, peer) = link::listener::accept_blocking(&listener, "9P");
         let fs = fs.clone();

@@ -25,7 +25,7 @@ pub async fn serve(
     listener: TcpListener,
     key: PrivateKey,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) {
     let new_connection = |peer, logging_in| Connection {
         refused: false,
         node: node.clone(),
@@ -42,7 +42,6 @@ pub async fn serve(
         "the node is shutting down",
     )
     .await;
-    Ok(())
 }
 
 /// Per-channel state of an interactive session.
