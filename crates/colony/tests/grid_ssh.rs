@@ -2612,3 +2612,46 @@ fn silent_connections_never_take_the_front_door_down() {
     assert!(log.contains("did not log in in time"), "{log}");
     assert!(log.contains("too many logging in at once"), "{log}");
 }
+
+/// Invariant: a client of the admin address that sends its request a byte
+/// at a time gets 10 s for all of it, not 10 s per byte: it is closed
+/// unanswered before it is done, so it cannot hold a connection for hours.
+#[test]
+fn a_request_sent_a_byte_at_a_time_is_cut_off() {
+    use std::io::{Read, Write};
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = g.admin.clone().expect("an admin address");
+    let mut s = std::net::TcpStream::connect(&admin).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    // 49 bytes at one each 400 ms: about 20 s for the whole head.
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin:<16}\r\n\r\n");
+    let request = request.into_bytes();
+    let trickle = std::thread::spawn(move || {
+        for b in request {
+            if s.write_all(&[b]).is_err() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+        true
+    });
+    reader
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = reader.read_to_end(&mut reply);
+    assert!(
+        reply.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    let _ = trickle.join();
+    // Others are still served.
+    let (status, _) = http_get(&admin, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    g.stop();
+}

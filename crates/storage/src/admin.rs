@@ -45,12 +45,18 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<Arc<lin
     }
 }
 
+/// How long a client has to send its request's head, all of it: a time per
+/// read would let one that sends a byte every few seconds hold its
+/// connection for hours.
+const HEAD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn answer(admin: &Admin, mut s: impl AsyncRead + AsyncWrite + Unpin, peer: SocketAddr) {
     // One request per connection; its head is enough.
     let mut head = Vec::new();
     let mut buf = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + HEAD_TIME;
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
             _ => return,
         }
