@@ -13,10 +13,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use link::listener::{Place, Places};
 use russh::Disconnect;
 use russh::server::{Config, Handler, run_stream};
 use tokio::net::TcpListener;
@@ -31,35 +31,26 @@ pub const MAX_LOGGING_IN: usize = 64;
 /// How long a session being ended may take to say goodbye.
 const BYE_TIME: Duration = Duration::from_secs(1);
 
-/// A connection's place among those logging in, held by its handler: the
-/// handler says when the user is in ([`LoggingIn::logged_in`]), and the
-/// place is given up then, or when the connection goes.
-pub struct LoggingIn(Arc<Place>);
-
-struct Place {
-    logged_in: AtomicBool,
-    logging_in: Arc<AtomicUsize>,
-}
+/// A connection's place among those logging in, shared by its handler and
+/// the task that keeps its grace time: the handler says when the user is
+/// in ([`LoggingIn::logged_in`]), and the place is given up then, or when
+/// the connection goes.
+#[derive(Clone)]
+pub struct LoggingIn(Arc<Mutex<Option<Place>>>);
 
 impl LoggingIn {
     /// The user is in: the connection no longer counts as logging in and
     /// the grace time no longer applies.
     pub fn logged_in(&self) {
-        if !self.0.logged_in.swap(true, Ordering::AcqRel) {
-            self.0.logging_in.fetch_sub(1, Ordering::AcqRel);
-        }
+        drop(self.place().take());
     }
 
     fn is_logged_in(&self) -> bool {
-        self.0.logged_in.load(Ordering::Acquire)
+        self.place().is_none()
     }
-}
 
-impl Drop for Place {
-    fn drop(&mut self) {
-        if !*self.logged_in.get_mut() {
-            self.logging_in.fetch_sub(1, Ordering::AcqRel);
-        }
+    fn place(&self) -> std::sync::MutexGuard<'_, Option<Place>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -85,7 +76,7 @@ pub async fn serve<H>(
     H::Error: std::fmt::Debug,
 {
     let grace = login_grace();
-    let logging_in = Arc::new(AtomicUsize::new(0));
+    let logging_in = Places::default();
     let (stop, _) = tokio::sync::broadcast::channel::<String>(1);
     tokio::pin!(shutdown);
     loop {
@@ -93,21 +84,17 @@ pub async fn serve<H>(
             () = &mut shutdown => break,
             accepted = link::listener::accept(&listener, "SSH") => accepted,
         };
-        if logging_in.fetch_add(1, Ordering::AcqRel) >= MAX_LOGGING_IN {
-            logging_in.fetch_sub(1, Ordering::AcqRel);
+        let Some(place) = logging_in.take(MAX_LOGGING_IN) else {
             tracing::warn!(%peer, limit = MAX_LOGGING_IN, "refused an SSH connection: too many logging in at once");
             continue;
-        }
-        let place = Arc::new(Place {
-            logged_in: AtomicBool::new(false),
-            logging_in: logging_in.clone(),
-        });
-        let watch = LoggingIn(place.clone());
-        let handler = handler(peer, LoggingIn(place));
+        };
+        let watch = LoggingIn(Arc::new(Mutex::new(Some(place))));
+        let handler = handler(peer, watch.clone());
         let (config, mut stopped) = (config.clone(), stop.subscribe());
         tokio::spawn(async move {
             let _ = socket.set_nodelay(config.nodelay);
             let deadline = tokio::time::Instant::now() + grace;
+            let too_late = || tracing::info!(%peer, secs = grace.as_secs_f64(), "closed an SSH connection that did not log in in time");
             // The version exchange is part of the login: a peer that never
             // sends its version line is held no longer than one that
             // stalls later.
@@ -122,10 +109,7 @@ pub async fn serve<H>(
                     tracing::debug!(%peer, error = ?e, "SSH connection setup failed");
                     return;
                 }
-                Err(_) => {
-                    tracing::info!(%peer, secs = grace.as_secs_f64(), "closed an SSH connection that did not log in in time");
-                    return;
-                }
+                Err(_) => return too_late(),
             };
             let handle = session.handle();
             tokio::pin!(session);
@@ -141,7 +125,7 @@ pub async fn serve<H>(
                     () = tokio::time::sleep_until(deadline), if timed => {
                         timed = false;
                         if !watch.is_logged_in() {
-                            tracing::info!(%peer, secs = grace.as_secs_f64(), "closed an SSH connection that did not log in in time");
+                            too_late();
                             break "login grace time over".to_string();
                         }
                     }

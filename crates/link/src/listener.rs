@@ -3,9 +3,44 @@
 //! connection reset before it was taken): it is logged and retried after a
 //! pause, so a listener neither ends nor spins on it. Every server of the
 //! grid accepts through here.
+//!
+//! [`Places`] bound how many connections may be in a state where they are
+//! nobody yet (in their TLS handshake, logging in over SSH) at once.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// How many connections are in some state at once; each holds a [`Place`]
+/// while it is.
+#[derive(Default)]
+pub struct Places(Arc<AtomicUsize>);
+
+impl Places {
+    /// A place, unless `max` are taken already.
+    pub fn take(&self, max: usize) -> Option<Place> {
+        if self.0.fetch_add(1, Ordering::AcqRel) >= max {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Place(self.0.clone()))
+    }
+
+    /// How many places are taken now.
+    pub fn taken(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One taken place, given back when it is dropped.
+pub struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// How long to wait after a failed accept before the next try.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);

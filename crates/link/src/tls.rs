@@ -12,7 +12,6 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +29,7 @@ use tokio::net::TcpStream;
 use crate::CertError;
 use crate::ca::{CA_CERT, CERT, CRL, KEY};
 use crate::identity::{Peer, Role, peer_of};
+use crate::listener::{Place, Places};
 
 /// How long a peer may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,16 +92,7 @@ pub struct Link {
     pub handshake_timeout: Duration,
     /// At most this many server-side handshakes at once ([`MAX_HANDSHAKES`]).
     pub max_handshakes: usize,
-    handshaking: AtomicUsize,
-}
-
-/// One server-side handshake counted in progress until it is dropped.
-struct Handshaking<'a>(&'a AtomicUsize);
-
-impl Drop for Handshaking<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    handshaking: Places,
 }
 
 struct Verifiers {
@@ -234,7 +225,7 @@ impl Link {
             client: Arc::new(client),
             handshake_timeout,
             max_handshakes: MAX_HANDSHAKES,
-            handshaking: AtomicUsize::new(0),
+            handshaking: Places::default(),
         }))
     }
 
@@ -347,21 +338,19 @@ impl Link {
 
     /// How many peers are in their handshake with this node now.
     pub fn handshakes_in_progress(&self) -> usize {
-        self.handshaking.load(Ordering::Acquire)
+        self.handshaking.taken()
     }
 
-    /// Counts a server-side handshake with `addr` as begun, or refuses it
-    /// when [`Link::max_handshakes`] are already under way.
-    fn begin_handshake(&self, addr: SocketAddr) -> Result<Handshaking<'_>, LinkError> {
-        let before = self.handshaking.fetch_add(1, Ordering::AcqRel);
-        let counted = Handshaking(&self.handshaking);
-        if before >= self.max_handshakes {
-            return Err(LinkError::Busy {
+    /// Counts a server-side handshake with `addr` as begun until the place
+    /// is dropped, or refuses it when [`Link::max_handshakes`] are already
+    /// under way.
+    fn begin_handshake(&self, addr: SocketAddr) -> Result<Place, LinkError> {
+        self.handshaking
+            .take(self.max_handshakes)
+            .ok_or(LinkError::Busy {
                 peer: addr,
                 limit: self.max_handshakes,
-            });
-        }
-        Ok(counted)
+            })
     }
 
     /// A handshake with `addr`, given the handshake timeout; `other` is what
