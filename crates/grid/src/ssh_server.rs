@@ -54,14 +54,6 @@ impl LoggingIn {
     }
 }
 
-fn login_grace() -> Duration {
-    std::env::var("COLONY_SSH_LOGIN_GRACE")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(LOGIN_GRACE, Duration::from_secs_f64)
-}
-
 /// Serves SSH on `listener` until `shutdown` resolves, then disconnects
 /// every session with `reason`. `handler` makes each connection's handler
 /// from the peer's address and its [`LoggingIn`] place.
@@ -75,7 +67,7 @@ pub async fn serve<H>(
     H: Handler + Send + 'static,
     H::Error: std::fmt::Debug,
 {
-    let grace = login_grace();
+    let grace = link::listener::time_allowed("COLONY_SSH_LOGIN_GRACE", LOGIN_GRACE);
     let logging_in = Places::default();
     let (stop, _) = tokio::sync::broadcast::channel::<String>(1);
     tokio::pin!(shutdown);

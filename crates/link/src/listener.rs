@@ -42,6 +42,28 @@ impl Drop for Place {
     }
 }
 
+/// How long a connection may stay nobody (in its TLS handshake, logging
+/// in): `default`, unless the environment variable `var` gives a number of
+/// seconds (tests shorten it to see it run out). A value that is not a
+/// positive number is logged and ignored.
+pub fn time_allowed(var: &str, default: Duration) -> Duration {
+    let Some(text) = std::env::var_os(var) else {
+        return default;
+    };
+    seconds(&text).unwrap_or_else(|| {
+        tracing::warn!(value = ?text, default_secs = default.as_secs_f64(), "{var} is not a positive number of seconds; using the default");
+        default
+    })
+}
+
+/// `text` as a positive, finite number of seconds.
+fn seconds(text: &std::ffi::OsStr) -> Option<Duration> {
+    let secs = text.to_str()?.trim().parse::<f64>().ok()?;
+    (secs.is_finite() && secs > 0.0)
+        .then(|| Duration::try_from_secs_f64(secs).ok())
+        .flatten()
+}
+
 /// How long to wait after a failed accept before the next try.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -73,6 +95,21 @@ pub fn accept_blocking(
                 tracing::warn!(error = %e, "{what} listener: accepting a connection failed; retrying");
                 std::thread::sleep(ACCEPT_PAUSE);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_positive_finite_numbers() {
+        let read = |t: &str| seconds(std::ffi::OsStr::new(t));
+        assert_eq!(read("5"), Some(Duration::from_secs(5)));
+        assert_eq!(read(" 0.25\n"), Some(Duration::from_millis(250)));
+        for bad in ["", "0", "-1", "ten", "inf", "NaN", "1e300", "5s"] {
+            assert_eq!(read(bad), None, "{bad:?}");
         }
     }
 }

@@ -31,7 +31,8 @@ use crate::ca::{CA_CERT, CERT, CRL, KEY};
 use crate::identity::{Peer, Role, peer_of};
 use crate::listener::{Place, Places};
 
-/// How long a peer may take to finish its handshake.
+/// How long a peer may take to finish its handshake; `COLONY_TLS_TIMEOUT`
+/// (seconds) overrides it, for tests.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many peers may be in their handshake with one node at once. Until it
@@ -209,12 +210,8 @@ impl Link {
             .with_custom_certificate_verifier(Arc::new(ServerSide(shared.clone())))
             .with_client_auth_cert(certs, key)
             .map_err(bad_key)?;
-        // Tests shorten the handshake timeout to see it fire.
-        let handshake_timeout = std::env::var("COLONY_TLS_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map_or(HANDSHAKE_TIMEOUT, Duration::from_secs_f64);
+        let handshake_timeout =
+            crate::listener::time_allowed("COLONY_TLS_TIMEOUT", HANDSHAKE_TIMEOUT);
         Ok(Arc::new(Link {
             dir: dir.to_path_buf(),
             me,
