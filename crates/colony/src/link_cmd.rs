@@ -212,7 +212,13 @@ async fn carry(
         }
         Transport::Tls => {
             // The peer is admitted before anything behind the tunnel is dialed.
-            let (mut tls, client) = link.accept(socket, peer, roles).await?;
+            let (mut tls, client) = match link.accept(socket, peer, roles).await {
+                Ok(admitted) => admitted,
+                Err(e) => {
+                    link.log_refusal("a tunnel connection", &e);
+                    return Ok(());
+                }
+            };
             tracing::debug!(%peer, %client, "tunnel connection");
             let mut far = dial().await?;
             tokio::io::copy_bidirectional(&mut tls, &mut far).await?;

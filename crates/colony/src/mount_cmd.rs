@@ -211,7 +211,7 @@ fn serve_9p_tls(
                 Ok(()) => tracing::debug!(%peer, %who, "9P connection closed"),
                 Err(e) => tracing::info!(%peer, %who, error = %e, "9P connection ended"),
             },
-            Err(e) => tracing::warn!(%peer, error = %e, "refused a 9P link"),
+            Err(e) => link.log_refusal("a 9P link", &e),
         });
     }
 }

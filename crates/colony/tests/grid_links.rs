@@ -418,3 +418,66 @@ fn tls_to_a_plaintext_port_is_refused_with_a_reason() {
     assert!(e.contains("not TLS"), "{e}");
     server.logged(&["a TLS handshake on a plaintext venti port"]);
 }
+
+/// Invariant: every one of a flood of strangers at a TLS port is refused,
+/// but the node logs them within its budget of refusal lines (20 in 10 s)
+/// rather than one line each, and its next refusal line after the window
+/// says how many went unlogged: a flood cannot flood the log too.
+#[test]
+fn a_flood_of_strangers_is_counted_not_logged_line_by_line() {
+    use std::io::Read;
+    let certs = Certs::new();
+    let node = certs.issue("node", "storage");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(COLONY);
+    cmd.args(["venti", "serve", "--listen", "tls!127.0.0.1!0", "--store"])
+        .arg(dir.path())
+        .arg("--tls")
+        .arg(&node);
+    let server = Daemon::start(cmd);
+    let flood = |n: usize| {
+        for _ in 0..n {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            let _ = s.write_all(b"venti-02-plaintext\n");
+            // Refused: the server closes the connection, having sent no
+            // venti reply.
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            assert!(!got.starts_with(b"venti-"), "{got:?}");
+        }
+    };
+    let refusals = || {
+        let log = server.log.lock().unwrap().clone();
+        log.lines()
+            .filter(|l| l.contains("refused a venti link"))
+            .count()
+    };
+    let began = std::time::Instant::now();
+    flood(30);
+    let deadline = began + std::time::Duration::from_secs(9);
+    while refusals() < link::listener::REFUSAL_LINES {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        refusals(),
+        link::listener::REFUSAL_LINES,
+        "{}",
+        server.log.lock().unwrap()
+    );
+    // The next window: one more, and its line tells of the ten left out.
+    let next = began + link::listener::REFUSALS_WINDOW + std::time::Duration::from_secs(1);
+    std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    flood(1);
+    server.logged(&[
+        "refused a venti link",
+        "10 refusals before this one were not logged",
+    ]);
+}

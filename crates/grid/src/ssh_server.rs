@@ -6,17 +6,18 @@
 //!
 //! As OpenSSH does with `LoginGraceTime` and `MaxStartups`: a connection
 //! must log in within [`LOGIN_GRACE`], and at most [`MAX_LOGGING_IN`] may
-//! be logging in at once; past that a new one is closed at once. Logged-in
-//! connections are not counted: they are users. A failed accept is logged
-//! and retried after a pause ([`link::listener`]), never the end of the
-//! server.
+//! be logging in at once; past that a new one is closed at once (logged
+//! within a [`LogBudget`], so a flood is counted, not written out line by
+//! line). Logged-in connections are not counted: they are users. A failed
+//! accept is logged and retried after a pause ([`link::listener`]), never
+//! the end of the server.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use link::listener::{Place, Places};
+use link::listener::{LogBudget, Place, Places, REFUSAL_LINES, REFUSALS_WINDOW};
 use russh::Disconnect;
 use russh::server::{Config, Handler, run_stream};
 use tokio::net::TcpListener;
@@ -69,6 +70,7 @@ pub async fn serve<H>(
 {
     let grace = link::listener::time_allowed("COLONY_SSH_LOGIN_GRACE", LOGIN_GRACE);
     let logging_in = Places::default();
+    let refusals = LogBudget::default();
     let (stop, _) = tokio::sync::broadcast::channel::<String>(1);
     tokio::pin!(shutdown);
     loop {
@@ -77,7 +79,15 @@ pub async fn serve<H>(
             accepted = link::listener::accept(&listener, "SSH") => accepted,
         };
         let Some(place) = logging_in.take(MAX_LOGGING_IN) else {
-            tracing::warn!(%peer, limit = MAX_LOGGING_IN, "refused an SSH connection: too many logging in at once");
+            match refusals.take(std::time::Instant::now()) {
+                Some(0) => {
+                    tracing::warn!(%peer, limit = MAX_LOGGING_IN, "refused an SSH connection: too many logging in at once")
+                }
+                Some(unlogged) => {
+                    tracing::warn!(%peer, limit = MAX_LOGGING_IN, unlogged, "refused an SSH connection: too many logging in at once; {unlogged} refusals before this one were not logged (more than {REFUSAL_LINES} in {} s)", REFUSALS_WINDOW.as_secs())
+                }
+                None => {}
+            }
             continue;
         };
         let watch = LoggingIn(Arc::new(Mutex::new(Some(place))));

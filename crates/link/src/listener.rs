@@ -5,12 +5,13 @@
 //! grid accepts through here.
 //!
 //! [`Places`] bound how many connections may be in a state where they are
-//! nobody yet (in their TLS handshake, logging in over SSH) at once.
+//! nobody yet (in their TLS handshake, logging in over SSH) at once, and a
+//! [`LogBudget`] how many lines their refusals may write.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How many connections are in some state at once; each holds a [`Place`]
 /// while it is.
@@ -39,6 +40,69 @@ pub struct Place(Arc<AtomicUsize>);
 impl Drop for Place {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How many log lines refusals may write: at most `lines` in each
+/// `window`; past that they are counted, and the next line written says
+/// how many went unlogged. A refusal is logged with its peer and reason,
+/// but a flood of them must not flood the log as well: journald drops a
+/// service's lines past its own rate, the important ones with them.
+pub struct LogBudget {
+    lines: usize,
+    window: Duration,
+    spent: Mutex<Spent>,
+}
+
+struct Spent {
+    /// When the current window began (none yet before the first line).
+    began: Option<Instant>,
+    logged: usize,
+    unlogged: u64,
+}
+
+/// The default budget: at most [`REFUSAL_LINES`] refusal lines in each
+/// [`REFUSALS_WINDOW`].
+pub const REFUSAL_LINES: usize = 20;
+pub const REFUSALS_WINDOW: Duration = Duration::from_secs(10);
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget::new(REFUSAL_LINES, REFUSALS_WINDOW)
+    }
+}
+
+impl LogBudget {
+    pub const fn new(lines: usize, window: Duration) -> LogBudget {
+        LogBudget {
+            lines,
+            window,
+            spent: Mutex::new(Spent {
+                began: None,
+                logged: 0,
+                unlogged: 0,
+            }),
+        }
+    }
+
+    /// Whether a line may be written at `now`: `Some(n)` if so, with `n`
+    /// the lines left unwritten before it; `None` if it is over budget
+    /// (it is counted).
+    pub fn take(&self, now: Instant) -> Option<u64> {
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        if spent
+            .began
+            .is_none_or(|began| now.saturating_duration_since(began) >= self.window)
+        {
+            spent.began = Some(now);
+            spent.logged = 0;
+        }
+        if spent.logged >= self.lines {
+            spent.unlogged += 1;
+            return None;
+        }
+        spent.logged += 1;
+        Some(std::mem::take(&mut spent.unlogged))
     }
 }
 
@@ -102,6 +166,22 @@ pub fn accept_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_budget_writes_its_lines_then_says_how_many_it_left_out() {
+        let budget = LogBudget::new(3, Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let taken: Vec<_> = (0..5).map(|i| budget.take(at(i))).collect();
+        assert_eq!(taken, [Some(0), Some(0), Some(0), None, None]);
+        // Still the same window: still over budget, still counted.
+        assert_eq!(budget.take(at(9_999)), None);
+        // A new window: the first line tells of the three left out.
+        assert_eq!(budget.take(at(10_000)), Some(3));
+        assert_eq!(budget.take(at(10_001)), Some(0));
+        // A quiet spell, then one refusal: written, nothing left out.
+        assert_eq!(budget.take(at(60_000)), Some(0));
+    }
 
     #[test]
     fn seconds_are_positive_finite_numbers() {

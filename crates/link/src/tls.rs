@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use crate::CertError;
 use crate::ca::{CA_CERT, CERT, CRL, KEY};
 use crate::identity::{Peer, Role, peer_of};
-use crate::listener::{Place, Places};
+use crate::listener::{LogBudget, Place, Places};
 
 /// How long a peer may take to finish its handshake; `COLONY_TLS_TIMEOUT`
 /// (seconds) overrides it, for tests.
@@ -70,6 +70,20 @@ pub enum LinkError {
     Busy { peer: SocketAddr, limit: usize },
 }
 
+impl LinkError {
+    /// The peer that was refused.
+    pub fn peer(&self) -> SocketAddr {
+        match self {
+            LinkError::Handshake { peer, .. }
+            | LinkError::Timeout { peer, .. }
+            | LinkError::Role { peer, .. }
+            | LinkError::Revoked { peer, .. }
+            | LinkError::Identity { peer, .. }
+            | LinkError::Busy { peer, .. } => *peer,
+        }
+    }
+}
+
 static DEFAULT: std::sync::OnceLock<Result<Arc<Link>, String>> = std::sync::OnceLock::new();
 
 /// The revocation list as loaded, and when its file was last seen changed.
@@ -94,6 +108,8 @@ pub struct Link {
     /// At most this many server-side handshakes at once ([`MAX_HANDSHAKES`]).
     pub max_handshakes: usize,
     handshaking: Places,
+    /// Lines for refused peers, shared by all of the node's TLS listeners.
+    refusals: LogBudget,
 }
 
 struct Verifiers {
@@ -223,6 +239,7 @@ impl Link {
             handshake_timeout,
             max_handshakes: MAX_HANDSHAKES,
             handshaking: Places::default(),
+            refusals: LogBudget::default(),
         }))
     }
 
@@ -331,6 +348,21 @@ impl Link {
             });
         }
         Ok(who)
+    }
+
+    /// Logs that `what` (such as "a venti link") was refused and why,
+    /// within the node's budget of refusal lines: a flood of strangers is
+    /// counted, not written out line by line.
+    pub fn log_refusal(&self, what: &str, error: &LinkError) {
+        let Some(unlogged) = self.refusals.take(std::time::Instant::now()) else {
+            return;
+        };
+        let peer = error.peer();
+        if unlogged == 0 {
+            tracing::warn!(%peer, error = %error, "refused {what}");
+        } else {
+            tracing::warn!(%peer, error = %error, unlogged, "refused {what}; {unlogged} refusals before this one were not logged (more than {} in {} s)", crate::listener::REFUSAL_LINES, crate::listener::REFUSALS_WINDOW.as_secs());
+        }
     }
 
     /// How many peers are in their handshake with this node now.

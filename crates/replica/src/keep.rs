@@ -42,10 +42,15 @@ async fn connection(
         .link
         .clone()
         .ok_or("this node has no certificate; it cannot accept replication")?;
-    let (tls, who) = link
-        .accept(socket, addr, &link::Role::ALL)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (tls, who) = match link.accept(socket, addr, &link::Role::ALL).await {
+        Ok(admitted) => admitted,
+        // Logged within the node's budget of refusal lines; a refused
+        // stranger is not a replication connection that ended.
+        Err(e) => {
+            link.log_refusal("a replication link", &e);
+            return Ok(());
+        }
+    };
     let (mut r, mut w) = tokio::io::split(tls);
     let first = read(&mut r).await?;
     match (first, who.role) {

@@ -37,7 +37,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<Arc<lin
             match tls {
                 Some(link) => match link.accept(tcp, peer, &link::Role::ALL).await {
                     Ok((stream, _)) => answer(&admin, stream, peer).await,
-                    Err(e) => tracing::info!(peer = %peer, error = %e, "admin client refused"),
+                    Err(e) => link.log_refusal("an admin client", &e),
                 },
                 None => answer(&admin, tcp, peer).await,
             }

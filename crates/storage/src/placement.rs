@@ -578,7 +578,7 @@ pub async fn serve(pool: Arc<Pool>, link: Arc<link::Link>, listener: tokio::net:
         tokio::spawn(async move {
             match link.accept(socket, addr, &[link::Role::Cpu]).await {
                 Ok((stream, peer)) => pool.link(stream, peer).await,
-                Err(e) => tracing::warn!(peer = %addr, error = %e, "refused a control link"),
+                Err(e) => link.log_refusal("a control link", &e),
             }
         });
     }

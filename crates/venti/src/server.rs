@@ -86,10 +86,7 @@ async fn run_session(
                 tracing::debug!(%peer, %who, "venti connection over TLS");
                 Stream::new(stream)
             }
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "refused a venti link");
-                return;
-            }
+            Err(e) => return tls.link.log_refusal("a venti link", &e),
         },
         None => {
             tracing::debug!(%peer, "venti connection");
