@@ -2594,7 +2594,7 @@ fn silent_connections_never_take_the_front_door_down() {
     }
     let mut g = Grid::new();
     g.env.push(("COLONY_SSH_LOGIN_GRACE", "5".into()));
-    g.start(&[]);
+    g.start(&["--admin-listen", "127.0.0.1:0"]);
     let pid = g.child.as_ref().unwrap().id();
     let connect = || std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
     // Up and serving, with whatever it opens on a first login open.
@@ -2643,8 +2643,9 @@ fn silent_connections_never_take_the_front_door_down() {
         String::from_utf8_lossy(&got)
     );
 
-    // 64 logging in at once, and 30 more: those are closed unanswered, and
-    // logged within the budget of refusal lines (20 in 10 s), not each.
+    // 64 logging in at once, and 30 more: those are closed unanswered,
+    // logged within the budget of refusal lines (20 in 10 s), not each, and
+    // each counted in the node's metrics.
     let held: Vec<_> = (0..64).map(|_| connect()).collect();
     let extras: Vec<_> = (0..30).map(|_| connect()).collect();
     for extra in extras {
@@ -2652,6 +2653,11 @@ fn silent_connections_never_take_the_front_door_down() {
         assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     }
     drop(held);
+    let (_, metrics) = http_get(g.admin.as_ref().unwrap(), "/metrics");
+    assert!(
+        metrics.contains("colony_frontdoor_connections_refused_total 30\n"),
+        "{metrics}"
+    );
     let log = g.stop();
     assert!(log.contains("did not log in in time"), "{log}");
     let refusals = log

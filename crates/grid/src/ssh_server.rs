@@ -57,11 +57,14 @@ impl LoggingIn {
 
 /// Serves SSH on `listener` until `shutdown` resolves, then disconnects
 /// every session with `reason`. `handler` makes each connection's handler
-/// from the peer's address and its [`LoggingIn`] place.
+/// from the peer's address and its [`LoggingIn`] place; `refused` is told
+/// of each connection closed unanswered because too many were logging in
+/// (for the node's metrics: the log holds only a budget of them).
 pub async fn serve<H>(
     listener: TcpListener,
     config: Arc<Config>,
     mut handler: impl FnMut(SocketAddr, LoggingIn) -> H,
+    refused: impl Fn(),
     shutdown: impl Future<Output = ()>,
     reason: &str,
 ) where
@@ -79,6 +82,7 @@ pub async fn serve<H>(
             accepted = link::listener::accept(&listener, "SSH") => accepted,
         };
         let Some(place) = logging_in.take(MAX_LOGGING_IN) else {
+            refused();
             match refusals.take(std::time::Instant::now()) {
                 Some(0) => {
                     tracing::warn!(%peer, limit = MAX_LOGGING_IN, "refused an SSH connection: too many logging in at once")

@@ -38,6 +38,11 @@ pub async fn serve(
         listener,
         server_config(key),
         new_connection,
+        || {
+            if let Some(m) = node.metrics() {
+                m.connections_refused.inc();
+            }
+        },
         shutdown,
         "the node is shutting down",
     )

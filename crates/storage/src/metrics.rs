@@ -62,6 +62,7 @@ pub struct Metrics {
     pub save_seconds: Histogram,
     pub commands: Family<CommandLabels, Counter>,
     pub logins_refused: Counter,
+    pub connections_refused: Counter,
     pub import_bytes: Counter,
     pub replication_lag_bytes: Family<PeerLabel, Gauge>,
     pub replication_lag_blocks: Family<PeerLabel, Gauge>,
@@ -103,6 +104,7 @@ impl Metrics {
             save_seconds: latency(),
             commands: Family::default(),
             logins_refused: Counter::default(),
+            connections_refused: Counter::default(),
             import_bytes: Counter::default(),
             replication_lag_bytes: Family::default(),
             replication_lag_blocks: Family::default(),
@@ -175,6 +177,11 @@ impl Metrics {
             "frontdoor_logins_refused",
             "Front-door logins refused (unknown keys)",
             m.logins_refused.clone(),
+        );
+        registry.register(
+            "frontdoor_connections_refused",
+            "Front-door connections closed unanswered: too many were logging in at once",
+            m.connections_refused.clone(),
         );
         registry.register(
             "import_bytes",

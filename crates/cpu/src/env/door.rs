@@ -53,6 +53,7 @@ pub async fn serve(
         listener,
         grid::ssh::server_config(key),
         new_conn,
+        || {},
         stopped,
         "the environment was ended",
     )
