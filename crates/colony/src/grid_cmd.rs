@@ -488,6 +488,16 @@ pub fn serve(args: ServeArgs) -> Result<()> {
                     }
                 }));
             }
+            if tls_dir.is_some()
+                && let Ok(link) = link::Link::from_env()
+            {
+                metrics.refresh_with(Box::new(move |m| {
+                    for (reason, n) in link.refused_so_far() {
+                        let l = storage::metrics::ReasonLabel { reason: reason.into() };
+                        storage::metrics::catch_up(&m.tls_refused.get_or_create(&l), n);
+                    }
+                }));
+            }
             if let Some(rep) = admin_rep.clone() {
                 metrics.refresh_with(Box::new(move |m| {
                     for (peer, blocks, bytes) in rep.lag() {

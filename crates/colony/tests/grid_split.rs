@@ -480,9 +480,17 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
         !String::from_utf8_lossy(&plain.stdout).contains("colony_"),
         "a client without a certificate was answered"
     );
-    scrape_s1(&g, 1, "the metrics through the tunnel", |m| {
-        m.contains("colony_spawn_seconds_count")
+    // That refusal is counted, whatever the log's budget wrote of it.
+    let refused = |m: &str, reason: &str| -> u64 {
+        let line = format!("colony_tls_refused_total{{reason=\"{reason}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let metrics = scrape_s1(&g, 1, "the metrics through the tunnel", |m| {
+        m.contains("colony_spawn_seconds_count") && refused(m, "handshake") >= 1
     });
+    assert_eq!(refused(&metrics, "revoked"), 0, "{metrics}");
 }
 
 /// Storage node s1's `/metrics`, scraped from `host` with the admin's

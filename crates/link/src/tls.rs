@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -71,6 +72,33 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// Every [`LinkError::reason`], in order.
+    pub const REASONS: [&'static str; 6] = [
+        "handshake",
+        "timeout",
+        "role",
+        "revoked",
+        "identity",
+        "busy",
+    ];
+
+    /// What kind of refusal this is, in a word (a metric's label).
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.kind()]
+    }
+
+    /// The place of [`LinkError::reason`] in [`LinkError::REASONS`].
+    fn kind(&self) -> usize {
+        match self {
+            LinkError::Handshake { .. } => 0,
+            LinkError::Timeout { .. } => 1,
+            LinkError::Role { .. } => 2,
+            LinkError::Revoked { .. } => 3,
+            LinkError::Identity { .. } => 4,
+            LinkError::Busy { .. } => 5,
+        }
+    }
+
     /// The peer that was refused.
     pub fn peer(&self) -> SocketAddr {
         match self {
@@ -110,6 +138,9 @@ pub struct Link {
     handshaking: Places,
     /// Lines for refused peers, shared by all of the node's TLS listeners.
     refusals: LogBudget,
+    /// Peers refused so far, by [`LinkError::REASONS`]: all of them, also
+    /// those the budget left out of the log.
+    refused: [AtomicU64; LinkError::REASONS.len()],
 }
 
 struct Verifiers {
@@ -240,6 +271,7 @@ impl Link {
             max_handshakes: MAX_HANDSHAKES,
             handshaking: Places::default(),
             refusals: LogBudget::default(),
+            refused: Default::default(),
         }))
     }
 
@@ -354,6 +386,7 @@ impl Link {
     /// within the node's budget of refusal lines: a flood of strangers is
     /// counted, not written out line by line.
     pub fn log_refusal(&self, what: &str, error: &LinkError) {
+        self.refused[error.kind()].fetch_add(1, Ordering::Relaxed);
         let Some(unlogged) = self.refusals.take(std::time::Instant::now()) else {
             return;
         };
@@ -363,6 +396,16 @@ impl Link {
         } else {
             tracing::warn!(%peer, error = %error, unlogged, "refused {what}; {unlogged} refusals before this one were not logged (more than {} in {} s)", crate::listener::REFUSAL_LINES, crate::listener::REFUSALS_WINDOW.as_secs());
         }
+    }
+
+    /// Peers refused so far by this node's TLS listeners (as logged, or
+    /// left out of the log, by [`Link::log_refusal`]), by reason.
+    pub fn refused_so_far(&self) -> Vec<(&'static str, u64)> {
+        LinkError::REASONS
+            .iter()
+            .zip(&self.refused)
+            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// How many peers are in their handshake with this node now.

@@ -26,6 +26,11 @@ pub struct PeerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -63,6 +68,9 @@ pub struct Metrics {
     pub commands: Family<CommandLabels, Counter>,
     pub logins_refused: Counter,
     pub connections_refused: Counter,
+    /// Kept by the node's `Link`, brought up to date at each scrape
+    /// ([`catch_up`]).
+    pub tls_refused: Family<ReasonLabel, Counter>,
     pub import_bytes: Counter,
     pub replication_lag_bytes: Family<PeerLabel, Gauge>,
     pub replication_lag_blocks: Family<PeerLabel, Gauge>,
@@ -76,6 +84,16 @@ pub struct Metrics {
 
 const EVENTS_KEPT: usize = 50;
 const GROWTH_KEPT: usize = 24 * 60;
+
+/// Raises `counter` to `total`, a count kept elsewhere that only grows:
+/// for a refresher, so the figure stays a Prometheus counter. (Refreshers
+/// run one at a time, so the read and the raise do not race.)
+pub fn catch_up(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -105,6 +123,7 @@ impl Metrics {
             commands: Family::default(),
             logins_refused: Counter::default(),
             connections_refused: Counter::default(),
+            tls_refused: Family::default(),
             import_bytes: Counter::default(),
             replication_lag_bytes: Family::default(),
             replication_lag_blocks: Family::default(),
@@ -182,6 +201,11 @@ impl Metrics {
             "frontdoor_connections_refused",
             "Front-door connections closed unanswered: too many were logging in at once",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "tls_refused",
+            "Peers refused by the node's TLS listeners, by reason",
+            m.tls_refused.clone(),
         );
         registry.register(
             "import_bytes",
@@ -398,5 +422,21 @@ mod tests {
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_count_kept_elsewhere_is_caught_up_and_never_lowered() {
+        let m = Metrics::new();
+        let l = ReasonLabel {
+            reason: "handshake".into(),
+        };
+        for (total, want) in [(0, 0), (3, 3), (3, 3), (2, 3), (7, 7)] {
+            catch_up(&m.tls_refused.get_or_create(&l), total);
+            assert_eq!(m.tls_refused.get_or_create(&l).get(), want, "after {total}");
+        }
+        assert!(
+            m.encode()
+                .contains("colony_tls_refused_total{reason=\"handshake\"} 7")
+        );
     }
 }
