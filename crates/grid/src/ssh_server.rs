@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use link::listener::{LogBudget, Place, Places, REFUSAL_LINES, REFUSALS_WINDOW};
+use link::listener::{LogBudget, Place, Places};
 use russh::Disconnect;
 use russh::server::{Config, Handler, run_stream};
 use tokio::net::TcpListener;
@@ -83,15 +83,8 @@ pub async fn serve<H>(
         };
         let Some(place) = logging_in.take(MAX_LOGGING_IN) else {
             refused();
-            match refusals.take(std::time::Instant::now()) {
-                Some(0) => {
-                    tracing::warn!(%peer, limit = MAX_LOGGING_IN, "refused an SSH connection: too many logging in at once")
-                }
-                Some(unlogged) => {
-                    tracing::warn!(%peer, limit = MAX_LOGGING_IN, unlogged, "refused an SSH connection: too many logging in at once; {unlogged} refusals before this one were not logged (more than {REFUSAL_LINES} in {} s)", REFUSALS_WINDOW.as_secs())
-                }
-                None => {}
-            }
+            let why = format_args!("too many logging in at once (at most {MAX_LOGGING_IN})");
+            refusals.warn_refused(peer, "an SSH connection", &why);
             continue;
         };
         let watch = LoggingIn(Arc::new(Mutex::new(Some(place))));

@@ -104,6 +104,24 @@ impl LogBudget {
         spent.logged += 1;
         Some(std::mem::take(&mut spent.unlogged))
     }
+
+    /// Logs that `what` (such as "a venti link") from `peer` was refused
+    /// because of `why`, if the budget allows; the line says how many
+    /// refusals before it went unlogged, if any did.
+    pub fn warn_refused(&self, peer: SocketAddr, what: &str, why: &dyn std::fmt::Display) {
+        match self.take(Instant::now()) {
+            None => {}
+            Some(0) => tracing::warn!(%peer, error = %why, "refused {what}"),
+            Some(unlogged) => tracing::warn!(
+                %peer,
+                error = %why,
+                unlogged,
+                "refused {what}; {unlogged} refusals before this one were not logged (more than {} in {} s)",
+                self.lines,
+                self.window.as_secs()
+            ),
+        }
+    }
 }
 
 /// How long a connection may stay nobody (in its TLS handshake, logging

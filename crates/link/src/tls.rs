@@ -72,7 +72,8 @@ pub enum LinkError {
 }
 
 impl LinkError {
-    /// Every [`LinkError::reason`], in order.
+    /// The kinds of refusal, in a word each (a metric's label), in the
+    /// order of [`LinkError::kind`].
     pub const REASONS: [&'static str; 6] = [
         "handshake",
         "timeout",
@@ -82,12 +83,7 @@ impl LinkError {
         "busy",
     ];
 
-    /// What kind of refusal this is, in a word (a metric's label).
-    pub fn reason(&self) -> &'static str {
-        Self::REASONS[self.kind()]
-    }
-
-    /// The place of [`LinkError::reason`] in [`LinkError::REASONS`].
+    /// The place of this kind of refusal in [`LinkError::REASONS`].
     fn kind(&self) -> usize {
         match self {
             LinkError::Handshake { .. } => 0,
@@ -387,15 +383,7 @@ impl Link {
     /// counted, not written out line by line.
     pub fn log_refusal(&self, what: &str, error: &LinkError) {
         self.refused[error.kind()].fetch_add(1, Ordering::Relaxed);
-        let Some(unlogged) = self.refusals.take(std::time::Instant::now()) else {
-            return;
-        };
-        let peer = error.peer();
-        if unlogged == 0 {
-            tracing::warn!(%peer, error = %error, "refused {what}");
-        } else {
-            tracing::warn!(%peer, error = %error, unlogged, "refused {what}; {unlogged} refusals before this one were not logged (more than {} in {} s)", crate::listener::REFUSAL_LINES, crate::listener::REFUSALS_WINDOW.as_secs());
-        }
+        self.refusals.warn_refused(error.peer(), what, error);
     }
 
     /// Peers refused so far by this node's TLS listeners (as logged, or
