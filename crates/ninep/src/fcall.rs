@@ -234,10 +234,26 @@ pub enum DecodeError {
     BadUtf8,
 }
 
+/// The longest error text sent: Plan 9's ERRMAX. An error names what went
+/// wrong, often with client-chosen names in it; cut to this, an Rerror
+/// fits in the smallest msize a server agrees to (256 bytes).
+pub const ERRMAX: usize = 128;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut n = s.len().min(max);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    let n = s.len().min(u16::MAX as usize);
-    out.extend_from_slice(&(n as u16).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..n]);
+    // A 9P string has a 16-bit length; a longer one is cut whole
+    // characters short, never inside one (the reader wants UTF-8).
+    let s = cut(s, u16::MAX as usize);
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 fn put_qid(out: &mut Vec<u8>, q: &Qid) {
@@ -307,7 +323,7 @@ impl Fcall {
                 put_str(o, aname);
             }
             Fcall::Rattach { qid } => put_qid(o, qid),
-            Fcall::Rerror { ename } => put_str(o, ename),
+            Fcall::Rerror { ename } => put_str(o, cut(ename, ERRMAX)),
             Fcall::Tflush { oldtag } => o.extend_from_slice(&oldtag.to_le_bytes()),
             Fcall::Rflush | Fcall::Rclunk | Fcall::Rremove | Fcall::Rwstat => {}
             Fcall::Twalk {
@@ -718,6 +734,34 @@ mod tests {
                 ename: "vacfs: authentication not required".into()
             }
         );
+    }
+
+    /// Before, an error's text went out whole (a hubfs error naming a
+    /// long hub overran the connection's msize), and past 64 KiB a string
+    /// was cut inside a character, which the reader refuses as not UTF-8.
+    #[test]
+    fn long_texts_are_cut_at_characters_and_errors_to_errmax() {
+        let long = "é".repeat(40_000); // 80,000 bytes, two a character
+        let bytes = Fcall::Rerror {
+            ename: long.clone(),
+        }
+        .encode(1);
+        assert!(bytes.len() <= 9 + ERRMAX && bytes.len() <= 256);
+        let Fcall::Rerror { ename } = Fcall::decode(&bytes).unwrap().1 else {
+            panic!("not an Rerror");
+        };
+        assert!(ename.len() <= ERRMAX && long.starts_with(&ename) && !ename.is_empty());
+        // A string past the 16-bit length, in a message with no other cut.
+        let bytes = Fcall::Tversion {
+            msize: 8192,
+            version: long.clone(),
+        }
+        .encode(0);
+        let Fcall::Tversion { version, .. } = Fcall::decode(&bytes).unwrap().1 else {
+            panic!("not a Tversion");
+        };
+        assert_eq!(version.len(), 65_534, "whole characters up to 65,535 bytes");
+        assert!(long.starts_with(&version));
     }
 
     #[test]
