@@ -184,7 +184,9 @@ pub fn invalid(e: Malformed) -> std::io::Error {
 }
 
 /// Reads one frame's body (kind and what follows) from `r`: the length is
-/// checked against `max_frame` before anything is allocated for it.
+/// checked against `max_frame` before anything is read, and the body grows
+/// only as its bytes arrive, so a peer that announces a large frame and
+/// sends little holds little of this node's memory.
 pub async fn read_body<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     protocol: &'static str,
@@ -200,8 +202,14 @@ pub async fn read_body<R: tokio::io::AsyncRead + Unpin>(
             format!("a frame of {len} bytes (the limit is {max_frame})"),
         )));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    let got = r.take(len as u64).read_to_end(&mut body).await?;
+    if got < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("a {protocol} frame cut short: {got} of its {len} bytes"),
+        ));
+    }
     Ok(body)
 }
 

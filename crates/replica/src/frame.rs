@@ -358,7 +358,19 @@ fn seq_only(w: &mut Writer, kind: u8, seq: u64) {
 
 /// Reads one frame from `r`.
 pub async fn read<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Frame, std::io::Error> {
-    let body = frames::read_body(r, PROTOCOL, MAX_FRAME).await?;
+    read_at_most(r, MAX_FRAME).await
+}
+
+/// The largest frame a peer that may only ask for status sends (a
+/// `StatusRequest` is one byte).
+pub const MAX_STATUS_REQUEST: usize = 16;
+
+/// Reads one frame of at most `max_frame` bytes from `r`.
+pub async fn read_at_most<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame: usize,
+) -> Result<Frame, std::io::Error> {
+    let body = frames::read_body(r, PROTOCOL, max_frame).await?;
     Frame::decode(&body).map_err(frames::invalid)
 }
 

@@ -52,7 +52,28 @@ async fn connection(
         }
     };
     let (mut r, mut w) = tokio::io::split(tls);
-    let first = read(&mut r).await?;
+    // Only storage nodes replicate; anyone else may only ask for status,
+    // so its first frame is read with that frame's size as the limit
+    // (a large frame announced by an admin or cpu certificate is refused
+    // before a byte of it is held).
+    let limit = if who.role == link::Role::Storage {
+        frame::MAX_FRAME
+    } else {
+        frame::MAX_STATUS_REQUEST
+    };
+    let first = match tokio::time::timeout(IDLE_TIMEOUT, frame::read_at_most(&mut r, limit)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) if who.role != link::Role::Storage => {
+            let message = format!(
+                "{} ({}) may not replicate here; only storage nodes may, others only ask for status ({e})",
+                who.name,
+                who.role.as_str()
+            );
+            return refuse(&mut w, message).await;
+        }
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("{} sent nothing", who.name)),
+    };
     match (first, who.role) {
         (Frame::StatusRequest, _) => {
             let text = rep.status_text();

@@ -490,3 +490,51 @@ async fn reading_through_fetches_checked_blocks_and_outlives_a_dropped_connectio
         .unwrap();
     assert_eq!(none, None);
 }
+
+/// A client that is not a storage node (an admin's certificate) announcing
+/// a huge first frame is refused at once: the node does not wait for, or
+/// hold, the 32 MiB it announced. Before the fix the keeper read the frame
+/// (up to its 32 MiB limit) before it looked at the peer's role, so forty
+/// such clients held over a gigabyte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_announcing_a_huge_frame_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let grid = Grid::new();
+    let (b, _) = grid.node("b", vec![]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(replica::keep::serve(b.clone(), listener));
+    let admin = grid.issue("admin", Role::Client);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = admin.connect(tcp, &[Role::Storage]).await.unwrap().0;
+    // A frame of 32 MiB announced, and a little of it sent.
+    s.write_all(&(32u32 << 20).to_be_bytes()).await.unwrap();
+    s.write_all(&[7u8; 1000]).await.unwrap();
+    s.flush().await.unwrap();
+    // The answer comes without the rest being sent: an error, then the end.
+    let answer = tokio::time::timeout(Duration::from_secs(20), frame::read(&mut s))
+        .await
+        .expect("the keeper must answer without waiting for the frame");
+    match answer.unwrap() {
+        Frame::Error { message } => assert!(
+            message.contains("only storage nodes") && message.contains("33554432"),
+            "{message}"
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the keeper must close the connection");
+}
+
+/// A storage peer's frame is held only as far as its bytes arrived: one
+/// that announces a large frame and stops is a frame cut short, not a
+/// large allocation waiting to be filled.
+#[tokio::test]
+async fn a_frame_cut_short_is_an_error_naming_what_arrived() {
+    let mut wire = (1000u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&[1u8; 10]);
+    let err = frame::read(&mut &wire[..]).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    assert!(err.to_string().contains("10 of its 1000 bytes"), "{err}");
+}
