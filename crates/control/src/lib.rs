@@ -208,6 +208,22 @@ const STATUS_TEXT: u8 = 4;
 const REFUSED: u8 = 0x80;
 
 impl Frame {
+    /// Whether the peer's reader would take this frame: within
+    /// [`MAX_FRAME`] and every list within [`MAX_ITEMS`]. A frame that
+    /// does not fit must never be sent: the reader would take the link as
+    /// broken, for every request on it.
+    pub fn fits(&self) -> Result<(), String> {
+        let bytes = self.encode();
+        let body = &bytes[4..];
+        if body.len() > MAX_FRAME {
+            return Err(format!(
+                "the request is {} bytes, more than the {MAX_FRAME} a control frame may be",
+                body.len()
+            ));
+        }
+        Frame::decode(body).map(|_| ()).map_err(|e| e.to_string())
+    }
+
     /// The frame with its length prefix.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();

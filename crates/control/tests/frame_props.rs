@@ -140,3 +140,31 @@ fn a_forged_count_does_not_allocate() {
     let err = Frame::decode(&body).unwrap_err();
     assert!(err.to_string().contains("cannot fit"), "{err}");
 }
+
+/// What the encoder would build but the reader refuses (a list past
+/// MAX_ITEMS, a frame past MAX_FRAME) is caught by `fits` before it is
+/// sent: 4,097 spawn options once dropped a cpu node's link.
+#[test]
+fn frames_the_reader_would_refuse_do_not_fit() {
+    let spawn = |options: Vec<String>, keys: Vec<String>| Frame::Request {
+        id: 1,
+        deadline_ms: 1000,
+        request: Request::Spawn {
+            user: "alice".into(),
+            name: "debian".into(),
+            root: Score::of(b"root"),
+            disk: false,
+            options,
+            keys,
+        },
+    };
+    assert!(spawn(vec!["pids=5".into(); 3], vec![]).fits().is_ok());
+    let err = spawn(vec!["pids=5".into(); control::MAX_ITEMS + 1], vec![])
+        .fits()
+        .unwrap_err();
+    assert!(err.contains("4097 items exceed"), "{err}");
+    let err = spawn(vec![], vec!["k".repeat(control::MAX_FRAME)])
+        .fits()
+        .unwrap_err();
+    assert!(err.contains("more than the"), "{err}");
+}

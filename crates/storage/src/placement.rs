@@ -179,6 +179,19 @@ impl Pool {
         if let Some(s) = self.streams.get() {
             s.to_cpu(cpu, id, verb, &describe(&request));
         }
+        let frame = Frame::Request {
+            id,
+            deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
+            request,
+        };
+        // Refused here rather than sent and refused by the cpu node's
+        // reader, which would drop the link for everyone on it.
+        if let Err(why) = frame.fits() {
+            return Err(CallError::Refused(Refusal {
+                message: format!("{verb} cannot be sent to a cpu node: {why}"),
+                full: false,
+            }));
+        }
         let pending = {
             let state = self.state();
             let Some(conn) = state.cpus.get(cpu).and_then(|c| c.conn.as_ref()) else {
@@ -190,11 +203,6 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id, tx);
-            let frame = Frame::Request {
-                id,
-                deadline_ms: deadline.as_millis().min(u32::MAX as u128) as u32,
-                request,
-            };
             if conn.out.send(frame).is_err() {
                 return Err(CallError::Unreachable(format!("cpu node {cpu} was lost")));
             }
