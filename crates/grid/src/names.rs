@@ -34,6 +34,20 @@ pub fn check_user_name(name: &str) -> GridResult<()> {
     Ok(())
 }
 
+/// Node names (a grid certificate's name, a binding's `origin`): letters,
+/// digits, `.`, `_`, `-`, starting with a letter or digit.
+pub fn check_node_name(name: &str) -> GridResult<()> {
+    check(name, "node name", |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+    })?;
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(GridError::refused(format!(
+            "node name {name:?} must start with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
 fn check(name: &str, what: &str, allowed: impl Fn(char) -> bool) -> GridResult<()> {
     if name.is_empty() {
         return Err(GridError::refused(format!("empty {what}")));

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use venti::Score;
 
 use crate::error::{GridError, GridResult};
-use crate::names::check_score_name;
+use crate::names::{check_node_name, check_score_name, check_user_name};
 
 /// One name binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +65,9 @@ fn precedence(e: &ndb::Entry) -> Precedence {
 /// The name a losing binding is shown under: `NAME.ORIGIN-ROOT8`, cut to fit.
 pub fn derived_name(name: &str, origin: &str, root: &str) -> String {
     let hex = root.strip_prefix("vac:").unwrap_or(root);
-    let suffix = format!(".{origin}-{}", &hex[..hex.len().min(8)]);
+    // By characters: a byte index could fall inside one.
+    let short: String = hex.chars().take(8).collect();
+    let suffix = format!(".{origin}-{short}");
     let keep = crate::names::MAX_NAME.saturating_sub(suffix.len());
     let mut cut = name.to_string();
     while cut.len() > keep {
@@ -236,6 +238,27 @@ impl ScoreNames {
         for e in incoming.entries() {
             let b = binding(e)?;
             check_score_name(&b.name)?;
+            // Every field is used as it came (compared, cut into derived
+            // names, written back): only its one canonical form is taken.
+            let root_text = e.get("rootscore").unwrap_or_default();
+            if root_text != vac::format_vac(&b.root) {
+                return Err(GridError::refused(format!(
+                    "replicated name {} has rootscore {root_text:?}, not in the form vac:<40 lower-case hex digits>",
+                    b.name
+                )));
+            }
+            for u in &b.users {
+                check_user_name(u)?;
+            }
+            if let Some(origin) = e.get("origin") {
+                check_node_name(origin)?;
+            }
+            if e.get("at").is_some_and(|at| at.parse::<u64>().is_err()) {
+                return Err(GridError::refused(format!(
+                    "replicated name {} has a position that is not a number",
+                    b.name
+                )));
+            }
             if b.users.is_empty() {
                 return Err(GridError::refused(format!(
                     "replicated name {} has no user",

@@ -207,3 +207,60 @@ fn a_local_binding_that_loses_is_renamed_under_this_nodes_name() {
     c.merge(&from_b, "b", "c", |_| Ok(true), || 2).unwrap();
     assert_eq!(view(&c), view(&a));
 }
+
+/// A peer's record is used as it came (compared, cut into derived names,
+/// written back), so only its one canonical form is taken. Before, a
+/// rootscore starting with Unicode spaces parsed (it is trimmed) and then
+/// panicked the merge where its first eight bytes were cut for a derived
+/// name, on every node the record reached; an origin was never checked.
+#[test]
+fn a_peers_record_in_any_but_its_canonical_form_is_refused_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = |_: &Score| Ok(true);
+    let here = ScoreNames::new(dir.path().join("here"));
+    here.bind("web", &root(1), &["alice"]).unwrap();
+    let hex = vac::format_vac(&root(2));
+    // Bound after this node's binding, so each loses the name and is cut
+    // into a derived one (where the panic was).
+    const LATER: u64 = 9_000_000_000_000_000_000;
+    let bad = [
+        // Unicode spaces (U+2003, 3 bytes each) before the score: byte 8 falls inside the third.
+        (
+            format!(
+                "scorename=web rootscore=\u{2003}\u{2003}\u{2003}{hex} user=alice origin=b time={LATER}\n"
+            ),
+            "rootscore",
+        ),
+        (
+            format!(
+                "scorename=web rootscore={} user=alice origin=b time={LATER}\n",
+                hex.to_uppercase().replace("VAC:", "vac:")
+            ),
+            "rootscore",
+        ),
+        (
+            format!("scorename=web rootscore={hex} user=alice origin=b/../../x time={LATER}\n"),
+            "node name",
+        ),
+        (
+            format!("scorename=web rootscore={hex} user=\"al ice\" origin=b time={LATER}\n"),
+            "user name",
+        ),
+        (
+            format!("scorename=web rootscore={hex} user=alice origin=b time={LATER} at=soon\n"),
+            "position",
+        ),
+    ];
+    for (text, why) in bad {
+        let err = here
+            .merge(&text, "p", "here", all, || 7)
+            .expect_err(&text)
+            .to_string();
+        assert!(err.contains(why), "{text}: {err}");
+    }
+    // Nothing of them was stored, and the name is still this node's.
+    assert_eq!(view(&here), vec![("web".to_string(), root(1))]);
+    // A derived name never cuts inside a character, whatever it is given.
+    let derived = grid::scorenames::derived_name("web", "b", "\u{2003}\u{2003}\u{2003}");
+    assert!(derived.starts_with("web.b-"), "{derived}");
+}
