@@ -365,13 +365,13 @@ pub fn import_tar(
                         meta: meta(Kind::File),
                         data: *data,
                     }),
+                    // As GNU tar: a link whose target is not there is
+                    // an error, not a file silently missing from the root.
                     _ => {
-                        observer.warn(
-                            Path::new(&shown),
-                            "hard link to something not earlier in the stream; left out",
-                        );
-                        stats.warnings += 1;
-                        None
+                        return Err(Error::Invalid(format!(
+                            "{shown}: a hard link to {:?}, which is not a file earlier in the stream",
+                            String::from_utf8_lossy(&linkpath)
+                        )));
                     }
                 }
             }

@@ -274,3 +274,28 @@ fn a_name_too_long_for_its_meta_block_is_an_error() {
     let err = tree.write(&store, sizes, None).unwrap_err();
     assert!(err.to_string().contains("meta block"), "{err}");
 }
+
+/// A hard link to a file the stream never had is refused, naming it, as
+/// GNU tar refuses it; before, it was dropped from the root silently.
+#[test]
+fn a_hard_link_to_nothing_in_the_stream_is_refused() {
+    let mut link = ustar("dangling", b'1', 0);
+    link[157..164].copy_from_slice(b"missing");
+    link[148..156].copy_from_slice(b"        ");
+    let sum: u32 = link.iter().map(|&b| b as u32).sum();
+    link[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = link.to_vec();
+    tar.extend_from_slice(&[0u8; 1024]);
+    let store = MemoryStore::new();
+    let mut tree = Tree::default();
+    let err = vac::tar::import_tar(
+        &store,
+        BlockSizes::default(),
+        &mut tree,
+        &mut &tar[..],
+        &Quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("dangling") && err.contains("missing"), "{err}");
+}
