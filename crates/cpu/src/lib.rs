@@ -42,6 +42,8 @@ pub struct CpuConfig {
     pub disk_cache: u64,
     /// Default resource limits of an environment (a spawn may override them).
     pub limits: Limits,
+    /// The most a spawn may ask for; a spawn above them is refused.
+    pub ceilings: Limits,
     /// Ports for environments' SSH logins, first..=last, reused after boom.
     pub env_ports: (u16, u16),
     /// Address the environments' logins listen on.
@@ -69,6 +71,7 @@ impl Default for CpuConfig {
             ram_cache: 100 << 20,
             disk_cache: 1 << 30,
             limits: Limits::default(),
+            ceilings: Limits::default_ceilings(),
             env_ports: (20001, 20100),
             env_listen: "0.0.0.0".into(),
             public_host: host_name(),

@@ -18,9 +18,87 @@ pub struct SpawnOptions {
 pub const SPAWN_USAGE: &str =
     "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]… [userns=yes|no]";
 
-/// The node's default limits with `memory=`, `pids=` and `cpu=` overrides,
-/// the network (`net=`) and the ports to publish (`publish=`).
+/// The most option words a spawn may give (each key once, and a few
+/// published ports).
+pub const MAX_OPTIONS: usize = 16;
+/// The longest option word.
+pub const MAX_OPTION_LEN: usize = 64;
+/// The option keys a spawn knows (`node=` is the placement's, on a
+/// storage node of a grid; the cpu node never sees it).
+const KEYS: [&str; 7] = ["memory", "pids", "cpu", "net", "publish", "userns", "node"];
+
+/// The form of a spawn's option words, checked where they arrive (the
+/// front door) before they go anywhere: at most [`MAX_OPTIONS`] words of
+/// at most [`MAX_OPTION_LEN`] bytes, each `KEY=VALUE` with a known key.
+/// Their values are judged by the node that runs the spawn ([`parse`]).
+pub fn check_form(words: &[&str]) -> GridResult<()> {
+    if words.len() > MAX_OPTIONS {
+        return Err(GridError::refused(format!(
+            "{} options: a spawn takes at most {MAX_OPTIONS}",
+            words.len()
+        )));
+    }
+    for w in words {
+        if w.len() > MAX_OPTION_LEN {
+            return Err(GridError::refused(format!(
+                "an option of {} bytes: at most {MAX_OPTION_LEN}",
+                w.len()
+            )));
+        }
+        let key = w.split_once('=').map(|(k, _)| k);
+        if !key.is_some_and(|k| KEYS.contains(&k)) {
+            return Err(GridError::refused(format!(
+                "bad option {w:?}: use {}",
+                KEYS.map(|k| format!("{k}=")).join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The highest `memory=`, `pids=` and `cpu=` a spawn may ask for on this
+/// node, and the flag that sets each (named in refusals).
+fn check_ceilings(limits: &Limits, ceilings: &Limits) -> GridResult<()> {
+    let over = |what: String, ceiling: String, flag: &str| {
+        Err(GridError::refused(format!(
+            "{what} is above this node's ceiling of {ceiling} (its admin sets it with serve --{flag})"
+        )))
+    };
+    if limits.memory > ceilings.memory {
+        return over(
+            format!("memory={}", grid::quota::human(limits.memory)),
+            grid::quota::human(ceilings.memory),
+            "env-memory-max",
+        );
+    }
+    if limits.pids > ceilings.pids {
+        return over(
+            format!("pids={}", limits.pids),
+            ceilings.pids.to_string(),
+            "env-pids-max",
+        );
+    }
+    if limits.cpu_weight > ceilings.cpu_weight {
+        return over(
+            format!("cpu={}", limits.cpu_weight),
+            ceilings.cpu_weight.to_string(),
+            "env-cpu-max",
+        );
+    }
+    Ok(())
+}
+
+/// The node's default limits with `memory=`, `pids=` and `cpu=` overrides
+/// (at most the node's ceilings), the network (`net=`) and the ports to
+/// publish (`publish=`).
 pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
+    let borrowed: Vec<&str> = words.iter().map(String::as_str).collect();
+    check_form(&borrowed)?;
+    if let Some(node) = borrowed.iter().find(|w| w.starts_with("node=")) {
+        return Err(GridError::refused(format!(
+            "{node}: only a storage node of a grid places environments on named cpu nodes"
+        )));
+    }
     let mut limits = config.limits.clone();
     let (mut network, mut publish) = (Network::Private, Vec::new());
     let mut rootless = config.userns;
@@ -86,6 +164,7 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
             _ => return Err(bad()),
         }
     }
+    check_ceilings(&limits, &config.ceilings)?;
     if network == Network::Host && !publish.is_empty() {
         return Err(GridError::refused(
             "publish= is for a private network: with net=host the environment's ports are the node's",
@@ -117,7 +196,59 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_string).collect()
+    }
+
+    /// Before, a spawn could ask for any memory, pids or cpu weight: the
+    /// node's defaults were not ceilings.
+    #[test]
+    fn a_spawn_above_the_ceilings_is_refused_naming_the_ceiling() {
+        let config = CpuConfig::default();
+        for (asked, ceiling, flag) in [
+            ("memory=64G", "2.0 GiB", "--env-memory-max"),
+            ("pids=1000000", "2048", "--env-pids-max"),
+            ("cpu=10000", "1000", "--env-cpu-max"),
+        ] {
+            let err = parse(&config, &words(asked))
+                .err()
+                .expect(asked)
+                .to_string();
+            assert!(
+                err.contains(ceiling) && err.contains(flag),
+                "{asked}: {err}"
+            );
+        }
+        let ok = parse(&config, &words("memory=2G pids=2048 cpu=1000")).unwrap();
+        assert_eq!(ok.limits.memory, 2 << 30);
+        // An admin's higher ceiling allows more.
+        let mut roomy = CpuConfig::default();
+        roomy.ceilings.memory = 8 << 30;
+        assert_eq!(
+            parse(&roomy, &words("memory=4G")).unwrap().limits.memory,
+            4 << 30
+        );
+    }
+
+    /// 4,097 option words made the storage node send a control frame the
+    /// cpu node's reader refused, dropping the link for every user on it.
+    #[test]
+    fn option_words_are_bounded_in_count_length_and_kind() {
+        let many: Vec<&str> = std::iter::repeat_n("pids=5", 4097).collect();
+        let err = check_form(&many).unwrap_err().to_string();
+        assert!(err.contains("at most 16"), "{err}");
+        let long = format!("net={}", "x".repeat(100));
+        let err = check_form(&[&long]).unwrap_err().to_string();
+        assert!(err.contains("at most 64"), "{err}");
+        let err = check_form(&["colour=blue"]).unwrap_err().to_string();
+        assert!(
+            err.contains("bad option") && err.contains("memory="),
+            "{err}"
+        );
+        check_form(&["memory=1G", "pids=10", "publish=80", "publish=443"]).unwrap();
+    }
 
     #[test]
     fn sizes() {

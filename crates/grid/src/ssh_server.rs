@@ -37,7 +37,12 @@ const BYE_TIME: Duration = Duration::from_secs(1);
 /// in ([`LoggingIn::logged_in`]), and the place is given up then, or when
 /// the connection goes.
 #[derive(Clone)]
-pub struct LoggingIn(Arc<Mutex<Option<Place>>>);
+pub struct LoggingIn {
+    place: Arc<Mutex<Option<Place>>>,
+    /// The server's budget of refusal lines, shared by its connections.
+    refusals: Arc<LogBudget>,
+    peer: SocketAddr,
+}
 
 impl LoggingIn {
     /// The user is in: the connection no longer counts as logging in and
@@ -46,12 +51,19 @@ impl LoggingIn {
         drop(self.place().take());
     }
 
-    fn is_logged_in(&self) -> bool {
+    pub fn is_logged_in(&self) -> bool {
         self.place().is_none()
     }
 
+    /// Logs, within the server's budget of refusal lines, that this
+    /// connection's login was refused and why (a connection that offered
+    /// only unknown keys, say, when it goes).
+    pub fn log_refused(&self, why: &str) {
+        self.refusals.warn_refused(self.peer, "an SSH login", &why);
+    }
+
     fn place(&self) -> std::sync::MutexGuard<'_, Option<Place>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.place.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -73,7 +85,7 @@ pub async fn serve<H>(
 {
     let grace = link::listener::time_allowed("COLONY_SSH_LOGIN_GRACE", LOGIN_GRACE);
     let logging_in = Places::default();
-    let refusals = LogBudget::default();
+    let refusals = Arc::new(LogBudget::default());
     let (stop, _) = tokio::sync::broadcast::channel::<String>(1);
     tokio::pin!(shutdown);
     loop {
@@ -87,7 +99,11 @@ pub async fn serve<H>(
             refusals.warn_refused(peer, "an SSH connection", &why);
             continue;
         };
-        let watch = LoggingIn(Arc::new(Mutex::new(Some(place))));
+        let watch = LoggingIn {
+            place: Arc::new(Mutex::new(Some(place))),
+            refusals: refusals.clone(),
+            peer,
+        };
         let handler = handler(peer, watch.clone());
         let (config, mut stopped) = (config.clone(), stop.subscribe());
         tokio::spawn(async move {

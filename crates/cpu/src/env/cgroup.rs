@@ -28,6 +28,28 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The most a spawn may ask for unless the node's admin says otherwise:
+    /// four times the default memory and processes, ten fair shares of CPU.
+    pub fn default_ceilings() -> Limits {
+        Limits {
+            memory: 2 << 30,
+            pids: 2048,
+            cpu_weight: 1000,
+        }
+    }
+
+    /// Each limit raised to at least `other`'s (so a node's defaults are
+    /// never above its ceilings).
+    pub fn at_least(&self, other: &Limits) -> Limits {
+        Limits {
+            memory: self.memory.max(other.memory),
+            pids: self.pids.max(other.pids),
+            cpu_weight: self.cpu_weight.max(other.cpu_weight),
+        }
+    }
+}
+
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// null, zero, full, random, urandom, tty, ptmx and the pty slaves.

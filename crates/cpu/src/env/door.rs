@@ -45,6 +45,7 @@ pub async fn serve(
         door: door.clone(),
         logging_in,
         channels: HashMap::new(),
+        refused: false,
     };
     let stopped = async {
         let _ = stop.await;
@@ -116,6 +117,9 @@ struct Conn {
     door: Arc<Door>,
     logging_in: grid::ssh_server::LoggingIn,
     channels: HashMap<ChannelId, Chan>,
+    /// A key was offered and refused (logged when the connection goes,
+    /// if nobody logged in).
+    refused: bool,
 }
 
 /// A pseudo-terminal from the environment's own devpts instance (through
@@ -437,6 +441,7 @@ impl russh::server::Handler for Conn {
         Ok(if self.admitted(offer.public_key) {
             Auth::Accept
         } else {
+            self.refused = true;
             Auth::reject()
         })
     }
@@ -450,7 +455,7 @@ impl russh::server::Handler for Conn {
             self.logging_in.logged_in();
             Ok(Auth::Accept)
         } else {
-            tracing::info!(owner = %self.door.owner, "refused a login to someone else's environment");
+            self.refused = true;
             Ok(Auth::reject())
         }
     }
@@ -654,6 +659,13 @@ impl Drop for Conn {
     fn drop(&mut self) {
         for c in self.channels.values() {
             c.kill(&self.door);
+        }
+        if self.refused && !self.logging_in.is_logged_in() {
+            let why = format!(
+                "no key it offered may log in to {}'s environment",
+                self.door.owner
+            );
+            self.logging_in.log_refused(&why);
         }
     }
 }

@@ -27,6 +27,8 @@ enum When {
     NewUserNamespace { arg: u8 },
     /// When its first argument is not one of Docker's safe personalities.
     UnsafePersonality,
+    /// When its first argument (a socket's address family) is this one.
+    Family(i32),
 }
 
 /// The refused calls: (number, name, when, why).
@@ -85,6 +87,7 @@ const REFUSED: &[(i64, &str, When, &str)] = &[
     (libc::SYS_nfsservctl, "nfsservctl", When::Always, "obsolete"),
     (libc::SYS__sysctl, "_sysctl", When::Always, "obsolete"),
     (libc::SYS_vhangup, "vhangup", When::Always, "hangs up the host's terminals"),
+    (libc::SYS_socket, "socket", When::Family(libc::AF_VSOCK), "vsock ports belong to the whole virtual machine, not a namespace (Docker refuses AF_VSOCK too)"),
     (libc::SYS_io_uring_setup, "io_uring_setup", When::Always, "a large kernel surface with a history of escapes (Docker refuses it too)"),
     (libc::SYS_io_uring_enter, "io_uring_enter", When::Always, "see io_uring_setup"),
     (libc::SYS_io_uring_register, "io_uring_register", When::Always, "see io_uring_setup"),
@@ -124,6 +127,7 @@ fn rules_for(when: When) -> io::Result<Vec<SeccompRule>> {
                 flag,
             )?])?]
         }
+        When::Family(family) => vec![rule(vec![condition(0, SeccompCmpOp::Eq, family as u64)?])?],
         When::UnsafePersonality => {
             let conditions = SAFE_PERSONALITIES
                 .iter()
@@ -220,6 +224,19 @@ mod tests {
                     if libc::getpid() <= 0 {
                         return 16;
                     }
+                    // vsock is refused as the filter's EPERM (without the
+                    // filter: a socket, or EAFNOSUPPORT where the kernel
+                    // has no vsock); other families still open.
+                    if libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) != -1
+                        || errno() != libc::EPERM
+                    {
+                        return 17;
+                    }
+                    let unix = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                    if unix < 0 {
+                        return 18;
+                    }
+                    libc::close(unix);
                 }
                 0
             })();

@@ -53,9 +53,20 @@ const ATTR_EXTENDED: u32 = 0x8000_0000;
 /// Largest packet we accept (OpenSSH sends at most 256 KiB).
 const MAX_PACKET: usize = 1 << 20;
 
+/// The most a client may receive in one message: OpenSSH's clients
+/// refuse a longer one ("Received message too long").
+const MAX_MESSAGE: usize = 256 << 10;
+/// The most bytes one READ answers, as OpenSSH's server: a message's room
+/// less a margin for its header.
+const MAX_READ: usize = MAX_MESSAGE - 1024;
+/// The most names one READDIR answers, as OpenSSH's server: the client
+/// asks again until it is told the end.
+const NAMES_PER_READDIR: usize = 100;
+
 enum Handle {
     File(File),
-    Dir(Vec<PathBuf>, bool),
+    /// A directory's names, and how many of them were sent.
+    Dir(Vec<PathBuf>, usize),
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -339,7 +350,7 @@ fn handle(
             list.insert(0, path.join(".."));
             list.insert(0, path.join("."));
             *next += 1;
-            handles.insert(*next, Handle::Dir(list, false));
+            handles.insert(*next, Handle::Dir(list, 0));
             handle_reply(id, *next)
         }
         CLOSE => {
@@ -349,7 +360,7 @@ fn handle(
         READ => {
             let h = handle_id(c)?;
             let offset = c.u64()?;
-            let len = (c.u32()? as usize).min(256 << 10);
+            let len = (c.u32()? as usize).min(MAX_READ);
             let Some(Handle::File(f)) = handles.get_mut(&h) else {
                 return Err(gone());
             };
@@ -377,14 +388,15 @@ fn handle(
         }
         READDIR => {
             let h = handle_id(c)?;
-            let Some(Handle::Dir(list, done)) = handles.get_mut(&h) else {
+            let Some(Handle::Dir(list, sent)) = handles.get_mut(&h) else {
                 return Err(gone());
             };
-            if *done {
+            if *sent == list.len() {
                 return Ok(status(id, EOF, "end of directory"));
             }
-            *done = true;
-            let entries: Vec<(Vec<u8>, Option<fs::Metadata>)> = list
+            let batch = &list[*sent..list.len().min(*sent + NAMES_PER_READDIR)];
+            *sent += batch.len();
+            let entries: Vec<(Vec<u8>, Option<fs::Metadata>)> = batch
                 .iter()
                 .map(|p| {
                     (
