@@ -86,6 +86,18 @@ pub struct ServeArgs {
     /// Default process limit of an environment [default: 512].
     #[arg(long)]
     env_pids: Option<u64>,
+    /// The most memory a spawn may ask for (`memory=`) [default: 2G;
+    /// config `envmemorymax=`].
+    #[arg(long)]
+    env_memory_max: Option<String>,
+    /// The most processes a spawn may ask for (`pids=`) [default: 2048;
+    /// config `envpidsmax=`].
+    #[arg(long)]
+    env_pids_max: Option<u64>,
+    /// The highest CPU weight a spawn may ask for (`cpu=`, 100 is a fair
+    /// share) [default: 1000; config `envcpumax=`].
+    #[arg(long)]
+    env_cpu_max: Option<u64>,
     /// RAM cache of `spawn` (K, M, G are powers of 1024) [default: 100M].
     #[arg(long)]
     ram_cache: Option<String>,
@@ -190,6 +202,11 @@ fn open_log_store(state: &StateDir) -> Result<Arc<LogStore>> {
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     let state = args.state.resolve()?;
+    // Imports of a node that died mid-import left their scratch stores.
+    let removed = storage::import::remove_leftovers(&state.root.join("tmp"));
+    if removed > 0 {
+        tracing::info!(removed, "removed what interrupted imports left behind");
+    }
     let file = match &args.config {
         Some(path) => {
             let db = ndb::Db::open(path)?;
@@ -260,6 +277,33 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     {
         config.limits.pids = p;
     }
+    if let Some(m) = args
+        .env_memory_max
+        .or_else(|| file.get("envmemorymax").map(str::to_string))
+    {
+        config.ceilings.memory = crate::mount_cmd::parse_size(&m)?;
+    }
+    if let Some(p) = args.env_pids_max.map(Ok).or_else(|| {
+        file.get("envpidsmax").map(|v| {
+            v.parse()
+                .with_context(|| format!("envpidsmax={v}: not a number"))
+        })
+    }) {
+        config.ceilings.pids = p?;
+    }
+    if let Some(c) = args.env_cpu_max.map(Ok).or_else(|| {
+        file.get("envcpumax").map(|v| {
+            v.parse()
+                .with_context(|| format!("envcpumax={v}: not a number"))
+        })
+    }) {
+        config.ceilings.cpu_weight = c?;
+    }
+    if !(1..=10000).contains(&config.ceilings.cpu_weight) {
+        bail!("--env-cpu-max is a CPU weight, 1-10000");
+    }
+    // The defaults are always allowed.
+    config.ceilings = config.ceilings.at_least(&config.limits);
     let role = match args
         .roles
         .role
@@ -932,16 +976,17 @@ pub fn import(args: ImportArgs) -> Result<()> {
             bail!("no user {u} on this node (add it with `colony user add`)");
         }
     }
+    // A node serving this state directory holds its store: go through
+    // the node at once (opening the store would first wait out its lock).
+    // A socket left by a node that died refuses the connection.
+    if args.venti.is_none()
+        && let Ok(sock) = std::os::unix::net::UnixStream::connect(state.root.join(ADMIN_SOCKET))
+    {
+        return import_through_node(sock, &args);
+    }
     let store = match args.venti.as_deref() {
         Some(addr) => open_store(&state, Some(addr))?,
-        None => match LogStore::open(state.store_dir()) {
-            Ok(log) => Arc::new(log),
-            // The node runs and holds its store: go through the node.
-            Err(venti::StoreError::Busy(_)) if state.root.join(ADMIN_SOCKET).exists() => {
-                return import_through_node(&state, &args);
-            }
-            Err(e) => return Err(e.into()),
-        },
+        None => Arc::new(LogStore::open(state.store_dir())?),
     };
     let progress = Progress::new("importing");
     let mut tree = Tree::default();
@@ -973,9 +1018,10 @@ pub fn import(args: ImportArgs) -> Result<()> {
             tree = vac::oci::import_layout(
                 store.as_ref(),
                 BlockSizes::default(),
-                &dir,
+                &vac::oci::DirLayout::new(&dir),
                 tag.as_deref(),
                 &progress,
+                &|| false,
             )?;
         }
         _ => bail!("give a directory, --tar FILE or --oci DIR[:TAG]"),
@@ -995,15 +1041,8 @@ pub const ADMIN_SOCKET: &str = "admin.sock";
 /// Streams the import to the running node: a header line, then a tar
 /// stream (of the directory or the OCI layout, made by tar(1), or the
 /// --tar stream itself).
-fn import_through_node(state: &StateDir, args: &ImportArgs) -> Result<()> {
+fn import_through_node(mut sock: std::os::unix::net::UnixStream, args: &ImportArgs) -> Result<()> {
     use std::io::{BufRead, Read, Write};
-    let path = state.root.join(ADMIN_SOCKET);
-    let mut sock = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
-        format!(
-            "the store is in use; reaching the node at {}",
-            path.display()
-        )
-    })?;
     let (format, tar_of) = match (&args.path, &args.tar, &args.oci) {
         (Some(dir), None, None) => ("tar".to_string(), Some(dir.clone())),
         (None, Some(_), None) => ("tar".to_string(), None),
@@ -1084,7 +1123,17 @@ pub fn serve_admin(node: Arc<Node>, state: &StateDir) -> Result<()> {
                             f => storage::import::Format::parse(Some(f)),
                         };
                         match format {
-                            Ok(f) => node.import_for("admin", None, &users, name, &f, &mut reader),
+                            Ok(f) => node.import_for(
+                                "admin",
+                                None,
+                                &users,
+                                name,
+                                storage::import::Upload {
+                                    format: &f,
+                                    input: &mut reader,
+                                    cancelled: &|| false,
+                                },
+                            ),
                             Err(e) => storage::Reply::fail(e),
                         }
                     }

@@ -429,7 +429,11 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
     g.door_ok("alice", &["boom", "withnote"]);
     let err = g.door_err("alice", &["spawn", "withnote", "node=nope"]);
     assert!(err.contains("no cpu node nope"), "{err}");
+    // An unknown key is refused at the front door, never sent; a known
+    // key's value is the cpu node's to judge.
     let err = g.door_err("alice", &["spawn", "withnote", "bogus=1"]);
+    assert!(err.contains("bad option"), "{err}");
+    let err = g.door_err("alice", &["spawn", "withnote", "memory=lots"]);
     assert!(err.contains("bad option"), "{err}");
 
     // A warm cpu node: the boomed root spawns again from its cache, and a
@@ -457,6 +461,7 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
     let sent = backlog("cpu.in");
     assert!(sent.contains(" spawn alice busybox vac:"), "{sent}");
     assert!(sent.contains(" save alice busybox"), "{sent}");
+    assert!(!sent.contains("bogus=1"), "refused at the front door: {sent}");
     let answers = backlog("cpu.out");
     assert!(answers.contains("ok ssh -p "), "{answers}");
     assert!(answers.contains("refused bad option"), "{answers}");

@@ -41,6 +41,9 @@ struct Grid {
     /// unread would stall the node once full), and that thread.
     log: Arc<Mutex<Vec<u8>>>,
     log_reader: Option<std::thread::JoinHandle<()>>,
+    /// A file the node is started holding open as descriptor 9, not
+    /// close-on-exec, as a supervisor or wrapper may start it.
+    inherit: Option<std::fs::File>,
 }
 
 impl Grid {
@@ -58,6 +61,7 @@ impl Grid {
             env: Vec::new(),
             log: Arc::default(),
             log_reader: None,
+            inherit: None,
         };
         for user in ["alice", "bob", "carol"] {
             let key = g.tmp.path().join(user);
@@ -125,8 +129,22 @@ impl Grid {
         let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = 21000 + (std::process::id() % 100) as u16 * 200 + slot * 6;
         let ports = format!("{}-{}", base, base + 4);
-        let mut child = self
-            .command(COLONY)
+        let mut cmd = self.command(COLONY);
+        if let Some(file) = &self.inherit {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = file.as_raw_fd();
+            // SAFETY: only dup2, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 9) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args([
                 "serve",
                 "--listen",
@@ -1354,7 +1372,9 @@ int main(void) {{
         else if (!strcmp(n, "clone")) {{
             r = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
             if (r == 0) _exit(0);
-        }} else if (!strcmp(n, "personality"))
+        }} else if (!strcmp(n, "socket"))
+            r = syscall(SYS_socket, AF_VSOCK, SOCK_STREAM, 0);
+        else if (!strcmp(n, "personality"))
             r = syscall(SYS_personality, ADDR_NO_RANDOMIZE);
         else
             r = syscall(calls[i].nr, 0, 0, 0, 0, 0, 0);
@@ -1370,7 +1390,7 @@ int main(void) {{
     if (pid == 0) {{ execl("/bin/true", "true", (char *)0); _exit(99); }}
     printf("execve %d\n", waitpid(pid, &status, 0) == pid && WEXITSTATUS(status) == 0 ? 0 : -1);
     printf("mmap %d\n", ran(mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED));
-    printf("socket %d\n", ran(socket(AF_INET, SOCK_STREAM, 0) >= 0));
+    printf("inet_socket %d\n", ran(socket(AF_INET, SOCK_STREAM, 0) >= 0));
     pid = fork();
     if (pid == 0) {{ ptrace(PTRACE_TRACEME, 0, 0, 0); raise(SIGSTOP); _exit(0); }}
     int traced = waitpid(pid, &status, 0) == pid && WIFSTOPPED(status)
@@ -1436,7 +1456,7 @@ fn check_probe_results(out: &str, mode: &str) {
         );
     }
     assert_eq!(results.get("clone3"), Some(&libc::ENOSYS), "{mode}: {out}");
-    for name in ["thread", "fork", "execve", "mmap", "socket", "ptrace"] {
+    for name in ["thread", "fork", "execve", "mmap", "inet_socket", "ptrace"] {
         assert_eq!(
             results.get(name),
             Some(&0),
@@ -2094,6 +2114,13 @@ fn the_nodes_requests_replies_and_events_are_hubs() {
         events.contains("alice spawn busybox: busybox spawned from vac:"),
         "{events}"
     );
+    // The whole reply on one line: the login after "log in with:" too
+    // (before, every spawn event ended there).
+    let spawned = events
+        .lines()
+        .find(|l| l.contains("alice spawn busybox:"))
+        .unwrap();
+    assert!(spawned.contains("ssh -p "), "{spawned}");
     assert!(
         events.contains("alice boom busybox: busybox BOOMed"),
         "{events}"
@@ -2394,6 +2421,12 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
     g.ok("alice", &["spawn", "busybox"]);
     // carol's key is not registered: a login refused.
     assert!(!g.ssh("carol", &["scores"]).status.success());
+    // An import refused (not a tar) is a command like the others.
+    assert!(
+        !g.ssh_bytes("bob", &["import", "junk"], &[7u8; 5000])
+            .status
+            .success()
+    );
 
     // A refused login is counted when the server is done with its
     // connection, which can be a moment after the client has given up.
@@ -2413,6 +2446,7 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
         "colony_environments{state=\"running\"} 1",
         "colony_store_bytes ",
         "colony_commands_total{command=\"spawn\",outcome=\"ok\"} 1",
+        "colony_commands_total{command=\"import\",outcome=\"refused\"} 1",
         "colony_environment_cache_capacity_bytes{user=\"alice\",environment=\"busybox\"} 104857600",
         "colony_environment_cache_used_bytes{user=\"alice\",environment=\"busybox\"} ",
     ] {
@@ -2706,5 +2740,506 @@ fn a_request_sent_a_byte_at_a_time_is_cut_off() {
     // Others are still served.
     let (status, _) = http_get(&admin, "/metrics");
     assert!(status.contains("200"), "{status}");
+    g.stop();
+}
+
+/// A one-shot command's standard input belongs to that command, and only
+/// `import` reads it. Before, the front door ran every line of it as a
+/// command: `printf 'spawn d3\n' | ssh … scores` spawned d3, and a tar
+/// sent to a nameless `import` had its lines executed (a file holding
+/// `boom NAME` ended the user's environment). A 0x04 byte read as `exit`
+/// turned a usage error into status 0. The prompt's lines are bounded.
+#[test]
+fn a_one_shot_commands_input_is_never_run_as_commands() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let out = g.ssh_as("alice", "alice", &["scores"], "spawn busybox\n");
+    assert!(out.status.success());
+    assert!(
+        g.mounted().is_empty(),
+        "stdin of scores spawned: {:?}",
+        g.mounted()
+    );
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let out = g.ssh_as("alice", "alice", &["import"], "boom busybox\n");
+    assert_eq!(out.status.code(), Some(1), "a usage error");
+    assert_eq!(g.env_ok(port, "echo alive"), "alive\n", "boom in stdin ran");
+    let out = g.ssh_bytes("alice", &["import"], b"\x04");
+    assert_eq!(out.status.code(), Some(1), "0x04 must not make it exit 0");
+    // The prompt: a line past 4 KiB is refused, and the next one runs.
+    let input = format!("{}\nscores\nexit\n", "x".repeat(5000));
+    let mut cmd = g.command("ssh");
+    cmd.args(["-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .arg("-T")
+        .arg("alice@127.0.0.1");
+    let out = run_with_input(cmd, &input);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 4096 bytes"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("busybox"));
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}
+
+/// Every process under `pid`, recursively.
+fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children_of(p) {
+            all.push(c);
+            todo.push(c);
+        }
+    }
+    all
+}
+
+/// The targets of `pid`'s open descriptors.
+fn descriptor_targets(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect()
+}
+
+/// A node started holding an open directory (as a supervisor, `flock` or
+/// a CI runner may start it) passes it to nothing it runs. Before, pid 1,
+/// every login and slirp4netns inherited it, and a tenant read and wrote
+/// host files through `/proc/self/fd/N/..`.
+#[test]
+fn descriptors_the_node_inherited_reach_no_environment() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let host = g.tmp.path().join("host-only-c0ffee");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("secret"), "host secret\n").unwrap();
+    g.inherit = Some(std::fs::File::open(&host).unwrap());
+    g.start(&[]);
+    let node = g.child.as_ref().unwrap().id();
+    assert!(
+        descriptor_targets(node)
+            .iter()
+            .any(|t| t.contains("host-only-c0ffee")),
+        "the node itself holds it (else this test shows nothing)"
+    );
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let inside = g.env_ok(
+        port,
+        "for f in /proc/[0-9]*/fd/*; do readlink $f; done 2>/dev/null; cat /proc/self/fd/9/secret 2>&1; true",
+    );
+    assert!(!inside.contains("host-only-c0ffee"), "{inside}");
+    assert!(!inside.contains("host secret"), "{inside}");
+    for pid in descendants_of(node) {
+        let targets = descriptor_targets(pid);
+        assert!(
+            !targets.iter().any(|t| t.contains("host-only-c0ffee")),
+            "process {pid} of the node holds it: {targets:?}"
+        );
+    }
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}
+
+/// A spawn above the node's ceilings, or with more option words than a
+/// spawn takes, is refused at the front door, naming the bound; before,
+/// `memory=64G pids=1000000 cpu=10000` was accepted.
+#[test]
+fn a_spawn_above_the_ceilings_or_with_thousands_of_options_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&["--env-memory-max", "3G"]);
+    let err = g.refused("alice", &["spawn", "busybox", "memory=64G"]);
+    assert!(
+        err.contains("ceiling of 3.0 GiB") && err.contains("--env-memory-max"),
+        "{err}"
+    );
+    let err = g.refused("alice", &["spawn", "busybox", "pids=1000000"]);
+    assert!(err.contains("ceiling of 2048"), "{err}");
+    let err = g.refused("alice", &["spawn", "busybox", "cpu=10000"]);
+    assert!(err.contains("ceiling of 1000"), "{err}");
+    let many = vec!["pids=5"; 4097].join(" ");
+    let err = g.refused("alice", &["spawn", "busybox", &many]);
+    assert!(err.contains("at most 16"), "{err}");
+    assert!(g.mounted().is_empty());
+    // Within the ceilings it spawns.
+    let port = login_port(&g.ok("alice", &["spawn", "busybox", "memory=3G"]));
+    assert_eq!(g.env_ok(port, "echo in"), "in\n");
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}
+
+/// An OCI layout uploaded as a tar, with its blobs replaced by `with`.
+fn hostile_layout(g: &Grid, name: &str, with: impl Fn(&Path)) -> Vec<u8> {
+    let dir = g.tmp.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    oci_layout(g, &dir);
+    let layout = dir.join("image");
+    with(&layout);
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// Every blob file of a layout.
+fn blobs(layout: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+/// A layout is data: the node never opens anything in it as a host path.
+/// Before, a blob linked to the node's SSH host key came back as "does
+/// not match its digest (got sha256:<the key's digest>)", `index.json ->
+/// /dev/zero` grew the node to 1.7 GB until the OOM killer ended it, and
+/// a FIFO blocked an import thread for good. What a killed node's imports
+/// leave in STATE/tmp is removed when it starts again.
+#[test]
+fn hostile_oci_layouts_are_refused_without_touching_the_host() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let leftover = g.state.join("tmp/import-left-by-a-killed-node");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("junk"), "x").unwrap();
+    g.start(&[]);
+    assert!(
+        !leftover.exists(),
+        "a dead import's scratch is removed at start"
+    );
+    let key = std::fs::canonicalize(g.state.join("host_key")).unwrap();
+    let key_digest = {
+        let out = Command::new("sha256sum").arg(&key).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    };
+    let links = hostile_layout(&g, "links", |layout| {
+        for b in blobs(layout) {
+            std::fs::remove_file(&b).unwrap();
+            std::os::unix::fs::symlink(&key, &b).unwrap();
+        }
+    });
+    let zero = hostile_layout(&g, "zero", |layout| {
+        std::fs::remove_file(layout.join("index.json")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", layout.join("index.json")).unwrap();
+    });
+    let fifo = hostile_layout(&g, "fifo", |layout| {
+        std::fs::remove_file(layout.join("index.json")).unwrap();
+        assert!(
+            Command::new("mkfifo")
+                .arg(layout.join("index.json"))
+                .status()
+                .unwrap()
+                .success()
+        );
+    });
+    let root_link = hostile_layout(&g, "rootlink", |layout| {
+        std::fs::remove_dir_all(layout.join("blobs")).unwrap();
+        std::os::unix::fs::symlink("/", layout.join("blobs")).unwrap();
+    });
+    let node = g.child.as_ref().unwrap().id();
+    for (name, tar) in [
+        ("links", &links),
+        ("zero", &zero),
+        ("fifo", &fifo),
+        ("rootlink", &root_link),
+    ] {
+        let out = g.ssh_bytes("alice", &["import", name, "oci"], tar);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains("nothing was bound"), "{name}: {err}");
+        assert!(
+            !err.contains(&key_digest),
+            "{name}: a host file's digest: {err}"
+        );
+        let state = std::fs::canonicalize(&g.state).unwrap();
+        assert!(
+            !err.contains(state.to_str().unwrap()),
+            "{name}: a server path: {err}"
+        );
+        let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{node}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap();
+        assert!(
+            rss_kib < 400 << 10,
+            "{name}: the node grew to {rss_kib} KiB"
+        );
+    }
+    assert!(!g.ok("alice", &["scores"]).contains("links"));
+    let scratch: Vec<_> = std::fs::read_dir(g.state.join("tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(scratch.is_empty(), "imports left {scratch:?}");
+    g.stop();
+}
+
+/// An import whose client has gone is cancelled: the node stops working
+/// for it at its next read instead of finishing (and binding the name).
+/// The layer is a gzip bomb: 4 GB of text in 4 MB, so flattening it takes
+/// the node many seconds after the upload; the client is killed once the
+/// upload is done. Before, the import ran on to the end and bound the name.
+#[test]
+fn an_import_whose_client_left_is_cancelled() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let dir = g.tmp.path().join("bomb");
+    let layout = dir.join("image");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+        assert!(out.status.success(), "{cmd}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // One tar member of 64 gzip members of 64 MiB each: the header's
+    // member, the same compressed chunk again and again, then the end.
+    let chunk: u64 = 64 << 20;
+    let members = 64;
+    let d = dir.display();
+    let header = {
+        let mut h = [0u8; 512];
+        h[..3].copy_from_slice(b"big");
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", chunk * members).as_bytes());
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    };
+    std::fs::write(dir.join("header"), header).unwrap();
+    sh(&format!(
+        "gzip -1 -c {d}/header > {d}/layer && yes colony | head -c {chunk} | gzip -1 -c > {d}/chunk \
+         && for i in $(seq {members}); do cat {d}/chunk >> {d}/layer; done \
+         && head -c 1024 /dev/zero | gzip -1 -c >> {d}/layer"
+    ));
+    let put = |path: &Path| -> (String, u64) {
+        let hex = sh(&format!("sha256sum {}", path.display()))[..64].to_string();
+        std::fs::copy(path, layout.join("blobs/sha256").join(&hex)).unwrap();
+        (
+            format!("sha256:{hex}"),
+            std::fs::metadata(path).unwrap().len(),
+        )
+    };
+    let (l, ls) = put(&dir.join("layer"));
+    std::fs::write(dir.join("config"), "{}").unwrap();
+    let (c, cs) = put(&dir.join("config"));
+    std::fs::write(
+        dir.join("manifest"),
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"digest":"{c}","size":{cs}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{l}","size":{ls}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let (m, ms) = put(&dir.join("manifest"));
+    std::fs::write(
+        layout.join("index.json"),
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{m}","size":{ms}}}]}}"#),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap()
+        .stdout;
+    let mut client = g
+        .command("ssh")
+        .args(["-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .arg("-T")
+        .arg("alice@127.0.0.1")
+        .args(["import", "bomb", "oci"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(&tar).unwrap();
+    drop(stdin);
+    // The upload is a few MB on loopback; then the node works on the layer.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let log = loop {
+        let log = g.log_so_far();
+        if log.contains("import refused") || log.contains("imported") {
+            break log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import neither ended nor was cancelled: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(log.contains("cancelled"), "{log}");
+    assert!(!g.ok("alice", &["scores"]).contains("bomb"));
+    g.stop();
+}
+
+/// Text from the network is logged with its control characters escaped:
+/// a venti version line carrying `ESC[2J` (clear the screen) and a carriage
+/// return before a fake log line. Before, both reached the log raw.
+#[test]
+fn control_characters_from_the_network_are_escaped_in_the_log() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("tcp!127.0.0.1!{port}");
+    g.start(&["--venti-listen", &listen]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut s = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "venti: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    };
+    s.write_all(b"venti-99-\x1b[2J\r2026-01-01T00:00:00Z  INFO forged line\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !g.log_so_far().contains("forged line") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal was not logged: {}",
+            g.log_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = g.stop();
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+    assert!(log.contains("\\x1b[2J\\x0d2026"), "{log}");
+}
+
+/// A directory too large for one SFTP message is listed over several
+/// (100 names each, as OpenSSH's server does), and a read of the largest
+/// size a client asks fits in one message. Before, READDIR sent a whole
+/// directory at once: ~2,000 long names passed OpenSSH's 256 KiB limit and
+/// `sftp` aborted with "Received message too long"; a 256 KiB READ's reply
+/// was 9 bytes over it.
+#[test]
+fn sftp_lists_a_huge_directory_and_reads_in_the_largest_blocks() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let long = "n".repeat(200);
+    g.env_ok(
+        port,
+        &format!(
+            "mkdir /root/many && cd /root/many && i=0; while [ $i -lt 2000 ]; do touch {long}$i; i=$((i+1)); done; \
+             head -c 1048576 /dev/urandom > /root/big"
+        ),
+    );
+    let batch = g.tmp.path().join("batch-many");
+    let got = g.tmp.path().join("big-back");
+    std::fs::write(
+        &batch,
+        format!("ls -1 /root/many\nget /root/big {}\n", got.display()),
+    )
+    .unwrap();
+    let out = Command::new("sftp")
+        .args(["-P", &port.to_string(), "-B", "262144", "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .arg("-b")
+        .arg(&batch)
+        .arg("alice@127.0.0.1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sftp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = stdout.lines().filter(|l| l.contains(&long)).count();
+    assert_eq!(listed, 2000, "{}", &stdout[..stdout.len().min(2000)]);
+    let inside = g.env_ok(port, "md5sum < /root/big");
+    let here = Command::new("md5sum").arg(&got).output().unwrap();
+    assert_eq!(
+        inside.split_whitespace().next(),
+        String::from_utf8_lossy(&here.stdout)
+            .split_whitespace()
+            .next()
+    );
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}
+
+/// A login refused for its key is logged (within the server's budget of
+/// refusal lines), at the front door and at an environment's login; before,
+/// neither left a line when the client offered only keys it could not use.
+#[test]
+fn refused_logins_are_logged() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let out = g.ssh("carol", &["scores"]);
+    assert!(!out.status.success());
+    let out = g.env_ssh("bob", port, "true", "", false);
+    assert!(!out.status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = g.log_so_far();
+        if log.contains("no key it offered is a registered user's")
+            && log.contains("no key it offered may log in to alice's environment")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not logged: {log}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    g.ok("alice", &["boom", "busybox"]);
     g.stop();
 }

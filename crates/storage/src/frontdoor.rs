@@ -49,6 +49,9 @@ pub async fn serve(
     .await;
 }
 
+/// The longest line the prompt reads as a command.
+const MAX_LINE: usize = 4096;
+
 /// Per-channel state of an interactive session.
 #[derive(Default)]
 struct Interactive {
@@ -56,24 +59,36 @@ struct Interactive {
     /// A shell (prompt) session, as opposed to a one-shot command.
     shell: bool,
     line: Vec<u8>,
+    /// The line being typed passed [`MAX_LINE`].
+    too_long: bool,
     /// An `import`'s stream: the channel's data goes to the importer.
     import: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
-/// The importer's end of an `import` stream.
+/// The importer's end of an `import` stream. The channel's data comes as
+/// chunks; an empty chunk is the client's end of file. The sender is kept
+/// until the connection's channel closes, so a closed stream without that
+/// empty chunk is a client that left mid-stream.
 struct ImportStream {
     from: tokio::sync::mpsc::Receiver<Vec<u8>>,
     chunk: Vec<u8>,
     at: usize,
+    ended: bool,
 }
 
 impl std::io::Read for ImportStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.chunk.len() {
-            // The end of the channel's data (or of the connection).
-            let Some(next) = self.from.blocking_recv() else {
+            if self.ended {
                 return Ok(0);
+            }
+            let Some(next) = self.from.blocking_recv() else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the client left before the end of its stream",
+                ));
             };
+            self.ended = next.is_empty();
             self.chunk = next;
             self.at = 0;
         }
@@ -99,11 +114,12 @@ impl Drop for Connection {
     /// A connection that ends without a login after offering keys is a
     /// login refused.
     fn drop(&mut self) {
-        if self.refused
-            && self.user.is_none()
-            && let Some(m) = self.node.metrics()
-        {
-            m.logins_refused.inc();
+        if self.refused && self.user.is_none() {
+            self.logging_in
+                .log_refused("no key it offered is a registered user's");
+            if let Some(m) = self.node.metrics() {
+                m.logins_refused.inc();
+            }
         }
     }
 }
@@ -173,7 +189,7 @@ impl russh::server::Handler for Connection {
                 Ok(Auth::Accept)
             }
             None => {
-                tracing::info!(claimed, peer = %self.peer, "unknown key refused");
+                // Logged (within a budget) when the connection goes.
                 self.refused = true;
                 Ok(Auth::reject())
             }
@@ -258,15 +274,25 @@ impl russh::server::Handler for Connection {
             // A few chunks in flight: a slow store holds the client back
             // (through SSH's window) instead of filling memory.
             let (to, from) = tokio::sync::mpsc::channel(16);
+            let client = to.downgrade();
             self.channels.entry(channel).or_default().import = Some(to);
             tokio::spawn(async move {
                 let mut stream = ImportStream {
                     from,
                     chunk: Vec::new(),
                     at: 0,
+                    ended: false,
                 };
                 let reply = tokio::task::spawn_blocking(move || {
-                    node.import(&user, &name, &format, &mut stream)
+                    // Every sender gone: the client left (the connection
+                    // or its channel closed), so its import is cancelled.
+                    let client_left = move || client.upgrade().is_none();
+                    let upload = import::Upload {
+                        format: &format,
+                        input: &mut stream,
+                        cancelled: &client_left,
+                    };
+                    node.import(&user, &name, upload)
                 })
                 .await
                 .unwrap_or_else(|e| Reply {
@@ -329,7 +355,15 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         if let Some(to) = self.channels.get(&channel).and_then(|c| c.import.clone()) {
             // The importer may have stopped (an error): the rest is dropped.
-            let _ = to.send(data.to_vec()).await;
+            if !data.is_empty() {
+                let _ = to.send(data.to_vec()).await;
+            }
+            return Ok(());
+        }
+        // A one-shot command's standard input belongs to that command, and
+        // only `import` reads it: it is never run as commands (a tar sent
+        // to a mistyped `import` must not have its lines executed).
+        if !self.channels.get(&channel).is_some_and(|c| c.shell) {
             return Ok(());
         }
         let pty = self.channels.get(&channel).is_some_and(|c| c.pty);
@@ -342,9 +376,12 @@ impl russh::server::Handler for Connection {
                         if pty {
                             session.data(channel, b"\r\n".to_vec())?;
                         }
-                        lines.push(
-                            String::from_utf8_lossy(&std::mem::take(&mut state.line)).into_owned(),
-                        );
+                        let line = std::mem::take(&mut state.line);
+                        lines.push(if std::mem::take(&mut state.too_long) {
+                            Err(())
+                        } else {
+                            Ok(String::from_utf8_lossy(&line).into_owned())
+                        });
                     }
                     0x7f | 0x08 if pty => {
                         if state.line.pop().is_some() {
@@ -353,10 +390,15 @@ impl russh::server::Handler for Connection {
                     }
                     0x03 if pty => {
                         state.line.clear();
+                        state.too_long = false;
                         session.data(channel, b"^C\r\n".to_vec())?;
-                        lines.push(String::new());
+                        lines.push(Ok(String::new()));
                     }
-                    0x04 if state.line.is_empty() => lines.push("exit".into()),
+                    0x04 if state.line.is_empty() => lines.push(Ok("exit".into())),
+                    // Past the longest line a command can be, the rest
+                    // is dropped (and the line refused when it ends), so a
+                    // prompt fed without newlines holds bounded memory.
+                    _ if state.line.len() >= MAX_LINE => state.too_long = true,
                     b => {
                         state.line.push(b);
                         if pty {
@@ -368,6 +410,12 @@ impl russh::server::Handler for Connection {
         }
         let user = self.user.clone().unwrap_or_default();
         for line in lines {
+            let Ok(line) = line else {
+                let err = format!("a command line is at most {MAX_LINE} bytes\n");
+                session.extended_data(channel, 1, self.term(channel, &err))?;
+                session.data(channel, self.term(channel, &format!("{user}% ")))?;
+                continue;
+            };
             let trimmed = line.trim();
             if trimmed == "exit" {
                 session.exit_status_request(channel, 0)?;
@@ -390,14 +438,25 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Its import (if any) loses its sender: the importer stops.
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The end of an import's stream.
-        if let Some(c) = self.channels.get_mut(&channel) {
-            c.import = None;
+        // The end of an import's stream (its sender stays until the
+        // channel closes: see ImportStream).
+        if let Some(to) = self.channels.get(&channel).and_then(|c| c.import.clone()) {
+            let _ = to.send(Vec::new()).await;
         }
         // End of input at the prompt: finish like `exit`. (A one-shot
         // command's channel closes when the command is done.)

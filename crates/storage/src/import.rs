@@ -80,11 +80,20 @@ impl Format {
             Some(w) => match w.strip_prefix("oci:") {
                 Some(tag) if !tag.is_empty() => Ok(Format::Oci(Some(tag.to_string()))),
                 _ => Err(format!(
-                    "unknown import format {w:?}: give nothing (a tar of a root) or oci[:TAG]"
+                    "{w:?} is not an import format: after the name (one word, no spaces) give nothing (a tar of a root) or oci[:TAG]"
                 )),
             },
         }
     }
+}
+
+/// An import's stream as it arrives: what it holds, its bytes, and
+/// whether its client has gone (asked between reads, so an import stops
+/// working for a client that left).
+pub struct Upload<'a> {
+    pub format: &'a Format,
+    pub input: &'a mut dyn Read,
+    pub cancelled: &'a dyn Fn() -> bool,
 }
 
 /// What an import stored.
@@ -95,29 +104,62 @@ pub struct Imported {
     pub known: u64,
 }
 
+/// An import refused, and the new bytes it had stored before it was: they
+/// are charged to the importer all the same (a quota bounds the bytes a
+/// user makes the node store, whatever became of them).
+pub struct Refused {
+    pub error: GridError,
+    pub added: u64,
+}
+
 /// Archives the stream `input` into `store`, within the bytes `left` of
-/// the importer's quota. An OCI layout is unpacked first into `scratch`
-/// (a store and files of its own, removed after), so only the flattened
-/// root counts. Binding the name is the caller's.
+/// the importer's quota. An OCI layout is first stored as it came into
+/// `scratch` (a store of its own, removed after, bounded by the same
+/// quota) and read from there block by block: it never becomes files on
+/// this machine, so nothing in it is followed or opened as a host path.
+/// Only the flattened root counts. `cancelled` is asked between reads:
+/// the import stops once its client has gone. Binding the name is the
+/// caller's.
 pub fn archive(
     store: &dyn BlockStore,
     left: u64,
     input: &mut dyn Read,
     format: &Format,
     scratch: &std::path::Path,
-) -> GridResult<Imported> {
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Imported, Refused> {
     let metered = Metered {
         inner: store,
         left,
         added: AtomicU64::new(0),
         known: AtomicU64::new(0),
     };
+    let result = archive_into(&metered, left, input, format, scratch, cancelled);
+    let added = metered.added.load(Ordering::Relaxed);
+    match result {
+        Ok(score) => Ok(Imported {
+            score,
+            added,
+            known: metered.known.load(Ordering::Relaxed),
+        }),
+        Err(error) => Err(Refused { error, added }),
+    }
+}
+
+fn archive_into(
+    metered: &Metered,
+    left: u64,
+    input: &mut dyn Read,
+    format: &Format,
+    scratch: &std::path::Path,
+    cancelled: &dyn Fn() -> bool,
+) -> GridResult<Score> {
     let refused = |e: vac::Error| GridError::refused(format!("{e}; nothing was bound"));
     let tree = match format {
         Format::Tar => {
             let mut tree = Tree::default();
             vac::tar::import_tar(
-                &metered,
+                metered,
                 BlockSizes::default(),
                 &mut tree,
                 input,
@@ -128,12 +170,20 @@ pub fn archive(
         }
         Format::Oci(tag) => {
             std::fs::create_dir_all(scratch)
-                .map_err(|e| GridError::io(format!("creating {}", scratch.display()), e))?;
+                .map_err(|e| GridError::io("creating the node's scratch directory", e))?;
             let tmp = tempfile::Builder::new()
-                .prefix("import-")
+                .prefix(SCRATCH_PREFIX)
                 .tempdir_in(scratch)
-                .map_err(|e| GridError::io(format!("a directory in {}", scratch.display()), e))?;
+                .map_err(|e| GridError::io("a directory in the node's scratch directory", e))?;
             let unpacked = venti::LogStore::open(tmp.path().join("store"))?;
+            // The layout as uploaded costs the importer's quota too, for
+            // as long as it is kept.
+            let unpacked = Metered {
+                inner: &unpacked,
+                left,
+                added: AtomicU64::new(0),
+                known: AtomicU64::new(0),
+            };
             let mut layout = Tree::default();
             vac::tar::import_tar(
                 &unpacked,
@@ -147,32 +197,44 @@ pub fn archive(
                 .write(&unpacked, BlockSizes::default(), None)
                 .map_err(refused)?;
             let archive = vac::Archive::open(&unpacked, &score).map_err(refused)?;
-            let dir = tmp.path().join("layout");
-            vac::extract::extract(
-                &archive,
-                archive.root(),
-                &dir,
-                vac::extract::ExtractOptions::for_current_user(),
-                &vac::walk::Quiet,
-            )
-            .map_err(refused)?;
             vac::oci::import_layout(
-                &metered,
+                metered,
                 BlockSizes::default(),
-                &dir,
+                &vac::oci::ArchiveLayout::new(&archive),
                 tag.as_deref(),
                 &vac::walk::Quiet,
+                cancelled,
             )
             .map_err(refused)?
         }
     };
     let score = tree
-        .write(&metered, BlockSizes::default(), None)
+        .write(metered, BlockSizes::default(), None)
         .map_err(refused)?;
     metered.sync()?;
-    Ok(Imported {
-        score,
-        added: metered.added.load(Ordering::Relaxed),
-        known: metered.known.load(Ordering::Relaxed),
-    })
+    Ok(score)
+}
+
+/// How the scratch directories of imports begin: any left in the scratch
+/// directory when a node starts are from a node that died mid-import.
+pub const SCRATCH_PREFIX: &str = "import-";
+
+/// Removes what imports of an earlier run left in `scratch` (a node
+/// killed mid-import never removed its directory); returns how many.
+pub fn remove_leftovers(scratch: &std::path::Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(scratch) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in dir.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SCRATCH_PREFIX)
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }

@@ -202,14 +202,8 @@ impl Node {
 
     /// `import NAME [oci[:TAG]]` with its stream, by `user`: archives it
     /// and binds NAME for `user` (see [`import`]), within their quota.
-    pub fn import(
-        &self,
-        user: &str,
-        name: &str,
-        format: &import::Format,
-        input: &mut dyn std::io::Read,
-    ) -> Reply {
-        self.import_for(user, Some(user), &[user], name, format, input)
+    pub fn import(&self, user: &str, name: &str, upload: import::Upload<'_>) -> Reply {
+        self.import_for(user, Some(user), &[user], name, upload)
     }
 
     /// An import by `by` binding NAME for `users`; `quota_of` pays for
@@ -220,9 +214,13 @@ impl Node {
         quota_of: Option<&str>,
         users: &[&str],
         name: &str,
-        format: &import::Format,
-        input: &mut dyn std::io::Read,
+        upload: import::Upload<'_>,
     ) -> Reply {
+        let import::Upload {
+            format,
+            input,
+            cancelled,
+        } = upload;
         let line = format!("import {name}");
         if let Some(s) = &self.streams {
             s.request(by, &line);
@@ -234,19 +232,29 @@ impl Node {
                 Some(u) => quotas.get(u)?.left(),
                 None => u64::MAX,
             };
-            let done = import::archive(
+            let charge = |added: u64| match quota_of {
+                Some(u) if added > 0 => quotas.update(u, |q| {
+                    q.used += added;
+                    Ok(())
+                }),
+                _ => Ok(()),
+            };
+            let done = match import::archive(
                 store.as_ref(),
                 left,
                 input,
                 format,
                 &self.state.root.join("tmp"),
-            )?;
-            if let Some(u) = quota_of {
-                quotas.update(u, |q| {
-                    q.used += done.added;
-                    Ok(())
-                })?;
-            }
+                cancelled,
+            ) {
+                Ok(done) => done,
+                Err(refused) => {
+                    // What it stored stays stored: it is the importer's.
+                    charge(refused.added)?;
+                    return Err(refused.error);
+                }
+            };
+            charge(done.added)?;
             if let Some(m) = &self.metrics {
                 m.import_bytes.inc_by(done.added);
                 m.event(&format!("{by} imported {name}"));
@@ -266,13 +274,21 @@ impl Node {
                 Reply::fail(format!("import {name}: {e}"))
             }
         };
+        if let Some(m) = &self.metrics {
+            m.commands
+                .get_or_create(&metrics::CommandLabels {
+                    command: "import".into(),
+                    outcome: if reply.status == 0 { "ok" } else { "refused" }.into(),
+                })
+                .inc();
+        }
         if let Some(s) = &self.streams {
             let first = if reply.status == 0 {
                 &reply.out
             } else {
                 &reply.err
             };
-            s.reply(by, reply.status, first.lines().next().unwrap_or(""));
+            s.reply(by, reply.status, &one_line(first));
             if reply.status == 0 {
                 s.event(&format!("{by} {line}: {}", reply.out.trim()));
             }
@@ -315,12 +331,12 @@ impl Node {
         };
         streams.request(user, line);
         let reply = self.measured(user, line);
-        let first = if reply.status == 0 {
-            reply.out.lines().next().unwrap_or("")
+        let first = one_line(if reply.status == 0 {
+            &reply.out
         } else {
-            reply.err.lines().next().unwrap_or("")
-        };
-        streams.reply(user, reply.status, first);
+            &reply.err
+        });
+        streams.reply(user, reply.status, &first);
         let verb = line.split_whitespace().next().unwrap_or("");
         if reply.status == 0 && ["spawn", "spawndisk", "save", "invite", "boom"].contains(&verb) {
             streams.event(&format!("{user} {}: {first}", line.trim()));
@@ -353,8 +369,7 @@ impl Node {
                 _ => {}
             }
             if ["spawn", "spawndisk", "save", "invite", "boom"].contains(&verb.as_str()) {
-                let first = reply.out.lines().next().unwrap_or("");
-                m.event(&format!("{user} {}: {first}", line.trim()));
+                m.event(&format!("{user} {}: {}", line.trim(), one_line(&reply.out)));
             }
         }
         reply
@@ -420,6 +435,8 @@ impl Node {
 
     fn spawn(&self, user: &str, name: &str, disk: bool, options: &[&str]) -> GridResult<String> {
         check_score_name(name)?;
+        // Bounded here, where they arrive; their values are the cpu node's.
+        cpu::options::check_form(options)?;
         let binding = self
             .names()
             .lookup(name)?
@@ -508,4 +525,16 @@ impl Node {
     pub fn shutdown(&self) {
         self.cpus.shutdown()
     }
+}
+
+/// A reply of several lines as one line, for the places that show one line
+/// per event (the events hub, `USER.out`, the status page): the lines
+/// trimmed and joined, so a spawn's event keeps the login that follows its
+/// "log in with:".
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
