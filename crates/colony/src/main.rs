@@ -237,28 +237,22 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// `colony __env-exec --pid N [--cgroup DIR]… [--pty] [--term T] -- ARGV…`:
-/// run by the grid node, never by hand (see cpu::env::launch). The init
-/// helper is started as `init` with its request on stdin (see `main`).
+/// `colony __env-exec [--pty] [--term T] -- ARGV…`, with where to enter
+/// in its environment (cpu::env::EXEC_REQUEST_VAR): run by the grid node,
+/// never by hand (see cpu::env::launch). The init helper is started as
+/// `init` with its request on stdin (see `main`).
 fn env_helper(args: &[String]) -> ! {
-    let mut cgroups = Vec::new();
-    let (mut pid, mut pty, mut term) = (None, false, None);
-    let mut namespaces = None;
+    let (mut pty, mut term) = (false, None);
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
-            "--cgroup" => cgroups.extend(args.get(i + 1).map(std::path::PathBuf::from)),
-            "--pid" => pid = args.get(i + 1).and_then(|p| p.parse().ok()),
-            "--ns" => {
-                namespaces = args
-                    .get(i + 1)
-                    .and_then(|v| cpu::env::launch::Namespaces::parse(v))
+            "--term" => {
+                term = args.get(i + 1).cloned();
+                i += 2;
             }
-            "--term" => term = args.get(i + 1).cloned(),
             "--pty" => {
                 pty = true;
                 i += 1;
-                continue;
             }
             "--" => break,
             other => {
@@ -266,18 +260,13 @@ fn env_helper(args: &[String]) -> ! {
                 std::process::exit(2)
             }
         }
-        i += 2;
     }
-    match (args[0].as_str(), pid) {
-        ("__env-exec", Some(pid)) if i + 1 < args.len() && namespaces.is_some() => {
-            cpu::env::launch::exec_main(
-                pid,
-                namespaces.expect("checked"),
-                &cgroups,
-                pty,
-                term.as_deref(),
-                &args[i + 1..],
-            )
+    let request = std::env::var(cpu::env::EXEC_REQUEST_VAR)
+        .ok()
+        .and_then(|text| cpu::env::ExecRequest::parse(&text));
+    match request {
+        Some(request) if i + 1 < args.len() => {
+            cpu::env::launch::exec_main(&request, pty, term.as_deref(), &args[i + 1..])
         }
         _ => {
             eprintln!(

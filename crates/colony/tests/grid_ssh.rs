@@ -3243,3 +3243,113 @@ fn refused_logins_are_logged() {
     g.ok("alice", &["boom", "busybox"]);
     g.stop();
 }
+
+/// A probe run inside an environment: every process's command line, and
+/// for each environment helper (`__env-exec`, such as the SFTP server an
+/// open session runs as the helper's own fork) whether PTRACE_SEIZE of it
+/// succeeds (0) or the errno.
+const HELPER_PROBE: &str = r#"
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <unistd.h>
+
+int main(void) {
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int pid = atoi(e->d_name);
+        if (pid <= 1 || pid == getpid()) continue;
+        char path[64], buf[4096];
+        snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) continue;
+        int n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0) continue;
+        for (int i = 0; i < n; i++) if (!buf[i]) buf[i] = ' ';
+        buf[n] = 0;
+        printf("cmdline %d %s\n", pid, buf);
+        if (strstr(buf, "__env-exec")) {
+            long r = ptrace(PTRACE_SEIZE, pid, 0, 0);
+            printf("seize %d %d\n", pid, r == 0 ? 0 : errno);
+        }
+    }
+    return 0;
+}
+"#;
+
+/// While an SFTP session is open its server runs inside as the helper's
+/// fork: it shows no host path, and nothing inside can trace it. Before,
+/// its command line carried `--pid … --cgroup /sys/fs/cgroup/…` for every
+/// process inside to read, and in a rootful environment a process could
+/// attach to a helper before its syscall filter was in force.
+#[test]
+fn environment_helpers_show_no_host_paths_and_cannot_be_traced() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let src = g.tmp.path().join("helper-probe.c");
+    std::fs::write(&src, HELPER_PROBE).unwrap();
+    let probe = g.tmp.path().join("helper-probe");
+    let cc = Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&probe)
+        .arg(&src)
+        .output()
+        .expect("a C compiler (gcc) to build the probe");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    g.start(&["--allow-rootful"]);
+    for mode in ["userns=yes", "userns=no"] {
+        let port = login_port(&g.ok("alice", &["spawn", "busybox", mode]));
+        std::fs::copy(&probe, g.state.join("mnt/alice/busybox/probe")).unwrap();
+        // An SFTP session held open (its commands would come on stdin).
+        let mut sftp = Command::new("sftp")
+            .args(["-P", &port.to_string(), "-i"])
+            .arg(g.tmp.path().join("alice"))
+            .args(SSH_OPTS)
+            .args(["-b", "-", "alice@127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let out = loop {
+            let out = g.env_ok(port, "/probe");
+            if out.contains("__sftp-server") {
+                break out;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no SFTP server seen inside ({mode}): {out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        drop(sftp.stdin.take());
+        let _ = sftp.kill();
+        let _ = sftp.wait();
+        for host_only in ["/sys/fs/cgroup", "--cgroup", "--pid", "COLONY_"] {
+            assert!(!out.contains(host_only), "{mode}: {host_only} shows: {out}");
+        }
+        let seized: Vec<&str> = out.lines().filter(|l| l.starts_with("seize ")).collect();
+        assert!(!seized.is_empty(), "{mode}: {out}");
+        for line in seized {
+            assert!(
+                line.ends_with(&format!(" {}", libc::EPERM)),
+                "{mode}: a helper could be traced: {line}\n{out}"
+            );
+        }
+        g.ok("alice", &["boom", "busybox"]);
+    }
+    g.stop();
+}

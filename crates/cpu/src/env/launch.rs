@@ -729,20 +729,73 @@ impl Namespaces {
     }
 }
 
+/// The environment variable that carries an [`ExecRequest`] to `colony
+/// __env-exec`. Not its command line: that is readable by every process
+/// that can see the helper (a built-in such as the SFTP server runs inside
+/// as the helper's own fork, showing it for the whole session), and these
+/// are host paths. A helper's environment is readable only by what may
+/// trace it, and the helper makes itself untraceable first.
+pub const EXEC_REQUEST_VAR: &str = "COLONY_ENV_EXEC";
+
+/// Where `colony __env-exec` enters: the environment's pid 1 (host
+/// numbering), the namespaces it was started with, its cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub init_pid: u32,
+    pub namespaces: Namespaces,
+    pub cgroups: Vec<PathBuf>,
+}
+
+impl ExecRequest {
+    /// Lines of `pid N`, `ns MNT:PID[:USER]` and `cgroup DIR`.
+    pub fn encode(&self) -> String {
+        let mut text = format!("pid {}\nns {}\n", self.init_pid, self.namespaces.encode());
+        for dir in &self.cgroups {
+            text.push_str(&format!("cgroup {}\n", dir.display()));
+        }
+        text
+    }
+
+    pub fn parse(text: &str) -> Option<ExecRequest> {
+        let (mut pid, mut ns, mut cgroups) = (None, None, Vec::new());
+        for line in text.lines() {
+            match line.split_once(' ')? {
+                ("pid", v) => pid = Some(v.parse().ok()?),
+                ("ns", v) => ns = Some(Namespaces::parse(v)?),
+                ("cgroup", v) => cgroups.push(PathBuf::from(v)),
+                _ => return None,
+            }
+        }
+        Some(ExecRequest {
+            init_pid: pid?,
+            namespaces: ns?,
+            cgroups,
+        })
+    }
+}
+
 /// `colony __env-exec`: runs `argv` inside the environment whose pid 1 is
 /// `init_pid` (host numbering), and exits with its status.
-pub fn exec_main(
-    init_pid: u32,
-    namespaces: Namespaces,
-    cgroups: &[PathBuf],
-    pty: bool,
-    term: Option<&str>,
-    argv: &[String],
-) -> ! {
+pub fn exec_main(request: &ExecRequest, pty: bool, term: Option<&str>, argv: &[String]) -> ! {
     let fail = |what: &str, e: io::Error| -> ! {
         eprintln!("colony: {what}: {e}");
         std::process::exit(126)
     };
+    // Untraceable, and its /proc files closed, before anything inside can
+    // see it: its fork enters the environment still holding the helper's
+    // capabilities, and with the node's uid (rootful) a process inside
+    // could otherwise attach to it before its syscall filter is in force.
+    // Inherited by the fork; an exec makes the program dumpable again.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        fail("making the helper untraceable", io::Error::last_os_error());
+    }
+    let ExecRequest {
+        init_pid,
+        namespaces,
+        cgroups,
+    } = request;
+    let (init_pid, namespaces) = (*init_pid, *namespaces);
     if let Err(e) = Cgroups::enter(cgroups, std::process::id()) {
         fail("joining the environment's cgroups", e);
     }
@@ -826,11 +879,15 @@ pub fn exec_main(
                 }
             }
             let _ = std::env::set_current_dir("/root").or_else(|_| std::env::set_current_dir("/"));
-            if let Err(e) = caps::restrict() {
-                fail("dropping capabilities", e);
-            }
+            // The filter first: from here on nothing this process does,
+            // nor anything that could reach it, runs unfiltered. (It needs
+            // CAP_SYS_ADMIN, still held; restrict() then drops it and sets
+            // no_new_privs.)
             if let Err(e) = super::seccomp::install() {
                 fail("installing the syscall filter", e);
+            }
+            if let Err(e) = caps::restrict() {
+                fail("dropping capabilities", e);
             }
             let program = CString::new(argv[0].as_str()).unwrap_or_default();
             let args: Vec<CString> = argv
@@ -919,6 +976,31 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(text)
             );
+        }
+    }
+
+    #[test]
+    fn an_exec_request_reads_back_and_junk_is_refused() {
+        let request = ExecRequest {
+            init_pid: 4242,
+            namespaces: Namespaces {
+                mnt: 4026531840,
+                pid: 4026531836,
+                user: Some(4026531837),
+            },
+            cgroups: vec![
+                PathBuf::from("/sys/fs/cgroup/memory/colony/alice-box"),
+                PathBuf::from("/sys/fs/cgroup/pids/colony/alice-box"),
+            ],
+        };
+        assert_eq!(ExecRequest::parse(&request.encode()), Some(request));
+        for junk in [
+            "",
+            "pid 1\n",
+            "pid x\nns 1:2\n",
+            "pid 1\nns 1:2\nsecret 3\n",
+        ] {
+            assert_eq!(ExecRequest::parse(junk), None, "{junk:?}");
         }
     }
 

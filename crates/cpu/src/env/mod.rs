@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub use cgroup::{Cgroups, Limits};
-pub use launch::{HELPER_VAR, InitRequest, Namespaces};
+pub use launch::{EXEC_REQUEST_VAR, ExecRequest, HELPER_VAR, InitRequest, Namespaces};
 pub use net::{Network, Published};
 
 /// As `argv[0]` of [`Environment::command`]: run a built-in of colony (named
@@ -223,15 +223,16 @@ impl Environment {
         let mut cmd = Command::new(&self.helper);
         // Nothing of the node's environment (its state directory, say) is
         // passed on: the program's own is built inside.
+        // Where it enters goes in its environment, not its command line
+        // (see EXEC_REQUEST_VAR).
+        let request = launch::ExecRequest {
+            init_pid: self.init_pid,
+            namespaces: self.namespaces,
+            cgroups: self.cgroups.dirs.clone(),
+        };
         cmd.env_clear()
-            .arg("__env-exec")
-            .arg("--pid")
-            .arg(self.init_pid.to_string())
-            .arg("--ns")
-            .arg(self.namespaces.encode());
-        for dir in &self.cgroups.dirs {
-            cmd.arg("--cgroup").arg(dir);
-        }
+            .env(launch::EXEC_REQUEST_VAR, request.encode())
+            .arg("__env-exec");
         if pty {
             cmd.arg("--pty");
         }
