@@ -461,7 +461,10 @@ fn spawns_land_on_cpu_nodes_and_their_commands_follow_them() {
     let sent = backlog("cpu.in");
     assert!(sent.contains(" spawn alice busybox vac:"), "{sent}");
     assert!(sent.contains(" save alice busybox"), "{sent}");
-    assert!(!sent.contains("bogus=1"), "refused at the front door: {sent}");
+    assert!(
+        !sent.contains("bogus=1"),
+        "refused at the front door: {sent}"
+    );
     let answers = backlog("cpu.out");
     assert!(answers.contains("ok ssh -p "), "{answers}");
     assert!(answers.contains("refused bad option"), "{answers}");
