@@ -153,6 +153,19 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Charges process `pid`, which serves the environment from outside
+    /// it (its slirp4netns), to the groups that bound memory, processes and
+    /// CPU: what a tenant makes it spend (a connection held open costs its
+    /// buffers) is the tenant's, within the tenant's limits. Not the
+    /// devices group: it reaches /dev/net/tun, which the environment may not.
+    pub fn charge(&self, pid: u32) -> io::Result<()> {
+        let devices = Path::new(ROOT).join("devices");
+        for dir in self.dirs.iter().filter(|d| !d.starts_with(&devices)) {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Processes still in the groups.
     pub fn procs(&self) -> Vec<u32> {
         let mut out = Vec::new();

@@ -190,7 +190,9 @@ impl Environment {
             _lifeline: lifeline,
         };
         if *network == Network::Private {
-            match net::Slirp::start(init_pid, net_api) {
+            match net::Slirp::start(init_pid, net_api)
+                .and_then(|slirp| environment.cgroups.charge(slirp.pid()).map(|()| slirp))
+            {
                 Ok(slirp) => {
                     *environment.slirp.lock().unwrap_or_else(|p| p.into_inner()) = Some(slirp)
                 }
@@ -250,7 +252,17 @@ impl Environment {
 
     /// Processes of the environment still alive (host numbering).
     pub fn processes(&self) -> Vec<u32> {
-        self.cgroups.procs()
+        // Its slirp4netns is charged to its groups but is not one of its
+        // processes.
+        let slirp = self
+            .slirp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(net::Slirp::pid);
+        let mut procs = self.cgroups.procs();
+        procs.retain(|&p| Some(p) != slirp);
+        procs
     }
 
     /// How many times the memory limit killed something.

@@ -288,6 +288,11 @@ impl Starting {
 }
 
 impl Slirp {
+    /// Its process id (host numbering).
+    pub fn pid(&self) -> u32 {
+        self.child.0 as u32
+    }
+
     /// Forwards TCP `node_port` on every node address to `env_port` inside.
     pub fn publish(&self, p: Published) -> io::Result<()> {
         let mut s = UnixStream::connect(&self.api)?;
