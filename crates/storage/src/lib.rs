@@ -25,6 +25,7 @@ use venti::Score;
 use cpu::options::SPAWN_USAGE;
 use grid::error::{GridError, GridResult};
 use grid::names::check_score_name;
+use grid::quota::human;
 use grid::scorenames::ScoreNames;
 use grid::state::StateDir;
 use grid::users::Users;
@@ -461,7 +462,9 @@ impl Node {
                 "name {new} is taken: names are immutable, choose another"
             )));
         }
+        let changed = self.save_within_quota(user, env)?;
         let score = self.cpus.save(user, env)?;
+        self.charge(user, changed)?;
         self.names().bind(new, &score, &[user])?;
         tracing::info!(user, env, name = new, root = %score, "saved");
         Ok(format!("{new} saved\nvac:{score}\n"))
@@ -473,12 +476,49 @@ impl Node {
                 "no user {invitee} on this node"
             )));
         }
+        let changed = self.save_within_quota(user, env)?;
         let score = self.cpus.invite(user, env, invitee)?;
+        self.charge(user, changed)?;
         let name = self
             .names()
             .bind_unique(&format!("{env}+{invitee}"), &score, &[invitee])?;
         tracing::info!(user, env, invitee, name = %name, "invited");
         Ok(format!("{invitee} invited: {name}\nvac:{score}\n"))
+    }
+
+    /// What saving `env` may add to the store, checked against `user`'s
+    /// quota before anything is written: the bytes of its changed blocks,
+    /// as its cpu node last reported them. (The few pointer and directory
+    /// blocks a save rewrites above them are not counted; blocks the store
+    /// already held are, so a save is never charged less than it adds by
+    /// more than those.)
+    fn save_within_quota(&self, user: &str, env: &str) -> GridResult<u64> {
+        let changed = self
+            .cpus
+            .cache_use()
+            .into_iter()
+            .find(|(u, e, _, _)| u == user && e == env)
+            .map_or(0, |(_, _, used, _)| used);
+        let left = self.state.quotas().get(user)?.left();
+        if changed > left {
+            return Err(GridError::refused(format!(
+                "over your quota: saving {env} may store {} and you have {} left; nothing was saved",
+                human(changed),
+                human(left)
+            )));
+        }
+        Ok(changed)
+    }
+
+    /// Adds `bytes` a save stored to what `user` has used.
+    fn charge(&self, user: &str, bytes: u64) -> GridResult<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.state.quotas().update(user, |q| {
+            q.used += bytes;
+            Ok(())
+        })
     }
 
     fn boom(&self, user: &str, env: &str) -> GridResult<String> {
@@ -500,7 +540,7 @@ impl Node {
         if let Some(limit) = q.limit {
             let _ = writeln!(
                 out,
-                "quota: {} of {} used by imports",
+                "quota: {} of {} used by imports and saves",
                 grid::quota::human(q.used),
                 grid::quota::human(limit)
             );
