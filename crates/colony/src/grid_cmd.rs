@@ -965,15 +965,16 @@ pub fn import(args: ImportArgs) -> Result<()> {
     let state = args.state.resolve()?;
     let names = state.scorenames();
     grid::names::check_score_name(&args.name)?;
-    if names.lookup(&args.name)?.is_some() {
-        bail!(
-            "name {} is taken: names are immutable, choose another",
-            args.name
-        );
-    }
     for u in &args.users {
         if !state.users().exists(u)? {
             bail!("no user {u} on this node (add it with `colony user add`)");
+        }
+        // Names are per user: another user's binding of it is no obstacle.
+        if names.lookup_for(&args.name, u)?.is_some() {
+            bail!(
+                "name {} is taken for {u}: names are immutable, choose another",
+                args.name
+            );
         }
     }
     // A node serving this state directory holds its store: go through

@@ -3440,3 +3440,46 @@ fn saves_count_against_the_quota() {
     g.ok("alice", &["boom", "busybox"]);
     g.stop();
 }
+
+/// Names are per user: bob may import a name alice has, each spawns their
+/// own, and no refusal tells one user anything of another's names. Before,
+/// `import busybox` by bob answered "name busybox is taken" for a name his
+/// `scores` did not show.
+#[test]
+fn names_are_per_user_and_a_refusal_reveals_no_one_elses() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    let root = g.tmp.path().join("bobs-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/motd"), "bob's own\n").unwrap();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap()
+        .stdout;
+    // bob has no busybox: his import of that name is his.
+    assert!(!g.ok("bob", &["scores"]).contains("busybox"));
+    let out = g.ssh_bytes("bob", &["import", "busybox"], &tar);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(g.ok("bob", &["scores"]), "busybox\n");
+    assert!(g.ok("alice", &["scores"]).contains("busybox"));
+    // Each one's name leads to their own root.
+    g.ok("alice", &["spawn", "busybox"]);
+    let motd = std::fs::read_to_string(g.state.join("mnt/alice/busybox/etc/motd")).unwrap();
+    assert_eq!(motd, "hello\n");
+    g.ok("alice", &["boom", "busybox"]);
+    // Taken is said only of one's own names.
+    let out = g.ssh_bytes("bob", &["import", "busybox"], &tar);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is taken") && !err.contains("alice"), "{err}");
+    g.stop();
+}

@@ -1,6 +1,9 @@
 //! scorenames: `scorename=NAME rootscore=vac:HEX user=USER [user=…]`, an ndb
-//! file. Names are immutable: binding a name again is refused. Every update
-//! is serialised and atomic (see [`ndb::update`]).
+//! file. Names are per user: alice's `debian` and bob's `debian` are two
+//! bindings, and nothing about one shows to the other (a refusal to bind
+//! a name says only that the name is taken *for you*). Names are
+//! immutable: binding a name again for a user who has it is refused. Every
+//! update is serialised and atomic (see [`ndb::update`]).
 //!
 //! For replication each entry also carries `origin=NODE time=NANOS` (where
 //! and when it was bound: together with the name and root, the binding's
@@ -46,6 +49,12 @@ struct Precedence {
     time: u64,
     origin: String,
     root: String,
+}
+
+/// Whether two bindings are for a user in common: only then do they
+/// compete for a name.
+fn share_a_user(a: &ndb::Entry, b: &ndb::Entry) -> bool {
+    a.all("user").any(|u| b.all("user").any(|v| v == u))
 }
 
 fn bound_name(e: &ndb::Entry) -> &str {
@@ -134,16 +143,26 @@ impl ScoreNames {
         &self.path
     }
 
-    /// Binds `name` to `root` for `users`; refuses a name that exists.
+    /// Binds `name` to `root` for `users`; refuses a name one of them
+    /// already has (another user's binding of the same name is theirs, and
+    /// no concern of these users).
     pub fn bind(&self, name: &str, root: &Score, users: &[&str]) -> GridResult<()> {
         check_score_name(name)?;
         if users.is_empty() {
             return Err(GridError::refused("a score name needs at least one user"));
         }
         ndb::update(&self.path, |db| {
-            if db.search("scorename", name).next().is_some() {
+            let holder = db
+                .search("scorename", name)
+                .find_map(|e| e.all("user").find(|u| users.contains(u)));
+            if let Some(user) = holder {
+                let whose = if users.len() > 1 {
+                    format!(" for {user}")
+                } else {
+                    String::new()
+                };
                 return Err(GridError::refused(format!(
-                    "name {name} is taken: names are immutable, choose another"
+                    "name {name} is taken{whose}: names are immutable, choose another"
                 )));
             }
             let root = vac::format_vac(root);
@@ -293,10 +312,12 @@ impl ScoreNames {
             for e in incoming.entries() {
                 let name = bound_name(e).to_string();
                 let new = precedence(e);
+                // Names are per user: only bindings for a user in common
+                // compete for this one.
                 let group: Vec<Precedence> = db
                     .entries()
                     .iter()
-                    .filter(|x| bound_name(x) == name)
+                    .filter(|x| bound_name(x) == name && share_a_user(x, e))
                     .map(precedence)
                     .collect();
                 if group.contains(&new) {
@@ -306,7 +327,7 @@ impl ScoreNames {
                 if wins {
                     // The binding shown as `name` until now gives way.
                     db.edit(
-                        |x| x.get("scorename") == Some(name.as_str()),
+                        |x| x.get("scorename") == Some(name.as_str()) && share_a_user(x, e),
                         |x| {
                             let p = precedence(x);
                             let shown = derived_name(&name, &p.origin, &p.root);
@@ -317,6 +338,7 @@ impl ScoreNames {
                     );
                     for x in db.entries() {
                         if x.get("conflict") == Some(name.as_str())
+                            && share_a_user(x, e)
                             && !renamed
                                 .iter()
                                 .any(|r: &Renamed| Some(r.shown_as.as_str()) == x.get("scorename"))
@@ -416,6 +438,20 @@ impl ScoreNames {
         Err(GridError::refused(format!("no free name like {name}")))
     }
 
+    /// `user`'s binding of `name`, if they have one.
+    pub fn lookup_for(&self, name: &str, user: &str) -> GridResult<Option<Binding>> {
+        let db = ndb::Db::open(&self.path)?;
+        let Some(entry) = db
+            .search("scorename", name)
+            .find(|e| e.all("user").any(|u| u == user))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(binding(entry)?))
+    }
+
+    /// The first binding of `name`, whoever's it is (for the admin's
+    /// tools; a user's command asks [`ScoreNames::lookup_for`]).
     pub fn lookup(&self, name: &str) -> GridResult<Option<Binding>> {
         let db = ndb::Db::open(&self.path)?;
         let Some(entry) = db.search("scorename", name).next() else {

@@ -264,3 +264,43 @@ fn a_peers_record_in_any_but_its_canonical_form_is_refused_without_a_panic() {
     let derived = grid::scorenames::derived_name("web", "b", "\u{2003}\u{2003}\u{2003}");
     assert!(derived.starts_with("web.b-"), "{derived}");
 }
+
+/// Names are per user: alice's `web` on one node and bob's `web` on
+/// another are two bindings everywhere, neither renamed, in either order;
+/// each user still cannot bind a name they have twice. Before, a name was
+/// global: bob was refused a name only alice could see ("name web is
+/// taken"), and the two bindings fought as a replication conflict.
+#[test]
+fn one_name_for_two_users_is_two_bindings_not_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = |_: &Score| Ok(true);
+    let a = ScoreNames::new(dir.path().join("a"));
+    a.bind("web", &root(1), &["alice"]).unwrap();
+    let (from_a, _) = a.since(0, u64::MAX, false, "a", || 100).unwrap();
+    let b = ScoreNames::new(dir.path().join("b"));
+    b.bind("web", &root(2), &["bob"]).unwrap();
+    let (from_b, _) = b.since(0, u64::MAX, false, "b", || 100).unwrap();
+    let c = ScoreNames::new(dir.path().join("c"));
+    let d = ScoreNames::new(dir.path().join("d"));
+    assert!(c.merge(&from_a, "p", "c", all, || 7).unwrap().is_empty());
+    assert!(c.merge(&from_b, "p", "c", all, || 8).unwrap().is_empty());
+    assert!(d.merge(&from_b, "p", "d", all, || 7).unwrap().is_empty());
+    assert!(d.merge(&from_a, "p", "d", all, || 8).unwrap().is_empty());
+    for n in [&a, &b, &c, &d] {
+        assert!(n.renamed().unwrap().is_empty());
+    }
+    for n in [&c, &d] {
+        assert_eq!(n.lookup_for("web", "alice").unwrap().unwrap().root, root(1));
+        assert_eq!(n.lookup_for("web", "bob").unwrap().unwrap().root, root(2));
+        assert_eq!(n.names_for("alice").unwrap(), vec!["web".to_string()]);
+        assert_eq!(n.names_for("bob").unwrap(), vec!["web".to_string()]);
+    }
+    let err = c.bind("web", &root(3), &["alice"]).unwrap_err().to_string();
+    assert!(err.contains("is taken") && !err.contains("bob"), "{err}");
+    c.bind("web", &root(3), &["carol"]).unwrap();
+    let err = c
+        .bind("web", &root(4), &["dave", "bob"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("taken for bob"), "{err}");
+}

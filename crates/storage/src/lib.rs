@@ -188,14 +188,20 @@ impl Node {
                 "this node takes no imports (it has no block store of its own)",
             ));
         };
-        if self.names().lookup(name)?.is_some() {
-            return Err(GridError::refused(format!(
-                "name {name} is taken: names are immutable, choose another"
-            )));
-        }
         for u in users {
             if !self.users().exists(u)? {
                 return Err(GridError::refused(format!("no user {u}")));
+            }
+            // Names are per user: only these users' own count.
+            if self.names().lookup_for(name, u)?.is_some() {
+                let whose = if users.len() > 1 {
+                    format!(" for {u}")
+                } else {
+                    String::new()
+                };
+                return Err(GridError::refused(format!(
+                    "name {name} is taken{whose}: names are immutable, choose another"
+                )));
             }
         }
         Ok(store)
@@ -438,10 +444,7 @@ impl Node {
         check_score_name(name)?;
         // Bounded here, where they arrive; their values are the cpu node's.
         cpu::options::check_form(options)?;
-        let binding = self
-            .names()
-            .lookup(name)?
-            .filter(|b| b.users.iter().any(|u| u == user));
+        let binding = self.names().lookup_for(name, user)?;
         let Some(binding) = binding else {
             return Err(GridError::refused(format!("{name} not found for {user}")));
         };
@@ -457,7 +460,7 @@ impl Node {
 
     fn save(&self, user: &str, env: &str, new: &str) -> GridResult<String> {
         check_score_name(new)?;
-        if self.names().lookup(new)?.is_some() {
+        if self.names().lookup_for(new, user)?.is_some() {
             return Err(GridError::refused(format!(
                 "name {new} is taken: names are immutable, choose another"
             )));
