@@ -3483,3 +3483,33 @@ fn names_are_per_user_and_a_refusal_reveals_no_one_elses() {
     assert!(err.contains("is taken") && !err.contains("alice"), "{err}");
     g.stop();
 }
+
+/// On cgroup v1 an environment's socket buffers are bounded by its own
+/// group (a quarter of its memory limit), not only by the host's TCP
+/// memory, which every tenant shares: with its slirp4netns in that group,
+/// a tenant holding many connections fills its own bound. Before, the
+/// group had no TCP limit and one tenant took the host's TCP memory to
+/// its hard limit.
+#[test]
+fn an_environments_socket_buffers_have_a_bound_of_their_own() {
+    if !can_mount() {
+        return;
+    }
+    if !Path::new("/sys/fs/cgroup/memory/memory.kmem.tcp.limit_in_bytes").exists() {
+        eprintln!("skipped: no cgroup v1 TCP accounting here (v2 counts it in memory.max)");
+        return;
+    }
+    let mut g = Grid::new();
+    g.start(&[]);
+    g.ok("alice", &["spawn", "busybox", "memory=256M"]);
+    let node = g.child.as_ref().unwrap().id();
+    let init = init_pid_of_only_environment(node).unwrap();
+    let group = cgroup_of(init, "memory").unwrap();
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{group}/memory.kmem.tcp.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(limit.trim(), (64u64 << 20).to_string(), "{group}");
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}

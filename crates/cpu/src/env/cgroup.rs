@@ -52,6 +52,12 @@ impl Limits {
 
 const ROOT: &str = "/sys/fs/cgroup";
 
+/// The socket buffer memory an environment may pin (cgroup v1): a quarter
+/// of its memory limit, at least 16 MiB.
+pub fn tcp_limit(limits: &Limits) -> u64 {
+    (limits.memory / 4).max(16 << 20)
+}
+
 /// null, zero, full, random, urandom, tty, ptmx and the pty slaves.
 const DEVICES_ALLOWED: &[&str] = &[
     "c 1:3 rwm",
@@ -124,6 +130,15 @@ impl Cgroups {
             &memory.join("memory.memsw.limit_in_bytes"),
             &limits.memory.to_string(),
         );
+        // v1 counts socket buffers apart from memory, and by default
+        // against nothing but the host's TCP memory, which every tenant
+        // shares: bound what one environment's connections (its
+        // slirp4netns's, which is in this group) may pin. (v2 counts them
+        // in memory.max.) Kernels without v1 TCP accounting lack the file.
+        let tcp = memory.join("memory.kmem.tcp.limit_in_bytes");
+        if tcp.exists() {
+            write(&tcp, &tcp_limit(limits).to_string())?;
+        }
         let pids = make("pids")?;
         write(&pids.join("pids.max"), &limits.pids.to_string())?;
         // Only the devices of the minimal /dev, whatever nodes the root holds.
