@@ -134,11 +134,20 @@ pub(crate) struct Inode {
 
 pub(crate) struct State {
     pub inodes: HashMap<u64, Inode>,
+    /// The most inodes held before a new file is refused (ENOSPC): each
+    /// costs this process memory (about a KiB with its name), so a tenant
+    /// making empty files by the hundred thousand would otherwise grow the
+    /// node without bound. See [`Fs::max_inodes`].
+    pub max_inodes: usize,
     pub next_ino: u64,
     pub next_qid: u64,
     pub root_score: Score,
     pub dirty: DirtyBlocks,
 }
+
+/// Bytes of cache that allow one inode: a file system may hold one inode
+/// for each KiB of its cache (100,000 for spawn's 100 MB), at least 1,024.
+pub const CACHE_BYTES_PER_INODE: u64 = 1024;
 
 /// The largest file the vac format can hold: a VtEntry's size has 48 bits.
 /// Larger sizes are refused (EFBIG), never cut on save.
@@ -191,6 +200,12 @@ pub fn check_name(name: &str) -> FsResult<()> {
 }
 
 impl Fs {
+    /// The most inodes a file system with a cache of `cache_bytes` holds
+    /// before it refuses a new file.
+    pub fn max_inodes(cache_bytes: u64) -> usize {
+        (cache_bytes / CACHE_BYTES_PER_INODE).clamp(1024, usize::MAX as u64) as usize
+    }
+
     /// Opens `root` (a vac root score) over `store`. Costs the three block reads
     /// of the archive's root, whatever its size.
     pub fn open(store: Arc<dyn BlockStore>, root: Score, config: CacheConfig) -> FsResult<Fs> {
@@ -220,8 +235,13 @@ impl Fs {
             .map(|(_, max)| max)
             .unwrap_or(root_node.dirent.qid + 1)
             .max(1);
+        let cache_bytes = match &config {
+            CacheConfig::Memory { bytes } => *bytes,
+            CacheConfig::Disk { bytes, .. } => *bytes,
+        };
         let mut state = State {
             inodes: HashMap::new(),
+            max_inodes: Fs::max_inodes(cache_bytes),
             next_ino: ROOT_INO,
             next_qid,
             root_score: root,
@@ -637,6 +657,15 @@ impl Fs {
         let mut st = self.lock();
         if self.child(&mut st, parent, name)?.is_some() {
             return Err(FsError::exists(name));
+        }
+        if st.inodes.len() >= st.max_inodes {
+            return Err(FsError::new(
+                libc::ENOSPC,
+                format!(
+                    "this file system holds its most files ({}, one per KiB of its cache): delete some",
+                    st.max_inodes
+                ),
+            ));
         }
         let ino = st.next_ino;
         st.next_ino += 1;
