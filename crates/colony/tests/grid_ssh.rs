@@ -3513,3 +3513,112 @@ fn an_environments_socket_buffers_have_a_bound_of_their_own() {
     g.ok("alice", &["boom", "busybox"]);
     g.stop();
 }
+
+/// Takes inotify instances until refused, says how many, and holds them
+/// until its input ends.
+const INOTIFY_HOG: &str = r#"
+#include <stdio.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+int main(void) {
+    int n = 0;
+    while (n < 100000 && inotify_init1(IN_CLOEXEC) >= 0) n++;
+    printf("held %d\n", n);
+    fflush(stdout);
+    char c;
+    while (read(0, &c, 1) > 0) {}
+    return 0;
+}
+"#;
+
+/// What the kernel counts per user (inotify instances, here) is charged to
+/// each rootless environment's own host id: one tenant holding all it may
+/// leaves the host's root and other tenants theirs. Before, environments'
+/// user namespaces were owned by host root, so a tenant holding 128
+/// instances left none for anyone.
+#[test]
+fn a_tenant_holding_every_inotify_instance_leaves_the_host_and_others_theirs() {
+    if !can_mount() || rootful_suite() {
+        return;
+    }
+    let can_watch = || {
+        // SAFETY: inotify_init1 and close on a descriptor it returned.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_CLOEXEC);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            fd >= 0
+        }
+    };
+    if !can_watch() {
+        eprintln!("skipped: host root has no inotify instance left before the test");
+        return;
+    }
+    let mut g = Grid::new();
+    let src = g.tmp.path().join("hog.c");
+    std::fs::write(&src, INOTIFY_HOG).unwrap();
+    let hog = g.tmp.path().join("hog");
+    let cc = Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&hog)
+        .arg(&src)
+        .output()
+        .expect("a C compiler (gcc) to build the probe");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    // bob's own busybox (names are per user).
+    let rootfs = g.tmp.path().join("rootfs");
+    g.colony(&[
+        "import",
+        "busybox",
+        rootfs.to_str().unwrap(),
+        "--user",
+        "bob",
+    ]);
+    g.start(&[]);
+    // Starts the hog in `user`'s busybox; returns it and how many it holds.
+    let hog_in = |user: &str| {
+        let port = login_port(&g.ok(user, &["spawn", "busybox"]));
+        std::fs::copy(&hog, g.state.join(format!("mnt/{user}/busybox/hog"))).unwrap();
+        let mut held = Command::new("ssh")
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(g.tmp.path().join(user))
+            .args(SSH_OPTS)
+            .args(["-T", &format!("{user}@127.0.0.1"), "/hog"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(held.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let n: u32 = line
+            .trim()
+            .strip_prefix("held ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{user}: {line:?}"));
+        (held, n)
+    };
+    let (mut alice, n) = hog_in("alice");
+    assert!(n > 0, "alice's hog took none");
+    // While she holds all she may, host root still watches files, and
+    // another tenant's environment gets its own allowance.
+    let host_ok = can_watch();
+    let (mut bob, m) = hog_in("bob");
+    for held in [&mut alice, &mut bob] {
+        drop(held.stdin.take());
+        let _ = held.kill();
+        let _ = held.wait();
+    }
+    assert!(host_ok, "alice's {n} instances left host root none");
+    assert!(m > 0, "alice's {n} instances left bob none");
+    g.ok("alice", &["boom", "busybox"]);
+    g.ok("bob", &["boom", "busybox"]);
+    g.stop();
+}

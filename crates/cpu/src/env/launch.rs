@@ -337,6 +337,9 @@ pub struct InitRequest {
     pub ids: Option<super::userns::IdShift>,
     /// The lock file of that range, for pid 1 to hold.
     pub lease: Option<PathBuf>,
+    /// Whether pid 1 makes its user namespace as the range's first host
+    /// id, so that id owns it (see [`super::userns::owned_namespaces_work`]).
+    pub own_userns: bool,
 }
 
 impl InitRequest {
@@ -367,6 +370,9 @@ impl InitRequest {
         if let Some(lease) = &self.lease {
             line("lease", lease.as_os_str().as_bytes());
         }
+        if self.own_userns {
+            line("userns", b"own");
+        }
         out
     }
 
@@ -375,6 +381,7 @@ impl InitRequest {
         use std::os::unix::ffi::OsStrExt;
         let (mut root, mut hostname, mut cgroups) = (None, None, Vec::new());
         let (mut private_net, mut ids, mut lease) = (false, None, None);
+        let mut own_userns = false;
         loop {
             let mut line = Vec::new();
             if input.read_until(b'\n', &mut line)? == 0 || line == b"\n" {
@@ -392,6 +399,7 @@ impl InitRequest {
                 b"cgroup" => cgroups.push(path()),
                 b"net" => private_net = value == b"private",
                 b"lease" => lease = Some(path()),
+                b"userns" if value == b"own" => own_userns = true,
                 b"ids" => {
                     let text = String::from_utf8_lossy(value);
                     let mut numbers = text.split(' ').map(|n| n.parse::<u32>().ok());
@@ -414,6 +422,7 @@ impl InitRequest {
                 private_net,
                 ids,
                 lease,
+                own_userns,
             }),
             _ => Err(io::Error::other("incomplete init request")),
         }
@@ -483,9 +492,10 @@ pub fn init_main(request: &InitRequest) -> ! {
             let owner = request.ids.map(|ids| ids.base());
             // pid 1 runs under the same syscall filter as everything else
             // (it needs none of the refused calls once set up).
+            let namespace_owner = owner.filter(|_| request.own_userns);
             let started = setup(root, hostname, owner)
                 .and_then(|()| match handshake {
-                    Some(h) => enter_user_namespace(h),
+                    Some(h) => enter_user_namespace(h, namespace_owner),
                     None => Ok(()),
                 })
                 .and_then(|()| die_with_the_helper())
@@ -682,8 +692,12 @@ fn die_with_the_helper() -> io::Result<()> {
 }
 
 /// pid 1 of a rootless environment, set up: a user namespace of its own,
-/// mapped by the helper, in which it is root.
-fn enter_user_namespace(mut h: HandshakeEnd) -> io::Result<()> {
+/// mapped by the helper, in which it is root. With `owner`, made as that
+/// host id, which then owns it (and is charged what it holds per user).
+fn enter_user_namespace(mut h: HandshakeEnd, owner: Option<u32>) -> io::Result<()> {
+    if let Some(owner) = owner {
+        super::userns::become_owner(owner)?;
+    }
     // SAFETY: unshare in a single-threaded process.
     check(
         unsafe { libc::unshare(libc::CLONE_NEWUSER) },
@@ -953,6 +967,7 @@ mod tests {
                 private_net: ids.is_some(),
                 ids,
                 lease: ids.map(|_| PathBuf::from("/run/colony/ids/7")),
+                own_userns: ids.is_some(),
             };
             let mut text = request.encode();
             text.extend_from_slice(b"\nafter the request\n");

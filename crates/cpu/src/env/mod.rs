@@ -115,6 +115,7 @@ impl Environment {
             // while any process of the environment may live (even if the
             // node dies first).
             lease: ids.map(|l| l.path().to_path_buf()),
+            own_userns: ids.is_some() && userns::owned_namespaces_work(),
         }
         .encode();
         request.push(b'\n');

@@ -154,6 +154,74 @@ pub fn write_maps(proc: &File, pid: i32, ids: IdShift) -> io::Result<()> {
 /// Becomes root of the user namespace this process is in (after `unshare`
 /// or `setns` of it, with the namespace's maps written): real, effective and
 /// saved ids 0, and no supplementary groups of the host.
+/// Whether this host lets a process that is not root make a user
+/// namespace (some kernels, or their security modules, allow it to root
+/// only). Asked once, of a child that gives up root and tries.
+///
+/// Where it can, each rootless environment's user namespace is made by its
+/// pid 1 after it has become the environment's own host id, so the
+/// namespace is owned by that id, not by host root: the kernel charges
+/// what a namespace's processes hold per user (inotify instances and
+/// watches, among others) to its owner one level up, and an environment
+/// owned by host root shared host root's allowance with every other
+/// tenant and with the host itself.
+pub fn owned_namespaces_work() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        // SAFETY: the child makes raw system calls only (no allocation, no
+        // locks: this process may have other threads) and leaves by _exit.
+        unsafe {
+            match libc::fork() {
+                -1 => false,
+                0 => {
+                    let nobody = 65534 as libc::c_long;
+                    let ok = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
+                        == 0
+                        && libc::syscall(libc::SYS_setresgid, nobody, nobody, nobody) == 0
+                        && libc::syscall(libc::SYS_setresuid, nobody, nobody, nobody) == 0
+                        && libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER as libc::c_long)
+                            == 0;
+                    libc::_exit(if ok { 0 } else { 1 })
+                }
+                child => {
+                    let mut status = 0;
+                    let works = libc::waitpid(child, &mut status, 0) == child
+                        && libc::WIFEXITED(status)
+                        && libc::WEXITSTATUS(status) == 0;
+                    if !works {
+                        tracing::warn!(
+                            "this host lets only root make user namespaces: rootless environments' \
+                             namespaces are owned by host root, and share its per-user allowances \
+                             (inotify instances and watches) with each other and the host"
+                        );
+                    }
+                    works
+                }
+            }
+        }
+    })
+}
+
+/// Becomes host id `owner` (user and group, no supplementary groups), for
+/// a pid 1 about to make its user namespace (see [`owned_namespaces_work`]).
+pub fn become_owner(owner: u32) -> io::Result<()> {
+    // SAFETY: plain id-setting calls with valid arguments, in a
+    // single-threaded process.
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(owner, owner, owner) != 0
+            || libc::setresuid(owner, owner, owner) != 0
+    };
+    if failed {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("becoming the environment's host id {owner}: {e}"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn become_root() -> io::Result<()> {
     // SAFETY: plain id-setting calls with valid arguments.
     let failed = unsafe {
