@@ -2427,6 +2427,31 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
             .status
             .success()
     );
+    // An import of blocks the store holds counts them deduplicated.
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(g.tmp.path().join("rootfs"))
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap()
+        .stdout;
+    let before = http_get(&admin, "/metrics").1;
+    let deduplicated = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("colony_store_blocks_deduplicated_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        g.ssh_bytes("alice", &["import", "again"], &tar)
+            .status
+            .success()
+    );
+    assert!(
+        deduplicated(&http_get(&admin, "/metrics").1) > deduplicated(&before),
+        "an import of stored blocks counted no deduplication"
+    );
 
     // A refused login is counted when the server is done with its
     // connection, which can be a moment after the client has given up.

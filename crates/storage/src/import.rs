@@ -43,7 +43,9 @@ impl BlockStore for Metered<'_> {
     fn write_scored(&self, ty: BlockType, data: &[u8], score: Score) -> Result<Score, StoreError> {
         if self.inner.holds(&score, ty)? {
             self.known.fetch_add(data.len() as u64, Ordering::Relaxed);
-            return Ok(score);
+            // Through to the store all the same, which finds it held and
+            // stores nothing: a node's metered store counts it deduplicated.
+            return self.inner.write_scored(ty, data, score);
         }
         let added = self.added.load(Ordering::Relaxed) + data.len() as u64;
         if added > self.left {
