@@ -3134,7 +3134,36 @@ fn an_import_whose_client_left_is_cancelled() {
     };
     assert!(log.contains("cancelled"), "{log}");
     assert!(!g.ok("alice", &["scores"]).contains("bomb"));
+
+    // A node told to stop while it flattens a layer stops: the import is
+    // cancelled with its connection. (Before, the node logged "stopped"
+    // and stayed until the import was done.)
+    let mut client = g
+        .command("ssh")
+        .args(["-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .arg("-T")
+        .arg("alice@127.0.0.1")
+        .args(["import", "bomb2", "oci"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(&tar).unwrap();
+    drop(stdin);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let asked = std::time::Instant::now();
     g.stop();
+    let took = asked.elapsed();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "the node took {took:?} to stop mid-import"
+    );
 }
 
 /// Text from the network is logged with its control characters escaped:
