@@ -49,6 +49,8 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         public_host: "127.0.0.1".into(),
         env_listen: "127.0.0.1".into(),
         allow_host_net: true,
+        // Its cases include rootful environments (userns=no).
+        allow_rootful: true,
         ..CpuConfig::default()
     };
     let node = Node::local(state, store, config)?;
