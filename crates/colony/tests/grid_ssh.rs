@@ -1402,19 +1402,13 @@ int main(void) {{
     )
 }
 
-/// The syscall filter, from inside, as root of the environment: every
-/// refused call answers EPERM (clone3 ENOSYS, so libc falls back to clone),
-/// what programs and debuggers need still works, and a key "added" inside
-/// is nowhere in the node's keyrings.
-#[test]
-fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
-    if !can_mount() {
-        return;
-    }
-    let mut g = Grid::new();
-    let src = g.tmp.path().join("probe.c");
-    std::fs::write(&src, syscall_probe_source()).unwrap();
-    let probe = g.tmp.path().join("probe");
+/// Builds the C program `source` statically as `name` in the grid's
+/// scratch directory (with gcc; CI installs it), to run as a probe inside
+/// an environment.
+fn build_probe(g: &Grid, name: &str, source: &str) -> PathBuf {
+    let src = g.tmp.path().join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let probe = g.tmp.path().join(name);
     let cc = Command::new("cc")
         .args(["-static", "-O1", "-pthread", "-o"])
         .arg(&probe)
@@ -1426,6 +1420,20 @@ fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
+    probe
+}
+
+/// The syscall filter, from inside, as root of the environment: every
+/// refused call answers EPERM (clone3 ENOSYS, so libc falls back to clone),
+/// what programs and debuggers need still works, and a key "added" inside
+/// is nowhere in the node's keyrings.
+#[test]
+fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Grid::new();
+    let probe = build_probe(&g, "probe", &syscall_probe_source());
     g.start(&["--allow-rootful"]);
     // Rootless and rootful environments refuse the same calls.
     for mode in ["userns=yes", "userns=no"] {
@@ -3017,6 +3025,28 @@ fn hostile_oci_layouts_are_refused_without_touching_the_host() {
     g.stop();
 }
 
+/// `ssh alice@node import NAME oci < tar`, left running once the upload
+/// is sent (the node then works on it).
+fn upload_oci(g: &Grid, name: &str, tar: &[u8]) -> Child {
+    let mut client = g
+        .command("ssh")
+        .args(["-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .arg("-T")
+        .arg("alice@127.0.0.1")
+        .args(["import", name, "oci"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(tar).unwrap();
+    drop(stdin);
+    client
+}
+
 /// An import whose client has gone is cancelled: the node stops working
 /// for it at its next read instead of finishing (and binding the name).
 /// The layer is a gzip bomb: 4 GB of text in 4 MB, so flattening it takes
@@ -3100,22 +3130,7 @@ fn an_import_whose_client_left_is_cancelled() {
         .output()
         .unwrap()
         .stdout;
-    let mut client = g
-        .command("ssh")
-        .args(["-p", &g.port.to_string(), "-i"])
-        .arg(g.tmp.path().join("alice"))
-        .args(SSH_OPTS)
-        .arg("-T")
-        .arg("alice@127.0.0.1")
-        .args(["import", "bomb", "oci"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = client.stdin.take().unwrap();
-    stdin.write_all(&tar).unwrap();
-    drop(stdin);
+    let mut client = upload_oci(&g, "bomb", &tar);
     // The upload is a few MB on loopback; then the node works on the layer.
     std::thread::sleep(std::time::Duration::from_secs(2));
     client.kill().unwrap();
@@ -3138,22 +3153,7 @@ fn an_import_whose_client_left_is_cancelled() {
     // A node told to stop while it flattens a layer stops: the import is
     // cancelled with its connection. (Before, the node logged "stopped"
     // and stayed until the import was done.)
-    let mut client = g
-        .command("ssh")
-        .args(["-p", &g.port.to_string(), "-i"])
-        .arg(g.tmp.path().join("alice"))
-        .args(SSH_OPTS)
-        .arg("-T")
-        .arg("alice@127.0.0.1")
-        .args(["import", "bomb2", "oci"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = client.stdin.take().unwrap();
-    stdin.write_all(&tar).unwrap();
-    drop(stdin);
+    let mut client = upload_oci(&g, "bomb2", &tar);
     std::thread::sleep(std::time::Duration::from_secs(2));
     let asked = std::time::Instant::now();
     g.stop();
@@ -3348,20 +3348,7 @@ fn environment_helpers_show_no_host_paths_and_cannot_be_traced() {
         return;
     }
     let mut g = Grid::new();
-    let src = g.tmp.path().join("helper-probe.c");
-    std::fs::write(&src, HELPER_PROBE).unwrap();
-    let probe = g.tmp.path().join("helper-probe");
-    let cc = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
-        .arg(&probe)
-        .arg(&src)
-        .output()
-        .expect("a C compiler (gcc) to build the probe");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let probe = build_probe(&g, "helper-probe", HELPER_PROBE);
     g.start(&["--allow-rootful"]);
     for mode in ["userns=yes", "userns=no"] {
         let port = login_port(&g.ok("alice", &["spawn", "busybox", mode]));
@@ -3610,20 +3597,7 @@ fn a_tenant_holding_every_inotify_instance_leaves_the_host_and_others_theirs() {
         return;
     }
     let mut g = Grid::new();
-    let src = g.tmp.path().join("hog.c");
-    std::fs::write(&src, INOTIFY_HOG).unwrap();
-    let hog = g.tmp.path().join("hog");
-    let cc = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
-        .arg(&hog)
-        .arg(&src)
-        .output()
-        .expect("a C compiler (gcc) to build the probe");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let hog = build_probe(&g, "hog", INOTIFY_HOG);
     // bob's own busybox (names are per user).
     let rootfs = g.tmp.path().join("rootfs");
     g.colony(&[

@@ -23,26 +23,24 @@ pub fn check_score_name(name: &str) -> GridResult<()> {
 
 /// User names: letters, digits, `.`, `_`, `-`, starting with a letter or digit.
 pub fn check_user_name(name: &str) -> GridResult<()> {
-    check(name, "user name", |c| {
-        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-    })?;
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(GridError::refused(format!(
-            "user name {name:?} must start with a letter or digit"
-        )));
-    }
-    Ok(())
+    check_id_name(name, "user name")
 }
 
-/// Node names (a grid certificate's name, a binding's `origin`): letters,
-/// digits, `.`, `_`, `-`, starting with a letter or digit.
+/// Node names (a grid certificate's name, a binding's `origin`): as user
+/// names (a certificate's name is stricter still: lower-case DNS labels).
 pub fn check_node_name(name: &str) -> GridResult<()> {
-    check(name, "node name", |c| {
+    check_id_name(name, "node name")
+}
+
+/// Letters, digits, `.`, `_`, `-`, starting with a letter or digit: the
+/// names of those who act (users, nodes).
+fn check_id_name(name: &str, what: &str) -> GridResult<()> {
+    check(name, what, |c| {
         c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
     })?;
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(GridError::refused(format!(
-            "node name {name:?} must start with a letter or digit"
+            "{what} {name:?} must start with a letter or digit"
         )));
     }
     Ok(())
