@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")"
 secs=${1:-180}
 [ $# -gt 0 ] && shift
-targets=${*:-"venti_message ninep_fcall vac_formats vac_archive ndb_parse tar_import ninep_sequence"}
+targets=${*:-"venti_message ninep_fcall vac_formats vac_archive ndb_parse tar_import ninep_sequence oci_layout control_frames spawn_options sftp_session hubfs_session replica_frames"}
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 mkdir -p logs

@@ -160,7 +160,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("a blocking task failed: {e}"))?
 }
 
-async fn keep<R, W>(rep: &Arc<Replicator>, peer: &str, r: &mut R, w: &mut W) -> Result<(), String>
+/// The keeper's side of one pusher's session, after the Hellos: answers
+/// its offers, stores and acknowledges its batches, merges its names and
+/// users, and serves its fetches, until it hangs up (`Ok`) or breaks the
+/// protocol (`Err`, which the caller sends as an `Error` frame). Public so
+/// that the fuzz target `replica_frames` can drive a session in memory.
+pub async fn keep<R, W>(
+    rep: &Arc<Replicator>,
+    peer: &str,
+    r: &mut R,
+    w: &mut W,
+) -> Result<(), String>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
