@@ -95,6 +95,11 @@ impl<'a> Cursor<'a> {
     }
     fn path(&mut self) -> io::Result<PathBuf> {
         let b = self.bytes()?;
+        // No Linux call takes a longer one; and a name goes back in replies
+        // (REALPATH's twice), which must stay within MAX_MESSAGE.
+        if b.len() >= libc::PATH_MAX as usize {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
         Ok(PathBuf::from(
             <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b),
         ))
@@ -239,6 +244,20 @@ pub fn serve(mut input: impl Read, mut output: impl Write) -> io::Result<()> {
                     put_bytes(&mut reply, b"");
                 }
             }
+        }
+        if reply.len() > MAX_MESSAGE {
+            // Never sent: OpenSSH's clients drop the session over it.
+            let id = u32::from_be_bytes(
+                packet[1..]
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or_default(),
+            );
+            reply = status(
+                id,
+                FAILURE,
+                "the reply would pass the 256 KiB an SFTP message may be",
+            );
         }
         let mut framed = (reply.len() as u32).to_be_bytes().to_vec();
         framed.extend_from_slice(&reply);
@@ -485,4 +504,59 @@ fn handle(
         }
         _ => status(id, UNSUPPORTED, "operation not supported"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One packet of `kind` with request id 7 and `body`, framed.
+    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![kind];
+        put_u32(&mut p, 7);
+        p.extend_from_slice(body);
+        let mut framed = (p.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&p);
+        framed
+    }
+
+    /// The replies' (type, id, length), in order.
+    fn replies(mut out: &[u8]) -> Vec<(u8, u32, usize)> {
+        let mut got = Vec::new();
+        while out.len() >= 4 {
+            let len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+            let msg = &out[4..4 + len];
+            got.push((
+                msg[0],
+                u32::from_be_bytes(msg[1..5].try_into().unwrap()),
+                len,
+            ));
+            out = &out[4 + len..];
+        }
+        got
+    }
+
+    /// Found by fuzzing (`sftp_session`): REALPATH of a path of 221,776
+    /// bytes answered a NAME of 443,575 (the name twice), past the 256 KiB
+    /// OpenSSH's clients take, so the session ended. A path past PATH_MAX
+    /// is now refused, and no reply passes the limit.
+    #[test]
+    fn a_huge_path_gets_a_status_within_the_message_limit() {
+        let mut body = Vec::new();
+        put_bytes(&mut body, "d/".repeat(110_888).as_bytes());
+        let input = packet(REALPATH, &body);
+        let mut out = Vec::new();
+        serve(&input[..], &mut out).unwrap();
+        let got = replies(&out);
+        assert_eq!(got.len(), 1);
+        let (kind, id, len) = got[0];
+        assert_eq!((kind, id), (STATUS, 7));
+        assert!(len <= MAX_MESSAGE, "{len}");
+        // A path of ordinary length still resolves.
+        let mut body = Vec::new();
+        put_bytes(&mut body, b"/");
+        let mut out = Vec::new();
+        serve(&packet(REALPATH, &body)[..], &mut out).unwrap();
+        assert_eq!(replies(&out)[0].0, NAME);
+    }
 }
