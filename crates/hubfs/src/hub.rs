@@ -541,6 +541,11 @@ impl HubSet {
 
     /// Wakes every waiting read (a request is being flushed).
     pub fn interrupt(&self) {
+        // Under the lock a reader holds from its check of `cancel` until it
+        // waits: notified without it, a reader between the two would miss
+        // this and wait on (found by fuzzing: a read outlived its
+        // connection, holding the socket open).
+        let _state = self.state();
         self.changed.notify_all();
     }
 }

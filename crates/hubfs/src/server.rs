@@ -139,11 +139,29 @@ impl Conn {
             match Fcall::decode(&msg) {
                 Ok((tag, f)) => {
                     if let Some(f) = self.handle(tag, f) {
-                        reply(&self.out, tag, &f);
+                        self.answer(tag, &f);
                     }
                 }
                 Err(e) => reply(&self.out, tag, &error(format!("bad message: {e}"))),
             }
+        }
+    }
+
+    /// Sends `f`, or an error if it would not fit the msize agreed (a stat
+    /// of a hub with a long name, say; an error always fits, see ERRMAX).
+    fn answer(&self, tag: u16, f: &Fcall) {
+        let bytes = f.encode(tag);
+        if bytes.len() > self.msize as usize {
+            let why = format!(
+                "the reply is {} bytes, more than this connection's msize of {}",
+                bytes.len(),
+                self.msize
+            );
+            reply(&self.out, tag, &error(why));
+        } else {
+            let mut w = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = w.write_all(&bytes);
+            let _ = w.flush();
         }
     }
 
@@ -238,7 +256,12 @@ impl Conn {
         Some(match f {
             Fcall::Tversion { msize, version } => {
                 self.clunk_all();
-                self.msize = msize.clamp(256, MAX_MSIZE);
+                // Never more than the client offered (9P); a message of
+                // less than 256 bytes cannot hold a stat.
+                if msize < 256 {
+                    return Some(error(format!("msize {msize} is too small: at least 256")));
+                }
+                self.msize = msize.min(MAX_MSIZE);
                 Fcall::Rversion {
                     msize: self.msize,
                     version: if version.starts_with("9P2000") {
@@ -389,12 +412,16 @@ impl Conn {
     }
 
     fn open(&mut self, fid: u32, mode: u8) -> Result<Qid, HubError> {
-        let node = self
+        let f = self
             .fids
             .get(&fid)
-            .ok_or_else(|| HubError::NoHub("(unknown fid)".into()))?
-            .node
-            .clone();
+            .ok_or_else(|| HubError::NoHub("(unknown fid)".into()))?;
+        // 9P: an open fid is not opened again (its reader would be lost,
+        // and with it a way to end the reads waiting on it).
+        if f.open.is_some() {
+            return Err(HubError::Denied("the fid is already open".into()));
+        }
+        let node = f.node.clone();
         self.allowed(&node, mode)?;
         let reader = match &node {
             Node::Hub(name) if mode & 3 != OWRITE => Some(self.hubs.open_reader(name)?),
@@ -407,6 +434,9 @@ impl Conn {
     }
 
     fn create(&mut self, fid: u32, name: &str, perm: u32, mode: u8) -> Result<Qid, HubError> {
+        if self.fids.get(&fid).is_some_and(|f| f.open.is_some()) {
+            return Err(HubError::Denied("the fid is already open".into()));
+        }
         match self.fids.get(&fid).map(|f| &f.node) {
             Some(Node::Root) => {}
             _ => {
@@ -454,11 +484,19 @@ impl Conn {
                         entries.push(b);
                     }
                 }
-                // Whole entries from `offset`, as many as fit.
+                // Whole entries from `offset`, as many as fit; one that
+                // cannot fit at all is an error, not a silent end of the
+                // listing.
                 let (mut at, mut data) = (0u64, Vec::new());
                 for e in entries {
                     if at >= offset {
                         if data.len() + e.len() > count {
+                            if data.is_empty() {
+                                return Some(error(format!(
+                                    "a directory entry of {} bytes does not fit a read of {count}",
+                                    e.len()
+                                )));
+                            }
                             break;
                         }
                         data.extend_from_slice(&e);
@@ -507,13 +545,16 @@ impl Conn {
                         Err(HubError::Interrupted) => None,
                         Err(e) => Some(error(e)),
                     };
-                    waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&tag);
+                    // Answered under the lock a Tflush takes to find it:
+                    // a flush either finds it waiting (and its Rflush comes
+                    // after), or finds it answered; never an Rread after an
+                    // Rflush.
+                    let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    waiting.remove(&tag);
                     if let Some(f) = f {
                         reply(&out, tag, &f);
                     }
+                    drop(waiting);
                     let _ = done_tx.send(());
                 });
                 return None;
