@@ -542,8 +542,14 @@ fn extract_in_child(archive: &Archive) {
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
+    // A signal to this process (libFuzzer's own timer) interrupts the
+    // wait: wait again until the child is gone, or the next input's
+    // scratch directory is removed under a live extraction.
     // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitpid: {e}");
+    }
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         if sig == libc::SIGALRM {
