@@ -900,19 +900,18 @@ pub fn user(cmd: UserCommand) -> Result<()> {
             if !state.users().exists(&name)? {
                 bail!("no user {name} on this node");
             }
-            match size {
-                Some(q) => set_quota(&state, &name, &q)?,
-                None => {
-                    let q = state.quotas().get(&name)?;
-                    match q.limit {
-                        Some(l) => println!(
-                            "{name}: {} of {} used",
-                            grid::quota::human(q.used),
-                            grid::quota::human(l)
-                        ),
-                        None => println!("{name}: no quota ({} used)", grid::quota::human(q.used)),
-                    }
-                }
+            if let Some(q) = &size {
+                set_quota(&state, &name, q)?;
+            }
+            // Set or not, say where it stands.
+            let q = state.quotas().get(&name)?;
+            match q.limit {
+                Some(l) => println!(
+                    "{name}: {} of {} used",
+                    grid::quota::human(q.used),
+                    grid::quota::human(l)
+                ),
+                None => println!("{name}: no quota ({} used)", grid::quota::human(q.used)),
             }
         }
         UserCommand::List { state } => {

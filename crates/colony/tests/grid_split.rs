@@ -753,7 +753,7 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
     if !can_run() {
         return;
     }
-    let mut g = Split::with_storage(2, &[], &[]);
+    let mut g = Split::with_storage(2, &["--block-cache", "48M"], &[]);
     g.import("busybox", &busybox_root(g.tmp.path(), "two stores\n"));
     g.start_s1();
     g.start_s2();
@@ -785,6 +785,8 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
         board.contains("cpu c1\tlinked\t0/5 environments"),
         "{board}"
     );
+    // Sizes in the unit that fits (a 48 MiB cache showed as "0.0 GiB").
+    assert!(board.contains(", 48.0 MiB block cache"), "{board}");
 
     // Spawned through s2: c1 reads the root's blocks from s2's venti.
     let via2 = g.door_on_ok(3, "alice", &["spawn", "busybox"]);

@@ -64,6 +64,9 @@ async fn answer(admin: &Admin, mut s: impl AsyncRead + AsyncWrite + Unpin, peer:
     let head = String::from_utf8_lossy(&head);
     let mut words = head.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    // HEAD is GET without the body (monitoring checks use it).
+    let head_only = method == "HEAD";
+    let method = if head_only { "GET" } else { method };
     let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => (
             "200 OK",
@@ -73,7 +76,11 @@ async fn answer(admin: &Admin, mut s: impl AsyncRead + AsyncWrite + Unpin, peer:
         ("GET", "/") => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
         ("GET", "/status.json") => ("200 OK", "application/json", status_json(admin)),
         ("GET", _) => ("404 Not Found", "text/plain", "no such page\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET or HEAD only\n".into(),
+        ),
     };
     tracing::debug!(peer = %peer, path, status, "admin request");
     let reply = format!(
@@ -81,7 +88,9 @@ async fn answer(admin: &Admin, mut s: impl AsyncRead + AsyncWrite + Unpin, peer:
         body.len()
     );
     let _ = s.write_all(reply.as_bytes()).await;
-    let _ = s.write_all(body.as_bytes()).await;
+    if !head_only {
+        let _ = s.write_all(body.as_bytes()).await;
+    }
     let _ = s.shutdown().await;
 }
 

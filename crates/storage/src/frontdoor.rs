@@ -412,7 +412,7 @@ impl russh::server::Handler for Connection {
         for line in lines {
             let Ok(line) = line else {
                 let err = format!("a command line is at most {MAX_LINE} bytes\n");
-                session.extended_data(channel, 1, self.term(channel, &err))?;
+                session.data(channel, self.term(channel, &err))?;
                 session.data(channel, self.term(channel, &format!("{user}% ")))?;
                 continue;
             };
@@ -429,8 +429,10 @@ impl russh::server::Handler for Connection {
                 if !reply.out.is_empty() {
                     session.data(channel, self.term(channel, &reply.out))?;
                 }
+                // At the prompt an error goes to the terminal in order with
+                // the rest (on stderr it could land after the next prompt).
                 if !reply.err.is_empty() {
-                    session.extended_data(channel, 1, self.term(channel, &reply.err))?;
+                    session.data(channel, self.term(channel, &reply.err))?;
                 }
             }
             session.data(channel, self.term(channel, &format!("{user}% ")))?;

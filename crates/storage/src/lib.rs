@@ -386,7 +386,18 @@ impl Node {
         let words: Vec<&str> = line.split_whitespace().collect();
         let result = match words.as_slice() {
             [] => return Reply::fail(format!("no command; commands: {COMMANDS}")),
-            ["scores"] => self.scores(user, None),
+            // No names at all: said on stderr, so the list on stdout stays
+            // a list (empty) for scripts.
+            ["scores"] => match self.scores(user, None) {
+                Ok(out) if out.is_empty() => {
+                    return Reply {
+                        out,
+                        err: "you have no names yet: import a root (tar c -C DIR . | ssh … import NAME), or ask to be invited\n".into(),
+                        status: 0,
+                    };
+                }
+                other => other,
+            },
             ["scores", filter] => self.scores(user, Some(filter)),
             ["scores", ..] => return usage("scores [FILTER]"),
             ["spawn", name, options @ ..] => self.spawn(user, name, false, options),

@@ -549,10 +549,11 @@ impl Pool {
         let state = self.state();
         let mut out = String::new();
         for (name, c) in &state.cpus {
-            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            // In the unit that fits (a 48 MiB cache showed as "0.0 GiB").
+            let size = grid::quota::human;
             let _ = writeln!(
                 out,
-                "cpu {name}\t{}\t{}/{} environments\t{:.1} GiB memory, {:.1} GiB block cache",
+                "cpu {name}\t{}\t{}/{} environments\t{} memory, {} block cache",
                 if c.conn.is_some() {
                     "linked".to_string()
                 } else {
@@ -560,8 +561,8 @@ impl Pool {
                 },
                 c.running,
                 c.slots,
-                gib(c.memory),
-                gib(c.cache)
+                size(c.memory),
+                size(c.cache)
             );
         }
         out
