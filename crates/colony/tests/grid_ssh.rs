@@ -206,8 +206,8 @@ impl Grid {
         }
     }
 
-    /// `ssh -p PORT -i KEY LOGIN@127.0.0.1 ARGS…` with `input` on stdin.
-    fn ssh_as(&self, key: &str, login: &str, args: &[&str], input: &str) -> Output {
+    /// `ssh -p PORT -i KEY -T LOGIN@127.0.0.1 ARGS…` to the front door.
+    fn door_command(&self, key: &str, login: &str, args: &[&str]) -> Command {
         let mut cmd = self.command("ssh");
         cmd.args(["-p", &self.port.to_string(), "-i"])
             .arg(self.tmp.path().join(key))
@@ -215,7 +215,12 @@ impl Grid {
             .arg("-T")
             .arg(format!("{login}@127.0.0.1"))
             .args(args);
-        run_with_input(cmd, input)
+        cmd
+    }
+
+    /// The front door's `ssh … ARGS` as `login` with `key`, `input` on stdin.
+    fn ssh_as(&self, key: &str, login: &str, args: &[&str], input: &str) -> Output {
+        run_with_input(self.door_command(key, login, args), input)
     }
 
     fn ssh(&self, user: &str, args: &[&str]) -> Output {
@@ -2164,13 +2169,7 @@ impl Grid {
     /// `ssh … ARGS` as `user` with `input` (any bytes) on stdin.
     fn ssh_bytes(&self, user: &str, args: &[&str], input: &[u8]) -> Output {
         let mut child = self
-            .command("ssh")
-            .args(["-p", &self.port.to_string(), "-i"])
-            .arg(self.tmp.path().join(user))
-            .args(SSH_OPTS)
-            .arg("-T")
-            .arg(format!("{user}@127.0.0.1"))
-            .args(args)
+            .door_command(user, user, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -2838,13 +2837,7 @@ fn a_one_shot_commands_input_is_never_run_as_commands() {
     assert_eq!(out.status.code(), Some(1), "0x04 must not make it exit 0");
     // The prompt: a line past 4 KiB is refused, and the next one runs.
     let input = format!("{}\nscores\nexit\n", "x".repeat(5000));
-    let mut cmd = g.command("ssh");
-    cmd.args(["-p", &g.port.to_string(), "-i"])
-        .arg(g.tmp.path().join("alice"))
-        .args(SSH_OPTS)
-        .arg("-T")
-        .arg("alice@127.0.0.1");
-    let out = run_with_input(cmd, &input);
+    let out = g.ssh_as("alice", "alice", &[], &input);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("at most 4096 bytes"), "{said}");
     assert!(said.contains("busybox"), "{said}");
@@ -3063,13 +3056,7 @@ fn hostile_oci_layouts_are_refused_without_touching_the_host() {
 /// is sent (the node then works on it).
 fn upload_oci(g: &Grid, name: &str, tar: &[u8]) -> Child {
     let mut client = g
-        .command("ssh")
-        .args(["-p", &g.port.to_string(), "-i"])
-        .arg(g.tmp.path().join("alice"))
-        .args(SSH_OPTS)
-        .arg("-T")
-        .arg("alice@127.0.0.1")
-        .args(["import", name, "oci"])
+        .door_command("alice", "alice", &["import", name, "oci"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
