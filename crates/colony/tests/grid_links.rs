@@ -481,3 +481,41 @@ fn a_flood_of_strangers_is_counted_not_logged_line_by_line() {
         "10 refusals before this one were not logged",
     ]);
 }
+
+/// `colony grid status` pointed at a node's TLS venti port says so. Before,
+/// it read the venti greeting as a frame's length: "a frame of 1986358900
+/// bytes" ("vent").
+#[test]
+fn grid_status_at_a_venti_port_says_what_the_port_is() {
+    if !netns::available() {
+        return;
+    }
+    let certs = Certs::new();
+    let node = certs.issue("node", "storage");
+    let admin = certs.issue("admin", "client");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = Hosts::new(1);
+    let server = venti_server(
+        &hosts,
+        0,
+        dir.path(),
+        "tls!127.0.0.1!0",
+        Some((&node, "client")),
+    );
+    let out = hosts
+        .command(0, COLONY)
+        .args([
+            "grid",
+            "status",
+            &format!("tls!127.0.0.1!{}", server.port),
+            "--cert",
+        ])
+        .arg(&admin)
+        .output()
+        .unwrap();
+    let e = err(&out);
+    assert!(
+        e.contains("serves venti") && e.contains("--replica-listen"),
+        "{e}"
+    );
+}

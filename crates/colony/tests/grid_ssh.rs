@@ -2413,7 +2413,15 @@ fn an_oci_image_of_two_layers_spawns_with_exactly_its_files() {
     let port = login_port(&g.ok("alice", &["spawn", "live"]));
     assert_eq!(g.env_ok(port, "cat /etc/motd"), "hello\n");
     g.ok("alice", &["boom", "live"]);
-    g.stop();
+    // Every import leaves a line in the node's log, the admin's too
+    // (before, an admin import left none).
+    let log = g.stop();
+    assert!(
+        log.lines().any(|l| l.contains("imported")
+            && l.contains("by=\"admin\"")
+            && l.contains("name=\"live\"")),
+        "{log}"
+    );
 }
 
 /// A plain HTTP GET: (status line, body).

@@ -181,11 +181,24 @@ pub async fn fetch_status(link: &link::Link, address: &str) -> Result<String, St
     let (mut tls, _) = link
         .connect(tcp, &[link::Role::Storage])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{e} (give a storage node's --replica-listen address)"))?;
     frame::write(&mut tls, &frame::Frame::StatusRequest)
         .await
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(Duration::from_secs(10), frame::read(&mut tls)).await {
+    // What a node's other TLS ports say first, to name the mistake rather
+    // than read their greeting as a frame's length.
+    let reply = async {
+        use tokio::io::AsyncReadExt;
+        let mut first = [0u8; 4];
+        tls.read_exact(&mut first).await?;
+        if &first == b"vent" {
+            return Err(std::io::Error::other(format!(
+                "{address} serves venti (a node's --venti-listen), not replication: give the node's --replica-listen address"
+            )));
+        }
+        frame::read(&mut (&first[..]).chain(&mut tls)).await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), reply).await {
         Ok(Ok(frame::Frame::Status { text })) => Ok(text),
         Ok(Ok(frame::Frame::Error { message })) => Err(message),
         Ok(Ok(f)) => Err(format!("expected a Status reply, got {}", f.kind())),

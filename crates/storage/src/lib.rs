@@ -266,6 +266,13 @@ impl Node {
                 m.import_bytes.inc_by(done.added);
                 m.event(&format!("{by} imported {name}"));
             }
+            tracing::info!(
+                by,
+                name,
+                new_bytes = done.added,
+                stored_bytes = done.known,
+                "imported"
+            );
             self.names().bind(name, &done.score, users)?;
             Ok(format!(
                 "{name} vac:{} ({} new, {} already stored)\n",
