@@ -54,7 +54,7 @@ const ROOT: &str = "/sys/fs/cgroup";
 
 /// The socket buffer memory an environment may pin (cgroup v1): a quarter
 /// of its memory limit, at least 16 MiB.
-pub fn tcp_limit(limits: &Limits) -> u64 {
+fn tcp_limit(limits: &Limits) -> u64 {
     (limits.memory / 4).max(16 << 20)
 }
 

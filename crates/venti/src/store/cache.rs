@@ -692,7 +692,11 @@ impl Shared {
         loop {
             match self.origin.read(score, ty) {
                 Ok(found) => {
-                    *self.gave_up.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    // Only an outage that was remembered needs forgetting:
+                    // fetches that succeed (nearly all) take no lock.
+                    if gave_up.is_some() {
+                        *self.gave_up.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    }
                     return Ok(found);
                 }
                 Err(e) if Instant::now() + pause < deadline => {
