@@ -968,13 +968,11 @@ pub fn import(args: ImportArgs) -> Result<()> {
         if !state.users().exists(u)? {
             bail!("no user {u} on this node (add it with `colony user add`)");
         }
-        // Names are per user: another user's binding of it is no obstacle.
-        if names.lookup_for(&args.name, u)?.is_some() {
-            bail!(
-                "name {} is taken for {u}: names are immutable, choose another",
-                args.name
-            );
-        }
+    }
+    // Names are per user: another user's binding of it is no obstacle.
+    let users: Vec<&str> = args.users.iter().map(String::as_str).collect();
+    if let Some(u) = names.holder_of(&args.name, &users)? {
+        return Err(grid::scorenames::taken(&args.name, Some(&u)).into());
     }
     // A node serving this state directory holds its store: go through
     // the node at once (opening the store would first wait out its lock).
@@ -1028,7 +1026,6 @@ pub fn import(args: ImportArgs) -> Result<()> {
     }
     let score = tree.write(store.as_ref(), BlockSizes::default(), None)?;
     progress.finish();
-    let users: Vec<&str> = args.users.iter().map(String::as_str).collect();
     names.bind(&args.name, &score, &users)?;
     println!("{} vac:{score}", args.name);
     Ok(())

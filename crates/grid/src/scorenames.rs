@@ -57,6 +57,22 @@ fn share_a_user(a: &ndb::Entry, b: &ndb::Entry) -> bool {
     a.all("user").any(|u| b.all("user").any(|v| v == u))
 }
 
+/// The one of `users` who already has `name` in `db`, if any.
+fn holder<'a>(db: &'a ndb::Db, name: &'a str, users: &[&str]) -> Option<&'a str> {
+    db.search("scorename", name)
+        .find_map(|e| e.all("user").find(|u| users.contains(u)))
+}
+
+/// The refusal of a name a user already has; `for_whom` names that user
+/// (where the binding was asked for several). It never speaks of another
+/// user's names: names are per user.
+pub fn taken(name: &str, for_whom: Option<&str>) -> GridError {
+    let whose = for_whom.map(|u| format!(" for {u}")).unwrap_or_default();
+    GridError::refused(format!(
+        "name {name} is taken{whose}: names are immutable, choose another"
+    ))
+}
+
 fn bound_name(e: &ndb::Entry) -> &str {
     e.get("conflict")
         .or_else(|| e.get("scorename"))
@@ -152,18 +168,8 @@ impl ScoreNames {
             return Err(GridError::refused("a score name needs at least one user"));
         }
         ndb::update(&self.path, |db| {
-            let holder = db
-                .search("scorename", name)
-                .find_map(|e| e.all("user").find(|u| users.contains(u)));
-            if let Some(user) = holder {
-                let whose = if users.len() > 1 {
-                    format!(" for {user}")
-                } else {
-                    String::new()
-                };
-                return Err(GridError::refused(format!(
-                    "name {name} is taken{whose}: names are immutable, choose another"
-                )));
+            if let Some(user) = holder(db, name, users) {
+                return Err(taken(name, (users.len() > 1).then_some(user)));
             }
             let root = vac::format_vac(root);
             let mut pairs = vec![("scorename", name), ("rootscore", root.as_str())];
@@ -436,6 +442,13 @@ impl ScoreNames {
             }
         }
         Err(GridError::refused(format!("no free name like {name}")))
+    }
+
+    /// The one of `users` who already has `name`, if any: checked before
+    /// work that would end in [`ScoreNames::bind`] (which checks again).
+    pub fn holder_of(&self, name: &str, users: &[&str]) -> GridResult<Option<String>> {
+        let db = ndb::Db::open(&self.path)?;
+        Ok(holder(&db, name, users).map(str::to_string))
     }
 
     /// `user`'s binding of `name`, if they have one.

@@ -114,21 +114,19 @@ pub struct Refused {
     pub added: u64,
 }
 
-/// Archives the stream `input` into `store`, within the bytes `left` of
+/// Archives the stream of `upload` into `store`, within the bytes `left` of
 /// the importer's quota. An OCI layout is first stored as it came into
 /// `scratch` (a store of its own, removed after, bounded by the same
 /// quota) and read from there block by block: it never becomes files on
 /// this machine, so nothing in it is followed or opened as a host path.
-/// Only the flattened root counts. `cancelled` is asked between reads:
-/// the import stops once its client has gone. Binding the name is the
-/// caller's.
+/// Only the flattened root counts. The upload's `cancelled` is asked
+/// between reads: the import stops once its client has gone. Binding the
+/// name is the caller's.
 pub fn archive(
     store: &dyn BlockStore,
     left: u64,
-    input: &mut dyn Read,
-    format: &Format,
+    upload: Upload<'_>,
     scratch: &std::path::Path,
-    cancelled: &dyn Fn() -> bool,
 ) -> Result<Imported, Refused> {
     let metered = Metered {
         inner: store,
@@ -136,7 +134,7 @@ pub fn archive(
         added: AtomicU64::new(0),
         known: AtomicU64::new(0),
     };
-    let result = archive_into(&metered, left, input, format, scratch, cancelled);
+    let result = archive_into(&metered, left, upload, scratch);
     let added = metered.added.load(Ordering::Relaxed);
     match result {
         Ok(score) => Ok(Imported {
@@ -151,11 +149,14 @@ pub fn archive(
 fn archive_into(
     metered: &Metered,
     left: u64,
-    input: &mut dyn Read,
-    format: &Format,
+    upload: Upload<'_>,
     scratch: &std::path::Path,
-    cancelled: &dyn Fn() -> bool,
 ) -> GridResult<Score> {
+    let Upload {
+        format,
+        input,
+        cancelled,
+    } = upload;
     let refused = |e: vac::Error| GridError::refused(format!("{e}; nothing was bound"));
     let tree = match format {
         Format::Tar => {

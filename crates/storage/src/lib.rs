@@ -26,7 +26,7 @@ use cpu::options::SPAWN_USAGE;
 use grid::error::{GridError, GridResult};
 use grid::names::check_score_name;
 use grid::quota::human;
-use grid::scorenames::ScoreNames;
+use grid::scorenames::{ScoreNames, taken};
 use grid::state::StateDir;
 use grid::users::Users;
 
@@ -192,17 +192,10 @@ impl Node {
             if !self.users().exists(u)? {
                 return Err(GridError::refused(format!("no user {u}")));
             }
-            // Names are per user: only these users' own count.
-            if self.names().lookup_for(name, u)?.is_some() {
-                let whose = if users.len() > 1 {
-                    format!(" for {u}")
-                } else {
-                    String::new()
-                };
-                return Err(GridError::refused(format!(
-                    "name {name} is taken{whose}: names are immutable, choose another"
-                )));
-            }
+        }
+        // Names are per user: only these users' own count.
+        if let Some(u) = self.names().holder_of(name, users)? {
+            return Err(taken(name, (users.len() > 1).then_some(&u)));
         }
         Ok(store)
     }
@@ -223,11 +216,6 @@ impl Node {
         name: &str,
         upload: import::Upload<'_>,
     ) -> Reply {
-        let import::Upload {
-            format,
-            input,
-            cancelled,
-        } = upload;
         let line = format!("import {name}");
         if let Some(s) = &self.streams {
             s.request(by, &line);
@@ -240,27 +228,18 @@ impl Node {
                 None => u64::MAX,
             };
             let charge = |added: u64| match quota_of {
-                Some(u) if added > 0 => quotas.update(u, |q| {
-                    q.used += added;
-                    Ok(())
-                }),
-                _ => Ok(()),
+                Some(u) => self.charge(u, added),
+                None => Ok(()),
             };
-            let done = match import::archive(
-                store.as_ref(),
-                left,
-                input,
-                format,
-                &self.state.root.join("tmp"),
-                cancelled,
-            ) {
-                Ok(done) => done,
-                Err(refused) => {
-                    // What it stored stays stored: it is the importer's.
-                    charge(refused.added)?;
-                    return Err(refused.error);
-                }
-            };
+            let done =
+                match import::archive(store.as_ref(), left, upload, &self.state.root.join("tmp")) {
+                    Ok(done) => done,
+                    Err(refused) => {
+                        // What it stored stays stored: it is the importer's.
+                        charge(refused.added)?;
+                        return Err(refused.error);
+                    }
+                };
             charge(done.added)?;
             if let Some(m) = &self.metrics {
                 m.import_bytes.inc_by(done.added);
@@ -478,10 +457,8 @@ impl Node {
 
     fn save(&self, user: &str, env: &str, new: &str) -> GridResult<String> {
         check_score_name(new)?;
-        if self.names().lookup_for(new, user)?.is_some() {
-            return Err(GridError::refused(format!(
-                "name {new} is taken: names are immutable, choose another"
-            )));
+        if self.names().holder_of(new, &[user])?.is_some() {
+            return Err(taken(new, None));
         }
         let changed = self.save_within_quota(user, env)?;
         let score = self.cpus.save(user, env)?;
@@ -531,7 +508,7 @@ impl Node {
         Ok(changed)
     }
 
-    /// Adds `bytes` a save stored to what `user` has used.
+    /// Adds `bytes` an import or a save stored to what `user` has used.
     fn charge(&self, user: &str, bytes: u64) -> GridResult<()> {
         if bytes == 0 {
             return Ok(());
