@@ -78,26 +78,8 @@ fn a_flushed_read_is_answered_by_the_flush() {
     let mut alice = client(&addr, "alice");
     alice.walk(0, 1, &[]).unwrap();
     alice.create(1, "io", 0o600, ORDWR).unwrap();
-    let mut raw = TcpStream::connect(&addr).unwrap();
-    send(
-        &mut raw,
-        1,
-        Fcall::Tversion {
-            msize: 8192,
-            version: "9P2000".into(),
-        },
-    );
-    recv(&mut raw);
+    let mut raw = attached_raw(&addr, "alice");
     for (tag, f) in [
-        (
-            2,
-            Fcall::Tattach {
-                fid: 0,
-                afid: NOFID,
-                uname: "alice".into(),
-                aname: String::new(),
-            },
-        ),
         (
             3,
             Fcall::Twalk {
@@ -217,6 +199,33 @@ fn recv(s: &mut TcpStream) -> (u16, Fcall) {
     Fcall::decode(&msg).unwrap()
 }
 
+/// A raw connection to `addr`, versioned (msize 8192, tag 1) and attached
+/// as `user` on fid 0 (tag 2).
+fn attached_raw(addr: &str, user: &str) -> TcpStream {
+    let mut raw = TcpStream::connect(addr).unwrap();
+    send(
+        &mut raw,
+        1,
+        Fcall::Tversion {
+            msize: 8192,
+            version: "9P2000".into(),
+        },
+    );
+    assert!(matches!(recv(&mut raw), (1, Fcall::Rversion { .. })));
+    send(
+        &mut raw,
+        2,
+        Fcall::Tattach {
+            fid: 0,
+            afid: NOFID,
+            uname: user.into(),
+            aname: String::new(),
+        },
+    );
+    assert!(matches!(recv(&mut raw), (2, Fcall::Rattach { .. })));
+    raw
+}
+
 /// Found by fuzzing (`hubfs_session`): at msize 256 the stat of a hub with
 /// a 255-byte name was a 331-byte Rstat, more than the connection takes,
 /// and a directory read that could not fit its first entry looked like the
@@ -268,28 +277,8 @@ fn replies_never_pass_the_msize_agreed() {
 fn a_connection_with_reads_waiting_ends_when_its_client_hangs_up() {
     let addr = server(Limits::default());
     for round in 0..20 {
-        let mut raw = TcpStream::connect(&addr).unwrap();
+        let mut raw = attached_raw(&addr, "alice");
         raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        send(
-            &mut raw,
-            1,
-            Fcall::Tversion {
-                msize: 8192,
-                version: "9P2000".into(),
-            },
-        );
-        recv(&mut raw);
-        send(
-            &mut raw,
-            2,
-            Fcall::Tattach {
-                fid: 0,
-                afid: NOFID,
-                uname: "alice".into(),
-                aname: String::new(),
-            },
-        );
-        recv(&mut raw);
         send(
             &mut raw,
             3,
