@@ -437,24 +437,7 @@ fuzz_target!(|data: &[u8]| {
         let code = child(&stream, &jail);
         unsafe { libc::_exit(code) };
     }
-    let mut status = 0;
-    // SAFETY: waiting for our own child. libFuzzer's SIGALRM (its -timeout
-    // timer) interrupts the wait: wait again until the child is gone, or
-    // the next input's jail is removed under a live session.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitpid: {e}");
-    }
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        if sig == libc::SIGALRM {
-            panic!("the SFTP session did not end within 5 s (in the child)");
-        }
-        panic!(
-            "the SFTP session crashed in the child with signal {sig} (its panic message is above)"
-        );
-    }
-    match libc::WEXITSTATUS(status) {
+    match colony_fuzz::wait_for_child(pid, "the SFTP session") {
         0 => {}
         2 => panic!("chroot into the scratch directory failed (run as root)"),
         3 => panic!("the SFTP server broke the protocol (see the child's message above)"),

@@ -541,23 +541,7 @@ fn extract_in_child(archive: &Archive) {
         };
         unsafe { libc::_exit(code) };
     }
-    let mut status = 0;
-    // A signal to this process (libFuzzer's own timer) interrupts the
-    // wait: wait again until the child is gone, or the next input's
-    // scratch directory is removed under a live extraction.
-    // SAFETY: waiting for our own child.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitpid: {e}");
-    }
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        if sig == libc::SIGALRM {
-            panic!("extract did not finish within 5 s (in the child)");
-        }
-        panic!("extract crashed in the child with signal {sig} (its panic message is above)");
-    }
-    match libc::WEXITSTATUS(status) {
+    match colony_fuzz::wait_for_child(pid, "extract") {
         0 => {}
         2 => panic!("chroot into the scratch directory failed (run as root)"),
         3 => panic!("extract wrote outside its destination (see the child's message above)"),

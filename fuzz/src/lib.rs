@@ -151,3 +151,26 @@ pub fn trace() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| std::env::var_os("COLONY_FUZZ_TRACE").is_some_and(|v| v != "0"))
 }
+
+/// Waits for the forked child `pid` (work done in a jail) and returns its
+/// exit code; a child that died of a signal is a finding, named after
+/// `what` (SIGALRM: its own 5 s alarm ran out). A signal to this process
+/// (libFuzzer's own timer) interrupts the wait, so it waits again until
+/// the child is gone: the next input's jail must never be removed under a
+/// live child.
+pub fn wait_for_child(pid: libc::pid_t, what: &str) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitpid: {e}");
+    }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        if sig == libc::SIGALRM {
+            panic!("{what} did not end within 5 s (in the child)");
+        }
+        panic!("{what} crashed in the child with signal {sig} (its panic message is above)");
+    }
+    libc::WEXITSTATUS(status)
+}
