@@ -32,7 +32,7 @@ pub fn run(envs: usize, concurrent: usize, options: &str) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-density-")
         .tempdir()?;
-    let state = StateDir::resolve(Some(&scratch.path().join("state")))?;
+    let state = StateDir::open(scratch.path().join("state"))?;
     let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
     let busybox = scratch.path().join("busybox");
     for dir in ["bin", "etc", "root"] {

@@ -29,7 +29,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-grid-")
         .tempdir()?;
-    let state = StateDir::resolve(Some(&scratch.path().join("state")))?;
+    let state = StateDir::open(scratch.path().join("state"))?;
     let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
     // A real key, so the environments' SSH logins can be timed too.
     let key = crate::bench_env::bench_user(scratch.path(), &state)?;

@@ -45,7 +45,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
     for run in 0..runs.max(1) {
         // A fresh node each run, so the first import always meets an
         // empty store.
-        let state = StateDir::resolve(Some(&dir.join(format!("state{run}"))))?;
+        let state = StateDir::open(dir.join(format!("state{run}")))?;
         crate::bench_env::add_bench_user(&state, &key)?;
         let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
         let host_key = grid::ssh::host_key(&state.host_key())?;
@@ -67,6 +67,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
             node.clone(),
             listener,
             host_key,
+            grid::ssh_server::LOGIN_GRACE,
             async {
                 let _ = stopped.await;
             },

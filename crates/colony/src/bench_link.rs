@@ -42,7 +42,6 @@ pub fn run(blocks: usize, runs: usize, netns: bool, far: crate::slow_link::Shape
     )?;
     let server_link = Link::load(&scratch.path().join("server"))?;
     let client_link = Link::load(&scratch.path().join("client"))?;
-    Link::set_default(client_link.clone());
     println!(
         "link benchmark: {blocks} new blocks of {BLOCK} bytes per phase, median of {runs} runs"
     );
@@ -62,15 +61,20 @@ pub fn run(blocks: usize, runs: usize, netns: bool, far: crate::slow_link::Shape
                 let store = scratch
                     .path()
                     .join(format!("store-{run}-{}-{tls}", place.label()));
-                let (rate, _) =
-                    place.writes(&store, tls.then(|| server_link.clone()), blocks, 64, seed)?;
+                let (rate, _) = place.writes(
+                    &store,
+                    tls.then(|| (server_link.clone(), client_link.clone())),
+                    blocks,
+                    64,
+                    seed,
+                )?;
                 add(
                     format!("{}, {kind}: 1 client, 64 in flight", place.label()),
                     rate,
                 );
                 let (rate, pings) = place.writes(
                     &store.with_extension("one"),
-                    tls.then(|| server_link.clone()),
+                    tls.then(|| (server_link.clone(), client_link.clone())),
                     // A far link's round trips are slow to count by thousands.
                     if matches!(place, Place::Far(_)) {
                         100
@@ -170,7 +174,8 @@ impl Place {
     fn writes(
         &self,
         store: &std::path::Path,
-        tls: Option<Arc<Link>>,
+        // The server's certificate and the client's.
+        tls: Option<(Arc<Link>, Arc<Link>)>,
         blocks: usize,
         window: usize,
         seed: u64,
@@ -181,6 +186,7 @@ impl Place {
         };
         let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(store)?);
         let scheme = if tls.is_some() { "tls" } else { "tcp" };
+        let (tls, client_tls) = tls.unzip();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let bind = format!("{host}:0");
@@ -232,7 +238,7 @@ impl Place {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let client = Client::connect(&dial).await?;
+                let client = Client::connect(&dial, client_tls.as_ref()).await?;
                 let t = Instant::now();
                 for _ in 0..pings {
                     client.ping().await?;

@@ -32,9 +32,9 @@ struct Node {
 }
 
 fn node(dir: &Path, name: &str, link: Arc<Link>, peers: Vec<replica::Peer>) -> Result<Node> {
-    let state = StateDir::resolve(Some(&dir.join(name)))?;
+    let state = StateDir::open(dir.join(name))?;
     let store = Arc::new(LogStore::open(state.store_dir())?);
-    let catalog = Arc::new(crate::replicate_cmd::NodeCatalog {
+    let catalog = Arc::new(node::catalog::NodeCatalog {
         state: state.clone(),
         store: store.clone(),
         node: name.into(),

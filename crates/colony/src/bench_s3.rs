@@ -134,7 +134,7 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
 
     // The node's store: busybox and TREE archived into the bucket.
     let opened = s3store::open_with(&settings(&g, &dir.join("node-cache"), "node")?)?;
-    let state = StateDir::resolve(Some(&dir.join("state")))?;
+    let state = StateDir::open(dir.join("state"))?;
     let key = crate::bench_env::bench_user(dir, &state)?;
     let busybox = crate::bench_env::busybox_root(dir)?;
     let mut roots = vec![("busybox", busybox.clone())];

@@ -58,10 +58,8 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
     }
     let storage_link = link::Link::load(&dir.join("s1.tls"))?;
     let cpu_link = link::Link::load(&dir.join("c1.tls"))?;
-    // The cpu side dials venti with the process's default identity.
-    link::Link::set_default(cpu_link.clone());
 
-    let state = StateDir::resolve(Some(&dir.join("s1")))?;
+    let state = StateDir::open(dir.join("s1"))?;
     let store = Arc::new(LogStore::open(state.store_dir())?);
     let key = crate::bench_env::bench_user(dir, &state)?;
     let busybox = crate::bench_env::busybox_root(dir)?;
@@ -134,7 +132,7 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
         if delayed {
             control_addr = far(control_addr)?;
         }
-        let cpu_state = StateDir::resolve(Some(&dir.join(format!("c{i}"))))?;
+        let cpu_state = StateDir::open(dir.join(format!("c{i}")))?;
         let cache = BlockCache::open(&cpu_state.root.join("blockcache"), 4 << 30)?;
         let first_port = 25001 + i as u16 * 200;
         let envs = Arc::new(Environments::new(

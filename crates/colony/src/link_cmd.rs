@@ -173,14 +173,18 @@ pub fn tunnel(args: TunnelArgs) -> Result<()> {
         let local = listener.local_addr()?;
         tracing::info!(listen = %local, to = %target, me = %link.me, "tunnel ready");
         println!("listening on {local}");
-        crate::venti_cmd::reload_on_sighup(link.clone());
+        crate::signals::reload_on_sighup(link.clone());
         loop {
             let (socket, peer) = link::listener::accept(&listener, "tunnel").await;
             let _ = socket.set_nodelay(true);
             let (link, roles, target) = (link.clone(), roles.clone(), target.clone());
             tokio::spawn(async move {
-                if let Err(e) = carry(link, socket, peer, from, &target, &roles).await {
-                    tracing::warn!(%peer, error = %e, "tunnel connection ended");
+                match carry(link, socket, peer, from, &target, &roles).await {
+                    Err(e) if link::listener::ordinary_disconnect(&format!("{e:#}")) => {
+                        tracing::debug!(%peer, error = %e, "tunnel connection closed by its peer")
+                    }
+                    Err(e) => tracing::warn!(%peer, error = %e, "tunnel connection ended"),
+                    Ok(()) => {}
                 }
             });
         }

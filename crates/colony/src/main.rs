@@ -21,7 +21,6 @@ mod link_cmd;
 mod mount_cmd;
 mod paths;
 mod progress;
-mod replicate_cmd;
 mod signals;
 mod slow_link;
 mod stores;

@@ -69,8 +69,7 @@ pub struct SaveArgs {
 
 /// Parses `100M`, `1G`, `512K` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<u64> {
-    cpu::options::parse_size(text)
-        .with_context(|| format!("bad size {text:?}: use a number with K, M, G or T"))
+    Ok(units::parse_size(text)?)
 }
 
 /// The console path for a mount point.

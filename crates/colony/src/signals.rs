@@ -36,3 +36,36 @@ impl Blocked {
 // SAFETY: a sigset_t is plain data; waiting on it from another thread is
 // what it is for.
 unsafe impl Send for Blocked {}
+
+/// SIGTERM or SIGINT. The handlers are in place when this returns (not
+/// when the future is first polled), so a node that has said it is ready
+/// never dies of a signal it meant to take.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+}
+
+/// Reloads the link's revocation list on every SIGHUP (it is also reloaded
+/// when its file changes).
+pub fn reload_on_sighup(link: std::sync::Arc<link::Link>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    link.reload();
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: revocations reload only when their file changes")
+        }
+    }
+}

@@ -32,7 +32,10 @@ pub struct StoreArg {
 impl StoreArg {
     pub fn open(&self) -> Result<Arc<dyn BlockStore>> {
         if let Some(addr) = self.host.as_deref().filter(|a| !a.is_empty()) {
-            return Ok(Arc::new(RemoteStore::connect(addr)?));
+            return Ok(Arc::new(RemoteStore::connect(
+                addr,
+                crate::paths::link_for(addr)?,
+            )?));
         }
         if let Some(spec) = &self.store {
             return crate::stores::open(spec);

@@ -76,7 +76,7 @@ impl ServerArg {
         let Some(addr) = &self.host else {
             bail!("no venti server given: use -h ADDR or set $venti");
         };
-        Ok(Client::connect(addr).await?)
+        Ok(Client::connect(addr, crate::paths::link_for(addr)?.as_ref()).await?)
     }
 }
 
@@ -138,35 +138,17 @@ async fn serve(
     match &tls {
         Some(t) => {
             tracing::info!(address = %local, store = %spec, me = %t.link.me, "venti server ready, mutual TLS");
-            reload_on_sighup(t.link.clone());
+            crate::signals::reload_on_sighup(t.link.clone());
         }
         None => tracing::info!(address = %local, store = %spec, "venti server ready"),
     }
-    let shutdown = crate::grid_cmd::shutdown_signal();
+    let shutdown = crate::signals::shutdown_signal();
     // One line on stdout so scripts and tests learn the port.
     println!("listening on {local}");
     std::io::stdout().flush()?;
     venti::server::serve_with(listener, store, tls, shutdown).await?;
     tracing::info!("venti server stopped; store synced");
     Ok(())
-}
-
-/// Reloads the link's revocation list on every SIGHUP (it is also reloaded
-/// when its file changes).
-pub fn reload_on_sighup(link: Arc<link::Link>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    link.reload();
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler: revocations reload only when their file changes")
-        }
-    }
 }
 
 async fn write(server: &ServerArg, ty: u8, truncate: bool) -> Result<()> {

@@ -168,7 +168,7 @@ impl Agent {
         {
             return Ok(s.clone());
         }
-        let remote = RemoteStore::connect(venti).map_err(|e| {
+        let remote = RemoteStore::connect(venti, Some(self.link.clone())).map_err(|e| {
             GridError::refused(format!(
                 "reaching storage node {storage}'s venti at {venti}: {e}"
             ))

@@ -66,8 +66,8 @@ fn check_ceilings(limits: &Limits, ceilings: &Limits) -> GridResult<()> {
     };
     if limits.memory > ceilings.memory {
         return over(
-            format!("memory={}", grid::quota::human(limits.memory)),
-            grid::quota::human(ceilings.memory),
+            format!("memory={}", units::human(limits.memory)),
+            units::human(ceilings.memory),
             "env-memory-max",
         );
     }
@@ -143,7 +143,8 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
                 }
             }
             "memory" => {
-                limits.memory = parse_size(value)
+                limits.memory = units::parse_size(value)
+                    .ok()
                     .filter(|&m| m >= 4 << 20)
                     .ok_or_else(bad)?
             }
@@ -176,22 +177,6 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
         rootless,
         publish,
     })
-}
-
-/// `100M`, `1G`, `512K` or bytes (K, M, G, T are powers of 1024).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..split].parse().ok()?;
-    let mult = match t[split..].to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
 }
 
 #[cfg(test)]
@@ -248,17 +233,5 @@ mod tests {
             "{err}"
         );
         check_form(&["memory=1G", "pids=10", "publish=80", "publish=443"]).unwrap();
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("100M"), Some(100 << 20));
-        assert_eq!(parse_size("1G"), Some(1 << 30));
-        assert_eq!(parse_size("1MiB"), Some(1 << 20));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("2t"), Some(2 << 40));
-        for bad in ["", "M", "5Q", "-1M", "99999999999999999999G"] {
-            assert_eq!(parse_size(bad), None, "{bad:?}");
-        }
     }
 }

@@ -22,8 +22,8 @@ use russh::Disconnect;
 use russh::server::{Config, Handler, run_stream};
 use tokio::net::TcpListener;
 
-/// How long a connection may take to log in; `COLONY_SSH_LOGIN_GRACE`
-/// (seconds) overrides it, for tests.
+/// How long a connection may take to log in, unless the node's
+/// configuration says otherwise (`login-grace`).
 pub const LOGIN_GRACE: Duration = Duration::from_secs(60);
 
 /// How many connections may be logging in at once.
@@ -75,6 +75,7 @@ impl LoggingIn {
 pub async fn serve<H>(
     listener: TcpListener,
     config: Arc<Config>,
+    grace: Duration,
     mut handler: impl FnMut(SocketAddr, LoggingIn) -> H,
     refused: impl Fn(),
     shutdown: impl Future<Output = ()>,
@@ -83,7 +84,6 @@ pub async fn serve<H>(
     H: Handler + Send + 'static,
     H::Error: std::fmt::Debug,
 {
-    let grace = link::listener::time_allowed("COLONY_SSH_LOGIN_GRACE", LOGIN_GRACE);
     let logging_in = Places::default();
     let refusals = Arc::new(LogBudget::default());
     let (stop, _) = tokio::sync::broadcast::channel::<String>(1);

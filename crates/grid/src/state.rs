@@ -9,11 +9,10 @@
 //! STATE/cache/       spawndisk cache files
 //! ```
 //!
-//! The directory is `--state DIR`, else `$COLONY_STATE`, else
-//! `$XDG_STATE_HOME/colony`, else `~/.local/state/colony` (`/var/lib/colony`
-//! for root).
+//! Where it is by default is the binary's business (it reads the
+//! environment); this crate is given the path.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::{GridError, GridResult};
 use crate::scorenames::ScoreNames;
@@ -28,27 +27,8 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Resolves the default as documented above.
-    pub fn resolve(explicit: Option<&Path>) -> GridResult<StateDir> {
-        let root = match explicit {
-            Some(p) => p.to_path_buf(),
-            None => match std::env::var_os("COLONY_STATE").filter(|v| !v.is_empty()) {
-                Some(p) => PathBuf::from(p),
-                None => match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-                    Some(p) => PathBuf::from(p).join("colony"),
-                    // SAFETY: geteuid has no preconditions.
-                    None if unsafe { libc::geteuid() } == 0 => PathBuf::from("/var/lib/colony"),
-                    None => match std::env::var_os("HOME") {
-                        Some(h) => PathBuf::from(h).join(".local/state/colony"),
-                        None => {
-                            return Err(GridError::refused(
-                                "no state directory: use --state DIR or set COLONY_STATE",
-                            ));
-                        }
-                    },
-                },
-            },
-        };
+    /// Opens (making it if need be) the state directory at `root`.
+    pub fn open(root: PathBuf) -> GridResult<StateDir> {
         std::fs::create_dir_all(&root)
             .map_err(|e| GridError::io(format!("creating {}", root.display()), e))?;
         Ok(StateDir {

@@ -124,26 +124,20 @@ impl LogBudget {
     }
 }
 
-/// How long a connection may stay nobody (in its TLS handshake, logging
-/// in): `default`, unless the environment variable `var` gives a number of
-/// seconds (tests shorten it to see it run out). A value that is not a
-/// positive number is logged and ignored.
-pub fn time_allowed(var: &str, default: Duration) -> Duration {
-    let Some(text) = std::env::var_os(var) else {
-        return default;
-    };
-    seconds(&text).unwrap_or_else(|| {
-        tracing::warn!(value = ?text, default_secs = default.as_secs_f64(), "{var} is not a positive number of seconds; using the default");
-        default
-    })
-}
-
-/// `text` as a positive, finite number of seconds.
-fn seconds(text: &std::ffi::OsStr) -> Option<Duration> {
-    let secs = text.to_str()?.trim().parse::<f64>().ok()?;
-    (secs.is_finite() && secs > 0.0)
-        .then(|| Duration::try_from_secs_f64(secs).ok())
-        .flatten()
+/// Whether the error that ended a connection is its peer simply going
+/// away: an end of file without TLS's close_notify (most clients, and
+/// every killed process, close that way), a reset or a broken pipe. Those
+/// are logged quietly; anything else is a fault worth a warning.
+pub fn ordinary_disconnect(error: &str) -> bool {
+    const ORDINARY: [&str; 5] = [
+        "close_notify",
+        "early eof",
+        "unexpected end of file",
+        "connection reset",
+        "broken pipe",
+    ];
+    let error = error.to_lowercase();
+    ORDINARY.iter().any(|o| error.contains(o))
 }
 
 /// How long to wait after a failed accept before the next try.
@@ -202,12 +196,22 @@ mod tests {
     }
 
     #[test]
-    fn seconds_are_positive_finite_numbers() {
-        let read = |t: &str| seconds(std::ffi::OsStr::new(t));
-        assert_eq!(read("5"), Some(Duration::from_secs(5)));
-        assert_eq!(read(" 0.25\n"), Some(Duration::from_millis(250)));
-        for bad in ["", "0", "-1", "ten", "inf", "NaN", "1e300", "5s"] {
-            assert_eq!(read(bad), None, "{bad:?}");
+    fn a_peer_going_away_is_ordinary_and_a_fault_is_not() {
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof).to_string();
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset).to_string();
+        for text in [
+            eof.as_str(),
+            reset.as_str(),
+            "Connection reset by peer (os error 104)",
+            "reading a frame: peer closed connection without sending TLS close_notify: https://docs.rs/rustls",
+        ] {
+            assert!(ordinary_disconnect(text), "{text}");
+        }
+        for text in [
+            "a frame of 1986358900 bytes",
+            "invalid peer certificate: BadSignature",
+        ] {
+            assert!(!ordinary_disconnect(text), "{text}");
         }
     }
 }

@@ -32,8 +32,8 @@ use crate::ca::{CA_CERT, CERT, CRL, KEY};
 use crate::identity::{Peer, Role, peer_of};
 use crate::listener::{LogBudget, Place, Places};
 
-/// How long a peer may take to finish its handshake; `COLONY_TLS_TIMEOUT`
-/// (seconds) overrides it, for tests.
+/// How long a peer may take to finish its handshake, unless the node's
+/// configuration says otherwise (`tls-timeout`).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many peers may be in their handshake with one node at once. Until it
@@ -107,8 +107,6 @@ impl LinkError {
         }
     }
 }
-
-static DEFAULT: std::sync::OnceLock<Result<Arc<Link>, String>> = std::sync::OnceLock::new();
 
 /// The revocation list as loaded, and when its file was last seen changed.
 struct Revocations {
@@ -209,6 +207,11 @@ fn verifiers(
 impl Link {
     /// Loads the certificate directory `dir` (as `colony grid ca issue` writes it).
     pub fn load(dir: &Path) -> Result<Arc<Link>, CertError> {
+        Link::load_with(dir, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`Link::load`], giving peers `handshake_timeout` to finish their handshake.
+    pub fn load_with(dir: &Path, handshake_timeout: Duration) -> Result<Arc<Link>, CertError> {
         let file = |name: &str| dir.join(name);
         let read = |name: &str| {
             std::fs::read(file(name))
@@ -253,8 +256,6 @@ impl Link {
             .with_custom_certificate_verifier(Arc::new(ServerSide(shared.clone())))
             .with_client_auth_cert(certs, key)
             .map_err(bad_key)?;
-        let handshake_timeout =
-            crate::listener::time_allowed("COLONY_TLS_TIMEOUT", HANDSHAKE_TIMEOUT);
         Ok(Arc::new(Link {
             dir: dir.to_path_buf(),
             me,
@@ -269,23 +270,6 @@ impl Link {
             refusals: LogBudget::default(),
             refused: Default::default(),
         }))
-    }
-
-    /// Makes `link` the one [`Link::from_env`] returns (a node dials with its
-    /// own certificate); false if dialing already chose one.
-    pub fn set_default(link: Arc<Link>) -> bool {
-        DEFAULT.set(Ok(link)).is_ok()
-    }
-
-    /// The link this process dials `tls!` addresses with: the one set by
-    /// [`Link::set_default`], else the certificate directory named by
-    /// `$COLONY_TLS`, loaded once per process.
-    pub fn from_env() -> Result<Arc<Link>, String> {
-        DEFAULT.get_or_init(|| match std::env::var_os("COLONY_TLS") {
-            Some(dir) => Link::load(Path::new(&dir)).map_err(|e| e.to_string()),
-            None => Err("a tls! address needs this machine's grid certificate: set COLONY_TLS to its directory (colony grid ca issue … --out DIR)".into()),
-        })
-        .clone()
     }
 
     /// Reloads the revocation list if its file changed since it was loaded.

@@ -375,6 +375,52 @@ fn parse_lines(name: &str, lines: &[String]) -> Result<Vec<Entry>, ParseError> {
     Ok(entries)
 }
 
+/// One pair of a file and the line it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedPair {
+    pub attr: String,
+    pub value: String,
+    /// 1-based, as an editor counts.
+    pub line: usize,
+}
+
+/// Every pair of `text` with the line it is on, in file order, for files
+/// whose reader must say where a bad pair is (a configuration). Unlike
+/// [`Db::parse`], a last line without a newline is read: such a file is
+/// not shared with libndb, and losing its last line silently would be worse.
+pub fn located_pairs(name: &str, text: &str) -> Result<Vec<LocatedPair>, ParseError> {
+    let mut pairs = Vec::new();
+    let mut in_entry = false;
+    for (n, line) in text.lines().enumerate() {
+        let err = |why: String| ParseError {
+            file: name.to_string(),
+            line: n + 1,
+            why,
+        };
+        let found = match classify(line).map_err(err)? {
+            Line::Blank => {
+                in_entry = false;
+                continue;
+            }
+            Line::Comment | Line::Indented => continue,
+            Line::Continuation(_) if !in_entry => {
+                return Err(err("continuation line with no entry to continue".into()));
+            }
+            Line::Continuation(found) => found,
+            Line::Start(found) => {
+                in_entry = true;
+                found
+            }
+        };
+        pairs.extend(found.into_iter().map(|(attr, value)| LocatedPair {
+            attr,
+            value,
+            line: n + 1,
+        }));
+    }
+    Ok(pairs)
+}
+
 /// Splits text into complete lines, split at `\n` only (a `\r` is white
 /// space to libndb, not part of a line end), and the unterminated tail.
 fn split_lines(text: &str) -> (Vec<String>, String) {

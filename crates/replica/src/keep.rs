@@ -25,8 +25,12 @@ pub async fn serve(rep: Arc<Replicator>, listener: TcpListener) {
         let (socket, addr) = link::listener::accept(&listener, "replication").await;
         let rep = rep.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(&rep, socket, addr).await {
-                tracing::warn!(peer = %addr, error = %e, "replication connection ended");
+            match connection(&rep, socket, addr).await {
+                Err(e) if link::listener::ordinary_disconnect(&e) => {
+                    tracing::debug!(peer = %addr, error = %e, "replication connection closed by its peer")
+                }
+                Err(e) => tracing::warn!(peer = %addr, error = %e, "replication connection ended"),
+                Ok(()) => {}
             }
         });
     }

@@ -198,7 +198,14 @@ pub async fn fetch_status(link: &link::Link, address: &str) -> Result<String, St
         }
         frame::read(&mut (&first[..]).chain(&mut tls)).await
     };
-    match tokio::time::timeout(Duration::from_secs(10), reply).await {
+    let reply = tokio::time::timeout(Duration::from_secs(10), reply).await;
+    // Say goodbye (TLS's close_notify), so the node sees a close, not a cut.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::AsyncWriteExt::shutdown(&mut tls),
+    )
+    .await;
+    match reply {
         Ok(Ok(frame::Frame::Status { text })) => Ok(text),
         Ok(Ok(frame::Frame::Error { message })) => Err(message),
         Ok(Ok(f)) => Err(format!("expected a Status reply, got {}", f.kind())),

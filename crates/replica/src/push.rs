@@ -559,12 +559,15 @@ async fn session_venti(
 ) -> Result<(), (bool, PushError)> {
     let mut progressed = false;
     let fail = |p: bool| move |e: PushError| (p, e);
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, venti::Client::connect(&peer.address))
-        .await
-        .map_err(|_| other(format!("connecting to {}: timed out", peer.address)))
-        .map_err(fail(false))?
-        .map_err(|e| other(e.to_string()))
-        .map_err(fail(false))?;
+    let client = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        venti::Client::connect(&peer.address, rep.link.as_ref()),
+    )
+    .await
+    .map_err(|_| other(format!("connecting to {}: timed out", peer.address)))
+    .map_err(fail(false))?
+    .map_err(|e| other(e.to_string()))
+    .map_err(fail(false))?;
     let client = Arc::new(client);
     rep.board.outgoing(&peer.name, |o| {
         o.connected = true;

@@ -103,23 +103,6 @@ impl std::fmt::Debug for Settings {
 pub const DEFAULT_PACK_BYTES: usize = 16 << 20;
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
 
-/// `123`, `64K`, `16M`, `2G` (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
-        Some((i, 'T' | 't')) => (&t[..i], 1 << 40),
-        _ => (t, 1),
-    };
-    num.trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("bad size {text:?}: a number, optionally with K, M, G or T"))
-}
-
 fn config_file() -> Result<Option<PathBuf>, String> {
     if let Some(path) = std::env::var_os("COLONY_S3_CONFIG") {
         let path = PathBuf::from(path);
@@ -246,11 +229,11 @@ impl Settings {
             }
         };
         let cache_bytes = match from_file("cache_size") {
-            Some(s) => parse_size(&s)?,
+            Some(s) => units::parse_size(&s).map_err(|e| format!("cache_size: {e}"))?,
             None => DEFAULT_CACHE_BYTES,
         };
         let pack_bytes = match from_file("pack_size") {
-            Some(s) => parse_size(&s)? as usize,
+            Some(s) => units::parse_size(&s).map_err(|e| format!("pack_size: {e}"))? as usize,
             None => DEFAULT_PACK_BYTES,
         };
         if !(64 << 10..=1 << 30).contains(&pack_bytes) {
@@ -304,14 +287,6 @@ mod tests {
             S3Url::parse("s3://abc/p").unwrap().to_string(),
             "s3://abc/p"
         );
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
-        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
-        assert_eq!(parse_size("100").unwrap(), 100);
-        assert!(parse_size("lots").is_err());
     }
 
     #[test]

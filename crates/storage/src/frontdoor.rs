@@ -19,11 +19,13 @@ use grid::ssh::server_config;
 /// The default port of the front door.
 pub const DEFAULT_PORT: u16 = 16999;
 
-/// Serves the front door on `listener` until `shutdown` resolves.
+/// Serves the front door on `listener` until `shutdown` resolves; a
+/// connection has `login_grace` to log in.
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     key: PrivateKey,
+    login_grace: std::time::Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let new_connection = |peer, logging_in| Connection {
@@ -37,6 +39,7 @@ pub async fn serve(
     grid::ssh_server::serve(
         listener,
         server_config(key),
+        login_grace,
         new_connection,
         || {
             if let Some(m) = node.metrics() {

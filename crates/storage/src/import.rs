@@ -14,7 +14,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use grid::error::{GridError, GridResult};
-use grid::quota::human;
+use units::human;
 use vac::tree::{BlockSizes, Tree};
 use venti::{BlockStore, BlockType, Score, StoreError};
 

@@ -25,10 +25,10 @@ use venti::Score;
 use cpu::options::SPAWN_USAGE;
 use grid::error::{GridError, GridResult};
 use grid::names::check_score_name;
-use grid::quota::human;
 use grid::scorenames::{ScoreNames, taken};
 use grid::state::StateDir;
 use grid::users::Users;
+use units::human;
 
 /// The help line of the interactive prompt (as the original `gridorc` printed).
 pub const COMMANDS: &str = "scores [FILTER] | spawn NAME | spawndisk NAME | save ENV NEWNAME | invite USER ENV | boom ENV | status | import NAME < TAR | exit";
@@ -256,8 +256,8 @@ impl Node {
             Ok(format!(
                 "{name} vac:{} ({} new, {} already stored)\n",
                 done.score,
-                grid::quota::human(done.added),
-                grid::quota::human(done.known)
+                units::human(done.added),
+                units::human(done.known)
             ))
         })();
         let reply = match result {
@@ -539,8 +539,8 @@ impl Node {
             let _ = writeln!(
                 out,
                 "quota: {} of {} used by imports and saves",
-                grid::quota::human(q.used),
-                grid::quota::human(limit)
+                units::human(q.used),
+                units::human(limit)
             );
         }
         Ok(out)

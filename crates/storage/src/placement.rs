@@ -145,6 +145,15 @@ fn answered(a: &Answer) -> String {
     }
 }
 
+/// Whether a cpu node last heard from at `last_seen` has missed its pings
+/// (it pings every [`control::PING_EVERY`]; its link is declared dead only
+/// after [`control::SILENT_FOR`]).
+fn silent(last_seen: SystemTime) -> bool {
+    SystemTime::now()
+        .duration_since(last_seen)
+        .is_ok_and(|quiet| quiet > control::PING_EVERY * 2)
+}
+
 fn ago(t: SystemTime) -> String {
     let secs = SystemTime::now()
         .duration_since(t)
@@ -550,7 +559,7 @@ impl Pool {
         let mut out = String::new();
         for (name, c) in &state.cpus {
             // In the unit that fits (a 48 MiB cache showed as "0.0 GiB").
-            let size = grid::quota::human;
+            let size = units::human;
             let _ = writeln!(
                 out,
                 "cpu {name}\t{}\t{}/{} environments\t{} memory, {} block cache",
@@ -772,11 +781,14 @@ impl Cpus for Pool {
                     ));
                 }
             }
+            // A cpu node that has missed its pings is not asked: asking
+            // would wait until its link is declared dead, and then know
+            // no more than now.
             let reachable: HashMap<String, Option<SystemTime>> = by_cpu
                 .keys()
                 .map(|c| {
                     let cpu = state.cpus.get(c);
-                    let lost = cpu.is_none_or(|c| c.conn.is_none());
+                    let lost = cpu.is_none_or(|c| c.conn.is_none() || silent(c.last_seen));
                     (
                         c.clone(),
                         lost.then(|| cpu.map_or(SystemTime::UNIX_EPOCH, |c| c.last_seen)),
@@ -809,7 +821,13 @@ impl Cpus for Pool {
                     Ok(Answer::Status { text: t }) => text = Some(t),
                     Ok(_) | Err(CallError::Refused(_)) => {}
                     Err(CallError::Unreachable(why)) => {
-                        *lost = Some(SystemTime::now());
+                        // When it was last heard from, not when we gave up.
+                        *lost = Some(
+                            self.state()
+                                .cpus
+                                .get(cpu.as_str())
+                                .map_or_else(SystemTime::now, |c| c.last_seen),
+                        );
                         tracing::info!(cpu = %cpu, error = %why, "status");
                     }
                 }

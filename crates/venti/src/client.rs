@@ -63,10 +63,13 @@ pub struct Client {
 
 impl Client {
     /// Connects to `addr` (dial form or `host:port`) and says hello. A
-    /// `tls!HOST!PORT` address is reached over mutual TLS with this
-    /// machine's grid certificate (`$COLONY_TLS`), and its server must be a
-    /// node of the grid (storage, or a cpu node serving its store).
-    pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+    /// `tls!HOST!PORT` address is reached over mutual TLS with `link`, this
+    /// machine's grid certificate, and its server must be a node of the
+    /// grid (storage, or a cpu node serving its store).
+    pub async fn connect(
+        addr: &str,
+        link: Option<&Arc<link::Link>>,
+    ) -> Result<Client, ClientError> {
         let connect_err = |detail: String| ClientError::Connect {
             addr: addr.to_string(),
             detail,
@@ -75,7 +78,11 @@ impl Client {
             dial::parse_transport(addr).map_err(|e| connect_err(e.to_string()))?;
         // Before dialing: a missing certificate is this machine's fault.
         let link = match transport {
-            dial::Transport::Tls => Some(link::Link::from_env().map_err(connect_err)?),
+            dial::Transport::Tls => Some(link.cloned().ok_or_else(|| {
+                connect_err(
+                    "a tls! address needs this machine's grid certificate (a node's --tls DIR; COLONY_TLS for the command line)".into(),
+                )
+            })?),
             dial::Transport::Tcp => None,
         };
         let socket = TcpStream::connect(&target)

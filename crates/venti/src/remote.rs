@@ -67,6 +67,8 @@ pub struct RemoteStore {
     /// Replaced by a fresh connection when the old one is lost.
     session: Mutex<Session>,
     addr: String,
+    /// What a `tls!` address is dialed with, again on every reconnect.
+    link: Option<Arc<link::Link>>,
     window: Arc<Semaphore>,
     writes: Mutex<JoinSet<Result<(), ClientError>>>,
     failed: Mutex<Option<String>>,
@@ -80,15 +82,16 @@ impl RemoteStore {
         self.runtime.as_ref().expect("the runtime lives until drop")
     }
 
-    /// Connects to the server at `addr` (dial form or `host:port`).
-    pub fn connect(addr: &str) -> Result<RemoteStore, StoreError> {
+    /// Connects to the server at `addr` (dial form or `host:port`); a
+    /// `tls!` address is dialed with `link`, this machine's certificate.
+    pub fn connect(addr: &str, link: Option<Arc<link::Link>>) -> Result<RemoteStore, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| StoreError::io("starting the venti client runtime", e))?;
         let client = runtime
-            .block_on(Client::connect(addr))
+            .block_on(Client::connect(addr, link.as_ref()))
             .map_err(|e| StoreError::Remote(e.to_string()))?;
         Ok(RemoteStore {
             runtime: Some(runtime),
@@ -97,6 +100,7 @@ impl RemoteStore {
                 generation: 0,
             }),
             addr: addr.to_string(),
+            link,
             window: Arc::new(Semaphore::new(WRITE_WINDOW)),
             writes: Mutex::new(JoinSet::new()),
             failed: Mutex::new(None),
@@ -134,7 +138,9 @@ impl RemoteStore {
             }
         }
         tracing::info!(server = %self.addr, reason = %why, "venti connection lost; reconnecting");
-        let fresh = self.rt().block_on(Client::connect(&self.addr))?;
+        let fresh = self
+            .rt()
+            .block_on(Client::connect(&self.addr, self.link.as_ref()))?;
         let mut s = self.session.lock().expect("remote store lock");
         if s.generation == lost {
             s.client = fresh;

@@ -229,7 +229,9 @@ async fn bad_handshakes_close_the_connection_without_a_reply() {
     assert!(c.closed().await);
 
     // The server is still fine.
-    let client = venti::Client::connect(&srv.addr.to_string()).await.unwrap();
+    let client = venti::Client::connect(&srv.addr.to_string(), None)
+        .await
+        .unwrap();
     client.ping().await.unwrap();
 }
 

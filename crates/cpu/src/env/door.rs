@@ -53,6 +53,7 @@ pub async fn serve(
     grid::ssh_server::serve(
         listener,
         grid::ssh::server_config(key),
+        grid::ssh_server::LOGIN_GRACE,
         new_conn,
         || {},
         stopped,

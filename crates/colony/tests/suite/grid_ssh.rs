@@ -2701,8 +2701,7 @@ fn silent_connections_never_take_the_front_door_down() {
         return;
     }
     let mut g = Grid::new();
-    g.env.push(("COLONY_SSH_LOGIN_GRACE", "5".into()));
-    g.start(&["--admin-listen", "127.0.0.1:0"]);
+    g.start(&["--admin-listen", "127.0.0.1:0", "--login-grace", "5s"]);
     let pid = g.child.as_ref().unwrap().id();
     let connect = || std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
     // Up and serving, with whatever it opens on a first login open.
@@ -3682,4 +3681,65 @@ fn a_tenant_holding_every_inotify_instance_leaves_the_host_and_others_theirs() {
     g.ok("alice", &["boom", "busybox"]);
     g.ok("bob", &["boom", "busybox"]);
     g.stop();
+}
+
+/// Before, `spawnmax=lots` in the file was dropped without a word (and
+/// the default used), and an unknown key was ignored. Now the node does
+/// not start, and says which file, line and key.
+#[test]
+fn a_bad_configuration_stops_the_node_naming_file_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = |config: &str, flags: &[&str]| {
+        let path = tmp.path().join("node.conf");
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(COLONY)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--state"])
+            .arg(tmp.path().join("state"))
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{config:?} {flags:?} started");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (err, path.display().to_string())
+    };
+    let (err, path) = serve("listen=127.0.0.1:0\nspawnmax=lots\n", &[]);
+    assert!(
+        err.contains(&format!("{path}:2: spawn-max=lots: not a whole number")),
+        "{err}"
+    );
+    let (err, path) = serve("# a node\nlisten=127.0.0.1:0\n\tram-cahce=1G\n", &[]);
+    assert!(
+        err.contains(&format!("{path}:3: unknown key \"ram-cahce\""))
+            && err.contains("did you mean \"ram-cache\"?"),
+        "{err}"
+    );
+    let (err, _) = serve("listen=127.0.0.1:0\n", &["--block-wait", "soon"]);
+    assert!(
+        err.contains("--block-wait soon: \"soon\" is not a duration"),
+        "{err}"
+    );
+    let (err, _) = serve("", &["--rootful=maybe"]);
+    assert!(err.contains("--rootful maybe: say yes or no"), "{err}");
+    // Every setting that is not tuning is in --help, by the same name.
+    let help = Command::new(COLONY)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for key in [
+        "spawn-max",
+        "venti-listen",
+        "cpu-listen",
+        "storage",
+        "peer",
+        "block-wait",
+        "env-cpu-max",
+    ] {
+        assert!(
+            help.contains(&format!("--{key} ")),
+            "--{key} is not in --help:\n{help}"
+        );
+    }
 }

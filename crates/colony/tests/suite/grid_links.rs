@@ -5,13 +5,11 @@
 //! that verified each other; every refusal is logged by the server with the
 //! peer's address and the reason, and the server goes on serving.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::netns::{self, Hosts};
+use crate::common::netns::{self, Hosts};
 
 const COLONY: &str = env!("CARGO_BIN_EXE_colony");
 

@@ -1,6 +1,5 @@
 //! The glue between a node's state directory (names and users, in the grid
-//! crate) and its replication (the replica crate), and the serve options
-//! that configure it.
+//! crate) and its replication (the replica crate).
 
 use std::sync::Arc;
 

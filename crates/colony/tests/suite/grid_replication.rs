@@ -14,8 +14,6 @@
 //! * one name bound to two roots on two nodes at once converges on one
 //!   winner everywhere, and the other root stays reachable, pointed out.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,11 +21,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::grid::{
+use crate::common::grid::{
     COLONY, Reaped, SSH_OPTS, busybox_root, colony, drained, gather, random_tree, spawn_port,
     wait_for,
 };
-use common::netns::{self, Hosts};
+use crate::common::netns::{self, Hosts};
 
 const REPLICA_PORT: u16 = 17035;
 /// Each node's venti service, on its own loopback, for the checks (over
