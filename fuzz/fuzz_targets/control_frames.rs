@@ -14,7 +14,7 @@
 
 use arbitrary::Unstructured;
 use colony_fuzz::{interesting_u64, ready};
-use control::{Answer, CacheUse, Frame, Held, MAX_FRAME, MAX_ITEMS, Refusal, Request};
+use control::{Answer, CacheUse, EnvStatus, Frame, Held, MAX_FRAME, MAX_ITEMS, Refusal, Request};
 use libfuzzer_sys::fuzz_target;
 use venti::Score;
 
@@ -147,7 +147,26 @@ fn frame(u: &mut Unstructured) -> arbitrary::Result<Frame> {
                 2 => Ok(Answer::Boomed {
                     was_running: u.arbitrary()?,
                 }),
-                3 => Ok(Answer::Status { text: text(u)? }),
+                3 => Ok(Answer::Status {
+                    envs: (0..u.int_in_range(0..=3usize)?)
+                        .map(|_| {
+                            Ok(EnvStatus {
+                                name: text(u)?,
+                                spawned_from: text(u)?,
+                                root: score(u)?,
+                                cache_kind: text(u)?,
+                                cache_bytes: interesting_u64(u)?,
+                                changed_bytes: interesting_u64(u)?,
+                                login: text(u)?,
+                                uptime_secs: interesting_u64(u)?,
+                                processes: interesting_u64(u)?,
+                                network: text(u)?,
+                                root_now: score(u)?,
+                                note: if u.arbitrary()? { Some(text(u)?) } else { None },
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?,
+                }),
                 _ => Err(Refusal {
                     message: text(u)?,
                     full: u.arbitrary()?,

@@ -29,7 +29,8 @@ use venti::{SCORE_SIZE, Score};
 /// The protocol version both sides must speak.
 ///
 /// 2: cpu nodes report their environments' caches (`Caches`).
-pub const VERSION: u8 = 2;
+/// 3: `status` is answered with records ([`EnvStatus`]), not text.
+pub const VERSION: u8 = 3;
 /// How often each side pings; a link silent for [`SILENT_FOR`] is dead.
 pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The largest frame accepted.
@@ -117,8 +118,95 @@ pub enum Answer {
         was_running: bool,
     },
     Status {
-        text: String,
+        envs: Vec<EnvStatus>,
     },
+}
+
+/// One running environment as its cpu node reports it: what `status`
+/// shows a user and the admin's status page shows in its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvStatus {
+    pub name: String,
+    /// The score name it was spawned from, and that root.
+    pub spawned_from: String,
+    pub root: Score,
+    /// Its file system's cache of changed blocks: `ram` or `disk`.
+    pub cache_kind: String,
+    pub cache_bytes: u64,
+    pub changed_bytes: u64,
+    /// The command that logs in.
+    pub login: String,
+    pub uptime_secs: u64,
+    pub processes: u64,
+    /// Its network, as the user reads it (`net private, rootless, …`).
+    pub network: String,
+    /// The root its file system would save now.
+    pub root_now: Score,
+    /// A note for its owner (blocks fetched from a peer), if any.
+    pub note: Option<String>,
+}
+
+impl EnvStatus {
+    /// The `status` line(s) a user reads.
+    pub fn lines(&self) -> String {
+        let percent = self.changed_bytes * 100 / self.cache_bytes.max(1);
+        let mut out = format!(
+            "{}\tfrom {} vac:{}\t{} {} MB, {percent}% changed\t{}\tup {}m{:02}s\t{} processes\t{}\troot now vac:{}\n",
+            self.name,
+            self.spawned_from,
+            self.root,
+            self.cache_kind,
+            self.cache_bytes >> 20,
+            self.login,
+            self.uptime_secs / 60,
+            self.uptime_secs % 60,
+            self.processes,
+            self.network,
+            self.root_now,
+        );
+        if let Some(note) = &self.note {
+            // On a line of its own so the fields stay where scripts expect them.
+            out.push_str(&format!("{}\t{note}\n", self.name));
+        }
+        out
+    }
+
+    fn write(&self, w: &mut Writer) {
+        w.text(&self.name);
+        w.text(&self.spawned_from);
+        w.score(&self.root);
+        w.text(&self.cache_kind);
+        w.u64(self.cache_bytes);
+        w.u64(self.changed_bytes);
+        w.text(&self.login);
+        w.u64(self.uptime_secs);
+        w.u64(self.processes);
+        w.text(&self.network);
+        w.score(&self.root_now);
+        w.flag(self.note.is_some());
+        w.text(self.note.as_deref().unwrap_or(""));
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<EnvStatus, frames::Malformed> {
+        Ok(EnvStatus {
+            name: r.text()?,
+            spawned_from: r.text()?,
+            root: r.score()?,
+            cache_kind: r.text()?,
+            cache_bytes: r.u64()?,
+            changed_bytes: r.u64()?,
+            login: r.text()?,
+            uptime_secs: r.u64()?,
+            processes: r.u64()?,
+            network: r.text()?,
+            root_now: r.score()?,
+            note: {
+                let some = r.flag()?;
+                let text = r.text()?;
+                some.then_some(text)
+            },
+        })
+    }
 }
 
 /// Why a request failed, as the user should read it; `full` if the cpu
@@ -204,7 +292,7 @@ const STATUS: u8 = 5;
 const SPAWNED: u8 = 1;
 const SAVED: u8 = 2;
 const BOOMED: u8 = 3;
-const STATUS_TEXT: u8 = 4;
+const STATUS_ENVS: u8 = 5;
 const REFUSED: u8 = 0x80;
 
 impl Frame {
@@ -320,9 +408,12 @@ impl Frame {
                         w.u8(BOOMED);
                         w.flag(*was_running);
                     }
-                    Ok(Answer::Status { text }) => {
-                        w.u8(STATUS_TEXT);
-                        w.text(text);
+                    Ok(Answer::Status { envs }) => {
+                        w.u8(STATUS_ENVS);
+                        w.u32(envs.len() as u32);
+                        for e in envs {
+                            e.write(&mut w);
+                        }
                     }
                     Err(r) => {
                         w.u8(REFUSED);
@@ -444,7 +535,15 @@ impl Frame {
                     BOOMED => Ok(Answer::Boomed {
                         was_running: r.flag()?,
                     }),
-                    STATUS_TEXT => Ok(Answer::Status { text: r.text()? }),
+                    STATUS_ENVS => {
+                        // Each record is at least its scores and numbers.
+                        let n = r.count(2 * SCORE_SIZE + 4 * 8)?;
+                        let mut envs = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            envs.push(EnvStatus::read(&mut r)?);
+                        }
+                        Ok(Answer::Status { envs })
+                    }
                     REFUSED => Err(Refusal {
                         message: r.text()?,
                         full: r.flag()?,

@@ -1,7 +1,7 @@
 //! Control frames come from the network: decoding arbitrary bytes never
 //! panics, and every frame decodes to itself.
 
-use control::{Answer, CacheUse, Frame, Held, Refusal, Request};
+use control::{Answer, CacheUse, EnvStatus, Frame, Held, Refusal, Request};
 use proptest::prelude::*;
 use venti::Score;
 
@@ -36,12 +36,52 @@ fn request() -> impl Strategy<Value = Request> {
     ]
 }
 
+fn env_status() -> impl Strategy<Value = EnvStatus> {
+    (
+        (
+            ".{0,8}",
+            ".{0,8}",
+            score(),
+            ".{0,4}",
+            any::<u64>(),
+            any::<u64>(),
+        ),
+        (
+            ".{0,16}",
+            any::<u64>(),
+            any::<u64>(),
+            ".{0,16}",
+            score(),
+            proptest::option::of(".{0,8}"),
+        ),
+    )
+        .prop_map(
+            |(
+                (name, spawned_from, root, cache_kind, cache_bytes, changed_bytes),
+                (login, uptime_secs, processes, network, root_now, note),
+            )| EnvStatus {
+                name,
+                spawned_from,
+                root,
+                cache_kind,
+                cache_bytes,
+                changed_bytes,
+                login,
+                uptime_secs,
+                processes,
+                network,
+                root_now,
+                note,
+            },
+        )
+}
+
 fn answer() -> impl Strategy<Value = Result<Answer, Refusal>> {
     prop_oneof![
         (".{0,30}", ".{0,30}").prop_map(|(text, login)| Ok(Answer::Spawned { text, login })),
         score().prop_map(|root| Ok(Answer::Saved { root })),
         any::<bool>().prop_map(|was_running| Ok(Answer::Boomed { was_running })),
-        ".{0,30}".prop_map(|text| Ok(Answer::Status { text })),
+        proptest::collection::vec(env_status(), 0..4).prop_map(|envs| Ok(Answer::Status { envs })),
         (".{0,30}", any::<bool>()).prop_map(|(message, full)| Err(Refusal { message, full })),
     ]
 }

@@ -277,7 +277,7 @@ impl Agent {
                     .filter(|e| self.check_placed(storage, &user, e).is_ok())
                     .collect();
                 Ok(Answer::Status {
-                    text: self.envs.status(&user, Some(&mine)),
+                    envs: self.envs.status(&user, Some(&mine)),
                 })
             }
         }

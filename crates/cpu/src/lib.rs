@@ -561,57 +561,53 @@ impl Environments {
         }
     }
 
-    /// `status` lines of `user`'s environments (of those in `only`, if given).
-    pub fn status(&self, user: &str, only: Option<&[String]>) -> String {
+    /// `user`'s environments (those in `only`, if given), by name.
+    pub fn status(&self, user: &str, only: Option<&[String]>) -> Vec<control::EnvStatus> {
         let envs = self.envs();
         let mut mine: Vec<_> = envs
             .iter()
             .filter(|((u, n), _)| u == user && only.is_none_or(|o| o.contains(n)))
             .collect();
         mine.sort_by(|a, b| a.0.1.cmp(&b.0.1));
-        let mut out = String::new();
+        let mut out = Vec::new();
         for ((_, name), e) in mine {
             let u = e.fs.usage();
-            let kind = if e.disk.is_some() { "disk" } else { "ram" };
-            let size_mb = (u.capacity_blocks as u64 * e.fs.block_size() as u64) >> 20;
-            let used = u.dirty_blocks as u64 * 100 / u.capacity_blocks.max(1) as u64;
-            let up = e.started.elapsed().as_secs();
-            let procs = e
-                .environment
-                .as_ref()
-                .map_or(0, |env| env.processes().len());
-            let mut net = match e.network {
+            let block = e.fs.block_size() as u64;
+            let mut network = match e.network {
                 Network::Private => "net private".to_string(),
                 Network::Host => "net host".to_string(),
             };
             if e.ids.is_some() {
-                net.push_str(", rootless");
+                network.push_str(", rootless");
             }
             for p in &e.published {
                 let _ = write!(
-                    net,
+                    network,
                     ", {}:{}->{}",
                     self.config.public_host, p.node_port, p.env_port
                 );
             }
-            let _ = writeln!(
-                out,
-                "{name}\tfrom {} vac:{}\t{kind} {size_mb} MB, {used}% changed\t{}\tup {}m{:02}s\t{procs} processes\t{net}\troot now vac:{}",
-                e.spawned_from,
-                e.root,
-                e.login,
-                up / 60,
-                up % 60,
-                e.fs.root_score()
-            );
             let fetched = e.fetched.load(Ordering::Relaxed);
-            if let Some(note) = e.fetched_note
-                && fetched > 0
-            {
-                // The line above ends with a newline; say it on a line of
-                // its own so the fields stay where scripts expect them.
-                let _ = writeln!(out, "{name}\t{}", note(fetched));
-            }
+            out.push(control::EnvStatus {
+                name: name.clone(),
+                spawned_from: e.spawned_from.clone(),
+                root: e.root,
+                cache_kind: if e.disk.is_some() { "disk" } else { "ram" }.into(),
+                cache_bytes: u.capacity_blocks as u64 * block,
+                changed_bytes: u.dirty_blocks as u64 * block,
+                login: e.login.clone(),
+                uptime_secs: e.started.elapsed().as_secs(),
+                processes: e
+                    .environment
+                    .as_ref()
+                    .map_or(0, |env| env.processes().len()) as u64,
+                network,
+                root_now: e.fs.root_score(),
+                note: e
+                    .fetched_note
+                    .filter(|_| fetched > 0)
+                    .map(|note| note(fetched)),
+            });
         }
         out
     }

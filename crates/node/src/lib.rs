@@ -20,6 +20,12 @@ use venti::{BlockStore, LogStore, RemoteStore};
 
 pub use config::{Config, ConfigError, Role, Sources};
 
+/// Where the status page's events are kept, in the state directory.
+pub const EVENTS_FILE: &str = "events";
+
+/// How often the store's size is sampled for the status page's plot.
+const GROWTH_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running node.
 pub struct Node {
     /// The certificate's name, else the host's.
@@ -237,6 +243,8 @@ fn start_storage(
         inner: store,
         metrics: metrics.clone(),
     });
+    // The status page's events outlive a restart.
+    metrics.keep_events_in(&state.root.join(EVENTS_FILE));
     if let Some(log) = &log {
         let log = log.clone();
         metrics.refresh_with(Box::new(move |m| {
@@ -346,6 +354,18 @@ fn start_storage(
             }
             None => None,
         };
+        // The growth plot's samples come on a timer, not only when someone looks.
+        {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(GROWTH_SAMPLE_EVERY);
+                loop {
+                    every.tick().await;
+                    let m = metrics.clone();
+                    let _ = tokio::task::spawn_blocking(move || m.sample()).await;
+                }
+            });
+        }
         let mut stopped = stopped;
         let shutdown = async move {
             let _ = stopped.wait_for(|&s| s).await;

@@ -96,36 +96,81 @@ async fn answer(admin: &Admin, mut s: impl AsyncRead + AsyncWrite + Unpin, peer:
 
 /// The page's data: the node, its links, its environments, growth, events.
 fn status_json(admin: &Admin) -> String {
-    let envs: Vec<serde_json::Value> = match admin.node.all_status() {
-        Ok(list) => list
-            .into_iter()
-            .flat_map(|(user, text)| {
-                text.lines()
-                    .filter(|l| !l.trim().is_empty() && !l.starts_with("quota:"))
-                    .map(|l| serde_json::json!({ "user": user, "line": l }))
-                    .collect::<Vec<_>>()
-            })
-            .collect(),
-        Err(e) => vec![serde_json::json!({ "user": "", "line": format!("error: {e}") })],
+    use crate::status::EnvState;
+    use serde_json::json;
+    let (envs, error) = match admin.node.all_status() {
+        Ok(list) => (list, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
     };
+    let envs: Vec<serde_json::Value> = envs
+        .into_iter()
+        .map(|(user, e)| {
+            let mut v = json!({
+                "user": user,
+                "name": e.name,
+                "cpu": e.cpu,
+                "state": e.state.word(),
+            });
+            match e.state {
+                EnvState::Running(s) => {
+                    v["root"] = json!(format!("vac:{}", s.root));
+                    v["from"] = json!(s.spawned_from);
+                    v["cache"] = json!(s.cache_kind);
+                    v["cache_bytes"] = json!(s.cache_bytes);
+                    v["changed_bytes"] = json!(s.changed_bytes);
+                    v["uptime_seconds"] = json!(s.uptime_secs);
+                    v["processes"] = json!(s.processes);
+                    v["network"] = json!(s.network);
+                    v["login"] = json!(s.login);
+                }
+                EnvState::Starting => {}
+                EnvState::Lost {
+                    root,
+                    login,
+                    last_seen,
+                } => {
+                    v["root"] = json!(format!("vac:{root}"));
+                    v["login"] = json!(login);
+                    v["last_seen_seconds_ago"] = json!(last_seen.map(crate::status::seconds_since));
+                }
+            }
+            v
+        })
+        .collect();
     let growth: Vec<serde_json::Value> = admin
         .metrics
         .growth()
         .into_iter()
-        .map(|(t, b)| serde_json::json!([t, b]))
+        .map(|(t, b)| json!([t, b]))
+        .collect();
+    let events: Vec<serde_json::Value> = admin
+        .metrics
+        .events()
+        .into_iter()
+        .map(|e| json!({ "at": e.at, "failure": e.failure, "text": e.text }))
         .collect();
     let mut links = String::new();
     if let Some(f) = &admin.links {
         let _ = write!(links, "{}", f());
     }
-    serde_json::json!({
+    let m = &admin.metrics;
+    let (free, total) = admin.node.disk_space().unwrap_or((0, 0));
+    json!({
         "node": admin.name,
-        "uptime_seconds": admin.metrics.started.elapsed().as_secs(),
-        "store_bytes": admin.metrics.store_bytes.get(),
+        "uptime_seconds": m.started.elapsed().as_secs(),
+        "store_bytes": m.store_bytes.get(),
+        "disk_free_bytes": free,
+        "disk_bytes": total,
         "environments": envs,
+        "environments_error": error,
+        "refused": {
+            "commands": m.refused_total.load(std::sync::atomic::Ordering::Relaxed),
+            "logins": m.logins_refused.get(),
+            "connections": m.connections_refused.get(),
+        },
         "links": links,
         "growth": growth,
-        "events": admin.metrics.events(),
+        "events": events,
     })
     .to_string()
 }

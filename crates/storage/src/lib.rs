@@ -15,6 +15,7 @@ pub mod import;
 pub mod local;
 pub mod metrics;
 pub mod placement;
+pub mod status;
 pub mod streams;
 
 use std::fmt::Write as _;
@@ -107,8 +108,10 @@ pub trait Cpus: Send + Sync {
     fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score>;
     /// Ends the environment; false if it was not running.
     fn boom(&self, user: &str, env: &str) -> GridResult<bool>;
-    /// `status` lines of the user's environments.
-    fn status(&self, user: &str) -> GridResult<String>;
+    /// The user's environments; with `take_notices`, the notices kept
+    /// for the user are handed over (and forgotten), as to the user
+    /// themself; without, they stay for the user (the admin's page looks).
+    fn status(&self, user: &str, take_notices: bool) -> GridResult<status::UserStatus>;
     /// Live environments.
     fn live(&self) -> usize;
     /// Environments by state.
@@ -155,14 +158,17 @@ impl Node {
         self.metrics.as_ref()
     }
 
-    /// Every user's `status`, for the admin's status page.
-    pub fn all_status(&self) -> GridResult<Vec<(String, String)>> {
+    /// Every user's environments, for the admin's status page.
+    pub fn all_status(&self) -> GridResult<Vec<(String, status::EnvRecord)>> {
         let mut out = Vec::new();
         for (user, _) in self.users().list()? {
-            let s = self.cpus.status(&user)?;
-            if !s.is_empty() {
-                out.push((user, s));
-            }
+            out.extend(
+                self.cpus
+                    .status(&user, false)?
+                    .envs
+                    .into_iter()
+                    .map(|e| (user.clone(), e)),
+            );
         }
         Ok(out)
     }
@@ -264,6 +270,9 @@ impl Node {
             Ok(out) => Reply::ok(out),
             Err(e) => {
                 tracing::info!(by, name, error = %e, "import refused");
+                if let Some(m) = &self.metrics {
+                    m.failure(&format!("{by} import {name}: {e}"));
+                }
                 Reply::fail(format!("import {name}: {e}"))
             }
         };
@@ -355,6 +364,9 @@ impl Node {
                 outcome: if reply.status == 0 { "ok" } else { "refused" }.into(),
             })
             .inc();
+        if reply.status != 0 {
+            m.failure(&format!("{user} {}: {}", line.trim(), one_line(&reply.err)));
+        }
         if reply.status == 0 {
             match verb.as_str() {
                 "spawn" | "spawndisk" => m.spawn_seconds.observe(secs),
@@ -528,7 +540,7 @@ impl Node {
     }
 
     fn status(&self, user: &str) -> GridResult<String> {
-        let out = self.cpus.status(user)?;
+        let out = self.cpus.status(user, true)?.text();
         let mut out = if out.is_empty() {
             "no environments running\n".into()
         } else {
@@ -544,6 +556,20 @@ impl Node {
             );
         }
         Ok(out)
+    }
+
+    /// Free and total bytes of the file system holding the state
+    /// directory (and the embedded store), if it can be asked.
+    pub fn disk_space(&self) -> Option<(u64, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.state.root.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs fills the zeroed struct we own from a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        let unit = st.f_frsize as u64;
+        Some((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
     }
 
     /// Number of live environments.

@@ -48,8 +48,19 @@ impl Cpus for LocalCpus {
         Ok(self.envs.boom(user, env))
     }
 
-    fn status(&self, user: &str) -> GridResult<String> {
-        Ok(self.envs.status(user, None))
+    fn status(&self, user: &str, _take_notices: bool) -> GridResult<crate::status::UserStatus> {
+        let envs = self.envs.status(user, None);
+        Ok(crate::status::UserStatus {
+            envs: envs
+                .into_iter()
+                .map(|s| crate::status::EnvRecord {
+                    name: s.name.clone(),
+                    cpu: None,
+                    state: crate::status::EnvState::Running(s),
+                })
+                .collect(),
+            notices: Vec::new(),
+        })
     }
 
     fn live(&self) -> usize {

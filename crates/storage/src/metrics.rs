@@ -76,14 +76,85 @@ pub struct Metrics {
     pub replication_lag_blocks: Family<PeerLabel, Gauge>,
     refreshers: Mutex<Vec<Refresher>>,
     /// Recent events, newest last, for the status page.
-    events: Mutex<VecDeque<String>>,
-    /// (unix seconds, store bytes) every scrape or page load, at most a
-    /// sample a minute kept, for the page's growth plot.
+    events: Mutex<VecDeque<Event>>,
+    /// Where events are kept across restarts, if anywhere.
+    events_file: Mutex<Option<std::path::PathBuf>>,
+    /// Commands and imports refused so far.
+    pub refused_total: std::sync::atomic::AtomicU64,
+    /// (unix seconds, store bytes), sampled on the node's timer and at
+    /// every scrape, one kept per step, for the page's growth plot.
     growth: Mutex<VecDeque<(u64, i64)>>,
 }
 
 const EVENTS_KEPT: usize = 50;
-const GROWTH_KEPT: usize = 24 * 60;
+/// The longest event text kept.
+const EVENT_CHARS: usize = 300;
+/// The events file is rewritten with only the kept events past this.
+const EVENTS_FILE_BYTES: u64 = 256 << 10;
+
+/// An event of the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Unix seconds.
+    pub at: u64,
+    /// A refusal or an error, rather than something done.
+    pub failure: bool,
+    pub text: String,
+}
+
+impl Event {
+    /// `AT\tevent|failure\tTEXT`, a line of the events file.
+    fn line(&self) -> String {
+        let kind = if self.failure { "failure" } else { "event" };
+        format!("{}\t{kind}\t{}\n", self.at, self.text)
+    }
+
+    fn parse(line: &str) -> Option<Event> {
+        let mut f = line.splitn(3, '\t');
+        let at = f.next()?.parse().ok()?;
+        let failure = match f.next()? {
+            "failure" => true,
+            "event" => false,
+            _ => return None,
+        };
+        Some(Event {
+            at,
+            failure,
+            text: f.next()?.to_string(),
+        })
+    }
+
+    /// Appends the event to `path`; a file grown past its bound is
+    /// written again with only the events kept (`kept`) before it.
+    fn append_to(&self, path: &std::path::Path, kept: &VecDeque<Event>) {
+        use std::io::Write;
+        let big = std::fs::metadata(path).is_ok_and(|m| m.len() > EVENTS_FILE_BYTES);
+        let written = if big {
+            let text: String = kept.iter().chain([self]).map(Event::line).collect();
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))
+        } else {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(self.line().as_bytes()))
+        };
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "keeping an event");
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Growth samples: one per step (the last in a step updated), 8 hours kept.
+const GROWTH_STEP_SECS: u64 = 20;
+const GROWTH_KEPT: usize = 8 * 3600 / GROWTH_STEP_SECS as usize;
 
 /// Raises `counter` to `total`, a count kept elsewhere that only grows:
 /// for a refresher, so the figure stays a Prometheus counter. (Refreshers
@@ -129,6 +200,8 @@ impl Metrics {
             replication_lag_blocks: Family::default(),
             refreshers: Mutex::default(),
             events: Mutex::default(),
+            events_file: Mutex::default(),
+            refused_total: Default::default(),
             growth: Mutex::default(),
         };
         registry.register(
@@ -254,7 +327,7 @@ impl Metrics {
         let mut g = self.growth.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = self.store_bytes.get();
         match g.back_mut() {
-            Some(last) if now.saturating_sub(last.0) < 60 => last.1 = bytes,
+            Some(last) if now.saturating_sub(last.0) < GROWTH_STEP_SECS => last.1 = bytes,
             _ => g.push_back((now, bytes)),
         }
         while g.len() > GROWTH_KEPT {
@@ -272,15 +345,68 @@ impl Metrics {
         openmetrics_to_prometheus(&out)
     }
 
+    /// Something that happened (a spawn, an import, a cpu node linked).
     pub fn event(&self, text: &str) {
+        self.record(false, text);
+    }
+
+    /// Something refused or failed (a refusal, over quota, the spawn
+    /// limit, an error), for the page to show among the events.
+    pub fn failure(&self, text: &str) {
+        self.refused_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.record(true, text);
+    }
+
+    fn record(&self, failure: bool, text: &str) {
+        let event = Event {
+            at: unix_now(),
+            failure,
+            // One line, and a bounded one: the text may hold a tenant's words.
+            text: text
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(EVENT_CHARS)
+                .collect(),
+        };
         let mut e = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        e.push_back(text.to_string());
+        if let Some(path) = self
+            .events_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            event.append_to(path, &e);
+        }
+        e.push_back(event);
         while e.len() > EVENTS_KEPT {
             e.pop_front();
         }
     }
 
-    pub fn events(&self) -> Vec<String> {
+    /// Keeps events in `path` from now on, and takes back the last ones
+    /// a previous run of the node kept there.
+    pub fn keep_events_in(&self, path: &std::path::Path) {
+        let kept = std::fs::read_to_string(path).unwrap_or_default();
+        let mut e = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut earlier: VecDeque<Event> = kept.lines().filter_map(Event::parse).collect();
+        while earlier.len() > EVENTS_KEPT {
+            earlier.pop_front();
+        }
+        earlier.extend(e.drain(..));
+        *e = earlier;
+        *self.events_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
+    }
+
+    /// Takes a growth sample now (the node does every few seconds, so
+    /// the plot has points whether or not anyone looks).
+    pub fn sample(&self) {
+        self.refresh();
+    }
+
+    pub fn events(&self) -> Vec<Event> {
         self.events
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -24,6 +24,7 @@ use control::{Answer, Frame, Held, Refusal, Request};
 use tokio::sync::mpsc;
 use venti::Score;
 
+use crate::status::{EnvRecord, EnvState, UserStatus, ago};
 use crate::{Cpus, Spawn};
 use grid::error::{GridError, GridResult};
 use grid::users::Users;
@@ -141,7 +142,7 @@ fn answered(a: &Answer) -> String {
         Answer::Spawned { login, .. } => login.clone(),
         Answer::Saved { root } => format!("vac:{root}"),
         Answer::Boomed { was_running } => format!("was running: {was_running}"),
-        Answer::Status { text } => format!("{} lines", text.lines().count()),
+        Answer::Status { envs } => format!("{} environments", envs.len()),
     }
 }
 
@@ -152,14 +153,6 @@ fn silent(last_seen: SystemTime) -> bool {
     SystemTime::now()
         .duration_since(last_seen)
         .is_ok_and(|quiet| quiet > control::PING_EVERY * 2)
-}
-
-fn ago(t: SystemTime) -> String {
-    let secs = SystemTime::now()
-        .duration_since(t)
-        .unwrap_or_default()
-        .as_secs();
-    format!("{}m{:02}s ago", secs / 60, secs % 60)
 }
 
 impl Pool {
@@ -767,7 +760,7 @@ impl Cpus for Pool {
         Ok(true)
     }
 
-    fn status(&self, user: &str) -> GridResult<String> {
+    fn status(&self, user: &str, take_notices: bool) -> GridResult<UserStatus> {
         let (mut by_cpu, notices) = {
             let mut state = self.state();
             let mut by_cpu: BTreeMap<String, Vec<(String, Score, String, bool)>> = BTreeMap::new();
@@ -795,7 +788,11 @@ impl Cpus for Pool {
                     )
                 })
                 .collect();
-            let notices = state.notices.remove(user).unwrap_or_default();
+            let notices = if take_notices {
+                state.notices.remove(user).unwrap_or_default()
+            } else {
+                state.notices.get(user).cloned().unwrap_or_default()
+            };
             (
                 by_cpu
                     .into_iter()
@@ -807,10 +804,10 @@ impl Cpus for Pool {
                 notices,
             )
         };
-        let mut out = String::new();
+        let mut records = Vec::new();
         for (cpu, envs, lost) in by_cpu.iter_mut() {
             envs.sort();
-            let mut text = None;
+            let mut answered = None;
             if lost.is_none() {
                 let names = envs.iter().filter(|e| !e.3).map(|e| e.0.clone()).collect();
                 let request = Request::Status {
@@ -818,7 +815,7 @@ impl Cpus for Pool {
                     envs: names,
                 };
                 match self.call(cpu, request, self.deadlines.other) {
-                    Ok(Answer::Status { text: t }) => text = Some(t),
+                    Ok(Answer::Status { envs }) => answered = Some(envs),
                     Ok(_) | Err(CallError::Refused(_)) => {}
                     Err(CallError::Unreachable(why)) => {
                         // When it was last heard from, not when we gave up.
@@ -832,30 +829,38 @@ impl Cpus for Pool {
                     }
                 }
             }
-            match (text, *lost) {
-                (Some(t), _) => {
-                    for line in t.lines() {
-                        let _ = writeln!(out, "{line}\ton cpu {cpu}");
+            let on = |name: &str, state| EnvRecord {
+                name: name.to_string(),
+                cpu: Some(cpu.clone()),
+                state,
+            };
+            match answered {
+                Some(running) => {
+                    for s in running {
+                        records.push(on(&s.name.clone(), EnvState::Running(s)));
                     }
                     for e in envs.iter().filter(|e| e.3) {
-                        let _ = writeln!(out, "{}\tstarting on cpu {cpu}", e.0);
+                        records.push(on(&e.0, EnvState::Starting));
                     }
                 }
-                (None, seen) => {
-                    let seen = seen.map_or_else(|| "just now".to_string(), ago);
+                None => {
                     for (name, root, login, _) in envs.iter() {
-                        let _ = writeln!(
-                            out,
-                            "{name}\tfrom vac:{root}\tlost: cpu node {cpu} out of reach, last seen {seen}\t{login}"
-                        );
+                        records.push(on(
+                            name,
+                            EnvState::Lost {
+                                root: *root,
+                                login: login.clone(),
+                                last_seen: *lost,
+                            },
+                        ));
                     }
                 }
             }
         }
-        for n in notices {
-            out.push_str(&n);
-        }
-        Ok(out)
+        Ok(UserStatus {
+            envs: records,
+            notices,
+        })
     }
 
     fn live(&self) -> usize {

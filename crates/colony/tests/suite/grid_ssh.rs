@@ -2568,13 +2568,39 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
         .output()
         .expect("chromium (Debian's, which .ci/run installs)");
     let dom = String::from_utf8_lossy(&out.stdout);
+    // A table with columns (before: one raw status line per environment).
     assert!(
-        dom.contains("<td>alice</td>") && dom.contains("<td>busybox\t"),
-        "the page does not show alice's busybox: {dom}"
+        dom.contains("<td>alice</td><td>busybox</td><td><code>busybox ")
+            && dom.contains("<td>this node</td><td class=\"running\">running</td>")
+            && dom.contains("<span class=\"bar\">"),
+        "the page does not show alice's busybox in columns: {dom}"
     );
+    // Events carry their time, and failures are among them (before:
+    // neither).
     assert!(dom.contains("alice spawn busybox"), "no spawn event: {dom}");
+    assert!(
+        dom.contains("UTC</td><td class=\"failure\">refused: bob import junk: "),
+        "no refused import among the events: {dom}"
+    );
+    assert!(
+        dom.contains("1 commands, 1 logins"),
+        "no refusal counts: {dom}"
+    );
+    // The plot has its axes labelled, from the first page load.
+    assert!(
+        dom.contains("<text x=\"4\" y=\"20\">store</text>"),
+        "no axes: {dom}"
+    );
     assert_eq!(http_get(&admin, "/nosuch").0, "HTTP/1.1 404 Not Found");
     g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+    // Events outlive a restart (before, they were lost with it).
+    g.start(&["--admin-listen", "127.0.0.1:0"]);
+    let again = http_get(g.admin.as_ref().unwrap(), "/status.json").1;
+    assert!(
+        again.contains("alice spawn busybox") && again.contains("bob import junk"),
+        "{again}"
+    );
     g.stop();
 
     // Off loopback the admin address needs the node's certificate.
