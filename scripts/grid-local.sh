@@ -330,7 +330,7 @@ for n in s1 s2; do
   other=$([ "$n" = s1 ] && echo s2 || echo s1)
   start "$n" --role storage --listen "$a:16999" --venti-listen "tls!$a!17034" \
     --cpu-listen "tls!$a!17036" --replica-listen "tls!$a!17035" \
-    --peer "$other=tls!${addr[$other]}!17035"
+    --peer "$other=tls!${addr[$other]}!17035" --admin-listen "tls!$a!16990"
 done
 for n in c1 c2; do
   start "$n" --role cpu --storage "s1=tls!${addr[s1]}!17036" --storage "s2=tls!${addr[s2]}!17036"
@@ -363,6 +363,9 @@ As $u:
   $s $u@$net.1 save busybox mybox   (bound on s1, replicated to s2)
 The grid's state:
   ${sudo_}$(q "$COLONY") grid status $(q "tls!$net.1!17035") --cert $d/admin.tls
+s1's status page (grid certificates only: through a tunnel with the admin's):
+  ${sudo_}$(q "$COLONY") tunnel --listen $(q "tcp!127.0.0.1!16990") --to $(q "tls!$net.1!16990") --cert $d/admin.tls --peer-roles storage &
+  then open http://127.0.0.1:16990/
 If a node dies (kill -9, say), start it again, in its namespace and with the
 command line it had (both in the file):
   ${sudo_}$d/restart-s1.sh    (or restart-s2.sh, restart-c1.sh, restart-c2.sh)

@@ -260,6 +260,9 @@ fn start_storage(
     if let (Some(s), Some((pool, _))) = (&streams, &pool) {
         let _ = pool.streams.set(s.clone());
     }
+    if let Some((pool, _)) = &pool {
+        let _ = pool.metrics.set(metrics.clone());
+    }
     if let (Some(s), Some(rep)) = (&streams, &replication) {
         let s = s.clone();
         rep.replicator

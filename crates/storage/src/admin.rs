@@ -36,10 +36,10 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<Arc<lin
         tokio::spawn(async move {
             match tls {
                 Some(link) => match link.accept(tcp, peer, &link::Role::ALL).await {
-                    Ok((stream, _)) => answer(&admin, stream, peer).await,
+                    Ok((stream, _)) => answer(admin, stream, peer).await,
                     Err(e) => link.log_refusal("an admin client", &e),
                 },
-                None => answer(&admin, tcp, peer).await,
+                None => answer(admin, tcp, peer).await,
             }
         });
     }
@@ -50,7 +50,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, tls: Option<Arc<lin
 /// connection for hours.
 const HEAD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn answer(admin: &Admin, mut s: impl AsyncRead + AsyncWrite + Unpin, peer: SocketAddr) {
+async fn answer(admin: Arc<Admin>, mut s: impl AsyncRead + AsyncWrite + Unpin, peer: SocketAddr) {
     // One request per connection; its head is enough.
     let mut head = Vec::new();
     let mut buf = [0u8; 2048];
@@ -67,14 +67,25 @@ async fn answer(admin: &Admin, mut s: impl AsyncRead + AsyncWrite + Unpin, peer:
     // HEAD is GET without the body (monitoring checks use it).
     let head_only = method == "HEAD";
     let method = if head_only { "GET" } else { method };
+    // What the figures take to gather may block (asking the cpu nodes, up
+    // to their deadline): on a thread of its own, never on the runtime
+    // that carries those very links' pings and replies.
+    let gather = |f: fn(&Admin) -> String| {
+        let admin = admin.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&admin))
+                .await
+                .unwrap_or_else(|e| format!("gathering failed: {e}"))
+        }
+    };
     let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            admin.metrics.encode(),
+            gather(|a| a.metrics.encode()).await,
         ),
         ("GET", "/") => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
-        ("GET", "/status.json") => ("200 OK", "application/json", status_json(admin)),
+        ("GET", "/status.json") => ("200 OK", "application/json", gather(status_json).await),
         ("GET", _) => ("404 Not Found", "text/plain", "no such page\n".into()),
         _ => (
             "405 Method Not Allowed",

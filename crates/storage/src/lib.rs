@@ -271,7 +271,7 @@ impl Node {
             Err(e) => {
                 tracing::info!(by, name, error = %e, "import refused");
                 if let Some(m) = &self.metrics {
-                    m.failure(&format!("{by} import {name}: {e}"));
+                    m.refused(&format!("{by} import {name}: {e}"));
                 }
                 Reply::fail(format!("import {name}: {e}"))
             }
@@ -365,7 +365,7 @@ impl Node {
             })
             .inc();
         if reply.status != 0 {
-            m.failure(&format!("{user} {}: {}", line.trim(), one_line(&reply.err)));
+            m.refused(&format!("{user} {}: {}", line.trim(), one_line(&reply.err)));
         }
         if reply.status == 0 {
             match verb.as_str() {

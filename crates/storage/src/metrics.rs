@@ -350,11 +350,17 @@ impl Metrics {
         self.record(false, text);
     }
 
-    /// Something refused or failed (a refusal, over quota, the spawn
-    /// limit, an error), for the page to show among the events.
-    pub fn failure(&self, text: &str) {
+    /// A command or import refused (a refusal, over quota, the spawn
+    /// limit, an error): counted, and shown among the events.
+    pub fn refused(&self, text: &str) {
         self.refused_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.record(true, &format!("refused: {text}"));
+    }
+
+    /// Something gone wrong that is no one's command (a cpu node lost),
+    /// shown among the events as a failure.
+    pub fn failure(&self, text: &str) {
         self.record(true, text);
     }
 

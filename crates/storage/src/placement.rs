@@ -102,6 +102,8 @@ pub struct Pool {
     next_generation: AtomicU64,
     /// Where cpu nodes' comings and goings are published.
     pub streams: std::sync::OnceLock<Arc<crate::streams::Streams>>,
+    /// The node's metrics, whose events the status page shows.
+    pub metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 /// A failed request: refused by the cpu node (`full`: for lack of room),
@@ -152,7 +154,7 @@ fn answered(a: &Answer) -> String {
 fn silent(last_seen: SystemTime) -> bool {
     SystemTime::now()
         .duration_since(last_seen)
-        .is_ok_and(|quiet| quiet > control::PING_EVERY * 2)
+        .is_ok_and(|quiet| quiet > control::SILENT_FOR - control::PING_EVERY / 2)
 }
 
 impl Pool {
@@ -166,6 +168,7 @@ impl Pool {
             next_id: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
             streams: std::sync::OnceLock::new(),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -391,10 +394,13 @@ impl Pool {
             },
         );
         tracing::info!(target: "grid::events", cpu = %cpu, slots, running = held.len(), "cpu node linked");
-        self.event(&format!(
-            "cpu node {cpu} linked: {slots} slots, {} running",
-            held.len()
-        ));
+        self.event(
+            &format!(
+                "cpu node {cpu} linked: {slots} slots, {} running",
+                held.len()
+            ),
+            false,
+        );
         // Ending what should not run there any more: requests like any other.
         for (user, env) in to_end {
             let pool = self.clone();
@@ -469,12 +475,20 @@ impl Pool {
         // Requests in flight fail now rather than at their deadlines.
         pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
         tracing::warn!(target: "grid::events", cpu = %cpu, "cpu node lost");
-        self.event(&format!("cpu node {cpu} lost"));
+        self.event(&format!("cpu node {cpu} lost"), true);
     }
 
-    fn event(&self, text: &str) {
+    /// Tells the event hub and the status page; `bad` marks a loss.
+    fn event(&self, text: &str, bad: bool) {
         if let Some(s) = self.streams.get() {
             s.event(text);
+        }
+        if let Some(m) = self.metrics.get() {
+            if bad {
+                m.failure(text);
+            } else {
+                m.event(text);
+            }
         }
     }
 

@@ -2588,7 +2588,7 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
     );
     // The plot has its axes labelled, from the first page load.
     assert!(
-        dom.contains("<text x=\"4\" y=\"20\">store</text>"),
+        dom.contains("<text x=\"4\" y=\"12\">store size</text>"),
         "no axes: {dom}"
     );
     assert_eq!(http_get(&admin, "/nosuch").0, "HTTP/1.1 404 Not Found");
