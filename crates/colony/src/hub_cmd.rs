@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use hubfs::{HubSet, Limits, RateLimit};
-use ninep::Client;
+
+use crate::hubshell::HubAddr;
 use ninep::fcall::{OREAD, OWRITE};
 
 #[derive(Args)]
@@ -127,33 +128,6 @@ pub enum HubCommand {
         at: HubAddr,
         command: Vec<String>,
     },
-}
-
-#[derive(Args, Clone)]
-pub struct HubAddr {
-    /// The hubfs's 9P address (a hub shell's own hubfs, inside one).
-    #[arg(long, env = "COLONY_HUBFS", default_value = "127.0.0.1:5640")]
-    pub at: String,
-    /// The user name to attach as [default: $USER].
-    #[arg(long)]
-    pub user: Option<String>,
-}
-
-impl HubAddr {
-    pub fn user_name(&self) -> String {
-        self.user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "none".into())
-    }
-
-    pub fn connect(&self) -> Result<Client> {
-        let addr = venti::dial::parse(&self.at)?;
-        let mut c = Client::connect(&addr, 256 * 1024)
-            .with_context(|| format!("connecting to hubfs at {addr}"))?;
-        c.attach(0, &self.user_name())?;
-        Ok(c)
-    }
 }
 
 pub fn hub(args: HubArgs) -> Result<()> {

@@ -45,7 +45,6 @@ use ninep::Client;
 use ninep::client::ClientError;
 use ninep::fcall::{OREAD, OWRITE};
 
-use crate::hub_cmd::HubAddr;
 use crate::signals::Blocked;
 
 /// Bytes asked for by each read of a hub.
@@ -70,6 +69,35 @@ pub struct ShellArgs {
     /// Be the keeper of shell NAME (started by `colony hub` itself).
     #[arg(long, hide = true)]
     keep: bool,
+}
+
+/// Where a hubfs is, and who to attach as: the shell's and `colony hub
+/// ls|cat|write|ctl`'s option.
+#[derive(Args, Clone)]
+pub struct HubAddr {
+    /// The hubfs's 9P address (a hub shell's own hubfs, inside one).
+    #[arg(long, env = "COLONY_HUBFS", default_value = "127.0.0.1:5640")]
+    pub at: String,
+    /// The user name to attach as [default: $USER].
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+impl HubAddr {
+    pub fn user_name(&self) -> String {
+        self.user
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "none".into())
+    }
+
+    pub fn connect(&self) -> Result<Client> {
+        let addr = venti::dial::parse(&self.at)?;
+        let mut c = Client::connect(&addr, 256 * 1024)
+            .with_context(|| format!("connecting to hubfs at {addr}"))?;
+        c.attach(0, &self.user_name())?;
+        Ok(c)
+    }
 }
 
 fn check_name(name: &str) -> Result<()> {

@@ -2,18 +2,6 @@
 //! parses arguments and dispatches; each command lives in its own module.
 
 mod bench;
-mod bench_density;
-mod bench_env;
-mod bench_fossil;
-mod bench_grid;
-mod bench_hub;
-mod bench_import;
-mod bench_link;
-mod bench_replica;
-mod bench_s3;
-mod bench_split;
-mod bench_vac;
-mod garage_cluster;
 mod grid_cmd;
 mod hub_cmd;
 mod hubshell;
@@ -22,7 +10,6 @@ mod mount_cmd;
 mod paths;
 mod progress;
 mod signals;
-mod slow_link;
 mod stores;
 mod vac_cmd;
 mod venti_cmd;

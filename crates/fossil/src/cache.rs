@@ -60,14 +60,14 @@ impl CachingStore {
 
     /// Bytes held by the read cache now.
     pub fn cached_bytes(&self) -> u64 {
-        self.lru.lock().expect("cache lock").bytes
+        self.lru.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
     /// The block, from the cache or the store.
     pub fn get(&self, score: &Score, ty: BlockType) -> Result<Option<Arc<Vec<u8>>>, StoreError> {
         let key = (*score, ty.to_wire());
         {
-            let mut lru = self.lru.lock().expect("cache lock");
+            let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
             lru.tick += 1;
             let tick = lru.tick;
             if let Some((data, old)) = lru.blocks.get_mut(&key) {
@@ -85,7 +85,7 @@ impl CachingStore {
         self.fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let data = Arc::new(data);
-        let mut lru = self.lru.lock().expect("cache lock");
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
         let budget = self
             .capacity
             .saturating_sub(self.dirty_bytes.load(Ordering::Relaxed));
@@ -106,7 +106,10 @@ impl CachingStore {
         let budget = self
             .capacity
             .saturating_sub(self.dirty_bytes.load(Ordering::Relaxed));
-        self.lru.lock().expect("cache lock").evict_to(budget);
+        self.lru
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .evict_to(budget);
     }
 }
 

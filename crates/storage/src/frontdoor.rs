@@ -12,7 +12,7 @@ use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 use tokio::net::TcpListener;
 
-use crate::{COMMANDS, Node, Reply, import};
+use crate::{Node, Reply, commands, import};
 use grid::error::GridError;
 use grid::ssh::server_config;
 
@@ -345,7 +345,7 @@ impl russh::server::Handler for Connection {
         session.channel_success(channel)?;
         self.channels.entry(channel).or_default().shell = true;
         let user = self.user.clone().unwrap_or_default();
-        let banner = format!("colony grid: you are {user}\n{COMMANDS}\n{user}% ");
+        let banner = format!("colony grid: you are {user}\n{}\n{user}% ", commands());
         session.data(channel, self.term(channel, &banner))?;
         Ok(())
     }

@@ -31,8 +31,24 @@ use grid::state::StateDir;
 use grid::users::Users;
 use units::human;
 
-/// The help line of the interactive prompt (as the original `gridorc` printed).
-pub const COMMANDS: &str = "scores [FILTER] | spawn NAME | spawndisk NAME | save ENV NEWNAME | invite USER ENV | boom ENV | status | import NAME < TAR | exit";
+/// The commands: each verb and its usage, in the order the prompt lists them.
+pub const VERBS: [(&str, &str); 9] = [
+    ("scores", "scores [FILTER]"),
+    ("spawn", "spawn NAME"),
+    ("spawndisk", "spawndisk NAME"),
+    ("save", "save ENV NEWNAME"),
+    ("invite", "invite USER ENV"),
+    ("boom", "boom ENV"),
+    ("status", "status"),
+    ("import", "import NAME < TAR"),
+    ("exit", "exit"),
+];
+
+/// The help line of the interactive prompt (as the original `gridorc`
+/// printed): every usage of [`VERBS`].
+pub fn commands() -> String {
+    VERBS.map(|(_, usage)| usage).join(" | ")
+}
 
 /// What a command prints, and its exit status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -355,9 +371,7 @@ impl Node {
         let t = std::time::Instant::now();
         let reply = self.execute(user, line);
         let secs = t.elapsed().as_secs_f64();
-        let known = COMMANDS
-            .split(" | ")
-            .any(|c| c.split(' ').next() == Some(verb.as_str()));
+        let known = VERBS.iter().any(|(v, _)| *v == verb);
         m.commands
             .get_or_create(&metrics::CommandLabels {
                 command: if known { verb.clone() } else { "other".into() },
@@ -383,7 +397,7 @@ impl Node {
     fn execute(&self, user: &str, line: &str) -> Reply {
         let words: Vec<&str> = line.split_whitespace().collect();
         let result = match words.as_slice() {
-            [] => return Reply::fail(format!("no command; commands: {COMMANDS}")),
+            [] => return Reply::fail(format!("no command; commands: {}", commands())),
             // No names at all: said on stderr, so the list on stdout stays
             // a list (empty) for scripts.
             ["scores"] => match self.scores(user, None) {
@@ -416,7 +430,10 @@ impl Node {
                 );
             }
             [other, ..] => {
-                return Reply::fail(format!("unknown command {other:?}; commands: {COMMANDS}"));
+                return Reply::fail(format!(
+                    "unknown command {other:?}; commands: {}",
+                    commands()
+                ));
             }
         };
         match result {

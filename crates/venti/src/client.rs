@@ -170,7 +170,11 @@ impl Client {
             .map_err(|_| ClientError::Closed("client shut down".into()))?;
         let (tx, rx) = oneshot::channel();
         let tag = {
-            let mut pending = self.shared.pending.lock().expect("client tags lock");
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some(why) = &pending.closed {
                 return Err(ClientError::Closed(why.clone()));
             }
@@ -184,7 +188,11 @@ impl Client {
         };
         let mut frame = Vec::new();
         if let Err(e) = conn::encode_frame(&mut frame, self.shared.version, &build(tag)) {
-            self.shared.pending.lock().expect("client tags lock").slots[tag as usize] = None;
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .slots[tag as usize] = None;
             return Err(ClientError::Protocol(e.to_string()));
         }
         if self.shared.outgoing.send(frame).is_err() {
@@ -303,7 +311,7 @@ fn unexpected(reply: Message) -> ClientError {
 
 /// Fails every waiting request and every later one.
 fn close_all(shared: &Shared, why: String) {
-    let mut pending = shared.pending.lock().expect("client tags lock");
+    let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
     if pending.closed.is_none() {
         pending.closed = Some(why.clone());
     }
@@ -347,8 +355,12 @@ async fn read_loop(mut r: BufReader<Box<dyn AsyncRead + Send + Unpin>>, shared: 
             Ok(m) => m,
             Err(e) => break format!("undecodable reply: {e}"),
         };
-        let waiter =
-            shared.pending.lock().expect("client tags lock").slots[reply.tag() as usize].take();
+        let waiter = shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slots[reply.tag() as usize]
+            .take();
         match waiter {
             Some((tx, _permit)) => {
                 let reply = match reply {

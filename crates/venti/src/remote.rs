@@ -116,7 +116,10 @@ impl RemoteStore {
 
     /// Bytes written since the last successful sync (kept for replay).
     pub fn unsynced_bytes(&self) -> usize {
-        self.unsynced.lock().expect("remote store lock").bytes
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes
     }
 
     fn remote_error(&self, e: impl std::fmt::Display) -> StoreError {
@@ -124,7 +127,7 @@ impl RemoteStore {
     }
 
     fn current(&self) -> (Client, u64) {
-        let s = self.session.lock().expect("remote store lock");
+        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
         (s.client.clone(), s.generation)
     }
 
@@ -132,7 +135,7 @@ impl RemoteStore {
     /// caller already did; returns the connection to use now.
     fn reconnect(&self, lost: u64, why: &str) -> Result<(Client, u64), ClientError> {
         {
-            let s = self.session.lock().expect("remote store lock");
+            let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
             if s.generation != lost {
                 return Ok((s.client.clone(), s.generation));
             }
@@ -141,7 +144,7 @@ impl RemoteStore {
         let fresh = self
             .rt()
             .block_on(Client::connect(&self.addr, self.link.as_ref()))?;
-        let mut s = self.session.lock().expect("remote store lock");
+        let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
         if s.generation == lost {
             s.client = fresh;
             s.generation += 1;
@@ -175,13 +178,13 @@ impl RemoteStore {
         };
         self.failed
             .lock()
-            .expect("remote store lock")
+            .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(outcome);
     }
 
     /// Reports (once) a write that failed since the last report.
     fn take_failure(&self) -> Result<(), StoreError> {
-        match self.failed.lock().expect("remote store lock").take() {
+        match self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(self.remote_error(format!("an earlier write failed: {e}"))),
             None => Ok(()),
         }
@@ -189,7 +192,8 @@ impl RemoteStore {
 
     /// Waits for every queued write.
     fn drain_writes(&self) {
-        let mut writes = std::mem::take(&mut *self.writes.lock().expect("remote store lock"));
+        let mut writes =
+            std::mem::take(&mut *self.writes.lock().unwrap_or_else(|p| p.into_inner()));
         self.rt().block_on(async {
             while let Some(done) = writes.join_next().await {
                 self.note(done);
@@ -201,7 +205,7 @@ impl RemoteStore {
     /// earlier connection carried.
     fn replay(&self, client: &Client, generation: u64) -> Result<(), ClientError> {
         let stale: Vec<(usize, BlockType, Vec<u8>)> = {
-            let pending = self.unsynced.lock().expect("remote store lock");
+            let pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
             pending
                 .blocks
                 .iter()
@@ -238,7 +242,7 @@ impl RemoteStore {
             }
             first_err.map_or(Ok(()), Err)
         })?;
-        let mut pending = self.unsynced.lock().expect("remote store lock");
+        let mut pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
         for i in indices {
             if let Some(b) = pending.blocks.get_mut(i) {
                 b.generation = generation;
@@ -288,7 +292,7 @@ impl BlockStore for RemoteStore {
             .block_on(self.window.clone().acquire_owned())
             .map_err(|e| self.remote_error(e))?;
         {
-            let mut writes = self.writes.lock().expect("remote store lock");
+            let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
             while let Some(done) = writes.try_join_next() {
                 self.note(done);
             }
@@ -296,7 +300,7 @@ impl BlockStore for RemoteStore {
         self.take_failure()?;
         let (client, generation) = self.current();
         {
-            let mut pending = self.unsynced.lock().expect("remote store lock");
+            let mut pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
             pending.bytes += data.len();
             pending.blocks.push(Unsynced {
                 ty,
@@ -305,18 +309,21 @@ impl BlockStore for RemoteStore {
             });
         }
         let data = data.to_vec();
-        self.writes.lock().expect("remote store lock").spawn_on(
-            async move {
-                let _permit = permit;
-                client.write(ty, data).await.map(|_| ())
-            },
-            self.rt().handle(),
-        );
+        self.writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn_on(
+                async move {
+                    let _permit = permit;
+                    client.write(ty, data).await.map(|_| ())
+                },
+                self.rt().handle(),
+            );
         Ok(score)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.syncing.lock().expect("remote store lock");
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         self.drain_writes();
         self.take_failure()?;
         // Everything kept now is what this sync must make durable; writes
@@ -324,7 +331,7 @@ impl BlockStore for RemoteStore {
         let covered = self
             .unsynced
             .lock()
-            .expect("remote store lock")
+            .unwrap_or_else(|p| p.into_inner())
             .blocks
             .len();
         let mut last_loss = String::new();
@@ -335,7 +342,7 @@ impl BlockStore for RemoteStore {
                 .and_then(|()| self.rt().block_on(client.sync()));
             match outcome {
                 Ok(()) => {
-                    let mut pending = self.unsynced.lock().expect("remote store lock");
+                    let mut pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
                     let synced: usize = pending.blocks.drain(..covered).map(|b| b.data.len()).sum();
                     pending.bytes -= synced;
                     return Ok(());
@@ -351,7 +358,7 @@ impl BlockStore for RemoteStore {
         let blocks = self
             .unsynced
             .lock()
-            .expect("remote store lock")
+            .unwrap_or_else(|p| p.into_inner())
             .blocks
             .len();
         Err(self.remote_error(format!(

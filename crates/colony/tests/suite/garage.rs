@@ -6,7 +6,7 @@
 //! `.ci/run` installs Garage; without it these tests fail, unless
 //! COLONY_SKIP_GARAGE=1 says to skip them.
 
-#[path = "../../src/garage_cluster.rs"]
+#[path = "../../src/bench/garage_cluster.rs"]
 mod garage_cluster;
 
 use std::collections::HashMap;

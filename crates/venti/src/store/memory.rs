@@ -19,7 +19,7 @@ impl MemoryStore {
 
     /// Number of stored blocks.
     pub fn len(&self) -> usize {
-        self.blocks.read().expect("memory store lock").len()
+        self.blocks.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -32,7 +32,7 @@ impl BlockStore for MemoryStore {
         if score.is_zero() {
             return Ok(Some(Vec::new()));
         }
-        let blocks = self.blocks.read().expect("memory store lock");
+        let blocks = self.blocks.read().unwrap_or_else(|p| p.into_inner());
         Ok(blocks.get(&(*score, ty.to_wire())).cloned())
     }
 
@@ -42,7 +42,7 @@ impl BlockStore for MemoryStore {
         }
         let score = Score::of(data);
         if !data.is_empty() {
-            let mut blocks = self.blocks.write().expect("memory store lock");
+            let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
             blocks
                 .entry((score, ty.to_wire()))
                 .or_insert_with(|| data.to_vec());

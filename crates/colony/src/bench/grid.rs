@@ -32,9 +32,9 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
     let state = StateDir::open(scratch.path().join("state"))?;
     let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
     // A real key, so the environments' SSH logins can be timed too.
-    let key = crate::bench_env::bench_user(scratch.path(), &state)?;
+    let key = crate::bench::env::bench_user(scratch.path(), &state)?;
 
-    let busybox = crate::bench_env::busybox_root(scratch.path())?;
+    let busybox = crate::bench::env::busybox_root(scratch.path())?;
     std::fs::write(busybox.join("etc/motd"), "hello\n")?;
     let names = state.scorenames();
     for (name, dir) in [("busybox", busybox.as_path()), ("tree", tree)] {
@@ -91,7 +91,7 @@ fn run_cases(node: &Node, tree: &Path, key: &Path, mounts: &Path, runs: usize) -
                 .and_then(|l| l.split_whitespace().next())
                 .unwrap_or("0")
                 .to_string();
-            let out = crate::bench_env::ssh_bench(key, &port)
+            let out = crate::bench::env::ssh_bench(key, &port)
                 .arg("echo ready")
                 .output()?;
             first.push(t.elapsed().as_secs_f64());

@@ -20,8 +20,8 @@ use link::{Link, Role};
 use vac::tree::{BlockSizes, Tree};
 use venti::{BlockStore, BlockType, LogStore, Score};
 
-use crate::bench::Blocks;
-use crate::bench_link::{Place, enter};
+use crate::bench::link::{Place, enter};
+use crate::bench::pipeline::Blocks;
 
 const BLOCK: usize = 8192;
 

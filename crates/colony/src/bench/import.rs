@@ -33,7 +33,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         bail!("tar of {} failed", tree.display());
     }
     let bytes = std::fs::metadata(&tar)?.len();
-    let key = crate::bench_env::new_key(dir)?;
+    let key = crate::bench::env::new_key(dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     println!(
         "import through the front door over ssh on loopback: a {:.1} MB tar of {}; median of {runs}",
@@ -46,7 +46,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         // A fresh node each run, so the first import always meets an
         // empty store.
         let state = StateDir::open(dir.join(format!("state{run}")))?;
-        crate::bench_env::add_bench_user(&state, &key)?;
+        crate::bench::env::add_bench_user(&state, &key)?;
         let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
         let host_key = grid::ssh::host_key(&state.host_key())?;
         let node = Arc::new(
@@ -74,7 +74,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
         ));
         let import = |name: &str| -> Result<f64> {
             let t = Instant::now();
-            let out = crate::bench_env::ssh_bench(&key, &port.to_string())
+            let out = crate::bench::env::ssh_bench(&key, &port.to_string())
                 .args(["import", name])
                 .stdin(std::fs::File::open(&tar)?)
                 .stdout(Stdio::piped())

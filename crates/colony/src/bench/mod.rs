@@ -1,5 +1,22 @@
 //! `colony bench …`: benchmarks that print their figures. Speed is measured
-//! here, never asserted in tests.
+//! here, never asserted in tests. Each benchmark is a module of this
+//! folder; this file parses their commands and holds the store and venti
+//! benchmarks and the helpers they share.
+
+mod density;
+mod env;
+mod fossil;
+pub mod garage_cluster;
+mod grid;
+mod hub;
+mod import;
+mod link;
+pub mod pipeline;
+mod replica;
+mod s3;
+mod slow_link;
+mod split;
+mod vac;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +26,8 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use tokio::task::JoinSet;
 use venti::{BlockStore, BlockType, Client, LogStore, Score};
+
+use pipeline::{BLOCK, Blocks, write_pipelined};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -169,28 +188,28 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             window,
             runs,
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
-        BenchCommand::Vac { tree, dir, runs } => crate::bench_vac::run(&tree, dir, runs),
-        BenchCommand::Grid { tree, runs } => crate::bench_grid::run(&tree, runs),
-        BenchCommand::Hub { mb, rounds } => crate::bench_hub::run(mb, rounds),
-        BenchCommand::Import { tree, runs } => crate::bench_import::run(&tree, runs),
-        BenchCommand::S3 { tree, mb, runs } => crate::bench_s3::run(tree.as_deref(), mb, runs),
+        BenchCommand::Vac { tree, dir, runs } => crate::bench::vac::run(&tree, dir, runs),
+        BenchCommand::Grid { tree, runs } => crate::bench::grid::run(&tree, runs),
+        BenchCommand::Hub { mb, rounds } => crate::bench::hub::run(mb, rounds),
+        BenchCommand::Import { tree, runs } => crate::bench::import::run(&tree, runs),
+        BenchCommand::S3 { tree, mb, runs } => crate::bench::s3::run(tree.as_deref(), mb, runs),
         BenchCommand::Split {
             tree,
             runs,
             rtt_ms,
             spawn_options,
-        } => crate::bench_split::run(tree.as_deref(), runs, rtt_ms, &spawn_options),
+        } => crate::bench::split::run(tree.as_deref(), runs, rtt_ms, &spawn_options),
         BenchCommand::Link {
             blocks,
             runs,
             no_netns,
             far_delay_ms,
             far_mbit,
-        } => crate::bench_link::run(
+        } => crate::bench::link::run(
             blocks,
             runs,
             !no_netns,
-            crate::slow_link::Shape {
+            crate::bench::slow_link::Shape {
                 delay: Duration::from_millis(far_delay_ms),
                 rate: far_mbit * 1_000_000 / 8,
             },
@@ -199,44 +218,13 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             envs,
             concurrent,
             spawn_options,
-        } => crate::bench_density::run(envs, concurrent, &spawn_options),
+        } => crate::bench::density::run(envs, concurrent, &spawn_options),
         BenchCommand::Replicate {
             mb,
             big_mb,
             no_netns,
-        } => crate::bench_replica::run(mb, big_mb, !no_netns),
-        BenchCommand::Fossil { tree, dir, big_mb } => crate::bench_fossil::run(&tree, dir, big_mb),
-    }
-}
-
-const BLOCK: usize = 8192;
-
-/// Unique blocks made cheaply: random bytes with a counter and a salt in front,
-/// so generating them costs a copy, not a random-number run.
-pub(crate) struct Blocks {
-    base: Vec<u8>,
-    salt: u64,
-}
-
-impl Blocks {
-    pub(crate) fn new(salt: u64) -> Blocks {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ salt;
-        let base = (0..BLOCK)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        Blocks { base, salt }
-    }
-
-    pub(crate) fn get(&self, i: usize) -> Vec<u8> {
-        let mut b = self.base.clone();
-        b[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        b[8..16].copy_from_slice(&self.salt.to_be_bytes());
-        b
+        } => crate::bench::replica::run(mb, big_mb, !no_netns),
+        BenchCommand::Fossil { tree, dir, big_mb } => crate::bench::fossil::run(&tree, dir, big_mb),
     }
 }
 
@@ -451,29 +439,6 @@ fn reopen(path: &std::path::Path, blocks: usize) -> Result<()> {
         .read(&Score::of(&small_block(blocks / 2)), BlockType::DATA)?
         .context("a block is missing after reopen")?;
     Ok(())
-}
-
-/// Writes the blocks of `range` with `window` requests in flight.
-pub(crate) async fn write_pipelined(
-    client: &Client,
-    blockgen: Arc<Blocks>,
-    range: std::ops::Range<usize>,
-    window: usize,
-) -> Result<Vec<Score>> {
-    let mut tasks = JoinSet::new();
-    let mut scores = Vec::with_capacity(range.len());
-    for i in range {
-        if tasks.len() >= window {
-            scores.push(tasks.join_next().await.expect("tasks")??);
-        }
-        let client = client.clone();
-        let blockgen = blockgen.clone();
-        tasks.spawn(async move { client.write(BlockType::DATA, blockgen.get(i)).await });
-    }
-    while let Some(done) = tasks.join_next().await {
-        scores.push(done??);
-    }
-    Ok(scores)
 }
 
 async fn read_pipelined(client: &Client, scores: Vec<Score>, window: usize) -> Result<()> {

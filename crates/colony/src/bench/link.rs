@@ -15,11 +15,14 @@ use link::{Link, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use venti::{BlockStore, Client, LogStore};
 
-use crate::bench::Blocks;
+use crate::bench::pipeline::{BLOCK, Blocks, write_pipelined};
 
-const BLOCK: usize = 8192;
-
-pub fn run(blocks: usize, runs: usize, netns: bool, far: crate::slow_link::Shape) -> Result<()> {
+pub fn run(
+    blocks: usize,
+    runs: usize,
+    netns: bool,
+    far: crate::bench::slow_link::Shape,
+) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-link-")
         .tempdir()?;
@@ -123,7 +126,7 @@ pub fn run(blocks: usize, runs: usize, netns: bool, far: crate::slow_link::Shape
 pub(crate) enum Place {
     Loopback,
     /// On loopback, through a proxy that adds a delay and a bandwidth limit.
-    Far(crate::slow_link::Shape),
+    Far(crate::bench::slow_link::Shape),
     /// Two namespaces joined by a veth pair: (server ns, its address, client ns).
     Namespaces(String, String, String),
 }
@@ -218,7 +221,11 @@ impl Place {
                 let rt = tokio::runtime::Runtime::new()?;
                 let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
                 let near = listener.local_addr()?;
-                rt.spawn(crate::slow_link::run(listener, addr.to_string(), *shape));
+                rt.spawn(crate::bench::slow_link::run(
+                    listener,
+                    addr.to_string(),
+                    *shape,
+                ));
                 Some((rt, near))
             }
             _ => None,
@@ -246,7 +253,7 @@ impl Place {
                 let ping_rate = pings as f64 / t.elapsed().as_secs_f64();
                 let blockgen = Arc::new(Blocks::new(seed));
                 let t = Instant::now();
-                crate::bench::write_pipelined(&client, blockgen, 0..blocks, window).await?;
+                write_pipelined(&client, blockgen, 0..blocks, window).await?;
                 client.sync().await?;
                 Ok((blocks as f64 / t.elapsed().as_secs_f64(), ping_rate))
             })

@@ -61,8 +61,8 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
 
     let state = StateDir::open(dir.join("s1"))?;
     let store = Arc::new(LogStore::open(state.store_dir())?);
-    let key = crate::bench_env::bench_user(dir, &state)?;
-    let busybox = crate::bench_env::busybox_root(dir)?;
+    let key = crate::bench::env::bench_user(dir, &state)?;
+    let busybox = crate::bench::env::busybox_root(dir)?;
     std::fs::write(busybox.join("etc/os-release"), "NAME=busybox\n")?;
     let mut roots: Vec<(&str, PathBuf)> = vec![("busybox", busybox)];
     if let Some(t) = tree {
@@ -92,14 +92,14 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
         }),
         std::future::pending(),
     ));
-    let shape = crate::slow_link::Shape {
+    let shape = crate::bench::slow_link::Shape {
         delay: Duration::from_micros(rtt_ms * 500),
         rate: 0,
     };
     let far = |to: std::net::SocketAddr| -> Result<std::net::SocketAddr> {
         let l = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = l.local_addr()?;
-        runtime.spawn(crate::slow_link::run(l, to.to_string(), shape));
+        runtime.spawn(crate::bench::slow_link::run(l, to.to_string(), shape));
         Ok(addr)
     };
     let far_venti = far(venti_addr)?;
@@ -193,7 +193,7 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
                 .scorenames()
                 .bind(&format!("b{i}"), &busybox.root, &["bench"])?;
         }
-        crate::bench_density::measure(&cpus[2].node, envs, concurrent, options)
+        crate::bench::density::measure(&cpus[2].node, envs, concurrent, options)
     });
     for c in &cpus {
         c.envs.shutdown();
@@ -208,7 +208,7 @@ pub(crate) fn ssh(key: &Path, reply: &str, command: &str) -> Result<String> {
         .find_map(|l| l.strip_prefix("ssh -p "))
         .and_then(|l| l.split_whitespace().next())
         .context("no login in the spawn's reply")?;
-    let out = crate::bench_env::ssh_bench(key, port)
+    let out = crate::bench::env::ssh_bench(key, port)
         .arg(command)
         .output()?;
     if !out.status.success() {

@@ -18,7 +18,7 @@ use vac::tree::{BlockSizes, Tree};
 use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, BlockType};
 
-use crate::garage_cluster::Garage;
+use crate::bench::garage_cluster::Garage;
 
 fn settings(g: &Garage, cache: &Path, prefix: &str) -> Result<Settings> {
     Ok(Settings {
@@ -135,8 +135,8 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
     // The node's store: busybox and TREE archived into the bucket.
     let opened = s3store::open_with(&settings(&g, &dir.join("node-cache"), "node")?)?;
     let state = StateDir::open(dir.join("state"))?;
-    let key = crate::bench_env::bench_user(dir, &state)?;
-    let busybox = crate::bench_env::busybox_root(dir)?;
+    let key = crate::bench::env::bench_user(dir, &state)?;
+    let busybox = crate::bench::env::busybox_root(dir)?;
     let mut roots = vec![("busybox", busybox.clone())];
     if let Some(t) = tree {
         roots.push(("tree", t.to_path_buf()));
@@ -217,7 +217,7 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
                     if r.status != 0 {
                         bail!("spawn {name}: {}", r.err.trim());
                     }
-                    let out = crate::bench_split::ssh(&key, &r.out, "echo ready")?;
+                    let out = crate::bench::split::ssh(&key, &r.out, "echo ready")?;
                     times.push(t.elapsed().as_secs_f64());
                     if out != "ready\n" {
                         bail!("the first command in {name} printed {out:?}");
