@@ -19,7 +19,7 @@ use object_store::ObjectStoreExt;
 use s3store::{PackStore, Settings};
 use venti::{BlockStore, BlockType, Score};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::COLONY;
 
 fn garage(bucket: &str) -> Option<Garage> {
     if std::env::var_os("COLONY_SKIP_GARAGE").is_some() {

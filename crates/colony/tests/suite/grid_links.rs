@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use crate::common::netns::{self, Hosts};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::{COLONY, failed};
 
 struct Certs {
     dir: tempfile::TempDir,
@@ -175,24 +175,7 @@ fn venti_read(
 }
 
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    crate::common::run::ok(out).trim().to_string()
 }
 
 #[test]
@@ -243,7 +226,7 @@ fn two_nodes_exchange_blocks_over_mutual_tls_and_strangers_are_refused() {
     // A member of another grid is refused, and says why.
     let other = Certs::new();
     let stranger = other.issue("store-a", "storage");
-    let e = err(&venti_write(&hosts, 1, Some(&stranger), &listen(0), b"x"));
+    let e = failed(&venti_write(&hosts, 1, Some(&stranger), &listen(0), b"x"));
     assert!(
         e.contains("UnknownIssuer") || e.contains("BadSignature"),
         "{e}"
@@ -254,10 +237,10 @@ fn two_nodes_exchange_blocks_over_mutual_tls_and_strangers_are_refused() {
         "{line}"
     );
     // No certificate at all: the client says what is missing.
-    let e = err(&venti_write(&hosts, 1, None, &listen(0), b"x"));
+    let e = failed(&venti_write(&hosts, 1, None, &listen(0), b"x"));
     assert!(e.contains("COLONY_TLS"), "{e}");
     // Plaintext to the TLS port: refused, logged, nothing stored.
-    let e = err(&venti_write(
+    let e = failed(&venti_write(
         &hosts,
         1,
         None,
@@ -291,7 +274,7 @@ fn a_node_only_port_refuses_clients_and_a_revoked_node_is_refused_after_the_relo
     let server = venti_server(&hosts, 0, dir.path(), &addr, Some((&store, "storage,cpu")));
     let score = ok(&venti_write(&hosts, 1, Some(&cpu), &addr, b"by cpu1"));
     // An admin client's certificate on the node-only port.
-    let _ = err(&venti_read(&hosts, 1, Some(&admin), &addr, &score));
+    let _ = failed(&venti_read(&hosts, 1, Some(&admin), &addr, &score));
     let line = server.logged(&["refused a venti link", "admin (client)"]);
     assert!(
         line.contains(&hosts.addrs[1]) && line.contains("storage,cpu"),
@@ -306,7 +289,7 @@ fn a_node_only_port_refuses_clients_and_a_revoked_node_is_refused_after_the_relo
         .status()
         .unwrap();
     server.logged(&["revocation list loaded", "revoked=1"]);
-    let _ = err(&venti_read(&hosts, 1, Some(&cpu), &addr, &score));
+    let _ = failed(&venti_read(&hosts, 1, Some(&cpu), &addr, &score));
     server.logged(&["refused a venti link", "Revoked"]);
     // Other nodes are unaffected.
     let cpu2 = certs.issue("cpu2", "cpu");
@@ -360,7 +343,7 @@ fn plain_clients_reach_a_grid_node_through_tunnels() {
         .arg(&laptop)
         .output()
         .unwrap();
-    assert!(err(&open).contains("must be on loopback"));
+    assert!(failed(&open).contains("must be on loopback"));
     let local = format!("tcp!127.0.0.1!{}", back.port);
     let score = ok(&venti_write(
         &hosts,
@@ -385,7 +368,7 @@ fn plain_clients_reach_a_grid_node_through_tunnels() {
         "through two tunnels"
     );
     // The plain venti itself is out of reach from the other host.
-    let e = err(&venti_read(
+    let e = failed(&venti_read(
         &hosts,
         1,
         None,
@@ -406,7 +389,7 @@ fn tls_to_a_plaintext_port_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = Hosts::new(1);
     let server = venti_server(&hosts, 0, dir.path(), "tcp!127.0.0.1!0", None);
-    let e = err(&venti_write(
+    let e = failed(&venti_write(
         &hosts,
         0,
         Some(&node),
@@ -511,7 +494,7 @@ fn grid_status_at_a_venti_port_says_what_the_port_is() {
         .arg(&admin)
         .output()
         .unwrap();
-    let e = err(&out);
+    let e = failed(&out);
     assert!(
         e.contains("serves venti") && e.contains("--replica-listen"),
         "{e}"

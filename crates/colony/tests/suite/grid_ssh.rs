@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::COLONY;
 
 // OpenSSH client options for throwaway test servers.
 use grid::ssh::SCRIPTED_CLIENT_OPTS as SSH_OPTS;

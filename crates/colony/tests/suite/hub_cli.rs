@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::COLONY;
 
 struct Server(std::process::Child, String);
 

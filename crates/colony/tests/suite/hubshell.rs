@@ -10,7 +10,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::COLONY;
 
 /// A hubfs; killing it ends the keepers and shells on it too (their hubs
 /// are gone), which the drop checks.

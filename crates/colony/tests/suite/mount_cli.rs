@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::{COLONY, ok, run};
 
 fn can_mount() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -19,18 +19,9 @@ fn can_mount() -> bool {
 }
 
 fn colony(store: &Path, args: &[&str]) -> String {
-    let out = Command::new(COLONY)
-        .args(args)
-        .env("COLONY_STORE", store)
-        .env_remove("venti")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "colony {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    ok(&run(args, &[("COLONY_STORE", store.as_os_str())], b""))
+        .trim()
+        .to_string()
 }
 
 /// A running `colony mount`; unmounted (SIGTERM) on drop.

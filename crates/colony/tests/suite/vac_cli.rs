@@ -1,44 +1,14 @@
 //! `colony vac` and `colony unvac` as a user runs them: the embedded store by
 //! default, a venti server with -h, tar on standard input, and bad input.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::{COLONY, failed, ok, run};
 
 fn colony(store: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(COLONY)
-        .args(args)
-        .env("COLONY_STORE", store)
-        .env_remove("venti")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should have failed; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr.clone()).unwrap()
+    run(args, &[("COLONY_STORE", store.as_os_str())], stdin)
 }
 
 fn sample_tree(dir: &Path) {

@@ -1,14 +1,14 @@
 //! The `colony venti` commands as a user runs them: a real server process,
 //! the CLI clients, SIGTERM and SIGKILL.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use venti::{BlockStore, BlockType, Client, LogStore, Score};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::{COLONY, run};
 
 /// A `colony venti serve` child process; killed on drop.
 struct Server {
@@ -63,16 +63,7 @@ impl Drop for Server {
 }
 
 fn colony(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let mut child = Command::new(COLONY)
-        .args(args)
-        .env_remove("venti")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    run(args, &[], stdin)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+use crate::common::run::{COLONY, run};
 
 /// A `colony venti serve` child process; killed on drop.
 struct Server {
@@ -68,12 +68,7 @@ impl Drop for Server {
 }
 
 fn colony(args: &[&str]) -> Output {
-    Command::new(COLONY)
-        .args(args)
-        .env_remove("venti")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    run(args, &[], b"")
 }
 
 /// `colony vac -h ADDR TREE`, running, its output piped.

@@ -9,20 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const COLONY: &str = env!("CARGO_BIN_EXE_colony");
+pub use super::run::COLONY;
 
 /// OpenSSH as a script would run it against throwaway hosts.
 pub const SSH_OPTS: [&str; 10] = grid::ssh::SCRIPTED_CLIENT_OPTS;
 
 /// Runs colony; its stdout, or a failure naming its stderr.
 pub fn colony(args: &[&str]) -> String {
-    let out = Command::new(COLONY).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "colony {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    super::run::ok(&super::run::run(args, &[], b""))
 }
 
 /// A grid CA in `dir/ca` and a certificate from it for each (name, role),

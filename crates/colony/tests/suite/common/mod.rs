@@ -1,2 +1,3 @@
 pub mod grid;
 pub mod netns;
+pub mod run;
