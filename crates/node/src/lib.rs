@@ -461,6 +461,30 @@ fn refresh_metrics(
     }
 }
 
+/// The node's certificate, which a node of `role` must have, and for
+/// that role, to link to `others`.
+fn certificate_for<'a>(
+    link: Option<&'a Arc<link::Link>>,
+    role: link::Role,
+    others: &str,
+) -> Result<&'a Arc<link::Link>> {
+    let Some(link) = link else {
+        bail!(
+            "a {} node links to {others} over mutual TLS: give its certificate (tls=DIR)",
+            role.as_str()
+        );
+    };
+    if link.me.role != role {
+        bail!(
+            "role={} needs a {} node's certificate; this one is for {}",
+            role.as_str(),
+            role.as_str(),
+            link.me.role.as_str()
+        );
+    }
+    Ok(link)
+}
+
 /// A storage node's placement of environments on its cpu nodes, and
 /// where it accepts them.
 fn storage_pool(
@@ -468,17 +492,7 @@ fn storage_pool(
     state: &StateDir,
     link: Option<&Arc<link::Link>>,
 ) -> Result<(Arc<storage::placement::Pool>, String)> {
-    let Some(link) = link else {
-        bail!(
-            "a storage node links to its cpu nodes over mutual TLS: give its certificate (tls=DIR)"
-        );
-    };
-    if link.me.role != link::Role::Storage {
-        bail!(
-            "role=storage needs a storage node's certificate; this one is for {}",
-            link.me.role.as_str()
-        );
-    }
+    let link = certificate_for(link, link::Role::Storage, "its cpu nodes")?;
     let Some(listen) = config.cpu_listen.clone() else {
         bail!(
             "a storage node needs cpu-listen=ADDRESS (e.g. tls!0.0.0.0!17036) for its cpu nodes to link to"
@@ -594,17 +608,7 @@ fn start_cpu(
     link: Option<Arc<link::Link>>,
     runtime: tokio::runtime::Runtime,
 ) -> Result<Node> {
-    let Some(link) = link else {
-        bail!(
-            "a cpu node links to its storage nodes over mutual TLS: give its certificate (tls=DIR)"
-        );
-    };
-    if link.me.role != link::Role::Cpu {
-        bail!(
-            "role=cpu needs a cpu node's certificate; this one is for {}",
-            link.me.role.as_str()
-        );
-    }
+    let link = certificate_for(link.as_ref(), link::Role::Cpu, "its storage nodes")?.clone();
     for (given, name) in [
         (config.venti.is_some(), "venti"),
         (config.store.is_some(), "store"),

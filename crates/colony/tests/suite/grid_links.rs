@@ -500,3 +500,60 @@ fn grid_status_at_a_venti_port_says_what_the_port_is() {
         "{e}"
     );
 }
+
+/// Before, a node with a certificate served TLS on a `tcp!` venti-listen
+/// address without a word (a plain venti client then failed with nothing
+/// to say why). Now it says so when it starts.
+#[test]
+fn a_tcp_venti_address_that_serves_tls_is_named_in_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n).display().to_string();
+    ok(&crate::common::run::run(
+        &["grid", "ca", "init", "--grid", "t", "--ca", &dir("ca")],
+        &[],
+        b"",
+    ));
+    ok(&crate::common::run::run(
+        &[
+            "grid",
+            "ca",
+            "issue",
+            "n1",
+            "--role",
+            "storage",
+            "--ca",
+            &dir("ca"),
+            "--out",
+            &dir("n1.tls"),
+        ],
+        &[],
+        b"",
+    ));
+    let mut node = Command::new(COLONY)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--venti-listen",
+            "tcp!127.0.0.1!0",
+        ])
+        .args(["--tls", &dir("n1.tls"), "--state", &dir("state")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(node.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status();
+    let out = node.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("venti-listen is written tcp!… but serves mutual TLS"),
+        "{log}"
+    );
+}
