@@ -14,7 +14,9 @@
 
 use arbitrary::Unstructured;
 use colony_fuzz::{interesting_u64, ready};
-use control::{Answer, CacheUse, EnvStatus, Frame, Held, MAX_FRAME, MAX_ITEMS, Refusal, Request};
+use control::{
+    Answer, CacheUse, EnvStatus, Frame, Held, MAX_FRAME, MAX_ITEMS, Refusal, Request, Spawn,
+};
 use libfuzzer_sys::fuzz_target;
 use venti::Score;
 
@@ -83,11 +85,13 @@ fn short(u: &mut Unstructured) -> arbitrary::Result<String> {
 fn request(u: &mut Unstructured) -> arbitrary::Result<Request> {
     Ok(match u.int_in_range(0..=4u8)? {
         0 => Request::Spawn {
-            user: text(u)?,
-            name: text(u)?,
-            root: score(u)?,
-            disk: u.arbitrary()?,
-            options: list(u, short)?,
+            spawn: Spawn {
+                user: text(u)?,
+                name: text(u)?,
+                root: score(u)?,
+                disk: u.arbitrary()?,
+                options: list(u, short)?,
+            },
             keys: list(u, short)?,
         },
         1 => Request::Save {

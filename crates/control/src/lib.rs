@@ -58,14 +58,27 @@ pub struct CacheUse {
 }
 
 /// What a storage node asks of a cpu node.
+/// What to spawn: the one shape of a spawn from the front door to the
+/// machine that runs it (the storage node's placement, and the cpu node's
+/// or the single node's environments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawn {
+    pub user: String,
+    /// The score name it is spawned from, which names the environment.
+    pub name: String,
+    pub root: Score,
+    /// A disk cache (`spawndisk`) rather than RAM.
+    pub disk: bool,
+    /// `memory=`, `net=`, … as the user gave them: their form is checked
+    /// where they arrive, their values by the machine that runs it
+    /// (against its own ceilings).
+    pub options: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Spawn {
-        user: String,
-        name: String,
-        root: Score,
-        disk: bool,
-        options: Vec<String>,
+        spawn: Spawn,
         /// The owner's OpenSSH public keys: who may log in.
         keys: Vec<String>,
     },
@@ -352,20 +365,13 @@ impl Frame {
                 w.u64(*id);
                 w.u32(*deadline_ms);
                 match request {
-                    Request::Spawn {
-                        user,
-                        name,
-                        root,
-                        disk,
-                        options,
-                        keys,
-                    } => {
+                    Request::Spawn { spawn, keys } => {
                         w.u8(SPAWN);
-                        w.text(user);
-                        w.text(name);
-                        w.score(root);
-                        w.flag(*disk);
-                        w.texts(options);
+                        w.text(&spawn.user);
+                        w.text(&spawn.name);
+                        w.score(&spawn.root);
+                        w.flag(spawn.disk);
+                        w.texts(&spawn.options);
                         w.texts(keys);
                     }
                     Request::Save { user, env } => {
@@ -492,11 +498,13 @@ impl Frame {
                 let deadline_ms = r.u32()?;
                 let request = match r.u8()? {
                     SPAWN => Request::Spawn {
-                        user: r.text()?,
-                        name: r.text()?,
-                        root: r.score()?,
-                        disk: r.flag()?,
-                        options: r.texts()?,
+                        spawn: Spawn {
+                            user: r.text()?,
+                            name: r.text()?,
+                            root: r.score()?,
+                            disk: r.flag()?,
+                            options: r.texts()?,
+                        },
                         keys: r.texts()?,
                     },
                     SAVE => Request::Save {

@@ -1,7 +1,7 @@
 //! Control frames come from the network: decoding arbitrary bytes never
 //! panics, and every frame decodes to itself.
 
-use control::{Answer, CacheUse, EnvStatus, Frame, Held, Refusal, Request};
+use control::{Answer, CacheUse, EnvStatus, Frame, Held, Refusal, Request, Spawn};
 use proptest::prelude::*;
 use venti::Score;
 
@@ -17,11 +17,13 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (".{0,8}", ".{0,8}", score(), any::<bool>(), texts(), texts()).prop_map(
             |(user, name, root, disk, options, keys)| Request::Spawn {
-                user,
-                name,
-                root,
-                disk,
-                options,
+                spawn: Spawn {
+                    user,
+                    name,
+                    root,
+                    disk,
+                    options,
+                },
                 keys
             }
         ),
@@ -190,11 +192,13 @@ fn frames_the_reader_would_refuse_do_not_fit() {
         id: 1,
         deadline_ms: 1000,
         request: Request::Spawn {
-            user: "alice".into(),
-            name: "debian".into(),
-            root: Score::of(b"root"),
-            disk: false,
-            options,
+            spawn: Spawn {
+                user: "alice".into(),
+                name: "debian".into(),
+                root: Score::of(b"root"),
+                disk: false,
+                options,
+            },
             keys,
         },
     };

@@ -197,14 +197,8 @@ impl Agent {
             }
         };
         match request {
-            Request::Spawn {
-                user,
-                name,
-                root,
-                disk,
-                options,
-                keys,
-            } => {
+            Request::Spawn { spawn, keys } => {
+                let (user, name) = (spawn.user.clone(), spawn.name.clone());
                 // The same user's environment of the same name placed here
                 // by another storage node: one name runs once per machine,
                 // so the storage node is to try another cpu node.
@@ -227,11 +221,7 @@ impl Agent {
                 let text = self
                     .envs
                     .spawn(SpawnRequest {
-                        user: &user,
-                        name: &name,
-                        root,
-                        disk,
-                        options: &options,
+                        spawn: &spawn,
                         keys,
                         store,
                         fetched_note: None,

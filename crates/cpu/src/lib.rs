@@ -131,14 +131,8 @@ impl OwnerKeys {
 
 /// A spawn, as the storage service hands it over.
 pub struct SpawnRequest<'a> {
-    pub user: &'a str,
-    /// The environment's name: the name it was spawned from.
-    pub name: &'a str,
-    pub root: Score,
-    /// A disk cache (`spawndisk`) rather than RAM.
-    pub disk: bool,
-    /// `memory=`, `net=`, … as the user gave them.
-    pub options: &'a [String],
+    /// What to spawn, as the front door took it.
+    pub spawn: &'a control::Spawn,
     pub keys: OwnerKeys,
     /// Where the root's blocks are read from and saves are written to.
     pub store: Arc<dyn BlockStore>,
@@ -278,8 +272,8 @@ impl Environments {
 
     /// Starts an environment and returns what to tell its owner.
     pub fn spawn(&self, req: SpawnRequest<'_>) -> GridResult<String> {
-        let options = options::parse(&self.config, req.options)?;
-        let (user, name) = (req.user, req.name);
+        let options = options::parse(&self.config, &req.spawn.options)?;
+        let (user, name) = (req.spawn.user.as_str(), req.spawn.name.as_str());
         let key = (user.to_string(), name.to_string());
         let used: Vec<u16> = {
             let envs = self.envs();
@@ -309,7 +303,7 @@ impl Environments {
             }
         }
         let _started = Started(&self.starting, key.clone());
-        let (config, cache_file) = if req.disk {
+        let (config, cache_file) = if req.spawn.disk {
             let path = self.state.cache_file(user, name);
             std::fs::create_dir_all(path.parent().expect("cache dir"))
                 .map_err(|e| GridError::io("creating the cache directory", e))?;
@@ -342,7 +336,7 @@ impl Environments {
             inner: req.store.clone(),
             fetched: fetched.clone(),
         });
-        let fs = Arc::new(Fs::open(store, req.root, config)?);
+        let fs = Arc::new(Fs::open(store, req.spawn.root, config)?);
         let mountpoint = self.state.mount_dir(user, name);
         std::fs::create_dir_all(&mountpoint)
             .map_err(|e| GridError::io(format!("creating {}", mountpoint.display()), e))?;
@@ -350,7 +344,7 @@ impl Environments {
             .map_err(|e| GridError::io(format!("mounting {}", mountpoint.display()), e))?;
         let mut env = Env {
             spawned_from: name.to_string(),
-            root: req.root,
+            root: req.spawn.root,
             fs,
             session: Some(session),
             mountpoint: mountpoint.clone(),
@@ -395,11 +389,11 @@ impl Environments {
                 return Err(e);
             }
         }
-        tracing::info!(user, env = name, root = %req.root, port = env.port, "spawned");
-        let kind = if req.disk { "disk" } else { "ram" };
+        tracing::info!(user, env = name, root = %req.spawn.root, port = env.port, "spawned");
+        let kind = if req.spawn.disk { "disk" } else { "ram" };
         let mut out = format!(
             "{name} spawned from vac:{} ({kind} cache); log in with:\n{}\n",
-            req.root, env.login
+            req.spawn.root, env.login
         );
         for p in &env.published {
             let _ = writeln!(

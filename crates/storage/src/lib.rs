@@ -79,17 +79,6 @@ impl Reply {
     }
 }
 
-/// A spawn the storage service has allowed: the user may spawn `name`,
-/// which is bound to `root`.
-pub struct Spawn<'a> {
-    pub user: &'a str,
-    pub name: &'a str,
-    pub root: Score,
-    pub disk: bool,
-    /// The spawn's options, unparsed: the machine that runs it judges them.
-    pub options: &'a [String],
-}
-
 /// How many environments are in each state, for the node's metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EnvCounts {
@@ -116,7 +105,7 @@ impl EnvCounts {
 /// environments, their logins and their saved trees are the cpus'.
 pub trait Cpus: Send + Sync {
     /// Starts an environment; returns what to tell the user (the login).
-    fn spawn(&self, spawn: Spawn<'_>) -> GridResult<String>;
+    fn spawn(&self, spawn: &control::Spawn) -> GridResult<String>;
     /// Saves the environment; its blocks are durable in the store when
     /// this returns the root's score.
     fn save(&self, user: &str, env: &str) -> GridResult<Score>;
@@ -474,13 +463,12 @@ impl Node {
         let Some(binding) = binding else {
             return Err(GridError::refused(format!("{name} not found for {user}")));
         };
-        let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
-        self.cpus.spawn(Spawn {
-            user,
-            name,
+        self.cpus.spawn(&control::Spawn {
+            user: user.to_string(),
+            name: name.to_string(),
             root: binding.root,
             disk,
-            options: &options,
+            options: options.iter().map(|o| o.to_string()).collect(),
         })
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use venti::{BlockStore, Score};
 
-use crate::{Cpus, Spawn};
+use crate::Cpus;
 use cpu::{Environments, OwnerKeys, SpawnRequest};
 use grid::error::GridResult;
 use grid::users::Users;
@@ -18,13 +18,9 @@ pub struct LocalCpus {
 }
 
 impl Cpus for LocalCpus {
-    fn spawn(&self, spawn: Spawn<'_>) -> GridResult<String> {
+    fn spawn(&self, spawn: &control::Spawn) -> GridResult<String> {
         self.envs.spawn(SpawnRequest {
-            user: spawn.user,
-            name: spawn.name,
-            root: spawn.root,
-            disk: spawn.disk,
-            options: spawn.options,
+            spawn,
             keys: OwnerKeys::Registry(self.users.clone()),
             store: self.store.clone(),
             // Only a node that reads through from peers fetches blocks.

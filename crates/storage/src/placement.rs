@@ -24,8 +24,8 @@ use control::{Answer, Frame, Held, Refusal, Request};
 use tokio::sync::mpsc;
 use venti::Score;
 
+use crate::Cpus;
 use crate::status::{EnvRecord, EnvState, UserStatus, ago};
-use crate::{Cpus, Spawn};
 use grid::error::{GridError, GridResult};
 use grid::users::Users;
 
@@ -125,13 +125,15 @@ impl From<CallError> for GridError {
 /// A request as `cpu.in` shows it (the owner's keys left out).
 fn describe(r: &Request) -> String {
     match r {
-        Request::Spawn {
-            user,
-            name,
-            root,
-            options,
-            ..
-        } => format!("{user} {name} vac:{root} {}", options.join(" ")),
+        Request::Spawn { spawn: s, .. } => {
+            format!(
+                "{} {} vac:{} {}",
+                s.user,
+                s.name,
+                s.root,
+                s.options.join(" ")
+            )
+        }
         Request::Save { user, env } | Request::Boom { user, env } => format!("{user} {env}"),
         Request::Invite { user, env, invitee } => format!("{user} {env} {invitee}"),
         Request::Status { user, envs } => format!("{user} {}", envs.join(" ")),
@@ -610,11 +612,11 @@ pub async fn serve(pool: Arc<Pool>, link: Arc<link::Link>, listener: tokio::net:
 }
 
 impl Cpus for Pool {
-    fn spawn(&self, spawn: Spawn<'_>) -> GridResult<String> {
+    fn spawn(&self, spawn: &control::Spawn) -> GridResult<String> {
         // node=NAME is the placement's; the rest is the cpu node's to judge.
         let mut named = None;
         let mut options = Vec::new();
-        for o in spawn.options {
+        for o in &spawn.options {
             match o.strip_prefix("node=") {
                 Some(n) => named = Some(n.to_string()),
                 None => options.push(o.clone()),
@@ -638,7 +640,7 @@ impl Cpus for Pool {
                 }));
             }
         }
-        let keys = self.users.keys_of(spawn.user)?;
+        let keys = self.users.keys_of(&spawn.user)?;
         let mut last = None;
         for cpu in self.candidates(named.as_deref())? {
             {
@@ -663,11 +665,10 @@ impl Cpus for Pool {
                 }
             }
             let request = Request::Spawn {
-                user: spawn.user.to_string(),
-                name: spawn.name.to_string(),
-                root: spawn.root,
-                disk: spawn.disk,
-                options: options.clone(),
+                spawn: control::Spawn {
+                    options: options.clone(),
+                    ..spawn.clone()
+                },
                 keys: keys.clone(),
             };
             let result = self.call(&cpu, request, self.deadlines.spawn);
