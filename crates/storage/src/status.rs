@@ -101,3 +101,82 @@ pub fn seconds_since(t: SystemTime) -> u64 {
         .unwrap_or_default()
         .as_secs()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running() -> control::EnvStatus {
+        control::EnvStatus {
+            name: "web".into(),
+            spawned_from: "debian".into(),
+            root: Score::of(b"root"),
+            cache_kind: "ram".into(),
+            cache_bytes: 100 << 20,
+            changed_bytes: 25 << 20,
+            login: "ssh -p 20001 alice@c1".into(),
+            uptime_secs: 125,
+            processes: 3,
+            network: "net private, rootless".into(),
+            root_now: Score::of(b"now"),
+            note: None,
+        }
+    }
+
+    /// The text `status` printed before its records were typed, field for
+    /// field: scripts read it.
+    #[test]
+    fn the_text_is_the_status_lines_users_and_scripts_read() {
+        let s = UserStatus {
+            envs: vec![
+                EnvRecord {
+                    name: "web".into(),
+                    cpu: Some("c1".into()),
+                    state: EnvState::Running(running()),
+                },
+                EnvRecord {
+                    name: "db".into(),
+                    cpu: Some("c2".into()),
+                    state: EnvState::Starting,
+                },
+                EnvRecord {
+                    name: "old".into(),
+                    cpu: Some("c3".into()),
+                    state: EnvState::Lost {
+                        root: Score::of(b"old"),
+                        login: "ssh -p 20002 alice@c3".into(),
+                        last_seen: Some(SystemTime::now() - std::time::Duration::from_secs(65)),
+                    },
+                },
+            ],
+            notices: vec!["gone\tended: cpu node c4 restarted\n".into()],
+        };
+        let want = format!(
+            "web\tfrom debian vac:{}\tram 100 MB, 25% changed\tssh -p 20001 alice@c1\tup 2m05s\t3 processes\tnet private, rootless\troot now vac:{}\ton cpu c1\n\
+             db\tstarting on cpu c2\n\
+             old\tfrom vac:{}\tlost: cpu node c3 out of reach, last seen 1m05s ago\tssh -p 20002 alice@c3\n\
+             gone\tended: cpu node c4 restarted\n",
+            Score::of(b"root"),
+            Score::of(b"now"),
+            Score::of(b"old"),
+        );
+        assert_eq!(s.text(), want);
+        // The single node's lines carry no cpu; a note is a line of its own.
+        let mut one = running();
+        one.note = Some("depends on a peer: 3 blocks read through".into());
+        let single = UserStatus {
+            envs: vec![EnvRecord {
+                name: "web".into(),
+                cpu: None,
+                state: EnvState::Running(one),
+            }],
+            notices: Vec::new(),
+        };
+        let text = single.text();
+        assert!(!text.contains("on cpu"), "{text}");
+        assert!(
+            text.ends_with("\nweb\tdepends on a peer: 3 blocks read through\n"),
+            "{text}"
+        );
+    }
+}
