@@ -1,4 +1,4 @@
-//! An SFTP session against the built-in server (`cpu::env::sftp::serve`),
+//! An SFTP session against the built-in server (`cpu::services::sftp::serve`),
 //! which acts on the real file system with the paths it is sent.
 //!
 //! First byte odd: a recipe for a packet stream (INIT, OPEN, READ, WRITE,
@@ -398,7 +398,7 @@ fn child(stream: &[u8], jail: &Path) -> i32 {
         }
     }
     let mut output = Vec::new();
-    let result = cpu::env::sftp::serve(stream, &mut output);
+    let result = cpu::services::sftp::serve(stream, &mut output);
     if colony_fuzz::trace() {
         eprintln!("serve: {result:?}, {} bytes of replies", output.len());
     }

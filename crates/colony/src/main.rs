@@ -251,9 +251,13 @@ fn env_helper(args: &[String]) -> ! {
         .ok()
         .and_then(|text| cpu::env::ExecRequest::parse(&text));
     match request {
-        Some(request) if i + 1 < args.len() => {
-            cpu::env::launch::exec_main(&request, pty, term.as_deref(), &args[i + 1..])
-        }
+        Some(request) if i + 1 < args.len() => cpu::env::launch::exec_main(
+            &request,
+            pty,
+            term.as_deref(),
+            &args[i + 1..],
+            cpu::services::BUILTINS,
+        ),
         _ => {
             eprintln!(
                 "colony: {} is run by the grid node with arguments it supplies",

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod env;
 pub mod options;
 pub mod rootfs;
+pub mod services;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -24,12 +25,12 @@ use fossil::{CacheConfig, Fs};
 use russh::keys::ssh_key::PublicKey;
 use venti::{BlockStore, Score};
 
-use env::door::Door;
 use env::{Environment, Limits, Network, Published, Spec};
 use grid::error::{GridError, GridResult};
 use grid::state::StateDir;
 use grid::users::Users;
 use options::SpawnOptions;
+use services::door::Door;
 
 /// Settings of the environments a machine runs.
 #[derive(Debug, Clone)]
@@ -482,7 +483,7 @@ impl Environments {
         let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
         runtime.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => env::door::serve(door, l, key, stop_rx).await,
+                Ok(l) => services::door::serve(door, l, key, stop_rx).await,
                 Err(e) => tracing::error!(error = %e, "environment login listener"),
             }
         });

@@ -788,9 +788,21 @@ impl ExecRequest {
     }
 }
 
+/// A program the colony binary runs itself inside an environment, in place
+/// of an executable the environment may not have.
+pub type Builtin = fn() -> io::Result<()>;
+
 /// `colony __env-exec`: runs `argv` inside the environment whose pid 1 is
-/// `init_pid` (host numbering), and exits with its status.
-pub fn exec_main(request: &ExecRequest, pty: bool, term: Option<&str>, argv: &[String]) -> ! {
+/// `init_pid` (host numbering), and exits with its status. A command of
+/// `builtins` (by its first argument after the colony binary) is run in
+/// place, in the environment.
+pub fn exec_main(
+    request: &ExecRequest,
+    pty: bool,
+    term: Option<&str>,
+    argv: &[String],
+    builtins: &[(&str, Builtin)],
+) -> ! {
     let fail = |what: &str, e: io::Error| -> ! {
         eprintln!("colony: {what}: {e}");
         std::process::exit(126)
@@ -927,11 +939,10 @@ pub fn exec_main(request: &ExecRequest, pty: bool, term: Option<&str>, argv: &[S
             let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
             env_ptrs.push(std::ptr::null());
             if builtin {
-                let result = match argv.get(1).map(String::as_str) {
-                    Some("__sftp-server") => {
-                        super::sftp::serve(io::stdin().lock(), io::stdout().lock())
-                    }
-                    other => Err(io::Error::other(format!("no built-in {other:?}"))),
+                let wanted = argv.get(1).map(String::as_str);
+                let result = match builtins.iter().find(|(name, _)| Some(*name) == wanted) {
+                    Some((_, run)) => run(),
+                    None => Err(io::Error::other(format!("no built-in {wanted:?}"))),
                 };
                 std::process::exit(if result.is_ok() { 0 } else { 1 });
             }

@@ -1,8 +1,9 @@
 //! Environments: the cpu half of a node. A spawned root becomes what behaves
 //! like an independent system: its own mount, pid, uts and ipc namespaces,
 //! pivoted into the spawned FUSE root, resource-limited by cgroups, with a
-//! network of its own ([`net`]) or, where allowed, the node's, and its own
-//! SSH login ([`door`]).
+//! network of its own ([`net`]) or, where allowed, the node's. This is the
+//! container runtime; what runs in an environment for its owner (the SSH
+//! login, SFTP, the hub shells) is `crate::services`'.
 //!
 //! Isolation, chosen and documented: processes run as root *inside* the
 //! environment, with Docker's default capability set minus CAP_MKNOD and
@@ -16,12 +17,9 @@
 
 pub mod caps;
 pub mod cgroup;
-pub mod door;
-pub mod hubshell;
 pub mod launch;
 pub mod net;
 pub mod seccomp;
-pub mod sftp;
 pub mod userns;
 
 use std::io::{self, BufRead, BufReader, Write};

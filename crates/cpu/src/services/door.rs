@@ -17,8 +17,8 @@ use russh::keys::{PrivateKey, ssh_key};
 use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 
-use super::Environment;
 use crate::OwnerKeys;
+use crate::env::Environment;
 
 /// What the door needs to know about its environment.
 pub struct Door {
@@ -591,7 +591,7 @@ impl russh::server::Handler for Conn {
         // The root's own sftp-server if it has one, else colony's, run inside.
         let argv = match found {
             Some(path) => vec![format!("/{path}")],
-            None => vec![super::SELF.to_string(), "__sftp-server".to_string()],
+            None => vec![crate::env::SELF.to_string(), "__sftp-server".to_string()],
         };
         match self.start(channel, argv, session) {
             Ok(()) => session.channel_success(channel)?,

@@ -28,7 +28,7 @@ use hubfs::HubSet;
 use hubfs::hub::{Got, ReaderId};
 pub use hubfs::typed::{Key, Typed};
 
-use super::Environment;
+use crate::env::Environment;
 
 /// The default shell name.
 pub const DEFAULT: &str = "main";
