@@ -4,7 +4,7 @@
 //! The file system is opened over a small vac archive (files, a file with a
 //! different leaf size, a symlink, a device, a fifo, a private directory) made
 //! in a MemoryStore with a block size the input picks. The server is reached
-//! the only way it can be, a TCP connection on 127.0.0.1 (ninep::serve_with
+//! the only way it can be, a TCP connection on 127.0.0.1 (fossil9p::serve_with
 //! is given a non-blocking clone of the listener after the connection is
 //! queued, so it serves that one connection and returns).
 //!
@@ -138,7 +138,7 @@ fn connect(fs: Arc<Fs>, allow_root: bool) -> TcpStream {
     let clone = l.try_clone().unwrap();
     clone.set_nonblocking(true).unwrap();
     // Serves the queued connection on a thread, then returns at WouldBlock.
-    let _ = ninep::serve_with(clone, fs, ninep::Options { allow_root });
+    let _ = fossil9p::serve_with(clone, fs, fossil9p::Options { allow_root });
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -150,7 +150,7 @@ fn read_reply(s: &mut TcpStream) -> Option<Vec<u8>> {
     s.read_exact(&mut size).ok()?;
     let n = u32::from_le_bytes(size) as usize;
     assert!(
-        (7..=ninep::server::MAX_MSIZE as usize + 64).contains(&n),
+        (7..=fossil9p::MAX_MSIZE as usize + 64).contains(&n),
         "reply size {n}"
     );
     let mut msg = vec![0u8; n];

@@ -135,13 +135,13 @@ pub fn mount(args: MountArgs) -> Result<()> {
                 .with_context(|| format!("9P listener on {addr}"))?;
             let local = listener.local_addr()?;
             let fs = fs.clone();
-            let options = ninep::Options {
+            let options = fossil9p::Options {
                 allow_root: args.allow_root,
             };
             let secure = tls.is_some();
             std::thread::spawn(move || match tls {
                 Some((link, roles)) => serve_9p_tls(listener, fs, options, link, roles),
-                None => ninep::serve_with(listener, fs, options),
+                None => fossil9p::serve_with(listener, fs, options),
             });
             format!(", 9P{} on {local}", if secure { " over TLS" } else { "" })
         }
@@ -197,7 +197,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
 fn serve_9p_tls(
     listener: std::net::TcpListener,
     fs: Arc<Fs>,
-    options: ninep::Options,
+    options: fossil9p::Options,
     link: Arc<link::Link>,
     roles: Vec<link::Role>,
 ) {
@@ -206,7 +206,7 @@ fn serve_9p_tls(
         let _ = socket.set_nodelay(true);
         let (fs, link, roles) = (fs.clone(), link.clone(), roles.clone());
         std::thread::spawn(move || match link.accept_blocking(socket, peer, &roles) {
-            Ok((stream, who)) => match ninep::serve_stream(stream, fs, options) {
+            Ok((stream, who)) => match fossil9p::serve_stream(stream, fs, options) {
                 Ok(()) => tracing::debug!(%peer, %who, "9P connection closed"),
                 Err(e) => tracing::info!(%peer, %who, error = %e, "9P connection ended"),
             },

@@ -85,6 +85,11 @@ impl Default for CpuConfig {
     }
 }
 
+/// A file system's error as the grid's: what the user is told.
+pub(crate) fn fs_error(e: fossil::FsError) -> GridError {
+    GridError::failed(format!("file system: {e}"))
+}
+
 /// This machine's host name, or `localhost`.
 pub fn host_name() -> String {
     let mut name = [0u8; 256];
@@ -337,7 +342,7 @@ impl Environments {
             inner: req.store.clone(),
             fetched: fetched.clone(),
         });
-        let fs = Arc::new(Fs::open(store, req.spawn.root, config)?);
+        let fs = Arc::new(Fs::open(store, req.spawn.root, config).map_err(fs_error)?);
         let mountpoint = self.state.mount_dir(user, name);
         std::fs::create_dir_all(&mountpoint)
             .map_err(|e| GridError::io(format!("creating {}", mountpoint.display()), e))?;
@@ -535,14 +540,14 @@ impl Environments {
     /// store) and returns the root's score; binding a name is the caller's.
     pub fn save(&self, user: &str, env: &str) -> GridResult<Score> {
         let fs = self.env_fs(user, env)?;
-        Ok(fs.save()?.score)
+        Ok(fs.save().map_err(fs_error)?.score)
     }
 
     /// Adds a login for `invitee` to the environment and saves it.
     pub fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score> {
         let fs = self.env_fs(user, env)?;
         rootfs::add_login(&fs, invitee)?;
-        Ok(fs.save()?.score)
+        Ok(fs.save().map_err(fs_error)?.score)
     }
 
     /// Ends `user`'s environment `env`; false if it was not running.

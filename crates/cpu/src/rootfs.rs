@@ -11,12 +11,16 @@ use grid::error::{GridError, GridResult};
 pub fn add_login(fs: &Fs, user: &str) -> GridResult<()> {
     let etc = match fs.lookup(ROOT_INO, "etc") {
         Ok(a) => a.ino,
-        Err(_) => fs.mkdir(ROOT_INO, "etc", 0o755, 0, 0)?.ino,
+        Err(_) => {
+            fs.mkdir(ROOT_INO, "etc", 0o755, 0, 0)
+                .map_err(crate::fs_error)?
+                .ino
+        }
     };
     let read_all = |name: &str| -> GridResult<Option<(u64, String)>> {
         match fs.lookup(etc, name) {
             Ok(a) if a.kind == FileKind::File => {
-                let data = fs.read(a.ino, 0, a.size as u32)?;
+                let data = fs.read(a.ino, 0, a.size as u32).map_err(crate::fs_error)?;
                 Ok(Some((a.ino, String::from_utf8_lossy(&data).into_owned())))
             }
             Ok(_) => Err(GridError::refused(format!(
@@ -40,14 +44,20 @@ pub fn add_login(fs: &Fs, user: &str) -> GridResult<()> {
     let append = |file: Option<(u64, String)>, name: &str, line: String| -> GridResult<()> {
         let (ino, old) = match file {
             Some(f) => f,
-            None => (fs.create(etc, name, 0o644, 0, 0)?.ino, String::new()),
+            None => (
+                fs.create(etc, name, 0o644, 0, 0)
+                    .map_err(crate::fs_error)?
+                    .ino,
+                String::new(),
+            ),
         };
         let sep = if old.is_empty() || old.ends_with('\n') {
             ""
         } else {
             "\n"
         };
-        fs.write(ino, old.len() as u64, format!("{sep}{line}\n").as_bytes())?;
+        fs.write(ino, old.len() as u64, format!("{sep}{line}\n").as_bytes())
+            .map_err(crate::fs_error)?;
         Ok(())
     };
     append(
@@ -58,10 +68,15 @@ pub fn add_login(fs: &Fs, user: &str) -> GridResult<()> {
     append(read_all("group")?, "group", format!("{user}:x:{uid}:"))?;
     let home = match fs.lookup(ROOT_INO, "home") {
         Ok(a) => a.ino,
-        Err(_) => fs.mkdir(ROOT_INO, "home", 0o755, 0, 0)?.ino,
+        Err(_) => {
+            fs.mkdir(ROOT_INO, "home", 0o755, 0, 0)
+                .map_err(crate::fs_error)?
+                .ino
+        }
     };
     if fs.lookup(home, user).is_err() {
-        fs.mkdir(home, user, 0o755, uid, uid)?;
+        fs.mkdir(home, user, 0o755, uid, uid)
+            .map_err(crate::fs_error)?;
     }
     Ok(())
 }

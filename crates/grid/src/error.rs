@@ -4,14 +4,14 @@
 pub enum GridError {
     #[error("{0}")]
     Refused(String),
+    /// Something below (the file system, an archive) failed; its error,
+    /// worded by the layer that met it.
+    #[error("{0}")]
+    Failed(String),
     #[error(transparent)]
     Ndb(#[from] ndb::Error),
     #[error(transparent)]
-    Vac(#[from] vac::Error),
-    #[error(transparent)]
     Store(#[from] venti::StoreError),
-    #[error("file system: {0}")]
-    Fs(#[from] fossil::FsError),
     #[error("{context}: {err}")]
     Io {
         context: String,
@@ -22,6 +22,9 @@ pub enum GridError {
 impl GridError {
     pub fn refused(why: impl Into<String>) -> GridError {
         GridError::Refused(why.into())
+    }
+    pub fn failed(why: impl Into<String>) -> GridError {
+        GridError::Failed(why.into())
     }
     pub fn io(context: impl Into<String>, err: std::io::Error) -> GridError {
         GridError::Io {

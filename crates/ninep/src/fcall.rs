@@ -579,8 +579,13 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    /// Hex, white space between the bytes allowed (the spec's layout).
     fn unhex(s: &str) -> Vec<u8> {
-        venti::hex::decode(s).expect("hex")
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
     }
 
     fn check(hex: &str, tag: u16, f: Fcall) {

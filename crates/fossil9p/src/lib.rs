@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fossil::{Attr, FileKind, Fs, FsError, ROOT_INO, SetAttr};
 
-use crate::fcall::*;
+use ninep::fcall::*;
 
 /// Largest msize we agree to.
 pub const MAX_MSIZE: u32 = 128 * 1024 + IOHDRSZ;

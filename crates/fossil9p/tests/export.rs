@@ -33,7 +33,7 @@ fn export() -> (std::net::SocketAddr, Arc<Fs>, Arc<MemoryStore>) {
     let addr = listener.local_addr().unwrap();
     let served = fs.clone();
     std::thread::spawn(move || {
-        ninep::serve_with(listener, served, ninep::Options { allow_root: true })
+        fossil9p::serve_with(listener, served, fossil9p::Options { allow_root: true })
     });
     (addr, fs, store)
 }
@@ -51,7 +51,7 @@ fn version_negotiation() {
     let c = Client::connect(addr, 8216).unwrap();
     assert_eq!(c.msize, 8216);
     let c = Client::connect(addr, 10 << 20).unwrap();
-    assert_eq!(c.msize, ninep::server::MAX_MSIZE, "the server caps msize");
+    assert_eq!(c.msize, fossil9p::MAX_MSIZE, "the server caps msize");
     let mut c = Client::connect(addr, 8216).unwrap();
     // 9P2000.u is downgraded; anything else is "unknown", in an Rversion.
     assert_eq!(
@@ -237,7 +237,7 @@ fn root_is_refused_unless_allowed_and_stale_names_are_not_acted_on() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let served = fs.clone();
-    std::thread::spawn(move || ninep::serve(listener, served));
+    std::thread::spawn(move || fossil9p::serve(listener, served));
     let mut c = Client::connect(addr, 8216).unwrap();
     assert!(server_error(c.attach(0, "root")).contains("may not attach"));
     assert!(server_error(c.attach(0, "0")).contains("may not attach"));
