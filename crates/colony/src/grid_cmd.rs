@@ -114,6 +114,9 @@ fn configuration(args: &ServeArgs) -> Result<node::Config> {
     let mut config = node::Config::from_sources(&sources)?;
     // The environment is read here, at the edge, not in the library.
     config.state = Some(crate::paths::state_dir(config.state.as_deref())?);
+    if let Some(url) = &config.store {
+        config.s3 = Some(crate::stores::s3_settings(url)?);
+    }
     Ok(config)
 }
 

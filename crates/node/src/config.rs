@@ -648,6 +648,10 @@ pub struct Config {
     pub listen: String,
     pub venti: Option<String>,
     pub store: Option<String>,
+    /// The object store's endpoint and credentials for `store`: set by the
+    /// binary, which reads them from the environment and the S3 settings
+    /// file (never from the node's configuration or command line).
+    pub s3: Option<s3store::Settings>,
     pub tls: Option<PathBuf>,
     pub tls_timeout: Duration,
     pub venti_listen: Option<String>,
@@ -719,6 +723,7 @@ impl Config {
             listen: s.required("listen", s.address("listen")?),
             venti: s.address("venti")?,
             store,
+            s3: None,
             tls: s.path("tls")?,
             tls_timeout: s.duration("tls-timeout")?,
             venti_listen: s.address("venti-listen")?,

@@ -186,23 +186,32 @@ fn start_storage(
         bail!("listen=tls!{l}: the front door is SSH; give HOST:PORT or tcp!HOST!PORT");
     }
     let key = grid::ssh::host_key(&state.host_key())?;
-    let (store, log): (Arc<dyn BlockStore>, Option<Arc<LogStore>>) =
-        match (&config.venti, &config.store) {
-            (Some(_), Some(_)) => {
-                bail!("give the node a venti server or a bucket (venti= or store=), not both")
-            }
-            (Some(addr), None) => (open_store(&state, Some(addr), link.as_ref())?, None),
-            (None, Some(url)) => (
-                s3store::open(url)
+    let (store, log): (Arc<dyn BlockStore>, Option<Arc<LogStore>>) = match (
+        &config.venti,
+        &config.store,
+    ) {
+        (Some(_), Some(_)) => {
+            bail!("give the node a venti server or a bucket (venti= or store=), not both")
+        }
+        (Some(addr), None) => (open_store(&state, Some(addr), link.as_ref())?, None),
+        (None, Some(url)) => {
+            let Some(settings) = &config.s3 else {
+                bail!(
+                    "store={url} needs the object store's settings (the binary reads them from AWS_* and the S3 settings file)"
+                );
+            };
+            (
+                s3store::open_with(settings)
                     .with_context(|| format!("opening {url}"))?
                     .store,
                 None,
-            ),
-            (None, None) => {
-                let log = open_log_store(&state)?;
-                (log.clone(), Some(log))
-            }
-        };
+            )
+        }
+        (None, None) => {
+            let log = open_log_store(&state)?;
+            (log.clone(), Some(log))
+        }
+    };
     let pool = match config.role {
         Role::Storage => Some(storage_pool(&config, &state, link.as_ref())?),
         _ => None,

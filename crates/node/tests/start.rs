@@ -149,3 +149,43 @@ fn the_shipped_configurations_are_valid() {
         assert_eq!(config.role, role, "{file}");
     }
 }
+
+/// Before, a cpu node took `admin-listen=`, `peer=`, `venti=` and the
+/// like from its file and did nothing with them. Now it refuses them,
+/// naming the setting.
+#[test]
+fn a_cpu_node_refuses_settings_it_would_ignore() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    link::ca::init(&ca, "t").unwrap();
+    let cert = dir.path().join("c1.tls");
+    link::ca::issue(
+        &ca,
+        "c1",
+        link::Role::Cpu,
+        link::ca::Validity::Days(1),
+        &cert,
+    )
+    .unwrap();
+    for (key, value) in [
+        ("admin-listen", "127.0.0.1:0"),
+        ("peer", "b=tls!127.0.0.1!1"),
+        ("venti", "tcp!127.0.0.1!1"),
+        ("hubs-listen", "127.0.0.1:0"),
+    ] {
+        let mut s = Sources::new();
+        s.flag("state", dir.path().join("state").display().to_string())
+            .unwrap();
+        s.flag("role", "cpu").unwrap();
+        s.flag("tls", cert.display().to_string()).unwrap();
+        s.flag("storage", "s1=tls!127.0.0.1!1").unwrap();
+        s.flag(key, value).unwrap();
+        let err = Node::start(Config::from_sources(&s).unwrap())
+            .err()
+            .unwrap_or_else(|| panic!("a cpu node took {key}="));
+        assert!(
+            format!("{err:#}").contains(&format!("{key}= is not for a cpu node")),
+            "{key}: {err:#}"
+        );
+    }
+}

@@ -103,8 +103,13 @@ impl std::fmt::Debug for Settings {
 pub const DEFAULT_PACK_BYTES: usize = 16 << 20;
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
 
-fn config_file() -> Result<Option<PathBuf>, String> {
-    if let Some(path) = std::env::var_os("COLONY_S3_CONFIG") {
+/// What the settings read of the process's environment: a variable's
+/// value by name. The binary passes the real environment; this crate never
+/// reads it itself.
+pub type Environment<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn config_file(env: Environment) -> Result<Option<PathBuf>, String> {
+    if let Some(path) = env("COLONY_S3_CONFIG") {
         let path = PathBuf::from(path);
         if !path.exists() {
             return Err(format!(
@@ -115,7 +120,7 @@ fn config_file() -> Result<Option<PathBuf>, String> {
         return Ok(Some(path));
     }
     let mut candidates = vec![PathBuf::from("/etc/colony/s3.conf")];
-    if let Some(home) = std::env::var_os("HOME") {
+    if let Some(home) = env("HOME") {
         candidates.push(Path::new(&home).join(".config/colony/s3.conf"));
     }
     Ok(candidates.into_iter().find(|p| p.exists()))
@@ -173,10 +178,10 @@ fn read_file(path: &Path) -> Result<Vec<(String, String)>, String> {
 }
 
 impl Settings {
-    /// The settings for `url`: the file, then the variables over it.
-    pub fn load(url: &str) -> Result<Settings, String> {
+    /// The settings for `url`: the file, then the variables of `env` over it.
+    pub fn load(url: &str, env: Environment) -> Result<Settings, String> {
         let url = S3Url::parse(url)?;
-        let file = config_file()?;
+        let file = config_file(env)?;
         let pairs = match &file {
             Some(path) => read_file(path)?,
             None => Vec::new(),
@@ -188,7 +193,7 @@ impl Settings {
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.clone())
         };
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
         let endpoint = var("AWS_ENDPOINT_URL")
             .or_else(|| var("AWS_ENDPOINT"))
             .or_else(|| from_file("endpoint"));
@@ -217,9 +222,9 @@ impl Settings {
         let cache = match var("COLONY_S3_CACHE").or_else(|| from_file("cache")) {
             Some(dir) => PathBuf::from(dir),
             None => {
-                let base = std::env::var_os("XDG_CACHE_HOME")
+                let base = var("XDG_CACHE_HOME")
                     .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+                    .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")))
                     .unwrap_or_else(|| PathBuf::from("/var/cache"));
                 let mut dir = base.join("colony/s3").join(&url.bucket);
                 if !url.prefix.is_empty() {

@@ -41,12 +41,6 @@ pub fn is_url(spec: &str) -> bool {
     spec.starts_with("s3://")
 }
 
-/// Opens `s3://BUCKET/PREFIX` with the settings [`Settings::load`] finds.
-pub fn open(url: &str) -> Result<Opened, StoreError> {
-    let settings = Settings::load(url).map_err(StoreError::Remote)?;
-    open_with(&settings)
-}
-
 pub fn open_with(settings: &Settings) -> Result<Opened, StoreError> {
     let packs = Arc::new(PackStore::open(settings)?);
     let cache = BlockCache::open(&settings.cache.join("blocks"), settings.cache_bytes)?;
