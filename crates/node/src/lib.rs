@@ -357,6 +357,7 @@ fn start_storage(
                     metrics: metrics.clone(),
                     name: name.clone(),
                     links,
+                    cpu_nodes: admin_pool.clone(),
                 });
                 tracing::info!(address = %bound, tls = tls.is_some(), "admin address: /metrics and the status page");
                 // Where it listens (a port of 0 picks one), for scripts.

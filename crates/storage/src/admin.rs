@@ -26,6 +26,8 @@ pub struct Admin {
     pub name: String,
     /// The replication and cpu-node status text, if any.
     pub links: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// A storage node's cpu nodes, for the page's table of them.
+    pub cpu_nodes: Option<Arc<crate::placement::Pool>>,
 }
 
 /// Serves `listener`; `tls` is required off loopback (the caller checks).
@@ -180,6 +182,22 @@ fn status_json(admin: &Admin) -> String {
             "connections": m.connections_refused.get(),
         },
         "links": links,
+        "cpu_nodes": admin.cpu_nodes.as_ref().map(|pool| {
+            pool.cpu_nodes()
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "name": c.name,
+                        "linked": c.linked,
+                        "last_seen_seconds_ago": crate::status::seconds_since(c.last_seen),
+                        "running": c.running,
+                        "slots": c.slots,
+                        "memory_bytes": c.memory,
+                        "block_cache_bytes": c.cache,
+                    })
+                })
+                .collect::<Vec<_>>()
+        }),
         "growth": growth,
         "events": events,
     })

@@ -122,6 +122,20 @@ impl From<CallError> for GridError {
     }
 }
 
+/// A cpu node as the storage node knows it.
+#[derive(Debug, Clone)]
+pub struct CpuNode {
+    pub name: String,
+    /// Its control link is up.
+    pub linked: bool,
+    pub last_seen: SystemTime,
+    pub running: u32,
+    pub slots: u32,
+    /// Its memory and block cache bound, as it offered them.
+    pub memory: u64,
+    pub cache: u64,
+}
+
 /// A request as `cpu.in` shows it (the owner's keys left out).
 fn describe(r: &Request) -> String {
     match r {
@@ -564,15 +578,15 @@ impl Pool {
 
     /// The cpu nodes, for the admin: name, linked or lost, load.
     pub fn cpus(&self) -> String {
-        let state = self.state();
         let mut out = String::new();
-        for (name, c) in &state.cpus {
+        for c in self.cpu_nodes() {
             // In the unit that fits (a 48 MiB cache showed as "0.0 GiB").
             let size = units::human;
             let _ = writeln!(
                 out,
-                "cpu {name}\t{}\t{}/{} environments\t{} memory, {} block cache",
-                if c.conn.is_some() {
+                "cpu {}\t{}\t{}/{} environments\t{} memory, {} block cache",
+                c.name,
+                if c.linked {
                     "linked".to_string()
                 } else {
                     format!("lost, last seen {}", ago(c.last_seen))
@@ -584,6 +598,23 @@ impl Pool {
             );
         }
         out
+    }
+
+    /// The cpu nodes that have linked to this node, and their state.
+    pub fn cpu_nodes(&self) -> Vec<CpuNode> {
+        self.state()
+            .cpus
+            .iter()
+            .map(|(name, c)| CpuNode {
+                name: name.clone(),
+                linked: c.conn.is_some(),
+                last_seen: c.last_seen,
+                running: c.running,
+                slots: c.slots,
+                memory: c.memory,
+                cache: c.cache,
+            })
+            .collect()
     }
 }
 

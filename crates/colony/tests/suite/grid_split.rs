@@ -625,6 +625,9 @@ fn a_lost_cpu_node_shows_in_status_and_is_reconciled_when_it_returns() {
         |page| {
             page.contains("\"failure\":true,\"text\":\"cpu node c1 lost\"")
                 && page.contains("\"cpu\":\"c1\",\"last_seen_seconds_ago\":")
+                // Its cpu nodes in a table of their own: c1 lost, c2 linked.
+                && page.matches("\"linked\":false").count() == 1
+                && page.matches("\"linked\":true").count() == 1
         },
     );
     // New spawns go elsewhere; commands to its environments say why not.
