@@ -116,6 +116,13 @@ cleanup() {
     fi
   done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # A node killed with -9 and not started again leaves its environments'
+  # FUSE mounts (dead) under its state: detach them, so DIR can be removed.
+  if [ -n "$own_dir" ]; then
+    findmnt -rn -o TARGET | grep -F "$dir/" | sort -r | while read -r m; do
+      umount -l "$m" 2>/dev/null || true
+    done
+  fi
   if [ -n "$made_link" ]; then ip link del "$made_link" 2>/dev/null || true; fi
   for n in "${made_ns[@]}"; do ip netns del "$n" 2>/dev/null || true; done
   if [ -n "$own_dir" ]; then rm -f "$dir/grid-local.pid"; fi
