@@ -127,8 +127,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (shutdown, hangups) = runtime
-        .block_on(async { anyhow::Ok((crate::signals::shutdown_signal(), hangup_signals())) })?;
+    let (shutdown, hangups) =
+        runtime.block_on(async { (crate::signals::shutdown_signal(), crate::signals::hangups()) });
     let node = node::Node::start(config)?;
     match node.front_door {
         Some(addr) => println!("listening on {addr}"),
@@ -148,14 +148,6 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     });
     node.shutdown();
     Ok(())
-}
-
-/// SIGHUP, which reloads the certificate's revocation list.
-fn hangup_signals() -> Option<tokio::signal::unix::Signal> {
-    use tokio::signal::unix::{SignalKind, signal};
-    signal(SignalKind::hangup())
-        .inspect_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: revocations reload only when their file changes"))
-        .ok()
 }
 
 fn set_quota(state: &StateDir, user: &str, size: &str) -> Result<()> {

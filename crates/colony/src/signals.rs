@@ -52,20 +52,25 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// SIGHUP, which reloads a certificate's revocation list; none (said in
+/// the log) if no handler can be installed.
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "no SIGHUP handler: revocations reload only when their file changes")
+        })
+        .ok()
+}
+
 /// Reloads the link's revocation list on every SIGHUP (it is also reloaded
 /// when its file changes).
 pub fn reload_on_sighup(link: std::sync::Arc<link::Link>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    link.reload();
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler: revocations reload only when their file changes")
-        }
+    if let Some(mut hup) = hangups() {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                link.reload();
+            }
+        });
     }
 }

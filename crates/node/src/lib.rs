@@ -129,18 +129,6 @@ impl Drop for Node {
     }
 }
 
-/// Opens the node's block store: a venti server, or the embedded store.
-fn open_store(
-    state: &StateDir,
-    venti: Option<&str>,
-    link: Option<&Arc<link::Link>>,
-) -> Result<Arc<dyn BlockStore>> {
-    Ok(match venti {
-        Some(addr) => Arc::new(RemoteStore::connect(addr, link.cloned())?),
-        None => open_log_store(state)?,
-    })
-}
-
 /// The embedded store of the state directory.
 pub fn open_log_store(state: &StateDir) -> Result<Arc<LogStore>> {
     Ok(Arc::new(LogStore::open(state.store_dir()).map_err(|e| match e {
@@ -193,7 +181,7 @@ fn start_storage(
         (Some(_), Some(_)) => {
             bail!("give the node a venti server or a bucket (venti= or store=), not both")
         }
-        (Some(addr), None) => (open_store(&state, Some(addr), link.as_ref())?, None),
+        (Some(addr), None) => (Arc::new(RemoteStore::connect(addr, link.clone())?), None),
         (None, Some(url)) => {
             let Some(settings) = &config.s3 else {
                 bail!(
@@ -401,8 +389,8 @@ fn start_storage(
             return Err(e);
         }
     };
-    let admin_socket = admin_socket::AdminSocket::serve(node.clone(), &state)?;
-    Ok(Node {
+    let socket = admin_socket::AdminSocket::serve(node.clone(), &state);
+    let mut started = Node {
         name,
         role: config.role,
         front_door: Some(front_door),
@@ -411,9 +399,13 @@ fn start_storage(
         runs: Runs::Node(node),
         stop: Some(stop),
         serving: Some(serving),
-        admin_socket: Some(admin_socket),
+        admin_socket: None,
         runtime: Some(runtime),
-    })
+    };
+    // Without its socket the node is stopped again (by drop) before the
+    // error is returned: nothing it started outlives the call.
+    started.admin_socket = Some(socket?);
+    Ok(started)
 }
 
 /// What the admin address's /metrics refreshes when it is read.
