@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use grid::state::StateDir;
 use vac::tree::{BlockSizes, Tree};
 use vac::walk::DirImporter;
-use venti::{BlockStore, RemoteStore};
+use venti::BlockStore;
 
 use crate::progress::Progress;
 
@@ -324,7 +324,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
         return import_through_node(sock, &args);
     }
     let store: Arc<dyn BlockStore> = match args.venti.as_deref() {
-        Some(addr) => Arc::new(RemoteStore::connect(addr, crate::paths::link_for(addr)?)?),
+        Some(addr) => Arc::new(crate::paths::remote_store(addr)?),
         None => node::open_log_store(&state)?,
     };
     let progress = Progress::new("importing");

@@ -69,7 +69,7 @@ pub fn hubfs(args: HubfsArgs) -> Result<()> {
     if args.trunc {
         hubs.ctl("trunc").expect("a known command");
     }
-    let addr = venti::dial::parse(&args.listen)?;
+    let addr = link::dial::parse(&args.listen)?;
     let listener =
         std::net::TcpListener::bind(&addr).with_context(|| format!("listening on {addr}"))?;
     let hubs = Arc::new(hubs);

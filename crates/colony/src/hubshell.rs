@@ -92,7 +92,7 @@ impl HubAddr {
     }
 
     pub fn connect(&self) -> Result<Client> {
-        let addr = venti::dial::parse(&self.at)?;
+        let addr = link::dial::parse(&self.at)?;
         let mut c = Client::connect(&addr, 256 * 1024)
             .with_context(|| format!("connecting to hubfs at {addr}"))?;
         c.attach(0, &self.user_name())?;
@@ -143,7 +143,7 @@ fn connect_or_start(at: &HubAddr) -> Result<Client> {
                     })
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
             });
-            let addr = venti::dial::parse(&at.at)?;
+            let addr = link::dial::parse(&at.at)?;
             let loopback = addr
                 .parse::<std::net::SocketAddr>()
                 .is_ok_and(|a| a.ip().is_loopback());

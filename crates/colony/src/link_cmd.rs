@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use link::ca::{self, Validity};
+use link::dial::{self, Transport};
 use link::{Link, Role};
-use venti::dial::{self, Transport};
 
 #[derive(Subcommand)]
 pub enum GridCommand {

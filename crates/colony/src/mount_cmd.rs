@@ -120,16 +120,16 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
     let exported = match &args.listen {
         Some(addr) => {
-            let (transport, addr) = venti::dial::parse_transport(addr)?;
+            let (transport, addr) = link::dial::parse_transport(addr)?;
             let tls = match (&args.tls, transport) {
                 (Some(dir), _) => Some((
                     link::Link::load(dir)?,
                     link::Role::parse_list(&args.peer_roles)?,
                 )),
-                (None, venti::dial::Transport::Tls) => {
+                (None, link::dial::Transport::Tls) => {
                     anyhow::bail!("a tls! 9P listener needs the node's certificate: --tls DIR")
                 }
-                (None, venti::dial::Transport::Tcp) => None,
+                (None, link::dial::Transport::Tcp) => None,
             };
             let listener = std::net::TcpListener::bind(&addr)
                 .with_context(|| format!("9P listener on {addr}"))?;

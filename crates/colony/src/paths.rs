@@ -55,3 +55,9 @@ pub fn link_for(addr: &str) -> Result<Option<std::sync::Arc<link::Link>>> {
         link::Link::load(Path::new(&dir)).context("loading the certificate in COLONY_TLS")?,
     ))
 }
+
+/// The venti server at `addr` as a block store, dialed as [`link_for`] says.
+pub fn remote_store(addr: &str) -> Result<venti::RemoteStore> {
+    let dial = link::dial::redial(addr, link_for(addr)?, link::dial::STORE_SERVERS);
+    Ok(venti::RemoteStore::connect(addr, dial)?)
+}

@@ -10,7 +10,7 @@ use clap::{ArgAction, Args};
 use vac::extract::ExtractOptions;
 use vac::tree::{BlockSizes, Tree};
 use vac::walk::DirImporter;
-use venti::{BlockStore, LogStore, RemoteStore};
+use venti::{BlockStore, LogStore};
 
 use crate::progress::Progress;
 
@@ -32,10 +32,7 @@ pub struct StoreArg {
 impl StoreArg {
     pub fn open(&self) -> Result<Arc<dyn BlockStore>> {
         if let Some(addr) = self.host.as_deref().filter(|a| !a.is_empty()) {
-            return Ok(Arc::new(RemoteStore::connect(
-                addr,
-                crate::paths::link_for(addr)?,
-            )?));
+            return Ok(Arc::new(crate::paths::remote_store(addr)?));
         }
         if let Some(spec) = &self.store {
             return crate::stores::open(spec);

@@ -76,7 +76,9 @@ impl ServerArg {
         let Some(addr) = &self.host else {
             bail!("no venti server given: use -h ADDR or set $venti");
         };
-        Ok(Client::connect(addr, crate::paths::link_for(addr)?.as_ref()).await?)
+        let link = crate::paths::link_for(addr)?;
+        let dialing = link::dial::connect(addr, link.as_ref(), link::dial::STORE_SERVERS);
+        Ok(Client::connect(addr, dialing).await?)
     }
 }
 
@@ -115,16 +117,16 @@ async fn serve(
         Some(spec) => spec,
         None => crate::paths::default_store_dir()?.display().to_string(),
     };
-    let (transport, addr) = venti::dial::parse_transport(listen)?;
+    let (transport, addr) = link::dial::parse_transport(listen)?;
     let tls = match (tls, transport) {
-        (Some(certs), _) => Some(venti::server::Tls {
-            link: link::Link::load(&certs)?,
-            roles: link::Role::parse_list(peer_roles)?,
-        }),
-        (None, venti::dial::Transport::Tls) => {
+        (Some(certs), _) => Some((
+            link::Link::load(&certs)?,
+            link::Role::parse_list(peer_roles)?,
+        )),
+        (None, link::dial::Transport::Tls) => {
             bail!("a tls! listener needs the node's certificate: --tls DIR")
         }
-        (None, venti::dial::Transport::Tcp) => None,
+        (None, link::dial::Transport::Tcp) => None,
     };
     let store: Arc<dyn BlockStore> = tokio::task::spawn_blocking({
         let spec = spec.clone();
@@ -136,9 +138,9 @@ async fn serve(
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     match &tls {
-        Some(t) => {
-            tracing::info!(address = %local, store = %spec, me = %t.link.me, "venti server ready, mutual TLS");
-            crate::signals::reload_on_sighup(t.link.clone());
+        Some((link, _)) => {
+            tracing::info!(address = %local, store = %spec, me = %link.me, "venti server ready, mutual TLS");
+            crate::signals::reload_on_sighup(link.clone());
         }
         None => tracing::info!(address = %local, store = %spec, "venti server ready"),
     }
@@ -146,7 +148,13 @@ async fn serve(
     // One line on stdout so scripts and tests learn the port.
     println!("listening on {local}");
     std::io::stdout().flush()?;
-    venti::server::serve_with(listener, store, tls, shutdown).await?;
+    match tls {
+        Some((link, roles)) => {
+            let admit = link.admitter(roles, "a venti link");
+            venti::server::serve_with(listener, store, admit, shutdown).await?
+        }
+        None => venti::server::serve(listener, store, shutdown).await?,
+    }
     tracing::info!("venti server stopped; store synced");
     Ok(())
 }

@@ -168,7 +168,8 @@ impl Agent {
         {
             return Ok(s.clone());
         }
-        let remote = RemoteStore::connect(venti, Some(self.link.clone())).map_err(|e| {
+        let dial = link::dial::redial(venti, Some(self.link.clone()), link::dial::STORE_SERVERS);
+        let remote = RemoteStore::connect(venti, dial).map_err(|e| {
             GridError::refused(format!(
                 "reaching storage node {storage}'s venti at {venti}: {e}"
             ))
@@ -310,7 +311,7 @@ impl Agent {
 
     /// One link: dial, hello, then requests until it drops.
     async fn session(self: Arc<Self>, storage: &StorageNode) -> Result<(), String> {
-        let (_, addr) = venti::dial::parse_transport(&storage.addr).map_err(|e| e.to_string())?;
+        let (_, addr) = link::dial::parse_transport(&storage.addr).map_err(|e| e.to_string())?;
         let socket = tokio::time::timeout(
             Duration::from_secs(5),
             tokio::net::TcpStream::connect(&addr),

@@ -11,11 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fossil::{Attr, FileKind, Fs, FsError, ROOT_INO, SetAttr};
 
 use ninep::fcall::*;
+use ninep::server::{self, Replies};
 
 /// Largest msize we agree to.
 pub const MAX_MSIZE: u32 = 128 * 1024 + IOHDRSZ;
-/// Smallest msize we accept (vacfs refuses below 256 too).
-const MIN_MSIZE: u32 = 256;
 
 /// Serves `fs` on `listener`, a thread per client, for good.
 pub fn serve(listener: TcpListener, fs: Arc<Fs>) {
@@ -49,15 +48,13 @@ pub fn serve_with(listener: TcpListener, fs: Arc<Fs>, options: Options) {
 }
 
 /// Serves one client on `stream` (a TLS session, say) until it closes.
-/// Requests and replies alternate, so one stream does for both directions.
+/// Requests are answered in order, so one stream does for both directions:
+/// it is read and written in turn.
 pub fn serve_stream(stream: impl Read + Write, fs: Arc<Fs>, options: Options) -> io::Result<()> {
     let stream = std::cell::RefCell::new(stream);
-    let mut session = Session::new(fs, options);
-    let mut r = BufReader::new(Half(&stream));
-    let mut w = BufWriter::new(Half(&stream));
-    let result = session.serve_messages(&mut r, &mut w);
-    session.clunk_all();
-    result
+    let input = BufReader::new(Half(&stream));
+    let output = BufWriter::new(Half(&stream));
+    server::serve(input, &Replies::new(output), &mut Session::new(fs, options))
 }
 
 /// One direction of a stream served in turn (see [`serve_stream`]).
@@ -211,74 +208,39 @@ fn fs_err(e: FsError) -> String {
     e.message
 }
 
+/// Fossil answers every request at once and in order.
+impl<W: Write> server::Service<W> for Session {
+    fn max_msize(&self) -> u32 {
+        MAX_MSIZE
+    }
+
+    fn version(&mut self, msize: u32) {
+        self.clunk_all();
+        self.msize = msize;
+    }
+
+    fn handle(&mut self, _tag: u16, request: Fcall, _later: &Replies<W>) -> Option<Fcall> {
+        Some(self.answer(request).unwrap_or_else(server::error))
+    }
+
+    fn hang_up(&mut self) {
+        self.clunk_all();
+    }
+}
+
 impl Session {
     fn new(fs: Arc<Fs>, options: Options) -> Session {
         Session {
             fs,
             options,
-            msize: 8192 + IOHDRSZ,
+            msize: server::FIRST_MSIZE,
             fids: HashMap::new(),
         }
     }
 
     fn run(mut self, stream: TcpStream) -> io::Result<()> {
-        let mut r = BufReader::new(stream.try_clone()?);
-        let mut w = BufWriter::new(stream);
-        let result = self.serve_messages(&mut r, &mut w);
-        self.clunk_all();
-        result
-    }
-
-    fn serve_messages(&mut self, r: &mut impl Read, w: &mut impl Write) -> io::Result<()> {
-        loop {
-            let mut size = [0u8; 4];
-            match r.read_exact(&mut size) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let size = u32::from_le_bytes(size);
-            if size < 7 || size > self.msize.max(MAX_MSIZE) {
-                // The framing cannot be trusted any more: say why and close.
-                let reply = Fcall::Rerror {
-                    ename: format!("message size {size} out of range"),
-                };
-                w.write_all(&reply.encode(NOTAG))?;
-                w.flush()?;
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "bad 9P message size",
-                ));
-            }
-            let mut msg = vec![0u8; size as usize];
-            msg[..4].copy_from_slice(&size.to_le_bytes());
-            r.read_exact(&mut msg[4..])?;
-            let tag = u16::from_le_bytes([msg[5], msg[6]]);
-            let reply = match Fcall::decode(&msg) {
-                Ok((_, request)) => self
-                    .handle(request)
-                    .unwrap_or_else(|ename| Fcall::Rerror { ename }),
-                Err(e) => Fcall::Rerror {
-                    ename: e.to_string(),
-                },
-            };
-            let reply = match reply {
-                Fcall::Rerror { mut ename } => {
-                    // ERRMAX is 128 by convention.
-                    if ename.len() > 127 {
-                        let mut end = 127;
-                        while !ename.is_char_boundary(end) {
-                            end -= 1;
-                        }
-                        ename.truncate(end);
-                    }
-                    Fcall::Rerror { ename }
-                }
-                other => other,
-            };
-            w.write_all(&reply.encode(tag))?;
-            w.flush()?;
-        }
+        let input = BufReader::new(stream.try_clone()?);
+        server::serve(input, &Replies::new(BufWriter::new(stream)), &mut self)
     }
 
     fn clunk_all(&mut self) {
@@ -338,24 +300,8 @@ impl Session {
         self.msize - IOHDRSZ
     }
 
-    fn handle(&mut self, request: Fcall) -> Reply {
+    fn answer(&mut self, request: Fcall) -> Reply {
         match request {
-            Fcall::Tversion { msize, version } => {
-                self.clunk_all();
-                if msize < MIN_MSIZE {
-                    return Err(format!("msize {msize} is too small"));
-                }
-                self.msize = msize.min(MAX_MSIZE);
-                let version = if version.starts_with("9P2000") {
-                    "9P2000"
-                } else {
-                    "unknown"
-                };
-                Ok(Fcall::Rversion {
-                    msize: self.msize,
-                    version: version.into(),
-                })
-            }
             Fcall::Tauth { .. } => Err("colony: authentication not required".into()),
             Fcall::Tattach {
                 fid, afid, uname, ..

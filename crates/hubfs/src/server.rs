@@ -9,12 +9,13 @@
 //! is answered inline.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, mpsc};
 
 use ninep::fcall::*;
+use ninep::server::{self, Replies, error};
 
 use crate::hub::{Got, HubError, HubSet, ReaderId};
 
@@ -56,11 +57,10 @@ struct Waiting {
     done: mpsc::Receiver<()>,
 }
 
-type Out = Arc<Mutex<BufWriter<TcpStream>>>;
+type Out = Replies<BufWriter<TcpStream>>;
 
 struct Conn {
     hubs: Arc<HubSet>,
-    out: Out,
     fids: HashMap<u32, Fid>,
     waiting: Arc<Mutex<HashMap<u16, Waiting>>>,
     user: String,
@@ -68,103 +68,59 @@ struct Conn {
     writes: mpsc::Sender<(u16, String, Vec<u8>)>,
 }
 
-fn reply(out: &Out, tag: u16, f: &Fcall) {
-    let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = w.write_all(&f.encode(tag));
-    let _ = w.flush();
-}
-
-fn error(e: impl ToString) -> Fcall {
-    Fcall::Rerror {
-        ename: e.to_string(),
-    }
-}
-
 /// Serves one client until it closes.
 pub fn serve_conn(stream: TcpStream, hubs: Arc<HubSet>) -> io::Result<()> {
-    let out: Out = Arc::new(Mutex::new(BufWriter::new(stream.try_clone()?)));
+    let replies: Out = Replies::new(BufWriter::new(stream.try_clone()?));
     let (writes, queue) = mpsc::channel::<(u16, String, Vec<u8>)>();
     // Writes in the order they came, each answered when it is done.
     let writer = {
-        let (hubs, out) = (hubs.clone(), out.clone());
+        let (hubs, replies) = (hubs.clone(), replies.clone());
         std::thread::spawn(move || {
             for (tag, hub, data) in queue {
                 let f = match hubs.write(&hub, &data) {
                     Ok(n) => Fcall::Rwrite { count: n as u32 },
                     Err(e) => error(e),
                 };
-                reply(&out, tag, &f);
+                replies.send(tag, f);
             }
         })
     };
     let mut conn = Conn {
         hubs,
-        out,
         fids: HashMap::new(),
         waiting: Arc::default(),
         user: "none".into(),
-        msize: 8192 + IOHDRSZ,
+        msize: server::FIRST_MSIZE,
         writes,
     };
-    let mut r = BufReader::new(stream);
-    let result = conn.run(&mut r);
-    conn.clunk_all();
+    let result = server::serve(BufReader::new(stream), &replies, &mut conn);
     drop(conn);
     let _ = writer.join();
     result
 }
 
+/// Hub reads wait on threads of their own and writes go through the
+/// connection's writer, so both are answered later through the replies.
+impl server::Service<BufWriter<TcpStream>> for Conn {
+    fn max_msize(&self) -> u32 {
+        MAX_MSIZE
+    }
+
+    fn version(&mut self, msize: u32) {
+        self.clunk_all();
+        self.msize = msize;
+    }
+
+    fn handle(&mut self, tag: u16, request: Fcall, replies: &Out) -> Option<Fcall> {
+        self.answer(tag, request, replies)
+    }
+
+    fn hang_up(&mut self) {
+        self.clunk_all();
+    }
+}
+
 impl Conn {
-    fn run(&mut self, r: &mut impl Read) -> io::Result<()> {
-        loop {
-            let mut size = [0u8; 4];
-            match r.read_exact(&mut size) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let size = u32::from_le_bytes(size);
-            if !(7..=MAX_MSIZE.max(self.msize)).contains(&size) {
-                reply(
-                    &self.out,
-                    NOTAG,
-                    &error(format!("message size {size} out of range")),
-                );
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad 9P size"));
-            }
-            let mut msg = vec![0u8; size as usize];
-            msg[..4].copy_from_slice(&size.to_le_bytes());
-            r.read_exact(&mut msg[4..])?;
-            let tag = u16::from_le_bytes([msg[5], msg[6]]);
-            match Fcall::decode(&msg) {
-                Ok((tag, f)) => {
-                    if let Some(f) = self.handle(tag, f) {
-                        self.answer(tag, &f);
-                    }
-                }
-                Err(e) => reply(&self.out, tag, &error(format!("bad message: {e}"))),
-            }
-        }
-    }
-
-    /// Sends `f`, or an error if it would not fit the msize agreed (a stat
-    /// of a hub with a long name, say; an error always fits, see ERRMAX).
-    fn answer(&self, tag: u16, f: &Fcall) {
-        let bytes = f.encode(tag);
-        if bytes.len() > self.msize as usize {
-            let why = format!(
-                "the reply is {} bytes, more than this connection's msize of {}",
-                bytes.len(),
-                self.msize
-            );
-            reply(&self.out, tag, &error(why));
-        } else {
-            let mut w = self.out.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = w.write_all(&bytes);
-            let _ = w.flush();
-        }
-    }
-
     fn clunk_all(&mut self) {
         for (_, fid) in self.fids.drain() {
             if let (Node::Hub(name), Some(reader)) = (&fid.node, fid.reader) {
@@ -252,25 +208,8 @@ impl Conn {
         }
     }
 
-    fn handle(&mut self, tag: u16, f: Fcall) -> Option<Fcall> {
+    fn answer(&mut self, tag: u16, f: Fcall, replies: &Out) -> Option<Fcall> {
         Some(match f {
-            Fcall::Tversion { msize, version } => {
-                self.clunk_all();
-                // Never more than the client offered (9P); a message of
-                // less than 256 bytes cannot hold a stat.
-                if msize < 256 {
-                    return Some(error(format!("msize {msize} is too small: at least 256")));
-                }
-                self.msize = msize.min(MAX_MSIZE);
-                Fcall::Rversion {
-                    msize: self.msize,
-                    version: if version.starts_with("9P2000") {
-                        "9P2000".into()
-                    } else {
-                        "unknown".into()
-                    },
-                }
-            }
             Fcall::Tauth { .. } => error("no authentication required"),
             Fcall::Tattach { fid, uname, .. } => {
                 self.user = uname;
@@ -326,7 +265,9 @@ impl Conn {
                 },
                 Err(e) => error(e),
             },
-            Fcall::Tread { fid, offset, count } => return self.read(tag, fid, offset, count),
+            Fcall::Tread { fid, offset, count } => {
+                return self.read(tag, fid, offset, count, replies);
+            }
             Fcall::Twrite { fid, offset, data } => return self.write(tag, fid, offset, data),
             Fcall::Tclunk { fid } => {
                 if let Some(f) = self.fids.remove(&fid)
@@ -466,7 +407,14 @@ impl Conn {
         self.qid(&node)
     }
 
-    fn read(&mut self, tag: u16, fid: u32, offset: u64, count: u32) -> Option<Fcall> {
+    fn read(
+        &mut self,
+        tag: u16,
+        fid: u32,
+        offset: u64,
+        count: u32,
+        replies: &Out,
+    ) -> Option<Fcall> {
         let Some(f) = self.fids.get(&fid) else {
             return Some(error("unknown fid"));
         };
@@ -535,8 +483,8 @@ impl Conn {
                             done,
                         },
                     );
-                let (hubs, out, waiting) =
-                    (self.hubs.clone(), self.out.clone(), self.waiting.clone());
+                let (hubs, replies, waiting) =
+                    (self.hubs.clone(), replies.clone(), self.waiting.clone());
                 std::thread::spawn(move || {
                     let f = match hubs.read(&name, reader, count, &cancel) {
                         Ok(Got::Data(data)) => Some(Fcall::Rread { data }),
@@ -552,7 +500,7 @@ impl Conn {
                     let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
                     waiting.remove(&tag);
                     if let Some(f) = f {
-                        reply(&out, tag, &f);
+                        replies.send(tag, f);
                     }
                     drop(waiting);
                     let _ = done_tx.send(());

@@ -5,9 +5,11 @@
 //! role ([`identity`]), and every link between nodes is TLS 1.3 with both ends
 //! verified against the grid CA ([`tls`]). A node's identity is the name in
 //! its certificate, never its address. Its servers accept connections
-//! through [`listener`], which rides out failed accepts.
+//! through [`listener`], which rides out failed accepts; its clients reach
+//! servers by Plan 9 dial strings ([`dial`]).
 
 pub mod ca;
+pub mod dial;
 pub mod identity;
 pub mod listener;
 pub mod tls;

@@ -28,6 +28,13 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use tokio::net::TcpStream;
 
 use crate::CertError;
+
+/// One accepted connection being admitted (see [`Link::admitter`]).
+pub type Admitting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Option<tokio_rustls::server::TlsStream<TcpStream>>> + Send,
+    >,
+>;
 use crate::ca::{CA_CERT, CERT, CRL, KEY};
 use crate::identity::{Peer, Role, peer_of};
 use crate::listener::{LogBudget, Place, Places};
@@ -438,6 +445,33 @@ impl Link {
         drop(handshaking);
         let who = self.admit(stream.get_ref().1.peer_certificates(), addr, allowed)?;
         Ok((stream, who))
+    }
+
+    /// How a server admits the connections it accepts: each one's
+    /// handshake, its peer checked against `allowed`. A refusal is logged
+    /// (naming `what`, such as "a venti link") and comes back as `None`.
+    /// The server is given this and knows nothing of TLS.
+    pub fn admitter(
+        self: &Arc<Self>,
+        allowed: Vec<Role>,
+        what: &'static str,
+    ) -> impl Fn(TcpStream, SocketAddr) -> Admitting + Send + Sync + 'static {
+        let (link, allowed) = (self.clone(), Arc::new(allowed));
+        move |socket, addr| {
+            let (link, allowed) = (link.clone(), allowed.clone());
+            Box::pin(async move {
+                match link.accept(socket, addr, &allowed).await {
+                    Ok((stream, who)) => {
+                        tracing::debug!(peer = %addr, %who, "{what} over TLS");
+                        Some(stream)
+                    }
+                    Err(e) => {
+                        link.log_refusal(what, &e);
+                        None
+                    }
+                }
+            })
+        }
     }
 
     /// As [`Link::accept`], for a blocking server (the 9P export runs a

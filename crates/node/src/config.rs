@@ -526,7 +526,7 @@ impl Sources {
     fn address(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
         match self.one(name) {
             Some(g) => {
-                venti::dial::parse_transport(&g.value).map_err(|e| g.refuse(name, e))?;
+                link::dial::parse_transport(&g.value).map_err(|e| g.refuse(name, e))?;
                 Ok(Some(g.value))
             }
             None => Ok(None),

@@ -141,7 +141,7 @@ pub fn open_log_store(state: &StateDir) -> Result<Arc<LogStore>> {
 
 /// Binds `addr` (any dial form) on the node's runtime.
 async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
-    let (_, addr) = venti::dial::parse_transport(addr)?;
+    let (_, addr) = link::dial::parse_transport(addr)?;
     tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("{what} on {addr}"))
@@ -181,7 +181,10 @@ fn start_storage(
         (Some(_), Some(_)) => {
             bail!("give the node a venti server or a bucket (venti= or store=), not both")
         }
-        (Some(addr), None) => (Arc::new(RemoteStore::connect(addr, link.clone())?), None),
+        (Some(addr), None) => {
+            let dial = link::dial::redial(addr, link.clone(), link::dial::STORE_SERVERS);
+            (Arc::new(RemoteStore::connect(addr, dial)?), None)
+        }
         (None, Some(url)) => {
             let Some(settings) = &config.s3 else {
                 bail!(
@@ -218,7 +221,7 @@ fn start_storage(
     };
     let streams = match &config.hubs_listen {
         Some(addr) => {
-            let addr = venti::dial::parse(addr)?;
+            let addr = link::dial::parse(addr)?;
             let listener = std::net::TcpListener::bind(&addr)
                 .with_context(|| format!("hub listener on {addr}"))?;
             if !listener.local_addr()?.ip().is_loopback() {
@@ -279,25 +282,30 @@ fn start_storage(
         let front = bind(&config.listen, "the front door").await?;
         let front_door = front.local_addr()?;
         if let Some(venti_listen) = &config.venti_listen {
-            let (transport, _) = venti::dial::parse_transport(venti_listen)?;
-            let tls = match (&link, transport) {
-                // With the node's certificate, its block store is served
-                // to grid members only, whichever way the address is written.
-                (Some(link), _) => Some(venti::server::Tls {
-                    link: link.clone(),
-                    roles: link::Role::ALL.to_vec(),
-                }),
-                (None, venti::dial::Transport::Tls) => {
+            let (transport, _) = link::dial::parse_transport(venti_listen)?;
+            // With the node's certificate, its block store is served to
+            // grid members only, whichever way the address is written.
+            match (&link, transport) {
+                (None, link::dial::Transport::Tls) => {
                     bail!("venti-listen=tls!… needs the node's certificate: tls=DIR")
                 }
-                (None, venti::dial::Transport::Tcp) => None,
-            };
-            if tls.is_some() && transport == venti::dial::Transport::Tcp {
-                tracing::warn!(address = %venti_listen, "venti-listen is written tcp!… but serves mutual TLS to grid members only, since the node has a certificate: write tls!… to say so");
+                (Some(_), link::dial::Transport::Tcp) => {
+                    tracing::warn!(address = %venti_listen, "venti-listen is written tcp!… but serves mutual TLS to grid members only, since the node has a certificate: write tls!… to say so");
+                }
+                _ => {}
             }
             let listener = bind(venti_listen, "the venti listener").await?;
-            tracing::info!(address = %listener.local_addr()?, tls = tls.is_some(), "serving the block store over venti");
-            tokio::spawn(venti::server::serve_with(listener, store.clone(), tls, std::future::pending()));
+            tracing::info!(address = %listener.local_addr()?, tls = link.is_some(), "serving the block store over venti");
+            let (store, forever) = (store.clone(), std::future::pending());
+            match &link {
+                Some(link) => {
+                    let admit = link.admitter(link::Role::ALL.to_vec(), "a venti link");
+                    tokio::spawn(venti::server::serve_with(listener, store, admit, forever));
+                }
+                None => {
+                    tokio::spawn(venti::server::serve(listener, store, forever));
+                }
+            }
         }
         let admin_rep = replication.as_ref().map(|r| r.replicator.clone());
         if let Some(r) = replication {
@@ -504,7 +512,7 @@ fn storage_pool(
     let Some(venti_listen) = &config.venti_listen else {
         bail!("a storage node serves its cpu nodes' blocks: give venti-listen=tls!HOST!PORT");
     };
-    let (_, venti_addr) = venti::dial::parse_transport(venti_listen)?;
+    let (_, venti_addr) = link::dial::parse_transport(venti_listen)?;
     let (host, port) = venti_addr
         .rsplit_once(':')
         .context("the venti-listen address has no port")?;

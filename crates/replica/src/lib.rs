@@ -64,7 +64,7 @@ impl Peer {
             format!("peer {text:?}: expected NAME=ADDRESS (e.g. b=tls!10.0.0.2!17035)")
         })?;
         link::identity::check_name(name).map_err(|e| format!("peer {text:?}: {e}"))?;
-        venti::dial::parse_transport(address).map_err(|e| format!("peer {text:?}: {e}"))?;
+        link::dial::parse_transport(address).map_err(|e| format!("peer {text:?}: {e}"))?;
         Ok(Peer {
             name: name.to_string(),
             address: address.to_string(),
@@ -170,7 +170,7 @@ impl Replicator {
 /// Asks the node at `address` for its replication status, as a grid member
 /// (an admin's client certificate, or a node's).
 pub async fn fetch_status(link: &link::Link, address: &str) -> Result<String, String> {
-    let (_, addr) = venti::dial::parse_transport(address).map_err(|e| e.to_string())?;
+    let (_, addr) = link::dial::parse_transport(address).map_err(|e| e.to_string())?;
     let tcp = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::net::TcpStream::connect(&addr),

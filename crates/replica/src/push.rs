@@ -235,7 +235,7 @@ async fn session(
 ) -> Result<(), (bool, PushError)> {
     let mut progressed = false;
     let fail = |p: bool| move |e: PushError| (p, e);
-    let addr = venti::dial::parse_transport(&peer.address)
+    let addr = link::dial::parse_transport(&peer.address)
         .map(|(_, a)| a)
         .map_err(|e| other(e.to_string()))
         .map_err(fail(false))?;
@@ -561,7 +561,10 @@ async fn session_venti(
     let fail = |p: bool| move |e: PushError| (p, e);
     let client = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        venti::Client::connect(&peer.address, rep.link.as_ref()),
+        venti::Client::connect(
+            &peer.address,
+            link::dial::connect(&peer.address, rep.link.as_ref(), link::dial::STORE_SERVERS),
+        ),
     )
     .await
     .map_err(|_| other(format!("connecting to {}: timed out", peer.address)))

@@ -202,7 +202,7 @@ async fn fetch_one(
     req: &Request,
 ) -> Result<Option<Vec<u8>>, String> {
     if conn.is_none() {
-        let (_, addr) = venti::dial::parse_transport(&peer.address).map_err(|e| e.to_string())?;
+        let (_, addr) = link::dial::parse_transport(&peer.address).map_err(|e| e.to_string())?;
         let tcp = TcpStream::connect(&addr)
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;

@@ -2,6 +2,7 @@
 //! connection (up to the 256 tags the protocol allows), each awaiting its own
 //! reply. Clone the [`Client`] to share the connection between tasks.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -11,9 +12,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::conn::{self, Stream, Version, WireError};
 use crate::store::MAX_BLOCK_SIZE;
-use crate::{BlockType, Message, Score, dial};
+use crate::{BlockType, Message, Score};
 
 const COMMENT: &str = "colony";
+
+/// A plain TCP connection to `addr` (`host:port`), as [`Client::connect`]
+/// dials: with Nagle off, since requests are small and pipelined.
+pub async fn tcp(addr: String) -> Result<TcpStream, String> {
+    let socket = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+    let _ = socket.set_nodelay(true);
+    Ok(socket)
+}
 
 /// Why a client request failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,44 +71,35 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` (dial form or `host:port`) and says hello. A
-    /// `tls!HOST!PORT` address is reached over mutual TLS with `link`, this
-    /// machine's grid certificate, and its server must be a node of the
-    /// grid (storage, or a cpu node serving its store).
-    pub async fn connect(
+    /// Says hello over the connection `dialing` makes to the server at
+    /// `addr` (which only names it in errors). Dialing is the caller's: a
+    /// grid member dials with its link (`link::dial::connect`), a test
+    /// with [`tcp`].
+    pub async fn connect<S>(
         addr: &str,
-        link: Option<&Arc<link::Link>>,
+        dialing: impl Future<Output = Result<S, String>>,
+    ) -> Result<Client, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Client::hello(addr, dialing.await.map(Stream::new)).await
+    }
+
+    /// Connects over plain TCP to `addr` (`host:port`) and says hello.
+    pub async fn connect_tcp(addr: &str) -> Result<Client, ClientError> {
+        Client::hello(addr, tcp(addr.to_string()).await.map(Stream::from)).await
+    }
+
+    /// Says hello on what dialing `addr` gave.
+    pub(crate) async fn hello(
+        addr: &str,
+        dialed: Result<Stream, String>,
     ) -> Result<Client, ClientError> {
         let connect_err = |detail: String| ClientError::Connect {
             addr: addr.to_string(),
             detail,
         };
-        let (transport, target) =
-            dial::parse_transport(addr).map_err(|e| connect_err(e.to_string()))?;
-        // Before dialing: a missing certificate is this machine's fault.
-        let link = match transport {
-            dial::Transport::Tls => Some(link.cloned().ok_or_else(|| {
-                connect_err(
-                    "a tls! address needs this machine's grid certificate (a node's --tls DIR; COLONY_TLS for the command line)".into(),
-                )
-            })?),
-            dial::Transport::Tcp => None,
-        };
-        let socket = TcpStream::connect(&target)
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let _ = socket.set_nodelay(true);
-        let stream = match link {
-            Some(link) => {
-                let (tls, _server) = link
-                    .connect(socket, &[link::Role::Storage, link::Role::Cpu])
-                    .await
-                    .map_err(|e| connect_err(e.to_string()))?;
-                Stream::new(tls)
-            }
-            None => Stream::from(socket),
-        };
-        Client::handshake(stream, "anonymous")
+        Client::handshake(dialed.map_err(connect_err)?, "anonymous")
             .await
             .map_err(|e| connect_err(e.to_string()))
     }

@@ -5,13 +5,14 @@
 //! * [`BlockStore`], [`LogStore`], [`MemoryStore`]: where blocks are kept.
 //! * [`server::serve`] and [`Client`]: the network service and its pipelined client;
 //!   [`RemoteStore`] puts a server behind the synchronous [`BlockStore`] interface.
+//!   Both are given their connections: dial strings and the grid's TLS are
+//!   `link`'s, above this crate.
 //!
 //! Every layer above (vac, fossil, the grid) stores its data through this crate.
 
 pub mod block_type;
 pub mod client;
 pub mod conn;
-pub mod dial;
 pub mod hex;
 pub mod message;
 pub mod remote;

@@ -22,13 +22,21 @@
 //! done. The kept blocks are bounded: past [`REPLAY_LIMIT`] bytes the store
 //! syncs by itself, so they never grow past that whatever the caller writes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::conn::Stream;
 use crate::{BlockStore, BlockType, Client, ClientError, MAX_BLOCK_SIZE, Score, StoreError};
+
+/// How a [`RemoteStore`] reaches its server, each time it must.
+type Dial =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Stream, String>> + Send>> + Send + Sync>;
 
 /// Writes allowed in flight before `write` waits.
 const WRITE_WINDOW: usize = 128;
@@ -67,8 +75,8 @@ pub struct RemoteStore {
     /// Replaced by a fresh connection when the old one is lost.
     session: Mutex<Session>,
     addr: String,
-    /// What a `tls!` address is dialed with, again on every reconnect.
-    link: Option<Arc<link::Link>>,
+    /// How the server is reached, again on every reconnect.
+    dial: Dial,
     window: Arc<Semaphore>,
     writes: Mutex<JoinSet<Result<(), ClientError>>>,
     failed: Mutex<Option<String>>,
@@ -82,16 +90,45 @@ impl RemoteStore {
         self.runtime.as_ref().expect("the runtime lives until drop")
     }
 
-    /// Connects to the server at `addr` (dial form or `host:port`); a
-    /// `tls!` address is dialed with `link`, this machine's certificate.
-    pub fn connect(addr: &str, link: Option<Arc<link::Link>>) -> Result<RemoteStore, StoreError> {
+    /// Connects to the server at `addr` (plain TCP, `host:port`).
+    pub fn connect_tcp(addr: &str) -> Result<RemoteStore, StoreError> {
+        let target = addr.to_string();
+        RemoteStore::with_dial(
+            addr,
+            Box::new(move || {
+                let target = target.clone();
+                Box::pin(async move { crate::client::tcp(target).await.map(Stream::from) })
+            }),
+        )
+    }
+
+    /// Connects to the server at `addr` (which names it in messages) over
+    /// what `dial` makes, and again over a fresh one whenever the
+    /// connection is lost. Dialing is the caller's: a grid member dials
+    /// with its link (`link::dial::connect`).
+    pub fn connect<D, F, S>(addr: &str, dial: D) -> Result<RemoteStore, StoreError>
+    where
+        D: Fn() -> F + Send + Sync + 'static,
+        F: Future<Output = Result<S, String>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        RemoteStore::with_dial(
+            addr,
+            Box::new(move || {
+                let dialing = dial();
+                Box::pin(async move { dialing.await.map(Stream::new) })
+            }),
+        )
+    }
+
+    fn with_dial(addr: &str, dial: Dial) -> Result<RemoteStore, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| StoreError::io("starting the venti client runtime", e))?;
         let client = runtime
-            .block_on(Client::connect(addr, link.as_ref()))
+            .block_on(async { Client::hello(addr, dial().await).await })
             .map_err(|e| StoreError::Remote(e.to_string()))?;
         Ok(RemoteStore {
             runtime: Some(runtime),
@@ -100,7 +137,7 @@ impl RemoteStore {
                 generation: 0,
             }),
             addr: addr.to_string(),
-            link,
+            dial,
             window: Arc::new(Semaphore::new(WRITE_WINDOW)),
             writes: Mutex::new(JoinSet::new()),
             failed: Mutex::new(None),
@@ -143,7 +180,7 @@ impl RemoteStore {
         tracing::info!(server = %self.addr, reason = %why, "venti connection lost; reconnecting");
         let fresh = self
             .rt()
-            .block_on(Client::connect(&self.addr, self.link.as_ref()))?;
+            .block_on(async { Client::hello(&self.addr, (self.dial)().await).await })?;
         let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
         if s.generation == lost {
             s.client = fresh;

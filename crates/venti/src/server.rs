@@ -3,10 +3,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -20,13 +21,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Comment sent in our version line.
 const COMMENT: &str = "colony";
 
-/// Mutual TLS on a server's connections: this node's side of grid links,
-/// and the roles of the peers it admits.
-#[derive(Clone)]
-pub struct Tls {
-    pub link: Arc<link::Link>,
-    pub roles: Vec<link::Role>,
-}
+/// How long to wait after a failed accept (out of descriptors, say)
+/// before the next try: the listener neither ends nor spins on it.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// One accepted connection being admitted (a TLS handshake, say): its
+/// stream, or `None` if it was refused (the admitter says why).
+type Admitting = Pin<Box<dyn Future<Output = Option<Stream>> + Send>>;
+type Admit = Arc<dyn Fn(TcpStream, SocketAddr) -> Admitting + Send + Sync>;
 
 /// Serves `store` on `listener` until `shutdown` resolves, then stops accepting,
 /// ends the sessions and syncs the store.
@@ -35,14 +37,38 @@ pub async fn serve(
     store: Arc<dyn BlockStore>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
-    serve_with(listener, store, None, shutdown).await
+    let plain: Admit = Arc::new(|socket, peer| {
+        tracing::debug!(%peer, "venti connection");
+        Box::pin(std::future::ready(Some(Stream::from(socket))))
+    });
+    serve_admitted(listener, store, plain, shutdown).await
 }
 
-/// As [`serve`], with every connection over mutual TLS if `tls` is given.
-pub async fn serve_with(
+/// As [`serve`], each connection first admitted by `admit` (the grid's
+/// mutual TLS, `link::Link::admitter`), on a task of its own so a slow
+/// handshake holds up no other; a connection it refuses is closed.
+pub async fn serve_with<A, F, S>(
     listener: TcpListener,
     store: Arc<dyn BlockStore>,
-    tls: Option<Tls>,
+    admit: A,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StoreError>
+where
+    A: Fn(TcpStream, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Option<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let admit: Admit = Arc::new(move |socket, peer| {
+        let admitting = admit(socket, peer);
+        Box::pin(async move { admitting.await.map(Stream::new) })
+    });
+    serve_admitted(listener, store, admit, shutdown).await
+}
+
+async fn serve_admitted(
+    listener: TcpListener,
+    store: Arc<dyn BlockStore>,
+    admit: Admit,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -51,10 +77,17 @@ pub async fn serve_with(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            (socket, peer) = link::listener::accept(&listener, "venti") => {
-                let _ = socket.set_nodelay(true);
-                sessions.spawn(run_session(socket, peer, store.clone(), stop_rx.clone(), tls.clone()));
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let admitting = admit(socket, peer);
+                    sessions.spawn(run_session(admitting, peer, store.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "venti listener: accepting a connection failed; retrying");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+            },
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
@@ -74,24 +107,13 @@ pub async fn serve_with(
 }
 
 async fn run_session(
-    socket: TcpStream,
+    admitting: Admitting,
     peer: SocketAddr,
     store: Arc<dyn BlockStore>,
     stop: watch::Receiver<bool>,
-    tls: Option<Tls>,
 ) {
-    let stream = match tls {
-        Some(tls) => match tls.link.accept(socket, peer, &tls.roles).await {
-            Ok((stream, who)) => {
-                tracing::debug!(%peer, %who, "venti connection over TLS");
-                Stream::new(stream)
-            }
-            Err(e) => return tls.link.log_refusal("a venti link", &e),
-        },
-        None => {
-            tracing::debug!(%peer, "venti connection");
-            Stream::from(socket)
-        }
+    let Some(stream) = admitting.await else {
+        return;
     };
     match session(stream, store, stop).await {
         Ok(()) => tracing::debug!(%peer, "venti connection closed"),

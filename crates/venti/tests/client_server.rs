@@ -24,9 +24,7 @@ fn block(seed: u64, len: usize) -> Vec<u8> {
 async fn write_read_sync_ping_through_a_durable_store() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(Arc::new(LogStore::open(dir.path()).unwrap())).await;
-    let client = Client::connect(&format!("tcp!127.0.0.1!{}", srv.addr.port()), None)
-        .await
-        .unwrap();
+    let client = Client::connect_tcp(&srv.addr.to_string()).await.unwrap();
     client.ping().await.unwrap();
 
     let data = block(1, 8192);
@@ -81,7 +79,7 @@ async fn write_read_sync_ping_through_a_durable_store() {
 async fn many_requests_in_flight_on_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(Arc::new(LogStore::open(dir.path()).unwrap())).await;
-    let client = Client::connect(&srv.addr.to_string(), None).await.unwrap();
+    let client = Client::connect_tcp(&srv.addr.to_string()).await.unwrap();
     // More tasks than tags: the client must queue, not fail.
     let mut tasks = JoinSet::new();
     for i in 0..1000u64 {
@@ -109,7 +107,7 @@ async fn sixty_four_concurrent_clients() {
     for c in 0..64u64 {
         let addr = srv.addr.to_string();
         tasks.spawn(async move {
-            let client = Client::connect(&addr, None).await.unwrap();
+            let client = Client::connect_tcp(&addr).await.unwrap();
             let mut scores = Vec::new();
             for i in 0..50 {
                 // Half the blocks are shared by every client: dedup under concurrency.
@@ -137,7 +135,7 @@ async fn sixty_four_concurrent_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_vanishes_mid_message_does_not_disturb_others() {
     let srv = TestServer::start(Arc::new(venti::MemoryStore::new())).await;
-    let client = Client::connect(&srv.addr.to_string(), None).await.unwrap();
+    let client = Client::connect_tcp(&srv.addr.to_string()).await.unwrap();
     let score = client
         .write(BlockType::DATA, b"before".to_vec())
         .await
@@ -166,7 +164,7 @@ async fn a_client_that_vanishes_mid_message_does_not_disturb_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_fail_cleanly_when_the_server_goes_away() {
     let srv = TestServer::start(Arc::new(venti::MemoryStore::new())).await;
-    let client = Client::connect(&srv.addr.to_string(), None).await.unwrap();
+    let client = Client::connect_tcp(&srv.addr.to_string()).await.unwrap();
     client.ping().await.unwrap();
     srv.stop().await;
     let err = client
@@ -174,7 +172,7 @@ async fn requests_fail_cleanly_when_the_server_goes_away() {
         .await
         .unwrap_err();
     assert!(matches!(err, venti::ClientError::Closed(_)), "{err:?}");
-    let err = Client::connect("127.0.0.1:1", None).await.err().unwrap();
+    let err = Client::connect_tcp("127.0.0.1:1").await.err().unwrap();
     assert!(
         err.to_string()
             .starts_with("connecting to venti at 127.0.0.1:1"),

@@ -229,7 +229,7 @@ async fn bad_handshakes_close_the_connection_without_a_reply() {
     assert!(c.closed().await);
 
     // The server is still fine.
-    let client = venti::Client::connect(&srv.addr.to_string(), None)
+    let client = venti::Client::connect_tcp(&srv.addr.to_string())
         .await
         .unwrap();
     client.ping().await.unwrap();

@@ -54,7 +54,7 @@ impl Drop for Server {
 fn pipelined_writes_then_reads_and_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (server, addr) = Server::start(dir.path(), "127.0.0.1:0");
-    let remote = RemoteStore::connect(&addr.to_string(), None).unwrap();
+    let remote = RemoteStore::connect_tcp(&addr.to_string()).unwrap();
     let blocks: Vec<Vec<u8>> = (0..2000u32).map(|i| i.to_be_bytes().repeat(100)).collect();
     let scores: Vec<_> = blocks
         .iter()

@@ -200,14 +200,16 @@ impl Place {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&bind).await?;
                 addr_tx.send(listener.local_addr()?)?;
-                let tls = tls.map(|link| venti::server::Tls {
-                    link,
-                    roles: Role::ALL.to_vec(),
-                });
-                venti::server::serve_with(listener, store, tls, async {
+                let stop = async {
                     let _ = stop_rx.await;
-                })
-                .await?;
+                };
+                match tls {
+                    Some(link) => {
+                        let admit = link.admitter(Role::ALL.to_vec(), "a venti link");
+                        venti::server::serve_with(listener, store, admit, stop).await?
+                    }
+                    None => venti::server::serve(listener, store, stop).await?,
+                }
                 anyhow::Ok(())
             })
         });
@@ -245,7 +247,14 @@ impl Place {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let client = Client::connect(&dial, client_tls.as_ref()).await?;
+                let client = match &client_tls {
+                    Some(link) => {
+                        let dialing =
+                            link::dial::connect(&dial, Some(link), link::dial::STORE_SERVERS);
+                        Client::connect(&dial, dialing).await?
+                    }
+                    None => Client::connect_tcp(&to.to_string()).await?,
+                };
                 let t = Instant::now();
                 for _ in 0..pings {
                     client.ping().await?;

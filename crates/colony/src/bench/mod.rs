@@ -344,7 +344,7 @@ async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> R
         let _ = stop_rx.await;
     }));
 
-    let client = Client::connect(&addr, None).await?;
+    let client = Client::connect_tcp(&addr).await?;
     let t = Instant::now();
     let scores =
         write_pipelined(&client, Arc::new(Blocks::new(2 + run * 10)), 0..n, window).await?;
@@ -384,7 +384,7 @@ async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> R
         let blockgen = blockgen.clone();
         let addr = addr.clone();
         tasks.spawn(async move {
-            let client = Client::connect(&addr, None).await?;
+            let client = Client::connect_tcp(&addr).await?;
             write_pipelined(&client, blockgen, c * per..(c + 1) * per, window).await?;
             client.sync().await?;
             anyhow::Ok(())

@@ -86,10 +86,7 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
     runtime.spawn(venti::server::serve_with(
         venti,
         store.clone() as Arc<dyn BlockStore>,
-        Some(venti::server::Tls {
-            link: storage_link.clone(),
-            roles: vec![link::Role::Cpu],
-        }),
+        storage_link.admitter(vec![link::Role::Cpu], "a venti link"),
         std::future::pending(),
     ));
     let shape = crate::bench::slow_link::Shape {

@@ -92,7 +92,7 @@ fn one_run(tree_dir: &Path, scratch: &Path) -> Result<(Run, u64, u64)> {
     let server = runtime.spawn(venti::server::serve(listener, server_store, async {
         let _ = stop_rx.await;
     }));
-    let remote = RemoteStore::connect(&addr, None)?;
+    let remote = RemoteStore::connect_tcp(&addr)?;
     let (remote_score, loopback_secs) = archive(&remote, tree_dir, None, &Counts::default())?;
     anyhow::ensure!(remote_score == score, "the server must get the same root");
     drop(remote);

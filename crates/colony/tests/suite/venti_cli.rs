@@ -199,7 +199,7 @@ fn sigkill_mid_write_loses_no_synced_block() {
     let server = Server::start(dir.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let synced_upto = rt.block_on(async {
-        let client = Client::connect(&server.addr, None).await.unwrap();
+        let client = Client::connect_tcp(&server.addr).await.unwrap();
         let mut synced = 0u64;
         let mut i = 0u64;
         while i < 80_000 {

@@ -2,8 +2,8 @@
 //! or a clear error, never a panic, and a tls! address is a tcp! one with
 //! another transport.
 
+use link::dial::{Transport, parse, parse_transport};
 use proptest::prelude::*;
-use venti::dial::{Transport, parse, parse_transport};
 
 proptest! {
     #[test]

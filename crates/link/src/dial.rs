@@ -1,7 +1,18 @@
-//! Addresses in Plan 9 dial form (`tcp!host!port`, `net!host!venti`) or the
-//! usual `host:port`, turned into something `ToSocketAddrs` accepts.
+//! Addresses in Plan 9 dial form (`tcp!host!port`, `tls!host!port`,
+//! `net!host!venti`) or the usual `host:port`: read ([`parse`],
+//! [`parse_transport`]) and dialed ([`connect`]), over a grid link when the
+//! address says `tls!`. The servers these reach (venti, hubs) know nothing
+//! of either: they are given the connection.
 
-/// The conventional venti port.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{Link, Role};
+
+/// The conventional venti port, for an address that names none.
 pub const DEFAULT_PORT: u16 = 17034;
 
 /// Why an address could not be understood.
@@ -72,6 +83,64 @@ pub fn parse(addr: &str) -> Result<String, BadAddress> {
         Ok(format!("[{host}]:{port}"))
     } else {
         Ok(format!("{host}:{port}"))
+    }
+}
+
+/// Who may serve a block store: a storage node, or a cpu node serving
+/// its own.
+pub const STORE_SERVERS: &[Role] = &[Role::Storage, Role::Cpu];
+
+/// A connection a dial string reached, plain TCP or TLS alike.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Duplex for T {}
+
+/// Dials `addr`. A `tls!HOST!PORT` address is reached over mutual TLS with
+/// `link`, this machine's grid certificate, and its server must hold one
+/// of `roles`; any other form is plain TCP. The error says what failed,
+/// without the address (the caller's message names it).
+pub async fn connect(
+    addr: &str,
+    link: Option<&Arc<Link>>,
+    roles: &[Role],
+) -> Result<Box<dyn Duplex>, String> {
+    let (transport, target) = parse_transport(addr).map_err(|e| e.to_string())?;
+    // Before dialing: a missing certificate is this machine's fault.
+    let link = match transport {
+        Transport::Tls => Some(link.ok_or(
+            "a tls! address needs this machine's grid certificate (a node's --tls DIR; COLONY_TLS for the command line)",
+        )?),
+        Transport::Tcp => None,
+    };
+    let socket = tokio::net::TcpStream::connect(&target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = socket.set_nodelay(true);
+    Ok(match link {
+        Some(link) => {
+            let (tls, _server) = link
+                .connect(socket, roles)
+                .await
+                .map_err(|e| e.to_string())?;
+            Box::new(tls)
+        }
+        None => Box::new(socket),
+    })
+}
+
+/// One dialing of [`redial`].
+pub type Dialing = Pin<Box<dyn Future<Output = Result<Box<dyn Duplex>, String>> + Send>>;
+
+/// [`connect`] as something to call again whenever a connection is lost
+/// (a remote store reconnecting, say).
+pub fn redial(
+    addr: &str,
+    link: Option<Arc<Link>>,
+    roles: &'static [Role],
+) -> impl Fn() -> Dialing + Send + Sync + 'static {
+    let addr = addr.to_string();
+    move || {
+        let (addr, link) = (addr.clone(), link.clone());
+        Box::pin(async move { connect(&addr, link.as_ref(), roles).await })
     }
 }
 
