@@ -1,7 +1,6 @@
 //! What every 9P2000 file server here does the same way, whatever it
 //! serves: reading framed requests within the size agreed, negotiating the
-//! version, and sending replies that keep the protocol's limits (an error
-//! of at most ERRMAX bytes, no reply larger than the msize). A file server
+//! version, and sending replies no larger than the msize agreed. A file server
 //! implements [`Service`] (its fids and files) and [`serve`] runs one
 //! connection for it.
 
@@ -16,8 +15,6 @@ pub const FIRST_MSIZE: u32 = 8192 + IOHDRSZ;
 /// The smallest msize agreed to: a smaller message cannot hold a stat
 /// (plan9port's vacfs refuses below 256 too).
 pub const MIN_MSIZE: u32 = 256;
-/// Error strings are cut to fit ERRMAX (128 with its terminating NUL).
-const ERRMAX: usize = 127;
 
 /// One connection's file server: its fids and what they name.
 pub trait Service<W: Write> {
@@ -67,12 +64,12 @@ impl<W: Write> Replies<W> {
         self.msize.load(Ordering::Relaxed)
     }
 
-    /// Sends `reply` to request `tag`. An error is cut to ERRMAX bytes; a
-    /// reply that would not fit the msize (a stat with a long name, say)
+    /// Sends `reply` to request `tag` (an error is cut to ERRMAX bytes by
+    /// its encoding). A reply that would not fit the msize (a stat with a long name, say)
     /// becomes an error saying so. A connection that is gone is noticed by
     /// the reading side, so a failed write is not reported here.
     pub fn send(&self, tag: u16, reply: Fcall) {
-        let mut bytes = limited(reply).encode(tag);
+        let mut bytes = reply.encode(tag);
         let msize = self.msize();
         if bytes.len() > msize as usize {
             let too_big = error(format!(
@@ -90,21 +87,6 @@ impl<W: Write> Replies<W> {
 pub fn error(why: impl ToString) -> Fcall {
     Fcall::Rerror {
         ename: why.to_string(),
-    }
-}
-
-/// `reply` with its error string cut to ERRMAX at a character boundary.
-fn limited(reply: Fcall) -> Fcall {
-    match reply {
-        Fcall::Rerror { mut ename } if ename.len() > ERRMAX => {
-            let mut end = ERRMAX;
-            while !ename.is_char_boundary(end) {
-                end -= 1;
-            }
-            ename.truncate(end);
-            Fcall::Rerror { ename }
-        }
-        other => other,
     }
 }
 
@@ -198,7 +180,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     /// A service with one answer for everything: a stat of a file whose
-    /// name is as long as the request's fid says, or an error that long.
+    /// name is as long as the request's fid says.
     struct Echo {
         versions: Vec<u32>,
         hung_up: bool,
@@ -219,7 +201,6 @@ mod tests {
                         ..Default::default()
                     },
                 },
-                Fcall::Tclunk { fid } => error("é".repeat(fid as usize)),
                 other => error(format!("unexpected {other:?}")),
             })
         }
@@ -291,17 +272,6 @@ mod tests {
         result.unwrap();
         assert_eq!(echo.versions, [1024]);
         assert!(echo.hung_up);
-    }
-
-    #[test]
-    fn errors_are_cut_to_errmax_on_a_character_boundary() {
-        let (mut client, _serving) = start();
-        let (_, reply) = ask(&mut client, 1, Fcall::Tclunk { fid: 100 });
-        let Fcall::Rerror { ename } = reply else {
-            panic!("{reply:?}")
-        };
-        // Two-byte characters: 63 of them fit in 127 bytes.
-        assert_eq!(ename, "é".repeat(63));
     }
 
     #[test]

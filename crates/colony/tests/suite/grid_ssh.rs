@@ -6,303 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::common::run::COLONY;
-
-// OpenSSH client options for throwaway test servers.
-use grid::ssh::SCRIPTED_CLIENT_OPTS as SSH_OPTS;
-
-/// `COLONY_TEST_USERNS=no` runs the whole suite against rootful
-/// environments (`serve --rootful`); by default they are rootless.
-fn rootful_suite() -> bool {
-    std::env::var_os("COLONY_TEST_USERNS").is_some_and(|v| v == "no")
-}
-
-fn can_mount() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/fuse").exists();
-    if !ok {
-        eprintln!("skipped: spawning needs root and /dev/fuse (CI has both)");
-    }
-    ok
-}
-
-struct Grid {
-    tmp: tempfile::TempDir,
-    state: PathBuf,
-    child: Option<Child>,
-    port: u16,
-    /// The admin address (with `--admin-listen`).
-    admin: Option<String>,
-    /// A network namespace the node and the test's ssh clients run in.
-    netns: Option<String>,
-    /// The node's environment, beyond the test's own.
-    env: Vec<(&'static str, String)>,
-    /// The node's stderr so far, read by a thread of its own (a pipe left
-    /// unread would stall the node once full), and that thread.
-    log: Arc<Mutex<Vec<u8>>>,
-    log_reader: Option<std::thread::JoinHandle<()>>,
-    /// A file the node is started holding open as descriptor 9, not
-    /// close-on-exec, as a supervisor or wrapper may start it.
-    inherit: Option<std::fs::File>,
-}
-
-impl Grid {
-    /// A state directory with users alice and bob and a busybox root for alice.
-    fn new() -> Grid {
-        let tmp = tempfile::tempdir().unwrap();
-        let state = tmp.path().join("state");
-        let g = Grid {
-            state,
-            tmp,
-            child: None,
-            port: 0,
-            admin: None,
-            netns: None,
-            env: Vec::new(),
-            log: Arc::default(),
-            log_reader: None,
-            inherit: None,
-        };
-        for user in ["alice", "bob", "carol"] {
-            let key = g.tmp.path().join(user);
-            let ok = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(&key)
-                .status()
-                .unwrap();
-            assert!(ok.success());
-            if user != "carol" {
-                g.colony(&[
-                    "user",
-                    "add",
-                    user,
-                    "--key",
-                    key.with_extension("pub").to_str().unwrap(),
-                ]);
-            }
-        }
-        let root = g.tmp.path().join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::create_dir_all(root.join("root")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8(applets.stdout)
-            .unwrap()
-            .lines()
-            .filter(|a| *a != "busybox")
-        {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-        std::fs::write(root.join("etc/motd"), "hello\n").unwrap();
-        g.colony(&[
-            "import",
-            "busybox",
-            root.to_str().unwrap(),
-            "--user",
-            "alice",
-        ]);
-        g
-    }
-
-    fn colony(&self, args: &[&str]) -> String {
-        let out = Command::new(COLONY)
-            .args(args)
-            .arg("--state")
-            .arg(&self.state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "colony {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// The node's venti listener (with `--venti-listen`).
-    fn start(&mut self, extra: &[&str]) {
-        // Login ports of their own, so tests running at once never collide,
-        // and all below Linux's ephemeral range (32768-60999): there an
-        // outgoing connection of another test (an ssh client's) may hold
-        // one. A run's block of 60 slots, 6 ports each, by its pid.
-        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60;
-        let base = 21000 + (std::process::id() % 32) as u16 * 360 + slot * 6;
-        assert!(base + 4 < 32768);
-        let ports = format!("{}-{}", base, base + 4);
-        let mut cmd = self.command(COLONY);
-        if let Some(file) = &self.inherit {
-            use std::os::fd::AsRawFd;
-            use std::os::unix::process::CommandExt;
-            let fd = file.as_raw_fd();
-            // SAFETY: only dup2, async-signal-safe, between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::dup2(fd, 9) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--env-ports",
-                &ports,
-                "--public-host",
-                "127.0.0.1",
-                "--state",
-            ])
-            .arg(&self.state)
-            .args(extra)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .args((rootful_suite() && !extra.contains(&"--rootful")).then_some("--rootful"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{line:?}"));
-        self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        self.log = log.clone();
-        self.log_reader = Some(std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = stderr.read(&mut buf) {
-                log.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        }));
-        if extra.contains(&"--admin-listen") {
-            // The node writes where it listens once it does.
-            let addr = std::fs::read_to_string(self.state.join("admin.addr")).unwrap();
-            self.admin = Some(addr.trim().to_string());
-        }
-        self.child = Some(child);
-    }
-
-    /// `program`, run in the grid's network namespace if it has one.
-    fn command(&self, program: &str) -> Command {
-        match &self.netns {
-            // nsenter, not `ip netns exec`: that also remounts /sys, which
-            // would hide the cgroup file systems from the node.
-            Some(ns) => {
-                let mut cmd = Command::new("nsenter");
-                cmd.arg(format!("--net=/run/netns/{ns}")).arg(program);
-                cmd
-            }
-            None => Command::new(program),
-        }
-    }
-
-    /// `ssh -p PORT -i KEY -T LOGIN@127.0.0.1 ARGS…` to the front door.
-    fn door_command(&self, key: &str, login: &str, args: &[&str]) -> Command {
-        let mut cmd = self.command("ssh");
-        cmd.args(["-p", &self.port.to_string(), "-i"])
-            .arg(self.tmp.path().join(key))
-            .args(SSH_OPTS)
-            .arg("-T")
-            .arg(format!("{login}@127.0.0.1"))
-            .args(args);
-        cmd
-    }
-
-    /// The front door's `ssh … ARGS` as `login` with `key`, `input` on stdin.
-    fn ssh_as(&self, key: &str, login: &str, args: &[&str], input: &str) -> Output {
-        run_with_input(self.door_command(key, login, args), input)
-    }
-
-    fn ssh(&self, user: &str, args: &[&str]) -> Output {
-        self.ssh_as(user, user, args, "")
-    }
-
-    fn ok(&self, user: &str, args: &[&str]) -> String {
-        let out = self.ssh(user, args);
-        assert!(
-            out.status.success(),
-            "{user} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn refused(&self, user: &str, args: &[&str]) -> String {
-        let out = self.ssh(user, args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{user} {args:?} should fail: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(out.stdout.is_empty());
-        String::from_utf8(out.stderr).unwrap()
-    }
-
-    /// SIGTERM, then the daemon's stderr.
-    fn stop(&mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = child.wait().unwrap();
-        if let Some(reader) = self.log_reader.take() {
-            reader.join().unwrap();
-        }
-        let log = self.log_so_far();
-        assert!(status.success(), "{status}: {log}");
-        log
-    }
-
-    /// What the running node has written to stderr so far.
-    fn log_so_far(&self) -> String {
-        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
-    }
-
-    fn mounted(&self) -> Vec<String> {
-        let prefix = std::fs::canonicalize(&self.state)
-            .unwrap()
-            .display()
-            .to_string();
-        std::fs::read_to_string("/proc/self/mounts")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| m.starts_with(&prefix))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Grid {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for m in self.mounted() {
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
-    }
-}
+use crate::common::grid::{Reaped, SSH_OPTS};
+use crate::common::netns::Hosts;
+use crate::common::node::{Node, can_mount, rootful_suite};
+use crate::common::run::{COLONY, run_with_input};
 
 #[test]
 fn every_command_and_its_refusals() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let venti_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -460,7 +174,7 @@ fn the_key_decides_who_you_are() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     // alice's key, claiming to be bob: she is alice.
     let out = g.ssh_as("alice", "bob", &["scores"], "");
@@ -480,7 +194,7 @@ fn the_interactive_prompt() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let out = g.ssh_as(
         "alice",
@@ -517,7 +231,7 @@ fn a_restart_ends_live_environments_and_keeps_the_names() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     g.ok("alice", &["spawn", "busybox"]);
     g.ok("alice", &["save", "busybox", "kept"]);
@@ -552,7 +266,7 @@ fn a_restart_ends_live_environments_and_keeps_the_names() {
 
 #[test]
 fn a_crash_mid_update_leaves_scorenames_whole() {
-    let g = Grid::new();
+    let g = Node::new();
     let root = g.tmp.path().join("rootfs");
     // Import names one after another in a child, and kill it mid-stream.
     let script = format!(
@@ -648,7 +362,7 @@ fn a_name_whose_blocks_are_missing_and_two_saves_at_once() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     // A binding to a root that is not in the store.
     let names = g.state.join("scorenames");
     let mut text = std::fs::read_to_string(&names).unwrap();
@@ -705,7 +419,7 @@ fn a_save_while_the_cache_is_full_works_and_frees_it() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&["--ram-cache", "1M"]);
     g.ok("alice", &["spawn", "busybox"]);
     let mnt = g.state.join("mnt/alice/busybox");
@@ -732,7 +446,7 @@ fn login_port(reply: &str) -> u16 {
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
 
-impl Grid {
+impl Node {
     /// Runs `command` inside an environment through its own SSH login.
     fn env_ssh(&self, key: &str, port: u16, command: &str, input: &str, tty: bool) -> Output {
         let mut cmd = self.command("ssh");
@@ -778,7 +492,7 @@ fn log_in_run_write_save_boom_and_find_the_files_again() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     assert_eq!(g.env_ok(port, "hostname"), "busybox\n");
@@ -874,7 +588,7 @@ fn only_the_owner_logs_in_and_escapes_fail() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&["--allow-rootful"]);
     // Rootless and rootful environments hold the same line.
     for mode in ["userns=yes", "userns=no"] {
@@ -884,7 +598,7 @@ fn only_the_owner_logs_in_and_escapes_fail() {
     g.stop();
 }
 
-fn only_the_owner_logs_in_and_escapes_fail_in(g: &Grid, mode: &str) {
+fn only_the_owner_logs_in_and_escapes_fail_in(g: &Node, mode: &str) {
     let port = login_port(&g.ok("alice", &["spawn", "busybox", mode]));
     let bob = g.env_ssh("bob", port, "true", "", false);
     assert_eq!(bob.status.code(), Some(255));
@@ -995,7 +709,7 @@ fn a_fork_bomb_and_a_memory_hog_are_contained() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.colony(&[
         "import",
         "other",
@@ -1043,7 +757,7 @@ fn twenty_spawn_boom_cycles_leave_nothing_behind() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let mut ports = std::collections::HashSet::new();
     for _ in 0..20 {
@@ -1067,7 +781,7 @@ fn idle_environments_cost_the_node_little_memory() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let root = g.tmp.path().join("rootfs");
     for i in 1..5 {
         g.colony(&[
@@ -1109,7 +823,7 @@ fn files_move_with_scp_and_sftp() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     let opts = |cmd: &mut Command| {
@@ -1178,23 +892,6 @@ fn files_move_with_scp_and_sftp() {
     g.stop();
 }
 
-/// Runs `cmd` with `input` on its stdin and collects its output.
-fn run_with_input(mut cmd: Command, input: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 /// Waits (10 s at most) until none of `pids` lives (zombies count as gone),
 /// else fails: the environment outlived `what`.
 fn wait_until_gone(pids: impl Iterator<Item = u32>, what: &str) {
@@ -1254,7 +951,7 @@ fn an_environment_whose_init_died_is_never_entered_again() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     // Signals from inside cannot end pid 1 (the kernel drops them)...
@@ -1293,7 +990,7 @@ fn large_input_and_output_at_once_do_not_deadlock_a_login() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
@@ -1322,7 +1019,7 @@ fn a_root_whose_proc_is_a_symlink_is_refused() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let bad = g.tmp.path().join("badroot");
     std::fs::create_dir_all(bad.join("bin")).unwrap();
     std::os::unix::fs::symlink("/etc", bad.join("proc")).unwrap();
@@ -1422,7 +1119,7 @@ int main(void) {{
 /// Builds the C program `source` statically as `name` in the grid's
 /// scratch directory (with gcc; CI installs it), to run as a probe inside
 /// an environment.
-fn build_probe(g: &Grid, name: &str, source: &str) -> PathBuf {
+fn build_probe(g: &Node, name: &str, source: &str) -> PathBuf {
     let src = g.tmp.path().join(format!("{name}.c"));
     std::fs::write(&src, source).unwrap();
     let probe = g.tmp.path().join(name);
@@ -1449,7 +1146,7 @@ fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let probe = build_probe(&g, "probe", &syscall_probe_source());
     g.start(&["--allow-rootful"]);
     // Rootless and rootful environments refuse the same calls.
@@ -1510,7 +1207,7 @@ fn unreachable(addr: &str) -> bool {
 
 /// Starts busybox's web server inside the environment on `port`, serving a
 /// file `hello` holding `text`, and checks from inside that it answers.
-fn serve_hello_inside(g: &Grid, port: u16, text: &str) {
+fn serve_hello_inside(g: &Node, port: u16, text: &str) {
     g.env_ok(
         port_of_login(g),
         // Its stdio must not hold the login session open.
@@ -1526,7 +1223,7 @@ fn serve_hello_inside(g: &Grid, port: u16, text: &str) {
 }
 
 /// The login port of alice's only environment, from `status`.
-fn port_of_login(g: &Grid) -> u16 {
+fn port_of_login(g: &Node) -> u16 {
     login_port(&g.ok("alice", &["status"]).replace('\t', "\n"))
 }
 
@@ -1539,7 +1236,7 @@ fn a_private_network_keeps_servers_in_and_the_nodes_loopback_out() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     g.ok("alice", &["spawn", "busybox"]);
     assert!(g.ok("alice", &["status"]).contains("net private"));
@@ -1579,7 +1276,7 @@ fn net_host_is_refused_unless_the_node_allows_it() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let err = g.refused("alice", &["spawn", "busybox", "net=host"]);
     assert!(err.contains("--allow-host-net"), "{err}");
@@ -1605,7 +1302,7 @@ fn a_published_port_reaches_the_environments_server() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     // Below every test's login ports (21000-32767) and Linux's ephemeral
     // range, a block of this run's own.
     let base = 19_000 + (std::process::id() % 50) as u16 * 10;
@@ -1639,60 +1336,6 @@ fn a_published_port_reaches_the_environments_server() {
     assert!(left.stdout.is_empty(), "slirp4netns left behind");
 }
 
-/// Two network namespaces of the test's own, joined by a veth pair: the
-/// node's (10.201.N.1) and a server's (10.201.N.2); removed on drop.
-struct TestHosts {
-    node: String,
-    server: String,
-    server_addr: String,
-    /// Programs run on the server host, killed on drop.
-    running: Vec<Child>,
-}
-
-impl TestHosts {
-    fn new() -> TestHosts {
-        let n = std::process::id() % 250;
-        let (node, server) = (format!("cnode{n}"), format!("csrv{n}"));
-        let (vn, vs) = (format!("cvn{n}"), format!("cvs{n}"));
-        let server_addr = format!("10.201.{n}.2");
-        let sh = |cmd: String| {
-            let ok = Command::new("sh")
-                .args(["-c", &cmd])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "{cmd}");
-        };
-        sh(format!("ip netns add {node} && ip netns add {server}"));
-        let hosts = TestHosts {
-            node,
-            server,
-            server_addr,
-            running: Vec::new(),
-        };
-        let (node, server) = (&hosts.node, &hosts.server);
-        sh(format!(
-            "ip link add {vn} netns {node} type veth peer name {vs} netns {server} && \
-             ip -n {node} addr add 10.201.{n}.1/24 dev {vn} && ip -n {server} addr add 10.201.{n}.2/24 dev {vs} && \
-             ip -n {node} link set {vn} up && ip -n {server} link set {vs} up && \
-             ip -n {node} link set lo up && ip -n {server} link set lo up"
-        ));
-        hosts
-    }
-}
-
-impl Drop for TestHosts {
-    fn drop(&mut self) {
-        for child in &mut self.running {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in [&self.node, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
 /// An environment's own network still gets out: from inside, a web server
 /// on another host (a test namespace, through the node's namespace) answers.
 #[test]
@@ -1700,35 +1343,28 @@ fn outbound_connections_from_a_private_network_work() {
     if !can_mount() {
         return;
     }
-    let mut hosts = TestHosts::new();
+    // Host 0 runs the node, host 1 a web server.
+    let hosts = Hosts::new(2);
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("hello"), "from another host\n").unwrap();
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &hosts.server,
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "8081",
-            "-h",
-        ])
-        .arg(www.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    hosts.running.push(server);
-    let mut g = Grid::new();
-    g.netns = Some(hosts.node.clone());
+    let _server = Reaped(
+        hosts
+            .command(1, "busybox")
+            .args(["httpd", "-f", "-p", "8081", "-h"])
+            .arg(www.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut g = Node::new();
+    g.netns = Some(hosts.name(0).to_string());
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     let got = g.env_ok(
         port,
-        &format!("wget -q -O - http://{}:8081/hello", hosts.server_addr),
+        &format!("wget -q -O - http://{}:8081/hello", hosts.addrs[1]),
     );
     assert_eq!(got, "from another host\n");
     g.ok("alice", &["boom", "busybox"]);
@@ -1759,7 +1395,7 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     if !rootful_suite() {
         g.start(&[]);
         let err = g.refused("alice", &["spawn", "busybox", "userns=no"]);
@@ -1919,7 +1555,7 @@ fn an_environment_dies_with_its_helper() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     g.env_ok(port, "sleep 1000 </dev/null >/dev/null 2>&1 &");
@@ -1945,7 +1581,7 @@ struct Attached {
 }
 
 impl Attached {
-    fn open(g: &Grid, key: &str, port: u16, command: &str) -> Attached {
+    fn open(g: &Node, key: &str, port: u16, command: &str) -> Attached {
         let mut cmd = g.command("ssh");
         cmd.args(["-p", &port.to_string(), "-i"])
             .arg(g.tmp.path().join(key))
@@ -2017,7 +1653,7 @@ fn a_hub_shell_outlives_its_connection_with_its_state() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
 
@@ -2092,7 +1728,7 @@ fn the_nodes_requests_replies_and_events_are_hubs() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let addr = format!("127.0.0.1:{}", 29000 + std::process::id() % 500);
     g.start(&["--hubs-listen", &addr]);
     g.ok("alice", &["scores"]);
@@ -2165,7 +1801,7 @@ fn the_nodes_requests_replies_and_events_are_hubs() {
     assert!(!ok && err.contains("permission denied"), "{err}");
 }
 
-impl Grid {
+impl Node {
     /// `ssh … ARGS` as `user` with `input` (any bytes) on stdin.
     fn ssh_bytes(&self, user: &str, args: &[&str], input: &[u8]) -> Output {
         let mut child = self
@@ -2192,7 +1828,7 @@ fn a_tar_stream_imported_through_the_front_door_spawns_within_the_quota() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let root = g.tmp.path().join("rootfs");
     std::fs::write(root.join("etc/brought"), "brought over ssh\n").unwrap();
@@ -2277,7 +1913,7 @@ fn a_tar_stream_imported_through_the_front_door_spawns_within_the_quota() {
 /// An OCI image layout of two layers (gzip, then zstd) in `dir`, tagged
 /// `v1`: the second deletes `etc/a`, replaces `etc/b`, and makes `dir`
 /// opaque (its `x` goes) with a new `y`.
-fn oci_layout(g: &Grid, dir: &Path) {
+fn oci_layout(g: &Node, dir: &Path) {
     let sh = |cmd: &str| {
         let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
         assert!(
@@ -2346,7 +1982,7 @@ fn an_oci_image_of_two_layers_spawns_with_exactly_its_files() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let dir = g.tmp.path().join("oci");
     std::fs::create_dir_all(&dir).unwrap();
     oci_layout(&g, &dir);
@@ -2457,7 +2093,7 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&["--admin-listen", "127.0.0.1:0"]);
     let admin = g.admin.clone().expect("an admin address");
     g.ok("alice", &["spawn", "busybox"]);
@@ -2628,7 +2264,7 @@ fn under_systemd_the_node_says_when_it_is_ready_and_the_example_config_works() {
     if !can_mount() {
         return;
     }
-    let g = Grid::new();
+    let g = Node::new();
     // The repository's example configuration, as the unit starts it (with
     // this test's own ports).
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/colony.ndb");
@@ -2726,7 +2362,7 @@ fn silent_connections_never_take_the_front_door_down() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&["--admin-listen", "127.0.0.1:0", "--login-grace", "5s"]);
     let pid = g.child.as_ref().unwrap().id();
     let connect = || std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
@@ -2808,7 +2444,7 @@ fn a_request_sent_a_byte_at_a_time_is_cut_off() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&["--admin-listen", "127.0.0.1:0"]);
     let admin = g.admin.clone().expect("an admin address");
     let mut s = std::net::TcpStream::connect(&admin).unwrap();
@@ -2853,7 +2489,7 @@ fn a_one_shot_commands_input_is_never_run_as_commands() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let out = g.ssh_as("alice", "alice", &["scores"], "spawn busybox\n");
     assert!(out.status.success());
@@ -2911,7 +2547,7 @@ fn descriptors_the_node_inherited_reach_no_environment() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let host = g.tmp.path().join("host-only-c0ffee");
     std::fs::create_dir_all(&host).unwrap();
     std::fs::write(host.join("secret"), "host secret\n").unwrap();
@@ -2950,7 +2586,7 @@ fn a_spawn_above_the_ceilings_or_with_thousands_of_options_is_refused() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&["--env-memory-max", "3G"]);
     let err = g.refused("alice", &["spawn", "busybox", "memory=64G"]);
     assert!(
@@ -2973,7 +2609,7 @@ fn a_spawn_above_the_ceilings_or_with_thousands_of_options_is_refused() {
 }
 
 /// An OCI layout uploaded as a tar, with its blobs replaced by `with`.
-fn hostile_layout(g: &Grid, name: &str, with: impl Fn(&Path)) -> Vec<u8> {
+fn hostile_layout(g: &Node, name: &str, with: impl Fn(&Path)) -> Vec<u8> {
     let dir = g.tmp.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     oci_layout(g, &dir);
@@ -3008,7 +2644,7 @@ fn hostile_oci_layouts_are_refused_without_touching_the_host() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let leftover = g.state.join("tmp/import-left-by-a-killed-node");
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("junk"), "x").unwrap();
@@ -3087,7 +2723,7 @@ fn hostile_oci_layouts_are_refused_without_touching_the_host() {
 
 /// `ssh alice@node import NAME oci < tar`, left running once the upload
 /// is sent (the node then works on it).
-fn upload_oci(g: &Grid, name: &str, tar: &[u8]) -> Child {
+fn upload_oci(g: &Node, name: &str, tar: &[u8]) -> Child {
     let mut client = g
         .door_command("alice", "alice", &["import", name, "oci"])
         .stdin(Stdio::piped())
@@ -3111,7 +2747,7 @@ fn an_import_whose_client_left_is_cancelled() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let dir = g.tmp.path().join("bomb");
     let layout = dir.join("image");
@@ -3228,7 +2864,7 @@ fn control_characters_from_the_network_are_escaped_in_the_log() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -3275,7 +2911,7 @@ fn sftp_lists_a_huge_directory_and_reads_in_the_largest_blocks() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     let long = "n".repeat(200);
@@ -3330,7 +2966,7 @@ fn refused_logins_are_logged() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     let out = g.ssh("carol", &["scores"]);
@@ -3401,7 +3037,7 @@ fn environment_helpers_show_no_host_paths_and_cannot_be_traced() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let probe = build_probe(&g, "helper-probe", HELPER_PROBE);
     g.start(&["--allow-rootful"]);
     for mode in ["userns=yes", "userns=no"] {
@@ -3476,7 +3112,7 @@ fn an_environments_slirp4netns_is_charged_to_the_environment() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
     let node = g.child.as_ref().unwrap().id();
@@ -3509,7 +3145,7 @@ fn saves_count_against_the_quota() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     // Setting a quota says where it stands (before, it said nothing).
     assert_eq!(
@@ -3549,7 +3185,7 @@ fn names_are_per_user_and_a_refusal_reveals_no_one_elses() {
     if !can_mount() {
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     let root = g.tmp.path().join("bobs-root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
@@ -3598,7 +3234,7 @@ fn an_environments_socket_buffers_have_a_bound_of_their_own() {
         eprintln!("skipped: no cgroup v1 TCP accounting here (v2 counts it in memory.max)");
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     g.start(&[]);
     g.ok("alice", &["spawn", "busybox", "memory=256M"]);
     let node = g.child.as_ref().unwrap().id();
@@ -3654,7 +3290,7 @@ fn a_tenant_holding_every_inotify_instance_leaves_the_host_and_others_theirs() {
         eprintln!("skipped: host root has no inotify instance left before the test");
         return;
     }
-    let mut g = Grid::new();
+    let mut g = Node::new();
     let hog = build_probe(&g, "hog", INOTIFY_HOG);
     // bob's own busybox (names are per user).
     let rootfs = g.tmp.path().join("rootfs");

@@ -6,17 +6,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::common::node::can_mount;
 use crate::common::run::{COLONY, ok, run};
-
-fn can_mount() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root || !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: FUSE mounts need root and /dev/fuse (CI has both)");
-        return false;
-    }
-    true
-}
 
 fn colony(store: &Path, args: &[&str]) -> String {
     ok(&run(args, &[("COLONY_STORE", store.as_os_str())], b""))

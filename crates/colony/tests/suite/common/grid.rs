@@ -82,6 +82,17 @@ pub fn busybox_root(dir: &Path, motd: &str) -> PathBuf {
     root
 }
 
+/// Links the rest of busybox's applets into a [`busybox_root`]'s `bin`.
+pub fn every_busybox_applet(root: &Path) {
+    let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(applets.stdout).unwrap().lines() {
+        let link = root.join("bin").join(applet);
+        if applet != "busybox" && link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+}
+
 /// `mb` MB of incompressible files in a fresh directory.
 pub fn random_tree(dir: &Path, tag: &str, mb: usize) -> PathBuf {
     let root = dir.join(format!("random-{tag}"));

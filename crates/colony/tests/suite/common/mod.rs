@@ -1,3 +1,4 @@
 pub mod grid;
 pub mod netns;
+pub mod node;
 pub mod run;

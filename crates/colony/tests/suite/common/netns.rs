@@ -67,6 +67,11 @@ impl Hosts {
         hosts
     }
 
+    /// Host `i`'s network namespace.
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
     /// `program`, to run on host `i`.
     pub fn command(&self, i: usize, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");

@@ -24,6 +24,19 @@ pub fn run(args: &[&str], env: &[(&str, &OsStr)], stdin: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs `cmd` with `input` on its stdin and collects its output.
+pub fn run_with_input(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that does not read its input may close it first.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
 /// The stdout of a command that must have succeeded (its stderr in the
 /// failure).
 pub fn ok(out: &Output) -> String {
