@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use hubfs::{HubSet, Limits, RateLimit};
 
-use crate::hubshell::HubAddr;
 use ninep::fcall::{OREAD, OWRITE};
 
 #[derive(Args)]
@@ -74,7 +73,7 @@ pub fn hubfs(args: HubfsArgs) -> Result<()> {
         std::net::TcpListener::bind(&addr).with_context(|| format!("listening on {addr}"))?;
     let hubs = Arc::new(hubs);
     // Taken by a thread, so that a mount is unmounted before we go.
-    let signals = crate::signals::Blocked::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    let signals = hubshell::Blocked::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let mounted = match &args.mount {
         Some(dir) => Some(
             hubfs::fuse::mount(hubs.clone(), dir)
@@ -101,7 +100,52 @@ pub struct HubArgs {
     #[command(subcommand)]
     command: Option<HubCommand>,
     #[command(flatten)]
-    shell: crate::hubshell::ShellArgs,
+    shell: ShellArgs,
+}
+
+#[derive(Args)]
+struct ShellArgs {
+    /// The shell's name: its hubs are NAME0, NAME1, NAME2 and NAME0.note.
+    #[arg(default_value = "io")]
+    name: String,
+    #[command(flatten)]
+    at: HubAddr,
+    /// Make the shell if needed, but do not attach to it.
+    #[arg(short = 'b', long)]
+    background: bool,
+    /// Run a new shell on a pseudo-terminal (full-screen programs work).
+    #[arg(long)]
+    pty: bool,
+    /// The shell to run [default: $SHELL, or /bin/sh].
+    #[arg(long)]
+    shell: Option<String>,
+    /// Be the keeper of shell NAME (started by `colony hub` itself).
+    #[arg(long, hide = true)]
+    keep: bool,
+}
+
+/// Where a hubfs is, and who to attach as: the shell's and `colony hub
+/// ls|cat|write|ctl`'s option.
+#[derive(Args, Clone)]
+pub struct HubAddr {
+    /// The hubfs's 9P address (a hub shell's own hubfs, inside one).
+    #[arg(long, env = "COLONY_HUBFS", default_value = "127.0.0.1:5640")]
+    at: String,
+    /// The user name to attach as [default: $USER].
+    #[arg(long)]
+    user: Option<String>,
+}
+
+impl From<HubAddr> for hubshell::HubAddr {
+    fn from(HubAddr { at, user }: HubAddr) -> Self {
+        hubshell::HubAddr { at, user }
+    }
+}
+
+impl HubAddr {
+    fn connect(self) -> Result<ninep::Client> {
+        hubshell::HubAddr::from(self).connect()
+    }
 }
 
 #[derive(Subcommand)]
@@ -132,7 +176,22 @@ pub enum HubCommand {
 
 pub fn hub(args: HubArgs) -> Result<()> {
     let Some(cmd) = args.command else {
-        return crate::hubshell::run(args.shell);
+        let ShellArgs {
+            name,
+            at,
+            background,
+            pty,
+            shell,
+            keep,
+        } = args.shell;
+        return hubshell::run(hubshell::ShellArgs {
+            name,
+            at: at.into(),
+            background,
+            pty,
+            shell,
+            keep,
+        });
     };
     match cmd {
         HubCommand::Ls(at) => {

@@ -4,7 +4,6 @@
 mod bench;
 mod grid_cmd;
 mod hub_cmd;
-mod hubshell;
 mod link_cmd;
 mod mount_cmd;
 mod paths;

@@ -28,6 +28,11 @@
 //!
 //! If nothing serves the hubfs address and it is on loopback, the first
 //! `colony hub` starts `colony hubfs` there.
+//!
+//! This crate is the client side of hubfs, as the binary's `colony hub`
+//! runs it: the keeper and the hubfs it may start are that same program
+//! (`current_exe`), run as `PROGRAM hub --keep …` and `PROGRAM hubfs
+//! --listen ADDR`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -39,47 +44,39 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use hubfs::typed::{Key, Typed};
 use ninep::Client;
 use ninep::client::ClientError;
 use ninep::fcall::{OREAD, OWRITE};
 
-use crate::signals::Blocked;
+mod blocked;
+pub use blocked::Blocked;
 
 /// Bytes asked for by each read of a hub.
 const CHUNK: u32 = 64 * 1024;
 
-#[derive(Args)]
+/// A hub shell, as `colony hub` is asked for one.
+#[derive(Debug, Clone)]
 pub struct ShellArgs {
     /// The shell's name: its hubs are NAME0, NAME1, NAME2 and NAME0.note.
-    #[arg(default_value = "io")]
-    name: String,
-    #[command(flatten)]
-    at: HubAddr,
+    pub name: String,
+    pub at: HubAddr,
     /// Make the shell if needed, but do not attach to it.
-    #[arg(short = 'b', long)]
-    background: bool,
+    pub background: bool,
     /// Run a new shell on a pseudo-terminal (full-screen programs work).
-    #[arg(long)]
-    pty: bool,
+    pub pty: bool,
     /// The shell to run [default: $SHELL, or /bin/sh].
-    #[arg(long)]
-    shell: Option<String>,
+    pub shell: Option<String>,
     /// Be the keeper of shell NAME (started by `colony hub` itself).
-    #[arg(long, hide = true)]
-    keep: bool,
+    pub keep: bool,
 }
 
-/// Where a hubfs is, and who to attach as: the shell's and `colony hub
-/// ls|cat|write|ctl`'s option.
-#[derive(Args, Clone)]
+/// Where a hubfs is, and who to attach as.
+#[derive(Debug, Clone)]
 pub struct HubAddr {
     /// The hubfs's 9P address (a hub shell's own hubfs, inside one).
-    #[arg(long, env = "COLONY_HUBFS", default_value = "127.0.0.1:5640")]
     pub at: String,
     /// The user name to attach as [default: $USER].
-    #[arg(long)]
     pub user: Option<String>,
 }
 
