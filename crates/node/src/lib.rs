@@ -336,23 +336,12 @@ fn start_storage(
                         ),
                     }
                 };
-                let links: Option<Arc<dyn Fn() -> String + Send + Sync>> = match (&admin_rep, &admin_pool) {
-                    (Some(rep), _) => {
-                        let rep = rep.clone();
-                        Some(Arc::new(move || rep.status_text()))
-                    }
-                    (None, Some(pool)) => {
-                        let pool = pool.clone();
-                        Some(Arc::new(move || pool.cpus()))
-                    }
-                    (None, None) => None,
-                };
                 refresh_metrics(&metrics, &node, link.as_ref(), admin_rep.clone());
                 let admin = Arc::new(storage::admin::Admin {
                     node: node.clone(),
                     metrics: metrics.clone(),
                     name: name.clone(),
-                    links,
+                    replication: admin_rep.clone(),
                     cpu_nodes: admin_pool.clone(),
                 });
                 tracing::info!(address = %bound, tls = tls.is_some(), "admin address: /metrics and the status page");

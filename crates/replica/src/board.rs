@@ -181,20 +181,23 @@ pub fn human_bytes(n: f64) -> String {
     }
 }
 
+/// Where a node's peers stand (see `Replicator::peers`).
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// Each peer this node sends to, by name, with how far behind it is.
+    pub outgoing: Vec<(String, Outgoing, Behind)>,
+    /// Each peer that has sent here, by name.
+    pub incoming: BTreeMap<String, Incoming>,
+}
+
 /// The status text: one paragraph per peer.
-pub fn render(
-    node: &str,
-    out: &BTreeMap<String, Outgoing>,
-    behind: &BTreeMap<String, Behind>,
-    inc: &BTreeMap<String, Incoming>,
-) -> String {
+pub fn render(node: &str, peers: &Peers) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "node {node}");
-    if out.is_empty() {
+    if peers.outgoing.is_empty() {
         let _ = writeln!(s, "no peers configured");
     }
-    for (name, o) in out {
-        let b = behind.get(name).copied().unwrap_or_default();
+    for (name, o, b) in &peers.outgoing {
         let _ = writeln!(
             s,
             "peer {name} at {}{}: {}",
@@ -231,7 +234,7 @@ pub fn render(
             }
         }
     }
-    for (name, i) in inc {
+    for (name, i) in &peers.incoming {
         let _ = writeln!(
             s,
             "from {name}: last contact {}; stored {} of {} offered blocks ({}); {} names merged",

@@ -32,7 +32,6 @@ pub mod progress;
 pub mod push;
 pub mod readthrough;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,30 +135,36 @@ impl Replicator {
             .collect()
     }
 
-    /// The status text of every link, as `colony grid status` prints it.
-    pub fn status_text(&self) -> String {
+    /// Where each peer stands: this node's link to it, how far behind it
+    /// is, and what it has sent here.
+    pub fn peers(&self) -> board::Peers {
         let (out, inc) = self.board.snapshot();
         let names = self.catalog.names_count().unwrap_or(0);
         let end = self.store.durable_end();
-        let behind: BTreeMap<String, board::Behind> = out
-            .iter()
+        let outgoing = out
+            .into_iter()
             .map(|(name, o)| {
-                let blocks = self.store.count_records(o.position).unwrap_or(0);
-                (
-                    name.clone(),
-                    board::Behind {
-                        blocks,
-                        bytes: end.saturating_sub(o.position),
-                        names: if o.plain_venti {
-                            0
-                        } else {
-                            names.saturating_sub(o.names_sent)
-                        },
+                let behind = board::Behind {
+                    blocks: self.store.count_records(o.position).unwrap_or(0),
+                    bytes: end.saturating_sub(o.position),
+                    names: if o.plain_venti {
+                        0
+                    } else {
+                        names.saturating_sub(o.names_sent)
                     },
-                )
+                };
+                (name, o, behind)
             })
             .collect();
-        let mut text = board::render(&self.node, &out, &behind, &inc);
+        board::Peers {
+            outgoing,
+            incoming: inc,
+        }
+    }
+
+    /// The status text: one paragraph per peer, and the node's others.
+    pub fn status_text(&self) -> String {
+        let mut text = board::render(&self.node, &self.peers());
         if let Some(more) = &self.more_status {
             text.push_str(&more());
         }

@@ -6,7 +6,6 @@
 //! mutual TLS: only holders of a grid certificate (an admin's client
 //! certificate, or a node's) get an answer; others fail the handshake.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,8 +23,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// This node's name (its certificate's, or the host's).
     pub name: String,
-    /// The replication and cpu-node status text, if any.
-    pub links: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// The node's replication, if it has peers.
+    pub replication: Option<Arc<replica::Replicator>>,
     /// A storage node's cpu nodes, for the page's table of them.
     pub cpu_nodes: Option<Arc<crate::placement::Pool>>,
 }
@@ -107,7 +106,50 @@ async fn answer(admin: Arc<Admin>, mut s: impl AsyncRead + AsyncWrite + Unpin, p
     let _ = s.shutdown().await;
 }
 
-/// The page's data: the node, its links, its environments, growth, events.
+/// Where each replication peer stands, for the page's tables.
+fn peers_json(peers: &replica::board::Peers) -> serde_json::Value {
+    use crate::status::seconds_since;
+    use serde_json::json;
+    let outgoing: Vec<serde_json::Value> = peers
+        .outgoing
+        .iter()
+        .map(|(name, o, behind)| {
+            json!({
+                "name": name,
+                "address": o.address,
+                "plain_venti": o.plain_venti,
+                "connected": o.connected,
+                "last_contact_seconds_ago": o.last_contact.map(seconds_since),
+                "behind_blocks": behind.blocks,
+                "behind_bytes": behind.bytes,
+                "behind_names": behind.names,
+                "rate_bytes_per_second": o.rate(),
+                "blocks_sent": o.blocks_sent,
+                "blocks_offered": o.blocks_offered,
+                "bytes_sent": o.bytes_sent,
+                "last_error": o.last_error.as_ref().map(|(_, e)| e),
+                "last_error_seconds_ago": o.last_error.as_ref().map(|(t, _)| seconds_since(*t)),
+            })
+        })
+        .collect();
+    let incoming: Vec<serde_json::Value> = peers
+        .incoming
+        .iter()
+        .map(|(name, i)| {
+            json!({
+                "name": name,
+                "last_contact_seconds_ago": i.last_contact.map(seconds_since),
+                "blocks_stored": i.blocks_stored,
+                "blocks_offered": i.blocks_offered,
+                "bytes_stored": i.bytes_stored,
+                "names_merged": i.names_merged,
+            })
+        })
+        .collect();
+    json!({ "outgoing": outgoing, "incoming": incoming })
+}
+
+/// The page's data: the node, its peers, its environments, growth, events.
 fn status_json(admin: &Admin) -> String {
     use crate::status::EnvState;
     use serde_json::json;
@@ -162,10 +204,6 @@ fn status_json(admin: &Admin) -> String {
         .into_iter()
         .map(|e| json!({ "at": e.at, "failure": e.failure, "text": e.text }))
         .collect();
-    let mut links = String::new();
-    if let Some(f) = &admin.links {
-        let _ = write!(links, "{}", f());
-    }
     let m = &admin.metrics;
     let (free, total) = admin.node.disk_space().unwrap_or((0, 0));
     json!({
@@ -181,7 +219,7 @@ fn status_json(admin: &Admin) -> String {
             "logins": m.logins_refused.get(),
             "connections": m.connections_refused.get(),
         },
-        "links": links,
+        "peers": admin.replication.as_ref().map(|rep| peers_json(&rep.peers())),
         "cpu_nodes": admin.cpu_nodes.as_ref().map(|pool| {
             pool.cpu_nodes()
                 .into_iter()

@@ -34,6 +34,9 @@ const VENTI: &str = "tls!127.0.0.1!17034";
 /// The pushers' batch limit (`serve --replica-batch`): small, so a kill
 /// lands mid-stream and "one batch" is a tight bound.
 const BATCH: u64 = 32;
+/// Where a node's admin address is, when a test gives it one: its host's
+/// loopback (plain HTTP there).
+const ADMIN: &str = "127.0.0.1:17050";
 
 fn can_run() -> bool {
     netns::available() && Path::new("/dev/fuse").exists()
@@ -230,6 +233,18 @@ impl Grid {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The status page's data of `node` (started with `--admin-listen
+    /// ADMIN`, on its host's loopback).
+    fn status_page(&self, node: &Node) -> serde_json::Value {
+        let out = self
+            .hosts
+            .command(node.i, "curl")
+            .args(["-s", "-m", "5", &format!("http://{ADMIN}/status.json")])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
     /// `colony grid status` of `node`, as the grid's admin.
@@ -632,6 +647,9 @@ fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
     let venti_mirror = Reaped(venti_mirror);
     a.args
         .extend(["--peer".into(), "venti:mirror=tcp!127.0.0.1!17040".into()]);
+    for node in [&mut a, &mut b] {
+        node.set_arg("--admin-listen", ADMIN);
+    }
     grid.add_user(&a, "alice");
     let big = grid.import(&a, "big", &random_tree(grid.tmp.path(), "one", 24));
     let watcher = Watcher::start(&grid, vec![(1, b.state.clone()), (2, c.state.clone())]);
@@ -697,6 +715,27 @@ fn a_chain_survives_kill_9_of_either_end_and_a_cut_link() {
         grid.status(&a)
             .contains("(plain venti): connected\n  behind: 0 blocks")
     });
+    // The status page has the same as records: a's links to b and to the
+    // mirror up with nothing behind, and b's record of what a sent it.
+    wait_for(30, "a's page to show its peers caught up", || {
+        let page = grid.status_page(&a);
+        let outgoing = page["peers"]["outgoing"].as_array().cloned();
+        outgoing.is_some_and(|o| {
+            o.len() == 2
+                && o.iter()
+                    .all(|p| p["connected"] == true && p["behind_blocks"] == 0)
+        })
+    });
+    let page = grid.status_page(&a);
+    let mirror_record = &page["peers"]["outgoing"][1];
+    assert_eq!(mirror_record["name"], "mirror", "{page}");
+    assert_eq!(mirror_record["address"], "tcp!127.0.0.1!17040");
+    assert_eq!(mirror_record["plain_venti"], true);
+    assert!(mirror_record["blocks_sent"].as_u64() > Some(0), "{page}");
+    let page = grid.status_page(&b);
+    let from_a = &page["peers"]["incoming"][0];
+    assert_eq!(from_a["name"], "a", "{page}");
+    assert!(from_a["blocks_stored"].as_u64() > Some(0), "{page}");
 
     // Every block arrived once, give or take the batch in flight at each
     // kill: b's log holds each block once, and its keeper stored no more
