@@ -482,6 +482,7 @@ impl Environments {
             fs: env.fs.clone(),
             shell: rootfs::root_shell(&env.fs),
             shells: Arc::default(),
+            listeners: Default::default(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let key = self.host_key.clone();

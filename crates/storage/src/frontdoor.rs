@@ -160,6 +160,15 @@ impl Connection {
     }
 }
 
+/// Why the front door refuses every forward: the client prints it
+/// (`open failed: administratively prohibited: …`).
+fn not_a_machine() -> russh::ChannelOpenFailure {
+    russh::ChannelOpenFailure::Other {
+        code: 1,
+        reason: "the front door is not a machine; forward through an environment's own login (ssh -p PORT -L …)".into(),
+    }
+}
+
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
@@ -208,6 +217,43 @@ impl russh::server::Handler for Connection {
         self.channels.insert(channel.id(), Interactive::default());
         reply.accept().await;
         Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(user = ?self.user, host, port, "refused a forward at the front door");
+        reply.reject(not_a_machine()).await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.reject(not_a_machine()).await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // A global request's refusal carries no reason: the log says it.
+        tracing::info!(user = ?self.user, address, port = *port, "refused a remote forward at the front door: it is not a machine; forward through an environment's login");
+        Ok(false)
     }
 
     async fn pty_request(

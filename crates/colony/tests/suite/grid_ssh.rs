@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::common::grid::{Reaped, SSH_OPTS};
+use crate::common::grid::{Reaped, SSH_OPTS, spawn_port};
 use crate::common::netns::Hosts;
 use crate::common::node::{Node, can_mount, rootful_suite};
-use crate::common::run::{COLONY, run_with_input};
+use crate::common::run::COLONY;
 
 #[test]
 fn every_command_and_its_refusals() {
@@ -247,7 +247,7 @@ fn a_restart_ends_live_environments_and_keeps_the_names() {
     // process runs on, holding ports or ids), and leaves a stale mount that
     // the next start clears.
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "kept"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "kept"]));
     g.env_ok(port, "sleep 1000 </dev/null >/dev/null 2>&1 &");
     let mut child = g.child.take().unwrap();
     let init = init_pid_of_only_environment(child.id()).expect("the environment's pid 1");
@@ -437,56 +437,6 @@ fn a_save_while_the_cache_is_full_works_and_frees_it() {
     g.stop();
 }
 
-/// The login port from a spawn reply ("… log in with:\nssh -p PORT user@host").
-fn login_port(reply: &str) -> u16 {
-    let line = reply
-        .lines()
-        .find(|l| l.starts_with("ssh -p "))
-        .unwrap_or_else(|| panic!("no login in {reply:?}"));
-    line.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
-impl Node {
-    /// Runs `command` inside an environment through its own SSH login.
-    fn env_ssh(&self, key: &str, port: u16, command: &str, input: &str, tty: bool) -> Output {
-        let mut cmd = self.command("ssh");
-        cmd.args(["-p", &port.to_string(), "-i"])
-            .arg(self.tmp.path().join(key))
-            .args(SSH_OPTS);
-        cmd.arg(if tty { "-tt" } else { "-T" });
-        cmd.arg(format!("{key}@127.0.0.1")).arg(command);
-        run_with_input(cmd, input)
-    }
-
-    fn env_ok(&self, port: u16, command: &str) -> String {
-        let out = self.env_ssh("alice", port, command, "", false);
-        assert!(
-            out.status.success(),
-            "{command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// This node's cgroups still present.
-    fn cgroups(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            if let Ok(groups) = std::fs::read_dir(c.path().join("colony")) {
-                for g in groups.flatten() {
-                    let name = g.file_name().to_string_lossy().into_owned();
-                    let node =
-                        venti::Score::of(self.state.as_os_str().as_encoded_bytes()).to_string();
-                    if name.starts_with(&node[..8]) {
-                        out.push(g.path().display().to_string());
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
 #[test]
 fn log_in_run_write_save_boom_and_find_the_files_again() {
     if !can_mount() {
@@ -494,7 +444,7 @@ fn log_in_run_write_save_boom_and_find_the_files_again() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     assert_eq!(g.env_ok(port, "hostname"), "busybox\n");
     // A command's output, exit status, and stdin piped through.
     let out = g.env_ssh(
@@ -575,7 +525,7 @@ fn log_in_run_write_save_boom_and_find_the_files_again() {
         Some(255),
         "the login is gone"
     );
-    let port2 = login_port(&g.ok("alice", &["spawn", "withfiles"]));
+    let port2 = spawn_port(&g.ok("alice", &["spawn", "withfiles"]));
     assert_eq!(
         g.env_ok(port2, "cat /root/file /root/etc/motd"),
         "made\nhello\n"
@@ -599,7 +549,7 @@ fn only_the_owner_logs_in_and_escapes_fail() {
 }
 
 fn only_the_owner_logs_in_and_escapes_fail_in(g: &Node, mode: &str) {
-    let port = login_port(&g.ok("alice", &["spawn", "busybox", mode]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox", mode]));
     let bob = g.env_ssh("bob", port, "true", "", false);
     assert_eq!(bob.status.code(), Some(255));
     assert!(String::from_utf8_lossy(&bob.stderr).contains("Permission denied"));
@@ -718,8 +668,8 @@ fn a_fork_bomb_and_a_memory_hog_are_contained() {
         "alice",
     ]);
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox", "pids=40", "memory=64M"]));
-    let other = login_port(&g.ok("alice", &["spawn", "other"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox", "pids=40", "memory=64M"]));
+    let other = spawn_port(&g.ok("alice", &["spawn", "other"]));
     // Fork until the process limit says no.
     let bomb = g.env_ssh(
         "alice",
@@ -737,7 +687,7 @@ fn a_fork_bomb_and_a_memory_hog_are_contained() {
     assert_eq!(g.env_ok(other, "echo fine"), "fine\n");
     // Boom ends every one of the bomb's processes.
     g.ok("alice", &["boom", "busybox"]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox", "memory=64M"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox", "memory=64M"]));
     // A process that eats memory is killed inside the environment.
     let hog = g.env_ssh(
         "alice",
@@ -761,7 +711,7 @@ fn twenty_spawn_boom_cycles_leave_nothing_behind() {
     g.start(&[]);
     let mut ports = std::collections::HashSet::new();
     for _ in 0..20 {
-        let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+        let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
         ports.insert(port);
         assert_eq!(g.env_ok(port, "echo up"), "up\n");
         g.ok("alice", &["boom", "busybox"]);
@@ -803,11 +753,11 @@ fn idle_environments_cost_the_node_little_memory() {
             .unwrap()
     };
     // One environment first: what every node pays once (runtimes, caches).
-    let first = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let first = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     assert_eq!(g.env_ok(first, "echo up"), "up\n");
     let before = rss();
     for i in 1..5 {
-        let port = login_port(&g.ok("alice", &["spawn", &format!("busybox{i}")]));
+        let port = spawn_port(&g.ok("alice", &["spawn", &format!("busybox{i}")]));
         assert_eq!(g.env_ok(port, "echo up"), "up\n");
     }
     let grown_kb = rss().saturating_sub(before);
@@ -825,7 +775,7 @@ fn files_move_with_scp_and_sftp() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     let opts = |cmd: &mut Command| {
         cmd.args(["-P", &port.to_string(), "-i"])
             .arg(g.tmp.path().join("alice"))
@@ -953,7 +903,7 @@ fn an_environment_whose_init_died_is_never_entered_again() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     // Signals from inside cannot end pid 1 (the kernel drops them)...
     let _ = g.env_ssh(
         "alice",
@@ -992,7 +942,7 @@ fn large_input_and_output_at_once_do_not_deadlock_a_login() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
     let mut child = Command::new("ssh")
         .args(["-p", &port.to_string(), "-i"])
@@ -1151,7 +1101,7 @@ fn refused_syscalls_are_eperm_inside_and_ordinary_ones_work() {
     g.start(&["--allow-rootful"]);
     // Rootless and rootful environments refuse the same calls.
     for mode in ["userns=yes", "userns=no"] {
-        let port = login_port(&g.ok("alice", &["spawn", "busybox", mode]));
+        let port = spawn_port(&g.ok("alice", &["spawn", "busybox", mode]));
         std::fs::copy(&probe, g.state.join("mnt/alice/busybox/probe")).unwrap();
         let out = g.env_ok(port, "/probe");
         check_probe_results(&out, mode);
@@ -1224,7 +1174,7 @@ fn serve_hello_inside(g: &Node, port: u16, text: &str) {
 
 /// The login port of alice's only environment, from `status`.
 fn port_of_login(g: &Node) -> u16 {
-    login_port(&g.ok("alice", &["status"]).replace('\t', "\n"))
+    spawn_port(&g.ok("alice", &["status"]).replace('\t', "\n"))
 }
 
 /// Invariant: an environment's network is its own. A server inside on
@@ -1361,7 +1311,7 @@ fn outbound_connections_from_a_private_network_work() {
     let mut g = Node::new();
     g.netns = Some(hosts.name(0).to_string());
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     let got = g.env_ok(
         port,
         &format!("wget -q -O - http://{}:8081/hello", hosts.addrs[1]),
@@ -1410,7 +1360,7 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
     }
     g.start(&["--allow-rootful"]);
     // Owners to keep: made in a rootful environment, saved.
-    let port = login_port(&g.ok("alice", &["spawn", "busybox", "userns=no"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox", "userns=no"]));
     g.env_ok(
         port,
         "mkdir -p /home/u /srv2 && touch /home/u/a /home/u/b /srv2/far /etc/setuid && \
@@ -1423,7 +1373,7 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
     g.ok("alice", &["save", "busybox", "owners"]);
     g.ok("alice", &["boom", "busybox"]);
 
-    let port = login_port(&g.ok("alice", &["spawn", "owners", "userns=yes"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "owners", "userns=yes"]));
     assert!(g.ok("alice", &["status"]).contains("rootless"));
     let id = g.env_ok(port, "id");
     assert!(id.starts_with("uid=0(root) gid=0(root)"), "{id}");
@@ -1523,7 +1473,7 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
     let before = g.env_ok(port, OWNERS);
     g.ok("alice", &["save", "owners", "owners2"]);
     g.ok("alice", &["boom", "owners"]);
-    let port = login_port(&g.ok("alice", &["spawn", "owners2", "userns=no"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "owners2", "userns=no"]));
     let after_plain = g.env_ok(port, OWNERS);
     assert_eq!(
         after_plain.replace("70000 70001 644 /srv2/far", "65534 65534 644 /srv2/far"),
@@ -1540,7 +1490,7 @@ fn a_rootless_environment_is_root_inside_unprivileged_outside_and_keeps_owners()
         "{after_plain}"
     );
     g.ok("alice", &["boom", "owners2"]);
-    let port = login_port(&g.ok("alice", &["spawn", "owners2", "userns=yes"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "owners2", "userns=yes"]));
     assert_eq!(g.env_ok(port, OWNERS), before);
     g.ok("alice", &["boom", "owners2"]);
     assert!(g.mounted().is_empty() && g.cgroups().is_empty());
@@ -1557,7 +1507,7 @@ fn an_environment_dies_with_its_helper() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     g.env_ok(port, "sleep 1000 </dev/null >/dev/null 2>&1 &");
     let node = g.child.as_ref().unwrap().id();
     let helper = *init_helpers_of(node).first().expect("the init helper");
@@ -1655,7 +1605,7 @@ fn a_hub_shell_outlives_its_connection_with_its_state() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
 
     // First attachment: state in the shell, and a background job.
     let mut one = Attached::open(&g, "alice", port, "hub");
@@ -1852,7 +1802,7 @@ fn a_tar_stream_imported_through_the_front_door_spawns_within_the_quota() {
         "{said}"
     );
     assert!(g.ok("alice", &["scores"]).contains("mine\n"));
-    let port = login_port(&g.ok("alice", &["spawn", "mine"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "mine"]));
     assert_eq!(g.env_ok(port, "cat /etc/brought"), "brought over ssh\n");
     g.ok("alice", &["boom", "mine"]);
 
@@ -1997,7 +1947,7 @@ fn an_oci_image_of_two_layers_spawns_with_exactly_its_files() {
         "alice",
     ]);
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "image"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "image"]));
     let listing = g.env_ok(port, "ls -a /etc /dir; cat /etc/b /dir/y");
     assert_eq!(
         listing,
@@ -2019,7 +1969,7 @@ fn an_oci_image_of_two_layers_spawns_with_exactly_its_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = login_port(&g.ok("alice", &["spawn", "viassh"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "viassh"]));
     assert_eq!(
         g.env_ok(port, "ls -a /etc /dir; cat /etc/b /dir/y"),
         listing
@@ -2046,7 +1996,7 @@ fn an_oci_image_of_two_layers_spawns_with_exactly_its_files() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("live vac:"));
-    let port = login_port(&g.ok("alice", &["spawn", "live"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "live"]));
     assert_eq!(g.env_ok(port, "cat /etc/motd"), "hello\n");
     g.ok("alice", &["boom", "live"]);
     // Every import leaves a line in the node's log, the admin's too
@@ -2498,7 +2448,7 @@ fn a_one_shot_commands_input_is_never_run_as_commands() {
         "stdin of scores spawned: {:?}",
         g.mounted()
     );
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     let out = g.ssh_as("alice", "alice", &["import"], "boom busybox\n");
     assert_eq!(out.status.code(), Some(1), "a usage error");
     assert_eq!(g.env_ok(port, "echo alive"), "alive\n", "boom in stdin ran");
@@ -2560,7 +2510,7 @@ fn descriptors_the_node_inherited_reach_no_environment() {
             .any(|t| t.contains("host-only-c0ffee")),
         "the node itself holds it (else this test shows nothing)"
     );
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     let inside = g.env_ok(
         port,
         "for f in /proc/[0-9]*/fd/*; do readlink $f; done 2>/dev/null; cat /proc/self/fd/9/secret 2>&1; true",
@@ -2602,7 +2552,7 @@ fn a_spawn_above_the_ceilings_or_with_thousands_of_options_is_refused() {
     assert!(err.contains("at most 16"), "{err}");
     assert!(g.mounted().is_empty());
     // Within the ceilings it spawns.
-    let port = login_port(&g.ok("alice", &["spawn", "busybox", "memory=3G"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox", "memory=3G"]));
     assert_eq!(g.env_ok(port, "echo in"), "in\n");
     g.ok("alice", &["boom", "busybox"]);
     g.stop();
@@ -2913,7 +2863,7 @@ fn sftp_lists_a_huge_directory_and_reads_in_the_largest_blocks() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     let long = "n".repeat(200);
     g.env_ok(
         port,
@@ -2968,7 +2918,7 @@ fn refused_logins_are_logged() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     let out = g.ssh("carol", &["scores"]);
     assert!(!out.status.success());
     let out = g.env_ssh("bob", port, "true", "", false);
@@ -3041,7 +2991,7 @@ fn environment_helpers_show_no_host_paths_and_cannot_be_traced() {
     let probe = build_probe(&g, "helper-probe", HELPER_PROBE);
     g.start(&["--allow-rootful"]);
     for mode in ["userns=yes", "userns=no"] {
-        let port = login_port(&g.ok("alice", &["spawn", "busybox", mode]));
+        let port = spawn_port(&g.ok("alice", &["spawn", "busybox", mode]));
         std::fs::copy(&probe, g.state.join("mnt/alice/busybox/probe")).unwrap();
         // An SFTP session held open (its commands would come on stdin).
         let mut sftp = Command::new("sftp")
@@ -3114,7 +3064,7 @@ fn an_environments_slirp4netns_is_charged_to_the_environment() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     let node = g.child.as_ref().unwrap().id();
     let init = init_pid_of_only_environment(node).expect("the environment's pid 1");
     let slirp = descendants_of(node)
@@ -3152,7 +3102,7 @@ fn saves_count_against_the_quota() {
         g.colony(&["user", "quota", "alice", "3M"]),
         "alice: 0 bytes of 3.0 MiB used\n"
     );
-    let port = login_port(&g.ok("alice", &["spawn", "busybox"]));
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     g.env_ok(port, "head -c 2000000 /dev/urandom > /root/first");
     g.ok("alice", &["save", "busybox", "first"]);
     let status = g.ok("alice", &["status"]);
@@ -3304,7 +3254,7 @@ fn a_tenant_holding_every_inotify_instance_leaves_the_host_and_others_theirs() {
     g.start(&[]);
     // Starts the hog in `user`'s busybox; returns it and how many it holds.
     let hog_in = |user: &str| {
-        let port = login_port(&g.ok(user, &["spawn", "busybox"]));
+        let port = spawn_port(&g.ok(user, &["spawn", "busybox"]));
         std::fs::copy(&hog, g.state.join(format!("mnt/{user}/busybox/hog"))).unwrap();
         let mut held = Command::new("ssh")
             .args(["-p", &port.to_string(), "-i"])

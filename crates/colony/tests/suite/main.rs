@@ -7,6 +7,7 @@
 
 mod common;
 
+mod env_forwards;
 mod garage;
 mod grid_links;
 mod grid_replication;

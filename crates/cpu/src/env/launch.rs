@@ -789,8 +789,9 @@ impl ExecRequest {
 }
 
 /// A program the colony binary runs itself inside an environment, in place
-/// of an executable the environment may not have.
-pub type Builtin = fn() -> io::Result<()>;
+/// of an executable the environment may not have; given the arguments
+/// after its name. Its error goes to its stderr.
+pub type Builtin = fn(&[String]) -> io::Result<()>;
 
 /// `colony __env-exec`: runs `argv` inside the environment whose pid 1 is
 /// `init_pid` (host numbering), and exits with its status. A command of
@@ -941,9 +942,12 @@ pub fn exec_main(
             if builtin {
                 let wanted = argv.get(1).map(String::as_str);
                 let result = match builtins.iter().find(|(name, _)| Some(*name) == wanted) {
-                    Some((_, run)) => run(),
+                    Some((_, run)) => run(argv.get(2..).unwrap_or_default()),
                     None => Err(io::Error::other(format!("no built-in {wanted:?}"))),
                 };
+                if let Err(e) = &result {
+                    eprintln!("{e}");
+                }
                 std::process::exit(if result.is_ok() { 0 } else { 1 });
             }
             // SAFETY: NUL-terminated arrays of valid C strings.

@@ -3,7 +3,8 @@
 //! one-shot commands get pipes, so `tar c . | ssh … tar x` works, and their
 //! exit status; the `sftp` subsystem runs the root's sftp-server if it has one.
 //! Everything runs inside the environment as its root user, with the shell
-//! its /etc/passwd gives root (or /bin/sh).
+//! its /etc/passwd gives root (or /bin/sh). Port and unix-socket forwards
+//! are made inside the environment too ([`super::forward`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +18,11 @@ use russh::keys::{PrivateKey, ssh_key};
 use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 
+use link::listener::{Place, Places};
+use russh::server::ChannelOpenHandle;
+use russh::{ChannelOpenFailure, ChannelStream};
+
+use super::forward::{self, Socket};
 use crate::OwnerKeys;
 use crate::env::Environment;
 
@@ -32,6 +38,9 @@ pub struct Door {
     pub shell: String,
     /// The environment's persistent shells on hubs (`ssh … hub NAME`).
     pub shells: Arc<super::hubshell::HubShells>,
+    /// Its remote forwards' listeners, over all its logins (at most
+    /// [`forward::MAX_LISTENERS`]).
+    pub listeners: Places,
 }
 
 /// Serves the door on `listener` until `stop` resolves.
@@ -46,6 +55,8 @@ pub async fn serve(
         logging_in,
         channels: HashMap::new(),
         refused: false,
+        forwards: Arc::default(),
+        remote: HashMap::new(),
     };
     let stopped = async {
         let _ = stop.await;
@@ -121,7 +132,37 @@ struct Conn {
     /// A key was offered and refused (logged when the connection goes,
     /// if nobody logged in).
     refused: bool,
+    /// This login's forwarded connections (at most [`forward::MAX_FORWARDS`]).
+    forwards: Arc<Places>,
+    /// Its remote forwards, by the address and port asked for: the task
+    /// that accepts on each.
+    remote: HashMap<(String, u32), tokio::task::AbortHandle>,
 }
+
+/// Relays between a forward's channel and its socket until both ends are
+/// done; the place is given back when it ends.
+async fn relay(channel: Channel<Msg>, socket: OwnedFd, _place: Place) {
+    let mut channel: ChannelStream<Msg> = channel.into_stream();
+    let std = std::os::unix::net::UnixStream::from(socket);
+    let _ = std.set_nonblocking(true);
+    // Whatever its family, a stream socket reads and writes alike.
+    let Ok(mut socket) = tokio::net::UnixStream::from_std(std) else {
+        return;
+    };
+    let _ = tokio::io::copy_bidirectional(&mut channel, &mut socket).await;
+}
+
+/// A refusal the client shows as it is (`open failed: …`).
+fn refusal(code: u32, reason: impl Into<String>) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// RFC 4254's reason codes.
+const CONNECT_FAILED: u32 = 2;
+const RESOURCE_SHORTAGE: u32 = 4;
 
 /// A pseudo-terminal from the environment's own devpts instance (through
 /// `/proc/PID/root`), so programs inside find their terminal under /dev/pts.
@@ -203,6 +244,31 @@ fn pump(
 }
 
 impl Conn {
+    /// Opens `channel` onto `socket`, made inside the environment, off the
+    /// session's task (making it may wait for a connect).
+    fn forward(&mut self, channel: Channel<Msg>, socket: Socket, reply: ChannelOpenHandle) {
+        let Some(place) = self.forwards.take(forward::MAX_FORWARDS) else {
+            let why = format!(
+                "this login has {} forwarded connections open, the most it may",
+                forward::MAX_FORWARDS
+            );
+            tokio::spawn(reply.reject(refusal(RESOURCE_SHORTAGE, why)));
+            return;
+        };
+        let env = self.door.env.clone();
+        tokio::spawn(async move {
+            let made = tokio::task::spawn_blocking(move || forward::open(&env, &socket)).await;
+            match made {
+                Ok(Ok(fd)) => {
+                    reply.accept().await;
+                    relay(channel, fd, place).await;
+                }
+                Ok(Err(why)) => reply.reject(refusal(CONNECT_FAILED, why)).await,
+                Err(e) => reply.reject(refusal(CONNECT_FAILED, e.to_string())).await,
+            }
+        });
+    }
+
     fn admitted(&self, key: &ssh_key::PublicKey) -> bool {
         self.door.keys.admits(&self.door.owner, key)
     }
@@ -472,6 +538,133 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Ok(port) = u16::try_from(port_to_connect) else {
+            let why = format!("{port_to_connect} is not a port number");
+            reply.reject(refusal(CONNECT_FAILED, why)).await;
+            return Ok(());
+        };
+        let socket = Socket::Connect {
+            host: host_to_connect.to_string(),
+            port,
+        };
+        self.forward(channel, socket, reply);
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let socket = Socket::ConnectUnix {
+            path: socket_path.to_string(),
+        };
+        self.forward(channel, socket, reply);
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Ok(wanted) = u16::try_from(*port) else {
+            return Ok(false);
+        };
+        let Some(place) = self.door.listeners.take(forward::MAX_LISTENERS) else {
+            tracing::info!(
+                owner = %self.door.owner,
+                "refused a remote forward: the environment has {} listeners, the most it may",
+                forward::MAX_LISTENERS
+            );
+            return Ok(false);
+        };
+        let (env, socket) = (
+            self.door.env.clone(),
+            Socket::Listen {
+                host: address.to_string(),
+                port: wanted,
+            },
+        );
+        let made = tokio::task::spawn_blocking(move || forward::open(&env, &socket)).await;
+        let listener = match made {
+            Ok(Ok(fd)) => std::net::TcpListener::from(fd),
+            Ok(Err(why)) => {
+                tracing::info!(owner = %self.door.owner, reason = %why, "refused a remote forward");
+                return Ok(false);
+            }
+            Err(_) => return Ok(false),
+        };
+        let bound = listener.local_addr().map(|a| a.port()).unwrap_or(wanted);
+        let _ = listener.set_nonblocking(true);
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return Ok(false);
+        };
+        if *port == 0 {
+            *port = bound as u32;
+        }
+        let (handle, forwards) = (session.handle(), self.forwards.clone());
+        let (address, asked) = (address.to_string(), *port);
+        let key = (address.clone(), asked);
+        let accepting = tokio::spawn(async move {
+            // The environment's listener, held while this runs.
+            let _listener_place = place;
+            loop {
+                let (socket, peer) = link::listener::accept(&listener, "a remote forward").await;
+                // Past the login's limit a connection is closed at once.
+                let Some(conn_place) = forwards.take(forward::MAX_FORWARDS) else {
+                    continue;
+                };
+                let (handle, address) = (handle.clone(), address.clone());
+                tokio::spawn(async move {
+                    let opened = handle
+                        .channel_open_forwarded_tcpip(
+                            address,
+                            asked,
+                            peer.ip().to_string(),
+                            peer.port() as u32,
+                        )
+                        .await;
+                    if let (Ok(channel), Ok(socket)) = (opened, socket.into_std()) {
+                        relay(channel, OwnedFd::from(socket), conn_place).await;
+                    }
+                });
+            }
+        });
+        if let Some(old) = self.remote.insert(key, accepting.abort_handle()) {
+            old.abort();
+        }
+        Ok(true)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(match self.remote.remove(&(address.to_string(), port)) {
+            Some(accepting) => {
+                accepting.abort();
+                true
+            }
+            None => false,
+        })
+    }
+
     async fn pty_request(
         &mut self,
         channel: ChannelId,
@@ -660,6 +853,10 @@ impl Drop for Conn {
     fn drop(&mut self) {
         for c in self.channels.values() {
             c.kill(&self.door);
+        }
+        // Its remote forwards' listeners close with it.
+        for (_, accepting) in self.remote.drain() {
+            accepting.abort();
         }
         if self.refused && !self.logging_in.is_logged_in() {
             let why = format!(

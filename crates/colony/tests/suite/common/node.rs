@@ -286,3 +286,44 @@ impl Drop for Node {
         }
     }
 }
+
+impl Node {
+    /// Runs `command` inside an environment through its own SSH login.
+    pub fn env_ssh(&self, key: &str, port: u16, command: &str, input: &str, tty: bool) -> Output {
+        let mut cmd = self.command("ssh");
+        cmd.args(["-p", &port.to_string(), "-i"])
+            .arg(self.tmp.path().join(key))
+            .args(SSH_OPTS);
+        cmd.arg(if tty { "-tt" } else { "-T" });
+        cmd.arg(format!("{key}@127.0.0.1")).arg(command);
+        run_with_input(cmd, input)
+    }
+
+    pub fn env_ok(&self, port: u16, command: &str) -> String {
+        let out = self.env_ssh("alice", port, command, "", false);
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// This node's cgroups still present.
+    pub fn cgroups(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            if let Ok(groups) = std::fs::read_dir(c.path().join("colony")) {
+                for g in groups.flatten() {
+                    let name = g.file_name().to_string_lossy().into_owned();
+                    let node =
+                        venti::Score::of(self.state.as_os_str().as_encoded_bytes()).to_string();
+                    if name.starts_with(&node[..8]) {
+                        out.push(g.path().display().to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
