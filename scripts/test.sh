@@ -51,6 +51,9 @@ command -v nsenter >/dev/null || need+=(util-linux)
 command -v pgrep >/dev/null || need+=(procps)
 command -v cc >/dev/null || need+=(gcc)                         # static C probes run inside environments
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+command -v sshfs >/dev/null || need+=(sshfs)                    # developers' tools on an environment's login:
+command -v rsync >/dev/null || need+=(rsync)                    #   sshfs, rsync (both ends), git (both ends,
+[ -x /usr/bin/git ] || need+=(git)                              #   copied with their libraries into a root)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}" >&2
   as_root apt-get update -qq

@@ -1,5 +1,8 @@
 //! A small SFTP (version 3) server, enough for OpenSSH's `sftp` and `scp`
-//! (which speaks SFTP since OpenSSH 9). It runs *inside* an environment —
+//! (which speaks SFTP since OpenSSH 9), and for `sshfs` and editors, with
+//! the OpenSSH extensions they use: `posix-rename`, `statvfs` and
+//! `fstatvfs` (so `df` on a mount shows the environment's cache, not a
+//! made-up size), `hardlink`, `fsync` and `limits`. It runs *inside* an environment —
 //! `colony __sftp-server` started there like any program, with the
 //! environment's root, namespaces and capabilities — so paths mean what they
 //! mean in the environment and nothing on the host is reachable.
@@ -30,6 +33,8 @@ const STAT: u8 = 17;
 const RENAME: u8 = 18;
 const READLINK: u8 = 19;
 const SYMLINK: u8 = 20;
+const EXTENDED: u8 = 200;
+const EXTENDED_REPLY: u8 = 201;
 const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
 const DATA: u8 = 103;
@@ -63,10 +68,26 @@ const MAX_READ: usize = MAX_MESSAGE - 1024;
 /// asks again until it is told the end.
 const NAMES_PER_READDIR: usize = 100;
 
+/// The extensions offered in VERSION, with their versions, as OpenSSH's
+/// server names them.
+const EXTENSIONS: &[(&str, &str)] = &[
+    ("posix-rename@openssh.com", "1"),
+    ("statvfs@openssh.com", "2"),
+    ("fstatvfs@openssh.com", "2"),
+    ("hardlink@openssh.com", "1"),
+    ("fsync@openssh.com", "1"),
+    ("limits@openssh.com", "1"),
+];
+
+/// Handles one session may hold open at once (as `limits` says): each is a
+/// descriptor of the process.
+const MAX_HANDLES: usize = 1024;
+
 enum Handle {
     File(File),
-    /// A directory's names, and how many of them were sent.
-    Dir(Vec<PathBuf>, usize),
+    /// A directory's entries (each name, and the path to it), and how
+    /// many of them were sent.
+    Dir(Vec<(Vec<u8>, PathBuf)>, usize),
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -226,6 +247,10 @@ pub fn serve(mut input: impl Read, mut output: impl Write) -> io::Result<()> {
         if kind == INIT {
             reply.push(VERSION);
             put_u32(&mut reply, 3);
+            for (name, version) in EXTENSIONS {
+                put_bytes(&mut reply, name.as_bytes());
+                put_bytes(&mut reply, version.as_bytes());
+            }
         } else {
             let id = c.u32().unwrap_or(0);
             let result = handle(kind, id, &mut c, &mut handles, &mut next);
@@ -339,6 +364,13 @@ fn handle(
     next: &mut u32,
 ) -> io::Result<Vec<u8>> {
     let gone = || io::Error::new(io::ErrorKind::NotFound, "no such handle");
+    if matches!(kind, OPEN | OPENDIR) && handles.len() >= MAX_HANDLES {
+        return Ok(status(
+            id,
+            FAILURE,
+            &format!("this session has {MAX_HANDLES} files open, the most it may"),
+        ));
+    }
     Ok(match kind {
         OPEN => {
             let path = c.path()?;
@@ -362,12 +394,15 @@ fn handle(
         }
         OPENDIR => {
             let path = c.path()?;
-            let mut list: Vec<PathBuf> = fs::read_dir(&path)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
+            let mut list: Vec<(Vec<u8>, PathBuf)> = fs::read_dir(&path)?
+                .filter_map(|e| e.ok())
+                .map(|e| (e.file_name().into_encoded_bytes(), e.path()))
                 .collect();
             list.sort();
-            list.insert(0, path.join(".."));
-            list.insert(0, path.join("."));
+            // Named as they are: a path ending in "." has the directory's
+            // own name as its file name.
+            list.insert(0, (b"..".to_vec(), path.join("..")));
+            list.insert(0, (b".".to_vec(), path.clone()));
             *next += 1;
             handles.insert(*next, Handle::Dir(list, 0));
             handle_reply(id, *next)
@@ -417,13 +452,7 @@ fn handle(
             *sent += batch.len();
             let entries: Vec<(Vec<u8>, Option<fs::Metadata>)> = batch
                 .iter()
-                .map(|p| {
-                    (
-                        p.file_name()
-                            .map_or_else(|| b"..".to_vec(), |n| n.as_encoded_bytes().to_vec()),
-                        fs::symlink_metadata(p).ok(),
-                    )
-                })
+                .map(|(name, p)| (name.clone(), fs::symlink_metadata(p).ok()))
                 .collect();
             name_reply(id, &entries)
         }
@@ -502,8 +531,104 @@ fn handle(
             std::os::unix::fs::symlink(target, link)?;
             status(id, OK, "ok")
         }
+        EXTENDED => {
+            let name = c.bytes()?;
+            extended(name, id, c, handles)?
+        }
         _ => status(id, UNSUPPORTED, "operation not supported"),
     })
+}
+
+/// An OpenSSH extension request (see [`EXTENSIONS`]).
+fn extended(
+    name: &[u8],
+    id: u32,
+    c: &mut Cursor<'_>,
+    handles: &mut HashMap<u32, Handle>,
+) -> io::Result<Vec<u8>> {
+    let file = |c: &mut Cursor<'_>, handles: &HashMap<u32, Handle>| -> io::Result<File> {
+        match handles.get(&handle_id(c)?) {
+            Some(Handle::File(f)) => f.try_clone(),
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such handle")),
+        }
+    };
+    Ok(match name {
+        b"posix-rename@openssh.com" => {
+            let (from, to) = (c.path()?, c.path()?);
+            fs::rename(from, to)?;
+            status(id, OK, "ok")
+        }
+        b"hardlink@openssh.com" => {
+            let (target, link) = (c.path()?, c.path()?);
+            fs::hard_link(target, link)?;
+            status(id, OK, "ok")
+        }
+        b"fsync@openssh.com" => {
+            file(c, handles)?.sync_all()?;
+            status(id, OK, "ok")
+        }
+        b"statvfs@openssh.com" => {
+            let path = c.path()?;
+            let path = std::ffi::CString::new(path.into_os_string().into_encoded_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a NUL in a path"))?;
+            // SAFETY: statvfs with a NUL-terminated path and a local to fill.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            statvfs_reply(id, &st)
+        }
+        b"fstatvfs@openssh.com" => {
+            let f = file(c, handles)?;
+            // SAFETY: fstatvfs on an open descriptor, into a local.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstatvfs(std::os::fd::AsRawFd::as_raw_fd(&f), &mut st) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            statvfs_reply(id, &st)
+        }
+        b"limits@openssh.com" => {
+            let mut r = vec![EXTENDED_REPLY];
+            put_u32(&mut r, id);
+            for limit in [MAX_PACKET, MAX_READ, MAX_READ, MAX_HANDLES] {
+                r.extend_from_slice(&(limit as u64).to_be_bytes());
+            }
+            r
+        }
+        _ => status(id, UNSUPPORTED, "extension not supported"),
+    })
+}
+
+/// The statvfs@openssh.com reply: eleven 64-bit fields, as OpenSSH's
+/// server sends them.
+fn statvfs_reply(id: u32, st: &libc::statvfs) -> Vec<u8> {
+    const RDONLY: u64 = 1;
+    const NOSUID: u64 = 2;
+    let mut flag = 0;
+    if st.f_flag & libc::ST_RDONLY != 0 {
+        flag |= RDONLY;
+    }
+    if st.f_flag & libc::ST_NOSUID != 0 {
+        flag |= NOSUID;
+    }
+    let mut r = vec![EXTENDED_REPLY];
+    put_u32(&mut r, id);
+    for field in [
+        st.f_bsize as u64,
+        st.f_frsize as u64,
+        st.f_blocks as u64,
+        st.f_bfree as u64,
+        st.f_bavail as u64,
+        st.f_files as u64,
+        st.f_ffree as u64,
+        st.f_favail as u64,
+        st.f_fsid as u64,
+        flag,
+        st.f_namemax as u64,
+    ] {
+        r.extend_from_slice(&field.to_be_bytes());
+    }
+    r
 }
 
 #[cfg(test)]
@@ -558,5 +683,106 @@ mod tests {
         let mut out = Vec::new();
         serve(&packet(REALPATH, &body)[..], &mut out).unwrap();
         assert_eq!(replies(&out)[0].0, NAME);
+    }
+
+    /// An EXTENDED request named `name` with `body`, framed.
+    fn extended_packet(name: &str, body: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        put_bytes(&mut b, name.as_bytes());
+        b.extend_from_slice(body);
+        packet(EXTENDED, &b)
+    }
+
+    fn paths(list: &[&Path]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for p in list {
+            put_bytes(&mut b, p.as_os_str().as_encoded_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn the_openssh_extensions_sshfs_uses_are_offered_and_work() {
+        // VERSION names them.
+        let mut init = 5u32.to_be_bytes().to_vec();
+        init.push(INIT);
+        init.extend_from_slice(&3u32.to_be_bytes());
+        let mut out = Vec::new();
+        serve(&init[..], &mut out).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        for (name, _) in EXTENSIONS {
+            assert!(text.contains(name), "{name} not offered");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        fs::write(&a, "new").unwrap();
+        fs::write(&b, "old").unwrap();
+        let mut input = extended_packet("posix-rename@openssh.com", &paths(&[&a, &b]));
+        input.extend(extended_packet("hardlink@openssh.com", &paths(&[&b, &c])));
+        input.extend(extended_packet(
+            "statvfs@openssh.com",
+            &paths(&[dir.path()]),
+        ));
+        input.extend(extended_packet("limits@openssh.com", &[]));
+        input.extend(extended_packet("nonesuch@example.org", &[]));
+        let mut out = Vec::new();
+        serve(&input[..], &mut out).unwrap();
+        let got = replies(&out);
+        // Rename over an existing file (POSIX), then a hard link to it.
+        assert_eq!(got[0].0, STATUS);
+        assert_eq!(fs::read_to_string(&b).unwrap(), "new");
+        assert!(!a.exists());
+        assert_eq!(fs::read_to_string(&c).unwrap(), "new");
+        assert_eq!(fs::metadata(&c).unwrap().nlink(), 2);
+        // statvfs: eleven 64-bit fields after the type and id.
+        assert_eq!((got[2].0, got[2].2), (EXTENDED_REPLY, 1 + 4 + 11 * 8));
+        assert_eq!((got[3].0, got[3].2), (EXTENDED_REPLY, 1 + 4 + 4 * 8));
+        assert_eq!(got[4].0, STATUS);
+        assert!(String::from_utf8_lossy(&out).contains("extension not supported"));
+    }
+
+    #[test]
+    fn a_session_holds_a_bounded_number_of_handles() {
+        let mut body = Vec::new();
+        put_bytes(&mut body, b"/");
+        let open = packet(OPENDIR, &body);
+        let input: Vec<u8> = (0..=MAX_HANDLES).flat_map(|_| open.clone()).collect();
+        let mut out = Vec::new();
+        serve(&input[..], &mut out).unwrap();
+        let got = replies(&out);
+        assert!(got[..MAX_HANDLES].iter().all(|r| r.0 == HANDLE));
+        assert_eq!(got[MAX_HANDLES].0, STATUS);
+        assert!(String::from_utf8_lossy(&out).contains("files open, the most it may"));
+    }
+
+    /// Found by `scp -r` from an environment: "." was listed with the
+    /// directory's own name (the file name of `DIR/.`), so scp went down
+    /// into DIR/DIR, which is not there.
+    #[test]
+    fn a_listing_names_dot_and_dotdot_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        fs::create_dir(&top).unwrap();
+        fs::write(top.join("file"), "x").unwrap();
+        let mut body = Vec::new();
+        put_bytes(&mut body, top.as_os_str().as_encoded_bytes());
+        let mut input = packet(OPENDIR, &body);
+        let mut handle = Vec::new();
+        put_bytes(&mut handle, &1u32.to_be_bytes());
+        input.extend(packet(READDIR, &handle));
+        let mut out = Vec::new();
+        serve(&input[..], &mut out).unwrap();
+        let listing = String::from_utf8_lossy(&out);
+        assert!(!listing.contains("top"), "{listing:?}");
+        let got = replies(&out);
+        assert_eq!(got[1].0, NAME);
+        // Three entries.
+        let msg = &out[4 + got[0].2 + 4..];
+        assert_eq!(u32::from_be_bytes(msg[5..9].try_into().unwrap()), 3);
     }
 }
