@@ -222,12 +222,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// `colony __env-exec [--pty] [--term T] -- ARGV…`, with where to enter
+/// `colony __env-exec [--pty] [--term T] [--agent SOCKET] -- ARGV…`, with where to enter
 /// in its environment (cpu::env::EXEC_REQUEST_VAR): run by the grid node,
 /// never by hand (see cpu::env::launch). The init helper is started as
 /// `init` with its request on stdin (see `main`).
 fn env_helper(args: &[String]) -> ! {
-    let (mut pty, mut term) = (false, None);
+    let (mut pty, mut term, mut agent) = (false, None, None);
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -238,6 +238,10 @@ fn env_helper(args: &[String]) -> ! {
             "--pty" => {
                 pty = true;
                 i += 1;
+            }
+            "--agent" => {
+                agent = args.get(i + 1).cloned();
+                i += 2;
             }
             "--" => break,
             other => {
@@ -254,6 +258,7 @@ fn env_helper(args: &[String]) -> ! {
             &request,
             pty,
             term.as_deref(),
+            agent.as_deref(),
             &args[i + 1..],
             cpu::services::BUILTINS,
         ),

@@ -13,10 +13,11 @@ pub struct SpawnOptions {
     pub rootless: bool,
     /// Environment ports to publish at node ports.
     pub publish: Vec<u16>,
+    /// Its logins may forward the user's SSH agent (`ssh -A`) into it.
+    pub agent: bool,
 }
 
-pub const SPAWN_USAGE: &str =
-    "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]… [userns=yes|no]";
+pub const SPAWN_USAGE: &str = "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]… [userns=yes|no] [agent=yes|no]";
 
 /// The most option words a spawn may give (each key once, and a few
 /// published ports).
@@ -25,7 +26,9 @@ pub const MAX_OPTIONS: usize = 16;
 pub const MAX_OPTION_LEN: usize = 64;
 /// The option keys a spawn knows (`node=` is the placement's, on a
 /// storage node of a grid; the cpu node never sees it).
-const KEYS: [&str; 7] = ["memory", "pids", "cpu", "net", "publish", "userns", "node"];
+const KEYS: [&str; 8] = [
+    "memory", "pids", "cpu", "net", "publish", "userns", "agent", "node",
+];
 
 /// The form of a spawn's option words, checked where they arrive (the
 /// front door) before they go anywhere: at most [`MAX_OPTIONS`] words of
@@ -102,12 +105,13 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
     let mut limits = config.limits.clone();
     let (mut network, mut publish) = (Network::Private, Vec::new());
     let mut rootless = config.userns;
+    let mut agent = false;
     for w in words {
         let w = w.as_str();
         let bad = || {
             GridError::refused(format!(
                 "bad option {w:?}: use memory=SIZE (K/M/G, at least 4M), pids=N, cpu=WEIGHT (1-10000), \
-                 net=private|host, publish=PORT (1-65535) or userns=yes|no"
+                 net=private|host, publish=PORT (1-65535), userns=yes|no or agent=yes|no"
             ))
         };
         let (key, value) = w.split_once('=').ok_or_else(bad)?;
@@ -133,6 +137,13 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
                             "userns=no is not allowed on this node (its admin may start it with serve --allow-rootful)",
                         ));
                     }
+                    _ => return Err(bad()),
+                }
+            }
+            "agent" => {
+                agent = match value {
+                    "yes" => true,
+                    "no" => false,
                     _ => return Err(bad()),
                 }
             }
@@ -176,6 +187,7 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
         network,
         rootless,
         publish,
+        agent,
     })
 }
 

@@ -58,8 +58,18 @@ fn dev_root(dir: &Path) -> PathBuf {
 
 /// A node with alice's `devtools` root, and her environment on it.
 fn node_with_tools() -> (Node, u16) {
+    let g = node_with_root(&[]);
+    let port = spawn_port(&g.ok("alice", &["spawn", "devtools"]));
+    (g, port)
+}
+
+/// A node with alice's `devtools` root, with `more` binaries in it.
+fn node_with_root(more: &[&str]) -> Node {
     let mut g = Node::new();
     let root = dev_root(g.tmp.path());
+    for binary in more {
+        copy_with_libraries(&root, binary);
+    }
     g.colony(&[
         "import",
         "devtools",
@@ -68,8 +78,7 @@ fn node_with_tools() -> (Node, u16) {
         "alice",
     ]);
     g.start(&["--ram-cache", "256M"]);
-    let port = spawn_port(&g.ok("alice", &["spawn", "devtools"]));
-    (g, port)
+    g
 }
 
 /// The ssh command line the tools are given (`-e`, `GIT_SSH_COMMAND`).
@@ -331,4 +340,71 @@ fn an_editors_remote_mode_starts_a_server_inside_and_reaches_it() {
         out.status.success()
     });
     assert_eq!(page, "editor server\n");
+}
+
+/// `ssh -A`: the user's agent inside, only for an environment spawned with
+/// `agent=yes`, in a directory only its root may enter, gone with the
+/// login.
+#[test]
+fn agent_forwarding_is_opt_in_and_ends_with_the_login() {
+    if !can_mount() {
+        return;
+    }
+    let g = node_with_root(&["/usr/bin/ssh-add"]);
+    // The laptop's agent, holding a key of its own.
+    let agent = g.tmp.path().join("agent.sock");
+    let _agent = crate::common::grid::Reaped(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&agent)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(10, "the agent", || agent.exists());
+    let key = g.tmp.path().join("laptop");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "laptop-key", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &agent)
+        .output()
+        .unwrap();
+    ok(added, "ssh-add");
+    let with_agent = |port: u16, command: &str| {
+        let mut cmd = g.command("ssh");
+        cmd.env("SSH_AUTH_SOCK", &agent)
+            .args(["-A", "-p", &port.to_string(), "-i"])
+            .arg(g.tmp.path().join("alice"))
+            .args(SSH_OPTS)
+            .args(["-T", "alice@127.0.0.1", command]);
+        run_with_input(cmd, "")
+    };
+
+    // Spawned without agent=yes: -A gives nothing inside.
+    let port = spawn_port(&g.ok("alice", &["spawn", "devtools"]));
+    let out = with_agent(port, "echo \"[$SSH_AUTH_SOCK]\"; ssh-add -l");
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]\n");
+    g.ok("alice", &["boom", "devtools"]);
+
+    // With it: the key is listed inside, from a directory of mode 0700.
+    let port = spawn_port(&g.ok("alice", &["spawn", "devtools", "agent=yes"]));
+    let out = with_agent(
+        port,
+        "ssh-add -l && stat -c %a \"$(dirname \"$SSH_AUTH_SOCK\")\"",
+    );
+    let listed = ok(out, "ssh-add -l inside");
+    assert!(listed.contains("laptop-key"), "{listed}");
+    assert!(listed.ends_with("\n700\n"), "{listed}");
+    // Gone with the login.
+    wait_for(10, "the agent's socket to go with its login", || {
+        !g.env_ok(port, "ls /tmp").contains("ssh-colony-")
+    });
+    g.ok("alice", &["boom", "devtools"]);
 }

@@ -801,6 +801,7 @@ pub fn exec_main(
     request: &ExecRequest,
     pty: bool,
     term: Option<&str>,
+    agent: Option<&str>,
     argv: &[String],
     builtins: &[(&str, Builtin)],
 ) -> ! {
@@ -932,6 +933,9 @@ pub fn exec_main(
             ];
             if let Some(t) = term {
                 env.push(format!("TERM={t}"));
+            }
+            if let Some(a) = agent {
+                env.push(format!("SSH_AUTH_SOCK={a}"));
             }
             let env: Vec<CString> = env
                 .into_iter()

@@ -221,6 +221,18 @@ impl Environment {
 
     /// A command that runs `argv` inside the environment; the caller sets its stdio.
     pub fn command(&self, argv: &[String], pty: bool, term: Option<&str>) -> Command {
+        self.command_with_agent(argv, pty, term, None)
+    }
+
+    /// As [`Environment::command`], with `SSH_AUTH_SOCK` set to `agent`
+    /// (a forwarded agent's socket inside) if given.
+    pub fn command_with_agent(
+        &self,
+        argv: &[String],
+        pty: bool,
+        term: Option<&str>,
+        agent: Option<&str>,
+    ) -> Command {
         let mut cmd = Command::new(&self.helper);
         // Nothing of the node's environment (its state directory, say) is
         // passed on: the program's own is built inside.
@@ -239,6 +251,9 @@ impl Environment {
         }
         if let Some(t) = term {
             cmd.arg("--term").arg(t);
+        }
+        if let Some(a) = agent {
+            cmd.arg("--agent").arg(a);
         }
         cmd.arg("--").args(argv);
         cmd

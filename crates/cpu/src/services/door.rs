@@ -41,6 +41,8 @@ pub struct Door {
     /// Its remote forwards' listeners, over all its logins (at most
     /// [`forward::MAX_LISTENERS`]).
     pub listeners: Places,
+    /// Its logins may forward the user's agent (`spawn … agent=yes`).
+    pub agent: bool,
 }
 
 /// Serves the door on `listener` until `stop` resolves.
@@ -57,6 +59,7 @@ pub async fn serve(
         refused: false,
         forwards: Arc::default(),
         remote: HashMap::new(),
+        agent: None,
     };
     let stopped = async {
         let _ = stop.await;
@@ -137,6 +140,9 @@ struct Conn {
     /// Its remote forwards, by the address and port asked for: the task
     /// that accepts on each.
     remote: HashMap<(String, u32), tokio::task::AbortHandle>,
+    /// A forwarded agent (`ssh -A`, if the environment allows it): the
+    /// directory of its socket inside, and the task that accepts on it.
+    agent: Option<(String, tokio::task::AbortHandle)>,
 }
 
 /// Relays between a forward's channel and its socket until both ends are
@@ -424,6 +430,10 @@ impl Conn {
     ) -> std::io::Result<()> {
         let handle = session.handle();
         let rt = tokio::runtime::Handle::current();
+        let agent = self
+            .agent
+            .as_ref()
+            .map(|(dir, _)| forward::agent_socket(dir));
         let state = self.channels.entry(channel).or_default();
         let pty = state.pty.clone();
         let mut child: Child;
@@ -435,7 +445,10 @@ impl Conn {
                 cols,
                 rows,
             )?;
-            let mut cmd = self.door.env.command(&argv, true, Some(&term));
+            let mut cmd =
+                self.door
+                    .env
+                    .command_with_agent(&argv, true, Some(&term), agent.as_deref());
             cmd.stdin(Stdio::from(slave.try_clone()?))
                 .stdout(Stdio::from(slave.try_clone()?))
                 .stderr(Stdio::from(slave));
@@ -447,7 +460,10 @@ impl Conn {
             state.master = Some(master);
             pumps.push(pump(reader, handle.clone(), channel, None, rt.clone()));
         } else {
-            let mut cmd = self.door.env.command(&argv, false, None);
+            let mut cmd = self
+                .door
+                .env
+                .command_with_agent(&argv, false, None, agent.as_deref());
             cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
@@ -647,6 +663,57 @@ impl russh::server::Handler for Conn {
         if let Some(old) = self.remote.insert(key, accepting.abort_handle()) {
             old.abort();
         }
+        Ok(true)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if !self.door.agent {
+            tracing::info!(owner = %self.door.owner, "refused agent forwarding: the environment was spawned without agent=yes");
+            return Ok(false);
+        }
+        if self.agent.is_some() {
+            return Ok(true);
+        }
+        let Some(place) = self.forwards.take(forward::MAX_FORWARDS) else {
+            return Ok(false);
+        };
+        let dir = forward::agent_dir_name();
+        let (env, socket) = (self.door.env.clone(), Socket::Agent { dir: dir.clone() });
+        let made = tokio::task::spawn_blocking(move || forward::open(&env, &socket)).await;
+        let listener = match made {
+            Ok(Ok(fd)) => std::os::unix::net::UnixListener::from(fd),
+            Ok(Err(why)) => {
+                tracing::info!(owner = %self.door.owner, reason = %why, "agent forwarding failed");
+                return Ok(false);
+            }
+            Err(_) => return Ok(false),
+        };
+        let _ = listener.set_nonblocking(true);
+        let Ok(listener) = tokio::net::UnixListener::from_std(listener) else {
+            return Ok(false);
+        };
+        let (handle, forwards) = (session.handle(), self.forwards.clone());
+        let accepting = tokio::spawn(async move {
+            let _agent_place = place;
+            while let Ok((socket, _)) = listener.accept().await {
+                let Some(conn_place) = forwards.take(forward::MAX_FORWARDS) else {
+                    continue;
+                };
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    if let (Ok(channel), Ok(socket)) =
+                        (handle.channel_open_agent().await, socket.into_std())
+                    {
+                        relay(channel, OwnedFd::from(socket), conn_place).await;
+                    }
+                });
+            }
+        });
+        self.agent = Some((dir, accepting.abort_handle()));
         Ok(true)
     }
 
@@ -854,9 +921,15 @@ impl Drop for Conn {
         for c in self.channels.values() {
             c.kill(&self.door);
         }
-        // Its remote forwards' listeners close with it.
+        // Its remote forwards' listeners close with it, and its agent's
+        // socket goes (inside, by a helper of its own).
         for (_, accepting) in self.remote.drain() {
             accepting.abort();
+        }
+        if let Some((dir, accepting)) = self.agent.take() {
+            accepting.abort();
+            let env = self.door.env.clone();
+            std::thread::spawn(move || forward::remove_agent(&env, &dir));
         }
         if self.refused && !self.logging_in.is_logged_in() {
             let why = format!(

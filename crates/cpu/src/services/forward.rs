@@ -43,6 +43,10 @@ pub enum Socket {
     Listen { host: String, port: u16 },
     /// A connection to the unix socket at `path`.
     ConnectUnix { path: String },
+    /// A forwarded agent's socket: a listener at `DIR/agent.sock`, in a
+    /// directory of its own (mode 0700, made here, under /tmp) that only
+    /// the environment's root can enter.
+    Agent { dir: String },
 }
 
 impl Socket {
@@ -56,6 +60,7 @@ impl Socket {
                 argv.extend(["listen".into(), host.clone(), port.to_string()])
             }
             Socket::ConnectUnix { path } => argv.extend(["unix".into(), path.clone()]),
+            Socket::Agent { dir } => argv.extend(["agent".into(), dir.clone()]),
         }
         argv
     }
@@ -76,6 +81,9 @@ impl Socket {
                 port: port(p)?,
             }),
             [verb, path] if verb == "unix" => Ok(Socket::ConnectUnix { path: path.clone() }),
+            [verb, dir] if verb == "agent" && agent_dir(dir) => {
+                Ok(Socket::Agent { dir: dir.clone() })
+            }
             _ => Err(format!("{BUILTIN}: unknown request {args:?}")),
         }
     }
@@ -131,7 +139,7 @@ fn check_kind(fd: OwnedFd, socket: &Socket) -> Result<OwnedFd, String> {
         ) == 0;
         (is_socket, got && on != 0)
     };
-    let want_listener = matches!(socket, Socket::Listen { .. });
+    let want_listener = matches!(socket, Socket::Listen { .. } | Socket::Agent { .. });
     if is_socket && listening == want_listener {
         Ok(fd)
     } else {
@@ -139,9 +147,68 @@ fn check_kind(fd: OwnedFd, socket: &Socket) -> Result<OwnedFd, String> {
     }
 }
 
+/// Where forwarded agents' sockets go inside: `AGENT_DIRS/ssh-colony-HEX`.
+const AGENT_DIRS: &str = "/tmp";
+/// The built-in's verb that removes an agent's socket and its directory.
+const REMOVE_AGENT: &str = "remove-agent";
+
+/// Whether `dir` is a name [`agent_dir_name`] makes: nothing else is ever
+/// made or removed for an agent.
+fn agent_dir(dir: &str) -> bool {
+    dir.strip_prefix(AGENT_DIRS)
+        .and_then(|d| d.strip_prefix("/ssh-colony-"))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A fresh directory name for a login's forwarded agent.
+pub fn agent_dir_name() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom into a local buffer of its length.
+    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{AGENT_DIRS}/ssh-colony-{hex}")
+}
+
+/// The socket a forwarded agent listens on, in `dir`.
+pub fn agent_socket(dir: &str) -> String {
+    format!("{dir}/agent.sock")
+}
+
+/// Removes a login's forwarded agent (its socket and directory) inside
+/// the environment, when the login ends.
+pub fn remove_agent(env: &Environment, dir: &str) {
+    let argv = [
+        SELF.to_string(),
+        BUILTIN.to_string(),
+        REMOVE_AGENT.into(),
+        dir.into(),
+    ];
+    let _ = env
+        .command(&argv, false, None)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// The built-in, run inside the environment: makes the socket its
 /// arguments ask for and sends it on its stdout, a socket pair's end.
 pub fn builtin(args: &[String]) -> io::Result<()> {
+    if let [verb, dir] = args
+        && verb == REMOVE_AGENT
+        && agent_dir(dir)
+    {
+        // Its own directory, made by the agent verb: a name that is not a
+        // socket (a tenant's replacement) is left, and the directory is
+        // removed only if empty.
+        let socket = agent_socket(dir);
+        if std::fs::symlink_metadata(&socket)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
+            std::fs::remove_file(&socket)?;
+        }
+        return std::fs::remove_dir(dir);
+    }
     let socket = Socket::parse(args).map_err(io::Error::other)?;
     let fd: OwnedFd = match &socket {
         Socket::Connect { host, port } => connect(host, *port)
@@ -163,8 +230,30 @@ pub fn builtin(args: &[String]) -> io::Result<()> {
                 io::Error::other(format!("connecting to {path} inside the environment: {e}"))
             })?
             .into(),
+        Socket::Agent { dir } => agent_listener(dir)
+            .map_err(|e| {
+                io::Error::other(format!(
+                    "making a forwarded agent's socket in {dir} inside the environment: {e}"
+                ))
+            })?
+            .into(),
     };
     send_fd(1, fd.as_raw_fd())
+}
+
+/// A listener at `dir/agent.sock`, `dir` made fresh with mode 0700 (it
+/// must not exist: a name a tenant made first is never used).
+fn agent_listener(dir: &str) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    if std::fs::symlink_metadata(AGENT_DIRS).is_err() {
+        std::fs::DirBuilder::new().mode(0o1777).create(AGENT_DIRS)?;
+        std::fs::set_permissions(
+            AGENT_DIRS,
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    std::os::unix::net::UnixListener::bind(agent_socket(dir))
 }
 
 /// The addresses `host` names, as a program inside would find them; the
@@ -295,6 +384,9 @@ mod tests {
             },
             Socket::ConnectUnix {
                 path: "/run/a b.sock".into(),
+            },
+            Socket::Agent {
+                dir: agent_dir_name(),
             },
         ] {
             assert_eq!(Socket::parse(&socket.argv()[2..]).unwrap(), socket);
