@@ -5,6 +5,7 @@
 
 mod density;
 mod env;
+mod forward;
 mod fossil;
 pub mod garage_cluster;
 mod grid;
@@ -66,6 +67,17 @@ pub enum BenchCommand {
         tree: PathBuf,
         /// Repetitions; the median is printed.
         #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// forward: MB/s into a busybox environment through `ssh -L` and
+    /// `scp`, beside raw TCP and the SSH channel on the same node. Needs
+    /// root and the OpenSSH client.
+    Forward {
+        /// MiB per transfer.
+        #[arg(long, default_value_t = 1024)]
+        mb: usize,
+        /// Repetitions; the median is printed.
+        #[arg(long, default_value_t = 3)]
         runs: usize,
     },
     /// link: venti over mutual TLS against plain, on loopback and across
@@ -190,6 +202,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         } => bench_venti(blocks, reopen_blocks, dir, window, runs),
         BenchCommand::Vac { tree, dir, runs } => crate::bench::vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench::grid::run(&tree, runs),
+        BenchCommand::Forward { mb, runs } => crate::bench::forward::run(mb, runs),
         BenchCommand::Hub { mb, rounds } => crate::bench::hub::run(mb, rounds),
         BenchCommand::Import { tree, runs } => crate::bench::import::run(&tree, runs),
         BenchCommand::S3 { tree, mb, runs } => crate::bench::s3::run(tree.as_deref(), mb, runs),
