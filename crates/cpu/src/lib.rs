@@ -483,6 +483,7 @@ impl Environments {
             shell: rootfs::root_shell(&env.fs),
             shells: Arc::default(),
             listeners: Default::default(),
+            forwards: Arc::default(),
             agent: options.agent,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();

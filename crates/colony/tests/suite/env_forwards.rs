@@ -347,3 +347,81 @@ fn a_unix_socket_inside_is_forwarded() {
     g.ok("alice", &["boom", "busybox"]);
     g.stop();
 }
+
+/// Forwarded connections are the node's descriptors and relays, charged to
+/// the environment: at most 64 open at once over all its logins; the next
+/// is refused, and the client is told why.
+#[test]
+fn an_environment_holds_a_bounded_number_of_forwarded_connections() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
+    serve_inside(&g, port, 8080, "inside");
+    let local = free_port();
+    let log = g.tmp.path().join("forward.log");
+    let _forward = Reaped(
+        login(
+            &g,
+            port,
+            &["-N", "-L", &format!("127.0.0.1:{local}:localhost:8080")],
+        )
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    wait_for(15, "the forward", || http_body(local, "/hello").is_some());
+    // 64 held open: httpd waits for their requests.
+    let held: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(("127.0.0.1", local)).unwrap())
+        .collect();
+    wait_for(20, "64 forwarded connections inside", || {
+        g.env_ok(port, "ps | grep -c '[h]ttpd'")
+            .trim()
+            .parse::<usize>()
+            .unwrap_or(0)
+            > 64
+    });
+    let mut refused = TcpStream::connect(("127.0.0.1", local)).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(refused.read(&mut [0u8; 16]).unwrap(), 0, "closed at once");
+    wait_for(10, "the client to say why", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("64 forwarded connections open, the most it may")
+    });
+    // One given back makes room for one more.
+    drop(held);
+    wait_for(15, "room again", || http_body(local, "/hello").is_some());
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}
+
+/// A `net=host` environment shares the node's network, so its forwards
+/// reach what a process inside it would: the node's loopback too.
+#[test]
+fn a_host_network_environments_forwards_see_what_it_sees() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&["--allow-host-net"]);
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox", "net=host"]));
+    // The front door's banner, through a forward from inside.
+    let out = run_with_input(
+        login(&g, port, &["-W", &format!("127.0.0.1:{}", g.port)]),
+        "",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("SSH-2.0-"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}

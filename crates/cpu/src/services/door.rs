@@ -41,6 +41,9 @@ pub struct Door {
     /// Its remote forwards' listeners, over all its logins (at most
     /// [`forward::MAX_LISTENERS`]).
     pub listeners: Places,
+    /// Its forwarded connections, over all its logins (at most
+    /// [`forward::MAX_FORWARDS`]).
+    pub forwards: Arc<Places>,
     /// Its logins may forward the user's agent (`spawn … agent=yes`).
     pub agent: bool,
 }
@@ -57,7 +60,6 @@ pub async fn serve(
         logging_in,
         channels: HashMap::new(),
         refused: false,
-        forwards: Arc::default(),
         remote: HashMap::new(),
         agent: None,
     };
@@ -135,8 +137,6 @@ struct Conn {
     /// A key was offered and refused (logged when the connection goes,
     /// if nobody logged in).
     refused: bool,
-    /// This login's forwarded connections (at most [`forward::MAX_FORWARDS`]).
-    forwards: Arc<Places>,
     /// Its remote forwards, by the address and port asked for: the task
     /// that accepts on each.
     remote: HashMap<(String, u32), tokio::task::AbortHandle>,
@@ -253,9 +253,9 @@ impl Conn {
     /// Opens `channel` onto `socket`, made inside the environment, off the
     /// session's task (making it may wait for a connect).
     fn forward(&mut self, channel: Channel<Msg>, socket: Socket, reply: ChannelOpenHandle) {
-        let Some(place) = self.forwards.take(forward::MAX_FORWARDS) else {
+        let Some(place) = self.door.forwards.take(forward::MAX_FORWARDS) else {
             let why = format!(
-                "this login has {} forwarded connections open, the most it may",
+                "this environment has {} forwarded connections open, the most it may",
                 forward::MAX_FORWARDS
             );
             tokio::spawn(reply.reject(refusal(RESOURCE_SHORTAGE, why)));
@@ -632,7 +632,7 @@ impl russh::server::Handler for Conn {
         if *port == 0 {
             *port = bound as u32;
         }
-        let (handle, forwards) = (session.handle(), self.forwards.clone());
+        let (handle, forwards) = (session.handle(), self.door.forwards.clone());
         let (address, asked) = (address.to_string(), *port);
         let key = (address.clone(), asked);
         let accepting = tokio::spawn(async move {
@@ -678,7 +678,7 @@ impl russh::server::Handler for Conn {
         if self.agent.is_some() {
             return Ok(true);
         }
-        let Some(place) = self.forwards.take(forward::MAX_FORWARDS) else {
+        let Some(place) = self.door.forwards.take(forward::MAX_FORWARDS) else {
             return Ok(false);
         };
         let dir = forward::agent_dir_name();
@@ -696,7 +696,7 @@ impl russh::server::Handler for Conn {
         let Ok(listener) = tokio::net::UnixListener::from_std(listener) else {
             return Ok(false);
         };
-        let (handle, forwards) = (session.handle(), self.forwards.clone());
+        let (handle, forwards) = (session.handle(), self.door.forwards.clone());
         let accepting = tokio::spawn(async move {
             let _agent_place = place;
             while let Ok((socket, _)) = listener.accept().await {

@@ -30,8 +30,8 @@ const CONNECT_TIME: Duration = Duration::from_secs(10);
 /// all its logins: each is a socket of the node's, charged to the tenant.
 pub const MAX_LISTENERS: usize = 8;
 
-/// Forwarded connections one login may have open at once: each is two
-/// descriptors and a relay of the node's.
+/// Forwarded connections an environment may have open at once, over all
+/// its logins: each is two descriptors and a relay of the node's.
 pub const MAX_FORWARDS: usize = 64;
 
 /// What to make inside the environment.
