@@ -155,8 +155,19 @@ async fn relay(channel: Channel<Msg>, socket: OwnedFd, _place: Place) {
     let Ok(mut socket) = tokio::net::UnixStream::from_std(std) else {
         return;
     };
-    let _ = tokio::io::copy_bidirectional(&mut channel, &mut socket).await;
+    // Buffers of an SSH packet's size or more: tokio's default of 8 KiB
+    // made a forward half as fast as the login's own channel.
+    let _ = tokio::io::copy_bidirectional_with_sizes(
+        &mut channel,
+        &mut socket,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    )
+    .await;
 }
+
+/// The relay's buffer in each direction.
+const RELAY_BUFFER: usize = 256 << 10;
 
 /// A refusal the client shows as it is (`open failed: …`).
 fn refusal(code: u32, reason: impl Into<String>) -> ChannelOpenFailure {
