@@ -91,6 +91,8 @@ fn request(u: &mut Unstructured) -> arbitrary::Result<Request> {
                 root: score(u)?,
                 disk: u.arbitrary()?,
                 options: list(u, short)?,
+                // Empty is no key, as the wire has it.
+                run_key: Some(text(u)?).filter(|k| !k.is_empty()),
             },
             keys: list(u, short)?,
         },
@@ -146,6 +148,7 @@ fn frame(u: &mut Unstructured) -> arbitrary::Result<Frame> {
                 0 => Ok(Answer::Spawned {
                     text: text(u)?,
                     login: text(u)?,
+                    host_key: text(u)?,
                 }),
                 1 => Ok(Answer::Saved { root: score(u)? }),
                 2 => Ok(Answer::Boomed {

@@ -30,7 +30,9 @@ use venti::{SCORE_SIZE, Score};
 ///
 /// 2: cpu nodes report their environments' caches (`Caches`).
 /// 3: `status` is answered with records ([`EnvStatus`]), not text.
-pub const VERSION: u8 = 3;
+/// 4: a spawn may carry a one-time key (`run`), and its answer the
+///    login's host key.
+pub const VERSION: u8 = 4;
 /// How often each side pings; a link silent for [`SILENT_FOR`] is dead.
 pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The largest frame accepted.
@@ -73,6 +75,9 @@ pub struct Spawn {
     /// where they arrive, their values by the machine that runs it
     /// (against its own ceilings).
     pub options: Vec<String>,
+    /// One more OpenSSH public key its login admits besides the owner's:
+    /// the storage node's own, made for one `run` and never kept.
+    pub run_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,10 +123,13 @@ impl Request {
 /// A cpu node's answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// `text` for the user; `login` the command that logs in.
+    /// `text` for the user; `login` the command that logs in;
+    /// `host_key` the login's host key (OpenSSH public key form), which
+    /// a client reaching it for the user (`run`) checks.
     Spawned {
         text: String,
         login: String,
+        host_key: String,
     },
     /// The saved root; its blocks are durable on the storage node.
     Saved {
@@ -373,6 +381,7 @@ impl Frame {
                         w.flag(spawn.disk);
                         w.texts(&spawn.options);
                         w.texts(keys);
+                        w.text(spawn.run_key.as_deref().unwrap_or(""));
                     }
                     Request::Save { user, env } => {
                         w.u8(SAVE);
@@ -401,10 +410,15 @@ impl Frame {
                 w.u8(REPLY);
                 w.u64(*id);
                 match result {
-                    Ok(Answer::Spawned { text, login }) => {
+                    Ok(Answer::Spawned {
+                        text,
+                        login,
+                        host_key,
+                    }) => {
                         w.u8(SPAWNED);
                         w.text(text);
                         w.text(login);
+                        w.text(host_key);
                     }
                     Ok(Answer::Saved { root }) => {
                         w.u8(SAVED);
@@ -497,16 +511,22 @@ impl Frame {
                 let id = r.u64()?;
                 let deadline_ms = r.u32()?;
                 let request = match r.u8()? {
-                    SPAWN => Request::Spawn {
-                        spawn: Spawn {
+                    SPAWN => {
+                        let spawn = Spawn {
                             user: r.text()?,
                             name: r.text()?,
                             root: r.score()?,
                             disk: r.flag()?,
                             options: r.texts()?,
-                        },
-                        keys: r.texts()?,
-                    },
+                            run_key: None,
+                        };
+                        let keys = r.texts()?;
+                        let run_key = Some(r.text()?).filter(|k| !k.is_empty());
+                        Request::Spawn {
+                            spawn: Spawn { run_key, ..spawn },
+                            keys,
+                        }
+                    }
                     SAVE => Request::Save {
                         user: r.text()?,
                         env: r.text()?,
@@ -538,6 +558,7 @@ impl Frame {
                     SPAWNED => Ok(Answer::Spawned {
                         text: r.text()?,
                         login: r.text()?,
+                        host_key: r.text()?,
                     }),
                     SAVED => Ok(Answer::Saved { root: r.score()? }),
                     BOOMED => Ok(Answer::Boomed {

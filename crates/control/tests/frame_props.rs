@@ -15,18 +15,25 @@ fn texts() -> impl Strategy<Value = Vec<String>> {
 
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (".{0,8}", ".{0,8}", score(), any::<bool>(), texts(), texts()).prop_map(
-            |(user, name, root, disk, options, keys)| Request::Spawn {
-                spawn: Spawn {
-                    user,
-                    name,
-                    root,
-                    disk,
-                    options,
-                },
-                keys
-            }
-        ),
+        (
+            (".{0,8}", ".{0,8}", score(), any::<bool>()),
+            texts(),
+            texts(),
+            proptest::option::of(".{1,40}")
+        )
+            .prop_map(|((user, name, root, disk), options, keys, run_key)| {
+                Request::Spawn {
+                    spawn: Spawn {
+                        user,
+                        name,
+                        root,
+                        disk,
+                        options,
+                        run_key,
+                    },
+                    keys,
+                }
+            }),
         (".{0,8}", ".{0,8}").prop_map(|(user, env)| Request::Save { user, env }),
         (".{0,8}", ".{0,8}", ".{0,8}").prop_map(|(user, env, invitee)| Request::Invite {
             user,
@@ -80,7 +87,11 @@ fn env_status() -> impl Strategy<Value = EnvStatus> {
 
 fn answer() -> impl Strategy<Value = Result<Answer, Refusal>> {
     prop_oneof![
-        (".{0,30}", ".{0,30}").prop_map(|(text, login)| Ok(Answer::Spawned { text, login })),
+        (".{0,30}", ".{0,30}", ".{0,30}").prop_map(|(text, login, host_key)| Ok(Answer::Spawned {
+            text,
+            login,
+            host_key
+        })),
         score().prop_map(|root| Ok(Answer::Saved { root })),
         any::<bool>().prop_map(|was_running| Ok(Answer::Boomed { was_running })),
         proptest::collection::vec(env_status(), 0..4).prop_map(|envs| Ok(Answer::Status { envs })),
@@ -198,6 +209,7 @@ fn frames_the_reader_would_refuse_do_not_fit() {
                 root: Score::of(b"root"),
                 disk: false,
                 options,
+                run_key: None,
             },
             keys,
         },

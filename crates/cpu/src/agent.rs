@@ -240,7 +240,11 @@ impl Agent {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert((user, name), storage.to_string());
                 self.announce_load();
-                Ok(Answer::Spawned { text, login })
+                Ok(Answer::Spawned {
+                    text,
+                    login,
+                    host_key: self.envs.host_public_key(),
+                })
             }
             Request::Save { user, env } => {
                 self.check_placed(storage, &user, &env)?;

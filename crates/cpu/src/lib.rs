@@ -279,6 +279,15 @@ impl Environments {
     /// Starts an environment and returns what to tell its owner.
     pub fn spawn(&self, req: SpawnRequest<'_>) -> GridResult<String> {
         let options = options::parse(&self.config, &req.spawn.options)?;
+        let run_key = req
+            .spawn
+            .run_key
+            .as_deref()
+            .map(|k| {
+                PublicKey::from_openssh(k.trim())
+                    .map_err(|e| GridError::refused(format!("a run's login key: {e}")))
+            })
+            .transpose()?;
         let (user, name) = (req.spawn.user.as_str(), req.spawn.name.as_str());
         let key = (user.to_string(), name.to_string());
         let used: Vec<u16> = {
@@ -368,7 +377,7 @@ impl Environments {
         };
         // Processes in namespaces on the mount, and a login. (A login port
         // another spawn took meanwhile fails to bind and is passed over.)
-        match self.start_environment(user, name, &env, &options, &used, req.keys) {
+        match self.start_environment(user, name, &env, &options, &used, (req.keys, run_key)) {
             Ok((environment, stop, port)) => {
                 env.environment = Some(environment);
                 env.door_stop = Some(stop);
@@ -412,7 +421,8 @@ impl Environments {
         Ok(out)
     }
 
-    /// Starts the namespaces and the SSH login of an environment.
+    /// Starts the namespaces and the SSH login of an environment, which
+    /// admits the owner's keys and a run's one-time key, if any.
     fn start_environment(
         &self,
         user: &str,
@@ -420,7 +430,7 @@ impl Environments {
         env: &Env,
         options: &SpawnOptions,
         used_ports: &[u16],
-        keys: OwnerKeys,
+        (keys, run_key): (OwnerKeys, Option<PublicKey>),
     ) -> GridResult<(Arc<Environment>, tokio::sync::oneshot::Sender<()>, u16)> {
         let hostname: String = name
             .chars()
@@ -485,6 +495,7 @@ impl Environments {
             listeners: Default::default(),
             forwards: Arc::default(),
             agent: options.agent,
+            run_key,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let key = self.host_key.clone();
@@ -616,6 +627,13 @@ impl Environments {
     }
 
     /// Every live environment.
+    /// The host key every environment's login here presents, as an
+    /// OpenSSH public key line (for a client that reaches a login for its
+    /// user, such as a storage node's `run`, to check).
+    pub fn host_public_key(&self) -> String {
+        self.host_key.public_key().to_openssh().unwrap_or_default()
+    }
+
     pub fn running(&self) -> Vec<Running> {
         let mut all: Vec<Running> = self
             .envs()

@@ -12,7 +12,7 @@ use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 use tokio::net::TcpListener;
 
-use crate::{Node, Reply, commands, import};
+use crate::{Node, Reply, commands, import, run};
 use grid::error::GridError;
 use grid::ssh::server_config;
 
@@ -64,8 +64,9 @@ struct Interactive {
     line: Vec<u8>,
     /// The line being typed passed [`MAX_LINE`].
     too_long: bool,
-    /// An `import`'s stream: the channel's data goes to the importer.
-    import: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// An `import`'s or a `run`'s input: the channel's data goes there
+    /// (an empty chunk is the end of input).
+    input: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// The importer's end of an `import` stream. The channel's data comes as
@@ -324,7 +325,7 @@ impl russh::server::Handler for Connection {
             // (through SSH's window) instead of filling memory.
             let (to, from) = tokio::sync::mpsc::channel(16);
             let client = to.downgrade();
-            self.channels.entry(channel).or_default().import = Some(to);
+            self.channels.entry(channel).or_default().input = Some(to);
             tokio::spawn(async move {
                 let mut stream = ImportStream {
                     from,
@@ -357,6 +358,29 @@ impl russh::server::Handler for Connection {
                 let _ = handle.eof(channel).await;
                 let _ = handle.close(channel).await;
             });
+            return Ok(());
+        }
+        if words.first() == Some(&"run") {
+            let request = match run::RunRequest::parse(&line) {
+                Ok(r) => r,
+                Err(why) => {
+                    session.extended_data(channel, 1, format!("{why}\n").into_bytes())?;
+                    session.exit_status_request(channel, 2)?;
+                    session.eof(channel)?;
+                    session.close(channel)?;
+                    return Ok(());
+                }
+            };
+            // Its input as an import's: a few chunks in flight, so a slow
+            // command holds the client back through SSH's window.
+            let (to, input) = tokio::sync::mpsc::channel(16);
+            self.channels.entry(channel).or_default().input = Some(to);
+            let session = run::Session {
+                handle,
+                channel,
+                input,
+            };
+            tokio::spawn(run::serve(node, user, request, session));
             return Ok(());
         }
         // Run it off the session task, so the connection keeps being served.
@@ -402,8 +426,9 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(to) = self.channels.get(&channel).and_then(|c| c.import.clone()) {
-            // The importer may have stopped (an error): the rest is dropped.
+        if let Some(to) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
+            // The importer or the run may have stopped (an error): the
+            // rest is dropped.
             if !data.is_empty() {
                 let _ = to.send(data.to_vec()).await;
             }
@@ -506,7 +531,7 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         // The end of an import's stream (its sender stays until the
         // channel closes: see ImportStream).
-        if let Some(to) = self.channels.get(&channel).and_then(|c| c.import.clone()) {
+        if let Some(to) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
             let _ = to.send(Vec::new()).await;
         }
         // End of input at the prompt: finish like `exit`. (A one-shot

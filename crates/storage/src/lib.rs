@@ -15,6 +15,7 @@ pub mod import;
 pub mod local;
 pub mod metrics;
 pub mod placement;
+pub mod run;
 pub mod status;
 pub mod streams;
 
@@ -32,7 +33,7 @@ use grid::users::Users;
 use units::human;
 
 /// The commands: each verb and its usage, in the order the prompt lists them.
-pub const VERBS: [(&str, &str); 9] = [
+pub const VERBS: [(&str, &str); 10] = [
     ("scores", "scores [FILTER]"),
     ("spawn", "spawn NAME"),
     ("spawndisk", "spawndisk NAME"),
@@ -41,6 +42,7 @@ pub const VERBS: [(&str, &str); 9] = [
     ("boom", "boom ENV"),
     ("status", "status"),
     ("import", "import NAME < TAR"),
+    ("run", "run ROOT [OPTIONS] -- COMMAND"),
     ("exit", "exit"),
 ];
 
@@ -101,11 +103,22 @@ impl EnvCounts {
     }
 }
 
+/// A started environment, as its cpu answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawned {
+    /// What to tell the user (the login, published ports).
+    pub text: String,
+    /// The command that logs in: `ssh -p PORT USER@HOST`.
+    pub login: String,
+    /// The login's host key, an OpenSSH public key line.
+    pub host_key: String,
+}
+
 /// Where environments run. Names and users are the storage service's; the
 /// environments, their logins and their saved trees are the cpus'.
 pub trait Cpus: Send + Sync {
-    /// Starts an environment; returns what to tell the user (the login).
-    fn spawn(&self, spawn: &control::Spawn) -> GridResult<String>;
+    /// Starts an environment.
+    fn spawn(&self, spawn: &control::Spawn) -> GridResult<Spawned>;
     /// Saves the environment; its blocks are durable in the store when
     /// this returns the root's score.
     fn save(&self, user: &str, env: &str) -> GridResult<Score>;
@@ -418,6 +431,12 @@ impl Node {
                     "import reads a tar stream: tar c -C DIR . | ssh -p 16999 you@node import NAME",
                 );
             }
+            ["run", ..] => {
+                return Reply::fail(format!(
+                    "run streams its command's input and output, one run a session: ssh -p 16999 you@node {}",
+                    run::USAGE
+                ));
+            }
             [other, ..] => {
                 return Reply::fail(format!(
                     "unknown command {other:?}; commands: {}",
@@ -463,13 +482,44 @@ impl Node {
         let Some(binding) = binding else {
             return Err(GridError::refused(format!("{name} not found for {user}")));
         };
-        self.cpus.spawn(&control::Spawn {
+        let spawned = self.cpus.spawn(&control::Spawn {
             user: user.to_string(),
             name: name.to_string(),
             root: binding.root,
             disk,
             options: options.iter().map(|o| o.to_string()).collect(),
-        })
+            run_key: None,
+        })?;
+        Ok(spawned.text)
+    }
+
+    /// Starts the environment of one `run`: ROOT's, named `env`, which
+    /// `run_key` (the storage node's one-time key) may log in to as
+    /// `user`. The environment is the run's to end (see [`run`]).
+    pub fn spawn_for_run(
+        &self,
+        user: &str,
+        root: &str,
+        env: &str,
+        options: &[String],
+        run_key: String,
+    ) -> GridResult<Spawned> {
+        check_score_name(root)?;
+        let borrowed: Vec<&str> = options.iter().map(String::as_str).collect();
+        cpu::options::check_form(&borrowed)?;
+        let Some(binding) = self.names().lookup_for(root, user)? else {
+            return Err(GridError::refused(format!("{root} not found for {user}")));
+        };
+        let spawned = self.cpus.spawn(&control::Spawn {
+            user: user.to_string(),
+            name: env.to_string(),
+            root: binding.root,
+            disk: false,
+            options: options.to_vec(),
+            run_key: Some(run_key),
+        })?;
+        tracing::info!(user, root, env, "a run's environment started");
+        Ok(spawned)
     }
 
     fn save(&self, user: &str, env: &str, new: &str) -> GridResult<String> {

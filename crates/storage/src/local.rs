@@ -18,8 +18,8 @@ pub struct LocalCpus {
 }
 
 impl Cpus for LocalCpus {
-    fn spawn(&self, spawn: &control::Spawn) -> GridResult<String> {
-        self.envs.spawn(SpawnRequest {
+    fn spawn(&self, spawn: &control::Spawn) -> GridResult<crate::Spawned> {
+        let text = self.envs.spawn(SpawnRequest {
             spawn,
             keys: OwnerKeys::Registry(self.users.clone()),
             store: self.store.clone(),
@@ -29,6 +29,18 @@ impl Cpus for LocalCpus {
                     "depends on a peer: {n} blocks read through (this node is still catching up)"
                 )
             }),
+        })?;
+        let login = self
+            .envs
+            .running()
+            .into_iter()
+            .find(|r| r.user == spawn.user && r.name == spawn.name)
+            .map(|r| r.login)
+            .unwrap_or_default();
+        Ok(crate::Spawned {
+            text,
+            login,
+            host_key: self.envs.host_public_key(),
         })
     }
 

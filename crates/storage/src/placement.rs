@@ -643,7 +643,7 @@ pub async fn serve(pool: Arc<Pool>, link: Arc<link::Link>, listener: tokio::net:
 }
 
 impl Cpus for Pool {
-    fn spawn(&self, spawn: &control::Spawn) -> GridResult<String> {
+    fn spawn(&self, spawn: &control::Spawn) -> GridResult<crate::Spawned> {
         // node=NAME is the placement's; the rest is the cpu node's to judge.
         let mut named = None;
         let mut options = Vec::new();
@@ -705,12 +705,20 @@ impl Cpus for Pool {
             let result = self.call(&cpu, request, self.deadlines.spawn);
             let mut state = self.state();
             match result {
-                Ok(Answer::Spawned { text, login }) => {
+                Ok(Answer::Spawned {
+                    text,
+                    login,
+                    host_key,
+                }) => {
                     if let Some(p) = state.envs.get_mut(&key) {
-                        p.login = login;
+                        p.login = login.clone();
                         p.starting = false;
                     }
-                    return Ok(text);
+                    return Ok(crate::Spawned {
+                        text,
+                        login,
+                        host_key,
+                    });
                 }
                 other => {
                     state.envs.remove(&key);

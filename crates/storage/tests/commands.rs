@@ -27,13 +27,17 @@ struct FakeCpus {
 }
 
 impl Cpus for FakeCpus {
-    fn spawn(&self, spawn: &control::Spawn) -> GridResult<String> {
+    fn spawn(&self, spawn: &control::Spawn) -> GridResult<storage::Spawned> {
         let mut running = self.running.lock().unwrap();
         if running.len() >= self.limit {
             return Err(GridError::refused("spawn limit reached"));
         }
         running.insert((spawn.user.clone(), spawn.name.clone()), spawn.clone());
-        Ok(format!("{} spawned\n", spawn.name))
+        Ok(storage::Spawned {
+            text: format!("{} spawned\n", spawn.name),
+            login: format!("ssh -p 20001 {}@127.0.0.1", spawn.user),
+            host_key: String::new(),
+        })
     }
     fn save(&self, _user: &str, env: &str) -> GridResult<Score> {
         Ok(Score::of(env.as_bytes()))
@@ -118,6 +122,7 @@ fn a_spawn_reaches_the_cpus_in_one_shape_with_its_root_and_options() {
             root: Score::of(b"busybox root"),
             disk: true,
             options: vec!["memory=1G".into(), "net=host".into()],
+            run_key: None,
         }
     );
 }

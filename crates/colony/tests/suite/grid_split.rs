@@ -939,3 +939,34 @@ fn looking_at_the_status_page_never_loses_a_cpu_node() {
         "{page}"
     );
 }
+
+/// `run` through a storage node: the command runs on a cpu node (the
+/// storage node logs in there with a key made for the run, checking the
+/// host key the cpu node sent over the control link), its output and exit
+/// status come back through the front door, and its environment ends.
+#[test]
+fn a_run_through_the_storage_node_runs_on_a_cpu_node() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::new(&[], &[]);
+    let root = busybox_root(g.tmp.path(), "run me\n");
+    g.import("bb", &root);
+    g.start_s1();
+    g.start_cpu(1);
+    g.start_cpu(2);
+    g.wait_links(2);
+    for _ in 0..2 {
+        let out = g.door(
+            "alice",
+            &["run", "bb", "--", "cat /etc/motd; hostname; echo oops >&2; exit 5"],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("run me\nbb.run-"), "{stdout}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+        assert_eq!(out.status.code(), Some(5));
+    }
+    wait_for(15, "the runs' environments to end", || {
+        !g.door_ok("alice", &["status"]).contains(".run-")
+    });
+}

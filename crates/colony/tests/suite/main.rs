@@ -16,6 +16,7 @@ mod grid_split;
 mod grid_ssh;
 mod hub_cli;
 mod hubshell;
+mod jobs_run;
 mod mount_cli;
 mod vac_cli;
 mod venti_cli;

@@ -46,6 +46,9 @@ pub struct Door {
     pub forwards: Arc<Places>,
     /// Its logins may forward the user's agent (`spawn … agent=yes`).
     pub agent: bool,
+    /// The one-time key of the storage node's `run` that started it, which
+    /// logs in as the owner too.
+    pub run_key: Option<ssh_key::PublicKey>,
 }
 
 /// Serves the door on `listener` until `stop` resolves.
@@ -288,6 +291,11 @@ impl Conn {
 
     fn admitted(&self, key: &ssh_key::PublicKey) -> bool {
         self.door.keys.admits(&self.door.owner, key)
+            || self
+                .door
+                .run_key
+                .as_ref()
+                .is_some_and(|k| k.key_data() == key.key_data())
     }
 
     /// Attaches `channel` to persistent shell `name`, starting it if needed:

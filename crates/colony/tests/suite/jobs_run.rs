@@ -1,0 +1,142 @@
+//! `run ROOT [options] -- COMMAND` through the front door with OpenSSH's
+//! client: the command runs in a fresh environment, its stdout and stderr
+//! stream back separately, the session's stdin reaches it, its exit status
+//! is the session's.
+//!
+//! Invariants checked: a run never leaves its environment behind (after an
+//! exit, a timeout, or a client that left); `save=` binds its name only
+//! after a zero exit.
+
+use std::process::{Command, Output, Stdio};
+
+use crate::common::grid::{SSH_OPTS, wait_for};
+use crate::common::node::{Node, can_mount};
+use crate::common::run::run_with_input;
+
+/// `ssh alice@door run ARGS…` with `input` on stdin.
+fn run(g: &Node, args: &str, input: &str) -> Output {
+    let mut cmd = g.command("ssh");
+    cmd.args(["-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .args(["-T", "alice@127.0.0.1"])
+        .arg(format!("run {args}"));
+    run_with_input(cmd, input)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// No environment of a run is left in alice's status.
+fn no_run_left(g: &Node) {
+    wait_for(15, "the run's environment to end", || {
+        !g.ok("alice", &["status"]).contains(".run-")
+    });
+}
+
+#[test]
+fn a_run_streams_its_output_takes_its_input_and_exits_with_its_status() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let out = run(
+        &g,
+        "busybox -- sh -c 'echo out; echo err >&2; cat; exit 3'",
+        "the input\n",
+    );
+    assert_eq!(text(&out.stdout), "out\nthe input\n");
+    assert!(text(&out.stderr).contains("err\n"), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("err"));
+    assert_eq!(out.status.code(), Some(3));
+    no_run_left(&g);
+
+    // Bad requests are refused before anything starts.
+    let out = run(&g, "busybox true", "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("usage: run ROOT"));
+    let out = run(&g, "nonesuch -- true", "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("nonesuch not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    g.stop();
+}
+
+#[test]
+fn save_binds_its_name_only_after_a_zero_exit() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let out = run(
+        &g,
+        "busybox save=built -- sh -c 'echo made > /root/made'",
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("saved to built"));
+    let out = run(
+        &g,
+        "busybox save=never -- sh -c 'echo half > /root/made; false'",
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let scores = g.ok("alice", &["scores"]);
+    assert!(
+        scores.contains("built\n") && !scores.contains("never"),
+        "{scores}"
+    );
+    // The saved result is a root like any other.
+    let out = run(&g, "built -- cat /root/made", "");
+    assert_eq!(text(&out.stdout), "made\n");
+    no_run_left(&g);
+    g.stop();
+}
+
+#[test]
+fn a_run_that_times_out_or_loses_its_client_leaves_nothing_running() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let out = run(&g, "busybox timeout=1s -- sleep 60", "");
+    assert_eq!(out.status.code(), Some(124));
+    assert!(
+        text(&out.stderr).contains("timed out after"),
+        "{}",
+        text(&out.stderr)
+    );
+    no_run_left(&g);
+
+    // A client that goes away mid-run takes its run with it.
+    let mut client = g.command("ssh");
+    client
+        .args(["-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .args(["-T", "alice@127.0.0.1", "run busybox -- sleep 61"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut client = client.spawn().unwrap();
+    wait_for(15, "the run to start", || {
+        g.ok("alice", &["status"]).contains(".run-")
+    });
+    client.kill().unwrap();
+    client.wait().unwrap();
+    no_run_left(&g);
+    // Nothing of it runs on: no sleep of the run's is left on the machine.
+    let sleeping = Command::new("pgrep")
+        .args(["-x", "-f", "sleep 61"])
+        .output()
+        .unwrap();
+    assert!(sleeping.stdout.is_empty(), "{}", text(&sleeping.stdout));
+    g.stop();
+}
