@@ -11,6 +11,7 @@ pub mod garage_cluster;
 mod grid;
 mod hub;
 mod import;
+mod jobs;
 mod link;
 pub mod pipeline;
 mod replica;
@@ -78,6 +79,13 @@ pub enum BenchCommand {
         mb: usize,
         /// Repetitions; the median is printed.
         #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// jobs: `run busybox -- true` through a single node's front door with
+    /// OpenSSH, cold and warm, beside `status` (the ceiling). Needs root.
+    Jobs {
+        /// Warm repetitions; the median is printed.
+        #[arg(long, default_value_t = 10)]
         runs: usize,
     },
     /// link: venti over mutual TLS against plain, on loopback and across
@@ -203,6 +211,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vac { tree, dir, runs } => crate::bench::vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench::grid::run(&tree, runs),
         BenchCommand::Forward { mb, runs } => crate::bench::forward::run(mb, runs),
+        BenchCommand::Jobs { runs } => crate::bench::jobs::run(runs),
         BenchCommand::Hub { mb, rounds } => crate::bench::hub::run(mb, rounds),
         BenchCommand::Import { tree, runs } => crate::bench::import::run(&tree, runs),
         BenchCommand::S3 { tree, mb, runs } => crate::bench::s3::run(tree.as_deref(), mb, runs),

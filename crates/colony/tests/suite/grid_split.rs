@@ -959,7 +959,12 @@ fn a_run_through_the_storage_node_runs_on_a_cpu_node() {
     for _ in 0..2 {
         let out = g.door(
             "alice",
-            &["run", "bb", "--", "cat /etc/motd; hostname; echo oops >&2; exit 5"],
+            &[
+                "run",
+                "bb",
+                "--",
+                "cat /etc/motd; hostname; echo oops >&2; exit 5",
+            ],
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.starts_with("run me\nbb.run-"), "{stdout}");
