@@ -61,3 +61,12 @@ pub fn ssh_bench(key: &Path, port: &str) -> Command {
         .arg("bench@127.0.0.1");
     cmd
 }
+
+/// The login port in a spawn's reply (its `ssh -p PORT USER@HOST` line).
+pub fn login_port(reply: &str) -> Option<String> {
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix("ssh -p "))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+}

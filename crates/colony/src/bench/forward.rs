@@ -54,13 +54,8 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
         if r.status != 0 {
             bail!("spawn busybox: {}", r.err);
         }
-        let port = r
-            .out
-            .lines()
-            .find_map(|l| l.strip_prefix("ssh -p "))
-            .and_then(|l| l.split_whitespace().next())
-            .context("no login in the spawn's reply")?
-            .to_string();
+        let port =
+            crate::bench::env::login_port(&r.out).context("no login in the spawn's reply")?;
         measure(&key, &port, scratch.path(), mb, runs)
     })();
     node.shutdown();

@@ -84,13 +84,7 @@ fn run_cases(node: &Node, tree: &Path, key: &Path, mounts: &Path, runs: usize) -
             if r.status != 0 {
                 bail!("spawn {name}: {}", r.err);
             }
-            let port = r
-                .out
-                .lines()
-                .find_map(|l| l.strip_prefix("ssh -p "))
-                .and_then(|l| l.split_whitespace().next())
-                .unwrap_or("0")
-                .to_string();
+            let port = crate::bench::env::login_port(&r.out).unwrap_or_else(|| "0".into());
             let out = crate::bench::env::ssh_bench(key, &port)
                 .arg("echo ready")
                 .output()?;

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::grid::{Reaped, SSH_OPTS, spawn_port, wait_for};
-use crate::common::netns::Hosts;
+use crate::common::netns::WebHost;
 use crate::common::node::{Node, can_mount};
 use crate::common::run::run_with_input;
 
@@ -231,20 +231,8 @@ fn a_socks_forward_goes_out_through_the_environments_network() {
     if !can_mount() {
         return;
     }
-    let hosts = Hosts::new(2);
-    let www = tempfile::tempdir().unwrap();
-    std::fs::write(www.path().join("hello"), "from another host\n").unwrap();
-    let _server = Reaped(
-        hosts
-            .command(1, "busybox")
-            .args(["httpd", "-f", "-p", "8082", "-h"])
-            .arg(www.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let web = WebHost::new(8082);
+    let hosts = &web.hosts;
     let mut g = Node::new();
     g.netns = Some(hosts.name(0).to_string());
     g.start(&[]);

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::common::grid::{Reaped, SSH_OPTS, spawn_port};
-use crate::common::netns::Hosts;
+use crate::common::grid::{SSH_OPTS, spawn_port};
+use crate::common::netns::WebHost;
 use crate::common::node::{Node, can_mount, rootful_suite};
 use crate::common::run::COLONY;
 
@@ -1293,21 +1293,8 @@ fn outbound_connections_from_a_private_network_work() {
     if !can_mount() {
         return;
     }
-    // Host 0 runs the node, host 1 a web server.
-    let hosts = Hosts::new(2);
-    let www = tempfile::tempdir().unwrap();
-    std::fs::write(www.path().join("hello"), "from another host\n").unwrap();
-    let _server = Reaped(
-        hosts
-            .command(1, "busybox")
-            .args(["httpd", "-f", "-p", "8081", "-h"])
-            .arg(www.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let web = WebHost::new(8081);
+    let hosts = &web.hosts;
     let mut g = Node::new();
     g.netns = Some(hosts.name(0).to_string());
     g.start(&[]);

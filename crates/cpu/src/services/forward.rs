@@ -299,29 +299,59 @@ fn listen(host: &str, port: u16) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
 }
 
+/// A message of one byte with room for one descriptor (SCM_RIGHTS), as
+/// [`send_fd`] sends and [`recv_fd`] receives it.
+struct FdMessage {
+    byte: [u8; 1],
+    iov: libc::iovec,
+    control: Vec<u8>,
+    header: libc::msghdr,
+}
+
+impl FdMessage {
+    fn new() -> Box<FdMessage> {
+        let space = control_space();
+        // SAFETY: msghdr and iovec are plain C structs; zero is a valid
+        // value for both, and every pointer is set below before use.
+        let mut m = Box::new(FdMessage {
+            byte: [0],
+            iov: unsafe { std::mem::zeroed() },
+            control: vec![0u8; space],
+            header: unsafe { std::mem::zeroed() },
+        });
+        // The box does not move, so the pointers into it stay valid.
+        m.iov.iov_base = m.byte.as_mut_ptr().cast();
+        m.iov.iov_len = 1;
+        m.header.msg_iov = &mut m.iov;
+        m.header.msg_iovlen = 1;
+        m.header.msg_control = m.control.as_mut_ptr().cast();
+        m.header.msg_controllen = space as _;
+        m
+    }
+}
+
+fn control_space() -> usize {
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize }
+}
+
+fn control_len() -> usize {
+    // SAFETY: CMSG_LEN is arithmetic on its argument.
+    unsafe { libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize }
+}
+
 /// Sends `fd` over the unix socket `over` (SCM_RIGHTS).
 fn send_fd(over: RawFd, fd: RawFd) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    // SAFETY: a msghdr of one byte and one SCM_RIGHTS message, laid out
-    // in a buffer of CMSG_SPACE bytes, all of it local and initialised.
+    let m = FdMessage::new();
+    // SAFETY: the control buffer holds CMSG_SPACE bytes for one
+    // descriptor, so CMSG_FIRSTHDR finds a header with room for it.
     unsafe {
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        let cmsg = libc::CMSG_FIRSTHDR(&m.header);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        (*cmsg).cmsg_len = control_len() as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-        if libc::sendmsg(over, &msg, 0) != 1 {
+        if libc::sendmsg(over, &m.header, 0) != 1 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -330,32 +360,21 @@ fn send_fd(over: RawFd, fd: RawFd) -> io::Result<()> {
 
 /// Receives one descriptor sent by [`send_fd`] on `from`.
 fn recv_fd(from: RawFd) -> io::Result<OwnedFd> {
-    let mut byte = [0u8; 1];
-    // SAFETY: as in send_fd; the kernel fills the control buffer, which is
-    // read only where CMSG_FIRSTHDR finds a complete SCM_RIGHTS message.
+    let mut m = FdMessage::new();
+    // SAFETY: the kernel fills the control buffer, which is read only
+    // where CMSG_FIRSTHDR finds a complete SCM_RIGHTS message of one
+    // descriptor (which MSG_CMSG_CLOEXEC makes close-on-exec).
     unsafe {
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let n = libc::recvmsg(from, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        let n = libc::recvmsg(from, &mut m.header, libc::MSG_CMSG_CLOEXEC);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        let cmsg = libc::CMSG_FIRSTHDR(&m.header);
         if n == 0
             || cmsg.is_null()
             || (*cmsg).cmsg_level != libc::SOL_SOCKET
             || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-            || (*cmsg).cmsg_len as usize
-                != libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize
+            || (*cmsg).cmsg_len as usize != control_len()
         {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

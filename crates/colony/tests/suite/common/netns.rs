@@ -103,3 +103,33 @@ impl Drop for Hosts {
         }
     }
 }
+
+/// Two test hosts: a node's (0) and a web server's (1), which serves
+/// `/hello` ("from another host") on `port`; all of it ends on drop.
+pub struct WebHost {
+    pub hosts: Hosts,
+    _server: super::grid::Reaped,
+    _www: tempfile::TempDir,
+}
+
+impl WebHost {
+    pub fn new(port: u16) -> WebHost {
+        let hosts = Hosts::new(2);
+        let www = tempfile::tempdir().unwrap();
+        std::fs::write(www.path().join("hello"), "from another host\n").unwrap();
+        let server = hosts
+            .command(1, "busybox")
+            .args(["httpd", "-f", "-p", &port.to_string(), "-h"])
+            .arg(www.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        WebHost {
+            hosts,
+            _server: super::grid::Reaped(server),
+            _www: www,
+        }
+    }
+}
