@@ -208,3 +208,47 @@ fn refusals_are_counted_events_with_their_reasons() {
         .as_secs();
     assert!(events.iter().all(|e| now.abs_diff(e.at) < 60));
 }
+
+/// A run's environment reaches the cpus as any spawn does, named apart
+/// from the root (so it never collides with the user's own `spawn` of it)
+/// and carrying its one-time key; a run is only a one-shot session's.
+#[test]
+fn a_runs_environment_is_named_apart_and_carries_its_key() {
+    let (_dir, cpus, node) = node(5);
+    let spawned = node
+        .spawn_for_run(
+            "alice",
+            "busybox",
+            "busybox.run-0011aabb",
+            &["memory=64M".into()],
+            "ssh-ed25519 AAAA… run".into(),
+        )
+        .unwrap();
+    assert_eq!(spawned.login, "ssh -p 20001 alice@127.0.0.1");
+    let running = cpus.running.lock().unwrap();
+    let spawn = &running[&("alice".to_string(), "busybox.run-0011aabb".to_string())];
+    assert_eq!(spawn.root, Score::of(b"busybox root"));
+    assert_eq!(spawn.options, ["memory=64M"]);
+    assert_eq!(spawn.run_key.as_deref(), Some("ssh-ed25519 AAAA… run"));
+    drop(running);
+    // bob may not run alice's root; bad option words never reach the cpus.
+    assert!(
+        node.spawn_for_run("bob", "busybox", "busybox.run-1", &[], String::new())
+            .is_err()
+    );
+    assert!(
+        node.spawn_for_run(
+            "alice",
+            "busybox",
+            "busybox.run-2",
+            &["bogus=1".into()],
+            String::new()
+        )
+        .is_err()
+    );
+    assert_eq!(cpus.running.lock().unwrap().len(), 1);
+    // At the prompt, run says how it is used instead.
+    let reply = node.run("alice", "run busybox -- true");
+    assert_eq!(reply.status, 1);
+    assert!(reply.err.contains("one run a session"), "{}", reply.err);
+}

@@ -140,3 +140,21 @@ fn a_run_that_times_out_or_loses_its_client_leaves_nothing_running() {
     assert!(sleeping.stdout.is_empty(), "{}", text(&sleeping.stdout));
     g.stop();
 }
+
+/// Much input and much output at once: both directions keep flowing
+/// (SSH's windows hold each side back; neither fills memory nor stalls).
+#[test]
+fn a_run_moves_much_input_and_output_at_once() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let input: String = (0..400_000).map(|i| format!("line {i}\n")).collect();
+    let out = run(&g, "busybox -- cat", &input);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input.as_bytes());
+    no_run_left(&g);
+    g.stop();
+}
