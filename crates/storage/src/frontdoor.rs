@@ -170,6 +170,58 @@ fn not_a_machine() -> russh::ChannelOpenFailure {
     }
 }
 
+/// `logs -f JOB`: the job's output as it comes, until it has ended and
+/// all of it was sent (or the client left).
+async fn follow(
+    node: Arc<Node>,
+    user: String,
+    id: String,
+    handle: russh::server::Handle,
+    channel: ChannelId,
+) {
+    let mut sent = 0u64;
+    let status = loop {
+        let jobs = match node.jobs() {
+            Ok(j) => j.clone(),
+            Err(e) => break Err(e.to_string()),
+        };
+        let (u, i) = (user.clone(), id.clone());
+        let got = tokio::task::spawn_blocking(move || {
+            let ended = !jobs.record(&u, &i)?.state.active();
+            Ok::<_, GridError>((ended, jobs.log(&u, &i, sent)?))
+        })
+        .await;
+        let (ended, data) = match got {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => break Err(e.to_string()),
+            Err(e) => break Err(e.to_string()),
+        };
+        if !data.is_empty() {
+            sent += data.len() as u64;
+            if handle.data(channel, data).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if ended {
+            break Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let code = match status {
+        Ok(()) => 0,
+        Err(why) => {
+            let _ = handle
+                .extended_data(channel, 1, format!("logs {id}: {why}\n").into_bytes())
+                .await;
+            1
+        }
+    };
+    let _ = handle.exit_status_request(channel, code).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
+
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
@@ -360,6 +412,10 @@ impl russh::server::Handler for Connection {
             });
             return Ok(());
         }
+        if let ["logs", "-f", id] = words.as_slice() {
+            tokio::spawn(follow(node, user, id.to_string(), handle, channel));
+            return Ok(());
+        }
         if words.first() == Some(&"run") {
             let request = match run::RunRequest::parse(&line) {
                 Ok(r) => r,
@@ -371,16 +427,27 @@ impl russh::server::Handler for Connection {
                     return Ok(());
                 }
             };
+            if request.detached {
+                let answer = run::start_job(&node, &user, request);
+                let (text, status) = match answer {
+                    Ok(id) => (format!("job {id}\n"), 0),
+                    Err(e) => (format!("run: {e}\n"), 1),
+                };
+                if status == 0 {
+                    session.data(channel, text.into_bytes())?;
+                } else {
+                    session.extended_data(channel, 1, text.into_bytes())?;
+                }
+                session.exit_status_request(channel, status)?;
+                session.eof(channel)?;
+                session.close(channel)?;
+                return Ok(());
+            }
             // Its input as an import's: a few chunks in flight, so a slow
             // command holds the client back through SSH's window.
             let (to, input) = tokio::sync::mpsc::channel(16);
             self.channels.entry(channel).or_default().input = Some(to);
-            let session = run::Session {
-                handle,
-                channel,
-                input,
-            };
-            tokio::spawn(run::serve(node, user, request, session));
+            tokio::spawn(run::serve(node, user, request, handle, channel, input));
             return Ok(());
         }
         // Run it off the session task, so the connection keeps being served.

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod frontdoor;
 pub mod import;
+pub mod jobs;
 pub mod local;
 pub mod metrics;
 pub mod placement;
@@ -33,7 +34,7 @@ use grid::users::Users;
 use units::human;
 
 /// The commands: each verb and its usage, in the order the prompt lists them.
-pub const VERBS: [(&str, &str); 10] = [
+pub const VERBS: [(&str, &str); 13] = [
     ("scores", "scores [FILTER]"),
     ("spawn", "spawn NAME"),
     ("spawndisk", "spawndisk NAME"),
@@ -42,7 +43,10 @@ pub const VERBS: [(&str, &str); 10] = [
     ("boom", "boom ENV"),
     ("status", "status"),
     ("import", "import NAME < TAR"),
-    ("run", "run ROOT [OPTIONS] -- COMMAND"),
+    ("run", "run [-d] ROOT [OPTIONS] -- COMMAND"),
+    ("jobs", "jobs"),
+    ("logs", "logs [-f] JOB"),
+    ("cancel", "cancel JOB"),
     ("exit", "exit"),
 ];
 
@@ -149,6 +153,9 @@ pub struct Node {
     /// The node's block store, for imports through the front door.
     store: Option<Arc<dyn venti::BlockStore>>,
     metrics: Option<Arc<metrics::Metrics>>,
+    /// Detached runs (`run -d`); none if their directory cannot be made
+    /// (said in the log, and to whoever asks for a job).
+    jobs: Option<Arc<jobs::Jobs>>,
 }
 
 fn usage(text: &str) -> Reply {
@@ -157,13 +164,25 @@ fn usage(text: &str) -> Reply {
 
 impl Node {
     pub fn new(state: StateDir, cpus: Arc<dyn Cpus>) -> Node {
+        let jobs = jobs::Jobs::open(state.root.join("jobs"))
+            .inspect_err(|e| tracing::error!(error = %e, "jobs are not available"))
+            .ok()
+            .map(Arc::new);
         Node {
             state,
             cpus,
             streams: None,
             store: None,
             metrics: None,
+            jobs,
         }
+    }
+
+    /// The node's jobs.
+    pub fn jobs(&self) -> GridResult<&Arc<jobs::Jobs>> {
+        self.jobs.as_ref().ok_or_else(|| {
+            GridError::refused("jobs are not available on this node (its log says why)")
+        })
     }
 
     /// Counts commands, their latencies and imports in `metrics`.
@@ -431,6 +450,20 @@ impl Node {
                     "import reads a tar stream: tar c -C DIR . | ssh -p 16999 you@node import NAME",
                 );
             }
+            ["jobs"] => self.jobs_text(user),
+            ["jobs", ..] => return usage("jobs"),
+            ["logs", "-f", _] => {
+                return Reply::fail(
+                    "logs -f follows a job until it ends, one a session: ssh -p 16999 you@node logs -f JOB",
+                );
+            }
+            ["logs", id] => self
+                .jobs()
+                .and_then(|j| j.log(user, id, 0))
+                .map(|log| String::from_utf8_lossy(&log).into_owned()),
+            ["logs", ..] => return usage("logs [-f] JOB"),
+            ["cancel", id] => self.jobs().and_then(|j| j.cancel(user, id)),
+            ["cancel", ..] => return usage("cancel JOB"),
             ["run", ..] => {
                 return Reply::fail(format!(
                     "run streams its command's input and output, one run a session: ssh -p 16999 you@node {}",
@@ -472,6 +505,18 @@ impl Node {
             }
         }
         Ok(out)
+    }
+
+    fn jobs_text(&self, user: &str) -> GridResult<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let list = self.jobs()?.list(user)?;
+        if list.is_empty() {
+            return Ok("no jobs\n".into());
+        }
+        Ok(list.iter().map(|r| r.line(now) + "\n").collect())
     }
 
     fn spawn(&self, user: &str, name: &str, disk: bool, options: &[&str]) -> GridResult<String> {
@@ -642,6 +687,11 @@ impl Node {
 
     /// Ends every live environment (daemon shutdown).
     pub fn shutdown(&self) {
+        // First the jobs: their environments are about to end under them,
+        // which their runs would otherwise take for a failed command.
+        if let Some(jobs) = &self.jobs {
+            jobs.node_stopping();
+        }
         self.cpus.shutdown()
     }
 }

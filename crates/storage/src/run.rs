@@ -21,14 +21,18 @@ use tokio::sync::mpsc;
 use crate::Node;
 
 /// How `run` is asked for.
-pub const USAGE: &str = "run ROOT [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [timeout=DURATION] [save=NAME] -- COMMAND ARGS…";
+pub const USAGE: &str = "run [-d] ROOT [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [timeout=DURATION] [save=NAME] -- COMMAND ARGS…";
 
 /// The exit status of a run that timed out, as timeout(1)'s.
 const TIMED_OUT: u32 = 124;
+/// The exit status of a run that was cancelled (as a shell's after SIGINT).
+const CANCELLED: u32 = 130;
 
 /// What a `run` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRequest {
+    /// `-d`: a job, answered with its id at once (see [`crate::jobs`]).
+    pub detached: bool,
     pub root: String,
     /// The spawn's option words (`memory=`, `net=`, …).
     pub options: Vec<String>,
@@ -50,7 +54,12 @@ impl RunRequest {
         if words.next() != Some("run") {
             return Err(usage());
         }
-        let root = words.next().ok_or_else(usage)?.to_string();
+        let mut root = words.next().ok_or_else(usage)?;
+        let detached = root == "-d";
+        if detached {
+            root = words.next().ok_or_else(usage)?;
+        }
+        let root = root.to_string();
         if command.is_empty() {
             return Err(format!("no command after --: {}", usage()));
         }
@@ -78,6 +87,7 @@ impl RunRequest {
             }
         }
         Ok(RunRequest {
+            detached,
             root,
             options,
             timeout,
@@ -87,21 +97,85 @@ impl RunRequest {
     }
 }
 
-/// What a run's session is: where its output goes (the front door's
-/// channel) and where its input comes from (chunks; an empty one is the
-/// end of input; every sender gone is a client that left).
-pub struct Session {
-    pub handle: russh::server::Handle,
-    pub channel: ChannelId,
-    pub input: mpsc::Receiver<Vec<u8>>,
+/// Where a run's output goes: the front door's channel (a run in the
+/// foreground), or a job's log (see [`crate::jobs`]).
+pub enum Output {
+    Channel {
+        handle: russh::server::Handle,
+        channel: ChannelId,
+    },
+    Job(Arc<crate::jobs::Running>),
 }
 
-/// Runs `request` for `user` and answers the session: its output, its
-/// exit status, and the channel closed.
-pub async fn serve(node: Arc<Node>, user: String, request: RunRequest, mut session: Session) {
-    let (handle, channel) = (session.handle.clone(), session.channel);
-    let status = match run(&node, &user, &request, &mut session).await {
-        Ok(status) => status,
+impl Output {
+    /// Passes on a piece of stdout (`err` false) or stderr; false when
+    /// nobody hears it any more (the client left).
+    async fn write(&self, err: bool, data: Vec<u8>) -> bool {
+        match self {
+            Output::Channel { handle, channel } if err => {
+                handle.extended_data(*channel, 1, data).await.is_ok()
+            }
+            Output::Channel { handle, channel } => handle.data(*channel, data).await.is_ok(),
+            Output::Job(job) => {
+                job.log(&data);
+                true
+            }
+        }
+    }
+}
+
+/// What a run's session is: where its output goes, where its input comes
+/// from (chunks; an empty one is the end of input; every sender gone is a
+/// client that left), and what cancels it.
+pub struct Session {
+    pub output: Output,
+    pub input: mpsc::Receiver<Vec<u8>>,
+    pub cancel: Arc<tokio::sync::Notify>,
+}
+
+/// How a run ended, when its command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The command exited with this status.
+    Exited(u32),
+    /// Its `timeout=` passed.
+    TimedOut,
+    /// `cancel` ended it.
+    Cancelled,
+}
+
+impl Ended {
+    /// The status a session exits with.
+    pub fn status(self) -> u32 {
+        match self {
+            Ended::Exited(s) => s,
+            Ended::TimedOut => TIMED_OUT,
+            Ended::Cancelled => CANCELLED,
+        }
+    }
+}
+
+/// Runs `request` for `user` in the foreground and answers the session on
+/// `handle`'s `channel`: its output, its exit status, and the channel
+/// closed.
+pub async fn serve(
+    node: Arc<Node>,
+    user: String,
+    request: RunRequest,
+    handle: russh::server::Handle,
+    channel: ChannelId,
+    input: mpsc::Receiver<Vec<u8>>,
+) {
+    let session = Session {
+        output: Output::Channel {
+            handle: handle.clone(),
+            channel,
+        },
+        input,
+        cancel: Arc::default(),
+    };
+    let status = match run(&node, &user, &request, session).await {
+        Ok((ended, _)) => ended.status(),
         Err(why) => {
             let _ = handle
                 .extended_data(
@@ -118,12 +192,56 @@ pub async fn serve(node: Arc<Node>, user: String, request: RunRequest, mut sessi
     let _ = handle.close(channel).await;
 }
 
-async fn run(
+/// Starts `request` as a job of `user`'s (`run -d`): its id, at once; it
+/// runs on (with no input) and its record and log tell how it went.
+pub fn start_job(
+    node: &Arc<Node>,
+    user: &str,
+    request: RunRequest,
+) -> grid::error::GridResult<String> {
+    use crate::jobs::State;
+    let job = node.jobs()?.submit(user, &request.root, &request.command)?;
+    let id = job.id();
+    let (node, user) = (node.clone(), user.to_string());
+    tokio::spawn(async move {
+        // No input: its end at once (the sender is kept, so it is not a
+        // client that left).
+        let (to, input) = mpsc::channel(1);
+        let _ = to.send(Vec::new()).await;
+        let session = Session {
+            output: Output::Job(job.clone()),
+            input,
+            cancel: job.cancel.clone(),
+        };
+        let result = run(&node, &user, &request, session).await;
+        drop(to);
+        match result {
+            Ok((Ended::Exited(0), saved)) => job.finish(State::Succeeded, Some(0), saved, None),
+            Ok((Ended::Exited(status), _)) => job.finish(State::Failed, Some(status), None, None),
+            Ok((Ended::TimedOut, _)) => job.finish(
+                State::Failed,
+                Some(TIMED_OUT),
+                None,
+                Some("timed out".into()),
+            ),
+            Ok((Ended::Cancelled, _)) => job.finish(State::Cancelled, None, None, None),
+            Err(why) => {
+                job.log(format!("run {}: {why}\n", request.root).as_bytes());
+                job.finish(State::Failed, None, None, Some(why))
+            }
+        }
+    });
+    Ok(id)
+}
+
+/// Runs `request` for `user`: how it ended, and the name it was saved to
+/// (with `save=`, after a zero exit).
+pub async fn run(
     node: &Arc<Node>,
     user: &str,
     request: &RunRequest,
-    session: &mut Session,
-) -> Result<u32, String> {
+    mut session: Session,
+) -> Result<(Ended, Option<String>), String> {
     let key = one_time_key()?;
     let public = key
         .public_key()
@@ -145,33 +263,36 @@ async fn run(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?
     };
+    if let Output::Job(job) = &session.output {
+        job.started(&env);
+    }
     // From here on the environment is this run's to end.
-    let ran = in_environment(&spawned, user, key, request, session).await;
-    let mut status = match ran {
-        Ok(status) => status,
+    let ran = in_environment(&spawned, user, key, request, &mut session).await;
+    let ended = match ran {
+        Ok(ended) => ended,
         Err(why) => {
             boom(node, user, &env).await;
             return Err(why);
         }
     };
-    if status == 0
+    let mut saved = None;
+    let mut ended = ended;
+    if ended == Ended::Exited(0)
         && let Some(name) = &request.save
     {
         let reply = command(node, user, format!("save {env} {name}")).await;
         let note = if reply.status == 0 {
+            saved = Some(name.clone());
             format!("run: saved to {name}\n")
         } else {
             // The command succeeded; its result could not be kept.
-            status = 1;
+            ended = Ended::Exited(1);
             format!("run: saving to {name} failed: {}", reply.err)
         };
-        let _ = session
-            .handle
-            .extended_data(session.channel, 1, note.into_bytes())
-            .await;
+        session.output.write(true, note.into_bytes()).await;
     }
     boom(node, user, &env).await;
-    Ok(status)
+    Ok((ended, saved))
 }
 
 /// Logs in to the run's environment, runs the command, relays both ways;
@@ -182,7 +303,7 @@ async fn in_environment(
     key: PrivateKey,
     request: &RunRequest,
     session: &mut Session,
-) -> Result<u32, String> {
+) -> Result<Ended, String> {
     let (host, port) = login_address(&spawned.login)
         .ok_or_else(|| format!("no login in the spawn's answer {:?}", spawned.login))?;
     let expected = PublicKey::from_openssh(spawned.host_key.trim())
@@ -202,7 +323,7 @@ async fn in_environment(
     if !auth.success() {
         return Err("the environment refused the run's key".into());
     }
-    let mut env = client
+    let env = client
         .channel_open_session()
         .await
         .map_err(|e| format!("opening a session in the environment: {e}"))?;
@@ -217,39 +338,52 @@ async fn in_environment(
         }
     };
     tokio::pin!(expired);
-    let (handle, front) = (session.handle.clone(), session.channel);
-    let mut status = None;
-    let mut input_open = true;
+    let cancel = session.cancel.clone();
+    let (output, input) = (&session.output, &mut session.input);
+    // Input is fed while output is read, never one waiting on the other:
+    // a command that reads its input only after writing output (cat with
+    // more than a window of both) would otherwise wait on us as we wait on
+    // it.
+    let (mut from_env, to_env) = env.split();
+    let feeding = async {
+        while let Some(chunk) = input.recv().await {
+            if chunk.is_empty() {
+                let _ = to_env.eof().await;
+                return Fed::Ended;
+            }
+            if to_env.data(&chunk[..]).await.is_err() {
+                return Fed::Ended;
+            }
+        }
+        Fed::ClientLeft
+    };
+    tokio::pin!(feeding);
+    let (mut fed, mut status) = (false, None);
     loop {
         tokio::select! {
             () = &mut expired => {
                 let t = request.timeout.map(units::duration_text).unwrap_or_default();
-                let _ = handle
-                    .extended_data(front, 1, format!("run: timed out after {t}\n").into_bytes())
-                    .await;
-                return Ok(TIMED_OUT);
+                let note = format!("run: timed out after {t}\n");
+                output.write(true, note.into_bytes()).await;
+                return Ok(Ended::TimedOut);
             }
-            chunk = session.input.recv(), if input_open => match chunk {
-                Some(data) if data.is_empty() => {
-                    input_open = false;
-                    let _ = env.eof().await;
-                }
-                Some(data) => {
-                    if env.data(&data[..]).await.is_err() {
-                        input_open = false;
-                    }
-                }
+            () = cancel.notified() => {
+                output.write(true, b"run: cancelled\n".to_vec()).await;
+                return Ok(Ended::Cancelled);
+            }
+            outcome = &mut feeding, if !fed => match outcome {
+                Fed::Ended => fed = true,
                 // The client left: so does the run.
-                None => return Err("the client left".into()),
+                Fed::ClientLeft => return Err("the client left".into()),
             },
-            msg = env.wait() => match msg {
+            msg = from_env.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    if handle.data(front, data.to_vec()).await.is_err() {
+                    if !output.write(false, data.to_vec()).await {
                         return Err("the client left".into());
                     }
                 }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                    if handle.extended_data(front, 1, data.to_vec()).await.is_err() {
+                    if !output.write(true, data.to_vec()).await {
                         return Err("the client left".into());
                     }
                 }
@@ -263,7 +397,17 @@ async fn in_environment(
     let _ = client
         .disconnect(russh::Disconnect::ByApplication, "", "")
         .await;
-    status.ok_or_else(|| "the environment ended before its command did".into())
+    status
+        .map(Ended::Exited)
+        .ok_or_else(|| "the environment ended before its command did".into())
+}
+
+/// How feeding a run's input ended.
+enum Fed {
+    /// Its end was passed on (or the command stopped taking it).
+    Ended,
+    /// The client left before its end.
+    ClientLeft,
 }
 
 /// The host and port of a login command (`ssh -p PORT USER@HOST`).
@@ -352,9 +496,13 @@ mod tests {
         assert_eq!(r.timeout, Some(Duration::from_secs(300)));
         assert_eq!(r.save.as_deref(), Some("built"));
         assert_eq!(r.command, "sh -c 'tar x && make'");
+        assert!(!r.detached);
+        let d = RunRequest::parse("run -d debian -- make").unwrap();
+        assert!(d.detached && d.root == "debian" && d.command == "make");
         for (bad, says) in [
             ("run debian true", "usage"),
             ("run -- true", "usage"),
+            ("run -d -- true", "usage"),
             ("run debian -- ", "no command"),
             ("run debian timeout=soon -- true", "timeout=soon"),
             ("run debian timeout=0s -- true", "some time"),

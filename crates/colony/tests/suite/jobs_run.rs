@@ -56,7 +56,7 @@ fn a_run_streams_its_output_takes_its_input_and_exits_with_its_status() {
     // Bad requests are refused before anything starts.
     let out = run(&g, "busybox true", "");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("usage: run ROOT"));
+    assert!(text(&out.stderr).contains("usage: run [-d] ROOT"));
     let out = run(&g, "nonesuch -- true", "");
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -156,5 +156,98 @@ fn a_run_moves_much_input_and_output_at_once() {
     assert_eq!(out.stdout.len(), input.len());
     assert!(out.stdout == input.as_bytes());
     no_run_left(&g);
+    g.stop();
+}
+
+/// `jobs` until `id`'s line says `state`; the line.
+fn job_line(g: &Node, id: &str, state: &str) -> String {
+    let mut line = String::new();
+    wait_for(20, &format!("job {id} {state}"), || {
+        line = g
+            .ok("alice", &["jobs"])
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_string();
+        line.contains(&format!("\t{state}\t"))
+    });
+    line
+}
+
+fn submit(g: &Node, args: &str) -> String {
+    let out = run(g, &format!("-d {args}"), "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .strip_prefix("job ")
+        .map(|id| id.trim().to_string())
+        .unwrap_or_else(|| panic!("{}", text(&out.stdout)))
+}
+
+/// Detached jobs: `run -d` answers with an id at once; `logs -f` follows
+/// one to its end; `jobs` shows each with its state, exit status and saved
+/// name; `cancel` ends one and leaves nothing running; nobody sees another
+/// user's jobs; a node that restarts calls the job it was running lost.
+#[test]
+fn detached_jobs_are_listed_followed_cancelled_and_lost_with_their_node() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let id = submit(
+        &g,
+        "busybox save=djob -- sh -c 'echo one; sleep 1; echo two >&2'",
+    );
+    let mut follow = g.command("ssh");
+    follow
+        .args(["-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .args(["-T", "alice@127.0.0.1", &format!("logs -f {id}")]);
+    let followed = run_with_input(follow, "");
+    assert_eq!(followed.status.code(), Some(0));
+    assert_eq!(text(&followed.stdout), "one\ntwo\nrun: saved to djob\n");
+    let line = job_line(&g, &id, "succeeded");
+    assert!(
+        line.contains("exit 0") && line.contains("saved djob"),
+        "{line}"
+    );
+    assert!(g.ok("alice", &["scores"]).contains("djob\n"));
+    assert_eq!(
+        g.ok("alice", &["logs", &id]),
+        "one\ntwo\nrun: saved to djob\n"
+    );
+
+    let failing = submit(&g, "busybox save=never -- exit 7");
+    assert!(job_line(&g, &failing, "failed").contains("exit 7"));
+    assert!(!g.ok("alice", &["scores"]).contains("never"));
+
+    let long = submit(&g, "busybox -- sleep 63");
+    job_line(&g, &long, "running");
+    assert_eq!(
+        g.ok("alice", &["cancel", &long]),
+        format!("{long} cancelled\n")
+    );
+    job_line(&g, &long, "cancelled");
+    no_run_left(&g);
+    let sleeping = Command::new("pgrep")
+        .args(["-x", "-f", "sleep 63"])
+        .output()
+        .unwrap();
+    assert!(sleeping.stdout.is_empty());
+
+    // Nobody else's.
+    assert_eq!(g.ok("bob", &["jobs"]), "no jobs\n");
+    let out = g.ssh("bob", &["logs", &id]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(&format!("no job {id} of yours")));
+
+    // A restart: the job its node was running is lost, and says so.
+    let lost = submit(&g, "busybox -- sleep 64");
+    job_line(&g, &lost, "running");
+    g.stop();
+    g.start(&[]);
+    let line = job_line(&g, &lost, "lost");
+    assert!(line.contains("the node stopped while it ran"), "{line}");
     g.stop();
 }

@@ -1,0 +1,513 @@
+//! Detached jobs (`run -d`): a run the session does not wait for. Each job
+//! is a record in `STATE/jobs/ID` (JSON, rewritten whole and atomically at
+//! each change) and its output, stdout and stderr as they came, in
+//! `STATE/jobs/ID.log`, at most [`MAX_LOG`] bytes (past that the rest is
+//! counted, and the log says how much was left out). `jobs`, `logs` and
+//! `cancel` read and act on them; a node that restarts finds the jobs it
+//! was running and calls them lost (their environments died with it).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use grid::error::{GridError, GridResult};
+use serde_json::{Value, json};
+
+/// The most output a job keeps.
+pub const MAX_LOG: u64 = 8 << 20;
+/// Jobs a user may have queued or running at once.
+pub const MAX_ACTIVE: usize = 16;
+/// Ended jobs' records and logs kept for a user; older ones go.
+pub const MAX_KEPT: usize = 200;
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Its node stopped or died while it ran.
+    Lost,
+}
+
+impl State {
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+            State::Lost => "lost",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<State> {
+        [
+            State::Queued,
+            State::Running,
+            State::Succeeded,
+            State::Failed,
+            State::Cancelled,
+            State::Lost,
+        ]
+        .into_iter()
+        .find(|s| s.word() == word)
+    }
+
+    pub fn active(self) -> bool {
+        matches!(self, State::Queued | State::Running)
+    }
+}
+
+/// A job as `jobs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub id: String,
+    pub user: String,
+    pub root: String,
+    pub command: String,
+    pub state: State,
+    /// The environment it runs in, once started.
+    pub env: Option<String>,
+    pub exit: Option<u32>,
+    /// Unix seconds.
+    pub submitted: u64,
+    pub started: Option<u64>,
+    pub ended: Option<u64>,
+    pub saved: Option<String>,
+    /// Why it failed, if it did before its command ended.
+    pub why: Option<String>,
+}
+
+impl Record {
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "user": self.user, "root": self.root,
+            "command": self.command, "state": self.state.word(), "env": self.env,
+            "exit": self.exit, "submitted": self.submitted, "started": self.started,
+            "ended": self.ended, "saved": self.saved, "why": self.why,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Record> {
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let number = |k: &str| v.get(k).and_then(Value::as_u64);
+        Some(Record {
+            id: text("id")?,
+            user: text("user")?,
+            root: text("root")?,
+            command: text("command")?,
+            state: State::from_word(v.get("state")?.as_str()?)?,
+            env: text("env"),
+            exit: number("exit").and_then(|n| u32::try_from(n).ok()),
+            submitted: number("submitted")?,
+            started: number("started"),
+            ended: number("ended"),
+            saved: text("saved"),
+            why: text("why"),
+        })
+    }
+
+    /// One line of `jobs`.
+    pub fn line(&self, now: u64) -> String {
+        let exit = self.exit.map_or("-".to_string(), |e| e.to_string());
+        let took = match (self.started, self.ended) {
+            (Some(s), Some(e)) => format!("{}s", e.saturating_sub(s)),
+            (Some(s), None) => format!("{}s so far", now.saturating_sub(s)),
+            _ => "-".into(),
+        };
+        let mut line = format!(
+            "{}\t{}\t{}\texit {exit}\t{took}\t{}",
+            self.id,
+            self.state.word(),
+            self.root,
+            self.command
+        );
+        if let Some(saved) = &self.saved {
+            line.push_str(&format!("\tsaved {saved}"));
+        }
+        if let Some(why) = &self.why {
+            line.push_str(&format!("\t({why})"));
+        }
+        line
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The jobs of a node.
+pub struct Jobs {
+    dir: PathBuf,
+    /// Set when the node stops: what ends after it is lost, not failed.
+    stopping: std::sync::atomic::AtomicBool,
+    /// The jobs running here: how to cancel each.
+    live: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// One writer of records at a time.
+    writing: Mutex<()>,
+}
+
+impl Jobs {
+    /// The jobs in `dir`; those a previous run of the node left queued or
+    /// running are lost.
+    pub fn open(dir: PathBuf) -> GridResult<Jobs> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| GridError::io(format!("making {}", dir.display()), e))?;
+        let jobs = Jobs {
+            dir,
+            stopping: Default::default(),
+            live: Mutex::default(),
+            writing: Mutex::default(),
+        };
+        for mut r in jobs.all()? {
+            if r.state.active() {
+                r.state = State::Lost;
+                r.ended = Some(now());
+                r.why = Some("the node stopped while it ran".into());
+                jobs.write(&r)?;
+            }
+        }
+        Ok(jobs)
+    }
+
+    fn all(&self) -> GridResult<Vec<Record>> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| GridError::io(format!("reading {}", self.dir.display()), e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".log") || name.starts_with('.') {
+                continue;
+            }
+            let parsed = std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| Record::from_json(&v));
+            match parsed {
+                Some(r) => out.push(r),
+                None => {
+                    tracing::warn!(file = %entry.path().display(), "an unreadable job record; skipped")
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.submitted, &a.id).cmp(&(b.submitted, &b.id)));
+        Ok(out)
+    }
+
+    fn write(&self, r: &Record) -> GridResult<()> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.dir.join(&r.id);
+        let tmp = self.dir.join(format!(".{}.new", r.id));
+        let text = serde_json::to_vec(&r.to_json()).expect("a JSON value encodes");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| GridError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// `user`'s jobs, oldest first.
+    pub fn list(&self, user: &str) -> GridResult<Vec<Record>> {
+        Ok(self.all()?.into_iter().filter(|r| r.user == user).collect())
+    }
+
+    /// `user`'s job `id` (nobody else's).
+    pub fn record(&self, user: &str, id: &str) -> GridResult<Record> {
+        let not_found = || GridError::refused(format!("no job {id} of yours"));
+        if !id.bytes().all(|b| b.is_ascii_hexdigit()) || id.is_empty() || id.len() > 16 {
+            return Err(not_found());
+        }
+        let record = std::fs::read(self.dir.join(id))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| Record::from_json(&v))
+            .filter(|r| r.user == user);
+        record.ok_or_else(not_found)
+    }
+
+    /// The output `user`'s job `id` has logged, from byte `from` on (all
+    /// of it, at most [`MAX_LOG`] and the note past it).
+    pub fn log(&self, user: &str, id: &str, from: u64) -> GridResult<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let r = self.record(user, id)?;
+        let path = self.dir.join(format!("{}.log", r.id));
+        let mut data = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            f.seek(SeekFrom::Start(from))
+                .and_then(|_| f.take(MAX_LOG + 4096).read_to_end(&mut data))
+                .map_err(|e| GridError::io(format!("reading {}", path.display()), e))?;
+        }
+        Ok(data)
+    }
+
+    /// A new job of `user`'s, queued: its record written, and the handle
+    /// its run reports through.
+    pub fn submit(
+        self: &Arc<Self>,
+        user: &str,
+        root: &str,
+        command: &str,
+    ) -> GridResult<Arc<Running>> {
+        let mine = self.list(user)?;
+        let active = mine.iter().filter(|r| r.state.active()).count();
+        if active >= MAX_ACTIVE {
+            return Err(GridError::refused(format!(
+                "you have {active} jobs queued or running, the most you may"
+            )));
+        }
+        self.forget_old(&mine)?;
+        let mut id = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
+            .map_err(|e| GridError::io("reading /dev/urandom", e))?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let record = Record {
+            id: id.clone(),
+            user: user.to_string(),
+            root: root.to_string(),
+            command: command.to_string(),
+            state: State::Queued,
+            env: None,
+            exit: None,
+            submitted: now(),
+            started: None,
+            ended: None,
+            saved: None,
+            why: None,
+        };
+        self.write(&record)?;
+        let log = std::fs::File::create(self.dir.join(format!("{id}.log")))
+            .map_err(|e| GridError::io("making a job's log", e))?;
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, cancel.clone());
+        Ok(Arc::new(Running {
+            jobs: self.clone(),
+            record: Mutex::new(record),
+            log: Mutex::new(Log {
+                file: log,
+                kept: 0,
+                left_out: 0,
+            }),
+            cancel,
+        }))
+    }
+
+    /// Keeps at most [`MAX_KEPT`] of a user's ended jobs.
+    fn forget_old(&self, mine: &[Record]) -> GridResult<()> {
+        let ended: Vec<&Record> = mine.iter().filter(|r| !r.state.active()).collect();
+        for r in ended.iter().take(ended.len().saturating_sub(MAX_KEPT - 1)) {
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.log", r.id)));
+            let _ = std::fs::remove_file(self.dir.join(&r.id));
+        }
+        Ok(())
+    }
+
+    /// The node is stopping: the jobs running now end as lost (their
+    /// environments end with the node), whatever their runs then see.
+    pub fn node_stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for mut r in self.all().unwrap_or_default() {
+            if r.state.active() && self.is_live(&r.id) {
+                r.state = State::Lost;
+                r.ended = Some(now());
+                r.why = Some("the node stopped while it ran".into());
+                if let Err(e) = self.write(&r) {
+                    tracing::warn!(job = %r.id, error = %e, "writing a job's record failed");
+                }
+            }
+        }
+    }
+
+    fn is_live(&self, id: &str) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    /// Cancels `user`'s job `id`: what it runs is ended, its record says so.
+    pub fn cancel(&self, user: &str, id: &str) -> GridResult<String> {
+        let r = self.record(user, id)?;
+        if !r.state.active() {
+            return Ok(format!("{id} already ended: {}\n", r.state.word()));
+        }
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&r.id)
+            .cloned();
+        match live {
+            Some(cancel) => {
+                // A permit is kept if the run is not waiting yet.
+                cancel.notify_one();
+                Ok(format!("{id} cancelled\n"))
+            }
+            None => Ok(format!("{id} is not running on this node\n")),
+        }
+    }
+}
+
+struct Log {
+    file: std::fs::File,
+    kept: u64,
+    left_out: u64,
+}
+
+/// A job being run: where its run reports.
+pub struct Running {
+    jobs: Arc<Jobs>,
+    record: Mutex<Record>,
+    log: Mutex<Log>,
+    pub cancel: Arc<tokio::sync::Notify>,
+}
+
+impl Running {
+    pub fn id(&self) -> String {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .id
+            .clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Record)) {
+        let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut r);
+        if let Err(e) = self.jobs.write(&r) {
+            tracing::warn!(job = %r.id, error = %e, "writing a job's record failed");
+        }
+    }
+
+    /// Its environment started.
+    pub fn started(&self, env: &str) {
+        self.update(|r| {
+            r.state = State::Running;
+            r.env = Some(env.to_string());
+            r.started = Some(now());
+        });
+    }
+
+    /// Output of the command, kept up to [`MAX_LOG`] bytes.
+    pub fn log(&self, data: &[u8]) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_LOG.saturating_sub(log.kept);
+        let keep = (data.len() as u64).min(room) as usize;
+        if keep > 0 && log.file.write_all(&data[..keep]).is_ok() {
+            log.kept += keep as u64;
+        }
+        log.left_out += (data.len() - keep) as u64;
+    }
+
+    /// How it ended: `state`, with the command's exit status, the name it
+    /// was saved to, or why it failed.
+    pub fn finish(
+        &self,
+        state: State,
+        exit: Option<u32>,
+        saved: Option<String>,
+        why: Option<String>,
+    ) {
+        {
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            if log.left_out > 0 {
+                let note = format!(
+                    "\n[the log keeps {MAX_LOG} bytes; {} more were left out]\n",
+                    log.left_out
+                );
+                let _ = log.file.write_all(note.as_bytes());
+            }
+            let _ = log.file.sync_all();
+        }
+        self.update(|r| {
+            r.state = state;
+            r.exit = exit;
+            r.saved = saved;
+            r.why = why;
+            r.ended = Some(now());
+        });
+        let id = self.id();
+        self.jobs
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_and_a_restart_calls_running_jobs_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Arc::new(Jobs::open(dir.path().join("jobs")).unwrap());
+        let a = jobs.submit("alice", "busybox", "make").unwrap();
+        a.started("busybox.run-1");
+        a.log(b"building\n");
+        let b = jobs.submit("alice", "busybox", "true").unwrap();
+        b.started("busybox.run-2");
+        b.finish(State::Succeeded, Some(0), Some("built".into()), None);
+        let list = jobs.list("alice").unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].saved.as_deref(), Some("built"));
+        assert_eq!(jobs.log("alice", &a.id(), 0).unwrap(), b"building\n");
+        assert_eq!(jobs.log("alice", &a.id(), 5).unwrap(), b"ing\n");
+        // Nobody else's, and no path tricks.
+        assert!(jobs.record("bob", &a.id()).is_err());
+        assert!(jobs.record("alice", "../jobs").is_err());
+        // A restart: the running one is lost, the ended one stays.
+        drop(jobs);
+        let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
+        let list = jobs.list("alice").unwrap();
+        assert_eq!(list[0].state, State::Lost);
+        assert_eq!(list[1].state, State::Succeeded);
+    }
+
+    #[test]
+    fn a_log_keeps_its_bound_and_says_what_it_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Arc::new(Jobs::open(dir.path().join("jobs")).unwrap());
+        let a = jobs.submit("alice", "busybox", "yes").unwrap();
+        let chunk = vec![b'y'; 1 << 20];
+        for _ in 0..10 {
+            a.log(&chunk);
+        }
+        a.finish(State::Cancelled, None, None, None);
+        let log = jobs.log("alice", &a.id(), 0).unwrap();
+        assert!(log.len() as u64 > MAX_LOG && (log.len() as u64) < MAX_LOG + 200);
+        let tail = String::from_utf8_lossy(&log[MAX_LOG as usize..]).into_owned();
+        assert!(
+            tail.contains(&format!("{} more were left out", 2 << 20)),
+            "{tail}"
+        );
+    }
+
+    #[test]
+    fn a_user_has_a_bounded_number_of_active_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Arc::new(Jobs::open(dir.path().join("jobs")).unwrap());
+        let held: Vec<_> = (0..MAX_ACTIVE)
+            .map(|_| jobs.submit("alice", "busybox", "sleep").unwrap())
+            .collect();
+        let err = jobs.submit("alice", "busybox", "sleep").err().unwrap();
+        assert!(err.to_string().contains("the most you may"), "{err}");
+        // bob has his own.
+        jobs.submit("bob", "busybox", "true").unwrap();
+        held[0].finish(State::Succeeded, Some(0), None, None);
+        jobs.submit("alice", "busybox", "sleep").unwrap();
+    }
+}
