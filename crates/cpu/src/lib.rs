@@ -299,7 +299,7 @@ impl Environments {
                 )));
             }
             if envs.len() + starting.len() >= self.config.spawn_max {
-                return Err(GridError::refused(format!(
+                return Err(GridError::full(format!(
                     "spawn limit reached: this node runs at most {} environments",
                     self.config.spawn_max
                 )));

@@ -4,6 +4,10 @@
 pub enum GridError {
     #[error("{0}")]
     Refused(String),
+    /// Refused for lack of room (every place that could take it is full):
+    /// the same request may succeed later, so a queue waits and tries again.
+    #[error("{0}")]
+    Full(String),
     /// Something below (the file system, an archive) failed; its error,
     /// worded by the layer that met it.
     #[error("{0}")]
@@ -22,6 +26,12 @@ pub enum GridError {
 impl GridError {
     pub fn refused(why: impl Into<String>) -> GridError {
         GridError::Refused(why.into())
+    }
+    pub fn full(why: impl Into<String>) -> GridError {
+        GridError::Full(why.into())
+    }
+    pub fn is_full(&self) -> bool {
+        matches!(self, GridError::Full(_))
     }
     pub fn failed(why: impl Into<String>) -> GridError {
         GridError::Failed(why.into())

@@ -95,6 +95,9 @@ impl Node {
         let Some(runtime) = self.runtime.take() else {
             return 0;
         };
+        if let Runs::Node(node) = &self.runs {
+            node.stopping();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
         }
@@ -375,6 +378,9 @@ fn start_storage(
             config.login_grace,
             shutdown,
         ));
+        // Jobs a previous run left queued (or running, with retries left)
+        // take their turns again.
+        node.resume_jobs();
         tracing::info!(address = %front_door, "grid node ready");
         anyhow::Ok((front_door, admin, serving))
     });

@@ -66,7 +66,32 @@ struct Interactive {
     too_long: bool,
     /// An `import`'s or a `run`'s input: the channel's data goes there
     /// (an empty chunk is the end of input).
-    input: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    input: Option<Input>,
+}
+
+/// Where a channel's data goes.
+#[derive(Clone)]
+enum Input {
+    /// An import's stream: a few chunks in flight, so a slow store holds
+    /// the client back.
+    Import(tokio::sync::mpsc::Sender<Vec<u8>>),
+    /// A run's input (see [`run::MAX_WAITING_INPUT`]).
+    Run(run::InputTo),
+}
+
+impl Input {
+    /// Passes `chunk` on; what a reader that stopped (an error) would
+    /// have had is dropped.
+    async fn send(&self, chunk: Vec<u8>) {
+        match self {
+            Input::Import(to) => {
+                let _ = to.send(chunk).await;
+            }
+            Input::Run(to) => {
+                to.send(chunk).await;
+            }
+        }
+    }
 }
 
 /// The importer's end of an `import` stream. The channel's data comes as
@@ -377,7 +402,7 @@ impl russh::server::Handler for Connection {
             // (through SSH's window) instead of filling memory.
             let (to, from) = tokio::sync::mpsc::channel(16);
             let client = to.downgrade();
-            self.channels.entry(channel).or_default().input = Some(to);
+            self.channels.entry(channel).or_default().input = Some(Input::Import(to));
             tokio::spawn(async move {
                 let mut stream = ImportStream {
                     from,
@@ -428,9 +453,9 @@ impl russh::server::Handler for Connection {
                 }
             };
             if request.detached {
-                let answer = run::start_job(&node, &user, request);
+                let answer = run::submit_jobs(&node, &user, request);
                 let (text, status) = match answer {
-                    Ok(id) => (format!("job {id}\n"), 0),
+                    Ok(ids) => (ids.iter().map(|id| format!("job {id}\n")).collect(), 0),
                     Err(e) => (format!("run: {e}\n"), 1),
                 };
                 if status == 0 {
@@ -443,10 +468,8 @@ impl russh::server::Handler for Connection {
                 session.close(channel)?;
                 return Ok(());
             }
-            // Its input as an import's: a few chunks in flight, so a slow
-            // command holds the client back through SSH's window.
-            let (to, input) = tokio::sync::mpsc::channel(16);
-            self.channels.entry(channel).or_default().input = Some(to);
+            let (to, input) = run::input_pipe();
+            self.channels.entry(channel).or_default().input = Some(Input::Run(to));
             tokio::spawn(run::serve(node, user, request, handle, channel, input));
             return Ok(());
         }
@@ -497,7 +520,7 @@ impl russh::server::Handler for Connection {
             // The importer or the run may have stopped (an error): the
             // rest is dropped.
             if !data.is_empty() {
-                let _ = to.send(data.to_vec()).await;
+                to.send(data.to_vec()).await;
             }
             return Ok(());
         }
@@ -599,7 +622,7 @@ impl russh::server::Handler for Connection {
         // The end of an import's stream (its sender stays until the
         // channel closes: see ImportStream).
         if let Some(to) = self.channels.get(&channel).and_then(|c| c.input.clone()) {
-            let _ = to.send(Vec::new()).await;
+            to.send(Vec::new()).await;
         }
         // End of input at the prompt: finish like `exit`. (A one-shot
         // command's channel closes when the command is done.)

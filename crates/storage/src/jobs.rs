@@ -3,8 +3,11 @@
 //! each change) and its output, stdout and stderr as they came, in
 //! `STATE/jobs/ID.log`, at most [`MAX_LOG`] bytes (past that the rest is
 //! counted, and the log says how much was left out). `jobs`, `logs` and
-//! `cancel` read and act on them; a node that restarts finds the jobs it
-//! was running and calls them lost (their environments died with it).
+//! `cancel` read and act on them. A job keeps the line it was asked with,
+//! so a node that restarts runs its queued jobs still, and runs again
+//! those it was running while their `retries=` last (at least once: a job
+//! lost with its node may have done some or all of its work); the rest it
+//! calls lost.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -17,8 +20,9 @@ use serde_json::{Value, json};
 
 /// The most output a job keeps.
 pub const MAX_LOG: u64 = 8 << 20;
-/// Jobs a user may have queued or running at once.
-pub const MAX_ACTIVE: usize = 16;
+/// Jobs a user may have queued or running at once (how many run at once
+/// is the queue's: [`crate::queue::MAX_RUNNING`]).
+pub const MAX_ACTIVE: usize = 256;
 /// Ended jobs' records and logs kept for a user; older ones go.
 pub const MAX_KEPT: usize = 200;
 
@@ -77,11 +81,30 @@ pub struct Record {
     pub exit: Option<u32>,
     /// Unix seconds.
     pub submitted: u64,
+    /// Unix microseconds at submission: the order of a user's jobs.
+    pub order: u64,
     pub started: Option<u64>,
     pub ended: Option<u64>,
     pub saved: Option<String>,
     /// Why it failed, if it did before its command ended.
     pub why: Option<String>,
+    /// The `run` line it was asked with (what a restart runs again).
+    pub line: Option<String>,
+    /// Its `COLONY_TASK`, one of a `count=`.
+    pub task: Option<u32>,
+    /// Times its environment started.
+    pub tries: u32,
+    /// Times it may run again after a loss.
+    pub retries: u32,
+}
+
+/// What a new job is.
+pub struct Asked {
+    pub root: String,
+    pub command: String,
+    pub line: String,
+    pub task: Option<u32>,
+    pub retries: u32,
 }
 
 impl Record {
@@ -89,8 +112,10 @@ impl Record {
         json!({
             "id": self.id, "user": self.user, "root": self.root,
             "command": self.command, "state": self.state.word(), "env": self.env,
-            "exit": self.exit, "submitted": self.submitted, "started": self.started,
+            "exit": self.exit, "submitted": self.submitted, "order": self.order, "started": self.started,
             "ended": self.ended, "saved": self.saved, "why": self.why,
+            "line": self.line, "task": self.task, "tries": self.tries,
+            "retries": self.retries,
         })
     }
 
@@ -106,10 +131,19 @@ impl Record {
             env: text("env"),
             exit: number("exit").and_then(|n| u32::try_from(n).ok()),
             submitted: number("submitted")?,
+            order: number("order").unwrap_or(0),
             started: number("started"),
             ended: number("ended"),
             saved: text("saved"),
             why: text("why"),
+            line: text("line"),
+            task: number("task").and_then(|n| u32::try_from(n).ok()),
+            tries: number("tries")
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            retries: number("retries")
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
         })
     }
 
@@ -128,6 +162,12 @@ impl Record {
             self.root,
             self.command
         );
+        if let Some(task) = self.task {
+            line.push_str(&format!("\ttask {task}"));
+        }
+        if self.tries > 1 {
+            line.push_str(&format!("\ttry {}", self.tries));
+        }
         if let Some(saved) = &self.saved {
             line.push_str(&format!("\tsaved {saved}"));
         }
@@ -154,29 +194,98 @@ pub struct Jobs {
     live: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// One writer of records at a time.
     writing: Mutex<()>,
+    /// What [`Jobs::open`] found to run again.
+    resumable: Mutex<Vec<(Arc<Running>, Option<String>)>>,
+}
+
+/// A running job's record whose node stopped: queued to run again while
+/// its retries last (true), else lost (false).
+fn stopped_by_loss(r: &mut Record) -> bool {
+    if r.tries <= r.retries {
+        r.state = State::Queued;
+        r.why = Some(format!(
+            "its node stopped during try {}; run again",
+            r.tries
+        ));
+        true
+    } else {
+        r.state = State::Lost;
+        r.ended = Some(now());
+        r.why = Some("the node stopped while it ran".into());
+        false
+    }
 }
 
 impl Jobs {
-    /// The jobs in `dir`; those a previous run of the node left queued or
-    /// running are lost.
-    pub fn open(dir: PathBuf) -> GridResult<Jobs> {
+    /// The jobs in `dir`. Of those a previous run of the node left
+    /// active, the queued and those it may run again wait in
+    /// [`Jobs::resumable`]; the rest are lost.
+    pub fn open(dir: PathBuf) -> GridResult<Arc<Jobs>> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| GridError::io(format!("making {}", dir.display()), e))?;
-        let jobs = Jobs {
+        let jobs = Arc::new(Jobs {
             dir,
             stopping: Default::default(),
             live: Mutex::default(),
             writing: Mutex::default(),
-        };
+            resumable: Mutex::default(),
+        });
+        let mut resumable = Vec::new();
         for mut r in jobs.all()? {
-            if r.state.active() {
+            if !r.state.active() {
+                continue;
+            }
+            // What its last try ran in, if anything: ended before a new try.
+            let stale = r.env.take();
+            if r.state == State::Running && !stopped_by_loss(&mut r) {
+                r.env = stale;
+                jobs.write(&r)?;
+                continue;
+            }
+            if r.line.is_none() {
                 r.state = State::Lost;
                 r.ended = Some(now());
-                r.why = Some("the node stopped while it ran".into());
+                r.why = Some("the node stopped before it ran".into());
                 jobs.write(&r)?;
+                continue;
             }
+            jobs.write(&r)?;
+            resumable.push((jobs.resume(r)?, stale));
         }
+        *jobs.resumable.lock().unwrap_or_else(|p| p.into_inner()) = resumable;
         Ok(jobs)
+    }
+
+    /// The jobs to run again after a restart (each with the environment
+    /// its last try ran in, to end first); once.
+    pub fn resumable(&self) -> Vec<(Arc<Running>, Option<String>)> {
+        std::mem::take(&mut *self.resumable.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A handle for a job read back from its record.
+    fn resume(self: &Arc<Self>, record: Record) -> GridResult<Arc<Running>> {
+        let path = self.dir.join(format!("{}.log", record.id));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| GridError::io(format!("opening {}", path.display()), e))?;
+        let kept = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let cancel = Arc::new(tokio::sync::Notify::new());
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.id.clone(), cancel.clone());
+        Ok(Arc::new(Running {
+            jobs: self.clone(),
+            record: Mutex::new(record),
+            log: Mutex::new(Log {
+                file,
+                kept,
+                left_out: 0,
+            }),
+            cancel,
+        }))
     }
 
     fn all(&self) -> GridResult<Vec<Record>> {
@@ -200,12 +309,17 @@ impl Jobs {
                 }
             }
         }
-        out.sort_by(|a, b| (a.submitted, &a.id).cmp(&(b.submitted, &b.id)));
+        out.sort_by(|a, b| (a.submitted, a.order, &a.id).cmp(&(b.submitted, b.order, &b.id)));
         Ok(out)
     }
 
     fn write(&self, r: &Record) -> GridResult<()> {
         let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_held(r)
+    }
+
+    /// [`Jobs::write`] by whoever holds `writing`.
+    fn write_held(&self, r: &Record) -> GridResult<()> {
         let path = self.dir.join(&r.id);
         let tmp = self.dir.join(format!(".{}.new", r.id));
         let text = serde_json::to_vec(&r.to_json()).expect("a JSON value encodes");
@@ -250,20 +364,21 @@ impl Jobs {
 
     /// A new job of `user`'s, queued: its record written, and the handle
     /// its run reports through.
-    pub fn submit(
-        self: &Arc<Self>,
-        user: &str,
-        root: &str,
-        command: &str,
-    ) -> GridResult<Arc<Running>> {
-        let mine = self.list(user)?;
-        let active = mine.iter().filter(|r| r.state.active()).count();
-        if active >= MAX_ACTIVE {
+    /// Refuses unless `user` may add `more` jobs to those they have
+    /// queued or running.
+    pub fn room_for(&self, user: &str, more: usize) -> GridResult<()> {
+        let active = self.list(user)?.iter().filter(|r| r.state.active()).count();
+        if active + more > MAX_ACTIVE {
             return Err(GridError::refused(format!(
-                "you have {active} jobs queued or running, the most you may"
+                "you have {active} jobs queued or running; {more} more would pass the {MAX_ACTIVE} you may"
             )));
         }
-        self.forget_old(&mine)?;
+        Ok(())
+    }
+
+    pub fn submit(self: &Arc<Self>, user: &str, asked: Asked) -> GridResult<Arc<Running>> {
+        self.room_for(user, 1)?;
+        self.forget_old(&self.list(user)?)?;
         let mut id = [0u8; 4];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
@@ -272,16 +387,24 @@ impl Jobs {
         let record = Record {
             id: id.clone(),
             user: user.to_string(),
-            root: root.to_string(),
-            command: command.to_string(),
+            root: asked.root,
+            command: asked.command,
             state: State::Queued,
             env: None,
             exit: None,
             submitted: now(),
+            order: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
             started: None,
             ended: None,
             saved: None,
             why: None,
+            line: Some(asked.line),
+            task: asked.task,
+            tries: 0,
+            retries: asked.retries,
         };
         self.write(&record)?;
         let log = std::fs::File::create(self.dir.join(format!("{id}.log")))
@@ -313,16 +436,22 @@ impl Jobs {
         Ok(())
     }
 
-    /// The node is stopping: the jobs running now end as lost (their
-    /// environments end with the node), whatever their runs then see.
+    /// The node is stopping: the jobs running now are queued to run
+    /// again after it restarts, or lost, as their retries say (their
+    /// environments may end with the node), whatever their runs then see;
+    /// queued jobs stay queued.
     pub fn node_stopping(&self) {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        {
+            // Under `writing`, so no run's update is between its look at
+            // `stopping` and its write: each lands before this reads the
+            // records, or not at all.
+            let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         for mut r in self.all().unwrap_or_default() {
-            if r.state.active() && self.is_live(&r.id) {
-                r.state = State::Lost;
-                r.ended = Some(now());
-                r.why = Some("the node stopped while it ran".into());
+            if r.state == State::Running && self.is_live(&r.id) {
+                stopped_by_loss(&mut r);
                 if let Err(e) = self.write(&r) {
                     tracing::warn!(job = %r.id, error = %e, "writing a job's record failed");
                 }
@@ -383,10 +512,42 @@ impl Running {
             .clone()
     }
 
+    pub fn user(&self) -> String {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .user
+            .clone()
+    }
+
+    /// The `run` line it was asked with.
+    pub fn line(&self) -> Option<String> {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .line
+            .clone()
+    }
+
+    pub fn task(&self) -> Option<u32> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).task
+    }
+
+    /// Times its environment has started.
+    pub fn tries(&self) -> u32 {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).tries
+    }
+
+    /// Writes its record after `change`; nothing once the node stops (what
+    /// it recorded then stands).
     fn update(&self, change: impl FnOnce(&mut Record)) {
         let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.jobs.writing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.jobs.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         change(&mut r);
-        if let Err(e) = self.jobs.write(&r) {
+        if let Err(e) = self.jobs.write_held(&r) {
             tracing::warn!(job = %r.id, error = %e, "writing a job's record failed");
         }
     }
@@ -397,11 +558,26 @@ impl Running {
             r.state = State::Running;
             r.env = Some(env.to_string());
             r.started = Some(now());
+            r.tries += 1;
+        });
+    }
+
+    /// Its environment was lost under it: queued to run again.
+    pub fn again(&self, why: &str) {
+        self.update(|r| {
+            r.state = State::Queued;
+            r.env = None;
+            r.why = Some(format!("try {} lost: {why}", r.tries));
         });
     }
 
     /// Output of the command, kept up to [`MAX_LOG`] bytes.
     pub fn log(&self, data: &[u8]) {
+        // What a stopping node's runs say as their environments end under
+        // them is not the command's.
+        if self.jobs.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let room = MAX_LOG.saturating_sub(log.kept);
         let keep = (data.len() as u64).min(room) as usize;
@@ -451,37 +627,71 @@ impl Running {
 mod tests {
     use super::*;
 
+    fn asked(command: &str, retries: u32) -> Asked {
+        Asked {
+            root: "busybox".into(),
+            command: command.into(),
+            line: format!("run -d busybox retries={retries} -- {command}"),
+            task: None,
+            retries,
+        }
+    }
+
+    /// A restart keeps the queue: a queued job waits to run still, a
+    /// running one with retries left runs again (with the environment of
+    /// its last try to end), one without is lost; ended ones stay.
     #[test]
-    fn records_read_back_and_a_restart_calls_running_jobs_lost() {
+    fn records_read_back_and_a_restart_keeps_the_queue() {
         let dir = tempfile::tempdir().unwrap();
-        let jobs = Arc::new(Jobs::open(dir.path().join("jobs")).unwrap());
-        let a = jobs.submit("alice", "busybox", "make").unwrap();
+        let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
+        let a = jobs.submit("alice", asked("make", 0)).unwrap();
         a.started("busybox.run-1");
         a.log(b"building\n");
-        let b = jobs.submit("alice", "busybox", "true").unwrap();
+        let b = jobs.submit("alice", asked("true", 0)).unwrap();
         b.started("busybox.run-2");
         b.finish(State::Succeeded, Some(0), Some("built".into()), None);
+        let c = jobs.submit("alice", asked("sleep 1", 0)).unwrap();
+        let d = jobs.submit("alice", asked("test", 1)).unwrap();
+        d.started("busybox.run-4");
         let list = jobs.list("alice").unwrap();
-        assert_eq!(list.len(), 2);
+        assert_eq!(list.len(), 4);
         assert_eq!(list[1].saved.as_deref(), Some("built"));
         assert_eq!(jobs.log("alice", &a.id(), 0).unwrap(), b"building\n");
         assert_eq!(jobs.log("alice", &a.id(), 5).unwrap(), b"ing\n");
         // Nobody else's, and no path tricks.
         assert!(jobs.record("bob", &a.id()).is_err());
         assert!(jobs.record("alice", "../jobs").is_err());
-        // A restart: the running one is lost, the ended one stays.
-        drop(jobs);
+
+        // As if killed: nothing said at stopping.
+        drop((a, b, c, d, jobs));
         let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
+        let state = |id: &str| jobs.record("alice", id).unwrap().state;
         let list = jobs.list("alice").unwrap();
-        assert_eq!(list[0].state, State::Lost);
-        assert_eq!(list[1].state, State::Succeeded);
+        let ids: Vec<String> = list.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(state(&ids[0]), State::Lost);
+        assert_eq!(state(&ids[1]), State::Succeeded);
+        assert_eq!(state(&ids[2]), State::Queued);
+        assert_eq!(state(&ids[3]), State::Queued);
+        let resumed: Vec<(String, Option<String>)> = jobs
+            .resumable()
+            .into_iter()
+            .map(|(r, env)| (r.id(), env))
+            .collect();
+        assert_eq!(
+            resumed,
+            [
+                (ids[2].clone(), None),
+                (ids[3].clone(), Some("busybox.run-4".to_string()))
+            ]
+        );
+        assert!(jobs.resumable().is_empty(), "handed out once");
     }
 
     #[test]
     fn a_log_keeps_its_bound_and_says_what_it_left_out() {
         let dir = tempfile::tempdir().unwrap();
-        let jobs = Arc::new(Jobs::open(dir.path().join("jobs")).unwrap());
-        let a = jobs.submit("alice", "busybox", "yes").unwrap();
+        let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
+        let a = jobs.submit("alice", asked("yes", 0)).unwrap();
         let chunk = vec![b'y'; 1 << 20];
         for _ in 0..10 {
             a.log(&chunk);
@@ -499,15 +709,16 @@ mod tests {
     #[test]
     fn a_user_has_a_bounded_number_of_active_jobs() {
         let dir = tempfile::tempdir().unwrap();
-        let jobs = Arc::new(Jobs::open(dir.path().join("jobs")).unwrap());
+        let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
         let held: Vec<_> = (0..MAX_ACTIVE)
-            .map(|_| jobs.submit("alice", "busybox", "sleep").unwrap())
+            .map(|_| jobs.submit("alice", asked("sleep", 0)).unwrap())
             .collect();
-        let err = jobs.submit("alice", "busybox", "sleep").err().unwrap();
-        assert!(err.to_string().contains("the most you may"), "{err}");
+        let err = jobs.submit("alice", asked("sleep", 0)).err().unwrap();
+        assert!(err.to_string().contains("would pass the 256"), "{err}");
         // bob has his own.
-        jobs.submit("bob", "busybox", "true").unwrap();
+        jobs.submit("bob", asked("true", 0)).unwrap();
         held[0].finish(State::Succeeded, Some(0), None, None);
-        jobs.submit("alice", "busybox", "sleep").unwrap();
+        jobs.submit("alice", asked("sleep", 0)).unwrap();
+        assert!(jobs.room_for("alice", 1).is_err());
     }
 }

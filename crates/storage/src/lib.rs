@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod local;
 pub mod metrics;
 pub mod placement;
+pub mod queue;
 pub mod run;
 pub mod status;
 pub mod streams;
@@ -136,6 +137,9 @@ pub trait Cpus: Send + Sync {
     fn status(&self, user: &str, take_notices: bool) -> GridResult<status::UserStatus>;
     /// Live environments.
     fn live(&self) -> usize;
+    /// How many more environments could start now (the free slots of
+    /// what is in reach); what a queue of runs waits on.
+    fn room(&self) -> usize;
     /// Environments by state.
     fn counts(&self) -> EnvCounts;
     /// Each environment's cache use here: (user, environment, used,
@@ -156,6 +160,8 @@ pub struct Node {
     /// Detached runs (`run -d`); none if their directory cannot be made
     /// (said in the log, and to whoever asks for a job).
     jobs: Option<Arc<jobs::Jobs>>,
+    /// Where runs wait for room.
+    queue: Arc<queue::Queue>,
 }
 
 fn usage(text: &str) -> Reply {
@@ -166,8 +172,11 @@ impl Node {
     pub fn new(state: StateDir, cpus: Arc<dyn Cpus>) -> Node {
         let jobs = jobs::Jobs::open(state.root.join("jobs"))
             .inspect_err(|e| tracing::error!(error = %e, "jobs are not available"))
-            .ok()
-            .map(Arc::new);
+            .ok();
+        let queue = queue::Queue::new({
+            let cpus = cpus.clone();
+            move || cpus.room()
+        });
         Node {
             state,
             cpus,
@@ -175,6 +184,46 @@ impl Node {
             store: None,
             metrics: None,
             jobs,
+            queue,
+        }
+    }
+
+    /// The queue runs wait their turn in.
+    pub fn queue(&self) -> &Arc<queue::Queue> {
+        &self.queue
+    }
+
+    /// Runs the jobs a previous run of the node left queued, or running
+    /// with retries left (ending first what their last try ran in). Once,
+    /// when the node is up, on its runtime.
+    pub fn resume_jobs(self: &Arc<Self>) {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        for (job, stale) in jobs.resumable() {
+            let line = job.line();
+            let request = match line.as_deref().map(run::RunRequest::parse) {
+                Some(Ok(r)) => r,
+                _ => {
+                    let why = format!("its request no longer reads: {line:?}");
+                    job.finish(jobs::State::Failed, None, None, Some(why));
+                    continue;
+                }
+            };
+            // In line now, in the order they were submitted.
+            let place = self.queue.line_up(&job.user());
+            let node = self.clone();
+            tokio::spawn(async move {
+                if let Some(env) = stale {
+                    let user = job.user();
+                    let _ = tokio::task::spawn_blocking({
+                        let node = node.clone();
+                        move || node.cpus.boom(&user, &env)
+                    })
+                    .await;
+                }
+                run::start_job(node, job, request, place);
+            });
         }
     }
 
@@ -683,6 +732,15 @@ impl Node {
 
     pub fn cache_use(&self) -> Vec<(String, String, u64, u64)> {
         self.cpus.cache_use()
+    }
+
+    /// The node is about to stop: its jobs' records say so now, before
+    /// its listeners and logins close under their runs (which would
+    /// otherwise take that for a failed command).
+    pub fn stopping(&self) {
+        if let Some(jobs) = &self.jobs {
+            jobs.node_stopping();
+        }
     }
 
     /// Ends every live environment (daemon shutdown).

@@ -75,6 +75,14 @@ impl Cpus for LocalCpus {
         self.envs.live()
     }
 
+    fn room(&self) -> usize {
+        let (running, starting) = self.envs.load();
+        self.envs
+            .config()
+            .spawn_max
+            .saturating_sub(running + starting)
+    }
+
     fn counts(&self) -> crate::EnvCounts {
         let (running, starting) = self.envs.load();
         crate::EnvCounts {

@@ -116,6 +116,7 @@ enum CallError {
 impl From<CallError> for GridError {
     fn from(e: CallError) -> GridError {
         match e {
+            CallError::Refused(r) if r.full => GridError::full(r.message),
             CallError::Refused(r) => GridError::refused(r.message),
             CallError::Unreachable(why) => GridError::refused(why),
         }
@@ -324,11 +325,11 @@ impl Pool {
                 .then(b.1.slots.cmp(&a.1.slots))
         });
         if open.is_empty() {
-            return Err(GridError::refused(if state.cpus.is_empty() {
-                "no cpu node is linked to this storage node yet".to_string()
+            return Err(if state.cpus.is_empty() {
+                GridError::refused("no cpu node is linked to this storage node yet")
             } else {
-                "every cpu node is full or out of reach; try again later".to_string()
-            }));
+                GridError::full("every cpu node is full or out of reach; try again later")
+            });
         }
         Ok(open.into_iter().map(|(n, _)| n.clone()).collect())
     }
@@ -729,7 +730,7 @@ impl Cpus for Pool {
                         // No room after all (another storage node's spawns):
                         // the next one may have it.
                         Err(CallError::Refused(r)) if r.full && named.is_none() => {
-                            last = Some(GridError::refused(r.message))
+                            last = Some(GridError::full(r.message))
                         }
                         Err(e) => return Err(e.into()),
                         Ok(a) => {
@@ -919,6 +920,16 @@ impl Cpus for Pool {
 
     fn live(&self) -> usize {
         self.state().envs.len()
+    }
+
+    fn room(&self) -> usize {
+        let state = self.state();
+        state
+            .cpus
+            .values()
+            .filter(|c| c.conn.is_some())
+            .map(|c| c.slots.saturating_sub(c.running) as usize)
+            .sum()
     }
 
     fn counts(&self) -> crate::EnvCounts {

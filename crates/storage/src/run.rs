@@ -21,7 +21,12 @@ use tokio::sync::mpsc;
 use crate::Node;
 
 /// How `run` is asked for.
-pub const USAGE: &str = "run [-d] ROOT [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [timeout=DURATION] [save=NAME] -- COMMAND ARGS…";
+pub const USAGE: &str = "run [-d] ROOT [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [timeout=DURATION] [save=NAME] [count=N] [retries=N] -- COMMAND ARGS…";
+
+/// The most instances one `run -d count=N` makes.
+pub const MAX_COUNT: u32 = 256;
+/// The most times a job is tried again after losing its environment.
+pub const MAX_RETRIES: u32 = 10;
 
 /// The exit status of a run that timed out, as timeout(1)'s.
 const TIMED_OUT: u32 = 124;
@@ -41,6 +46,14 @@ pub struct RunRequest {
     pub save: Option<String>,
     /// What the environment's shell runs, as given after `--`.
     pub command: String,
+    /// `count=N` (with `-d`): N jobs, each told its `COLONY_TASK`.
+    pub count: u32,
+    /// `retries=N` (with `-d`): times the job runs again when its
+    /// environment is lost under it (at least once, perhaps more).
+    pub retries: u32,
+    /// The line as asked, kept in a job's record so a node that restarts
+    /// can run it still.
+    pub line: String,
 }
 
 impl RunRequest {
@@ -64,8 +77,23 @@ impl RunRequest {
             return Err(format!("no command after --: {}", usage()));
         }
         let (mut options, mut timeout, mut save) = (Vec::new(), None, None);
+        let (mut count, mut retries) = (1, 0);
         for word in words {
             match word.split_once('=') {
+                Some(("count", n)) => {
+                    count = n
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_COUNT).contains(n))
+                        .ok_or_else(|| format!("count={n}: from 1 to {MAX_COUNT}"))?;
+                }
+                Some(("retries", n)) => {
+                    retries = n
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= MAX_RETRIES)
+                        .ok_or_else(|| format!("retries={n}: from 0 to {MAX_RETRIES}"))?;
+                }
                 Some(("timeout", value)) => {
                     let d = units::parse_duration(value)
                         .map_err(|e| format!("timeout={value}: {e}"))?;
@@ -80,11 +108,18 @@ impl RunRequest {
                 }
                 Some(("publish" | "userns" | "agent" | "node", _)) => {
                     return Err(format!(
-                        "{word}: a run takes memory=, pids=, cpu=, net=, timeout= and save="
+                        "{word}: a run takes memory=, pids=, cpu=, net=, timeout=, save=, count= and retries="
                     ));
                 }
                 _ => options.push(word.to_string()),
             }
+        }
+        if !detached && (count != 1 || retries != 0) {
+            // One client, one stdin: a run in the foreground runs once.
+            return Err("count= and retries= are for jobs: run -d".into());
+        }
+        if count > 1 && save.is_some() {
+            return Err("save= names one result; a count= of jobs would race for it".into());
         }
         Ok(RunRequest {
             detached,
@@ -93,6 +128,9 @@ impl RunRequest {
             timeout,
             save,
             command,
+            count,
+            retries,
+            line: line.to_string(),
         })
     }
 }
@@ -103,6 +141,7 @@ pub enum Output {
     Channel {
         handle: russh::server::Handle,
         channel: ChannelId,
+        gate: OutputGate,
     },
     Job(Arc<crate::jobs::Running>),
 }
@@ -112,14 +151,198 @@ impl Output {
     /// nobody hears it any more (the client left).
     async fn write(&self, err: bool, data: Vec<u8>) -> bool {
         match self {
-            Output::Channel { handle, channel } if err => {
-                handle.extended_data(*channel, 1, data).await.is_ok()
+            Output::Channel {
+                handle,
+                channel,
+                gate,
+            } => {
+                gate.waits(true);
+                let sent = if err {
+                    handle.extended_data(*channel, 1, data).await
+                } else {
+                    handle.data(*channel, data).await
+                };
+                gate.waits(false);
+                sent.is_ok()
             }
-            Output::Channel { handle, channel } => handle.data(*channel, data).await.is_ok(),
             Output::Job(job) => {
                 job.log(&data);
                 true
             }
+        }
+    }
+}
+
+/// How much of a run's input may wait, read from its client but not yet
+/// taken by its command, before the client is held back.
+pub const MAX_WAITING_INPUT: usize = 8 << 20;
+
+/// How much may wait at most: past [`MAX_WAITING_INPUT`] input is still
+/// taken while the run has output waiting for the client's connection,
+/// up to this; past it the run is ended.
+pub const MAX_OVERFLOW_INPUT: usize = 64 << 20;
+
+/// The most of a run's output passed on at once (what is already read).
+const OUTPUT_PIECE: usize = 1 << 20;
+
+/// How long a run's input waits for room while its output waits for the
+/// connection before it is taken past [`MAX_WAITING_INPUT`].
+const STUCK: Duration = Duration::from_millis(50);
+
+/// What a run's input and output share. A run's client is held back by
+/// not reading its connection, which also stops the run's output from
+/// leaving by it (SSH's window cannot do it: the server grants more as
+/// data arrives). Holding back while output waits would be a cycle (the
+/// command stops reading as its output stops, we stop reading as it
+/// does), so while output waits the input is taken anyway, up to
+/// [`MAX_OVERFLOW_INPUT`]: all of it charged to the run.
+struct Pipe {
+    room: tokio::sync::Semaphore,
+    /// Bytes taken past [`MAX_WAITING_INPUT`] and not yet read.
+    over: std::sync::atomic::AtomicUsize,
+    /// A piece of output waits for the client's connection.
+    output_waits: std::sync::atomic::AtomicBool,
+    output_waiting: tokio::sync::Notify,
+    /// More than [`MAX_OVERFLOW_INPUT`] waited: the run is ended.
+    overran: std::sync::atomic::AtomicBool,
+}
+
+/// The client's end of a run's input: [`InputTo::send`] passes a chunk on
+/// (an empty one is the end of input); dropping every sender is a client
+/// that left.
+#[derive(Clone)]
+pub struct InputTo {
+    to: mpsc::UnboundedSender<Chunk>,
+    pipe: Arc<Pipe>,
+}
+
+/// A chunk of input and the room it took below [`MAX_WAITING_INPUT`] (none
+/// for one taken past it).
+struct Chunk {
+    data: Vec<u8>,
+    room: u32,
+    /// Not a chunk: the input overran (the run is to end).
+    overran: bool,
+}
+
+/// The run's end of its input.
+pub struct InputFrom {
+    from: mpsc::UnboundedReceiver<Chunk>,
+    pipe: Arc<Pipe>,
+}
+
+/// A run's input.
+pub fn input_pipe() -> (InputTo, InputFrom) {
+    let (to, from) = mpsc::unbounded_channel();
+    let pipe = Arc::new(Pipe {
+        room: tokio::sync::Semaphore::new(MAX_WAITING_INPUT),
+        over: Default::default(),
+        output_waits: Default::default(),
+        output_waiting: Default::default(),
+        overran: Default::default(),
+    });
+    (
+        InputTo {
+            to,
+            pipe: pipe.clone(),
+        },
+        InputFrom { from, pipe },
+    )
+}
+
+impl InputTo {
+    /// Passes `data` on once there is room for it (or at once while the
+    /// run's output waits); false when the run no longer takes input.
+    pub async fn send(&self, data: Vec<u8>) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.pipe.overran.load(SeqCst) {
+            return false;
+        }
+        let wanted = data.len().min(MAX_WAITING_INPUT) as u32;
+        let room = loop {
+            // Room, or else a run whose output has waited for the
+            // connection all along (a cycle, not a slow command): then the
+            // chunk is taken anyway, so the connection moves again.
+            let stuck = tokio::time::sleep(STUCK);
+            tokio::select! {
+                permit = self.pipe.room.acquire_many(wanted) => match permit {
+                    Ok(permit) => {
+                        permit.forget();
+                        break wanted;
+                    }
+                    Err(_) => return false,
+                },
+                () = stuck, if self.pipe.output_waits.load(SeqCst) => {}
+                () = self.pipe.output_waiting.notified() => continue,
+            }
+            if !self.pipe.output_waits.load(SeqCst) {
+                continue;
+            }
+            let over = self.pipe.over.fetch_add(data.len(), SeqCst) + data.len();
+            if over > MAX_OVERFLOW_INPUT - MAX_WAITING_INPUT {
+                self.pipe.overran.store(true, SeqCst);
+                let _ = self.to.send(Chunk {
+                    data: Vec::new(),
+                    room: 0,
+                    overran: true,
+                });
+                return false;
+            }
+            break 0;
+        };
+        let chunk = Chunk {
+            data,
+            room,
+            overran: false,
+        };
+        self.to.send(chunk).is_ok()
+    }
+}
+
+impl InputFrom {
+    /// The next chunk; none once every sender is gone and all is read.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        let chunk = self.from.recv().await?;
+        if chunk.overran {
+            return None;
+        }
+        if chunk.room == 0 {
+            self.pipe
+                .over
+                .fetch_sub(chunk.data.len(), std::sync::atomic::Ordering::SeqCst);
+        } else {
+            self.pipe.room.add_permits(chunk.room as usize);
+        }
+        Some(chunk.data)
+    }
+
+    /// Every sender is gone: the client left (or sent all it will).
+    pub fn is_closed(&self) -> bool {
+        self.from.is_closed()
+    }
+
+    /// More than [`MAX_OVERFLOW_INPUT`] of input waited for the command.
+    fn overran(&self) -> bool {
+        self.pipe.overran.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What the run's output says when it waits for the client.
+    pub fn output_gate(&self) -> OutputGate {
+        OutputGate(self.pipe.clone())
+    }
+}
+
+/// Told by a run's output when a piece waits for the client's connection.
+#[derive(Clone)]
+pub struct OutputGate(Arc<Pipe>);
+
+impl OutputGate {
+    fn waits(&self, waits: bool) {
+        self.0
+            .output_waits
+            .store(waits, std::sync::atomic::Ordering::SeqCst);
+        if waits {
+            self.0.output_waiting.notify_one();
         }
     }
 }
@@ -129,8 +352,11 @@ impl Output {
 /// client that left), and what cancels it.
 pub struct Session {
     pub output: Output,
-    pub input: mpsc::Receiver<Vec<u8>>,
+    pub input: InputFrom,
     pub cancel: Arc<tokio::sync::Notify>,
+    /// Its place in the queue if it has one already (a job takes it when
+    /// submitted, so a user's jobs start in the order they were asked).
+    pub place: Option<crate::queue::Ticket>,
 }
 
 /// How a run ended, when its command did.
@@ -155,6 +381,25 @@ impl Ended {
     }
 }
 
+/// Why a run did not end with its command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing ran: the request was refused (a root not found, a bad
+    /// option), or the client left first.
+    Refused(String),
+    /// Its environment, or the way to it, was lost while the command ran
+    /// (a cpu node that died, a link cut): a job may be run again.
+    Lost(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(why) | Failure::Lost(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Runs `request` for `user` in the foreground and answers the session on
 /// `handle`'s `channel`: its output, its exit status, and the channel
 /// closed.
@@ -164,15 +409,17 @@ pub async fn serve(
     request: RunRequest,
     handle: russh::server::Handle,
     channel: ChannelId,
-    input: mpsc::Receiver<Vec<u8>>,
+    input: InputFrom,
 ) {
     let session = Session {
         output: Output::Channel {
             handle: handle.clone(),
             channel,
+            gate: input.output_gate(),
         },
         input,
         cancel: Arc::default(),
+        place: None,
     };
     let status = match run(&node, &user, &request, session).await {
         Ok((ended, _)) => ended.status(),
@@ -192,76 +439,172 @@ pub async fn serve(
     let _ = handle.close(channel).await;
 }
 
-/// Starts `request` as a job of `user`'s (`run -d`): its id, at once; it
-/// runs on (with no input) and its record and log tell how it went.
-pub fn start_job(
+/// Submits `request` as `user`'s jobs (`run -d`, `count=` of them): their
+/// ids, at once; each waits its turn in the queue, runs with no input, and
+/// its record and log tell how it went.
+pub fn submit_jobs(
     node: &Arc<Node>,
     user: &str,
     request: RunRequest,
-) -> grid::error::GridResult<String> {
+) -> grid::error::GridResult<Vec<String>> {
+    let jobs = node.jobs()?;
+    jobs.room_for(user, request.count as usize)?;
+    let mut ids = Vec::new();
+    for task in 0..request.count {
+        let task = (request.count > 1).then_some(task);
+        let job = jobs.submit(
+            user,
+            crate::jobs::Asked {
+                root: request.root.clone(),
+                command: request.command.clone(),
+                line: request.line.clone(),
+                task,
+                retries: request.retries,
+            },
+        )?;
+        ids.push(job.id());
+        let place = node.queue().line_up(user);
+        start_job(node.clone(), job, request.clone(), place);
+    }
+    Ok(ids)
+}
+
+/// Runs a job's `request` (as it was submitted) in the background: waits
+/// for its turn from `place`, runs, and tries again after a loss while its
+/// retries last.
+pub fn start_job(
+    node: Arc<Node>,
+    job: Arc<crate::jobs::Running>,
+    mut request: RunRequest,
+    place: crate::queue::Ticket,
+) {
     use crate::jobs::State;
-    let job = node.jobs()?.submit(user, &request.root, &request.command)?;
-    let id = job.id();
-    let (node, user) = (node.clone(), user.to_string());
+    if let Some(task) = job.task() {
+        request.command = format!(
+            "COLONY_TASK={task}; export COLONY_TASK; {}",
+            request.command
+        );
+    }
+    let user = job.user();
     tokio::spawn(async move {
-        // No input: its end at once (the sender is kept, so it is not a
-        // client that left).
-        let (to, input) = mpsc::channel(1);
-        let _ = to.send(Vec::new()).await;
-        let session = Session {
-            output: Output::Job(job.clone()),
-            input,
-            cancel: job.cancel.clone(),
-        };
-        let result = run(&node, &user, &request, session).await;
-        drop(to);
-        match result {
-            Ok((Ended::Exited(0), saved)) => job.finish(State::Succeeded, Some(0), saved, None),
-            Ok((Ended::Exited(status), _)) => job.finish(State::Failed, Some(status), None, None),
-            Ok((Ended::TimedOut, _)) => job.finish(
-                State::Failed,
-                Some(TIMED_OUT),
-                None,
-                Some("timed out".into()),
-            ),
-            Ok((Ended::Cancelled, _)) => job.finish(State::Cancelled, None, None, None),
-            Err(why) => {
-                job.log(format!("run {}: {why}\n", request.root).as_bytes());
-                job.finish(State::Failed, None, None, Some(why))
+        let mut place = Some(place);
+        loop {
+            // No input: its end at once (the sender is kept, so it is not
+            // a client that left).
+            let (to, input) = input_pipe();
+            to.send(Vec::new()).await;
+            let session = Session {
+                output: Output::Job(job.clone()),
+                input,
+                cancel: job.cancel.clone(),
+                // Again after a loss: at the back of the user's line.
+                place: place.take().or_else(|| Some(node.queue().line_up(&user))),
+            };
+            let result = run(&node, &user, &request, session).await;
+            drop(to);
+            match result {
+                Ok((Ended::Exited(0), saved)) => job.finish(State::Succeeded, Some(0), saved, None),
+                Ok((Ended::Exited(status), _)) => {
+                    job.finish(State::Failed, Some(status), None, None)
+                }
+                Ok((Ended::TimedOut, _)) => job.finish(
+                    State::Failed,
+                    Some(TIMED_OUT),
+                    None,
+                    Some("timed out".into()),
+                ),
+                Ok((Ended::Cancelled, _)) => job.finish(State::Cancelled, None, None, None),
+                Err(Failure::Lost(why)) if job.tries() <= request.retries => {
+                    let note = format!("run: lost on try {}: {why}; trying again\n", job.tries());
+                    job.log(note.as_bytes());
+                    job.again(&why);
+                    continue;
+                }
+                Err(Failure::Lost(why)) => {
+                    job.log(format!("run {}: {why}\n", request.root).as_bytes());
+                    job.finish(State::Lost, None, None, Some(why))
+                }
+                Err(Failure::Refused(why)) => {
+                    job.log(format!("run {}: {why}\n", request.root).as_bytes());
+                    job.finish(State::Failed, None, None, Some(why))
+                }
             }
+            return;
         }
     });
-    Ok(id)
 }
 
 /// Runs `request` for `user`: how it ended, and the name it was saved to
-/// (with `save=`, after a zero exit).
+/// (with `save=`, after a zero exit). It waits its turn first (see
+/// [`crate::queue`]), saying so once when the grid is full.
 pub async fn run(
     node: &Arc<Node>,
     user: &str,
     request: &RunRequest,
     mut session: Session,
-) -> Result<(Ended, Option<String>), String> {
-    let key = one_time_key()?;
+) -> Result<(Ended, Option<String>), Failure> {
+    let refused = Failure::Refused;
+    let key = one_time_key().map_err(refused)?;
     let public = key
         .public_key()
         .to_openssh()
-        .map_err(|e| format!("encoding the run's key: {e}"))?;
-    let env = format!("{}.run-{}", request.root, hex(&random::<4>()?));
-    let spawned = {
-        let (node, user, root, env, options) = (
-            node.clone(),
-            user.to_string(),
-            request.root.clone(),
-            env.clone(),
-            request.options.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            node.spawn_for_run(&user, &root, &env, &options, public)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Failure::Refused(format!("encoding the run's key: {e}")))?;
+    let env = format!(
+        "{}.run-{}",
+        request.root,
+        hex(&random::<4>().map_err(refused)?)
+    );
+    // A job's state says it waits; a session is told.
+    let mut said_waiting = matches!(session.output, Output::Job(_));
+    let (spawned, turn) = loop {
+        let place = session
+            .place
+            .take()
+            .unwrap_or_else(|| node.queue().line_up(user));
+        let waiting = place.turn();
+        tokio::pin!(waiting);
+        let mut turn = loop {
+            tokio::select! {
+                biased;
+                turn = &mut waiting => break turn,
+                () = session.cancel.notified() => return Ok((Ended::Cancelled, None)),
+                () = client_left(&session.input) => {
+                    return Err(Failure::Refused("the client left".into()));
+                }
+                () = std::future::ready(()), if !said_waiting => {
+                    said_waiting = true;
+                    let note = b"run: no cpu node has room now; waiting for a turn\n".to_vec();
+                    session.output.write(true, note).await;
+                }
+            }
+        };
+        let spawning = {
+            let (node, user, root, env, options, public) = (
+                node.clone(),
+                user.to_string(),
+                request.root.clone(),
+                env.clone(),
+                request.options.clone(),
+                public.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                node.spawn_for_run(&user, &root, &env, &options, public)
+            })
+        };
+        let spawned = spawning
+            .await
+            .map_err(|e| Failure::Refused(e.to_string()))?;
+        turn.placed();
+        match spawned {
+            Ok(spawned) => break (spawned, turn),
+            // Room the queue saw was taken meanwhile (another storage
+            // node's spawn): wait again.
+            Err(e) if e.is_full() => {
+                drop(turn);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(Failure::Refused(e.to_string())),
+        }
     };
     if let Output::Job(job) = &session.output {
         job.started(&env);
@@ -272,7 +615,7 @@ pub async fn run(
         Ok(ended) => ended,
         Err(why) => {
             boom(node, user, &env).await;
-            return Err(why);
+            return Err(Failure::Lost(why));
         }
     };
     let mut saved = None;
@@ -292,7 +635,17 @@ pub async fn run(
         session.output.write(true, note.into_bytes()).await;
     }
     boom(node, user, &env).await;
+    drop(turn);
     Ok((ended, saved))
+}
+
+/// Resolves when the client of a run has gone (every sender of its input
+/// dropped), looking every 200 ms; what a waiting run listens for besides
+/// its turn.
+async fn client_left(input: &InputFrom) {
+    while !input.is_closed() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Logs in to the run's environment, runs the command, relays both ways;
@@ -355,11 +708,62 @@ async fn in_environment(
                 return Fed::Ended;
             }
         }
-        Fed::ClientLeft
+        if input.overran() {
+            Fed::Overran
+        } else {
+            Fed::ClientLeft
+        }
     };
-    tokio::pin!(feeding);
-    let (mut fed, mut status) = (false, None);
-    loop {
+    // Its own future, not a select arm's body: feeding goes on while a
+    // piece of output waits for the client to take it.
+    let reading = async {
+        let mut status = None;
+        // A message read while gathering output that is not more of it.
+        let mut held = None;
+        loop {
+            let msg = match held.take() {
+                Some(msg) => Some(msg),
+                None => from_env.wait().await,
+            };
+            let (err, first) = match msg {
+                Some(ChannelMsg::Data { data }) => (false, data),
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => (true, data),
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    status = Some(exit_status);
+                    continue;
+                }
+                Some(ChannelMsg::ExitSignal { .. }) => {
+                    status = status.or(Some(128 + 9));
+                    continue;
+                }
+                Some(ChannelMsg::Close) | None => return Ok(status),
+                Some(_) => continue,
+            };
+            // What more of the same stream is here already goes with it:
+            // output that waited leaves in few large pieces, so it keeps
+            // up with input coming in as fast as the client sends it.
+            let mut piece = first.to_vec();
+            while piece.len() < OUTPUT_PIECE {
+                match tokio::time::timeout(Duration::ZERO, from_env.wait()).await {
+                    Ok(Some(ChannelMsg::Data { data })) if !err => piece.extend_from_slice(&data),
+                    Ok(Some(ChannelMsg::ExtendedData { data, ext: 1 })) if err => {
+                        piece.extend_from_slice(&data)
+                    }
+                    Ok(msg) => {
+                        held = msg.or(Some(ChannelMsg::Close));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !output.write(err, piece).await {
+                return Err("the client left".to_string());
+            }
+        }
+    };
+    tokio::pin!(feeding, reading);
+    let mut fed = false;
+    let status = loop {
         tokio::select! {
             () = &mut expired => {
                 let t = request.timeout.map(units::duration_text).unwrap_or_default();
@@ -375,25 +779,14 @@ async fn in_environment(
                 Fed::Ended => fed = true,
                 // The client left: so does the run.
                 Fed::ClientLeft => return Err("the client left".into()),
-            },
-            msg = from_env.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if !output.write(false, data.to_vec()).await {
-                        return Err("the client left".into());
-                    }
+                Fed::Overran => {
+                    let mib = MAX_OVERFLOW_INPUT >> 20;
+                    return Err(format!("its input came faster than the command read it: more than {mib} MiB waited, so the run was ended"));
                 }
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                    if !output.write(true, data.to_vec()).await {
-                        return Err("the client left".into());
-                    }
-                }
-                Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
-                Some(ChannelMsg::ExitSignal { .. }) => status = status.or(Some(128 + 9)),
-                Some(ChannelMsg::Close) | None => break,
-                Some(_) => {}
             },
+            read = &mut reading => break read?,
         }
-    }
+    };
     let _ = client
         .disconnect(russh::Disconnect::ByApplication, "", "")
         .await;
@@ -406,6 +799,9 @@ async fn in_environment(
 enum Fed {
     /// Its end was passed on (or the command stopped taking it).
     Ended,
+    /// More than [`MAX_OVERFLOW_INPUT`] waited (the client's sender is
+    /// dropped).
+    Overran,
     /// The client left before its end.
     ClientLeft,
 }
@@ -499,6 +895,10 @@ mod tests {
         assert!(!r.detached);
         let d = RunRequest::parse("run -d debian -- make").unwrap();
         assert!(d.detached && d.root == "debian" && d.command == "make");
+        assert_eq!((d.count, d.retries), (1, 0));
+        let n = RunRequest::parse("run -d debian count=50 retries=2 -- make").unwrap();
+        assert_eq!((n.count, n.retries), (50, 2));
+        assert_eq!(n.line, "run -d debian count=50 retries=2 -- make");
         for (bad, says) in [
             ("run debian true", "usage"),
             ("run -- true", "usage"),
@@ -508,6 +908,13 @@ mod tests {
             ("run debian timeout=0s -- true", "some time"),
             ("run debian save=../x -- true", "name"),
             ("run debian publish=80 -- true", "a run takes"),
+            ("run debian count=2 -- true", "run -d"),
+            ("run debian retries=1 -- true", "run -d"),
+            ("run -d debian count=0 -- true", "from 1 to 256"),
+            ("run -d debian count=257 -- true", "from 1 to 256"),
+            ("run -d debian count=x -- true", "from 1 to 256"),
+            ("run -d debian retries=11 -- true", "from 0 to 10"),
+            ("run -d debian count=2 save=x -- true", "race"),
         ] {
             let err = RunRequest::parse(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

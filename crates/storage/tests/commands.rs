@@ -30,7 +30,7 @@ impl Cpus for FakeCpus {
     fn spawn(&self, spawn: &control::Spawn) -> GridResult<storage::Spawned> {
         let mut running = self.running.lock().unwrap();
         if running.len() >= self.limit {
-            return Err(GridError::refused("spawn limit reached"));
+            return Err(GridError::full("spawn limit reached"));
         }
         running.insert((spawn.user.clone(), spawn.name.clone()), spawn.clone());
         Ok(storage::Spawned {
@@ -72,6 +72,9 @@ impl Cpus for FakeCpus {
     }
     fn live(&self) -> usize {
         self.running.lock().unwrap().len()
+    }
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.live())
     }
     fn counts(&self) -> EnvCounts {
         EnvCounts {

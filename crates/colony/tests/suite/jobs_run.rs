@@ -141,8 +141,10 @@ fn a_run_that_times_out_or_loses_its_client_leaves_nothing_running() {
     g.stop();
 }
 
-/// Much input and much output at once: both directions keep flowing
-/// (SSH's windows hold each side back; neither fills memory nor stalls).
+/// Much input and much output at once, three times what a run keeps of
+/// its input waiting: both directions keep flowing (a command that writes
+/// as it reads never waits on the front door as the front door waits on
+/// it), and every byte comes back in order.
 #[test]
 fn a_run_moves_much_input_and_output_at_once() {
     if !can_mount() {
@@ -150,7 +152,8 @@ fn a_run_moves_much_input_and_output_at_once() {
     }
     let mut g = Node::new();
     g.start(&[]);
-    let input: String = (0..400_000).map(|i| format!("line {i}\n")).collect();
+    let input: String = (0..2_500_000).map(|i| format!("line {i}\n")).collect();
+    assert!(input.len() > 3 * storage::run::MAX_WAITING_INPUT);
     let out = run(&g, "busybox -- cat", &input);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(out.stdout.len(), input.len());
@@ -249,5 +252,99 @@ fn detached_jobs_are_listed_followed_cancelled_and_lost_with_their_node() {
     g.start(&[]);
     let line = job_line(&g, &lost, "lost");
     assert!(line.contains("the node stopped while it ran"), "{line}");
+    g.stop();
+}
+
+/// The ids `run -d …` answered with, one `job ID` line each.
+fn submit_many(g: &Node, args: &str) -> Vec<String> {
+    let out = run(g, &format!("-d {args}"), "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            l.strip_prefix("job ")
+                .unwrap_or_else(|| panic!("{l}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// A node with room for two environments queues what does not fit and
+/// drains it: `count=6` jobs each run exactly once, each with its own
+/// `COLONY_TASK`, never more than two environments at once; a foreground
+/// run waits its turn and says so; a queued job cancelled never runs; a
+/// node that restarts keeps its queue, runs again the job it was running
+/// that has retries left (its record says which try), and calls lost the
+/// one that has none.
+///
+/// Invariants: every task of a count runs exactly once (no faults); the
+/// environments running never pass the room; no queued job is lost to a
+/// restart.
+#[test]
+fn a_full_node_queues_jobs_and_drains_each_task_once_through_a_restart() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&["--spawn-max", "2"]);
+    let ids = submit_many(
+        &g,
+        "busybox count=6 -- sh -c 'echo task $COLONY_TASK; sleep 1'",
+    );
+    assert_eq!(ids.len(), 6);
+    let queued_line = job_line(&g, &ids[5], "queued");
+    assert!(queued_line.contains("task 5"), "{queued_line}");
+    let never = submit(&g, "busybox -- echo never");
+    assert_eq!(
+        g.ok("alice", &["cancel", &never]),
+        format!("{never} cancelled\n")
+    );
+    job_line(&g, &never, "cancelled");
+
+    // A foreground run in the same queue: it waits, says so, and runs.
+    let fg = run(&g, "busybox -- echo in the foreground", "");
+    assert_eq!(fg.status.code(), Some(0), "{}", text(&fg.stderr));
+    assert_eq!(text(&fg.stdout), "in the foreground\n");
+    assert!(
+        text(&fg.stderr).contains("waiting for a turn"),
+        "{}",
+        text(&fg.stderr)
+    );
+
+    let mut most = 0;
+    wait_for(60, "every task to succeed", || {
+        let running = g.ok("alice", &["status"]).matches(".run-").count();
+        most = most.max(running);
+        let jobs = g.ok("alice", &["jobs"]);
+        ids.iter().all(|id| {
+            jobs.lines()
+                .any(|l| l.starts_with(id.as_str()) && l.contains("\tsucceeded\t"))
+        })
+    });
+    assert!(most <= 2, "{most} environments ran at once with room for 2");
+    let mut tasks: Vec<String> = ids.iter().map(|id| g.ok("alice", &["logs", id])).collect();
+    tasks.sort();
+    let want: Vec<String> = (0..6).map(|t| format!("task {t}\n")).collect();
+    assert_eq!(tasks, want, "each task once");
+    assert_eq!(g.ok("alice", &["logs", &never]), "");
+
+    // A restart with the node full: the queued job is kept and runs, the
+    // running one with a retry runs again, the one without is lost.
+    let again = submit(&g, "busybox retries=1 -- sh -c 'echo again; sleep 2'");
+    let once = submit(&g, "busybox -- sleep 65");
+    job_line(&g, &again, "running");
+    job_line(&g, &once, "running");
+    let kept = submit(&g, "busybox -- echo kept");
+    job_line(&g, &kept, "queued");
+    g.stop();
+    g.start(&["--spawn-max", "2"]);
+    let lost = job_line(&g, &once, "lost");
+    assert!(lost.contains("the node stopped while it ran"), "{lost}");
+    let retried = job_line(&g, &again, "succeeded");
+    assert!(retried.contains("try 2"), "{retried}");
+    assert_eq!(g.ok("alice", &["logs", &again]), "again\nagain\n");
+    job_line(&g, &kept, "succeeded");
+    assert_eq!(g.ok("alice", &["logs", &kept]), "kept\n");
+    no_run_left(&g);
     g.stop();
 }
