@@ -210,6 +210,10 @@ impl Node {
                     continue;
                 }
             };
+            self.job_event(
+                &job.user(),
+                &format!("{} queued again: its node restarted", job.id()),
+            );
             // In line now, in the order they were submitted.
             let place = self.queue.line_up(&job.user());
             let node = self.clone();
@@ -382,6 +386,14 @@ impl Node {
             }
         }
         reply
+    }
+
+    /// Tells the streams that `user`'s job changed: `text` is its id and
+    /// what happened.
+    pub fn job_event(&self, user: &str, text: &str) {
+        if let Some(s) = &self.streams {
+            s.job(user, text);
+        }
     }
 
     /// Publishes every request, reply and event on `streams`.

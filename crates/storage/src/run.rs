@@ -463,6 +463,19 @@ pub fn submit_jobs(
             },
         )?;
         ids.push(job.id());
+        let what = match task {
+            Some(t) => format!("task {t} of "),
+            None => String::new(),
+        };
+        node.job_event(
+            user,
+            &format!(
+                "{} queued: {what}{} -- {}",
+                job.id(),
+                request.root,
+                request.command
+            ),
+        );
         let place = node.queue().line_up(user);
         start_job(node.clone(), job, request.clone(), place);
     }
@@ -502,6 +515,19 @@ pub fn start_job(
             };
             let result = run(&node, &user, &request, session).await;
             drop(to);
+            let told = match &result {
+                Ok((Ended::Exited(0), Some(name))) => format!("succeeded, saved {name}"),
+                Ok((Ended::Exited(0), None)) => "succeeded".to_string(),
+                Ok((Ended::Exited(status), _)) => format!("failed, exit {status}"),
+                Ok((Ended::TimedOut, _)) => "failed, timed out".to_string(),
+                Ok((Ended::Cancelled, _)) => "cancelled".to_string(),
+                Err(Failure::Lost(why)) if job.tries() <= request.retries => {
+                    format!("lost on try {}: {why}; trying again", job.tries())
+                }
+                Err(Failure::Lost(why)) => format!("lost: {why}"),
+                Err(Failure::Refused(why)) => format!("failed: {why}"),
+            };
+            node.job_event(&user, &format!("{} {told}", job.id()));
             match result {
                 Ok((Ended::Exited(0), saved)) => job.finish(State::Succeeded, Some(0), saved, None),
                 Ok((Ended::Exited(status), _)) => {
@@ -608,6 +634,7 @@ pub async fn run(
     };
     if let Output::Job(job) = &session.output {
         job.started(&env);
+        node.job_event(user, &format!("{} running in {env}", job.id()));
     }
     // From here on the environment is this run's to end.
     let ran = in_environment(&spawned, user, key, request, &mut session).await;

@@ -2,7 +2,7 @@
 //! them: every command a storage node runs goes to `sto.in`, its outcome to
 //! `sto.out`, every request to a cpu node to `cpu.in` and its answer to
 //! `cpu.out`, and what changes the grid (spawns, saves, invites, booms, cpu
-//! nodes linking and being lost) to `events`, so an admin can watch a grid
+//! nodes linking and being lost, jobs changing state) to `events`, so an admin can watch a grid
 //! at work with `colony hub cat` or plan9port's `9p read`. Each user's own
 //! requests and replies also go to `USER.in` and `USER.out`, theirs alone
 //! (owner USER, mode 0600).
@@ -81,6 +81,14 @@ impl Streams {
             "admin",
             &format!("{} {cpu} {id} {ms}ms {outcome}", stamp()),
         );
+    }
+
+    /// A job of `user`'s changed state: on `events`, and on `USER.out`
+    /// for its owner.
+    pub fn job(&self, user: &str, text: &str) {
+        let line = format!("{} {user} job {text}", stamp());
+        self.put("events", "admin", &line);
+        self.put(&format!("{user}.out"), user, &line);
     }
 
     /// Something that changed the grid.

@@ -3,7 +3,13 @@
 //! door with OpenSSH's client: the first run (cold: nothing of the root in
 //! any cache) and the median of the rest (warm). Beside them, the ceiling
 //! any command through the front door has: `status` over the same client
-//! (the SSH handshake and one command). Needs root (spawn) and OpenSSH.
+//! (the SSH handshake and one command). Then throughput: `true` as
+//! detached jobs (`run -d busybox count=… -- true`, in batches the
+//! per-user limit on active jobs allows), from the first submission to the
+//! last job's end, beside the same environments run in the foreground by
+//! as many OpenSSH clients at once as the queue lets one user run (its
+//! ceiling: the same spawns and ends with no queue, records or logs).
+//! Needs root (spawn) and OpenSSH.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use vac::tree::{BlockSizes, Tree};
 use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
 
-pub fn run(runs: usize) -> Result<()> {
+pub fn run(runs: usize, jobs: usize) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-jobs-")
         .tempdir()?;
@@ -40,12 +46,16 @@ pub fn run(runs: usize) -> Result<()> {
         ("state", state_dir.display().to_string()),
         ("listen", "127.0.0.1:0".into()),
         ("public-host", "127.0.0.1".into()),
+        // Room for all a user may run through the queue at once.
+        ("spawn-max", storage::queue::MAX_RUNNING.to_string()),
     ] {
         sources.flag(setting, value)?;
     }
     let node = node::Node::start(node::Config::from_sources(&sources)?)?;
     let result = match node.front_door {
-        Some(door) => measure(&key, door.port(), runs),
+        Some(door) => {
+            measure(&key, door.port(), runs).and_then(|()| throughput(&key, door.port(), jobs))
+        }
         None => Err(anyhow::anyhow!("the node has no front door")),
     };
     node.shutdown();
@@ -94,6 +104,82 @@ fn measure(key: &Path, port: u16, runs: usize) -> Result<()> {
         "run busybox -- true, warm",
         ms(warm),
         ms(warm) / ms(ceiling)
+    );
+    Ok(())
+}
+
+/// Detached `true` jobs per second, beside foreground runs per second from
+/// [`storage::queue::MAX_RUNNING`] clients at once.
+fn throughput(key: &Path, port: u16, jobs: usize) -> Result<()> {
+    if jobs == 0 {
+        return Ok(());
+    }
+    let door = |command: &str| -> Result<String> {
+        let out = crate::bench::env::ssh_bench(key, &port.to_string())
+            .arg(command)
+            .output()?;
+        if !out.status.success() {
+            bail!("{command}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let clients = storage::queue::MAX_RUNNING;
+    // The ceiling: the same environments, each run by a client of its own.
+    let foreground = (jobs / 5).max(clients);
+    let t = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < foreground {
+                        door("run busybox -- true")?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let ceiling = foreground as f64 / t.elapsed().as_secs_f64();
+
+    // The jobs, in batches the limit on a user's active jobs allows.
+    let batch = storage::jobs::MAX_ACTIVE.min(storage::run::MAX_COUNT as usize);
+    let t = Instant::now();
+    let mut left = jobs;
+    while left > 0 {
+        let n = left.min(batch);
+        let ids = door(&format!("run -d busybox count={n} -- true"))?;
+        if ids.lines().count() != n {
+            bail!("asked for {n} jobs, got: {ids}");
+        }
+        loop {
+            let list = door("jobs")?;
+            if list.contains("\tfailed\t") || list.contains("\tlost\t") {
+                bail!("a job did not succeed:\n{list}");
+            }
+            if !list.contains("\tqueued\t") && !list.contains("\trunning\t") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        left -= n;
+    }
+    let rate = jobs as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{:<52} {:>8.1} /s",
+        format!("foreground runs, {clients} clients at once (the ceiling)"),
+        ceiling
+    );
+    println!(
+        "{:<52} {:>8.1} /s ({:.2}x the ceiling)",
+        format!("{jobs} detached true jobs"),
+        rate,
+        rate / ceiling
     );
     Ok(())
 }

@@ -82,11 +82,16 @@ pub enum BenchCommand {
         runs: usize,
     },
     /// jobs: `run busybox -- true` through a single node's front door with
-    /// OpenSSH, cold and warm, beside `status` (the ceiling). Needs root.
+    /// OpenSSH, cold and warm, beside `status` (the ceiling); then the
+    /// throughput of detached `true` jobs beside foreground runs from as
+    /// many clients as the queue runs at once. Needs root.
     Jobs {
         /// Warm repetitions; the median is printed.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Detached jobs for the throughput figure (0: none).
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
     },
     /// link: venti over mutual TLS against plain, on loopback and across
     /// network namespaces; one request in flight; handshake times.
@@ -211,7 +216,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vac { tree, dir, runs } => crate::bench::vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench::grid::run(&tree, runs),
         BenchCommand::Forward { mb, runs } => crate::bench::forward::run(mb, runs),
-        BenchCommand::Jobs { runs } => crate::bench::jobs::run(runs),
+        BenchCommand::Jobs { runs, jobs } => crate::bench::jobs::run(runs, jobs),
         BenchCommand::Hub { mb, rounds } => crate::bench::hub::run(mb, rounds),
         BenchCommand::Import { tree, runs } => crate::bench::import::run(&tree, runs),
         BenchCommand::S3 { tree, mb, runs } => crate::bench::s3::run(tree.as_deref(), mb, runs),

@@ -975,3 +975,133 @@ fn a_run_through_the_storage_node_runs_on_a_cpu_node() {
         !g.door_ok("alice", &["status"]).contains(".run-")
     });
 }
+
+/// `count=50` spread over two cpu nodes runs each task exactly once. A
+/// job whose cpu node is killed (kill -9) under it runs again on the
+/// other cpu node, from the start, as its retries allow: `jobs` shows the
+/// second try, its log both tries and why there was a second, and the
+/// storage node's events stream each transition.
+///
+/// Invariants: without faults every task of a count runs exactly once; a
+/// job with a retry left is not lost to one cpu node's death.
+#[test]
+fn a_job_whose_cpu_node_dies_runs_again_on_another() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::new(&[], &[]);
+    let root = busybox_root(g.tmp.path(), "job\n");
+    g.import("bb", &root);
+    g.start_s1();
+    g.start_cpu(1);
+    g.start_cpu(2);
+    g.wait_links(2);
+
+    // Fan-out over both cpu nodes: each task of count=50 runs once.
+    let out = g.door_ok(
+        "alice",
+        &[
+            "run",
+            "-d",
+            "bb",
+            "count=50",
+            "--",
+            "echo task $COLONY_TASK",
+        ],
+    );
+    let ids: Vec<&str> = out
+        .lines()
+        .map(|l| l.strip_prefix("job ").unwrap_or_else(|| panic!("{out}")))
+        .collect();
+    assert_eq!(ids.len(), 50, "{out}");
+    wait_for(120, "50 tasks to succeed", || {
+        g.door_ok("alice", &["jobs"])
+            .matches("\tsucceeded\t")
+            .count()
+            == 50
+    });
+    let mut tasks: Vec<String> = ids
+        .iter()
+        .map(|id| g.door_ok("alice", &["logs", id]))
+        .collect();
+    tasks.sort();
+    let mut want: Vec<String> = (0..50).map(|t| format!("task {t}\n")).collect();
+    want.sort();
+    assert_eq!(tasks, want, "each task once");
+
+    let out = g.door_ok(
+        "alice",
+        &[
+            "run",
+            "-d",
+            "bb",
+            "retries=1",
+            "--",
+            "echo start; sleep 8; echo done",
+        ],
+    );
+    let id = out
+        .trim()
+        .strip_prefix("job ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    split_job_line(&g, &id, "running");
+    // Where it runs: the cpu node whose address its environment's login
+    // names.
+    let mut on = 0;
+    wait_for(10, "the job's first output", || {
+        g.door_ok("alice", &["logs", &id]) == "start\n"
+    });
+    let status = g.door_ok("alice", &["status"]);
+    let env = status
+        .lines()
+        .find(|l| l.contains("bb.run-"))
+        .unwrap_or_else(|| panic!("{status}"));
+    for i in [1, 2] {
+        if env.contains(&format!("@{}", g.hosts.addrs[i])) {
+            on = i;
+        }
+    }
+    assert!(on != 0, "which cpu node runs it? {env}");
+    if on == 1 {
+        g.c1.kill9();
+    } else {
+        g.c2.kill9();
+    }
+    let line = split_job_line(&g, &id, "succeeded");
+    assert!(line.contains("try 2"), "{line}");
+    let log = g.door_ok("alice", &["logs", &id]);
+    assert!(
+        log.starts_with("start\nrun: lost on try 1: ")
+            && log.ends_with("; trying again\nstart\ndone\n"),
+        "{log}"
+    );
+    let events = hub_backlog(&g.hosts, 0, "events");
+    for said in [
+        format!("alice job {id} queued: bb -- echo start"),
+        format!("alice job {id} running in bb.run-"),
+        format!("alice job {id} lost on try 1: "),
+        format!("alice job {id} succeeded"),
+    ] {
+        assert!(events.contains(&said), "no {said:?} in {events}");
+    }
+    wait_for(15, "the run's environment to end", || {
+        !g.door_ok("alice", &["status"]).contains(".run-")
+            || g.door_ok("alice", &["status"]).contains("lost")
+    });
+}
+
+/// alice's `jobs` through s1 until `id`'s line says `state`; the line.
+fn split_job_line(g: &Split, id: &str, state: &str) -> String {
+    let mut line = String::new();
+    wait_for(60, &format!("job {id} {state}"), || {
+        line = g
+            .door_ok("alice", &["jobs"])
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_string();
+        line.contains(&format!("\t{state}\t"))
+    });
+    line
+}

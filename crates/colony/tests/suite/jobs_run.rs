@@ -275,11 +275,11 @@ fn submit_many(g: &Node, args: &str) -> Vec<String> {
 /// run waits its turn and says so; a queued job cancelled never runs; a
 /// node that restarts keeps its queue, runs again the job it was running
 /// that has retries left (its record says which try), and calls lost the
-/// one that has none.
+/// one that has none; the same through a kill -9 of the node.
 ///
 /// Invariants: every task of a count runs exactly once (no faults); the
 /// environments running never pass the room; no queued job is lost to a
-/// restart.
+/// restart or a kill -9.
 #[test]
 fn a_full_node_queues_jobs_and_drains_each_task_once_through_a_restart() {
     if !can_mount() {
@@ -345,6 +345,29 @@ fn a_full_node_queues_jobs_and_drains_each_task_once_through_a_restart() {
     assert_eq!(g.ok("alice", &["logs", &again]), "again\nagain\n");
     job_line(&g, &kept, "succeeded");
     assert_eq!(g.ok("alice", &["logs", &kept]), "kept\n");
+
+    // The same through kill -9, where the node writes nothing as it goes:
+    // still no queued job is lost, and nothing of the lost one runs on.
+    let nine = submit(&g, "busybox retries=1 -- sh -c 'echo nine; sleep 2'");
+    let block = submit(&g, "busybox -- sleep 66");
+    job_line(&g, &nine, "running");
+    job_line(&g, &block, "running");
+    let kept = submit(&g, "busybox -- echo kept again");
+    job_line(&g, &kept, "queued");
+    g.kill9();
+    g.start(&["--spawn-max", "2"]);
+    let lost = job_line(&g, &block, "lost");
+    assert!(lost.contains("the node stopped while it ran"), "{lost}");
+    let retried = job_line(&g, &nine, "succeeded");
+    assert!(retried.contains("try 2"), "{retried}");
+    assert_eq!(g.ok("alice", &["logs", &nine]), "nine\nnine\n");
+    job_line(&g, &kept, "succeeded");
+    assert_eq!(g.ok("alice", &["logs", &kept]), "kept again\n");
     no_run_left(&g);
+    let sleeping = Command::new("pgrep")
+        .args(["-x", "-f", "sleep 66"])
+        .output()
+        .unwrap();
+    assert!(sleeping.stdout.is_empty(), "{}", text(&sleeping.stdout));
     g.stop();
 }

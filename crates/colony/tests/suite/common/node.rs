@@ -255,6 +255,16 @@ impl Node {
         log
     }
 
+    /// SIGKILL: the node writes nothing as it goes.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if let Some(reader) = self.log_reader.take() {
+            reader.join().unwrap();
+        }
+    }
+
     /// What the running node has written to stderr so far.
     pub fn log_so_far(&self) -> String {
         String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
