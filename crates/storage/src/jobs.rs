@@ -78,6 +78,8 @@ pub struct Record {
     pub state: State,
     /// The environment it runs in, once started.
     pub env: Option<String>,
+    /// The cpu node that environment is on.
+    pub node: Option<String>,
     pub exit: Option<u32>,
     /// Unix seconds.
     pub submitted: u64,
@@ -112,6 +114,7 @@ impl Record {
         json!({
             "id": self.id, "user": self.user, "root": self.root,
             "command": self.command, "state": self.state.word(), "env": self.env,
+            "node": self.node,
             "exit": self.exit, "submitted": self.submitted, "order": self.order, "started": self.started,
             "ended": self.ended, "saved": self.saved, "why": self.why,
             "line": self.line, "task": self.task, "tries": self.tries,
@@ -129,6 +132,7 @@ impl Record {
             command: text("command")?,
             state: State::from_word(v.get("state")?.as_str()?)?,
             env: text("env"),
+            node: text("node"),
             exit: number("exit").and_then(|n| u32::try_from(n).ok()),
             submitted: number("submitted")?,
             order: number("order").unwrap_or(0),
@@ -155,8 +159,10 @@ impl Record {
             (Some(s), None) => format!("{}s so far", now.saturating_sub(s)),
             _ => "-".into(),
         };
+        let started = self.started.map_or("-".to_string(), clock);
+        let on = self.node.as_deref().unwrap_or("-");
         let mut line = format!(
-            "{}\t{}\t{}\texit {exit}\t{took}\t{}",
+            "{}\t{}\t{}\ton {on}\tstarted {started}\texit {exit}\t{took}\t{}",
             self.id,
             self.state.word(),
             self.root,
@@ -176,6 +182,12 @@ impl Record {
         }
         line
     }
+}
+
+/// Unix seconds as the time of day they were, UTC (`13:40:02`).
+fn clock(secs: u64) -> String {
+    let day = secs % 86_400;
+    format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60)
 }
 
 fn now() -> u64 {
@@ -391,6 +403,7 @@ impl Jobs {
             command: asked.command,
             state: State::Queued,
             env: None,
+            node: None,
             exit: None,
             submitted: now(),
             order: SystemTime::now()
@@ -553,10 +566,11 @@ impl Running {
     }
 
     /// Its environment started.
-    pub fn started(&self, env: &str) {
+    pub fn started(&self, env: &str, node: &str) {
         self.update(|r| {
             r.state = State::Running;
             r.env = Some(env.to_string());
+            r.node = Some(node.to_string());
             r.started = Some(now());
             r.tries += 1;
         });
@@ -645,17 +659,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
         let a = jobs.submit("alice", asked("make", 0)).unwrap();
-        a.started("busybox.run-1");
+        a.started("busybox.run-1", "c1");
         a.log(b"building\n");
         let b = jobs.submit("alice", asked("true", 0)).unwrap();
-        b.started("busybox.run-2");
+        b.started("busybox.run-2", "c1");
         b.finish(State::Succeeded, Some(0), Some("built".into()), None);
         let c = jobs.submit("alice", asked("sleep 1", 0)).unwrap();
         let d = jobs.submit("alice", asked("test", 1)).unwrap();
-        d.started("busybox.run-4");
+        d.started("busybox.run-4", "c2");
         let list = jobs.list("alice").unwrap();
         assert_eq!(list.len(), 4);
         assert_eq!(list[1].saved.as_deref(), Some("built"));
+        // Where and when it ran, in its line.
+        let line = list[1].line(list[1].started.unwrap() + 3);
+        assert!(
+            line.contains("\tsucceeded\tbusybox\ton c1\tstarted ")
+                && line.contains("\texit 0\t")
+                && line.ends_with("\ttrue\tsaved built"),
+            "{line}"
+        );
+        assert!(list[2].line(0).contains("\ton -\tstarted -\t"));
         assert_eq!(jobs.log("alice", &a.id(), 0).unwrap(), b"building\n");
         assert_eq!(jobs.log("alice", &a.id(), 5).unwrap(), b"ing\n");
         // Nobody else's, and no path tricks.

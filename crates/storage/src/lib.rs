@@ -117,6 +117,8 @@ pub struct Spawned {
     pub login: String,
     /// The login's host key, an OpenSSH public key line.
     pub host_key: String,
+    /// The cpu node it runs on (`this node` for a single node's own).
+    pub node: String,
 }
 
 /// Where environments run. Names and users are the storage service's; the

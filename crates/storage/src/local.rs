@@ -41,6 +41,7 @@ impl Cpus for LocalCpus {
             text,
             login,
             host_key: self.envs.host_public_key(),
+            node: "this node".into(),
         })
     }
 

@@ -719,6 +719,7 @@ impl Cpus for Pool {
                         text,
                         login,
                         host_key,
+                        node: cpu.clone(),
                     });
                 }
                 other => {

@@ -633,8 +633,11 @@ pub async fn run(
         }
     };
     if let Output::Job(job) = &session.output {
-        job.started(&env);
-        node.job_event(user, &format!("{} running in {env}", job.id()));
+        job.started(&env, &spawned.node);
+        node.job_event(
+            user,
+            &format!("{} running in {env} on {}", job.id(), spawned.node),
+        );
     }
     // From here on the environment is this run's to end.
     let ran = in_environment(&spawned, user, key, request, &mut session).await;

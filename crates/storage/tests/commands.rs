@@ -37,6 +37,7 @@ impl Cpus for FakeCpus {
             text: format!("{} spawned\n", spawn.name),
             login: format!("ssh -p 20001 {}@127.0.0.1", spawn.user),
             host_key: String::new(),
+            node: "fake".into(),
         })
     }
     fn save(&self, _user: &str, env: &str) -> GridResult<Score> {

@@ -9,7 +9,8 @@
 //! last job's end, beside the same environments run in the foreground by
 //! as many OpenSSH clients at once as the queue lets one user run (its
 //! ceiling: the same spawns and ends with no queue, records or logs).
-//! Needs root (spawn) and OpenSSH.
+//! With `--debian DIR`, `run debian -- apt-get --version` on that root,
+//! cold and warm, too. Needs root (spawn) and OpenSSH.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use vac::tree::{BlockSizes, Tree};
 use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
 
-pub fn run(runs: usize, jobs: usize) -> Result<()> {
+pub fn run(runs: usize, jobs: usize, debian: Option<&Path>) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-jobs-")
         .tempdir()?;
@@ -38,6 +39,14 @@ pub fn run(runs: usize, jobs: usize) -> Result<()> {
         let root = t.write(store.as_ref(), BlockSizes::default(), None)?;
         store.sync()?;
         state.scorenames().bind("busybox", &root, &["bench"])?;
+        if let Some(dir) = debian {
+            let mut t = Tree::default();
+            DirImporter::new(store.as_ref(), BlockSizes::default(), &Quiet, None)
+                .add(&mut t, &dir.join("."))?;
+            let root = t.write(store.as_ref(), BlockSizes::default(), None)?;
+            store.sync()?;
+            state.scorenames().bind("debian", &root, &["bench"])?;
+        }
         key
         // The store is closed here: the node opens it.
     };
@@ -53,16 +62,15 @@ pub fn run(runs: usize, jobs: usize) -> Result<()> {
     }
     let node = node::Node::start(node::Config::from_sources(&sources)?)?;
     let result = match node.front_door {
-        Some(door) => {
-            measure(&key, door.port(), runs).and_then(|()| throughput(&key, door.port(), jobs))
-        }
+        Some(door) => measure(&key, door.port(), runs, debian.is_some())
+            .and_then(|()| throughput(&key, door.port(), jobs)),
         None => Err(anyhow::anyhow!("the node has no front door")),
     };
     node.shutdown();
     result
 }
 
-fn measure(key: &Path, port: u16, runs: usize) -> Result<()> {
+fn measure(key: &Path, port: u16, runs: usize, debian: bool) -> Result<()> {
     let door = |command: &str| -> Result<Duration> {
         let t = Instant::now();
         let out = crate::bench::env::ssh_bench(key, &port.to_string())
@@ -105,6 +113,29 @@ fn measure(key: &Path, port: u16, runs: usize) -> Result<()> {
         ms(warm),
         ms(warm) / ms(ceiling)
     );
+    if debian {
+        let apt = "run debian -- apt-get --version";
+        let cold = door(apt)?;
+        let mut warm = Vec::new();
+        for _ in 0..runs.max(1) {
+            warm.push(door(apt)?);
+        }
+        let warm = median(warm);
+        println!(
+            "{:<52} {:>8.1} ms ({:.1}x the ceiling)",
+            "run debian -- apt-get --version, cold (the first)",
+            ms(cold),
+            ms(cold) / ms(ceiling)
+        );
+        println!(
+            "{:<52} {:>8.1} ms ({:.1}x the ceiling)",
+            "run debian -- apt-get --version, warm",
+            ms(warm),
+            ms(warm) / ms(ceiling)
+        );
+    } else {
+        println!("(--debian DIR times apt-get --version in a Debian root too)");
+    }
     Ok(())
 }
 

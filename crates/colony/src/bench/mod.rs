@@ -92,6 +92,11 @@ pub enum BenchCommand {
         /// Detached jobs for the throughput figure (0: none).
         #[arg(long, default_value_t = 1000)]
         jobs: usize,
+        /// A Debian root file system (e.g. made by `debootstrap
+        /// --variant=minbase bookworm DIR`): `run debian -- apt-get
+        /// --version` is timed on it, cold and warm.
+        #[arg(long)]
+        debian: Option<PathBuf>,
     },
     /// link: venti over mutual TLS against plain, on loopback and across
     /// network namespaces; one request in flight; handshake times.
@@ -216,7 +221,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vac { tree, dir, runs } => crate::bench::vac::run(&tree, dir, runs),
         BenchCommand::Grid { tree, runs } => crate::bench::grid::run(&tree, runs),
         BenchCommand::Forward { mb, runs } => crate::bench::forward::run(mb, runs),
-        BenchCommand::Jobs { runs, jobs } => crate::bench::jobs::run(runs, jobs),
+        BenchCommand::Jobs { runs, jobs, debian } => {
+            crate::bench::jobs::run(runs, jobs, debian.as_deref())
+        }
         BenchCommand::Hub { mb, rounds } => crate::bench::hub::run(mb, rounds),
         BenchCommand::Import { tree, runs } => crate::bench::import::run(&tree, runs),
         BenchCommand::S3 { tree, mb, runs } => crate::bench::s3::run(tree.as_deref(), mb, runs),

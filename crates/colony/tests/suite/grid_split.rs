@@ -1069,7 +1069,11 @@ fn a_job_whose_cpu_node_dies_runs_again_on_another() {
         g.c2.kill9();
     }
     let line = split_job_line(&g, &id, "succeeded");
-    assert!(line.contains("try 2"), "{line}");
+    let other = if on == 1 { "c2" } else { "c1" };
+    assert!(
+        line.contains("try 2") && line.contains(&format!("\ton {other}\t")),
+        "{line}"
+    );
     let log = g.door_ok("alice", &["logs", &id]);
     assert!(
         log.starts_with("start\nrun: lost on try 1: ")
