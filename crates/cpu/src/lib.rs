@@ -590,6 +590,7 @@ impl Environments {
             let mut network = match e.network {
                 Network::Private => "net private".to_string(),
                 Network::Host => "net host".to_string(),
+                Network::Isolated => "net none".to_string(),
             };
             if e.ids.is_some() {
                 network.push_str(", rootless");

@@ -111,7 +111,7 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
         let bad = || {
             GridError::refused(format!(
                 "bad option {w:?}: use memory=SIZE (K/M/G, at least 4M), pids=N, cpu=WEIGHT (1-10000), \
-                 net=private|host, publish=PORT (1-65535), userns=yes|no or agent=yes|no"
+                 net=private|host|none, publish=PORT (1-65535), userns=yes|no or agent=yes|no"
             ))
         };
         let (key, value) = w.split_once('=').ok_or_else(bad)?;
@@ -119,6 +119,7 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
             "net" => {
                 network = match value {
                     "private" => Network::Private,
+                    "none" => Network::Isolated,
                     "host" if config.allow_host_net => Network::Host,
                     "host" => {
                         return Err(GridError::refused(
@@ -182,6 +183,11 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
             "publish= is for a private network: with net=host the environment's ports are the node's",
         ));
     }
+    if network == Network::Isolated && !publish.is_empty() {
+        return Err(GridError::refused(
+            "publish= is for a private network: with net=none nothing reaches the environment",
+        ));
+    }
     Ok(SpawnOptions {
         limits,
         network,
@@ -197,6 +203,24 @@ mod tests {
 
     fn words(text: &str) -> Vec<String> {
         text.split_whitespace().map(str::to_string).collect()
+    }
+
+    /// net=none: a namespace of its own with nothing published into it.
+    #[test]
+    fn net_none_is_isolated_and_publishes_nothing() {
+        let config = CpuConfig::default();
+        let ok = parse(&config, &words("net=none")).unwrap();
+        assert_eq!(ok.network, Network::Isolated);
+        let err = parse(&config, &words("net=none publish=80"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("with net=none nothing reaches"), "{err}");
+        let err = parse(&config, &words("net=nowhere"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("net=private|host|none"), "{err}");
     }
 
     /// Before, a spawn could ask for any memory, pids or cpu weight: the

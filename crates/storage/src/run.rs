@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::Node;
 
 /// How `run` is asked for.
-pub const USAGE: &str = "run [-d] ROOT [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [timeout=DURATION] [save=NAME] [count=N] [retries=N] -- COMMAND ARGS…";
+pub const USAGE: &str = "run [-d] ROOT [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host|none] [timeout=DURATION] [save=NAME] [count=N] [retries=N] -- COMMAND ARGS…";
 
 /// The most instances one `run -d count=N` makes.
 pub const MAX_COUNT: u32 = 256;

@@ -4,7 +4,8 @@
 //! any cache) and the median of the rest (warm). Beside them, the ceiling
 //! any command through the front door has: `status` over the same client
 //! (the SSH handshake and one command). Then throughput: `true` as
-//! detached jobs (`run -d busybox count=… -- true`, in batches the
+//! detached jobs (`run -d busybox net=… count=… -- true`, with the
+//! default private network and with `net=none`, in batches the
 //! per-user limit on active jobs allows), from the first submission to the
 //! last job's end, beside the same environments run in the foreground by
 //! as many OpenSSH clients at once as the queue lets one user run (its
@@ -178,13 +179,33 @@ fn throughput(key: &Path, port: u16, jobs: usize) -> Result<()> {
     })?;
     let ceiling = foreground as f64 / t.elapsed().as_secs_f64();
 
+    println!(
+        "{:<52} {:>8.1} /s",
+        format!("foreground runs, {clients} clients at once (the ceiling)"),
+        ceiling
+    );
+    for net in ["private", "none"] {
+        let rate = detached(&door, jobs, net)?;
+        println!(
+            "{:<52} {:>8.1} /s ({:.2}x the ceiling)",
+            format!("{jobs} detached true jobs, net={net}"),
+            rate,
+            rate / ceiling
+        );
+    }
+    Ok(())
+}
+
+/// `jobs` detached `true` jobs with `net=NET`, from the first submission
+/// to the last one's end: jobs per second.
+fn detached(door: &dyn Fn(&str) -> Result<String>, jobs: usize, net: &str) -> Result<f64> {
     // The jobs, in batches the limit on a user's active jobs allows.
     let batch = storage::jobs::MAX_ACTIVE.min(storage::run::MAX_COUNT as usize);
     let t = Instant::now();
     let mut left = jobs;
     while left > 0 {
         let n = left.min(batch);
-        let ids = door(&format!("run -d busybox count={n} -- true"))?;
+        let ids = door(&format!("run -d busybox net={net} count={n} -- true"))?;
         if ids.lines().count() != n {
             bail!("asked for {n} jobs, got: {ids}");
         }
@@ -200,17 +221,5 @@ fn throughput(key: &Path, port: u16, jobs: usize) -> Result<()> {
         }
         left -= n;
     }
-    let rate = jobs as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "{:<52} {:>8.1} /s",
-        format!("foreground runs, {clients} clients at once (the ceiling)"),
-        ceiling
-    );
-    println!(
-        "{:<52} {:>8.1} /s ({:.2}x the ceiling)",
-        format!("{jobs} detached true jobs"),
-        rate,
-        rate / ceiling
-    );
-    Ok(())
+    Ok(jobs as f64 / t.elapsed().as_secs_f64())
 }

@@ -53,6 +53,16 @@ fn a_run_streams_its_output_takes_its_input_and_exits_with_its_status() {
     assert_eq!(out.status.code(), Some(3));
     no_run_left(&g);
 
+    // net=none: loopback alone (a private network has its tap too).
+    let interfaces = "sed 1,2d /proc/net/dev | cut -d: -f1 | tr -d ' '";
+    let out = run(&g, &format!("busybox net=none -- {interfaces}"), "");
+    assert_eq!(text(&out.stdout), "lo\n", "{}", text(&out.stderr));
+    let out = run(&g, &format!("busybox -- {interfaces}"), "");
+    assert_eq!(text(&out.stdout), "lo\ntap0\n", "{}", text(&out.stderr));
+    let err = g.refused("alice", &["spawn", "busybox", "net=none", "publish=80"]);
+    assert!(err.contains("with net=none nothing reaches"), "{err}");
+    no_run_left(&g);
+
     // Bad requests are refused before anything starts.
     let out = run(&g, "busybox true", "");
     assert_eq!(out.status.code(), Some(2));

@@ -107,7 +107,8 @@ impl Environment {
             root: root.to_path_buf(),
             hostname: hostname.to_string(),
             cgroups: cgroups.dirs.clone(),
-            private_net: *network == Network::Private,
+            // Its own namespace unless it shares the node's.
+            private_net: *network != Network::Host,
             ids: ids.map(|l| l.ids),
             // pid 1 holds the id range too, so it is not handed out again
             // while any process of the environment may live (even if the

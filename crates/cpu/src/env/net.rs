@@ -27,6 +27,10 @@ pub enum Network {
     Private,
     /// The node's network, shared (`net=host`, if the node allows it).
     Host,
+    /// A namespace of its own with loopback alone (`net=none`): nothing
+    /// in or out, and no slirp4netns to start, so it starts sooner (a job
+    /// that needs no network).
+    Isolated,
 }
 
 /// A port forwarded from the node into an environment.
