@@ -664,8 +664,14 @@ pub async fn run(
         };
         session.output.write(true, note.into_bytes()).await;
     }
-    boom(node, user, &env).await;
-    drop(turn);
+    // The client has its answer without waiting for the environment to
+    // end: it ends behind the answer, holding its turn until it has (so
+    // the room the queue sees is true).
+    let (node, user) = (node.clone(), user.to_string());
+    tokio::spawn(async move {
+        boom(&node, &user, &env).await;
+        drop(turn);
+    });
     Ok((ended, saved))
 }
 
