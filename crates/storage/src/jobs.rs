@@ -1,8 +1,10 @@
 //! Detached jobs (`run -d`): a run the session does not wait for. Each job
 //! is a record in `STATE/jobs/ID` (JSON, rewritten whole and atomically at
 //! each change) and its output, stdout and stderr as they came, in
-//! `STATE/jobs/ID.log`, at most [`MAX_LOG`] bytes (past that the rest is
-//! counted, and the log says how much was left out). `jobs`, `logs` and
+//! `STATE/jobs/ID.log`, at most [`MAX_LOG`] bytes, and a user's logs
+//! together at most [`MAX_USER_LOGS`] (the oldest ended jobs go to make
+//! room; past that the rest is counted, and the log says how much was
+//! left out). `jobs`, `logs` and
 //! `cancel` read and act on them. A job keeps the line it was asked with,
 //! so a node that restarts runs its queued jobs still, and runs again
 //! those it was running while their `retries=` last (at least once: a job
@@ -25,6 +27,9 @@ pub const MAX_LOG: u64 = 8 << 20;
 pub const MAX_ACTIVE: usize = 256;
 /// Ended jobs' records and logs kept for a user; older ones go.
 pub const MAX_KEPT: usize = 200;
+/// The bytes of job logs a user may have on the node, over all their jobs
+/// (without it, 456 jobs of 8 MiB each).
+pub const MAX_USER_LOGS: u64 = 256 << 20;
 
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +213,9 @@ pub struct Jobs {
     writing: Mutex<()>,
     /// What [`Jobs::open`] found to run again.
     resumable: Mutex<Vec<(Arc<Running>, Option<String>)>>,
+    /// Bytes of each user's logs on disk, and the most they may be.
+    log_bytes: Mutex<HashMap<String, u64>>,
+    log_budget: u64,
 }
 
 /// A running job's record whose node stopped: queued to run again while
@@ -233,6 +241,11 @@ impl Jobs {
     /// active, the queued and those it may run again wait in
     /// [`Jobs::resumable`]; the rest are lost.
     pub fn open(dir: PathBuf) -> GridResult<Arc<Jobs>> {
+        Jobs::open_with_budget(dir, MAX_USER_LOGS)
+    }
+
+    /// [`Jobs::open`] with `budget` bytes of logs per user.
+    pub fn open_with_budget(dir: PathBuf, budget: u64) -> GridResult<Arc<Jobs>> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| GridError::io(format!("making {}", dir.display()), e))?;
         let jobs = Arc::new(Jobs {
@@ -241,9 +254,17 @@ impl Jobs {
             live: Mutex::default(),
             writing: Mutex::default(),
             resumable: Mutex::default(),
+            log_bytes: Mutex::default(),
+            log_budget: budget,
         });
         let mut resumable = Vec::new();
         for mut r in jobs.all()? {
+            *jobs
+                .log_bytes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(r.user.clone())
+                .or_default() += jobs.log_size(&r.id);
             if !r.state.active() {
                 continue;
             }
@@ -295,6 +316,7 @@ impl Jobs {
                 file,
                 kept,
                 left_out: 0,
+                no_room: false,
             }),
             cancel,
         }))
@@ -434,6 +456,7 @@ impl Jobs {
                 file: log,
                 kept: 0,
                 left_out: 0,
+                no_room: false,
             }),
             cancel,
         }))
@@ -443,10 +466,60 @@ impl Jobs {
     fn forget_old(&self, mine: &[Record]) -> GridResult<()> {
         let ended: Vec<&Record> = mine.iter().filter(|r| !r.state.active()).collect();
         for r in ended.iter().take(ended.len().saturating_sub(MAX_KEPT - 1)) {
-            let _ = std::fs::remove_file(self.dir.join(format!("{}.log", r.id)));
-            let _ = std::fs::remove_file(self.dir.join(&r.id));
+            self.forget(r);
         }
         Ok(())
+    }
+
+    /// Removes an ended job's record and log.
+    fn forget(&self, r: &Record) {
+        let size = self.log_size(&r.id);
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.log", r.id)));
+        let _ = std::fs::remove_file(self.dir.join(&r.id));
+        if let Some(bytes) = self
+            .log_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&r.user)
+        {
+            *bytes = bytes.saturating_sub(size);
+        }
+    }
+
+    fn log_size(&self, id: &str) -> u64 {
+        std::fs::metadata(self.dir.join(format!("{id}.log")))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Up to `wanted` bytes of `user`'s log budget, taken: the oldest of
+    /// their ended jobs go first if that makes room.
+    fn take_log_room(&self, user: &str, wanted: u64) -> u64 {
+        let room = |jobs: &Jobs| {
+            let used = jobs
+                .log_bytes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(user)
+                .copied()
+                .unwrap_or(0);
+            jobs.log_budget.saturating_sub(used)
+        };
+        if room(self) < wanted {
+            for r in self.list(user).unwrap_or_default() {
+                if room(self) >= wanted {
+                    break;
+                }
+                if !r.state.active() && self.log_size(&r.id) > 0 {
+                    self.forget(&r);
+                }
+            }
+        }
+        let mut bytes = self.log_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let used = bytes.entry(user.to_string()).or_default();
+        let take = wanted.min(self.log_budget.saturating_sub(*used));
+        *used += take;
+        take
     }
 
     /// The node is stopping: the jobs running now are queued to run
@@ -506,6 +579,8 @@ struct Log {
     file: std::fs::File,
     kept: u64,
     left_out: u64,
+    /// Its user's budget ran out (see [`MAX_USER_LOGS`]).
+    no_room: bool,
 }
 
 /// A job being run: where its run reports.
@@ -593,8 +668,17 @@ impl Running {
             return;
         }
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_LOG.saturating_sub(log.kept);
-        let keep = (data.len() as u64).min(room) as usize;
+        let wanted = (data.len() as u64).min(MAX_LOG.saturating_sub(log.kept));
+        // Once the user's budget ran out with nothing of theirs left to
+        // make room, this job stops asking.
+        let keep = if wanted == 0 || log.no_room {
+            0
+        } else {
+            let user = self.user();
+            let got = self.jobs.take_log_room(&user, wanted);
+            log.no_room = got < wanted;
+            got
+        } as usize;
         if keep > 0 && log.file.write_all(&data[..keep]).is_ok() {
             log.kept += keep as u64;
         }
@@ -614,8 +698,10 @@ impl Running {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
             if log.left_out > 0 {
                 let note = format!(
-                    "\n[the log keeps {MAX_LOG} bytes; {} more were left out]\n",
-                    log.left_out
+                    "\n[{} more bytes were left out: a job's log keeps {} MiB, a user's logs {} MiB together]\n",
+                    log.left_out,
+                    MAX_LOG >> 20,
+                    self.jobs.log_budget >> 20,
                 );
                 let _ = log.file.write_all(note.as_bytes());
             }
@@ -649,6 +735,47 @@ mod tests {
             task: None,
             retries,
         }
+    }
+
+    /// A user's logs together stay within their budget: the oldest ended
+    /// job goes to make room for a running one's output; with nothing
+    /// left to give way, output is left out and the log says how much;
+    /// another user's budget is their own; a restart counts what is on
+    /// disk. Before, each job kept 8 MiB, 456 of them per user.
+    #[test]
+    fn a_users_logs_stay_within_their_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Jobs::open_with_budget(dir.path().join("jobs"), 100).unwrap();
+        let a = jobs.submit("alice", asked("a", 0)).unwrap();
+        a.log(&[b'a'; 60]);
+        a.finish(State::Succeeded, Some(0), None, None);
+        let bob = jobs.submit("bob", asked("b", 0)).unwrap();
+        bob.log(&[b'b'; 90]);
+        let b = jobs.submit("alice", asked("b", 0)).unwrap();
+        b.log(&[b'b'; 30]);
+        assert!(jobs.record("alice", &a.id()).is_ok(), "90 of 100: a stays");
+        b.log(&[b'b'; 30]);
+        assert!(jobs.record("alice", &a.id()).is_err(), "a gave way");
+        let c = jobs.submit("alice", asked("c", 0)).unwrap();
+        c.log(&[b'c'; 60]);
+        c.finish(State::Succeeded, Some(0), None, None);
+        let log = jobs.log("alice", &c.id(), 0).unwrap();
+        assert_eq!(&log[..40], &[b'c'; 40]);
+        let note = String::from_utf8_lossy(&log[40..]).into_owned();
+        assert!(note.contains("[20 more bytes were left out"), "{note}");
+        assert_eq!(jobs.log("alice", &b.id(), 0).unwrap(), vec![b'b'; 60]);
+        assert_eq!(jobs.log("bob", &bob.id(), 0).unwrap(), vec![b'b'; 90]);
+
+        drop((a, b, c, bob, jobs));
+        let jobs = Jobs::open_with_budget(dir.path().join("jobs"), 100).unwrap();
+        let ended = jobs.list("alice").unwrap()[1].id.clone();
+        let d = jobs.submit("alice", asked("d", 0)).unwrap();
+        d.log(&[b'd'; 50]);
+        assert!(
+            jobs.record("alice", &ended).is_err(),
+            "the ended one gave way"
+        );
+        assert_eq!(jobs.log("alice", &d.id(), 0).unwrap(), vec![b'd'; 40]);
     }
 
     /// A restart keeps the queue: a queued job waits to run still, a
@@ -724,7 +851,10 @@ mod tests {
         assert!(log.len() as u64 > MAX_LOG && (log.len() as u64) < MAX_LOG + 200);
         let tail = String::from_utf8_lossy(&log[MAX_LOG as usize..]).into_owned();
         assert!(
-            tail.contains(&format!("{} more were left out", 2 << 20)),
+            tail.contains(&format!(
+                "[{} more bytes were left out: a job's log keeps 8 MiB",
+                2 << 20
+            )),
             "{tail}"
         );
     }

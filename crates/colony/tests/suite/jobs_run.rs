@@ -340,10 +340,14 @@ fn a_full_node_queues_jobs_and_drains_each_task_once_through_a_restart() {
 
     // A restart with the node full: the queued job is kept and runs, the
     // running one with a retry runs again, the one without is lost.
-    let again = submit(&g, "busybox retries=1 -- sh -c 'echo again; sleep 2'");
+    let again = submit(&g, "busybox retries=1 -- sh -c 'echo again; sleep 5'");
     let once = submit(&g, "busybox -- sleep 65");
     job_line(&g, &again, "running");
     job_line(&g, &once, "running");
+    // Its first try has run its echo (running is only its environment).
+    wait_for(20, "again's first output", || {
+        g.ok("alice", &["logs", &again]) == "again\n"
+    });
     let kept = submit(&g, "busybox -- echo kept");
     job_line(&g, &kept, "queued");
     g.stop();
@@ -358,10 +362,13 @@ fn a_full_node_queues_jobs_and_drains_each_task_once_through_a_restart() {
 
     // The same through kill -9, where the node writes nothing as it goes:
     // still no queued job is lost, and nothing of the lost one runs on.
-    let nine = submit(&g, "busybox retries=1 -- sh -c 'echo nine; sleep 2'");
+    let nine = submit(&g, "busybox retries=1 -- sh -c 'echo nine; sleep 5'");
     let block = submit(&g, "busybox -- sleep 66");
     job_line(&g, &nine, "running");
     job_line(&g, &block, "running");
+    wait_for(20, "nine's first output", || {
+        g.ok("alice", &["logs", &nine]) == "nine\n"
+    });
     let kept = submit(&g, "busybox -- echo kept again");
     job_line(&g, &kept, "queued");
     g.kill9();
