@@ -49,6 +49,10 @@ impl Default for Deadlines {
 
 type Answered = std::sync::mpsc::Sender<Result<Answer, Refusal>>;
 
+/// How a cpu node's refusal names the storage node that placed an
+/// environment (see `cpu::agent`).
+const PLACED_BY: &str = "was placed here by storage node ";
+
 /// A live link to a cpu node.
 struct Conn {
     out: mpsc::UnboundedSender<Frame>,
@@ -271,6 +275,12 @@ impl Pool {
     }
 
     /// The cpu node an environment of `user` runs on, if it is reachable.
+    fn has_record(&self, user: &str, env: &str) -> bool {
+        self.state()
+            .envs
+            .contains_key(&(user.to_string(), env.to_string()))
+    }
+
     fn placed(&self, user: &str, env: &str) -> GridResult<String> {
         let state = self.state();
         let Some(p) = state.envs.get(&(user.to_string(), env.to_string())) else {
@@ -293,6 +303,41 @@ impl Pool {
                 p.cpu
             ))),
         }
+    }
+
+    /// A command for an environment of `user`'s that this storage node has
+    /// no record of: each linked cpu node is asked in turn. One that runs
+    /// it for this node answers (as if the record were there); one that
+    /// runs it for another storage node refuses, and the user is told
+    /// where it runs and through which storage node its commands go.
+    /// (Before, a user with two storage nodes was told "not running" of an
+    /// environment the other had placed, and "already runs here" when
+    /// spawning it.) None if no cpu node knows it.
+    fn ask_around(&self, user: &str, env: &str, request: Request) -> Option<GridResult<Answer>> {
+        let linked: Vec<String> = {
+            let state = self.state();
+            state
+                .cpus
+                .iter()
+                .filter(|(_, c)| c.conn.is_some())
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        for cpu in linked {
+            match self.call(&cpu, request.clone(), self.deadlines.other) {
+                Ok(answer) => return Some(Ok(answer)),
+                Err(CallError::Refused(r)) => {
+                    if let Some((_, other)) = r.message.split_once(PLACED_BY) {
+                        return Some(Err(GridError::refused(format!(
+                            "{env} of {user} runs on cpu node {cpu}, placed there by storage node {other}: \
+                             its commands go through that storage node's front door"
+                        ))));
+                    }
+                }
+                Err(CallError::Unreachable(_)) => {}
+            }
+        }
+        None
     }
 
     /// Cpu nodes to try for a spawn: the one named, or those with room,
@@ -747,12 +792,19 @@ impl Cpus for Pool {
     }
 
     fn save(&self, user: &str, env: &str) -> GridResult<Score> {
-        let cpu = self.placed(user, env)?;
         let request = Request::Save {
             user: user.into(),
             env: env.into(),
         };
-        match self.call(&cpu, request, self.deadlines.save)? {
+        let answer = match self.placed(user, env) {
+            Ok(cpu) => self.call(&cpu, request, self.deadlines.save)?,
+            Err(e) if !self.has_record(user, env) => {
+                self.ask_around(user, env, request).unwrap_or(Err(e))?
+            }
+            Err(e) => return Err(e),
+        };
+        let cpu = "its cpu node";
+        match answer {
             Answer::Saved { root } => Ok(root),
             a => Err(GridError::refused(format!(
                 "cpu node {cpu} answered a save with {a:?}"
@@ -761,13 +813,20 @@ impl Cpus for Pool {
     }
 
     fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score> {
-        let cpu = self.placed(user, env)?;
         let request = Request::Invite {
             user: user.into(),
             env: env.into(),
             invitee: invitee.into(),
         };
-        match self.call(&cpu, request, self.deadlines.save)? {
+        let answer = match self.placed(user, env) {
+            Ok(cpu) => self.call(&cpu, request, self.deadlines.save)?,
+            Err(e) if !self.has_record(user, env) => {
+                self.ask_around(user, env, request).unwrap_or(Err(e))?
+            }
+            Err(e) => return Err(e),
+        };
+        let cpu = "its cpu node";
+        match answer {
             Answer::Saved { root } => Ok(root),
             a => Err(GridError::refused(format!(
                 "cpu node {cpu} answered an invite with {a:?}"
@@ -780,7 +839,19 @@ impl Cpus for Pool {
         let (cpu, reachable) = {
             let state = self.state();
             let Some(p) = state.envs.get(&key) else {
-                return Ok(false);
+                drop(state);
+                let request = Request::Boom {
+                    user: user.into(),
+                    env: env.into(),
+                };
+                return match self.ask_around(user, env, request) {
+                    Some(Ok(Answer::Boomed { was_running })) => Ok(was_running),
+                    Some(Ok(a)) => Err(GridError::refused(format!(
+                        "a cpu node answered a boom with {a:?}"
+                    ))),
+                    Some(Err(e)) => Err(e),
+                    None => Ok(false),
+                };
             };
             if p.starting {
                 return Err(GridError::refused(format!("{env} is still starting")));

@@ -865,6 +865,21 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
         err.contains("already runs here, placed by storage node s2"),
         "{err}"
     );
+    // Its other commands through s1 say where it runs and through which
+    // storage node they go (before: boom said "busybox is not running").
+    for cmd in [
+        &["boom", "busybox"][..],
+        &["save", "busybox", "copy"],
+        &["invite", "bob", "busybox"],
+    ] {
+        let err = g.door_err("alice", cmd);
+        assert!(
+            err.contains("busybox of alice runs on cpu node c")
+                && err.contains("placed there by storage node s2"),
+            "{cmd:?}: {err}"
+        );
+    }
+    assert!(g.door_on_ok(3, "alice", &["status"]).contains("busybox\t"));
     // Each storage node answers for what it placed.
     let one = g.door_ok("alice", &["status"]);
     assert!(
