@@ -275,6 +275,26 @@ impl Pool {
     }
 
     /// The cpu node an environment of `user` runs on, if it is reachable.
+    /// Sends a save or an invite of `user`'s `env` to where it runs: the
+    /// saved root.
+    fn saving(&self, user: &str, env: &str, request: Request) -> GridResult<Score> {
+        let verb = request.verb();
+        let deadline = self.deadlines.save;
+        let answer = match self.placed(user, env) {
+            Ok(cpu) => self.call(&cpu, request, deadline)?,
+            Err(e) if !self.has_record(user, env) => self
+                .ask_around(user, env, request, deadline)
+                .unwrap_or(Err(e))?,
+            Err(e) => return Err(e),
+        };
+        match answer {
+            Answer::Saved { root } => Ok(root),
+            a => Err(GridError::refused(format!(
+                "{env}'s cpu node answered {verb} with {a:?}"
+            ))),
+        }
+    }
+
     fn has_record(&self, user: &str, env: &str) -> bool {
         self.state()
             .envs
@@ -313,7 +333,13 @@ impl Pool {
     /// (Before, a user with two storage nodes was told "not running" of an
     /// environment the other had placed, and "already runs here" when
     /// spawning it.) None if no cpu node knows it.
-    fn ask_around(&self, user: &str, env: &str, request: Request) -> Option<GridResult<Answer>> {
+    fn ask_around(
+        &self,
+        user: &str,
+        env: &str,
+        request: Request,
+        deadline: Duration,
+    ) -> Option<GridResult<Answer>> {
         let linked: Vec<String> = {
             let state = self.state();
             state
@@ -324,7 +350,7 @@ impl Pool {
                 .collect()
         };
         for cpu in linked {
-            match self.call(&cpu, request.clone(), self.deadlines.other) {
+            match self.call(&cpu, request.clone(), deadline) {
                 Ok(answer) => return Some(Ok(answer)),
                 Err(CallError::Refused(r)) => {
                     if let Some((_, other)) = r.message.split_once(PLACED_BY) {
@@ -796,20 +822,7 @@ impl Cpus for Pool {
             user: user.into(),
             env: env.into(),
         };
-        let answer = match self.placed(user, env) {
-            Ok(cpu) => self.call(&cpu, request, self.deadlines.save)?,
-            Err(e) if !self.has_record(user, env) => {
-                self.ask_around(user, env, request).unwrap_or(Err(e))?
-            }
-            Err(e) => return Err(e),
-        };
-        let cpu = "its cpu node";
-        match answer {
-            Answer::Saved { root } => Ok(root),
-            a => Err(GridError::refused(format!(
-                "cpu node {cpu} answered a save with {a:?}"
-            ))),
-        }
+        self.saving(user, env, request)
     }
 
     fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score> {
@@ -818,20 +831,7 @@ impl Cpus for Pool {
             env: env.into(),
             invitee: invitee.into(),
         };
-        let answer = match self.placed(user, env) {
-            Ok(cpu) => self.call(&cpu, request, self.deadlines.save)?,
-            Err(e) if !self.has_record(user, env) => {
-                self.ask_around(user, env, request).unwrap_or(Err(e))?
-            }
-            Err(e) => return Err(e),
-        };
-        let cpu = "its cpu node";
-        match answer {
-            Answer::Saved { root } => Ok(root),
-            a => Err(GridError::refused(format!(
-                "cpu node {cpu} answered an invite with {a:?}"
-            ))),
-        }
+        self.saving(user, env, request)
     }
 
     fn boom(&self, user: &str, env: &str) -> GridResult<bool> {
@@ -844,7 +844,7 @@ impl Cpus for Pool {
                     user: user.into(),
                     env: env.into(),
                 };
-                return match self.ask_around(user, env, request) {
+                return match self.ask_around(user, env, request, self.deadlines.other) {
                     Some(Ok(Answer::Boomed { was_running })) => Ok(was_running),
                     Some(Ok(a)) => Err(GridError::refused(format!(
                         "a cpu node answered a boom with {a:?}"
