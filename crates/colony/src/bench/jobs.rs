@@ -98,22 +98,21 @@ fn measure(key: &Path, port: u16, runs: usize, debian: bool) -> Result<()> {
     };
     let (warm, ceiling) = (median(warm), median(ceiling));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // A time, with its ratio to the ceiling.
+    let show = |what: &str, d: Duration| {
+        println!(
+            "{what:<52} {:>8.1} ms ({:.1}x the ceiling)",
+            ms(d),
+            ms(d) / ms(ceiling)
+        )
+    };
     println!(
         "{:<52} {:>8.1} ms",
         "status through the front door (the ceiling)",
         ms(ceiling)
     );
-    println!(
-        "{:<52} {:>8.1} ms",
-        "run busybox -- true, cold (the first)",
-        ms(cold)
-    );
-    println!(
-        "{:<52} {:>8.1} ms ({:.1}x the ceiling)",
-        "run busybox -- true, warm",
-        ms(warm),
-        ms(warm) / ms(ceiling)
-    );
+    show("run busybox -- true, cold (the first)", cold);
+    show("run busybox -- true, warm", warm);
     if debian {
         let apt = "run debian -- apt-get --version";
         let cold = door(apt)?;
@@ -121,19 +120,8 @@ fn measure(key: &Path, port: u16, runs: usize, debian: bool) -> Result<()> {
         for _ in 0..runs.max(1) {
             warm.push(door(apt)?);
         }
-        let warm = median(warm);
-        println!(
-            "{:<52} {:>8.1} ms ({:.1}x the ceiling)",
-            "run debian -- apt-get --version, cold (the first)",
-            ms(cold),
-            ms(cold) / ms(ceiling)
-        );
-        println!(
-            "{:<52} {:>8.1} ms ({:.1}x the ceiling)",
-            "run debian -- apt-get --version, warm",
-            ms(warm),
-            ms(warm) / ms(ceiling)
-        );
+        show("run debian -- apt-get --version, cold (the first)", cold);
+        show("run debian -- apt-get --version, warm", median(warm));
     } else {
         println!("(--debian DIR times apt-get --version in a Debian root too)");
     }
