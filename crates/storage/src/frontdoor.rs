@@ -468,7 +468,7 @@ impl russh::server::Handler for Connection {
                 session.close(channel)?;
                 return Ok(());
             }
-            let (to, input) = run::input_pipe();
+            let (to, input) = run::input_pipe(node.input_budget(&user));
             self.channels.entry(channel).or_default().input = Some(Input::Run(to));
             tokio::spawn(run::serve(node, user, request, handle, channel, input));
             return Ok(());

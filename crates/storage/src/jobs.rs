@@ -105,6 +105,15 @@ pub struct Record {
     pub retries: u32,
 }
 
+/// An environment a job's try ran in before its node restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleEnv {
+    pub user: String,
+    pub env: String,
+    /// The cpu node it ran on, if the record says.
+    pub node: Option<String>,
+}
+
 /// What a new job is.
 pub struct Asked {
     pub root: String,
@@ -211,8 +220,9 @@ pub struct Jobs {
     live: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// One writer of records at a time.
     writing: Mutex<()>,
-    /// What [`Jobs::open`] found to run again.
-    resumable: Mutex<Vec<(Arc<Running>, Option<String>)>>,
+    /// What [`Jobs::open`] found to run again, and the environments its
+    /// jobs' last tries ran in, to end.
+    resumable: Mutex<(Vec<Arc<Running>>, Vec<StaleEnv>)>,
     /// Bytes of each user's logs on disk, and the most they may be.
     log_bytes: Mutex<HashMap<String, u64>>,
     log_budget: u64,
@@ -257,7 +267,7 @@ impl Jobs {
             log_bytes: Mutex::default(),
             log_budget: budget,
         });
-        let mut resumable = Vec::new();
+        let (mut resumable, mut stale_envs) = (Vec::new(), Vec::new());
         for mut r in jobs.all()? {
             *jobs
                 .log_bytes
@@ -268,13 +278,21 @@ impl Jobs {
             if !r.state.active() {
                 continue;
             }
-            // What its last try ran in, if anything: ended before a new try.
-            let stale = r.env.take();
+            // What its last try ran in, if anything, is to end (a storage
+            // node's restart leaves its cpu nodes' environments running).
+            // (A node that stopped in order already queued it again.)
+            if let Some(env) = &r.env {
+                stale_envs.push(StaleEnv {
+                    user: r.user.clone(),
+                    env: env.clone(),
+                    node: r.node.clone(),
+                });
+            }
             if r.state == State::Running && !stopped_by_loss(&mut r) {
-                r.env = stale;
                 jobs.write(&r)?;
                 continue;
             }
+            r.env = None;
             if r.line.is_none() {
                 r.state = State::Lost;
                 r.ended = Some(now());
@@ -283,15 +301,15 @@ impl Jobs {
                 continue;
             }
             jobs.write(&r)?;
-            resumable.push((jobs.resume(r)?, stale));
+            resumable.push(jobs.resume(r)?);
         }
-        *jobs.resumable.lock().unwrap_or_else(|p| p.into_inner()) = resumable;
+        *jobs.resumable.lock().unwrap_or_else(|p| p.into_inner()) = (resumable, stale_envs);
         Ok(jobs)
     }
 
-    /// The jobs to run again after a restart (each with the environment
-    /// its last try ran in, to end first); once.
-    pub fn resumable(&self) -> Vec<(Arc<Running>, Option<String>)> {
+    /// The jobs to run again after a restart, and the environments the
+    /// last tries of the jobs that were running ran in; once.
+    pub fn resumable(&self) -> (Vec<Arc<Running>>, Vec<StaleEnv>) {
         std::mem::take(&mut *self.resumable.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -473,16 +491,14 @@ impl Jobs {
 
     /// Removes an ended job's record and log.
     fn forget(&self, r: &Record) {
+        // Under the lock: two jobs making room at once cannot both count
+        // one log as freed.
+        let mut bytes = self.log_bytes.lock().unwrap_or_else(|p| p.into_inner());
         let size = self.log_size(&r.id);
-        let _ = std::fs::remove_file(self.dir.join(format!("{}.log", r.id)));
+        let removed = std::fs::remove_file(self.dir.join(format!("{}.log", r.id))).is_ok();
         let _ = std::fs::remove_file(self.dir.join(&r.id));
-        if let Some(bytes) = self
-            .log_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&r.user)
-        {
-            *bytes = bytes.saturating_sub(size);
+        if removed && let Some(used) = bytes.get_mut(&r.user) {
+            *used = used.saturating_sub(size);
         }
     }
 
@@ -621,6 +637,12 @@ impl Running {
         self.record.lock().unwrap_or_else(|p| p.into_inner()).task
     }
 
+    /// Its node is stopping: no new try starts (its record says what
+    /// happens after the restart).
+    pub fn node_stopping(&self) -> bool {
+        self.jobs.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Times its environment has started.
     pub fn tries(&self) -> u32 {
         self.record.lock().unwrap_or_else(|p| p.into_inner()).tries
@@ -703,6 +725,8 @@ impl Running {
                     MAX_LOG >> 20,
                     self.jobs.log_budget >> 20,
                 );
+                // Charged, though it is written whatever the room.
+                self.jobs.take_log_room(&self.user(), note.len() as u64);
                 let _ = log.file.write_all(note.as_bytes());
             }
             let _ = log.file.sync_all();
@@ -822,19 +846,24 @@ mod tests {
         assert_eq!(state(&ids[1]), State::Succeeded);
         assert_eq!(state(&ids[2]), State::Queued);
         assert_eq!(state(&ids[3]), State::Queued);
-        let resumed: Vec<(String, Option<String>)> = jobs
-            .resumable()
-            .into_iter()
-            .map(|(r, env)| (r.id(), env))
-            .collect();
+        let (resumed, stale) = jobs.resumable();
+        let resumed: Vec<String> = resumed.iter().map(|r| r.id()).collect();
+        assert_eq!(resumed, [ids[2].clone(), ids[3].clone()]);
+        // Both running jobs' environments are to end, the lost one's too.
+        let stale_env = |env: &str, node: &str| StaleEnv {
+            user: "alice".into(),
+            env: env.into(),
+            node: Some(node.into()),
+        };
         assert_eq!(
-            resumed,
+            stale,
             [
-                (ids[2].clone(), None),
-                (ids[3].clone(), Some("busybox.run-4".to_string()))
+                stale_env("busybox.run-1", "c1"),
+                stale_env("busybox.run-4", "c2")
             ]
         );
-        assert!(jobs.resumable().is_empty(), "handed out once");
+        let (again, stale) = jobs.resumable();
+        assert!(again.is_empty() && stale.is_empty(), "handed out once");
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub mod run;
 pub mod status;
 pub mod streams;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use venti::Score;
 
@@ -139,6 +140,10 @@ pub trait Cpus: Send + Sync {
     fn status(&self, user: &str, take_notices: bool) -> GridResult<status::UserStatus>;
     /// Live environments.
     fn live(&self) -> usize;
+    /// Ends `user`'s `env`, which a job's try ran in on cpu node `node`
+    /// before this storage node restarted: now if it is known here, else
+    /// when that cpu node next reports it.
+    fn end_stale(&self, node: Option<&str>, user: &str, env: &str);
     /// How many more environments could start now (the free slots of
     /// what is in reach); what a queue of runs waits on.
     fn room(&self) -> usize;
@@ -164,6 +169,9 @@ pub struct Node {
     jobs: Option<Arc<jobs::Jobs>>,
     /// Where runs wait for room.
     queue: Arc<queue::Queue>,
+    /// Each user's budget of runs' input waiting (while any run of theirs
+    /// holds it).
+    input_budgets: Mutex<HashMap<String, std::sync::Weak<run::InputBudget>>>,
 }
 
 fn usage(text: &str) -> Reply {
@@ -187,7 +195,20 @@ impl Node {
             metrics: None,
             jobs,
             queue,
+            input_budgets: Mutex::default(),
         }
+    }
+
+    /// `user`'s budget of runs' input waiting: one for all their runs.
+    pub fn input_budget(&self, user: &str) -> Arc<run::InputBudget> {
+        let mut budgets = self.input_budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets.retain(|_, b| b.strong_count() > 0);
+        if let Some(b) = budgets.get(user).and_then(std::sync::Weak::upgrade) {
+            return b;
+        }
+        let b = Arc::new(run::InputBudget::new());
+        budgets.insert(user.to_string(), Arc::downgrade(&b));
+        b
     }
 
     /// The queue runs wait their turn in.
@@ -202,7 +223,18 @@ impl Node {
         let Some(jobs) = &self.jobs else {
             return;
         };
-        for (job, stale) in jobs.resumable() {
+        let (resumable, stale) = jobs.resumable();
+        // What the last tries ran in ends first (now if known here, else
+        // when its cpu node reports it: it may not have linked yet).
+        if !stale.is_empty() {
+            let node = self.clone();
+            tokio::task::spawn_blocking(move || {
+                for s in stale {
+                    node.cpus.end_stale(s.node.as_deref(), &s.user, &s.env);
+                }
+            });
+        }
+        for job in resumable {
             let line = job.line();
             let request = match line.as_deref().map(run::RunRequest::parse) {
                 Some(Ok(r)) => r,
@@ -218,18 +250,7 @@ impl Node {
             );
             // In line now, in the order they were submitted.
             let place = self.queue.line_up(&job.user());
-            let node = self.clone();
-            tokio::spawn(async move {
-                if let Some(env) = stale {
-                    let user = job.user();
-                    let _ = tokio::task::spawn_blocking({
-                        let node = node.clone();
-                        move || node.cpus.boom(&user, &env)
-                    })
-                    .await;
-                }
-                run::start_job(node, job, request, place);
-            });
+            run::start_job(self.clone(), job, request, place);
         }
     }
 

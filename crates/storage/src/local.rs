@@ -57,6 +57,10 @@ impl Cpus for LocalCpus {
         Ok(self.envs.boom(user, env))
     }
 
+    fn end_stale(&self, _node: Option<&str>, user: &str, env: &str) {
+        self.envs.boom(user, env);
+    }
+
     fn status(&self, user: &str, _take_notices: bool) -> GridResult<crate::status::UserStatus> {
         let envs = self.envs.status(user, None);
         Ok(crate::status::UserStatus {

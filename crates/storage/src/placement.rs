@@ -52,6 +52,8 @@ type Answered = std::sync::mpsc::Sender<Result<Answer, Refusal>>;
 /// How a cpu node's refusal names the storage node that placed an
 /// environment (see `cpu::agent`).
 const PLACED_BY: &str = "was placed here by storage node ";
+/// How it says it runs no such environment of the user's.
+const NOT_RUNNING: &str = " is not running for ";
 
 /// A live link to a cpu node.
 struct Conn {
@@ -358,6 +360,10 @@ impl Pool {
                             "{env} of {user} runs on cpu node {cpu}, placed there by storage node {other}: \
                              its commands go through that storage node's front door"
                         ))));
+                    }
+                    // Not there; anything else is what happened to it.
+                    if !r.message.contains(NOT_RUNNING) {
+                        return Some(Err(CallError::Refused(r).into()));
                     }
                 }
                 Err(CallError::Unreachable(_)) => {}
@@ -832,6 +838,26 @@ impl Cpus for Pool {
             invitee: invitee.into(),
         };
         self.saving(user, env, request)
+    }
+
+    fn end_stale(&self, node: Option<&str>, user: &str, env: &str) {
+        let known = {
+            let mut state = self.state();
+            let known = state
+                .envs
+                .contains_key(&(user.to_string(), env.to_string()));
+            // Under the same lock as a link's report, so the environment
+            // is either known now or ended when its node reports it.
+            if !known && let Some(node) = node {
+                state
+                    .ended
+                    .insert((node.to_string(), user.to_string(), env.to_string()));
+            }
+            known
+        };
+        if known && let Err(e) = self.boom(user, env) {
+            tracing::warn!(user, env, error = %e, "ending a job's environment from before a restart");
+        }
     }
 
     fn boom(&self, user: &str, env: &str) -> GridResult<bool> {

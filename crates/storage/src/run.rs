@@ -173,13 +173,13 @@ impl Output {
     }
 }
 
-/// How much of a run's input may wait, read from its client but not yet
-/// taken by its command, before the client is held back.
+/// How much of a user's runs' input may wait, read from their clients but
+/// not yet taken by their commands, before the clients are held back.
 pub const MAX_WAITING_INPUT: usize = 8 << 20;
 
 /// How much may wait at most: past [`MAX_WAITING_INPUT`] input is still
-/// taken while the run has output waiting for the client's connection,
-/// up to this; past it the run is ended.
+/// taken while a run has output waiting for the client's connection, up to
+/// this over all of a user's runs; past it the run is ended.
 pub const MAX_OVERFLOW_INPUT: usize = 64 << 20;
 
 /// The most of a run's output passed on at once (what is already read).
@@ -189,22 +189,66 @@ const OUTPUT_PIECE: usize = 1 << 20;
 /// connection before it is taken past [`MAX_WAITING_INPUT`].
 const STUCK: Duration = Duration::from_millis(50);
 
-/// What a run's input and output share. A run's client is held back by
-/// not reading its connection, which also stops the run's output from
-/// leaving by it (SSH's window cannot do it: the server grants more as
-/// data arrives). Holding back while output waits would be a cycle (the
-/// command stops reading as its output stops, we stop reading as it
-/// does), so while output waits the input is taken anyway, up to
-/// [`MAX_OVERFLOW_INPUT`]: all of it charged to the run.
-struct Pipe {
+/// The input a user's runs hold waiting, together (see [`input_pipe`]).
+pub struct InputBudget {
     room: tokio::sync::Semaphore,
     /// Bytes taken past [`MAX_WAITING_INPUT`] and not yet read.
     over: std::sync::atomic::AtomicUsize,
+}
+
+impl InputBudget {
+    pub fn new() -> InputBudget {
+        InputBudget {
+            room: tokio::sync::Semaphore::new(MAX_WAITING_INPUT),
+            over: Default::default(),
+        }
+    }
+}
+
+impl Default for InputBudget {
+    fn default() -> Self {
+        InputBudget::new()
+    }
+}
+
+/// What a run's input and output share. A run's client is held back by
+/// not reading its connection, which also stops the run's output from
+/// leaving by it (SSH's window cannot do it: russh grants more as data
+/// arrives). Holding back while output waits would be a cycle (the command
+/// stops reading as its output stops, we stop reading as it does), so
+/// while output waits the input is taken anyway, up to
+/// [`MAX_OVERFLOW_INPUT`]: all of it charged to the user.
+struct Pipe {
+    budget: Arc<InputBudget>,
     /// A piece of output waits for the client's connection.
     output_waits: std::sync::atomic::AtomicBool,
     output_waiting: tokio::sync::Notify,
-    /// More than [`MAX_OVERFLOW_INPUT`] waited: the run is ended.
+    /// The user's input overflowed: the run is to end.
     overran: std::sync::atomic::AtomicBool,
+    overrun: tokio::sync::Notify,
+    /// The run no longer takes input (it ended).
+    gone: std::sync::atomic::AtomicBool,
+    going: tokio::sync::Notify,
+}
+
+/// A chunk of input and what it holds of its user's budget: room below
+/// [`MAX_WAITING_INPUT`], or (`room` 0) bytes past it.
+struct Chunk {
+    data: Vec<u8>,
+    room: u32,
+}
+
+impl Pipe {
+    /// Gives back what `chunk` held of the budget.
+    fn release(&self, chunk: &Chunk) {
+        if chunk.room > 0 {
+            self.budget.room.add_permits(chunk.room as usize);
+        } else {
+            self.budget
+                .over
+                .fetch_sub(chunk.data.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// The client's end of a run's input: [`InputTo::send`] passes a chunk on
@@ -216,30 +260,24 @@ pub struct InputTo {
     pipe: Arc<Pipe>,
 }
 
-/// A chunk of input and the room it took below [`MAX_WAITING_INPUT`] (none
-/// for one taken past it).
-struct Chunk {
-    data: Vec<u8>,
-    room: u32,
-    /// Not a chunk: the input overran (the run is to end).
-    overran: bool,
-}
-
-/// The run's end of its input.
+/// The run's end of its input. Dropping it gives back what waited, and a
+/// sender waiting for room gives up.
 pub struct InputFrom {
     from: mpsc::UnboundedReceiver<Chunk>,
     pipe: Arc<Pipe>,
 }
 
-/// A run's input.
-pub fn input_pipe() -> (InputTo, InputFrom) {
+/// A run's input, charged to `budget` (its user's).
+pub fn input_pipe(budget: Arc<InputBudget>) -> (InputTo, InputFrom) {
     let (to, from) = mpsc::unbounded_channel();
     let pipe = Arc::new(Pipe {
-        room: tokio::sync::Semaphore::new(MAX_WAITING_INPUT),
-        over: Default::default(),
+        budget,
         output_waits: Default::default(),
         output_waiting: Default::default(),
         overran: Default::default(),
+        overrun: Default::default(),
+        gone: Default::default(),
+        going: Default::default(),
     });
     (
         InputTo {
@@ -251,51 +289,53 @@ pub fn input_pipe() -> (InputTo, InputFrom) {
 }
 
 impl InputTo {
-    /// Passes `data` on once there is room for it (or at once while the
-    /// run's output waits); false when the run no longer takes input.
+    /// Passes `data` on once there is room for it (or, when no room comes
+    /// while the run's output waits, past the room); false when the run
+    /// no longer takes input.
     pub async fn send(&self, data: Vec<u8>) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
-        if self.pipe.overran.load(SeqCst) {
-            return false;
-        }
+        let (pipe, budget) = (&self.pipe, &self.pipe.budget);
         let wanted = data.len().min(MAX_WAITING_INPUT) as u32;
         let room = loop {
+            if pipe.gone.load(SeqCst) || pipe.overran.load(SeqCst) {
+                return false;
+            }
             // Room, or else a run whose output has waited for the
             // connection all along (a cycle, not a slow command): then the
             // chunk is taken anyway, so the connection moves again.
             let stuck = tokio::time::sleep(STUCK);
             tokio::select! {
-                permit = self.pipe.room.acquire_many(wanted) => match permit {
+                permit = budget.room.acquire_many(wanted) => match permit {
                     Ok(permit) => {
                         permit.forget();
                         break wanted;
                     }
                     Err(_) => return false,
                 },
-                () = stuck, if self.pipe.output_waits.load(SeqCst) => {}
-                () = self.pipe.output_waiting.notified() => continue,
+                () = stuck, if pipe.output_waits.load(SeqCst) => {}
+                () = pipe.output_waiting.notified() => continue,
+                () = pipe.going.notified() => continue,
             }
-            if !self.pipe.output_waits.load(SeqCst) {
+            if !pipe.output_waits.load(SeqCst) {
                 continue;
             }
-            let over = self.pipe.over.fetch_add(data.len(), SeqCst) + data.len();
+            let over = budget.over.fetch_add(data.len(), SeqCst) + data.len();
             if over > MAX_OVERFLOW_INPUT - MAX_WAITING_INPUT {
-                self.pipe.overran.store(true, SeqCst);
-                let _ = self.to.send(Chunk {
-                    data: Vec::new(),
-                    room: 0,
-                    overran: true,
-                });
+                budget.over.fetch_sub(data.len(), SeqCst);
+                pipe.overran.store(true, SeqCst);
+                pipe.overrun.notify_one();
                 return false;
             }
             break 0;
         };
-        let chunk = Chunk {
-            data,
-            room,
-            overran: false,
-        };
-        self.to.send(chunk).is_ok()
+        let chunk = Chunk { data, room };
+        match self.to.send(chunk) {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(chunk)) => {
+                pipe.release(&chunk);
+                false
+            }
+        }
     }
 }
 
@@ -303,16 +343,7 @@ impl InputFrom {
     /// The next chunk; none once every sender is gone and all is read.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
         let chunk = self.from.recv().await?;
-        if chunk.overran {
-            return None;
-        }
-        if chunk.room == 0 {
-            self.pipe
-                .over
-                .fetch_sub(chunk.data.len(), std::sync::atomic::Ordering::SeqCst);
-        } else {
-            self.pipe.room.add_permits(chunk.room as usize);
-        }
+        self.pipe.release(&chunk);
         Some(chunk.data)
     }
 
@@ -321,14 +352,35 @@ impl InputFrom {
         self.from.is_closed()
     }
 
-    /// More than [`MAX_OVERFLOW_INPUT`] of input waited for the command.
-    fn overran(&self) -> bool {
-        self.pipe.overran.load(std::sync::atomic::Ordering::SeqCst)
+    /// Resolves once the user's input overflowed for this run (more than
+    /// [`MAX_OVERFLOW_INPUT`] waited): the run is to end.
+    fn overrun(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let pipe = self.pipe.clone();
+        async move {
+            while !pipe.overran.load(std::sync::atomic::Ordering::SeqCst) {
+                pipe.overrun.notified().await;
+            }
+        }
     }
 
     /// What the run's output says when it waits for the client.
     pub fn output_gate(&self) -> OutputGate {
         OutputGate(self.pipe.clone())
+    }
+}
+
+impl Drop for InputFrom {
+    fn drop(&mut self) {
+        // No more chunks come in; what waited gives its room back, and a
+        // sender waiting for room gives up.
+        self.from.close();
+        while let Ok(chunk) = self.from.try_recv() {
+            self.pipe.release(&chunk);
+        }
+        self.pipe
+            .gone
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.pipe.going.notify_one();
     }
 }
 
@@ -502,9 +554,14 @@ pub fn start_job(
     tokio::spawn(async move {
         let mut place = Some(place);
         loop {
+            // A stopping node starts nothing more (its environments would
+            // outlive it on a cpu node, the job's record run it again).
+            if job.node_stopping() {
+                return;
+            }
             // No input: its end at once (the sender is kept, so it is not
             // a client that left).
-            let (to, input) = input_pipe();
+            let (to, input) = input_pipe(Arc::default());
             to.send(Vec::new()).await;
             let session = Session {
                 output: Output::Job(job.clone()),
@@ -604,6 +661,11 @@ pub async fn run(
                 }
             }
         };
+        if let Output::Job(job) = &session.output
+            && job.node_stopping()
+        {
+            return Err(Failure::Lost("the node is stopping".into()));
+        }
         let spawning = {
             let (node, user, root, env, options, public) = (
                 node.clone(),
@@ -729,6 +791,8 @@ async fn in_environment(
     tokio::pin!(expired);
     let cancel = session.cancel.clone();
     let (output, input) = (&session.output, &mut session.input);
+    let overrun = input.overrun();
+    tokio::pin!(overrun);
     // Input is fed while output is read, never one waiting on the other:
     // a command that reads its input only after writing output (cat with
     // more than a window of both) would otherwise wait on us as we wait on
@@ -744,11 +808,7 @@ async fn in_environment(
                 return Fed::Ended;
             }
         }
-        if input.overran() {
-            Fed::Overran
-        } else {
-            Fed::ClientLeft
-        }
+        Fed::ClientLeft
     };
     // Its own future, not a select arm's body: feeding goes on while a
     // piece of output waits for the client to take it.
@@ -815,11 +875,13 @@ async fn in_environment(
                 Fed::Ended => fed = true,
                 // The client left: so does the run.
                 Fed::ClientLeft => return Err("the client left".into()),
-                Fed::Overran => {
-                    let mib = MAX_OVERFLOW_INPUT >> 20;
-                    return Err(format!("its input came faster than the command read it: more than {mib} MiB waited, so the run was ended"));
-                }
             },
+            () = &mut overrun => {
+                let mib = MAX_OVERFLOW_INPUT >> 20;
+                return Err(format!(
+                    "its input came faster than the command read it: more than {mib} MiB waited, so the run was ended"
+                ));
+            }
             read = &mut reading => break read?,
         }
     };
@@ -835,9 +897,6 @@ async fn in_environment(
 enum Fed {
     /// Its end was passed on (or the command stopped taking it).
     Ended,
-    /// More than [`MAX_OVERFLOW_INPUT`] waited (the client's sender is
-    /// dropped).
-    Overran,
     /// The client left before its end.
     ClientLeft,
 }

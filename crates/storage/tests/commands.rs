@@ -50,6 +50,9 @@ impl Cpus for FakeCpus {
         let key = (user.to_string(), env.to_string());
         Ok(self.running.lock().unwrap().remove(&key).is_some())
     }
+    fn end_stale(&self, _node: Option<&str>, user: &str, env: &str) {
+        let _ = self.boom(user, env);
+    }
     fn status(&self, user: &str, take_notices: bool) -> GridResult<UserStatus> {
         let envs = self
             .running

@@ -1124,3 +1124,55 @@ fn split_job_line(g: &Split, id: &str, state: &str) -> String {
     });
     line
 }
+
+/// A storage node that restarts while its job runs on a cpu node runs the
+/// job again (its retry) and ends the environment its first try ran in,
+/// once that cpu node reports it. Before, the restarted storage node
+/// adopted that environment and it ran on beside the second try, holding
+/// a slot for ever.
+/// Invariant: after a restart, no job's earlier try keeps an environment.
+#[test]
+fn a_restarted_storage_node_ends_the_environment_of_a_jobs_earlier_try() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::new(&[], &[]);
+    let root = busybox_root(g.tmp.path(), "job\n");
+    g.import("bb", &root);
+    g.start_s1();
+    g.start_cpu(1);
+    g.wait_links(1);
+    let out = g.door_ok(
+        "alice",
+        &[
+            "run",
+            "-d",
+            "bb",
+            "retries=1",
+            "--",
+            "echo start; sleep 4; echo done",
+        ],
+    );
+    let id = out.trim().strip_prefix("job ").unwrap().to_string();
+    split_job_line(&g, &id, "running");
+    wait_for(20, "the first try's output", || {
+        g.door_ok("alice", &["logs", &id]) == "start\n"
+    });
+    let first = g.door_ok("alice", &["status"]);
+    let first = first
+        .lines()
+        .find_map(|l| l.split('\t').next().filter(|n| n.contains(".run-")))
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    g.s1.stop();
+    g.start_s1();
+    g.wait_links(2);
+    let line = split_job_line(&g, &id, "succeeded");
+    assert!(line.contains("try 2"), "{line}");
+    wait_for(20, "the first try's environment to end", || {
+        !g.door_ok("alice", &["status"]).contains(&first)
+    });
+    wait_for(20, "the second try's environment to end", || {
+        !g.door_ok("alice", &["status"]).contains(".run-")
+    });
+}

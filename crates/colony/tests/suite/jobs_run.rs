@@ -196,6 +196,41 @@ fn submit(g: &Node, args: &str) -> String {
         .unwrap_or_else(|| panic!("{}", text(&out.stdout)))
 }
 
+/// A run that ends without taking its input while the client still sends
+/// (here: it waits for a turn while 12 MB come in, then its root is not
+/// found): the session ends with the refusal, and the input it left gives
+/// its room back. Before, the front door's connection stayed blocked on
+/// room the ended run would never give back, and the client never heard
+/// how it ended.
+#[test]
+fn a_run_that_ends_while_its_client_sends_ends_its_session() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&["--spawn-max", "1"]);
+    let busy = submit(&g, "busybox -- sleep 3");
+    job_line(&g, &busy, "running");
+    let mut cmd = g.command("timeout");
+    cmd.args(["60", "ssh", "-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .args(["-T", "alice@127.0.0.1", "run nonesuch -- true"]);
+    // More than a user's runs may hold waiting.
+    let input = "y\n".repeat(3 * storage::run::MAX_WAITING_INPUT / 4);
+    let out = run_with_input(cmd, &input);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nonesuch not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The user's budget is whole again: the next run takes its input.
+    let out = run(&g, "busybox -- wc -c", "four\n");
+    assert_eq!(text(&out.stdout).trim(), "5", "{}", text(&out.stderr));
+    g.stop();
+}
+
 /// Detached jobs: `run -d` answers with an id at once; `logs -f` follows
 /// one to its end; `jobs` shows each with its state, exit status and saved
 /// name; `cancel` ends one and leaves nothing running; nobody sees another
