@@ -231,6 +231,33 @@ fn a_run_that_ends_while_its_client_sends_ends_its_session() {
     g.stop();
 }
 
+/// A program that does not read its input while the client sends more:
+/// its environment's login holds a bounded amount, then ends the session
+/// saying why. Before, the login kept all of it in the cpu node's memory.
+#[test]
+fn a_program_that_leaves_its_input_unread_is_ended_past_a_bound() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let mut cmd = g.command("timeout");
+    cmd.args(["120", "ssh", "-p", &g.port.to_string(), "-i"])
+        .arg(g.tmp.path().join("alice"))
+        .args(SSH_OPTS)
+        .args(["-T", "alice@127.0.0.1", "run busybox -- sleep 100"]);
+    let input = "y\n".repeat(cpu::services::door::MAX_UNREAD_INPUT);
+    let out = run_with_input(cmd, &input);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the program left more than 64 MiB of its input unread"),
+        "{}",
+        text(&out.stderr)
+    );
+    no_run_left(&g);
+    g.stop();
+}
+
 /// Detached jobs: `run -d` answers with an id at once; `logs -f` follows
 /// one to its end; `jobs` shows each with its state, exit status and saved
 /// name; `cancel` ends one and leaves nothing running; nobody sees another

@@ -87,7 +87,7 @@ struct Chan {
     pty: Option<(String, u16, u16)>,
     /// Input for the program, written by a thread of its own so a full pipe
     /// never stalls the session (whose task also carries the program's output).
-    input: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    input: Option<Feeder>,
     master: Option<Arc<File>>,
     /// A pidfd of the helper process: signals through it cannot reach a
     /// process that later got the same pid.
@@ -119,18 +119,53 @@ impl Chan {
     }
 }
 
+/// The most input a program may leave unread before its session ends.
+/// The session's task never waits for the program to read (its output
+/// travels on the same task, and a program like `cat` stops reading while
+/// its output waits), so what the client sends ahead waits in memory: this
+/// much, then the session ends, saying why.
+pub const MAX_UNREAD_INPUT: usize = 64 << 20;
+
+/// The session's end of a program's input.
+struct Feeder {
+    to: std::sync::mpsc::Sender<Vec<u8>>,
+    /// Bytes sent and not yet written to the program.
+    unread: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Feeder {
+    /// Passes `data` on; false if the program has left more than
+    /// [`MAX_UNREAD_INPUT`] unread.
+    fn send(&self, data: &[u8]) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.unread.fetch_add(data.len(), SeqCst) + data.len() > MAX_UNREAD_INPUT {
+            return false;
+        }
+        if self.to.send(data.to_vec()).is_err() {
+            // The program closed its input: what comes is dropped, as a
+            // pipe with no reader would.
+            self.unread.fetch_sub(data.len(), SeqCst);
+        }
+        true
+    }
+}
+
 /// A thread that writes what the channel receives to the program's input,
 /// and closes it when the sender is dropped (end of input).
-fn feeder(mut to: File) -> std::sync::mpsc::Sender<Vec<u8>> {
+fn feeder(mut to: File) -> Feeder {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let unread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let written = unread.clone();
     std::thread::spawn(move || {
         for chunk in rx {
-            if to.write_all(&chunk).is_err() {
+            let ok = to.write_all(&chunk).is_ok();
+            written.fetch_sub(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+            if !ok {
                 break;
             }
         }
     });
-    tx
+    Feeder { to: tx, unread }
 }
 
 struct Conn {
@@ -902,8 +937,21 @@ impl russh::server::Handler for Conn {
             }
             return Ok(());
         }
-        if let Some(input) = self.channels.get(&channel).and_then(|c| c.input.as_ref()) {
-            let _ = input.send(data.to_vec());
+        if let Some(input) = self.channels.get(&channel).and_then(|c| c.input.as_ref())
+            && !input.send(data)
+        {
+            let note = format!(
+                "colony: the program left more than {} MiB of its input unread; the session is ended\n",
+                MAX_UNREAD_INPUT >> 20
+            );
+            tracing::warn!(channel = ?channel, "a session's unread input passed its bound; ended");
+            session.extended_data(channel, 1, note.into_bytes())?;
+            session.exit_status_request(channel, 1)?;
+            session.eof(channel)?;
+            session.close(channel)?;
+            if let Some(c) = self.channels.remove(&channel) {
+                c.kill(&self.door);
+            }
         }
         Ok(())
     }
