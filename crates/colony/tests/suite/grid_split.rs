@@ -1044,29 +1044,10 @@ fn a_job_whose_cpu_node_dies_runs_again_on_another() {
     want.sort();
     assert_eq!(tasks, want, "each task once");
 
-    let out = g.door_ok(
-        "alice",
-        &[
-            "run",
-            "-d",
-            "bb",
-            "retries=1",
-            "--",
-            "echo start; sleep 8; echo done",
-        ],
-    );
-    let id = out
-        .trim()
-        .strip_prefix("job ")
-        .unwrap_or_else(|| panic!("{out}"))
-        .to_string();
-    split_job_line(&g, &id, "running");
+    let id = started_job(&g, 8);
     // Where it runs: the cpu node whose address its environment's login
     // names.
     let mut on = 0;
-    wait_for(10, "the job's first output", || {
-        g.door_ok("alice", &["logs", &id]) == "start\n"
-    });
     let status = g.door_ok("alice", &["status"]);
     let env = status
         .lines()
@@ -1142,22 +1123,7 @@ fn a_restarted_storage_node_ends_the_environment_of_a_jobs_earlier_try() {
     g.start_s1();
     g.start_cpu(1);
     g.wait_links(1);
-    let out = g.door_ok(
-        "alice",
-        &[
-            "run",
-            "-d",
-            "bb",
-            "retries=1",
-            "--",
-            "echo start; sleep 4; echo done",
-        ],
-    );
-    let id = out.trim().strip_prefix("job ").unwrap().to_string();
-    split_job_line(&g, &id, "running");
-    wait_for(20, "the first try's output", || {
-        g.door_ok("alice", &["logs", &id]) == "start\n"
-    });
+    let id = started_job(&g, 4);
     let first = g.door_ok("alice", &["status"]);
     let first = first
         .lines()
@@ -1175,4 +1141,21 @@ fn a_restarted_storage_node_ends_the_environment_of_a_jobs_earlier_try() {
     wait_for(20, "the second try's environment to end", || {
         !g.door_ok("alice", &["status"]).contains(".run-")
     });
+}
+
+/// alice's `run -d bb retries=1 -- echo start; sleep SECS; echo done`
+/// through s1, once it runs and has said `start`: its id.
+fn started_job(g: &Split, secs: u32) -> String {
+    let command = format!("echo start; sleep {secs}; echo done");
+    let out = g.door_ok("alice", &["run", "-d", "bb", "retries=1", "--", &command]);
+    let id = out
+        .trim()
+        .strip_prefix("job ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    split_job_line(g, &id, "running");
+    wait_for(20, "the job's first output", || {
+        g.door_ok("alice", &["logs", &id]) == "start\n"
+    });
+    id
 }
