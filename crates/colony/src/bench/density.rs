@@ -11,8 +11,6 @@ use anyhow::{Result, bail};
 use cpu::CpuConfig;
 use grid::state::StateDir;
 use storage::Node;
-use vac::tree::{BlockSizes, Tree};
-use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
 
 /// (resident kB, threads) of this process.
@@ -47,10 +45,7 @@ pub fn run(envs: usize, concurrent: usize, options: &str) -> Result<()> {
         "root:x:0:0:root:/root:/bin/sh\n",
     )?;
     std::fs::write(busybox.join("etc/group"), "root:x:0:\n")?;
-    let mut t = Tree::default();
-    DirImporter::new(store.as_ref(), BlockSizes::default(), &Quiet, None)
-        .add(&mut t, &busybox.join("."))?;
-    let root = t.write(store.as_ref(), BlockSizes::default(), None)?;
+    let root = crate::bench::env::archive(store.as_ref(), &busybox)?;
     // One user, a name per environment (environments are per user and name).
     state.users().add(
         "bench",

@@ -7,6 +7,16 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use grid::state::StateDir;
+use vac::tree::{BlockSizes, Tree};
+use vac::walk::{DirImporter, Quiet};
+use venti::{BlockStore, Score};
+
+/// `dir` archived into `store` as a vac tree: its root.
+pub fn archive(store: &dyn BlockStore, dir: &Path) -> Result<Score> {
+    let mut tree = Tree::default();
+    DirImporter::new(store, BlockSizes::default(), &Quiet, None).add(&mut tree, &dir.join("."))?;
+    Ok(tree.write(store, BlockSizes::default(), None)?)
+}
 
 /// A new ed25519 key `dir/key` (needs ssh-keygen); returns its path.
 pub fn new_key(dir: &Path) -> Result<PathBuf> {

@@ -17,8 +17,6 @@ use anyhow::{Context, Result, bail};
 use cpu::CpuConfig;
 use grid::state::StateDir;
 use storage::Node;
-use vac::tree::{BlockSizes, Tree};
-use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
 
 use crate::bench::env::ssh_bench;
@@ -38,10 +36,7 @@ pub fn run(mb: usize, runs: usize) -> Result<()> {
         std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet))?;
     }
     std::fs::create_dir_all(busybox.join("dev"))?;
-    let mut t = Tree::default();
-    DirImporter::new(store.as_ref(), BlockSizes::default(), &Quiet, None)
-        .add(&mut t, &busybox.join("."))?;
-    let root = t.write(store.as_ref(), BlockSizes::default(), None)?;
+    let root = crate::bench::env::archive(store.as_ref(), &busybox)?;
     state.scorenames().bind("busybox", &root, &["bench"])?;
     let config = CpuConfig {
         public_host: "127.0.0.1".into(),

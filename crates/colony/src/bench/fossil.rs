@@ -11,8 +11,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use fossil::{CacheConfig, Fs};
-use vac::tree::{BlockSizes, Tree};
-use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, BlockType, LogStore, Score, StoreError};
 
 /// Counts blocks written through it.
@@ -32,12 +30,6 @@ impl BlockStore for CountingWrites {
     fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync()
     }
-}
-
-fn archive(store: &dyn BlockStore, dir: &Path) -> Result<Score> {
-    let mut tree = Tree::default();
-    DirImporter::new(store, BlockSizes::default(), &Quiet, None).add(&mut tree, &dir.join("."))?;
-    Ok(tree.write(store, BlockSizes::default(), None)?)
 }
 
 fn read_all(path: &Path) -> Result<u64> {
@@ -87,8 +79,8 @@ pub fn run(tree: &Path, dir: Option<PathBuf>, big_mb: u64) -> Result<()> {
         .collect();
     std::fs::write(big_dir.join("big"), &data)?;
     drop(data);
-    let root = archive(store.as_ref(), tree)?;
-    let big_root = archive(store.as_ref(), &big_dir)?;
+    let root = crate::bench::env::archive(store.as_ref(), tree)?;
+    let big_root = crate::bench::env::archive(store.as_ref(), &big_dir)?;
 
     let mnt = scratch.path().join("mnt");
     std::fs::create_dir_all(&mnt)?;

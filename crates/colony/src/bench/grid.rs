@@ -11,8 +11,6 @@ use anyhow::{Result, bail};
 use cpu::CpuConfig;
 use grid::state::StateDir;
 use storage::Node;
-use vac::tree::{BlockSizes, Tree};
-use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
 
 fn median(mut v: Vec<f64>) -> String {
@@ -38,10 +36,7 @@ pub fn run(tree: &Path, runs: usize) -> Result<()> {
     std::fs::write(busybox.join("etc/motd"), "hello\n")?;
     let names = state.scorenames();
     for (name, dir) in [("busybox", busybox.as_path()), ("tree", tree)] {
-        let mut t = Tree::default();
-        DirImporter::new(store.as_ref(), BlockSizes::default(), &Quiet, None)
-            .add(&mut t, &dir.join("."))?;
-        let root = t.write(store.as_ref(), BlockSizes::default(), None)?;
+        let root = crate::bench::env::archive(store.as_ref(), dir)?;
         names.bind(name, &root, &["bench"])?;
     }
     let mounts = scratch.path().join("state/mnt/bench");

@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use grid::state::StateDir;
-use vac::tree::{BlockSizes, Tree};
-use vac::walk::{DirImporter, Quiet};
 use venti::{BlockStore, LogStore};
 
 pub fn run(runs: usize, jobs: usize, debian: Option<&Path>) -> Result<()> {
@@ -34,19 +32,14 @@ pub fn run(runs: usize, jobs: usize, debian: Option<&Path>) -> Result<()> {
         let key = crate::bench::env::bench_user(scratch.path(), &state)?;
         let busybox = crate::bench::env::busybox_root(scratch.path())?;
         std::os::unix::fs::symlink("busybox", busybox.join("bin/true"))?;
-        let mut t = Tree::default();
-        DirImporter::new(store.as_ref(), BlockSizes::default(), &Quiet, None)
-            .add(&mut t, &busybox.join("."))?;
-        let root = t.write(store.as_ref(), BlockSizes::default(), None)?;
-        store.sync()?;
-        state.scorenames().bind("busybox", &root, &["bench"])?;
-        if let Some(dir) = debian {
-            let mut t = Tree::default();
-            DirImporter::new(store.as_ref(), BlockSizes::default(), &Quiet, None)
-                .add(&mut t, &dir.join("."))?;
-            let root = t.write(store.as_ref(), BlockSizes::default(), None)?;
+        let roots = [
+            Some(("busybox", busybox.as_path())),
+            debian.map(|d| ("debian", d)),
+        ];
+        for (name, dir) in roots.into_iter().flatten() {
+            let root = crate::bench::env::archive(store.as_ref(), dir)?;
             store.sync()?;
-            state.scorenames().bind("debian", &root, &["bench"])?;
+            state.scorenames().bind(name, &root, &["bench"])?;
         }
         key
         // The store is closed here: the node opens it.

@@ -17,8 +17,6 @@ use cpu::{CpuConfig, Environments};
 use grid::state::StateDir;
 use storage::Node;
 use storage::placement::Pool;
-use vac::tree::{BlockSizes, Tree};
-use vac::walk::{DirImporter, Quiet};
 use venti::{BlockCache, BlockStore, LogStore};
 
 /// One cpu node as the benchmark drives it.
@@ -69,11 +67,8 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
         roots.push(("tree", t.to_path_buf()));
     }
     for (name, root) in &roots {
-        let mut t = Tree::default();
-        DirImporter::new(store.as_ref(), BlockSizes::default(), &Quiet, None)
-            .add(&mut t, &root.join("."))
+        let score = crate::bench::env::archive(store.as_ref(), root)
             .with_context(|| format!("importing {}", root.display()))?;
-        let score = t.write(store.as_ref(), BlockSizes::default(), None)?;
         state.scorenames().bind(name, &score, &["bench"])?;
     }
     store.sync()?;

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::common::grid::{
     COLONY, Proc, Reaped, SSH_OPTS, busybox_root, colony, grid_ca, random_tree, spawn_host,
-    spawn_port, wait_for,
+    spawn_port, wait_for, wait_for_job,
 };
 use crate::common::netns::{self, Hosts};
 
@@ -1093,17 +1093,7 @@ fn a_job_whose_cpu_node_dies_runs_again_on_another() {
 
 /// alice's `jobs` through s1 until `id`'s line says `state`; the line.
 fn split_job_line(g: &Split, id: &str, state: &str) -> String {
-    let mut line = String::new();
-    wait_for(60, &format!("job {id} {state}"), || {
-        line = g
-            .door_ok("alice", &["jobs"])
-            .lines()
-            .find(|l| l.starts_with(id))
-            .unwrap_or_default()
-            .to_string();
-        line.contains(&format!("\t{state}\t"))
-    });
-    line
+    wait_for_job(60, id, state, || g.door_ok("alice", &["jobs"]))
 }
 
 /// A storage node that restarts while its job runs on a cpu node runs the

@@ -9,7 +9,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use crate::common::grid::{SSH_OPTS, wait_for};
+use crate::common::grid::{SSH_OPTS, wait_for, wait_for_job};
 use crate::common::node::{Node, can_mount};
 use crate::common::run::run_with_input;
 
@@ -174,17 +174,7 @@ fn a_run_moves_much_input_and_output_at_once() {
 
 /// `jobs` until `id`'s line says `state`; the line.
 fn job_line(g: &Node, id: &str, state: &str) -> String {
-    let mut line = String::new();
-    wait_for(20, &format!("job {id} {state}"), || {
-        line = g
-            .ok("alice", &["jobs"])
-            .lines()
-            .find(|l| l.starts_with(id))
-            .unwrap_or_default()
-            .to_string();
-        line.contains(&format!("\t{state}\t"))
-    });
-    line
+    wait_for_job(20, id, state, || g.ok("alice", &["jobs"]))
 }
 
 fn submit(g: &Node, args: &str) -> String {

@@ -57,6 +57,21 @@ pub fn grid_ca(dir: &Path, certs: &[(&str, &str)], users: &[&str]) {
     }
 }
 
+/// Waits up to `secs` until job `id`'s line in what `jobs` answers says
+/// `state`; that line.
+pub fn wait_for_job(secs: u64, id: &str, state: &str, jobs: impl Fn() -> String) -> String {
+    let mut line = String::new();
+    wait_for(secs, &format!("job {id} {state}"), || {
+        line = jobs()
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_string();
+        line.contains(&format!("\t{state}\t"))
+    });
+    line
+}
+
 /// Waits up to `secs` for `done`, else fails naming `what`.
 pub fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
