@@ -105,6 +105,18 @@ pub struct Record {
     pub retries: u32,
 }
 
+/// Refuses unless a user whose records are `mine` may add `more` jobs to
+/// those they have queued or running.
+fn room_among(mine: &[Record], more: usize) -> GridResult<()> {
+    let active = mine.iter().filter(|r| r.state.active()).count();
+    if active + more > MAX_ACTIVE {
+        return Err(GridError::refused(format!(
+            "you have {active} jobs queued or running; {more} more would pass the {MAX_ACTIVE} you may"
+        )));
+    }
+    Ok(())
+}
+
 /// An environment a job's try ran in before its node restarted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleEnv {
@@ -414,30 +426,54 @@ impl Jobs {
         Ok(data)
     }
 
-    /// A new job of `user`'s, queued: its record written, and the handle
-    /// its run reports through.
     /// Refuses unless `user` may add `more` jobs to those they have
     /// queued or running.
     pub fn room_for(&self, user: &str, more: usize) -> GridResult<()> {
-        let active = self.list(user)?.iter().filter(|r| r.state.active()).count();
-        if active + more > MAX_ACTIVE {
-            return Err(GridError::refused(format!(
-                "you have {active} jobs queued or running; {more} more would pass the {MAX_ACTIVE} you may"
-            )));
-        }
-        Ok(())
+        room_among(&self.list(user)?, more)
     }
 
+    /// A new job of `user`'s, queued: its record written, and the handle
+    /// its run reports through.
     pub fn submit(self: &Arc<Self>, user: &str, asked: Asked) -> GridResult<Arc<Running>> {
-        self.room_for(user, 1)?;
-        self.forget_old(&self.list(user)?)?;
+        let mut made = self.submit_many(user, vec![asked])?;
+        Ok(made.remove(0))
+    }
+
+    /// New jobs of `user`'s (a `count=`), queued in the order given, or
+    /// none: the user's records are read once for all of them, and if one
+    /// cannot be written those written before it end as failed.
+    pub fn submit_many(
+        self: &Arc<Self>,
+        user: &str,
+        asked: Vec<Asked>,
+    ) -> GridResult<Vec<Arc<Running>>> {
+        let mine = self.list(user)?;
+        room_among(&mine, asked.len())?;
+        self.forget_old(&mine)?;
+        let mut made = Vec::with_capacity(asked.len());
+        for a in asked {
+            match self.new_job(user, a) {
+                Ok(job) => made.push(job),
+                Err(e) => {
+                    let why = format!("the rest of its count could not be queued: {e}");
+                    for job in &made {
+                        job.finish(State::Failed, None, None, Some(why.clone()));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    fn new_job(self: &Arc<Self>, user: &str, asked: Asked) -> GridResult<Arc<Running>> {
         let mut id = [0u8; 4];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
             .map_err(|e| GridError::io("reading /dev/urandom", e))?;
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let record = Record {
-            id: id.clone(),
+            id,
             user: user.to_string(),
             root: asked.root,
             command: asked.command,
@@ -460,24 +496,8 @@ impl Jobs {
             retries: asked.retries,
         };
         self.write(&record)?;
-        let log = std::fs::File::create(self.dir.join(format!("{id}.log")))
-            .map_err(|e| GridError::io("making a job's log", e))?;
-        let cancel = Arc::new(tokio::sync::Notify::new());
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, cancel.clone());
-        Ok(Arc::new(Running {
-            jobs: self.clone(),
-            record: Mutex::new(record),
-            log: Mutex::new(Log {
-                file: log,
-                kept: 0,
-                left_out: 0,
-                no_room: false,
-            }),
-            cancel,
-        }))
+        // Its handle as a restarted node makes one (its log opened, empty).
+        self.resume(record)
     }
 
     /// Keeps at most [`MAX_KEPT`] of a user's ended jobs.

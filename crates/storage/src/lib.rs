@@ -780,11 +780,9 @@ impl Node {
 
     /// Ends every live environment (daemon shutdown).
     pub fn shutdown(&self) {
-        // First the jobs: their environments are about to end under them,
-        // which their runs would otherwise take for a failed command.
-        if let Some(jobs) = &self.jobs {
-            jobs.node_stopping();
-        }
+        // First the jobs (if `stopping` was not called): their
+        // environments are about to end under them.
+        self.stopping();
         self.cpus.shutdown()
     }
 }

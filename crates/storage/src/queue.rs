@@ -113,8 +113,10 @@ impl Queue {
         }
     }
 
-    /// Users waiting, and turns held, for the status page and tests.
-    pub fn figures(&self) -> (usize, usize) {
+    /// Tickets waiting, and turns held (what the tests look at; nothing
+    /// shows them yet).
+    #[cfg(test)]
+    fn figures(&self) -> (usize, usize) {
         let st = self.state();
         (
             st.waiting.values().map(VecDeque::len).sum(),

@@ -499,23 +499,20 @@ pub fn submit_jobs(
     user: &str,
     request: RunRequest,
 ) -> grid::error::GridResult<Vec<String>> {
-    let jobs = node.jobs()?;
-    jobs.room_for(user, request.count as usize)?;
+    let tasks = (0..request.count).map(|t| (request.count > 1).then_some(t));
+    let asked = tasks
+        .map(|task| crate::jobs::Asked {
+            root: request.root.clone(),
+            command: request.command.clone(),
+            line: request.line.clone(),
+            task,
+            retries: request.retries,
+        })
+        .collect();
     let mut ids = Vec::new();
-    for task in 0..request.count {
-        let task = (request.count > 1).then_some(task);
-        let job = jobs.submit(
-            user,
-            crate::jobs::Asked {
-                root: request.root.clone(),
-                command: request.command.clone(),
-                line: request.line.clone(),
-                task,
-                retries: request.retries,
-            },
-        )?;
+    for job in node.jobs()?.submit_many(user, asked)? {
         ids.push(job.id());
-        let what = match task {
+        let what = match job.task() {
             Some(t) => format!("task {t} of "),
             None => String::new(),
         };
@@ -572,42 +569,47 @@ pub fn start_job(
             };
             let result = run(&node, &user, &request, session).await;
             drop(to);
-            let told = match &result {
-                Ok((Ended::Exited(0), Some(name))) => format!("succeeded, saved {name}"),
-                Ok((Ended::Exited(0), None)) => "succeeded".to_string(),
-                Ok((Ended::Exited(status), _)) => format!("failed, exit {status}"),
-                Ok((Ended::TimedOut, _)) => "failed, timed out".to_string(),
-                Ok((Ended::Cancelled, _)) => "cancelled".to_string(),
-                Err(Failure::Lost(why)) if job.tries() <= request.retries => {
-                    format!("lost on try {}: {why}; trying again", job.tries())
-                }
-                Err(Failure::Lost(why)) => format!("lost: {why}"),
-                Err(Failure::Refused(why)) => format!("failed: {why}"),
-            };
-            node.job_event(&user, &format!("{} {told}", job.id()));
+            let id = job.id();
+            let tell = |what: String| node.job_event(&user, &format!("{id} {what}"));
             match result {
-                Ok((Ended::Exited(0), saved)) => job.finish(State::Succeeded, Some(0), saved, None),
+                Ok((Ended::Exited(0), saved)) => {
+                    tell(match &saved {
+                        Some(name) => format!("succeeded, saved {name}"),
+                        None => "succeeded".to_string(),
+                    });
+                    job.finish(State::Succeeded, Some(0), saved, None)
+                }
                 Ok((Ended::Exited(status), _)) => {
+                    tell(format!("failed, exit {status}"));
                     job.finish(State::Failed, Some(status), None, None)
                 }
-                Ok((Ended::TimedOut, _)) => job.finish(
-                    State::Failed,
-                    Some(TIMED_OUT),
-                    None,
-                    Some("timed out".into()),
-                ),
-                Ok((Ended::Cancelled, _)) => job.finish(State::Cancelled, None, None, None),
+                Ok((Ended::TimedOut, _)) => {
+                    tell("failed, timed out".to_string());
+                    job.finish(
+                        State::Failed,
+                        Some(TIMED_OUT),
+                        None,
+                        Some("timed out".into()),
+                    )
+                }
+                Ok((Ended::Cancelled, _)) => {
+                    tell("cancelled".to_string());
+                    job.finish(State::Cancelled, None, None, None)
+                }
                 Err(Failure::Lost(why)) if job.tries() <= request.retries => {
-                    let note = format!("run: lost on try {}: {why}; trying again\n", job.tries());
-                    job.log(note.as_bytes());
+                    let note = format!("lost on try {}: {why}; trying again", job.tries());
+                    tell(note.clone());
+                    job.log(format!("run: {note}\n").as_bytes());
                     job.again(&why);
                     continue;
                 }
                 Err(Failure::Lost(why)) => {
+                    tell(format!("lost: {why}"));
                     job.log(format!("run {}: {why}\n", request.root).as_bytes());
                     job.finish(State::Lost, None, None, Some(why))
                 }
                 Err(Failure::Refused(why)) => {
+                    tell(format!("failed: {why}"));
                     job.log(format!("run {}: {why}\n", request.root).as_bytes());
                     job.finish(State::Failed, None, None, Some(why))
                 }
