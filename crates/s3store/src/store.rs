@@ -418,22 +418,7 @@ impl Inner {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
         let listed = self.wait(async move { s3.list_with_delimiter(Some(&prefix)).await })?;
         let Err(e) = listed else { return Ok(()) };
-        let text = e.to_string();
-        let at = settings.endpoint.as_deref().unwrap_or("AWS");
-        Err(StoreError::Remote(if text.contains("NoSuchBucket") {
-            format!("bucket {} does not exist at {at}", settings.url.bucket)
-        } else if text.contains("InvalidAccessKeyId")
-            || text.contains("SignatureDoesNotMatch")
-            || text.contains("AccessDenied")
-            || text.contains("403")
-        {
-            format!(
-                "{at} refused the credentials for {} (key {}): {text}",
-                self.name, settings.access_key_id
-            )
-        } else {
-            format!("cannot reach {} at {at}: {text}", self.name)
-        }))
+        Err(StoreError::Remote(bucket_problem(&e, settings, &self.name)))
     }
 
     /// Takes in one pack's entries, learnt from index `index_key`.
@@ -862,6 +847,35 @@ impl Drop for PackStore {
     }
 }
 
+/// What a failed look at the bucket says: a missing bucket, refused
+/// credentials, or a store out of reach.
+fn bucket_problem(e: &object_store::Error, settings: &Settings, name: &str) -> String {
+    let text = e.to_string();
+    let at = settings.endpoint.as_deref().unwrap_or("AWS");
+    // By the status or the S3 error code, never by a bare "403" in the
+    // text: a connection refused "in 403.99ms" once read as refused
+    // credentials.
+    let denied = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    );
+    if text.contains("NoSuchBucket") {
+        format!("bucket {} does not exist at {at}", settings.url.bucket)
+    } else if denied
+        || text.contains("InvalidAccessKeyId")
+        || text.contains("SignatureDoesNotMatch")
+        || text.contains("AccessDenied")
+        || text.contains("403 Forbidden")
+    {
+        format!(
+            "{at} refused the credentials for {name} (key {}): {text}",
+            settings.access_key_id
+        )
+    } else {
+        format!("cannot reach {name} at {at}: {text}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -877,6 +891,48 @@ mod tests {
             Some("packs/w/00000000.pack")
         );
         assert_eq!(pack_of("grid/index/w1/x.txt"), None);
+    }
+
+    /// A refused connection that took 403 ms was once told as refused
+    /// credentials (the CI failure of garage's outage test).
+    #[test]
+    fn a_slow_refusal_is_not_taken_for_refused_credentials() {
+        let settings = Settings {
+            url: crate::config::S3Url::parse("s3://outage/out").unwrap(),
+            endpoint: Some("http://127.0.0.1:29210".into()),
+            region: "garage".into(),
+            access_key_id: "GK1".into(),
+            secret_access_key: "secret".into(),
+            session_token: None,
+            cache: "/nonexistent".into(),
+            cache_bytes: 0,
+            pack_bytes: 1,
+            file: None,
+        };
+        let generic = |text: &str| object_store::Error::Generic {
+            store: "S3",
+            source: text.to_string().into(),
+        };
+        let slow = generic(
+            "Error performing GET http://127.0.0.1:29210/outage in 403.993419ms, after 3 retries - HTTP error: error sending request",
+        );
+        let said = bucket_problem(&slow, &settings, "s3://outage/out");
+        assert!(
+            said.starts_with("cannot reach s3://outage/out at http://127.0.0.1:29210: "),
+            "{said}"
+        );
+        for denied in [
+            object_store::Error::PermissionDenied {
+                path: "outage".into(),
+                source: "no".to_string().into(),
+            },
+            generic(
+                "Server returned non-2xx status code: 403 Forbidden: <Code>AccessDenied</Code>",
+            ),
+        ] {
+            let said = bucket_problem(&denied, &settings, "s3://outage/out");
+            assert!(said.contains("refused the credentials"), "{said}");
+        }
     }
 
     #[test]
