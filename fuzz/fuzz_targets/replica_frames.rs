@@ -328,6 +328,7 @@ mod session {
                 read_through,
                 catch_up: Duration::from_secs(1),
                 more_status: None,
+desk: Default::default(),
             })
         };
         REPS.get_or_init(|| [make(false), make(true)])[read_through as usize].clone()

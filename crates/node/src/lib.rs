@@ -85,6 +85,15 @@ impl Node {
         }
     }
 
+    /// How many more environments the node could start now (a storage
+    /// node: on the cpu nodes linked to it); none on a cpu node.
+    pub fn room(&self) -> Option<usize> {
+        match &self.runs {
+            Runs::Node(node) => Some(node.room()),
+            Runs::Cpu(_) => None,
+        }
+    }
+
     /// Stops serving, ends the node's environments and releases its
     /// listeners and store; returns how many environments were ended.
     pub fn shutdown(mut self) -> usize {
@@ -276,6 +285,17 @@ fn start_storage(
         Some(s) => node.with_streams(s),
         None => node,
     });
+    // A user's work is one set across the grid: peers ask this node about
+    // what it holds, and it asks them.
+    if let (Some(rep), Some(link)) = (&replication, &link) {
+        let desk: Arc<dyn replica::ask::Desk> = Arc::new(storage::Desk(Arc::downgrade(&node)));
+        let _ = rep.replicator.desk.set(desk);
+        node.set_peers(storage::peers::Peers::new(
+            link.clone(),
+            rep.replicator.clone(),
+            runtime.handle().clone(),
+        ));
+    }
     let name = match &link {
         Some(l) => l.me.name.clone(),
         None => cpu::host_name(),
@@ -596,6 +616,7 @@ fn replication(
         batch_bytes: replica::BATCH_BYTES,
         catch_up: std::time::Duration::from_secs(1),
         more_status,
+        desk: Default::default(),
         read_through: through.is_some(),
     });
     Ok(Some(Replication {

@@ -23,6 +23,8 @@
 //!                             ←   Block(seq, bytes or none)
 //! StatusRequest               →                         an admin's client
 //!                             ←   Status(text)
+//! Ask(seq, user, line)        →                         a storage node, about a user's
+//!                             ←   Told(seq, out, err, status)   work placed by the keeper
 //!                             ←   Error(text)           instead of any reply
 //! ```
 //!
@@ -103,6 +105,20 @@ pub enum Frame {
     Status {
         text: String,
     },
+    /// A storage node asks its peer to carry out `line` for `user` as
+    /// the peer alone sees it (see [`crate::ask`]).
+    Ask {
+        seq: u64,
+        user: String,
+        line: String,
+    },
+    /// What the command printed and its exit status.
+    Told {
+        seq: u64,
+        out: Vec<u8>,
+        err: String,
+        status: u32,
+    },
     Error {
         message: String,
     },
@@ -133,6 +149,8 @@ const STATUS: u8 = 12;
 const ERROR: u8 = 13;
 const FETCH: u8 = 14;
 const BLOCK: u8 = 15;
+const ASK: u8 = 16;
+const TOLD: u8 = 17;
 
 impl Frame {
     /// The frame's name, for errors ("expected Stored, got Error").
@@ -152,6 +170,8 @@ impl Frame {
             Frame::Block { .. } => "Block",
             Frame::StatusRequest => "StatusRequest",
             Frame::Status { .. } => "Status",
+            Frame::Ask { .. } => "Ask",
+            Frame::Told { .. } => "Told",
             Frame::Error { .. } => "Error",
         }
     }
@@ -242,6 +262,24 @@ impl Frame {
             Frame::Error { message } => {
                 w.u8(ERROR);
                 w.text(message);
+            }
+            Frame::Ask { seq, user, line } => {
+                w.u8(ASK);
+                w.u64(*seq);
+                w.text(user);
+                w.text(line);
+            }
+            Frame::Told {
+                seq,
+                out,
+                err,
+                status,
+            } => {
+                w.u8(TOLD);
+                w.u64(*seq);
+                w.bytes(out);
+                w.text(err);
+                w.u32(*status);
             }
         }
         w.finish()
@@ -338,6 +376,22 @@ impl Frame {
             STATUS_REQUEST => Frame::StatusRequest,
             STATUS => Frame::Status { text: r.text()? },
             ERROR => Frame::Error { message: r.text()? },
+            ASK => Frame::Ask {
+                seq: r.u64()?,
+                user: r.text()?,
+                line: r.text()?,
+            },
+            TOLD => {
+                let seq = r.u64()?;
+                let len = r.u32()? as usize;
+                let out = r.take(len)?.to_vec();
+                Frame::Told {
+                    seq,
+                    out,
+                    err: r.text()?,
+                    status: r.u32()?,
+                }
+            }
             other => return Err(bad(format!("unknown frame kind {other}"))),
         };
         if r.left() > 0 {

@@ -83,6 +83,18 @@ async fn connection(
             let text = rep.status_text();
             send(&mut w, &Frame::Status { text }).await
         }
+        (Frame::Ask { seq, user, line }, link::Role::Storage) => match rep.desk.get() {
+            Some(desk) => {
+                crate::ask::answer(desk.clone(), &who.name, (seq, user, line), &mut r, &mut w).await
+            }
+            None => {
+                refuse(
+                    &mut w,
+                    "this node has no command set to ask (it is still starting)".into(),
+                )
+                .await
+            }
+        },
         (Frame::Hello { version, .. }, link::Role::Storage) if version == VERSION => {
             send(
                 &mut w,

@@ -24,6 +24,7 @@
 //! The names and users themselves belong to the layer above, behind
 //! [`Catalog`]. [`frame`] is the wire format; [`board`] the status text.
 
+pub mod ask;
 pub mod board;
 pub mod catalog;
 pub mod frame;
@@ -99,6 +100,10 @@ pub struct Replicator {
     /// More for the status text, from the node's other services (a
     /// storage node's cpu nodes).
     pub more_status: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Where peers' asks about their users' work are answered (a storage
+    /// node's command set, set once it exists); without it they are
+    /// refused.
+    pub desk: std::sync::OnceLock<Arc<dyn ask::Desk>>,
 }
 
 /// Default batch limits: a batch is what a kill may cost again.

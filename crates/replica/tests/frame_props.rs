@@ -66,6 +66,23 @@ fn frame() -> impl Strategy<Value = Frame> {
         Just(Frame::StatusRequest),
         ".{0,60}".prop_map(|text| Frame::Status { text }),
         ".{0,60}".prop_map(|message| Frame::Error { message }),
+        (any::<u64>(), ".{0,20}", ".{0,60}").prop_map(|(seq, user, line)| Frame::Ask {
+            seq,
+            user,
+            line
+        }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            ".{0,60}",
+            any::<u32>()
+        )
+            .prop_map(|(seq, out, err, status)| Frame::Told {
+                seq,
+                out,
+                err,
+                status
+            }),
     ]
 }
 

@@ -122,6 +122,7 @@ impl Grid {
             batch_bytes: 256 << 10,
             catch_up: Duration::from_millis(200),
             more_status: None,
+            desk: Default::default(),
             read_through: false,
         });
         (rep, catalog)
@@ -537,4 +538,82 @@ async fn a_frame_cut_short_is_an_error_naming_what_arrived() {
     let err = frame::read(&mut &wire[..]).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
     assert!(err.to_string().contains("10 of its 1000 bytes"), "{err}");
+}
+
+/// What a desk was asked, answered with the line backwards.
+struct EchoDesk(Mutex<Vec<(String, String)>>);
+
+impl replica::ask::Desk for EchoDesk {
+    fn here(&self, user: &str, line: &str) -> replica::ask::Told {
+        self.0.lock().unwrap().push((user.into(), line.into()));
+        replica::ask::Told {
+            out: line.bytes().rev().collect(),
+            err: String::new(),
+            status: if line == "fail" { 3 } else { 0 },
+        }
+    }
+}
+
+/// Invariants: a storage node's asks are answered by the peer's desk, in
+/// turn on one connection; nobody else may ask (a cpu node's or an
+/// admin's certificate is refused, the desk never sees their question);
+/// a node with no desk yet refuses and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_storage_nodes_ask_and_the_desk_answers_each_in_turn() {
+    let grid = Grid::new();
+    let (b, _) = grid.node("b", vec![]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(replica::keep::serve(b.clone(), listener));
+    let peer = Peer {
+        name: "b".into(),
+        address: format!("tls!127.0.0.1!{}", addr.port()),
+        plain_venti: false,
+    };
+    let within = Duration::from_secs(5);
+    let a = grid.issue("a", Role::Storage);
+
+    let mut asking = replica::ask::Asking::open(&a, &peer, within).await.unwrap();
+    let err = asking.ask("alice", "status", within).await.unwrap_err();
+    assert!(err.contains("no command set to ask"), "{err}");
+
+    let desk = Arc::new(EchoDesk(Mutex::default()));
+    assert!(b.desk.set(desk.clone()).is_ok());
+    let mut asking = replica::ask::Asking::open(&a, &peer, within).await.unwrap();
+    let told = asking.ask("alice", "status", within).await.unwrap();
+    assert_eq!((told.out, told.status), (b"sutats".to_vec(), 0));
+    let told = asking.ask("bob", "fail", within).await.unwrap();
+    assert_eq!(told.status, 3);
+    assert_eq!(
+        *desk.0.lock().unwrap(),
+        [
+            ("alice".to_string(), "status".to_string()),
+            ("bob".to_string(), "fail".to_string())
+        ]
+    );
+
+    for (name, role) in [("c1", Role::Cpu), ("admin", Role::Client)] {
+        let link = grid.issue(name, role);
+        let mut asking = replica::ask::Asking::open(&link, &peer, within)
+            .await
+            .unwrap();
+        let err = asking.ask("alice", "boom x", within).await.unwrap_err();
+        assert!(err.contains("only storage nodes"), "{name}: {err}");
+    }
+    assert_eq!(
+        desk.0.lock().unwrap().len(),
+        2,
+        "asked by a non-storage node"
+    );
+
+    // A peer that is not who the address should reach.
+    let wrong = Peer {
+        name: "z".into(),
+        ..peer.clone()
+    };
+    let err = replica::ask::Asking::open(&a, &wrong, within)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("is b, not the peer z"), "{err}");
 }

@@ -196,7 +196,8 @@ fn not_a_machine() -> russh::ChannelOpenFailure {
 }
 
 /// `logs -f JOB`: the job's output as it comes, until it has ended and
-/// all of it was sent (or the client left).
+/// all of it was sent (or the client left). A job another storage node
+/// holds is followed through that node.
 async fn follow(
     node: Arc<Node>,
     user: String,
@@ -205,21 +206,22 @@ async fn follow(
     channel: ChannelId,
 ) {
     let mut sent = 0u64;
+    let mut source = match find_log(&node, &user, &id).await {
+        Ok(source) => Some(source),
+        Err(why) => {
+            let _ = handle
+                .extended_data(channel, 1, format!("logs {id}: {why}\n").into_bytes())
+                .await;
+            None
+        }
+    };
     let status = loop {
-        let jobs = match node.jobs() {
-            Ok(j) => j.clone(),
-            Err(e) => break Err(e.to_string()),
+        let Some(from) = source.as_mut() else {
+            break Err(String::new());
         };
-        let (u, i) = (user.clone(), id.clone());
-        let got = tokio::task::spawn_blocking(move || {
-            let ended = !jobs.record(&u, &i)?.state.active();
-            Ok::<_, GridError>((ended, jobs.log(&u, &i, sent)?))
-        })
-        .await;
-        let (ended, data) = match got {
-            Ok(Ok(got)) => got,
-            Ok(Err(e)) => break Err(e.to_string()),
-            Err(e) => break Err(e.to_string()),
+        let (ended, data) = match from.next(&node, &user, &id, sent).await {
+            Ok(got) => got,
+            Err(e) => break Err(e),
         };
         if !data.is_empty() {
             sent += data.len() as u64;
@@ -236,15 +238,89 @@ async fn follow(
     let code = match status {
         Ok(()) => 0,
         Err(why) => {
-            let _ = handle
-                .extended_data(channel, 1, format!("logs {id}: {why}\n").into_bytes())
-                .await;
+            if !why.is_empty() {
+                let _ = handle
+                    .extended_data(channel, 1, format!("logs {id}: {why}\n").into_bytes())
+                    .await;
+            }
             1
         }
     };
     let _ = handle.exit_status_request(channel, code).await;
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
+}
+
+/// Where a followed job's log is read.
+enum LogSource {
+    Here,
+    /// A peer's, over one connection kept for the follow.
+    Peer(Box<replica::ask::Asking>),
+}
+
+/// Where `user`'s job `id` is held: here, or the peer that holds it.
+async fn find_log(node: &Arc<Node>, user: &str, id: &str) -> Result<LogSource, String> {
+    let (n, u, i) = (node.clone(), user.to_string(), id.to_string());
+    let held = tokio::task::spawn_blocking(move || {
+        let here = n.jobs().and_then(|j| j.record(&u, &i));
+        match (here, n.peers()) {
+            (Ok(_), _) => Ok(None),
+            (Err(e), None) => Err(e.to_string()),
+            (Err(e), Some(peers)) => {
+                let line = format!("logs-since {i} 0");
+                match peers.ask_in_turn(&u, &line, std::time::Duration::from_secs(10), |t| {
+                    t.status != crate::NOT_HERE
+                }) {
+                    Ok((peer, _)) => Ok(Some(peer)),
+                    Err(_) => Err(e.to_string()),
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    match held {
+        None => Ok(LogSource::Here),
+        Some(peer) => {
+            let peers = node.peers().ok_or("this node has no peers now")?;
+            Ok(LogSource::Peer(Box::new(peers.open(&peer).await?)))
+        }
+    }
+}
+
+impl LogSource {
+    /// Whether the job has ended, and what it logged from byte `from` on.
+    async fn next(
+        &mut self,
+        node: &Arc<Node>,
+        user: &str,
+        id: &str,
+        from: u64,
+    ) -> Result<(bool, Vec<u8>), String> {
+        match self {
+            LogSource::Here => {
+                let jobs = node.jobs().map_err(|e| e.to_string())?.clone();
+                let (u, i) = (user.to_string(), id.to_string());
+                tokio::task::spawn_blocking(move || {
+                    let ended = !jobs.record(&u, &i)?.state.active();
+                    Ok::<_, GridError>((ended, jobs.log(&u, &i, from)?))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+            }
+            LogSource::Peer(asking) => {
+                let line = format!("logs-since {id} {from}");
+                let told = asking
+                    .ask(user, &line, std::time::Duration::from_secs(30))
+                    .await?;
+                if told.status != 0 {
+                    return Err(told.err.trim_end().to_string());
+                }
+                Ok((told.err == crate::ENDED, told.out))
+            }
+        }
+    }
 }
 
 impl russh::server::Handler for Connection {

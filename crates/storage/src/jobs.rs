@@ -31,6 +31,9 @@ pub const MAX_KEPT: usize = 200;
 /// (without it, 456 jobs of 8 MiB each).
 pub const MAX_USER_LOGS: u64 = 256 << 20;
 
+/// The block size of a log kept in the block store (vac's).
+const LOG_BLOCK: u32 = 8192;
+
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -103,6 +106,9 @@ pub struct Record {
     pub tries: u32,
     /// Times it may run again after a loss.
     pub retries: u32,
+    /// Once it ended: the score of the block store's entry block of its
+    /// output (see [`Jobs::keep_logs_in`]).
+    pub log: Option<String>,
 }
 
 /// Refuses unless a user whose records are `mine` may add `more` jobs to
@@ -144,7 +150,7 @@ impl Record {
             "exit": self.exit, "submitted": self.submitted, "order": self.order, "started": self.started,
             "ended": self.ended, "saved": self.saved, "why": self.why,
             "line": self.line, "task": self.task, "tries": self.tries,
-            "retries": self.retries,
+            "retries": self.retries, "log": self.log,
         })
     }
 
@@ -174,6 +180,7 @@ impl Record {
             retries: number("retries")
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
+            log: text("log"),
         })
     }
 
@@ -238,6 +245,8 @@ pub struct Jobs {
     /// Bytes of each user's logs on disk, and the most they may be.
     log_bytes: Mutex<HashMap<String, u64>>,
     log_budget: u64,
+    /// Where an ended job's output is kept (its file then goes).
+    store: std::sync::OnceLock<Arc<dyn venti::BlockStore>>,
 }
 
 /// A running job's record whose node stopped: queued to run again while
@@ -278,6 +287,7 @@ impl Jobs {
             resumable: Mutex::default(),
             log_bytes: Mutex::default(),
             log_budget: budget,
+            store: Default::default(),
         });
         let (mut resumable, mut stale_envs) = (Vec::new(), Vec::new());
         for mut r in jobs.all()? {
@@ -416,6 +426,11 @@ impl Jobs {
     pub fn log(&self, user: &str, id: &str, from: u64) -> GridResult<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
         let r = self.record(user, id)?;
+        if let Some(score) = &r.log {
+            let mut data = self.stored_log(score)?;
+            data.drain(..(from.min(data.len() as u64) as usize));
+            return Ok(data);
+        }
         let path = self.dir.join(format!("{}.log", r.id));
         let mut data = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&path) {
@@ -424,6 +439,57 @@ impl Jobs {
                 .map_err(|e| GridError::io(format!("reading {}", path.display()), e))?;
         }
         Ok(data)
+    }
+
+    /// Keeps ended jobs' output in `store`: written as a stream of blocks
+    /// under one entry block, made durable, then named by the job's record
+    /// (so it replicates as every block does and outlives the node's
+    /// files); the log file then goes, and with it its charge to the
+    /// user's budget of logs on disk. Once; later calls are ignored.
+    pub fn keep_logs_in(&self, store: Arc<dyn venti::BlockStore>) {
+        let _ = self.store.set(store);
+    }
+
+    /// Writes job `id`'s log file to the store: its entry block's score,
+    /// durable. None without a store (or if that fails: said in the log,
+    /// and the file stays).
+    fn store_log(&self, id: &str) -> Option<String> {
+        let store = self.store.get()?;
+        let path = self.dir.join(format!("{id}.log"));
+        let stored = (|| {
+            let data = std::fs::read(&path).map_err(|e| e.to_string())?;
+            let entry = vac::stream::write_bytes(store.as_ref(), &data, LOG_BLOCK, LOG_BLOCK)
+                .map_err(|e| e.to_string())?;
+            let score = store
+                .write(venti::BlockType::DIR, &entry.pack())
+                .map_err(|e| e.to_string())?;
+            store.sync().map_err(|e| e.to_string())?;
+            Ok::<_, String>(score.to_string())
+        })();
+        stored
+            .inspect_err(|e| {
+                tracing::warn!(job = id, error = %e, "keeping a job's log in the block store failed; its file stays");
+                let _ = std::fs::File::open(&path).and_then(|f| f.sync_all());
+            })
+            .ok()
+    }
+
+    /// A log kept in the store, by its entry block's score.
+    fn stored_log(&self, score: &str) -> GridResult<Vec<u8>> {
+        let unreadable =
+            |why: String| GridError::refused(format!("the job's log cannot be read: {why}"));
+        let store = self
+            .store
+            .get()
+            .ok_or_else(|| unreadable("this node keeps no logs in a block store".into()))?;
+        let score: venti::Score = score.parse().map_err(|e| unreadable(format!("{e}")))?;
+        let block = store
+            .read(&score, venti::BlockType::DIR)
+            .map_err(|e| unreadable(e.to_string()))?
+            .ok_or_else(|| unreadable(format!("block {score} is not in the store")))?;
+        let entry = vac::entry::Entry::unpack(&block).map_err(|e| unreadable(e.to_string()))?;
+        vac::reader::read_small(store.as_ref(), &entry, MAX_LOG + 4096)
+            .map_err(|e| unreadable(e.to_string()))
     }
 
     /// Refuses unless `user` may add `more` jobs to those they have
@@ -494,6 +560,7 @@ impl Jobs {
             task: asked.task,
             tries: 0,
             retries: asked.retries,
+            log: None,
         };
         self.write(&record)?;
         // Its handle as a restarted node makes one (its log opened, empty).
@@ -511,13 +578,19 @@ impl Jobs {
 
     /// Removes an ended job's record and log.
     fn forget(&self, r: &Record) {
+        self.drop_log_file(&r.user, &r.id);
+        let _ = std::fs::remove_file(self.dir.join(&r.id));
+    }
+
+    /// Removes job `id`'s log file, giving its bytes back to `user`'s
+    /// budget.
+    fn drop_log_file(&self, user: &str, id: &str) {
         // Under the lock: two jobs making room at once cannot both count
         // one log as freed.
         let mut bytes = self.log_bytes.lock().unwrap_or_else(|p| p.into_inner());
-        let size = self.log_size(&r.id);
-        let removed = std::fs::remove_file(self.dir.join(format!("{}.log", r.id))).is_ok();
-        let _ = std::fs::remove_file(self.dir.join(&r.id));
-        if removed && let Some(used) = bytes.get_mut(&r.user) {
+        let size = self.log_size(id);
+        let removed = std::fs::remove_file(self.dir.join(format!("{id}.log"))).is_ok();
+        if removed && let Some(used) = bytes.get_mut(user) {
             *used = used.saturating_sub(size);
         }
     }
@@ -749,16 +822,35 @@ impl Running {
                 self.jobs.take_log_room(&self.user(), note.len() as u64);
                 let _ = log.file.write_all(note.as_bytes());
             }
-            let _ = log.file.sync_all();
+            // Durable as a file only where it stays one (see below).
+            if self.jobs.store.get().is_none() || self.node_stopping() {
+                let _ = log.file.sync_all();
+            }
         }
+        let id = self.id();
+        // Durable in the store before the record names it.
+        let stored = if self.node_stopping() {
+            None
+        } else {
+            self.jobs.store_log(&id)
+        };
+        let kept = stored.is_some();
         self.update(|r| {
             r.state = state;
             r.exit = exit;
             r.saved = saved;
             r.why = why;
             r.ended = Some(now());
+            r.log = stored;
         });
-        let id = self.id();
+        if kept
+            && self
+                .jobs
+                .record(&self.user(), &id)
+                .is_ok_and(|r| r.log.is_some())
+        {
+            self.jobs.drop_log_file(&self.user(), &id);
+        }
         self.jobs
             .live
             .lock()
@@ -825,6 +917,43 @@ mod tests {
     /// A restart keeps the queue: a queued job waits to run still, a
     /// running one with retries left runs again (with the environment of
     /// its last try to end), one without is lost; ended ones stay.
+    /// Invariant: an ended job's output is in the block store, named by
+    /// its record only once durable there, readable after the node's
+    /// files are reopened, and its file's bytes are given back to the
+    /// user's budget of logs on disk.
+    #[test]
+    fn an_ended_jobs_log_is_kept_in_the_block_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_store = || -> Arc<dyn venti::BlockStore> {
+            Arc::new(venti::LogStore::open(dir.path().join("store")).unwrap())
+        };
+        let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
+        jobs.keep_logs_in(open_store());
+        let job = jobs.submit("alice", asked("make", 0)).unwrap();
+        job.started("busybox.run-1", "c1");
+        let output: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_be_bytes()).collect();
+        job.log(&output);
+        let id = job.id();
+        assert_eq!(jobs.log_bytes.lock().unwrap()["alice"], output.len() as u64);
+        job.finish(State::Succeeded, Some(0), None, None);
+        let record = jobs.record("alice", &id).unwrap();
+        assert!(record.log.is_some(), "{record:?}");
+        assert!(!dir.path().join(format!("jobs/{id}.log")).exists());
+        assert_eq!(jobs.log_bytes.lock().unwrap()["alice"], 0);
+        assert_eq!(jobs.log("alice", &id, 0).unwrap(), output);
+        assert_eq!(jobs.log("alice", &id, 399_990).unwrap(), &output[399_990..]);
+        assert!(jobs.log("alice", &id, 1 << 40).unwrap().is_empty());
+        drop((job, jobs));
+        let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
+        jobs.keep_logs_in(open_store());
+        assert_eq!(jobs.log("alice", &id, 0).unwrap(), output);
+        // Without its blocks, the reader is told, not handed nothing.
+        let elsewhere = Jobs::open(dir.path().join("jobs")).unwrap();
+        elsewhere.keep_logs_in(Arc::new(venti::MemoryStore::new()));
+        let err = elsewhere.log("alice", &id, 0).unwrap_err().to_string();
+        assert!(err.contains("is not in the store"), "{err}");
+    }
+
     #[test]
     fn records_read_back_and_a_restart_keeps_the_queue() {
         let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,8 @@
 //! a node of role `both`) or on the grid's cpu nodes ([`placement`]).
 //! Environments are per user: alice's `debian` and bob's `debian` are two
 //! different environments, and nobody can name, save, invite into or boom
-//! anyone else's.
+//! anyone else's. A user's environments and jobs held by the grid's other
+//! storage nodes are listed and acted on by asking them ([`peers`]).
 
 pub mod admin;
 pub mod frontdoor;
@@ -15,6 +16,7 @@ pub mod import;
 pub mod jobs;
 pub mod local;
 pub mod metrics;
+pub mod peers;
 pub mod placement;
 pub mod queue;
 pub mod run;
@@ -134,6 +136,9 @@ pub trait Cpus: Send + Sync {
     fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score>;
     /// Ends the environment; false if it was not running.
     fn boom(&self, user: &str, env: &str) -> GridResult<bool>;
+    /// Whether this node placed (or runs) `user`'s `env`, starting or
+    /// not: whether its commands are this node's to carry out.
+    fn holds(&self, user: &str, env: &str) -> bool;
     /// The user's environments; with `take_notices`, the notices kept
     /// for the user are handed over (and forgotten), as to the user
     /// themself; without, they stay for the user (the admin's page looks).
@@ -172,7 +177,39 @@ pub struct Node {
     /// Each user's budget of runs' input waiting (while any run of theirs
     /// holds it).
     input_budgets: Mutex<HashMap<String, std::sync::Weak<run::InputBudget>>>,
+    /// The grid's other storage nodes, asked about the work they hold
+    /// (set once, when the node has them).
+    peers: std::sync::OnceLock<peers::Peers>,
 }
+
+/// What a command sees: the user's work across the grid (a user's
+/// command), or only what this node holds (a peer's ask, which never asks
+/// on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Grid,
+    Here,
+}
+
+/// The exit status of a peer's ask about an environment or a job this
+/// node does not hold (never shown to a user).
+pub(crate) const NOT_HERE: u32 = 75;
+
+/// How long a peer has to carry out a command for work it holds (a save
+/// may take the cpu node's full save deadline).
+const PEER_WORK: std::time::Duration = std::time::Duration::from_secs(330);
+
+/// The reply to a peer's ask about work this node does not hold.
+fn not_here() -> Reply {
+    Reply {
+        out: String::new(),
+        err: "not held here\n".into(),
+        status: NOT_HERE,
+    }
+}
+
+/// How long a peer has to answer a listing or a check.
+const PEER_LOOKS: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn usage(text: &str) -> Reply {
     Reply::fail(format!("usage: {text}"))
@@ -196,6 +233,7 @@ impl Node {
             jobs,
             queue,
             input_budgets: Mutex::default(),
+            peers: Default::default(),
         }
     }
 
@@ -209,6 +247,17 @@ impl Node {
         let b = Arc::new(run::InputBudget::new());
         budgets.insert(user.to_string(), Arc::downgrade(&b));
         b
+    }
+
+    /// Asks `peers` about the work they hold (once; later calls are
+    /// ignored).
+    pub fn set_peers(&self, peers: peers::Peers) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// The other storage nodes, if there are any to ask.
+    pub fn peers(&self) -> Option<&peers::Peers> {
+        self.peers.get().filter(|p| p.any())
     }
 
     /// The queue runs wait their turn in.
@@ -286,8 +335,11 @@ impl Node {
         Ok(out)
     }
 
-    /// Takes imports into `store`.
+    /// Takes imports into `store`, and keeps ended jobs' logs there.
     pub fn with_store(mut self, store: Arc<dyn venti::BlockStore>) -> Node {
+        if let Some(jobs) = &self.jobs {
+            jobs.keep_logs_in(store.clone());
+        }
         self.store = Some(store);
         self
     }
@@ -470,11 +522,11 @@ impl Node {
     /// Runs the command, counting it and timing spawns and saves.
     fn measured(&self, user: &str, line: &str) -> Reply {
         let Some(m) = &self.metrics else {
-            return self.execute(user, line);
+            return self.execute(user, line, Scope::Grid);
         };
         let verb = line.split_whitespace().next().unwrap_or("").to_string();
         let t = std::time::Instant::now();
-        let reply = self.execute(user, line);
+        let reply = self.execute(user, line, Scope::Grid);
         let secs = t.elapsed().as_secs_f64();
         let known = VERBS.iter().any(|(v, _)| *v == verb);
         m.commands
@@ -499,8 +551,12 @@ impl Node {
         reply
     }
 
-    fn execute(&self, user: &str, line: &str) -> Reply {
+    fn execute(&self, user: &str, line: &str, scope: Scope) -> Reply {
         let words: Vec<&str> = line.split_whitespace().collect();
+        // Work another storage node holds is carried out there.
+        if let Some(reply) = self.elsewhere(user, line, &words, scope) {
+            return reply;
+        }
         let result = match words.as_slice() {
             [] => return Reply::fail(format!("no command; commands: {}", commands())),
             // No names at all: said on stderr, so the list on stdout stays
@@ -517,9 +573,9 @@ impl Node {
             },
             ["scores", filter] => self.scores(user, Some(filter)),
             ["scores", ..] => return usage("scores [FILTER]"),
-            ["spawn", name, options @ ..] => self.spawn(user, name, false, options),
+            ["spawn", name, options @ ..] => self.spawn(user, name, false, options, scope),
             ["spawn", ..] => return usage(&format!("spawn {SPAWN_USAGE}")),
-            ["spawndisk", name, options @ ..] => self.spawn(user, name, true, options),
+            ["spawndisk", name, options @ ..] => self.spawn(user, name, true, options, scope),
             ["spawndisk", ..] => return usage(&format!("spawndisk {SPAWN_USAGE}")),
             ["save", env, new] => self.save(user, env, new),
             ["save", ..] => return usage("save ENV NEWNAME"),
@@ -527,14 +583,16 @@ impl Node {
             ["invite", ..] => return usage("invite USER ENV"),
             ["boom", env] => self.boom(user, env),
             ["boom", ..] => return usage("boom ENV"),
-            ["status"] => self.status(user),
+            ["status"] if scope == Scope::Here => self.cpus.status(user, true).map(|s| s.text()),
+            ["status"] => return self.status(user),
             ["status", ..] => return usage("status"),
             ["import", ..] => {
                 return Reply::fail(
                     "import reads a tar stream: tar c -C DIR . | ssh -p 16999 you@node import NAME",
                 );
             }
-            ["jobs"] => self.jobs_text(user),
+            ["jobs"] if scope == Scope::Here => self.jobs_text(user, false),
+            ["jobs"] => return self.grid_jobs(user),
             ["jobs", ..] => return usage("jobs"),
             ["logs", "-f", _] => {
                 return Reply::fail(
@@ -548,6 +606,14 @@ impl Node {
             ["logs", ..] => return usage("logs [-f] JOB"),
             ["cancel", id] => self.jobs().and_then(|j| j.cancel(user, id)),
             ["cancel", ..] => return usage("cancel JOB"),
+            // A peer asks whether this node placed `env` of the user's.
+            ["placed", env] if scope == Scope::Here => {
+                return if self.cpus.holds(user, env) {
+                    Reply::ok(format!("{env}\n"))
+                } else {
+                    not_here()
+                };
+            }
             ["run", ..] => {
                 return Reply::fail(format!(
                     "run streams its command's input and output, one run a session: ssh -p 16999 you@node {}",
@@ -566,6 +632,47 @@ impl Node {
             Err(e) => {
                 tracing::info!(user, command = line, error = %e, "command refused");
                 Reply::fail(e.to_string())
+            }
+        }
+    }
+
+    /// A command for an environment or a job this node does not hold:
+    /// a user's is carried out by the peer that holds it (its reply); a
+    /// peer's ask is answered [`NOT_HERE`]. None: this node carries it out
+    /// (and says "not running" or "no job" if nobody holds it).
+    fn elsewhere(&self, user: &str, line: &str, words: &[&str], scope: Scope) -> Option<Reply> {
+        let (what, held) = match words {
+            ["boom", env] | ["save", env, _] | ["invite", _, env] => {
+                (*env, self.cpus.holds(user, env))
+            }
+            ["logs", id] | ["cancel", id] => (
+                *id,
+                self.jobs
+                    .as_ref()
+                    .is_some_and(|j| j.record(user, id).is_ok()),
+            ),
+            _ => return None,
+        };
+        if held {
+            return None;
+        }
+        if scope == Scope::Here {
+            return Some(not_here());
+        }
+        let peers = self.peers()?;
+        match peers.ask_in_turn(user, line, PEER_WORK, |t| t.status != NOT_HERE) {
+            Ok((_, t)) => Some(Reply {
+                out: String::from_utf8_lossy(&t.out).into_owned(),
+                err: t.err,
+                status: t.status,
+            }),
+            Err(unasked) if unasked.is_empty() => None,
+            Err(unasked) => {
+                let mut err = format!("{what} is not held by this storage node");
+                for (peer, why) in unasked {
+                    let _ = write!(err, "; storage node {peer}, which may hold it, is {why}");
+                }
+                Some(Reply::fail(err))
             }
         }
     }
@@ -591,22 +698,39 @@ impl Node {
         Ok(out)
     }
 
-    fn jobs_text(&self, user: &str) -> GridResult<String> {
+    /// `user`'s jobs here, a line each; `none` says so when there are none.
+    fn jobs_text(&self, user: &str, none: bool) -> GridResult<String> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let list = self.jobs()?.list(user)?;
-        if list.is_empty() {
+        if list.is_empty() && none {
             return Ok("no jobs\n".into());
         }
         Ok(list.iter().map(|r| r.line(now) + "\n").collect())
     }
 
-    fn spawn(&self, user: &str, name: &str, disk: bool, options: &[&str]) -> GridResult<String> {
+    fn spawn(
+        &self,
+        user: &str,
+        name: &str,
+        disk: bool,
+        options: &[&str],
+        scope: Scope,
+    ) -> GridResult<String> {
         check_score_name(name)?;
         // Bounded here, where they arrive; their values are the cpu node's.
         cpu::options::check_form(options)?;
+        // A user's environments are one set across the grid.
+        if scope == Scope::Grid
+            && let Some(peers) = self.peers()
+            && let Some((peer, _)) = peers.first_done(user, &format!("placed {name}"), PEER_LOOKS)
+        {
+            return Err(GridError::refused(format!(
+                "{name} already runs for {user}, placed by storage node {peer}: boom it first, or save it under a new name"
+            )));
+        }
         let binding = self.names().lookup_for(name, user)?;
         let Some(binding) = binding else {
             return Err(GridError::refused(format!("{name} not found for {user}")));
@@ -723,8 +847,79 @@ impl Node {
         })
     }
 
-    fn status(&self, user: &str) -> GridResult<String> {
-        let out = self.cpus.status(user, true)?.text();
+    /// `user`'s environments across the grid: this node's, then each
+    /// peer's, marked with the storage node that placed them; peers out
+    /// of reach said on stderr.
+    fn status(&self, user: &str) -> Reply {
+        let result = (|| {
+            let mut out = self.cpus.status(user, true)?.text();
+            let mut err = String::new();
+            self.gather(user, "status", &mut out, &mut err);
+            Ok::<_, GridError>((self.with_quota(user, out)?, err))
+        })();
+        match result {
+            Ok((out, err)) => Reply {
+                out,
+                err,
+                status: 0,
+            },
+            Err(e) => Reply::fail(e.to_string()),
+        }
+    }
+
+    /// `user`'s jobs across the grid, as [`Node::status`] lists
+    /// environments.
+    fn grid_jobs(&self, user: &str) -> Reply {
+        let mut out = match self.jobs_text(user, false) {
+            Ok(out) => out,
+            Err(e) => return Reply::fail(e.to_string()),
+        };
+        let mut err = String::new();
+        self.gather(user, "jobs", &mut out, &mut err);
+        if out.is_empty() {
+            out = "no jobs\n".into();
+        }
+        Reply {
+            out,
+            err,
+            status: 0,
+        }
+    }
+
+    /// Adds each peer's answer to `line` (a listing) to `out`, each line
+    /// marked with the peer; what went wrong to `err`.
+    fn gather(&self, user: &str, line: &str, out: &mut String, err: &mut String) {
+        let Some(peers) = self.peers() else {
+            return;
+        };
+        for a in peers.ask_all(user, line, PEER_LOOKS) {
+            match a.told {
+                Ok(t) if t.status == 0 => {
+                    for l in String::from_utf8_lossy(&t.out).lines() {
+                        let _ = writeln!(out, "{l}\tthrough storage node {}", a.peer);
+                    }
+                }
+                Ok(t) => {
+                    let _ = writeln!(err, "storage node {}: {}", a.peer, t.err.trim_end());
+                }
+                Err(why) => {
+                    let _ = writeln!(
+                        err,
+                        "storage node {} is {why}: what it holds of yours is not listed",
+                        a.peer,
+                        why = if why.starts_with("out of reach") {
+                            why
+                        } else {
+                            format!("out of reach ({why})")
+                        }
+                    );
+                }
+            }
+        }
+    }
+
+    /// A status listing with the user's quota after it.
+    fn with_quota(&self, user: &str, out: String) -> GridResult<String> {
         let mut out = if out.is_empty() {
             "no environments running\n".into()
         } else {
@@ -754,6 +949,11 @@ impl Node {
         }
         let unit = st.f_frsize as u64;
         Some((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
+    }
+
+    /// How many more environments could start now, on what is in reach.
+    pub fn room(&self) -> usize {
+        self.cpus.room()
     }
 
     /// Number of live environments.
@@ -786,6 +986,60 @@ impl Node {
         self.cpus.shutdown()
     }
 }
+
+/// Where a node's peers' asks are answered: the node, held weakly (the
+/// replicator that holds this must not keep a stopped node alive).
+pub struct Desk(pub std::sync::Weak<Node>);
+
+impl replica::ask::Desk for Desk {
+    fn here(&self, user: &str, line: &str) -> replica::ask::Told {
+        match self.0.upgrade() {
+            Some(node) => node.answer_peer(user, line),
+            None => replica::ask::Told {
+                out: Vec::new(),
+                err: "the node is stopping\n".into(),
+                status: 1,
+            },
+        }
+    }
+}
+
+impl Node {
+    /// A peer's ask: carried out as this node alone sees it.
+    fn answer_peer(&self, user: &str, line: &str) -> replica::ask::Told {
+        // A follower of a job's log through a peer: its bytes as they
+        // are, and whether the job has ended.
+        if let ["logs-since", id, from] = line.split_whitespace().collect::<Vec<_>>()[..] {
+            let from = from.parse::<u64>().unwrap_or(u64::MAX);
+            let got = self.jobs().and_then(|j| {
+                let ended = !j.record(user, id)?.state.active();
+                Ok((ended, j.log(user, id, from)?))
+            });
+            return match got {
+                Ok((ended, out)) => replica::ask::Told {
+                    out,
+                    err: if ended { ENDED.into() } else { String::new() },
+                    status: 0,
+                },
+                Err(_) => replica::ask::Told {
+                    out: Vec::new(),
+                    err: "not held here\n".into(),
+                    status: NOT_HERE,
+                },
+            };
+        }
+        // Published and counted where the user asked, not here too.
+        let reply = self.execute(user, line, Scope::Here);
+        replica::ask::Told {
+            out: reply.out.into_bytes(),
+            err: reply.err,
+            status: reply.status,
+        }
+    }
+}
+
+/// What a peer's `logs-since` says of a job that has ended.
+pub(crate) const ENDED: &str = "ended";
 
 /// A reply of several lines as one line, for the places that show one line
 /// per event (the events hub, `USER.out`, the status page): the lines

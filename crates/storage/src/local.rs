@@ -57,6 +57,10 @@ impl Cpus for LocalCpus {
         Ok(self.envs.boom(user, env))
     }
 
+    fn holds(&self, user: &str, env: &str) -> bool {
+        self.envs.status(user, None).iter().any(|s| s.name == env)
+    }
+
     fn end_stale(&self, _node: Option<&str>, user: &str, env: &str) {
         self.envs.boom(user, env);
     }

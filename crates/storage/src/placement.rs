@@ -860,6 +860,10 @@ impl Cpus for Pool {
         }
     }
 
+    fn holds(&self, user: &str, env: &str) -> bool {
+        self.has_record(user, env)
+    }
+
     fn boom(&self, user: &str, env: &str) -> GridResult<bool> {
         let key = (user.to_string(), env.to_string());
         let (cpu, reachable) = {

@@ -571,21 +571,21 @@ pub fn start_job(
             drop(to);
             let id = job.id();
             let tell = |what: String| node.job_event(&user, &format!("{id} {what}"));
-            match result {
+            let (state, exit, saved, why) = match result {
                 Ok((Ended::Exited(0), saved)) => {
                     tell(match &saved {
                         Some(name) => format!("succeeded, saved {name}"),
                         None => "succeeded".to_string(),
                     });
-                    job.finish(State::Succeeded, Some(0), saved, None)
+                    (State::Succeeded, Some(0), saved, None)
                 }
                 Ok((Ended::Exited(status), _)) => {
                     tell(format!("failed, exit {status}"));
-                    job.finish(State::Failed, Some(status), None, None)
+                    (State::Failed, Some(status), None, None)
                 }
                 Ok((Ended::TimedOut, _)) => {
                     tell("failed, timed out".to_string());
-                    job.finish(
+                    (
                         State::Failed,
                         Some(TIMED_OUT),
                         None,
@@ -594,7 +594,7 @@ pub fn start_job(
                 }
                 Ok((Ended::Cancelled, _)) => {
                     tell("cancelled".to_string());
-                    job.finish(State::Cancelled, None, None, None)
+                    (State::Cancelled, None, None, None)
                 }
                 Err(Failure::Lost(why)) if job.tries() <= request.retries => {
                     let note = format!("lost on try {}: {why}; trying again", job.tries());
@@ -606,14 +606,16 @@ pub fn start_job(
                 Err(Failure::Lost(why)) => {
                     tell(format!("lost: {why}"));
                     job.log(format!("run {}: {why}\n", request.root).as_bytes());
-                    job.finish(State::Lost, None, None, Some(why))
+                    (State::Lost, None, None, Some(why))
                 }
                 Err(Failure::Refused(why)) => {
                     tell(format!("failed: {why}"));
                     job.log(format!("run {}: {why}\n", request.root).as_bytes());
-                    job.finish(State::Failed, None, None, Some(why))
+                    (State::Failed, None, None, Some(why))
                 }
-            }
+            };
+            // Its log goes to the block store, durably: off the runtime.
+            let _ = tokio::task::spawn_blocking(move || job.finish(state, exit, saved, why)).await;
             return;
         }
     });

@@ -53,6 +53,10 @@ impl Cpus for FakeCpus {
     fn end_stale(&self, _node: Option<&str>, user: &str, env: &str) {
         let _ = self.boom(user, env);
     }
+    fn holds(&self, user: &str, env: &str) -> bool {
+        let key = (user.to_string(), env.to_string());
+        self.running.lock().unwrap().contains_key(&key)
+    }
     fn status(&self, user: &str, take_notices: bool) -> GridResult<UserStatus> {
         let envs = self
             .running

@@ -9,7 +9,10 @@
 //! per-user limit on active jobs allows), from the first submission to the
 //! last job's end, beside the same environments run in the foreground by
 //! as many OpenSSH clients at once as the queue lets one user run (its
-//! ceiling: the same spawns and ends with no queue, records or logs).
+//! ceiling: the same spawns and ends with no queue, records or logs),
+//! through a storage node and two cpu nodes (the same state directory,
+//! now the storage node's), each started in this process as `colony serve
+//! --role …` starts it.
 //! With `--debian DIR`, `run debian -- apt-get --version` on that root,
 //! cold and warm, too. Needs root (spawn) and OpenSSH.
 
@@ -17,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use grid::state::StateDir;
 use venti::{BlockStore, LogStore};
 
@@ -56,12 +59,98 @@ pub fn run(runs: usize, jobs: usize, debian: Option<&Path>) -> Result<()> {
     }
     let node = node::Node::start(node::Config::from_sources(&sources)?)?;
     let result = match node.front_door {
-        Some(door) => measure(&key, door.port(), runs, debian.is_some())
-            .and_then(|()| throughput(&key, door.port(), jobs)),
+        Some(door) => measure(&key, door.port(), runs, debian.is_some()),
         None => Err(anyhow::anyhow!("the node has no front door")),
     };
     node.shutdown();
+    result?;
+    if jobs == 0 {
+        return Ok(());
+    }
+    // The same state, now a storage node's, with two cpu nodes.
+    let grid = LocalGrid::start(scratch.path(), &state_dir)?;
+    let result = throughput(&key, grid.port, jobs);
+    grid.shutdown();
     result
+}
+
+/// A storage node and two cpu nodes started in this process as `colony
+/// serve --role …` starts each, linked over loopback mutual TLS.
+struct LocalGrid {
+    nodes: Vec<node::Node>,
+    /// The storage node's front door.
+    port: u16,
+}
+
+impl LocalGrid {
+    fn start(scratch: &Path, state_dir: &Path) -> Result<LocalGrid> {
+        let ca = scratch.join("ca");
+        link::ca::init(&ca, "bench")?;
+        let tls = |name: &str| scratch.join(format!("{name}.tls"));
+        for (name, role) in [
+            ("s1", link::Role::Storage),
+            ("c1", link::Role::Cpu),
+            ("c2", link::Role::Cpu),
+        ] {
+            link::ca::issue(&ca, name, role, link::ca::Validity::Days(1), &tls(name))?;
+        }
+        let free_port = || -> Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (venti, control) = (free_port()?, free_port()?);
+        let start = |settings: Vec<(&str, String)>| -> Result<node::Node> {
+            let mut sources = node::Sources::new();
+            for (setting, value) in settings {
+                sources.flag(setting, value)?;
+            }
+            node::Node::start(node::Config::from_sources(&sources)?)
+        };
+        let mut nodes = vec![start(vec![
+            ("state", state_dir.display().to_string()),
+            ("role", "storage".into()),
+            ("tls", tls("s1").display().to_string()),
+            ("listen", "127.0.0.1:0".into()),
+            ("public-host", "127.0.0.1".into()),
+            ("venti-listen", format!("tls!127.0.0.1!{venti}")),
+            ("cpu-listen", format!("tls!127.0.0.1!{control}")),
+        ])?];
+        let port = nodes[0]
+            .front_door
+            .context("the storage node's front door")?
+            .port();
+        let slots = storage::queue::MAX_RUNNING;
+        for (i, name) in ["c1", "c2"].into_iter().enumerate() {
+            let first = 26001 + 100 * i;
+            nodes.push(start(vec![
+                ("state", scratch.join(name).display().to_string()),
+                ("role", "cpu".into()),
+                ("tls", tls(name).display().to_string()),
+                ("public-host", "127.0.0.1".into()),
+                ("storage", format!("s1=tls!127.0.0.1!{control}")),
+                ("spawn-max", slots.to_string()),
+                ("env-ports", format!("{first}-{}", first + 99)),
+            ])?);
+        }
+        let grid = LocalGrid { nodes, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while grid.nodes[0].room() != Some(2 * slots) {
+            if Instant::now() > deadline {
+                grid.shutdown();
+                bail!("the cpu nodes did not link to the storage node within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(grid)
+    }
+
+    fn shutdown(self) {
+        // The storage node first: its runs end before their cpu nodes go.
+        for node in self.nodes {
+            node.shutdown();
+        }
+    }
 }
 
 fn measure(key: &Path, port: u16, runs: usize, debian: bool) -> Result<()> {
@@ -124,9 +213,9 @@ fn measure(key: &Path, port: u16, runs: usize, debian: bool) -> Result<()> {
 /// Detached `true` jobs per second, beside foreground runs per second from
 /// [`storage::queue::MAX_RUNNING`] clients at once.
 fn throughput(key: &Path, port: u16, jobs: usize) -> Result<()> {
-    if jobs == 0 {
-        return Ok(());
-    }
+    println!(
+        "throughput: a storage node and two cpu nodes in this process, over loopback mutual TLS"
+    );
     let door = |command: &str| -> Result<String> {
         let out = crate::bench::env::ssh_bench(key, &port.to_string())
             .arg(command)

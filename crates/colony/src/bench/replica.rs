@@ -53,6 +53,7 @@ fn node(dir: &Path, name: &str, link: Arc<Link>, peers: Vec<replica::Peer>) -> R
         batch_bytes: replica::BATCH_BYTES,
         catch_up: Duration::from_secs(1),
         more_status: None,
+        desk: Default::default(),
         read_through: false,
     });
     Ok(Node { state, store, rep })
