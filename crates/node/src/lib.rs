@@ -400,7 +400,7 @@ fn start_storage(
         ));
         // Jobs a previous run left queued (or running, with retries left)
         // take their turns again.
-        node.resume_jobs();
+        node.up();
         tracing::info!(address = %front_door, "grid node ready");
         anyhow::Ok((front_door, admin, serving))
     });

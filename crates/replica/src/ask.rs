@@ -18,6 +18,9 @@ use crate::frame::{self, Frame};
 /// The most output one answer carries (a job's log is 8 MiB).
 pub const MAX_OUT: usize = 16 << 20;
 
+/// The most of its error text one answer carries.
+pub const MAX_ERR: usize = 64 << 10;
+
 /// What a command printed, and its exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Told {
@@ -56,6 +59,13 @@ where
         if told.out.len() > MAX_OUT {
             told.out.truncate(MAX_OUT);
             told.err.push_str("[the answer was cut at 16 MiB]\n");
+        }
+        if told.err.len() > MAX_ERR {
+            let mut at = MAX_ERR;
+            while !told.err.is_char_boundary(at) {
+                at -= 1;
+            }
+            told.err.truncate(at);
         }
         let reply = Frame::Told {
             seq,

@@ -251,6 +251,69 @@ async fn follow(
     let _ = handle.close(channel).await;
 }
 
+/// `service logs -f NAME`: the service's log as it grows, until the
+/// service is removed (or the client leaves). A log trimmed meanwhile is
+/// read again from its new start.
+async fn follow_service(
+    node: Arc<Node>,
+    user: String,
+    name: String,
+    handle: russh::server::Handle,
+    channel: ChannelId,
+) {
+    let (mut sent, mut trims) = (0u64, 0u32);
+    let why = loop {
+        let (n, u, s) = (node.clone(), user.clone(), name.clone());
+        let got = tokio::task::spawn_blocking(move || {
+            let services = n.services().map_err(|e| e.to_string())?;
+            match services.get(&u, &s) {
+                Some(service) => Ok(Some(service.log_from(sent, trims))),
+                None if sent > 0 => Ok(None),
+                None => Err(match n.held_by_peer(&u, &format!("service ls {s}")) {
+                    Some(peer) => format!(
+                        "{s} is kept by storage node {peer}: follow its log through that node's front door"
+                    ),
+                    None => format!("no service {s} of yours"),
+                }),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match got {
+            Ok(Some((from, now, data))) => {
+                (sent, trims) = (from + data.len() as u64, now);
+                if !data.is_empty() {
+                    if handle.data(channel, data).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            // Removed: its log has ended.
+            Ok(None) => break None,
+            Err(why) => break Some(why),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let code = match why {
+        None => 0,
+        Some(why) => {
+            let _ = handle
+                .extended_data(
+                    channel,
+                    1,
+                    format!("service logs {name}: {why}\n").into_bytes(),
+                )
+                .await;
+            1
+        }
+    };
+    let _ = handle.exit_status_request(channel, code).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
+
 /// Where a followed job's log is read.
 enum LogSource {
     Here,
@@ -267,12 +330,22 @@ async fn find_log(node: &Arc<Node>, user: &str, id: &str) -> Result<LogSource, S
             (Ok(_), _) => Ok(None),
             (Err(e), None) => Err(e.to_string()),
             (Err(e), Some(peers)) => {
-                let line = format!("logs-since {i} 0");
+                // Where it is, without its bytes (they come in the follow).
+                let line = format!("logs-since {i} {}", u64::MAX);
                 match peers.ask_in_turn(&u, &line, std::time::Duration::from_secs(10), |t| {
                     t.status != crate::NOT_HERE
                 }) {
-                    Ok((peer, _)) => Ok(Some(peer)),
-                    Err(_) => Err(e.to_string()),
+                    Ok((peer, t)) if t.status == 0 => Ok(Some(peer)),
+                    Ok((peer, t)) => Err(format!("storage node {peer}: {}", t.err.trim_end())),
+                    Err(unasked) => {
+                        let mut why = e.to_string();
+                        for (peer, said) in unasked {
+                            why.push_str(&format!(
+                                "; storage node {peer}, which may hold it, is {said}"
+                            ));
+                        }
+                        Err(why)
+                    }
                 }
             }
         }
@@ -511,6 +584,16 @@ impl russh::server::Handler for Connection {
                 let _ = handle.eof(channel).await;
                 let _ = handle.close(channel).await;
             });
+            return Ok(());
+        }
+        if let ["service", "logs", "-f", name] = words.as_slice() {
+            tokio::spawn(follow_service(
+                node,
+                user,
+                name.to_string(),
+                handle,
+                channel,
+            ));
             return Ok(());
         }
         if let ["logs", "-f", id] = words.as_slice() {

@@ -107,8 +107,11 @@ pub struct Record {
     /// Times it may run again after a loss.
     pub retries: u32,
     /// Once it ended: the score of the block store's entry block of its
-    /// output (see [`Jobs::keep_logs_in`]).
+    /// output (see [`Jobs::keep_logs_in`]) …
     pub log: Option<String>,
+    /// … and how many bytes that output is (still charged to its user's
+    /// budget of logs).
+    pub log_size: Option<u64>,
 }
 
 /// Refuses unless a user whose records are `mine` may add `more` jobs to
@@ -150,7 +153,7 @@ impl Record {
             "exit": self.exit, "submitted": self.submitted, "order": self.order, "started": self.started,
             "ended": self.ended, "saved": self.saved, "why": self.why,
             "line": self.line, "task": self.task, "tries": self.tries,
-            "retries": self.retries, "log": self.log,
+            "retries": self.retries, "log": self.log, "log_size": self.log_size,
         })
     }
 
@@ -181,6 +184,7 @@ impl Record {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
             log: text("log"),
+            log_size: number("log_size"),
         })
     }
 
@@ -296,7 +300,7 @@ impl Jobs {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(r.user.clone())
-                .or_default() += jobs.log_size(&r.id);
+                .or_default() += jobs.kept_log(&r);
             if !r.state.active() {
                 continue;
             }
@@ -434,7 +438,9 @@ impl Jobs {
         let path = self.dir.join(format!("{}.log", r.id));
         let mut data = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&path) {
-            f.seek(SeekFrom::Start(from))
+            // Past the end (a follower asking where a job is) reads nothing.
+            let end = f.metadata().map(|m| m.len()).unwrap_or(0);
+            f.seek(SeekFrom::Start(from.min(end)))
                 .and_then(|_| f.take(MAX_LOG + 4096).read_to_end(&mut data))
                 .map_err(|e| GridError::io(format!("reading {}", path.display()), e))?;
         }
@@ -450,10 +456,10 @@ impl Jobs {
         let _ = self.store.set(store);
     }
 
-    /// Writes job `id`'s log file to the store: its entry block's score,
-    /// durable. None without a store (or if that fails: said in the log,
+    /// Writes job `id`'s log file to the store: its entry block's score
+    /// and its size, durable. None without a store (or if that fails: said in the log,
     /// and the file stays).
-    fn store_log(&self, id: &str) -> Option<String> {
+    fn store_log(&self, id: &str) -> Option<(String, u64)> {
         let store = self.store.get()?;
         let path = self.dir.join(format!("{id}.log"));
         let stored = (|| {
@@ -464,7 +470,7 @@ impl Jobs {
                 .write(venti::BlockType::DIR, &entry.pack())
                 .map_err(|e| e.to_string())?;
             store.sync().map_err(|e| e.to_string())?;
-            Ok::<_, String>(score.to_string())
+            Ok::<_, String>((score.to_string(), data.len() as u64))
         })();
         stored
             .inspect_err(|e| {
@@ -561,6 +567,7 @@ impl Jobs {
             tries: 0,
             retries: asked.retries,
             log: None,
+            log_size: None,
         };
         self.write(&record)?;
         // Its handle as a restarted node makes one (its log opened, empty).
@@ -576,29 +583,34 @@ impl Jobs {
         Ok(())
     }
 
-    /// Removes an ended job's record and log.
+    /// Removes an ended job's record and log, giving the log's bytes back
+    /// to its user's budget (a log kept in the block store stays there,
+    /// unnamed, until the store's garbage is collected).
     fn forget(&self, r: &Record) {
-        self.drop_log_file(&r.user, &r.id);
-        let _ = std::fs::remove_file(self.dir.join(&r.id));
-    }
-
-    /// Removes job `id`'s log file, giving its bytes back to `user`'s
-    /// budget.
-    fn drop_log_file(&self, user: &str, id: &str) {
         // Under the lock: two jobs making room at once cannot both count
         // one log as freed.
         let mut bytes = self.log_bytes.lock().unwrap_or_else(|p| p.into_inner());
-        let size = self.log_size(id);
-        let removed = std::fs::remove_file(self.dir.join(format!("{id}.log"))).is_ok();
-        if removed && let Some(used) = bytes.get_mut(user) {
+        let size = self.kept_log(r);
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.log", r.id)));
+        let _ = std::fs::remove_file(self.dir.join(&r.id));
+        if let Some(used) = bytes.get_mut(&r.user) {
             *used = used.saturating_sub(size);
         }
     }
 
-    fn log_size(&self, id: &str) -> u64 {
-        std::fs::metadata(self.dir.join(format!("{id}.log")))
+    /// The bytes of `r`'s log the node keeps: its file's, or those it
+    /// stored.
+    fn kept_log(&self, r: &Record) -> u64 {
+        std::fs::metadata(self.dir.join(format!("{}.log", r.id)))
             .map(|m| m.len())
-            .unwrap_or(0)
+            .unwrap_or_else(|_| r.log_size.unwrap_or(0))
+    }
+
+    /// Makes job `id`'s record durable (its file and the directory's
+    /// entry), before what it names replaces what it did.
+    fn sync_record(&self, id: &str) -> std::io::Result<()> {
+        std::fs::File::open(self.dir.join(id))?.sync_all()?;
+        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     /// Up to `wanted` bytes of `user`'s log budget, taken: the oldest of
@@ -619,7 +631,7 @@ impl Jobs {
                 if room(self) >= wanted {
                     break;
                 }
-                if !r.state.active() && self.log_size(&r.id) > 0 {
+                if !r.state.active() && self.kept_log(&r) > 0 {
                     self.forget(&r);
                 }
             }
@@ -841,15 +853,18 @@ impl Running {
             r.saved = saved;
             r.why = why;
             r.ended = Some(now());
-            r.log = stored;
+            (r.log, r.log_size) = stored.unzip();
         });
+        // The file goes once a durable record names what replaces it (its
+        // bytes stay charged: see `kept_log`).
         if kept
             && self
                 .jobs
                 .record(&self.user(), &id)
                 .is_ok_and(|r| r.log.is_some())
+            && self.jobs.sync_record(&id).is_ok()
         {
-            self.jobs.drop_log_file(&self.user(), &id);
+            let _ = std::fs::remove_file(self.jobs.dir.join(format!("{id}.log")));
         }
         self.jobs
             .live
@@ -919,8 +934,9 @@ mod tests {
     /// its last try to end), one without is lost; ended ones stay.
     /// Invariant: an ended job's output is in the block store, named by
     /// its record only once durable there, readable after the node's
-    /// files are reopened, and its file's bytes are given back to the
-    /// user's budget of logs on disk.
+    /// files are reopened, and still charged to its user's budget of logs
+    /// until the record is forgotten (else the store would take any
+    /// amount of a user's output).
     #[test]
     fn an_ended_jobs_log_is_kept_in_the_block_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -939,7 +955,7 @@ mod tests {
         let record = jobs.record("alice", &id).unwrap();
         assert!(record.log.is_some(), "{record:?}");
         assert!(!dir.path().join(format!("jobs/{id}.log")).exists());
-        assert_eq!(jobs.log_bytes.lock().unwrap()["alice"], 0);
+        assert_eq!(jobs.log_bytes.lock().unwrap()["alice"], output.len() as u64);
         assert_eq!(jobs.log("alice", &id, 0).unwrap(), output);
         assert_eq!(jobs.log("alice", &id, 399_990).unwrap(), &output[399_990..]);
         assert!(jobs.log("alice", &id, 1 << 40).unwrap().is_empty());
@@ -947,11 +963,15 @@ mod tests {
         let jobs = Jobs::open(dir.path().join("jobs")).unwrap();
         jobs.keep_logs_in(open_store());
         assert_eq!(jobs.log("alice", &id, 0).unwrap(), output);
+        assert_eq!(jobs.log_bytes.lock().unwrap()["alice"], output.len() as u64);
         // Without its blocks, the reader is told, not handed nothing.
         let elsewhere = Jobs::open(dir.path().join("jobs")).unwrap();
         elsewhere.keep_logs_in(Arc::new(venti::MemoryStore::new()));
         let err = elsewhere.log("alice", &id, 0).unwrap_err().to_string();
         assert!(err.contains("is not in the store"), "{err}");
+        // Forgotten, its bytes are given back.
+        jobs.forget(&jobs.record("alice", &id).unwrap());
+        assert_eq!(jobs.log_bytes.lock().unwrap()["alice"], 0);
     }
 
     #[test]
@@ -981,6 +1001,7 @@ mod tests {
         assert!(list[2].line(0).contains("\ton -\tstarted -\t"));
         assert_eq!(jobs.log("alice", &a.id(), 0).unwrap(), b"building\n");
         assert_eq!(jobs.log("alice", &a.id(), 5).unwrap(), b"ing\n");
+        assert!(jobs.log("alice", &a.id(), u64::MAX).unwrap().is_empty());
         // Nobody else's, and no path tricks.
         assert!(jobs.record("bob", &a.id()).is_err());
         assert!(jobs.record("alice", "../jobs").is_err());

@@ -20,6 +20,7 @@ pub mod peers;
 pub mod placement;
 pub mod queue;
 pub mod run;
+pub mod services;
 pub mod status;
 pub mod streams;
 
@@ -38,7 +39,7 @@ use grid::users::Users;
 use units::human;
 
 /// The commands: each verb and its usage, in the order the prompt lists them.
-pub const VERBS: [(&str, &str); 13] = [
+pub const VERBS: [(&str, &str); 14] = [
     ("scores", "scores [FILTER]"),
     ("spawn", "spawn NAME"),
     ("spawndisk", "spawndisk NAME"),
@@ -51,6 +52,7 @@ pub const VERBS: [(&str, &str); 13] = [
     ("jobs", "jobs"),
     ("logs", "logs [-f] JOB"),
     ("cancel", "cancel JOB"),
+    ("service", "service add|ls|logs|update|rm …"),
     ("exit", "exit"),
 ];
 
@@ -152,6 +154,12 @@ pub trait Cpus: Send + Sync {
     /// How many more environments could start now (the free slots of
     /// what is in reach); what a queue of runs waits on.
     fn room(&self) -> usize;
+    /// The cpu nodes in reach, each with its free slots, for a caller
+    /// that chooses where to place (`node=`); empty where there is no
+    /// choice (a single node's own environments).
+    fn room_by_node(&self) -> Vec<(String, usize)> {
+        Vec::new()
+    }
     /// Environments by state.
     fn counts(&self) -> EnvCounts;
     /// Each environment's cache use here: (user, environment, used,
@@ -180,6 +188,11 @@ pub struct Node {
     /// The grid's other storage nodes, asked about the work they hold
     /// (set once, when the node has them).
     peers: std::sync::OnceLock<peers::Peers>,
+    /// The services it keeps; none if their directory cannot be made.
+    services: Option<Arc<services::Services>>,
+    /// Itself, for what it starts that outlives a command (a service's
+    /// keepers); set by [`Node::up`].
+    me: std::sync::OnceLock<std::sync::Weak<Node>>,
 }
 
 /// What a command sees: the user's work across the grid (a user's
@@ -220,6 +233,10 @@ impl Node {
         let jobs = jobs::Jobs::open(state.root.join("jobs"))
             .inspect_err(|e| tracing::error!(error = %e, "jobs are not available"))
             .ok();
+        let services =
+            services::Services::open(state.root.join("services"), state.root.join("services.ndb"))
+                .inspect_err(|e| tracing::error!(error = %e, "services are not available"))
+                .ok();
         let queue = queue::Queue::new({
             let cpus = cpus.clone();
             move || cpus.room()
@@ -234,6 +251,8 @@ impl Node {
             queue,
             input_budgets: Mutex::default(),
             peers: Default::default(),
+            services,
+            me: Default::default(),
         }
     }
 
@@ -265,10 +284,53 @@ impl Node {
         &self.queue
     }
 
+    /// The node is up (once, on its runtime): it keeps the services and
+    /// runs the jobs a previous run of it left.
+    pub fn up(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+        self.resume_services();
+        self.resume_jobs();
+    }
+
+    /// Keeps the services a previous run of the node kept, ending first
+    /// what their replicas ran in then.
+    fn resume_services(self: &Arc<Self>) {
+        let Some(services) = &self.services else {
+            return;
+        };
+        let stale = services.resume(self);
+        if !stale.is_empty() {
+            let node = self.clone();
+            tokio::task::spawn_blocking(move || {
+                for (user, env, on) in stale {
+                    node.cpus.end_stale(on.as_deref(), &user, &env);
+                }
+            });
+        }
+    }
+
+    /// The services the node keeps.
+    pub fn services(&self) -> GridResult<&Arc<services::Services>> {
+        self.services.as_ref().ok_or_else(|| {
+            GridError::refused("services are not available on this node (its log says why)")
+        })
+    }
+
+    /// The cpu nodes in reach and their free slots (see [`Cpus::room_by_node`]).
+    pub fn room_by_node(&self) -> Vec<(String, usize)> {
+        self.cpus.room_by_node()
+    }
+
+    /// Tells `user` and the admin what happened to a service.
+    pub fn service_event(&self, user: &str, text: &str) {
+        if let Some(s) = &self.streams {
+            s.service(user, text);
+        }
+    }
+
     /// Runs the jobs a previous run of the node left queued, or running
-    /// with retries left (ending first what their last try ran in). Once,
-    /// when the node is up, on its runtime.
-    pub fn resume_jobs(self: &Arc<Self>) {
+    /// with retries left (ending first what their last try ran in).
+    fn resume_jobs(self: &Arc<Self>) {
         let Some(jobs) = &self.jobs else {
             return;
         };
@@ -583,7 +645,9 @@ impl Node {
             ["invite", ..] => return usage("invite USER ENV"),
             ["boom", env] => self.boom(user, env),
             ["boom", ..] => return usage("boom ENV"),
-            ["status"] if scope == Scope::Here => self.cpus.status(user, true).map(|s| s.text()),
+            // Notices stay where they are kept until the user asks that
+            // node itself (an answer lost on the way would lose them).
+            ["status"] if scope == Scope::Here => self.cpus.status(user, false).map(|s| s.text()),
             ["status"] => return self.status(user),
             ["status", ..] => return usage("status"),
             ["import", ..] => {
@@ -606,6 +670,19 @@ impl Node {
             ["logs", ..] => return usage("logs [-f] JOB"),
             ["cancel", id] => self.jobs().and_then(|j| j.cancel(user, id)),
             ["cancel", ..] => return usage("cancel JOB"),
+            ["service", "ls"] if scope == Scope::Grid => return self.grid_services(user),
+            ["service", "add", name, ..]
+                if scope == Scope::Grid
+                    && let Some(peer) = self.held_by_peer(user, &format!("service ls {name}")) =>
+            {
+                Err(GridError::refused(format!(
+                    "you have a service {name} already, kept by storage node {peer}"
+                )))
+            }
+            ["service", ..] => match self.me.get().and_then(std::sync::Weak::upgrade) {
+                Some(me) => services::command(&me, user, line, &words),
+                None => Err(GridError::refused("the node is starting; try again")),
+            },
             // A peer asks whether this node placed `env` of the user's.
             ["placed", env] if scope == Scope::Here => {
                 return if self.cpus.holds(user, env) {
@@ -651,6 +728,12 @@ impl Node {
                     .as_ref()
                     .is_some_and(|j| j.record(user, id).is_ok()),
             ),
+            ["service", "rm" | "logs" | "update", name, ..] | ["service", "ls", name] => (
+                *name,
+                self.services
+                    .as_ref()
+                    .is_some_and(|s| s.get(user, name).is_some()),
+            ),
             _ => return None,
         };
         if held {
@@ -660,7 +743,13 @@ impl Node {
             return Some(not_here());
         }
         let peers = self.peers()?;
-        match peers.ask_in_turn(user, line, PEER_WORK, |t| t.status != NOT_HERE) {
+        // A save (or an invite, which saves) may take its cpu node's whole
+        // save deadline; the rest answer at once.
+        let within = match words[0] {
+            "save" | "invite" => PEER_WORK,
+            _ => PEER_LOOKS,
+        };
+        match peers.ask_in_turn(user, line, within, |t| t.status != NOT_HERE) {
             Ok((_, t)) => Some(Reply {
                 out: String::from_utf8_lossy(&t.out).into_owned(),
                 err: t.err,
@@ -918,6 +1007,33 @@ impl Node {
         }
     }
 
+    /// The peer that answers `line` (a check) with success, if any.
+    pub fn held_by_peer(&self, user: &str, line: &str) -> Option<String> {
+        self.peers()?
+            .first_done(user, line, PEER_LOOKS)
+            .map(|(peer, _)| peer)
+    }
+
+    /// `user`'s services across the grid, as [`Node::status`] lists
+    /// environments.
+    fn grid_services(&self, user: &str) -> Reply {
+        let mut out: String = match self.services() {
+            Ok(s) => s
+                .of(user)
+                .iter()
+                .map(|s| services::directory::summary(s))
+                .collect(),
+            Err(e) => return Reply::fail(e.to_string()),
+        };
+        let mut err = String::new();
+        self.gather(user, "service ls", &mut out, &mut err);
+        Reply {
+            out,
+            err,
+            status: 0,
+        }
+    }
+
     /// A status listing with the user's quota after it.
     fn with_quota(&self, user: &str, out: String) -> GridResult<String> {
         let mut out = if out.is_empty() {
@@ -976,6 +1092,9 @@ impl Node {
         if let Some(jobs) = &self.jobs {
             jobs.node_stopping();
         }
+        if let Some(services) = &self.services {
+            services.stop();
+        }
     }
 
     /// Ends every live environment (daemon shutdown).
@@ -1011,20 +1130,24 @@ impl Node {
         // are, and whether the job has ended.
         if let ["logs-since", id, from] = line.split_whitespace().collect::<Vec<_>>()[..] {
             let from = from.parse::<u64>().unwrap_or(u64::MAX);
-            let got = self.jobs().and_then(|j| {
-                let ended = !j.record(user, id)?.state.active();
-                Ok((ended, j.log(user, id, from)?))
-            });
-            return match got {
-                Ok((ended, out)) => replica::ask::Told {
+            let Some(record) = self.jobs.as_ref().and_then(|j| j.record(user, id).ok()) else {
+                return replica::ask::Told {
+                    out: Vec::new(),
+                    err: "not held here\n".into(),
+                    status: NOT_HERE,
+                };
+            };
+            let ended = !record.state.active();
+            return match self.jobs().and_then(|j| j.log(user, id, from)) {
+                Ok(out) => replica::ask::Told {
                     out,
                     err: if ended { ENDED.into() } else { String::new() },
                     status: 0,
                 },
-                Err(_) => replica::ask::Told {
+                Err(e) => replica::ask::Told {
                     out: Vec::new(),
-                    err: "not held here\n".into(),
-                    status: NOT_HERE,
+                    err: e.to_string(),
+                    status: 1,
                 },
             };
         }

@@ -148,6 +148,10 @@ impl Peers {
             match told {
                 Ok(t) if taken(&t) => return Ok((peer.name, t)),
                 Ok(_) => {}
+                Err(why) if why.contains("did not answer within") => unasked.push((
+                    peer.name,
+                    format!("slow ({why}; it may still be carrying it out)"),
+                )),
                 Err(why) => unasked.push((peer.name, format!("out of reach ({why})"))),
             }
         }

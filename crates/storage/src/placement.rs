@@ -1034,6 +1034,16 @@ impl Cpus for Pool {
             .sum()
     }
 
+    fn room_by_node(&self) -> Vec<(String, usize)> {
+        let state = self.state();
+        state
+            .cpus
+            .iter()
+            .filter(|(_, c)| c.conn.is_some())
+            .map(|(name, c)| (name.clone(), c.slots.saturating_sub(c.running) as usize))
+            .collect()
+    }
+
     fn counts(&self) -> crate::EnvCounts {
         let state = self.state();
         let mut counts = crate::EnvCounts::default();

@@ -54,6 +54,9 @@ pub struct RunRequest {
     /// The line as asked, kept in a job's record so a node that restarts
     /// can run it still.
     pub line: String,
+    /// What its environment's name starts with (a service replica's);
+    /// else `ROOT.run`.
+    pub name: Option<String>,
 }
 
 impl RunRequest {
@@ -131,12 +134,14 @@ impl RunRequest {
             count,
             retries,
             line: line.to_string(),
+            name: None,
         })
     }
 }
 
 /// Where a run's output goes: the front door's channel (a run in the
-/// foreground), or a job's log (see [`crate::jobs`]).
+/// foreground), a job's log (see [`crate::jobs`]), or a service
+/// replica's (see [`crate::services`]).
 pub enum Output {
     Channel {
         handle: russh::server::Handle,
@@ -144,6 +149,7 @@ pub enum Output {
         gate: OutputGate,
     },
     Job(Arc<crate::jobs::Running>),
+    Replica(Arc<crate::services::ReplicaRun>),
 }
 
 impl Output {
@@ -167,6 +173,10 @@ impl Output {
             }
             Output::Job(job) => {
                 job.log(&data);
+                true
+            }
+            Output::Replica(replica) => {
+                replica.log(&data);
                 true
             }
         }
@@ -637,12 +647,15 @@ pub async fn run(
         .to_openssh()
         .map_err(|e| Failure::Refused(format!("encoding the run's key: {e}")))?;
     let env = format!(
-        "{}.run-{}",
-        request.root,
+        "{}-{}",
+        request
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}.run", request.root)),
         hex(&random::<4>().map_err(refused)?)
     );
-    // A job's state says it waits; a session is told.
-    let mut said_waiting = matches!(session.output, Output::Job(_));
+    // A job's or a replica's state says it waits; a session is told.
+    let mut said_waiting = !matches!(session.output, Output::Channel { .. });
     let (spawned, turn) = loop {
         let place = session
             .place
@@ -698,6 +711,9 @@ pub async fn run(
             Err(e) => return Err(Failure::Refused(e.to_string())),
         }
     };
+    if let Output::Replica(replica) = &session.output {
+        replica.started(&env, &spawned);
+    }
     if let Output::Job(job) = &session.output {
         job.started(&env, &spawned.node);
         node.job_event(

@@ -91,6 +91,14 @@ impl Streams {
         self.put(&format!("{user}.out"), user, &line);
     }
 
+    /// What happened to one of `user`'s services, for the admin and the
+    /// user alike.
+    pub fn service(&self, user: &str, text: &str) {
+        let line = format!("{} {user} service {text}", stamp());
+        self.put("events", "admin", &line);
+        self.put(&format!("{user}.out"), user, &line);
+    }
+
     /// Something that changed the grid.
     pub fn event(&self, text: &str) {
         self.put("events", "admin", &format!("{} {text}", stamp()));

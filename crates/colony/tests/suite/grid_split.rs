@@ -924,12 +924,16 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
             .any(|l| l.starts_with(&id) && l.ends_with("\tthrough storage node s1")),
         "{jobs}"
     );
-    let follower = g
+    let mut follower = g
         .door_command(3, "alice", &["logs", "-f", &id])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Following the running job before it is cancelled.
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(follower.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"start\n");
     assert_eq!(
         g.door_on_ok(3, "alice", &["cancel", &id]),
         format!("{id} cancelled\n")
@@ -941,15 +945,49 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
         String::from_utf8_lossy(&followed.stderr)
     );
     let followed = String::from_utf8_lossy(&followed.stdout);
-    assert!(
-        followed.starts_with("start\n") && !followed.contains("done"),
-        "{followed}"
-    );
+    assert!(!followed.contains("done"), "{followed}");
     split_job_line(&g, &id, "cancelled");
     assert_eq!(
         g.door_err("alice", &["logs", "0123abcd"]).trim(),
         "no job 0123abcd of yours"
     );
+
+    // Services too: kept by s2, listed, refused again and removed
+    // through s1.
+    g.door_on_ok(
+        3,
+        "alice",
+        &[
+            "service",
+            "add",
+            "idle",
+            "busybox",
+            "--",
+            "busybox sleep 1000",
+        ],
+    );
+    wait_for(30, "idle up, seen through s1", || {
+        g.door_ok("alice", &["service", "ls"]).lines().any(|l| {
+            l.starts_with("idle\tbusybox\t1/1 up") && l.ends_with("\tthrough storage node s2")
+        })
+    });
+    let err = g.door_err(
+        "alice",
+        &["service", "add", "idle", "busybox", "--", "true"],
+    );
+    assert!(err.contains("kept by storage node s2"), "{err}");
+    assert!(
+        g.door_ok("alice", &["service", "ls", "idle"])
+            .starts_with("service=idle user=alice")
+    );
+    assert!(
+        g.door_ok("alice", &["service", "rm", "idle"])
+            .starts_with("idle removed")
+    );
+    wait_for(30, "idle's environment to end", || {
+        !g.door_on_ok(3, "alice", &["status"]).contains("idle.")
+    });
+    assert_eq!(g.door_on_ok(3, "alice", &["service", "ls"]), "");
 
     assert_eq!(g.door_ok("alice", &["boom", "busybox"]), "busybox BOOMed\n");
     assert!(!g.door_on_ok(3, "alice", &["status"]).contains("busybox\t"));
@@ -1237,4 +1275,299 @@ fn started_job(g: &Split, secs: u32) -> String {
         g.door_ok("alice", &["logs", &id]) == "start\n"
     });
     id
+}
+
+/// A busybox root with every applet and `/www/index.html` saying `page`
+/// (its `motd` too, which names the root's directory).
+fn web_root(dir: &Path, page: &str) -> PathBuf {
+    let root = busybox_root(dir, page);
+    crate::common::grid::every_busybox_applet(&root);
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::write(root.join("www/index.html"), page).unwrap();
+    root
+}
+
+/// The `up` replicas' addresses in the storage node's services directory,
+/// as a client finds them: `(node, HOST:PORT)`.
+fn directory_of(g: &Split, service: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(g.state("s1").join("services.ndb")).unwrap_or_default();
+    let mut found = Vec::new();
+    let mut current: Option<(bool, String)> = None;
+    for line in text.lines() {
+        let attrs: Vec<(&str, &str)> = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .collect();
+        let get = |k: &str| attrs.iter().find(|(a, _)| *a == k).map(|(_, v)| *v);
+        if !line.starts_with('\t') {
+            current = (get("service") == Some(service)).then(|| {
+                (
+                    get("state") == Some("up"),
+                    get("node").unwrap_or("").to_string(),
+                )
+            });
+        } else if let (Some((true, node)), Some(dial)) = (&current, get("dial")) {
+            let mut parts = dial.split('!').skip(1);
+            let (host, port) = (parts.next().unwrap(), parts.next().unwrap());
+            found.push((node.clone(), format!("{host}:{port}")));
+        }
+    }
+    found
+}
+
+/// `GET /` at `addr` from s1's host: the page, if it answered.
+fn fetch(g: &Split, addr: &str) -> Option<String> {
+    let out = g
+        .hosts
+        .command(0, "curl")
+        .args(["-sf", "-m", "2", &format!("http://{addr}/")])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Services on a storage node and two cpu nodes in network namespaces.
+/// Invariants: a service's replicas run on distinct cpu nodes while there
+/// are enough, and the directory lists each where it can be reached; a
+/// command that keeps crashing is started again with a growing backoff,
+/// not in a loop; a rolling update never leaves a client that tries the
+/// directory's addresses without an answer; a new root that fails its
+/// health check stops the rollout and the old replicas serve on; the
+/// replicas of a cpu node killed -9 come back on the other; removing a
+/// service ends its replicas.
+#[test]
+fn a_service_is_kept_running_through_crashes_updates_and_a_lost_cpu_node() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::new(&[], &[]);
+    let one = web_root(g.tmp.path(), "one\n");
+    g.import("web1", &one);
+    g.import("web2", &web_root(g.tmp.path(), "two!\n"));
+    // No /www: its httpd ends at once, so it never passes its check.
+    let broken = web_root(g.tmp.path(), "broken\n");
+    std::fs::remove_dir_all(broken.join("www")).unwrap();
+    g.import("broken", &broken);
+    g.start_s1();
+    g.start_cpu(1);
+    g.start_cpu(2);
+    g.wait_links(2);
+
+    let httpd = "httpd -f -p 8080 -h /www";
+    let added = g.door_ok(
+        "alice",
+        &[
+            "service",
+            "add",
+            "web",
+            "web1",
+            "replicas=2",
+            "publish=8080",
+            "health=http:8080/",
+            "--",
+            httpd,
+        ],
+    );
+    assert!(added.starts_with("web added"), "{added}");
+    // A command that crashes at once, started again with a backoff.
+    let crash_added = std::time::Instant::now();
+    g.door_ok(
+        "alice",
+        &["service", "add", "crash", "web1", "--", "echo tick; exit 3"],
+    );
+    wait_for(60, "web's two replicas up", || {
+        g.door_ok("alice", &["service", "ls"])
+            .contains("web\tweb1\t2/2 up")
+    });
+    let found = directory_of(&g, "web");
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_ne!(found[0].0, found[1].0, "replicas on one node: {found:?}");
+    for (_, addr) in &found {
+        assert_eq!(fetch(&g, addr).as_deref(), Some("one\n"), "{addr}");
+    }
+    // Told on the events stream, as where a client finds it after a move.
+    let events = hub_backlog(&g.hosts, 0, "events");
+    assert!(
+        events.contains(" alice service web replica web.0 up on c"),
+        "{events}"
+    );
+    // The same directory through the front door and `colony ndb query`.
+    let listed = g.door_ok("alice", &["service", "ls", "web"]);
+    assert_eq!(
+        listed
+            .matches("service=web user=alice replica=web.")
+            .count(),
+        2,
+        "{listed}"
+    );
+    let dials = colony(&[
+        "ndb",
+        "query",
+        "-f",
+        g.state("s1").join("services.ndb").to_str().unwrap(),
+        "service",
+        "web",
+        "dial",
+        "-a",
+    ]);
+    assert_eq!(dials.lines().count(), 2, "{dials}");
+
+    // A rolling update under a client that tries the directory's
+    // addresses in turn: never without an answer.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let seen_two = std::sync::atomic::AtomicBool::new(false);
+    let (failed, pages) = std::thread::scope(|s| {
+        let poller = s.spawn(|| {
+            let (mut failed, mut pages) = (0, std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let page = directory_of(&g, "web")
+                    .iter()
+                    .find_map(|(_, addr)| fetch(&g, addr));
+                match page {
+                    Some(p) => {
+                        if p == "two!\n" {
+                            seen_two.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        pages.insert(p);
+                    }
+                    None => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (failed, pages)
+        });
+        g.door_ok("alice", &["service", "update", "web", "web2"]);
+        wait_for(120, "web rolled out to web2", || {
+            let ls = g.door_ok("alice", &["service", "ls"]);
+            ls.contains("web\tweb2\t2/2 up") && !ls.contains("rolling out")
+        });
+        wait_for(20, "the client to be served by web2", || {
+            seen_two.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        poller.join().unwrap()
+    });
+    assert_eq!(failed, 0, "polls without an answer during the rollout");
+    assert!(pages.contains("two!\n"), "{pages:?}");
+    wait_for(20, "only web2's pages", || {
+        let found = directory_of(&g, "web");
+        found.len() == 2
+            && found
+                .iter()
+                .all(|(_, a)| fetch(&g, a).as_deref() == Some("two!\n"))
+    });
+
+    // A root whose replicas never pass their check: the rollout stops.
+    g.door_ok("alice", &["service", "update", "web", "broken"]);
+    wait_for(60, "the broken rollout to stop", || {
+        g.door_ok("alice", &["service", "ls"])
+            .contains("rollout of broken stopped")
+    });
+    let ls = g.door_ok("alice", &["service", "ls"]);
+    assert!(ls.contains("web\tweb2\t2/2 up"), "{ls}");
+    for (_, addr) in directory_of(&g, "web") {
+        assert_eq!(fetch(&g, &addr).as_deref(), Some("two!\n"));
+    }
+
+    // A replica whose health check fails is started again, fresh from
+    // its root.
+    let status = g.door_ok("alice", &["status"]);
+    let login = status
+        .lines()
+        .filter(|l| l.starts_with("web."))
+        .find_map(|l| l.split('\t').find(|f| f.starts_with("ssh -p ")))
+        .unwrap_or_else(|| panic!("{status}"))
+        .to_string();
+    g.in_env_ok("alice", &format!("{login}\n"), "rm /www/index.html");
+    wait_for(60, "the unhealthy replica started again", || {
+        g.door_ok("alice", &["service", "logs", "web"])
+            .contains("failed its health check 3 times")
+    });
+    wait_for(60, "web's two replicas up again", || {
+        let found = directory_of(&g, "web");
+        found.len() == 2
+            && found
+                .iter()
+                .all(|(_, a)| fetch(&g, a).as_deref() == Some("two!\n"))
+    });
+
+    // The crashing command: restarted after 1 s, then 2 s, then 4 s (a
+    // loop would have run it hundreds of times by its fourth end).
+    let restarts = || {
+        g.door_ok("alice", &["service", "logs", "crash"])
+            .matches("exited with status 3")
+            .count()
+    };
+    wait_for(60, "crash's fourth end", || restarts() >= 4);
+    assert!(crash_added.elapsed() >= Duration::from_secs(7));
+    let log = g.door_ok("alice", &["service", "logs", "crash"]);
+    assert!(log.contains("starting again in 4s"), "{log}");
+    // Followed until it is removed.
+    let mut follower = g
+        .door_command(0, "alice", &["service", "logs", "-f", "crash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(follower.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"service:");
+    g.door_ok("alice", &["service", "rm", "crash"]);
+    let followed = follower.wait_with_output().unwrap();
+    assert!(followed.status.success(), "{followed:?}");
+    let followed = String::from_utf8_lossy(&followed.stdout);
+    assert!(followed.contains("tick\n"), "{followed}");
+
+    // kill -9 of a cpu node: its replica comes back on the other.
+    let lost = directory_of(&g, "web")[0].0.clone();
+    if lost == "c1" {
+        g.c1.kill9()
+    } else {
+        g.c2.kill9()
+    }
+    wait_for(60, "both replicas up on the other node", || {
+        let found = directory_of(&g, "web");
+        found.len() == 2 && found.iter().all(|(n, _)| *n != lost)
+    });
+    for (_, addr) in directory_of(&g, "web") {
+        assert_eq!(fetch(&g, &addr).as_deref(), Some("two!\n"));
+    }
+
+    // The storage node killed -9 and started again keeps its services,
+    // and ends the environments their replicas ran in before.
+    let before: Vec<String> = g
+        .door_ok("alice", &["status"])
+        .lines()
+        .filter(|l| l.starts_with("web."))
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    assert_eq!(before.len(), 2, "{before:?}");
+    g.s1.kill9();
+    g.start_s1();
+    wait_for(60, "the replicas' earlier environments to end", || {
+        let now = g.door_ok("alice", &["status"]);
+        before.iter().all(|env| !now.contains(env.as_str()))
+            && now.lines().filter(|l| l.starts_with("web.")).count() == 2
+    });
+    wait_for(60, "web kept again, two replicas up", || {
+        let found = directory_of(&g, "web");
+        found.len() == 2
+            && found
+                .iter()
+                .all(|(_, a)| fetch(&g, a).as_deref() == Some("two!\n"))
+    });
+    let log = g.door_ok("alice", &["service", "logs", "web"]);
+    assert!(log.contains("kept again: its node restarted"), "{log}");
+
+    assert!(
+        g.door_ok("alice", &["service", "rm", "web"])
+            .starts_with("web removed")
+    );
+    wait_for(30, "web's environments to end", || {
+        !g.door_ok("alice", &["status"]).contains("web.")
+    });
+    assert!(directory_of(&g, "web").is_empty());
+    assert_eq!(g.door_ok("alice", &["service", "ls"]), "");
 }
