@@ -28,6 +28,11 @@ pub const MAX_COUNT: u32 = 256;
 /// The most times a job is tried again after losing its environment.
 pub const MAX_RETRIES: u32 = 10;
 
+/// How often a run's session asks its environment whether it is there …
+const KEEPALIVE: Duration = Duration::from_secs(2);
+/// … and how many unanswered asks mean it is lost.
+const KEEPALIVES_MISSED: usize = 3;
+
 /// The exit status of a run that timed out, as timeout(1)'s.
 const TIMED_OUT: u32 = 124;
 /// The exit status of a run that was cancelled (as a shell's after SIGINT).
@@ -712,7 +717,7 @@ pub async fn run(
         }
     };
     if let Output::Replica(replica) = &session.output {
-        replica.started(&env, &spawned);
+        replica.started(&env, &spawned, key.clone());
     }
     if let Output::Job(job) = &session.output {
         job.started(&env, &spawned.node);
@@ -766,15 +771,13 @@ async fn client_left(input: &InputFrom) {
     }
 }
 
-/// Logs in to the run's environment, runs the command, relays both ways;
-/// its exit status.
-async fn in_environment(
+/// Logs in to a run's environment (`spawned`) as `user` with the run's
+/// `key`, checking its host key.
+async fn log_in(
     spawned: &crate::Spawned,
     user: &str,
     key: PrivateKey,
-    request: &RunRequest,
-    session: &mut Session,
-) -> Result<Ended, String> {
+) -> Result<russh::client::Handle<HostKey>, String> {
     let (host, port) = login_address(&spawned.login)
         .ok_or_else(|| format!("no login in the spawn's answer {:?}", spawned.login))?;
     let expected = PublicKey::from_openssh(spawned.host_key.trim())
@@ -782,6 +785,11 @@ async fn in_environment(
     let config = Arc::new(russh::client::Config {
         // The run lasts as long as its command; its own timeout is above.
         inactivity_timeout: None,
+        // A cut link shows no reset: without these a run (a job, a
+        // service's replica) would wait on a lost cpu node for ever,
+        // instead of being run again elsewhere.
+        keepalive_interval: Some(KEEPALIVE),
+        keepalive_max: KEEPALIVES_MISSED,
         ..Default::default()
     });
     let mut client = russh::client::connect(config, (host.as_str(), port), HostKey(expected))
@@ -794,6 +802,48 @@ async fn in_environment(
     if !auth.success() {
         return Err("the environment refused the run's key".into());
     }
+    Ok(client)
+}
+
+/// Runs `command` in a run's environment beside what runs there (a
+/// service's health check): its exit status; its output is dropped.
+pub(crate) async fn exit_status_of(
+    spawned: &crate::Spawned,
+    user: &str,
+    key: PrivateKey,
+    command: &str,
+) -> Result<u32, String> {
+    let client = log_in(spawned, user, key).await?;
+    let mut channel = client
+        .channel_open_session()
+        .await
+        .map_err(|e| format!("opening a session in the environment: {e}"))?;
+    channel
+        .exec(true, command.as_bytes())
+        .await
+        .map_err(|e| format!("starting {command}: {e}"))?;
+    let mut status = None;
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            ChannelMsg::ExitSignal { .. } => status = status.or(Some(128 + 9)),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    status.ok_or_else(|| format!("{command} ended without an exit status"))
+}
+
+/// Logs in to the run's environment, runs the command, relays both ways;
+/// its exit status.
+async fn in_environment(
+    spawned: &crate::Spawned,
+    user: &str,
+    key: PrivateKey,
+    request: &RunRequest,
+    session: &mut Session,
+) -> Result<Ended, String> {
+    let client = log_in(spawned, user, key).await?;
     let env = client
         .channel_open_session()
         .await

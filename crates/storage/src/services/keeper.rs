@@ -43,6 +43,8 @@ const ROLLOUT_WAIT: Duration = Duration::from_secs(90);
 pub struct ReplicaRun {
     service: Arc<Service>,
     replica: Arc<Replica>,
+    /// How to log in to its environment, once it started.
+    login: std::sync::Mutex<Option<(crate::Spawned, russh::keys::PrivateKey)>>,
 }
 
 impl ReplicaRun {
@@ -50,8 +52,10 @@ impl ReplicaRun {
         self.service.log(data);
     }
 
-    /// Its environment `env` started as `spawned` says.
-    pub fn started(&self, env: &str, spawned: &crate::Spawned) {
+    /// Its environment `env` started as `spawned` says; `key` logs in to
+    /// it (for a health check that runs there).
+    pub fn started(&self, env: &str, spawned: &crate::Spawned, key: russh::keys::PrivateKey) {
+        *self.login.lock().unwrap_or_else(|p| p.into_inner()) = Some((spawned.clone(), key));
         let placed = Placed {
             env: env.to_string(),
             node: spawned.node.clone(),
@@ -137,11 +141,13 @@ async fn keep(node: Arc<Node>, service: Arc<Service>, replica: Arc<Replica>) {
         // client that left).
         let (to, input) = run::input_pipe(Arc::default());
         to.send(Vec::new()).await;
+        let out = Arc::new(ReplicaRun {
+            service: service.clone(),
+            replica: replica.clone(),
+            login: Default::default(),
+        });
         let session = Session {
-            output: Output::Replica(Arc::new(ReplicaRun {
-                service: service.clone(),
-                replica: replica.clone(),
-            })),
+            output: Output::Replica(out.clone()),
             input,
             cancel: cancel.clone(),
             place: None,
@@ -150,7 +156,7 @@ async fn keep(node: Arc<Node>, service: Arc<Service>, replica: Arc<Replica>) {
         let health = tokio::spawn(watch(
             node.clone(),
             service.clone(),
-            replica.clone(),
+            out,
             cancel.clone(),
             watched.clone(),
         ));
@@ -251,10 +257,11 @@ fn choose_node(node: &Node, service: &Service, replica: &Arc<Replica>) -> Option
 async fn watch(
     node: Arc<Node>,
     service: Arc<Service>,
-    replica: Arc<Replica>,
+    run: Arc<ReplicaRun>,
     cancel: Arc<tokio::sync::Notify>,
     watched: Arc<Watched>,
 ) {
+    let replica = run.replica.clone();
     let placed = loop {
         if let Some(p) = replica.placed() {
             break p;
@@ -280,6 +287,20 @@ async fn watch(
             (Health::Running, _) => started.elapsed() >= UP_AFTER,
             (Health::Tcp(_), Some((host, port))) => probe_tcp(host, *port).await,
             (Health::Http(_, path), Some((host, port))) => probe_http(host, *port, path).await,
+            (Health::Cmd(path), _) => {
+                let login = run.login.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match login {
+                    Some((spawned, key)) => {
+                        let status = tokio::time::timeout(
+                            CMD_WITHIN,
+                            run::exit_status_of(&spawned, &service.user, key, path),
+                        )
+                        .await;
+                        matches!(status, Ok(Ok(0)))
+                    }
+                    None => false,
+                }
+            }
             (_, None) => {
                 return end(format!(
                     "its health check's port {} was not published",
@@ -334,12 +355,30 @@ async fn watch(
 
 /// How long one probe may take.
 const PROBE_WITHIN: Duration = Duration::from_secs(2);
+/// How long a check program may take.
+const CMD_WITHIN: Duration = Duration::from_secs(10);
 
+/// How long a taken connection must stay open (or say something) to count.
+const HELD_OPEN: Duration = Duration::from_millis(300);
+
+/// A TCP connection to the published port is taken and served: it stays
+/// open a moment or the server speaks. (A published port is forwarded by
+/// the environment's network helper, which takes every connection and
+/// closes it at once when nothing listens inside: taken alone proves
+/// nothing.)
 async fn probe_tcp(host: &str, port: u16) -> bool {
-    matches!(
-        tokio::time::timeout(PROBE_WITHIN, tokio::net::TcpStream::connect((host, port))).await,
-        Ok(Ok(_))
-    )
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(PROBE_WITHIN, tokio::net::TcpStream::connect((host, port))).await
+    else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(HELD_OPEN, s.read(&mut byte)).await {
+        // Still open and quiet: something listens.
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+    }
 }
 
 /// `GET path` answered with a 2xx or 3xx status line.

@@ -2,7 +2,7 @@
 //! COMMAND…`, read and bounded where it arrives.
 
 /// How the `service` commands are asked for.
-pub const USAGE: &str = "service add NAME ROOT [replicas=N] [publish=PORT]… [health=tcp:PORT|http:PORT/PATH] [memory=SIZE] [pids=N] [cpu=WEIGHT] -- COMMAND… | service ls [NAME] | service logs [-f] NAME | service update NAME ROOT | service rm NAME";
+pub const USAGE: &str = "service add NAME ROOT [replicas=N] [publish=PORT]… [health=tcp:PORT|http:PORT/PATH|cmd:/PATH] [memory=SIZE] [pids=N] [cpu=WEIGHT] -- COMMAND… | service ls [NAME] | service logs [-f] NAME | service update NAME ROOT | service rm NAME";
 
 /// The most replicas one service has (a user's runs at once).
 pub const MAX_REPLICAS: u32 = crate::queue::MAX_RUNNING as u32;
@@ -16,11 +16,27 @@ pub enum Health {
     Tcp(u16),
     /// Up while `GET PATH` on the published PORT answers 2xx or 3xx.
     Http(u16, String),
+    /// Up while the program at this path in the replica's environment
+    /// exits 0 (run beside the service, with no arguments).
+    Cmd(String),
 }
 
 impl Health {
     fn parse(text: &str) -> Result<Health, String> {
-        let bad = || format!("health={text}: tcp:PORT or http:PORT/PATH");
+        let bad = || format!("health={text}: tcp:PORT, http:PORT/PATH or cmd:/PATH");
+        if let Some(path) = text.strip_prefix("cmd:") {
+            if !path.starts_with('/')
+                || path.len() > 256
+                || path
+                    .bytes()
+                    .any(|b| !(b.is_ascii_graphic()) || b"'\"\\$`;&|<>(){}*?[]~".contains(&b))
+            {
+                return Err(format!(
+                    "health={text}: cmd: takes the absolute path of a program in the root (letters, digits, / . _ - + = , : @ %), at most 256"
+                ));
+            }
+            return Ok(Health::Cmd(path.to_string()));
+        }
         let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
         if let Some(p) = text.strip_prefix("tcp:") {
             return Ok(Health::Tcp(port(p)?));
@@ -44,7 +60,7 @@ impl Health {
     /// The port it probes.
     pub fn port(&self) -> Option<u16> {
         match self {
-            Health::Running => None,
+            Health::Running | Health::Cmd(_) => None,
             Health::Tcp(p) | Health::Http(p, _) => Some(*p),
         }
     }
@@ -54,6 +70,7 @@ impl Health {
             Health::Running => "running".into(),
             Health::Tcp(p) => format!("tcp:{p}"),
             Health::Http(p, path) => format!("http:{p}{path}"),
+            Health::Cmd(path) => format!("cmd:{path}"),
         }
     }
 }
@@ -169,6 +186,12 @@ mod tests {
         assert_eq!(
             Spec::parse("service add a b -- sleep 1").unwrap().health,
             Health::Running
+        );
+        assert_eq!(
+            Spec::parse("service add a b health=cmd:/bin/healthy -- sleep 1")
+                .unwrap()
+                .health,
+            Health::Cmd("/bin/healthy".into())
         );
         for (line, said) in [
             ("service add web busybox", "usage"),
