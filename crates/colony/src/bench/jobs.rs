@@ -287,7 +287,9 @@ fn detached(door: &dyn Fn(&str) -> Result<String>, jobs: usize, net: &str) -> Re
             if !list.contains("\tqueued\t") && !list.contains("\trunning\t") {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // Each look is an SSH login and a listing: looked for often,
+            // they would take the CPU the jobs are measured on.
+            std::thread::sleep(Duration::from_millis(500));
         }
         left -= n;
     }
