@@ -708,8 +708,9 @@ pub async fn run(
         match spawned {
             Ok(spawned) => break (spawned, turn),
             // Room the queue saw was taken meanwhile (another storage
-            // node's spawn): wait again.
-            Err(e) if e.is_full() => {
+            // node's spawn): wait again, unless the spawn named its cpu
+            // node (a service's replica), whose caller chooses again.
+            Err(e) if e.is_full() && !request.options.iter().any(|o| o.starts_with("node=")) => {
                 drop(turn);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -163,8 +163,13 @@ async fn keep(node: Arc<Node>, service: Arc<Service>, replica: Arc<Replica>) {
         let result = run::run(&node, &service.user, &request, session).await;
         health.abort();
         drop(to);
+        // The node stops (or `rm`): the record keeps where this ran, for
+        // the next run of the node to end.
+        if service.gone() {
+            return;
+        }
         *replica.placed.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        if replica.retired() || service.gone() {
+        if replica.retired() {
             break;
         }
         let steady = watched
@@ -217,8 +222,10 @@ async fn keep(node: Arc<Node>, service: Arc<Service>, replica: Arc<Replica>) {
             () = retired => {}
         }
     }
-    *replica.placed.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    service.changed();
+    if !service.gone() {
+        *replica.placed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        service.changed();
+    }
 }
 
 /// The wait before restart number `failures` (1, 2, 4, … seconds, at
@@ -278,13 +285,17 @@ async fn watch(
     });
     let started = Instant::now();
     let (mut up, mut misses) = (false, 0);
+    // What the last failed check said, for the reason a replica ends.
+    let mut last = String::new();
     let end = |why: String| {
         *watched.why.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         cancel.notify_one();
     };
     loop {
-        let ok = match (&health, &target) {
-            (Health::Running, _) => started.elapsed() >= UP_AFTER,
+        let checked = match (&health, &target) {
+            (Health::Running, _) => (started.elapsed() >= UP_AFTER)
+                .then_some(())
+                .ok_or_else(String::new),
             (Health::Tcp(_), Some((host, port))) => probe_tcp(host, *port).await,
             (Health::Http(_, path), Some((host, port))) => probe_http(host, *port, path).await,
             (Health::Cmd(path), _) => {
@@ -296,9 +307,16 @@ async fn watch(
                             run::exit_status_of(&spawned, &service.user, key, path),
                         )
                         .await;
-                        matches!(status, Ok(Ok(0)))
+                        match status {
+                            Ok(Ok(0)) => Ok(()),
+                            Ok(Ok(n)) => Err(format!("{path} exited with status {n}")),
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => {
+                                Err(format!("{path} took more than {}s", CMD_WITHIN.as_secs()))
+                            }
+                        }
                     }
-                    None => false,
+                    None => Err("its environment cannot be logged in to yet".into()),
                 }
             }
             (_, None) => {
@@ -306,6 +324,13 @@ async fn watch(
                     "its health check's port {} was not published",
                     health.port().unwrap_or(0)
                 ));
+            }
+        };
+        let ok = match checked {
+            Ok(()) => true,
+            Err(why) => {
+                last = why;
+                false
             }
         };
         if ok {
@@ -335,11 +360,11 @@ async fn watch(
         } else if up {
             misses += 1;
             if misses >= MISSES {
-                return end(format!("failed its health check {MISSES} times"));
+                return end(format!("failed its health check {MISSES} times ({last})"));
             }
         } else if started.elapsed() > START_GRACE {
             return end(format!(
-                "did not pass its health check within {}s",
+                "did not pass its health check within {}s ({last})",
                 START_GRACE.as_secs()
             ));
         }
@@ -366,46 +391,71 @@ const HELD_OPEN: Duration = Duration::from_millis(300);
 /// the environment's network helper, which takes every connection and
 /// closes it at once when nothing listens inside: taken alone proves
 /// nothing.)
-async fn probe_tcp(host: &str, port: u16) -> bool {
-    let Ok(Ok(mut s)) =
-        tokio::time::timeout(PROBE_WITHIN, tokio::net::TcpStream::connect((host, port))).await
-    else {
-        return false;
+async fn probe_tcp(host: &str, port: u16) -> Result<(), String> {
+    let at = format!("tcp!{host}!{port}");
+    let connecting = tokio::net::TcpStream::connect((host, port));
+    let mut s = match tokio::time::timeout(PROBE_WITHIN, connecting).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("{at}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "{at}: no connection within {}s",
+                PROBE_WITHIN.as_secs()
+            ));
+        }
     };
     let mut byte = [0u8; 1];
     match tokio::time::timeout(HELD_OPEN, s.read(&mut byte)).await {
         // Still open and quiet: something listens.
-        Err(_) => true,
-        Ok(Ok(n)) => n > 0,
-        Ok(Err(_)) => false,
+        Err(_) => Ok(()),
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err(format!("{at}: closed at once (nothing listens inside)")),
+        Ok(Err(e)) => Err(format!("{at}: {e}")),
     }
 }
 
 /// `GET path` answered with a 2xx or 3xx status line.
-async fn probe_http(host: &str, port: u16, path: &str) -> bool {
+async fn probe_http(host: &str, port: u16, path: &str) -> Result<(), String> {
+    let at = format!("http://{host}:{port}{path}");
     let probe = async {
-        let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| e.to_string())?;
         let request =
             format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
-        s.write_all(request.as_bytes()).await.ok()?;
+        s.write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         // The status line is all it reads, and at most this much of it.
         let mut head = Vec::with_capacity(64);
         let mut buf = [0u8; 256];
         while !head.contains(&b'\n') && head.len() < 1024 {
-            let n = s.read(&mut buf).await.ok()?;
+            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
             }
             head.extend_from_slice(&buf[..n]);
         }
-        let line = String::from_utf8_lossy(&head);
-        let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some((200..400).contains(&status))
+        let head = String::from_utf8_lossy(&head);
+        let line = head.lines().next().unwrap_or("").trim().to_string();
+        match line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+        {
+            Some(status) if (200..400).contains(&status) => Ok(()),
+            Some(_) => Err(format!("answered {line:?}")),
+            None => Err("no HTTP answer".to_string()),
+        }
     };
-    matches!(
-        tokio::time::timeout(PROBE_WITHIN, probe).await,
-        Ok(Some(true))
-    )
+    match tokio::time::timeout(PROBE_WITHIN, probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(format!("{at}: {why}")),
+        Err(_) => Err(format!(
+            "{at}: no answer within {}s",
+            PROBE_WITHIN.as_secs()
+        )),
+    }
 }
 
 /// Rolls `service` out to `root`: for each replica of another root, a new
@@ -435,9 +485,7 @@ pub fn roll_out(node: Arc<Node>, service: Arc<Service>, root: String) -> GridRes
                 None
             }
             Err(why) => {
-                let note = format!(
-                    "rollout of {root} stopped: {why}; the replicas of the old root serve on"
-                );
+                let note = format!("rollout of {root} stopped: {why}; the others run the old root");
                 service.tell(&node, &note);
                 Some(note)
             }
@@ -458,13 +506,17 @@ async fn replace_each(node: &Arc<Node>, service: &Arc<Service>, root: &str) -> R
         .into_iter()
         .filter(|r| r.root != root && !r.retired())
         .collect();
-    for replaced in old {
+    for (replaced_so_far, replaced) in old.into_iter().enumerate() {
         if service.gone() {
             return Err("the service was removed".into());
         }
         let new = service.add_replica(node, root.to_string());
         let deadline = Instant::now() + ROLLOUT_WAIT;
         loop {
+            if service.gone() {
+                new.retire();
+                return Err("the service was removed".into());
+            }
             let state = new.state();
             if state == State::Up {
                 break;
@@ -479,7 +531,13 @@ async fn replace_each(node: &Arc<Node>, service: &Arc<Service>, root: &str) -> R
             if let Some(why) = failed {
                 new.retire();
                 service.drop_replica(&new);
-                return Err(format!("its replica {}.{} {why}", service.name, new.number));
+                let mut said = format!("its replica {}.{} {why}", service.name, new.number);
+                if replaced_so_far > 0 {
+                    said.push_str(&format!(
+                        "; {replaced_so_far} replicas run {root} already (a restart of the storage node starts them on the old root)"
+                    ));
+                }
+                return Err(said);
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), new.changed.notified()).await;
         }

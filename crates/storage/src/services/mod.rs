@@ -148,8 +148,13 @@ pub struct Service {
     next_number: AtomicU32,
     /// What the last rollout came to, if it stopped.
     note: Mutex<Option<String>>,
-    /// Removed: its keepers end.
+    /// Ended: its keepers end (the node stops, or `rm`) …
     gone: AtomicBool,
+    /// … and, by `rm`, its record and log are gone too (nothing writes
+    /// them again).
+    removed: AtomicBool,
+    /// One writer of its record at a time; `rm` takes it too.
+    writing: Mutex<()>,
     log: Mutex<std::fs::File>,
     log_path: PathBuf,
     /// Times its log was trimmed (a follower reads it again from 0).
@@ -177,6 +182,10 @@ impl Service {
     /// goes when it is reached).
     pub fn log(&self, data: &[u8]) {
         let mut file = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        // Removed: its file is gone, and a trim would make it again.
+        if self.removed.load(Ordering::SeqCst) {
+            return;
+        }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         if size + data.len() as u64 > MAX_LOG {
             let kept = std::fs::read(&self.log_path)
@@ -226,16 +235,27 @@ impl Service {
         node.service_event(&self.user, &format!("{} {text}", self.name));
     }
 
-    /// Writes its record and the directory again.
+    /// Writes its record and the directory again. (Also once the node
+    /// stops: an environment placed meanwhile is recorded, so the next run
+    /// of the node ends it. Never after `rm`.)
     pub fn changed(&self) {
         if let Some(services) = self.services.upgrade() {
-            if !self.gone()
-                && let Err(e) = services.write(self)
             {
-                tracing::warn!(service = %self.name, error = %e, "writing a service's record");
+                let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+                if !self.removed.load(Ordering::SeqCst)
+                    && let Err(e) = services.write(self)
+                {
+                    tracing::warn!(service = %self.name, error = %e, "writing a service's record");
+                }
             }
             services.publish();
         }
+    }
+
+    /// All of its log (under the writer's lock: never half trimmed).
+    pub fn whole_log(&self) -> Vec<u8> {
+        let _writing = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::read(&self.log_path).unwrap_or_default()
     }
 
     /// Adds a replica of `root` and starts its keeper.
@@ -331,9 +351,15 @@ impl Services {
             .join(&service.user)
             .join(format!(".{}.new", service.name));
         let text = serde_json::to_vec(&service.to_json()).expect("a JSON value encodes");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| GridError::io(format!("writing {}", path.display()), e))
+        // Durable, whole or not at all: what a restart keeps again.
+        (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(self.dir.join(&service.user))?.sync_all()
+        })()
+        .map_err(|e| GridError::io(format!("writing {}", path.display()), e))
     }
 
     /// Starts keeping `spec` for `user`: its record written, its replicas'
@@ -354,10 +380,11 @@ impl Services {
             )));
         }
         let replicas: u32 = mine.iter().map(|s| s.spec().replicas).sum();
-        if replicas + spec.replicas > crate::queue::MAX_RUNNING as u32 {
+        if replicas + spec.replicas > spec::MAX_REPLICAS {
             return Err(GridError::refused(format!(
-                "your services have {replicas} replicas; {} more would pass the {} environments you may run at once",
+                "your services have {replicas} replicas; {} more would pass the {} you may have (of the {} environments you may run at once, one is kept for a rolling update's new replica)",
                 spec.replicas,
+                spec::MAX_REPLICAS,
                 crate::queue::MAX_RUNNING
             )));
         }
@@ -401,6 +428,8 @@ impl Services {
             next_number: AtomicU32::new(0),
             note: Mutex::new(note),
             gone: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            writing: Mutex::default(),
             log: Mutex::new(log),
             log_path,
             trims: AtomicU32::new(0),
@@ -421,14 +450,28 @@ impl Services {
         let Some(service) = self.kept().remove(&(user.to_string(), name.to_string())) else {
             return Err(GridError::refused(format!("no service {name} of yours")));
         };
-        service.gone.store(true, Ordering::SeqCst);
+        service.tell(node, "removed");
+        let gone = {
+            let _one = service.writing.lock().unwrap_or_else(|p| p.into_inner());
+            let _log = service.log.lock().unwrap_or_else(|p| p.into_inner());
+            service.gone.store(true, Ordering::SeqCst);
+            service.removed.store(true, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&service.log_path);
+            match std::fs::remove_file(self.record_path(user, name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        };
         for r in service.replicas() {
             r.retire();
         }
-        let _ = std::fs::remove_file(self.record_path(user, name));
-        let _ = std::fs::remove_file(&service.log_path);
-        service.tell(node, "removed");
         self.publish();
+        gone.map_err(|e| {
+            GridError::io(
+                format!("{name}'s replicas are ending, but its record could not be removed (a restart would keep it again)"),
+                e,
+            )
+        })?;
         Ok(format!("{name} removed; its replicas are ending\n"))
     }
 
@@ -458,6 +501,7 @@ impl Services {
             };
             let text = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_string);
             let (Some(user), Some(line)) = (text("user"), text("line")) else {
+                tracing::warn!(file = %entry.path().display(), "a service record without its user or line; skipped");
                 continue;
             };
             for e in record
@@ -484,7 +528,9 @@ impl Services {
                     continue;
                 }
             };
-            let service = match self.make(&user, spec, text("note")) {
+            // A rollout the node stopped during is not going on any more.
+            let note = text("note").filter(|n| !n.starts_with("rolling out"));
+            let service = match self.make(&user, spec, note) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "resuming a service");
@@ -555,10 +601,7 @@ pub fn command(node: &Arc<Node>, user: &str, line: &str, words: &[&str]) -> Grid
             "service logs -f follows a service's log, one a session: ssh -p 16999 you@node service logs -f NAME",
         )),
         ["service", "logs", name] => match services.get(user, name) {
-            Some(s) => {
-                let data = std::fs::read(&s.log_path).unwrap_or_default();
-                Ok(String::from_utf8_lossy(&data).into_owned())
-            }
+            Some(s) => Ok(String::from_utf8_lossy(&s.whole_log()).into_owned()),
             None => Err(GridError::refused(format!("no service {name} of yours"))),
         },
         ["service", "update", name, root] => {

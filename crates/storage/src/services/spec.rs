@@ -4,8 +4,9 @@
 /// How the `service` commands are asked for.
 pub const USAGE: &str = "service add NAME ROOT [replicas=N] [publish=PORT]… [health=tcp:PORT|http:PORT/PATH|cmd:/PATH] [memory=SIZE] [pids=N] [cpu=WEIGHT] -- COMMAND… | service ls [NAME] | service logs [-f] NAME | service update NAME ROOT | service rm NAME";
 
-/// The most replicas one service has (a user's runs at once).
-pub const MAX_REPLICAS: u32 = crate::queue::MAX_RUNNING as u32;
+/// The most replicas a user's services have together: a user's runs at
+/// once, but one, kept for a rolling update's new replica.
+pub const MAX_REPLICAS: u32 = crate::queue::MAX_RUNNING as u32 - 1;
 
 /// How a replica is known to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +109,12 @@ impl Spec {
         };
         for n in [name, root] {
             grid::names::check_score_name(n).map_err(|e| e.to_string())?;
+        }
+        // Its record is NAME.json beside others: no hidden files.
+        if name.starts_with('.') {
+            return Err(format!(
+                "{name}: a service's name starts with a letter or a digit"
+            ));
         }
         let (mut replicas, mut publish, mut health) = (1, Vec::new(), Health::Running);
         let mut options = Vec::new();
@@ -213,6 +220,7 @@ mod tests {
             ("service add web busybox net=host -- x", "a service takes"),
             ("service add ../x busybox -- x", "name"),
             ("service add web busybox publish=0 -- x", "publish=0"),
+            ("service add .web busybox -- x", "starts with a letter"),
         ] {
             let err = Spec::parse(line).unwrap_err();
             assert!(err.contains(said), "{line}: {err}");
