@@ -1277,6 +1277,26 @@ fn started_job(g: &Split, secs: u32) -> String {
     id
 }
 
+impl Split {
+    /// Starts s1 and both cpu nodes, and waits for their links.
+    fn start_grid(&mut self) {
+        self.start_s1();
+        self.start_cpu(1);
+        self.start_cpu(2);
+        self.wait_links(2);
+    }
+
+    /// `service add SPEC` for alice through s1's front door: SPEC is
+    /// `NAME ROOT [OPTIONS] -- COMMAND`, the command passed as one word.
+    fn add_service(&self, spec: &str) -> String {
+        let (head, command) = spec.split_once(" -- ").expect("NAME ROOT … -- COMMAND");
+        let mut args = vec!["service", "add"];
+        args.extend(head.split_whitespace());
+        args.extend(["--", command]);
+        self.door_ok("alice", &args)
+    }
+}
+
 /// A busybox root with every applet and `/www/index.html` saying `page`
 /// (its `motd` too, which names the root's directory).
 fn web_root(dir: &Path, page: &str) -> PathBuf {
@@ -1350,33 +1370,16 @@ fn a_service_is_kept_running_through_crashes_updates_and_a_lost_cpu_node() {
     let broken = web_root(g.tmp.path(), "broken\n");
     std::fs::remove_dir_all(broken.join("www")).unwrap();
     g.import("broken", &broken);
-    g.start_s1();
-    g.start_cpu(1);
-    g.start_cpu(2);
-    g.wait_links(2);
+    g.start_grid();
 
     let httpd = "httpd -f -p 8080 -h /www";
-    let added = g.door_ok(
-        "alice",
-        &[
-            "service",
-            "add",
-            "web",
-            "web1",
-            "replicas=2",
-            "publish=8080",
-            "health=http:8080/",
-            "--",
-            httpd,
-        ],
-    );
+    let added = g.add_service(&format!(
+        "web web1 replicas=2 publish=8080 health=http:8080/ -- {httpd}"
+    ));
     assert!(added.starts_with("web added"), "{added}");
     // A command that crashes at once, started again with a backoff.
     let crash_added = std::time::Instant::now();
-    g.door_ok(
-        "alice",
-        &["service", "add", "crash", "web1", "--", "echo tick; exit 3"],
-    );
+    g.add_service("crash web1 -- echo tick; exit 3");
     wait_for(60, "web's two replicas up", || {
         g.door_ok("alice", &["service", "ls"])
             .contains("web\tweb1\t2/2 up")
@@ -1388,18 +1391,7 @@ fn a_service_is_kept_running_through_crashes_updates_and_a_lost_cpu_node() {
         assert_eq!(fetch(&g, addr).as_deref(), Some("one\n"), "{addr}");
     }
     // A check program run in the replica's environment.
-    g.door_ok(
-        "alice",
-        &[
-            "service",
-            "add",
-            "probe",
-            "web1",
-            "health=cmd:/bin/true",
-            "--",
-            "sleep 1000",
-        ],
-    );
+    g.add_service("probe web1 health=cmd:/bin/true -- sleep 1000");
     wait_for(60, "probe up by its check program", || {
         g.door_ok("alice", &["service", "ls"])
             .contains("probe\tweb1\t1/1 up\thealth cmd:/bin/true")
@@ -1586,10 +1578,7 @@ fn a_service_is_kept_running_through_crashes_updates_and_a_lost_cpu_node() {
         g.door_ok("alice", &["service", "rm", "web"])
             .starts_with("web removed")
     );
-    g.door_ok(
-        "alice",
-        &["service", "add", "web", "web2", "publish=8080", "--", httpd],
-    );
+    g.add_service(&format!("web web2 publish=8080 -- {httpd}"));
     wait_for(10, "the old rollout to end with its service", || {
         g.door("alice", &["service", "update", "web", "web1"])
             .status
@@ -1683,23 +1672,8 @@ fn a_hubfs_chat_kept_as_a_service_is_found_again_after_its_node_dies() {
     }
     let mut g = Split::new(&[], &[]);
     g.import("chat", &colony_root(g.tmp.path()));
-    g.start_s1();
-    g.start_cpu(1);
-    g.start_cpu(2);
-    g.wait_links(2);
-    g.door_ok(
-        "alice",
-        &[
-            "service",
-            "add",
-            "chat",
-            "chat",
-            "publish=5641",
-            "health=tcp:5641",
-            "--",
-            "colony hubfs --listen 0.0.0.0:5641",
-        ],
-    );
+    g.start_grid();
+    g.add_service("chat chat publish=5641 health=tcp:5641 -- colony hubfs --listen 0.0.0.0:5641");
     wait_for(90, "the chat up", || directory_of(&g, "chat").len() == 1);
     let (node, addr) = directory_of(&g, "chat").remove(0);
     if let Err(e) = chat(&g, &addr, "alice: hello\n") {
@@ -1736,25 +1710,10 @@ fn a_service_outlives_a_cut_link_and_converges_when_it_heals() {
     }
     let mut g = Split::new(&[], &[]);
     g.import("web1", &web_root(g.tmp.path(), "one\n"));
-    g.start_s1();
-    g.start_cpu(1);
-    g.start_cpu(2);
-    g.wait_links(2);
-    g.door_ok(
-        "alice",
-        &[
-            "service",
-            "add",
-            "web",
-            "web1",
-            "replicas=2",
-            "publish=8080",
-            // No health check: the loss is found by the replica's session
-            // to its environment alone.
-            "--",
-            "httpd -f -p 8080 -h /www",
-        ],
-    );
+    g.start_grid();
+    // No health check: the loss is found by the replica's session to its
+    // environment alone.
+    g.add_service("web web1 replicas=2 publish=8080 -- httpd -f -p 8080 -h /www");
     wait_for(60, "two replicas up", || directory_of(&g, "web").len() == 2);
     let envs_before: Vec<String> = g
         .door_ok("alice", &["status"])
