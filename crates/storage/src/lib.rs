@@ -221,6 +221,9 @@ fn not_here() -> Reply {
     }
 }
 
+/// The largest copy of a service record a peer takes.
+const MAX_COPY: usize = 64 << 10;
+
 /// How long a peer has to answer a listing or a check.
 const PEER_LOOKS: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -290,6 +293,60 @@ impl Node {
         let _ = self.me.set(Arc::downgrade(self));
         self.resume_services();
         self.resume_jobs();
+        self.share_services();
+    }
+
+    /// Copies each changed service record to the peers, in the background
+    /// (a round at most a second; what a peer did not take is tried again
+    /// within ten).
+    fn share_services(self: &Arc<Self>) {
+        let (Some(services), Some(_)) = (self.services.clone(), self.peers()) else {
+            return;
+        };
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    services.share.notified(),
+                )
+                .await;
+                let changed = services.take_unshared();
+                let Some(n) = node.upgrade() else { return };
+                if !changed.is_empty() {
+                    let failed = tokio::task::spawn_blocking(move || n.share(changed))
+                        .await
+                        .unwrap_or_default();
+                    for (user, name) in failed {
+                        services.unshared(&user, &name);
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Copies these records (or their removal) to every peer: those some
+    /// peer did not take.
+    fn share(&self, changed: Vec<(String, String)>) -> Vec<(String, String)> {
+        let (Some(peers), Ok(services)) = (self.peers(), self.services()) else {
+            return Vec::new();
+        };
+        let mut failed = Vec::new();
+        for (user, name) in changed {
+            let line = match services.record_text(&user, &name) {
+                Some(text) => format!("service-copy {} {name} {text}", peers.me()),
+                None => format!("service-forget {} {name}", peers.me()),
+            };
+            let taken = peers
+                .ask_all(&user, &line, PEER_LOOKS)
+                .iter()
+                .all(|a| matches!(&a.told, Ok(t) if t.status == 0));
+            if !taken {
+                failed.push((user, name));
+            }
+        }
+        failed
     }
 
     /// Keeps the services a previous run of the node kept, ending first
@@ -673,7 +730,7 @@ impl Node {
             ["service", "ls"] if scope == Scope::Grid => return self.grid_services(user),
             ["service", "add", name, ..]
                 if scope == Scope::Grid
-                    && let Some(peer) = self.held_by_peer(user, &format!("service ls {name}")) =>
+                    && let Some(peer) = self.service_kept_by_peer(user, name) =>
             {
                 Err(GridError::refused(format!(
                     "you have a service {name} already, kept by storage node {peer}"
@@ -1014,6 +1071,20 @@ impl Node {
             .map(|(peer, _)| peer)
     }
 
+    /// The peer that keeps `user`'s service `name`: by asking, else by the
+    /// copies peers sent (one out of reach keeps what it kept).
+    fn service_kept_by_peer(&self, user: &str, name: &str) -> Option<String> {
+        if let Some(peer) = self.held_by_peer(user, &format!("service ls {name}")) {
+            return Some(peer);
+        }
+        let services = self.services().ok()?;
+        let peers = self.peers()?;
+        peers
+            .names()
+            .into_iter()
+            .find(|peer| services.copies(peer, user).iter().any(|(n, ..)| n == name))
+    }
+
     /// `user`'s services across the grid, as [`Node::status`] lists
     /// environments.
     fn grid_services(&self, user: &str) -> Reply {
@@ -1026,7 +1097,33 @@ impl Node {
             Err(e) => return Reply::fail(e.to_string()),
         };
         let mut err = String::new();
-        self.gather(user, "service ls", &mut out, &mut err);
+        if let (Some(peers), Ok(services)) = (self.peers(), self.services()) {
+            for a in peers.ask_all(user, "service ls", PEER_LOOKS) {
+                match a.told {
+                    Ok(t) if t.status == 0 => {
+                        for l in String::from_utf8_lossy(&t.out).lines() {
+                            let _ = writeln!(out, "{l}\tthrough storage node {}", a.peer);
+                        }
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(t) => t.err.trim_end().to_string(),
+                            Err(why) => why,
+                        };
+                        let _ = writeln!(err, "storage node {}: {why}", a.peer);
+                        // What its last copies say, marked as such.
+                        for (name, root, command, when) in services.copies(&a.peer, user) {
+                            let _ = writeln!(
+                                out,
+                                "{name}\t{root}\tkept by storage node {}, out of reach: as copied {}\t{command}",
+                                a.peer,
+                                status::ago(when)
+                            );
+                        }
+                    }
+                }
+            }
+        }
         Reply {
             out,
             err,
@@ -1126,6 +1223,51 @@ impl replica::ask::Desk for Desk {
 impl Node {
     /// A peer's ask: carried out as this node alone sees it.
     fn answer_peer(&self, user: &str, line: &str) -> replica::ask::Told {
+        // A peer's copy of a service record it keeps: taken only once the
+        // root it names is bound here.
+        if let Some(rest) = line
+            .strip_prefix("service-copy ")
+            .or(line.strip_prefix("service-forget "))
+        {
+            let copy = line.starts_with("service-copy ");
+            let mut parts = rest.splitn(3, ' ');
+            let (owner, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let text = parts.next();
+            let kept = (|| {
+                grid::names::check_node_name(owner)?;
+                grid::names::check_user_name(user)?;
+                check_score_name(name)?;
+                if text.is_some_and(|t| t.len() > MAX_COPY) {
+                    return Err(GridError::refused("a record of more than 64 KiB"));
+                }
+                let services = self.services()?;
+                if !copy {
+                    return services.keep_copy(owner, user, name, None);
+                }
+                let text = text.ok_or_else(|| GridError::refused("a copy without its record"))?;
+                let record: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| GridError::refused(format!("a record that does not read: {e}")))?;
+                let root = record.get("root").and_then(|r| r.as_str()).unwrap_or("");
+                if self.names().lookup_for(root, user)?.is_none() {
+                    return Err(GridError::refused(format!(
+                        "its root {root} is not bound here yet"
+                    )));
+                }
+                services.keep_copy(owner, user, name, Some(text))
+            })();
+            return match kept {
+                Ok(()) => replica::ask::Told {
+                    out: Vec::new(),
+                    err: String::new(),
+                    status: 0,
+                },
+                Err(e) => replica::ask::Told {
+                    out: Vec::new(),
+                    err: format!("{e}\n"),
+                    status: 1,
+                },
+            };
+        }
         // A follower of a job's log through a peer: its bytes as they
         // are, and whether the job has ended.
         if let ["logs-since", id, from] = line.split_whitespace().collect::<Vec<_>>()[..] {

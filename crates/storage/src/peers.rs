@@ -60,6 +60,16 @@ impl Peers {
             .collect()
     }
 
+    /// This node's name, as its peers know it.
+    pub fn me(&self) -> &str {
+        &self.replicator.node
+    }
+
+    /// The colony peers' names.
+    pub fn names(&self) -> Vec<String> {
+        self.known().into_iter().map(|(p, _)| p.name).collect()
+    }
+
     /// Whether there are peers to ask at all.
     pub fn any(&self) -> bool {
         self.replicator.peers.iter().any(|p| !p.plain_venti)

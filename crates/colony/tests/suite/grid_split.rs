@@ -971,6 +971,12 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
             l.starts_with("idle\tbusybox\t1/1 up") && l.ends_with("\tthrough storage node s2")
         })
     });
+    // Its record travels to s1 as a copy.
+    let copy = |name: &str| {
+        g.state("s1")
+            .join(format!("services/.copies/s2/alice/{name}.json"))
+    };
+    wait_for(30, "idle's record copied to s1", || copy("idle").exists());
     let err = g.door_err(
         "alice",
         &["service", "add", "idle", "busybox", "--", "true"],
@@ -987,6 +993,7 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
     wait_for(30, "idle's environment to end", || {
         !g.door_on_ok(3, "alice", &["status"]).contains("idle.")
     });
+    wait_for(30, "idle's copy dropped on s1", || !copy("idle").exists());
     assert_eq!(g.door_on_ok(3, "alice", &["service", "ls"]), "");
 
     assert_eq!(g.door_ok("alice", &["boom", "busybox"]), "busybox BOOMed\n");
@@ -1000,9 +1007,24 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
         String::from_utf8_lossy(&none.stderr)
     );
 
+    // A service kept by s2 when the partition comes.
+    g.add_service_on(3, "later busybox -- busybox sleep 1000");
+    wait_for(30, "later's record copied to s1", || copy("later").exists());
+
     // A partition: s2 gone. s1 lists what it holds and says what it
-    // cannot; a command for work it does not hold says who might.
+    // cannot; a command for work it does not hold says who might; s2's
+    // services are listed from their copies, and their names stay taken.
     g.s2.as_mut().unwrap().kill9();
+    let ls = g.door_ok("alice", &["service", "ls"]);
+    assert!(
+        ls.starts_with("later\tbusybox\tkept by storage node s2, out of reach: as copied "),
+        "{ls}"
+    );
+    let err = g.door_err(
+        "alice",
+        &["service", "add", "later", "busybox", "--", "true"],
+    );
+    assert!(err.contains("kept by storage node s2"), "{err}");
     let cut = g.door("alice", &["status"]);
     assert!(cut.status.success());
     let said = String::from_utf8_lossy(&cut.stderr);
@@ -1289,11 +1311,16 @@ impl Split {
     /// `service add SPEC` for alice through s1's front door: SPEC is
     /// `NAME ROOT [OPTIONS] -- COMMAND`, the command passed as one word.
     fn add_service(&self, spec: &str) -> String {
+        self.add_service_on(0, spec)
+    }
+
+    /// [`Split::add_service`] through the front door on `host`.
+    fn add_service_on(&self, host: usize, spec: &str) -> String {
         let (head, command) = spec.split_once(" -- ").expect("NAME ROOT … -- COMMAND");
         let mut args = vec!["service", "add"];
         args.extend(head.split_whitespace());
         args.extend(["--", command]);
-        self.door_ok("alice", &args)
+        self.door_on_ok(host, "alice", &args)
     }
 }
 

@@ -11,6 +11,12 @@
 //!
 //! A service's files are its environments': they last only as long as a
 //! replica, and only `save` keeps them.
+//!
+//! A service is kept by one storage node, the one it was added through.
+//! Its record travels to the other storage nodes as a copy
+//! (`STATE/services/.copies/OWNER/USER/NAME.json`), taken by a peer only
+//! once the root it names is bound there (never ahead of what it refers
+//! to), so a peer can list it while its keeper is out of reach.
 
 pub mod directory;
 pub mod keeper;
@@ -242,10 +248,13 @@ impl Service {
         if let Some(services) = self.services.upgrade() {
             {
                 let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-                if !self.removed.load(Ordering::SeqCst)
-                    && let Err(e) = services.write(self)
-                {
-                    tracing::warn!(service = %self.name, error = %e, "writing a service's record");
+                if !self.removed.load(Ordering::SeqCst) {
+                    match services.write(self) {
+                        Ok(()) => services.unshared(&self.user, &self.name),
+                        Err(e) => {
+                            tracing::warn!(service = %self.name, error = %e, "writing a service's record")
+                        }
+                    }
                 }
             }
             services.publish();
@@ -302,6 +311,10 @@ pub struct Services {
     kept: Mutex<HashMap<(String, String), Arc<Service>>>,
     /// One writer of the directory at a time.
     publishing: Mutex<()>,
+    /// Records changed since they were last copied to every peer.
+    unshared: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Told when a record changes.
+    pub share: tokio::sync::Notify,
 }
 
 impl Services {
@@ -314,6 +327,8 @@ impl Services {
             directory,
             kept: Mutex::default(),
             publishing: Mutex::default(),
+            unshared: Mutex::default(),
+            share: tokio::sync::Notify::new(),
         }))
     }
 
@@ -466,6 +481,7 @@ impl Services {
             r.retire();
         }
         self.publish();
+        self.unshared(user, name);
         gone.map_err(|e| {
             GridError::io(
                 format!("{name}'s replicas are ending, but its record could not be removed (a restart would keep it again)"),
@@ -543,6 +559,98 @@ impl Services {
             self.start(node, &service);
         }
         stale
+    }
+
+    /// Marks `user`'s `name` for copying to the peers.
+    pub fn unshared(&self, user: &str, name: &str) {
+        self.unshared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((user.to_string(), name.to_string()));
+        self.share.notify_one();
+    }
+
+    /// The records to copy to the peers (and forgets them: a caller that
+    /// fails marks them again).
+    pub fn take_unshared(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.unshared.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
+    /// `user`'s record of `name` as its text, if it is kept here.
+    pub fn record_text(&self, user: &str, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.record_path(user, name)).ok()
+    }
+
+    fn copy_path(&self, owner: &str, user: &str, name: &str) -> PathBuf {
+        self.dir
+            .join(".copies")
+            .join(owner)
+            .join(user)
+            .join(format!("{name}.json"))
+    }
+
+    /// Keeps (or, with None, drops) the copy of `owner`'s record of
+    /// `user`'s `name`.
+    pub fn keep_copy(
+        &self,
+        owner: &str,
+        user: &str,
+        name: &str,
+        text: Option<&str>,
+    ) -> GridResult<()> {
+        let path = self.copy_path(owner, user, name);
+        let Some(text) = text else {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(GridError::io(format!("removing {}", path.display()), e))
+                }
+                _ => Ok(()),
+            };
+        };
+        let dir = path.parent().expect("a copy's path has a directory");
+        let tmp = dir.join(format!(".{name}.new"));
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| GridError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// The copies `owner` sent of `user`'s services: (name, root, command,
+    /// when copied), by name.
+    pub fn copies(&self, owner: &str, user: &str) -> Vec<(String, String, String, SystemTime)> {
+        let dir = self.dir.join(".copies").join(owner).join(user);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(".json").filter(|n| !n.starts_with('.')) else {
+                continue;
+            };
+            let Some(record) = std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            else {
+                continue;
+            };
+            let text = |k: &str| {
+                record
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let command = Spec::parse(&text("line"))
+                .map(|s| s.command)
+                .unwrap_or_default();
+            let when = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push((name.to_string(), text("root"), command, when));
+        }
+        out.sort();
+        out
     }
 
     /// Every service ends (the node stops); their records stay.
