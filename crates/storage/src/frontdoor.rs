@@ -253,7 +253,8 @@ async fn follow(
 
 /// `service logs -f NAME`: the service's log as it grows, until the
 /// service is removed (or the client leaves). A log trimmed meanwhile is
-/// read again from its new start.
+/// read again from its new start. A service another storage node keeps
+/// is followed through that node.
 async fn follow_service(
     node: Arc<Node>,
     user: String,
@@ -262,24 +263,63 @@ async fn follow_service(
     channel: ChannelId,
 ) {
     let (mut sent, mut trims) = (0u64, 0u32);
+    // The peer that keeps it, once known, over one connection.
+    let mut peer: Option<Box<replica::ask::Asking>> = None;
     let why = loop {
-        let (n, u, s) = (node.clone(), user.clone(), name.clone());
-        let got = tokio::task::spawn_blocking(move || {
-            let services = n.services().map_err(|e| e.to_string())?;
-            match services.get(&u, &s) {
-                Some(service) => Ok(Some(service.log_from(sent, trims))),
-                None if sent > 0 => Ok(None),
-                None => Err(match n.held_by_peer(&u, &format!("service ls {s}")) {
-                    Some(peer) => format!(
-                        "{s} is kept by storage node {peer}: follow its log through that node's front door"
-                    ),
-                    None => format!("no service {s} of yours"),
-                }),
+        let got = match peer.as_mut() {
+            Some(asking) => {
+                let line = format!("service-log-since {name} {sent} {trims}");
+                match asking
+                    .ask(&user, &line, std::time::Duration::from_secs(30))
+                    .await
+                {
+                    Ok(t) if t.status == 0 => {
+                        let mut said = t.err.split_whitespace().map(str::parse::<u64>);
+                        match (said.next(), said.next()) {
+                            (Some(Ok(from)), Some(Ok(now))) => Ok(Some((from, now as u32, t.out))),
+                            _ => Err(format!("an answer that does not read: {:?}", t.err)),
+                        }
+                    }
+                    Ok(t) if t.status == crate::NOT_HERE => Ok(None),
+                    Ok(t) => Err(t.err.trim_end().to_string()),
+                    Err(why) => Err(why),
+                }
             }
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+            None => {
+                let (n, u, s) = (node.clone(), user.clone(), name.clone());
+                let here = tokio::task::spawn_blocking(move || {
+                    let services = n.services().map_err(|e| e.to_string())?;
+                    match services.get(&u, &s) {
+                        Some(service) => Ok(Ok(Some(service.log_from(sent, trims)))),
+                        None if sent > 0 => Ok(Ok(None)),
+                        None => match n.held_by_peer(&u, &format!("service ls {s}")) {
+                            Some(peer) => Ok(Err(peer)),
+                            None => Err(format!("no service {s} of yours")),
+                        },
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                match here {
+                    Ok(Ok(got)) => Ok(got),
+                    // Kept by a peer: followed there from now on.
+                    Ok(Err(keeper)) => match node.peers() {
+                        Some(peers) => match peers.open(&keeper).await {
+                            Ok(asking) => {
+                                peer = Some(Box::new(asking));
+                                continue;
+                            }
+                            Err(why) => {
+                                Err(format!("storage node {keeper}, which keeps it: {why}"))
+                            }
+                        },
+                        None => Err("this node has no peers now".into()),
+                    },
+                    Err(why) => Err(why),
+                }
+            }
+        };
         match got {
             Ok(Some((from, now, data))) => {
                 (sent, trims) = (from + data.len() as u64, now);

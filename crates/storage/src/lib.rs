@@ -1223,6 +1223,28 @@ impl replica::ask::Desk for Desk {
 impl Node {
     /// A peer's ask: carried out as this node alone sees it.
     fn answer_peer(&self, user: &str, line: &str) -> replica::ask::Told {
+        // A follower of a service's log through a peer: the piece from
+        // FROM as it was after TRIMS trims; where that piece starts and
+        // the trims now, in `err`.
+        if let ["service-log-since", name, from, trims] =
+            line.split_whitespace().collect::<Vec<_>>()[..]
+        {
+            let service = self.services.as_ref().and_then(|s| s.get(user, name));
+            let (Some(service), Ok(from), Ok(trims)) = (service, from.parse(), trims.parse())
+            else {
+                return replica::ask::Told {
+                    out: Vec::new(),
+                    err: "not held here\n".into(),
+                    status: NOT_HERE,
+                };
+            };
+            let (from, now, out) = service.log_from(from, trims);
+            return replica::ask::Told {
+                out,
+                err: format!("{from} {now}"),
+                status: 0,
+            };
+        }
         // A peer's copy of a service record it keeps: taken only once the
         // root it names is bound here.
         if let Some(rest) = line

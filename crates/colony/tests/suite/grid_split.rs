@@ -986,10 +986,22 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
         g.door_ok("alice", &["service", "ls", "idle"])
             .starts_with("service=idle user=alice")
     );
+    // Its log followed through s1 until it is removed.
+    let mut follower = g
+        .door_command(0, "alice", &["service", "logs", "-f", "idle"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(follower.stdout.as_mut().unwrap(), &mut first).unwrap();
+    assert_eq!(&first, b"service:");
     assert!(
         g.door_ok("alice", &["service", "rm", "idle"])
             .starts_with("idle removed")
     );
+    let followed = follower.wait_with_output().unwrap();
+    assert!(followed.status.success(), "{followed:?}");
     wait_for(30, "idle's environment to end", || {
         !g.door_on_ok(3, "alice", &["status"]).contains("idle.")
     });
