@@ -1312,9 +1312,13 @@ fn started_job(g: &Split, secs: u32) -> String {
 }
 
 impl Split {
-    /// Starts s1 and both cpu nodes, and waits for their links.
+    /// Starts s1 (and s2, in a grid of two storage nodes) and both cpu
+    /// nodes, and waits for their links to s1.
     fn start_grid(&mut self) {
         self.start_s1();
+        if self.s2.is_some() {
+            self.start_s2();
+        }
         self.start_cpu(1);
         self.start_cpu(2);
         self.wait_links(2);
@@ -1387,7 +1391,8 @@ fn fetch(g: &Split, addr: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Services on a storage node and two cpu nodes in network namespaces.
+/// Services on two storage nodes (s1 keeps them) and two cpu nodes in
+/// network namespaces.
 /// Invariants: a service's replicas run on distinct cpu nodes while there
 /// are enough, and the directory lists each where it can be reached; a
 /// command that keeps crashing is started again with a growing backoff,
@@ -1401,7 +1406,8 @@ fn a_service_is_kept_running_through_crashes_updates_and_a_lost_cpu_node() {
     if !can_run() {
         return;
     }
-    let mut g = Split::new(&[], &[]);
+    // Two storage nodes: s1 keeps the services, s2 sees them.
+    let mut g = Split::with_storage(2, &[], &[]);
     let one = web_root(g.tmp.path(), "one\n");
     g.import("web1", &one);
     g.import("web2", &web_root(g.tmp.path(), "two!\n"));
@@ -1422,6 +1428,11 @@ fn a_service_is_kept_running_through_crashes_updates_and_a_lost_cpu_node() {
     wait_for(60, "web's two replicas up", || {
         g.door_ok("alice", &["service", "ls"])
             .contains("web\tweb1\t2/2 up")
+    });
+    wait_for(30, "web seen through s2", || {
+        g.door_on_ok(3, "alice", &["service", "ls"])
+            .lines()
+            .any(|l| l.starts_with("web\tweb1\t2/2 up") && l.ends_with("\tthrough storage node s1"))
     });
     let found = directory_of(&g, "web");
     assert_eq!(found.len(), 2, "{found:?}");
