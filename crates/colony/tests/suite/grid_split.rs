@@ -227,6 +227,21 @@ impl Split {
         self.door_command(host, user, args).output().unwrap()
     }
 
+    /// alice's `ssh … ARGS` (a follower: `logs -f`, `service logs -f`)
+    /// to the front door on `host`, started, once it has printed `first`.
+    fn following(&self, host: usize, args: &[&str], first: &[u8]) -> std::process::Child {
+        let mut child = self
+            .door_command(host, "alice", args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut got = vec![0u8; first.len()];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut got).unwrap();
+        assert_eq!(got, first, "{args:?}");
+        child
+    }
+
     /// The `ssh` of [`Split::door_on`], to start.
     fn door_command(&self, host: usize, user: &str, args: &[&str]) -> Command {
         let mut cmd = self.hosts.command(0, "ssh");
@@ -924,16 +939,8 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
             .any(|l| l.starts_with(&id) && l.ends_with("\tthrough storage node s1")),
         "{jobs}"
     );
-    let mut follower = g
-        .door_command(3, "alice", &["logs", "-f", &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Following the running job before it is cancelled.
-    let mut first = [0u8; 6];
-    std::io::Read::read_exact(follower.stdout.as_mut().unwrap(), &mut first).unwrap();
-    assert_eq!(&first, b"start\n");
+    let follower = g.following(3, &["logs", "-f", &id], b"start\n");
     assert_eq!(
         g.door_on_ok(3, "alice", &["cancel", &id]),
         format!("{id} cancelled\n")
@@ -987,15 +994,7 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
             .starts_with("service=idle user=alice")
     );
     // Its log followed through s1 until it is removed.
-    let mut follower = g
-        .door_command(0, "alice", &["service", "logs", "-f", "idle"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 8];
-    std::io::Read::read_exact(follower.stdout.as_mut().unwrap(), &mut first).unwrap();
-    assert_eq!(&first, b"service:");
+    let follower = g.following(0, &["service", "logs", "-f", "idle"], b"service:");
     assert!(
         g.door_ok("alice", &["service", "rm", "idle"])
             .starts_with("idle removed")
@@ -1565,15 +1564,7 @@ fn a_service_is_kept_running_through_crashes_updates_and_a_lost_cpu_node() {
     let log = g.door_ok("alice", &["service", "logs", "crash"]);
     assert!(log.contains("starting again in 4s"), "{log}");
     // Followed until it is removed.
-    let mut follower = g
-        .door_command(0, "alice", &["service", "logs", "-f", "crash"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 8];
-    std::io::Read::read_exact(follower.stdout.as_mut().unwrap(), &mut first).unwrap();
-    assert_eq!(&first, b"service:");
+    let follower = g.following(0, &["service", "logs", "-f", "crash"], b"service:");
     g.door_ok("alice", &["service", "rm", "crash"]);
     let followed = follower.wait_with_output().unwrap();
     assert!(followed.status.success(), "{followed:?}");
