@@ -32,8 +32,9 @@ pub struct Told {
 /// Where a node carries out what its peers ask: a storage node's command
 /// set, limited to the work this node holds.
 pub trait Desk: Send + Sync {
-    /// Carries out `line` for `user` without asking any peer in turn.
-    fn here(&self, user: &str, line: &str) -> Told;
+    /// Carries out `line` for `user`, as storage node `peer` (its
+    /// certificate's name) asks, without asking any peer in turn.
+    fn here(&self, peer: &str, user: &str, line: &str) -> Told;
 }
 
 /// The keeper's side: answers `first` and every further ask on the
@@ -52,8 +53,8 @@ where
     let (mut seq, mut user, mut line) = first;
     loop {
         tracing::debug!(peer, user, line, "a peer asks");
-        let d = desk.clone();
-        let mut told = tokio::task::spawn_blocking(move || d.here(&user, &line))
+        let (d, asker) = (desk.clone(), peer.to_string());
+        let mut told = tokio::task::spawn_blocking(move || d.here(&asker, &user, &line))
             .await
             .map_err(|e| format!("answering an ask failed: {e}"))?;
         if told.out.len() > MAX_OUT {

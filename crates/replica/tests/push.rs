@@ -544,7 +544,8 @@ async fn a_frame_cut_short_is_an_error_naming_what_arrived() {
 struct EchoDesk(Mutex<Vec<(String, String)>>);
 
 impl replica::ask::Desk for EchoDesk {
-    fn here(&self, user: &str, line: &str) -> replica::ask::Told {
+    fn here(&self, peer: &str, user: &str, line: &str) -> replica::ask::Told {
+        assert_eq!(peer, "a", "the asker named by its certificate");
         self.0.lock().unwrap().push((user.into(), line.into()));
         replica::ask::Told {
             out: line.bytes().rev().collect(),

@@ -305,21 +305,28 @@ impl Node {
         };
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
+            // What some peer did not take, tried again every ten seconds
+            // (not at each change: a peer out of reach fails at once).
+            let mut retry: std::collections::BTreeSet<(String, String)> = Default::default();
             loop {
-                let _ = tokio::time::timeout(
+                let idle = tokio::time::timeout(
                     std::time::Duration::from_secs(10),
                     services.share.notified(),
                 )
-                .await;
-                let changed = services.take_unshared();
+                .await
+                .is_err();
+                let mut changed: std::collections::BTreeSet<_> =
+                    services.take_unshared().into_iter().collect();
+                if idle {
+                    changed.append(&mut retry);
+                }
                 let Some(n) = node.upgrade() else { return };
                 if !changed.is_empty() {
+                    let changed = changed.into_iter().collect();
                     let failed = tokio::task::spawn_blocking(move || n.share(changed))
                         .await
                         .unwrap_or_default();
-                    for (user, name) in failed {
-                        services.unshared(&user, &name);
-                    }
+                    retry.extend(failed);
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
@@ -1074,13 +1081,22 @@ impl Node {
     /// The peer that keeps `user`'s service `name`: by asking, else by the
     /// copies peers sent (one out of reach keeps what it kept).
     fn service_kept_by_peer(&self, user: &str, name: &str) -> Option<String> {
-        if let Some(peer) = self.held_by_peer(user, &format!("service ls {name}")) {
-            return Some(peer);
-        }
         let services = self.services().ok()?;
-        let peers = self.peers()?;
-        peers
-            .names()
+        let mut out_of_reach = Vec::new();
+        for a in self
+            .peers()?
+            .ask_all(user, &format!("service ls {name}"), PEER_LOOKS)
+        {
+            match a.told {
+                Ok(t) if t.status == 0 => return Some(a.peer),
+                // It does not keep it: a copy saying otherwise is stale.
+                Ok(t) if t.status == NOT_HERE => {
+                    let _ = services.keep_copy(&a.peer, user, name, None);
+                }
+                _ => out_of_reach.push(a.peer),
+            }
+        }
+        out_of_reach
             .into_iter()
             .find(|peer| services.copies(peer, user).iter().any(|(n, ..)| n == name))
     }
@@ -1101,8 +1117,20 @@ impl Node {
             for a in peers.ask_all(user, "service ls", PEER_LOOKS) {
                 match a.told {
                     Ok(t) if t.status == 0 => {
-                        for l in String::from_utf8_lossy(&t.out).lines() {
+                        let listed = String::from_utf8_lossy(&t.out);
+                        for l in listed.lines() {
                             let _ = writeln!(out, "{l}\tthrough storage node {}", a.peer);
+                        }
+                        // What it keeps now is what its copies may say.
+                        let kept: Vec<&str> = listed
+                            .lines()
+                            .filter(|l| !l.starts_with('\t'))
+                            .filter_map(|l| l.split('\t').next())
+                            .collect();
+                        for (name, ..) in services.copies(&a.peer, user) {
+                            if !kept.contains(&name.as_str()) {
+                                let _ = services.keep_copy(&a.peer, user, &name, None);
+                            }
                         }
                     }
                     other => {
@@ -1208,9 +1236,9 @@ impl Node {
 pub struct Desk(pub std::sync::Weak<Node>);
 
 impl replica::ask::Desk for Desk {
-    fn here(&self, user: &str, line: &str) -> replica::ask::Told {
+    fn here(&self, peer: &str, user: &str, line: &str) -> replica::ask::Told {
         match self.0.upgrade() {
-            Some(node) => node.answer_peer(user, line),
+            Some(node) => node.answer_peer(peer, user, line),
             None => replica::ask::Told {
                 out: Vec::new(),
                 err: "the node is stopping\n".into(),
@@ -1222,7 +1250,7 @@ impl replica::ask::Desk for Desk {
 
 impl Node {
     /// A peer's ask: carried out as this node alone sees it.
-    fn answer_peer(&self, user: &str, line: &str) -> replica::ask::Told {
+    fn answer_peer(&self, peer: &str, user: &str, line: &str) -> replica::ask::Told {
         // A follower of a service's log through a peer: the piece from
         // FROM as it was after TRIMS trims; where that piece starts and
         // the trims now, in `err`.
@@ -1257,6 +1285,12 @@ impl Node {
             let text = parts.next();
             let kept = (|| {
                 grid::names::check_node_name(owner)?;
+                // A node sends copies of its own records only.
+                if owner != peer {
+                    return Err(GridError::refused(format!(
+                        "storage node {peer} sent a copy of {owner}'s record"
+                    )));
+                }
                 grid::names::check_user_name(user)?;
                 check_score_name(name)?;
                 if text.is_some_and(|t| t.len() > MAX_COPY) {

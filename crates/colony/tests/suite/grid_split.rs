@@ -979,10 +979,8 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
         })
     });
     // Its record travels to s1 as a copy.
-    let copy = |name: &str| {
-        g.state("s1")
-            .join(format!("services/.copies/s2/alice/{name}.json"))
-    };
+    let copies = g.state("s1").join("services/.copies/s2/alice");
+    let copy = |name: &str| copies.join(format!("{name}.json"));
     wait_for(30, "idle's record copied to s1", || copy("idle").exists());
     let err = g.door_err(
         "alice",
@@ -1044,6 +1042,25 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
     assert!(
         err.contains("storage node s2, which may hold it, is out of reach"),
         "{err}"
+    );
+
+    // s2 back: the service it kept is removed through s1, s1's copy goes
+    // with it, and the name is free again.
+    g.start_s2();
+    wait_for(30, "s2 back in s1's view", || {
+        g.door_ok("alice", &["service", "ls"])
+            .lines()
+            .any(|l| l.starts_with("later\tbusybox\t") && l.ends_with("\tthrough storage node s2"))
+    });
+    assert!(
+        g.door_ok("alice", &["service", "rm", "later"])
+            .starts_with("later removed")
+    );
+    wait_for(30, "later's copy dropped on s1", || !copy("later").exists());
+    g.add_service("later busybox -- busybox sleep 1000");
+    assert!(
+        g.door_ok("alice", &["service", "rm", "later"])
+            .starts_with("later removed")
     );
 
     // Replication's progress is in each storage node's events.

@@ -610,7 +610,13 @@ impl Services {
             };
         };
         let dir = path.parent().expect("a copy's path has a directory");
-        let tmp = dir.join(format!(".{name}.new"));
+        // Two copies of one record may be written at once (an ask that
+        // timed out still being carried out): a temporary file each.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let tmp = dir.join(format!(
+            ".{name}.{}.new",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(&tmp, text))
             .and_then(|()| std::fs::rename(&tmp, &path))
