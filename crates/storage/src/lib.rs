@@ -1042,18 +1042,34 @@ impl Node {
     /// Adds each peer's answer to `line` (a listing) to `out`, each line
     /// marked with the peer; what went wrong to `err`.
     fn gather(&self, user: &str, line: &str, out: &mut String, err: &mut String) {
+        self.gather_with(user, line, out, err, |_, _, _| {});
+    }
+
+    /// [`Node::gather`], telling `each` what every peer listed (None: it
+    /// could not be asked, or refused) with `out` to add to.
+    fn gather_with(
+        &self,
+        user: &str,
+        line: &str,
+        out: &mut String,
+        err: &mut String,
+        mut each: impl FnMut(&str, Option<&str>, &mut String),
+    ) {
         let Some(peers) = self.peers() else {
             return;
         };
         for a in peers.ask_all(user, line, PEER_LOOKS) {
             match a.told {
                 Ok(t) if t.status == 0 => {
-                    for l in String::from_utf8_lossy(&t.out).lines() {
+                    let listed = String::from_utf8_lossy(&t.out);
+                    for l in listed.lines() {
                         let _ = writeln!(out, "{l}\tthrough storage node {}", a.peer);
                     }
+                    each(&a.peer, Some(&listed), out);
                 }
                 Ok(t) => {
                     let _ = writeln!(err, "storage node {}: {}", a.peer, t.err.trim_end());
+                    each(&a.peer, None, out);
                 }
                 Err(why) => {
                     let _ = writeln!(
@@ -1066,6 +1082,7 @@ impl Node {
                             format!("out of reach ({why})")
                         }
                     );
+                    each(&a.peer, None, out);
                 }
             }
         }
@@ -1113,44 +1130,34 @@ impl Node {
             Err(e) => return Reply::fail(e.to_string()),
         };
         let mut err = String::new();
-        if let (Some(peers), Ok(services)) = (self.peers(), self.services()) {
-            for a in peers.ask_all(user, "service ls", PEER_LOOKS) {
-                match a.told {
-                    Ok(t) if t.status == 0 => {
-                        let listed = String::from_utf8_lossy(&t.out);
-                        for l in listed.lines() {
-                            let _ = writeln!(out, "{l}\tthrough storage node {}", a.peer);
-                        }
-                        // What it keeps now is what its copies may say.
+        if let Ok(services) = self.services() {
+            self.gather_with(user, "service ls", &mut out, &mut err, |peer, listed, out| {
+                match listed {
+                    // What it keeps now is what its copies may say.
+                    Some(listed) => {
                         let kept: Vec<&str> = listed
                             .lines()
                             .filter(|l| !l.starts_with('\t'))
                             .filter_map(|l| l.split('\t').next())
                             .collect();
-                        for (name, ..) in services.copies(&a.peer, user) {
+                        for (name, ..) in services.copies(peer, user) {
                             if !kept.contains(&name.as_str()) {
-                                let _ = services.keep_copy(&a.peer, user, &name, None);
+                                let _ = services.keep_copy(peer, user, &name, None);
                             }
                         }
                     }
-                    other => {
-                        let why = match other {
-                            Ok(t) => t.err.trim_end().to_string(),
-                            Err(why) => why,
-                        };
-                        let _ = writeln!(err, "storage node {}: {why}", a.peer);
-                        // What its last copies say, marked as such.
-                        for (name, root, command, when) in services.copies(&a.peer, user) {
+                    // What its last copies say, marked as such.
+                    None => {
+                        for (name, root, command, when) in services.copies(peer, user) {
                             let _ = writeln!(
                                 out,
-                                "{name}\t{root}\tkept by storage node {}, out of reach: as copied {}\t{command}",
-                                a.peer,
+                                "{name}\t{root}\tkept by storage node {peer}, out of reach: as copied {}\t{command}",
                                 status::ago(when)
                             );
                         }
                     }
                 }
-            }
+            });
         }
         Reply {
             out,
