@@ -88,20 +88,8 @@ impl RunRequest {
         let (mut count, mut retries) = (1, 0);
         for word in words {
             match word.split_once('=') {
-                Some(("count", n)) => {
-                    count = n
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_COUNT).contains(n))
-                        .ok_or_else(|| format!("count={n}: from 1 to {MAX_COUNT}"))?;
-                }
-                Some(("retries", n)) => {
-                    retries = n
-                        .parse()
-                        .ok()
-                        .filter(|n| *n <= MAX_RETRIES)
-                        .ok_or_else(|| format!("retries={n}: from 0 to {MAX_RETRIES}"))?;
-                }
+                Some(("count", n)) => count = number_option("count", n, 1..=MAX_COUNT)?,
+                Some(("retries", n)) => retries = number_option("retries", n, 0..=MAX_RETRIES)?,
                 Some(("timeout", value)) => {
                     let d = units::parse_duration(value)
                         .map_err(|e| format!("timeout={value}: {e}"))?;
@@ -142,6 +130,19 @@ impl RunRequest {
             name: None,
         })
     }
+}
+
+/// The value of option `key=text`, a whole number within `range`; else
+/// what it may be.
+pub(crate) fn number_option(
+    key: &str,
+    text: &str,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, String> {
+    text.parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| format!("{key}={text}: from {} to {}", range.start(), range.end()))
 }
 
 /// Where a run's output goes: the front door's channel (a run in the

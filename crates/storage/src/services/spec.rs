@@ -121,11 +121,7 @@ impl Spec {
         for word in words {
             match word.split_once('=') {
                 Some(("replicas", n)) => {
-                    replicas = n
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_REPLICAS).contains(n))
-                        .ok_or_else(|| format!("replicas={n}: from 1 to {MAX_REPLICAS}"))?;
+                    replicas = crate::run::number_option("replicas", n, 1..=MAX_REPLICAS)?
                 }
                 Some(("publish", p)) => {
                     let port = p
