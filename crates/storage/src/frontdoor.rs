@@ -67,6 +67,21 @@ struct Interactive {
     /// An `import`'s or a `run`'s input: the channel's data goes there
     /// (an empty chunk is the end of input).
     input: Option<Input>,
+    /// A follower's (`logs -f`, `service logs -f`): dropped with the
+    /// channel, which tells the follower its client left.
+    following: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Waits `pause` before a follower looks again: false if its client left
+/// meanwhile (its channel closed), and it should stop.
+async fn still_followed(
+    left: &mut tokio::sync::oneshot::Receiver<()>,
+    pause: std::time::Duration,
+) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(pause) => true,
+        _ = left => false,
+    }
 }
 
 /// Where a channel's data goes.
@@ -154,6 +169,13 @@ impl Drop for Connection {
 }
 
 impl Connection {
+    /// What tells a follower on `channel` that its client left.
+    fn followed(&mut self, channel: ChannelId) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.channels.entry(channel).or_default().following = Some(tx);
+        rx
+    }
+
     fn owner(&self, key: &ssh_key::PublicKey) -> Option<String> {
         match self.node.users().owner_of(key) {
             Ok(owner) => owner,
@@ -204,6 +226,7 @@ async fn follow(
     id: String,
     handle: russh::server::Handle,
     channel: ChannelId,
+    mut left: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut sent = 0u64;
     let mut source = match find_log(&node, &user, &id).await {
@@ -233,7 +256,9 @@ async fn follow(
         if ended {
             break Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if !still_followed(&mut left, std::time::Duration::from_millis(200)).await {
+            return;
+        }
     };
     let code = match status {
         Ok(()) => 0,
@@ -261,6 +286,7 @@ async fn follow_service(
     name: String,
     handle: russh::server::Handle,
     channel: ChannelId,
+    mut left: tokio::sync::oneshot::Receiver<()>,
 ) {
     let (mut sent, mut trims) = (0u64, 0u32);
     // The peer that keeps it, once known, over one connection.
@@ -334,7 +360,9 @@ async fn follow_service(
             Ok(None) => break None,
             Err(why) => break Some(why),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if !still_followed(&mut left, std::time::Duration::from_millis(200)).await {
+            return;
+        }
     };
     let code = match why {
         None => 0,
@@ -627,17 +655,20 @@ impl russh::server::Handler for Connection {
             return Ok(());
         }
         if let ["service", "logs", "-f", name] = words.as_slice() {
+            let left = self.followed(channel);
             tokio::spawn(follow_service(
                 node,
                 user,
                 name.to_string(),
                 handle,
                 channel,
+                left,
             ));
             return Ok(());
         }
         if let ["logs", "-f", id] = words.as_slice() {
-            tokio::spawn(follow(node, user, id.to_string(), handle, channel));
+            let left = self.followed(channel);
+            tokio::spawn(follow(node, user, id.to_string(), handle, channel, left));
             return Ok(());
         }
         if words.first() == Some(&"run") {

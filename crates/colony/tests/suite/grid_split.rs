@@ -991,6 +991,25 @@ fn a_cpu_node_serves_two_replicating_storage_nodes() {
         g.door_ok("alice", &["service", "ls", "idle"])
             .starts_with("service=idle user=alice")
     );
+    // A follower through s1 whose client leaves stops following: its
+    // connection to s2 closes. (Before, it went on asking for ever.)
+    let asks_on_s2 = || {
+        let out = g
+            .hosts
+            .command(3, "ss")
+            .args(["-Htn", "state", "established", "( sport = :17035 )"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let before = asks_on_s2();
+    let mut gone = g.following(0, &["service", "logs", "-f", "idle"], b"service:");
+    assert_eq!(asks_on_s2(), before + 1);
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    wait_for(20, "the left follower's connection to s2 to close", || {
+        asks_on_s2() == before
+    });
     // Its log followed through s1 until it is removed.
     let follower = g.following(0, &["service", "logs", "-f", "idle"], b"service:");
     assert!(
