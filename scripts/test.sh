@@ -45,6 +45,7 @@ command -v zstd >/dev/null || need+=(zstd)                      # an OCI layer c
 command -v promtool >/dev/null || need+=(prometheus)            # metrics checked by promtool
 command -v chromium >/dev/null || need+=(chromium)              # the status page, headless
 command -v curl >/dev/null || need+=(curl)
+command -v strip >/dev/null || need+=(binutils)                 # a stripped colony in the chat service's root
 command -v slirp4netns >/dev/null || need+=(slirp4netns)        # environments' private networks
 command -v ip >/dev/null || need+=(iproute2)                    # test hosts in network namespaces
 command -v nsenter >/dev/null || need+=(util-linux)
