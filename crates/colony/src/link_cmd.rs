@@ -176,7 +176,6 @@ pub fn tunnel(args: TunnelArgs) -> Result<()> {
         crate::signals::reload_on_sighup(link.clone());
         loop {
             let (socket, peer) = link::listener::accept(&listener, "tunnel").await;
-            let _ = socket.set_nodelay(true);
             let (link, roles, target) = (link.clone(), roles.clone(), target.clone());
             tokio::spawn(async move {
                 match carry(link, socket, peer, from, &target, &roles).await {

@@ -203,7 +203,6 @@ fn serve_9p_tls(
 ) {
     loop {
         let (socket, peer) = link::listener::accept_blocking(&listener, "9P");
-        let _ = socket.set_nodelay(true);
         let (fs, link, roles) = (fs.clone(), link.clone(), roles.clone());
         std::thread::spawn(move || match link.accept_blocking(socket, peer, &roles) {
             Ok((stream, who)) => match fossil9p::serve_stream(stream, fs, options) {

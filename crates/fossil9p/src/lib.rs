@@ -37,12 +37,9 @@ pub fn serve_with(listener: TcpListener, fs: Arc<Fs>, options: Options) {
     loop {
         let (stream, peer) = link::listener::accept_blocking(&listener, "9P");
         let fs = fs.clone();
-        std::thread::spawn(move || {
-            let _ = stream.set_nodelay(true);
-            match Session::new(fs, options).run(stream) {
-                Ok(()) => tracing::debug!(%peer, "9P connection closed"),
-                Err(e) => tracing::info!(%peer, error = %e, "9P connection ended"),
-            }
+        std::thread::spawn(move || match Session::new(fs, options).run(stream) {
+            Ok(()) => tracing::debug!(%peer, "9P connection closed"),
+            Err(e) => tracing::info!(%peer, error = %e, "9P connection ended"),
         });
     }
 }

@@ -30,7 +30,6 @@ pub fn serve(listener: TcpListener, hubs: Arc<HubSet>) {
         let (stream, peer) = link::listener::accept_blocking(&listener, "hub");
         let hubs = hubs.clone();
         std::thread::spawn(move || {
-            let _ = stream.set_nodelay(true);
             if let Err(e) = serve_conn(stream, hubs) {
                 tracing::info!(%peer, error = %e, "hub connection ended");
             }

@@ -2,7 +2,11 @@
 //! often passing (out of file descriptors while connections are many, a
 //! connection reset before it was taken): it is logged and retried after a
 //! pause, so a listener neither ends nor spins on it. Every server of the
-//! grid accepts through here.
+//! grid accepts through here, and every connection it hands out sends each
+//! write at once (TCP_NODELAY): the grid's protocols are small requests and
+//! answers, and under Nagle's algorithm an answer written after another
+//! small write (a TLS session ticket, an SSH step) waited for the peer's
+//! delayed ACK, about 40 ms.
 //!
 //! [`Places`] bound how many connections may be in a state where they are
 //! nobody yet (in their TLS handshake, logging in over SSH) at once, and a
@@ -150,7 +154,10 @@ pub async fn accept(
 ) -> (tokio::net::TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
-            Ok(accepted) => return accepted,
+            Ok(accepted) => {
+                let _ = accepted.0.set_nodelay(true);
+                return accepted;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "{what} listener: accepting a connection failed; retrying");
                 tokio::time::sleep(ACCEPT_PAUSE).await;
@@ -166,7 +173,10 @@ pub fn accept_blocking(
 ) -> (std::net::TcpStream, SocketAddr) {
     loop {
         match listener.accept() {
-            Ok(accepted) => return accepted,
+            Ok(accepted) => {
+                let _ = accepted.0.set_nodelay(true);
+                return accepted;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "{what} listener: accepting a connection failed; retrying");
                 std::thread::sleep(ACCEPT_PAUSE);
@@ -178,6 +188,27 @@ pub fn accept_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accepted_connection_sends_each_write_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, _) = accept_blocking(&listener, "test");
+        assert!(socket.nodelay().unwrap());
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (socket, _) = accept(&listener, "test").await;
+            assert!(socket.nodelay().unwrap());
+        });
+    }
 
     #[test]
     fn a_log_budget_writes_its_lines_then_says_how_many_it_left_out() {

@@ -709,7 +709,6 @@ async fn refuse<W: tokio::io::AsyncWrite + Unpin>(
 pub async fn serve(pool: Arc<Pool>, link: Arc<link::Link>, listener: tokio::net::TcpListener) {
     loop {
         let (socket, addr) = link::listener::accept(&listener, "control link").await;
-        let _ = socket.set_nodelay(true);
         let (pool, link) = (pool.clone(), link.clone());
         tokio::spawn(async move {
             match link.accept(socket, addr, &[link::Role::Cpu]).await {
