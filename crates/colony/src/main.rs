@@ -67,42 +67,8 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-/// Marks every descriptor this process inherited past stdin, stdout and
-/// stderr close-on-exec. A supervisor, `flock` or a CI runner may start
-/// the node holding open files or directories; without this, every
-/// process the node runs (environments' pid 1 and logins, slirp4netns)
-/// would inherit them, and a tenant could reach the host through
-/// `/proc/self/fd/N`. The node's own files are opened close-on-exec by
-/// the standard library, so after this nothing leaks by accident.
-fn close_inherited_descriptors() {
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range only changes descriptor flags; no memory is passed.
-    let done = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if done != 0 {
-        // Kernels before 5.11: mark them one by one.
-        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-            let fds: Vec<i32> = dir
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .filter(|&fd| fd > 2)
-                .collect();
-            for fd in fds {
-                // SAFETY: fcntl on a descriptor number; a stale one fails harmlessly.
-                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            }
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    close_inherited_descriptors();
+    cpu::env::helper::close_inherited_descriptors();
     // Large buffers (FUSE's 16 MiB request buffer per mount thread, block
     // batches) always from fresh mappings: glibc otherwise raises its mmap
     // threshold after the first such buffer is freed and serves the next
@@ -113,21 +79,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
-    // The environments' helper processes: before anything starts a thread.
-    if std::env::var_os(cpu::env::HELPER_VAR).is_some_and(|v| v == "init") {
-        let request = cpu::env::InitRequest::read(&mut std::io::stdin().lock());
-        match request {
-            Ok(r) => cpu::env::launch::init_main(&r),
-            Err(e) => {
-                println!("error {e}");
-                std::process::exit(2)
-            }
-        }
-    }
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).is_some_and(|a| a == "__env-exec") {
-        env_helper(&args[1..]);
-    }
+    // Where no colony-env sits beside this binary, it is the environments'
+    // helper itself: before anything starts a thread.
+    cpu::env::helper::run_if_asked();
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
@@ -220,54 +174,4 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 });
         io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-/// `colony __env-exec [--pty] [--term T] [--agent SOCKET] -- ARGV…`, with where to enter
-/// in its environment (cpu::env::EXEC_REQUEST_VAR): run by the grid node,
-/// never by hand (see cpu::env::launch). The init helper is started as
-/// `init` with its request on stdin (see `main`).
-fn env_helper(args: &[String]) -> ! {
-    let (mut pty, mut term, mut agent) = (false, None, None);
-    let mut i = 1;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--term" => {
-                term = args.get(i + 1).cloned();
-                i += 2;
-            }
-            "--pty" => {
-                pty = true;
-                i += 1;
-            }
-            "--agent" => {
-                agent = args.get(i + 1).cloned();
-                i += 2;
-            }
-            "--" => break,
-            other => {
-                eprintln!("colony: {}: unexpected argument {other}", args[0]);
-                std::process::exit(2)
-            }
-        }
-    }
-    let request = std::env::var(cpu::env::EXEC_REQUEST_VAR)
-        .ok()
-        .and_then(|text| cpu::env::ExecRequest::parse(&text));
-    match request {
-        Some(request) if i + 1 < args.len() => cpu::env::launch::exec_main(
-            &request,
-            pty,
-            term.as_deref(),
-            agent.as_deref(),
-            &args[i + 1..],
-            cpu::services::BUILTINS,
-        ),
-        _ => {
-            eprintln!(
-                "colony: {} is run by the grid node with arguments it supplies",
-                args[0]
-            );
-            std::process::exit(2)
-        }
-    }
 }

@@ -51,7 +51,8 @@ pub struct CpuConfig {
     pub env_listen: String,
     /// Host name to put in the login command `spawn` replies with.
     pub public_host: String,
-    /// The colony executable, re-run as the environments' helper processes.
+    /// The environments' helper processes' executable: `colony-env`
+    /// beside the node's, else the node's own (see [`env::helper`]).
     pub helper: PathBuf,
     /// Whether `spawn … net=host` (the node's network, shared) is allowed.
     pub allow_host_net: bool,
@@ -76,7 +77,9 @@ impl Default for CpuConfig {
             env_ports: (20001, 20100),
             env_listen: "0.0.0.0".into(),
             public_host: host_name(),
-            helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony")),
+            helper: env::helper::helper_for(
+                &std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony")),
+            ),
             allow_host_net: false,
             publish_ports: (30001, 30100),
             userns: true,

@@ -17,6 +17,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod helper;
 pub mod launch;
 pub mod net;
 pub mod seccomp;
