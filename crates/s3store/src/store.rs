@@ -789,8 +789,18 @@ impl BlockStore for PackStore {
         }
         let score = Score::of(data);
         let inner = &self.inner;
+        let held = |state: &State| {
+            state.index.contains_key(&score) || state.unsent_blocks.contains_key(&score)
+        };
+        if held(&inner.state()) {
+            inner.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+            return Ok(score);
+        }
+        // Only a block new to the store is checked for a collision attack
+        // (see venti's LogStore), outside the lock.
+        Score::of_new(data)?;
         let mut state = inner.state();
-        if state.index.contains_key(&score) || state.unsent_blocks.contains_key(&score) {
+        if held(&state) {
             inner.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
             return Ok(score);
         }

@@ -5,6 +5,22 @@ use std::str::FromStr;
 
 use sha1::{Digest, Sha1};
 
+/// A block whose bytes carry a SHA-1 collision attack, named by its score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Collision(pub Score);
+
+impl fmt::Display for Collision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "block {} refused: its bytes carry a SHA-1 collision attack (made to share its score with different bytes)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Collision {}
+
 /// Length of a score in bytes.
 pub const SCORE_SIZE: usize = 20;
 
@@ -25,8 +41,29 @@ impl Score {
     pub const ALL_ZEROS: Score = Score([0; SCORE_SIZE]);
 
     /// Hashes `data` exactly as given (callers truncate first, see [`crate::zero`]).
+    /// For checking a block against its name; a block being stored for the
+    /// first time is hashed by [`Score::of_new`].
     pub fn of(data: &[u8]) -> Score {
         Score(Sha1::digest(data).into())
+    }
+
+    /// As [`Score::of`], for a block about to be stored: with git's SHA-1
+    /// collision detection (sha1dc), so that a block crafted to share its
+    /// score with a different one (SHAttered, SHA-mbles and any attack of
+    /// their kind) is refused instead of stored. The score is the block's
+    /// true SHA-1 either way; an error carries it, to name the block.
+    pub fn of_new(data: &[u8]) -> Result<Score, Collision> {
+        let mut hasher = sha1collisiondetection::Sha1CD::configure()
+            .safe_hash(false)
+            .build();
+        hasher.update(data);
+        let mut digest = sha1collisiondetection::Output::default();
+        let attacked = hasher.finalize_into_dirty_cd(&mut digest).is_err();
+        let score = Score(digest.into());
+        if attacked {
+            return Err(Collision(score));
+        }
+        Ok(score)
     }
 
     /// True for either zero score: both name the empty block.
@@ -103,6 +140,22 @@ mod tests {
 
     fn hex(s: &str) -> Score {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_new_blocks_score_is_its_plain_sha1() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in [0usize, 1, 55, 56, 64, 100, 8192, 57344] {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            assert_eq!(Score::of_new(&data), Ok(Score::of(&data)), "{len} bytes");
+        }
     }
 
     #[test]

@@ -179,3 +179,58 @@ async fn requests_fail_cleanly_when_the_server_goes_away() {
         "{err}"
     );
 }
+
+/// The published SHA-1 collisions as blocks: SHAttered (identical-prefix;
+/// the PDFs' first 512 bytes, which already collide) and SHA-mbles
+/// (chosen-prefix). Each pair shares a score with different bytes.
+fn colliding_pairs() -> [(&'static [u8], &'static [u8]); 2] {
+    [
+        (
+            include_bytes!("data/shattered-1.head"),
+            include_bytes!("data/shattered-2.head"),
+        ),
+        (
+            include_bytes!("data/sha-mbles-1.bin"),
+            include_bytes!("data/sha-mbles-2.bin"),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_carrying_a_sha1_collision_are_refused_and_name_their_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LogStore::open(dir.path()).unwrap());
+    let srv = TestServer::start(store.clone()).await;
+    let client = Client::connect_tcp(&srv.addr.to_string()).await.unwrap();
+    for (first, second) in colliding_pairs() {
+        let score = Score::of(first);
+        assert_eq!(score, Score::of(second), "not a colliding pair");
+        assert_ne!(first, second);
+        // Neither enters: both carry the attack, so no store can ever hold
+        // two different blocks under this score.
+        for bytes in [first, second] {
+            let err = client
+                .write(BlockType::DATA, bytes.to_vec())
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("SHA-1 collision attack"), "{text}");
+            assert!(text.contains(&score.to_string()), "{text}");
+            let err = client
+                .read(&score, BlockType::DATA, 8192)
+                .await
+                .unwrap_err();
+            assert!(err.is_missing_block(), "{err}");
+        }
+        // The store refuses it directly too, naming it.
+        match venti::BlockStore::write(store.as_ref(), BlockType::DATA, second) {
+            Err(venti::StoreError::Collision(c)) => assert_eq!(c.0, score),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The connection and the store go on as before.
+    let data = block(7, 4096);
+    let score = client.write(BlockType::DATA, data.clone()).await.unwrap();
+    assert_eq!(score, Score::of(&data));
+    client.sync().await.unwrap();
+}

@@ -323,11 +323,35 @@ fn bench_venti(
         results.push(phases);
     }
     report(&results);
+    // What collision detection costs, as ratios in the same run.
+    let median_rate = |name: &str| {
+        let mut rates: Vec<f64> = results
+            .iter()
+            .flat_map(|run| run.iter().filter(|p| p.name == name))
+            .map(|p| (p.blocks * p.block_size) as f64 / p.elapsed.as_secs_f64())
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    println!(
+        "collision detection: hashing at {:.2}x plain SHA-1; in-process ingest at {:.2}x, \
+         loopback venti writes at {:.2}x the same without it",
+        median_rate(DETECTING_SHA1) / median_rate(PLAIN_SHA1),
+        median_rate(INGEST_DETECTING) / median_rate(INGEST_PLAIN),
+        median_rate(LOOPBACK_DETECTING) / median_rate(LOOPBACK_PLAIN),
+    );
     if reopen_blocks > 0 {
         reopen(&scratch.path().join("reopen"), reopen_blocks)?;
     }
     Ok(())
 }
+
+const PLAIN_SHA1: &str = "plain SHA-1 of each block (the ceiling)";
+const DETECTING_SHA1: &str = "SHA-1 with collision detection (sha1dc)";
+const INGEST_PLAIN: &str = "in-process ingest, plain SHA-1 (+sync)";
+const INGEST_DETECTING: &str = "in-process ingest, new blocks (+sync)";
+const LOOPBACK_DETECTING: &str = "loopback writes, 1 pipelined client (+sync)";
+const LOOPBACK_PLAIN: &str = "the same, no collision detection (+sync)";
 
 fn in_process(dir: &std::path::Path, n: usize, run: u64) -> Result<Vec<Phase>> {
     let mut phases = Vec::new();
@@ -342,13 +366,36 @@ fn in_process(dir: &std::path::Path, n: usize, run: u64) -> Result<Vec<Phase>> {
     let store = LogStore::open(dir.join("inproc"))?;
     let blockgen = Blocks::new(1 + run * 10);
     let blocks: Vec<Vec<u8>> = (0..n).map(|i| blockgen.get(i)).collect();
+
+    // Hashing alone: plain SHA-1 (the ceiling of any ingest) and SHA-1
+    // with collision detection, which every store hashes new blocks with.
+    let t = Instant::now();
+    for b in &blocks {
+        std::hint::black_box(Score::of(b));
+    }
+    phase(PLAIN_SHA1, t.elapsed());
+    let t = Instant::now();
+    for b in &blocks {
+        std::hint::black_box(Score::of_new(b)?);
+    }
+    phase(DETECTING_SHA1, t.elapsed());
+    // Ingest as it would be without detection, into a store of its own.
+    let plain = LogStore::open(dir.join("inproc-plain"))?.without_collision_detection();
+    let t = Instant::now();
+    for b in &blocks {
+        plain.write(BlockType::DATA, b)?;
+    }
+    plain.sync()?;
+    phase(INGEST_PLAIN, t.elapsed());
+    plain.close()?;
+
     let t = Instant::now();
     let mut scores = Vec::with_capacity(n);
     for b in &blocks {
         scores.push(store.write(BlockType::DATA, b)?);
     }
     store.sync()?;
-    phase("in-process ingest, new blocks (+sync)", t.elapsed());
+    phase(INGEST_DETECTING, t.elapsed());
 
     let t = Instant::now();
     for b in &blocks {
@@ -384,7 +431,7 @@ async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> R
         write_pipelined(&client, Arc::new(Blocks::new(2 + run * 10)), 0..n, window).await?;
     client.sync().await?;
     phases.push(Phase {
-        name: "loopback writes, 1 pipelined client (+sync)",
+        name: LOOPBACK_DETECTING,
         blocks: n,
         block_size: BLOCK,
         elapsed: t.elapsed(),
@@ -434,6 +481,29 @@ async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> R
         elapsed: t.elapsed(),
     });
 
+    let _ = stop_tx.send(());
+    server.await??;
+
+    // The first phase again, into a store without collision detection:
+    // what the check costs a venti client end to end.
+    let store = LogStore::open(dir.join("tcp-plain"))?.without_collision_detection();
+    let store: Arc<dyn BlockStore> = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(venti::server::serve(listener, store, async {
+        let _ = stop_rx.await;
+    }));
+    let client = Client::connect_tcp(&addr).await?;
+    let t = Instant::now();
+    write_pipelined(&client, Arc::new(Blocks::new(2 + run * 10)), 0..n, window).await?;
+    client.sync().await?;
+    phases.push(Phase {
+        name: LOOPBACK_PLAIN,
+        blocks: n,
+        block_size: BLOCK,
+        elapsed: t.elapsed(),
+    });
     let _ = stop_tx.send(());
     server.await??;
     Ok(phases)

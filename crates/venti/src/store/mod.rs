@@ -30,13 +30,16 @@ pub trait BlockStore: Send + Sync {
 
     /// Stores `data` exactly as given (callers zero-truncate) and returns its
     /// score. A block already stored is not stored again. Empty data stores
-    /// nothing and returns [`Score::ZERO`].
+    /// nothing and returns [`Score::ZERO`]. A block carrying a SHA-1
+    /// collision attack is refused ([`StoreError::Collision`]): a store
+    /// hashes each block new to it with [`Score::of_new`].
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError>;
 
     /// As [`BlockStore::write`], for a caller that has just computed
     /// `score` as `Score::of(data)` (to look it up, say): a store may take
-    /// it rather than hash the block again. Only for scores computed in
-    /// this process, never for ones that came from elsewhere.
+    /// it rather than hash the block again (it still checks a new block
+    /// for a collision attack). Only for scores computed in this process,
+    /// never for ones that came from elsewhere.
     fn write_scored(&self, ty: BlockType, data: &[u8], score: Score) -> Result<Score, StoreError> {
         let _ = score;
         self.write(ty, data)
@@ -90,6 +93,8 @@ impl<T: BlockStore + ?Sized> BlockStore for Arc<T> {
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(transparent)]
+    Collision(#[from] crate::score::Collision),
     #[error("lump too large: block of {0} bytes exceeds the limit of {MAX_BLOCK_SIZE}")]
     TooLarge(usize),
     #[error("block {score}/{ty} is corrupt at log offset {offset}: {detail}")]
