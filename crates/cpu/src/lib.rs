@@ -51,8 +51,9 @@ pub struct CpuConfig {
     pub env_listen: String,
     /// Host name to put in the login command `spawn` replies with.
     pub public_host: String,
-    /// The environments' helper processes' executable: `colony-env`
-    /// beside the node's, else the node's own (see [`env::helper`]).
+    /// The colony executable. The environments' helper processes run from
+    /// `colony-env` beside it when that was built with it, else from it
+    /// (see [`env::helper`]).
     pub helper: PathBuf,
     /// Whether `spawn … net=host` (the node's network, shared) is allowed.
     pub allow_host_net: bool,
@@ -77,9 +78,7 @@ impl Default for CpuConfig {
             env_ports: (20001, 20100),
             env_listen: "0.0.0.0".into(),
             public_host: host_name(),
-            helper: env::helper::helper_for(
-                &std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony")),
-            ),
+            helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("colony")),
             allow_host_net: false,
             publish_ports: (30001, 30100),
             userns: true,
@@ -224,6 +223,8 @@ pub struct Environments {
     /// Runs the environments' SSH logins. Always set; taken by `drop`.
     runtime: Option<tokio::runtime::Runtime>,
     host_key: russh::keys::PrivateKey,
+    /// The executable the environments' helper processes run from.
+    helper: PathBuf,
 }
 
 impl Drop for Environments {
@@ -263,11 +264,12 @@ impl Environments {
             .map_err(|e| GridError::io("starting the environments' runtime", e))?;
         Ok(Environments {
             state,
-            config,
             envs: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashSet::new()),
             runtime: Some(runtime),
             host_key,
+            helper: env::helper::helper_for(&config.helper),
+            config,
         })
     }
 
@@ -460,7 +462,7 @@ impl Environments {
         }
         let environment = Arc::new(
             Environment::start(
-                &self.config.helper,
+                &self.helper,
                 &Spec {
                     root: &env.mountpoint,
                     hostname: &hostname,

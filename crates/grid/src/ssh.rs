@@ -64,7 +64,8 @@ pub fn server_config(key: PrivateKey) -> Arc<russh::server::Config> {
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![key],
         inactivity_timeout: None,
-        nodelay: true,
+        // (TCP_NODELAY, and quick ACKs during a login, are set on every
+        // connection as it is accepted: see ssh_server.)
         ..Default::default()
     })
 }

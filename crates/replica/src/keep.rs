@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
-use venti::{BlockStore, BlockType, Score};
+use venti::{BlockStore, BlockType, Score, StoreError};
 
 use crate::Replicator;
 use crate::frame::{self, Frame, VERSION};
@@ -304,7 +304,7 @@ where
                 if !wanted.is_empty() {
                     return Err(format!("{} asked-for blocks did not come", wanted.len()));
                 }
-                let store = rep.store.clone();
+                let (store, who) = (rep.store.clone(), peer.to_string());
                 let (n, bytes) = (
                     blocks.len() as u64,
                     blocks.iter().map(|b| b.data.len() as u64).sum::<u64>(),
@@ -318,7 +318,16 @@ where
                                 b.score
                             ));
                         }
-                        store.write(ty, &b.data).map_err(|e| e.to_string())?;
+                        match store.write(ty, &b.data) {
+                            Ok(_) => {}
+                            // Refused here for good (a peer may hold it from
+                            // before collision detection, or be older): skipped,
+                            // so that replication goes on past it.
+                            Err(StoreError::Collision(c)) => {
+                                tracing::warn!(peer = %who, "{c}; not kept")
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
                     }
                     // Into the log file now: a SIGKILL of this process then
                     // loses none of the batch, durable or not.

@@ -615,10 +615,17 @@ async fn session_venti(
                 let Some(ty) = venti::BlockType::from_wire(rec.wire_type) else {
                     return Err(format!("log record of unknown wire type {}", rec.wire_type));
                 };
-                let got = client
-                    .write(ty, rec.data)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let got = match client.write(ty, rec.data).await {
+                    Ok(got) => got,
+                    // The peer refuses it for good (a block of ours from
+                    // before collision detection): skipped, not retried for
+                    // ever. A venti server says why only in words.
+                    Err(e) if e.to_string().contains(venti::COLLISION_REFUSAL) => {
+                        tracing::warn!(score = %rec.score, error = %e, "a block the peer refuses as a SHA-1 collision was not pushed");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
                 if got != rec.score {
                     return Err(format!("the server stored {} as {got}", rec.score));
                 }

@@ -178,7 +178,10 @@ fn archive_into(
                 .prefix(SCRATCH_PREFIX)
                 .tempdir_in(scratch)
                 .map_err(|e| GridError::io("a directory in the node's scratch directory", e))?;
-            let unpacked = venti::LogStore::open(tmp.path().join("store"))?;
+            // Not checked for collisions here: the node's store checks
+            // every block of the result as it takes it.
+            let unpacked =
+                venti::LogStore::open(tmp.path().join("store"))?.without_collision_detection();
             // The layout as uploaded costs the importer's quota too, for
             // as long as it is kept.
             let unpacked = Metered {

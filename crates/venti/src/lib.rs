@@ -25,7 +25,7 @@ pub use block_type::BlockType;
 pub use client::{Client, ClientError};
 pub use message::Message;
 pub use remote::RemoteStore;
-pub use score::{SCORE_SIZE, Score};
+pub use score::{COLLISION_REFUSAL, Collision, SCORE_SIZE, Score};
 pub use store::{
     BlockCache, BlockStore, CacheStats, CachedStore, LogRecord, LogStore, MAX_BLOCK_SIZE,
     MemoryStore, StoreError,

@@ -5,6 +5,10 @@ use std::str::FromStr;
 
 use sha1::{Digest, Sha1};
 
+/// What a refusal of a block carrying a collision attack says, also over
+/// the venti protocol (whose errors are text).
+pub const COLLISION_REFUSAL: &str = "its bytes carry a SHA-1 collision attack";
+
 /// A block whose bytes carry a SHA-1 collision attack, named by its score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Collision(pub Score);
@@ -13,7 +17,7 @@ impl fmt::Display for Collision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "block {} refused: its bytes carry a SHA-1 collision attack (made to share its score with different bytes)",
+            "block {} refused: {COLLISION_REFUSAL} (made to share its score with different bytes)",
             self.0
         )
     }

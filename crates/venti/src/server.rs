@@ -278,7 +278,10 @@ async fn handle(request: Message, store: &Arc<dyn BlockStore>) -> Message {
             };
             match store.write(ty, &data) {
                 Ok(score) => Message::Rwrite { tag, score },
-                Err(e @ StoreError::TooLarge(_)) => error(tag, e.to_string()),
+                // The client's fault, said to it; not the server's to log.
+                Err(e @ (StoreError::TooLarge(_) | StoreError::Collision(_))) => {
+                    error(tag, e.to_string())
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "venti write failed");
                     error(tag, e.to_string())

@@ -842,3 +842,63 @@ fn a_node_joining_late_reads_blocks_through_from_its_peer() {
     a.stop();
     b.stop();
 }
+
+/// A store that holds a block carrying a SHA-1 collision attack from before
+/// it was checked (written here by a store without the check): its peer
+/// refuses that block for good, and replication goes on past it. Invariant:
+/// no checking store ever holds an attacked block, and what comes after it
+/// in the log still arrives.
+#[test]
+fn a_peers_old_attacked_block_is_refused_and_replication_goes_on_past_it() {
+    if !can_run() {
+        return;
+    }
+    let grid = Arc::new(Grid::new(&["a", "b"]));
+    let mut a = grid.node(0, &[1]);
+    let mut b = grid.node(1, &[0]);
+    grid.add_user(&a, "alice");
+    let attacked: &[u8] = include_bytes!("../../../venti/tests/data/shattered-1.head");
+    let score = {
+        let old = venti::LogStore::open(a.state.join("store"))
+            .unwrap()
+            .without_collision_detection();
+        let score = venti::BlockStore::write(&old, venti::BlockType::DATA, attacked).unwrap();
+        venti::BlockStore::sync(&old).unwrap();
+        score
+    };
+    // After it in a's log: a root and its name.
+    let root = busybox_root(grid.tmp.path(), "after the attacked block\n");
+    let after = grid.import(&a, "after", &root);
+    a.start(&grid);
+    b.start(&grid);
+    wait_for(30, "the root after it on b", || {
+        b.root_of("after").as_deref() == Some(after.as_str())
+    });
+    wait_for(30, "b to say why it did not keep the block", || {
+        b.log.lock().unwrap().contains(&format!(
+            "block {score} refused: {}",
+            venti::COLLISION_REFUSAL
+        ))
+    });
+    a.stop();
+    b.stop();
+    {
+        let held = venti::LogStore::open(b.state.join("store")).unwrap();
+        assert_eq!(
+            venti::BlockStore::read(&held, &score, venti::BlockType::DATA).unwrap(),
+            None,
+            "b holds the attacked block"
+        );
+    }
+    // Its root arrived whole.
+    let unvac = Command::new(COLONY)
+        .env("COLONY_STORE", b.state.join("store"))
+        .args(["unvac", "-t", &after])
+        .output()
+        .unwrap();
+    assert!(
+        unvac.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unvac.stderr)
+    );
+}

@@ -14,14 +14,70 @@ use super::HELPER_VAR;
 /// The file name of the small helper binary.
 pub const HELPER_BINARY: &str = "colony-env";
 
+/// What tells this build's helper code from another's: a hash of the
+/// sources both binaries run it from, the same in `colony` and
+/// `colony-env` only when both were built from them.
+pub const BUILD_TOKEN: u64 = fnv1a(&[
+    include_bytes!("mod.rs"),
+    include_bytes!("helper.rs"),
+    include_bytes!("launch.rs"),
+    include_bytes!("seccomp.rs"),
+    include_bytes!("caps.rs"),
+    include_bytes!("cgroup.rs"),
+    include_bytes!("userns.rs"),
+    include_bytes!("net.rs"),
+    include_bytes!("../services/mod.rs"),
+    include_bytes!("../services/sftp.rs"),
+    include_bytes!("../services/forward.rs"),
+]);
+
+const fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut i = 0;
+    while i < parts.len() {
+        let mut j = 0;
+        while j < parts[i].len() {
+            hash ^= parts[i][j] as u64;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            j += 1;
+        }
+        i += 1;
+    }
+    hash
+}
+
+/// The argument that makes a helper print its [`BUILD_TOKEN`].
+const BUILD_TOKEN_ARG: &str = "--build-token";
+
 /// The helper a node running as `exe` starts: `colony-env` beside it if
-/// there is one, else `exe` itself.
+/// it was built from the same sources (`cargo build --bin colony`, or a
+/// copy of colony alone, leaves an older one behind, whose checks may lag
+/// the node's: it is not used, and the log says so), else `exe` itself.
 pub fn helper_for(exe: &Path) -> PathBuf {
     let small = exe.with_file_name(HELPER_BINARY);
-    if small.is_file() {
-        small
-    } else {
-        exe.to_path_buf()
+    if !exe.is_absolute() || !small.is_file() {
+        return exe.to_path_buf();
+    }
+    let answer = std::process::Command::new(&small)
+        .arg(BUILD_TOKEN_ARG)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    let expected = format!("{BUILD_TOKEN:016x}");
+    match answer {
+        Ok(out)
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == expected =>
+        {
+            small
+        }
+        _ => {
+            tracing::warn!(
+                helper = %small.display(),
+                "{HELPER_BINARY} is from another build than this node; environments' helpers run from the node's own binary (build both: cargo build -p colony)"
+            );
+            exe.to_path_buf()
+        }
     }
 }
 
@@ -40,6 +96,10 @@ pub fn run_if_asked() {
         }
     }
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == BUILD_TOKEN_ARG) {
+        println!("{BUILD_TOKEN:016x}");
+        std::process::exit(0)
+    }
     if args.get(1).is_some_and(|a| a == "__env-exec") {
         exec_helper(&args[1..]);
     }
@@ -79,6 +139,14 @@ pub fn close_inherited_descriptors() {
     }
 }
 
+/// This program's name, for its messages.
+fn program() -> String {
+    std::env::args()
+        .next()
+        .and_then(|a| Some(Path::new(&a).file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| HELPER_BINARY.to_string())
+}
+
 /// `HELPER __env-exec [--pty] [--term T] [--agent SOCKET] -- ARGV…`, with
 /// where to enter in its environment ([`super::EXEC_REQUEST_VAR`]).
 fn exec_helper(args: &[String]) -> ! {
@@ -100,7 +168,7 @@ fn exec_helper(args: &[String]) -> ! {
             }
             "--" => break,
             other => {
-                eprintln!("{}: unexpected argument {other}", args[0]);
+                eprintln!("{}: {}: unexpected argument {other}", program(), args[0]);
                 std::process::exit(2)
             }
         }
@@ -119,7 +187,8 @@ fn exec_helper(args: &[String]) -> ! {
         ),
         _ => {
             eprintln!(
-                "{} is run by the grid node with arguments it supplies",
+                "{}: {} is run by the grid node with arguments it supplies",
+                program(),
                 args[0]
             );
             std::process::exit(2)
@@ -132,15 +201,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_small_helper_beside_the_node_is_preferred_and_the_node_is_its_own_otherwise() {
+    fn the_small_helper_beside_the_node_is_used_only_when_built_with_it() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("colony");
+        let (exe, small) = (dir.path().join("colony"), dir.path().join(HELPER_BINARY));
+        let helper = |script: &str| {
+            std::fs::write(&small, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
         std::fs::write(&exe, b"").unwrap();
-        assert_eq!(helper_for(&exe), exe);
-        std::fs::create_dir(dir.path().join(HELPER_BINARY)).unwrap();
+        assert_eq!(helper_for(&exe), exe, "none beside it");
+        std::fs::create_dir(&small).unwrap();
         assert_eq!(helper_for(&exe), exe, "a directory is not a helper");
-        std::fs::remove_dir(dir.path().join(HELPER_BINARY)).unwrap();
-        std::fs::write(dir.path().join(HELPER_BINARY), b"").unwrap();
-        assert_eq!(helper_for(&exe), dir.path().join(HELPER_BINARY));
+        std::fs::remove_dir(&small).unwrap();
+        helper(&format!(
+            "[ \"$1\" = {BUILD_TOKEN_ARG} ] && echo {BUILD_TOKEN:016x}"
+        ));
+        assert_eq!(helper_for(&exe), small, "built with it");
+        helper("echo 0123456789abcdef");
+        assert_eq!(helper_for(&exe), exe, "another build's");
+        helper("exit 2");
+        assert_eq!(helper_for(&exe), exe, "one that knows no token");
+        assert_eq!(
+            helper_for(Path::new("colony")),
+            Path::new("colony"),
+            "a relative path is not looked beside"
+        );
     }
 }

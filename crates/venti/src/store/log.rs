@@ -147,9 +147,10 @@ fn key(score: &Score, wire_type: u8) -> Key {
 }
 
 impl LogStore {
-    /// This store without the SHA-1 collision check of new blocks: only for
-    /// measuring what that check costs (`colony bench venti`). A store that
-    /// takes blocks from anyone (a node's, an import's) never turns it off.
+    /// This store without the SHA-1 collision check of new blocks: for
+    /// measuring what that check costs (`colony bench venti`), and for
+    /// scratch stores whose blocks are checked again where they are kept
+    /// (an OCI layout being imported). A node's store never turns it off.
     pub fn without_collision_detection(mut self) -> LogStore {
         self.detect_collisions = false;
         self

@@ -42,6 +42,14 @@ impl BlockStore for MemoryStore {
         }
         let score = Score::of(data);
         if !data.is_empty() {
+            let held = |blocks: &HashMap<(Score, u8), Vec<u8>>| {
+                blocks.contains_key(&(score, ty.to_wire()))
+            };
+            if held(&self.blocks.read().unwrap_or_else(|p| p.into_inner())) {
+                return Ok(score);
+            }
+            // As every store: a new block is checked for a collision attack.
+            Score::of_new(data)?;
             let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
             blocks
                 .entry((score, ty.to_wire()))
