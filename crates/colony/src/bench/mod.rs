@@ -417,13 +417,7 @@ fn in_process(dir: &std::path::Path, n: usize, run: u64) -> Result<Vec<Phase>> {
 
 async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> Result<Vec<Phase>> {
     let mut phases = Vec::new();
-    let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(dir.join("tcp"))?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(venti::server::serve(listener, store, async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) = serve_on_loopback(LogStore::open(dir.join("tcp"))?).await?;
 
     let client = Client::connect_tcp(&addr).await?;
     let t = Instant::now();
@@ -487,13 +481,7 @@ async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> R
     // The first phase again, into a store without collision detection:
     // what the check costs a venti client end to end.
     let store = LogStore::open(dir.join("tcp-plain"))?.without_collision_detection();
-    let store: Arc<dyn BlockStore> = Arc::new(store);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(venti::server::serve(listener, store, async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) = serve_on_loopback(store).await?;
     let client = Client::connect_tcp(&addr).await?;
     let t = Instant::now();
     write_pipelined(&client, Arc::new(Blocks::new(2 + run * 10)), 0..n, window).await?;
@@ -507,6 +495,25 @@ async fn loopback(dir: &std::path::Path, n: usize, window: usize, run: u64) -> R
     let _ = stop_tx.send(());
     server.await??;
     Ok(phases)
+}
+
+/// A venti server on `store` at a loopback port: its address, what stops
+/// it, and its task.
+async fn serve_on_loopback(
+    store: LogStore,
+) -> Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), venti::StoreError>>,
+)> {
+    let store: Arc<dyn BlockStore> = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(venti::server::serve(listener, store, async {
+        let _ = stop_rx.await;
+    }));
+    Ok((addr, stop_tx, server))
 }
 
 fn small_block(i: usize) -> [u8; 64] {

@@ -2,7 +2,8 @@
 //! with [`HELPER_VAR`] set to `init`, its request on stdin) and `__env-exec`
 //! (a program run inside a running environment). They are run from
 //! `colony-env`, a small binary beside `colony` holding only this crate's
-//! environment code, or from the colony binary itself where there is none.
+//! environment code, or from the colony binary itself where there is none
+//! built from the same sources ([`helper_for`]).
 //! Each job execs a helper twice (its init, its command), and the colony
 //! binary is large: exec'ing it cost about 2 ms of CPU and 340 page faults
 //! each time, `colony-env` a fraction of that.
