@@ -3342,3 +3342,38 @@ fn a_bad_configuration_stops_the_node_naming_file_line_and_key() {
         );
     }
 }
+
+/// A tenant's upload holding half of a published SHA-1 collision: the
+/// import is refused, saying which block and why, and nothing is bound.
+#[test]
+fn an_import_holding_a_sha1_collision_is_refused_and_binds_nothing() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let root = g.tmp.path().join("rootfs");
+    let attacked: &[u8] = include_bytes!("../../../venti/tests/data/shattered-2.head");
+    std::fs::write(root.join("etc/shattered"), attacked).unwrap();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap()
+        .stdout;
+    let out = g.ssh_bytes("alice", &["import", "collided"], &tar);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    // The file's one block, as stored: without its trailing zeros.
+    let block = venti::zero::truncate(venti::BlockType::DATA, attacked);
+    assert!(
+        err.contains(&format!(
+            "block {} refused: {}",
+            venti::Score::of(block),
+            venti::COLLISION_REFUSAL
+        )) && err.contains("nothing was bound"),
+        "{err}"
+    );
+    assert!(!g.ok("alice", &["scores"]).contains("collided"));
+}
