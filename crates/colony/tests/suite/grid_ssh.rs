@@ -1769,13 +1769,7 @@ fn a_tar_stream_imported_through_the_front_door_spawns_within_the_quota() {
     g.start(&[]);
     let root = g.tmp.path().join("rootfs");
     std::fs::write(root.join("etc/brought"), "brought over ssh\n").unwrap();
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap()
-        .stdout;
+    let tar = tar_of(&root);
     // tar c -C DIR . | ssh -p 16999 alice@node import mine
     let out = g.ssh_bytes("alice", &["import", "mine"], &tar);
     assert!(
@@ -1830,13 +1824,7 @@ fn a_tar_stream_imported_through_the_front_door_spawns_within_the_quota() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     std::fs::write(big.join("noise"), noise).unwrap();
-    let tar2 = Command::new("tar")
-        .arg("-C")
-        .arg(&big)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap()
-        .stdout;
+    let tar2 = tar_of(&big);
     let out = g.ssh_bytes("bob", &["import", "toobig"], &tar2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1943,13 +1931,7 @@ fn an_oci_image_of_two_layers_spawns_with_exactly_its_files() {
     g.ok("alice", &["boom", "image"]);
 
     // The same layout as a tar through the front door, and a bad tag.
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap()
-        .stdout;
+    let tar = tar_of(&layout);
     let out = g.ssh_bytes("alice", &["import", "viassh", "oci:v1"], &tar);
     assert!(
         out.status.success(),
@@ -2043,13 +2025,7 @@ fn metrics_pass_promtool_and_the_status_page_shows_a_live_environment() {
             .success()
     );
     // An import of blocks the store holds counts them deduplicated.
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(g.tmp.path().join("rootfs"))
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap()
-        .stdout;
+    let tar = tar_of(&g.tmp.path().join("rootfs"));
     let before = http_get(&admin, "/metrics").1;
     let deduplicated = |metrics: &str| -> u64 {
         metrics
@@ -2545,6 +2521,18 @@ fn a_spawn_above_the_ceilings_or_with_thousands_of_options_is_refused() {
     g.stop();
 }
 
+/// `tar c -C DIR .`: what a user pipes into `ssh … import`.
+fn tar_of(dir: &Path) -> Vec<u8> {
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar of {}", dir.display());
+    out.stdout
+}
+
 /// An OCI layout uploaded as a tar, with its blobs replaced by `with`.
 fn hostile_layout(g: &Node, name: &str, with: impl Fn(&Path)) -> Vec<u8> {
     let dir = g.tmp.path().join(name);
@@ -2552,14 +2540,7 @@ fn hostile_layout(g: &Node, name: &str, with: impl Fn(&Path)) -> Vec<u8> {
     oci_layout(g, &dir);
     let layout = dir.join("image");
     with(&layout);
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    out.stdout
+    tar_of(&layout)
 }
 
 /// Every blob file of a layout.
@@ -2750,13 +2731,7 @@ fn an_import_whose_client_left_is_cancelled() {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .unwrap();
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap()
-        .stdout;
+    let tar = tar_of(&layout);
     let mut client = upload_oci(&g, "bomb", &tar);
     // The upload is a few MB on loopback; then the node works on the layer.
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -3127,13 +3102,7 @@ fn names_are_per_user_and_a_refusal_reveals_no_one_elses() {
     let root = g.tmp.path().join("bobs-root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/motd"), "bob's own\n").unwrap();
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap()
-        .stdout;
+    let tar = tar_of(&root);
     // bob has no busybox: his import of that name is his.
     assert!(!g.ok("bob", &["scores"]).contains("busybox"));
     let out = g.ssh_bytes("bob", &["import", "busybox"], &tar);
@@ -3355,13 +3324,7 @@ fn an_import_holding_a_sha1_collision_is_refused_and_binds_nothing() {
     let root = g.tmp.path().join("rootfs");
     let attacked: &[u8] = include_bytes!("../../../venti/tests/data/shattered-2.head");
     std::fs::write(root.join("etc/shattered"), attacked).unwrap();
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap()
-        .stdout;
+    let tar = tar_of(&root);
     let out = g.ssh_bytes("alice", &["import", "collided"], &tar);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
