@@ -3,7 +3,7 @@
 //! bindings, and nothing about one shows to the other (a refusal to bind
 //! a name says only that the name is taken *for you*). Names are
 //! immutable: binding a name again for a user who has it is refused. Every
-//! update is serialised and atomic (see [`ndb::update`]).
+//! update is serialised and atomic (see [`ndb::Indexed`]).
 //!
 //! For replication each entry also carries `origin=NODE time=NANOS` (where
 //! and when it was bound: together with the name and root, the binding's
@@ -14,8 +14,15 @@
 //! root) keeps the name everywhere and each other one is shown under a
 //! derived name `NAME.ORIGIN-ROOT8` with `conflict=NAME`, which `scores`
 //! points out to its users.
+//!
+//! The file is kept indexed ([`ndb::Indexed`]): a lookup, a bind and a peer's
+//! new bindings cost about the same with a million names as with ten. Only
+//! what changes entries already written (a lost conflict, a read-through
+//! binding taking its place, a binding another process made without a
+//! place) rewrites the file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use venti::Score;
 
@@ -39,9 +46,39 @@ pub struct Renamed {
 }
 
 pub struct ScoreNames {
-    path: PathBuf,
-    changes: Option<std::sync::Arc<tokio::sync::watch::Sender<u64>>>,
+    index: Arc<ndb::Indexed>,
+    changes: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    placement: Option<Arc<Placement>>,
 }
+
+/// Where a replicating node's own bindings come from and where they sit in
+/// its log: given to [`ScoreNames::bind`] so that a binding is written
+/// whole, with the identity and place that [`ScoreNames::since`] would
+/// otherwise have to write into it later (a rewrite of the file).
+pub struct Placement {
+    /// This node's name: the origin of its bindings.
+    pub node: String,
+    /// The end of this node's durable log (read under the file's lock).
+    pub durable_end: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// The attributes looked up by value.
+const BY_VALUE: [&str; 3] = ["scorename", "user", "conflict"];
+/// The attributes whose presence is looked up.
+const BY_PRESENCE: [&str; 5] = ["pos", "waiting", "origin", "time", "conflict"];
+
+/// The index a scorenames file is read through; one per file per process
+/// (see [`crate::state::StateDir`]).
+pub fn index(path: impl Into<PathBuf>) -> ndb::Indexed {
+    ndb::Indexed::new(path, &BY_VALUE, &BY_PRESENCE)
+}
+
+/// At most this much ndb text goes in one reply of [`ScoreNames::since`]:
+/// a peer far behind is brought up in steps, each well within a frame.
+pub const NAMES_BATCH_BYTES: usize = 4 << 20;
+
+/// How many entries [`ScoreNames::since`] reads from the file at a time.
+const READ_ENTRIES: usize = 4096;
 
 /// The replicated identity and order of a binding.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,10 +94,26 @@ fn share_a_user(a: &ndb::Entry, b: &ndb::Entry) -> bool {
     a.all("user").any(|u| b.all("user").any(|v| v == u))
 }
 
-/// The one of `users` who already has `name` in `db`, if any.
-fn holder<'a>(db: &'a ndb::Db, name: &'a str, users: &[&str]) -> Option<&'a str> {
-    db.search("scorename", name)
+/// The one of `users` who already has `name`, if any.
+fn holder(view: &ndb::View<'_>, name: &str, users: &[&str]) -> GridResult<Option<String>> {
+    Ok(view
+        .search("scorename", name)?
+        .iter()
         .find_map(|e| e.all("user").find(|u| users.contains(u)))
+        .map(str::to_string))
+}
+
+/// The bindings that compete with `e` for its name: bound as that name,
+/// for a user in common.
+fn rivals(view: &ndb::View<'_>, e: &ndb::Entry) -> GridResult<Vec<Precedence>> {
+    let name = bound_name(e);
+    let mut found = view.search("scorename", name)?;
+    found.extend(view.search("conflict", name)?);
+    Ok(found
+        .iter()
+        .filter(|x| bound_name(x) == name && share_a_user(x, e))
+        .map(precedence)
+        .collect())
 }
 
 /// The refusal of a name a user already has; `for_whom` names that user
@@ -136,11 +189,24 @@ fn with_identity(e: &ndb::Entry, node: &str) -> ndb::Entry {
 }
 
 impl ScoreNames {
+    /// The names in `path`, through an index of their own.
     pub fn new(path: impl Into<PathBuf>) -> ScoreNames {
+        ScoreNames::through(Arc::new(index(path)))
+    }
+
+    /// The names in an index's file, through that (shared) index.
+    pub fn through(index: Arc<ndb::Indexed>) -> ScoreNames {
         ScoreNames {
-            path: path.into(),
+            index,
             changes: None,
+            placement: None,
         }
+    }
+
+    /// Binds this node's names with their origin and place already written.
+    pub fn placed_by(mut self, placement: Option<Arc<Placement>>) -> Self {
+        self.placement = placement;
+        self
     }
 
     /// Bumps `changes` after every change, so replication wakes at once.
@@ -156,7 +222,7 @@ impl ScoreNames {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.index.path()
     }
 
     /// Binds `name` to `root` for `users`; refuses a name one of them
@@ -167,17 +233,26 @@ impl ScoreNames {
         if users.is_empty() {
             return Err(GridError::refused("a score name needs at least one user"));
         }
-        ndb::update(&self.path, |db| {
-            if let Some(user) = holder(db, name, users) {
-                return Err(taken(name, (users.len() > 1).then_some(user)));
+        self.index.append(|view| {
+            if let Some(user) = holder(view, name, users)? {
+                return Err(taken(name, (users.len() > 1).then_some(user.as_str())));
             }
             let root = vac::format_vac(root);
             let mut pairs = vec![("scorename", name), ("rootscore", root.as_str())];
             pairs.extend(users.iter().map(|u| ("user", *u)));
             let time = crate::names::now_nanos().to_string();
             pairs.push(("time", &time));
-            db.append(ndb::Entry::new(&pairs));
-            Ok(())
+            // Read under the lock: the binding's blocks were made durable
+            // before it, so they lie before this place.
+            let pos = self
+                .placement
+                .as_ref()
+                .map(|p| (p.durable_end)().to_string());
+            if let (Some(p), Some(pos)) = (&self.placement, &pos) {
+                pairs.push(("origin", &p.node));
+                pairs.push(("pos", pos));
+            }
+            Ok((vec![ndb::Entry::new(&pairs)], ()))
         })?;
         self.changed();
         Ok(())
@@ -185,7 +260,7 @@ impl ScoreNames {
 
     /// How many bindings there are.
     pub fn count(&self) -> GridResult<u64> {
-        Ok(ndb::Db::open(&self.path)?.entries().len() as u64)
+        Ok(self.index.view()?.len() as u64)
     }
 
     /// For replication: the bindings after the first `from` whose `pos` is
@@ -207,9 +282,15 @@ impl ScoreNames {
         durable_end: impl Fn() -> u64,
     ) -> GridResult<(String, u64)> {
         let unplaced = |e: &ndb::Entry| e.get("pos").is_none() && e.get("waiting").is_none();
-        let mut db = ndb::Db::open(&self.path)?;
-        if db.entries().iter().any(unplaced) {
-            db = ndb::update(&self.path, |db| {
+        let any_unplaced = {
+            let view = self.index.view()?;
+            let waiting = view.ids_where("waiting", true);
+            view.ids_where("pos", false)
+                .iter()
+                .any(|id| waiting.binary_search(id).is_err())
+        };
+        if any_unplaced {
+            self.index.rewrite(|db| {
                 // Read inside the lock: every binding now in the file was
                 // made after its blocks were durable, so they lie before it.
                 let end = durable_end().to_string();
@@ -218,25 +299,29 @@ impl ScoreNames {
                     e.push("pos", &end);
                     Some(e)
                 });
-                Ok::<_, GridError>(db.clone())
+                Ok::<_, GridError>(())
             })?;
         }
+        let view = self.index.view()?;
         let mut text = String::new();
         let mut count = from;
-        for e in db.entries().iter().skip(from as usize) {
-            let pos: u64 = e
-                .get("pos")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(u64::MAX);
-            if pos > upto || e.get("waiting").is_some() {
-                break;
+        'read: while (count as usize) < view.len() && text.len() < NAMES_BATCH_BYTES {
+            let at = count as usize;
+            for e in view.entries(at..(at + READ_ENTRIES).min(view.len()))? {
+                let pos: u64 = e
+                    .get("pos")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(u64::MAX);
+                if pos > upto || e.get("waiting").is_some() || text.len() >= NAMES_BATCH_BYTES {
+                    break 'read;
+                }
+                let mut wire = wire_entry(&e);
+                if with_at {
+                    wire.push("at", &pos.to_string());
+                }
+                text.push_str(&wire.to_text().map_err(ndb::Error::from)?);
+                count += 1;
             }
-            let mut wire = wire_entry(e);
-            if with_at {
-                wire.push("at", &pos.to_string());
-            }
-            text.push_str(&wire.to_text().map_err(ndb::Error::from)?);
-            count += 1;
         }
         Ok((text, count))
     }
@@ -305,7 +390,11 @@ impl ScoreNames {
                 )));
             }
         }
-        let renamed = ndb::update(&self.path, |db| {
+        if let Some(renamed) = self.merge_by_appending(&incoming, peer, &durable_end)? {
+            self.changed();
+            return Ok(renamed);
+        }
+        let renamed = self.index.rewrite(|db| {
             let end = durable_end().to_string();
             // This node's own bindings must carry their identity before
             // they are compared with a peer's, or the two would disagree
@@ -383,6 +472,51 @@ impl ScoreNames {
         Ok(renamed)
     }
 
+    /// [`ScoreNames::merge`] at the cost of the new bindings alone, in the
+    /// common case: each one is new to every user it names (or was seen
+    /// before), and this node's own bindings already carry their identity.
+    /// None, having written nothing, when a binding competes with another
+    /// for a name: the rewrite decides which keeps it.
+    fn merge_by_appending(
+        &self,
+        incoming: &ndb::Db,
+        peer: &str,
+        durable_end: &impl Fn() -> u64,
+    ) -> GridResult<Option<Vec<Renamed>>> {
+        self.index.append(|view| {
+            let unidentified = !view.ids_where("origin", false).is_empty()
+                || !view.ids_where("time", false).is_empty();
+            if unidentified {
+                return Ok((Vec::new(), None));
+            }
+            let end = durable_end().to_string();
+            // (name, user) pairs this batch binds: two bindings of one
+            // name for one user in a batch compete with each other.
+            let mut claimed = std::collections::HashSet::new();
+            let mut new = Vec::new();
+            for e in incoming.entries() {
+                let name = bound_name(e);
+                if e.all("user").any(|u| !claimed.insert((name, u))) {
+                    return Ok((Vec::new(), None));
+                }
+                let group = rivals(view, e)?;
+                if group.contains(&precedence(e)) {
+                    continue; // Seen before: replaying is harmless.
+                }
+                if !group.is_empty() {
+                    return Ok((Vec::new(), None));
+                }
+                let mut entry = rebuilt(name, e, &LOCAL_ATTRS);
+                match e.get("at") {
+                    Some(at) => entry.push("waiting", &format!("{peer}:{at}")),
+                    None => entry.push("pos", &end),
+                }
+                new.push(entry);
+            }
+            Ok((new, Some(Vec::new())))
+        })
+    }
+
     /// `peer` says every block before its log offset `upto` is durable
     /// here: the bindings it sent ahead of those blocks take their place in
     /// this node's order now (`pos = durable_end()`), and go on to peers.
@@ -397,10 +531,10 @@ impl ScoreNames {
                 .and_then(|w| w.rsplit_once(':'))
                 .is_some_and(|(p, at)| p == peer && at.parse::<u64>().is_ok_and(|at| at <= upto))
         };
-        if !ndb::Db::open(&self.path)?.entries().iter().any(ready) {
+        if !self.entries_holding("waiting")?.iter().any(ready) {
             return Ok(0);
         }
-        let n = ndb::update(&self.path, |db| {
+        let n = self.index.rewrite(|db| {
             let end = durable_end().to_string();
             Ok::<_, GridError>(db.edit(ready, |e| {
                 let mut y = rebuilt(e.get("scorename").unwrap_or_default(), e, &["waiting"]);
@@ -412,11 +546,20 @@ impl ScoreNames {
         Ok(n)
     }
 
+    /// Every entry that holds `attr` (one indexed by presence).
+    fn entries_holding(&self, attr: &str) -> GridResult<Vec<ndb::Entry>> {
+        let view = self.index.view()?;
+        let ids = view.ids_where(attr, true);
+        Ok(ids
+            .into_iter()
+            .map(|id| view.entry(id))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// The bindings shown under a derived name, for `scores` to point out.
     pub fn renamed(&self) -> GridResult<Vec<Renamed>> {
-        let db = ndb::Db::open(&self.path)?;
-        Ok(db
-            .entries()
+        Ok(self
+            .entries_holding("conflict")?
             .iter()
             .filter_map(|e| {
                 Some(Renamed {
@@ -447,17 +590,13 @@ impl ScoreNames {
     /// The one of `users` who already has `name`, if any: checked before
     /// work that would end in [`ScoreNames::bind`] (which checks again).
     pub fn holder_of(&self, name: &str, users: &[&str]) -> GridResult<Option<String>> {
-        let db = ndb::Db::open(&self.path)?;
-        Ok(holder(&db, name, users).map(str::to_string))
+        holder(&self.index.view()?, name, users)
     }
 
     /// `user`'s binding of `name`, if they have one.
     pub fn lookup_for(&self, name: &str, user: &str) -> GridResult<Option<Binding>> {
-        let db = ndb::Db::open(&self.path)?;
-        let Some(entry) = db
-            .search("scorename", name)
-            .find(|e| e.all("user").any(|u| u == user))
-        else {
+        let found = self.index.view()?.search("scorename", name)?;
+        let Some(entry) = found.iter().find(|e| e.all("user").any(|u| u == user)) else {
             return Ok(None);
         };
         Ok(Some(binding(entry)?))
@@ -466,8 +605,8 @@ impl ScoreNames {
     /// The first binding of `name`, whoever's it is (for the admin's
     /// tools; a user's command asks [`ScoreNames::lookup_for`]).
     pub fn lookup(&self, name: &str) -> GridResult<Option<Binding>> {
-        let db = ndb::Db::open(&self.path)?;
-        let Some(entry) = db.search("scorename", name).next() else {
+        let found = self.index.view()?.search("scorename", name)?;
+        let Some(entry) = found.first() else {
             return Ok(None);
         };
         Ok(Some(binding(entry)?))
@@ -475,9 +614,11 @@ impl ScoreNames {
 
     /// The names `user` may spawn, in file order.
     pub fn names_for(&self, user: &str) -> GridResult<Vec<String>> {
-        let db = ndb::Db::open(&self.path)?;
-        Ok(db
-            .search("user", user)
+        Ok(self
+            .index
+            .view()?
+            .search("user", user)?
+            .iter()
             .filter_map(|e| e.get("scorename").map(str::to_string))
             .collect())
     }

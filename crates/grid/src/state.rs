@@ -15,7 +15,9 @@
 use std::path::PathBuf;
 
 use crate::error::{GridError, GridResult};
-use crate::scorenames::ScoreNames;
+use std::sync::{Arc, OnceLock};
+
+use crate::scorenames::{Placement, ScoreNames};
 use crate::users::Users;
 
 #[derive(Clone)]
@@ -23,7 +25,13 @@ pub struct StateDir {
     pub root: PathBuf,
     /// Bumped whenever this process changes names or users, so the
     /// replication pushers wake at once.
-    pub changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The names and users files, each read through one index that every
+    /// clone of this state directory shares.
+    names: Arc<ndb::Indexed>,
+    users: Arc<ndb::Indexed>,
+    /// Set once by a node that replicates: its bindings' identity and place.
+    placement: Arc<OnceLock<Arc<Placement>>>,
 }
 
 impl StateDir {
@@ -32,17 +40,42 @@ impl StateDir {
         std::fs::create_dir_all(&root)
             .map_err(|e| GridError::io(format!("creating {}", root.display()), e))?;
         Ok(StateDir {
+            names: Arc::new(crate::scorenames::index(root.join("scorenames"))),
+            users: Arc::new(crate::users::index(root.join("users"))),
             root,
-            changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            placement: Arc::default(),
         })
     }
 
     pub fn users(&self) -> Users {
-        Users::new(self.root.join("users")).notifying(self.changes.clone())
+        Users::through(self.users.clone()).notifying(self.changes.clone())
     }
 
     pub fn scorenames(&self) -> ScoreNames {
-        ScoreNames::new(self.root.join("scorenames")).notifying(self.changes.clone())
+        ScoreNames::through(self.names.clone())
+            .notifying(self.changes.clone())
+            .placed_by(self.placement.get().cloned())
+    }
+
+    /// Reads the names and users files into their indexes on a thread of
+    /// its own, so that the first login after a start does not wait for
+    /// it (about 2 s for a million names). Errors are left for the commands
+    /// that read them to report.
+    pub fn read_indexes_ahead(&self) {
+        let (names, users) = (self.names.clone(), self.users.clone());
+        let _ = std::thread::Builder::new()
+            .name("read-indexes".into())
+            .spawn(move || {
+                let _ = names.view();
+                let _ = users.view();
+            });
+    }
+
+    /// From now on this process's bindings are written with `placement`'s
+    /// identity and place (a node that replicates; once).
+    pub fn place_bindings(&self, placement: Placement) {
+        let _ = self.placement.set(Arc::new(placement));
     }
 
     /// Per-user quotas of new stored bytes.

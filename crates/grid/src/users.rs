@@ -8,6 +8,9 @@
 //! before it. A user's keys are those added after their latest tombstone
 //! (entries without `added`, from before replication, count as added at 0).
 //! Merging two files is their union; entries a tombstone ends are dropped.
+//!
+//! The file is read through an index ([`ndb::Indexed`]) on users and keys,
+//! so a login's key lookup costs the same with 100,000 users as with ten.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +23,14 @@ use crate::names::check_user_name;
 
 #[derive(Clone)]
 pub struct Users {
-    path: PathBuf,
+    index: Arc<ndb::Indexed>,
     changes: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+}
+
+/// The index a users file is read through; one per file per process (see
+/// [`crate::state::StateDir`]).
+pub fn index(path: impl Into<PathBuf>) -> ndb::Indexed {
+    ndb::Indexed::new(path, &["user", "key"], &["deleted"])
 }
 
 /// The `type base64` part of an OpenSSH public key line, checked.
@@ -60,11 +69,37 @@ fn live(e: &ndb::Entry, dead: &HashMap<String, u64>) -> bool {
     let Some(u) = e.get("user") else {
         return false;
     };
+    live_after(e, dead.get(u).copied())
+}
+
+/// Whether a key entry is in force given its user's latest tombstone.
+fn live_after(e: &ndb::Entry, tombstone: Option<u64>) -> bool {
     e.get("key").is_some()
         && e.get("deleted").is_none()
-        && dead
-            .get(u)
-            .is_none_or(|&d| number(e, "added").unwrap_or(0) > d)
+        && tombstone.is_none_or(|d| number(e, "added").unwrap_or(0) > d)
+}
+
+/// `user`'s entries (keys and tombstones) and their latest tombstone.
+fn entries_of(view: &ndb::View<'_>, user: &str) -> GridResult<(Vec<ndb::Entry>, Option<u64>)> {
+    let entries: Vec<ndb::Entry> = view
+        .search("user", user)?
+        .into_iter()
+        .filter(|e| e.get("user") == Some(user))
+        .collect();
+    let tombstone = entries.iter().filter_map(|e| number(e, "deleted")).max();
+    Ok((entries, tombstone))
+}
+
+/// The user whose key in force `key` is, if any.
+fn key_owner(view: &ndb::View<'_>, key: &str) -> GridResult<Option<String>> {
+    for e in view.search("key", key)? {
+        let Some(user) = e.get("user") else { continue };
+        let (_, tombstone) = entries_of(view, user)?;
+        if live_after(&e, tombstone) {
+            return Ok(Some(user.to_string()));
+        }
+    }
+    Ok(None)
 }
 
 /// Drops the entries a tombstone has ended, and tombstones a later one has.
@@ -81,9 +116,15 @@ fn compact(db: &mut ndb::Db) {
 }
 
 impl Users {
+    /// The users in `path`, through an index of their own.
     pub fn new(path: impl Into<PathBuf>) -> Users {
+        Users::through(Arc::new(index(path)))
+    }
+
+    /// The users in an index's file, through that (shared) index.
+    pub fn through(index: Arc<ndb::Indexed>) -> Users {
         Users {
-            path: path.into(),
+            index,
             changes: None,
         }
     }
@@ -101,31 +142,28 @@ impl Users {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.index.path()
     }
 
     /// Adds a user with a key, or another key to an existing user.
     pub fn add(&self, name: &str, key_line: &str) -> GridResult<()> {
         check_user_name(name)?;
         let key = normalize_key(key_line)?;
-        ndb::update(&self.path, |db| {
-            let dead = tombstones(db);
-            if let Some(owner) = db
-                .search("key", &key)
-                .find(|e| live(e, &dead))
-                .and_then(|e| e.get("user"))
-            {
+        self.index.append(|view| {
+            if let Some(owner) = key_owner(view, &key)? {
                 return Err(GridError::refused(format!(
                     "that key already belongs to {owner}"
                 )));
             }
             let added = crate::names::now_nanos().to_string();
-            db.append(ndb::Entry::new(&[
-                ("user", name),
-                ("key", &key),
-                ("added", &added),
-            ]));
-            Ok(())
+            Ok((
+                vec![ndb::Entry::new(&[
+                    ("user", name),
+                    ("key", &key),
+                    ("added", &added),
+                ])],
+                (),
+            ))
         })?;
         self.changed();
         Ok(())
@@ -134,7 +172,7 @@ impl Users {
     /// Ends the user: a tombstone that replicates, and that later keys
     /// outlive.
     pub fn remove(&self, name: &str) -> GridResult<()> {
-        ndb::update(&self.path, |db| {
+        self.index.rewrite(|db| {
             let dead = tombstones(db);
             if !db
                 .entries()
@@ -153,8 +191,9 @@ impl Users {
     }
 
     /// (name, number of keys) for every user, in the order they were added.
+    /// Cost: the whole file (an admin's listing).
     pub fn list(&self) -> GridResult<Vec<(String, usize)>> {
-        let db = ndb::Db::open(&self.path)?;
+        let db = ndb::Db::open(self.path())?;
         let dead = tombstones(&db);
         let mut out: Vec<(String, usize)> = Vec::new();
         for e in db.entries().iter().filter(|e| live(e, &dead)) {
@@ -169,9 +208,8 @@ impl Users {
     }
 
     pub fn exists(&self, name: &str) -> GridResult<bool> {
-        let db = ndb::Db::open(&self.path)?;
-        let dead = tombstones(&db);
-        Ok(db.search("user", name).any(|e| live(e, &dead)))
+        let (entries, tombstone) = entries_of(&self.index.view()?, name)?;
+        Ok(entries.iter().any(|e| live_after(e, tombstone)))
     }
 
     /// The user who registered `key`, read afresh so changes apply at once.
@@ -184,32 +222,28 @@ impl Users {
             .take(2)
             .collect::<Vec<_>>()
             .join(" ");
-        let db = ndb::Db::open(&self.path)?;
-        let dead = tombstones(&db);
-        Ok(db
-            .search("key", &wanted)
-            .find(|e| live(e, &dead))
-            .and_then(|e| e.get("user"))
-            .map(str::to_string))
+        key_owner(&self.index.view()?, &wanted)
     }
 
     /// The user's public keys as OpenSSH lines (`TYPE BASE64`).
     pub fn keys_of(&self, name: &str) -> GridResult<Vec<String>> {
-        let db = ndb::Db::open(&self.path)?;
-        let dead = tombstones(&db);
-        Ok(db
-            .search("user", name)
-            .filter(|e| live(e, &dead))
+        let (entries, tombstone) = entries_of(&self.index.view()?, name)?;
+        Ok(entries
+            .iter()
+            .filter(|e| live_after(e, tombstone))
             .flat_map(|e| e.all("key").map(str::to_string).collect::<Vec<_>>())
             .collect())
     }
 
     /// The whole file, for replication.
     pub fn text(&self) -> GridResult<String> {
-        match std::fs::read_to_string(&self.path) {
+        match std::fs::read_to_string(self.path()) {
             Ok(t) => Ok(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(GridError::io(format!("reading {}", self.path.display()), e)),
+            Err(e) => Err(GridError::io(
+                format!("reading {}", self.path().display()),
+                e,
+            )),
         }
     }
 
@@ -227,7 +261,13 @@ impl Users {
                 normalize_key(key)?;
             }
         }
-        let added = ndb::update(&self.path, |db| {
+        if let Some(added) = self.merge_by_appending(&incoming)? {
+            if added > 0 {
+                self.changed();
+            }
+            return Ok(added);
+        }
+        let added = self.index.rewrite(|db| {
             let mut added = 0;
             for e in incoming.entries() {
                 let same = |x: &ndb::Entry| {
@@ -256,5 +296,44 @@ impl Users {
             self.changed();
         }
         Ok(added)
+    }
+
+    /// [`Users::merge`] at the cost of what is new, when the peer's file
+    /// brings no tombstone (nothing here needs compacting): the new key
+    /// entries still in force are appended. None, having written nothing,
+    /// if a tombstone came.
+    fn merge_by_appending(&self, incoming: &ndb::Db) -> GridResult<Option<usize>> {
+        if incoming
+            .entries()
+            .iter()
+            .any(|e| e.get("deleted").is_some())
+        {
+            return Ok(None);
+        }
+        self.index.append(|view| {
+            let mut new: Vec<ndb::Entry> = Vec::new();
+            for e in incoming.entries() {
+                let user = e.get("user").unwrap_or_default();
+                let (here, tombstone) = entries_of(view, user)?;
+                let same = |x: &ndb::Entry| {
+                    x.get("added") == e.get("added") && x.all("key").eq(e.all("key"))
+                };
+                if here.iter().any(same)
+                    || new.iter().any(|x| x.get("user") == Some(user) && same(x))
+                    || !live_after(e, tombstone)
+                {
+                    continue;
+                }
+                let pairs: Vec<(&str, &str)> = e
+                    .pairs
+                    .iter()
+                    .filter(|p| matches!(p.attr.as_str(), "user" | "key" | "added"))
+                    .map(|p| (p.attr.as_str(), p.value.as_str()))
+                    .collect();
+                new.push(ndb::Entry::new(&pairs));
+            }
+            let added = new.len();
+            Ok((new, Some(added)))
+        })
     }
 }

@@ -24,6 +24,9 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+mod indexed;
+pub use indexed::{Indexed, View};
+
 /// The longest attribute name (libndb's `Ndbalen` is 32 with the NUL).
 pub const MAX_ATTR: usize = 31;
 
@@ -525,6 +528,16 @@ impl Db {
     pub fn append(&mut self, entry: Entry) {
         if let Err(e) = self.try_append(entry) {
             self.refused.get_or_insert(e);
+        }
+    }
+
+    /// Makes an unterminated last line (which libndb does not read) a
+    /// comment line after `note`, so that the file ends with a newline and
+    /// an appended line cannot join it. Its text is kept.
+    pub fn comment_out_tail(&mut self, note: &str) {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.lines.push(format!("# {note} {tail}"));
         }
     }
 

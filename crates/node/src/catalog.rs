@@ -6,6 +6,10 @@ use std::sync::Arc;
 use grid::state::StateDir;
 use venti::{BlockType, LogStore};
 
+// A batch of names, and the one entry that may take it past its bound,
+// always fits in a replication frame.
+const _: () = assert!(grid::scorenames::NAMES_BATCH_BYTES + (1 << 20) < replica::frame::MAX_FRAME);
+
 /// A node's names and users as replication sees them.
 pub struct NodeCatalog {
     pub state: StateDir,
@@ -14,6 +18,31 @@ pub struct NodeCatalog {
     /// On a node that reads through, a name's root block may come from
     /// the peer that sent the name.
     pub read_through: Option<Arc<replica::readthrough::ReadThrough>>,
+}
+
+impl NodeCatalog {
+    /// The catalog of a node that replicates. From now on the node's own
+    /// bindings are written with their origin and their place in its log,
+    /// as replication would otherwise have to add them (a rewrite of the
+    /// names file per bind).
+    pub fn new(
+        state: StateDir,
+        store: Arc<LogStore>,
+        node: String,
+        read_through: Option<Arc<replica::readthrough::ReadThrough>>,
+    ) -> NodeCatalog {
+        let log = store.clone();
+        state.place_bindings(grid::scorenames::Placement {
+            node: node.clone(),
+            durable_end: Box::new(move || log.durable_end()),
+        });
+        NodeCatalog {
+            state,
+            store,
+            node,
+            read_through,
+        }
+    }
 }
 
 impl replica::Catalog for NodeCatalog {

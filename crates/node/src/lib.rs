@@ -74,6 +74,7 @@ impl Node {
         if config.role == Role::Cpu {
             return start_cpu(config, state, link, runtime);
         }
+        state.read_indexes_ahead();
         start_storage(config, state, link, runtime)
     }
 
@@ -597,12 +598,12 @@ fn replication(
         (None, true) => bail!("read-through needs the node's certificate (tls=DIR)"),
         _ => None,
     };
-    let catalog = Arc::new(catalog::NodeCatalog {
-        state: state.clone(),
-        store: store.clone(),
-        node: node.clone(),
-        read_through: through.clone(),
-    });
+    let catalog = Arc::new(catalog::NodeCatalog::new(
+        state.clone(),
+        store.clone(),
+        node.clone(),
+        through.clone(),
+    ));
     let replicator = Arc::new(replica::Replicator {
         node,
         store,

@@ -13,6 +13,7 @@ mod hub;
 mod import;
 mod jobs;
 mod link;
+mod names;
 pub mod pipeline;
 mod replica;
 mod s3;
@@ -97,6 +98,20 @@ pub enum BenchCommand {
         /// --version` is timed on it, cold and warm.
         #[arg(long)]
         debian: Option<PathBuf>,
+    },
+    /// names: `save`, `scores` and replication of one name with a name db
+    /// of each given size (and many users), beside `status` through the
+    /// same front door. Needs root and OpenSSH.
+    Names {
+        /// Sizes of the name db, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        counts: Vec<usize>,
+        /// Synthetic users in the users file.
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// Repetitions; the median is printed.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
     },
     /// link: venti over mutual TLS against plain, on loopback and across
     /// network namespaces; one request in flight; handshake times.
@@ -224,6 +239,11 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Jobs { runs, jobs, debian } => {
             crate::bench::jobs::run(runs, jobs, debian.as_deref())
         }
+        BenchCommand::Names {
+            counts,
+            users,
+            runs,
+        } => crate::bench::names::run(&counts, users, runs),
         BenchCommand::Hub { mb, rounds } => crate::bench::hub::run(mb, rounds),
         BenchCommand::Import { tree, runs } => crate::bench::import::run(&tree, runs),
         BenchCommand::S3 { tree, mb, runs } => crate::bench::s3::run(tree.as_deref(), mb, runs),

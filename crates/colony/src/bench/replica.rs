@@ -25,21 +25,21 @@ use crate::bench::pipeline::Blocks;
 
 const BLOCK: usize = 8192;
 
-struct Node {
-    state: StateDir,
-    store: Arc<LogStore>,
-    rep: Arc<replica::Replicator>,
+pub(crate) struct Node {
+    pub state: StateDir,
+    pub store: Arc<LogStore>,
+    pub rep: Arc<replica::Replicator>,
 }
 
 fn node(dir: &Path, name: &str, link: Arc<Link>, peers: Vec<replica::Peer>) -> Result<Node> {
     let state = StateDir::open(dir.join(name))?;
     let store = Arc::new(LogStore::open(state.store_dir())?);
-    let catalog = Arc::new(node::catalog::NodeCatalog {
-        state: state.clone(),
-        store: store.clone(),
-        node: name.into(),
-        read_through: None,
-    });
+    let catalog = Arc::new(node::catalog::NodeCatalog::new(
+        state.clone(),
+        store.clone(),
+        name.into(),
+        None,
+    ));
     let rep = Arc::new(replica::Replicator {
         node: name.into(),
         store: store.clone(),
@@ -125,7 +125,7 @@ fn caught_up(a: &Node, peer: &str, limit: Duration) -> Result<Duration> {
 }
 
 /// Waits until `name` is bound on `b`.
-fn name_arrives(b: &Node, name: &str, limit: Duration) -> Result<Duration> {
+pub(crate) fn name_arrives(b: &Node, name: &str, limit: Duration) -> Result<Duration> {
     let t = Instant::now();
     let names = b.state.scorenames();
     loop {
@@ -161,68 +161,103 @@ fn fill(path: &Path, bytes: usize, seed: u64) -> Result<()> {
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Two storage nodes, A replicating to B (a keeper only), over mutual TLS,
+/// each in a network namespace of its own if `netns` (and they can be
+/// made), else on loopback. B serves at once; A pushes once started.
+pub(crate) struct TwoNodes {
+    pub a: Node,
+    pub b: Node,
+    /// A's namespace, if any.
+    pub a_ns: Option<String>,
+    /// Where they run, for the report.
+    pub where_: &'static str,
+    _place: Option<Place>,
+}
+
+impl TwoNodes {
+    pub fn start(scratch: &Path, netns: bool) -> Result<TwoNodes> {
+        let ca = scratch.join("ca");
+        link::ca::init(&ca, "bench")?;
+        for n in ["a", "b"] {
+            link::ca::issue(
+                &ca,
+                n,
+                Role::Storage,
+                link::ca::Validity::Days(1),
+                &scratch.join(format!("{n}.tls")),
+            )?;
+        }
+        let place = if netns { Place::namespaces()? } else { None };
+        let (b_ns, b_host, a_ns) = match &place {
+            Some(Place::Namespaces(b, addr, a)) => (Some(b.clone()), addr.clone(), Some(a.clone())),
+            _ => (None, "127.0.0.1".to_string(), None),
+        };
+        let where_ = if place.is_some() {
+            "between two network namespaces (veth, MTU 1500)"
+        } else {
+            "on loopback"
+        };
+
+        // B: a keeper only.
+        let b = node(scratch, "b", Link::load(&scratch.join("b.tls"))?, vec![])?;
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let keeper = b.rep.clone();
+        let _b_thread = in_namespace(b_ns, move || {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(format!("{b_host}:0")).await?;
+                addr_tx.send(listener.local_addr()?)?;
+                replica::keep::serve(keeper, listener).await;
+                anyhow::Ok(())
+            })
+        });
+        let b_addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("b's keeper did not start")?;
+
+        // A: a pusher to b.
+        let a = node(
+            scratch,
+            "a",
+            Link::load(&scratch.join("a.tls"))?,
+            vec![replica::Peer {
+                name: "b".into(),
+                address: format!("tls!{}!{}", b_addr.ip(), b_addr.port()),
+                plain_venti: false,
+            }],
+        )?;
+        Ok(TwoNodes {
+            a,
+            b,
+            a_ns,
+            where_,
+            _place: place,
+        })
+    }
+
+    /// Starts A's pusher, on a runtime that lives until the process ends.
+    pub fn start_pushing(&self) {
+        let pusher = self.a.rep.clone();
+        let _a_thread = in_namespace(self.a_ns.clone(), move || {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                pusher.start().map_err(anyhow::Error::msg)?;
+                std::future::pending::<()>().await;
+                anyhow::Ok(())
+            })
+        });
+    }
+}
+
 pub fn run(mb: usize, big_mb: usize, netns: bool) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-replica-")
         .tempdir()?;
-    let ca = scratch.path().join("ca");
-    link::ca::init(&ca, "bench")?;
-    for n in ["a", "b"] {
-        link::ca::issue(
-            &ca,
-            n,
-            Role::Storage,
-            link::ca::Validity::Days(1),
-            &scratch.path().join(format!("{n}.tls")),
-        )?;
-    }
-    let place = if netns { Place::namespaces()? } else { None };
-    let (b_ns, b_host, a_ns) = match &place {
-        Some(Place::Namespaces(b, addr, a)) => (Some(b.clone()), addr.clone(), Some(a.clone())),
-        _ => (None, "127.0.0.1".to_string(), None),
-    };
-    let where_ = if place.is_some() {
-        "between two network namespaces (veth, MTU 1500)"
-    } else {
-        "on loopback"
-    };
-
-    // B: a keeper only.
-    let b = node(
-        scratch.path(),
-        "b",
-        Link::load(&scratch.path().join("b.tls"))?,
-        vec![],
-    )?;
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let keeper = b.rep.clone();
-    let _b_thread = in_namespace(b_ns, move || {
-        let rt = tokio::runtime::Runtime::new()?;
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(format!("{b_host}:0")).await?;
-            addr_tx.send(listener.local_addr()?)?;
-            replica::keep::serve(keeper, listener).await;
-            anyhow::Ok(())
-        })
-    });
-    let b_addr = addr_rx
-        .recv_timeout(Duration::from_secs(10))
-        .context("b's keeper did not start")?;
-
-    // A: a pusher to b.
-    let a_ns2 = a_ns.clone();
-    let a = node(
-        scratch.path(),
-        "a",
-        Link::load(&scratch.path().join("a.tls"))?,
-        vec![replica::Peer {
-            name: "b".into(),
-            address: format!("tls!{}!{}", b_addr.ip(), b_addr.port()),
-            plain_venti: false,
-        }],
-    )?;
+    let nodes = TwoNodes::start(scratch.path(), netns)?;
+    let (a, b, a_ns2) = (&nodes.a, &nodes.b, nodes.a_ns.clone());
     println!(
-        "replication benchmark, {where_}, mutual TLS 1.3, batches of {} blocks / {} MB",
+        "replication benchmark, {}, mutual TLS 1.3, batches of {} blocks / {} MB",
+        nodes.where_,
         replica::BATCH_RECORDS,
         replica::BATCH_BYTES >> 20
     );
@@ -236,17 +271,9 @@ pub fn run(mb: usize, big_mb: usize, netns: bool) -> Result<()> {
     }
     a.store.sync()?;
     let (tx0, _) = link_tx(a_ns2.clone())?;
-    let pusher = a.rep.clone();
-    let _a_thread = in_namespace(a_ns, move || {
-        let rt = tokio::runtime::Runtime::new()?;
-        rt.block_on(async move {
-            pusher.start().map_err(anyhow::Error::msg)?;
-            std::future::pending::<()>().await;
-            anyhow::Ok(())
-        })
-    });
+    nodes.start_pushing();
 
-    let took = caught_up(&a, "b", Duration::from_secs(600))?;
+    let took = caught_up(a, "b", Duration::from_secs(600))?;
     let (tx1, _) = link_tx(a_ns2.clone())?;
     let bytes = (n * BLOCK) as f64;
     println!(
@@ -271,7 +298,7 @@ pub fn run(mb: usize, big_mb: usize, netns: bool) -> Result<()> {
         a.store.write(BlockType::DATA, &blocks.get(i))?;
     }
     a.store.sync()?;
-    caught_up(&a, "b", Duration::from_secs(600))?;
+    caught_up(a, "b", Duration::from_secs(600))?;
     let (tx1, _) = link_tx(a_ns2.clone())?;
     let new_bytes = (m.div_ceil(100) * BLOCK) as f64;
     println!(
@@ -288,14 +315,14 @@ pub fn run(mb: usize, big_mb: usize, netns: bool) -> Result<()> {
     }
     let names = a.state.scorenames();
     names.bind("base", &archive(&a.store, &tree)?, &["bench"])?;
-    name_arrives(&b, "base", Duration::from_secs(60))?;
+    name_arrives(b, "base", Duration::from_secs(60))?;
     let mut small = Vec::new();
     for round in 0..7 {
         fill(&tree.join("f7"), 4096, 1000 + round)?;
         let root = archive(&a.store, &tree)?;
         let name = format!("change{round}");
         names.bind(&name, &root, &["bench"])?;
-        small.push(name_arrives(&b, &name, Duration::from_secs(60))?);
+        small.push(name_arrives(b, &name, Duration::from_secs(60))?);
     }
     small.sort();
     println!(
@@ -316,7 +343,7 @@ pub fn run(mb: usize, big_mb: usize, netns: bool) -> Result<()> {
     let root = archive(&a.store, &big)?;
     let archived = t.elapsed();
     names.bind("big", &root, &["bench"])?;
-    let arrived = name_arrives(&b, "big", Duration::from_secs(600))?;
+    let arrived = name_arrives(b, "big", Duration::from_secs(600))?;
     println!(
         "{big_mb} MiB import, bound on A -> bound on B:    {:>8.2} s  (archiving it on A took {:.2} s)",
         arrived.as_secs_f64(),
