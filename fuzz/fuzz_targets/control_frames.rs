@@ -95,6 +95,11 @@ fn request(u: &mut Unstructured) -> arbitrary::Result<Request> {
                 run_key: Some(text(u)?).filter(|k| !k.is_empty()),
             },
             keys: list(u, short)?,
+            working_set: if u.arbitrary()? {
+                Some(score(u)?)
+            } else {
+                None
+            },
         },
         1 => Request::Save {
             user: text(u)?,
@@ -117,7 +122,7 @@ fn request(u: &mut Unstructured) -> arbitrary::Result<Request> {
 }
 
 fn frame(u: &mut Unstructured) -> arbitrary::Result<Frame> {
-    Ok(match u.int_in_range(0..=8u8)? {
+    Ok(match u.int_in_range(0..=9u8)? {
         0 => Frame::Hello {
             version: u.arbitrary()?,
             node: text(u)?,
@@ -199,6 +204,10 @@ fn frame(u: &mut Unstructured) -> arbitrary::Result<Frame> {
         },
         7 => Frame::Pong {
             seq: interesting_u64(u)?,
+        },
+        8 => Frame::WorkingSet {
+            root: score(u)?,
+            list: score(u)?,
         },
         _ => Frame::Error { message: text(u)? },
     })

@@ -32,7 +32,7 @@ use venti::{SCORE_SIZE, Score};
 /// 3: `status` is answered with records ([`EnvStatus`]), not text.
 /// 4: a spawn may carry a one-time key (`run`), and its answer the
 ///    login's host key.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// How often each side pings; a link silent for [`SILENT_FOR`] is dead.
 pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The largest frame accepted.
@@ -86,6 +86,9 @@ pub enum Request {
         spawn: Spawn,
         /// The owner's OpenSSH public keys: who may log in.
         keys: Vec<String>,
+        /// The root's working-set list (a venti block of the storage
+        /// node's), for the cpu node to fetch ahead; a hint only.
+        working_set: Option<Score>,
     },
     Save {
         user: String,
@@ -273,6 +276,13 @@ pub enum Frame {
     Caches {
         envs: Vec<CacheUse>,
     },
+    /// A cpu node recorded (or improved) what a start of `root` reads: the
+    /// list is the venti block `list`, already written and synced to the
+    /// storage node's store.
+    WorkingSet {
+        root: Score,
+        list: Score,
+    },
     Ping {
         seq: u64,
     },
@@ -303,6 +313,7 @@ const PING: u8 = 6;
 const PONG: u8 = 7;
 const ERROR: u8 = 8;
 const CACHES: u8 = 9;
+const WORKING_SET: u8 = 10;
 
 const SPAWN: u8 = 1;
 const SAVE: u8 = 2;
@@ -373,7 +384,11 @@ impl Frame {
                 w.u64(*id);
                 w.u32(*deadline_ms);
                 match request {
-                    Request::Spawn { spawn, keys } => {
+                    Request::Spawn {
+                        spawn,
+                        keys,
+                        working_set,
+                    } => {
                         w.u8(SPAWN);
                         w.text(&spawn.user);
                         w.text(&spawn.name);
@@ -382,6 +397,8 @@ impl Frame {
                         w.texts(&spawn.options);
                         w.texts(keys);
                         w.text(spawn.run_key.as_deref().unwrap_or(""));
+                        w.flag(working_set.is_some());
+                        w.score(&working_set.unwrap_or(Score::ZERO));
                     }
                     Request::Save { user, env } => {
                         w.u8(SAVE);
@@ -457,6 +474,11 @@ impl Frame {
                     w.u64(e.capacity);
                 }
             }
+            Frame::WorkingSet { root, list } => {
+                w.u8(WORKING_SET);
+                w.score(root);
+                w.score(list);
+            }
             Frame::Ping { seq } => {
                 w.u8(PING);
                 w.u64(*seq);
@@ -522,9 +544,16 @@ impl Frame {
                         };
                         let keys = r.texts()?;
                         let run_key = Some(r.text()?).filter(|k| !k.is_empty());
+                        let has_list = r.flag()?;
+                        let list = r.score()?;
+                        // One form only: no list is a zero score.
+                        if !has_list && list != Score::ZERO {
+                            return Err(bad("a spawn without a working set carries a score"));
+                        }
                         Request::Spawn {
                             spawn: Spawn { run_key, ..spawn },
                             keys,
+                            working_set: has_list.then_some(list),
                         }
                     }
                     SAVE => Request::Save {
@@ -599,6 +628,10 @@ impl Frame {
                 }
                 Frame::Caches { envs }
             }
+            WORKING_SET => Frame::WorkingSet {
+                root: r.score()?,
+                list: r.score()?,
+            },
             PING => Frame::Ping { seq: r.u64()? },
             PONG => Frame::Pong { seq: r.u64()? },
             ERROR => Frame::Error { message: r.text()? },

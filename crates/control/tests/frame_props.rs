@@ -19,21 +19,25 @@ fn request() -> impl Strategy<Value = Request> {
             (".{0,8}", ".{0,8}", score(), any::<bool>()),
             texts(),
             texts(),
-            proptest::option::of(".{1,40}")
+            proptest::option::of(".{1,40}"),
+            proptest::option::of(score()),
         )
-            .prop_map(|((user, name, root, disk), options, keys, run_key)| {
-                Request::Spawn {
-                    spawn: Spawn {
-                        user,
-                        name,
-                        root,
-                        disk,
-                        options,
-                        run_key,
-                    },
-                    keys,
+            .prop_map(
+                |((user, name, root, disk), options, keys, run_key, working_set)| {
+                    Request::Spawn {
+                        spawn: Spawn {
+                            user,
+                            name,
+                            root,
+                            disk,
+                            options,
+                            run_key,
+                        },
+                        keys,
+                        working_set,
+                    }
                 }
-            }),
+            ),
         (".{0,8}", ".{0,8}").prop_map(|(user, env)| Request::Save { user, env }),
         (".{0,8}", ".{0,8}", ".{0,8}").prop_map(|(user, env, invitee)| Request::Invite {
             user,
@@ -149,6 +153,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     .collect(),
             }
         }),
+        (score(), score()).prop_map(|(root, list)| Frame::WorkingSet { root, list }),
         any::<u64>().prop_map(|seq| Frame::Ping { seq }),
         any::<u64>().prop_map(|seq| Frame::Pong { seq }),
         ".{0,30}".prop_map(|message| Frame::Error { message }),
@@ -180,7 +185,10 @@ proptest! {
         let mut altered = body.to_vec();
         let i = flip.0.index(altered.len());
         altered[i] ^= flip.1;
-        let _ = Frame::decode(&altered);
+        // Whatever decodes has one form: it encodes back to the same bytes.
+        if let Ok(again) = Frame::decode(&altered) {
+            prop_assert_eq!(&again.encode()[4..], &altered[..], "{:?}", again);
+        }
     }
 }
 
@@ -212,6 +220,7 @@ fn frames_the_reader_would_refuse_do_not_fit() {
                 run_key: None,
             },
             keys,
+            working_set: None,
         },
     };
     assert!(spawn(vec!["pids=5".into(); 3], vec![]).fits().is_ok());

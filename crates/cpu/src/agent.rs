@@ -6,7 +6,11 @@
 //!
 //! Blocks come from the storage node's venti service (its address arrives
 //! in the Welcome), through the machine's persistent block cache, which
-//! every environment of every storage node shares.
+//! every environment of every storage node shares. A spawn whose root has
+//! a working-set list fetches the list's blocks ahead, all at once; every
+//! start records what it reads in its first seconds and, when that adds to
+//! the list, writes a better list and tells the storage node (see
+//! [`crate::working_set`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +20,7 @@ use control::{Answer, Frame, Held, PING_EVERY, Refusal, Request};
 use tokio::sync::mpsc;
 use venti::{BlockCache, BlockStore, CachedStore, RemoteStore};
 
+use crate::working_set::{self, Recorder};
 use crate::{Environments, OwnerKeys, SpawnRequest};
 use grid::error::GridError;
 
@@ -189,7 +194,12 @@ impl Agent {
 
     /// Serves one request of `storage` (blocking: environments start and
     /// save synchronously).
-    fn handle(&self, storage: &str, venti: &str, request: Request) -> Result<Answer, Refusal> {
+    fn handle(
+        self: &Arc<Self>,
+        storage: &str,
+        venti: &str,
+        request: Request,
+    ) -> Result<Answer, Refusal> {
         let refused = |e: GridError| {
             let message = e.to_string();
             Refusal {
@@ -198,7 +208,11 @@ impl Agent {
             }
         };
         match request {
-            Request::Spawn { spawn, keys } => {
+            Request::Spawn {
+                spawn,
+                keys,
+                working_set,
+            } => {
                 let (user, name) = (spawn.user.clone(), spawn.name.clone());
                 // The same user's environment of the same name placed here
                 // by another storage node: one name runs once per machine,
@@ -219,15 +233,24 @@ impl Agent {
                 }
                 let keys = OwnerKeys::parse(&keys).map_err(refused)?;
                 let store = self.store(storage, venti).map_err(refused)?;
+                let known = Arc::new(Mutex::new(Vec::new()));
+                if let Some(list) = working_set {
+                    fetch_ahead(store.clone(), spawn.root, list, known.clone());
+                }
+                let window = self.envs.config().working_set_window;
+                let recorder = Arc::new(Recorder::new(store.clone(), window));
                 let text = self
                     .envs
                     .spawn(SpawnRequest {
                         spawn: &spawn,
                         keys,
-                        store,
+                        store: recorder.clone(),
                         fetched_note: None,
                     })
                     .map_err(refused)?;
+                if !window.is_zero() {
+                    self.keep_working_set(storage, spawn.root, store, recorder, known);
+                }
                 let login = self
                     .envs
                     .running()
@@ -276,6 +299,51 @@ impl Agent {
                 })
             }
         }
+    }
+
+    /// Once a start's recording window has ended: if it read enough that
+    /// the root's list lacked, writes the better list to `storage`'s store
+    /// and tells `storage` of it. Waits on the runtime, not on a thread.
+    fn keep_working_set(
+        self: &Arc<Self>,
+        storage: &str,
+        root: venti::Score,
+        store: Arc<dyn BlockStore>,
+        recorder: Arc<Recorder>,
+        known: Arc<Mutex<Vec<working_set::Key>>>,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (agent, storage) = (self.clone(), storage.to_string());
+        runtime.spawn(async move {
+            tokio::time::sleep_until(recorder.until().into()).await;
+            let written = tokio::task::spawn_blocking(move || {
+                let known = known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let read = recorder.blocks_read();
+                tracing::info!(root = %root, read = read.len(), waited = recorder.waited(), listed = known.len(), "a start's first reads");
+                let Some(list) = working_set::improved(&read, &known) else {
+                    return Ok(None);
+                };
+                let block = working_set::encode(&list);
+                let score = store.write(venti::BlockType::DATA, &block)?;
+                store.sync()?;
+                Ok::<_, venti::StoreError>(Some((score, list.len())))
+            })
+            .await;
+            match written {
+                Ok(Ok(Some((list, blocks)))) => {
+                    tracing::info!(root = %root, list = %list, blocks, storage = %storage, "recorded a root's working set");
+                    let link = agent.links.lock().unwrap_or_else(|p| p.into_inner()).get(&storage).cloned();
+                    if let Some(out) = link {
+                        let _ = out.send(Frame::WorkingSet { root, list });
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(root = %root, error = %e, "writing a root's working set"),
+                Err(e) => tracing::warn!(root = %root, error = %e, "recording a root's working set"),
+            }
+        });
     }
 
     /// Storage nodes act only on the environments they placed.
@@ -429,5 +497,38 @@ impl Agent {
         writer.abort();
         reporter.abort();
         result
+    }
+}
+
+/// Reads `root`'s working-set list `list` and has `store` fetch its blocks
+/// ahead, on a thread of its own while the environment starts; notes the
+/// list in `known` for the recording to improve on. A list that cannot be
+/// read or is not one is ignored, with a log line: it is only a hint.
+fn fetch_ahead(
+    store: Arc<dyn BlockStore>,
+    root: venti::Score,
+    list: venti::Score,
+    known: Arc<Mutex<Vec<working_set::Key>>>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("working-set".into())
+        .spawn(move || {
+            let keys = match store.read(&list, venti::BlockType::DATA) {
+                Ok(Some(block)) => working_set::decode(&block),
+                Ok(None) => Err("its block is not in the store".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match keys {
+                Ok(keys) => {
+                    store.prefetch(keys.clone());
+                    *known.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+                }
+                Err(why) => {
+                    tracing::warn!(root = %root, list = %list, "a working-set list ignored: {why}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "starting a working-set fetch");
     }
 }

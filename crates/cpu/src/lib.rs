@@ -13,6 +13,7 @@ pub mod env;
 pub mod options;
 pub mod rootfs;
 pub mod services;
+pub mod working_set;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -65,6 +66,9 @@ pub struct CpuConfig {
     /// Whether `spawn … userns=no` (root inside is the host's root, bounded
     /// by capabilities and the syscall filter) is allowed.
     pub allow_rootful: bool,
+    /// How long after a start its reads are recorded as its root's working
+    /// set (zero: not recorded); see [`working_set`].
+    pub working_set_window: std::time::Duration,
 }
 
 impl Default for CpuConfig {
@@ -83,6 +87,7 @@ impl Default for CpuConfig {
             publish_ports: (30001, 30100),
             userns: true,
             allow_rootful: false,
+            working_set_window: working_set::WINDOW,
         }
     }
 }

@@ -63,9 +63,34 @@ pub struct Placement {
 }
 
 /// The attributes looked up by value.
-const BY_VALUE: [&str; 3] = ["scorename", "user", "conflict"];
+const BY_VALUE: [&str; 4] = ["scorename", "user", "conflict", "for"];
 /// The attributes whose presence is looked up.
 const BY_PRESENCE: [&str; 5] = ["pos", "waiting", "origin", "time", "conflict"];
+
+/// Whether an entry is a root's working-set list (`workingset=HEX
+/// for=vac:ROOT`: the blocks a start of ROOT reads, a venti block that cpu
+/// nodes fetch ahead), not a binding. Lists replicate with the names, in
+/// the same order and under the same rule (after their blocks); the last
+/// one for a root is the one in force.
+fn is_working_set(e: &ndb::Entry) -> bool {
+    e.get("workingset").is_some()
+}
+
+/// The (list, root) of a working-set entry, checked.
+fn working_set_of(e: &ndb::Entry) -> GridResult<(Score, Score)> {
+    let bad = || GridError::refused("a working-set entry is not `workingset=HEX for=vac:HEX`");
+    let list = e.get("workingset").ok_or_else(bad)?;
+    let list: Score = list.parse().map_err(|_| bad())?;
+    let root = vac::parse_vac(e.get("for").ok_or_else(bad)?, true).map_err(|_| bad())?;
+    Ok((list, root))
+}
+
+/// Whether two working-set entries are the same one (a replay).
+fn same_working_set(x: &ndb::Entry, e: &ndb::Entry) -> bool {
+    ["workingset", "for", "origin", "time"]
+        .iter()
+        .all(|a| x.get(a) == e.get(a))
+}
 
 /// The index a scorenames file is read through; one per file per process
 /// (see [`crate::state::StateDir`]).
@@ -172,7 +197,35 @@ fn rebuilt(scorename: &str, e: &ndb::Entry, drop: &[&str]) -> ndb::Entry {
 /// The entry as a peer receives it: without this node's `pos`, under the
 /// name it was bound as.
 fn wire_entry(e: &ndb::Entry) -> ndb::Entry {
+    if is_working_set(e) {
+        return without_local(e);
+    }
     rebuilt(bound_name(e), e, &LOCAL_ATTRS)
+}
+
+/// `e` without this node's own attributes.
+fn without_local(e: &ndb::Entry) -> ndb::Entry {
+    without(e, &LOCAL_ATTRS)
+}
+
+/// `e` without the attributes in `drop`, the rest in order.
+fn without(e: &ndb::Entry, drop: &[&str]) -> ndb::Entry {
+    let mut out = ndb::Entry::new(&[]);
+    for p in e.pairs.iter().filter(|p| !drop.contains(&p.attr.as_str())) {
+        out.push(&p.attr, &p.value);
+    }
+    out
+}
+
+/// A peer's entry (`kept`: without the peer's own attributes) in this
+/// node's order at `end`, or, sent ahead of its blocks (`at`), waiting
+/// for `peer`'s blocks up to there.
+fn placed_here(mut kept: ndb::Entry, at: Option<&str>, peer: &str, end: &str) -> ndb::Entry {
+    match at {
+        Some(at) => kept.push("waiting", &format!("{peer}:{at}")),
+        None => kept.push("pos", end),
+    }
+    kept
 }
 
 /// A binding this node made, given its identity (this node's name as its
@@ -240,22 +293,46 @@ impl ScoreNames {
             let root = vac::format_vac(root);
             let mut pairs = vec![("scorename", name), ("rootscore", root.as_str())];
             pairs.extend(users.iter().map(|u| ("user", *u)));
-            let time = crate::names::now_nanos().to_string();
-            pairs.push(("time", &time));
-            // Read under the lock: the binding's blocks were made durable
-            // before it, so they lie before this place.
-            let pos = self
-                .placement
-                .as_ref()
-                .map(|p| (p.durable_end)().to_string());
-            if let (Some(p), Some(pos)) = (&self.placement, &pos) {
-                pairs.push(("origin", &p.node));
-                pairs.push(("pos", pos));
-            }
-            Ok((vec![ndb::Entry::new(&pairs)], ()))
+            Ok((vec![self.stamped(&pairs)], ()))
         })?;
         self.changed();
         Ok(())
+    }
+
+    /// An entry of `pairs` with its time and, on a node that replicates,
+    /// its origin and place. Called under the file's lock: the entry's
+    /// blocks were made durable before it, so they lie before that place.
+    fn stamped(&self, pairs: &[(&str, &str)]) -> ndb::Entry {
+        let mut e = ndb::Entry::new(pairs);
+        e.push("time", &crate::names::now_nanos().to_string());
+        if let Some(p) = &self.placement {
+            e.push("origin", &p.node);
+            e.push("pos", &(p.durable_end)().to_string());
+        }
+        e
+    }
+
+    /// Keeps `list` (a working-set list's block, durable in this node's
+    /// store) as `root`'s, in place of any earlier one.
+    pub fn set_working_set(&self, root: &Score, list: &Score) -> GridResult<()> {
+        self.index.append(|_| {
+            let (list, root) = (list.to_string(), vac::format_vac(root));
+            let entry = self.stamped(&[("workingset", &list), ("for", &root)]);
+            Ok::<_, GridError>((vec![entry], ()))
+        })?;
+        self.changed();
+        Ok(())
+    }
+
+    /// `root`'s working-set list, if it has one (the last kept).
+    pub fn working_set(&self, root: &Score) -> GridResult<Option<Score>> {
+        let found = self.index.view()?.search("for", &vac::format_vac(root))?;
+        Ok(found
+            .iter()
+            .rev()
+            .filter(|e| is_working_set(e))
+            .find_map(|e| working_set_of(e).ok())
+            .map(|(list, _)| list))
     }
 
     /// How many bindings there are.
@@ -346,6 +423,18 @@ impl ScoreNames {
         let incoming = ndb::Db::parse("replicated names", text)
             .map_err(|e| GridError::refused(format!("replicated names: {e}")))?;
         for e in incoming.entries() {
+            if is_working_set(e) {
+                working_set_of(e)?;
+                if e.get("origin").is_none_or(|o| check_node_name(o).is_err())
+                    || e.get("time").and_then(|t| t.parse::<u64>().ok()).is_none()
+                    || e.get("at").is_some_and(|at| at.parse::<u64>().is_err())
+                {
+                    return Err(GridError::refused(
+                        "a replicated working-set entry lacks its origin or time, or has a bad one",
+                    ));
+                }
+                continue;
+            }
             let b = binding(e)?;
             check_score_name(&b.name)?;
             // Every field is used as it came (compared, cut into derived
@@ -405,6 +494,12 @@ impl ScoreNames {
             );
             let mut renamed = Vec::new();
             for e in incoming.entries() {
+                if is_working_set(e) {
+                    if !db.entries().iter().any(|x| same_working_set(x, e)) {
+                        db.append(placed_here(without_local(e), e.get("at"), peer, &end));
+                    }
+                    continue;
+                }
                 let name = bound_name(e).to_string();
                 let new = precedence(e);
                 // Names are per user: only bindings for a user in common
@@ -460,11 +555,7 @@ impl ScoreNames {
                         origin: new.origin.clone(),
                     });
                 }
-                match e.get("at") {
-                    Some(at) => entry.push("waiting", &format!("{peer}:{at}")),
-                    None => entry.push("pos", &end),
-                }
-                db.append(entry);
+                db.append(placed_here(entry, e.get("at"), peer, &end));
             }
             Ok::<_, GridError>(renamed)
         })?;
@@ -495,6 +586,17 @@ impl ScoreNames {
             let mut claimed = std::collections::HashSet::new();
             let mut new = Vec::new();
             for e in incoming.entries() {
+                if is_working_set(e) {
+                    let root = e.get("for").unwrap_or_default();
+                    if !view
+                        .search("for", root)?
+                        .iter()
+                        .any(|x| same_working_set(x, e))
+                    {
+                        new.push(placed_here(without_local(e), e.get("at"), peer, &end));
+                    }
+                    continue;
+                }
                 let name = bound_name(e);
                 if e.all("user").any(|u| !claimed.insert((name, u))) {
                     return Ok((Vec::new(), None));
@@ -506,12 +608,12 @@ impl ScoreNames {
                 if !group.is_empty() {
                     return Ok((Vec::new(), None));
                 }
-                let mut entry = rebuilt(name, e, &LOCAL_ATTRS);
-                match e.get("at") {
-                    Some(at) => entry.push("waiting", &format!("{peer}:{at}")),
-                    None => entry.push("pos", &end),
-                }
-                new.push(entry);
+                new.push(placed_here(
+                    rebuilt(name, e, &LOCAL_ATTRS),
+                    e.get("at"),
+                    peer,
+                    &end,
+                ));
             }
             Ok((new, Some(Vec::new())))
         })
@@ -537,7 +639,7 @@ impl ScoreNames {
         let n = self.index.rewrite(|db| {
             let end = durable_end().to_string();
             Ok::<_, GridError>(db.edit(ready, |e| {
-                let mut y = rebuilt(e.get("scorename").unwrap_or_default(), e, &["waiting"]);
+                let mut y = without(e, &["waiting"]);
                 y.push("pos", &end);
                 Some(y)
             }))

@@ -190,3 +190,49 @@ fn a_peer_far_behind_is_sent_its_names_in_batches_that_fit_a_frame() {
             .is_some()
     );
 }
+
+#[test]
+fn a_roots_working_set_travels_with_the_names_and_the_last_is_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = placed(&dir.path().join("a"), "a", 10);
+    let b = placed(&dir.path().join("b"), "b", 20);
+    let (web, list1, list2) = (root(1), root(2), root(3));
+    a.bind("web", &web, &["alice"]).unwrap();
+    assert_eq!(a.working_set(&web).unwrap(), None);
+    a.set_working_set(&web, &list1).unwrap();
+    appends_only(a.path(), || a.set_working_set(&web, &list2).unwrap());
+    assert_eq!(a.working_set(&web).unwrap(), Some(list2));
+    // No binding is made of it: names, lookups and scores are as they were.
+    assert_eq!(a.names_for("alice").unwrap(), ["web"]);
+
+    let (text, count) = a.since(0, 10, false, "a", || 10).unwrap();
+    assert_eq!(count, 3);
+    let all = |_: &Score| Ok(true);
+    b.merge(&text, "a", "b", all, || 20).unwrap();
+    assert_eq!(b.working_set(&web).unwrap(), Some(list2));
+    let before = std::fs::read(b.path()).unwrap();
+    b.merge(&text, "a", "b", all, || 21).unwrap();
+    assert_eq!(
+        std::fs::read(b.path()).unwrap(),
+        before,
+        "a replay adds nothing"
+    );
+    // Sent ahead of its blocks (read-through), it waits like a binding.
+    let (early, _) = a.since(0, u64::MAX, true, "a", || 10).unwrap();
+    let c = placed(&dir.path().join("c"), "c", 5);
+    c.merge(&early, "a", "c", all, || 5).unwrap();
+    assert_eq!(c.since(0, u64::MAX, false, "c", || 5).unwrap().1, 0);
+    c.resolve("a", 10, || 6).unwrap();
+    assert_eq!(c.since(0, u64::MAX, false, "c", || 6).unwrap().1, 3);
+    assert_eq!(c.working_set(&web).unwrap(), Some(list2));
+
+    // A malformed one from a peer is refused whole, naming the problem.
+    for bad in [
+        "workingset=nothex for=vac:0000000000000000000000000000000000000000 origin=a time=1\n",
+        "workingset=0000000000000000000000000000000000000000 for=web origin=a time=1\n",
+        "workingset=0000000000000000000000000000000000000000 for=vac:0000000000000000000000000000000000000000 time=1\n",
+    ] {
+        let e = b.merge(bad, "a", "b", all, || 22).unwrap_err();
+        assert!(e.to_string().contains("working-set"), "{e}");
+    }
+}

@@ -241,6 +241,12 @@ pub const SETTINGS: &[Setting] = &[
         "(cpu) How long a file read waits for an unreachable storage node before it fails with EIO",
     ),
     setting(
+        "working-set-window",
+        Kind::Duration,
+        Some("10s"),
+        "(cpu) How long after a start its reads are recorded as its root's working set (0: not recorded)",
+    ),
+    setting(
         "env-ports",
         Kind::Ports,
         Some("20001-20100"),
@@ -687,6 +693,7 @@ impl Config {
             allow_host_net: s.switch("allow-host-net")?,
             userns: !s.switch("rootful")?,
             allow_rootful: s.switch("allow-rootful")?,
+            working_set_window: s.duration("working-set-window")?,
             ..CpuConfig::default()
         };
         if let Some(host) = s.text("public-host") {

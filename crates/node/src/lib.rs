@@ -538,7 +538,7 @@ fn storage_pool(
         h => h,
     };
     let venti = format!("tls!{host}!{port}");
-    let pool = storage::placement::Pool::new(link.me.name.clone(), venti, state.users());
+    let pool = storage::placement::Pool::new(link.me.name.clone(), venti, state.clone());
     Ok((Arc::new(pool), listen))
 }
 

@@ -141,6 +141,13 @@ pub trait Cpus: Send + Sync {
     /// Whether this node placed (or runs) `user`'s `env`, starting or
     /// not: whether its commands are this node's to carry out.
     fn holds(&self, user: &str, env: &str) -> bool;
+    /// The root `user`'s `env` was spawned from, where that is known
+    /// here (a save passes its root's working-set list on to the saved
+    /// root); none by default.
+    fn root_of(&self, user: &str, env: &str) -> Option<Score> {
+        let _ = (user, env);
+        None
+    }
     /// The user's environments; with `take_notices`, the notices kept
     /// for the user are handed over (and forgotten), as to the user
     /// themself; without, they stay for the user (the admin's page looks).
@@ -937,6 +944,7 @@ impl Node {
         let score = self.cpus.save(user, env)?;
         self.charge(user, changed)?;
         self.names().bind(new, &score, &[user])?;
+        self.carry_working_set(user, env, &score);
         tracing::info!(user, env, name = new, root = %score, "saved");
         Ok(format!("{new} saved\nvac:{score}\n"))
     }
@@ -953,8 +961,25 @@ impl Node {
         let name = self
             .names()
             .bind_unique(&format!("{env}+{invitee}"), &score, &[invitee])?;
+        self.carry_working_set(user, env, &score);
         tracing::info!(user, env, invitee, name = %name, "invited");
         Ok(format!("{invitee} invited: {name}\nvac:{score}\n"))
+    }
+
+    /// A saved root starts as the root it was saved from did: it is given
+    /// that root's working-set list, which its own starts then improve.
+    /// A hint only, so a failure here is logged, never the save's.
+    fn carry_working_set(&self, user: &str, env: &str, saved: &Score) {
+        let Some(from) = self.cpus.root_of(user, env).filter(|r| r != saved) else {
+            return;
+        };
+        let names = self.names();
+        let carried = names
+            .working_set(&from)
+            .and_then(|list| list.map_or(Ok(()), |list| names.set_working_set(saved, &list)));
+        if let Err(e) = carried {
+            tracing::warn!(user, env, root = %saved, error = %e, "passing a working set on to a saved root");
+        }
     }
 
     /// What saving `env` may add to the store, checked against `user`'s

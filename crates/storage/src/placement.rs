@@ -27,6 +27,7 @@ use venti::Score;
 use crate::Cpus;
 use crate::status::{EnvRecord, EnvState, UserStatus, ago};
 use grid::error::{GridError, GridResult};
+use grid::state::StateDir;
 use grid::users::Users;
 
 /// How long the pool waits for each kind of request.
@@ -102,6 +103,11 @@ pub struct Pool {
     /// Its venti service as the cpu nodes should dial it.
     pub venti: String,
     pub users: Users,
+    /// The node's state: its names hold the roots' working-set lists.
+    state_dir: StateDir,
+    /// Whether spawns carry their root's working-set list (on unless a
+    /// benchmark compares starts without it).
+    pub offer_working_sets: std::sync::atomic::AtomicBool,
     pub deadlines: Deadlines,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -181,11 +187,13 @@ fn silent(last_seen: SystemTime) -> bool {
 }
 
 impl Pool {
-    pub fn new(node: String, venti: String, users: Users) -> Pool {
+    pub fn new(node: String, venti: String, state_dir: StateDir) -> Pool {
         Pool {
             node,
             venti,
-            users,
+            users: state_dir.users(),
+            state_dir,
+            offer_working_sets: std::sync::atomic::AtomicBool::new(true),
             deadlines: Deadlines::default(),
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
@@ -523,6 +531,22 @@ impl Pool {
                         let _ = w.send(result);
                     }
                 }
+                Frame::WorkingSet { root, list } => {
+                    // The cpu node wrote and synced the list to this node's
+                    // store before it said so; the names replicate it.
+                    let names = self.state_dir.scorenames();
+                    let cpu = cpu.clone();
+                    tokio::task::spawn_blocking(move || {
+                        match names.set_working_set(&root, &list) {
+                            Ok(()) => {
+                                tracing::info!(cpu = %cpu, root = %root, list = %list, "kept a root's working set")
+                            }
+                            Err(e) => {
+                                tracing::warn!(cpu = %cpu, root = %root, error = %e, "keeping a root's working set")
+                            }
+                        }
+                    });
+                }
                 Frame::Load { running, slots } => {
                     if let Some(c) = self.state().cpus.get_mut(&cpu) {
                         c.running = running;
@@ -749,6 +773,15 @@ impl Cpus for Pool {
             }
         }
         let keys = self.users.keys_of(&spawn.user)?;
+        // A hint: a list that cannot be looked up is no reason to refuse.
+        let offered = self.offer_working_sets.load(Ordering::Relaxed);
+        let working_set = match self.state_dir.scorenames().working_set(&spawn.root) {
+            Ok(list) => list.filter(|_| offered),
+            Err(e) => {
+                tracing::warn!(root = %spawn.root, error = %e, "looking up a root's working set");
+                None
+            }
+        };
         let mut last = None;
         for cpu in self.candidates(named.as_deref())? {
             {
@@ -778,6 +811,7 @@ impl Cpus for Pool {
                     ..spawn.clone()
                 },
                 keys: keys.clone(),
+                working_set,
             };
             let result = self.call(&cpu, request, self.deadlines.spawn);
             let mut state = self.state();
@@ -861,6 +895,13 @@ impl Cpus for Pool {
 
     fn holds(&self, user: &str, env: &str) -> bool {
         self.has_record(user, env)
+    }
+
+    fn root_of(&self, user: &str, env: &str) -> Option<Score> {
+        self.state()
+            .envs
+            .get(&(user.to_string(), env.to_string()))
+            .map(|p| p.root)
     }
 
     fn boom(&self, user: &str, env: &str) -> GridResult<bool> {

@@ -41,6 +41,9 @@ type Dial =
 /// Writes allowed in flight before `write` waits.
 const WRITE_WINDOW: usize = 128;
 
+/// Reads in flight at once in [`BlockStore::read_each`].
+pub const READ_WINDOW: usize = 128;
+
 /// Bytes of unsynced blocks kept for replay before `write` syncs by itself.
 pub const REPLAY_LIMIT: usize = 32 << 20;
 
@@ -311,6 +314,49 @@ impl BlockStore for RemoteStore {
             Err(e) if e.is_missing_block() => Ok(None),
             Err(e) => Err(self.remote_error(e)),
         }
+    }
+
+    /// Up to [`READ_WINDOW`] requests in flight on the one connection, each
+    /// block handed over as it comes. A block whose request met a lost
+    /// connection is read again on its own (which reconnects).
+    fn read_each(
+        &self,
+        keys: &[(Score, BlockType)],
+        each: &mut dyn FnMut(usize, Result<Option<Vec<u8>>, StoreError>),
+    ) {
+        let (client, _) = self.current();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let window = Arc::new(Semaphore::new(READ_WINDOW));
+        let mut tasks = JoinSet::new();
+        for (i, &(score, ty)) in keys.iter().enumerate() {
+            let (client, tx, window) = (client.clone(), tx.clone(), window.clone());
+            tasks.spawn_on(
+                async move {
+                    let Ok(_permit) = window.acquire_owned().await else {
+                        return;
+                    };
+                    let got = if score.is_zero() {
+                        Ok(Vec::new())
+                    } else {
+                        client.read(&score, ty, MAX_BLOCK_SIZE).await
+                    };
+                    let _ = tx.send((i, got));
+                },
+                self.rt().handle(),
+            );
+        }
+        drop(tx);
+        for (i, got) in rx {
+            let result = match got {
+                Ok(data) => Ok(Some(data)),
+                Err(e) if e.is_missing_block() => Ok(None),
+                Err(ClientError::Closed(_)) => self.read(&keys[i].0, keys[i].1),
+                Err(e) => Err(self.remote_error(e)),
+            };
+            each(i, result);
+        }
+        // Every task has sent (or was dropped): the set is done.
+        drop(tasks);
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {

@@ -184,9 +184,10 @@ pub enum BenchCommand {
         /// Repetitions; the median is printed.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Round trip of the far link, in milliseconds.
-        #[arg(long, default_value_t = 20)]
-        rtt_ms: u64,
+        /// Round trips of the far links, in milliseconds (a cpu node
+        /// each), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "20,80")]
+        rtt_ms: Vec<u64>,
         /// Spawn options, e.g. "net=host userns=no" [default: the node's].
         #[arg(long, default_value = "")]
         spawn_options: String,
@@ -252,7 +253,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             runs,
             rtt_ms,
             spawn_options,
-        } => crate::bench::split::run(tree.as_deref(), runs, rtt_ms, &spawn_options),
+        } => crate::bench::split::run(tree.as_deref(), runs, &rtt_ms, &spawn_options),
         BenchCommand::Link {
             blocks,
             runs,

@@ -1,14 +1,18 @@
 //! `colony bench split [TREE]`: a storage node and cpu nodes in this
 //! process, linked over loopback by mutual TLS exactly as in a grid (the
 //! control link, venti for blocks), once directly and once through the
-//! delay proxy at a given round trip. Times spawn → first command output
+//! delay proxy at each given round trip. Times spawn → first command output
 //! (over the environment's own SSH login) on a cpu node whose block cache
-//! is cold and warm, for busybox and TREE, and counts what the cpu node
-//! fetched from the storage node to do it and to `cat /etc/os-release`.
+//! is cold (without the root's working-set list, and with it) and warm,
+//! for busybox and TREE, and counts what the cpu node fetched from the
+//! storage node to do it and to `cat /etc/os-release`. With the list, the
+//! bytes fetched are set beside the bytes of the blocks the start read
+//! (those the list holds).
 //! Needs root (spawn mounts and makes namespaces) and the OpenSSH client.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -38,7 +42,7 @@ fn median(mut v: Vec<f64>) -> String {
     )
 }
 
-pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Result<()> {
+pub fn run(tree: Option<&Path>, runs: usize, rtts_ms: &[u64], options: &str) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("colony-bench-split-")
         .tempdir()?;
@@ -84,35 +88,37 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
         storage_link.admitter(vec![link::Role::Cpu], "a venti link"),
         std::future::pending(),
     ));
-    let shape = crate::bench::slow_link::Shape {
-        delay: Duration::from_micros(rtt_ms * 500),
-        rate: 0,
-    };
-    let far = |to: std::net::SocketAddr| -> Result<std::net::SocketAddr> {
+    let far = |to: std::net::SocketAddr, rtt_ms: u64| -> Result<std::net::SocketAddr> {
+        let shape = crate::bench::slow_link::Shape {
+            delay: Duration::from_micros(rtt_ms * 500),
+            rate: 0,
+        };
         let l = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = l.local_addr()?;
         runtime.spawn(crate::bench::slow_link::run(l, to.to_string(), shape));
         Ok(addr)
     };
-    let far_venti = far(venti_addr)?;
-
     let mut cpus = Vec::new();
     // The third cpu node holds the density figures' environments.
     let (envs, concurrent) = (100, 40);
-    for (i, (label, venti, delayed, slots)) in [
-        ("direct link".to_string(), venti_addr, false, 5),
-        (format!("{rtt_ms} ms round trip"), far_venti, true, 5),
-        ("density".to_string(), venti_addr, false, envs + concurrent),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    let mut places = vec![("direct link".to_string(), venti_addr, None, 5)];
+    for &rtt in rtts_ms {
+        places.push((
+            format!("{rtt} ms round trip"),
+            far(venti_addr, rtt)?,
+            Some(rtt),
+            5,
+        ));
+    }
+    let measured = places.len();
+    places.push(("density".to_string(), venti_addr, None, envs + concurrent));
+    for (i, (label, venti, delayed, slots)) in places.into_iter().enumerate() {
         // A storage node's placement for each cpu node, so each spawn goes
         // where the figure says.
         let pool = Arc::new(Pool::new(
             "s1".into(),
             format!("tls!127.0.0.1!{}", venti.port()),
-            state.users(),
+            state.clone(),
         ));
         let control = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let mut control_addr = control.local_addr()?;
@@ -121,8 +127,8 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
             storage_link.clone(),
             control,
         ));
-        if delayed {
-            control_addr = far(control_addr)?;
+        if let Some(rtt) = delayed {
+            control_addr = far(control_addr, rtt)?;
         }
         let cpu_state = StateDir::open(dir.join(format!("c{i}")))?;
         let cache = BlockCache::open(&cpu_state.root.join("blockcache"), 4 << 30)?;
@@ -173,7 +179,16 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
             options
         }
     );
-    let result = measure(&cpus[..2], &roots, &key, runs, options).and_then(|()| {
+    let result = measure(
+        &cpus[..measured],
+        &roots,
+        &key,
+        runs,
+        options,
+        &state,
+        store.as_ref(),
+    )
+    .and_then(|()| {
         // Idle environments placed on a cpu node through the control link:
         // node memory (both nodes are this process) and spawns at once.
         let busybox = state
@@ -185,7 +200,7 @@ pub fn run(tree: Option<&Path>, runs: usize, rtt_ms: u64, options: &str) -> Resu
                 .scorenames()
                 .bind(&format!("b{i}"), &busybox.root, &["bench"])?;
         }
-        crate::bench::density::measure(&cpus[2].node, envs, concurrent, options)
+        crate::bench::density::measure(&cpus[measured].node, envs, concurrent, options)
     });
     for c in &cpus {
         c.envs.shutdown();
@@ -218,15 +233,28 @@ fn measure(
     key: &Path,
     runs: usize,
     options: &str,
+    state: &StateDir,
+    store: &dyn BlockStore,
 ) -> Result<()> {
     for cpu in cpus {
         for (name, dir) in roots {
-            for cold in [true, false] {
+            let root = state
+                .scorenames()
+                .lookup(name)?
+                .context("a bench root is bound")?
+                .root;
+            for start in [Start::Cold, Start::ColdWithList, Start::Warm] {
+                if start == Start::ColdWithList {
+                    wait_for_list(cpu, state, &root, name, key, options)?;
+                }
+                cpu.pool
+                    .offer_working_sets
+                    .store(start == Start::ColdWithList, Ordering::Relaxed);
                 let mut first = Vec::new();
                 let (mut fetched_blocks, mut fetched_bytes, mut waits) = (0, 0, 0);
                 let mut cat_bytes = 0;
                 for _ in 0..runs.max(1) {
-                    if cold {
+                    if start != Start::Warm {
                         cpu.cache.clear();
                     }
                     let before = cpu.cache.stats();
@@ -248,15 +276,25 @@ fn measure(
                     cat_bytes = cpu.cache.stats().added_bytes - after.added_bytes;
                     cpu.node.run("bench", &format!("boom {name}"));
                 }
-                let root = if *name == "tree" {
+                let shown = if *name == "tree" {
                     dir.display().to_string()
                 } else {
                     "busybox".to_string()
                 };
-                let temp = if cold { "cold" } else { "warm" };
+                let per_read = match start {
+                    Start::ColdWithList => {
+                        let read = list_bytes(state, store, &root)?;
+                        format!(
+                            "; fetched/read {:.2} ({:.1} KB read)",
+                            fetched_bytes as f64 / read.max(1) as f64,
+                            read as f64 / 1e3
+                        )
+                    }
+                    _ => String::new(),
+                };
                 println!(
-                    "{:<58} {}   fetched {fetched_blocks} blocks, {:.1} KB ({waits} reads waited on the link); then cat /etc/os-release {:.1} KB",
-                    format!("{root}, {temp} cache, {}", cpu.label),
+                    "{:<64} {}   fetched {fetched_blocks} blocks, {:.1} KB ({waits} reads waited on the link){per_read}; then cat /etc/os-release {:.1} KB",
+                    format!("{shown}, {}, {}", start.label(), cpu.label),
                     median(first),
                     fetched_bytes as f64 / 1e3,
                     cat_bytes as f64 / 1e3
@@ -265,4 +303,71 @@ fn measure(
         }
     }
     Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// An empty block cache, the spawn given no working-set list.
+    Cold,
+    /// An empty block cache, the spawn given the root's list.
+    ColdWithList,
+    Warm,
+}
+
+impl Start {
+    fn label(self) -> &'static str {
+        match self {
+            Start::Cold => "cold, no list",
+            Start::ColdWithList => "cold, with its list",
+            Start::Warm => "warm cache",
+        }
+    }
+}
+
+/// Waits until `root` has a working-set list, spawning it once (and
+/// waiting out the recording window) if it has none.
+fn wait_for_list(
+    cpu: &Cpu,
+    state: &StateDir,
+    root: &venti::Score,
+    name: &str,
+    key: &Path,
+    options: &str,
+) -> Result<()> {
+    if state.scorenames().working_set(root)?.is_some() {
+        return Ok(());
+    }
+    cpu.cache.clear();
+    let r = cpu.node.run("bench", &format!("spawn {name} {options}"));
+    if r.status != 0 {
+        bail!("spawn {name}: {}", r.err.trim());
+    }
+    ssh(key, &r.out, "echo ready")?;
+    ssh(key, &r.out, "cat /etc/os-release")?;
+    cpu.node.run("bench", &format!("boom {name}"));
+    let deadline = Instant::now() + cpu::working_set::WINDOW + Duration::from_secs(20);
+    while state.scorenames().working_set(root)?.is_none() {
+        if Instant::now() > deadline {
+            bail!("no working-set list was recorded for {name}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The bytes of the blocks `root`'s working-set list holds: what its
+/// recorded start read.
+fn list_bytes(state: &StateDir, store: &dyn BlockStore, root: &venti::Score) -> Result<u64> {
+    let list = state
+        .scorenames()
+        .working_set(root)?
+        .context("the root has a list")?;
+    let block = store
+        .read(&list, venti::BlockType::DATA)?
+        .context("the list's block is in the store")?;
+    let mut bytes = 0;
+    for (score, ty) in cpu::working_set::decode(&block).map_err(anyhow::Error::msg)? {
+        bytes += store.read(&score, ty)?.map_or(0, |d| d.len() as u64);
+    }
+    Ok(bytes)
 }

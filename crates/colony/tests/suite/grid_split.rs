@@ -1839,3 +1839,151 @@ fn a_service_outlives_a_cut_link_and_converges_when_it_heals() {
     assert_eq!(directory_of(&g, "web").len(), 2);
     g.door_ok("alice", &["service", "rm", "web"]);
 }
+
+/// `waited=N` of the `n`th "a start's first reads" line of a cpu node's
+/// log: the reads of that start that waited on the link.
+fn start_waited(cpu: &Proc, n: usize) -> (u64, u64) {
+    let log = cpu.log.lock().unwrap();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("a start's first reads"))
+        .nth(n)
+        .unwrap_or_else(|| panic!("no start {n} in the log"))
+        .to_string();
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+    };
+    (field("waited"), field("listed"))
+}
+
+/// The working-set list storage node `node` holds for `root` (vac:HEX).
+fn working_set_on(g: &Split, node: &str, root: &str) -> Option<String> {
+    let db = ndb::Db::open(&g.state(node).join("scorenames")).ok()?;
+    db.entries()
+        .iter()
+        .rev()
+        .find(|e| e.get("for") == Some(root))
+        .and_then(|e| e.get("workingset").map(str::to_string))
+}
+
+/// A root's first start records what it reads; the list is kept with the
+/// root, replicated with the names, and on the next start on a cold cpu
+/// node its blocks are fetched ahead, so far fewer reads wait on the link.
+/// A save passes the list on to the saved root. A list that is not one is
+/// ignored with a log line and the spawn works.
+///
+/// Invariants: a list is only a hint (every spawn reads the same files
+/// whatever list it was given); a name's list reaches the other storage
+/// node; a cold start with a list waits on the link for fewer reads.
+#[test]
+fn a_roots_working_set_is_kept_replicated_and_fetched_ahead_on_a_cold_start() {
+    if !can_run() {
+        return;
+    }
+    let window = ["--working-set-window", "2s"];
+    let mut g = Split::with_storage(2, &window, &[]);
+    let tree = busybox_root(g.tmp.path(), "working set\n");
+    // A start that reads many small files in many directories: each one a
+    // round trip or more when nothing is fetched ahead.
+    let mut total = 0;
+    for d in 0..12 {
+        let dir = tree.join(format!("data/d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..6 {
+            let text = format!("{d}/{f}\n").repeat(400);
+            total += text.len();
+            std::fs::write(dir.join(format!("f{f}")), text).unwrap();
+        }
+    }
+    let root = g.import("ws", &tree);
+    g.start_s1();
+    g.start_s2();
+    g.start_cpu(1);
+    wait_for(20, "c1 linked to both storage nodes", || {
+        g.s1.log_has("cpu node linked") && g.s2.as_ref().unwrap().log_has("cpu node linked")
+    });
+    let read_all = "cat /data/*/* | wc -c";
+    let bytes = total.to_string();
+
+    // 1. The first start: no list. What it reads is recorded and kept.
+    let reply = g.door_ok("alice", &["spawn", "ws"]);
+    assert_eq!(g.in_env_ok("alice", &reply, read_all).trim(), bytes.trim());
+    wait_for(30, "the first start's reads", || {
+        g.c1.log_has("a start's first reads")
+    });
+    let (cold, listed) = start_waited(&g.c1, 0);
+    assert_eq!(listed, 0, "the first start had no list");
+    wait_for(20, "ws's list on s1", || {
+        working_set_on(&g, "s1", &root).is_some()
+    });
+    let list = working_set_on(&g, "s1", &root).unwrap();
+    // 2. It travels with the names.
+    wait_for(30, "ws's list on s2", || {
+        working_set_on(&g, "s2", &root).as_deref() == Some(list.as_str())
+    });
+    g.door_ok("alice", &["boom", "ws"]);
+
+    // 3. A cold cpu node, spawned through s2: the list's blocks come ahead.
+    let cold_cache = |g: &mut Split| {
+        g.c1.stop();
+        std::fs::remove_dir_all(g.state("c1").join("blockcache")).unwrap();
+        let links = g.s1.log_count("cpu node linked");
+        g.start_cpu(1);
+        wait_for(20, "c1 linked again", || {
+            g.s1.log_count("cpu node linked") > links
+        });
+    };
+    cold_cache(&mut g);
+    let reply = g.door_on_ok(3, "alice", &["spawn", "ws"]);
+    assert_eq!(g.in_env_ok("alice", &reply, read_all).trim(), bytes.trim());
+    wait_for(30, "the second start's reads", || {
+        g.c1.log_count("a start's first reads") >= 2
+    });
+    let (ahead, listed) = start_waited(&g.c1, 1);
+    assert!(listed > 0, "the second start was given the list");
+    assert!(
+        ahead * 2 < cold,
+        "with its list, {ahead} reads waited on the link; without, {cold}"
+    );
+
+    // 4. A save passes the list on to the saved root.
+    g.door_on_ok(3, "alice", &["save", "ws", "ws2"]);
+    let saved = {
+        let db = ndb::Db::open(&g.state("s2").join("scorenames")).unwrap();
+        db.entries()
+            .iter()
+            .find(|e| e.get("scorename") == Some("ws2"))
+            .and_then(|e| e.get("rootscore").map(str::to_string))
+            .unwrap()
+    };
+    assert_eq!(
+        working_set_on(&g, "s2", &saved),
+        working_set_on(&g, "s2", &root)
+    );
+    g.door_on_ok(3, "alice", &["boom", "ws"]);
+
+    // 5. A list that is not one (here, the root block's score), appended
+    // to s1's names by hand while it runs: ignored, and the spawn works.
+    let mut names = std::fs::OpenOptions::new()
+        .append(true)
+        .open(g.state("s1").join("scorenames"))
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(
+        names,
+        "workingset={} for={root} time=1 origin=s1 pos=0",
+        root.trim_start_matches("vac:")
+    )
+    .unwrap();
+    drop(names);
+    cold_cache(&mut g);
+    let reply = g.door_ok("alice", &["spawn", "ws"]);
+    assert_eq!(g.in_env_ok("alice", &reply, read_all).trim(), bytes.trim());
+    wait_for(20, "the damaged list noticed", || {
+        g.c1.log_has("a working-set list ignored")
+    });
+    g.door_ok("alice", &["boom", "ws"]);
+}

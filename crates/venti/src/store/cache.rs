@@ -646,19 +646,71 @@ impl Shared {
         }
     }
 
+    /// See [`CachedStore::prefetch`](BlockStore::prefetch).
+    fn prefetch(&self, keys: Vec<(Score, BlockType)>) {
+        let mine: Vec<(Score, BlockType)> = {
+            let mut ahead = self.ahead();
+            keys.into_iter()
+                .filter(|&(score, ty)| {
+                    let key = (score, ty.to_wire());
+                    if score.is_zero()
+                        || ahead.stages.contains_key(&key)
+                        || self.cache.contains(&key)
+                    {
+                        return false;
+                    }
+                    // Fetching: a reader waits for it rather than fetch it
+                    // too (a queued readahead of it is now this one).
+                    ahead.stages.insert(key, Stage::Fetching);
+                    true
+                })
+                .collect()
+        };
+        if mine.is_empty() {
+            return;
+        }
+        let mut landed = vec![false; mine.len()];
+        self.origin.read_each(&mine, &mut |i, got| {
+            let (score, ty) = mine[i];
+            if let Ok(Some(data)) = got
+                && Score::of(&data) == score
+            {
+                self.fetched.fetch_add(1, Ordering::Relaxed);
+                self.fetched_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.cache.put(&score, ty, &data);
+            }
+            landed[i] = true;
+            self.ahead().stages.remove(&(score, ty.to_wire()));
+            self.landed.notify_all();
+        });
+        // Whatever did not come (a store that gave up) is no longer on its
+        // way: its readers fetch it themselves.
+        let mut ahead = self.ahead();
+        for (i, &(score, ty)) in mine.iter().enumerate() {
+            if !landed[i] {
+                ahead.stages.remove(&(score, ty.to_wire()));
+            }
+        }
+        drop(ahead);
+        self.landed.notify_all();
+    }
+
     /// Before a reader fetches `key` itself: waits while a fetcher is
     /// fetching it (up to `patience`), and takes it off the queue if it is
-    /// only queued.
-    fn claim(&self, key: &Key) {
+    /// only queued. True if it waited: the read waited on the link.
+    fn claim(&self, key: &Key) -> bool {
         let deadline = Instant::now() + self.patience.max(Duration::from_secs(1));
         let mut ahead = self.ahead();
+        let mut waited = false;
         loop {
             match ahead.stages.get(key) {
                 Some(Stage::Fetching) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return;
+                        return waited;
                     }
+                    waited = true;
                     ahead = self
                         .landed
                         .wait_timeout(ahead, left)
@@ -667,9 +719,9 @@ impl Shared {
                 }
                 Some(Stage::Queued) => {
                     ahead.stages.remove(key);
-                    return;
+                    return waited;
                 }
-                None => return,
+                None => return waited,
             }
         }
     }
@@ -728,10 +780,12 @@ impl BlockStore for CachedStore {
             return shared.origin.read_sourced(score, ty);
         }
         let key = (*score, ty.to_wire());
-        shared.claim(&key);
+        // A block a fetcher brought while this read waited for it came
+        // from elsewhere for this read as much as one it fetched itself.
+        let waited = shared.claim(&key);
         if let Some(data) = shared.cache.get(score, ty) {
             shared.read_ahead(ty, &data);
-            return Ok(Some((data, false)));
+            return Ok(Some((data, waited)));
         }
         let Some(data) = shared.fetch(score, ty)? else {
             return Ok(None);
@@ -748,6 +802,20 @@ impl BlockStore for CachedStore {
         shared.cache.put(score, ty, &data);
         shared.read_ahead(ty, &data);
         Ok(Some((data, true)))
+    }
+
+    /// Fetches the blocks of `keys` that are neither here nor on their way,
+    /// on a thread of its own, many at once on the origin's link, in the
+    /// order given. A reader asking for one meanwhile waits for it rather
+    /// than fetch it twice. The cache's bound holds as for any fetch.
+    fn prefetch(&self, keys: Vec<(Score, BlockType)>) {
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || shared.prefetch(keys));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "starting a prefetch thread");
+        }
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
@@ -839,6 +907,76 @@ mod tests {
             .flatten()
             .map(|f| f.metadata().unwrap().len())
             .sum()
+    }
+
+    /// Waits until `store` has fetched `n` blocks in all.
+    fn fetched_at_least(store: &CachedStore, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.fetched().0 < n {
+            assert!(Instant::now() < deadline, "{} fetched", store.fetched().0);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_prefetch_keeps_the_bound_and_never_keeps_a_wrong_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Arc::new(MemoryStore::new());
+        let keys: Vec<(Score, BlockType)> = (0..400)
+            .map(|i| {
+                (
+                    origin.write(BlockType::DATA, &block(i)).unwrap(),
+                    BlockType::DATA,
+                )
+            })
+            .collect();
+        let limit = 64 << 10;
+        let cache = BlockCache::open(dir.path(), limit).unwrap();
+        let store = CachedStore::new(cache.clone(), origin.clone(), Duration::ZERO, 0);
+        // A list far larger than the cache, with a block no one has.
+        let mut list = keys.clone();
+        list.push((Score::of(b"nowhere"), BlockType::DATA));
+        store.prefetch(list);
+        fetched_at_least(&store, 400);
+        let s = cache.stats();
+        assert!(s.bytes <= limit, "{s:?}");
+        assert!(cache.contains(&(keys[399].0, BlockType::DATA.to_wire())));
+        assert_eq!(
+            store.read(&keys[3].0, BlockType::DATA).unwrap(),
+            Some(block(3))
+        );
+        assert_eq!(
+            store.read(&Score::of(b"nowhere"), BlockType::DATA).unwrap(),
+            None
+        );
+
+        // An origin that answers every read with the same block.
+        struct Liar(Vec<u8>);
+        impl BlockStore for Liar {
+            fn read(&self, _: &Score, _: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+                Ok(Some(self.0.clone()))
+            }
+            fn write(&self, _: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+                Ok(Score::of(data))
+            }
+            fn sync(&self) -> Result<(), StoreError> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
+        let liar = Arc::new(Liar(block(0)));
+        let store = CachedStore::new(cache.clone(), liar, Duration::ZERO, 0);
+        store.prefetch(keys[..10].to_vec());
+        // Only the block the lie is true of lands; wait for the thread to
+        // have been through the list (its stages are gone).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.shared.ahead().stages.is_empty() || store.fetched().0 < 1 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(cache.stats().blocks, 1);
+        assert!(cache.contains(&(keys[0].0, BlockType::DATA.to_wire())));
     }
 
     #[test]

@@ -63,6 +63,27 @@ pub trait BlockStore: Send + Sync {
     ) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
         Ok(self.read(score, ty)?.map(|d| (d, false)))
     }
+
+    /// Reads every block of `keys`, calling `each` with its index in `keys`
+    /// and what [`BlockStore::read`] would have returned, as each one comes.
+    /// A store across a network keeps many requests in flight; others read
+    /// one after another.
+    fn read_each(
+        &self,
+        keys: &[(Score, BlockType)],
+        each: &mut dyn FnMut(usize, Result<Option<Vec<u8>>, StoreError>),
+    ) {
+        for (i, (score, ty)) in keys.iter().enumerate() {
+            each(i, self.read(score, *ty));
+        }
+    }
+
+    /// A hint that these blocks will be read soon, in this order: a cache
+    /// in front of a far store fetches them ahead; other stores ignore it.
+    /// It never changes what a read returns.
+    fn prefetch(&self, keys: Vec<(Score, BlockType)>) {
+        let _ = keys;
+    }
 }
 
 impl<T: BlockStore + ?Sized> BlockStore for Arc<T> {
@@ -87,6 +108,16 @@ impl<T: BlockStore + ?Sized> BlockStore for Arc<T> {
         ty: BlockType,
     ) -> Result<Option<(Vec<u8>, bool)>, StoreError> {
         (**self).read_sourced(score, ty)
+    }
+    fn read_each(
+        &self,
+        keys: &[(Score, BlockType)],
+        each: &mut dyn FnMut(usize, Result<Option<Vec<u8>>, StoreError>),
+    ) {
+        (**self).read_each(keys, each)
+    }
+    fn prefetch(&self, keys: Vec<(Score, BlockType)>) {
+        (**self).prefetch(keys)
     }
 }
 
