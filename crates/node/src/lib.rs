@@ -275,6 +275,7 @@ fn start_storage(
     }
     if let Some((pool, _)) = &pool {
         let _ = pool.metrics.set(metrics.clone());
+        let _ = pool.store.set(store.clone());
     }
     if let (Some(s), Some(rep)) = (&streams, &replication) {
         let s = s.clone();

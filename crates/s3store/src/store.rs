@@ -53,6 +53,9 @@ pub const MAX_UNSENT: usize = 4;
 pub const READ_SPAN: u64 = 1 << 20;
 /// Stretches of packs kept in memory.
 const SPANS_KEPT: usize = 64;
+/// Ranged GETs in flight at once when many blocks are asked for together
+/// ([`BlockStore::read_each`]: a root's working set fetched ahead).
+pub const READS_AT_ONCE: usize = 16;
 /// The least time between two looks for other writers' indexes.
 const REFRESH_GAP: Duration = Duration::from_secs(1);
 
@@ -694,6 +697,59 @@ fn pack_of(index_key: &str) -> Option<String> {
 }
 
 impl BlockStore for PackStore {
+    /// The blocks of one stretch of a pack are read together, after its one
+    /// ranged GET; up to [`READS_AT_ONCE`] stretches are fetched at once.
+    fn read_each(
+        &self,
+        keys: &[(Score, BlockType)],
+        each: &mut dyn FnMut(usize, Result<Option<Vec<u8>>, StoreError>),
+    ) {
+        // Group by stretch (what one GET brings); a block not in a sent
+        // pack is a group of its own.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        {
+            let state = self.inner.state();
+            let mut by_stretch: HashMap<(u32, u64), usize> = HashMap::new();
+            for (i, (score, _)) in keys.iter().enumerate() {
+                match state.index.get(score) {
+                    Some(l) => {
+                        let id = (l.pack, l.offset as u64 / READ_SPAN);
+                        let g = *by_stretch.entry(id).or_insert_with(|| {
+                            groups.push(Vec::new());
+                            groups.len() - 1
+                        });
+                        groups[g].push(i);
+                    }
+                    None => groups.push(vec![i]),
+                }
+            }
+        }
+        let workers = READS_AT_ONCE.min(groups.len());
+        let queue = Mutex::new(groups.into_iter());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let (tx, queue) = (tx.clone(), &queue);
+                scope.spawn(move || {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                        let Some(group) = next else { break };
+                        for i in group {
+                            let (score, ty) = keys[i];
+                            if tx.send((i, self.read(&score, ty))).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for (i, got) in rx {
+                each(i, got);
+            }
+        });
+    }
+
     fn holds(&self, score: &Score, ty: BlockType) -> Result<bool, StoreError> {
         if score.is_zero() {
             return Ok(true);

@@ -524,6 +524,10 @@ impl BlockStore for MeteredStore {
     fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync()
     }
+
+    fn prefetch(&self, keys: Vec<(Score, BlockType)>) {
+        self.inner.prefetch(keys)
+    }
 }
 
 #[cfg(test)]

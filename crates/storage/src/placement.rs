@@ -105,6 +105,9 @@ pub struct Pool {
     pub users: Users,
     /// The node's state: its names hold the roots' working-set lists.
     state_dir: StateDir,
+    /// The node's store, which a spawn's working set is fetched into ahead
+    /// where it is far itself (a bucket), as the cpu node will ask for it.
+    pub store: std::sync::OnceLock<Arc<dyn venti::BlockStore>>,
     /// Whether spawns carry their root's working-set list (on unless a
     /// benchmark compares starts without it).
     pub offer_working_sets: std::sync::atomic::AtomicBool,
@@ -193,6 +196,7 @@ impl Pool {
             venti,
             users: state_dir.users(),
             state_dir,
+            store: std::sync::OnceLock::new(),
             offer_working_sets: std::sync::atomic::AtomicBool::new(true),
             deadlines: Deadlines::default(),
             state: Mutex::new(State::default()),
@@ -782,6 +786,9 @@ impl Cpus for Pool {
                 None
             }
         };
+        if let (Some(list), Some(store)) = (working_set, self.store.get()) {
+            fetch_ahead_here(store.clone(), spawn.root, list);
+        }
         let mut last = None;
         for cpu in self.candidates(named.as_deref())? {
             {
@@ -1125,5 +1132,28 @@ impl Cpus for Pool {
             environments = self.live(),
             "storage node stopping; environments on cpu nodes carry on"
         );
+    }
+}
+
+/// Has this node's store fetch `root`'s working set ahead, on a thread of
+/// its own, so that the cpu node's reads of it find it here. A store that
+/// is not far (the embedded log) takes the hint as nothing; a list that
+/// cannot be read is the cpu node's to report.
+fn fetch_ahead_here(store: Arc<dyn venti::BlockStore>, root: Score, list: Score) {
+    let spawned = std::thread::Builder::new()
+        .name("working-set".into())
+        .spawn(move || {
+            let keys = store
+                .read(&list, venti::BlockType::DATA)
+                .ok()
+                .flatten()
+                .and_then(|block| cpu::working_set::decode(&block).ok());
+            match keys {
+                Some(keys) => store.prefetch(keys),
+                None => tracing::debug!(root = %root, list = %list, "a working-set list not fetched ahead here"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "starting a working-set fetch");
     }
 }

@@ -546,3 +546,65 @@ fn a_mount_on_a_bucket_saves_into_it_and_a_restart_finds_everything_through_the_
         "{listing}"
     );
 }
+
+/// A root's working set on a bucket: fetched ahead with one ranged GET per
+/// stretch of a pack (many at once), not one per block; every block
+/// arrives checked, and a later read costs no request.
+#[test]
+fn a_working_set_on_a_bucket_is_fetched_ahead_a_stretch_at_a_time() {
+    let Some(g) = garage("ahead") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let writer = PackStore::open(&settings(&g, 0, "ws", &tmp.path().join("w"))).unwrap();
+    let data = blocks(9, 300);
+    let keys: Vec<(Score, BlockType)> = data
+        .iter()
+        .map(|b| (writer.write(BlockType::DATA, b).unwrap(), BlockType::DATA))
+        .collect();
+    writer.sync().unwrap();
+    drop(writer);
+
+    // read_each hands over every block, each once, whatever the order.
+    let reader = PackStore::open(&settings(&g, 1, "ws", &tmp.path().join("r"))).unwrap();
+    let mut got = vec![None; keys.len()];
+    reader.read_each(&keys, &mut |i, block| {
+        assert!(got[i].is_none(), "block {i} twice");
+        got[i] = Some(block.unwrap().unwrap());
+    });
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(b.as_ref(), Some(&data[i]), "block {i}");
+    }
+    let s = reader.stats();
+    assert!(
+        s.block_gets <= s.packs,
+        "{} GETs for {} packs",
+        s.block_gets,
+        s.packs
+    );
+    drop(reader);
+
+    // As a storage node on the bucket opens it: the hint fills its cache.
+    let opened = s3store::open_with(&settings(&g, 2, "ws", &tmp.path().join("n"))).unwrap();
+    opened.store.prefetch(keys.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while opened.cache.stats().blocks < keys.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            opened.cache.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let gets = opened.packs.stats().block_gets;
+    assert!(gets <= opened.packs.stats().packs, "{gets} GETs");
+    for (i, (score, ty)) in keys.iter().enumerate() {
+        assert_eq!(
+            opened.store.read(score, *ty).unwrap().as_ref(),
+            Some(&data[i])
+        );
+    }
+    assert_eq!(
+        opened.packs.stats().block_gets,
+        gets,
+        "reads after it cost no GET"
+    );
+}
