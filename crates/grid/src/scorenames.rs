@@ -63,7 +63,7 @@ pub struct Placement {
 }
 
 /// The attributes looked up by value.
-const BY_VALUE: [&str; 4] = ["scorename", "user", "conflict", "for"];
+const BY_VALUE: [&str; 5] = ["scorename", "user", "conflict", "for", "forgot"];
 /// The attributes whose presence is looked up.
 const BY_PRESENCE: [&str; 5] = ["pos", "waiting", "origin", "time", "conflict"];
 
@@ -83,6 +83,92 @@ fn working_set_of(e: &ndb::Entry) -> GridResult<(Score, Score)> {
     let list: Score = list.parse().map_err(|_| bad())?;
     let root = vac::parse_vac(e.get("for").ok_or_else(bad)?, true).map_err(|_| bad())?;
     Ok((list, root))
+}
+
+/// Whether an entry is a tombstone: `forgot=NAME rootscore=vac:ROOT
+/// origin=NODE time=NANOS user=USER`, which ends the binding of NAME (as
+/// it was bound) with that root, origin and time, everywhere, for good:
+/// the binding's entry is dropped, and a copy of it that arrives later is
+/// not taken. Tombstones replicate with the names.
+fn is_tombstone(e: &ndb::Entry) -> bool {
+    e.get("forgot").is_some()
+}
+
+/// What identifies a binding (its name as bound, root, origin and time),
+/// of a binding or of the tombstone that ends it.
+fn identity(e: &ndb::Entry) -> [&str; 4] {
+    let name = e.get("forgot").unwrap_or_else(|| bound_name(e));
+    let [root, origin, time] =
+        ["rootscore", "origin", "time"].map(|a| e.get(a).unwrap_or_default());
+    [name, root, origin, time]
+}
+
+/// The tombstone of binding `b`: its identity and users, and of its other
+/// attributes those in `keep`.
+fn tombstone_of(b: &ndb::Entry, keep: &[&str]) -> ndb::Entry {
+    let mut t = ndb::Entry::new(&[("forgot", bound_name(b))]);
+    for p in &b.pairs {
+        let attr = p.attr.as_str();
+        if ["rootscore", "origin", "time", "user"].contains(&attr) || keep.contains(&attr) {
+            t.push(attr, &p.value);
+        }
+    }
+    t
+}
+
+/// Whether `t` is a tombstone that ends binding `b`.
+fn ends(t: &ndb::Entry, b: &ndb::Entry) -> bool {
+    is_tombstone(t) && !is_tombstone(b) && identity(t) == identity(b)
+}
+
+/// The binding shown as `name` to `user`, if any, in `db`.
+fn shown_to<'a>(db: &'a ndb::Db, name: &str, user: &str) -> Option<&'a ndb::Entry> {
+    db.entries()
+        .iter()
+        .find(|e| e.get("scorename") == Some(name) && e.has("user", user))
+}
+
+/// After a binding of `name` left (forgotten): the earliest binding left
+/// of those it competed with (for a user in common with `gone`) takes
+/// `name` back if it was shown under a derived name, as it would have had
+/// the forgotten one never been bound. So every node shows the same names
+/// whatever order bindings and tombstones reach it in.
+fn reshow(db: &mut ndb::Db, name: &str, gone: &ndb::Entry) {
+    let Some(first) = db
+        .entries()
+        .iter()
+        .filter(|x| bound_name(x) == name && share_a_user(x, gone))
+        .min_by_key(|x| precedence(x))
+        .cloned()
+    else {
+        return;
+    };
+    if first.get("conflict").is_none() {
+        return;
+    }
+    let p = precedence(&first);
+    db.edit(
+        |x| bound_name(x) == name && precedence(x) == p && share_a_user(x, gone),
+        |x| Some(rebuilt(name, x, &["conflict"])),
+    );
+}
+
+/// Refuses a peer's tombstone that is not whole and in canonical form.
+fn check_tombstone(e: &ndb::Entry) -> GridResult<()> {
+    let bad = |why: &str| GridError::refused(format!("a replicated tombstone {why}"));
+    check_score_name(e.get("forgot").unwrap_or_default())?;
+    let root = e.get("rootscore").unwrap_or_default();
+    match vac::parse_vac(root, true) {
+        Ok(r) if vac::format_vac(&r) == root => {}
+        _ => return Err(bad("has a bad rootscore")),
+    }
+    check_node_name(e.get("origin").ok_or_else(|| bad("has no origin"))?)?;
+    if e.get("time").and_then(|t| t.parse::<u64>().ok()).is_none()
+        || e.get("at").is_some_and(|at| at.parse::<u64>().is_err())
+    {
+        return Err(bad("has no time, or a bad one"));
+    }
+    check_user_name(e.get("user").ok_or_else(|| bad("has no user"))?)
 }
 
 /// Whether two working-set entries are the same one (a replay).
@@ -197,7 +283,7 @@ fn rebuilt(scorename: &str, e: &ndb::Entry, drop: &[&str]) -> ndb::Entry {
 /// The entry as a peer receives it: without this node's `pos`, under the
 /// name it was bound as.
 fn wire_entry(e: &ndb::Entry) -> ndb::Entry {
-    if is_working_set(e) {
+    if is_working_set(e) || is_tombstone(e) {
         return without_local(e);
     }
     rebuilt(bound_name(e), e, &LOCAL_ATTRS)
@@ -312,6 +398,47 @@ impl ScoreNames {
         e
     }
 
+    /// Forgets `user`'s name `name`: the binding is dropped and a
+    /// tombstone, which replicates, keeps it from coming back. A binding
+    /// shared with other users is refused (it is theirs too). Returns the
+    /// root it was bound to. The root's blocks stay in the store (until a
+    /// garbage collector frees what no name, environment or job holds).
+    pub fn forget(&self, name: &str, user: &str) -> GridResult<Score> {
+        let root = self.index.rewrite(|db| {
+            let Some(gone) = shown_to(db, name, user).cloned() else {
+                return Err(GridError::refused(format!("no name {name} for {user}")));
+            };
+            let users: Vec<&str> = gone.all("user").collect();
+            if users.len() > 1 {
+                return Err(GridError::refused(format!(
+                    "{name} is bound for {} together; it cannot be forgotten for one of them",
+                    users.join(", ")
+                )));
+            }
+            let mut tombstone = tombstone_of(&gone, &[]);
+            if let Some(p) = &self.placement {
+                // A binding made before this node replicated has no origin
+                // yet: `since` gives it this node's, as here.
+                if tombstone.get("origin").is_none() {
+                    tombstone.push("origin", &p.node);
+                }
+                tombstone.push("pos", &(p.durable_end)().to_string());
+            }
+            // The binding's entry becomes a tombstone where it is, so the
+            // entries keep their places (a peer's progress counts them),
+            // and one more is appended, for the peers past that place.
+            db.edit(
+                |x| identity(x) == identity(&gone) && !is_tombstone(x),
+                |x| Some(tombstone_of(x, &["pos", "waiting"])),
+            );
+            reshow(db, bound_name(&gone), &gone);
+            db.append(tombstone);
+            binding(&gone).map(|b| b.root)
+        })?;
+        self.changed();
+        Ok(root)
+    }
+
     /// Keeps `list` (a working-set list's block, durable in this node's
     /// store) as `root`'s, in place of any earlier one.
     pub fn set_working_set(&self, root: &Score, list: &Score) -> GridResult<()> {
@@ -423,6 +550,10 @@ impl ScoreNames {
         let incoming = ndb::Db::parse("replicated names", text)
             .map_err(|e| GridError::refused(format!("replicated names: {e}")))?;
         for e in incoming.entries() {
+            if is_tombstone(e) {
+                check_tombstone(e)?;
+                continue;
+            }
             if is_working_set(e) {
                 working_set_of(e)?;
                 if e.get("origin").is_none_or(|o| check_node_name(o).is_err())
@@ -493,7 +624,32 @@ impl ScoreNames {
                 |e| Some(with_identity(e, node)),
             );
             let mut renamed = Vec::new();
+            // The identities this file's tombstones end, looked up once.
+            let mut forgotten: std::collections::HashSet<[String; 4]> = db
+                .entries()
+                .iter()
+                .filter(|t| is_tombstone(t))
+                .map(|t| identity(t).map(str::to_string))
+                .collect();
             for e in incoming.entries() {
+                let id = identity(e).map(str::to_string);
+                if is_tombstone(e) {
+                    if forgotten.insert(id) {
+                        let gone = db.entries().iter().find(|b| ends(e, b)).cloned();
+                        db.edit(
+                            |b| ends(e, b),
+                            |b| Some(tombstone_of(b, &["pos", "waiting"])),
+                        );
+                        if let Some(gone) = gone {
+                            reshow(db, identity(e)[0], &gone);
+                        }
+                        db.append(placed_here(without_local(e), e.get("at"), peer, &end));
+                    }
+                    continue;
+                }
+                if forgotten.contains(&id) {
+                    continue; // Forgotten here already.
+                }
                 if is_working_set(e) {
                     if !db.entries().iter().any(|x| same_working_set(x, e)) {
                         db.append(placed_here(without_local(e), e.get("at"), peer, &end));
@@ -586,6 +742,23 @@ impl ScoreNames {
             let mut claimed = std::collections::HashSet::new();
             let mut new = Vec::new();
             for e in incoming.entries() {
+                if is_tombstone(e) {
+                    if view
+                        .search("forgot", identity(e)[0])?
+                        .iter()
+                        .any(|t| identity(t) == identity(e))
+                    {
+                        continue; // Seen before.
+                    }
+                    return Ok((Vec::new(), None));
+                }
+                if view
+                    .search("forgot", bound_name(e))?
+                    .iter()
+                    .any(|t| ends(t, e))
+                {
+                    continue; // Forgotten here already.
+                }
                 if is_working_set(e) {
                     let root = e.get("for").unwrap_or_default();
                     if !view

@@ -304,3 +304,141 @@ fn one_name_for_two_users_is_two_bindings_not_a_conflict() {
         .to_string();
     assert!(err.contains("taken for bob"), "{err}");
 }
+
+/// Each node's names as its users see them: (user, name, root), sorted.
+fn seen(names: &ScoreNames) -> Vec<(String, String, Score)> {
+    let db = ndb::Db::open(names.path()).unwrap();
+    let mut v: Vec<(String, String, Score)> = db
+        .entries()
+        .iter()
+        .filter_map(|e| {
+            let name = e.get("scorename")?.to_string();
+            let user = e.get("user")?.to_string();
+            let b = names.lookup_for(&name, &user).unwrap()?;
+            Some((user, name, b.root))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Everything `names` holds, as a peer is sent it.
+fn all_of(names: &ScoreNames, node: &str) -> String {
+    names.since(0, u64::MAX, false, node, || 100).unwrap().0
+}
+
+#[test]
+fn a_forgotten_name_is_gone_everywhere_and_never_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = |_: &Score| Ok(true);
+    let a = ScoreNames::new(dir.path().join("a"));
+    a.bind("web", &root(1), &["alice"]).unwrap();
+    a.bind("db", &root(2), &["alice"]).unwrap();
+    let (before, sent) = a.since(0, u64::MAX, false, "a", || 100).unwrap();
+    let b = ScoreNames::new(dir.path().join("b"));
+    b.merge(&before, "a", "b", all, || 1).unwrap();
+
+    assert_eq!(a.forget("web", "alice").unwrap(), root(1));
+    // A peer that has had everything up to here is sent the tombstone:
+    // the entries already sent keep their places.
+    let (more, _) = a.since(sent, u64::MAX, false, "a", || 100).unwrap();
+    assert!(more.starts_with("forgot=web "), "{more}");
+    assert!(a.lookup_for("web", "alice").unwrap().is_none());
+    assert_eq!(a.names_for("alice").unwrap(), ["db"]);
+    let e = a.forget("web", "alice").unwrap_err();
+    assert!(e.to_string().contains("no name web"), "{e}");
+    // The tombstone travels; an old copy of the binding is not taken again.
+    b.merge(&all_of(&a, "a"), "a", "b", all, || 2).unwrap();
+    assert!(b.lookup_for("web", "alice").unwrap().is_none());
+    b.merge(&before, "a", "b", all, || 3).unwrap();
+    assert!(b.lookup_for("web", "alice").unwrap().is_none());
+    // A node that hears of the tombstone first never takes the binding.
+    let c = ScoreNames::new(dir.path().join("c"));
+    let tombstone: String = all_of(&a, "a")
+        .lines()
+        .filter(|l| l.starts_with("forgot="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    c.merge(&tombstone, "a", "c", all, || 1).unwrap();
+    c.merge(&before, "a", "c", all, || 2).unwrap();
+    assert_eq!(seen(&b), seen(&c));
+    assert_eq!(seen(&a), seen(&c));
+    // …nor does one that hears both in one batch, the tombstone first.
+    let d = ScoreNames::new(dir.path().join("d"));
+    d.merge(&format!("{tombstone}{before}"), "a", "d", all, || 1)
+        .unwrap();
+    assert_eq!(seen(&a), seen(&d));
+    // The name is free again for its user: a new binding, a new identity.
+    a.bind("web", &root(3), &["alice"]).unwrap();
+    b.merge(&all_of(&a, "a"), "a", "b", all, || 4).unwrap();
+    assert_eq!(b.lookup_for("web", "alice").unwrap().unwrap().root, root(3));
+    // Another user's name of the same spelling is not theirs to forget.
+    a.bind("web", &root(4), &["bob"]).unwrap();
+    a.forget("web", "bob").unwrap();
+    assert_eq!(a.lookup_for("web", "alice").unwrap().unwrap().root, root(3));
+}
+
+#[test]
+fn forgetting_a_conflicts_winner_gives_its_name_back_in_any_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = |_: &Score| Ok(true);
+    let from_a = bound_on(dir.path(), "a", "web", root(1));
+    let from_b = bound_on(dir.path(), "b", "web", root(2));
+    let a = ScoreNames::new(dir.path().join("a.names"));
+    // a's binding (earlier) wins; a forgets it.
+    a.merge(&from_b, "b", "a", all, || 1).unwrap();
+    let derived = grid::scorenames::derived_name("web", "b", &vac::format_vac(&root(2)));
+    assert_eq!(
+        a.lookup_for(&derived, "alice").unwrap().unwrap().root,
+        root(2)
+    );
+    a.forget("web", "alice").unwrap();
+    // b's root takes the name back where it was shown as derived.
+    assert_eq!(a.lookup_for("web", "alice").unwrap().unwrap().root, root(2));
+    assert!(a.lookup_for(&derived, "alice").unwrap().is_none());
+    let tombstone: String = all_of(&a, "a")
+        .lines()
+        .filter(|l| l.starts_with("forgot="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    // Three more nodes hear the same three things in different orders.
+    let orders: [[&str; 3]; 3] = [
+        [&from_a, &from_b, &tombstone],
+        [&from_b, &tombstone, &from_a],
+        [&tombstone, &from_a, &from_b],
+    ];
+    let mut views = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        let n = ScoreNames::new(dir.path().join(format!("n{i}")));
+        for (k, text) in order.iter().enumerate() {
+            n.merge(text, "p", "here", all, || k as u64).unwrap();
+        }
+        views.push(seen(&n));
+    }
+    assert_eq!(views[0], views[1]);
+    assert_eq!(views[1], views[2]);
+    assert_eq!(views[0], seen(&a));
+    assert_eq!(
+        views[0],
+        [("alice".to_string(), "web".to_string(), root(2))]
+    );
+}
+
+#[test]
+fn a_shared_name_is_not_forgotten_for_one_and_a_bad_tombstone_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = ScoreNames::new(dir.path().join("a"));
+    a.bind("team", &root(1), &["alice", "bob"]).unwrap();
+    let e = a.forget("team", "alice").unwrap_err();
+    assert!(e.to_string().contains("alice, bob"), "{e}");
+    assert!(a.lookup_for("team", "bob").unwrap().is_some());
+    let all = |_: &Score| Ok(true);
+    for bad in [
+        "forgot=web rootscore=vac:nothex origin=a time=1 user=alice\n",
+        "forgot=web rootscore=vac:0000000000000000000000000000000000000000 time=1 user=alice\n",
+        "forgot=web rootscore=vac:0000000000000000000000000000000000000000 origin=a time=1\n",
+        "forgot=../x rootscore=vac:0000000000000000000000000000000000000000 origin=a time=1 user=alice\n",
+    ] {
+        assert!(a.merge(bad, "p", "a", all, || 1).is_err(), "{bad}");
+    }
+}

@@ -39,8 +39,9 @@ use grid::users::Users;
 use units::human;
 
 /// The commands: each verb and its usage, in the order the prompt lists them.
-pub const VERBS: [(&str, &str); 14] = [
+pub const VERBS: [(&str, &str); 15] = [
     ("scores", "scores [FILTER]"),
+    ("forget", "forget NAME"),
     ("spawn", "spawn NAME"),
     ("spawndisk", "spawndisk NAME"),
     ("save", "save ENV NEWNAME"),
@@ -706,6 +707,8 @@ impl Node {
             },
             ["scores", filter] => self.scores(user, Some(filter)),
             ["scores", ..] => return usage("scores [FILTER]"),
+            ["forget", name] => self.forget(user, name),
+            ["forget", ..] => return usage("forget NAME"),
             ["spawn", name, options @ ..] => self.spawn(user, name, false, options, scope),
             ["spawn", ..] => return usage(&format!("spawn {SPAWN_USAGE}")),
             ["spawndisk", name, options @ ..] => self.spawn(user, name, true, options, scope),
@@ -947,6 +950,14 @@ impl Node {
         self.carry_working_set(user, env, &score);
         tracing::info!(user, env, name = new, root = %score, "saved");
         Ok(format!("{new} saved\nvac:{score}\n"))
+    }
+
+    /// Forgets one of the user's names, on every storage node (its
+    /// tombstone replicates). What runs on its root runs on.
+    fn forget(&self, user: &str, name: &str) -> GridResult<String> {
+        let root = self.names().forget(name, user)?;
+        tracing::info!(user, name, root = %root, "forgot a name");
+        Ok(format!("{name} forgotten\nvac:{root}\n"))
     }
 
     fn invite(&self, user: &str, invitee: &str, env: &str) -> GridResult<String> {

@@ -429,13 +429,14 @@ fn names_in(state: &Path) -> Vec<(String, String)> {
     let Ok(db) = ndb::Db::open(&state.join("scorenames")) else {
         return Vec::new();
     };
+    // Bindings only: not tombstones or working sets.
     db.entries()
         .iter()
-        .map(|e| {
-            (
-                e.get("scorename").unwrap_or_default().to_string(),
+        .filter_map(|e| {
+            Some((
+                e.get("scorename")?.to_string(),
                 e.get("rootscore").unwrap_or_default().to_string(),
-            )
+            ))
         })
         .collect()
 }
@@ -600,6 +601,22 @@ fn a_full_mesh_carries_roots_saves_users_and_conflicts_to_every_node() {
     let motd = grid.in_env(&b, "alice", port, "cat /etc/motd");
     assert!(motd.starts_with("clash"), "{motd}");
     grid.ssh_ok(&b, "alice", &["boom", derived]);
+
+    // alice forgets the winner through one node: on every node the other
+    // root takes the name back, and the derived name goes.
+    let forgot = grid.ssh_ok(&a, "alice", &["forget", "clash"]);
+    assert_eq!(forgot, format!("clash forgotten\n{winner}\n"));
+    let want = vec![("clash".to_string(), loser.to_string())];
+    wait_for(20, "the forgetting to converge", || {
+        view(&a) == want && view(&b) == want && view(&c) == want
+    });
+    let out = grid.ssh(&c, "alice", &["forget", derived]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("no name {derived}")),
+        "{err}"
+    );
+    assert_eq!(grid.ssh_ok(&b, "alice", &["scores", "clash"]), "clash\n");
 
     let checked = watcher.finish();
     assert!(checked >= 6, "only {checked} arrivals checked");
