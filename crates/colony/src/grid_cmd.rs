@@ -217,6 +217,31 @@ pub enum UserCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum NameCommand {
+    /// Forget a user's score name, as the user's `forget NAME` does: on
+    /// every storage node (its tombstone replicates). Works beside a
+    /// running node on the same state directory.
+    Rm {
+        name: String,
+        /// Whose name it is.
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        state: StateArg,
+    },
+}
+
+pub fn name(cmd: NameCommand) -> Result<()> {
+    match cmd {
+        NameCommand::Rm { name, user, state } => {
+            let root = state.resolve()?.scorenames().forget(&name, &user)?;
+            println!("{name} forgotten for {user}\nvac:{root}");
+        }
+    }
+    Ok(())
+}
+
 pub fn user(cmd: UserCommand) -> Result<()> {
     match cmd {
         UserCommand::Add {

@@ -46,6 +46,9 @@ enum Command {
     /// Manage the node's users (SSH keys).
     #[command(subcommand)]
     User(grid_cmd::UserCommand),
+    /// Manage the node's score names.
+    #[command(subcommand)]
+    Name(grid_cmd::NameCommand),
     /// Archive a root file system and bind a score name to it for some users.
     Import(grid_cmd::ImportArgs),
     /// The Plan 9 ndb database format.
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Save(args) => mount_cmd::save(args),
         Command::Serve(args) => grid_cmd::serve(*args),
         Command::User(cmd) => grid_cmd::user(cmd),
+        Command::Name(cmd) => grid_cmd::name(cmd),
         Command::Import(args) => grid_cmd::import(args),
         Command::Ndb(cmd) => grid_cmd::ndb_query(cmd),
         Command::Grid(cmd) => link_cmd::grid(cmd),

@@ -41,12 +41,12 @@ use units::human;
 /// The commands: each verb and its usage, in the order the prompt lists them.
 pub const VERBS: [(&str, &str); 15] = [
     ("scores", "scores [FILTER]"),
-    ("forget", "forget NAME"),
     ("spawn", "spawn NAME"),
     ("spawndisk", "spawndisk NAME"),
     ("save", "save ENV NEWNAME"),
     ("invite", "invite USER ENV"),
     ("boom", "boom ENV"),
+    ("forget", "forget NAME"),
     ("status", "status"),
     ("import", "import NAME < TAR"),
     ("run", "run [-d] ROOT [OPTIONS] -- COMMAND"),

@@ -3340,3 +3340,42 @@ fn an_import_holding_a_sha1_collision_is_refused_and_binds_nothing() {
     );
     assert!(!g.ok("alice", &["scores"]).contains("collided"));
 }
+
+/// `forget` through the front door, and the admin's `colony name rm` on
+/// the state directory of a running node: the name goes from `scores` at
+/// once, a spawn of it is refused, the environment already running on it
+/// runs on, and the user may bind the name again.
+#[test]
+fn a_name_is_forgotten_by_its_owner_or_the_admin() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let out = g.ok("alice", &["spawn", "busybox"]);
+    let port = spawn_port(&out);
+    g.ok("alice", &["save", "busybox", "kept"]);
+    let forgot = g.ok("alice", &["forget", "busybox"]);
+    assert!(forgot.starts_with("busybox forgotten\nvac:"), "{forgot}");
+    assert_eq!(g.ok("alice", &["scores"]), "kept\n");
+    assert!(
+        g.refused("alice", &["spawn", "busybox"])
+            .contains("busybox not found")
+    );
+    assert!(
+        g.refused("alice", &["forget", "busybox"])
+            .contains("no name busybox")
+    );
+    assert!(g.refused("alice", &["forget"]).contains("forget NAME"));
+    // What runs on the forgotten root runs on.
+    assert_eq!(g.env_ok(port, "echo still"), "still\n");
+    // The name is free again for its user.
+    g.ok("alice", &["save", "busybox", "busybox"]);
+    assert_eq!(g.ok("alice", &["scores"]), "kept\nbusybox\n");
+    g.ok("alice", &["boom", "busybox"]);
+
+    // The admin, beside the running node.
+    let said = g.colony(&["name", "rm", "kept", "--user", "alice"]);
+    assert!(said.starts_with("kept forgotten for alice\nvac:"), "{said}");
+    assert_eq!(g.ok("alice", &["scores"]), "busybox\n");
+}
