@@ -3,18 +3,12 @@
 //! order bindings arrive in), idempotent (replaying changes nothing), and
 //! loses nothing (a conflicting root stays reachable under a derived name).
 
+mod common;
+
+use common::{KEY_A, KEY_B, root};
 use grid::scorenames::ScoreNames;
 use grid::users::Users;
 use venti::Score;
-
-const KEY_A: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ6dDrh0mG5t0u4Cv8gxT1xAG7Q0v2sE7VZ2Yy3a1xQ";
-const KEY_B: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOyNNwq9+hIm1gKzk6m2dU5Jd9O0v0Kx7sH2dWcA3T1Y";
-
-fn root(n: u8) -> Score {
-    Score::of(&[n; 10])
-}
 
 /// What each name resolves to, sorted: the part of the file that must agree.
 fn view(names: &ScoreNames) -> Vec<(String, Score)> {

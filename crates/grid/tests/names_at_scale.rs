@@ -3,22 +3,16 @@
 //! it; another process's change is seen at once; a peer far behind is sent
 //! its names in batches that fit a replication frame.
 
+mod common;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::{KEY_A, KEY_B, root};
 use grid::scorenames::{NAMES_BATCH_BYTES, Placement, ScoreNames};
 use grid::users::Users;
 use venti::Score;
-
-const KEY_A: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZ6dDrh0mG5t0u4Cv8gxT1xAG7Q0v2sE7VZ2Yy3a1xQ";
-const KEY_B: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOyNNwq9+hIm1gKzk6m2dU5Jd9O0v0Kx7sH2dWcA3T1Y";
-
-fn root(n: u8) -> Score {
-    Score::of(&[n; 10])
-}
 
 fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()

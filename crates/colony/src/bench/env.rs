@@ -80,3 +80,24 @@ pub fn login_port(reply: &str) -> Option<String> {
         .and_then(|l| l.split_whitespace().next())
         .map(str::to_string)
 }
+
+/// A single-node grid on `state_dir`, started in this process as `colony
+/// serve` starts one, its front door on a loopback port of its own, with
+/// `more` settings; returns the node and its front door's port.
+pub fn single_node(state_dir: &Path, more: &[(&str, String)]) -> Result<(node::Node, u16)> {
+    let mut sources = node::Sources::new();
+    let base = [
+        ("state", state_dir.display().to_string()),
+        ("listen", "127.0.0.1:0".into()),
+        ("public-host", "127.0.0.1".into()),
+    ];
+    for (setting, value) in base.iter().chain(more) {
+        sources.flag(setting, value.clone())?;
+    }
+    let node = node::Node::start(node::Config::from_sources(&sources)?)?;
+    let Some(port) = node.front_door.as_ref().map(|d| d.port()) else {
+        node.shutdown();
+        bail!("the node has no front door");
+    };
+    Ok((node, port))
+}

@@ -47,21 +47,10 @@ pub fn run(runs: usize, jobs: usize, debian: Option<&Path>) -> Result<()> {
         key
         // The store is closed here: the node opens it.
     };
-    let mut sources = node::Sources::new();
-    for (setting, value) in [
-        ("state", state_dir.display().to_string()),
-        ("listen", "127.0.0.1:0".into()),
-        ("public-host", "127.0.0.1".into()),
-        // Room for all a user may run through the queue at once.
-        ("spawn-max", storage::queue::MAX_RUNNING.to_string()),
-    ] {
-        sources.flag(setting, value)?;
-    }
-    let node = node::Node::start(node::Config::from_sources(&sources)?)?;
-    let result = match node.front_door {
-        Some(door) => measure(&key, door.port(), runs, debian.is_some()),
-        None => Err(anyhow::anyhow!("the node has no front door")),
-    };
+    // Room for all a user may run through the queue at once.
+    let room = [("spawn-max", storage::queue::MAX_RUNNING.to_string())];
+    let (node, port) = crate::bench::env::single_node(&state_dir, &room)?;
+    let result = measure(&key, port, runs, debian.is_some());
     node.shutdown();
     result?;
     if jobs == 0 {

@@ -152,35 +152,22 @@ fn front_door(n: usize, users: usize, runs: usize) -> Result<()> {
         );
         key
     };
-    let mut sources = node::Sources::new();
-    for (setting, value) in [
-        ("state", state_dir.display().to_string()),
-        ("listen", "127.0.0.1:0".into()),
-        ("public-host", "127.0.0.1".into()),
-    ] {
-        sources.flag(setting, value)?;
-    }
-    let node = node::Node::start(node::Config::from_sources(&sources)?)?;
-    let result = match &node.front_door {
-        Some(door) => {
-            let port = door.port().to_string();
-            let door = |command: &str| -> Result<(Duration, String)> {
-                let t = Instant::now();
-                let out = crate::bench::env::ssh_bench(&key, &port)
-                    .arg(command)
-                    .output()?;
-                if !out.status.success() {
-                    bail!("{command}: {}", String::from_utf8_lossy(&out.stderr));
-                }
-                Ok((
-                    t.elapsed(),
-                    String::from_utf8_lossy(&out.stdout).into_owned(),
-                ))
-            };
-            measure_door(&door, n, runs)
+    let (node, port) = crate::bench::env::single_node(&state_dir, &[])?;
+    let port = port.to_string();
+    let door = |command: &str| -> Result<(Duration, String)> {
+        let t = Instant::now();
+        let out = crate::bench::env::ssh_bench(&key, &port)
+            .arg(command)
+            .output()?;
+        if !out.status.success() {
+            bail!("{command}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        None => Err(anyhow::anyhow!("the node has no front door")),
+        Ok((
+            t.elapsed(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     };
+    let result = measure_door(&door, n, runs);
     node.shutdown();
     result
 }

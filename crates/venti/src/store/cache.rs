@@ -909,6 +909,21 @@ mod tests {
             .sum()
     }
 
+    /// An origin that answers every read with the same bytes.
+    struct Liar(Vec<u8>);
+
+    impl BlockStore for Liar {
+        fn read(&self, _: &Score, _: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(Some(self.0.clone()))
+        }
+        fn write(&self, _: BlockType, data: &[u8]) -> Result<Score, StoreError> {
+            Ok(Score::of(data))
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
     /// Waits until `store` has fetched `n` blocks in all.
     fn fetched_at_least(store: &CachedStore, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -951,18 +966,6 @@ mod tests {
         );
 
         // An origin that answers every read with the same block.
-        struct Liar(Vec<u8>);
-        impl BlockStore for Liar {
-            fn read(&self, _: &Score, _: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
-                Ok(Some(self.0.clone()))
-            }
-            fn write(&self, _: BlockType, data: &[u8]) -> Result<Score, StoreError> {
-                Ok(Score::of(data))
-            }
-            fn sync(&self) -> Result<(), StoreError> {
-                Ok(())
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
         let liar = Arc::new(Liar(block(0)));
@@ -1115,21 +1118,14 @@ mod tests {
 
     #[test]
     fn a_lying_origin_is_an_error() {
-        struct Liar;
-        impl BlockStore for Liar {
-            fn read(&self, _: &Score, _: BlockType) -> Result<Option<Vec<u8>>, StoreError> {
-                Ok(Some(b"not it".to_vec()))
-            }
-            fn write(&self, _: BlockType, d: &[u8]) -> Result<Score, StoreError> {
-                Ok(Score::of(d))
-            }
-            fn sync(&self) -> Result<(), StoreError> {
-                Ok(())
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let cache = BlockCache::open(dir.path(), 1 << 20).unwrap();
-        let store = CachedStore::new(cache.clone(), Arc::new(Liar), Duration::ZERO, 0);
+        let store = CachedStore::new(
+            cache.clone(),
+            Arc::new(Liar(b"not it".to_vec())),
+            Duration::ZERO,
+            0,
+        );
         let err = store.read(&Score::of(b"it"), BlockType::DATA).unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
         assert_eq!(cache.stats().blocks, 0);
