@@ -520,8 +520,8 @@ fn fetch_ahead(
             };
             match keys {
                 Ok(keys) => {
-                    store.prefetch(keys.clone());
-                    *known.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+                    *known.lock().unwrap_or_else(|p| p.into_inner()) = keys.clone();
+                    store.prefetch(keys);
                 }
                 Err(why) => {
                     tracing::warn!(root = %root, list = %list, "a working-set list ignored: {why}");

@@ -94,13 +94,17 @@ fn is_tombstone(e: &ndb::Entry) -> bool {
     e.get("forgot").is_some()
 }
 
-/// What identifies a binding (its name as bound, root, origin and time),
-/// of a binding or of the tombstone that ends it.
-fn identity(e: &ndb::Entry) -> [&str; 4] {
+/// What identifies a binding (its name as bound, root, origin, time and
+/// users), of a binding or of the tombstone that ends it. The users are
+/// part of it: two users' bindings of one name to one root, made before
+/// bindings had times, differ only by them.
+fn identity(e: &ndb::Entry) -> [String; 5] {
     let name = e.get("forgot").unwrap_or_else(|| bound_name(e));
     let [root, origin, time] =
         ["rootscore", "origin", "time"].map(|a| e.get(a).unwrap_or_default());
-    [name, root, origin, time]
+    let mut users: Vec<&str> = e.all("user").collect();
+    users.sort_unstable();
+    [name, root, origin, time, &users.join(" ")].map(str::to_string)
 }
 
 /// The tombstone of binding `b`: its identity and users, and of its other
@@ -147,6 +151,15 @@ fn reshow(db: &mut ndb::Db, name: &str, gone: &ndb::Entry) {
         return;
     }
     let p = precedence(&first);
+    // It takes the name back only if it beats every binding it competes
+    // with for any of its users (one shared with others may still lose).
+    let beaten = db
+        .entries()
+        .iter()
+        .any(|x| bound_name(x) == name && share_a_user(x, &first) && precedence(x) < p);
+    if beaten {
+        return;
+    }
     db.edit(
         |x| bound_name(x) == name && precedence(x) == p && share_a_user(x, gone),
         |x| Some(rebuilt(name, x, &["conflict"])),
@@ -169,6 +182,44 @@ fn check_tombstone(e: &ndb::Entry) -> GridResult<()> {
         return Err(bad("has no time, or a bad one"));
     }
     check_user_name(e.get("user").ok_or_else(|| bad("has no user"))?)
+}
+
+/// How long a root's working-set list stays in force before a start may
+/// replace it.
+pub const WORKING_SET_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The time and list of `root`'s newest working-set entry.
+fn newest_working_set(view: &ndb::View<'_>, root: &Score) -> GridResult<Option<(u64, Score)>> {
+    Ok(view
+        .search("for", &vac::format_vac(root))?
+        .iter()
+        .filter(|e| is_working_set(e))
+        .filter_map(|e| {
+            let time = e.get("time")?.parse::<u64>().ok()?;
+            let (list, _) = working_set_of(e).ok()?;
+            Some((
+                (time, e.get("origin").unwrap_or_default().to_string()),
+                list,
+            ))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|((time, _), list)| (time, list)))
+}
+
+/// A peer's entry of a kind other than a binding, with only the attributes
+/// that kind has: a peer's extra pairs (a `scorename` on a tombstone, say)
+/// are not taken.
+fn known_only(e: &ndb::Entry) -> ndb::Entry {
+    let attrs: &[&str] = if is_tombstone(e) {
+        &["forgot", "rootscore", "origin", "time", "user"]
+    } else {
+        &["workingset", "for", "origin", "time"]
+    };
+    let mut out = ndb::Entry::new(&[]);
+    for p in e.pairs.iter().filter(|p| attrs.contains(&p.attr.as_str())) {
+        out.push(&p.attr, &p.value);
+    }
+    out
 }
 
 /// Whether two working-set entries are the same one (a replay).
@@ -418,10 +469,8 @@ impl ScoreNames {
             let mut tombstone = tombstone_of(&gone, &[]);
             if let Some(p) = &self.placement {
                 // A binding made before this node replicated has no origin
-                // yet: `since` gives it this node's, as here.
-                if tombstone.get("origin").is_none() {
-                    tombstone.push("origin", &p.node);
-                }
+                // or time yet: `since` gives it what it gives this.
+                tombstone = with_identity(&tombstone, &p.node);
                 tombstone.push("pos", &(p.durable_end)().to_string());
             }
             // The binding's entry becomes a tombstone where it is, so the
@@ -440,26 +489,33 @@ impl ScoreNames {
     }
 
     /// Keeps `list` (a working-set list's block, durable in this node's
-    /// store) as `root`'s, in place of any earlier one.
-    pub fn set_working_set(&self, root: &Score, list: &Score) -> GridResult<()> {
-        self.index.append(|_| {
+    /// store) as `root`'s, in place of any earlier one, unless the list in
+    /// force was kept less than [`WORKING_SET_EVERY`] ago: starts may come
+    /// by the thousand (jobs), and each list is an entry kept for good.
+    /// True if it was kept.
+    pub fn set_working_set(&self, root: &Score, list: &Score) -> GridResult<bool> {
+        let kept = self.index.append(|view| {
+            let now = crate::names::now_nanos();
+            let recent = newest_working_set(view, root)?.is_some_and(|(time, _)| {
+                now.saturating_sub(time) < WORKING_SET_EVERY.as_nanos() as u64
+            });
+            if recent {
+                return Ok::<_, GridError>((Vec::new(), false));
+            }
             let (list, root) = (list.to_string(), vac::format_vac(root));
             let entry = self.stamped(&[("workingset", &list), ("for", &root)]);
-            Ok::<_, GridError>((vec![entry], ()))
+            Ok((vec![entry], true))
         })?;
-        self.changed();
-        Ok(())
+        if kept {
+            self.changed();
+        }
+        Ok(kept)
     }
 
-    /// `root`'s working-set list, if it has one (the last kept).
+    /// `root`'s working-set list, if it has one: the newest (by time, then
+    /// origin), so every node chooses the same whatever order they came in.
     pub fn working_set(&self, root: &Score) -> GridResult<Option<Score>> {
-        let found = self.index.view()?.search("for", &vac::format_vac(root))?;
-        Ok(found
-            .iter()
-            .rev()
-            .filter(|e| is_working_set(e))
-            .find_map(|e| working_set_of(e).ok())
-            .map(|(list, _)| list))
+        Ok(newest_working_set(&self.index.view()?, root)?.map(|(_, list)| list))
     }
 
     /// How many bindings there are.
@@ -506,28 +562,31 @@ impl ScoreNames {
                 Ok::<_, GridError>(())
             })?;
         }
-        let view = self.index.view()?;
-        let mut text = String::new();
-        let mut count = from;
-        'read: while (count as usize) < view.len() && text.len() < NAMES_BATCH_BYTES {
-            let at = count as usize;
-            for e in view.entries(at..(at + READ_ENTRIES).min(view.len()))? {
-                let pos: u64 = e
-                    .get("pos")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(u64::MAX);
-                if pos > upto || e.get("waiting").is_some() || text.len() >= NAMES_BATCH_BYTES {
-                    break 'read;
+        // Under the lock: an entry is passed on only once it is synced,
+        // or a crash could take back what a peer has counted.
+        self.index.read_synced(|view| {
+            let mut text = String::new();
+            let mut count = from;
+            'read: while (count as usize) < view.len() && text.len() < NAMES_BATCH_BYTES {
+                let at = count as usize;
+                for e in view.entries(at..(at + READ_ENTRIES).min(view.len()))? {
+                    let pos: u64 = e
+                        .get("pos")
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(u64::MAX);
+                    if pos > upto || e.get("waiting").is_some() || text.len() >= NAMES_BATCH_BYTES {
+                        break 'read;
+                    }
+                    let mut wire = wire_entry(&e);
+                    if with_at {
+                        wire.push("at", &pos.to_string());
+                    }
+                    text.push_str(&wire.to_text().map_err(ndb::Error::from)?);
+                    count += 1;
                 }
-                let mut wire = wire_entry(&e);
-                if with_at {
-                    wire.push("at", &pos.to_string());
-                }
-                text.push_str(&wire.to_text().map_err(ndb::Error::from)?);
-                count += 1;
             }
-        }
-        Ok((text, count))
+            Ok::<_, GridError>((text, count))
+        })
     }
 
     /// Merges bindings a peer sent (ndb text from [`ScoreNames::since`]);
@@ -625,14 +684,14 @@ impl ScoreNames {
             );
             let mut renamed = Vec::new();
             // The identities this file's tombstones end, looked up once.
-            let mut forgotten: std::collections::HashSet<[String; 4]> = db
+            let mut forgotten: std::collections::HashSet<[String; 5]> = db
                 .entries()
                 .iter()
                 .filter(|t| is_tombstone(t))
-                .map(|t| identity(t).map(str::to_string))
+                .map(identity)
                 .collect();
             for e in incoming.entries() {
-                let id = identity(e).map(str::to_string);
+                let id = identity(e);
                 if is_tombstone(e) {
                     if forgotten.insert(id) {
                         let gone = db.entries().iter().find(|b| ends(e, b)).cloned();
@@ -641,9 +700,9 @@ impl ScoreNames {
                             |b| Some(tombstone_of(b, &["pos", "waiting"])),
                         );
                         if let Some(gone) = gone {
-                            reshow(db, identity(e)[0], &gone);
+                            reshow(db, &identity(e)[0], &gone);
                         }
-                        db.append(placed_here(without_local(e), e.get("at"), peer, &end));
+                        db.append(placed_here(known_only(e), e.get("at"), peer, &end));
                     }
                     continue;
                 }
@@ -652,7 +711,7 @@ impl ScoreNames {
                 }
                 if is_working_set(e) {
                     if !db.entries().iter().any(|x| same_working_set(x, e)) {
-                        db.append(placed_here(without_local(e), e.get("at"), peer, &end));
+                        db.append(placed_here(known_only(e), e.get("at"), peer, &end));
                     }
                     continue;
                 }
@@ -744,7 +803,7 @@ impl ScoreNames {
             for e in incoming.entries() {
                 if is_tombstone(e) {
                     if view
-                        .search("forgot", identity(e)[0])?
+                        .search("forgot", &identity(e)[0])?
                         .iter()
                         .any(|t| identity(t) == identity(e))
                     {
@@ -761,12 +820,13 @@ impl ScoreNames {
                 }
                 if is_working_set(e) {
                     let root = e.get("for").unwrap_or_default();
-                    if !view
+                    let seen = view
                         .search("for", root)?
                         .iter()
-                        .any(|x| same_working_set(x, e))
-                    {
-                        new.push(placed_here(without_local(e), e.get("at"), peer, &end));
+                        .chain(&new)
+                        .any(|x| same_working_set(x, e));
+                    if !seen {
+                        new.push(placed_here(known_only(e), e.get("at"), peer, &end));
                     }
                     continue;
                 }

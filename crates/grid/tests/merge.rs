@@ -436,3 +436,77 @@ fn a_shared_name_is_not_forgotten_for_one_and_a_bad_tombstone_is_refused() {
         assert!(a.merge(bad, "p", "a", all, || 1).is_err(), "{bad}");
     }
 }
+
+/// Review fixes: a tombstone ends one binding, the one with its users too;
+/// a binding shared with others takes a name back only if it beats them
+/// all; a forgotten binding from before bindings had times makes a
+/// tombstone peers take; a peer's extra pairs on a tombstone are not kept.
+#[test]
+fn a_tombstone_ends_its_own_users_binding_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = |_: &Score| Ok(true);
+    let r = vac::format_vac(&root(1));
+    // Two users' bindings of one name to one root, from before times.
+    let path = dir.path().join("old");
+    std::fs::write(
+        &path,
+        format!(
+            "scorename=debian rootscore={r} user=alice\nscorename=debian rootscore={r} user=bob\n"
+        ),
+    )
+    .unwrap();
+    let placed =
+        ScoreNames::new(&path).placed_by(Some(std::sync::Arc::new(grid::scorenames::Placement {
+            node: "n".into(),
+            durable_end: Box::new(|| 5),
+        })));
+    placed.forget("debian", "alice").unwrap();
+    assert!(placed.lookup_for("debian", "alice").unwrap().is_none());
+    assert!(
+        placed.lookup_for("debian", "bob").unwrap().is_some(),
+        "bob's is not alice's"
+    );
+    // Its tombstone is whole (a time and an origin): a peer takes it.
+    let (text, _) = placed.since(0, u64::MAX, false, "n", || 5).unwrap();
+    let peer = ScoreNames::new(dir.path().join("peer"));
+    peer.merge(&text, "n", "peer", all, || 1).unwrap();
+    assert!(peer.lookup_for("debian", "alice").unwrap().is_none());
+    assert!(peer.lookup_for("debian", "bob").unwrap().is_some());
+
+    // X1{a} < X3{b} < X2{a,b}: X1 forgotten, X2 still loses to X3 for b.
+    let binding = |n: u8, time: u8, users: &[&str]| {
+        let users: String = users.iter().map(|u| format!(" user={u}")).collect();
+        format!(
+            "scorename=web rootscore={}{users} origin=p time={time}\n",
+            vac::format_vac(&root(n))
+        )
+    };
+    let (x1, x3, x2) = (
+        binding(11, 1, &["a"]),
+        binding(13, 2, &["b"]),
+        binding(12, 3, &["a", "b"]),
+    );
+    let tomb = format!(
+        "forgot=web rootscore={} origin=p time=1 user=a scorename=sneaky\n",
+        vac::format_vac(&root(11))
+    );
+    let mut views = Vec::new();
+    for (i, order) in [[&x1, &x3, &x2, &tomb], [&tomb, &x2, &x1, &x3]]
+        .iter()
+        .enumerate()
+    {
+        let n = ScoreNames::new(dir.path().join(format!("m{i}")));
+        for (k, text) in order.iter().enumerate() {
+            n.merge(text, "p", "here", all, || k as u64).unwrap();
+        }
+        assert_eq!(n.lookup_for("web", "b").unwrap().unwrap().root, root(13));
+        assert!(
+            n.lookup_for("sneaky", "a").unwrap().is_none(),
+            "a peer's extra pair"
+        );
+        // X1 is gone, and X2 is still shown to a under its derived name.
+        assert!(n.lookup_for("web", "a").unwrap().is_none());
+        views.push(seen(&n));
+    }
+    assert_eq!(views[0], views[1]);
+}

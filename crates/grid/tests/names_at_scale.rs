@@ -193,15 +193,30 @@ fn a_roots_working_set_travels_with_the_names_and_the_last_is_in_force() {
     let (web, list1, list2) = (root(1), root(2), root(3));
     a.bind("web", &web, &["alice"]).unwrap();
     assert_eq!(a.working_set(&web).unwrap(), None);
-    a.set_working_set(&web, &list1).unwrap();
-    appends_only(a.path(), || a.set_working_set(&web, &list2).unwrap());
+    appends_only(a.path(), || {
+        assert!(a.set_working_set(&web, &list1).unwrap())
+    });
+    // Another list so soon is not kept: starts come by the thousand.
+    assert!(!a.set_working_set(&web, &list2).unwrap());
+    assert_eq!(a.working_set(&web).unwrap(), Some(list1));
+    // A newer one from a peer is in force, an older one that comes after
+    // it is not: every node chooses the same.
+    let entry = |list: &Score, time: u64| {
+        format!(
+            "workingset={list} for={} origin=p time={time}\n",
+            vac::format_vac(&web)
+        )
+    };
+    let all = |_: &Score| Ok(true);
+    let far = u64::MAX / 2;
+    a.merge(&entry(&list2, far), "p", "a", all, || 10).unwrap();
+    a.merge(&entry(&root(9), 5), "p", "a", all, || 10).unwrap();
     assert_eq!(a.working_set(&web).unwrap(), Some(list2));
     // No binding is made of it: names, lookups and scores are as they were.
     assert_eq!(a.names_for("alice").unwrap(), ["web"]);
 
     let (text, count) = a.since(0, 10, false, "a", || 10).unwrap();
-    assert_eq!(count, 3);
-    let all = |_: &Score| Ok(true);
+    assert_eq!(count, 4);
     b.merge(&text, "a", "b", all, || 20).unwrap();
     assert_eq!(b.working_set(&web).unwrap(), Some(list2));
     let before = std::fs::read(b.path()).unwrap();
@@ -217,7 +232,7 @@ fn a_roots_working_set_travels_with_the_names_and_the_last_is_in_force() {
     c.merge(&early, "a", "c", all, || 5).unwrap();
     assert_eq!(c.since(0, u64::MAX, false, "c", || 5).unwrap().1, 0);
     c.resolve("a", 10, || 6).unwrap();
-    assert_eq!(c.since(0, u64::MAX, false, "c", || 6).unwrap().1, 3);
+    assert_eq!(c.since(0, u64::MAX, false, "c", || 6).unwrap().1, 4);
     assert_eq!(c.working_set(&web).unwrap(), Some(list2));
 
     // A malformed one from a peer is refused whole, naming the problem.

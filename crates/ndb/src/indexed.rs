@@ -189,6 +189,19 @@ impl Indexed {
         Ok(View { index: self, state })
     }
 
+    /// Reads the file under its lock: only what writers have finished
+    /// (appends are synced before the lock is let go). For a reader that
+    /// passes entries on and must never pass one a crash could take back
+    /// (replication).
+    pub fn read_synced<T, E: From<Error>>(
+        &self,
+        read: impl FnOnce(&View<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _lock = lock(&self.path)?;
+        let view = self.view()?;
+        read(&view)
+    }
+
     /// Under the file's lock, asks `change` for entries to add given the
     /// file as it is, and appends them in one synced write. Cost: the
     /// appended entries, not the file.
@@ -225,9 +238,14 @@ impl Indexed {
             .create(true)
             .open(&self.path)
             .map_err(|e| io_err(&self.path, e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_data())
-            .map_err(|e| io_err(&self.path, e))?;
+        if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_data()) {
+            // Not acknowledged, so not kept: readers never see it again
+            // (they read under the lock what is synced, or the whole line
+            // is gone). If even this fails, the next append finds a file
+            // that does not end where it was read and rewrites it whole.
+            let _ = f.set_len(len).and_then(|()| f.sync_data());
+            return Err(io_err(&self.path, e).into());
+        }
         if len == 0 {
             // A new file: its directory entry must be durable too.
             sync_dir(&self.path)?;
@@ -289,7 +307,7 @@ impl Indexed {
                 .map_err(|e| io_err(&self.path, e))?
                 .map(|meta| Identity::of(&meta));
             if let Some(held) = held.filter(|i| i.ino == now.ino)
-                && self.read_from(state, held.len)?
+                && self.read_or_forget(state, held.len)?
             {
                 state.identity = Some(held);
                 return Ok(());
@@ -307,7 +325,7 @@ impl Indexed {
         let identity = Identity::of(&file.metadata().map_err(|e| io_err(&self.path, e))?);
         *state = self.empty();
         state.file = Some(file);
-        if !self.read_from(state, identity.len)? {
+        if !self.read_or_forget(state, identity.len)? {
             return Err(io_err(
                 &self.path,
                 io::Error::other("changed while it was read in whole"),
@@ -334,6 +352,17 @@ impl Indexed {
         }
     }
 
+    /// [`Indexed::read_from`], forgetting everything read if it fails
+    /// half way (a bad line), so the next look reads the file afresh
+    /// rather than index some lines twice.
+    fn read_or_forget(&self, state: &mut State, len: u64) -> Result<bool, Error> {
+        let read = self.read_from(state, len);
+        if read.is_err() {
+            *state = self.empty();
+        }
+        read
+    }
+
     /// Indexes the complete lines between `state.read` and `len`. False if
     /// they cannot be read as an append (text that is not there, or does
     /// not parse after what was read): the caller reads it all again.
@@ -341,7 +370,10 @@ impl Indexed {
         let Some(file) = &state.file else {
             return Ok(false);
         };
-        let mut text = vec![0; (len - state.read) as usize];
+        let Some(more) = len.checked_sub(state.read) else {
+            return Ok(false); // It shrank: not an append.
+        };
+        let mut text = vec![0; more as usize];
         match file.read_exact_at(&mut text, state.read) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
@@ -388,6 +420,9 @@ impl Indexed {
                 Line::Continuation(_) if !state.open => return Ok(false),
                 // It continues the last entry, whether read now or before.
                 Line::Continuation(pairs) => pairs,
+                Line::Start(_) if state.starts.len() >= NONE as usize => {
+                    return Err(bad(format!("more than {NONE} entries")));
+                }
                 Line::Start(pairs) => {
                     state.starts.push(offset);
                     state.open = true;
@@ -397,6 +432,9 @@ impl Indexed {
             let entry = (state.starts.len() - 1) as u32;
             for (attr, value) in &pairs {
                 if let Some(i) = self.by_value.iter().position(|a| a == attr) {
+                    if state.values[i].links.len() >= NONE as usize {
+                        return Err(bad(format!("more than {NONE} {attr} values")));
+                    }
                     let hash = self.hash(value);
                     state.values[i].insert(hash, entry);
                 }

@@ -987,7 +987,7 @@ impl Node {
         let names = self.names();
         let carried = names
             .working_set(&from)
-            .and_then(|list| list.map_or(Ok(()), |list| names.set_working_set(saved, &list)));
+            .and_then(|list| list.map_or(Ok(false), |list| names.set_working_set(saved, &list)));
         if let Err(e) = carried {
             tracing::warn!(user, env, root = %saved, error = %e, "passing a working set on to a saved root");
         }

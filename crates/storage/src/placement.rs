@@ -542,8 +542,11 @@ impl Pool {
                     let cpu = cpu.clone();
                     tokio::task::spawn_blocking(move || {
                         match names.set_working_set(&root, &list) {
-                            Ok(()) => {
+                            Ok(true) => {
                                 tracing::info!(cpu = %cpu, root = %root, list = %list, "kept a root's working set")
+                            }
+                            Ok(false) => {
+                                tracing::debug!(cpu = %cpu, root = %root, list = %list, "a root's working set was kept lately; this one is not")
                             }
                             Err(e) => {
                                 tracing::warn!(cpu = %cpu, root = %root, error = %e, "keeping a root's working set")
@@ -1140,6 +1143,23 @@ impl Cpus for Pool {
 /// is not far (the embedded log) takes the hint as nothing; a list that
 /// cannot be read is the cpu node's to report.
 fn fetch_ahead_here(store: Arc<dyn venti::BlockStore>, root: Score, list: Score) {
+    // One fetch of a list at a time, and a few lists at once: spawns come
+    // in bursts (jobs), and a refused spawn has asked for this too.
+    static FETCHING: Mutex<Vec<Score>> = Mutex::new(Vec::new());
+    const AT_ONCE: usize = 4;
+    {
+        let mut fetching = FETCHING.lock().unwrap_or_else(|p| p.into_inner());
+        if fetching.len() >= AT_ONCE || fetching.contains(&list) {
+            return;
+        }
+        fetching.push(list);
+    }
+    let done = move || {
+        FETCHING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|l| *l != list);
+    };
     let spawned = std::thread::Builder::new()
         .name("working-set".into())
         .spawn(move || {
@@ -1152,8 +1172,10 @@ fn fetch_ahead_here(store: Arc<dyn venti::BlockStore>, root: Score, list: Score)
                 Some(keys) => store.prefetch(keys),
                 None => tracing::debug!(root = %root, list = %list, "a working-set list not fetched ahead here"),
             }
+            done();
         });
     if let Err(e) = spawned {
+        done();
         tracing::warn!(error = %e, "starting a working-set fetch");
     }
 }

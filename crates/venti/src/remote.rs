@@ -317,8 +317,9 @@ impl BlockStore for RemoteStore {
     }
 
     /// Up to [`READ_WINDOW`] requests in flight on the one connection, each
-    /// block handed over as it comes. A block whose request met a lost
-    /// connection is read again on its own (which reconnects).
+    /// block handed over as it comes. A lost connection fails the blocks
+    /// still to come at once (no reconnecting here): this is for reading
+    /// ahead, and a reader that needs one reads it itself, which reconnects.
     fn read_each(
         &self,
         keys: &[(Score, BlockType)],
@@ -350,7 +351,6 @@ impl BlockStore for RemoteStore {
             let result = match got {
                 Ok(data) => Ok(Some(data)),
                 Err(e) if e.is_missing_block() => Ok(None),
-                Err(ClientError::Closed(_)) => self.read(&keys[i].0, keys[i].1),
                 Err(e) => Err(self.remote_error(e)),
             };
             each(i, result);

@@ -805,17 +805,12 @@ impl BlockStore for CachedStore {
     }
 
     /// Fetches the blocks of `keys` that are neither here nor on their way,
-    /// on a thread of its own, many at once on the origin's link, in the
-    /// order given. A reader asking for one meanwhile waits for it rather
-    /// than fetch it twice. The cache's bound holds as for any fetch.
+    /// many at once on the origin's link, in the order given, and returns
+    /// when they have come (or failed). A reader asking for one meanwhile
+    /// waits for it rather than fetch it twice. The cache's bound holds as
+    /// for any fetch.
     fn prefetch(&self, keys: Vec<(Score, BlockType)>) {
-        let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("prefetch".into())
-            .spawn(move || shared.prefetch(keys));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "starting a prefetch thread");
-        }
+        self.shared.prefetch(keys);
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {

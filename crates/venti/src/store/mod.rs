@@ -79,8 +79,9 @@ pub trait BlockStore: Send + Sync {
     }
 
     /// A hint that these blocks will be read soon, in this order: a cache
-    /// in front of a far store fetches them ahead; other stores ignore it.
-    /// It never changes what a read returns.
+    /// in front of a far store fetches them ahead, and returns once they
+    /// came (so a caller runs it on a thread of its own); other stores
+    /// ignore it. It never changes what a read returns.
     fn prefetch(&self, keys: Vec<(Score, BlockType)>) {
         let _ = keys;
     }
