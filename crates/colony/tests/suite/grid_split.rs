@@ -1965,8 +1965,9 @@ fn a_roots_working_set_is_kept_replicated_and_fetched_ahead_on_a_cold_start() {
     );
     g.door_on_ok(3, "alice", &["boom", "ws"]);
 
-    // 5. A list that is not one (here, the root block's score), appended
-    // to s1's names by hand while it runs: ignored, and the spawn works.
+    // 5. A list that is not one (here, the root block's score), the
+    // newest, appended to s1's names by hand while it runs: ignored, and
+    // the spawn works.
     let mut names = std::fs::OpenOptions::new()
         .append(true)
         .open(g.state("s1").join("scorenames"))
@@ -1974,8 +1975,10 @@ fn a_roots_working_set_is_kept_replicated_and_fetched_ahead_on_a_cold_start() {
     use std::io::Write as _;
     writeln!(
         names,
-        "workingset={} for={root} time=1 origin=s1 pos=0",
-        root.trim_start_matches("vac:")
+        "workingset={} for={root} time={} origin=s1 pos=0",
+        root.trim_start_matches("vac:"),
+        // The newest is in force.
+        u64::MAX / 2
     )
     .unwrap();
     drop(names);
