@@ -110,14 +110,21 @@ fn identity(e: &ndb::Entry) -> [String; 5] {
 /// The tombstone of binding `b`: its identity and users, and of its other
 /// attributes those in `keep`.
 fn tombstone_of(b: &ndb::Entry, keep: &[&str]) -> ndb::Entry {
-    let mut t = ndb::Entry::new(&[("forgot", bound_name(b))]);
-    for p in &b.pairs {
-        let attr = p.attr.as_str();
-        if ["rootscore", "origin", "time", "user"].contains(&attr) || keep.contains(&attr) {
-            t.push(attr, &p.value);
-        }
+    let first = ndb::Entry::new(&[("forgot", bound_name(b))]);
+    with_pairs(first, b, |a| {
+        TOMBSTONE_ATTRS[1..].contains(&a) || keep.contains(&a)
+    })
+}
+
+/// What a tombstone holds: the name as bound, then the binding's identity.
+const TOMBSTONE_ATTRS: [&str; 5] = ["forgot", "rootscore", "origin", "time", "user"];
+
+/// `out` with those pairs of `e` whose attribute `keep` takes, in order.
+fn with_pairs(mut out: ndb::Entry, e: &ndb::Entry, keep: impl Fn(&str) -> bool) -> ndb::Entry {
+    for p in e.pairs.iter().filter(|p| keep(&p.attr)) {
+        out.push(&p.attr, &p.value);
     }
-    t
+    out
 }
 
 /// Whether `t` is a tombstone that ends binding `b`.
@@ -211,15 +218,11 @@ fn newest_working_set(view: &ndb::View<'_>, root: &Score) -> GridResult<Option<(
 /// are not taken.
 fn known_only(e: &ndb::Entry) -> ndb::Entry {
     let attrs: &[&str] = if is_tombstone(e) {
-        &["forgot", "rootscore", "origin", "time", "user"]
+        &TOMBSTONE_ATTRS
     } else {
         &["workingset", "for", "origin", "time"]
     };
-    let mut out = ndb::Entry::new(&[]);
-    for p in e.pairs.iter().filter(|p| attrs.contains(&p.attr.as_str())) {
-        out.push(&p.attr, &p.value);
-    }
-    out
+    with_pairs(ndb::Entry::new(&[]), e, |a| attrs.contains(&a))
 }
 
 /// Whether two working-set entries are the same one (a replay).
@@ -322,13 +325,8 @@ const LOCAL_ATTRS: [&str; 4] = ["pos", "conflict", "waiting", "at"];
 
 /// `e` shown as `scorename`, without the attributes in `drop`.
 fn rebuilt(scorename: &str, e: &ndb::Entry, drop: &[&str]) -> ndb::Entry {
-    let mut out = ndb::Entry::new(&[("scorename", scorename)]);
-    for p in &e.pairs {
-        if p.attr != "scorename" && !drop.contains(&p.attr.as_str()) {
-            out.push(&p.attr, &p.value);
-        }
-    }
-    out
+    let first = ndb::Entry::new(&[("scorename", scorename)]);
+    with_pairs(first, e, |a| a != "scorename" && !drop.contains(&a))
 }
 
 /// The entry as a peer receives it: without this node's `pos`, under the
@@ -347,11 +345,7 @@ fn without_local(e: &ndb::Entry) -> ndb::Entry {
 
 /// `e` without the attributes in `drop`, the rest in order.
 fn without(e: &ndb::Entry, drop: &[&str]) -> ndb::Entry {
-    let mut out = ndb::Entry::new(&[]);
-    for p in e.pairs.iter().filter(|p| !drop.contains(&p.attr.as_str())) {
-        out.push(&p.attr, &p.value);
-    }
-    out
+    with_pairs(ndb::Entry::new(&[]), e, |a| !drop.contains(&a))
 }
 
 /// A peer's entry (`kept`: without the peer's own attributes) in this
