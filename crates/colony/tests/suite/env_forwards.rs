@@ -362,6 +362,18 @@ fn an_environment_holds_a_bounded_number_of_forwarded_connections() {
         .unwrap(),
     );
     wait_for(15, "the forward", || http_body(local, "/hello").is_some());
+    // That request's relay holds its place until the node closes its end,
+    // which may come after our read; wait for it, or the 64th below would
+    // be refused. A socket inside in any state but listening or TIME_WAIT
+    // is a connection still held.
+    wait_for(15, "the first request's relay to end", || {
+        g.env_ok(
+            port,
+            "awk 'NR > 1 && $4 != \"0A\" && $4 != \"06\"' /proc/net/tcp | wc -l",
+        )
+        .trim()
+            == "0"
+    });
     // 64 held open: httpd waits for their requests.
     let held: Vec<TcpStream> = (0..64)
         .map(|_| TcpStream::connect(("127.0.0.1", local)).unwrap())
