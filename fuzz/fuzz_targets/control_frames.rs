@@ -175,6 +175,11 @@ fn frame(u: &mut Unstructured) -> arbitrary::Result<Frame> {
                                 network: text(u)?,
                                 root_now: score(u)?,
                                 note: if u.arbitrary()? { Some(text(u)?) } else { None },
+                                suspended_secs: if u.arbitrary()? {
+                                    Some(interesting_u64(u)?)
+                                } else {
+                                    None
+                                },
                             })
                         })
                         .collect::<arbitrary::Result<_>>()?,

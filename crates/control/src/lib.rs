@@ -32,7 +32,9 @@ use venti::{SCORE_SIZE, Score};
 /// 3: `status` is answered with records ([`EnvStatus`]), not text.
 /// 4: a spawn may carry a one-time key (`run`), and its answer the
 ///    login's host key.
-pub const VERSION: u8 = 5;
+/// 5: a spawn may carry its root's working set (`WorkingSet`).
+/// 6: an environment's status says whether it is suspended.
+pub const VERSION: u8 = 6;
 /// How often each side pings; a link silent for [`SILENT_FOR`] is dead.
 pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The largest frame accepted.
@@ -168,11 +170,31 @@ pub struct EnvStatus {
     pub root_now: Score,
     /// A note for its owner (blocks fetched from a peer), if any.
     pub note: Option<String>,
+    /// Suspended while idle, this many seconds ago (then `root_now` is its
+    /// resume point, and it holds nothing but its login port).
+    pub suspended_secs: Option<u64>,
 }
 
 impl EnvStatus {
     /// The `status` line(s) a user reads.
     pub fn lines(&self) -> String {
+        if let Some(ago) = self.suspended_secs {
+            let mut out = format!(
+                "{}\tfrom {} vac:{}\tsuspended {}m{:02}s ago\t{}\t{}\tresume point vac:{}\n",
+                self.name,
+                self.spawned_from,
+                self.root,
+                ago / 60,
+                ago % 60,
+                self.login,
+                self.network,
+                self.root_now,
+            );
+            if let Some(note) = &self.note {
+                out.push_str(&format!("{}\t{note}\n", self.name));
+            }
+            return out;
+        }
         let percent = self.changed_bytes * 100 / self.cache_bytes.max(1);
         let mut out = format!(
             "{}\tfrom {} vac:{}\t{} {} MB, {percent}% changed\t{}\tup {}m{:02}s\t{} processes\t{}\troot now vac:{}\n",
@@ -209,6 +231,8 @@ impl EnvStatus {
         w.score(&self.root_now);
         w.flag(self.note.is_some());
         w.text(self.note.as_deref().unwrap_or(""));
+        w.flag(self.suspended_secs.is_some());
+        w.u64(self.suspended_secs.unwrap_or(0));
     }
 
     fn read(r: &mut Reader<'_>) -> Result<EnvStatus, frames::Malformed> {
@@ -228,6 +252,11 @@ impl EnvStatus {
                 let some = r.flag()?;
                 let text = r.text()?;
                 some.then_some(text)
+            },
+            suspended_secs: {
+                let some = r.flag()?;
+                let secs = r.u64()?;
+                some.then_some(secs)
             },
         })
     }

@@ -66,12 +66,13 @@ fn env_status() -> impl Strategy<Value = EnvStatus> {
             ".{0,16}",
             score(),
             proptest::option::of(".{0,8}"),
+            proptest::option::of(any::<u64>()),
         ),
     )
         .prop_map(
             |(
                 (name, spawned_from, root, cache_kind, cache_bytes, changed_bytes),
-                (login, uptime_secs, processes, network, root_now, note),
+                (login, uptime_secs, processes, network, root_now, note, suspended_secs),
             )| EnvStatus {
                 name,
                 spawned_from,
@@ -85,6 +86,7 @@ fn env_status() -> impl Strategy<Value = EnvStatus> {
                 network,
                 root_now,
                 note,
+                suspended_secs,
             },
         )
 }

@@ -189,6 +189,7 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(storage.to_string(), store.clone());
+        self.envs.provide_store(storage, store.clone());
         Ok(store)
     }
 
@@ -246,6 +247,7 @@ impl Agent {
                         keys,
                         store: recorder.clone(),
                         fetched_note: None,
+                        placed_by: storage,
                     })
                     .map_err(refused)?;
                 if !window.is_zero() {

@@ -10,17 +10,19 @@
 
 pub mod agent;
 pub mod env;
+pub mod idle;
 pub mod options;
 pub mod rootfs;
 pub mod services;
+mod suspend;
 pub mod working_set;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use fossil::{CacheConfig, Fs};
 use russh::keys::ssh_key::PublicKey;
@@ -69,6 +71,9 @@ pub struct CpuConfig {
     /// How long after a start its reads are recorded as its root's working
     /// set (zero: not recorded); see [`working_set`].
     pub working_set_window: std::time::Duration,
+    /// How long an environment may be idle before it is suspended, unless
+    /// its spawn says (`idle=`); never if none.
+    pub idle_suspend: Option<std::time::Duration>,
 }
 
 impl Default for CpuConfig {
@@ -88,9 +93,13 @@ impl Default for CpuConfig {
             userns: true,
             allow_rootful: false,
             working_set_window: working_set::WINDOW,
+            idle_suspend: Some(DEFAULT_IDLE_SUSPEND),
         }
     }
 }
+
+/// How long an environment may be idle before it is suspended, by default.
+pub const DEFAULT_IDLE_SUSPEND: Duration = Duration::from_secs(30 * 60);
 
 /// A file system's error as the grid's: what the user is told.
 pub(crate) fn fs_error(e: fossil::FsError) -> GridError {
@@ -132,6 +141,17 @@ impl OwnerKeys {
         Ok(OwnerKeys::Given(keys))
     }
 
+    /// The keys as a suspended environment's record keeps them (none: the
+    /// users file's, at each login).
+    fn to_lines(&self) -> Option<Vec<String>> {
+        match self {
+            OwnerKeys::Registry(_) => None,
+            OwnerKeys::Given(keys) => {
+                Some(keys.iter().filter_map(|k| k.to_openssh().ok()).collect())
+            }
+        }
+    }
+
     pub fn admits(&self, owner: &str, key: &PublicKey) -> bool {
         match self {
             OwnerKeys::Registry(users) => {
@@ -152,6 +172,9 @@ pub struct SpawnRequest<'a> {
     /// How `status` tells of N blocks the store had to fetch from
     /// elsewhere (none: it does not).
     pub fetched_note: Option<fn(u64) -> String>,
+    /// The storage node that placed it (empty on a single node): its store
+    /// (see [`Environments::provide_store`]) is read when it wakes.
+    pub placed_by: &'a str,
 }
 
 /// A live environment: a fossil over a saved root, mounted for its owner,
@@ -176,6 +199,32 @@ struct Env {
     /// Blocks its file system had to fetch from elsewhere.
     fetched: Arc<AtomicU64>,
     fetched_note: Option<fn(u64) -> String>,
+    /// What it was spawned with (its options as given, its cache kind, who
+    /// may log in, who placed it), to respawn it after a suspend.
+    options: Vec<String>,
+    keys: OwnerKeys,
+    placed_by: String,
+    /// Suspended after this long idle; never if none.
+    idle: Option<Duration>,
+    clock: idle::Clock,
+    /// When it is next looked at for idleness.
+    next_look: Instant,
+    /// Its login: the door, the port's listener (kept through a suspend)
+    /// and the task serving it.
+    door: Option<Arc<Door>>,
+    listener: Option<Arc<tokio::net::TcpListener>>,
+    door_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Env {
+    /// Whether it may be suspended: runs (a job's one-time login) end by
+    /// themselves, and a published port is reached without a login, so
+    /// nothing would wake it.
+    fn may_sleep(&self) -> bool {
+        self.idle.is_some()
+            && self.published.is_empty()
+            && self.door.as_ref().is_some_and(|d| d.run_key.is_none())
+    }
 }
 
 /// The store as one environment sees it, counting the blocks that came
@@ -213,6 +262,10 @@ pub struct Running {
     pub name: String,
     pub root: Score,
     pub login: String,
+    /// The storage node that placed it (empty on a single node).
+    pub placed_by: String,
+    /// Suspended: it holds only its login port until the next login.
+    pub suspended: bool,
 }
 
 /// The environments of this machine.
@@ -225,11 +278,68 @@ pub struct Environments {
     /// namespaces start without the lock (spawns run side by side).
     /// Locked after `envs` when both are.
     starting: Mutex<HashSet<(String, String)>>,
+    /// Suspended environments, and those being suspended ([`suspend`]).
+    /// Locked after `envs` and `starting` when they are.
+    sleepers: Mutex<HashMap<(String, String), suspend::Sleeper>>,
+    /// The store of each storage node that placed environments here (""
+    /// on a single node), which a suspended one is respawned from.
+    stores: Mutex<HashMap<String, Arc<dyn BlockStore>>>,
     /// Runs the environments' SSH logins. Always set; taken by `drop`.
     runtime: Option<tokio::runtime::Runtime>,
     host_key: russh::keys::PrivateKey,
     /// The executable the environments' helper processes run from.
     helper: PathBuf,
+    /// Itself, for the tasks that wake suspended environments and the
+    /// thread that looks for idle ones (which end when it goes).
+    me: Weak<Environments>,
+}
+
+/// What an environment is made of: a new spawn's, or a suspended one's
+/// to wake.
+struct Launch<'a> {
+    user: &'a str,
+    name: &'a str,
+    /// The root it was first spawned from (which `status` shows).
+    root: Score,
+    /// The tree to mount: the root, or a resume point.
+    from: Score,
+    disk: bool,
+    /// Its options as given, and as this node read them.
+    words: Vec<String>,
+    options: SpawnOptions,
+    keys: OwnerKeys,
+    run_key: Option<PublicKey>,
+    store: Arc<dyn BlockStore>,
+    fetched_note: Option<fn(u64) -> String>,
+    placed_by: &'a str,
+    port: LoginPort<'a>,
+    /// What its logins are told first, if anything.
+    banner: Option<String>,
+}
+
+/// A name held as starting (spawning or waking) until this drops: counted
+/// against the limit, and held against a second spawn of the same name.
+struct Starting<'a>(&'a Mutex<HashSet<(String, String)>>, (String, String));
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// Where a new environment's login listens.
+enum LoginPort<'a> {
+    /// A free port of the node's range, not one of these.
+    Free(&'a [u16]),
+    /// The port a suspended environment kept, and the login that woke it.
+    Kept {
+        listener: Arc<tokio::net::TcpListener>,
+        port: u16,
+        woken_by: (tokio::net::TcpStream, std::net::SocketAddr),
+    },
 }
 
 impl Drop for Environments {
@@ -245,7 +355,9 @@ impl Drop for Environments {
 }
 
 impl Environments {
-    pub fn new(state: StateDir, config: CpuConfig) -> GridResult<Environments> {
+    /// The environments of this machine, with a thread that suspends idle
+    /// ones; suspended ones the node's state records are listening again.
+    pub fn new(state: StateDir, config: CpuConfig) -> GridResult<Arc<Environments>> {
         clear_stale_mounts(&state.root.join("mnt"));
         // The roots are mounted for every user (the kernel checks
         // permissions as for any root), and their archived owners may be
@@ -267,15 +379,42 @@ impl Environments {
             .enable_all()
             .build()
             .map_err(|e| GridError::io("starting the environments' runtime", e))?;
-        Ok(Environments {
+        let envs = Arc::new_cyclic(|me| Environments {
             state,
             envs: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashSet::new()),
+            sleepers: Mutex::default(),
+            stores: Mutex::default(),
             runtime: Some(runtime),
             host_key,
             helper: env::helper::helper_for(&config.helper),
             config,
-        })
+            me: me.clone(),
+        });
+        envs.restore_sleepers();
+        suspend::watch(&envs);
+        Ok(envs)
+    }
+
+    /// The store environments placed by `placed_by` ("" on a single node)
+    /// read and save through: a suspended one is respawned from it.
+    pub fn provide_store(&self, placed_by: &str, store: Arc<dyn BlockStore>) {
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(placed_by.to_string(), store);
+    }
+
+    fn store_of(&self, placed_by: &str) -> Option<Arc<dyn BlockStore>> {
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(placed_by)
+            .cloned()
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives until drop")
     }
 
     pub fn config(&self) -> &CpuConfig {
@@ -303,6 +442,12 @@ impl Environments {
         let used: Vec<u16> = {
             let envs = self.envs();
             let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            let sleepers = self.sleepers();
+            if sleepers.contains_key(&key) {
+                return Err(GridError::refused(format!(
+                    "{name} is suspended; log in to wake it, or boom it to spawn it afresh"
+                )));
+            }
             if envs.contains_key(&key) || starting.contains(&key) {
                 return Err(GridError::refused(format!(
                     "{name} is already running; use save to clone it to a new name"
@@ -315,20 +460,51 @@ impl Environments {
                 )));
             }
             starting.insert(key.clone());
-            envs.values().map(|e| e.port).collect()
+            envs.values()
+                .map(|e| e.port)
+                .chain(sleepers.values().map(|s| s.record.port))
+                .collect()
         };
-        // However this spawn ends, the name is no longer starting.
-        struct Started<'a>(&'a Mutex<HashSet<(String, String)>>, (String, String));
-        impl Drop for Started<'_> {
-            fn drop(&mut self) {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&self.1);
-            }
+        let _started = Starting(&self.starting, key.clone());
+        let (port, login, published) = self.make_env(Launch {
+            user,
+            name,
+            root: req.spawn.root,
+            from: req.spawn.root,
+            disk: req.spawn.disk,
+            words: req.spawn.options.clone(),
+            options,
+            keys: req.keys,
+            run_key,
+            store: req.store,
+            fetched_note: req.fetched_note,
+            placed_by: req.placed_by,
+            port: LoginPort::Free(&used),
+            banner: None,
+        })?;
+        tracing::info!(user, env = name, root = %req.spawn.root, port, "spawned");
+        let kind = if req.spawn.disk { "disk" } else { "ram" };
+        let mut out = format!(
+            "{name} spawned from vac:{} ({kind} cache); log in with:\n{}\n",
+            req.spawn.root, login
+        );
+        for p in &published {
+            let _ = writeln!(
+                out,
+                "port {} published at {}:{}",
+                p.env_port, self.config.public_host, p.node_port
+            );
         }
-        let _started = Started(&self.starting, key.clone());
-        let (config, cache_file) = if req.spawn.disk {
+        Ok(out)
+    }
+
+    /// Makes an environment as `launch` says (its file system mounted, its
+    /// processes and its login started, its ports published) and records
+    /// it; on any failure, ends what was made. Its login port, login
+    /// command and published ports.
+    fn make_env(&self, launch: Launch<'_>) -> GridResult<(u16, String, Vec<Published>)> {
+        let Launch { user, name, .. } = launch;
+        let (config, cache_file) = if launch.disk {
             let path = self.state.cache_file(user, name);
             std::fs::create_dir_all(path.parent().expect("cache dir"))
                 .map_err(|e| GridError::io("creating the cache directory", e))?;
@@ -348,7 +524,7 @@ impl Environments {
                 None,
             )
         };
-        let ids = if options.rootless {
+        let ids = if launch.options.rootless {
             Some(
                 env::userns::Lease::claim()
                     .map_err(|e| GridError::io("claiming ids for a rootless environment", e))?,
@@ -358,46 +534,62 @@ impl Environments {
         };
         let fetched = Arc::new(AtomicU64::new(0));
         let store: Arc<dyn BlockStore> = Arc::new(EnvStore {
-            inner: req.store.clone(),
+            inner: launch.store,
             fetched: fetched.clone(),
         });
-        let fs = Arc::new(Fs::open(store, req.spawn.root, config).map_err(fs_error)?);
+        let fs = Arc::new(Fs::open(store, launch.from, config).map_err(fs_error)?);
         let mountpoint = self.state.mount_dir(user, name);
         std::fs::create_dir_all(&mountpoint)
             .map_err(|e| GridError::io(format!("creating {}", mountpoint.display()), e))?;
         let session = fusefs::mount_with_ids(fs.clone(), &mountpoint, ids.as_ref().map(|l| l.ids))
             .map_err(|e| GridError::io(format!("mounting {}", mountpoint.display()), e))?;
+        let now = Instant::now();
         let mut env = Env {
             spawned_from: name.to_string(),
-            root: req.spawn.root,
+            root: launch.root,
             fs,
             session: Some(session),
             mountpoint: mountpoint.clone(),
             disk: cache_file,
-            started: Instant::now(),
+            started: now,
             environment: None,
             door_stop: None,
             port: 0,
             login: String::new(),
-            network: options.network.clone(),
+            network: launch.options.network.clone(),
             published: Vec::new(),
             ids,
             fetched,
-            fetched_note: req.fetched_note,
+            fetched_note: launch.fetched_note,
+            options: launch.words,
+            keys: launch.keys.clone(),
+            placed_by: launch.placed_by.to_string(),
+            idle: launch.options.idle,
+            clock: idle::Clock::new(now),
+            next_look: now,
+            door: None,
+            listener: None,
+            door_task: None,
         };
         // Processes in namespaces on the mount, and a login. (A login port
         // another spawn took meanwhile fails to bind and is passed over.)
-        match self.start_environment(user, name, &env, &options, &used, (req.keys, run_key)) {
-            Ok((environment, stop, port)) => {
-                env.environment = Some(environment);
-                env.door_stop = Some(stop);
-                env.port = port;
-                env.login = format!("ssh -p {port} {user}@{}", self.config.public_host);
-            }
-            Err(e) => {
-                end_env(user, name, env);
-                return Err(e);
-            }
+        let started = self
+            .start_environment(user, name, &env, &launch.options)
+            .and_then(|environment| {
+                env.environment = Some(environment.clone());
+                let who = (user, launch.keys, launch.run_key);
+                self.open_door(
+                    &mut env,
+                    environment,
+                    &launch.options,
+                    who,
+                    launch.port,
+                    launch.banner,
+                )
+            });
+        if let Err(e) = started {
+            end_env(user, name, env);
+            return Err(e);
         }
         // Publishing and recording under the lock: node ports are checked
         // against the other environments'.
@@ -407,41 +599,27 @@ impl Environments {
             .flat_map(|e| e.published.iter().map(|p| p.node_port))
             .collect();
         let environment = env.environment.clone().expect("just started");
-        match self.publish(&environment, &options.publish, &taken) {
+        match self.publish(&environment, &launch.options.publish, &taken) {
             Ok(published) => env.published = published,
             Err(e) => {
+                drop(envs);
                 end_env(user, name, env);
                 return Err(e);
             }
         }
-        tracing::info!(user, env = name, root = %req.spawn.root, port = env.port, "spawned");
-        let kind = if req.spawn.disk { "disk" } else { "ram" };
-        let mut out = format!(
-            "{name} spawned from vac:{} ({kind} cache); log in with:\n{}\n",
-            req.spawn.root, env.login
-        );
-        for p in &env.published {
-            let _ = writeln!(
-                out,
-                "port {} published at {}:{}",
-                p.env_port, self.config.public_host, p.node_port
-            );
-        }
-        envs.insert(key, env);
-        Ok(out)
+        let made = (env.port, env.login.clone(), env.published.clone());
+        envs.insert((user.to_string(), name.to_string()), env);
+        Ok(made)
     }
 
-    /// Starts the namespaces and the SSH login of an environment, which
-    /// admits the owner's keys and a run's one-time key, if any.
+    /// Starts the namespaces of an environment on its mount.
     fn start_environment(
         &self,
         user: &str,
         name: &str,
         env: &Env,
         options: &SpawnOptions,
-        used_ports: &[u16],
-        (keys, run_key): (OwnerKeys, Option<PublicKey>),
-    ) -> GridResult<(Arc<Environment>, tokio::sync::oneshot::Sender<()>, u16)> {
+    ) -> GridResult<Arc<Environment>> {
         let hostname: String = name
             .chars()
             .map(|c| {
@@ -465,7 +643,7 @@ impl Environments {
             std::fs::create_dir_all(dir)
                 .map_err(|e| GridError::io(format!("creating {}", dir.display()), e))?;
         }
-        let environment = Arc::new(
+        Ok(Arc::new(
             Environment::start(
                 &self.helper,
                 &Spec {
@@ -479,26 +657,45 @@ impl Environments {
                 },
             )
             .map_err(|e| GridError::io(format!("starting environment {name}"), e))?,
-        );
-        let (first, last) = self.config.env_ports;
-        let listener = (first..=last)
-            .filter(|p| !used_ports.contains(p))
-            .find_map(|p| {
-                std::net::TcpListener::bind((self.config.env_listen.as_str(), p))
-                    .ok()
-                    .map(|l| (l, p))
-            });
-        let Some((listener, port)) = listener else {
-            environment.stop();
-            return Err(GridError::refused(format!(
-                "no free login port in {first}-{last}"
-            )));
+        ))
+    }
+
+    /// Opens the SSH login of an environment on `port`, admitting the
+    /// owner's keys and a run's one-time key, if any.
+    fn open_door(
+        &self,
+        env: &mut Env,
+        environment: Arc<Environment>,
+        options: &SpawnOptions,
+        (user, keys, run_key): (&str, OwnerKeys, Option<PublicKey>),
+        port: LoginPort<'_>,
+        banner: Option<String>,
+    ) -> GridResult<()> {
+        let (listener, port, woken_by) = match port {
+            LoginPort::Free(used) => {
+                let (first, last) = self.config.env_ports;
+                let bound = (first..=last).filter(|p| !used.contains(p)).find_map(|p| {
+                    std::net::TcpListener::bind((self.config.env_listen.as_str(), p))
+                        .ok()
+                        .map(|l| (l, p))
+                });
+                let Some((listener, port)) = bound else {
+                    return Err(GridError::refused(format!(
+                        "no free login port in {first}-{last}"
+                    )));
+                };
+                (self.adopt_listener(listener)?, port, None)
+            }
+            LoginPort::Kept {
+                listener,
+                port,
+                woken_by,
+            } => (listener, port, Some(woken_by)),
         };
-        let _ = listener.set_nonblocking(true);
         let door = Arc::new(Door {
             owner: user.to_string(),
             keys,
-            env: environment.clone(),
+            env: environment,
             fs: env.fs.clone(),
             shell: rootfs::root_shell(&env.fs),
             shells: Arc::default(),
@@ -506,17 +703,45 @@ impl Environments {
             forwards: Arc::default(),
             agent: options.agent,
             run_key,
+            activity: Arc::default(),
+            banner,
         });
+        env.port = port;
+        env.listener = Some(listener.clone());
+        env.login = format!("ssh -p {port} {}@{}", door.owner, self.config.public_host);
+        self.serve_door(env, door, woken_by);
+        Ok(())
+    }
+
+    /// A bound login port, as the environments' runtime serves it.
+    fn adopt_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> GridResult<Arc<tokio::net::TcpListener>> {
+        let _in = self.runtime().enter();
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map(Arc::new)
+            .map_err(|e| GridError::io("serving an environment's login port", e))
+    }
+
+    /// Serves `door` on the environment's listener (first `woken_by`).
+    fn serve_door(
+        &self,
+        env: &mut Env,
+        door: Arc<Door>,
+        woken_by: Option<(tokio::net::TcpStream, std::net::SocketAddr)>,
+    ) {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let key = self.host_key.clone();
-        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
-        runtime.spawn(async move {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => services::door::serve(door, l, key, stop_rx).await,
-                Err(e) => tracing::error!(error = %e, "environment login listener"),
-            }
-        });
-        Ok((environment, stop_tx, port))
+        let listener = env.listener.clone().expect("a door has its listener");
+        let serving = door.clone();
+        env.door_task = Some(self.runtime().spawn(async move {
+            services::door::serve(serving, listener, woken_by, key, stop_rx).await;
+        }));
+        env.door_stop = Some(stop_tx);
+        env.door = Some(door);
     }
 
     /// Forwards a free node port from the pool to each of `ports` inside.
@@ -552,41 +777,56 @@ impl Environments {
         Ok(published)
     }
 
-    /// The live file system of `user`'s environment `env`.
-    fn env_fs(&self, user: &str, env: &str) -> GridResult<Arc<Fs>> {
+    /// The live file system of `user`'s environment `env`, if it runs.
+    fn env_fs(&self, user: &str, env: &str) -> Option<Arc<Fs>> {
         self.envs()
             .get(&(user.to_string(), env.to_string()))
             .map(|e| e.fs.clone())
-            .ok_or_else(|| GridError::refused(format!("{env} is not running for {user}")))
     }
 
     /// Saves the environment's current tree (its blocks durable in its
     /// store) and returns the root's score; binding a name is the caller's.
+    /// A suspended environment's tree is its resume point.
     pub fn save(&self, user: &str, env: &str) -> GridResult<Score> {
-        let fs = self.env_fs(user, env)?;
-        Ok(fs.save().map_err(fs_error)?.score)
+        match self.env_fs(user, env) {
+            Some(fs) => Ok(fs.save().map_err(fs_error)?.score),
+            None => self.edit_suspended(user, env, |_| Ok(())),
+        }
     }
 
     /// Adds a login for `invitee` to the environment and saves it.
     pub fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score> {
-        let fs = self.env_fs(user, env)?;
-        rootfs::add_login(&fs, invitee)?;
-        Ok(fs.save().map_err(fs_error)?.score)
+        match self.env_fs(user, env) {
+            Some(fs) => {
+                rootfs::add_login(&fs, invitee)?;
+                Ok(fs.save().map_err(fs_error)?.score)
+            }
+            None => self.edit_suspended(user, env, |fs| rootfs::add_login(fs, invitee)),
+        }
     }
 
-    /// Ends `user`'s environment `env`; false if it was not running.
+    /// Ends `user`'s environment `env` (a suspended one is forgotten, its
+    /// resume point left to the collector); false if there was none.
     pub fn boom(&self, user: &str, env: &str) -> bool {
-        match self.envs().remove(&(user.to_string(), env.to_string())) {
+        let removed = self.envs().remove(&(user.to_string(), env.to_string()));
+        match removed {
             Some(e) => {
                 end_env(user, env, e);
                 true
             }
-            None => false,
+            None => self.forget_suspended(user, env),
         }
     }
 
     /// `user`'s environments (those in `only`, if given), by name.
     pub fn status(&self, user: &str, only: Option<&[String]>) -> Vec<control::EnvStatus> {
+        let mut out = self.running_status(user, only);
+        out.extend(self.suspended_status(user, only));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn running_status(&self, user: &str, only: Option<&[String]>) -> Vec<control::EnvStatus> {
         let envs = self.envs();
         let mut mine: Vec<_> = envs
             .iter()
@@ -597,21 +837,7 @@ impl Environments {
         for ((_, name), e) in mine {
             let u = e.fs.usage();
             let block = e.fs.block_size() as u64;
-            let mut network = match e.network {
-                Network::Private => "net private".to_string(),
-                Network::Host => "net host".to_string(),
-                Network::Isolated => "net none".to_string(),
-            };
-            if e.ids.is_some() {
-                network.push_str(", rootless");
-            }
-            for p in &e.published {
-                let _ = write!(
-                    network,
-                    ", {}:{}->{}",
-                    self.config.public_host, p.node_port, p.env_port
-                );
-            }
+            let network = self.network_text(&e.network, e.ids.is_some(), &e.published);
             let fetched = e.fetched.load(Ordering::Relaxed);
             out.push(control::EnvStatus {
                 name: name.clone(),
@@ -632,12 +858,33 @@ impl Environments {
                     .fetched_note
                     .filter(|_| fetched > 0)
                     .map(|note| note(fetched)),
+                suspended_secs: None,
             });
         }
         out
     }
 
-    /// Every live environment.
+    /// An environment's network as `status` tells it (`net private,
+    /// rootless, HOST:30001->80`).
+    fn network_text(&self, network: &Network, rootless: bool, published: &[Published]) -> String {
+        let mut text = match network {
+            Network::Private => "net private".to_string(),
+            Network::Host => "net host".to_string(),
+            Network::Isolated => "net none".to_string(),
+        };
+        if rootless {
+            text.push_str(", rootless");
+        }
+        for p in published {
+            let _ = write!(
+                text,
+                ", {}:{}->{}",
+                self.config.public_host, p.node_port, p.env_port
+            );
+        }
+        text
+    }
+
     /// The host key every environment's login here presents, as an
     /// OpenSSH public key line (for a client that reaches a login for its
     /// user, such as a storage node's `run`, to check).
@@ -645,6 +892,7 @@ impl Environments {
         self.host_key.public_key().to_openssh().unwrap_or_default()
     }
 
+    /// Every environment of this machine, running or suspended.
     pub fn running(&self) -> Vec<Running> {
         let mut all: Vec<Running> = self
             .envs()
@@ -654,8 +902,11 @@ impl Environments {
                 name: name.clone(),
                 root: e.root,
                 login: e.login.clone(),
+                placed_by: e.placed_by.clone(),
+                suspended: false,
             })
             .collect();
+        all.extend(self.sleeping());
         all.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
         all
     }
@@ -690,8 +941,10 @@ impl Environments {
             .collect()
     }
 
-    /// Ends every live environment (daemon shutdown), logging each.
+    /// Ends every live environment (daemon shutdown), logging each; the
+    /// suspended stop listening and are found again at the next start.
     pub fn shutdown(&self) {
+        self.close_sleepers();
         let envs: Vec<_> = self.envs().drain().collect();
         // Side by side: each end mostly waits (for processes to go, for the
         // kernel to unmount), so a node with many environments stops fast.

@@ -15,9 +15,12 @@ pub struct SpawnOptions {
     pub publish: Vec<u16>,
     /// Its logins may forward the user's SSH agent (`ssh -A`) into it.
     pub agent: bool,
+    /// Suspended after this long idle (`idle=`, else the node's
+    /// `--idle-suspend`); never if none.
+    pub idle: Option<std::time::Duration>,
 }
 
-pub const SPAWN_USAGE: &str = "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]… [userns=yes|no] [agent=yes|no]";
+pub const SPAWN_USAGE: &str = "NAME [memory=SIZE] [pids=N] [cpu=WEIGHT] [net=private|host] [publish=PORT]… [userns=yes|no] [agent=yes|no] [idle=DURATION|never]";
 
 /// The most option words a spawn may give (each key once, and a few
 /// published ports).
@@ -26,8 +29,8 @@ pub const MAX_OPTIONS: usize = 16;
 pub const MAX_OPTION_LEN: usize = 64;
 /// The option keys a spawn knows (`node=` is the placement's, on a
 /// storage node of a grid; the cpu node never sees it).
-const KEYS: [&str; 8] = [
-    "memory", "pids", "cpu", "net", "publish", "userns", "agent", "node",
+const KEYS: [&str; 9] = [
+    "memory", "pids", "cpu", "net", "publish", "userns", "agent", "idle", "node",
 ];
 
 /// The form of a spawn's option words, checked where they arrive (the
@@ -106,12 +109,14 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
     let (mut network, mut publish) = (Network::Private, Vec::new());
     let mut rootless = config.userns;
     let mut agent = false;
+    let mut idle = config.idle_suspend;
     for w in words {
         let w = w.as_str();
         let bad = || {
             GridError::refused(format!(
                 "bad option {w:?}: use memory=SIZE (K/M/G, at least 4M), pids=N, cpu=WEIGHT (1-10000), \
-                 net=private|host|none, publish=PORT (1-65535), userns=yes|no or agent=yes|no"
+                 net=private|host|none, publish=PORT (1-65535), userns=yes|no, agent=yes|no \
+                 or idle=DURATION (at least 1s) or idle=never"
             ))
         };
         let (key, value) = w.split_once('=').ok_or_else(bad)?;
@@ -146,6 +151,17 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
                     "yes" => true,
                     "no" => false,
                     _ => return Err(bad()),
+                }
+            }
+            "idle" => {
+                idle = match value {
+                    "never" => None,
+                    _ => Some(
+                        units::parse_duration(value)
+                            .ok()
+                            .filter(|d| *d >= crate::idle::MIN_IDLE)
+                            .ok_or_else(bad)?,
+                    ),
                 }
             }
             "publish" => {
@@ -194,6 +210,7 @@ pub fn parse(config: &CpuConfig, words: &[String]) -> GridResult<SpawnOptions> {
         rootless,
         publish,
         agent,
+        idle,
     })
 }
 
@@ -269,5 +286,30 @@ mod tests {
             "{err}"
         );
         check_form(&["memory=1G", "pids=10", "publish=80", "publish=443"]).unwrap();
+    }
+
+    #[test]
+    fn idle_is_the_nodes_unless_the_spawn_says() {
+        let config = CpuConfig {
+            idle_suspend: Some(std::time::Duration::from_secs(600)),
+            ..CpuConfig::default()
+        };
+        let idle_with = |config: &CpuConfig, w: &str| parse(config, &words(w)).map(|o| o.idle);
+        let idle = |w: &str| idle_with(&config, w);
+        assert_eq!(idle("").unwrap(), config.idle_suspend);
+        assert_eq!(
+            idle("idle=2s").unwrap(),
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(idle("idle=never").unwrap(), None);
+        for bad in ["idle=0", "idle=500ms", "idle=soon"] {
+            let err = idle(bad).expect_err(bad).to_string();
+            assert!(err.contains("idle=DURATION (at least 1s)"), "{bad}: {err}");
+        }
+        let never = CpuConfig {
+            idle_suspend: None,
+            ..CpuConfig::default()
+        };
+        assert_eq!(idle_with(&never, "").unwrap(), None);
     }
 }

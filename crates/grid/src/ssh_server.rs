@@ -163,12 +163,17 @@ impl AsyncWrite for QuickAcks {
 }
 
 /// Serves SSH on `listener` until `shutdown` resolves, then disconnects
-/// every session with `reason`. `handler` makes each connection's handler
+/// every session with `reason`; the listener stays its owner's (an
+/// environment's login port outlives a suspend). `first`, if given, is a
+/// connection already accepted on it (the one that woke an environment),
+/// served before any other. `handler` makes each connection's handler
 /// from the peer's address and its [`LoggingIn`] place; `refused` is told
 /// of each connection closed unanswered because too many were logging in
 /// (for the node's metrics: the log holds only a budget of them).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<H>(
-    listener: TcpListener,
+    listener: &TcpListener,
+    mut first: Option<(tokio::net::TcpStream, SocketAddr)>,
     config: Arc<Config>,
     grace: Duration,
     mut handler: impl FnMut(SocketAddr, LoggingIn) -> H,
@@ -184,9 +189,12 @@ pub async fn serve<H>(
     let (stop, _) = tokio::sync::broadcast::channel::<String>(1);
     tokio::pin!(shutdown);
     loop {
-        let (socket, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = link::listener::accept(&listener, "SSH") => accepted,
+        let (socket, peer) = match first.take() {
+            Some(accepted) => accepted,
+            None => tokio::select! {
+                () = &mut shutdown => break,
+                accepted = link::listener::accept(listener, "SSH") => accepted,
+            },
         };
         let Some(place) = logging_in.take(MAX_LOGGING_IN) else {
             refused();

@@ -247,6 +247,12 @@ pub const SETTINGS: &[Setting] = &[
         "(cpu) How long after a start its reads are recorded as its root's working set (0: not recorded)",
     ),
     setting(
+        "idle-suspend",
+        Kind::Duration,
+        Some("30m"),
+        "How long an environment may be idle (no login, under 2% of a core) before it is suspended to a resume point until the next login; 0: never (a spawn may say idle=DURATION|never)",
+    ),
+    setting(
         "env-ports",
         Kind::Ports,
         Some("20001-20100"),
@@ -694,6 +700,7 @@ impl Config {
             userns: !s.switch("rootful")?,
             allow_rootful: s.switch("allow-rootful")?,
             working_set_window: s.duration("working-set-window")?,
+            idle_suspend: Some(s.duration("idle-suspend")?).filter(|d| !d.is_zero()),
             ..CpuConfig::default()
         };
         if let Some(host) = s.text("public-host") {

@@ -657,7 +657,7 @@ fn start_cpu(
         bail!("a cpu node needs at least one storage=NAME=ADDRESS to run environments for");
     }
     let cache = venti::BlockCache::open(&state.root.join("blockcache"), config.block_cache)?;
-    let envs = Arc::new(cpu::Environments::new(state, config.cpu.clone())?);
+    let envs = cpu::Environments::new(state, config.cpu.clone())?;
     let agent = cpu::agent::Agent::new(envs.clone(), link.clone(), cache, config.block_wait);
     runtime.block_on(async {
         for s in config.storage {

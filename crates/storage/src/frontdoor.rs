@@ -37,7 +37,8 @@ pub async fn serve(
         channels: HashMap::new(),
     };
     grid::ssh_server::serve(
-        listener,
+        &listener,
+        None,
         server_config(key),
         login_grace,
         new_connection,

@@ -619,6 +619,7 @@ impl Node {
         config: cpu::CpuConfig,
     ) -> GridResult<Node> {
         let envs = cpu::Environments::new(state.clone(), config)?;
+        envs.provide_store("", store.clone());
         let users = state.users();
         let cpus = Arc::new(local::LocalCpus { envs, store, users });
         Ok(Node::new(state, cpus))

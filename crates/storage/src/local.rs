@@ -12,7 +12,7 @@ use grid::error::GridResult;
 use grid::users::Users;
 
 pub struct LocalCpus {
-    pub envs: Environments,
+    pub envs: Arc<Environments>,
     pub store: Arc<dyn BlockStore>,
     pub users: Users,
 }
@@ -23,6 +23,7 @@ impl Cpus for LocalCpus {
             spawn,
             keys: OwnerKeys::Registry(self.users.clone()),
             store: self.store.clone(),
+            placed_by: "",
             // Only a node that reads through from peers fetches blocks.
             fetched_note: Some(|n| {
                 format!(

@@ -42,6 +42,7 @@ pub enum EnvState {
 impl EnvState {
     pub fn word(&self) -> &'static str {
         match self {
+            EnvState::Running(s) if s.suspended_secs.is_some() => "suspended",
             EnvState::Running(_) => "running",
             EnvState::Starting => "starting",
             EnvState::Lost { .. } => "lost",
@@ -120,6 +121,7 @@ mod tests {
             network: "net private, rootless".into(),
             root_now: Score::of(b"now"),
             note: None,
+            suspended_secs: None,
         }
     }
 

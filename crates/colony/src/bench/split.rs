@@ -133,7 +133,7 @@ pub fn run(tree: Option<&Path>, runs: usize, rtts_ms: &[u64], options: &str) -> 
         let cpu_state = StateDir::open(dir.join(format!("c{i}")))?;
         let cache = BlockCache::open(&cpu_state.root.join("blockcache"), 4 << 30)?;
         let first_port = 25001 + i as u16 * 200;
-        let envs = Arc::new(Environments::new(
+        let envs = Environments::new(
             cpu_state,
             CpuConfig {
                 public_host: "127.0.0.1".into(),
@@ -144,7 +144,7 @@ pub fn run(tree: Option<&Path>, runs: usize, rtts_ms: &[u64], options: &str) -> 
                 spawn_max: slots,
                 ..CpuConfig::default()
             },
-        )?);
+        )?;
         let agent = Agent::new(
             envs.clone(),
             cpu_link.clone(),

@@ -8,6 +8,7 @@
 mod common;
 
 mod env_forwards;
+mod env_idle;
 mod env_tools;
 mod garage;
 mod grid_links;

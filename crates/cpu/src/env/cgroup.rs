@@ -157,6 +157,13 @@ impl Cgroups {
                 .max(2)
                 .to_string(),
         )?;
+        // CPU time used, to tell an idle environment from a busy one: in
+        // the cpu group where cpuacct is mounted with it, else in a group
+        // of its own.
+        let cpuacct = Path::new(ROOT).join("cpuacct");
+        if !cpu.join("cpuacct.usage").exists() && cpuacct.join("cpuacct.usage").exists() {
+            make("cpuacct")?;
+        }
         Ok(Cgroups { dirs })
     }
 
@@ -212,6 +219,26 @@ impl Cgroups {
                 tracing::warn!(cgroup = %dir.display(), error = %e, "could not remove the environment's cgroup");
             }
         }
+    }
+
+    /// The CPU time the groups' processes have used, if the kernel counts it.
+    pub fn cpu_used(&self) -> Option<std::time::Duration> {
+        for dir in &self.dirs {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+                return text
+                    .trim()
+                    .parse()
+                    .ok()
+                    .map(std::time::Duration::from_nanos);
+            }
+            if let Ok(text) = std::fs::read_to_string(dir.join("cpu.stat")) {
+                let usage = text.lines().find_map(|l| l.strip_prefix("usage_usec "));
+                if let Some(us) = usage {
+                    return us.trim().parse().ok().map(std::time::Duration::from_micros);
+                }
+            }
+        }
+        None
     }
 
     /// Whether the memory group has OOM-killed anything (v1 and v2).

@@ -281,6 +281,11 @@ impl Environment {
         procs
     }
 
+    /// The CPU time its processes (and its network helper) have used.
+    pub fn cpu_used(&self) -> Option<Duration> {
+        self.cgroups.cpu_used()
+    }
+
     /// How many times the memory limit killed something.
     pub fn oom_kills(&self) -> u64 {
         self.cgroups.oom_kills()

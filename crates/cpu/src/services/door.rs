@@ -49,16 +49,24 @@ pub struct Door {
     /// The one-time key of the storage node's `run` that started it, which
     /// logs in as the owner too.
     pub run_key: Option<ssh_key::PublicKey>,
+    /// Its open logins, which keep it from being suspended.
+    pub activity: Arc<crate::idle::Activity>,
+    /// What the login banner says, if anything (after a wake: that the
+    /// processes started fresh).
+    pub banner: Option<String>,
 }
 
-/// Serves the door on `listener` until `stop` resolves.
+/// Serves the door on `listener` (first `woken_by`, a connection already
+/// accepted on it) until `stop` resolves.
 pub async fn serve(
     door: Arc<Door>,
-    listener: tokio::net::TcpListener,
+    listener: Arc<tokio::net::TcpListener>,
+    woken_by: Option<(tokio::net::TcpStream, std::net::SocketAddr)>,
     key: PrivateKey,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let new_conn = |_peer, logging_in| Conn {
+        _present: door.activity.enter(),
         door: door.clone(),
         logging_in,
         channels: HashMap::new(),
@@ -70,7 +78,8 @@ pub async fn serve(
         let _ = stop.await;
     };
     grid::ssh_server::serve(
-        listener,
+        &listener,
+        woken_by,
         grid::ssh::server_config(key),
         grid::ssh_server::LOGIN_GRACE,
         new_conn,
@@ -170,6 +179,8 @@ fn feeder(mut to: File) -> Feeder {
 
 struct Conn {
     door: Arc<Door>,
+    /// Counted as a login while the connection lives.
+    _present: crate::idle::Present,
     logging_in: grid::ssh_server::LoggingIn,
     channels: HashMap<ChannelId, Chan>,
     /// A key was offered and refused (logged when the connection goes,
@@ -569,6 +580,10 @@ impl Conn {
 
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
+
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(self.door.banner.clone())
+    }
 
     async fn auth_publickey_offered(
         &mut self,

@@ -1,0 +1,567 @@
+//! Suspending idle environments and waking them at the next login (what
+//! counts as idle, and the record kept of a suspended one: [`crate::idle`]).
+//!
+//! A suspend goes in an order that loses nothing: the login stops taking
+//! connections (its port stays bound, so a login that comes now waits in
+//! the port's queue); the tree is saved, its blocks durable, and only then
+//! is the record written that names it as the resume point; only then do
+//! the processes end; what they wrote meanwhile is saved again; then the
+//! mount, cache and network go. A waker task holds the port: the first
+//! connection respawns the environment from its resume point on the same
+//! port and is served by its new login, as are those queued behind it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fossil::{CacheConfig, Fs};
+use grid::error::{GridError, GridResult};
+use tokio::io::AsyncWriteExt as _;
+use venti::Score;
+
+use crate::{Env, Environments, Launch, LoginPort, OwnerKeys, Starting, end_env, fs_error, idle};
+
+/// What a login to a woken environment is told first.
+const WOKE_BANNER: &str = "colony: this environment was suspended while idle and woke for a login: its files are as they were, its processes started afresh.\r\n";
+
+/// The cache of a suspended environment's tree opened to change it
+/// (`invite` of a suspended environment).
+const EDIT_CACHE: u64 = 16 << 20;
+
+/// A suspended environment, or one being suspended.
+pub(crate) struct Sleeper {
+    pub(crate) record: idle::Record,
+    /// Its processes and mount are still ending: it wakes only after.
+    suspending: bool,
+    /// A boom came while it was being suspended: it is forgotten when the
+    /// suspend ends.
+    boomed: bool,
+    /// Its login port, bound (none if it could not be bound again after
+    /// a restart).
+    listener: Option<Arc<tokio::net::TcpListener>>,
+    /// Ends the task that waits on the port for the login that wakes it.
+    waker: Option<tokio::sync::oneshot::Sender<()>>,
+    keys: OwnerKeys,
+    fetched_note: Option<fn(u64) -> String>,
+}
+
+type Key = (String, String);
+
+/// Looks for idle environments four times a second until `envs` goes.
+pub(crate) fn watch(envs: &Arc<Environments>) {
+    let me = Arc::downgrade(envs);
+    let spawned = std::thread::Builder::new()
+        .name("idle-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                let Some(envs) = me.upgrade() else { return };
+                for key in envs.idle_ones(Instant::now()) {
+                    let envs = envs.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("suspend".into())
+                        .spawn(move || envs.suspend(&key));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the idle watch: no environment will be suspended");
+    }
+}
+
+impl Environments {
+    pub(crate) fn sleepers(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Sleeper>> {
+        self.sleepers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn records_dir(&self) -> std::path::PathBuf {
+        idle::records_dir(&self.state)
+    }
+
+    /// The environments that have been idle for their idle time (each is
+    /// looked at no more often than its idle time asks).
+    fn idle_ones(&self, now: Instant) -> Vec<Key> {
+        let mut due = Vec::new();
+        for (key, e) in self.envs().iter_mut() {
+            if !e.may_sleep() || now < e.next_look {
+                continue;
+            }
+            let (Some(limit), Some(door)) = (e.idle, e.door.as_ref()) else {
+                continue;
+            };
+            e.next_look = now + idle::look_every(limit);
+            let cpu = e.environment.as_ref().and_then(|x| x.cpu_used());
+            let (open, left) = (door.activity.open(), door.activity.last_left());
+            if e.clock.look(open, left, cpu, now) >= limit {
+                due.push(key.clone());
+            }
+        }
+        due
+    }
+
+    /// The record that would keep `e` suspended with `resume`.
+    fn record_of(&self, user: &str, name: &str, e: &Env, resume: Score) -> idle::Record {
+        idle::Record {
+            user: user.to_string(),
+            name: name.to_string(),
+            root: e.root,
+            resume,
+            options: e.options.clone(),
+            disk: e.disk.is_some(),
+            keys: e.keys.to_lines(),
+            port: e.port,
+            since: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            placed_by: e.placed_by.clone(),
+        }
+    }
+
+    /// Suspends (user, name), if it still runs; see the module's comment
+    /// for the order. A suspend that cannot save leaves it running.
+    pub(crate) fn suspend(&self, key: &Key) {
+        let (user, name) = (key.0.as_str(), key.1.as_str());
+        let started = Instant::now();
+        let mut e = {
+            let mut envs = self.envs();
+            let _starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sleepers = self.sleepers();
+            let Some(e) = envs.remove(key) else { return };
+            sleepers.insert(
+                key.clone(),
+                Sleeper {
+                    record: self.record_of(user, name, &e, e.fs.root_score()),
+                    suspending: true,
+                    boomed: false,
+                    listener: e.listener.clone(),
+                    waker: None,
+                    keys: e.keys.clone(),
+                    fetched_note: e.fetched_note,
+                },
+            );
+            e
+        };
+        self.close_door(&mut e);
+        let saved = self.save_resume_point(user, name, &e);
+        let record = match saved {
+            Ok(record) => {
+                tracing::info!(user, env = name, resume = %record.resume, ms = started.elapsed().as_millis() as u64, "suspending an idle environment: its resume point is kept, its processes end");
+                record
+            }
+            Err(why) => {
+                tracing::warn!(user, env = name, why = %why, "could not suspend an idle environment; it runs on");
+                return self.undo_suspend(key, e);
+            }
+        };
+        // Kept: the processes end, and what they wrote meanwhile is kept too.
+        if let Some(environment) = e.environment.take() {
+            environment.stop();
+        }
+        let mut record = record;
+        match e.fs.save() {
+            Ok(last) if last.score != record.resume => {
+                let later = idle::Record {
+                    resume: last.score,
+                    ..record.clone()
+                };
+                match idle::keep(&self.records_dir(), &later) {
+                    Ok(()) => record = later,
+                    Err(err) => {
+                        tracing::warn!(user, env = name, error = %err, "the last writes before a suspend were not kept")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(user, env = name, error = %err, "the last writes before a suspend were not kept")
+            }
+        }
+        let changed = e.fs.usage().dirty_blocks as u64 * e.fs.block_size() as u64;
+        end_env(user, name, e);
+        let mut sleepers = self.sleepers();
+        let Some(sleeper) = sleepers.get_mut(key) else {
+            return;
+        };
+        if sleeper.boomed {
+            sleepers.remove(key);
+            idle::drop_record(&self.records_dir(), user, name);
+            tracing::info!(
+                user,
+                env = name,
+                "environment ended (boomed while it was being suspended)"
+            );
+            return;
+        }
+        sleeper.record = record;
+        sleeper.suspending = false;
+        sleeper.waker = sleeper.listener.clone().map(|l| self.start_waker(key, l));
+        tracing::info!(
+            user,
+            env = name,
+            resume = %sleeper.record.resume,
+            changed_bytes = changed,
+            ms = started.elapsed().as_millis() as u64,
+            "suspended an idle environment"
+        );
+    }
+
+    /// Stops the login's listener taking connections (the port stays bound
+    /// by the environment) and waits for its task to end.
+    fn close_door(&self, e: &mut Env) {
+        if let Some(stop) = e.door_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = e.door_task.take() {
+            let _ = self
+                .runtime()
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+        }
+    }
+
+    /// Saves `e`'s tree (its blocks durable) and records it as the resume
+    /// point; refuses if a login came meanwhile.
+    fn save_resume_point(&self, user: &str, name: &str, e: &Env) -> Result<idle::Record, String> {
+        if e.door.as_ref().is_some_and(|d| d.activity.open() > 0) {
+            return Err("a login came as it was being suspended".into());
+        }
+        let saved = e.fs.save().map_err(|err| format!("saving: {err}"))?;
+        let record = self.record_of(user, name, e, saved.score);
+        idle::keep(&self.records_dir(), &record)
+            .map_err(|err| format!("keeping its record: {err}"))?;
+        Ok(record)
+    }
+
+    /// Puts `e` back as it was: running, its login open again.
+    fn undo_suspend(&self, key: &Key, mut e: Env) {
+        let boomed = self.sleepers().remove(key).is_some_and(|s| s.boomed);
+        if boomed {
+            return end_env(&key.0, &key.1, e);
+        }
+        e.clock.reset(Instant::now());
+        if let Some(door) = e.door.clone() {
+            self.serve_door(&mut e, door, None);
+        }
+        self.envs().insert(key.clone(), e);
+    }
+
+    /// Waits on a suspended environment's port for the login that wakes it.
+    fn start_waker(
+        &self,
+        key: &Key,
+        listener: Arc<tokio::net::TcpListener>,
+    ) -> tokio::sync::oneshot::Sender<()> {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let (me, key) = (self.me.clone(), key.clone());
+        self.runtime().spawn(async move {
+            let woken_by = tokio::select! {
+                _ = &mut stopped => return,
+                accepted = link::listener::accept(&listener, "SSH") => accepted,
+            };
+            let Some(envs) = me.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || envs.wake(&key, listener, woken_by)).await;
+        });
+        stop
+    }
+
+    /// Respawns (user, name) from its resume point on its kept port and
+    /// serves `woken_by` there. If it cannot, the login is told why and the
+    /// environment stays suspended.
+    fn wake(
+        &self,
+        key: &Key,
+        listener: Arc<tokio::net::TcpListener>,
+        woken_by: (tokio::net::TcpStream, std::net::SocketAddr),
+    ) {
+        let (user, name) = (key.0.as_str(), key.1.as_str());
+        let started = Instant::now();
+        let sleeper = match self.take_sleeper(key, true) {
+            Ok(sleeper) => sleeper,
+            Err(Some(why)) => {
+                self.runtime().spawn(refuse_login(woken_by.0, why));
+                return;
+            }
+            Err(None) => return,
+        };
+        let _starting = Starting(&self.starting, key.clone());
+        let record = sleeper.record.clone();
+        let woke = (|| {
+            let store = self.store_of(&record.placed_by).ok_or_else(|| {
+                GridError::failed(format!(
+                    "the store of storage node {:?} is not reachable yet",
+                    record.placed_by
+                ))
+            })?;
+            let options = crate::options::parse(&self.config, &record.options)?;
+            self.make_env(Launch {
+                user,
+                name,
+                root: record.root,
+                from: record.resume,
+                disk: record.disk,
+                words: record.options.clone(),
+                options,
+                keys: sleeper.keys.clone(),
+                run_key: None,
+                store,
+                fetched_note: sleeper.fetched_note,
+                placed_by: &record.placed_by,
+                port: LoginPort::Kept {
+                    listener: listener.clone(),
+                    port: record.port,
+                    woken_by,
+                },
+                banner: Some(WOKE_BANNER.to_string()),
+            })
+        })();
+        match woke {
+            Ok(_) => {
+                idle::drop_record(&self.records_dir(), user, name);
+                if let Some(stop) = sleeper.waker {
+                    let _ = stop.send(());
+                }
+                tracing::info!(user, env = name, resume = %record.resume, ms = started.elapsed().as_millis() as u64, "woke a suspended environment for a login");
+            }
+            Err(why) => {
+                tracing::error!(user, env = name, error = %why, "could not wake a suspended environment; it stays suspended");
+                let mut sleeper = sleeper;
+                sleeper.waker = Some(self.start_waker(key, listener));
+                self.sleepers().insert(key.clone(), sleeper);
+            }
+        }
+    }
+
+    /// Takes a suspended environment out (marked as starting: counted, and
+    /// held against a spawn of the same name) for a wake or an edit; waits
+    /// while another has it. Err(None) if there is none; Err(why) if
+    /// (`for_wake`) the node already runs as many as it may.
+    fn take_sleeper(&self, key: &Key, for_wake: bool) -> Result<Sleeper, Option<String>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            {
+                let envs = self.envs();
+                let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+                let mut sleepers = self.sleepers();
+                let busy =
+                    starting.contains(key) || sleepers.get(key).is_some_and(|s| s.suspending);
+                if !busy {
+                    let full = envs.len() + starting.len() >= self.config.spawn_max;
+                    if for_wake && full && sleepers.contains_key(key) {
+                        let why = format!(
+                            "{} cannot wake now: this node runs as many environments as it may ({}); try again later",
+                            key.1, self.config.spawn_max
+                        );
+                        tracing::warn!(
+                            user = key.0,
+                            env = key.1,
+                            "a login to a suspended environment was refused: the node is full"
+                        );
+                        return Err(Some(why));
+                    }
+                    let sleeper = sleepers.remove(key).ok_or(None)?;
+                    starting.insert(key.clone());
+                    return Ok(sleeper);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Changes a suspended environment's tree with `change` and makes the
+    /// result its resume point, which is returned (`save`: no change).
+    pub(crate) fn edit_suspended(
+        &self,
+        user: &str,
+        name: &str,
+        change: impl FnOnce(&Fs) -> GridResult<()>,
+    ) -> GridResult<Score> {
+        let key = (user.to_string(), name.to_string());
+        let not_running = || GridError::refused(format!("{name} is not running for {user}"));
+        let Ok(mut sleeper) = self.take_sleeper(&key, false) else {
+            return Err(not_running());
+        };
+        let edited = (|| {
+            let store = self.store_of(&sleeper.record.placed_by).ok_or_else(|| {
+                GridError::failed("its storage node's store is not reachable yet")
+            })?;
+            let fs = Fs::open(
+                store,
+                sleeper.record.resume,
+                CacheConfig::Memory { bytes: EDIT_CACHE },
+            )
+            .map_err(fs_error)?;
+            change(&fs)?;
+            let score = fs.save().map_err(fs_error)?.score;
+            if score != sleeper.record.resume {
+                let record = idle::Record {
+                    resume: score,
+                    ..sleeper.record.clone()
+                };
+                idle::keep(&self.records_dir(), &record)
+                    .map_err(|e| GridError::io("keeping a suspended environment's record", e))?;
+                sleeper.record = record;
+            }
+            Ok(score)
+        })();
+        // Back as it was (its waker still waits on the port).
+        let _starting = Starting(&self.starting, key.clone());
+        self.sleepers().insert(key.clone(), sleeper);
+        edited
+    }
+
+    /// Forgets a suspended environment (its resume point is left to the
+    /// collector); false if there is none.
+    pub(crate) fn forget_suspended(&self, user: &str, name: &str) -> bool {
+        let key = (user.to_string(), name.to_string());
+        let mut sleepers = self.sleepers();
+        let Some(sleeper) = sleepers.get_mut(&key) else {
+            return false;
+        };
+        if sleeper.suspending {
+            sleeper.boomed = true;
+            return true;
+        }
+        let sleeper = sleepers.remove(&key).expect("just seen");
+        drop(sleepers);
+        if let Some(stop) = sleeper.waker {
+            let _ = stop.send(());
+        }
+        idle::drop_record(&self.records_dir(), user, name);
+        tracing::info!(user, env = name, resume = %sleeper.record.resume, "a suspended environment was boomed");
+        true
+    }
+
+    /// `user`'s suspended environments (those in `only`) as `status` tells them.
+    pub(crate) fn suspended_status(
+        &self,
+        user: &str,
+        only: Option<&[String]>,
+    ) -> Vec<control::EnvStatus> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.sleepers()
+            .iter()
+            .filter(|((u, n), _)| u == user && only.is_none_or(|o| o.contains(n)))
+            .map(|((_, name), s)| {
+                let r = &s.record;
+                let network = match crate::options::parse(&self.config, &r.options) {
+                    Ok(o) => self.network_text(&o.network, o.rootless, &[]),
+                    Err(_) => "net as spawned".to_string(),
+                };
+                let note = if s.suspending {
+                    "being suspended (idle)".to_string()
+                } else if s.listener.is_none() {
+                    format!("suspended, but its login port {} could not be bound again: boom it, or save it", r.port)
+                } else {
+                    "suspended while idle: its processes ended; the next login wakes it (files as they were, processes started afresh)".to_string()
+                };
+                control::EnvStatus {
+                    name: name.clone(),
+                    spawned_from: name.clone(),
+                    root: r.root,
+                    cache_kind: if r.disk { "disk" } else { "ram" }.into(),
+                    cache_bytes: 0,
+                    changed_bytes: 0,
+                    login: format!("ssh -p {} {user}@{}", r.port, self.config.public_host),
+                    uptime_secs: 0,
+                    processes: 0,
+                    network,
+                    root_now: r.resume,
+                    note: Some(note),
+                    suspended_secs: Some(now.saturating_sub(r.since)),
+                }
+            })
+            .collect()
+    }
+
+    /// The suspended environments, as [`Environments::running`] lists them.
+    pub(crate) fn sleeping(&self) -> Vec<crate::Running> {
+        self.sleepers()
+            .iter()
+            .map(|((user, name), s)| crate::Running {
+                user: user.clone(),
+                name: name.clone(),
+                root: s.record.root,
+                login: format!(
+                    "ssh -p {} {user}@{}",
+                    s.record.port, self.config.public_host
+                ),
+                placed_by: s.record.placed_by.clone(),
+                suspended: true,
+            })
+            .collect()
+    }
+
+    /// Stops listening for the suspended (node shutdown): their records
+    /// stay, and the next start listens again.
+    pub(crate) fn close_sleepers(&self) {
+        for s in self.sleepers().values_mut() {
+            if let Some(stop) = s.waker.take() {
+                let _ = stop.send(());
+            }
+            s.listener = None;
+        }
+    }
+
+    /// Listens again for the suspended environments the node's state
+    /// records (a restart).
+    pub(crate) fn restore_sleepers(&self) {
+        for record in idle::all(&self.records_dir()) {
+            let key = (record.user.clone(), record.name.clone());
+            let keys = match &record.keys {
+                None => OwnerKeys::Registry(self.state.users()),
+                Some(lines) => match OwnerKeys::parse(lines) {
+                    Ok(keys) => keys,
+                    Err(e) => {
+                        tracing::warn!(user = record.user, env = record.name, error = %e, "a suspended environment's record ignored");
+                        continue;
+                    }
+                },
+            };
+            let listener =
+                std::net::TcpListener::bind((self.config.env_listen.as_str(), record.port))
+                    .map_err(|e| e.to_string())
+                    .and_then(|l| self.adopt_listener(l).map_err(|e| e.to_string()));
+            let listener = match listener {
+                Ok(l) => Some(l),
+                Err(why) => {
+                    tracing::warn!(
+                        user = record.user,
+                        env = record.name,
+                        port = record.port,
+                        why,
+                        "a suspended environment's login port could not be bound again"
+                    );
+                    None
+                }
+            };
+            let waker = listener.clone().map(|l| self.start_waker(&key, l));
+            tracing::info!(user = record.user, env = record.name, port = record.port, resume = %record.resume, "a suspended environment listens again");
+            self.sleepers().insert(
+                key,
+                Sleeper {
+                    record,
+                    suspending: false,
+                    boomed: false,
+                    listener,
+                    waker,
+                    keys,
+                    fetched_note: None,
+                },
+            );
+        }
+    }
+}
+
+/// Tells a login that came while the node could not wake its environment
+/// why, before the SSH version exchange (a client shows lines it gets
+/// there when the connection then closes).
+async fn refuse_login(mut socket: tokio::net::TcpStream, why: String) {
+    let _ = socket
+        .write_all(format!("colony: {why}\r\n").as_bytes())
+        .await;
+    let _ = socket.shutdown().await;
+}
