@@ -86,12 +86,20 @@ impl Agent {
         cache: Arc<BlockCache>,
         patience: Duration,
     ) -> Arc<Agent> {
+        // The suspended environments a restarted node listens for again
+        // are still those of the storage nodes that placed them.
+        let placed_by = envs
+            .running()
+            .into_iter()
+            .filter(|r| r.suspended && !r.placed_by.is_empty())
+            .map(|r| ((r.user, r.name), r.placed_by))
+            .collect();
         Arc::new(Agent {
             envs,
             link,
             cache,
             patience,
-            placed_by: Mutex::default(),
+            placed_by: Mutex::new(placed_by),
             stores: Mutex::default(),
             links: Mutex::default(),
         })
@@ -426,6 +434,21 @@ impl Agent {
                 Err(_) => return Err("no welcome within 10s".into()),
             };
         tracing::info!(storage = %storage.name, venti = %venti, "linked to storage node");
+        // Suspended environments it placed wake from its store: have it
+        // ready before a login comes (after a restart, no spawn may come).
+        if self
+            .envs
+            .running()
+            .iter()
+            .any(|r| r.suspended && r.placed_by == storage.name)
+        {
+            let (agent, name, venti) = (self.clone(), storage.name.clone(), venti.clone());
+            let ready =
+                tokio::task::spawn_blocking(move || agent.store(&name, &venti).map(drop)).await;
+            if let Ok(Err(e)) = ready {
+                tracing::warn!(storage = %storage.name, error = %e, "suspended environments cannot wake yet");
+            }
+        }
         let (out, outgoing) = mpsc::unbounded_channel::<Frame>();
         let _ = out.send(self.load());
         self.links

@@ -19,6 +19,9 @@
 //! * a cpu node serves two replicating storage nodes, each of which sees
 //!   and commands only what it placed, and a root saved through one spawns
 //!   through the other.
+//! * an idle environment is suspended on its cpu node and woken there by
+//!   a login, and stays its storage node's through a kill -9 and restart
+//!   of the cpu node.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -1989,4 +1992,56 @@ fn a_roots_working_set_is_kept_replicated_and_fetched_ahead_on_a_cold_start() {
         g.c1.log_has("a working-set list ignored")
     });
     g.door_ok("alice", &["boom", "ws"]);
+}
+
+/// alice's `status` line for `name` through s1.
+fn split_status_line(g: &Split, name: &str) -> String {
+    g.door_ok("alice", &["status"])
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}\t")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An idle environment on a cpu node is suspended there and shows so
+/// through the storage node; a login wakes it on the same cpu node and
+/// port; after a kill -9 and restart of the cpu node, it listens again, is
+/// still the storage node's, wakes whole and saves through the front door.
+#[test]
+fn an_idle_environment_on_a_cpu_node_sleeps_wakes_and_outlives_its_restart() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::new(&[], &[]);
+    let root = busybox_root(g.tmp.path(), "sleepy\n");
+    g.import("nap", &root);
+    g.start_s1();
+    g.start_cpu(1);
+    g.start_cpu(2);
+    g.wait_links(2);
+    let nap = g.door_ok("alice", &["spawn", "nap", "node=c1", "idle=1s"]);
+    g.in_env_ok("alice", &nap, "echo written > /root/note");
+    let suspended = |g: &Split| split_status_line(g, "nap").contains("\tsuspended ");
+    wait_for(20, "nap suspended on c1", || suspended(&g));
+    assert!(
+        split_status_line(&g, "nap").contains(&format!("@{}", g.hosts.addrs[1])),
+        "{}",
+        split_status_line(&g, "nap")
+    );
+    assert_eq!(g.in_env_ok("alice", &nap, "cat /root/note"), "written\n");
+    assert!(!suspended(&g));
+    wait_for(20, "nap suspended again", || suspended(&g));
+
+    g.c1.kill9();
+    let links = g.s1.log_count("cpu node linked");
+    g.start_cpu(1);
+    wait_for(20, "c1 back", || g.s1.log_count("cpu node linked") > links);
+    assert!(g.c1.log_has("a suspended environment listens again"));
+    wait_for(10, "nap suspended after c1's restart", || suspended(&g));
+    // Saved while asleep: its resume point, bound as a name on s1.
+    g.door_ok("alice", &["save", "nap", "napped"]);
+    let napped = g.root_of("napped").expect("napped bound on s1");
+    assert!(g.read_tree(&napped).unwrap().contains("root/note"));
+    assert_eq!(g.in_env_ok("alice", &nap, "cat /root/note"), "written\n");
+    assert_eq!(g.door_ok("alice", &["boom", "nap"]), "nap BOOMed\n");
 }
