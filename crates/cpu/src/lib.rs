@@ -217,13 +217,16 @@ struct Env {
 }
 
 impl Env {
-    /// Whether it may be suspended: runs (a job's one-time login) end by
-    /// themselves, and a published port is reached without a login, so
-    /// nothing would wake it.
+    /// Whether it can be suspended at all: runs (a job's one-time login)
+    /// end by themselves, and a published port is reached without a
+    /// login, so nothing would wake it.
+    fn can_sleep(&self) -> bool {
+        self.published.is_empty() && self.door.as_ref().is_some_and(|d| d.run_key.is_none())
+    }
+
+    /// Whether it is suspended once idle for its idle time.
     fn may_sleep(&self) -> bool {
-        self.idle.is_some()
-            && self.published.is_empty()
-            && self.door.as_ref().is_some_and(|d| d.run_key.is_none())
+        self.idle.is_some() && self.can_sleep()
     }
 }
 
@@ -264,7 +267,8 @@ pub struct Running {
     pub login: String,
     /// The storage node that placed it (empty on a single node).
     pub placed_by: String,
-    /// Suspended: it holds only its login port until the next login.
+    /// Suspended (not still being suspended): it holds only its login
+    /// port until the next login.
     pub suspended: bool,
 }
 
@@ -916,6 +920,17 @@ impl Environments {
         let envs = self.envs();
         let starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
         (envs.len(), starting.len())
+    }
+
+    /// The memory the live environments' processes use now (their groups'
+    /// figures; the node's own share, such as their file systems' caches,
+    /// is the node process's).
+    pub fn memory_used(&self) -> u64 {
+        self.envs()
+            .values()
+            .filter_map(|e| e.environment.as_ref())
+            .map(|e| e.memory_used())
+            .sum()
     }
 
     /// Number of live environments.

@@ -178,6 +178,13 @@ impl Environments {
         }
         let changed = e.fs.usage().dirty_blocks as u64 * e.fs.block_size() as u64;
         end_env(user, name, e);
+        // Its cache and buffers were freed; hand the memory back to the
+        // host rather than keep it in the allocator's free lists.
+        // SAFETY: malloc_trim only releases free memory.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let mut sleepers = self.sleepers();
         let Some(sleeper) = sleepers.get_mut(key) else {
             return;
@@ -203,6 +210,31 @@ impl Environments {
             ms = started.elapsed().as_millis() as u64,
             "suspended an idle environment"
         );
+    }
+
+    /// Suspends (user, name) now, idle or not (a benchmark measures a
+    /// suspend so); refused while a login is open, and for what may never
+    /// sleep (a run, an environment with published ports).
+    pub fn suspend_now(&self, user: &str, name: &str) -> GridResult<()> {
+        let key = (user.to_string(), name.to_string());
+        {
+            let envs = self.envs();
+            let e = envs
+                .get(&key)
+                .ok_or_else(|| GridError::refused(format!("{name} is not running for {user}")))?;
+            if !e.can_sleep() {
+                return Err(GridError::refused(format!(
+                    "{name} cannot be suspended: it runs a job or publishes ports"
+                )));
+            }
+        }
+        self.suspend(&key);
+        match self.sleepers().get(&key) {
+            Some(s) if !s.suspending => Ok(()),
+            _ => Err(GridError::failed(format!(
+                "{name} was not suspended (a login was open, or its save failed: see the node's log)"
+            ))),
+        }
     }
 
     /// Stops the login's listener taking connections (the port stays bound
@@ -490,7 +522,7 @@ impl Environments {
                     s.record.port, self.config.public_host
                 ),
                 placed_by: s.record.placed_by.clone(),
-                suspended: true,
+                suspended: !s.suspending,
             })
             .collect()
     }

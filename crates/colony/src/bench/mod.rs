@@ -10,6 +10,7 @@ mod fossil;
 pub mod garage_cluster;
 mod grid;
 mod hub;
+mod idle;
 mod import;
 mod jobs;
 mod link;
@@ -146,6 +147,20 @@ pub enum BenchCommand {
         #[arg(long)]
         no_netns: bool,
     },
+    /// idle: what idle environments cost before and after their suspend,
+    /// how long a login takes to wake one, a suspend with 10 MB changed.
+    /// Needs root.
+    Idle {
+        /// Idle environments to hold, then suspend.
+        #[arg(long, default_value_t = 100)]
+        envs: usize,
+        /// Wakes to time.
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+        /// A Debian root directory (debootstrap) to time wakes of too.
+        #[arg(long)]
+        debian: Option<std::path::PathBuf>,
+    },
     /// density: idle busybox environments on one node — memory and threads
     /// per environment — and spawns at once. Needs root.
     Density {
@@ -274,6 +289,11 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             concurrent,
             spawn_options,
         } => crate::bench::density::run(envs, concurrent, &spawn_options),
+        BenchCommand::Idle {
+            envs,
+            samples,
+            debian,
+        } => crate::bench::idle::run(envs, samples, debian),
         BenchCommand::Replicate {
             mb,
             big_mb,

@@ -281,6 +281,11 @@ impl Environment {
         procs
     }
 
+    /// The memory its processes (and its network helper) use now, in bytes.
+    pub fn memory_used(&self) -> u64 {
+        self.cgroups.memory_used()
+    }
+
     /// The CPU time its processes (and its network helper) have used.
     pub fn cpu_used(&self) -> Option<Duration> {
         self.cgroups.cpu_used()
