@@ -15,7 +15,7 @@
 use arbitrary::Unstructured;
 use colony_fuzz::{interesting_u64, ready};
 use control::{
-    Answer, CacheUse, EnvStatus, Frame, Held, MAX_FRAME, MAX_ITEMS, Refusal, Request, Spawn,
+    Answer, CacheUse, EnvStatus, Frame, Held, MAX_FRAME, MAX_ITEMS, Refusal, Request, Sleep, Spawn,
 };
 use libfuzzer_sys::fuzz_target;
 use venti::Score;
@@ -175,10 +175,12 @@ fn frame(u: &mut Unstructured) -> arbitrary::Result<Frame> {
                                 network: text(u)?,
                                 root_now: score(u)?,
                                 note: if u.arbitrary()? { Some(text(u)?) } else { None },
-                                suspended_secs: if u.arbitrary()? {
-                                    Some(interesting_u64(u)?)
-                                } else {
-                                    None
+                                sleep: match u.int_in_range(0..=2u8)? {
+                                    0 => None,
+                                    1 => Some(Sleep::Suspending),
+                                    _ => Some(Sleep::Suspended {
+                                        secs: interesting_u64(u)?,
+                                    }),
                                 },
                             })
                         })

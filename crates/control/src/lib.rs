@@ -170,25 +170,33 @@ pub struct EnvStatus {
     pub root_now: Score,
     /// A note for its owner (blocks fetched from a peer), if any.
     pub note: Option<String>,
-    /// Suspended while idle, this many seconds ago (then `root_now` is its
-    /// resume point, and it holds nothing but its login port).
-    pub suspended_secs: Option<u64>,
+    /// Suspended (or being suspended) while idle; then `root_now` is its
+    /// resume point, and it holds nothing but its login port.
+    pub sleep: Option<Sleep>,
+}
+
+/// Where a suspended environment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sleep {
+    /// Its processes and mount are still ending.
+    Suspending,
+    /// Suspended this many seconds ago.
+    Suspended { secs: u64 },
 }
 
 impl EnvStatus {
     /// The `status` line(s) a user reads.
     pub fn lines(&self) -> String {
-        if let Some(ago) = self.suspended_secs {
+        if let Some(sleep) = self.sleep {
+            let state = match sleep {
+                Sleep::Suspending => "suspending".to_string(),
+                Sleep::Suspended { secs } => {
+                    format!("suspended {}m{:02}s ago", secs / 60, secs % 60)
+                }
+            };
             let mut out = format!(
-                "{}\tfrom {} vac:{}\tsuspended {}m{:02}s ago\t{}\t{}\tresume point vac:{}\n",
-                self.name,
-                self.spawned_from,
-                self.root,
-                ago / 60,
-                ago % 60,
-                self.login,
-                self.network,
-                self.root_now,
+                "{}\tfrom {} vac:{}\t{state}\t{}\t{}\tresume point vac:{}\n",
+                self.name, self.spawned_from, self.root, self.login, self.network, self.root_now,
             );
             if let Some(note) = &self.note {
                 out.push_str(&format!("{}\t{note}\n", self.name));
@@ -231,8 +239,13 @@ impl EnvStatus {
         w.score(&self.root_now);
         w.flag(self.note.is_some());
         w.text(self.note.as_deref().unwrap_or(""));
-        w.flag(self.suspended_secs.is_some());
-        w.u64(self.suspended_secs.unwrap_or(0));
+        let (tag, secs) = match self.sleep {
+            None => (0, 0),
+            Some(Sleep::Suspending) => (1, 0),
+            Some(Sleep::Suspended { secs }) => (2, secs),
+        };
+        w.u8(tag);
+        w.u64(secs);
     }
 
     fn read(r: &mut Reader<'_>) -> Result<EnvStatus, frames::Malformed> {
@@ -253,10 +266,20 @@ impl EnvStatus {
                 let text = r.text()?;
                 some.then_some(text)
             },
-            suspended_secs: {
-                let some = r.flag()?;
+            sleep: {
+                let tag = r.u8()?;
                 let secs = r.u64()?;
-                some.then_some(secs)
+                match tag {
+                    0 => None,
+                    1 => Some(Sleep::Suspending),
+                    2 => Some(Sleep::Suspended { secs }),
+                    _ => {
+                        return Err(frames::Malformed::new(
+                            PROTOCOL,
+                            format!("an environment's sleep state {tag}"),
+                        ));
+                    }
+                }
             },
         })
     }

@@ -66,13 +66,16 @@ fn env_status() -> impl Strategy<Value = EnvStatus> {
             ".{0,16}",
             score(),
             proptest::option::of(".{0,8}"),
-            proptest::option::of(any::<u64>()),
+            proptest::option::of(prop_oneof![
+                Just(control::Sleep::Suspending),
+                any::<u64>().prop_map(|secs| control::Sleep::Suspended { secs }),
+            ]),
         ),
     )
         .prop_map(
             |(
                 (name, spawned_from, root, cache_kind, cache_bytes, changed_bytes),
-                (login, uptime_secs, processes, network, root_now, note, suspended_secs),
+                (login, uptime_secs, processes, network, root_now, note, sleep),
             )| EnvStatus {
                 name,
                 spawned_from,
@@ -86,7 +89,7 @@ fn env_status() -> impl Strategy<Value = EnvStatus> {
                 network,
                 root_now,
                 note,
-                suspended_secs,
+                sleep,
             },
         )
 }

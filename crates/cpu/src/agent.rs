@@ -94,7 +94,7 @@ impl Agent {
             .filter(|r| r.suspended && !r.placed_by.is_empty())
             .map(|r| ((r.user, r.name), r.placed_by))
             .collect();
-        Arc::new(Agent {
+        let agent = Arc::new(Agent {
             envs,
             link,
             cache,
@@ -102,7 +102,16 @@ impl Agent {
             placed_by: Mutex::new(placed_by),
             stores: Mutex::default(),
             links: Mutex::default(),
-        })
+        });
+        // A suspend frees a place and a wake takes one: the storage nodes
+        // place by what is free.
+        let me = Arc::downgrade(&agent);
+        agent.envs.on_change(Arc::new(move || {
+            if let Some(agent) = me.upgrade() {
+                agent.announce_load();
+            }
+        }));
+        agent
     }
 
     /// Whether `storage` placed the environment (user, name) here.

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use fossil::{CacheConfig, Fs};
+use grid::ssh_server::{Sessions, Stop};
 use russh::keys::ssh_key::PublicKey;
 use venti::{BlockStore, Score};
 
@@ -188,7 +189,7 @@ struct Env {
     disk: Option<PathBuf>,
     started: Instant,
     environment: Option<Arc<Environment>>,
-    door_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    door_stop: Option<tokio::sync::oneshot::Sender<Stop>>,
     port: u16,
     login: String,
     network: Network,
@@ -213,7 +214,10 @@ struct Env {
     /// and the task serving it.
     door: Option<Arc<Door>>,
     listener: Option<Arc<tokio::net::TcpListener>>,
-    door_task: Option<tokio::task::JoinHandle<()>>,
+    door_task: Option<tokio::task::JoinHandle<Option<Sessions>>>,
+    /// Sessions of a door paused by a suspend that did not go ahead (a
+    /// login came): they go on, and end with the environment.
+    paused: Vec<Sessions>,
 }
 
 impl Env {
@@ -296,6 +300,12 @@ pub struct Environments {
     /// Itself, for the tasks that wake suspended environments and the
     /// thread that looks for idle ones (which end when it goes).
     me: Weak<Environments>,
+    /// The node is shutting down: nothing wakes, and what a suspend or a
+    /// wake finishes now is kept for the next start.
+    closing: std::sync::atomic::AtomicBool,
+    /// Told when environments are suspended or woken (their count changed
+    /// without a spawn or boom): the cpu node tells its storage nodes.
+    on_change: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 /// What an environment is made of: a new spawn's, or a suspended one's
@@ -394,6 +404,8 @@ impl Environments {
             helper: env::helper::helper_for(&config.helper),
             config,
             me: me.clone(),
+            closing: Default::default(),
+            on_change: Mutex::default(),
         });
         envs.restore_sleepers();
         suspend::watch(&envs);
@@ -407,6 +419,22 @@ impl Environments {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(placed_by.to_string(), store);
+    }
+
+    /// `tell` is called whenever environments are suspended or woken.
+    pub fn on_change(&self, tell: Arc<dyn Fn() + Send + Sync>) {
+        *self.on_change.lock().unwrap_or_else(|p| p.into_inner()) = Some(tell);
+    }
+
+    fn changed(&self) {
+        let tell = self
+            .on_change
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(tell) = tell {
+            tell();
+        }
     }
 
     fn store_of(&self, placed_by: &str) -> Option<Arc<dyn BlockStore>> {
@@ -574,6 +602,7 @@ impl Environments {
             door: None,
             listener: None,
             door_task: None,
+            paused: Vec::new(),
         };
         // Processes in namespaces on the mount, and a login. (A login port
         // another spawn took meanwhile fails to bind and is passed over.)
@@ -742,7 +771,7 @@ impl Environments {
         let listener = env.listener.clone().expect("a door has its listener");
         let serving = door.clone();
         env.door_task = Some(self.runtime().spawn(async move {
-            services::door::serve(serving, listener, woken_by, key, stop_rx).await;
+            services::door::serve(serving, listener, woken_by, key, stop_rx).await
         }));
         env.door_stop = Some(stop_tx);
         env.door = Some(door);
@@ -792,21 +821,35 @@ impl Environments {
     /// store) and returns the root's score; binding a name is the caller's.
     /// A suspended environment's tree is its resume point.
     pub fn save(&self, user: &str, env: &str) -> GridResult<Score> {
-        match self.env_fs(user, env) {
-            Some(fs) => Ok(fs.save().map_err(fs_error)?.score),
-            None => self.edit_suspended(user, env, |_| Ok(())),
-        }
+        self.change_and_save(user, env, |_| Ok(()))
     }
 
     /// Adds a login for `invitee` to the environment and saves it.
     pub fn invite(&self, user: &str, env: &str, invitee: &str) -> GridResult<Score> {
-        match self.env_fs(user, env) {
-            Some(fs) => {
-                rootfs::add_login(&fs, invitee)?;
-                Ok(fs.save().map_err(fs_error)?.score)
+        self.change_and_save(user, env, |fs| rootfs::add_login(fs, invitee))
+    }
+
+    /// Changes `user`'s `env` with `change` and saves it: the live file
+    /// system of a running one, the resume point of a suspended one. One
+    /// that wakes or is suspended meanwhile is followed where it went.
+    fn change_and_save(
+        &self,
+        user: &str,
+        env: &str,
+        change: impl Fn(&Fs) -> GridResult<()>,
+    ) -> GridResult<Score> {
+        for _ in 0..3 {
+            if let Some(fs) = self.env_fs(user, env) {
+                change(&fs)?;
+                return Ok(fs.save().map_err(fs_error)?.score);
             }
-            None => self.edit_suspended(user, env, |fs| rootfs::add_login(fs, invitee)),
+            if let Some(saved) = self.edit_suspended(user, env, &change)? {
+                return Ok(saved);
+            }
         }
+        Err(GridError::refused(format!(
+            "{env} is not running for {user}"
+        )))
     }
 
     /// Ends `user`'s environment `env` (a suspended one is forgotten, its
@@ -862,7 +905,7 @@ impl Environments {
                     .fetched_note
                     .filter(|_| fetched > 0)
                     .map(|note| note(fetched)),
-                suspended_secs: None,
+                sleep: None,
             });
         }
         out
@@ -984,8 +1027,9 @@ impl Environments {
 /// Ends an environment: its login, every process in it, then its mount and cache.
 fn end_env(user: &str, env: &str, mut e: Env) {
     if let Some(stop) = e.door_stop.take() {
-        let _ = stop.send(());
+        let _ = stop.send(Stop::End);
     }
+    e.paused.clear();
     if let Some(environment) = e.environment.take() {
         environment.stop();
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use fossil::{CacheConfig, Fs};
 use grid::error::{GridError, GridResult};
+use grid::ssh_server::Stop;
 use tokio::io::AsyncWriteExt as _;
 use venti::Score;
 
@@ -28,13 +29,28 @@ const WOKE_BANNER: &str = "colony: this environment was suspended while idle and
 /// (`invite` of a suspended environment).
 const EDIT_CACHE: u64 = 16 << 20;
 
-/// A suspended environment, or one being suspended.
+/// How long a wake or an edit waits for a suspend, another wake or edit of
+/// the same environment to finish.
+const TURN_WAIT: Duration = Duration::from_secs(30);
+
+/// Where a suspended environment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Being suspended: its processes and mount are still ending.
+    Suspending,
+    /// Suspended, its waker waiting on its port.
+    Asleep,
+    /// Out for a wake or for a change to its resume point (`save`,
+    /// `invite`); still listed, and still held against a spawn.
+    Busy,
+}
+
+/// A suspended environment, or one being suspended or woken.
 pub(crate) struct Sleeper {
     pub(crate) record: idle::Record,
-    /// Its processes and mount are still ending: it wakes only after.
-    suspending: bool,
-    /// A boom came while it was being suspended: it is forgotten when the
-    /// suspend ends.
+    state: State,
+    /// A boom came while it was not asleep: it is forgotten (or, if a wake
+    /// made it run, ended) as soon as that is done.
     boomed: bool,
     /// Its login port, bound (none if it could not be bound again after
     /// a restart).
@@ -46,6 +62,19 @@ pub(crate) struct Sleeper {
 }
 
 type Key = (String, String);
+
+/// What a wake needs of a suspended environment: its record, who may log
+/// in, how its status tells of blocks fetched.
+type Taken = (idle::Record, OwnerKeys, Option<fn(u64) -> String>);
+
+/// Why a suspended environment could not be taken for a wake or an edit.
+enum NotTaken {
+    /// There is none (never was, or it was boomed or woken meanwhile).
+    Gone,
+    /// The login it would wake for is refused: the node is full, or shut
+    /// down, or the environment stayed busy too long. Said to the login.
+    Refused(String),
+}
 
 /// Looks for idle environments four times a second until `envs` goes.
 pub(crate) fn watch(envs: &Arc<Environments>) {
@@ -78,9 +107,16 @@ impl Environments {
         idle::records_dir(&self.state)
     }
 
+    fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The environments that have been idle for their idle time (each is
     /// looked at no more often than its idle time asks).
     fn idle_ones(&self, now: Instant) -> Vec<Key> {
+        if self.closing() {
+            return Vec::new();
+        }
         let mut due = Vec::new();
         for (key, e) in self.envs().iter_mut() {
             if !e.may_sleep() || now < e.next_look {
@@ -117,8 +153,9 @@ impl Environments {
         }
     }
 
-    /// Suspends (user, name), if it still runs; see the module's comment
-    /// for the order. A suspend that cannot save leaves it running.
+    /// Suspends (user, name), if it still runs with no login open; see the
+    /// module's comment for the order. A suspend that cannot save, or that
+    /// a login comes to, leaves it running.
     pub(crate) fn suspend(&self, key: &Key) {
         let (user, name) = (key.0.as_str(), key.1.as_str());
         let started = Instant::now();
@@ -126,12 +163,16 @@ impl Environments {
             let mut envs = self.envs();
             let _starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
             let mut sleepers = self.sleepers();
-            let Some(e) = envs.remove(key) else { return };
+            let open = |e: &Env| e.door.as_ref().is_some_and(|d| d.activity.open() > 0);
+            if self.closing() || envs.get(key).is_none_or(open) {
+                return;
+            }
+            let e = envs.remove(key).expect("just seen");
             sleepers.insert(
                 key.clone(),
                 Sleeper {
                     record: self.record_of(user, name, &e, e.fs.root_score()),
-                    suspending: true,
+                    state: State::Suspending,
                     boomed: false,
                     listener: e.listener.clone(),
                     waker: None,
@@ -141,23 +182,26 @@ impl Environments {
             );
             e
         };
-        self.close_door(&mut e);
-        let saved = self.save_resume_point(user, name, &e);
-        let record = match saved {
-            Ok(record) => {
-                tracing::info!(user, env = name, resume = %record.resume, ms = started.elapsed().as_millis() as u64, "suspending an idle environment: its resume point is kept, its processes end");
-                record
-            }
+        // Its login takes no new connection (one that comes waits in the
+        // port's queue); one accepted just before is counted by now.
+        self.pause_door(&mut e);
+        let saved = if e.door.as_ref().is_some_and(|d| d.activity.open() > 0) {
+            Err("a login came as it was being suspended".to_string())
+        } else {
+            self.save_resume_point(user, name, &e)
+        };
+        let mut record = match saved {
+            Ok(record) => record,
             Err(why) => {
-                tracing::warn!(user, env = name, why = %why, "could not suspend an idle environment; it runs on");
+                tracing::info!(user, env = name, why = %why, "an idle environment was not suspended; it runs on");
                 return self.undo_suspend(key, e);
             }
         };
-        // Kept: the processes end, and what they wrote meanwhile is kept too.
+        tracing::info!(user, env = name, resume = %record.resume, ms = started.elapsed().as_millis() as u64, "suspending an idle environment: its resume point is kept, its processes end");
         if let Some(environment) = e.environment.take() {
             environment.stop();
         }
-        let mut record = record;
+        // What the processes wrote meanwhile is kept too.
         match e.fs.save() {
             Ok(last) if last.score != record.resume => {
                 let later = idle::Record {
@@ -185,31 +229,36 @@ impl Environments {
         unsafe {
             libc::malloc_trim(0);
         }
-        let mut sleepers = self.sleepers();
-        let Some(sleeper) = sleepers.get_mut(key) else {
-            return;
-        };
-        if sleeper.boomed {
-            sleepers.remove(key);
-            idle::drop_record(&self.records_dir(), user, name);
+        {
+            let mut sleepers = self.sleepers();
+            let Some(sleeper) = sleepers.get_mut(key) else {
+                return;
+            };
+            if sleeper.boomed {
+                sleepers.remove(key);
+                idle::drop_record(&self.records_dir(), user, name);
+                tracing::info!(
+                    user,
+                    env = name,
+                    "environment ended (boomed while it was being suspended)"
+                );
+                return;
+            }
+            sleeper.record = record;
+            sleeper.state = State::Asleep;
+            if !self.closing() {
+                sleeper.waker = sleeper.listener.clone().map(|l| self.start_waker(key, l));
+            }
             tracing::info!(
                 user,
                 env = name,
-                "environment ended (boomed while it was being suspended)"
+                resume = %sleeper.record.resume,
+                changed_bytes = changed,
+                ms = started.elapsed().as_millis() as u64,
+                "suspended an idle environment"
             );
-            return;
         }
-        sleeper.record = record;
-        sleeper.suspending = false;
-        sleeper.waker = sleeper.listener.clone().map(|l| self.start_waker(key, l));
-        tracing::info!(
-            user,
-            env = name,
-            resume = %sleeper.record.resume,
-            changed_bytes = changed,
-            ms = started.elapsed().as_millis() as u64,
-            "suspended an idle environment"
-        );
+        self.changed();
     }
 
     /// Suspends (user, name) now, idle or not (a benchmark measures a
@@ -227,35 +276,39 @@ impl Environments {
                     "{name} cannot be suspended: it runs a job or publishes ports"
                 )));
             }
+            let open = e.door.as_ref().map_or(0, |d| d.activity.open());
+            if open > 0 {
+                return Err(GridError::refused(format!("{name} has {open} logins open")));
+            }
         }
         self.suspend(&key);
         match self.sleepers().get(&key) {
-            Some(s) if !s.suspending => Ok(()),
+            Some(s) if s.state == State::Asleep => Ok(()),
             _ => Err(GridError::failed(format!(
-                "{name} was not suspended (a login was open, or its save failed: see the node's log)"
+                "{name} was not suspended (a login came, or its save failed: see the node's log)"
             ))),
         }
     }
 
-    /// Stops the login's listener taking connections (the port stays bound
-    /// by the environment) and waits for its task to end.
-    fn close_door(&self, e: &mut Env) {
+    /// Stops the login taking connections, leaving its sessions be (the
+    /// port stays bound by the environment), and waits until it has.
+    fn pause_door(&self, e: &mut Env) {
         if let Some(stop) = e.door_stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(Stop::Pause);
         }
         if let Some(task) = e.door_task.take() {
-            let _ = self
+            let paused = self
                 .runtime()
                 .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+            if let Ok(Ok(Some(sessions))) = paused {
+                e.paused.push(sessions);
+            }
         }
     }
 
     /// Saves `e`'s tree (its blocks durable) and records it as the resume
-    /// point; refuses if a login came meanwhile.
+    /// point.
     fn save_resume_point(&self, user: &str, name: &str, e: &Env) -> Result<idle::Record, String> {
-        if e.door.as_ref().is_some_and(|d| d.activity.open() > 0) {
-            return Err("a login came as it was being suspended".into());
-        }
         let saved = e.fs.save().map_err(|err| format!("saving: {err}"))?;
         let record = self.record_of(user, name, e, saved.score);
         idle::keep(&self.records_dir(), &record)
@@ -263,17 +316,27 @@ impl Environments {
         Ok(record)
     }
 
-    /// Puts `e` back as it was: running, its login open again.
+    /// Puts `e` back as it was: running, its login open again (a boom that
+    /// came meanwhile, or the node's shutdown, ends it instead).
     fn undo_suspend(&self, key: &Key, mut e: Env) {
-        let boomed = self.sleepers().remove(key).is_some_and(|s| s.boomed);
-        if boomed {
-            return end_env(&key.0, &key.1, e);
-        }
         e.clock.reset(Instant::now());
         if let Some(door) = e.door.clone() {
             self.serve_door(&mut e, door, None);
         }
-        self.envs().insert(key.clone(), e);
+        let end = {
+            let mut envs = self.envs();
+            let _starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            let boomed = self.sleepers().remove(key).is_some_and(|s| s.boomed);
+            if boomed || self.closing() {
+                Some(e)
+            } else {
+                envs.insert(key.clone(), e);
+                None
+            }
+        };
+        if let Some(e) = end {
+            end_env(&key.0, &key.1, e);
+        }
     }
 
     /// Waits on a suspended environment's port for the login that wakes it.
@@ -295,9 +358,23 @@ impl Environments {
         stop
     }
 
+    /// Its waker again, if it is still asleep (after a wake that did not
+    /// happen).
+    fn rewait(&self, key: &Key) {
+        if self.closing() {
+            return;
+        }
+        let mut sleepers = self.sleepers();
+        if let Some(s) = sleepers.get_mut(key)
+            && s.state == State::Asleep
+        {
+            s.waker = s.listener.clone().map(|l| self.start_waker(key, l));
+        }
+    }
+
     /// Respawns (user, name) from its resume point on its kept port and
     /// serves `woken_by` there. If it cannot, the login is told why and the
-    /// environment stays suspended.
+    /// environment stays suspended, waiting for the next.
     fn wake(
         &self,
         key: &Key,
@@ -306,96 +383,138 @@ impl Environments {
     ) {
         let (user, name) = (key.0.as_str(), key.1.as_str());
         let started = Instant::now();
-        let sleeper = match self.take_sleeper(key, true) {
-            Ok(sleeper) => sleeper,
-            Err(Some(why)) => {
+        let (record, keys, fetched_note) = match self.take_sleeper(key, true) {
+            Ok(taken) => taken,
+            Err(NotTaken::Gone) => return,
+            Err(NotTaken::Refused(why)) => {
                 self.runtime().spawn(refuse_login(woken_by.0, why));
-                return;
+                return self.rewait(key);
             }
-            Err(None) => return,
         };
         let _starting = Starting(&self.starting, key.clone());
-        let record = sleeper.record.clone();
-        let woke = (|| {
-            let store = self.store_of(&record.placed_by).ok_or_else(|| {
-                GridError::failed(format!(
-                    "the store of storage node {:?} is not reachable yet",
+        let ready = self
+            .store_of(&record.placed_by)
+            .ok_or_else(|| {
+                format!(
+                    "{name} cannot wake yet: storage node {} is not reachable; try again shortly",
                     record.placed_by
-                ))
-            })?;
-            let options = crate::options::parse(&self.config, &record.options)?;
-            self.make_env(Launch {
-                user,
-                name,
-                root: record.root,
-                from: record.resume,
-                disk: record.disk,
-                words: record.options.clone(),
-                options,
-                keys: sleeper.keys.clone(),
-                run_key: None,
-                store,
-                fetched_note: sleeper.fetched_note,
-                placed_by: &record.placed_by,
-                port: LoginPort::Kept {
-                    listener: listener.clone(),
-                    port: record.port,
-                    woken_by,
-                },
-                banner: Some(WOKE_BANNER.to_string()),
+                )
             })
-        })();
-        match woke {
-            Ok(_) => {
+            .and_then(|store| {
+                crate::options::parse(&self.config, &record.options)
+                    .map(|options| (store, options))
+                    .map_err(|e| format!("{name} cannot wake on this node: {e}"))
+            });
+        let woke = match ready {
+            Err(why) => {
+                tracing::error!(user, env = name, why, "could not wake a suspended environment; it stays suspended");
+                self.runtime().spawn(refuse_login(woken_by.0, why));
+                Err(())
+            }
+            Ok((store, options)) => self
+                .make_env(Launch {
+                    user,
+                    name,
+                    root: record.root,
+                    from: record.resume,
+                    disk: record.disk,
+                    words: record.options.clone(),
+                    options,
+                    keys,
+                    run_key: None,
+                    store,
+                    fetched_note,
+                    placed_by: &record.placed_by,
+                    port: LoginPort::Kept {
+                        listener,
+                        port: record.port,
+                        woken_by,
+                    },
+                    banner: Some(WOKE_BANNER.to_string()),
+                })
+                .map(drop)
+                .map_err(|e| {
+                    tracing::error!(user, env = name, error = %e, "could not wake a suspended environment; it stays suspended");
+                }),
+        };
+        if woke.is_err() {
+            if let Some(s) = self.sleepers().get_mut(key) {
+                s.state = State::Asleep;
+            }
+            return self.rewait(key);
+        }
+        // Running now: the sleeper goes, unless a boom or the node's
+        // shutdown came meanwhile.
+        let end = {
+            let mut envs = self.envs();
+            let mut sleepers = self.sleepers();
+            let boomed = sleepers.remove(key).is_some_and(|s| s.boomed);
+            if boomed || self.closing() {
+                envs.remove(key).map(|e| (e, boomed))
+            } else {
+                None
+            }
+        };
+        match end {
+            // Boomed: its record goes with it.
+            Some((e, true)) => {
                 idle::drop_record(&self.records_dir(), user, name);
-                if let Some(stop) = sleeper.waker {
-                    let _ = stop.send(());
-                }
+                end_env(user, name, e);
+            }
+            // The node is shutting down: the record stays, for the next start.
+            Some((e, false)) => end_env(user, name, e),
+            None => {
+                idle::drop_record(&self.records_dir(), user, name);
                 tracing::info!(user, env = name, resume = %record.resume, ms = started.elapsed().as_millis() as u64, "woke a suspended environment for a login");
             }
-            Err(why) => {
-                tracing::error!(user, env = name, error = %why, "could not wake a suspended environment; it stays suspended");
-                let mut sleeper = sleeper;
-                sleeper.waker = Some(self.start_waker(key, listener));
-                self.sleepers().insert(key.clone(), sleeper);
-            }
         }
+        self.changed();
     }
 
-    /// Takes a suspended environment out (marked as starting: counted, and
-    /// held against a spawn of the same name) for a wake or an edit; waits
-    /// while another has it. Err(None) if there is none; Err(why) if
-    /// (`for_wake`) the node already runs as many as it may.
-    fn take_sleeper(&self, key: &Key, for_wake: bool) -> Result<Sleeper, Option<String>> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Marks a suspended environment busy for a wake (then also counted
+    /// against the limit, as starting) or an edit, once a suspend or
+    /// another wake or edit of it has finished; what is needed to respawn
+    /// it. The sleeper stays listed.
+    fn take_sleeper(&self, key: &Key, for_wake: bool) -> Result<Taken, NotTaken> {
+        let deadline = Instant::now() + TURN_WAIT;
         loop {
             {
                 let envs = self.envs();
                 let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
                 let mut sleepers = self.sleepers();
-                let busy =
-                    starting.contains(key) || sleepers.get(key).is_some_and(|s| s.suspending);
-                if !busy {
-                    let full = envs.len() + starting.len() >= self.config.spawn_max;
-                    if for_wake && full && sleepers.contains_key(key) {
-                        let why = format!(
-                            "{} cannot wake now: this node runs as many environments as it may ({}); try again later",
-                            key.1, self.config.spawn_max
-                        );
-                        tracing::warn!(
-                            user = key.0,
-                            env = key.1,
-                            "a login to a suspended environment was refused: the node is full"
-                        );
-                        return Err(Some(why));
+                let Some(s) = sleepers.get_mut(key) else {
+                    return Err(NotTaken::Gone);
+                };
+                if self.closing() {
+                    return Err(NotTaken::Refused(format!(
+                        "{} cannot wake now: the node is shutting down",
+                        key.1
+                    )));
+                }
+                if s.state == State::Asleep {
+                    if for_wake {
+                        if envs.len() + starting.len() >= self.config.spawn_max {
+                            tracing::warn!(
+                                user = key.0,
+                                env = key.1,
+                                "a login to a suspended environment was refused: the node is full"
+                            );
+                            return Err(NotTaken::Refused(format!(
+                                "{} cannot wake now: this node runs as many environments as it may ({}); try again later",
+                                key.1, self.config.spawn_max
+                            )));
+                        }
+                        starting.insert(key.clone());
                     }
-                    let sleeper = sleepers.remove(key).ok_or(None)?;
-                    starting.insert(key.clone());
-                    return Ok(sleeper);
+                    s.state = State::Busy;
+                    return Ok((s.record.clone(), s.keys.clone(), s.fetched_note));
                 }
             }
             if Instant::now() > deadline {
-                return Err(None);
+                return Err(NotTaken::Refused(format!(
+                    "{} is busy (being suspended, woken or saved); try again",
+                    key.1
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -403,55 +522,71 @@ impl Environments {
 
     /// Changes a suspended environment's tree with `change` and makes the
     /// result its resume point, which is returned (`save`: no change).
+    /// None if there is no suspended environment by that name (it may have
+    /// woken meanwhile).
     pub(crate) fn edit_suspended(
         &self,
         user: &str,
         name: &str,
         change: impl FnOnce(&Fs) -> GridResult<()>,
-    ) -> GridResult<Score> {
+    ) -> GridResult<Option<Score>> {
         let key = (user.to_string(), name.to_string());
-        let not_running = || GridError::refused(format!("{name} is not running for {user}"));
-        let Ok(mut sleeper) = self.take_sleeper(&key, false) else {
-            return Err(not_running());
+        let record = match self.take_sleeper(&key, false) {
+            Ok((record, _, _)) => record,
+            Err(NotTaken::Gone) => return Ok(None),
+            Err(NotTaken::Refused(why)) => return Err(GridError::refused(why)),
         };
         let edited = (|| {
-            let store = self.store_of(&sleeper.record.placed_by).ok_or_else(|| {
+            let store = self.store_of(&record.placed_by).ok_or_else(|| {
                 GridError::failed("its storage node's store is not reachable yet")
             })?;
             let fs = Fs::open(
                 store,
-                sleeper.record.resume,
+                record.resume,
                 CacheConfig::Memory { bytes: EDIT_CACHE },
             )
             .map_err(fs_error)?;
             change(&fs)?;
             let score = fs.save().map_err(fs_error)?.score;
-            if score != sleeper.record.resume {
-                let record = idle::Record {
+            if score != record.resume {
+                let changed = idle::Record {
                     resume: score,
-                    ..sleeper.record.clone()
+                    ..record.clone()
                 };
-                idle::keep(&self.records_dir(), &record)
+                idle::keep(&self.records_dir(), &changed)
                     .map_err(|e| GridError::io("keeping a suspended environment's record", e))?;
-                sleeper.record = record;
+                return Ok(Some(changed));
             }
-            Ok(score)
+            Ok(None)
         })();
-        // Back as it was (its waker still waits on the port).
-        let _starting = Starting(&self.starting, key.clone());
-        self.sleepers().insert(key.clone(), sleeper);
-        edited
+        let mut sleepers = self.sleepers();
+        let Some(s) = sleepers.get_mut(&key) else {
+            return edited.map(|c| Some(c.map_or(record.resume, |c| c.resume)));
+        };
+        s.state = State::Asleep;
+        if let Ok(Some(changed)) = &edited {
+            s.record = changed.clone();
+        }
+        if s.boomed {
+            let s = sleepers.remove(&key).expect("just seen");
+            if let Some(stop) = s.waker {
+                let _ = stop.send(());
+            }
+            idle::drop_record(&self.records_dir(), user, name);
+        }
+        edited.map(|c| Some(c.map_or(record.resume, |c| c.resume)))
     }
 
     /// Forgets a suspended environment (its resume point is left to the
-    /// collector); false if there is none.
+    /// collector); one being suspended, woken or changed is forgotten (or
+    /// ended) as soon as that is done. False if there is none.
     pub(crate) fn forget_suspended(&self, user: &str, name: &str) -> bool {
         let key = (user.to_string(), name.to_string());
         let mut sleepers = self.sleepers();
         let Some(sleeper) = sleepers.get_mut(&key) else {
             return false;
         };
-        if sleeper.suspending {
+        if sleeper.state != State::Asleep {
             sleeper.boomed = true;
             return true;
         }
@@ -465,7 +600,8 @@ impl Environments {
         true
     }
 
-    /// `user`'s suspended environments (those in `only`) as `status` tells them.
+    /// `user`'s suspended environments (those in `only`) as `status` tells
+    /// them; one a wake has just made run is told as running.
     pub(crate) fn suspended_status(
         &self,
         user: &str,
@@ -474,21 +610,27 @@ impl Environments {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let envs = self.envs();
         self.sleepers()
             .iter()
             .filter(|((u, n), _)| u == user && only.is_none_or(|o| o.contains(n)))
+            .filter(|(key, _)| !envs.contains_key(key))
             .map(|((_, name), s)| {
                 let r = &s.record;
                 let network = match crate::options::parse(&self.config, &r.options) {
                     Ok(o) => self.network_text(&o.network, o.rootless, &[]),
                     Err(_) => "net as spawned".to_string(),
                 };
-                let note = if s.suspending {
-                    "being suspended (idle)".to_string()
-                } else if s.listener.is_none() {
-                    format!("suspended, but its login port {} could not be bound again: boom it, or save it", r.port)
-                } else {
-                    "suspended while idle: its processes ended; the next login wakes it (files as they were, processes started afresh)".to_string()
+                let (sleep, note) = match s.state {
+                    State::Suspending => (control::Sleep::Suspending, None),
+                    _ if s.listener.is_none() => (
+                        control::Sleep::Suspended { secs: now.saturating_sub(r.since) },
+                        Some(format!("its login port {} could not be bound again: boom it, or save it", r.port)),
+                    ),
+                    _ => (
+                        control::Sleep::Suspended { secs: now.saturating_sub(r.since) },
+                        Some("suspended while idle: its processes ended; the next login wakes it (files as they were, processes started afresh)".to_string()),
+                    ),
                 };
                 control::EnvStatus {
                     name: name.clone(),
@@ -502,14 +644,16 @@ impl Environments {
                     processes: 0,
                     network,
                     root_now: r.resume,
-                    note: Some(note),
-                    suspended_secs: Some(now.saturating_sub(r.since)),
+                    note,
+                    sleep: Some(sleep),
                 }
             })
             .collect()
     }
 
-    /// The suspended environments, as [`Environments::running`] lists them.
+    /// The suspended environments (also those being suspended or woken),
+    /// as [`Environments::running`] lists them; `suspended` only for those
+    /// asleep.
     pub(crate) fn sleeping(&self) -> Vec<crate::Running> {
         self.sleepers()
             .iter()
@@ -522,14 +666,17 @@ impl Environments {
                     s.record.port, self.config.public_host
                 ),
                 placed_by: s.record.placed_by.clone(),
-                suspended: !s.suspending,
+                suspended: s.state == State::Asleep,
             })
             .collect()
     }
 
     /// Stops listening for the suspended (node shutdown): their records
-    /// stay, and the next start listens again.
+    /// stay, and the next start listens again. A suspend or wake still
+    /// going keeps what it finishes for the next start.
     pub(crate) fn close_sleepers(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for s in self.sleepers().values_mut() {
             if let Some(stop) = s.waker.take() {
                 let _ = stop.send(());
@@ -576,7 +723,7 @@ impl Environments {
                 key,
                 Sleeper {
                     record,
-                    suspending: false,
+                    state: State::Asleep,
                     boomed: false,
                     listener,
                     waker,
@@ -588,9 +735,9 @@ impl Environments {
     }
 }
 
-/// Tells a login that came while the node could not wake its environment
-/// why, before the SSH version exchange (a client shows lines it gets
-/// there when the connection then closes).
+/// Tells a login that came while its environment could not wake why,
+/// before the SSH version exchange (OpenSSH shows such lines when the
+/// connection then closes).
 async fn refuse_login(mut socket: tokio::net::TcpStream, why: String) {
     let _ = socket
         .write_all(format!("colony: {why}\r\n").as_bytes())

@@ -162,9 +162,32 @@ impl AsyncWrite for QuickAcks {
     }
 }
 
-/// Serves SSH on `listener` until `shutdown` resolves, then disconnects
-/// every session with `reason`; the listener stays its owner's (an
-/// environment's login port outlives a suspend). `first`, if given, is a
+/// How [`serve`] stops taking connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Every session is disconnected, told the serve's reason.
+    End,
+    /// The sessions go on; the [`Sessions`] returned end them.
+    Pause,
+}
+
+/// The sessions of a paused [`serve`]: each is disconnected, told the
+/// serve's reason, when this drops.
+pub struct Sessions {
+    stop: tokio::sync::broadcast::Sender<String>,
+    reason: String,
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        let _ = self.stop.send(std::mem::take(&mut self.reason));
+    }
+}
+
+/// Serves SSH on `listener` until `shutdown` resolves: then, as it says,
+/// disconnects every session with `reason`, or leaves them be and returns
+/// them. The listener stays its owner's (an environment's login port
+/// outlives a suspend). `first`, if given, is a
 /// connection already accepted on it (the one that woke an environment),
 /// served before any other. `handler` makes each connection's handler
 /// from the peer's address and its [`LoggingIn`] place; `refused` is told
@@ -178,9 +201,10 @@ pub async fn serve<H>(
     grace: Duration,
     mut handler: impl FnMut(SocketAddr, LoggingIn) -> H,
     refused: impl Fn(),
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Stop>,
     reason: &str,
-) where
+) -> Option<Sessions>
+where
     H: Handler + Send + 'static,
     H::Error: std::fmt::Debug,
 {
@@ -188,11 +212,11 @@ pub async fn serve<H>(
     let refusals = Arc::new(LogBudget::default());
     let (stop, _) = tokio::sync::broadcast::channel::<String>(1);
     tokio::pin!(shutdown);
-    loop {
+    let stopped_by = loop {
         let (socket, peer) = match first.take() {
             Some(accepted) => accepted,
             None => tokio::select! {
-                () = &mut shutdown => break,
+                how = &mut shutdown => break how,
                 accepted = link::listener::accept(listener, "SSH") => accepted,
             },
         };
@@ -259,8 +283,15 @@ pub async fn serve<H>(
             })
             .await;
         });
+    };
+    let sessions = Sessions {
+        stop,
+        reason: reason.to_string(),
+    };
+    match stopped_by {
+        Stop::End => None,
+        Stop::Pause => Some(sessions),
     }
-    let _ = stop.send(reason.to_string());
 }
 
 #[cfg(test)]

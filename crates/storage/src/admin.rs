@@ -177,8 +177,10 @@ fn status_json(admin: &Admin) -> String {
                     v["processes"] = json!(s.processes);
                     v["network"] = json!(s.network);
                     v["login"] = json!(s.login);
-                    if let Some(ago) = s.suspended_secs {
-                        v["suspended_seconds"] = json!(ago);
+                    if let Some(sleep) = s.sleep {
+                        if let control::Sleep::Suspended { secs } = sleep {
+                            v["suspended_seconds"] = json!(secs);
+                        }
                         v["resume_point"] = json!(format!("vac:{}", s.root_now));
                     }
                 }

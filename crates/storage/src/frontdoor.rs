@@ -47,7 +47,10 @@ pub async fn serve(
                 m.connections_refused.inc();
             }
         },
-        shutdown,
+        async {
+            shutdown.await;
+            grid::ssh_server::Stop::End
+        },
         "the node is shutting down",
     )
     .await;

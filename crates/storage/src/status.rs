@@ -42,8 +42,11 @@ pub enum EnvState {
 impl EnvState {
     pub fn word(&self) -> &'static str {
         match self {
-            EnvState::Running(s) if s.suspended_secs.is_some() => "suspended",
-            EnvState::Running(_) => "running",
+            EnvState::Running(s) => match s.sleep {
+                None => "running",
+                Some(control::Sleep::Suspending) => "suspending",
+                Some(control::Sleep::Suspended { .. }) => "suspended",
+            },
             EnvState::Starting => "starting",
             EnvState::Lost { .. } => "lost",
         }
@@ -121,7 +124,7 @@ mod tests {
             network: "net private, rootless".into(),
             root_now: Score::of(b"now"),
             note: None,
-            suspended_secs: None,
+            sleep: None,
         }
     }
 

@@ -2029,8 +2029,10 @@ fn an_idle_environment_on_a_cpu_node_sleeps_wakes_and_outlives_its_restart() {
         split_status_line(&g, "nap")
     );
     assert_eq!(g.in_env_ok("alice", &nap, "cat /root/note"), "written\n");
-    assert!(!suspended(&g));
-    wait_for(20, "nap suspended again", || suspended(&g));
+    assert_eq!(g.c1.log_count("woke a suspended environment"), 1);
+    wait_for(20, "nap suspended again", || {
+        g.c1.log_count("suspended an idle environment") == 2
+    });
 
     g.c1.kill9();
     let links = g.s1.log_count("cpu node linked");

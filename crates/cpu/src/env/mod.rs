@@ -286,9 +286,19 @@ impl Environment {
         self.cgroups.memory_used()
     }
 
-    /// The CPU time its processes (and its network helper) have used.
+    /// The CPU time its processes (and its network helper) have used: the
+    /// kernel's count for its groups, or where there is none, what its
+    /// living processes and the children they reaped have used.
     pub fn cpu_used(&self) -> Option<Duration> {
-        self.cgroups.cpu_used()
+        self.cgroups.cpu_used().or_else(|| {
+            // SAFETY: sysconf has no preconditions.
+            let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            if ticks <= 0 {
+                return None;
+            }
+            let used: u64 = self.cgroups.procs().iter().map(|&p| process_ticks(p)).sum();
+            Some(Duration::from_secs_f64(used as f64 / ticks as f64))
+        })
     }
 
     /// How many times the memory limit killed something.
@@ -316,6 +326,24 @@ impl Environment {
         let _ = outer.wait();
         self.cgroups.remove();
     }
+}
+
+/// utime + stime + cutime + cstime of process `pid`, in clock ticks (0 if
+/// it is gone).
+fn process_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name may hold anything, spaces included: fields follow
+    // its closing parenthesis, starting at the third (state).
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0;
+    };
+    rest.split(' ')
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum()
 }
 
 /// Waits up to `limit` for `child` to exit: on its pidfd where the kernel

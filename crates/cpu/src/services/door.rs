@@ -18,6 +18,7 @@ use russh::keys::{PrivateKey, ssh_key};
 use russh::server::{Auth, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 
+use grid::ssh_server::{Sessions, Stop};
 use link::listener::{Place, Places};
 use russh::server::ChannelOpenHandle;
 use russh::{ChannelOpenFailure, ChannelStream};
@@ -57,14 +58,15 @@ pub struct Door {
 }
 
 /// Serves the door on `listener` (first `woken_by`, a connection already
-/// accepted on it) until `stop` resolves.
+/// accepted on it) until `stop` says how to stop (its sender dropped:
+/// ending every session); the sessions of a pause are returned.
 pub async fn serve(
     door: Arc<Door>,
     listener: Arc<tokio::net::TcpListener>,
     woken_by: Option<(tokio::net::TcpStream, std::net::SocketAddr)>,
     key: PrivateKey,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) {
+    stop: tokio::sync::oneshot::Receiver<Stop>,
+) -> Option<Sessions> {
     let new_conn = |_peer, logging_in| Conn {
         _present: door.activity.enter(),
         door: door.clone(),
@@ -74,9 +76,7 @@ pub async fn serve(
         remote: HashMap::new(),
         agent: None,
     };
-    let stopped = async {
-        let _ = stop.await;
-    };
+    let stopped = async { stop.await.unwrap_or(Stop::End) };
     grid::ssh_server::serve(
         &listener,
         woken_by,
@@ -87,7 +87,7 @@ pub async fn serve(
         stopped,
         "the environment was ended",
     )
-    .await;
+    .await
 }
 
 #[derive(Default)]
