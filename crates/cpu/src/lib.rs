@@ -866,15 +866,22 @@ impl Environments {
     }
 
     /// `user`'s environments (those in `only`, if given), by name.
+    /// Running and suspended ones are read under the same locks, so one
+    /// that is suspended or woken meanwhile is told once.
     pub fn status(&self, user: &str, only: Option<&[String]>) -> Vec<control::EnvStatus> {
-        let mut out = self.running_status(user, only);
-        out.extend(self.suspended_status(user, only));
+        let envs = self.envs();
+        let mut out = self.running_status(&envs, user, only);
+        out.extend(self.suspended_status(&envs, user, only));
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
-    fn running_status(&self, user: &str, only: Option<&[String]>) -> Vec<control::EnvStatus> {
-        let envs = self.envs();
+    fn running_status(
+        &self,
+        envs: &HashMap<(String, String), Env>,
+        user: &str,
+        only: Option<&[String]>,
+    ) -> Vec<control::EnvStatus> {
         let mut mine: Vec<_> = envs
             .iter()
             .filter(|((u, n), _)| u == user && only.is_none_or(|o| o.contains(n)))
@@ -941,8 +948,8 @@ impl Environments {
 
     /// Every environment of this machine, running or suspended.
     pub fn running(&self) -> Vec<Running> {
-        let mut all: Vec<Running> = self
-            .envs()
+        let envs = self.envs();
+        let mut all: Vec<Running> = envs
             .iter()
             .map(|((user, name), e)| Running {
                 user: user.clone(),
@@ -953,7 +960,8 @@ impl Environments {
                 suspended: false,
             })
             .collect();
-        all.extend(self.sleeping());
+        all.extend(self.sleeping(&envs));
+        drop(envs);
         all.sort_by(|a, b| (&a.user, &a.name).cmp(&(&b.user, &b.name)));
         all
     }

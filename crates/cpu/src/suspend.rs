@@ -184,8 +184,10 @@ impl Environments {
         };
         // Its login takes no new connection (one that comes waits in the
         // port's queue); one accepted just before is counted by now.
-        self.pause_door(&mut e);
-        let saved = if e.door.as_ref().is_some_and(|d| d.activity.open() > 0) {
+        let paused = self.pause_door(&mut e);
+        let saved = if !paused {
+            Err("its login did not stop taking connections in time".to_string())
+        } else if e.door.as_ref().is_some_and(|d| d.activity.open() > 0) {
             Err("a login came as it was being suspended".to_string())
         } else {
             self.save_resume_point(user, name, &e)
@@ -291,18 +293,29 @@ impl Environments {
     }
 
     /// Stops the login taking connections, leaving its sessions be (the
-    /// port stays bound by the environment), and waits until it has.
-    fn pause_door(&self, e: &mut Env) {
+    /// port stays bound by the environment), and waits until it has; false
+    /// if it did not in time (then it is ended, and the suspend does not go
+    /// ahead: its sessions may not all be known).
+    fn pause_door(&self, e: &mut Env) -> bool {
         if let Some(stop) = e.door_stop.take() {
             let _ = stop.send(Stop::Pause);
         }
-        if let Some(task) = e.door_task.take() {
-            let paused = self
-                .runtime()
-                .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
-            if let Ok(Ok(Some(sessions))) = paused {
-                e.paused.push(sessions);
+        let Some(mut task) = e.door_task.take() else {
+            return true;
+        };
+        let paused = self.runtime().block_on(async {
+            let paused = tokio::time::timeout(Duration::from_secs(5), &mut task).await;
+            if paused.is_err() {
+                task.abort();
             }
+            paused
+        });
+        match paused {
+            Ok(Ok(sessions)) => {
+                e.paused.extend(sessions);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -352,14 +365,16 @@ impl Environments {
                 _ = &mut stopped => return,
                 accepted = link::listener::accept(&listener, "SSH") => accepted,
             };
+            // This waker is done: one that did not wake it starts another.
+            drop(stopped);
             let Some(envs) = me.upgrade() else { return };
             let _ = tokio::task::spawn_blocking(move || envs.wake(&key, listener, woken_by)).await;
         });
         stop
     }
 
-    /// Its waker again, if it is still asleep (after a wake that did not
-    /// happen).
+    /// Its waker again, if it is asleep and has none waiting (a wake that
+    /// did not happen took the one it had).
     fn rewait(&self, key: &Key) {
         if self.closing() {
             return;
@@ -367,9 +382,36 @@ impl Environments {
         let mut sleepers = self.sleepers();
         if let Some(s) = sleepers.get_mut(key)
             && s.state == State::Asleep
+            && s.waker.as_ref().is_none_or(|w| w.is_closed())
         {
             s.waker = s.listener.clone().map(|l| self.start_waker(key, l));
         }
+    }
+
+    /// Puts a sleeper taken for a wake or an edit back to sleep, waiting
+    /// for the next login; or forgets it, if a boom came meanwhile.
+    fn back_to_sleep(&self, key: &Key) {
+        {
+            let mut sleepers = self.sleepers();
+            let Some(s) = sleepers.get_mut(key) else {
+                return;
+            };
+            if s.boomed {
+                let s = sleepers.remove(key).expect("just seen");
+                if let Some(stop) = s.waker {
+                    let _ = stop.send(());
+                }
+                idle::drop_record(&self.records_dir(), &key.0, &key.1);
+                tracing::info!(
+                    user = key.0,
+                    env = key.1,
+                    "a suspended environment was boomed"
+                );
+                return;
+            }
+            s.state = State::Asleep;
+        }
+        self.rewait(key);
     }
 
     /// Respawns (user, name) from its resume point on its kept port and
@@ -438,36 +480,32 @@ impl Environments {
                 }),
         };
         if woke.is_err() {
-            if let Some(s) = self.sleepers().get_mut(key) {
-                s.state = State::Asleep;
-            }
-            return self.rewait(key);
+            return self.back_to_sleep(key);
         }
-        // Running now: the sleeper goes, unless a boom or the node's
-        // shutdown came meanwhile.
-        let end = {
+        // Running now: the sleeper goes, and its record, unless the node's
+        // shutdown came meanwhile (then the record stays, for the next
+        // start); a boom that came meanwhile ends it.
+        let (boomed, closing, running) = {
             let mut envs = self.envs();
             let mut sleepers = self.sleepers();
             let boomed = sleepers.remove(key).is_some_and(|s| s.boomed);
-            if boomed || self.closing() {
-                envs.remove(key).map(|e| (e, boomed))
+            let closing = self.closing();
+            let running = if boomed || closing {
+                envs.remove(key)
             } else {
                 None
-            }
+            };
+            (boomed, closing, running)
         };
-        match end {
-            // Boomed: its record goes with it.
-            Some((e, true)) => {
-                idle::drop_record(&self.records_dir(), user, name);
-                end_env(user, name, e);
-            }
-            // The node is shutting down: the record stays, for the next start.
-            Some((e, false)) => end_env(user, name, e),
-            None => {
-                idle::drop_record(&self.records_dir(), user, name);
-                tracing::info!(user, env = name, resume = %record.resume, ms = started.elapsed().as_millis() as u64, "woke a suspended environment for a login");
-            }
+        if boomed || !closing {
+            idle::drop_record(&self.records_dir(), user, name);
         }
+        if let Some(e) = running {
+            end_env(user, name, e);
+        } else if !boomed && !closing {
+            tracing::info!(user, env = name, resume = %record.resume, ms = started.elapsed().as_millis() as u64, "woke a suspended environment for a login");
+        }
+        drop(_starting);
         self.changed();
     }
 
@@ -559,21 +597,12 @@ impl Environments {
             }
             Ok(None)
         })();
-        let mut sleepers = self.sleepers();
-        let Some(s) = sleepers.get_mut(&key) else {
-            return edited.map(|c| Some(c.map_or(record.resume, |c| c.resume)));
-        };
-        s.state = State::Asleep;
-        if let Ok(Some(changed)) = &edited {
+        if let Ok(Some(changed)) = &edited
+            && let Some(s) = self.sleepers().get_mut(&key)
+        {
             s.record = changed.clone();
         }
-        if s.boomed {
-            let s = sleepers.remove(&key).expect("just seen");
-            if let Some(stop) = s.waker {
-                let _ = stop.send(());
-            }
-            idle::drop_record(&self.records_dir(), user, name);
-        }
+        self.back_to_sleep(&key);
         edited.map(|c| Some(c.map_or(record.resume, |c| c.resume)))
     }
 
@@ -604,13 +633,13 @@ impl Environments {
     /// them; one a wake has just made run is told as running.
     pub(crate) fn suspended_status(
         &self,
+        envs: &HashMap<Key, Env>,
         user: &str,
         only: Option<&[String]>,
     ) -> Vec<control::EnvStatus> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let envs = self.envs();
         self.sleepers()
             .iter()
             .filter(|((u, n), _)| u == user && only.is_none_or(|o| o.contains(n)))
@@ -651,12 +680,14 @@ impl Environments {
             .collect()
     }
 
-    /// The suspended environments (also those being suspended or woken),
-    /// as [`Environments::running`] lists them; `suspended` only for those
+    /// The suspended environments (also those being suspended or woken,
+    /// but not one a wake has made run: `envs` lists it), as
+    /// [`Environments::running`] lists them; `suspended` only for those
     /// asleep.
-    pub(crate) fn sleeping(&self) -> Vec<crate::Running> {
+    pub(crate) fn sleeping(&self, envs: &HashMap<Key, Env>) -> Vec<crate::Running> {
         self.sleepers()
             .iter()
+            .filter(|(key, _)| !envs.contains_key(key))
             .map(|((user, name), s)| crate::Running {
                 user: user.clone(),
                 name: name.clone(),
