@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::common::grid::{Reaped, SSH_OPTS, spawn_port, wait_for};
 use crate::common::netns::WebHost;
-use crate::common::node::{Node, can_mount};
+use crate::common::node::{Node, build_probe, can_mount};
 use crate::common::run::run_with_input;
 
 /// `ssh ARGS… alice@127.0.0.1` to the environment whose login is `port`,
@@ -262,25 +262,6 @@ fn a_socks_forward_goes_out_through_the_environments_network() {
     g.stop();
 }
 
-/// `name` built from C `source` as a static program (it runs in any root).
-fn static_program(g: &Node, name: &str, source: &str) -> std::path::PathBuf {
-    let src = g.tmp.path().join(format!("{name}.c"));
-    std::fs::write(&src, source).unwrap();
-    let program = g.tmp.path().join(name);
-    let cc = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
-        .arg(&program)
-        .arg(&src)
-        .output()
-        .expect("a C compiler (gcc)");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    program
-}
-
 /// A TCP server on 127.0.0.1:8080 that holds each connection in a child
 /// of its own until the client's request ends, then answers. Unlike
 /// busybox httpd (whose listen backlog is 9, so a burst of connects loses
@@ -350,7 +331,7 @@ fn a_unix_socket_inside_is_forwarded() {
         return;
     }
     let mut g = Node::new();
-    let program = static_program(&g, "usock", UNIX_SERVER);
+    let program = build_probe(&g, "usock", UNIX_SERVER);
     g.start(&[]);
     let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     std::fs::copy(&program, g.state.join("mnt/alice/busybox/usock")).unwrap();
@@ -390,7 +371,7 @@ fn an_environment_holds_a_bounded_number_of_forwarded_connections() {
         return;
     }
     let mut g = Node::new();
-    let holder = static_program(&g, "holder", HOLDING_SERVER);
+    let holder = build_probe(&g, "holder", HOLDING_SERVER);
     g.start(&[]);
     let port = spawn_port(&g.ok("alice", &["spawn", "busybox"]));
     std::fs::copy(&holder, g.state.join("mnt/alice/busybox/holder")).unwrap();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::common::grid::{SSH_OPTS, spawn_port};
 use crate::common::netns::WebHost;
-use crate::common::node::{Node, can_mount, rootful_suite};
+use crate::common::node::{Node, build_probe, can_mount, rootful_suite};
 use crate::common::run::COLONY;
 
 #[test]
@@ -1064,27 +1064,6 @@ int main(void) {{
 }}
 "#
     )
-}
-
-/// Builds the C program `source` statically as `name` in the grid's
-/// scratch directory (with gcc; CI installs it), to run as a probe inside
-/// an environment.
-fn build_probe(g: &Node, name: &str, source: &str) -> PathBuf {
-    let src = g.tmp.path().join(format!("{name}.c"));
-    std::fs::write(&src, source).unwrap();
-    let probe = g.tmp.path().join(name);
-    let cc = Command::new("cc")
-        .args(["-static", "-O1", "-pthread", "-o"])
-        .arg(&probe)
-        .arg(&src)
-        .output()
-        .expect("a C compiler (gcc) to build the probe");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    probe
 }
 
 /// The syscall filter, from inside, as root of the environment: every

@@ -337,3 +337,24 @@ impl Node {
         out
     }
 }
+
+/// Builds the C program `source` statically as `name` in the grid's
+/// scratch directory (with gcc; CI installs it), to run as a probe inside
+/// an environment.
+pub fn build_probe(g: &Node, name: &str, source: &str) -> PathBuf {
+    let src = g.tmp.path().join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let probe = g.tmp.path().join(name);
+    let cc = Command::new("cc")
+        .args(["-static", "-O1", "-pthread", "-o"])
+        .arg(&probe)
+        .arg(&src)
+        .output()
+        .expect("a C compiler (gcc) to build the probe");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    probe
+}
