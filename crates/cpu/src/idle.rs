@@ -33,19 +33,36 @@ pub fn look_every(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
 }
 
-/// The logins open on an environment (SSH connections to its door, which
-/// carry shells, commands, hub attachments, sftp and forwards).
+/// How long an environment a connection woke stays awake if nobody logs
+/// in (a stranger's connect, a port scan): it sleeps again soon, so a bare
+/// connection cannot keep environments awake.
+pub const UNPROVEN_IDLE: Duration = Duration::from_secs(10);
+
+/// How long a connection that has not logged in yet counts as a login on
+/// its way (a suspend stands down for it); one older is a stranger's, and
+/// is cut by the suspend.
+pub const LOGIN_ON_ITS_WAY: Duration = Duration::from_secs(5);
+
+/// The logins open on an environment (SSH connections to its door that
+/// authenticated, which carry shells, commands, hub attachments, sftp and
+/// forwards), and the connections open at all.
 #[derive(Debug)]
 pub struct Activity {
     open: AtomicUsize,
+    connected: AtomicUsize,
+    logged_in_ever: std::sync::atomic::AtomicBool,
     last_left: Mutex<Instant>,
+    last_connect: Mutex<Instant>,
 }
 
 impl Default for Activity {
     fn default() -> Self {
         Activity {
             open: AtomicUsize::new(0),
+            connected: AtomicUsize::new(0),
+            logged_in_ever: Default::default(),
             last_left: Mutex::new(Instant::now()),
+            last_connect: Mutex::new(Instant::now()),
         }
     }
 }
@@ -54,14 +71,45 @@ impl Default for Activity {
 #[derive(Debug)]
 pub struct Present(Arc<Activity>);
 
+/// One connection, logged in or not: counted while it lives.
+#[derive(Debug)]
+pub struct Connected(Arc<Activity>);
+
 impl Activity {
+    /// A login (its key accepted).
     pub fn enter(self: &Arc<Self>) -> Present {
         self.open.fetch_add(1, Ordering::SeqCst);
+        self.logged_in_ever.store(true, Ordering::SeqCst);
         Present(self.clone())
     }
 
+    /// A connection accepted, before it logs in.
+    pub fn connect(self: &Arc<Self>) -> Connected {
+        *self.last_connect.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.connected.fetch_add(1, Ordering::SeqCst);
+        Connected(self.clone())
+    }
+
+    /// Logins open: what keeps it awake.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Whether a login is open or on its way (a connection within
+    /// [`LOGIN_ON_ITS_WAY`]): a suspend stands down for one.
+    pub fn in_use(&self) -> bool {
+        let young = self
+            .last_connect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            < LOGIN_ON_ITS_WAY;
+        self.open() > 0 || (young && self.connected.load(Ordering::SeqCst) > 0)
+    }
+
+    /// Whether anyone has logged in since it started (or woke).
+    pub fn logged_in_ever(&self) -> bool {
+        self.logged_in_ever.load(Ordering::SeqCst)
     }
 
     /// When the last login left (or the environment started).
@@ -74,6 +122,12 @@ impl Drop for Present {
     fn drop(&mut self) {
         *self.0.last_left.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -175,6 +229,7 @@ impl Record {
         match &self.keys {
             None => put("keys", "registry"),
             Some(keys) => {
+                put("keys", "given");
                 for k in keys {
                     put("key", k);
                 }
@@ -211,6 +266,9 @@ impl Record {
                 "option" => options.push(v.to_string()),
                 "disk" => disk = Some(v == "yes"),
                 "keys" if v == "registry" => registry = true,
+                "keys" if v == "given" => {
+                    keys.get_or_insert_default();
+                }
                 "key" => keys.get_or_insert_default().push(v.to_string()),
                 "port" => port = Some(v.parse::<u16>().map_err(|e| format!("port: {e}"))?),
                 "since" => since = Some(v.parse::<u64>().map_err(|e| format!("since: {e}"))?),
@@ -251,11 +309,20 @@ fn record_path(dir: &Path, user: &str, name: &str) -> PathBuf {
 /// any earlier one, then the directory synced.
 pub fn keep(dir: &Path, record: &Record) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    // What is written must read back as itself (no value may carry a line
+    // or a tab of its own), within what is read.
+    let text = record.encode();
+    if text.len() as u64 > MAX_RECORD || Record::decode(&text).as_ref() != Ok(record) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a suspended environment's record would not read back as written",
+        ));
+    }
     let path = record_path(dir, &record.user, &record.name);
     let tmp = path.with_extension("new");
     {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(record.encode().as_bytes())?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path)?;
@@ -295,13 +362,15 @@ pub fn all(dir: &Path) -> Vec<Record> {
         }
         let read = std::fs::File::open(&path).and_then(|f| {
             let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_RECORD), &mut text)
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_RECORD + 1), &mut text)
                 .map(|_| text)
         });
-        match read
-            .map_err(|e| e.to_string())
-            .and_then(|t| Record::decode(&t))
-        {
+        match read.map_err(|e| e.to_string()).and_then(|t| {
+            if t.len() as u64 > MAX_RECORD {
+                return Err(format!("longer than {MAX_RECORD} bytes"));
+            }
+            Record::decode(&t)
+        }) {
             Ok(r) => out.push(r),
             Err(why) => {
                 tracing::warn!(path = %path.display(), why, "a suspended environment's record ignored")
@@ -354,6 +423,24 @@ mod tests {
         }
         let both = format!("{}keys\tregistry\n", r.encode());
         assert!(Record::decode(&both).unwrap_err().contains("not both"));
+    }
+
+    /// A record with no keys given (a storage node that sent none) read
+    /// back as one that follows the users file, and was refused.
+    #[test]
+    fn a_record_with_no_keys_given_reads_back_and_a_bad_value_is_never_written() {
+        let none = Record {
+            keys: Some(Vec::new()),
+            ..record()
+        };
+        assert_eq!(Record::decode(&none.encode()).unwrap(), none);
+        let dir = tempfile::tempdir().unwrap();
+        let bad = Record {
+            options: vec!["net=none\nresume\tdeadbeef".into()],
+            ..record()
+        };
+        assert!(keep(dir.path(), &bad).is_err());
+        assert!(all(dir.path()).is_empty());
     }
 
     #[test]

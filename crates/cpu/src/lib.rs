@@ -210,6 +210,9 @@ struct Env {
     clock: idle::Clock,
     /// When it is next looked at for idleness.
     next_look: Instant,
+    /// Respawned by a connection to its suspended login (which sleeps
+    /// again soon if nobody logs in, [`idle::UNPROVEN_IDLE`]).
+    woken: bool,
     /// Its login: the door, the port's listener (kept through a suspend)
     /// and the task serving it.
     door: Option<Arc<Door>>,
@@ -599,6 +602,7 @@ impl Environments {
             idle: launch.options.idle,
             clock: idle::Clock::new(now),
             next_look: now,
+            woken: matches!(launch.port, LoginPort::Kept { .. }),
             door: None,
             listener: None,
             door_task: None,

@@ -122,8 +122,14 @@ impl Environments {
             if !e.may_sleep() || now < e.next_look {
                 continue;
             }
-            let (Some(limit), Some(door)) = (e.idle, e.door.as_ref()) else {
+            let (Some(idle), Some(door)) = (e.idle, e.door.as_ref()) else {
                 continue;
+            };
+            // Woken by a connection nobody logged in on: back to sleep soon.
+            let limit = if e.woken && !door.activity.logged_in_ever() {
+                idle.min(idle::UNPROVEN_IDLE)
+            } else {
+                idle
             };
             e.next_look = now + idle::look_every(limit);
             let cpu = e.environment.as_ref().and_then(|x| x.cpu_used());
@@ -163,7 +169,7 @@ impl Environments {
             let mut envs = self.envs();
             let _starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
             let mut sleepers = self.sleepers();
-            let open = |e: &Env| e.door.as_ref().is_some_and(|d| d.activity.open() > 0);
+            let open = |e: &Env| e.door.as_ref().is_some_and(|d| d.activity.in_use());
             if self.closing() || envs.get(key).is_none_or(open) {
                 return;
             }
@@ -187,7 +193,7 @@ impl Environments {
         let paused = self.pause_door(&mut e);
         let saved = if !paused {
             Err("its login did not stop taking connections in time".to_string())
-        } else if e.door.as_ref().is_some_and(|d| d.activity.open() > 0) {
+        } else if e.door.as_ref().is_some_and(|d| d.activity.in_use()) {
             Err("a login came as it was being suspended".to_string())
         } else {
             self.save_resume_point(user, name, &e)

@@ -250,7 +250,7 @@ pub const SETTINGS: &[Setting] = &[
         "idle-suspend",
         Kind::Duration,
         Some("30m"),
-        "How long an environment may be idle (no login, under 2% of a core) before it is suspended to a resume point until the next login; 0: never (a spawn may say idle=DURATION|never)",
+        "How long an environment may be idle (no login, under 2% of a core) before it is suspended to a resume point until the next login; 0: never, else at least 1s (a spawn may say idle=DURATION|never)",
     ),
     setting(
         "env-ports",
@@ -549,6 +549,17 @@ impl Sources {
         got.unwrap_or_else(|| panic!("{name} has a default in SETTINGS"))
     }
 
+    /// `idle-suspend`: 0 for never, else at least what a spawn may ask.
+    fn idle_suspend(&self) -> Result<Option<Duration>, ConfigError> {
+        let name = "idle-suspend";
+        let g = self.required(name, self.one(name));
+        let d = units::parse_duration(&g.value).map_err(|e| g.refuse(name, e))?;
+        if !d.is_zero() && d < cpu::idle::MIN_IDLE {
+            return Err(g.refuse(name, "at least 1s, or 0 for never"));
+        }
+        Ok(Some(d).filter(|d| !d.is_zero()))
+    }
+
     fn size(&self, name: &'static str) -> Result<u64, ConfigError> {
         let g = self.required(name, self.one(name));
         units::parse_size(&g.value).map_err(|e| g.refuse(name, e))
@@ -700,7 +711,7 @@ impl Config {
             userns: !s.switch("rootful")?,
             allow_rootful: s.switch("allow-rootful")?,
             working_set_window: s.duration("working-set-window")?,
-            idle_suspend: Some(s.duration("idle-suspend")?).filter(|d| !d.is_zero()),
+            idle_suspend: s.idle_suspend()?,
             ..CpuConfig::default()
         };
         if let Some(host) = s.text("public-host") {

@@ -23,8 +23,22 @@ use venti::{BlockStore, LogStore};
 use crate::bench::density::footprint;
 use crate::bench::env::{archive, bench_user, login_port, ssh_bench};
 
-/// The idle time the benchmark's environments are spawned with.
+/// The idle time of the environment whose wakes are timed by waiting for
+/// its suspends (the many are suspended at once instead).
 const IDLE: &str = "idle=2s";
+
+/// The memory charged to every environment's cgroup on this machine: the
+/// `colony` parent group's (which also holds what the groups of ended
+/// environments left charged).
+fn groups_memory() -> u64 {
+    [
+        "/sys/fs/cgroup/memory/colony/memory.usage_in_bytes",
+        "/sys/fs/cgroup/colony/memory.current",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+    .unwrap_or(0)
+}
 
 pub fn run(envs: usize, samples: usize, debian: Option<PathBuf>) -> Result<()> {
     if envs == 0 || samples == 0 {
@@ -78,8 +92,8 @@ fn measure(
     samples: usize,
     debian: bool,
 ) -> Result<()> {
-    let spawn = |name: &str| -> Result<String> {
-        let r = node.run("bench", &format!("spawn {name} {IDLE}"));
+    let spawn = |name: &str, idle: &str| -> Result<String> {
+        let r = node.run("bench", &format!("spawn {name} {idle}"));
         if r.status != 0 {
             bail!("spawn {name}: {}", r.err.trim());
         }
@@ -88,31 +102,30 @@ fn measure(
     let (rss0, _) = footprint();
     let mut ports = Vec::new();
     for i in 0..count {
-        ports.push(spawn(&format!("b{i}"))?);
+        ports.push(spawn(&format!("b{i}"), "idle=never")?);
     }
     // One login each, as a user's first: their processes start.
     for port in &ports {
         first_output(key, port, "true")?;
     }
     let (rss_awake, _) = footprint();
-    let groups_awake = envs.memory_used();
-    let asleep = |n: usize| envs.running().iter().filter(|r| r.suspended).count() >= n;
+    let groups_awake = groups_memory();
     let t = Instant::now();
-    while !asleep(count) {
-        if t.elapsed() > Duration::from_secs(120) {
-            bail!("not all {count} environments were suspended within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    for i in 0..count {
+        envs.suspend_now("bench", &format!("b{i}"))?;
     }
+    let suspending = t.elapsed();
     let (rss_asleep, _) = footprint();
-    let groups_asleep = envs.memory_used();
+    let groups_asleep = groups_memory();
     let mb = |kb: u64| kb as f64 / 1024.0;
     println!(
-        "{count} idle busybox environments: node process {:.1} MB more than before them awake, {:.1} MB asleep; their processes' groups {:.1} MB awake, {:.1} MB asleep",
+        "{count} idle busybox environments: node process {:.1} MB more than before them awake, {:.1} MB suspended; colony's memory cgroup {:.1} MB awake, {:.1} MB suspended; suspended one after another in {:.2} s ({:.1} ms each)",
         mb(rss_awake.saturating_sub(rss0)),
         mb(rss_asleep.saturating_sub(rss0)),
         groups_awake as f64 / 1e6,
         groups_asleep as f64 / 1e6,
+        suspending.as_secs_f64(),
+        suspending.as_secs_f64() * 1e3 / count as f64,
     );
     // Wakes, each beside the same login once awake.
     let (mut woke, mut awake) = (Vec::new(), Vec::new());
@@ -120,9 +133,13 @@ fn measure(
         woke.push(first_output(key, port, "echo woke")?);
         awake.push(first_output(key, port, "echo woke")?);
     }
+    // Asleep again before the node's shutdown, which ends what runs.
+    for i in 0..samples.min(count) {
+        envs.suspend_now("bench", &format!("b{i}"))?;
+    }
     report("busybox", &woke, &awake);
     if debian {
-        let port = spawn("debian")?;
+        let port = spawn("debian", IDLE)?;
         first_output(key, &port, "apt-get --version")?;
         let mut woke = Vec::new();
         let mut awake = Vec::new();
@@ -135,7 +152,7 @@ fn measure(
         node.run("bench", "boom debian");
     }
     // A suspend with 10 MB changed, on its own.
-    let port = spawn("changed")?;
+    let port = spawn("changed", "idle=never")?;
     first_output(
         key,
         &port,

@@ -319,3 +319,33 @@ fn a_full_node_refuses_a_wake_and_the_next_login_after_room_frees_gets_in() {
     g.ok("alice", &["boom", "busybox"]);
     g.stop();
 }
+
+/// A connection that never logs in (a port scan, a stranger) wakes a
+/// suspended environment, as any connection must before the key exchange,
+/// but cannot keep it awake: with nobody logged in it sleeps again soon,
+/// though the connection is still held open. Before, an open connection
+/// counted as a login, so one bare connect kept it awake.
+#[test]
+fn a_connection_that_never_logs_in_cannot_keep_it_awake() {
+    if !can_mount() {
+        return;
+    }
+    let mut g = Node::new();
+    g.start(&[]);
+    let port = spawn_port(&g.ok("alice", &["spawn", "busybox", "idle=1s", "net=none"]));
+    g.env_ok(port, "echo mine > /root/note");
+    wait_suspended(&g, 20);
+    let woke = || occurrences(&g.log_so_far(), "woke a suspended environment");
+    let stranger = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    wait_for(10, "the stranger's connection to wake it", || woke() == 1);
+    // The wake's short idle time (10 s), then the suspend that cuts the
+    // stranger off.
+    wait_for(30, "suspended again with the stranger still there", || {
+        occurrences(&g.log_so_far(), "suspended an idle environment") == 2
+    });
+    drop(stranger);
+    assert_eq!(g.env_ok(port, "cat /root/note"), "mine\n");
+    assert_eq!(woke(), 2);
+    g.ok("alice", &["boom", "busybox"]);
+    g.stop();
+}

@@ -161,8 +161,12 @@ impl Cgroups {
         // the cpu group where cpuacct is mounted with it, else in a group
         // of its own.
         let cpuacct = Path::new(ROOT).join("cpuacct");
-        if !cpu.join("cpuacct.usage").exists() && cpuacct.join("cpuacct.usage").exists() {
-            make("cpuacct")?;
+        // Only an account: without it, idleness is read from /proc.
+        if !cpu.join("cpuacct.usage").exists()
+            && cpuacct.join("cpuacct.usage").exists()
+            && let Err(e) = make("cpuacct")
+        {
+            tracing::warn!(error = %e, "no cpuacct group for an environment; its CPU time is read from /proc");
         }
         Ok(Cgroups { dirs })
     }

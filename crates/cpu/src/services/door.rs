@@ -68,7 +68,8 @@ pub async fn serve(
     stop: tokio::sync::oneshot::Receiver<Stop>,
 ) -> Option<Sessions> {
     let new_conn = |_peer, logging_in| Conn {
-        _present: door.activity.enter(),
+        _connected: door.activity.connect(),
+        present: None,
         door: door.clone(),
         logging_in,
         channels: HashMap::new(),
@@ -179,8 +180,10 @@ fn feeder(mut to: File) -> Feeder {
 
 struct Conn {
     door: Arc<Door>,
-    /// Counted as a login while the connection lives.
-    _present: crate::idle::Present,
+    /// Counted as a connection while it lives, and as a login once its
+    /// key is accepted (only a login keeps the environment awake).
+    _connected: crate::idle::Connected,
+    present: Option<crate::idle::Present>,
     logging_in: grid::ssh_server::LoggingIn,
     channels: HashMap<ChannelId, Chan>,
     /// A key was offered and refused (logged when the connection goes,
@@ -605,6 +608,8 @@ impl russh::server::Handler for Conn {
     ) -> Result<Auth, Self::Error> {
         if self.admitted(key.public_key) {
             self.logging_in.logged_in();
+            self.present
+                .get_or_insert_with(|| self.door.activity.enter());
             Ok(Auth::Accept)
         } else {
             self.refused = true;
