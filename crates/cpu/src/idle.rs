@@ -181,6 +181,13 @@ impl Clock {
     }
 }
 
+/// Seconds since the Unix epoch (when a record says it was suspended).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The longest record file read.
 const MAX_RECORD: u64 = 64 << 10;
 const MAGIC: &str = "colony suspended 1";

@@ -977,17 +977,6 @@ impl Environments {
         (envs.len(), starting.len())
     }
 
-    /// The memory the live environments' processes use now (their groups'
-    /// figures; the node's own share, such as their file systems' caches,
-    /// is the node process's).
-    pub fn memory_used(&self) -> u64 {
-        self.envs()
-            .values()
-            .filter_map(|e| e.environment.as_ref())
-            .map(|e| e.memory_used())
-            .sum()
-    }
-
     /// Number of live environments.
     pub fn live(&self) -> usize {
         self.envs().len()

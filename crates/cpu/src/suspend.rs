@@ -152,9 +152,7 @@ impl Environments {
             disk: e.disk.is_some(),
             keys: e.keys.to_lines(),
             port: e.port,
-            since: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            since: idle::unix_now(),
             placed_by: e.placed_by.clone(),
         }
     }
@@ -643,9 +641,7 @@ impl Environments {
         user: &str,
         only: Option<&[String]>,
     ) -> Vec<control::EnvStatus> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = idle::unix_now();
         self.sleepers()
             .iter()
             .filter(|((u, n), _)| u == user && only.is_none_or(|o| o.contains(n)))

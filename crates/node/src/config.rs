@@ -552,9 +552,9 @@ impl Sources {
     /// `idle-suspend`: 0 for never, else at least what a spawn may ask.
     fn idle_suspend(&self) -> Result<Option<Duration>, ConfigError> {
         let name = "idle-suspend";
-        let g = self.required(name, self.one(name));
-        let d = units::parse_duration(&g.value).map_err(|e| g.refuse(name, e))?;
+        let d = self.duration(name)?;
         if !d.is_zero() && d < cpu::idle::MIN_IDLE {
+            let g = self.required(name, self.one(name));
             return Err(g.refuse(name, "at least 1s, or 0 for never"));
         }
         Ok(Some(d).filter(|d| !d.is_zero()))

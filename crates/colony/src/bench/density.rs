@@ -32,19 +32,7 @@ pub fn run(envs: usize, concurrent: usize, options: &str) -> Result<()> {
         .tempdir()?;
     let state = StateDir::open(scratch.path().join("state"))?;
     let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
-    let busybox = scratch.path().join("busybox");
-    for dir in ["bin", "etc", "root"] {
-        std::fs::create_dir_all(busybox.join(dir))?;
-    }
-    std::fs::copy("/bin/busybox", busybox.join("bin/busybox"))?;
-    for applet in ["sh", "echo", "cat", "sleep"] {
-        std::os::unix::fs::symlink("busybox", busybox.join("bin").join(applet))?;
-    }
-    std::fs::write(
-        busybox.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\n",
-    )?;
-    std::fs::write(busybox.join("etc/group"), "root:x:0:\n")?;
+    let busybox = crate::bench::env::login_root(scratch.path(), &["sh", "echo", "cat", "sleep"])?;
     let root = crate::bench::env::archive(store.as_ref(), &busybox)?;
     // One user, a name per environment (environments are per user and name).
     state.users().add(

@@ -61,6 +61,23 @@ pub fn busybox_root(dir: &Path) -> Result<PathBuf> {
     Ok(busybox)
 }
 
+/// `dir/busybox`: /bin/busybox with `applets`, and root's passwd, group
+/// and home: a root whose login works.
+pub fn login_root(dir: &Path, applets: &[&str]) -> Result<PathBuf> {
+    let root = dir.join("busybox");
+    for d in ["bin", "etc", "root"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copying /bin/busybox (busybox-static)")?;
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    Ok(root)
+}
+
 /// `ssh -p PORT -i KEY … bench@127.0.0.1`, quiet and asking nothing; the
 /// remote command is the caller's to add.
 pub fn ssh_bench(key: &Path, port: &str) -> Command {

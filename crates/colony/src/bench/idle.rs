@@ -21,7 +21,7 @@ use storage::Node;
 use venti::{BlockStore, LogStore};
 
 use crate::bench::density::footprint;
-use crate::bench::env::{archive, bench_user, login_port, ssh_bench};
+use crate::bench::env::{archive, bench_user, login_port, login_root, ssh_bench};
 
 /// The idle time of the environment whose wakes are timed by waiting for
 /// its suspends (the many are suspended at once instead).
@@ -50,7 +50,11 @@ pub fn run(envs: usize, samples: usize, debian: Option<PathBuf>) -> Result<()> {
     let state = StateDir::open(scratch.path().join("state"))?;
     let store: Arc<dyn BlockStore> = Arc::new(LogStore::open(state.store_dir())?);
     let key = bench_user(scratch.path(), &state)?;
-    let root = archive(store.as_ref(), &busybox_root(scratch.path())?)?;
+    let busybox = login_root(
+        scratch.path(),
+        &["sh", "echo", "cat", "sleep", "dd", "true"],
+    )?;
+    let root = archive(store.as_ref(), &busybox)?;
     let names = state.scorenames();
     for i in 0..envs {
         names.bind(&format!("b{i}"), &root, &["bench"])?;
@@ -232,20 +236,4 @@ fn first_output(key: &Path, port: &str, command: &str) -> Result<Duration> {
         );
     }
     Ok(first)
-}
-
-/// `dir/busybox`: every applet of /bin/busybox, root's passwd and group.
-fn busybox_root(dir: &Path) -> Result<PathBuf> {
-    let root = dir.join("busybox");
-    for d in ["bin", "etc", "root"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .context("copying /bin/busybox (busybox-static)")?;
-    for applet in ["sh", "echo", "cat", "sleep", "dd", "true"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
-    Ok(root)
 }

@@ -225,18 +225,6 @@ impl Cgroups {
         }
     }
 
-    /// The memory the groups' processes use now (v1 and v2), in bytes.
-    pub fn memory_used(&self) -> u64 {
-        for dir in &self.dirs {
-            for file in ["memory.usage_in_bytes", "memory.current"] {
-                if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
-                    return text.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        0
-    }
-
     /// The CPU time the groups' processes have used, if the kernel counts it.
     pub fn cpu_used(&self) -> Option<std::time::Duration> {
         for dir in &self.dirs {

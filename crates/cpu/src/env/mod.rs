@@ -281,11 +281,6 @@ impl Environment {
         procs
     }
 
-    /// The memory its processes (and its network helper) use now, in bytes.
-    pub fn memory_used(&self) -> u64 {
-        self.cgroups.memory_used()
-    }
-
     /// The CPU time its processes (and its network helper) have used: the
     /// kernel's count for its groups, or where there is none, what its
     /// living processes and the children they reaped have used.
