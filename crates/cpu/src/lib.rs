@@ -494,6 +494,22 @@ impl Environments {
                     self.config.spawn_max
                 )));
             }
+            // A suspended environment costs the node only its login port,
+            // but it is its user's: one user holds at most as many here,
+            // running or suspended, as the node runs at once (so no one
+            // tenant takes every login port).
+            let held: HashSet<&(String, String)> = envs
+                .keys()
+                .chain(starting.iter())
+                .chain(sleepers.keys())
+                .filter(|(u, _)| u == user)
+                .collect();
+            if held.len() >= self.config.spawn_max {
+                return Err(GridError::full(format!(
+                    "you hold {} environments on this node, suspended ones included: the most one user may (boom one)",
+                    held.len()
+                )));
+            }
             starting.insert(key.clone());
             envs.values()
                 .map(|e| e.port)

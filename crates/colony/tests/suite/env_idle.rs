@@ -293,7 +293,9 @@ fn a_login_during_a_suspend_waits_for_it_and_gets_in() {
 /// A node that runs as many environments as it may tells a waking login
 /// so, and the environment stays suspended; once there is room, the next
 /// login wakes it (before, the refused login left nothing waiting on the
-/// port, and no later login ever got in).
+/// port, and no later login ever got in). A suspended environment still
+/// counts against its user's share: one user cannot take every login port
+/// by spawning and leaving environments to sleep.
 #[test]
 fn a_full_node_refuses_a_wake_and_the_next_login_after_room_frees_gets_in() {
     if !can_mount() {
@@ -305,7 +307,11 @@ fn a_full_node_refuses_a_wake_and_the_next_login_after_room_frees_gets_in() {
     g.env_ok(port, "echo asleep > /root/note");
     wait_suspended(&g, 20);
     g.ok("alice", &["save", "busybox", "other"]);
-    spawn_port(&g.ok("alice", &["spawn", "other", "idle=never", "net=none"]));
+    let err = g.refused("alice", &["spawn", "other", "net=none"]);
+    assert!(err.contains("suspended ones included"), "{err}");
+    // bob fills the node.
+    g.ok("alice", &["invite", "bob", "busybox"]);
+    spawn_port(&g.ok("bob", &["spawn", "busybox+bob", "idle=never", "net=none"]));
     let refused = g.env_ssh("alice", port, "cat /root/note", "", false);
     assert!(!refused.status.success());
     assert!(
@@ -314,7 +320,7 @@ fn a_full_node_refuses_a_wake_and_the_next_login_after_room_frees_gets_in() {
         String::from_utf8_lossy(&refused.stderr)
     );
     assert!(status_line(&g).contains("\tsuspended "));
-    g.ok("alice", &["boom", "other"]);
+    g.ok("bob", &["boom", "busybox+bob"]);
     assert_eq!(g.env_ok(port, "cat /root/note"), "asleep\n");
     g.ok("alice", &["boom", "busybox"]);
     g.stop();
