@@ -271,7 +271,11 @@ where
                     let mut want = Vec::with_capacity(blocks.len());
                     let mut lacking = HashSet::new();
                     for (ty, score) in &blocks {
-                        let has = store.has(score, *ty).map_err(|e| e.to_string())?;
+                        // A block held is claimed: the pusher will not send
+                        // it, so it must outlive our collections until the
+                        // name that needs it arrives (an old one is copied
+                        // forward; see venti's `ages`).
+                        let has = store.claim(score, *ty).map_err(|e| e.to_string())?;
                         // Asked for once, even if offered twice in one batch.
                         want.push(!has && lacking.insert((*ty, *score)));
                     }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod conn;
 pub mod hex;
 pub mod message;
+pub mod reach;
 pub mod remote;
 pub mod score;
 pub mod server;
@@ -27,6 +28,6 @@ pub use message::Message;
 pub use remote::RemoteStore;
 pub use score::{COLLISION_REFUSAL, Collision, SCORE_SIZE, Score};
 pub use store::{
-    BlockCache, BlockStore, CacheStats, CachedStore, LogRecord, LogStore, MAX_BLOCK_SIZE,
-    MemoryStore, StoreError,
+    BlockCache, BlockStore, CacheStats, CachedStore, Collected, DEFAULT_GRACE, LogRecord,
+    LogStore, MAX_BLOCK_SIZE, MemoryStore, StoreError, SweepLimits,
 };

@@ -534,41 +534,15 @@ impl Drop for CachedStore {
     }
 }
 
-/// The blocks a block points to: a pointer block's scores, a directory
-/// block's entries' roots (40-byte VtEntries: flags at 8, score at 20).
+/// The blocks a block points to (see [`crate::reach::children`]), but of a
+/// pointer block above the lowest level only the first
+/// [`AHEAD_OF_DEEP_POINTERS`].
 fn children(ty: BlockType, data: &[u8]) -> Vec<(Score, BlockType)> {
-    if ty.is_pointer() {
-        let Some(child) = BlockType::new(ty.value() - 1) else {
-            return Vec::new();
-        };
-        let limit = if ty.depth() == 1 {
-            usize::MAX
-        } else {
-            AHEAD_OF_DEEP_POINTERS
-        };
-        data.chunks_exact(crate::SCORE_SIZE)
-            .filter_map(Score::from_slice)
-            .filter(|s| !s.is_zero())
-            .take(limit)
-            .map(|s| (s, child))
-            .collect()
-    } else if ty == BlockType::DIR {
-        data.chunks_exact(40)
-            .filter(|e| e[8] & 0x01 != 0)
-            .filter_map(|e| {
-                let base = if e[8] & 0x02 != 0 {
-                    BlockType::DIR
-                } else {
-                    BlockType::DATA
-                };
-                let ty = BlockType::at_depth(base, (e[8] & 0x1c) >> 2)?;
-                let score = Score::from_slice(&e[20..40])?;
-                (!score.is_zero()).then_some((score, ty))
-            })
-            .collect()
-    } else {
-        Vec::new()
+    let mut all = crate::reach::children(ty, data);
+    if ty.is_pointer() && ty.depth() > 1 {
+        all.truncate(AHEAD_OF_DEEP_POINTERS);
     }
+    all
 }
 
 impl Shared {

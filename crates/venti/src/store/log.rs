@@ -40,13 +40,20 @@ use std::io::{self, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::record::{self, HEADER_LEN};
 use super::{BlockStore, MAX_BLOCK_SIZE, StoreError};
 use crate::{BlockType, Score};
+
+mod ages;
+mod sweep;
+
+pub use ages::DEFAULT_GRACE;
+pub use sweep::{Collected, SweepLimits};
 
 const LOG_HEADER: &[u8] = b"colony venti log v1\n";
 const LOG_HEADER_LEN: u64 = 64;
@@ -61,6 +68,11 @@ type Key = [u8; 21];
 const INDEX: TableDefinition<&Key, (u64, u32)> = TableDefinition::new("blocks");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const INDEXED_END: &str = "indexed_end";
+/// Unix time → the log's end then (see [`ages`]).
+const AGES: TableDefinition<u64, u64> = TableDefinition::new("ages");
+/// Skips a collection committed to before it wrote them into the log:
+/// start of the dead run → its end. Replayed at open (see [`sweep`]).
+const SKIPS: TableDefinition<u64, u64> = TableDefinition::new("skips");
 
 /// Write the buffer to the file once it holds this much.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -118,6 +130,16 @@ pub struct LogStore {
     writer: Mutex<Writer>,
     /// A second handle for positioned reads that need no lock.
     reader: File,
+    /// A third, for a collection's writes into the log's past (skips).
+    patcher: File,
+    /// How old the records are; see [`ages`].
+    ages: Mutex<ages::Ages>,
+    /// Held shared by whoever reads the log in sequence, and exclusively
+    /// while a collection writes skips and punches holes, so a reader never
+    /// meets a record half gone.
+    past: RwLock<()>,
+    /// Held by the one collection that may run at a time.
+    collecting: Mutex<()>,
     index: Database,
     salt: [u8; SALT_LEN],
     recovery: Recovery,
@@ -171,6 +193,10 @@ impl LogStore {
         }
         let reader = File::open(&log_path)
             .map_err(|e| StoreError::io(format!("opening {}", log_path.display()), e))?;
+        let patcher = OpenOptions::new()
+            .write(true)
+            .open(&log_path)
+            .map_err(|e| StoreError::io(format!("opening {}", log_path.display()), e))?;
 
         let index_path = dir.join("index.redb");
         let index_err = |e: &dyn std::fmt::Display| StoreError::Index {
@@ -196,6 +222,10 @@ impl LogStore {
                 failed: None,
             }),
             reader,
+            patcher,
+            ages: Mutex::new(ages::Ages::new([])),
+            past: RwLock::new(()),
+            collecting: Mutex::new(()),
             index,
             salt,
             recovery: Recovery::default(),
@@ -255,6 +285,7 @@ impl LogStore {
                 "log position {from} is outside this store's durable log ({LOG_HEADER_LEN}..{end})"
             )));
         }
+        let _past = self.past.read().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut offset = from;
@@ -280,6 +311,19 @@ impl LogStore {
                 .read_exact(&mut head)
                 .map_err(|e| StoreError::io(format!("reading {}", self.log_path().display()), e))?;
             let header = record::parse_header(&head).map_err(|why| damaged(offset, why))?;
+            if header.wire_type == record::SKIP_TYPE {
+                let skipped = record::span(&head, &header)
+                    .ok_or_else(|| damaged(offset, "a damaged skip"))?;
+                let next = offset + HEADER_LEN as u64 + skipped;
+                if next > end {
+                    return Err(damaged(offset, "a skip runs past the durable end"));
+                }
+                reader
+                    .seek_relative(skipped as i64)
+                    .map_err(|e| StoreError::io(format!("reading {}", self.log_path().display()), e))?;
+                offset = next;
+                continue;
+            }
             let next = offset + (HEADER_LEN + header.len) as u64;
             if header.len > MAX_BLOCK_SIZE || next > end {
                 return Err(damaged(offset, "a record runs past the durable end"));
@@ -315,6 +359,7 @@ impl LogStore {
     /// How many block records lie between `from` (a record boundary) and the
     /// durable end; reads record headers only.
     pub fn count_records(&self, from: u64) -> Result<u64, StoreError> {
+        let _past = self.past.read().unwrap_or_else(|p| p.into_inner());
         let end = self.durable_end();
         let mut offset = from.max(LOG_HEADER_LEN);
         let mut n = 0;
@@ -326,10 +371,14 @@ impl LogStore {
             let Ok(header) = record::parse_header(&head) else {
                 break;
             };
-            if header.wire_type != record::SYNC_MARKER_TYPE {
+            let Some(span) = record::span(&head, &header) else {
+                break;
+            };
+            if header.wire_type != record::SYNC_MARKER_TYPE && header.wire_type != record::SKIP_TYPE
+            {
                 n += 1;
             }
-            offset += (HEADER_LEN + header.len) as u64;
+            offset += HEADER_LEN as u64 + span;
         }
         Ok(n)
     }
@@ -385,6 +434,19 @@ impl LogStore {
                 .map_err(|e| self.index_error(e))?
                 .map(|v| v.value());
             stored.unwrap_or(LOG_HEADER_LEN)
+        };
+        // A collection that died between committing its skips and making
+        // them durable in the log: write them again, before anything reads
+        // the log.
+        self.replay_skips(&txn)?;
+        let saved_ages: Vec<(u64, u64)> = {
+            let table = txn.open_table(AGES).map_err(|e| self.index_error(e))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| self.index_error(e))? {
+                let (t, end) = entry.map_err(|e| self.index_error(e))?;
+                out.push((t.value(), end.value()));
+            }
+            out
         };
         if indexed_end > log_len || indexed_end < LOG_HEADER_LEN {
             tracing::warn!(
@@ -450,6 +512,12 @@ impl LogStore {
         }
         txn.commit().map_err(|e| self.index_error(e))?;
 
+        {
+            // Everything found was written before now.
+            let mut ages = self.lock_ages();
+            *ages = ages::Ages::new(saved_ages);
+            ages.note(ages::unix_now(), valid_end);
+        }
         let mut w = self.lock_writer();
         w.buf_start = valid_end;
         w.end = valid_end;
@@ -458,6 +526,104 @@ impl LogStore {
         w.durable_end = valid_end;
         self.durable.send_replace(valid_end);
         Ok(())
+    }
+
+    fn lock_ages(&self) -> MutexGuard<'_, ages::Ages> {
+        self.ages.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The grace period of this store's collections; see [`ages`].
+    pub fn grace(&self) -> Duration {
+        self.lock_ages().grace()
+    }
+
+    /// Sets the grace period (a node's `gc-grace`); see [`ages`].
+    pub fn set_grace(&self, grace: Duration) {
+        self.lock_ages().set_grace(grace);
+    }
+
+    /// Below this offset a block that is written again or claimed is copied
+    /// to the end of the log, so that it counts as young (see [`ages`]).
+    fn refresh_horizon(&self) -> u64 {
+        let ages = self.lock_ages();
+        ages.horizon(ages::unix_now(), ages.grace(), LOG_HEADER_LEN)
+    }
+
+    /// Whether the store holds the block, for a replication peer that will
+    /// not send it because of the answer: as [`LogStore::has`], but a block
+    /// older than the grace period is copied to the end of the log first,
+    /// so that no collection within the grace period sweeps it while the
+    /// name that needs it is on its way.
+    pub fn claim(&self, score: &Score, wire_type: u8) -> Result<bool, StoreError> {
+        if score.is_zero() {
+            return Ok(true);
+        }
+        let k = key(score, wire_type);
+        let Some(loc) = self.location(&k)? else {
+            return Ok(false);
+        };
+        if loc.offset >= self.refresh_horizon() {
+            return Ok(true);
+        }
+        let ty = BlockType::from_wire(wire_type).unwrap_or(BlockType::DATA);
+        let Some(data) = self.read(score, ty)? else {
+            return Ok(false);
+        };
+        let mut w = self.lock_writer();
+        // Copied by someone else meanwhile, or swept: decide again.
+        match self.current_location(&w, &k)? {
+            Some(now) if now.offset == loc.offset => {
+                self.append_record(&mut w, wire_type, score, &data)?;
+                Ok(true)
+            }
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    /// Where the block's newest record is: pending, else indexed.
+    fn location(&self, k: &Key) -> Result<Option<Location>, StoreError> {
+        let w = self.lock_writer();
+        self.current_location(&w, k)
+    }
+
+    /// Appends a record for a block that is new, or held but old, and
+    /// indexes it there.
+    fn append_record(
+        &self,
+        w: &mut Writer,
+        wire: u8,
+        score: &Score,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        if w.buf.len() >= WRITE_BUFFER {
+            self.flush_buffer(w)?;
+        }
+        let offset = w.end;
+        record::append(&mut w.buf, wire, score, data);
+        w.end += (HEADER_LEN + data.len()) as u64;
+        w.pending.insert(
+            key(score, wire),
+            Location {
+                offset,
+                len: data.len() as u32,
+            },
+        );
+        if w.pending.len() >= INDEX_BATCH_BLOCKS || w.end - w.indexed_end >= INDEX_BATCH_BYTES {
+            // The block is in the buffer and readable; a failed commit marks
+            // the store failed and the next write reports it.
+            if let Err(e) = self.commit_index(w) {
+                tracing::error!(error = %e, "committing the venti index failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn current_location(&self, w: &Writer, k: &Key) -> Result<Option<Location>, StoreError> {
+        match w.pending.get(k) {
+            Some(loc) => Ok(Some(*loc)),
+            None => self.indexed_location(k),
+        }
     }
 
     /// Writes the buffered records to the file. On failure (a full disk, say)
@@ -505,6 +671,7 @@ impl LogStore {
         if target > w.durable_end {
             w.durable_end = target;
             self.durable.send_replace(target);
+            self.lock_ages().note(ages::unix_now(), target);
         }
         if w.end == target && w.end > w.marked_end {
             // Only now, with the data durable, may a marker say it is.
@@ -543,6 +710,14 @@ impl LogStore {
                 let mut meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
                 meta.insert(INDEXED_END, covered)
                     .map_err(|e| self.index_error(e))?;
+                let mut ages = txn.open_table(AGES).map_err(|e| self.index_error(e))?;
+                for (t, end) in std::mem::take(&mut self.lock_ages().unsaved) {
+                    // Only marks the index covers: a mark past it would
+                    // outlive a crash that lost what it claims.
+                    if end <= covered {
+                        ages.insert(t, end).map_err(|e| self.index_error(e))?;
+                    }
+                }
             }
             txn.commit().map_err(|e| self.index_error(e))
         })();
@@ -641,7 +816,20 @@ impl BlockStore for LogStore {
             Some(loc) => Some(loc),
             None => self.indexed_location(&k)?,
         };
-        loc.map(|loc| self.read_record(score, ty, loc)).transpose()
+        let Some(loc) = loc else {
+            return Ok(None);
+        };
+        match self.read_record(score, ty, loc) {
+            // A collection may have swept the block, or a touch copied it,
+            // between the lookup and the read: the index says which.
+            Err(StoreError::Corrupt { .. }) if self.location(&k)?.map(|l| l.offset) != Some(loc.offset) => {
+                match self.location(&k)? {
+                    Some(moved) => self.read_record(score, ty, moved).map(Some),
+                    None => Ok(None),
+                }
+            }
+            other => other.map(Some),
+        }
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
@@ -658,13 +846,19 @@ impl BlockStore for LogStore {
         }
         let wire = ty.to_wire();
         let k = key(&score, wire);
-        let held = |w: &Writer| -> Result<bool, StoreError> {
+        // Held, and young enough to stay where it is (an old block written
+        // again is copied forward; see [`ages`]).
+        let kept = |w: &Writer, young_from: u64| -> Result<Option<bool>, StoreError> {
             if let Some(why) = &w.failed {
                 return Err(StoreError::Failed(why.clone()));
             }
-            Ok(w.pending.contains_key(&k) || self.indexed_location(&k)?.is_some())
+            Ok(self
+                .current_location(w, &k)?
+                .map(|loc| loc.offset >= young_from))
         };
-        if held(&self.lock_writer())? {
+        let young_from = self.refresh_horizon();
+        let held = kept(&self.lock_writer(), young_from)?;
+        if held == Some(true) {
             return Ok(score);
         }
         // A new block is checked for a SHA-1 collision attack, outside the
@@ -673,33 +867,14 @@ impl BlockStore for LogStore {
         // carries no attack has no known colliding partner (both halves of
         // every published kind of attack carry one), so a duplicate is not
         // checked again.
-        if self.detect_collisions {
+        if held.is_none() && self.detect_collisions {
             Score::of_new(data)?;
         }
         let mut w = self.lock_writer();
-        if held(&w)? {
+        if kept(&w, young_from)? == Some(true) {
             return Ok(score);
         }
-        if w.buf.len() >= WRITE_BUFFER {
-            self.flush_buffer(&mut w)?;
-        }
-        let offset = w.end;
-        record::append(&mut w.buf, wire, &score, data);
-        w.end += (HEADER_LEN + data.len()) as u64;
-        w.pending.insert(
-            k,
-            Location {
-                offset,
-                len: data.len() as u32,
-            },
-        );
-        if w.pending.len() >= INDEX_BATCH_BLOCKS || w.end - w.indexed_end >= INDEX_BATCH_BYTES {
-            // The block is in the buffer and readable; a failed commit marks
-            // the store failed and the next write reports it.
-            if let Err(e) = self.commit_index(&mut w) {
-                tracing::error!(error = %e, "committing the venti index failed");
-            }
-        }
+        self.append_record(&mut w, wire, &score, data)?;
         Ok(score)
     }
 
@@ -838,6 +1013,19 @@ fn scan_log(file: &File, from: u64, len: u64) -> io::Result<(HashMap<Key, Locati
         let Ok(header) = record::parse_header(&head) else {
             break;
         };
+        if header.wire_type == record::SKIP_TYPE {
+            // What a collection left: dead records, perhaps a hole.
+            let Some(skipped) = record::span(&head, &header) else {
+                break;
+            };
+            let next = offset + HEADER_LEN as u64 + skipped;
+            if next > len {
+                break;
+            }
+            reader.seek_relative(skipped as i64)?;
+            offset = next;
+            continue;
+        }
         if header.len > MAX_BLOCK_SIZE || offset + (HEADER_LEN + header.len) as u64 > len {
             break;
         }
@@ -867,6 +1055,24 @@ fn scan_log(file: &File, from: u64, len: u64) -> io::Result<(HashMap<Key, Locati
 struct ReadAt<'a> {
     file: &'a File,
     pos: u64,
+}
+
+impl io::Seek for ReadAt<'_> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        self.pos = match to {
+            io::SeekFrom::Start(at) => at,
+            io::SeekFrom::Current(by) => self.pos.checked_add_signed(by).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+            })?,
+            io::SeekFrom::End(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a log reader seeks from its start",
+                ));
+            }
+        };
+        Ok(self.pos)
+    }
 }
 
 impl Read for ReadAt<'_> {

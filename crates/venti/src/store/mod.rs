@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use cache::{BlockCache, CacheStats, CachedStore};
-pub use log::{LogRecord, LogStore, Recovery};
+pub use log::{Collected, DEFAULT_GRACE, LogRecord, LogStore, Recovery, SweepLimits};
 pub use memory::MemoryStore;
 
 use crate::{BlockType, Score};
@@ -160,6 +160,9 @@ pub enum StoreError {
     /// A venti server could not be reached or refused a request.
     #[error("{0}")]
     Remote(String),
+    /// A collection (mark or sweep) could not go on; it says why.
+    #[error("{0}")]
+    Collection(String),
 }
 
 impl StoreError {

@@ -20,6 +20,14 @@ const SYNC_MARKER_DATA: usize = 4 + 16 + 8;
 /// A whole marker record.
 pub const SYNC_MARKER_LEN: usize = HEADER_LEN + SYNC_MARKER_DATA;
 
+/// The wire type of a skip: a record that a collection wrote over the
+/// first of a run of dead records, saying how far the run goes. It has no
+/// data of its own; its score field holds the length of what it covers
+/// (`skipped[8]`, then zeros), and its CRC covers its header alone, so the
+/// bytes it covers (some of them a punched hole that reads as zeros) are
+/// never read.
+pub const SKIP_TYPE: u8 = 0xfe;
+
 /// The decoded fixed part of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -78,6 +86,29 @@ fn checksum(head: &[u8], data: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// A skip header covering the `skipped` bytes that follow it.
+pub fn skip_header(skipped: u64) -> [u8; HEADER_LEN] {
+    let mut head = [0u8; HEADER_LEN];
+    head[..4].copy_from_slice(&MAGIC);
+    head[4] = SKIP_TYPE;
+    head[8..16].copy_from_slice(&skipped.to_be_bytes());
+    let crc = checksum(&head[..28], &[]);
+    head[28..].copy_from_slice(&crc.to_be_bytes());
+    head
+}
+
+/// How many bytes after its header a record spans: its data, or for a
+/// skip, what it covers. `None` for a skip whose checksum fails.
+pub fn span(bytes: &[u8; HEADER_LEN], header: &Header) -> Option<u64> {
+    if header.wire_type != SKIP_TYPE {
+        return Some(header.len as u64);
+    }
+    let whole = header.len == 0
+        && bytes[16..28].iter().all(|&b| b == 0)
+        && crc_matches(bytes, header, &[]);
+    whole.then(|| u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")))
+}
+
 /// Decodes a header, or says why these 32 bytes are not one.
 pub fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Header, &'static str> {
     if bytes[..4] != MAGIC {
@@ -116,6 +147,29 @@ mod tests {
             !is_sync_marker(&m, &[8u8; 16], 4096),
             "another store's marker"
         );
+    }
+
+    #[test]
+    fn a_skip_says_how_far_it_goes_and_a_flipped_bit_is_caught() {
+        let head = skip_header(5 << 30);
+        let h = parse_header(&head).unwrap();
+        assert_eq!((h.wire_type, h.len), (SKIP_TYPE, 0));
+        assert_eq!(span(&head, &h), Some(5 << 30));
+        for byte in 4..HEADER_LEN {
+            let mut flipped = head;
+            flipped[byte] ^= 0x10;
+            if let Ok(fh) = parse_header(&flipped) {
+                assert!(
+                    fh.wire_type != SKIP_TYPE || span(&flipped, &fh).is_none(),
+                    "a flip at byte {byte} went unnoticed"
+                );
+            }
+        }
+        // A block record spans its data.
+        let mut rec = Vec::new();
+        append(&mut rec, 3, &Score::of(b"x"), b"x");
+        let bh: [u8; HEADER_LEN] = rec[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(span(&bh, &parse_header(&bh).unwrap()), Some(1));
     }
 
     #[test]

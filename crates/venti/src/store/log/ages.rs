@@ -1,0 +1,128 @@
+//! How old the log's records are: marks of (Unix time, log end), each
+//! saying that every record below that end was written before that time.
+//!
+//! The promise, for a grace period G: a block written or touched (written
+//! again, or claimed by a replication peer) within G of a collection is
+//! not swept by it, named or not. Two rules keep it:
+//!
+//! * a collection at time T sweeps only records below the newest mark
+//!   taken by T − 2G ([`Ages::horizon`] with `2G`);
+//! * a touch at time t of a block whose record lies below the newest mark
+//!   taken by t − G copies the block to the end of the log
+//!   (`LogStore::refresh_horizon`).
+//!
+//! A block touched at t > T − G and not copied lay at or above the mark of
+//! t − G > T − 2G, so above the collection's horizon. Records are thus
+//! copied at most once per G, and only when they are touched.
+//!
+//! Fewer marks only ever make records look younger (a horizon further
+//! back), which keeps more: marks are sampled at most every G/1024, kept
+//! in memory, and saved with each index commit; those lost in a crash
+//! cost nothing but garbage kept a little longer.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The grace period of a store nobody configured: a day, as the issue of
+/// unnamed archives asks.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+pub struct Ages {
+    grace: Duration,
+    /// Oldest first, times never decreasing.
+    marks: VecDeque<(u64, u64)>,
+    /// Marks not yet saved in the index.
+    pub unsaved: Vec<(u64, u64)>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Ages {
+    pub fn new(saved: impl IntoIterator<Item = (u64, u64)>) -> Ages {
+        let mut marks: Vec<(u64, u64)> = saved.into_iter().collect();
+        marks.sort_unstable();
+        Ages {
+            grace: DEFAULT_GRACE,
+            marks: marks.into(),
+            unsaved: Vec::new(),
+        }
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
+    /// Notes that the log ended at `end` at time `now`, unless a mark was
+    /// taken less than G/1024 (at least a second) ago.
+    pub fn note(&mut self, now: u64, end: u64) {
+        let every = (self.grace.as_secs() / 1024).max(1);
+        if let Some(&(last, last_end)) = self.marks.back() {
+            // A clock that went back does not make old records young: the
+            // mark keeps the later time (the records below `end` were all
+            // written before it, as before).
+            if now < last + every || end <= last_end {
+                return;
+            }
+        }
+        self.marks.push_back((now, end));
+        self.unsaved.push((now, end));
+        // Marks much older than the grace are never a horizon again but
+        // the newest of them; keep that one.
+        let keep_after = now.saturating_sub(4 * self.grace.as_secs().max(1));
+        while self.marks.len() > 2 && self.marks[1].0 < keep_after {
+            self.marks.pop_front();
+        }
+    }
+
+    /// Where records older than `age` end: the end of the newest mark
+    /// taken at least `age` ago (`floor` if there is none).
+    pub fn horizon(&self, now: u64, age: Duration, floor: u64) -> u64 {
+        let cutoff = now.saturating_sub(age.as_secs());
+        let at = self.marks.partition_point(|&(t, _)| t <= cutoff);
+        if at == 0 {
+            floor
+        } else {
+            self.marks[at - 1].1.max(floor)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_horizon_is_the_end_of_the_newest_mark_old_enough() {
+        let mut ages = Ages::new([]);
+        ages.set_grace(Duration::from_secs(100));
+        assert_eq!(ages.horizon(1000, Duration::from_secs(10), 64), 64);
+        ages.note(1000, 500);
+        ages.note(1000, 600); // within the sampling interval: not taken
+        ages.note(1010, 700);
+        ages.note(1020, 650); // the log did not grow: not taken
+        assert_eq!(ages.horizon(1015, Duration::from_secs(10), 64), 500);
+        assert_eq!(ages.horizon(1020, Duration::from_secs(10), 64), 700);
+        assert_eq!(ages.horizon(1009, Duration::from_secs(10), 64), 64);
+        assert_eq!(ages.unsaved, vec![(1000, 500), (1010, 700)]);
+    }
+
+    #[test]
+    fn old_marks_are_dropped_but_the_newest_of_them() {
+        let mut ages = Ages::new([]);
+        ages.set_grace(Duration::from_secs(10));
+        for i in 0..1000u64 {
+            ages.note(i, 100 + i);
+        }
+        assert!(ages.marks.len() <= 45, "{} marks kept", ages.marks.len());
+        assert_eq!(ages.horizon(999, Duration::from_secs(10), 64), 1089);
+        assert_eq!(ages.horizon(999, Duration::from_secs(40), 64), 1059);
+    }
+}
