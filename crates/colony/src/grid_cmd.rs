@@ -314,6 +314,49 @@ pub struct ImportArgs {
     state: StateArg,
 }
 
+#[derive(Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    state: StateArg,
+}
+
+/// Asks the node running on the state directory to collect its garbage,
+/// showing how it goes on a terminal, and prints its report.
+pub fn gc(args: GcArgs) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let state = args.state.resolve()?;
+    let path = state.root.join(node::admin_socket::ADMIN_SOCKET);
+    let mut sock = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "no node runs on {}: a collection runs inside the running node (it must know what its environments and peers hold)",
+            state.root.display()
+        )
+    })?;
+    writeln!(sock, "gc")?;
+    let progress = Progress::new("collecting");
+    let mut reader = std::io::BufReader::new(sock);
+    let mut line = String::new();
+    let status = loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            progress.finish();
+            bail!("the node hung up before it answered");
+        }
+        match line.trim_end().strip_prefix("progress ") {
+            Some(how) => progress.say(how),
+            None => break line.trim().to_string(),
+        }
+    };
+    progress.finish();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest)?;
+    if status != "0" {
+        bail!("{}", rest.trim_end());
+    }
+    print!("{rest}");
+    Ok(())
+}
+
 /// `DIR[:TAG]` of `--oci`.
 fn oci_arg(text: &str) -> (PathBuf, Option<String>) {
     match text.rsplit_once(':') {

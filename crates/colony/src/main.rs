@@ -51,6 +51,9 @@ enum Command {
     Name(grid_cmd::NameCommand),
     /// Archive a root file system and bind a score name to it for some users.
     Import(grid_cmd::ImportArgs),
+    /// Collect the running node's garbage now: drop the blocks nothing
+    /// needs any more and give their disk back.
+    Gc(grid_cmd::GcArgs),
     /// The Plan 9 ndb database format.
     #[command(subcommand)]
     Ndb(grid_cmd::NdbCommand),
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => grid_cmd::user(cmd),
         Command::Name(cmd) => grid_cmd::name(cmd),
         Command::Import(args) => grid_cmd::import(args),
+        Command::Gc(args) => grid_cmd::gc(args),
         Command::Ndb(cmd) => grid_cmd::ndb_query(cmd),
         Command::Grid(cmd) => link_cmd::grid(cmd),
         Command::Tunnel(args) => link_cmd::tunnel(args),

@@ -45,6 +45,11 @@ impl Progress {
         ));
     }
 
+    /// Shows `msg` as where the work stands.
+    pub fn say(&self, msg: &str) {
+        self.bar.set_message(msg.to_string());
+    }
+
     pub fn warnings(&self) -> u64 {
         self.warnings.load(Ordering::Relaxed)
     }

@@ -37,6 +37,19 @@ pub struct Binding {
     pub users: Vec<String>,
 }
 
+/// What an entry keeps alive in the block store (see
+/// [`ScoreNames::each_kept`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// A binding's vac root.
+    Root(Score),
+    /// A binding taken ahead of its blocks (reading through): its root,
+    /// whose blocks may not all be here yet.
+    Waiting(Score),
+    /// A working-set list (one block).
+    List(Score),
+}
+
 /// A name that lost a conflict, and the name it was bound as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renamed {
@@ -510,6 +523,41 @@ impl ScoreNames {
     /// origin), so every node chooses the same whatever order they came in.
     pub fn working_set(&self, root: &Score) -> GridResult<Option<Score>> {
         Ok(newest_working_set(&self.index.view()?, root)?.map(|(_, list)| list))
+    }
+
+    /// What the entries from the `from`th on keep alive, for a
+    /// collection, read a chunk at a time: each binding's root (tombstones
+    /// keep nothing), and each working-set list's block (not its root).
+    pub fn each_kept(&self, from: usize, kept: &mut dyn FnMut(Kept)) -> GridResult<()> {
+        let view = self.index.view()?;
+        let mut at = from;
+        while at < view.len() {
+            let upto = (at + READ_ENTRIES).min(view.len());
+            for e in view.entries(at..upto)? {
+                if is_tombstone(&e) {
+                    continue;
+                }
+                if is_working_set(&e) {
+                    if let Ok((list, _)) = working_set_of(&e) {
+                        kept(Kept::List(list));
+                    }
+                    continue;
+                }
+                let Some(root) = e
+                    .get("rootscore")
+                    .and_then(|r| vac::parse_vac(r, true).ok())
+                else {
+                    continue;
+                };
+                kept(if e.get("waiting").is_some() {
+                    Kept::Waiting(root)
+                } else {
+                    Kept::Root(root)
+                });
+            }
+            at = upto;
+        }
+        Ok(())
     }
 
     /// How many bindings there are.

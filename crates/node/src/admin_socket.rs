@@ -4,7 +4,8 @@
 //!
 //! A request is a header line, `import NAME USER[,USER…] tar|oci[:TAG]`,
 //! then the stream; the answer is the status line, then what the import
-//! printed.
+//! printed. Or `gc` (`colony gc`): the answer is `progress TEXT` lines as
+//! the collection goes, then the status line and its report.
 
 use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -97,6 +98,20 @@ fn answer(node: &storage::Node, conn: &UnixStream) {
                     },
                 ),
                 Err(e) => storage::Reply::fail(e),
+            }
+        }
+        ["gc"] => {
+            let mut out = conn;
+            let report = node.collect(&mut |how| {
+                let _ = writeln!(out, "progress {how}");
+            });
+            match report {
+                Ok(r) => storage::Reply {
+                    out: r.to_string(),
+                    err: String::new(),
+                    status: 0,
+                },
+                Err(e) => storage::Reply::fail(e.to_string()),
             }
         }
         _ => storage::Reply::fail(format!("bad request {:?}", header.trim())),

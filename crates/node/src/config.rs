@@ -253,6 +253,24 @@ pub const SETTINGS: &[Setting] = &[
         "How long an environment may be idle (no login, under 2% of a core) before it is suspended to a resume point until the next login; 0: never, else at least 1s (a spawn may say idle=DURATION|never)",
     ),
     setting(
+        "gc-grace",
+        Kind::Duration,
+        Some("24h"),
+        "(storage) A block written or touched (written again, claimed by a peer) within this long is never collected, named or not: the time an archive has to be named",
+    ),
+    setting(
+        "gc-memory",
+        Kind::Size,
+        Some("256M"),
+        "(storage) The memory a garbage collection may use, whatever the store's size (a larger store keeps a little more garbage)",
+    ),
+    setting(
+        "gc-every",
+        Kind::Duration,
+        Some("24h"),
+        "(storage) How often the node collects its garbage by itself (0: only when `colony gc` asks)",
+    ),
+    setting(
         "env-ports",
         Kind::Ports,
         Some("20001-20100"),
@@ -689,6 +707,10 @@ pub struct Config {
     pub block_cache: u64,
     pub block_wait: Duration,
     pub login_grace: Duration,
+    /// Garbage collection: the grace period, its memory, how often.
+    pub gc_grace: Duration,
+    pub gc_memory: u64,
+    pub gc_every: Option<Duration>,
     /// What the node's environments get (spawn-max, caches, ports, limits).
     pub cpu: CpuConfig,
 }
@@ -763,6 +785,9 @@ impl Config {
             block_cache: s.size("block-cache")?,
             block_wait: s.duration("block-wait")?,
             login_grace: s.duration("login-grace")?,
+            gc_grace: s.duration("gc-grace")?,
+            gc_memory: s.size("gc-memory")?,
+            gc_every: Some(s.duration("gc-every")?).filter(|d| !d.is_zero()),
             cpu,
         })
     }

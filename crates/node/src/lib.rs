@@ -270,6 +270,19 @@ fn start_storage(
     }
     .with_store(store.clone())
     .with_metrics(metrics.clone());
+    // Its own log store is collected (a bucket's packs and a venti
+    // server's blocks are not this node's to drop).
+    let node = match &log {
+        Some(log) => {
+            log.set_grace(config.gc_grace);
+            node.with_collector(Arc::new(storage::collect::Collector::new(
+                log.clone(),
+                config.gc_memory,
+                replication.as_ref().map(|r| r.replicator.clone()),
+            )))
+        }
+        None => node,
+    };
     if let (Some(s), Some((pool, _))) = (&streams, &pool) {
         let _ = pool.streams.set(s.clone());
     }
@@ -377,6 +390,16 @@ fn start_storage(
             }
             None => None,
         };
+        if let (Some(every), Some(_)) = (config.gc_every, &log) {
+            let node = node.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let node = node.clone();
+                    let _ = tokio::task::spawn_blocking(move || node.collect(&mut |_| {})).await;
+                }
+            });
+        }
         // The growth plot's samples come on a timer, not only when someone looks.
         {
             let metrics = metrics.clone();

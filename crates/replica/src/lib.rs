@@ -124,6 +124,26 @@ impl Replicator {
         Ok(())
     }
 
+    /// For a collection: each peer this node pushes to, with how far it
+    /// has acknowledged this node's log and names (its progress file, as
+    /// durable as the acknowledgements).
+    pub fn acknowledged(&self) -> Vec<(Peer, progress::Position)> {
+        self.peers
+            .iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    progress::ProgressFile::new(&self.dir, &p.name).load(),
+                )
+            })
+            .collect()
+    }
+
+    /// The storage nodes that have pushed to this node since it started.
+    pub fn pushed_by(&self) -> Vec<String> {
+        self.board.snapshot().1.into_keys().collect()
+    }
+
     /// Per peer: blocks and bytes of this node's log it has not
     /// acknowledged (for metrics).
     pub fn lag(&self) -> Vec<(String, u64, u64)> {

@@ -406,6 +406,22 @@ impl Jobs {
             .map_err(|e| GridError::io(format!("writing {}", path.display()), e))
     }
 
+    /// What the jobs' records keep alive in the block store, for a
+    /// collection: each kept log (its entry block) and each root given as
+    /// a score (`vac:HEX`; a root given by name is kept by the name).
+    pub fn pins(&self) -> GridResult<Vec<(venti::Score, venti::BlockType)>> {
+        let mut out = Vec::new();
+        for r in self.all()? {
+            if let Some(log) = r.log.as_deref().and_then(|l| l.parse().ok()) {
+                out.push((log, venti::BlockType::DIR));
+            }
+            if let Ok(root) = vac::parse_vac(&r.root, true) {
+                out.push((root, venti::BlockType::ROOT));
+            }
+        }
+        Ok(out)
+    }
+
     /// `user`'s jobs, oldest first.
     pub fn list(&self, user: &str) -> GridResult<Vec<Record>> {
         Ok(self.all()?.into_iter().filter(|r| r.user == user).collect())

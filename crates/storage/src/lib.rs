@@ -11,6 +11,7 @@
 //! storage nodes are listed and acted on by asking them ([`peers`]).
 
 pub mod admin;
+pub mod collect;
 pub mod frontdoor;
 pub mod import;
 pub mod jobs;
@@ -149,6 +150,11 @@ pub trait Cpus: Send + Sync {
         let _ = (user, env);
         None
     }
+    /// The roots the environments here stand on, for a collection: each
+    /// one's root and the root of its last save (or its resume point). An
+    /// error if that cannot be known now (a cpu node out of reach): then
+    /// nothing may be collected.
+    fn pins(&self) -> GridResult<Vec<Score>>;
     /// The user's environments; with `take_notices`, the notices kept
     /// for the user are handed over (and forgotten), as to the user
     /// themself; without, they stay for the user (the admin's page looks).
@@ -201,6 +207,8 @@ pub struct Node {
     /// Itself, for what it starts that outlives a command (a service's
     /// keepers); set by [`Node::up`].
     me: std::sync::OnceLock<std::sync::Weak<Node>>,
+    /// Its garbage collector, if its store is its own log.
+    collector: Option<Arc<collect::Collector>>,
 }
 
 /// What a command sees: the user's work across the grid (a user's
@@ -264,6 +272,7 @@ impl Node {
             peers: Default::default(),
             services,
             me: Default::default(),
+            collector: None,
         }
     }
 
@@ -467,6 +476,71 @@ impl Node {
             );
         }
         Ok(out)
+    }
+
+    /// Collects garbage in its log store with `collector`.
+    pub fn with_collector(mut self, collector: Arc<collect::Collector>) -> Node {
+        self.collector = Some(collector);
+        self
+    }
+
+    /// Runs a collection (`colony gc`), telling `progress` how it goes.
+    pub fn collect(&self, progress: &mut dyn FnMut(&str)) -> GridResult<collect::Report> {
+        let collector = self.collector.as_ref().ok_or_else(|| {
+            GridError::refused(
+                "this node's blocks are not in its own log store (a bucket or a venti server keeps them): nothing to collect here",
+            )
+        })?;
+        let report = collector.collect(self, progress);
+        match &report {
+            Ok(r) => tracing::info!(
+                seconds = r.seconds,
+                roots = r.marked.roots,
+                dropped = r.swept.blocks_dropped,
+                given_back = r.swept.disk_before.saturating_sub(r.swept.disk_after),
+                "collected garbage"
+            ),
+            Err(e) => tracing::warn!(error = %e, "a collection did not run"),
+        }
+        report
+    }
+
+    /// The roots this node's own work stands on, which its names may not
+    /// show: its environments' roots and last saves or resume points, its
+    /// jobs' logs and the roots they were given as scores.
+    pub(crate) fn own_pins(&self) -> GridResult<Vec<(Score, venti::BlockType)>> {
+        let mut pins: Vec<(Score, venti::BlockType)> = self
+            .cpus
+            .pins()?
+            .into_iter()
+            .map(|s| (s, venti::BlockType::ROOT))
+            .collect();
+        if let Some(jobs) = &self.jobs {
+            pins.extend(jobs.pins()?);
+        }
+        Ok(pins)
+    }
+
+    /// What a peer collecting its garbage must keep for this node: its
+    /// own pins, and the roots of the names it has not yet sent `peer`.
+    fn pins_for(&self, peer: &str) -> GridResult<Vec<u8>> {
+        let mut pins = self.own_pins()?;
+        let sent = self
+            .peers()
+            .and_then(|p| {
+                p.replicator()
+                    .acknowledged()
+                    .into_iter()
+                    .find(|(p, _)| p.name == peer)
+            })
+            .map_or(0, |(_, at)| at.names as usize);
+        self.names().each_kept(sent, &mut |kept| match kept {
+            grid::scorenames::Kept::Root(r) | grid::scorenames::Kept::Waiting(r) => {
+                pins.push((r, venti::BlockType::ROOT))
+            }
+            grid::scorenames::Kept::List(l) => pins.push((l, venti::BlockType::DATA)),
+        })?;
+        Ok(collect::format_pins(&pins))
     }
 
     /// Takes imports into `store`, and keeps ended jobs' logs there.
@@ -1295,6 +1369,20 @@ impl replica::ask::Desk for Desk {
 impl Node {
     /// A peer's ask: carried out as this node alone sees it.
     fn answer_peer(&self, peer: &str, user: &str, line: &str) -> replica::ask::Told {
+        if line == collect::PINS_ASK {
+            return match self.pins_for(peer) {
+                Ok(out) => replica::ask::Told {
+                    out,
+                    err: String::new(),
+                    status: 0,
+                },
+                Err(e) => replica::ask::Told {
+                    out: Vec::new(),
+                    err: format!("{e}\n"),
+                    status: 1,
+                },
+            };
+        }
         // A follower of a service's log through a peer: the piece from
         // FROM as it was after TRIMS trims; where that piece starts and
         // the trims now, in `err`.

@@ -81,6 +81,16 @@ impl Cpus for LocalCpus {
         })
     }
 
+    fn pins(&self) -> GridResult<Vec<Score>> {
+        let mut users: Vec<String> = self.envs.running().into_iter().map(|r| r.user).collect();
+        users.dedup();
+        Ok(users
+            .iter()
+            .flat_map(|u| self.envs.status(u, None))
+            .flat_map(|s| [s.root, s.root_now])
+            .collect())
+    }
+
     fn live(&self) -> usize {
         self.envs.live()
     }

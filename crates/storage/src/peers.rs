@@ -60,6 +60,11 @@ impl Peers {
             .collect()
     }
 
+    /// The replication it asks over.
+    pub fn replicator(&self) -> &Arc<replica::Replicator> {
+        &self.replicator
+    }
+
     /// This node's name, as its peers know it.
     pub fn me(&self) -> &str {
         &self.replicator.node

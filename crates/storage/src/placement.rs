@@ -967,6 +967,35 @@ impl Cpus for Pool {
         Ok(true)
     }
 
+    fn pins(&self) -> GridResult<Vec<Score>> {
+        // Every placed root (a starting one has saved nothing yet), then
+        // what each running one saved last, as its cpu node says.
+        let (mut pins, mut users) = {
+            let state = self.state();
+            let pins: Vec<Score> = state.envs.values().map(|p| p.root).collect();
+            let users: Vec<String> = state.envs.keys().map(|(u, _)| u.clone()).collect();
+            (pins, users)
+        };
+        users.sort_unstable();
+        users.dedup();
+        for user in &users {
+            for env in self.status(user, false)?.envs {
+                match env.state {
+                    crate::status::EnvState::Running(s) => pins.extend([s.root, s.root_now]),
+                    crate::status::EnvState::Starting => {}
+                    crate::status::EnvState::Lost { .. } => {
+                        return Err(GridError::refused(format!(
+                            "{user}'s environment {} is on cpu node {}, out of reach: what it saved last is unknown, so nothing can be collected until the node is back or the environment is boomed",
+                            env.name,
+                            env.cpu.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(pins)
+    }
+
     fn status(&self, user: &str, take_notices: bool) -> GridResult<UserStatus> {
         let (mut by_cpu, notices) = {
             let mut state = self.state();

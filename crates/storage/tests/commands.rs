@@ -40,6 +40,9 @@ impl Cpus for FakeCpus {
             node: "fake".into(),
         })
     }
+    fn pins(&self) -> GridResult<Vec<Score>> {
+        Ok(Vec::new())
+    }
     fn save(&self, _user: &str, env: &str) -> GridResult<Score> {
         Ok(Score::of(env.as_bytes()))
     }

@@ -28,6 +28,6 @@ pub use message::Message;
 pub use remote::RemoteStore;
 pub use score::{COLLISION_REFUSAL, Collision, SCORE_SIZE, Score};
 pub use store::{
-    BlockCache, BlockStore, CacheStats, CachedStore, Collected, DEFAULT_GRACE, LogRecord,
-    LogStore, MAX_BLOCK_SIZE, MemoryStore, StoreError, SweepLimits,
+    BlockCache, BlockStore, CacheStats, CachedStore, Collected, DEFAULT_GRACE, LogRecord, LogStore,
+    MAX_BLOCK_SIZE, MemoryStore, StoreError, SweepLimits,
 };

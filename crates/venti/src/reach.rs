@@ -39,7 +39,9 @@ impl Bloom {
     /// A filter for `blocks` blocks at `bits_per_block` (at least 4), in at
     /// most `max_bytes` (at least 4 KiB).
     pub fn new(blocks: u64, bits_per_block: u32, max_bytes: u64) -> Bloom {
-        let want = blocks.max(1024).saturating_mul(bits_per_block.max(4) as u64);
+        let want = blocks
+            .max(1024)
+            .saturating_mul(bits_per_block.max(4) as u64);
         let bits = want.min(max_bytes.max(4096).saturating_mul(8));
         let words = bits.div_ceil(64) as usize;
         let per_block = (words as f64 * 64.0) / blocks.max(1) as f64;
@@ -131,6 +133,8 @@ pub struct Marked {
     pub blocks: u64,
     /// Interior blocks read.
     pub reads: u64,
+    /// Interior blocks a lenient walk did not find.
+    pub absent: u64,
 }
 
 /// Marks what live roots reach, into a [`Bloom`].
@@ -162,6 +166,18 @@ impl<'a> Marker<'a> {
     /// but the store lacks (or cannot read) ends the mark with an error
     /// naming it: its children are unknown, so nothing may be swept.
     pub fn mark(&mut self, root: Score, ty: BlockType) -> Result<(), StoreError> {
+        self.walk(root, ty, false)
+    }
+
+    /// Marks what of `root` is here, passing over blocks the store lacks
+    /// (counted in [`Marked::absent`]): for a root whose blocks are still
+    /// coming (a name taken ahead of its blocks), whose missing parts
+    /// arrive young and so outlive the collection anyway.
+    pub fn mark_what_is_here(&mut self, root: Score, ty: BlockType) -> Result<(), StoreError> {
+        self.walk(root, ty, true)
+    }
+
+    fn walk(&mut self, root: Score, ty: BlockType, lenient: bool) -> Result<(), StoreError> {
         self.marked.roots += 1;
         let mut stack = vec![(root, ty)];
         while let Some((score, ty)) = stack.pop() {
@@ -180,12 +196,16 @@ impl<'a> Marker<'a> {
             if self.walked.len() < self.walked_cap {
                 self.walked.insert(key);
             }
-            let data = self.store.read(&score, ty)?.ok_or_else(|| {
-                StoreError::Collection(format!(
+            let Some(data) = self.store.read(&score, ty)? else {
+                if lenient {
+                    self.marked.absent += 1;
+                    continue;
+                }
+                return Err(StoreError::Collection(format!(
                     "live root {root} reaches block {score} (type {ty:?}), which this store lacks; \
                      nothing can be collected until it is here"
-                ))
-            })?;
+                )));
+            };
             self.marked.reads += 1;
             stack.extend(children(ty, &data));
         }
@@ -269,7 +289,10 @@ mod tests {
         }
         assert!(!bloom.contains(&old), "prev was followed");
         assert!(!bloom.contains(&stranger));
-        assert_eq!(marked.reads, 3, "the second walk read again what the first read");
+        assert_eq!(
+            marked.reads, 3,
+            "the second walk read again what the first read"
+        );
 
         // A missing interior block ends the mark, naming it.
         let missing = Score::of(b"gone");

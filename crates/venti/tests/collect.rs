@@ -197,17 +197,35 @@ fn an_old_block_touched_again_is_copied_forward_and_outlives_a_sweep() {
     assert_eq!(std::fs::metadata(store.log_path()).unwrap().len(), before);
     std::thread::sleep(Duration::from_millis(2100));
     let horizon = store.collection_horizon();
-    assert!(horizon > LogStore::LOG_START, "the old records lie below the horizon");
+    assert!(
+        horizon > LogStore::LOG_START,
+        "the old records lie below the horizon"
+    );
     store.write(BlockType::DATA, &block(1, 8192)).unwrap();
     assert!(store.claim(&claimed, BlockType::DATA.to_wire()).unwrap());
-    assert!(!store.claim(&Score::of(b"absent"), BlockType::DATA.to_wire()).unwrap());
+    assert!(
+        !store
+            .claim(&Score::of(b"absent"), BlockType::DATA.to_wire())
+            .unwrap()
+    );
     store.sync().unwrap();
     // Nothing marked live: only the copies survive.
     store
-        .sweep(horizon, &|_, _| false, SweepLimits::default(), &mut |_, _| {})
+        .sweep(
+            horizon,
+            &|_, _| false,
+            SweepLimits::default(),
+            &mut |_, _| {},
+        )
         .unwrap();
-    assert_eq!(store.read(&old, BlockType::DATA).unwrap(), Some(block(1, 8192)));
-    assert_eq!(store.read(&claimed, BlockType::DATA).unwrap(), Some(block(2, 8192)));
+    assert_eq!(
+        store.read(&old, BlockType::DATA).unwrap(),
+        Some(block(1, 8192))
+    );
+    assert_eq!(
+        store.read(&claimed, BlockType::DATA).unwrap(),
+        Some(block(2, 8192))
+    );
     assert!(none_read(&store, &filler));
 }
 

@@ -11,6 +11,7 @@ mod env_forwards;
 mod env_idle;
 mod env_tools;
 mod garage;
+mod gc;
 mod grid_links;
 mod grid_replication;
 mod grid_split;

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::record::{self, HEADER_LEN};
 use super::{BlockStore, MAX_BLOCK_SIZE, StoreError};
@@ -318,9 +318,9 @@ impl LogStore {
                 if next > end {
                     return Err(damaged(offset, "a skip runs past the durable end"));
                 }
-                reader
-                    .seek_relative(skipped as i64)
-                    .map_err(|e| StoreError::io(format!("reading {}", self.log_path().display()), e))?;
+                reader.seek_relative(skipped as i64).map_err(|e| {
+                    StoreError::io(format!("reading {}", self.log_path().display()), e)
+                })?;
                 offset = next;
                 continue;
             }
@@ -393,6 +393,15 @@ impl LogStore {
             return Ok(true);
         }
         Ok(self.indexed_location(&k)?.is_some())
+    }
+
+    /// How many blocks the store holds (those the index has, and those
+    /// waiting to be indexed).
+    pub fn block_count(&self) -> Result<u64, StoreError> {
+        let pending = self.lock_writer().pending.len() as u64;
+        let txn = self.index.begin_read().map_err(|e| self.index_error(e))?;
+        let table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+        Ok(table.len().map_err(|e| self.index_error(e))? + pending)
     }
 
     /// Commits everything to the index and syncs, so the next open scans nothing.
@@ -545,8 +554,18 @@ impl LogStore {
     /// Below this offset a block that is written again or claimed is copied
     /// to the end of the log, so that it counts as young (see [`ages`]).
     fn refresh_horizon(&self) -> u64 {
-        let ages = self.lock_ages();
+        let ages = self.note_now();
         ages.horizon(ages::unix_now(), ages.grace(), LOG_HEADER_LEN)
+    }
+
+    /// Notes that everything durable now was written by now (a store
+    /// that has been idle since its last write would otherwise have no
+    /// mark past it), and hands over the marks.
+    fn note_now(&self) -> MutexGuard<'_, ages::Ages> {
+        let end = self.durable_end();
+        let mut ages = self.lock_ages();
+        ages.note(ages::unix_now(), end);
+        ages
     }
 
     /// Whether the store holds the block, for a replication peer that will
@@ -822,7 +841,9 @@ impl BlockStore for LogStore {
         match self.read_record(score, ty, loc) {
             // A collection may have swept the block, or a touch copied it,
             // between the lookup and the read: the index says which.
-            Err(StoreError::Corrupt { .. }) if self.location(&k)?.map(|l| l.offset) != Some(loc.offset) => {
+            Err(StoreError::Corrupt { .. })
+                if self.location(&k)?.map(|l| l.offset) != Some(loc.offset) =>
+            {
                 match self.location(&k)? {
                     Some(moved) => self.read_record(score, ty, moved).map(Some),
                     None => Ok(None),

@@ -103,9 +103,8 @@ pub fn span(bytes: &[u8; HEADER_LEN], header: &Header) -> Option<u64> {
     if header.wire_type != SKIP_TYPE {
         return Some(header.len as u64);
     }
-    let whole = header.len == 0
-        && bytes[16..28].iter().all(|&b| b == 0)
-        && crc_matches(bytes, header, &[]);
+    let whole =
+        header.len == 0 && bytes[16..28].iter().all(|&b| b == 0) && crc_matches(bytes, header, &[]);
     whole.then(|| u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")))
 }
 

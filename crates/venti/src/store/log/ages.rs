@@ -6,14 +6,15 @@
 //! not swept by it, named or not. Two rules keep it:
 //!
 //! * a collection at time T sweeps only records below the newest mark
-//!   taken by T − 2G ([`Ages::horizon`] with `2G`);
+//!   whose second ended by T − 2G ([`Ages::horizon`] with `2G`);
 //! * a touch at time t of a block whose record lies below the newest mark
-//!   taken by t − G copies the block to the end of the log
+//!   whose second ended by t − G copies the block to the end of the log
 //!   (`LogStore::refresh_horizon`).
 //!
 //! A block touched at t > T − G and not copied lay at or above the mark of
-//! t − G > T − 2G, so above the collection's horizon. Records are thus
-//! copied at most once per G, and only when they are touched.
+//! t − G > T − 2G (every mark that old was known, and whole, at t), so
+//! above the collection's horizon. Records are thus copied at most once
+//! per G, and only when they are touched.
 //!
 //! Fewer marks only ever make records look younger (a horizon further
 //! back), which keeps more: marks are sampled at most every G/1024, kept
@@ -60,15 +61,28 @@ impl Ages {
         self.grace = grace;
     }
 
-    /// Notes that the log ended at `end` at time `now`, unless a mark was
-    /// taken less than G/1024 (at least a second) ago.
+    /// Notes that the log ended at `end` at time `now` (a Unix second: a
+    /// mark says its records were written before that second ended). In
+    /// the second of the last mark, that mark grows; else a new one is
+    /// taken unless the last is less than G/1024 old (fewer marks only
+    /// make records look younger).
     pub fn note(&mut self, now: u64, end: u64) {
         let every = (self.grace.as_secs() / 1024).max(1);
-        if let Some(&(last, last_end)) = self.marks.back() {
+        if let Some(last) = self.marks.back_mut() {
+            if end <= last.1 {
+                return;
+            }
             // A clock that went back does not make old records young: the
-            // mark keeps the later time (the records below `end` were all
-            // written before it, as before).
-            if now < last + every || end <= last_end {
+            // last mark grows, keeping its later time.
+            if now <= last.0 {
+                last.1 = end;
+                match self.unsaved.last_mut() {
+                    Some(u) if u.0 == last.0 => u.1 = end,
+                    _ => self.unsaved.push(*last),
+                }
+                return;
+            }
+            if now < last.0 + every {
                 return;
             }
         }
@@ -83,10 +97,10 @@ impl Ages {
     }
 
     /// Where records older than `age` end: the end of the newest mark
-    /// taken at least `age` ago (`floor` if there is none).
+    /// whose second ended at least `age` ago (`floor` if there is none).
     pub fn horizon(&self, now: u64, age: Duration, floor: u64) -> u64 {
         let cutoff = now.saturating_sub(age.as_secs());
-        let at = self.marks.partition_point(|&(t, _)| t <= cutoff);
+        let at = self.marks.partition_point(|&(t, _)| t + 1 <= cutoff);
         if at == 0 {
             floor
         } else {
@@ -102,16 +116,20 @@ mod tests {
     #[test]
     fn a_horizon_is_the_end_of_the_newest_mark_old_enough() {
         let mut ages = Ages::new([]);
-        ages.set_grace(Duration::from_secs(100));
+        // Marks at most every 2 s.
+        ages.set_grace(Duration::from_secs(2048));
         assert_eq!(ages.horizon(1000, Duration::from_secs(10), 64), 64);
         ages.note(1000, 500);
-        ages.note(1000, 600); // within the sampling interval: not taken
+        ages.note(1000, 600); // the same second: the mark grows
+        ages.note(1001, 650); // within the sampling interval: not taken
         ages.note(1010, 700);
         ages.note(1020, 650); // the log did not grow: not taken
-        assert_eq!(ages.horizon(1015, Duration::from_secs(10), 64), 500);
-        assert_eq!(ages.horizon(1020, Duration::from_secs(10), 64), 700);
-        assert_eq!(ages.horizon(1009, Duration::from_secs(10), 64), 64);
-        assert_eq!(ages.unsaved, vec![(1000, 500), (1010, 700)]);
+        // A mark's second must have ended `age` ago.
+        assert_eq!(ages.horizon(1010, Duration::from_secs(10), 64), 64);
+        assert_eq!(ages.horizon(1011, Duration::from_secs(10), 64), 600);
+        assert_eq!(ages.horizon(1020, Duration::from_secs(10), 64), 600);
+        assert_eq!(ages.horizon(1021, Duration::from_secs(10), 64), 700);
+        assert_eq!(ages.unsaved, vec![(1000, 600), (1010, 700)]);
     }
 
     #[test]
@@ -122,7 +140,7 @@ mod tests {
             ages.note(i, 100 + i);
         }
         assert!(ages.marks.len() <= 45, "{} marks kept", ages.marks.len());
-        assert_eq!(ages.horizon(999, Duration::from_secs(10), 64), 1089);
-        assert_eq!(ages.horizon(999, Duration::from_secs(40), 64), 1059);
+        assert_eq!(ages.horizon(999, Duration::from_secs(10), 64), 1088);
+        assert_eq!(ages.horizon(999, Duration::from_secs(40), 64), 1058);
     }
 }

@@ -102,7 +102,7 @@ impl LogStore {
     /// above it is kept. Taken before the live set is marked, so that
     /// what is written meanwhile lies above it.
     pub fn collection_horizon(&self) -> u64 {
-        let ages = self.lock_ages();
+        let ages = self.note_now();
         ages.horizon(super::ages::unix_now(), 2 * ages.grace(), LOG_HEADER_LEN)
     }
 
@@ -155,8 +155,8 @@ impl LogStore {
         while offset < horizon {
             reader.read_exact(&mut head).map_err(read_err)?;
             let header = record::parse_header(&head).map_err(|why| self.damaged(offset, why))?;
-            let span =
-                record::span(&head, &header).ok_or_else(|| self.damaged(offset, "a damaged skip"))?;
+            let span = record::span(&head, &header)
+                .ok_or_else(|| self.damaged(offset, "a damaged skip"))?;
             let next = offset + HEADER_LEN as u64 + span;
             if next > horizon {
                 return Err(self.damaged(offset, "a record crosses the collection's horizon"));
@@ -256,7 +256,9 @@ impl LogStore {
     /// kept.
     fn close_run(&self, run: Run, batch: &mut Batch) {
         let (from, to) = punchable(run.start, run.end);
-        let freed_before = run.skipped_to.map_or(from, |end| punchable(run.start, end).1.max(from));
+        let freed_before = run
+            .skipped_to
+            .map_or(from, |end| punchable(run.start, end).1.max(from));
         if to <= freed_before {
             return;
         }

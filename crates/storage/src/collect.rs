@@ -1,0 +1,306 @@
+//! Collecting a storage node's garbage (`colony gc`, and `gc-every`): the
+//! blocks that no name, environment, job or peer needs any more leave the
+//! node's log store, and their disk is given back.
+//!
+//! A collection, in order:
+//!
+//! 1. **Horizon.** Only records older than twice the grace period are
+//!    looked at (see venti's `ages`: what was written or touched within
+//!    the grace period survives, named or not), and none that a peer this
+//!    node pushes to has not acknowledged yet: a log offset is that peer's
+//!    position, so what lies past it must stay as it is.
+//! 2. **Peers' pins.** Every storage peer is asked (`collection-pins`) for
+//!    the roots its own work stands on (the environments it placed, its
+//!    jobs' logs) and for the roots of the names it has not yet sent this
+//!    node. Those are the blocks a peer believes this node keeps that this
+//!    node's names do not show: without them, a name saved on the peer
+//!    from an environment whose root was forgotten could arrive here after
+//!    its old blocks were swept (the replication race). A peer out of
+//!    reach, or a node that pushes here but is not a peer, stops the
+//!    collection: nothing is swept on a partial view.
+//! 3. **Mark.** Every binding's root, every working-set list, this node's
+//!    environments (their roots and last saves or resume points) and jobs
+//!    (their logs, roots given as scores) and the peers' pins are walked
+//!    into a Bloom filter of the memory the node allows (`gc-memory`).
+//! 4. **Sweep.** Records below the horizon that the filter does not hold
+//!    become skips, their pages punched out of the log.
+//!
+//! What is bound or written while this runs is safe: new blocks lie past
+//! the horizon; a block written again or claimed by a peer is copied past
+//! it when it is old; a name bound meanwhile stands on blocks that were
+//! live at the start (marked) or new.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use grid::error::{GridError, GridResult};
+use grid::scorenames::Kept;
+use venti::reach::{Bloom, Marked, Marker};
+use venti::{BlockType, Collected, LogStore, Score, SweepLimits};
+
+use crate::Node;
+
+/// The memory a collection may use unless the node says otherwise
+/// (`gc-memory`).
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// The Bloom filter's bits per block, when memory allows: 0.05% of the
+/// dead blocks kept by mistake.
+const BITS_PER_BLOCK: u32 = 16;
+
+/// How long a peer has to list its pins.
+const PINS_WITHIN: Duration = Duration::from_secs(60);
+
+/// The ask a peer answers with its pins.
+pub const PINS_ASK: &str = "collection-pins";
+
+/// A node's collector: its log store and the memory it may use.
+pub struct Collector {
+    log: Arc<LogStore>,
+    memory: u64,
+    replicator: Option<Arc<replica::Replicator>>,
+    running: Mutex<()>,
+}
+
+/// What a collection did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seconds: f64,
+    pub marked: Marked,
+    /// Pins each peer gave.
+    pub peers: Vec<(String, usize)>,
+    pub filter_bytes: u64,
+    /// The expected share of dead blocks kept by the filter's mistakes.
+    pub false_positive_rate: f64,
+    pub swept: Collected,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.swept;
+        let mb = |b: u64| b as f64 / 1e6;
+        writeln!(
+            f,
+            "marked {} roots, {} blocks ({} read) in a {:.1} MB filter ({:.3}% of the dead kept by mistake)",
+            self.marked.roots,
+            self.marked.blocks,
+            self.marked.reads,
+            mb(self.filter_bytes),
+            self.false_positive_rate * 100.0
+        )?;
+        for (peer, pins) in &self.peers {
+            writeln!(f, "peer {peer}: {pins} roots pinned")?;
+        }
+        writeln!(
+            f,
+            "swept the log up to offset {}: {} records, {} live, {} blocks dropped, {:.1} MB skipped in {} skips",
+            s.horizon,
+            s.records,
+            s.live,
+            s.blocks_dropped,
+            mb(s.bytes_skipped),
+            s.skips
+        )?;
+        writeln!(
+            f,
+            "the log's disk: {:.1} MB before, {:.1} MB after ({:.1} MB given back){}",
+            mb(s.disk_before),
+            mb(s.disk_after),
+            mb(s.disk_before.saturating_sub(s.disk_after)),
+            if s.holes_unsupported {
+                "; this file system cannot punch holes, so the disk was not given back"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(f, "took {:.2} s", self.seconds)
+    }
+}
+
+impl Collector {
+    pub fn new(
+        log: Arc<LogStore>,
+        memory: u64,
+        replicator: Option<Arc<replica::Replicator>>,
+    ) -> Collector {
+        Collector {
+            log,
+            memory: memory.max(1 << 20),
+            replicator,
+            running: Mutex::new(()),
+        }
+    }
+
+    /// The horizon of a collection now: twice the grace period back, and
+    /// no further than any peer has acknowledged. Refuses while a node
+    /// that pushes here is not one of this node's peers (its pins could
+    /// not be asked for).
+    fn horizon(&self) -> GridResult<u64> {
+        let mut horizon = self.log.collection_horizon();
+        if let Some(rep) = &self.replicator {
+            for (_, at) in rep.acknowledged() {
+                horizon = horizon.min(at.blocks);
+            }
+            let peers: Vec<&str> = rep.peers.iter().map(|p| p.name.as_str()).collect();
+            if let Some(stranger) = rep
+                .pushed_by()
+                .into_iter()
+                .find(|p| !peers.contains(&p.as_str()))
+            {
+                return Err(GridError::refused(format!(
+                    "storage node {stranger} pushes blocks here but is not one of this node's peers: a collection must ask it what it keeps; make it a peer (peer=) first"
+                )));
+            }
+        }
+        Ok(horizon)
+    }
+
+    /// Runs one collection for `node`, telling `progress` how it goes.
+    pub fn collect(&self, node: &Node, progress: &mut dyn FnMut(&str)) -> GridResult<Report> {
+        let _one = self
+            .running
+            .try_lock()
+            .map_err(|_| GridError::refused("a collection is already running on this node"))?;
+        let started = Instant::now();
+        let horizon = self.horizon()?;
+        let store_err = |e: venti::StoreError| GridError::refused(e.to_string());
+
+        progress("asking the peers for their pins");
+        let mut peers = Vec::new();
+        let mut peer_pins = Vec::new();
+        if let Some(p) = node.peers() {
+            for answer in p.ask_all("admin", PINS_ASK, PINS_WITHIN) {
+                let told = answer.told.map_err(|e| {
+                    GridError::refused(format!(
+                        "peer {} could not be asked what it keeps ({e}): nothing was collected",
+                        answer.peer
+                    ))
+                })?;
+                if told.status != 0 {
+                    return Err(GridError::refused(format!(
+                        "peer {} would not say what it keeps ({}): nothing was collected",
+                        answer.peer,
+                        told.err.trim()
+                    )));
+                }
+                let pins = parse_pins(&told.out)
+                    .map_err(|e| GridError::refused(format!("peer {}'s pins: {e}", answer.peer)))?;
+                peers.push((answer.peer, pins.len()));
+                peer_pins.extend(pins);
+            }
+        }
+
+        progress("marking what the live roots reach");
+        let blocks = self.log.block_count().map_err(store_err)?;
+        let bloom = Bloom::new(blocks + blocks / 8, BITS_PER_BLOCK, self.memory * 3 / 4);
+        let filter_bytes = bloom.bytes();
+        let mut marker = Marker::new(self.log.as_ref(), bloom, (self.memory / 4) as usize);
+        let mut failed = None;
+        node.names().each_kept(0, &mut |kept| {
+            if failed.is_some() {
+                return;
+            }
+            let marked = match kept {
+                Kept::Root(root) => marker.mark(root, BlockType::ROOT),
+                Kept::Waiting(root) => marker.mark_what_is_here(root, BlockType::ROOT),
+                Kept::List(list) => {
+                    marker.mark_block(list);
+                    Ok(())
+                }
+            };
+            failed = marked.err();
+        })?;
+        if let Some(e) = failed {
+            return Err(store_err(e));
+        }
+        for (root, ty) in node.own_pins()? {
+            marker.mark(root, ty).map_err(store_err)?;
+        }
+        // A peer's roots may still be on their way here: what is missing
+        // arrives young.
+        for (root, ty) in peer_pins {
+            marker.mark_what_is_here(root, ty).map_err(store_err)?;
+        }
+        let (bloom, marked) = marker.finish();
+
+        progress("sweeping the log");
+        let swept = self
+            .log
+            .sweep(
+                horizon,
+                &|score, _| bloom.contains(score),
+                SweepLimits::default(),
+                &mut |at, of| {
+                    progress(&format!(
+                        "sweeping the log: {:.0} of {:.0} MB",
+                        at as f64 / 1e6,
+                        of as f64 / 1e6
+                    ))
+                },
+            )
+            .map_err(store_err)?;
+        Ok(Report {
+            seconds: started.elapsed().as_secs_f64(),
+            false_positive_rate: bloom.false_positive_rate(marked.blocks),
+            marked,
+            peers,
+            filter_bytes,
+            swept,
+        })
+    }
+}
+
+/// The pins a peer sent: `WIRE-TYPE SCORE` lines.
+pub fn parse_pins(out: &[u8]) -> Result<Vec<(Score, BlockType)>, String> {
+    let text = std::str::from_utf8(out).map_err(|_| "not text".to_string())?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let bad = || {
+                format!(
+                    "a bad pin line {:?}",
+                    line.chars().take(80).collect::<String>()
+                )
+            };
+            let (ty, score) = line.split_once(' ').ok_or_else(bad)?;
+            let ty = ty
+                .parse::<u8>()
+                .ok()
+                .and_then(BlockType::from_wire)
+                .ok_or_else(bad)?;
+            let score: Score = score.parse().map_err(|_| bad())?;
+            Ok((score, ty))
+        })
+        .collect()
+}
+
+/// Pins as a peer sends them.
+pub fn format_pins(pins: &[(Score, BlockType)]) -> Vec<u8> {
+    let mut out = String::with_capacity(pins.len() * 44);
+    for (score, ty) in pins {
+        out.push_str(&format!("{} {score}\n", ty.to_wire()));
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_read_back_as_sent_and_bad_lines_are_named() {
+        let pins = vec![
+            (Score::of(b"a"), BlockType::ROOT),
+            (Score::of(b"b"), BlockType::DIR),
+            (
+                Score::of(b"c"),
+                BlockType::at_depth(BlockType::DATA, 2).unwrap(),
+            ),
+        ];
+        assert_eq!(parse_pins(&format_pins(&pins)).unwrap(), pins);
+        assert!(parse_pins(b"").unwrap().is_empty());
+        for bad in [&b"1 zz\n"[..], b"999 ab\n", b"nothing\n", b"\xff\n"] {
+            assert!(parse_pins(bad).is_err(), "{bad:?}");
+        }
+    }
+}
