@@ -919,3 +919,131 @@ fn a_peers_old_attacked_block_is_refused_and_replication_goes_on_past_it() {
         String::from_utf8_lossy(&unvac.stderr)
     );
 }
+
+/// Bytes of node `n`'s log on disk.
+fn log_disk(n: &Node) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(n.state.join("store/log"))
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
+}
+
+/// `colony gc` beside node `n`: its report, or its refusal.
+fn gc(n: &Node) -> Result<String, String> {
+    let out = Command::new(COLONY)
+        .args(["gc", "--state"])
+        .arg(&n.state)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A collection once the grace period (1 s) is over twice.
+fn gc_after_grace(n: &Node) -> String {
+    gc(n).unwrap();
+    std::thread::sleep(Duration::from_millis(2200));
+    gc(n).unwrap_or_else(|e| panic!("gc on {}: {e}", n.name))
+}
+
+/// The replication race, closed: b holds a root that no name of b's
+/// shows any more (forgotten everywhere) but that an environment on a
+/// still runs on. b collects; then a saves that environment, and the
+/// saved name (which stands on the old root's blocks: a does not send
+/// them again, b had them) reaches b whole, because a's pins kept them.
+/// A collection with a peer out of reach is refused and drops nothing.
+/// Then, with nothing standing on the root any more, both nodes collect
+/// and both give its disk back: they converge on the same live set.
+#[test]
+fn a_collection_keeps_what_a_peers_work_stands_on_and_both_converge() {
+    if !can_run() {
+        return;
+    }
+    let grid = Arc::new(Grid::new(&["a", "b"]));
+    let mut a = grid.node(0, &[1]);
+    let mut b = grid.node(1, &[0]);
+    for n in [&mut a, &mut b] {
+        n.args
+            .extend(["--gc-grace", "1s", "--gc-every", "0"].map(String::from));
+    }
+    grid.add_user(&a, "alice");
+    let tree = busybox_root(grid.tmp.path(), "stood on\n");
+    std::fs::rename(
+        random_tree(grid.tmp.path(), "standing", 4),
+        tree.join("data"),
+    )
+    .unwrap();
+    let base = grid.import(&a, "base", &tree);
+    a.start(&grid);
+    b.start(&grid);
+    wait_for(30, "base on b", || {
+        b.root_of("base").as_deref() == Some(base.as_str())
+    });
+    wait_for(20, "alice on b", || {
+        grid.ssh(&b, "alice", &["scores"]).status.success()
+    });
+
+    let reply = grid.ssh_ok(&a, "alice", &["spawn", "base"]);
+    let port = spawn_port(&reply);
+    grid.ssh_ok(&a, "alice", &["forget", "base"]);
+    wait_for(20, "base forgotten on b", || b.root_of("base").is_none());
+    let report = gc_after_grace(&b);
+    assert!(report.contains("peer a: "), "{report}");
+    assert!(!report.contains("peer a: 0 roots"), "{report}");
+
+    grid.in_env(&a, "alice", port, "echo after > /root/after");
+    grid.ssh_ok(&a, "alice", &["save", "base", "kept"]);
+    wait_for(30, "kept on b", || b.root_of("kept").is_some());
+    let kept = b.root_of("kept").unwrap();
+    let dir = grid.tmp.path().join("kept-from-b");
+    let out = grid
+        .hosts
+        .command(b.i, COLONY)
+        .env("COLONY_TLS", grid.tmp.path().join("admin.tls"))
+        .args(["unvac", "-h", VENTI, &kept])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kept does not extract from b: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in 0..4 {
+        assert!(
+            std::fs::read(dir.join(format!("data/f{f}"))).unwrap()
+                == std::fs::read(tree.join(format!("data/f{f}"))).unwrap(),
+            "data/f{f} differs"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("root/after")).unwrap(),
+        "after\n"
+    );
+
+    // Nothing stands on it any more: both collect, both give it back.
+    grid.ssh_ok(&a, "alice", &["boom", "base"]);
+    grid.ssh_ok(&b, "alice", &["forget", "kept"]);
+    wait_for(20, "kept forgotten on a", || a.root_of("kept").is_none());
+    let before = [log_disk(&a), log_disk(&b)];
+    let reports = [gc_after_grace(&a), gc_after_grace(&b)];
+    for (i, n) in [&a, &b].into_iter().enumerate() {
+        let after = log_disk(n);
+        assert!(
+            before[i] - after >= 3 << 20,
+            "{}: {} → {after} bytes\n{}",
+            n.name,
+            before[i],
+            reports[i]
+        );
+    }
+
+    // A peer out of reach: refused, nothing dropped.
+    a.stop();
+    let refused = gc(&b).expect_err("a collection without a's pins");
+    assert!(refused.contains("peer a"), "{refused}");
+    b.stop();
+}
