@@ -229,7 +229,7 @@ impl Collector {
             .sweep(
                 horizon,
                 &|score, _| bloom.contains(score),
-                SweepLimits::default(),
+                SweepLimits::within(self.memory.saturating_sub(filter_bytes)),
                 &mut |at, of| {
                     progress(&format!(
                         "sweeping the log: {:.0} of {:.0} MB",

@@ -8,6 +8,7 @@ mod env;
 mod forward;
 mod fossil;
 pub mod garage_cluster;
+mod gc;
 mod grid;
 mod hub;
 mod idle;
@@ -99,6 +100,34 @@ pub enum BenchCommand {
         /// --version` is timed on it, cold and warm.
         #[arg(long)]
         debian: Option<PathBuf>,
+    },
+    /// gc: a collection of a large synthetic store: mark and sweep time,
+    /// peak memory beside the setting, the sweep's MB/s beside a plain
+    /// read of the log, the disk given back; ingest with and without
+    /// collision detection.
+    Gc {
+        /// Data blocks in the store.
+        #[arg(long, default_value_t = 10_000_000)]
+        blocks: usize,
+        /// Bytes per data block.
+        #[arg(long, default_value_t = 256)]
+        block_size: usize,
+        /// Every Nth group of 400 blocks is garbage (0: none).
+        #[arg(long, default_value_t = 2)]
+        dead_every: usize,
+        /// The memory the collection may use, in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory_mb: u64,
+        /// Directory for the scratch store [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The collection half of `bench gc`, in a process of its own.
+    #[command(hide = true)]
+    GcCollect {
+        #[arg(long, default_value_t = 256)]
+        memory_mb: u64,
+        dir: PathBuf,
     },
     /// names: `save`, `scores` and replication of one name with a name db
     /// of each given size (and many users), beside `status` through the
@@ -254,6 +283,16 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Forward { mb, runs } => crate::bench::forward::run(mb, runs),
         BenchCommand::Jobs { runs, jobs, debian } => {
             crate::bench::jobs::run(runs, jobs, debian.as_deref())
+        }
+        BenchCommand::Gc {
+            blocks,
+            block_size,
+            dead_every,
+            memory_mb,
+            dir,
+        } => crate::bench::gc::run(blocks, block_size, dead_every, memory_mb << 20, dir),
+        BenchCommand::GcCollect { memory_mb, dir } => {
+            crate::bench::gc::collect(&dir, memory_mb << 20)
         }
         BenchCommand::Names {
             counts,

@@ -73,6 +73,10 @@ const AGES: TableDefinition<u64, u64> = TableDefinition::new("ages");
 /// Skips a collection committed to before it wrote them into the log:
 /// start of the dead run → its end. Replayed at open (see [`sweep`]).
 const SKIPS: TableDefinition<u64, u64> = TableDefinition::new("skips");
+/// Records a newer copy of their block replaced (by offset), so that a
+/// sweep knows them dead without looking each record up. One lost in a
+/// crash only keeps a dead record a little longer.
+const SUPERSEDED: TableDefinition<u64, ()> = TableDefinition::new("superseded");
 
 /// Write the buffer to the file once it holds this much.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -113,6 +117,9 @@ struct Writer {
     end: u64,
     /// Entries not yet committed to the index.
     pending: HashMap<Key, Location>,
+    /// Offsets of records that a copy forward made dead (see `ages`), not
+    /// yet committed to the index's `superseded` table.
+    superseded: Vec<u64>,
     indexed_end: u64,
     /// The end of the log as of the last sync marker: nothing past it was
     /// covered by a sync.
@@ -216,6 +223,7 @@ impl LogStore {
                 buf_start: 0,
                 end: 0,
                 pending: HashMap::new(),
+                superseded: Vec::new(),
                 indexed_end: LOG_HEADER_LEN,
                 marked_end: LOG_HEADER_LEN,
                 durable_end: LOG_HEADER_LEN,
@@ -448,6 +456,8 @@ impl LogStore {
         // them durable in the log: write them again, before anything reads
         // the log.
         self.replay_skips(&txn)?;
+        txn.open_table(SUPERSEDED)
+            .map_err(|e| self.index_error(e))?;
         let saved_ages: Vec<(u64, u64)> = {
             let table = txn.open_table(AGES).map_err(|e| self.index_error(e))?;
             let mut out = Vec::new();
@@ -592,7 +602,7 @@ impl LogStore {
         // Copied by someone else meanwhile, or swept: decide again.
         match self.current_location(&w, &k)? {
             Some(now) if now.offset == loc.offset => {
-                self.append_record(&mut w, wire_type, score, &data)?;
+                self.append_record(&mut w, wire_type, score, &data, Some(now))?;
                 Ok(true)
             }
             Some(_) => Ok(true),
@@ -614,6 +624,7 @@ impl LogStore {
         wire: u8,
         score: &Score,
         data: &[u8],
+        superseding: Option<Location>,
     ) -> Result<(), StoreError> {
         if w.buf.len() >= WRITE_BUFFER {
             self.flush_buffer(w)?;
@@ -621,13 +632,16 @@ impl LogStore {
         let offset = w.end;
         record::append(&mut w.buf, wire, score, data);
         w.end += (HEADER_LEN + data.len()) as u64;
-        w.pending.insert(
+        let replaced = w.pending.insert(
             key(score, wire),
             Location {
                 offset,
                 len: data.len() as u32,
             },
         );
+        if let Some(old) = replaced.or(superseding) {
+            w.superseded.push(old.offset);
+        }
         if w.pending.len() >= INDEX_BATCH_BLOCKS || w.end - w.indexed_end >= INDEX_BATCH_BYTES {
             // The block is in the buffer and readable; a failed commit marks
             // the store failed and the next write reports it.
@@ -729,6 +743,14 @@ impl LogStore {
                 let mut meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
                 meta.insert(INDEXED_END, covered)
                     .map_err(|e| self.index_error(e))?;
+                let mut superseded = txn
+                    .open_table(SUPERSEDED)
+                    .map_err(|e| self.index_error(e))?;
+                for offset in &w.superseded {
+                    superseded
+                        .insert(offset, ())
+                        .map_err(|e| self.index_error(e))?;
+                }
                 let mut ages = txn.open_table(AGES).map_err(|e| self.index_error(e))?;
                 for (t, end) in std::mem::take(&mut self.lock_ages().unsaved) {
                     // Only marks the index covers: a mark past it would
@@ -743,6 +765,7 @@ impl LogStore {
         match result {
             Ok(()) => {
                 w.pending.clear();
+                w.superseded.clear();
                 w.indexed_end = covered;
                 Ok(())
             }
@@ -869,17 +892,17 @@ impl BlockStore for LogStore {
         let k = key(&score, wire);
         // Held, and young enough to stay where it is (an old block written
         // again is copied forward; see [`ages`]).
-        let kept = |w: &Writer, young_from: u64| -> Result<Option<bool>, StoreError> {
+        let kept = |w: &Writer, young_from: u64| -> Result<Option<(Location, bool)>, StoreError> {
             if let Some(why) = &w.failed {
                 return Err(StoreError::Failed(why.clone()));
             }
             Ok(self
                 .current_location(w, &k)?
-                .map(|loc| loc.offset >= young_from))
+                .map(|loc| (loc, loc.offset >= young_from)))
         };
         let young_from = self.refresh_horizon();
         let held = kept(&self.lock_writer(), young_from)?;
-        if held == Some(true) {
+        if held.is_some_and(|(_, young)| young) {
             return Ok(score);
         }
         // A new block is checked for a SHA-1 collision attack, outside the
@@ -892,10 +915,12 @@ impl BlockStore for LogStore {
             Score::of_new(data)?;
         }
         let mut w = self.lock_writer();
-        if kept(&w, young_from)? == Some(true) {
-            return Ok(score);
-        }
-        self.append_record(&mut w, wire, &score, data)?;
+        let old = match kept(&w, young_from)? {
+            Some((_, true)) => return Ok(score),
+            Some((loc, false)) => Some(loc),
+            None => None,
+        };
+        self.append_record(&mut w, wire, &score, data, old)?;
         Ok(score)
     }
 

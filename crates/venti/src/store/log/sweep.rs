@@ -32,7 +32,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::{HEADER_LEN, INDEX, Key, LOG_HEADER_LEN, LogStore, ReadAt, SKIPS, key, record};
+use super::{
+    HEADER_LEN, INDEX, Key, LOG_HEADER_LEN, LogStore, ReadAt, SKIPS, SUPERSEDED, key, record,
+};
 use crate::Score;
 use crate::store::{MAX_BLOCK_SIZE, StoreError};
 
@@ -46,11 +48,25 @@ pub struct SweepLimits {
     pub batch_runs: usize,
 }
 
+impl SweepLimits {
+    /// Batches as large as `bytes` of memory allows: fewer, larger index
+    /// commits rewrite the index's pages fewer times (a batch's dead
+    /// entries are spread over the whole index). An entry costs about 64
+    /// bytes with the index's own work; never less than the default.
+    pub fn within(bytes: u64) -> SweepLimits {
+        let blocks = (bytes / 64).clamp(64 * 1024, 1 << 24) as usize;
+        SweepLimits {
+            batch_blocks: blocks,
+            batch_runs: blocks / 4,
+        }
+    }
+}
+
 impl Default for SweepLimits {
     fn default() -> SweepLimits {
         SweepLimits {
-            batch_blocks: 16 * 1024,
-            batch_runs: 4 * 1024,
+            batch_blocks: 64 * 1024,
+            batch_runs: 16 * 1024,
         }
     }
 }
@@ -147,11 +163,7 @@ impl LogStore {
         let mut run: Option<Run> = None;
         let mut batch = Batch::default();
         let mut applied: Vec<u64> = Vec::new();
-        // Index lookups go through one read transaction at a time, renewed
-        // now and then so that it does not hold old pages for long.
-        let mut lookups = 0usize;
-        let mut txn = self.index.begin_read().map_err(|e| self.index_error(e))?;
-        let mut table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+        let mut superseded = Superseded::new(horizon);
         while offset < horizon {
             reader.read_exact(&mut head).map_err(read_err)?;
             let header = record::parse_header(&head).map_err(|why| self.damaged(offset, why))?;
@@ -161,49 +173,43 @@ impl LogStore {
             if next > horizon {
                 return Err(self.damaged(offset, "a record crosses the collection's horizon"));
             }
-            let dead_block = match header.wire_type {
-                record::SKIP_TYPE => {
-                    reader.seek_relative(span as i64).map_err(read_err)?;
-                    None
+            // None: a skip or a marker. Some(None): a dead block whose
+            // entry points elsewhere. Some(Some(key)): a dead block whose
+            // entry goes (if the index still points here).
+            let dead_block = if header.wire_type == record::SKIP_TYPE {
+                reader.seek_relative(span as i64).map_err(read_err)?;
+                None
+            } else {
+                let len = span as usize;
+                if len > MAX_BLOCK_SIZE {
+                    return Err(self.damaged(offset, "a record longer than any block"));
                 }
-                _ => {
-                    let len = span as usize;
-                    if len > MAX_BLOCK_SIZE {
-                        return Err(self.damaged(offset, "a record longer than any block"));
-                    }
-                    reader.read_exact(&mut data[..len]).map_err(read_err)?;
-                    if !record::crc_matches(&head, &header, &data[..len]) {
-                        return Err(self.damaged(offset, "checksum mismatch"));
-                    }
-                    if header.wire_type == record::SYNC_MARKER_TYPE {
-                        None
-                    } else {
-                        done.records += 1;
-                        let k = key(&header.score, header.wire_type);
-                        lookups += 1;
-                        if lookups.is_multiple_of(64 * 1024) {
-                            drop(table);
-                            txn = self.index.begin_read().map_err(|e| self.index_error(e))?;
-                            table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+                reader.read_exact(&mut data[..len]).map_err(read_err)?;
+                if !record::crc_matches(&head, &header, &data[..len]) {
+                    return Err(self.damaged(offset, "checksum mismatch"));
+                }
+                if header.wire_type == record::SYNC_MARKER_TYPE {
+                    None
+                } else {
+                    done.records += 1;
+                    // A copy forward left it behind: dead, and the index
+                    // points at the copy. Else its block's liveness
+                    // decides; no index lookup is needed here (a batch
+                    // checks the index, in key order).
+                    let replaced = superseded.contains(self, offset)?;
+                    if !replaced && live(&header.score, header.wire_type) {
+                        done.live += 1;
+                        // A live record ends the run before it.
+                        if let Some(r) = run.take() {
+                            self.close_run(r, &mut batch);
                         }
-                        let indexed_here = table
-                            .get(&k)
-                            .map_err(|e| self.index_error(e))?
-                            .is_some_and(|v| v.value().0 == offset);
-                        if indexed_here && live(&header.score, header.wire_type) {
-                            done.live += 1;
-                            // A live record ends the run before it.
-                            if let Some(r) = run.take() {
-                                self.close_run(r, &mut batch);
-                            }
-                            if self.batch_full(&batch, limits) {
-                                self.apply(&mut batch, &mut applied, &mut done)?;
-                            }
-                            offset = next;
-                            continue;
+                        if self.batch_full(&batch, limits) {
+                            self.apply(&mut batch, &mut applied, &mut done)?;
                         }
-                        Some(indexed_here.then_some(k))
+                        offset = next;
+                        continue;
                     }
+                    Some((!replaced).then(|| key(&header.score, header.wire_type)))
                 }
             };
             // A dead record (or a skip, or a marker): the run grows.
@@ -229,18 +235,19 @@ impl LogStore {
                 progress(offset, horizon);
             }
         }
-        drop(table);
-        drop(txn);
         if let Some(r) = run.take() {
             self.close_run(r, &mut batch);
         }
         self.apply(&mut batch, &mut applied, &mut done)?;
-        // The last batch's skips are durable: forget them.
-        if !applied.is_empty() {
-            let txn = self.index.begin_write().map_err(|e| self.index_error(e))?;
-            forget_skips(&txn, &applied).map_err(|e| self.index_error(e))?;
-            txn.commit().map_err(|e| self.index_error(e))?;
-        }
+        // The last batch's skips are durable: forget them, and the
+        // superseded records below the horizon, all dead now.
+        let txn = self.index.begin_write().map_err(|e| self.index_error(e))?;
+        forget_skips(&txn, &applied).map_err(|e| self.index_error(e))?;
+        txn.open_table(SUPERSEDED)
+            .map_err(redb::Error::from)
+            .and_then(|mut t| Ok(t.retain_in(..horizon, |_, _| false)?))
+            .map_err(|e| self.index_error(e))?;
+        txn.commit().map_err(|e| self.index_error(e))?;
         progress(horizon, horizon);
         done.disk_after = self.disk_use()?;
         Ok(done)
@@ -282,6 +289,9 @@ impl LogStore {
             if let Some(why) = &w.failed {
                 return Err(StoreError::Failed(why.clone()));
             }
+            // In key order: the index's pages are visited once each, in
+            // turn, instead of at random.
+            batch.drop.sort_unstable();
             let txn = self.index.begin_write().map_err(|e| self.index_error(e))?;
             {
                 let mut table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
@@ -413,6 +423,60 @@ impl LogStore {
             "venti log {} is damaged at offset {offset}: {what}",
             self.log_path().display()
         ))
+    }
+}
+
+/// The superseded records' offsets below a horizon, read in order a
+/// chunk at a time (each chunk through a read transaction of its own, so
+/// that none is held while batches commit).
+struct Superseded {
+    next: std::collections::VecDeque<u64>,
+    from: u64,
+    horizon: u64,
+    done: bool,
+}
+
+impl Superseded {
+    const CHUNK: usize = 64 * 1024;
+
+    fn new(horizon: u64) -> Superseded {
+        Superseded {
+            next: Default::default(),
+            from: 0,
+            horizon,
+            done: false,
+        }
+    }
+
+    /// Whether `offset` is one; offsets must be asked in rising order.
+    fn contains(&mut self, store: &LogStore, offset: u64) -> Result<bool, StoreError> {
+        loop {
+            while self.next.front().is_some_and(|&o| o < offset) {
+                self.next.pop_front();
+            }
+            if let Some(&o) = self.next.front() {
+                return Ok(o == offset);
+            }
+            if self.done {
+                return Ok(false);
+            }
+            let txn = store.index.begin_read().map_err(|e| store.index_error(e))?;
+            let table = txn
+                .open_table(SUPERSEDED)
+                .map_err(|e| store.index_error(e))?;
+            for entry in table
+                .range(self.from..self.horizon)
+                .map_err(|e| store.index_error(e))?
+                .take(Self::CHUNK)
+            {
+                let (o, _) = entry.map_err(|e| store.index_error(e))?;
+                self.next.push_back(o.value());
+            }
+            match self.next.back() {
+                Some(&last) if self.next.len() == Self::CHUNK => self.from = last + 1,
+                _ => self.done = true,
+            }
+        }
     }
 }
 
