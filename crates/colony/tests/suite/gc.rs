@@ -20,7 +20,7 @@ use crate::common::node::{Node, can_mount};
 use crate::common::run::COLONY;
 
 /// The grace period the tests run with: records older than twice it
-/// (2 s) may be collected.
+/// (2 s, in whole seconds: 3 s are always enough) may be collected.
 const GRACE: &str = "1s";
 
 fn free_port() -> u16 {
@@ -66,7 +66,7 @@ impl Collected {
     /// that the second knows how old it is.)
     fn gc_after_grace(&self) -> String {
         self.gc();
-        std::thread::sleep(Duration::from_millis(2200));
+        std::thread::sleep(Duration::from_millis(3100));
         self.gc()
     }
 
@@ -347,7 +347,7 @@ fn a_node_killed_during_collections_keeps_every_live_root() {
         let tree = tree_with_data(&c.g, &format!("w{round}"), 1);
         let root = c.import(&format!("w{round}"), &tree);
         live.push((root, tree));
-        std::thread::sleep(Duration::from_millis(2200));
+        std::thread::sleep(Duration::from_millis(3100));
         let gc = Command::new(COLONY)
             .args(["gc", "--state"])
             .arg(&c.g.state)
@@ -395,7 +395,7 @@ fn saves_and_imports_during_collections_lose_nothing() {
     let port = spawn_port(&out);
     c.g.ok("alice", &["forget", "during"]);
     c.gc();
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(Duration::from_millis(3100));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let collecting = {
         let (stop, state) = (stop.clone(), c.g.state.clone());
@@ -430,7 +430,7 @@ fn saves_and_imports_during_collections_lose_nothing() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let runs = collecting.join().unwrap();
     assert!(runs >= 2, "{runs} collections ran");
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(Duration::from_millis(3100));
     c.gc();
     for (name, i) in &saved {
         let got = c.extract(&c.root_of(name)).unwrap();

@@ -945,7 +945,7 @@ fn gc(n: &Node) -> Result<String, String> {
 /// A collection once the grace period (1 s) is over twice.
 fn gc_after_grace(n: &Node) -> String {
     gc(n).unwrap();
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(Duration::from_millis(3100));
     gc(n).unwrap_or_else(|e| panic!("gc on {}: {e}", n.name))
 }
 
