@@ -71,7 +71,7 @@ fn a_sweep_drops_the_dead_keeps_the_live_and_gives_the_disk_back() {
     assert!(!done.holes_unsupported);
     let freed = done.disk_before - done.disk_after;
     assert!(
-        freed >= 20 * 9 * 8192 && freed <= 200 * 8224,
+        (20 * 9 * 8192..=200 * 8224).contains(&freed),
         "{freed} bytes given back for 200 dead blocks of 8 KiB: {done:?}"
     );
     assert!(all_read(&store, &live));

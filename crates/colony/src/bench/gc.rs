@@ -176,7 +176,7 @@ fn make_store(
         if group.len() == FANOUT * 20 || i + 1 == blocks {
             let ptr = store.write(pointer_type, &group)?;
             let g = i / FANOUT;
-            if dead_every > 0 && g % dead_every == 0 {
+            if dead_every > 0 && g.is_multiple_of(dead_every) {
                 dead += (group.len() / 20) as u64 + 1;
             } else {
                 roots.push(ptr);

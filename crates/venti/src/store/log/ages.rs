@@ -100,7 +100,7 @@ impl Ages {
     /// whose second ended at least `age` ago (`floor` if there is none).
     pub fn horizon(&self, now: u64, age: Duration, floor: u64) -> u64 {
         let cutoff = now.saturating_sub(age.as_secs());
-        let at = self.marks.partition_point(|&(t, _)| t + 1 <= cutoff);
+        let at = self.marks.partition_point(|&(t, _)| t < cutoff);
         if at == 0 {
             floor
         } else {
