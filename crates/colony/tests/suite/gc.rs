@@ -442,3 +442,43 @@ fn saves_and_imports_during_collections_lose_nothing() {
     }
     c.g.ok("alice", &["boom", "during"]);
 }
+
+/// An upload not yet named survives a collection within the grace period,
+/// even when every block of it is old garbage the store already held (a
+/// tree forgotten long ago, written again through the node's venti
+/// service): the store copies an old block written again forward, so the
+/// collection sweeps only the old copies. The node's metered store once
+/// answered "held" itself, and the copies never happened.
+#[test]
+fn an_unnamed_upload_of_old_garbage_survives_a_collection_in_its_grace() {
+    if !can_mount() {
+        return;
+    }
+    let mut c = Collected::new();
+    c.start();
+    let tree = tree_with_data(&c.g, "again", 3);
+    c.import("again", &tree);
+    c.g.ok("alice", &["forget", "again"]);
+    c.gc();
+    std::thread::sleep(Duration::from_millis(3100));
+    // The same tree, unnamed, through venti: every block is old garbage.
+    let out = Command::new(COLONY)
+        .args(["vac", "-h", &c.venti])
+        .arg(format!("{}/.", tree.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let before = c.log_bytes();
+    let report = c.gc();
+    c.whole(&root, &tree);
+    assert!(
+        c.log_bytes() + (2 << 20) < before,
+        "the old copies were given back: {before} → {}\n{report}",
+        c.log_bytes()
+    );
+}
