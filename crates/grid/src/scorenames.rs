@@ -41,11 +41,9 @@ pub struct Binding {
 /// [`ScoreNames::each_kept`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
-    /// A binding's vac root.
+    /// A binding's vac root (of one taken ahead of its blocks, reading
+    /// through, too: its blocks may not all be here yet).
     Root(Score),
-    /// A binding taken ahead of its blocks (reading through): its root,
-    /// whose blocks may not all be here yet.
-    Waiting(Score),
     /// A working-set list (one block).
     List(Score),
 }
@@ -549,11 +547,7 @@ impl ScoreNames {
                 else {
                     continue;
                 };
-                kept(if e.get("waiting").is_some() {
-                    Kept::Waiting(root)
-                } else {
-                    Kept::Root(root)
-                });
+                kept(Kept::Root(root));
             }
             at = upto;
         }

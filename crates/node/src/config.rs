@@ -256,7 +256,7 @@ pub const SETTINGS: &[Setting] = &[
         "gc-grace",
         Kind::Duration,
         Some("24h"),
-        "(storage) A block written or touched (written again, claimed by a peer) within this long is never collected, named or not: the time an archive has to be named",
+        "(storage) A block written or touched (written again, claimed by a peer) within this long is never collected, named or not: the time an archive has to be named (at least 1s)",
     ),
     setting(
         "gc-memory",
@@ -578,6 +578,18 @@ impl Sources {
         Ok(Some(d).filter(|d| !d.is_zero()))
     }
 
+    /// `gc-grace`: at least a second (none would sweep an upload before
+    /// its name is bound, and copy every block written again).
+    fn gc_grace(&self) -> Result<Duration, ConfigError> {
+        let name = "gc-grace";
+        let d = self.duration(name)?;
+        if d < Duration::from_secs(1) {
+            let g = self.required(name, self.one(name));
+            return Err(g.refuse(name, "at least 1s"));
+        }
+        Ok(d)
+    }
+
     fn size(&self, name: &'static str) -> Result<u64, ConfigError> {
         let g = self.required(name, self.one(name));
         units::parse_size(&g.value).map_err(|e| g.refuse(name, e))
@@ -785,7 +797,7 @@ impl Config {
             block_cache: s.size("block-cache")?,
             block_wait: s.duration("block-wait")?,
             login_grace: s.duration("login-grace")?,
-            gc_grace: s.duration("gc-grace")?,
+            gc_grace: s.gc_grace()?,
             gc_memory: s.size("gc-memory")?,
             gc_every: Some(s.duration("gc-every")?).filter(|d| !d.is_zero()),
             cpu,
@@ -917,6 +929,7 @@ mod tests {
                 "node.conf:1: venti-listen=tls!a!b!c: ",
             ),
             ("peer=nobody\n", "node.conf:1: peer=nobody: "),
+            ("gc-grace=0\n", "node.conf:1: gc-grace=0: at least 1s"),
             ("store=/tmp/x\n", "store=/tmp/x: give s3://BUCKET/PREFIX"),
             (
                 "spawn-max=1\nspawn-max=2\n",

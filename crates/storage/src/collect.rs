@@ -201,8 +201,10 @@ impl Collector {
                 return;
             }
             let marked = match kept {
+                // A root whose blocks are still coming is marked as any:
+                // a missing block stops the collection (what lies under it
+                // here would go unmarked, and may not be sent again).
                 Kept::Root(root) => marker.mark(root, BlockType::ROOT),
-                Kept::Waiting(root) => marker.mark_what_is_here(root, BlockType::ROOT),
                 Kept::List(list) => {
                     marker.mark_block(list);
                     Ok(())
@@ -216,10 +218,11 @@ impl Collector {
         for (root, ty) in node.own_pins()? {
             marker.mark(root, ty).map_err(store_err)?;
         }
-        // A peer's roots may still be on their way here: what is missing
-        // arrives young.
+        // A peer's root whose blocks are still on their way here stops
+        // the collection, as any missing block does: what lies under a
+        // missing block here would go unmarked.
         for (root, ty) in peer_pins {
-            marker.mark_what_is_here(root, ty).map_err(store_err)?;
+            marker.mark(root, ty).map_err(store_err)?;
         }
         let (bloom, marked) = marker.finish();
 
@@ -250,11 +253,29 @@ impl Collector {
     }
 }
 
-/// The pins a peer sent: `WIRE-TYPE SCORE` lines.
+/// The most text of pins one peer may send: an answer over the ask link
+/// is cut past [`replica::ask::MAX_OUT`].
+pub const MAX_PINS_TEXT: usize = replica::ask::MAX_OUT - 4096;
+
+/// The pins a peer sent: `TYPE SCORE` lines (the logical type: on the wire
+/// a data and a directory pointer block share one), then `end COUNT`, so
+/// that a list cut short is never taken for a whole one.
 pub fn parse_pins(out: &[u8]) -> Result<Vec<(Score, BlockType)>, String> {
     let text = std::str::from_utf8(out).map_err(|_| "not text".to_string())?;
-    text.lines()
-        .filter(|l| !l.is_empty())
+    let mut lines: Vec<&str> = text.lines().collect();
+    let count = lines
+        .pop()
+        .and_then(|l| l.strip_prefix("end "))
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or("the list was cut short (no `end COUNT` line)")?;
+    if count != lines.len() {
+        return Err(format!(
+            "the list says {count} pins but holds {}",
+            lines.len()
+        ));
+    }
+    lines
+        .into_iter()
         .map(|line| {
             let bad = || {
                 format!(
@@ -266,7 +287,7 @@ pub fn parse_pins(out: &[u8]) -> Result<Vec<(Score, BlockType)>, String> {
             let ty = ty
                 .parse::<u8>()
                 .ok()
-                .and_then(BlockType::from_wire)
+                .and_then(BlockType::new)
                 .ok_or_else(bad)?;
             let score: Score = score.parse().map_err(|_| bad())?;
             Ok((score, ty))
@@ -274,13 +295,22 @@ pub fn parse_pins(out: &[u8]) -> Result<Vec<(Score, BlockType)>, String> {
         .collect()
 }
 
-/// Pins as a peer sends them.
-pub fn format_pins(pins: &[(Score, BlockType)]) -> Vec<u8> {
-    let mut out = String::with_capacity(pins.len() * 44);
+/// Pins as a peer sends them; refused when they would not fit one answer
+/// (a peer that has not yet sent this node most of its names: a
+/// collection waits until replication has caught up).
+pub fn format_pins(pins: &[(Score, BlockType)]) -> Result<Vec<u8>, String> {
+    let mut out = String::with_capacity(pins.len() * 44 + 16);
     for (score, ty) in pins {
-        out.push_str(&format!("{} {score}\n", ty.to_wire()));
+        out.push_str(&format!("{} {score}\n", ty.value()));
+        if out.len() > MAX_PINS_TEXT {
+            return Err(format!(
+                "{} roots to keep are more than one answer carries: let replication catch up (names not yet sent count), then collect",
+                pins.len()
+            ));
+        }
     }
-    out.into_bytes()
+    out.push_str(&format!("end {}\n", pins.len()));
+    Ok(out.into_bytes())
 }
 
 #[cfg(test)]
@@ -297,10 +327,22 @@ mod tests {
                 BlockType::at_depth(BlockType::DATA, 2).unwrap(),
             ),
         ];
-        assert_eq!(parse_pins(&format_pins(&pins)).unwrap(), pins);
-        assert!(parse_pins(b"").unwrap().is_empty());
-        for bad in [&b"1 zz\n"[..], b"999 ab\n", b"nothing\n", b"\xff\n"] {
+        let text = format_pins(&pins).unwrap();
+        assert_eq!(parse_pins(&text).unwrap(), pins);
+        assert!(parse_pins(b"end 0\n").unwrap().is_empty());
+        // Cut short, at a line's end or within one: never taken.
+        let cut = &text[..text.len() - b"end 3\n".len()];
+        assert!(parse_pins(cut).unwrap_err().contains("cut short"));
+        assert!(parse_pins(&text[..50]).is_err());
+        assert!(parse_pins(b"").is_err());
+        for bad in [
+            &b"1 zz\nend 1\n"[..],
+            b"999 ab\nend 1\n",
+            b"nothing\nend 1\n",
+            b"\xff\n",
+        ] {
             assert!(parse_pins(bad).is_err(), "{bad:?}");
         }
+        assert!(parse_pins(b"end 2\n").unwrap_err().contains("says 2"));
     }
 }

@@ -407,19 +407,16 @@ impl Jobs {
     }
 
     /// What the jobs' records keep alive in the block store, for a
-    /// collection: each kept log (its entry block) and each root given as
-    /// a score (`vac:HEX`; a root given by name is kept by the name).
+    /// collection: each kept log (its entry block). A job's root is a
+    /// name (a run takes no score), kept by the name; a running job's
+    /// environment is kept as every environment is.
     pub fn pins(&self) -> GridResult<Vec<(venti::Score, venti::BlockType)>> {
-        let mut out = Vec::new();
-        for r in self.all()? {
-            if let Some(log) = r.log.as_deref().and_then(|l| l.parse().ok()) {
-                out.push((log, venti::BlockType::DIR));
-            }
-            if let Ok(root) = vac::parse_vac(&r.root, true) {
-                out.push((root, venti::BlockType::ROOT));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter_map(|r| r.log.as_deref().and_then(|l| l.parse().ok()))
+            .map(|log| (log, venti::BlockType::DIR))
+            .collect())
     }
 
     /// `user`'s jobs, oldest first.

@@ -535,12 +535,10 @@ impl Node {
             })
             .map_or(0, |(_, at)| at.names as usize);
         self.names().each_kept(sent, &mut |kept| match kept {
-            grid::scorenames::Kept::Root(r) | grid::scorenames::Kept::Waiting(r) => {
-                pins.push((r, venti::BlockType::ROOT))
-            }
+            grid::scorenames::Kept::Root(r) => pins.push((r, venti::BlockType::ROOT)),
             grid::scorenames::Kept::List(l) => pins.push((l, venti::BlockType::DATA)),
         })?;
-        Ok(collect::format_pins(&pins))
+        collect::format_pins(&pins).map_err(GridError::refused)
     }
 
     /// Takes imports into `store`, and keeps ended jobs' logs there.

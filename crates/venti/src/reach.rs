@@ -133,8 +133,6 @@ pub struct Marked {
     pub blocks: u64,
     /// Interior blocks read.
     pub reads: u64,
-    /// Interior blocks a lenient walk did not find.
-    pub absent: u64,
 }
 
 /// Marks what live roots reach, into a [`Bloom`].
@@ -166,18 +164,6 @@ impl<'a> Marker<'a> {
     /// but the store lacks (or cannot read) ends the mark with an error
     /// naming it: its children are unknown, so nothing may be swept.
     pub fn mark(&mut self, root: Score, ty: BlockType) -> Result<(), StoreError> {
-        self.walk(root, ty, false)
-    }
-
-    /// Marks what of `root` is here, passing over blocks the store lacks
-    /// (counted in [`Marked::absent`]): for a root whose blocks are still
-    /// coming (a name taken ahead of its blocks), whose missing parts
-    /// arrive young and so outlive the collection anyway.
-    pub fn mark_what_is_here(&mut self, root: Score, ty: BlockType) -> Result<(), StoreError> {
-        self.walk(root, ty, true)
-    }
-
-    fn walk(&mut self, root: Score, ty: BlockType, lenient: bool) -> Result<(), StoreError> {
         self.marked.roots += 1;
         let mut stack = vec![(root, ty)];
         while let Some((score, ty)) = stack.pop() {
@@ -197,10 +183,6 @@ impl<'a> Marker<'a> {
                 self.walked.insert(key);
             }
             let Some(data) = self.store.read(&score, ty)? else {
-                if lenient {
-                    self.marked.absent += 1;
-                    continue;
-                }
                 return Err(StoreError::Collection(format!(
                     "live root {root} reaches block {score} (type {ty:?}), which this store lacks; \
                      nothing can be collected until it is here"

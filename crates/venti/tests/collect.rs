@@ -95,6 +95,19 @@ fn a_sweep_drops_the_dead_keeps_the_live_and_gives_the_disk_back() {
         .unwrap();
     assert_eq!((again.skips, again.blocks_dropped), (0, 0), "{again:?}");
 
+    // A horizon that moved back into a skip: the sweep stops where the
+    // skip starts, and changes nothing.
+    let dead_run = records[9].offset + 32 + 8192;
+    let inside = store
+        .sweep(
+            dead_run + 100,
+            &live_set(&live),
+            SweepLimits::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!((inside.horizon, inside.skips), (dead_run, 0), "{inside:?}");
+
     // A dead block written again is a new block.
     let back = store.write(BlockType::DATA, &block(15, 8192)).unwrap();
     assert_eq!(back, dead[5]);

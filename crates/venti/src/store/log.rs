@@ -476,6 +476,12 @@ impl LogStore {
             );
             txn.delete_table(INDEX).map_err(|e| self.index_error(e))?;
             txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
+            // What it said of records' copies is void with it: a newer
+            // copy it knew may be gone, and the old one the only one.
+            txn.delete_table(SUPERSEDED)
+                .map_err(|e| self.index_error(e))?;
+            txn.open_table(SUPERSEDED)
+                .map_err(|e| self.index_error(e))?;
             indexed_end = LOG_HEADER_LEN;
             self.recovery.index_rebuilt = true;
         }
@@ -528,6 +534,17 @@ impl LogStore {
             let mut meta = txn.open_table(META).map_err(|e| self.index_error(e))?;
             meta.insert(INDEXED_END, valid_end)
                 .map_err(|e| self.index_error(e))?;
+        }
+        // A mark past the log's end (a log shorter than the index knew)
+        // would make what is written next look old.
+        let (saved_ages, void_ages): (Vec<_>, Vec<_>) = saved_ages
+            .into_iter()
+            .partition(|&(_, end)| end <= valid_end);
+        if !void_ages.is_empty() {
+            let mut table = txn.open_table(AGES).map_err(|e| self.index_error(e))?;
+            for (t, _) in &void_ages {
+                table.remove(t).map_err(|e| self.index_error(e))?;
+            }
         }
         txn.commit().map_err(|e| self.index_error(e))?;
 
@@ -752,12 +769,31 @@ impl LogStore {
                         .map_err(|e| self.index_error(e))?;
                 }
                 let mut ages = txn.open_table(AGES).map_err(|e| self.index_error(e))?;
-                for (t, end) in std::mem::take(&mut self.lock_ages().unsaved) {
+                let (unsaved, grace) = {
+                    let mut a = self.lock_ages();
+                    (std::mem::take(&mut a.unsaved), a.grace())
+                };
+                for (t, end) in unsaved {
                     // Only marks the index covers: a mark past it would
                     // outlive a crash that lost what it claims.
                     if end <= covered {
                         ages.insert(t, end).map_err(|e| self.index_error(e))?;
                     }
+                }
+                // Marks far older than the grace period are never a
+                // horizon again, but the newest of them (an idle store's
+                // last word on its records' age).
+                let cutoff = ages::unix_now().saturating_sub(4 * grace.as_secs().max(1));
+                let newest_old = ages
+                    .range(..cutoff)
+                    .map_err(|e| self.index_error(e))?
+                    .next_back()
+                    .transpose()
+                    .map_err(|e| self.index_error(e))?
+                    .map(|(t, _)| t.value());
+                if let Some(keep) = newest_old {
+                    ages.retain_in(..keep, |_, _| false)
+                        .map_err(|e| self.index_error(e))?;
                 }
             }
             txn.commit().map_err(|e| self.index_error(e))

@@ -171,6 +171,12 @@ impl LogStore {
                 .ok_or_else(|| self.damaged(offset, "a damaged skip"))?;
             let next = offset + HEADER_LEN as u64 + span;
             if next > horizon {
+                // A horizon that moved back (a longer grace, a peer that
+                // is further behind) may fall inside an earlier skip:
+                // this sweep ends where that skip starts.
+                if header.wire_type == record::SKIP_TYPE {
+                    break;
+                }
                 return Err(self.damaged(offset, "a record crosses the collection's horizon"));
             }
             // None: a skip or a marker. Some(None): a dead block whose
@@ -235,6 +241,7 @@ impl LogStore {
                 progress(offset, horizon);
             }
         }
+        done.horizon = offset;
         if let Some(r) = run.take() {
             self.close_run(r, &mut batch);
         }
@@ -245,10 +252,10 @@ impl LogStore {
         forget_skips(&txn, &applied).map_err(|e| self.index_error(e))?;
         txn.open_table(SUPERSEDED)
             .map_err(redb::Error::from)
-            .and_then(|mut t| Ok(t.retain_in(..horizon, |_, _| false)?))
+            .and_then(|mut t| Ok(t.retain_in(..done.horizon, |_, _| false)?))
             .map_err(|e| self.index_error(e))?;
         txn.commit().map_err(|e| self.index_error(e))?;
-        progress(horizon, horizon);
+        progress(done.horizon, done.horizon);
         done.disk_after = self.disk_use()?;
         Ok(done)
     }
