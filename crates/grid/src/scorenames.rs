@@ -554,6 +554,12 @@ impl ScoreNames {
         Ok(())
     }
 
+    /// Freezes the names until the guard is dropped: no bind, forget or
+    /// peer's merge changes them meanwhile (each waits); lookups go on.
+    pub fn hold(&self) -> GridResult<ndb::Lock> {
+        Ok(self.index.hold()?)
+    }
+
     /// How many bindings there are.
     pub fn count(&self) -> GridResult<u64> {
         Ok(self.index.view()?.len() as u64)

@@ -189,6 +189,13 @@ impl Indexed {
         Ok(View { index: self, state })
     }
 
+    /// Holds the file's lock until the guard is dropped: no entry is
+    /// added, changed or removed meanwhile (by this process or another);
+    /// readers go on.
+    pub fn hold(&self) -> Result<crate::Lock, Error> {
+        lock(&self.path)
+    }
+
     /// Reads the file under its lock: only what writers have finished
     /// (appends are synced before the lock is let go). For a reader that
     /// passes entries on and must never pass one a crash could take back

@@ -677,7 +677,7 @@ fn parse_line(line: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Holds an exclusive lock on `<file>.lock` while it lives.
-struct Lock {
+pub struct Lock {
     _file: File,
 }
 

@@ -22,13 +22,19 @@
 //!    environments (their roots and last saves or resume points) and jobs
 //!    (their logs, roots given as scores) and the peers' pins are walked
 //!    into a Bloom filter of the memory the node allows (`gc-memory`).
+//!    Then again with the node's names frozen (binds, forgets and peers'
+//!    merges wait; lookups go on) until the sweep ends: the second look
+//!    costs only what changed, since no interior block is read twice.
 //! 4. **Sweep.** Records below the horizon that the filter does not hold
 //!    become skips, their pages punched out of the log.
 //!
 //! What is bound or written while this runs is safe: new blocks lie past
 //! the horizon; a block written again or claimed by a peer is copied past
-//! it when it is old; a name bound meanwhile stands on blocks that were
-//! live at the start (marked) or new.
+//! it when it is old. A root can pass from a name to an environment and
+//! back (spawn, forget, save, boom) between any two looks, which is why
+//! the second look is taken with the names frozen: then every root a name
+//! or an environment holds is marked, and until the sweep ends a new root
+//! can stand on old blocks only through one of them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,67 +169,23 @@ impl Collector {
             .map_err(|_| GridError::refused("a collection is already running on this node"))?;
         let started = Instant::now();
         let horizon = self.horizon()?;
-        let store_err = |e: venti::StoreError| GridError::refused(e.to_string());
-
-        progress("asking the peers for their pins");
-        let mut peers = Vec::new();
-        let mut peer_pins = Vec::new();
-        if let Some(p) = node.peers() {
-            for answer in p.ask_all("admin", PINS_ASK, PINS_WITHIN) {
-                let told = answer.told.map_err(|e| {
-                    GridError::refused(format!(
-                        "peer {} could not be asked what it keeps ({e}): nothing was collected",
-                        answer.peer
-                    ))
-                })?;
-                if told.status != 0 {
-                    return Err(GridError::refused(format!(
-                        "peer {} would not say what it keeps ({}): nothing was collected",
-                        answer.peer,
-                        told.err.trim()
-                    )));
-                }
-                let pins = parse_pins(&told.out)
-                    .map_err(|e| GridError::refused(format!("peer {}'s pins: {e}", answer.peer)))?;
-                peers.push((answer.peer, pins.len()));
-                peer_pins.extend(pins);
-            }
-        }
-
-        progress("marking what the live roots reach");
         let blocks = self.log.block_count().map_err(store_err)?;
         let bloom = Bloom::new(blocks + blocks / 8, BITS_PER_BLOCK, self.memory * 3 / 4);
         let filter_bytes = bloom.bytes();
         let mut marker = Marker::new(self.log.as_ref(), bloom, (self.memory / 4) as usize);
-        let mut failed = None;
-        node.names().each_kept(0, &mut |kept| {
-            if failed.is_some() {
-                return;
-            }
-            let marked = match kept {
-                // A root whose blocks are still coming is marked as any:
-                // a missing block stops the collection (what lies under it
-                // here would go unmarked, and may not be sent again).
-                Kept::Root(root) => marker.mark(root, BlockType::ROOT),
-                Kept::List(list) => {
-                    marker.mark_block(list);
-                    Ok(())
-                }
-            };
-            failed = marked.err();
-        })?;
-        if let Some(e) = failed {
-            return Err(store_err(e));
-        }
-        for (root, ty) in node.own_pins()? {
-            marker.mark(root, ty).map_err(store_err)?;
-        }
-        // A peer's root whose blocks are still on their way here stops
-        // the collection, as any missing block does: what lies under a
-        // missing block here would go unmarked.
-        for (root, ty) in peer_pins {
-            marker.mark(root, ty).map_err(store_err)?;
-        }
+
+        // Twice: first while everything goes on (the long part), then with
+        // the names frozen, when only what changed meanwhile costs (the
+        // walk reads no interior block twice). A root may pass from an
+        // environment to a name and back between any two looks; once the
+        // names are frozen every root a name or an environment holds is
+        // marked, and until the sweep ends nothing new may stand on an
+        // old block but through them.
+        progress("marking what the live roots reach");
+        self.mark_live(node, &mut marker)?;
+        progress("marking again what changed meanwhile, names held");
+        let _frozen = node.names().hold()?;
+        let peers = self.mark_live(node, &mut marker)?;
         let (bloom, marked) = marker.finish();
 
         progress("sweeping the log");
@@ -251,6 +213,61 @@ impl Collector {
             swept,
         })
     }
+
+    /// Marks every live root: the peers' pins (asked now), every binding
+    /// and working-set list, this node's own pins. A block missing under
+    /// any of them stops the collection: what lies under it here would go
+    /// unmarked, and may never be sent again. Returns the pins per peer.
+    fn mark_live(&self, node: &Node, marker: &mut Marker<'_>) -> GridResult<Vec<(String, usize)>> {
+        let mut peers = Vec::new();
+        let mut peer_pins = Vec::new();
+        if let Some(p) = node.peers() {
+            for answer in p.ask_all("admin", PINS_ASK, PINS_WITHIN) {
+                let told = answer.told.map_err(|e| {
+                    GridError::refused(format!(
+                        "peer {} could not be asked what it keeps ({e}): nothing was collected",
+                        answer.peer
+                    ))
+                })?;
+                if told.status != 0 {
+                    return Err(GridError::refused(format!(
+                        "peer {} would not say what it keeps ({}): nothing was collected",
+                        answer.peer,
+                        told.err.trim()
+                    )));
+                }
+                let pins = parse_pins(&told.out)
+                    .map_err(|e| GridError::refused(format!("peer {}'s pins: {e}", answer.peer)))?;
+                peers.push((answer.peer, pins.len()));
+                peer_pins.extend(pins);
+            }
+        }
+        let mut failed = None;
+        node.names().each_kept(0, &mut |kept| {
+            if failed.is_some() {
+                return;
+            }
+            let marked = match kept {
+                Kept::Root(root) => marker.mark(root, BlockType::ROOT),
+                Kept::List(list) => {
+                    marker.mark_block(list);
+                    Ok(())
+                }
+            };
+            failed = marked.err();
+        })?;
+        if let Some(e) = failed {
+            return Err(store_err(e));
+        }
+        for (root, ty) in node.own_pins()?.into_iter().chain(peer_pins) {
+            marker.mark(root, ty).map_err(store_err)?;
+        }
+        Ok(peers)
+    }
+}
+
+fn store_err(e: venti::StoreError) -> GridError {
+    GridError::refused(e.to_string())
 }
 
 /// The most text of pins one peer may send: an answer over the ask link

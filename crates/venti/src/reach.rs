@@ -164,6 +164,10 @@ impl<'a> Marker<'a> {
     /// but the store lacks (or cannot read) ends the mark with an error
     /// naming it: its children are unknown, so nothing may be swept.
     pub fn mark(&mut self, root: Score, ty: BlockType) -> Result<(), StoreError> {
+        if self.walked.contains(&(root, ty.to_wire())) {
+            // Walked whole already (a second look at the same roots).
+            return Ok(());
+        }
         self.marked.roots += 1;
         let mut stack = vec![(root, ty)];
         while let Some((score, ty)) = stack.pop() {
