@@ -110,6 +110,11 @@ async fn connection(
             )
             .await?;
             tracing::info!(peer = %who.name, address = %addr, "replicating from a peer");
+            // Remembered for good: a collection here must ask every node
+            // that ever pushed here what it keeps.
+            if let Err(e) = rep.note_pusher(&who.name) {
+                tracing::warn!(peer = %who.name, error = %e, "remembering a pushing peer");
+            }
             let result = keep(rep, &who.name, &mut r, &mut w).await;
             if let Err(e) = &result {
                 let _ = send(&mut w, &Frame::Error { message: e.clone() }).await;

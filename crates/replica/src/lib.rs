@@ -124,9 +124,8 @@ impl Replicator {
         Ok(())
     }
 
-    /// For a collection: each peer this node pushes to, with how far it
-    /// has acknowledged this node's log and names (its progress file, as
-    /// durable as the acknowledgements).
+    /// Each peer this node pushes to, with how far it has acknowledged
+    /// this node's log and names (its progress file).
     pub fn acknowledged(&self) -> Vec<(Peer, progress::Position)> {
         self.peers
             .iter()
@@ -139,9 +138,58 @@ impl Replicator {
             .collect()
     }
 
-    /// The storage nodes that have pushed to this node since it started.
+    /// For a collection, which must not sweep past any of them: every
+    /// position this node has kept for a peer (a peer no longer
+    /// configured too: one added again resumes from its file), each made
+    /// durable first, so a power loss never brings back an earlier one.
+    pub fn durable_positions(&self) -> Result<Vec<(String, u64)>, String> {
+        let mut out = Vec::new();
+        let listing = match std::fs::read_dir(&self.dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(format!("reading {}: {e}", self.dir.display())),
+        };
+        for entry in listing.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(peer) = name.strip_suffix(".progress") else {
+                continue;
+            };
+            let at = progress::ProgressFile::new(&self.dir, peer)
+                .load_durable()
+                .map_err(|e| format!("syncing {}: {e}", entry.path().display()))?;
+            out.push((peer.to_string(), at.blocks));
+        }
+        // A peer with no file yet reads from the log's start, which is
+        // always the start of a record or of a skip: no bound.
+        Ok(out)
+    }
+
+    /// The storage nodes that have ever pushed to this node (each noted in
+    /// `DIR/NAME.pusher` the first time), and those pushing now.
     pub fn pushed_by(&self) -> Vec<String> {
-        self.board.snapshot().1.into_keys().collect()
+        let mut out: Vec<String> = self.board.snapshot().1.into_keys().collect();
+        if let Ok(listing) = std::fs::read_dir(&self.dir) {
+            for entry in listing.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(peer) = name.strip_suffix(".pusher")
+                    && !out.iter().any(|p| p == peer)
+                {
+                    out.push(peer.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Notes, durably, that storage node `peer` pushes to this node.
+    pub fn note_pusher(&self, peer: &str) -> std::io::Result<()> {
+        let path = self.dir.join(format!("{peer}.pusher"));
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::File::create(&path)?.sync_all()?;
+        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     /// Per peer: blocks and bytes of this node's log it has not

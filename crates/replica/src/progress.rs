@@ -76,6 +76,21 @@ impl ProgressFile {
         pos
     }
 
+    /// The saved position, made durable first (file and directory synced),
+    /// for a collection that will not sweep past it: after a power loss
+    /// the file holds this position or a later one, never an earlier one
+    /// that a sweep may have turned into a skip's middle.
+    pub fn load_durable(&self) -> std::io::Result<Position> {
+        match std::fs::File::open(&self.path) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Position::default()),
+            Err(e) => return Err(e),
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(self.load())
+    }
+
     /// Replaces the file with `pos`: temporary file, rename. Not fsynced:
     /// a killed process loses nothing the kernel has, and a machine that
     /// loses power finds an older position, which costs the peer a score

@@ -144,8 +144,8 @@ impl Collector {
     fn horizon(&self) -> GridResult<u64> {
         let mut horizon = self.log.collection_horizon();
         if let Some(rep) = &self.replicator {
-            for (_, at) in rep.acknowledged() {
-                horizon = horizon.min(at.blocks);
+            for (_, at) in rep.durable_positions().map_err(GridError::refused)? {
+                horizon = horizon.min(at);
             }
             let peers: Vec<&str> = rep.peers.iter().map(|p| p.name.as_str()).collect();
             if let Some(stranger) = rep

@@ -95,9 +95,18 @@ fn a_sweep_drops_the_dead_keeps_the_live_and_gives_the_disk_back() {
         .unwrap();
     assert_eq!((again.skips, again.blocks_dropped), (0, 0), "{again:?}");
 
+    let dead_run = records[9].offset + 32 + 8192;
+    // A peer's position that a skip now covers (the start of a record
+    // that died): its reader goes on after the skip.
+    let (after, _) = store.read_log(dead_run + 8224, 1000, 64 << 20).unwrap();
+    assert_eq!(
+        after.iter().map(|r| r.score).collect::<Vec<_>>(),
+        live[10..],
+        "a read from inside a skip goes on after it"
+    );
+
     // A horizon that moved back into a skip: the sweep stops where the
     // skip starts, and changes nothing.
-    let dead_run = records[9].offset + 32 + 8192;
     let inside = store
         .sweep(
             dead_run + 100,

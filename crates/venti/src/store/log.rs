@@ -287,6 +287,52 @@ impl LogStore {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<(Vec<LogRecord>, u64), StoreError> {
+        match self.read_log_from(from, max_records, max_bytes) {
+            // A position a collection has since covered with a skip (a
+            // peer's, older than the collection knew): it goes on after
+            // the skip.
+            Err(e) if from >= LOG_HEADER_LEN && from <= self.durable_end() => {
+                match self.inside_skip(from)? {
+                    Some(after) => self.read_log_from(after, max_records, max_bytes),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Where the skip that covers `from` ends, if one does (`from` is then
+    /// no record's start); found by reading record headers from the log's
+    /// start, so only when a read from `from` failed.
+    fn inside_skip(&self, from: u64) -> Result<Option<u64>, StoreError> {
+        let _past = self.past.read().unwrap_or_else(|p| p.into_inner());
+        let mut offset = LOG_HEADER_LEN;
+        let mut head = [0u8; HEADER_LEN];
+        while offset < from {
+            if self.reader.read_exact_at(&mut head, offset).is_err() {
+                return Ok(None);
+            }
+            let Some(span) = record::parse_header(&head)
+                .ok()
+                .and_then(|h| record::span(&head, &h))
+            else {
+                return Ok(None);
+            };
+            let next = offset + HEADER_LEN as u64 + span;
+            if next > from {
+                return Ok((head[4] == record::SKIP_TYPE).then_some(next));
+            }
+            offset = next;
+        }
+        Ok(None)
+    }
+
+    fn read_log_from(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogRecord>, u64), StoreError> {
         let end = self.durable_end();
         if from < LOG_HEADER_LEN || from > end {
             return Err(StoreError::Remote(format!(
