@@ -598,7 +598,9 @@ impl LogStore {
             // Everything found was written before now.
             let mut ages = self.lock_ages();
             *ages = ages::Ages::new(saved_ages);
-            ages.note(ages::unix_now(), valid_end);
+            let now = ages::unix_now();
+            ages.watch_clock(now, ages::boot_now());
+            ages.note(now, valid_end);
         }
         let mut w = self.lock_writer();
         w.buf_start = valid_end;
@@ -637,8 +639,35 @@ impl LogStore {
     fn note_now(&self) -> MutexGuard<'_, ages::Ages> {
         let end = self.durable_end();
         let mut ages = self.lock_ages();
-        ages.note(ages::unix_now(), end);
+        let now = ages::unix_now();
+        ages.watch_clock(now, ages::boot_now());
+        ages.note(now, end);
+        if ages.moved
+            && let Err(e) = self.save_moved_marks(&mut ages, end)
+        {
+            tracing::error!(error = %e, store = %self.dir.display(), "saving the log's marks of age after a clock step");
+        }
         ages
+    }
+
+    /// After a clock step moved the marks: the saved ones are replaced by
+    /// them at once (those the durable log covers), so that a restart
+    /// never brings back marks that make records look older than they are.
+    fn save_moved_marks(&self, ages: &mut ages::Ages, durable: u64) -> Result<(), StoreError> {
+        let txn = self.index.begin_write().map_err(|e| self.index_error(e))?;
+        {
+            let mut table = txn.open_table(AGES).map_err(|e| self.index_error(e))?;
+            table
+                .retain(|_, _| false)
+                .map_err(|e| self.index_error(e))?;
+            for (t, end) in ages.all().filter(|&(_, end)| end <= durable) {
+                table.insert(t, end).map_err(|e| self.index_error(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.index_error(e))?;
+        ages.moved = false;
+        ages.unsaved.clear();
+        Ok(())
     }
 
     /// Whether the store holds the block, for a replication peer that will
@@ -767,7 +796,12 @@ impl LogStore {
         if target > w.durable_end {
             w.durable_end = target;
             self.durable.send_replace(target);
-            self.lock_ages().note(ages::unix_now(), target);
+            // A clock step seen here moves the marks (saved at the next
+            // look at the marks, outside the writer's lock).
+            let mut ages = self.lock_ages();
+            let now = ages::unix_now();
+            ages.watch_clock(now, ages::boot_now());
+            ages.note(now, target);
         }
         if w.end == target && w.end > w.marked_end {
             // Only now, with the data durable, may a marker say it is.

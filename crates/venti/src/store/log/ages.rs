@@ -34,6 +34,28 @@ pub struct Ages {
     marks: VecDeque<(u64, u64)>,
     /// Marks not yet saved in the index.
     pub unsaved: Vec<(u64, u64)>,
+    /// The wall clock and the boot clock when last looked at, to see the
+    /// wall clock step forward (see [`Ages::watch_clock`]).
+    anchor: Option<(u64, u64)>,
+    /// The marks were moved: the saved ones are to be replaced by these.
+    pub moved: bool,
+}
+
+/// How far the wall clock may run ahead of the boot clock between two
+/// looks before it counts as a step.
+const CLOCK_SLACK: u64 = 60;
+
+/// Seconds since boot, suspended time included (`CLOCK_BOOTTIME`).
+pub fn boot_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64
 }
 
 pub fn unix_now() -> u64 {
@@ -50,7 +72,40 @@ impl Ages {
             grace: DEFAULT_GRACE,
             marks: marks.into(),
             unsaved: Vec::new(),
+            anchor: None,
+            moved: false,
         }
+    }
+
+    /// Told the wall clock and the boot clock together: a wall clock that
+    /// stepped forward (NTP on a machine without a clock of its own, a
+    /// restored virtual machine) would make every record written before
+    /// the step look older by the step, and a collection could sweep an
+    /// upload within its grace period. So every mark is moved forward by
+    /// the step: records only ever look younger for it. (A step while
+    /// the store was closed is not seen.)
+    pub fn watch_clock(&mut self, wall: u64, boot: u64) {
+        if let Some((w0, b0)) = self.anchor {
+            let expected = w0 + boot.saturating_sub(b0);
+            if wall > expected + CLOCK_SLACK {
+                let step = wall - expected;
+                tracing::warn!(
+                    step_secs = step,
+                    "the wall clock stepped forward; the log's marks of age move with it"
+                );
+                for m in self.marks.iter_mut() {
+                    m.0 += step;
+                }
+                self.unsaved.clear();
+                self.moved = true;
+            }
+        }
+        self.anchor = Some((wall, boot));
+    }
+
+    /// Every mark, for saving in place of the saved ones after a move.
+    pub fn all(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.marks.iter().copied()
     }
 
     pub fn grace(&self) -> Duration {
@@ -130,6 +185,26 @@ mod tests {
         assert_eq!(ages.horizon(1020, Duration::from_secs(10), 64), 600);
         assert_eq!(ages.horizon(1021, Duration::from_secs(10), 64), 700);
         assert_eq!(ages.unsaved, vec![(1000, 600), (1010, 700)]);
+    }
+
+    #[test]
+    fn a_wall_clock_that_steps_forward_moves_the_marks_with_it() {
+        let mut ages = Ages::new([]);
+        ages.set_grace(Duration::from_secs(10));
+        ages.watch_clock(1000, 50);
+        ages.note(1000, 500);
+        // 5 s later by the boot clock, 1005 s by the wall clock.
+        ages.watch_clock(2005, 55);
+        assert!(ages.moved);
+        // The record written at 1000 is 5 s old, not 1005: too young.
+        assert_eq!(ages.horizon(2005, Duration::from_secs(20), 64), 64);
+        assert_eq!(ages.horizon(2030, Duration::from_secs(20), 64), 500);
+        // Slow drift and steps back are not steps forward.
+        let mut calm = Ages::new([]);
+        calm.watch_clock(1000, 50);
+        calm.watch_clock(1030, 60);
+        calm.watch_clock(900, 70);
+        assert!(!calm.moved);
     }
 
     #[test]

@@ -13,18 +13,21 @@
 //! index lookups, whatever the store's size.
 //!
 //! Crash safety, in order, per batch of runs:
-//! 1. under the writer lock, the dead blocks' index entries are removed
-//!    and the skips are recorded in the index (`skips`), in one commit;
-//! 2. the skip headers are written into the log and synced;
-//! 3. the holes are punched.
+//! 1. the dead blocks' index entries are removed and the skips are
+//!    recorded in the index (`skips`), in one commit (a block copied
+//!    forward meanwhile is pending, and its entry comes back at the copy);
+//! 2. the log is synced, so every copy forward made so far is durable
+//!    before a skip covers the record it replaced;
+//! 3. the skip headers are written into the log and synced;
+//! 4. the holes are punched.
 //!
 //! A crash after 1 replays the recorded skips at the next open (writing a
 //! header is idempotent, punching too) before anything reads the log; a
 //! crash before 1 changed nothing. The entries are dropped once their
-//! skips are durable. A block's record is dead when the index points
-//! elsewhere (a newer copy) or when the caller's `live` says so; the index
-//! is checked again under the writer lock, so a block written again
-//! meanwhile (which copies it forward, see `ages`) is never lost.
+//! skips are durable. A block's record is dead when a copy forward
+//! replaced it (the `superseded` table) or when the caller's `live` says
+//! so; a block written again meanwhile is copied forward (see `ages`) and
+//! never lost.
 
 use std::io::{BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -36,7 +39,7 @@ use super::{
     HEADER_LEN, INDEX, Key, LOG_HEADER_LEN, LogStore, ReadAt, SKIPS, SUPERSEDED, key, record,
 };
 use crate::Score;
-use crate::store::{MAX_BLOCK_SIZE, StoreError};
+use crate::store::{BlockStore, MAX_BLOCK_SIZE, StoreError};
 
 /// How a sweep batches its work: each batch is one index commit and one
 /// sync of the log, and what it holds is all the memory a sweep needs.
@@ -292,22 +295,20 @@ impl LogStore {
             return Ok(());
         }
         {
-            let w = self.lock_writer();
-            if let Some(why) = &w.failed {
+            if let Some(why) = &self.lock_writer().failed {
                 return Err(StoreError::Failed(why.clone()));
             }
-            // In key order: the index's pages are visited once each, in
-            // turn, instead of at random.
+            // Without the writer lock, which every read takes: a batch may
+            // take seconds. A block copied forward meanwhile is pending,
+            // and reads find it there; the index entry removed here is put
+            // back, at the copy, by the next commit of pending entries
+            // (which waits for this transaction). In key order: the
+            // index's pages are visited once each, in turn.
             batch.drop.sort_unstable();
             let txn = self.index.begin_write().map_err(|e| self.index_error(e))?;
             {
                 let mut table = txn.open_table(INDEX).map_err(|e| self.index_error(e))?;
                 for (k, offset) in &batch.drop {
-                    // Copied forward since the scan: the new copy stays,
-                    // and the pending entry will replace this one.
-                    if w.pending.contains_key(k) {
-                        continue;
-                    }
                     let here = table
                         .get(k)
                         .map_err(|e| self.index_error(e))?
@@ -333,6 +334,11 @@ impl LogStore {
             done.skips += 1;
             applied.push(start);
         }
+        // Every copy forward made so far is made durable before a skip
+        // covers the record it replaced: a skip is never the last word on
+        // a block a kill -9 could take the copy of. (A copy made after
+        // this sync is of a write its writer has not synced yet.)
+        BlockStore::sync(self)?;
         if !self.write_skips(&batch.runs)? {
             done.holes_unsupported = true;
         }
