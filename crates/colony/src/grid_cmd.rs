@@ -342,9 +342,13 @@ pub fn gc(args: GcArgs) -> Result<()> {
             progress.finish();
             bail!("the node hung up before it answered");
         }
-        match line.trim_end().strip_prefix("progress ") {
+        // Progress until the status (a number); a line the node cut
+        // short (it drops progress a slow reader does not take) is passed.
+        let line = line.trim();
+        match line.strip_prefix("progress ") {
             Some(how) => progress.say(how),
-            None => break line.trim().to_string(),
+            None if line.parse::<u32>().is_ok() => break line.to_string(),
+            None => {}
         }
     };
     progress.finish();

@@ -48,6 +48,23 @@ pub enum Kept {
     List(Score),
 }
 
+/// What `entries` keep alive, in order: each binding's root and each
+/// working-set list's block; tombstones keep nothing.
+fn kept_in(entries: &[ndb::Entry]) -> Vec<Kept> {
+    entries
+        .iter()
+        .filter(|e| !is_tombstone(e))
+        .filter_map(|e| {
+            if is_working_set(e) {
+                return working_set_of(e).ok().map(|(list, _)| Kept::List(list));
+            }
+            e.get("rootscore")
+                .and_then(|r| vac::parse_vac(r, true).ok())
+                .map(Kept::Root)
+        })
+        .collect()
+}
+
 /// A name that lost a conflict, and the name it was bound as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renamed {
@@ -531,27 +548,37 @@ impl ScoreNames {
         let mut at = from;
         while at < view.len() {
             let upto = (at + READ_ENTRIES).min(view.len());
-            for e in view.entries(at..upto)? {
-                if is_tombstone(&e) {
-                    continue;
-                }
-                if is_working_set(&e) {
-                    if let Ok((list, _)) = working_set_of(&e) {
-                        kept(Kept::List(list));
-                    }
-                    continue;
-                }
-                let Some(root) = e
-                    .get("rootscore")
-                    .and_then(|r| vac::parse_vac(r, true).ok())
-                else {
-                    continue;
-                };
-                kept(Kept::Root(root));
+            for k in kept_in(&view.entries(at..upto)?) {
+                kept(k);
             }
             at = upto;
         }
         Ok(())
+    }
+
+    /// [`ScoreNames::each_kept`] from the first entry, for a caller that
+    /// takes long over each (a walk of the root's tree): the file is read
+    /// a chunk at a time, and nothing waits on it meanwhile. An entry
+    /// that a rewrite moves between two chunks may be missed (or met
+    /// twice), so a caller that must see every one holds the names
+    /// ([`ScoreNames::hold`]) while it reads.
+    pub fn each_kept_slowly(&self, kept: &mut dyn FnMut(Kept) -> GridResult<()>) -> GridResult<()> {
+        let mut at = 0;
+        loop {
+            let chunk = {
+                let view = self.index.view()?;
+                if at >= view.len() {
+                    return Ok(());
+                }
+                let upto = (at + READ_ENTRIES).min(view.len());
+                let chunk = kept_in(&view.entries(at..upto)?);
+                at = upto;
+                chunk
+            };
+            for k in chunk {
+                kept(k)?;
+            }
+        }
     }
 
     /// Freezes the names until the guard is dropped: no bind, forget or

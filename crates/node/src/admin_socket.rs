@@ -101,10 +101,22 @@ fn answer(node: &storage::Node, conn: &UnixStream) {
             }
         }
         ["gc"] => {
+            // A client that stops reading must not hold the collection
+            // (and the names it holds): progress it does not take is
+            // dropped.
+            let _ = conn.set_write_timeout(Some(std::time::Duration::from_millis(200)));
             let mut out = conn;
+            let mut deaf = false;
             let report = node.collect(&mut |how| {
-                let _ = writeln!(out, "progress {how}");
+                if !deaf && writeln!(out, "progress {how}").is_err() {
+                    deaf = true;
+                }
             });
+            let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(30)));
+            if deaf {
+                // Ends a line a timed-out write may have left half sent.
+                let _ = writeln!(out);
+            }
             match report {
                 Ok(r) => storage::Reply {
                     out: r.to_string(),

@@ -242,23 +242,16 @@ impl Collector {
                 peer_pins.extend(pins);
             }
         }
-        let mut failed = None;
-        node.names().each_kept(0, &mut |kept| {
-            if failed.is_some() {
-                return;
+        // A chunk of names at a time, so that lookups, binds and peers'
+        // asks never wait on a walk (the second look, names held, sees
+        // every entry).
+        node.names().each_kept_slowly(&mut |kept| match kept {
+            Kept::Root(root) => marker.mark(root, BlockType::ROOT).map_err(store_err),
+            Kept::List(list) => {
+                marker.mark_block(list);
+                Ok(())
             }
-            let marked = match kept {
-                Kept::Root(root) => marker.mark(root, BlockType::ROOT),
-                Kept::List(list) => {
-                    marker.mark_block(list);
-                    Ok(())
-                }
-            };
-            failed = marked.err();
         })?;
-        if let Some(e) = failed {
-            return Err(store_err(e));
-        }
         for (root, ty) in node.own_pins()?.into_iter().chain(peer_pins) {
             marker.mark(root, ty).map_err(store_err)?;
         }

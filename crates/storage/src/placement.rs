@@ -190,6 +190,35 @@ fn silent(last_seen: SystemTime) -> bool {
 }
 
 impl Pool {
+    /// Where the cpu nodes that ever linked are remembered, one empty
+    /// file each.
+    fn cpus_dir(&self) -> std::path::PathBuf {
+        self.state_dir.root.join("cpu-nodes")
+    }
+
+    /// Notes, durably, that cpu node `cpu` links here.
+    fn remember_cpu(&self, cpu: &str) -> std::io::Result<()> {
+        let dir = self.cpus_dir();
+        let path = dir.join(cpu);
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)?;
+        std::fs::File::create(&path)?.sync_all()?;
+        std::fs::File::open(&dir)?.sync_all()
+    }
+
+    /// The cpu nodes that ever linked here.
+    fn remembered_cpus(&self) -> Vec<String> {
+        std::fs::read_dir(self.cpus_dir())
+            .map(|l| {
+                l.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn new(node: String, venti: String, state_dir: StateDir) -> Pool {
         Pool {
             node,
@@ -499,6 +528,9 @@ impl Pool {
                 generation,
             },
         );
+        if let Err(e) = self.remember_cpu(&cpu) {
+            tracing::warn!(cpu = %cpu, error = %e, "remembering a cpu node");
+        }
         tracing::info!(target: "grid::events", cpu = %cpu, slots, running = held.len(), "cpu node linked");
         self.event(
             &format!(
@@ -968,6 +1000,17 @@ impl Cpus for Pool {
     }
 
     fn pins(&self) -> GridResult<Vec<Score>> {
+        // A cpu node that ever linked but has not since this node started
+        // may run environments placed here that this node knows nothing
+        // of yet (they are adopted when it links).
+        for cpu in self.remembered_cpus() {
+            if !self.state().cpus.contains_key(&cpu) {
+                return Err(GridError::refused(format!(
+                    "cpu node {cpu} has not linked since this node started: what its environments stand on is unknown, so nothing can be collected until it links (if it is gone for good, remove {})",
+                    self.cpus_dir().join(&cpu).display()
+                )));
+            }
+        }
         // Every placed root (a starting one has saved nothing yet), then
         // what each running one saved last, as its cpu node says.
         let (mut pins, mut users) = {

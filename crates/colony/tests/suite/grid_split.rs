@@ -2047,3 +2047,51 @@ fn an_idle_environment_on_a_cpu_node_sleeps_wakes_and_outlives_its_restart() {
     assert_eq!(g.in_env_ok("alice", &nap, "cat /root/note"), "written\n");
     assert_eq!(g.door_ok("alice", &["boom", "nap"]), "nap BOOMed\n");
 }
+
+/// `colony gc` beside the storage node s1: its report, or its refusal.
+fn gc_on_s1(g: &Split) -> Result<String, String> {
+    let out = Command::new(COLONY)
+        .args(["gc", "--state"])
+        .arg(g.state("s1"))
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A storage node restarted while a cpu node that ran its environments is
+/// away knows nothing yet of what they stand on (they are adopted when the
+/// cpu node links again): a collection is refused, naming the cpu node,
+/// and goes ahead once it has linked. Invariant: nothing is collected on a
+/// view that may miss an environment's roots.
+#[test]
+fn a_collection_waits_for_every_cpu_node_that_ever_linked() {
+    if !can_run() {
+        return;
+    }
+    let mut g = Split::new(&[], &[]);
+    let root = busybox_root(g.tmp.path(), "remembered\n");
+    g.import("kept", &root);
+    g.start_s1();
+    g.start_cpu(1);
+    g.wait_links(1);
+    let reply = g.door_ok("alice", &["spawn", "kept", "node=c1"]);
+    assert_eq!(
+        g.in_env_ok("alice", &reply, "cat /etc/motd"),
+        "remembered\n"
+    );
+    assert!(gc_on_s1(&g).is_ok());
+
+    g.s1.kill9();
+    g.c1.stop();
+    g.start_s1();
+    let refused = gc_on_s1(&g).expect_err("a collection before c1 links again");
+    assert!(refused.contains("cpu node c1 has not linked"), "{refused}");
+    g.start_cpu(1);
+    g.wait_links(2);
+    let report = gc_on_s1(&g).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("swept the log"), "{report}");
+}
