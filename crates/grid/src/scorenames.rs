@@ -46,15 +46,23 @@ pub enum Kept {
     Root(Score),
     /// A working-set list (one block).
     List(Score),
+    /// A tombstone's root: kept by nothing here, but a peer that has not
+    /// yet heard of the forget may still stand on it.
+    Forgotten(Score),
 }
 
-/// What `entries` keep alive, in order: each binding's root and each
-/// working-set list's block; tombstones keep nothing.
+/// What `entries` keep alive, in order: each binding's root, each
+/// working-set list's block, each tombstone's root (see [`Kept`]).
 fn kept_in(entries: &[ndb::Entry]) -> Vec<Kept> {
     entries
         .iter()
-        .filter(|e| !is_tombstone(e))
         .filter_map(|e| {
+            if is_tombstone(e) {
+                return e
+                    .get("rootscore")
+                    .and_then(|r| vac::parse_vac(r, true).ok())
+                    .map(Kept::Forgotten);
+            }
             if is_working_set(e) {
                 return working_set_of(e).ok().map(|(list, _)| Kept::List(list));
             }
@@ -562,21 +570,35 @@ impl ScoreNames {
     /// that a rewrite moves between two chunks may be missed (or met
     /// twice), so a caller that must see every one holds the names
     /// ([`ScoreNames::hold`]) while it reads.
-    pub fn each_kept_slowly(&self, kept: &mut dyn FnMut(Kept) -> GridResult<()>) -> GridResult<()> {
+    /// Each is told with the entry's place in the file.
+    pub fn each_kept_slowly(
+        &self,
+        kept: &mut dyn FnMut(usize, Kept) -> GridResult<()>,
+    ) -> GridResult<()> {
         let mut at = 0;
         loop {
-            let chunk = {
+            let (from, chunk) = {
                 let view = self.index.view()?;
                 if at >= view.len() {
                     return Ok(());
                 }
                 let upto = (at + READ_ENTRIES).min(view.len());
-                let chunk = kept_in(&view.entries(at..upto)?);
+                let chunk: Vec<(usize, Kept)> = view
+                    .entries(at..upto)?
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, e)| {
+                        kept_in(std::slice::from_ref(e))
+                            .into_iter()
+                            .map(move |k| (i, k))
+                    })
+                    .collect();
+                let from = at;
                 at = upto;
-                chunk
+                (from, chunk)
             };
-            for k in chunk {
-                kept(k)?;
+            for (i, k) in chunk {
+                kept(from + i, k)?;
             }
         }
     }

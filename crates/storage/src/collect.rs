@@ -245,12 +245,27 @@ impl Collector {
         // A chunk of names at a time, so that lookups, binds and peers'
         // asks never wait on a walk (the second look, names held, sees
         // every entry).
-        node.names().each_kept_slowly(&mut |kept| match kept {
+        // A forget that some peer has not yet been sent: that peer may
+        // spawn the name still, and save what stands on its old blocks.
+        let unheard_from = self.replicator.as_ref().map_or(usize::MAX, |rep| {
+            rep.acknowledged()
+                .iter()
+                .filter(|(p, _)| !p.plain_venti)
+                .map(|(_, at)| at.names as usize)
+                .min()
+                .unwrap_or(usize::MAX)
+        });
+        node.names().each_kept_slowly(&mut |at, kept| match kept {
             Kept::Root(root) => marker.mark(root, BlockType::ROOT).map_err(store_err),
             Kept::List(list) => {
                 marker.mark_block(list);
                 Ok(())
             }
+            // What of it is here (a forgotten root may be partly gone).
+            Kept::Forgotten(root) if at >= unheard_from => marker
+                .mark_what_is_here(root, BlockType::ROOT)
+                .map_err(store_err),
+            Kept::Forgotten(_) => Ok(()),
         })?;
         for (root, ty) in node.own_pins()?.into_iter().chain(peer_pins) {
             marker.mark(root, ty).map_err(store_err)?;
@@ -261,6 +276,81 @@ impl Collector {
 
 fn store_err(e: venti::StoreError) -> GridError {
     GridError::refused(e.to_string())
+}
+
+/// Spawns between the lookup of their root and the cpus holding their
+/// environment: neither a name (it may be forgotten meanwhile) nor an
+/// environment keeps their root then, so they are pins of their own.
+#[derive(Default)]
+pub struct InFlight {
+    roots: Mutex<(u64, std::collections::HashMap<u64, Option<Score>>)>,
+    resolved: std::sync::Condvar,
+}
+
+/// One spawn on its way; it leaves the registry when dropped.
+pub struct OnItsWay<'a> {
+    registry: &'a InFlight,
+    id: u64,
+}
+
+/// How long a collection waits for a spawn to look its root up.
+const LOOKUP_WAIT: Duration = Duration::from_secs(10);
+
+impl InFlight {
+    /// Registers a spawn before it looks its root up.
+    pub fn register(&self) -> OnItsWay<'_> {
+        let mut r = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        r.0 += 1;
+        let id = r.0;
+        r.1.insert(id, None);
+        OnItsWay { registry: self, id }
+    }
+
+    /// The roots spawns on their way stand on, once each has looked its
+    /// root up (a spawn that has not within 10 s stops the collection).
+    pub fn roots(&self) -> GridResult<Vec<Score>> {
+        let deadline = Instant::now() + LOOKUP_WAIT;
+        let mut r = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        while r.1.values().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(GridError::refused(
+                    "a spawn has not looked its root up within 10 s: nothing was collected; try again",
+                ));
+            }
+            r = self
+                .resolved
+                .wait_timeout(r, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(r.1.values().flatten().copied().collect())
+    }
+}
+
+impl OnItsWay<'_> {
+    /// The root the spawn looked up.
+    pub fn stands_on(&self, root: Score) {
+        let mut r = self
+            .registry
+            .roots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        r.1.insert(self.id, Some(root));
+        self.registry.resolved.notify_all();
+    }
+}
+
+impl Drop for OnItsWay<'_> {
+    fn drop(&mut self) {
+        let mut r = self
+            .registry
+            .roots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        r.1.remove(&self.id);
+        self.registry.resolved.notify_all();
+    }
 }
 
 /// The most text of pins one peer may send: an answer over the ask link
@@ -326,6 +416,28 @@ pub fn format_pins(pins: &[(Score, BlockType)]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spawn's root counts from its registration until it is dropped;
+    /// a collection waits for one still looking its root up.
+    #[test]
+    fn a_spawn_on_its_way_pins_its_root_until_it_lands() {
+        let registry = std::sync::Arc::new(InFlight::default());
+        assert!(registry.roots().unwrap().is_empty());
+        let root = Score::of(b"root");
+        let landed = {
+            let spawn = registry.register();
+            let r = registry.clone();
+            let looking = std::thread::spawn(move || r.roots().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+            spawn.stands_on(root);
+            let seen = looking.join().unwrap();
+            assert_eq!(seen, vec![root], "the collection waited for the lookup");
+            assert_eq!(registry.roots().unwrap(), vec![root]);
+            drop(spawn);
+            registry.roots().unwrap()
+        };
+        assert!(landed.is_empty());
+    }
 
     #[test]
     fn pins_read_back_as_sent_and_bad_lines_are_named() {

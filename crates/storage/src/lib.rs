@@ -209,6 +209,9 @@ pub struct Node {
     me: std::sync::OnceLock<std::sync::Weak<Node>>,
     /// Its garbage collector, if its store is its own log.
     collector: Option<Arc<collect::Collector>>,
+    /// Spawns on their way: the roots they looked up, until their
+    /// environments are the cpus' (see [`Node::spawning`]).
+    in_flight: Arc<collect::InFlight>,
 }
 
 /// What a command sees: the user's work across the grid (a user's
@@ -273,6 +276,7 @@ impl Node {
             services,
             me: Default::default(),
             collector: None,
+            in_flight: Default::default(),
         }
     }
 
@@ -506,13 +510,16 @@ impl Node {
     }
 
     /// The roots this node's own work stands on, which its names may not
-    /// show: its environments' roots and last saves or resume points, its
-    /// jobs' logs and the roots they were given as scores.
+    /// show: spawns on their way, its environments' roots and last saves
+    /// or resume points, its jobs' logs.
     pub(crate) fn own_pins(&self) -> GridResult<Vec<(Score, venti::BlockType)>> {
+        // Spawns on their way first: one that registered after this look
+        // is a lookup that comes after it, of a name the caller marks.
         let mut pins: Vec<(Score, venti::BlockType)> = self
-            .cpus
-            .pins()?
+            .in_flight
+            .roots()?
             .into_iter()
+            .chain(self.cpus.pins()?)
             .map(|s| (s, venti::BlockType::ROOT))
             .collect();
         if let Some(jobs) = &self.jobs {
@@ -537,6 +544,8 @@ impl Node {
         self.names().each_kept(sent, &mut |kept| match kept {
             grid::scorenames::Kept::Root(r) => pins.push((r, venti::BlockType::ROOT)),
             grid::scorenames::Kept::List(l) => pins.push((l, venti::BlockType::DATA)),
+            // A forget travels like a name: the peer hears of it in turn.
+            grid::scorenames::Kept::Forgotten(_) => {}
         })?;
         collect::format_pins(&pins).map_err(GridError::refused)
     }
@@ -967,10 +976,14 @@ impl Node {
                 "{name} already runs for {user}, placed by storage node {peer}: boom it first, or save it under a new name"
             )));
         }
+        // Registered before the root is looked up, and until the cpus
+        // hold the environment: a collection meanwhile marks the root.
+        let on_its_way = self.in_flight.register();
         let binding = self.names().lookup_for(name, user)?;
         let Some(binding) = binding else {
             return Err(GridError::refused(format!("{name} not found for {user}")));
         };
+        on_its_way.stands_on(binding.root);
         let spawned = self.cpus.spawn(&control::Spawn {
             user: user.to_string(),
             name: name.to_string(),
@@ -996,9 +1009,11 @@ impl Node {
         check_score_name(root)?;
         let borrowed: Vec<&str> = options.iter().map(String::as_str).collect();
         cpu::options::check_form(&borrowed)?;
+        let on_its_way = self.in_flight.register();
         let Some(binding) = self.names().lookup_for(root, user)? else {
             return Err(GridError::refused(format!("{root} not found for {user}")));
         };
+        on_its_way.stands_on(binding.root);
         let spawned = self.cpus.spawn(&control::Spawn {
             user: user.to_string(),
             name: env.to_string(),

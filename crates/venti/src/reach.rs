@@ -164,6 +164,17 @@ impl<'a> Marker<'a> {
     /// but the store lacks (or cannot read) ends the mark with an error
     /// naming it: its children are unknown, so nothing may be swept.
     pub fn mark(&mut self, root: Score, ty: BlockType) -> Result<(), StoreError> {
+        self.walk(root, ty, false)
+    }
+
+    /// Marks what of `root` is here, passing over blocks the store lacks:
+    /// for a root nothing here keeps but that a peer may still stand on
+    /// (what this store lacks, it cannot lose).
+    pub fn mark_what_is_here(&mut self, root: Score, ty: BlockType) -> Result<(), StoreError> {
+        self.walk(root, ty, true)
+    }
+
+    fn walk(&mut self, root: Score, ty: BlockType, lenient: bool) -> Result<(), StoreError> {
         if self.walked.contains(&(root, ty.to_wire())) {
             // Walked whole already (a second look at the same roots).
             return Ok(());
@@ -183,15 +194,20 @@ impl<'a> Marker<'a> {
             if self.walked.contains(&key) {
                 continue;
             }
-            if self.walked.len() < self.walked_cap {
-                self.walked.insert(key);
-            }
             let Some(data) = self.store.read(&score, ty)? else {
+                if lenient {
+                    continue;
+                }
                 return Err(StoreError::Collection(format!(
                     "live root {root} reaches block {score} (type {ty:?}), which this store lacks; \
                      nothing can be collected until it is here"
                 )));
             };
+            // Only a strict walk vouches for what lies under a block (a
+            // lenient one may have passed over a missing part of it).
+            if !lenient && self.walked.len() < self.walked_cap {
+                self.walked.insert(key);
+            }
             self.marked.reads += 1;
             stack.extend(children(ty, &data));
         }
@@ -280,13 +296,15 @@ mod tests {
             "the second walk read again what the first read"
         );
 
-        // A missing interior block ends the mark, naming it.
+        // A missing interior block ends the mark, naming it, also after a
+        // lenient walk of the same root passed over it.
         let missing = Score::of(b"gone");
         let mut entry = [0u8; 40];
         entry[8] = 0x01 | 0x02;
         entry[20..40].copy_from_slice(&missing.0);
         let broken = store.write(BlockType::DIR, &entry).unwrap();
-        let mut marker = Marker::new(&store, Bloom::new(10, 16, 1 << 20), 0);
+        let mut marker = Marker::new(&store, Bloom::new(10, 16, 1 << 20), 1 << 20);
+        marker.mark_what_is_here(broken, BlockType::DIR).unwrap();
         let e = marker.mark(broken, BlockType::DIR).unwrap_err().to_string();
         assert!(e.contains(&missing.to_string()), "{e}");
     }
