@@ -73,6 +73,9 @@ const AGES: TableDefinition<u64, u64> = TableDefinition::new("ages");
 /// Skips a collection committed to before it wrote them into the log:
 /// start of the dead run → its end. Replayed at open (see [`sweep`]).
 const SKIPS: TableDefinition<u64, u64> = TableDefinition::new("skips");
+/// Every skip written (start → end), kept for good: where a position
+/// inside one goes on ([`LogStore::read_log`]). Small: one entry a run.
+const SKIPPED: TableDefinition<u64, u64> = TableDefinition::new("skipped");
 /// Records a newer copy of their block replaced (by offset), so that a
 /// sweep knows them dead without looking each record up. One lost in a
 /// crash only keeps a dead record a little longer.
@@ -302,29 +305,24 @@ impl LogStore {
     }
 
     /// Where the skip that covers `from` ends, if one does (`from` is then
-    /// no record's start); found by reading record headers from the log's
-    /// start, so only when a read from `from` failed.
+    /// no record's start): the index keeps every skip written.
     fn inside_skip(&self, from: u64) -> Result<Option<u64>, StoreError> {
-        let _past = self.past.read().unwrap_or_else(|p| p.into_inner());
-        let mut offset = LOG_HEADER_LEN;
-        let mut head = [0u8; HEADER_LEN];
-        while offset < from {
-            if self.reader.read_exact_at(&mut head, offset).is_err() {
-                return Ok(None);
-            }
-            let Some(span) = record::parse_header(&head)
-                .ok()
-                .and_then(|h| record::span(&head, &h))
-            else {
-                return Ok(None);
-            };
-            let next = offset + HEADER_LEN as u64 + span;
-            if next > from {
-                return Ok((head[4] == record::SKIP_TYPE).then_some(next));
-            }
-            offset = next;
-        }
-        Ok(None)
+        let txn = self.index.begin_read().map_err(|e| self.index_error(e))?;
+        let table = match txn.open_table(SKIPPED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.index_error(e)),
+        };
+        let last = table
+            .range(..=from)
+            .map_err(|e| self.index_error(e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| self.index_error(e))?;
+        Ok(last
+            .map(|(start, end)| (start.value(), end.value()))
+            .filter(|&(start, end)| start < from && from < end)
+            .map(|(_, end)| end))
     }
 
     fn read_log_from(

@@ -36,7 +36,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::{
-    HEADER_LEN, INDEX, Key, LOG_HEADER_LEN, LogStore, ReadAt, SKIPS, SUPERSEDED, key, record,
+    HEADER_LEN, INDEX, Key, LOG_HEADER_LEN, LogStore, ReadAt, SKIPPED, SKIPS, SUPERSEDED, key,
+    record,
 };
 use crate::Score;
 use crate::store::{BlockStore, MAX_BLOCK_SIZE, StoreError};
@@ -322,8 +323,16 @@ impl LogStore {
             forget_skips(&txn, applied).map_err(|e| self.index_error(e))?;
             {
                 let mut skips = txn.open_table(SKIPS).map_err(|e| self.index_error(e))?;
+                let mut skipped = txn.open_table(SKIPPED).map_err(|e| self.index_error(e))?;
                 for &(start, end) in &batch.runs {
                     skips.insert(start, end).map_err(|e| self.index_error(e))?;
+                    // A run that took in earlier skips replaces them.
+                    skipped
+                        .retain_in(start..end, |_, _| false)
+                        .map_err(|e| self.index_error(e))?;
+                    skipped
+                        .insert(start, end)
+                        .map_err(|e| self.index_error(e))?;
                 }
             }
             txn.commit().map_err(|e| self.index_error(e))?;
