@@ -29,6 +29,15 @@ fn striped(store: &LogStore) -> (Vec<Score>, Vec<Score>) {
     (live, dead)
 }
 
+/// A sweep in the default batches, without progress.
+fn sweep(
+    store: &LogStore,
+    horizon: u64,
+    live: &dyn Fn(&Score, u8) -> bool,
+) -> Result<venti::Collected, venti::StoreError> {
+    store.sweep(horizon, live, SweepLimits::default(), &mut |_, _| {})
+}
+
 fn live_set(scores: &[Score]) -> impl Fn(&Score, u8) -> bool {
     let set: HashSet<Score> = scores.iter().copied().collect();
     move |s: &Score, _ty: u8| set.contains(s)
@@ -56,14 +65,7 @@ fn a_sweep_drops_the_dead_keeps_the_live_and_gives_the_disk_back() {
     let store = LogStore::open(dir.path()).unwrap();
     let (live, dead) = striped(&store);
     let horizon = store.durable_end();
-    let done = store
-        .sweep(
-            horizon,
-            &live_set(&live),
-            SweepLimits::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    let done = sweep(&store, horizon, &live_set(&live)).unwrap();
     assert_eq!(done.records, 400);
     assert_eq!(done.live, 200);
     assert_eq!(done.blocks_dropped, 200);
@@ -85,14 +87,7 @@ fn a_sweep_drops_the_dead_keeps_the_live_and_gives_the_disk_back() {
     );
     assert_eq!(store.count_records(LogStore::LOG_START).unwrap(), 200);
 
-    let again = store
-        .sweep(
-            store.durable_end(),
-            &live_set(&live),
-            SweepLimits::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    let again = sweep(&store, store.durable_end(), &live_set(&live)).unwrap();
     assert_eq!((again.skips, again.blocks_dropped), (0, 0), "{again:?}");
 
     let dead_run = records[9].offset + 32 + 8192;
@@ -107,14 +102,7 @@ fn a_sweep_drops_the_dead_keeps_the_live_and_gives_the_disk_back() {
 
     // A horizon that moved back into a skip: the sweep stops where the
     // skip starts, and changes nothing.
-    let inside = store
-        .sweep(
-            dead_run + 100,
-            &live_set(&live),
-            SweepLimits::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    let inside = sweep(&store, dead_run + 100, &live_set(&live)).unwrap();
     assert_eq!((inside.horizon, inside.skips), (dead_run, 0), "{inside:?}");
 
     // A dead block written again is a new block.
@@ -178,14 +166,7 @@ fn nothing_at_or_past_the_horizon_is_swept() {
         .map(|i| store.write(BlockType::DATA, &block(i, 8192)).unwrap())
         .collect();
     store.sync().unwrap();
-    store
-        .sweep(
-            horizon,
-            &live_set(&live),
-            SweepLimits::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    sweep(&store, horizon, &live_set(&live)).unwrap();
     assert!(all_read(&store, &young));
     assert!(none_read(&store, &dead));
     // No marks are older than a day: a collection now sweeps nothing.
@@ -233,14 +214,7 @@ fn an_old_block_touched_again_is_copied_forward_and_outlives_a_sweep() {
     store.sync().unwrap();
     // Everything live: the old records the copies replaced go all the
     // same, the blocks stay readable from their copies.
-    let done = store
-        .sweep(
-            horizon,
-            &|_, _| true,
-            SweepLimits::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    let done = sweep(&store, horizon, &|_, _| true).unwrap();
     assert_eq!(done.skips, 1, "{done:?}");
     assert_eq!(done.live, done.records - 2, "{done:?}");
     assert_eq!(
@@ -252,14 +226,7 @@ fn an_old_block_touched_again_is_copied_forward_and_outlives_a_sweep() {
         Some(block(2, 8192))
     );
     // Nothing marked live: only the copies survive.
-    store
-        .sweep(
-            horizon,
-            &|_, _| false,
-            SweepLimits::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    sweep(&store, horizon, &|_, _| false).unwrap();
     assert_eq!(
         store.read(&old, BlockType::DATA).unwrap(),
         Some(block(1, 8192))
@@ -294,14 +261,7 @@ fn what_a_root_reaches_is_kept_and_the_rest_swept() {
         .unwrap();
     let (bloom, marked) = marker.finish();
     assert_eq!(marked.blocks, 41);
-    store
-        .sweep(
-            store.durable_end(),
-            &|s, _| bloom.contains(s),
-            SweepLimits::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+    sweep(&store, store.durable_end(), &|s, _| bloom.contains(s)).unwrap();
     assert!(all_read(&store, &leaves));
     assert!(none_read(&store, &strangers));
 }

@@ -402,16 +402,7 @@ fn saves_and_imports_during_collections_lose_nothing() {
         std::thread::spawn(move || {
             let mut runs = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = Command::new(COLONY)
-                    .args(["gc", "--state"])
-                    .arg(&state)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                crate::common::run::gc(&state).unwrap_or_else(|e| panic!("{e}"));
                 runs += 1;
             }
             runs

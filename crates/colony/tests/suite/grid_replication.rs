@@ -930,16 +930,7 @@ fn log_disk(n: &Node) -> u64 {
 
 /// `colony gc` beside node `n`: its report, or its refusal.
 fn gc(n: &Node) -> Result<String, String> {
-    let out = Command::new(COLONY)
-        .args(["gc", "--state"])
-        .arg(&n.state)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    crate::common::run::gc(&n.state)
 }
 
 /// A collection once the grace period (1 s) is over twice.

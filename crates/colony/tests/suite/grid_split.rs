@@ -2050,16 +2050,7 @@ fn an_idle_environment_on_a_cpu_node_sleeps_wakes_and_outlives_its_restart() {
 
 /// `colony gc` beside the storage node s1: its report, or its refusal.
 fn gc_on_s1(g: &Split) -> Result<String, String> {
-    let out = Command::new(COLONY)
-        .args(["gc", "--state"])
-        .arg(g.state("s1"))
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    crate::common::run::gc(&g.state("s1"))
 }
 
 /// A storage node restarted while a cpu node that ran its environments is
