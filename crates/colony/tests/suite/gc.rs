@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::grid::{spawn_port, wait_for, wait_for_job};
+use crate::common::grid::{random_tree, spawn_port, wait_for, wait_for_job};
 use crate::common::node::{Node, can_mount};
 use crate::common::run::COLONY;
 
@@ -148,8 +148,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A busybox tree with `mb` MB of incompressible data of its own (seeded
-/// by the whole tag) under /data.
+/// A busybox tree with `mb` MB of incompressible data of its own under
+/// /data.
 fn tree_with_data(g: &Node, tag: &str, mb: usize) -> PathBuf {
     let tree = g.tmp.path().join(format!("tree-{tag}"));
     let status = Command::new("cp")
@@ -159,20 +159,7 @@ fn tree_with_data(g: &Node, tag: &str, mb: usize) -> PathBuf {
         .status()
         .unwrap();
     assert!(status.success());
-    std::fs::create_dir(tree.join("data")).unwrap();
-    let mut x = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    for f in 0..mb {
-        let mut data = vec![0u8; 1 << 20];
-        for chunk in data.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        std::fs::write(tree.join(format!("data/f{f}")), data).unwrap();
-    }
+    std::fs::rename(random_tree(g.tmp.path(), tag, mb), tree.join("data")).unwrap();
     tree
 }
 

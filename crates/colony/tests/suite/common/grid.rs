@@ -108,11 +108,15 @@ pub fn every_busybox_applet(root: &Path) {
     }
 }
 
-/// `mb` MB of incompressible files in a fresh directory.
+/// `mb` MB of incompressible files in a fresh directory, its own for each
+/// `tag`.
 pub fn random_tree(dir: &Path, tag: &str, mb: usize) -> PathBuf {
     let root = dir.join(format!("random-{tag}"));
     std::fs::create_dir_all(&root).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ tag.len() as u64 ^ ((tag.as_bytes()[0] as u64) << 32);
+    // Seeded by the whole tag: two trees of different tags share no block.
+    let mut x = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     for f in 0..mb {
         let mut data = vec![0u8; 1 << 20];
         for chunk in data.chunks_mut(8) {
