@@ -1013,16 +1013,45 @@ impl Cpus for Pool {
         }
         // Every placed root (a starting one has saved nothing yet), then
         // what each running one saved last, as its cpu node says.
-        let (mut pins, mut users) = {
+        let (mut pins, mut users, placed) = {
             let state = self.state();
             let pins: Vec<Score> = state.envs.values().map(|p| p.root).collect();
             let users: Vec<String> = state.envs.keys().map(|(u, _)| u.clone()).collect();
-            (pins, users)
+            // Those whose cpu nodes must say what they saved last.
+            let placed: HashSet<(String, String)> = state
+                .envs
+                .iter()
+                .filter(|(_, p)| !p.starting)
+                .map(|(k, _)| k.clone())
+                .collect();
+            (pins, users, placed)
         };
         users.sort_unstable();
         users.dedup();
         for user in &users {
-            for env in self.status(user, false)?.envs {
+            let envs = self.status(user, false)?.envs;
+            let running: HashSet<&str> = envs
+                .iter()
+                .filter(|e| matches!(e.state, crate::status::EnvState::Running(_)))
+                .map(|e| e.name.as_str())
+                .collect();
+            // Not in the answer, and still placed here (one boomed since
+            // is gone, and what it saved is named).
+            let missing = placed.iter().find(|(u, n)| {
+                u == user
+                    && !running.contains(n.as_str())
+                    && self
+                        .state()
+                        .envs
+                        .get(&(u.clone(), n.clone()))
+                        .is_some_and(|p| !p.starting)
+            });
+            if let Some((_, name)) = missing {
+                return Err(GridError::refused(format!(
+                    "{user}'s environment {name} was not in its cpu node's answer: what it saved last is unknown, so nothing was collected; try again"
+                )));
+            }
+            for env in envs {
                 match env.state {
                     crate::status::EnvState::Running(s) => pins.extend([s.root, s.root_now]),
                     crate::status::EnvState::Starting => {}
