@@ -264,19 +264,26 @@ impl EnvStatus {
             note: {
                 let some = r.flag()?;
                 let text = r.text()?;
+                // One form only: no note carries no text.
+                if !some && !text.is_empty() {
+                    return Err(frames::Malformed::new(
+                        PROTOCOL,
+                        "an environment's note that is absent but has text",
+                    ));
+                }
                 some.then_some(text)
             },
             sleep: {
                 let tag = r.u8()?;
                 let secs = r.u64()?;
-                match tag {
-                    0 => None,
-                    1 => Some(Sleep::Suspending),
-                    2 => Some(Sleep::Suspended { secs }),
+                match (tag, secs) {
+                    (0, 0) => None,
+                    (1, 0) => Some(Sleep::Suspending),
+                    (2, secs) => Some(Sleep::Suspended { secs }),
                     _ => {
                         return Err(frames::Malformed::new(
                             PROTOCOL,
-                            format!("an environment's sleep state {tag}"),
+                            format!("an environment's sleep state {tag} with {secs} seconds"),
                         ));
                     }
                 }

@@ -238,3 +238,50 @@ fn frames_the_reader_would_refuse_do_not_fit() {
         .unwrap_err();
     assert!(err.contains("more than the"), "{err}");
 }
+
+/// A status whose sleep state is "awake" or "suspending" but carries
+/// seconds, or whose absent note carries text, has a second form that
+/// re-encodes differently: refused (found by the property above in CI).
+#[test]
+fn a_status_in_a_second_form_is_refused() {
+    let status = EnvStatus {
+        name: "e".into(),
+        spawned_from: "e".into(),
+        root: Score::of(b"r"),
+        cache_kind: "ram".into(),
+        cache_bytes: 1,
+        changed_bytes: 0,
+        login: "ssh".into(),
+        uptime_secs: 0,
+        processes: 0,
+        network: "net".into(),
+        root_now: Score::of(b"r"),
+        note: None,
+        sleep: None,
+    };
+    let reply = Frame::Reply {
+        id: 0,
+        result: Ok(Answer::Status { envs: vec![status] }),
+    };
+    let body = reply.encode()[4..].to_vec();
+    assert_eq!(Frame::decode(&body).unwrap(), reply);
+    // The last 9 bytes: the sleep tag, then its seconds.
+    let mut awake_with_secs = body.clone();
+    let at = awake_with_secs.len() - 1;
+    awake_with_secs[at] = 1;
+    let err = Frame::decode(&awake_with_secs).unwrap_err();
+    assert!(
+        err.to_string().contains("sleep state 0 with 1 seconds"),
+        "{err}"
+    );
+    let mut suspending_with_secs = awake_with_secs.clone();
+    suspending_with_secs[at - 8] = 1;
+    assert!(Frame::decode(&suspending_with_secs).is_err());
+    // The note: its flag, then its text (empty: a 4-byte length of 0).
+    let mut note_text = body[..body.len() - 9 - 4].to_vec();
+    note_text.extend_from_slice(&1u32.to_be_bytes());
+    note_text.push(b'x');
+    note_text.extend_from_slice(&body[body.len() - 9..]);
+    let err = Frame::decode(&note_text).unwrap_err();
+    assert!(err.to_string().contains("absent but has text"), "{err}");
+}
