@@ -1379,22 +1379,27 @@ impl replica::ask::Desk for Desk {
     }
 }
 
+/// A peer's ask answered with what came of it: its output, or its error.
+fn told(result: GridResult<Vec<u8>>) -> replica::ask::Told {
+    match result {
+        Ok(out) => replica::ask::Told {
+            out,
+            err: String::new(),
+            status: 0,
+        },
+        Err(e) => replica::ask::Told {
+            out: Vec::new(),
+            err: format!("{e}\n"),
+            status: 1,
+        },
+    }
+}
+
 impl Node {
     /// A peer's ask: carried out as this node alone sees it.
     fn answer_peer(&self, peer: &str, user: &str, line: &str) -> replica::ask::Told {
         if line == collect::PINS_ASK {
-            return match self.pins_for(peer) {
-                Ok(out) => replica::ask::Told {
-                    out,
-                    err: String::new(),
-                    status: 0,
-                },
-                Err(e) => replica::ask::Told {
-                    out: Vec::new(),
-                    err: format!("{e}\n"),
-                    status: 1,
-                },
-            };
+            return told(self.pins_for(peer));
         }
         // A follower of a service's log through a peer: the piece from
         // FROM as it was after TRIMS trims; where that piece starts and
@@ -1456,18 +1461,7 @@ impl Node {
                 }
                 services.keep_copy(owner, user, name, Some(text))
             })();
-            return match kept {
-                Ok(()) => replica::ask::Told {
-                    out: Vec::new(),
-                    err: String::new(),
-                    status: 0,
-                },
-                Err(e) => replica::ask::Told {
-                    out: Vec::new(),
-                    err: format!("{e}\n"),
-                    status: 1,
-                },
-            };
+            return told(kept.map(|()| Vec::new()));
         }
         // A follower of a job's log through a peer: its bytes as they
         // are, and whether the job has ended.
