@@ -975,19 +975,19 @@ impl BlockStore for LogStore {
         let Some(loc) = loc else {
             return Ok(None);
         };
-        match self.read_record(score, ty, loc) {
+        let read = self.read_record(score, ty, loc);
+        if let Err(StoreError::Corrupt { .. }) = &read {
             // A collection may have swept the block, or a touch copied it,
             // between the lookup and the read: the index says which.
-            Err(StoreError::Corrupt { .. })
-                if self.location(&k)?.map(|l| l.offset) != Some(loc.offset) =>
-            {
-                match self.location(&k)? {
-                    Some(moved) => self.read_record(score, ty, moved).map(Some),
-                    None => Ok(None),
+            match self.location(&k)? {
+                Some(moved) if moved.offset != loc.offset => {
+                    return self.read_record(score, ty, moved).map(Some);
                 }
+                None => return Ok(None),
+                Some(_) => {}
             }
-            other => other.map(Some),
         }
+        read.map(Some)
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
