@@ -256,7 +256,7 @@ pub const SETTINGS: &[Setting] = &[
         "gc-grace",
         Kind::Duration,
         Some("24h"),
-        "(storage) A block written or touched (written again, claimed by a peer) within this long is never collected, named or not: the time an archive has to be named (at least 1s)",
+        "(storage) A block written or touched (written again, claimed by a peer) within this long is never collected, named or not: the time an archive has to be named (at least 1s). On a bucket, a block written again whose pack is older is stored again",
     ),
     setting(
         "gc-memory",

@@ -187,6 +187,7 @@ fn start_storage(
         bail!("listen=tls!{l}: the front door is SSH; give HOST:PORT or tcp!HOST!PORT");
     }
     let key = grid::ssh::host_key(&state.host_key())?;
+    let mut bucket = None;
     let (store, log): (Arc<dyn BlockStore>, Option<Arc<LogStore>>) = match (
         &config.venti,
         &config.store,
@@ -204,12 +205,9 @@ fn start_storage(
                     "store={url} needs the object store's settings (the binary reads them from AWS_* and the S3 settings file)"
                 );
             };
-            (
-                s3store::open_with(settings)
-                    .with_context(|| format!("opening {url}"))?
-                    .store,
-                None,
-            )
+            let opened = s3store::open_with(settings).with_context(|| format!("opening {url}"))?;
+            bucket = Some(opened.packs);
+            (opened.store, None)
         }
         (None, None) => {
             let log = open_log_store(&state)?;
@@ -270,10 +268,10 @@ fn start_storage(
     }
     .with_store(store.clone())
     .with_metrics(metrics.clone());
-    // Its own log store is collected (a bucket's packs and a venti
+    // Its own log store is collected, and so is its bucket (a venti
     // server's blocks are not this node's to drop).
-    let node = match &log {
-        Some(log) => {
+    let node = match (&log, bucket) {
+        (Some(log), _) => {
             log.set_grace(config.gc_grace);
             node.with_collector(Arc::new(storage::collect::Collector::new(
                 log.clone(),
@@ -281,7 +279,29 @@ fn start_storage(
                 replication.as_ref().map(|r| r.replicator.clone()),
             )))
         }
-        None => node,
+        (None, Some(packs)) => {
+            packs.set_grace(config.gc_grace);
+            let user = bucket_user(&state)?;
+            let name = link.as_ref().map(|l| l.me.name.clone());
+            let about = format!(
+                "{} on {}, state {}",
+                name.as_deref().unwrap_or("a storage node"),
+                cpu::host_name(),
+                state.root.display()
+            );
+            // Another node on the bucket stops this one's collections;
+            // this is how it learns of this one.
+            packs
+                .register_user(&user, &about)
+                .context("registering this node on its bucket")?;
+            node.with_collector(Arc::new(storage::collect::Collector::for_bucket(
+                packs,
+                store.clone(),
+                user,
+                config.gc_memory,
+            )))
+        }
+        _ => node,
     };
     if let (Some(s), Some((pool, _))) = (&streams, &pool) {
         let _ = pool.streams.set(s.clone());
@@ -390,7 +410,9 @@ fn start_storage(
             }
             None => None,
         };
-        if let (Some(every), Some(_)) = (config.gc_every, &log) {
+        if let Some(every) = config.gc_every
+            && node.collects()
+        {
             let node = node.clone();
             tokio::spawn(async move {
                 loop {
@@ -564,6 +586,33 @@ fn storage_pool(
     let venti = format!("tls!{host}!{port}");
     let pool = storage::placement::Pool::new(link.me.name.clone(), venti, state.clone());
     Ok((Arc::new(pool), listen))
+}
+
+/// This node's id on a bucket it collects: made once, kept in its state
+/// directory, so that a restart is the same user.
+fn bucket_user(state: &StateDir) -> Result<String> {
+    let path = state.root.join("bucket-user");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    // Unique, not secret: the hasher's random keys, the time and the pid.
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    let id = format!("{}-{:016x}", cpu::host_name(), h.finish());
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// The replication service a node was asked for.

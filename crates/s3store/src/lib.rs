@@ -6,7 +6,8 @@
 //! * [`pack`]: the objects' byte formats — packs of many blocks, each with
 //!   an index of its own.
 //! * [`store`]: [`PackStore`], the [`venti::BlockStore`] over them, which
-//!   several writers can share without locks or conditional writes.
+//!   several writers can share without locks or conditional writes, and
+//!   whose garbage a storage node collects while they go on.
 //!
 //! [`open`] puts the local block cache (bounded, every block checked
 //! against its score) with readahead in front, so warm reads make no
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 pub use bytes::Bytes;
 pub use config::{S3Url, Settings};
-pub use store::{MAX_UNSENT, PackStore, Stats};
+pub use store::{Candidates, MAX_UNSENT, PackStore, Stats, Swept};
 use venti::{BlockCache, BlockStore, CachedStore, StoreError};
 
 /// Readahead requests in flight per store.

@@ -22,10 +22,12 @@
 //! (Garage ignores `If-None-Match`): each process writes under a writer
 //! name of its own, made fresh at every open, so no two ever write one
 //! key. A block two writers both stored is harmless: the index keeps the
-//! first it learns, and the rest are counted as duplicates.
+//! last it learns, and the rest are counted as duplicates.
 //!
 //! The local directory keeps a copy of every index merged, so a restart
-//! learns the bucket with one LIST.
+//! learns the bucket with one LIST. Every listing also says how old each
+//! pack is (by the bucket's clock) and which were deleted: a storage node
+//! collects the bucket's garbage ([`collect`]) while others write and read.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -33,7 +35,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -43,6 +45,9 @@ use venti::{BlockStore, BlockType, MAX_BLOCK_SIZE, Score, StoreError};
 
 use crate::config::Settings;
 use crate::pack::{self, Entry, PackBuilder};
+
+mod collect;
+pub use collect::{Candidates, REWRITE_WHEN_DEAD, Swept};
 
 /// Sealed packs that may wait to be sent before a write waits. Eight in
 /// flight measured no faster ingest into Garage here than four
@@ -58,6 +63,8 @@ const SPANS_KEPT: usize = 64;
 pub const READS_AT_ONCE: usize = 16;
 /// The least time between two looks for other writers' indexes.
 const REFRESH_GAP: Duration = Duration::from_secs(1);
+/// The grace period unless the node sets one (as venti's log store).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Where a block is in the bucket.
 #[derive(Clone, Copy)]
@@ -67,6 +74,16 @@ struct Loc {
     ty: u8,
     offset: u32,
     len: u32,
+}
+
+/// How a block is held, for a write of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Unsent, or in a pack younger than the grace period.
+    Fresh,
+    /// Only in a pack older than the grace period (or of unknown age).
+    Old,
+    No,
 }
 
 /// A pack sealed but not yet in the bucket.
@@ -82,8 +99,15 @@ struct Unsent {
 /// A pack the index knows.
 struct Pack {
     key: String,
+    index_key: String,
     /// Its length, as far as its entries say.
     len: u64,
+    /// When its index went into the bucket, by the bucket's clock as its
+    /// listing says (this writer's own: by this host's clock); unknown
+    /// until the bucket is listed.
+    written: Option<SystemTime>,
+    /// Deleted by a collection: its entries are gone from the index.
+    gone: bool,
 }
 
 #[derive(Default)]
@@ -91,8 +115,9 @@ struct State {
     index: HashMap<Score, Loc>,
     /// By [`Loc::pack`].
     packs: Vec<Pack>,
-    /// Index keys merged (from the bucket or the local copies).
-    merged: HashSet<String>,
+    /// Index keys merged (from the bucket or the local copies), and their
+    /// packs.
+    merged: HashMap<String, u32>,
     filling: PackBuilder,
     /// Blocks not yet in the bucket: the pack (its seq) and the entry.
     unsent_blocks: HashMap<Score, (u64, Entry)>,
@@ -121,6 +146,11 @@ pub struct Stats {
     pub get_bytes: u64,
     /// Index objects that were damaged (their packs were indexed again).
     pub damaged_indexes: u64,
+    /// Blocks written again whose pack was older than the grace period,
+    /// so were stored again in a new pack (see [`PackStore::set_grace`]).
+    pub copied_forward: u64,
+    /// Packs found deleted by a collection (their entries forgotten).
+    pub packs_forgotten: u64,
 }
 
 #[derive(Default)]
@@ -134,6 +164,8 @@ struct Counters {
     put_bytes: AtomicU64,
     get_bytes: AtomicU64,
     damaged_indexes: AtomicU64,
+    copied_forward: AtomicU64,
+    packs_forgotten: AtomicU64,
 }
 
 struct Inner {
@@ -150,6 +182,8 @@ struct Inner {
     /// Signalled when a send ends.
     sent: Condvar,
     last_refresh: Mutex<Option<Instant>>,
+    /// The grace period, in seconds (see [`PackStore::set_grace`]).
+    grace_secs: AtomicU64,
     spans: Mutex<Spans>,
     /// Signalled when a span's fetch ends.
     span_landed: Condvar,
@@ -282,6 +316,7 @@ impl PackStore {
             state: Mutex::default(),
             sent: Condvar::new(),
             last_refresh: Mutex::new(None),
+            grace_secs: AtomicU64::new(DEFAULT_GRACE.as_secs()),
             spans: Mutex::default(),
             span_landed: Condvar::new(),
             counters: Counters::default(),
@@ -299,7 +334,7 @@ impl PackStore {
         let state = self.inner.state();
         Stats {
             blocks: state.index.len() as u64,
-            packs: state.packs.len() as u64,
+            packs: state.packs.iter().filter(|p| !p.gone).count() as u64,
             deduplicated: c.deduplicated.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             block_gets: c.block_gets.load(Ordering::Relaxed),
@@ -309,6 +344,8 @@ impl PackStore {
             put_bytes: c.put_bytes.load(Ordering::Relaxed),
             get_bytes: c.get_bytes.load(Ordering::Relaxed),
             damaged_indexes: c.damaged_indexes.load(Ordering::Relaxed),
+            copied_forward: c.copied_forward.load(Ordering::Relaxed),
+            packs_forgotten: c.packs_forgotten.load(Ordering::Relaxed),
         }
     }
 
@@ -424,15 +461,33 @@ impl Inner {
         Err(StoreError::Remote(bucket_problem(&e, settings, &self.name)))
     }
 
-    /// Takes in one pack's entries, learnt from index `index_key`.
-    fn merge(&self, state: &mut State, pack_key: String, entries: &[Entry]) {
+    /// Takes in one pack's entries, learnt from index `index_key`, unless
+    /// that index was merged already.
+    fn merge(
+        &self,
+        state: &mut State,
+        index_key: String,
+        pack_key: String,
+        entries: &[Entry],
+        written: Option<SystemTime>,
+    ) {
+        if state.merged.contains_key(&index_key) {
+            return;
+        }
         let pack = state.packs.len() as u32;
         let len = entries
             .iter()
             .map(|e| e.offset as u64 + e.len as u64)
             .max()
             .unwrap_or(0);
-        state.packs.push(Pack { key: pack_key, len });
+        state.merged.insert(index_key.clone(), pack);
+        state.packs.push(Pack {
+            key: pack_key,
+            index_key,
+            len,
+            written,
+            gone: false,
+        });
         for e in entries {
             let loc = Loc {
                 pack,
@@ -469,8 +524,8 @@ impl Inner {
                     let Some(pack_key) = pack_of(&index_key) else {
                         continue;
                     };
-                    self.merge(&mut state, pack_key, &entries);
-                    state.merged.insert(index_key);
+                    // How old it is, the bucket's next listing says.
+                    self.merge(&mut state, index_key, pack_key, &entries, None);
                 }
                 Err(e) => {
                     tracing::warn!(file = %entry.path().display(), error = %e, "a local index copy is damaged; fetching it again");
@@ -480,27 +535,34 @@ impl Inner {
         }
     }
 
-    /// Merges the bucket's indexes not merged yet.
+    /// Merges the bucket's indexes not merged yet, learns how old every
+    /// pack is, and forgets the packs a collection deleted.
     fn refresh(&self) -> Result<(), StoreError> {
         *self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        let s3 = self.s3.clone();
-        let prefix = self.key("index");
-        self.counters.lists.fetch_add(1, Ordering::Relaxed);
-        let keys = self
-            .wait(async move {
-                let mut keys = Vec::new();
-                let mut listing = s3.list(Some(&prefix));
-                while let Some(meta) = listing.next().await {
-                    keys.push(meta?.location.to_string());
+        let listed: HashMap<String, SystemTime> = self
+            .list("index")?
+            .into_iter()
+            .filter(|(k, _)| k.ends_with(".idx"))
+            .collect();
+        let (new, missing): (Vec<String>, Vec<String>) = {
+            let mut state = self.state();
+            for (key, at) in &listed {
+                if let Some(&p) = state.merged.get(key) {
+                    state.packs[p as usize].written = Some(*at);
                 }
-                Ok::<_, object_store::Error>(keys)
-            })?
-            .map_err(|e| remote(format!("listing the indexes of {}", self.name), e))?;
-        let new: Vec<String> = {
-            let state = self.state();
-            keys.into_iter()
-                .filter(|k| k.ends_with(".idx") && !state.merged.contains(k))
-                .collect()
+            }
+            let new = listed
+                .keys()
+                .filter(|k| !state.merged.contains_key(*k))
+                .cloned()
+                .collect();
+            let missing = state
+                .merged
+                .iter()
+                .filter(|(k, p)| !listed.contains_key(*k) && !state.packs[**p as usize].gone)
+                .map(|(k, _)| k.clone())
+                .collect();
+            (new, missing)
         };
         for index_key in new {
             let Some(pack_key) = pack_of(&index_key) else {
@@ -525,18 +587,80 @@ impl Inner {
                     entries
                 }
             };
-            let mut state = self.state();
-            if state.merged.insert(index_key) {
-                self.merge(&mut state, pack_key, &entries);
+            let written = listed.get(&index_key).copied();
+            self.merge(&mut self.state(), index_key, pack_key, &entries, written);
+        }
+        // An index merged here but not listed: deleted by a collection,
+        // or (this writer's own, just sent) not listed yet. Only a look at
+        // the object itself tells.
+        for index_key in missing {
+            if !self.exists(&index_key)? {
+                let mut state = self.state();
+                if let Some(&p) = state.merged.get(&index_key) {
+                    self.forget_packs(&mut state, &[p]);
+                }
             }
         }
         Ok(())
     }
 
+    /// Every object under `PREFIX/dir`, with when it was written (by the
+    /// bucket's clock).
+    fn list(&self, dir: &str) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let s3 = self.s3.clone();
+        let prefix = self.key(dir);
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.wait(async move {
+            let mut keys = Vec::new();
+            let mut listing = s3.list(Some(&prefix));
+            while let Some(meta) = listing.next().await {
+                let meta = meta?;
+                keys.push((meta.location.to_string(), meta.last_modified.into()));
+            }
+            Ok::<_, object_store::Error>(keys)
+        })?
+        .map_err(|e| remote(format!("listing {dir} in {}", self.name), e))
+    }
+
+    /// Whether object `key` is in the bucket.
+    fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let s3 = self.s3.clone();
+        let path = Key::from(key);
+        self.counters.object_gets.fetch_add(1, Ordering::Relaxed);
+        match self.wait(async move { s3.head(&path).await })? {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(remote(format!("looking for {key} in {}", self.name), e)),
+        }
+    }
+
+    /// Forgets packs that are no longer in the bucket: their entries (a
+    /// block copied elsewhere points there already), their local index
+    /// copies.
+    fn forget_packs(&self, state: &mut State, packs: &[u32]) {
+        let mut forgotten = HashSet::new();
+        for &p in packs {
+            let pack = &mut state.packs[p as usize];
+            if !pack.gone {
+                pack.gone = true;
+                let _ = std::fs::remove_file(self.local_copy(&pack.index_key));
+                forgotten.insert(p);
+            }
+        }
+        if forgotten.is_empty() {
+            return;
+        }
+        state.index.retain(|_, l| !forgotten.contains(&l.pack));
+        self.counters
+            .packs_forgotten
+            .fetch_add(forgotten.len() as u64, Ordering::Relaxed);
+    }
+
     /// Bytes `start..end` of pack `pack` with the aligned stretch around
-    /// them: (where the bytes returned start, the bytes). One GET for a
-    /// stretch no one has read lately; readers of one stretch at once wait
-    /// for a single GET.
+    /// them: (where the bytes returned start, the bytes), or `None` if the
+    /// pack is no longer in the bucket (a collection deleted it). One GET
+    /// for a stretch no one has read lately; readers of one stretch at
+    /// once wait for a single GET.
     fn span(
         &self,
         pack: u32,
@@ -544,7 +668,7 @@ impl Inner {
         start: u64,
         end: u64,
         pack_len: u64,
-    ) -> Result<(u64, Bytes), StoreError> {
+    ) -> Result<Option<(u64, Bytes)>, StoreError> {
         let from = start / READ_SPAN * READ_SPAN;
         // A block across the stretch's end is read whole with it.
         let to = (from + READ_SPAN).min(pack_len).max(end);
@@ -556,7 +680,7 @@ impl Inner {
                 .iter()
                 .find(|(k, b)| *k == id && from + b.len() as u64 >= end)
             {
-                return Ok((from, b.clone()));
+                return Ok(Some((from, b.clone())));
             }
             if !spans.fetching.contains(&id) {
                 break;
@@ -573,12 +697,17 @@ impl Inner {
         self.counters.block_gets.fetch_add(1, Ordering::Relaxed);
         let got = self
             .wait(async move { s3.get_range(&path, from..to).await })
-            .and_then(|r| {
-                r.map_err(|e| remote(format!("reading {key} at {from}..{to} in {}", self.name), e))
+            .and_then(|r| match r {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(remote(
+                    format!("reading {key} at {from}..{to} in {}", self.name),
+                    e,
+                )),
             });
         let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
         spans.fetching.remove(&id);
-        if let Ok(bytes) = &got {
+        if let Ok(Some(bytes)) = &got {
             self.counters
                 .get_bytes
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -590,7 +719,7 @@ impl Inner {
         }
         drop(spans);
         self.span_landed.notify_all();
-        Ok((from, got?))
+        Ok(got?.map(|bytes| (from, bytes)))
     }
 
     fn get_object(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -654,8 +783,13 @@ impl Inner {
                             for e in &done.entries {
                                 state.unsent_blocks.remove(&e.score);
                             }
-                            state.merged.insert(index_key.to_string());
-                            me.merge(&mut state, pack_key.to_string(), &done.entries);
+                            me.merge(
+                                &mut state,
+                                index_key.to_string(),
+                                pack_key.to_string(),
+                                &done.entries,
+                                Some(SystemTime::now()),
+                            );
                         }
                     }
                     Err(e) => {
@@ -682,6 +816,59 @@ impl Inner {
             state = self.sent.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state
+    }
+
+    /// Whether the store holds `score`, and in a pack young enough that a
+    /// collection leaves it alone for a grace period more.
+    fn held(&self, state: &State, score: &Score) -> Held {
+        if state.unsent_blocks.contains_key(score) {
+            return Held::Fresh;
+        }
+        let Some(l) = state.index.get(score) else {
+            return Held::No;
+        };
+        let grace = Duration::from_secs(self.grace_secs.load(Ordering::Relaxed));
+        // A pack not yet listed is taken for old: a copy too many costs a
+        // block, a copy too few may cost an archive.
+        let young = state.packs[l.pack as usize]
+            .written
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .is_some_and(|age| age < grace);
+        if young { Held::Fresh } else { Held::Old }
+    }
+
+    /// Puts a block into the pack being filled (sealing and sending a full
+    /// one first, waiting while too many are unsent), whether or not the
+    /// bucket holds it already.
+    fn store_new(
+        self: &Arc<Self>,
+        mut state: MutexGuard<'_, State>,
+        score: Score,
+        ty: u8,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        if state.filling.bytes.len() + data.len() + pack::RECORD_HEADER > self.pack_bytes {
+            // A full pack goes; with too many unsent, wait for sends (and
+            // try failed ones once more) before taking more.
+            if state.unsent.len() >= MAX_UNSENT {
+                state = self.wait_sends(state, |s| s.unsent.len() >= MAX_UNSENT);
+                if state.unsent.len() >= MAX_UNSENT {
+                    self.send_waiting(&mut state);
+                    state = self.wait_sends(state, |s| s.unsent.len() >= MAX_UNSENT);
+                    if state.unsent.len() >= MAX_UNSENT {
+                        let why = Inner::failure(&state).unwrap_or_default();
+                        return Err(StoreError::Remote(format!(
+                            "{MAX_UNSENT} packs could not be sent, so no more blocks are taken: {why}"
+                        )));
+                    }
+                }
+            }
+            self.seal(&mut state);
+        }
+        let seq = state.next_seq;
+        let entry = state.filling.push(score, ty, data);
+        state.unsent_blocks.insert(score, (seq, entry));
+        Ok(())
     }
 
     fn failure(state: &State) -> Option<String> {
@@ -769,7 +956,6 @@ impl BlockStore for PackStore {
         }
         let inner = &self.inner;
         let wire = ty.to_wire();
-        let mut loc = None;
         {
             let state = inner.state();
             if let Some(&(seq, e)) = state.unsent_blocks.get(score) {
@@ -788,11 +974,15 @@ impl BlockStore for PackStore {
                 };
                 return Ok(Some(bytes[e.offset as usize..][..e.len as usize].to_vec()));
             }
-            if let Some(l) = state.index.get(score) {
-                let p = &state.packs[l.pack as usize];
-                loc = Some((*l, p.key.clone(), p.len));
-            }
         }
+        let locate = || {
+            let state = inner.state();
+            state.index.get(score).map(|l| {
+                let p = &state.packs[l.pack as usize];
+                (*l, p.key.clone(), p.len)
+            })
+        };
+        let mut loc = locate();
         if loc.is_none() {
             // Perhaps another writer's: look, but not more than once a second.
             let due = inner
@@ -802,38 +992,49 @@ impl BlockStore for PackStore {
                 .is_none_or(|t| t.elapsed() >= REFRESH_GAP);
             if due {
                 inner.refresh()?;
-                let state = inner.state();
-                if let Some(l) = state.index.get(score) {
-                    let p = &state.packs[l.pack as usize];
-                    loc = Some((*l, p.key.clone(), p.len));
-                }
+                loc = locate();
             }
         }
-        let Some((l, pack_key, pack_len)) = loc else {
-            return Ok(None);
-        };
-        if l.ty != wire {
-            return Ok(None);
+        // A pack a collection deleted is forgotten, and the bucket looked at
+        // again: a live block of it was copied to a new pack first. Twice at
+        // most (a second collection may have moved it once more).
+        for _ in 0..3 {
+            let Some((l, pack_key, pack_len)) = loc else {
+                return Ok(None);
+            };
+            if l.ty != wire {
+                return Ok(None);
+            }
+            let (start, end) = (l.offset as u64, l.offset as u64 + l.len as u64);
+            let Some(span) = inner.span(l.pack, &pack_key, start, end, pack_len)? else {
+                tracing::info!(pack = %pack_key, "a pack was collected; looking for its blocks' new packs");
+                inner.forget_packs(&mut inner.state(), &[l.pack]);
+                inner.refresh()?;
+                loc = locate();
+                continue;
+            };
+            let data = span
+                .1
+                .get((start - span.0) as usize..(end - span.0) as usize)
+                .unwrap_or_default();
+            if data.len() != l.len as usize || Score::of(data) != *score {
+                return Err(StoreError::Corrupt {
+                    score: *score,
+                    ty,
+                    offset: l.offset as u64,
+                    detail: format!(
+                        "pack {pack_key} in {} holds {} bytes there that fail the block's score check",
+                        inner.name,
+                        data.len()
+                    ),
+                });
+            }
+            return Ok(Some(data.to_vec()));
         }
-        let (start, end) = (l.offset as u64, l.offset as u64 + l.len as u64);
-        let span = inner.span(l.pack, &pack_key, start, end, pack_len)?;
-        let data = span
-            .1
-            .get((start - span.0) as usize..(end - span.0) as usize)
-            .unwrap_or_default();
-        if data.len() != l.len as usize || Score::of(data) != *score {
-            return Err(StoreError::Corrupt {
-                score: *score,
-                ty,
-                offset: l.offset as u64,
-                detail: format!(
-                    "pack {pack_key} in {} holds {} bytes there that fail the block's score check",
-                    inner.name,
-                    data.len()
-                ),
-            });
-        }
-        Ok(Some(data.to_vec()))
+        Err(StoreError::Remote(format!(
+            "block {score} moved between packs three times while being read from {}",
+            inner.name
+        )))
     }
 
     fn write(&self, ty: BlockType, data: &[u8]) -> Result<Score, StoreError> {
@@ -845,42 +1046,33 @@ impl BlockStore for PackStore {
         }
         let score = Score::of(data);
         let inner = &self.inner;
-        let held = |state: &State| {
-            state.index.contains_key(&score) || state.unsent_blocks.contains_key(&score)
-        };
-        if held(&inner.state()) {
+        let held = inner.held(&inner.state(), &score);
+        if held == Held::Fresh {
             inner.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
             return Ok(score);
         }
         // Only a block new to the store is checked for a collision attack
-        // (see venti's LogStore), outside the lock.
+        // (see venti's LogStore), outside the lock; so is a copy forward,
+        // which stores these bytes.
         Score::of_new(data)?;
-        let mut state = inner.state();
-        if held(&state) {
-            inner.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
-            return Ok(score);
-        }
-        if state.filling.bytes.len() + data.len() + pack::RECORD_HEADER > inner.pack_bytes {
-            // A full pack goes; with too many unsent, wait for sends (and
-            // try failed ones once more) before taking more.
-            if state.unsent.len() >= MAX_UNSENT {
-                state = inner.wait_sends(state, |s| s.unsent.len() >= MAX_UNSENT);
-                if state.unsent.len() >= MAX_UNSENT {
-                    inner.send_waiting(&mut state);
-                    state = inner.wait_sends(state, |s| s.unsent.len() >= MAX_UNSENT);
-                    if state.unsent.len() >= MAX_UNSENT {
-                        let why = Inner::failure(&state).unwrap_or_default();
-                        return Err(StoreError::Remote(format!(
-                            "{MAX_UNSENT} packs could not be sent, so no more blocks are taken: {why}"
-                        )));
-                    }
-                }
+        let state = inner.state();
+        match inner.held(&state, &score) {
+            Held::Fresh => {
+                inner.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+                return Ok(score);
             }
-            inner.seal(&mut state);
+            // Written again, in a pack a collection may take soon: stored
+            // again in a new one, so that an archive still being written
+            // (not named yet) keeps it for a grace period from now.
+            Held::Old => {
+                inner
+                    .counters
+                    .copied_forward
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Held::No => {}
         }
-        let seq = state.next_seq;
-        let entry = state.filling.push(score, ty.to_wire(), data);
-        state.unsent_blocks.insert(score, (seq, entry));
+        inner.store_new(state, score, ty.to_wire(), data)?;
         Ok(score)
     }
 

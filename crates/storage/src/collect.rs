@@ -28,6 +28,14 @@
 //! 4. **Sweep.** Records below the horizon that the filter does not hold
 //!    become skips, their pages punched out of the log.
 //!
+//! A node whose blocks are in a bucket collects it the same way, with
+//! the bucket's rules in place of the log's (see s3store's `collect`):
+//! the horizon is the set of packs older than twice the grace period,
+//! fixed before marking; the sweep writes the mostly dead ones again
+//! without their dead blocks and deletes those with nothing live. Such a
+//! node has no peers; another storage node on the same bucket (its names
+//! unseen here) stops the collection.
+//!
 //! What is bound or written while this runs is safe: new blocks lie past
 //! the horizon; a block written again or claimed by a peer is copied past
 //! it when it is old. A root can pass from a name to an environment and
@@ -41,8 +49,9 @@ use std::time::{Duration, Instant};
 
 use grid::error::{GridError, GridResult};
 use grid::scorenames::Kept;
+use s3store::PackStore;
 use venti::reach::{Bloom, Marked, Marker};
-use venti::{BlockType, Collected, LogStore, Score, SweepLimits};
+use venti::{BlockStore, BlockType, Collected, LogStore, Score, SweepLimits};
 
 use crate::Node;
 
@@ -60,9 +69,52 @@ const PINS_WITHIN: Duration = Duration::from_secs(60);
 /// The ask a peer answers with its pins.
 pub const PINS_ASK: &str = "collection-pins";
 
-/// A node's collector: its log store and the memory it may use.
+/// What a node's collections sweep.
+pub enum Target {
+    /// Its own log store.
+    Log(Arc<LogStore>),
+    /// A bucket's packs, marked through `through` (the node's block cache
+    /// in front of them). `user` is the node's id on the bucket.
+    Bucket {
+        packs: Arc<PackStore>,
+        through: Arc<dyn BlockStore>,
+        user: String,
+    },
+}
+
+/// What a sweep did, by target.
+#[derive(Debug, Clone)]
+pub enum Swept {
+    Log(Collected),
+    Bucket(s3store::Swept),
+}
+
+impl Swept {
+    pub fn blocks_dropped(&self) -> u64 {
+        match self {
+            Swept::Log(s) => s.blocks_dropped,
+            Swept::Bucket(s) => s.blocks_dropped,
+        }
+    }
+
+    /// Bytes of disk or of bucket given back.
+    pub fn given_back(&self) -> u64 {
+        match self {
+            Swept::Log(s) => s.disk_before.saturating_sub(s.disk_after),
+            Swept::Bucket(s) => s.bytes_before.saturating_sub(s.bytes_after),
+        }
+    }
+}
+
+/// Where a collection's sweep may reach, fixed before it marks.
+enum Horizon<'a> {
+    Log(&'a LogStore, u64),
+    Bucket(&'a PackStore, s3store::Candidates),
+}
+
+/// A node's collector: what it sweeps and the memory it may use.
 pub struct Collector {
-    log: Arc<LogStore>,
+    target: Target,
     memory: u64,
     replicator: Option<Arc<replica::Replicator>>,
     running: Mutex<()>,
@@ -78,12 +130,11 @@ pub struct Report {
     pub filter_bytes: u64,
     /// The expected share of dead blocks kept by the filter's mistakes.
     pub false_positive_rate: f64,
-    pub swept: Collected,
+    pub swept: Swept,
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = &self.swept;
         let mb = |b: u64| b as f64 / 1e6;
         writeln!(
             f,
@@ -97,52 +148,80 @@ impl std::fmt::Display for Report {
         for (peer, pins) in &self.peers {
             writeln!(f, "peer {peer}: {pins} roots pinned")?;
         }
-        writeln!(
-            f,
-            "swept the log up to offset {}: {} records, {} live, {} blocks dropped, {:.1} MB skipped in {} skips",
-            s.horizon,
-            s.records,
-            s.live,
-            s.blocks_dropped,
-            mb(s.bytes_skipped),
-            s.skips
-        )?;
-        writeln!(
-            f,
-            "the log's disk: {:.1} MB before, {:.1} MB after ({:.1} MB given back){}",
-            mb(s.disk_before),
-            mb(s.disk_after),
-            mb(s.disk_before.saturating_sub(s.disk_after)),
-            if s.holes_unsupported {
-                "; this file system cannot punch holes, so the disk was not given back"
-            } else {
-                ""
-            }
-        )?;
+        match &self.swept {
+            Swept::Log(s) => show_log_sweep(f, s)?,
+            Swept::Bucket(s) => write!(f, "{s}")?,
+        }
         writeln!(f, "took {:.2} s", self.seconds)
     }
 }
 
+fn show_log_sweep(f: &mut std::fmt::Formatter<'_>, s: &Collected) -> std::fmt::Result {
+    let mb = |b: u64| b as f64 / 1e6;
+    writeln!(
+        f,
+        "swept the log up to offset {}: {} records, {} live, {} blocks dropped, {:.1} MB skipped in {} skips",
+        s.horizon,
+        s.records,
+        s.live,
+        s.blocks_dropped,
+        mb(s.bytes_skipped),
+        s.skips
+    )?;
+    writeln!(
+        f,
+        "the log's disk: {:.1} MB before, {:.1} MB after ({:.1} MB given back){}",
+        mb(s.disk_before),
+        mb(s.disk_after),
+        mb(s.disk_before.saturating_sub(s.disk_after)),
+        if s.holes_unsupported {
+            "; this file system cannot punch holes, so the disk was not given back"
+        } else {
+            ""
+        }
+    )
+}
+
 impl Collector {
+    /// A collector of the node's own log store.
     pub fn new(
         log: Arc<LogStore>,
         memory: u64,
         replicator: Option<Arc<replica::Replicator>>,
     ) -> Collector {
         Collector {
-            log,
+            target: Target::Log(log),
             memory: memory.max(1 << 20),
             replicator,
             running: Mutex::new(()),
         }
     }
 
-    /// The horizon of a collection now: twice the grace period back, and
-    /// no further than any peer has acknowledged. Refuses while a node
-    /// that pushes here is not one of this node's peers (its pins could
-    /// not be asked for).
-    fn horizon(&self) -> GridResult<u64> {
-        let mut horizon = self.log.collection_horizon();
+    /// A collector of a bucket's packs (see [`Target::Bucket`]).
+    pub fn for_bucket(
+        packs: Arc<PackStore>,
+        through: Arc<dyn BlockStore>,
+        user: String,
+        memory: u64,
+    ) -> Collector {
+        Collector {
+            target: Target::Bucket {
+                packs,
+                through,
+                user,
+            },
+            memory: memory.max(1 << 20),
+            replicator: None,
+            running: Mutex::new(()),
+        }
+    }
+
+    /// The horizon of a collection of the log now: twice the grace period
+    /// back, and no further than any peer has acknowledged. Refuses while
+    /// a node that pushes here is not one of this node's peers (its pins
+    /// could not be asked for).
+    fn log_horizon(&self, log: &LogStore) -> GridResult<u64> {
+        let mut horizon = log.collection_horizon();
         if let Some(rep) = &self.replicator {
             for (_, at) in rep.durable_positions().map_err(GridError::refused)? {
                 horizon = horizon.min(at);
@@ -161,6 +240,18 @@ impl Collector {
         Ok(horizon)
     }
 
+    /// The packs a collection of the bucket may take now. Refuses while
+    /// another storage node uses the bucket: its names are not seen here.
+    fn bucket_horizon(&self, packs: &PackStore, user: &str) -> GridResult<s3store::Candidates> {
+        let users = packs.users().map_err(store_err)?;
+        if let Some((other, about, key)) = users.iter().find(|(u, _, _)| u != user) {
+            return Err(GridError::refused(format!(
+                "storage node {other} ({about}) uses this bucket too, and its names are not seen here: nothing was collected (if it is gone for good, delete {key} from the bucket)"
+            )));
+        }
+        packs.collection_candidates().map_err(store_err)
+    }
+
     /// Runs one collection for `node`, telling `progress` how it goes.
     pub fn collect(&self, node: &Node, progress: &mut dyn FnMut(&str)) -> GridResult<Report> {
         let _one = self
@@ -168,11 +259,28 @@ impl Collector {
             .try_lock()
             .map_err(|_| GridError::refused("a collection is already running on this node"))?;
         let started = Instant::now();
-        let horizon = self.horizon()?;
-        let blocks = self.log.block_count().map_err(store_err)?;
+        let (horizon, blocks, store): (Horizon, u64, &dyn BlockStore) = match &self.target {
+            Target::Log(log) => (
+                Horizon::Log(log, self.log_horizon(log)?),
+                log.block_count().map_err(store_err)?,
+                log.as_ref(),
+            ),
+            Target::Bucket {
+                packs,
+                through,
+                user,
+            } => {
+                progress("listing the bucket's packs");
+                (
+                    Horizon::Bucket(packs, self.bucket_horizon(packs, user)?),
+                    packs.block_count(),
+                    through.as_ref(),
+                )
+            }
+        };
         let bloom = Bloom::new(blocks + blocks / 8, BITS_PER_BLOCK, self.memory * 3 / 4);
         let filter_bytes = bloom.bytes();
-        let mut marker = Marker::new(self.log.as_ref(), bloom, (self.memory / 4) as usize);
+        let mut marker = Marker::new(store, bloom, (self.memory / 4) as usize);
 
         // Twice: first while everything goes on (the long part), then with
         // the names frozen, when only what changed meanwhile costs (the
@@ -188,22 +296,43 @@ impl Collector {
         let peers = self.mark_live(node, &mut marker)?;
         let (bloom, marked) = marker.finish();
 
-        progress("sweeping the log");
-        let swept = self
-            .log
-            .sweep(
-                horizon,
-                &|score, _| bloom.contains(score),
-                SweepLimits::within(self.memory.saturating_sub(filter_bytes)),
-                &mut |at, of| {
-                    progress(&format!(
-                        "sweeping the log: {:.0} of {:.0} MB",
-                        at as f64 / 1e6,
-                        of as f64 / 1e6
-                    ))
-                },
-            )
-            .map_err(store_err)?;
+        let swept = match horizon {
+            Horizon::Log(log, horizon) => {
+                progress("sweeping the log");
+                Swept::Log(
+                    log.sweep(
+                        horizon,
+                        &|score, _| bloom.contains(score),
+                        SweepLimits::within(self.memory.saturating_sub(filter_bytes)),
+                        &mut |at, of| {
+                            progress(&format!(
+                                "sweeping the log: {:.0} of {:.0} MB",
+                                at as f64 / 1e6,
+                                of as f64 / 1e6
+                            ))
+                        },
+                    )
+                    .map_err(store_err)?,
+                )
+            }
+            Horizon::Bucket(packs, candidates) => {
+                progress(&format!(
+                    "sweeping the bucket: {} old packs",
+                    candidates.old()
+                ));
+                Swept::Bucket(
+                    packs
+                        .sweep(
+                            &candidates,
+                            &|score| bloom.contains(score),
+                            &mut |at, of| {
+                                progress(&format!("sweeping the bucket: {at} of {of} packs"))
+                            },
+                        )
+                        .map_err(store_err)?,
+                )
+            }
+        };
         Ok(Report {
             seconds: started.elapsed().as_secs_f64(),
             false_positive_rate: bloom.false_positive_rate(marked.blocks),

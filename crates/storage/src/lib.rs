@@ -207,7 +207,7 @@ pub struct Node {
     /// Itself, for what it starts that outlives a command (a service's
     /// keepers); set by [`Node::up`].
     me: std::sync::OnceLock<std::sync::Weak<Node>>,
-    /// Its garbage collector, if its store is its own log.
+    /// Its garbage collector, if its store is its own log or a bucket.
     collector: Option<Arc<collect::Collector>>,
     /// Spawns on their way: the roots they looked up, until their
     /// environments are the cpus' (see [`Node::spawning`]).
@@ -488,11 +488,16 @@ impl Node {
         self
     }
 
+    /// Whether the node collects its garbage (its store is its own).
+    pub fn collects(&self) -> bool {
+        self.collector.is_some()
+    }
+
     /// Runs a collection (`colony gc`), telling `progress` how it goes.
     pub fn collect(&self, progress: &mut dyn FnMut(&str)) -> GridResult<collect::Report> {
         let collector = self.collector.as_ref().ok_or_else(|| {
             GridError::refused(
-                "this node's blocks are not in its own log store (a bucket or a venti server keeps them): nothing to collect here",
+                "this node's blocks are kept by a venti server, not by this node: nothing to collect here",
             )
         })?;
         let report = collector.collect(self, progress);
@@ -500,8 +505,8 @@ impl Node {
             Ok(r) => tracing::info!(
                 seconds = r.seconds,
                 roots = r.marked.roots,
-                dropped = r.swept.blocks_dropped,
-                given_back = r.swept.disk_before.saturating_sub(r.swept.disk_after),
+                dropped = r.swept.blocks_dropped(),
+                given_back = r.swept.given_back(),
                 "collected garbage"
             ),
             Err(e) => tracing::warn!(error = %e, "a collection did not run"),

@@ -608,3 +608,278 @@ fn a_working_set_on_a_bucket_is_fetched_ahead_a_stretch_at_a_time() {
         "reads after it cost no GET"
     );
 }
+
+/// Every object key under `prefix` in the bucket.
+fn keys_under(g: &Garage, prefix: &str) -> std::collections::BTreeSet<String> {
+    let raw = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&g.bucket)
+        .with_region("garage")
+        .with_endpoint(g.endpoint(0))
+        .with_allow_http(true)
+        .with_access_key_id(&g.key_id)
+        .with_secret_access_key(&g.secret)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures_util::StreamExt;
+        let path = object_store::path::Path::from(prefix);
+        let mut out = std::collections::BTreeSet::new();
+        let mut listing = object_store::ObjectStore::list(&raw, Some(&path));
+        while let Some(meta) = listing.next().await {
+            out.insert(meta.unwrap().location.to_string());
+        }
+        out
+    })
+}
+
+/// A collection of a bucket while a second writer goes on (real Garage,
+/// two processes' worth of stores). Invariants: every live block reads
+/// back whole afterwards through the collector, through the second writer
+/// (whose index still named the deleted packs) and through a fresh
+/// reader; a dead block the second writer wrote again during the
+/// collection survives (copied forward); the second writer's packs and
+/// indexes are all still there; mostly dead packs are written again,
+/// dead ones deleted, mostly live ones kept, and the bucket's bytes fall.
+#[test]
+fn a_collection_rewrites_and_deletes_old_packs_while_another_writer_goes_on() {
+    let Some(g) = garage("collect") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let grace = std::time::Duration::from_secs(1);
+    let a = PackStore::open(&settings(&g, 0, "gc", &tmp.path().join("a"))).unwrap();
+    a.set_grace(grace);
+    // 600 blocks of 8 KiB in 256 KiB packs: about 20 packs. Blocks
+    // 0..200 are one live in ten (their packs mostly dead), 200..400 all
+    // dead, 400..600 all live.
+    let data = blocks(30, 600);
+    let live_at = |i: usize| (i < 200 && i.is_multiple_of(10)) || i >= 400;
+    for b in &data {
+        a.write(BlockType::DATA, b).unwrap();
+    }
+    a.sync().unwrap();
+    let old_objects = keys_under(&g, "gc/packs");
+    let b = PackStore::open(&settings(&g, 1, "gc", &tmp.path().join("b"))).unwrap();
+    b.set_grace(grace);
+    // Older than twice the grace period, by the bucket's clock.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let candidates = a.collection_candidates().unwrap();
+    assert_eq!(candidates.old(), old_objects.len(), "{old_objects:?}");
+
+    // While the collection marks: the second writer's fresh blocks, and a
+    // dead block written again (an archive not named yet that holds it).
+    let fresh = blocks(31, 100);
+    for x in &fresh {
+        b.write(BlockType::DATA, x).unwrap();
+    }
+    let again = &data[250];
+    b.write(BlockType::DATA, again).unwrap();
+    b.sync().unwrap();
+    assert_eq!(b.stats().copied_forward, 1, "{:?}", b.stats());
+    let b_objects: Vec<String> = keys_under(&g, "gc")
+        .into_iter()
+        .filter(|k| k.contains(b.writer()))
+        .collect();
+    assert!(b_objects.len() >= 2, "{b_objects:?}");
+
+    let live: std::collections::HashSet<Score> = data
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| live_at(*i))
+        .map(|(_, d)| Score::of(d))
+        .collect();
+    let swept = a
+        .sweep(&candidates, &|s| live.contains(s), &mut |_, _| {})
+        .unwrap();
+    eprintln!("{swept}");
+    assert!(swept.packs_rewritten >= 5, "{swept:?}");
+    assert!(swept.packs_deleted >= 5, "{swept:?}");
+    assert!(swept.packs_kept >= 5, "{swept:?}");
+    // One in ten of the first 200, and the live ones of a pack across the
+    // boundary at 400 if that pack is mostly dead (a pack holds 31).
+    assert!((20..=20 + 31).contains(&swept.blocks_copied), "{swept:?}");
+    assert!(swept.bytes_after * 10 < swept.bytes_before * 6, "{swept:?}");
+
+    // The second writer's objects are untouched.
+    let now = keys_under(&g, "gc");
+    for k in &b_objects {
+        assert!(now.contains(k), "{k} went");
+    }
+    // Every live block, through each store; the fresh reader knows only
+    // what the bucket holds now.
+    let c = PackStore::open(&settings(&g, 2, "gc", &tmp.path().join("c"))).unwrap();
+    for (i, d) in data.iter().enumerate() {
+        let s = Score::of(d);
+        if live_at(i) {
+            for (who, store) in [("collector", &a), ("writer", &b), ("reader", &c)] {
+                assert_eq!(
+                    store.read(&s, BlockType::DATA).unwrap().as_deref(),
+                    Some(&d[..]),
+                    "live block {i} through the {who}"
+                );
+            }
+        } else if i == 250 {
+            assert_eq!(
+                c.read(&s, BlockType::DATA).unwrap().as_deref(),
+                Some(&d[..]),
+                "the block written again"
+            );
+        } else {
+            assert_eq!(c.read(&s, BlockType::DATA).unwrap(), None, "dead block {i}");
+        }
+    }
+    for x in &fresh {
+        assert_eq!(
+            c.read(&Score::of(x), BlockType::DATA).unwrap().as_deref(),
+            Some(&x[..])
+        );
+    }
+    // The second writer met deleted packs and caught up.
+    assert!(b.stats().packs_forgotten > 0, "{:?}", b.stats());
+    // A second collection, with the second writer's blocks live too,
+    // finds nothing to change: what is left is live.
+    let live: std::collections::HashSet<Score> = live
+        .into_iter()
+        .chain(fresh.iter().map(|x| Score::of(x)))
+        .chain([Score::of(&data[250])])
+        .collect();
+    let again = a.collection_candidates().unwrap();
+    let second = a
+        .sweep(&again, &|s| live.contains(s), &mut |_, _| {})
+        .unwrap();
+    assert_eq!(
+        (second.packs_rewritten, second.packs_deleted),
+        (0, 0),
+        "{second:?}"
+    );
+}
+
+/// A storage node on a bucket collects it (`colony gc`): a forgotten
+/// root's packs leave the bucket, a named root extracts whole before and
+/// after, also when the node is killed in the middle of a collection;
+/// and another storage node registered on the bucket stops collections,
+/// naming it.
+#[test]
+fn a_node_on_a_bucket_collects_it_and_a_kill_loses_no_live_root() {
+    use crate::common::grid::random_tree;
+    use crate::common::node::Node;
+    let Some(g) = garage("gcnode") else { return };
+    let mut n = Node::with_users();
+    let cache = n.tmp.path().join("s3cache");
+    n.env = g.env(0);
+    n.env.push(("COLONY_S3_CACHE", cache.display().to_string()));
+    n.env.push(("COLONY_S3_CONFIG", "/dev/null".into()));
+    let venti = format!(
+        "tcp!127.0.0.1!{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let url = format!("s3://{}/n", g.bucket);
+    let args = [
+        "--store",
+        url.as_str(),
+        "--venti-listen",
+        venti.as_str(),
+        "--gc-grace",
+        "1s",
+        "--gc-every",
+        "0",
+    ];
+    n.start(&args);
+    let import = |n: &Node, name: &str, mb: usize| {
+        let tree = random_tree(n.tmp.path(), name, mb);
+        n.colony(&["import", name, tree.to_str().unwrap(), "--user", "alice"]);
+        let db = ndb::Db::open(&n.state.join("scorenames")).unwrap();
+        let root = db
+            .entries()
+            .iter()
+            .rev()
+            .find(|e| e.get("scorename") == Some(name))
+            .and_then(|e| e.get("rootscore").map(str::to_string))
+            .unwrap();
+        (root, tree)
+    };
+    let scratch = n.tmp.path().to_path_buf();
+    let extracts = |root: &str, tree: &Path| {
+        let dest = tempfile::tempdir_in(&scratch).unwrap();
+        let out = Command::new(COLONY)
+            .args(["unvac", "-h", &venti, root])
+            .arg(dest.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{root} does not extract: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let diff = Command::new("diff")
+            .arg("-r")
+            .arg(tree)
+            .arg(dest.path())
+            .output()
+            .unwrap();
+        assert!(
+            diff.status.success(),
+            "{}",
+            String::from_utf8_lossy(&diff.stdout)
+        );
+    };
+    let pack_count = || keys_under(&g, "n/packs").len();
+    let kept = import(&n, "kept", 1);
+    for name in ["junk0", "junk1"] {
+        import(&n, name, 2);
+        n.ok("alice", &["forget", name]);
+    }
+    let packs_with_junk = pack_count();
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    for round in 0..3u64 {
+        // kill -9 somewhere in a collection, then the node again.
+        let gc = Command::new(COLONY)
+            .args(["gc", "--state"])
+            .arg(&n.state)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50 + 120 * round));
+        n.kill9();
+        let _ = gc.wait_with_output();
+        n.start(&args);
+        extracts(&kept.0, &kept.1);
+    }
+    // What the killed collections left (copies, packs without an index)
+    // is old by the next one.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let report = n.colony(&["gc"]);
+    extracts(&kept.0, &kept.1);
+    // The junk's packs (4 MB of its own data) are gone; the kept root's
+    // are not (it extracts, through the bucket: a fresh cache).
+    assert!(
+        pack_count() < packs_with_junk,
+        "{packs_with_junk} → {} packs\n{report}",
+        pack_count()
+    );
+    n.stop();
+    let _ = std::fs::remove_dir_all(&cache);
+    n.start(&args);
+    extracts(&kept.0, &kept.1);
+
+    // Another storage node on the bucket: its names are unseen here.
+    let other = PackStore::open(&settings(&g, 1, "n", &n.tmp.path().join("other"))).unwrap();
+    other
+        .register_user("node-b", "node b on elsewhere")
+        .unwrap();
+    let out = Command::new(COLONY)
+        .args(["gc", "--state"])
+        .arg(&n.state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("node-b") && err.contains("uses this bucket too"),
+        "{err}"
+    );
+    extracts(&kept.0, &kept.1);
+}

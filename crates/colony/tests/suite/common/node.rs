@@ -51,6 +51,24 @@ pub struct Node {
 impl Node {
     /// A state directory with users alice and bob and a busybox root for alice.
     pub fn new() -> Node {
+        let g = Node::with_users();
+        // The tests find it as TMP/rootfs.
+        let root = g.tmp.path().join("rootfs");
+        std::fs::rename(super::grid::busybox_root(g.tmp.path(), "hello\n"), &root).unwrap();
+        super::grid::every_busybox_applet(&root);
+        g.colony(&[
+            "import",
+            "busybox",
+            root.to_str().unwrap(),
+            "--user",
+            "alice",
+        ]);
+        g
+    }
+
+    /// A state directory with users alice and bob (keys TMP/alice and
+    /// TMP/bob; carol's key is no user's) and no names.
+    pub fn with_users() -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
         let g = Node {
@@ -83,17 +101,6 @@ impl Node {
                 ]);
             }
         }
-        // The tests find it as TMP/rootfs.
-        let root = g.tmp.path().join("rootfs");
-        std::fs::rename(super::grid::busybox_root(g.tmp.path(), "hello\n"), &root).unwrap();
-        super::grid::every_busybox_applet(&root);
-        g.colony(&[
-            "import",
-            "busybox",
-            root.to_str().unwrap(),
-            "--user",
-            "alice",
-        ]);
         g
     }
 
