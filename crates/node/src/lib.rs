@@ -206,7 +206,8 @@ fn start_storage(
                 );
             };
             let opened = s3store::open_with(settings).with_context(|| format!("opening {url}"))?;
-            bucket = Some(opened.packs);
+            // Collections mark through the cache, uncounted.
+            bucket = Some((opened.packs, opened.store.clone()));
             (opened.store, None)
         }
         (None, None) => {
@@ -279,7 +280,7 @@ fn start_storage(
                 replication.as_ref().map(|r| r.replicator.clone()),
             )))
         }
-        (None, Some(packs)) => {
+        (None, Some((packs, cached))) => {
             packs.set_grace(config.gc_grace);
             let user = bucket_user(&state)?;
             let name = link.as_ref().map(|l| l.me.name.clone());
@@ -292,11 +293,11 @@ fn start_storage(
             // Another node on the bucket stops this one's collections;
             // this is how it learns of this one.
             packs
-                .register_user(&user, &about)
+                .register_collector(&user, &about)
                 .context("registering this node on its bucket")?;
             node.with_collector(Arc::new(storage::collect::Collector::for_bucket(
                 packs,
-                store.clone(),
+                cached,
                 user,
                 config.gc_memory,
             )))

@@ -21,8 +21,9 @@
 //! Several writers share a bucket without any lock or conditional write
 //! (Garage ignores `If-None-Match`): each process writes under a writer
 //! name of its own, made fresh at every open, so no two ever write one
-//! key. A block two writers both stored is harmless: the index keeps the
-//! last it learns, and the rest are counted as duplicates.
+//! key. A block two writers both stored is harmless: reads use the last
+//! place learnt, the others are kept (a collection may delete that pack)
+//! and counted as duplicates.
 //!
 //! The local directory keeps a copy of every index merged, so a restart
 //! learns the bucket with one LIST. Every listing also says how old each
@@ -47,7 +48,9 @@ use crate::config::Settings;
 use crate::pack::{self, Entry, PackBuilder};
 
 mod collect;
+mod places;
 pub use collect::{Candidates, REWRITE_WHEN_DEAD, Swept};
+use places::Places;
 
 /// Sealed packs that may wait to be sent before a write waits. Eight in
 /// flight measured no faster ingest into Garage here than four
@@ -65,6 +68,10 @@ pub const READS_AT_ONCE: usize = 16;
 const REFRESH_GAP: Duration = Duration::from_secs(1);
 /// The grace period unless the node sets one (as venti's log store).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Where a collecting node publishes its grace period, under the prefix.
+const GRACE_OBJECT: &str = "gc-grace";
+/// How often a writer reads it again.
+const GRACE_READ_EVERY: Duration = Duration::from_secs(60);
 
 /// Where a block is in the bucket.
 #[derive(Clone, Copy)]
@@ -112,7 +119,7 @@ struct Pack {
 
 #[derive(Default)]
 struct State {
-    index: HashMap<Score, Loc>,
+    index: Places,
     /// By [`Loc::pack`].
     packs: Vec<Pack>,
     /// Index keys merged (from the bucket or the local copies), and their
@@ -182,8 +189,14 @@ struct Inner {
     /// Signalled when a send ends.
     sent: Condvar,
     last_refresh: Mutex<Option<Instant>>,
+    /// Held by the one refresh that runs at a time.
+    refreshing: Mutex<()>,
     /// The grace period, in seconds (see [`PackStore::set_grace`]).
     grace_secs: AtomicU64,
+    /// The grace period the bucket's collector published, in seconds
+    /// (`PREFIX/gc-grace`; `u64::MAX` if none), and when it was read.
+    bucket_grace_secs: AtomicU64,
+    grace_read: Mutex<Option<Instant>>,
     spans: Mutex<Spans>,
     /// Signalled when a span's fetch ends.
     span_landed: Condvar,
@@ -316,7 +329,10 @@ impl PackStore {
             state: Mutex::default(),
             sent: Condvar::new(),
             last_refresh: Mutex::new(None),
+            refreshing: Mutex::new(()),
             grace_secs: AtomicU64::new(DEFAULT_GRACE.as_secs()),
+            bucket_grace_secs: AtomicU64::new(u64::MAX),
+            grace_read: Mutex::new(None),
             spans: Mutex::default(),
             span_landed: Condvar::new(),
             counters: Counters::default(),
@@ -324,6 +340,7 @@ impl PackStore {
         });
         let store = PackStore { inner };
         store.inner.check_bucket(settings)?;
+        store.inner.learn_grace()?;
         store.inner.load_local();
         store.inner.refresh()?;
         Ok(store)
@@ -495,7 +512,7 @@ impl Inner {
                 offset: e.offset,
                 len: e.len,
             };
-            if state.index.insert(e.score, loc).is_some() {
+            if state.index.insert(e.score, loc) {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -535,10 +552,33 @@ impl Inner {
         }
     }
 
+    /// A refresh that started after `asked`, this one or another reader's
+    /// (many readers that meet one deleted pack make one LIST).
+    fn refresh_after(&self, asked: Instant) -> Result<(), StoreError> {
+        let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = self
+            .last_refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t > asked);
+        if fresh {
+            return Ok(());
+        }
+        self.refresh()
+    }
+
     /// Merges the bucket's indexes not merged yet, learns how old every
     /// pack is, and forgets the packs a collection deleted.
     fn refresh(&self) -> Result<(), StoreError> {
         *self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let grace_due = self
+            .grace_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= GRACE_READ_EVERY);
+        if grace_due {
+            self.learn_grace()?;
+        }
         let listed: HashMap<String, SystemTime> = self
             .list("index")?
             .into_iter()
@@ -568,7 +608,11 @@ impl Inner {
             let Some(pack_key) = pack_of(&index_key) else {
                 continue;
             };
-            let bytes = self.get_object(&index_key)?;
+            // Listed, then deleted by a collection before this look: as if
+            // it had not been listed.
+            let Some(bytes) = self.get_if_there(&index_key)? else {
+                continue;
+            };
             let entries = match pack::parse_index(&bytes) {
                 Ok(entries) => {
                     let _ = std::fs::write(self.local_copy(&index_key), &bytes);
@@ -579,7 +623,9 @@ impl Inner {
                     self.counters
                         .damaged_indexes
                         .fetch_add(1, Ordering::Relaxed);
-                    let pack = self.get_object(&pack_key)?;
+                    let Some(pack) = self.get_if_there(&pack_key)? else {
+                        continue;
+                    };
                     let (entries, damage) = pack::scan_pack(&pack);
                     tracing::warn!(index = %index_key, error = %why, blocks = entries.len(),
                         pack_damage = damage.as_deref().unwrap_or("none"),
@@ -593,12 +639,40 @@ impl Inner {
         // An index merged here but not listed: deleted by a collection,
         // or (this writer's own, just sent) not listed yet. Only a look at
         // the object itself tells.
+        let mut gone = Vec::new();
         for index_key in missing {
             if !self.exists(&index_key)? {
-                let mut state = self.state();
-                if let Some(&p) = state.merged.get(&index_key) {
-                    self.forget_packs(&mut state, &[p]);
-                }
+                gone.extend(self.state().merged.get(&index_key));
+            }
+        }
+        self.forget_packs(&mut self.state(), &gone);
+        Ok(())
+    }
+
+    /// The grace period this writer keeps to: its own, or the bucket's
+    /// collector's if shorter (else that collector could take a pack this
+    /// writer still counts on).
+    fn grace(&self) -> Duration {
+        Duration::from_secs(
+            self.grace_secs
+                .load(Ordering::Relaxed)
+                .min(self.bucket_grace_secs.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Reads the grace period the bucket's collector published.
+    fn learn_grace(&self) -> Result<(), StoreError> {
+        *self.grace_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let Some(bytes) = self.get_if_there(self.key(GRACE_OBJECT).as_ref())? else {
+            return Ok(());
+        };
+        match std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            Some(secs) => self.bucket_grace_secs.store(secs, Ordering::Relaxed),
+            None => {
+                tracing::warn!(bucket = %self.name, "the bucket's {GRACE_OBJECT} is not a number of seconds; ignored")
             }
         }
         Ok(())
@@ -650,7 +724,7 @@ impl Inner {
         if forgotten.is_empty() {
             return;
         }
-        state.index.retain(|_, l| !forgotten.contains(&l.pack));
+        state.index.forget(&forgotten);
         self.counters
             .packs_forgotten
             .fetch_add(forgotten.len() as u64, Ordering::Relaxed);
@@ -722,17 +796,20 @@ impl Inner {
         Ok(got?.map(|bytes| (from, bytes)))
     }
 
-    fn get_object(&self, key: &str) -> Result<Bytes, StoreError> {
+    /// A whole object, or `None` if it is not in the bucket.
+    fn get_if_there(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let s3 = self.s3.clone();
         let path = Key::from(key);
         self.counters.object_gets.fetch_add(1, Ordering::Relaxed);
-        let got = self
-            .wait(async move { s3.get(&path).await?.bytes().await })?
-            .map_err(|e| remote(format!("reading {key} in {}", self.name), e))?;
+        let got = match self.wait(async move { s3.get(&path).await?.bytes().await })? {
+            Ok(bytes) => bytes,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(remote(format!("reading {key} in {}", self.name), e)),
+        };
         self.counters
             .get_bytes
             .fetch_add(got.len() as u64, Ordering::Relaxed);
-        Ok(got)
+        Ok(Some(got))
     }
 
     /// Seals the pack being filled (if it holds anything) and starts it.
@@ -827,13 +904,17 @@ impl Inner {
         let Some(l) = state.index.get(score) else {
             return Held::No;
         };
-        let grace = Duration::from_secs(self.grace_secs.load(Ordering::Relaxed));
+        // Half the grace period: a pack's age is by the bucket's clock, and
+        // this host's may be behind it by as much. A collection takes only
+        // packs twice the grace period old, so a block written again in a
+        // pack younger than that stays a grace period more.
+        let young_for = self.grace() / 2;
         // A pack not yet listed is taken for old: a copy too many costs a
         // block, a copy too few may cost an archive.
         let young = state.packs[l.pack as usize]
             .written
             .and_then(|at| SystemTime::now().duration_since(at).ok())
-            .is_some_and(|age| age < grace);
+            .is_some_and(|age| age < young_for);
         if young { Held::Fresh } else { Held::Old }
     }
 
@@ -991,13 +1072,13 @@ impl BlockStore for PackStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .is_none_or(|t| t.elapsed() >= REFRESH_GAP);
             if due {
-                inner.refresh()?;
+                inner.refresh_after(Instant::now())?;
                 loc = locate();
             }
         }
         // A pack a collection deleted is forgotten, and the bucket looked at
-        // again: a live block of it was copied to a new pack first. Twice at
-        // most (a second collection may have moved it once more).
+        // again: a live block of it was copied to a new pack first. Three
+        // times at most (a later collection may have moved it again).
         for _ in 0..3 {
             let Some((l, pack_key, pack_len)) = loc else {
                 return Ok(None);
@@ -1008,8 +1089,9 @@ impl BlockStore for PackStore {
             let (start, end) = (l.offset as u64, l.offset as u64 + l.len as u64);
             let Some(span) = inner.span(l.pack, &pack_key, start, end, pack_len)? else {
                 tracing::info!(pack = %pack_key, "a pack was collected; looking for its blocks' new packs");
+                let asked = Instant::now();
                 inner.forget_packs(&mut inner.state(), &[l.pack]);
-                inner.refresh()?;
+                inner.refresh_after(asked)?;
                 loc = locate();
                 continue;
             };
@@ -1080,12 +1162,21 @@ impl BlockStore for PackStore {
         let inner = &self.inner;
         let mut state = inner.state();
         inner.seal(&mut state);
+        // Only the packs sealed by now: under a steady ingest there is
+        // always a later one unsent.
+        let upto = state.next_seq;
+        let earlier = |s: &State| s.unsent.iter().any(|u| u.seq < upto);
         // Failed packs get another try.
         inner.send_waiting(&mut state);
-        let state = inner.wait_sends(state, |s| !s.unsent.is_empty());
-        match Inner::failure(&state) {
-            Some(why) if !state.unsent.is_empty() => Err(StoreError::Remote(why)),
-            _ => Ok(()),
+        let state = inner.wait_sends(state, earlier);
+        match state
+            .unsent
+            .iter()
+            .filter(|u| u.seq < upto)
+            .find_map(|u| u.failed.clone())
+        {
+            Some(why) => Err(StoreError::Remote(why)),
+            None => Ok(()),
         }
     }
 }

@@ -109,7 +109,8 @@ impl Swept {
 /// Where a collection's sweep may reach, fixed before it marks.
 enum Horizon<'a> {
     Log(&'a LogStore, u64),
-    Bucket(&'a PackStore, s3store::Candidates),
+    /// The packs, this node's id on the bucket, and the candidates.
+    Bucket(&'a PackStore, &'a str, s3store::Candidates),
 }
 
 /// A node's collector: what it sweeps and the memory it may use.
@@ -243,11 +244,8 @@ impl Collector {
     /// The packs a collection of the bucket may take now. Refuses while
     /// another storage node uses the bucket: its names are not seen here.
     fn bucket_horizon(&self, packs: &PackStore, user: &str) -> GridResult<s3store::Candidates> {
-        let users = packs.users().map_err(store_err)?;
-        if let Some((other, about, key)) = users.iter().find(|(u, _, _)| u != user) {
-            return Err(GridError::refused(format!(
-                "storage node {other} ({about}) uses this bucket too, and its names are not seen here: nothing was collected (if it is gone for good, delete {key} from the bucket)"
-            )));
+        if let Some(why) = packs.another_collector(user).map_err(store_err)? {
+            return Err(GridError::refused(why));
         }
         packs.collection_candidates().map_err(store_err)
     }
@@ -272,7 +270,7 @@ impl Collector {
             } => {
                 progress("listing the bucket's packs");
                 (
-                    Horizon::Bucket(packs, self.bucket_horizon(packs, user)?),
+                    Horizon::Bucket(packs, user, self.bucket_horizon(packs, user)?),
                     packs.block_count(),
                     through.as_ref(),
                 )
@@ -315,7 +313,7 @@ impl Collector {
                     .map_err(store_err)?,
                 )
             }
-            Horizon::Bucket(packs, candidates) => {
+            Horizon::Bucket(packs, user, candidates) => {
                 progress(&format!(
                     "sweeping the bucket: {} old packs",
                     candidates.old()
@@ -324,6 +322,7 @@ impl Collector {
                     packs
                         .sweep(
                             &candidates,
+                            user,
                             &|score| bloom.contains(score),
                             &mut |at, of| {
                                 progress(&format!("sweeping the bucket: {at} of {of} packs"))

@@ -115,6 +115,7 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
     let payloads: Vec<s3store::Bytes> = (0..objects)
         .map(|_| s3store::Bytes::from(fresh_blocks(pack / 8192).flatten().collect::<Vec<u8>>()))
         .collect();
+    let mut ceiling = 0.0;
     for parallel in [1, s3store::MAX_UNSENT, 2 * s3store::MAX_UNSENT] {
         let rate = probe.measure_put_rate(payloads.clone(), parallel)?;
         println!(
@@ -122,8 +123,12 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
             format!("the object store's own ceiling: PUTs of packs, {parallel} at once"),
             rate / 1e6
         );
+        if parallel == s3store::MAX_UNSENT {
+            ceiling = rate / 1e6;
+        }
     }
     drop(probe);
+    collection(&g, dir, mb, ceiling)?;
     let opened = s3store::open_with(&settings(&g, &dir.join("ingest-cached"), "cached")?)?;
     let rate = ingest(opened.store.as_ref(), mb)?;
     println!(
@@ -247,6 +252,47 @@ pub fn run(tree: Option<&Path>, mb: usize, runs: usize) -> Result<()> {
     })();
     node.shutdown();
     result
+}
+
+/// A collection of `mb` MiB of old packs in which one block in four is
+/// live (so every pack is written again): how fast old packs are gone
+/// through, and the copies' rate beside the bucket's own PUT rate.
+fn collection(g: &Garage, dir: &Path, mb: usize, put_ceiling: f64) -> Result<()> {
+    let packs = PackStore::open(&settings(g, &dir.join("gc"), "gc")?)?;
+    let grace = std::time::Duration::from_secs(1);
+    packs.set_grace(grace);
+    let n = mb * 1024 * 1024 / 8192;
+    let mut live = std::collections::HashSet::new();
+    for (i, b) in fresh_blocks(n).enumerate() {
+        let score = packs.write(BlockType::DATA, &b)?;
+        if i % 4 == 0 {
+            live.insert(score);
+        }
+    }
+    packs.sync()?;
+    // Older than twice the grace period by the bucket's clock (whole
+    // seconds).
+    std::thread::sleep(3 * grace + std::time::Duration::from_millis(100));
+    let t = Instant::now();
+    let candidates = packs.collection_candidates()?;
+    let swept = packs.sweep(&candidates, "bench", &|s| live.contains(s), &mut |_, _| {})?;
+    let secs = t.elapsed().as_secs_f64();
+    let copied = swept.bytes_copied as f64 / 1e6 / secs;
+    println!(
+        "{:<58} {:>8.1} MB/s of old packs ({} packs, {:.1} MB, in {secs:.2} s; {} written again, {} deleted)",
+        "collection, one block in four live",
+        swept.bytes_before as f64 / 1e6 / secs,
+        swept.packs_old,
+        swept.bytes_before as f64 / 1e6,
+        swept.packs_rewritten,
+        swept.packs_deleted,
+    );
+    println!(
+        "{:<58} {copied:>8.1} MB/s ({:.2}x the PUT ceiling)",
+        "collection: live blocks copied to new packs",
+        copied / put_ceiling
+    );
+    Ok(())
 }
 
 fn cold_fetched(opened: &s3store::Opened) -> (u64, u64) {

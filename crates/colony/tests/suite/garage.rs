@@ -130,7 +130,8 @@ fn writers_share_a_bucket_and_a_third_reader_sees_all() {
     );
     // A writer that knows a block does not store it again; and a restart
     // learns the bucket from its local index copies: a LIST to check the
-    // bucket, one for new indexes, and no index fetched again.
+    // bucket, one for new indexes, and no index fetched again (one GET:
+    // of the grace period a collector would publish, none here).
     drop(reader);
     let again = PackStore::open(&settings(&g, 0, "grid", &tmp.path().join("r"))).unwrap();
     for b in &common {
@@ -139,7 +140,7 @@ fn writers_share_a_bucket_and_a_third_reader_sees_all() {
     again.sync().unwrap();
     let s = again.stats();
     assert_eq!((s.deduplicated, s.puts), (100, 0), "{s:?}");
-    assert_eq!((s.lists, s.object_gets, s.blocks), (2, 0, 700), "{s:?}");
+    assert_eq!((s.lists, s.object_gets, s.blocks), (2, 1, 700), "{s:?}");
     drop(again);
     // A second process on one cache directory is refused, by name.
     let first = PackStore::open(&settings(&g, 0, "grid", &tmp.path().join("w1"))).unwrap();
@@ -638,9 +639,13 @@ fn keys_under(g: &Garage, prefix: &str) -> std::collections::BTreeSet<String> {
 /// back whole afterwards through the collector, through the second writer
 /// (whose index still named the deleted packs) and through a fresh
 /// reader; a dead block the second writer wrote again during the
-/// collection survives (copied forward); the second writer's packs and
+/// collection survives (copied forward); what the second writer writes
+/// while the sweep runs is all there after; the second writer's packs and
 /// indexes are all still there; mostly dead packs are written again,
 /// dead ones deleted, mostly live ones kept, and the bucket's bytes fall.
+/// Then the collector restarts (learning its packs again in directory
+/// order) and, once everything is old, a second collection with all of it
+/// live changes nothing and loses nothing.
 #[test]
 fn a_collection_rewrites_and_deletes_old_packs_while_another_writer_goes_on() {
     let Some(g) = garage("collect") else { return };
@@ -648,6 +653,8 @@ fn a_collection_rewrites_and_deletes_old_packs_while_another_writer_goes_on() {
     let grace = std::time::Duration::from_secs(1);
     let a = PackStore::open(&settings(&g, 0, "gc", &tmp.path().join("a"))).unwrap();
     a.set_grace(grace);
+    // Which publishes the grace period for every writer.
+    a.register_collector("a", "collector a").unwrap();
     // 600 blocks of 8 KiB in 256 KiB packs: about 20 packs. Blocks
     // 0..200 are one live in ten (their packs mostly dead), 200..400 all
     // dead, 400..600 all live.
@@ -658,8 +665,9 @@ fn a_collection_rewrites_and_deletes_old_packs_while_another_writer_goes_on() {
     }
     a.sync().unwrap();
     let old_objects = keys_under(&g, "gc/packs");
+    // The second writer is left at the default grace period (a day): it
+    // keeps to the collector's, published in the bucket.
     let b = PackStore::open(&settings(&g, 1, "gc", &tmp.path().join("b"))).unwrap();
-    b.set_grace(grace);
     // Older than twice the grace period, by the bucket's clock.
     std::thread::sleep(std::time::Duration::from_millis(3100));
     let candidates = a.collection_candidates().unwrap();
@@ -687,9 +695,29 @@ fn a_collection_rewrites_and_deletes_old_packs_while_another_writer_goes_on() {
         .filter(|(i, _)| live_at(*i))
         .map(|(_, d)| Score::of(d))
         .collect();
-    let swept = a
-        .sweep(&candidates, &|s| live.contains(s), &mut |_, _| {})
-        .unwrap();
+    // The second writer goes on while the sweep runs, and a reader opens.
+    let during = blocks(32, 200);
+    let swept = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for x in &during {
+                b.write(BlockType::DATA, x).unwrap();
+            }
+            b.sync().unwrap();
+            let d = PackStore::open(&settings(&g, 1, "gc", &tmp.path().join("d"))).unwrap();
+            for (i, x) in data.iter().enumerate().filter(|(i, _)| live_at(*i)) {
+                assert_eq!(
+                    d.read(&Score::of(x), BlockType::DATA).unwrap().as_deref(),
+                    Some(&x[..]),
+                    "live block {i} through a reader opened during the sweep"
+                );
+            }
+        });
+        let swept = a
+            .sweep(&candidates, "a", &|s| live.contains(s), &mut |_, _| {})
+            .unwrap();
+        writer.join().unwrap();
+        swept
+    });
     eprintln!("{swept}");
     assert!(swept.packs_rewritten >= 5, "{swept:?}");
     assert!(swept.packs_deleted >= 5, "{swept:?}");
@@ -727,7 +755,7 @@ fn a_collection_rewrites_and_deletes_old_packs_while_another_writer_goes_on() {
             assert_eq!(c.read(&s, BlockType::DATA).unwrap(), None, "dead block {i}");
         }
     }
-    for x in &fresh {
+    for x in fresh.iter().chain(&during) {
         assert_eq!(
             c.read(&Score::of(x), BlockType::DATA).unwrap().as_deref(),
             Some(&x[..])
@@ -735,22 +763,37 @@ fn a_collection_rewrites_and_deletes_old_packs_while_another_writer_goes_on() {
     }
     // The second writer met deleted packs and caught up.
     assert!(b.stats().packs_forgotten > 0, "{:?}", b.stats());
-    // A second collection, with the second writer's blocks live too,
-    // finds nothing to change: what is left is live.
+    // A restart, and a second collection once everything is old, with
+    // the second writer's blocks live too: what is left is live, so it
+    // changes nothing, and every block reads from a fresh reader after.
     let live: std::collections::HashSet<Score> = live
         .into_iter()
-        .chain(fresh.iter().map(|x| Score::of(x)))
+        .chain(fresh.iter().chain(&during).map(|x| Score::of(x)))
         .chain([Score::of(&data[250])])
         .collect();
+    drop(a);
+    let a = PackStore::open(&settings(&g, 0, "gc", &tmp.path().join("a"))).unwrap();
+    a.set_grace(grace);
+    std::thread::sleep(std::time::Duration::from_millis(3100));
     let again = a.collection_candidates().unwrap();
     let second = a
-        .sweep(&again, &|s| live.contains(s), &mut |_, _| {})
+        .sweep(&again, "a", &|s| live.contains(s), &mut |_, _| {})
         .unwrap();
     assert_eq!(
         (second.packs_rewritten, second.packs_deleted),
         (0, 0),
         "{second:?}"
     );
+    let e = PackStore::open(&settings(&g, 2, "gc", &tmp.path().join("e"))).unwrap();
+    for x in data.iter().chain(&fresh).chain(&during) {
+        let s = Score::of(x);
+        if live.contains(&s) {
+            assert_eq!(
+                e.read(&s, BlockType::DATA).unwrap().as_deref(),
+                Some(&x[..])
+            );
+        }
+    }
 }
 
 /// A storage node on a bucket collects it (`colony gc`): a forgotten
@@ -869,7 +912,7 @@ fn a_node_on_a_bucket_collects_it_and_a_kill_loses_no_live_root() {
     // Another storage node on the bucket: its names are unseen here.
     let other = PackStore::open(&settings(&g, 1, "n", &n.tmp.path().join("other"))).unwrap();
     other
-        .register_user("node-b", "node b on elsewhere")
+        .register_collector("node-b", "node b on elsewhere")
         .unwrap();
     let out = Command::new(COLONY)
         .args(["gc", "--state"])

@@ -460,3 +460,25 @@ fn an_unnamed_upload_of_old_garbage_survives_a_collection_in_its_grace() {
         c.log_bytes()
     );
 }
+
+/// A node whose store is another's venti server (`venti=`) collects
+/// nothing, and says why: the blocks are not its own.
+#[test]
+fn a_node_on_a_venti_server_refuses_to_collect_and_says_why() {
+    let mut server = Collected::new();
+    server.start();
+    let mut client = Node::with_users();
+    client.start(&["--venti", &server.venti, "--gc-every", "0"]);
+    let out = Command::new(COLONY)
+        .args(["gc", "--state"])
+        .arg(&client.state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("kept by a venti server"),
+        "{err}"
+    );
+    // The server's own collection is unaffected.
+    server.gc();
+}

@@ -9,11 +9,13 @@
 //! * **Only old packs are looked at**: those whose index went in more
 //!   than twice the grace period ago ([`Candidates`], fixed before the
 //!   marking starts). Every other writer's fresh packs and indexes are
-//!   never touched, nor read.
+//!   never changed or deleted.
 //! * **A block written again is stored again** when its pack is older
-//!   than the grace period (`Held::Old` in the store), by every writer:
-//!   so an archive not yet named keeps its blocks for a grace period from
-//!   its last write, though they sat in an old pack.
+//!   than half the grace period (`Held::Old` in the store), by every
+//!   writer: so an archive not yet named keeps its blocks for a grace
+//!   period from its last write, though they sat in an old pack. The
+//!   collecting node publishes its grace period in the bucket
+//!   (`PREFIX/gc-grace`); a writer keeps to the shorter of it and its own.
 //! * **Copies first, deletes after**: a pack's live blocks go into new
 //!   packs, which are sent (pack, then index) before the old index is
 //!   deleted, then the old pack. A collection killed at any moment leaves
@@ -26,9 +28,9 @@
 //! The live set is the caller's (a storage node marks it from its names,
 //! environments and jobs). Since every process on the bucket reads the
 //! others' packs but only a node's own names say what is live, a
-//! collection refuses while another node uses the bucket ([`users`]).
-//!
-//! [`users`]: PackStore::users
+//! collection refuses while another node is registered on the bucket
+//! ([`PackStore::register_collector`]), and looks again before each batch
+//! of deletes.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -53,6 +55,10 @@ const PACKS_PER_SYNC: usize = 8;
 
 /// The packs a collection may take, fixed before it marks.
 pub struct Candidates {
+    /// The bucket's clock when they were listed.
+    now: SystemTime,
+    /// Twice the grace period: how old a pack must be.
+    old_after: Duration,
     /// Packs (by the store's numbering) whose index went in more than
     /// twice the grace period ago.
     packs: Vec<u32>,
@@ -136,9 +142,9 @@ impl PackStore {
     /// is stored again, and a collection looks only at packs older than
     /// twice it (as venti's log store does with its records).
     pub fn set_grace(&self, grace: Duration) {
-        self.inner
-            .grace_secs
-            .store(grace.as_secs().max(1), Ordering::Relaxed);
+        // Whole seconds, rounded up: never shorter than asked.
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        self.inner.grace_secs.store(secs.max(1), Ordering::Relaxed);
     }
 
     /// Blocks the index knows (what sizes a collection's filter).
@@ -148,34 +154,51 @@ impl PackStore {
 
     /// Says that `user` (a storage node's own id) collects garbage in
     /// this bucket, with `about` for people (its name, host and state
-    /// directory).
-    pub fn register_user(&self, user: &str, about: &str) -> Result<(), StoreError> {
-        let key = self.inner.key(&format!("users/{}", safe_name(user)));
-        let s3 = self.inner.s3.clone();
-        let body = Bytes::from(format!("{about}\n"));
-        self.inner.counters.puts.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .wait(async move { s3.put(&key, PutPayload::from(body)).await })?
-            .map_err(|e| remote(format!("registering {user} in {}", self.inner.name), e))?;
+    /// directory), and publishes its grace period for every writer.
+    pub fn register_collector(&self, user: &str, about: &str) -> Result<(), StoreError> {
+        let grace = self.inner.grace_secs.load(Ordering::Relaxed);
+        for (key, body) in [
+            (format!("users/{}", safe_name(user)), format!("{about}\n")),
+            (super::GRACE_OBJECT.to_string(), format!("{grace}\n")),
+        ] {
+            let key = self.inner.key(&key);
+            let s3 = self.inner.s3.clone();
+            self.inner.counters.puts.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .wait(async move { s3.put(&key, PutPayload::from(Bytes::from(body))).await })?
+                .map_err(|e| remote(format!("registering {user} in {}", self.inner.name), e))?;
+        }
         Ok(())
     }
 
-    /// The storage nodes registered on the bucket: (their id, what they
-    /// said of themselves, its key in the bucket).
-    pub fn users(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let mut out = Vec::new();
+    /// Another storage node registered on the bucket than `me`: why a
+    /// collection must not run (its names are not seen here).
+    pub fn another_collector(&self, me: &str) -> Result<Option<String>, StoreError> {
+        let me = safe_name(me);
         for (key, _) in self.inner.list("users")? {
-            let Some(user) = key.rsplit('/').next().map(str::to_string) else {
+            let Some(user) = key.rsplit('/').next() else {
                 continue;
             };
-            let about = self.inner.get_object(&key)?;
-            out.push((
-                user,
-                String::from_utf8_lossy(&about).trim().to_string(),
-                key,
-            ));
+            if user == me {
+                continue;
+            }
+            // Anyone who can write the bucket wrote it: shown as plain
+            // text, and not much of it.
+            let about = self.inner.get_if_there(&key)?.unwrap_or_default();
+            let plain = |t: &str| -> String {
+                t.chars()
+                    .take(200)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect()
+            };
+            return Ok(Some(format!(
+                "storage node {} ({}) uses this bucket too, and its names are not seen here: nothing was collected (if it is gone for good, delete {} from the bucket)",
+                plain(user),
+                plain(String::from_utf8_lossy(&about).trim()),
+                plain(&key)
+            )));
         }
-        Ok(out)
+        Ok(None)
     }
 
     /// The packs a collection starting now may take: every index is
@@ -186,7 +209,8 @@ impl PackStore {
         let now = inner.bucket_now()?;
         inner.refresh()?;
         let grace = Duration::from_secs(inner.grace_secs.load(Ordering::Relaxed));
-        let old_enough = |at: SystemTime| now.duration_since(at).is_ok_and(|age| age >= 2 * grace);
+        let old_after = grace.saturating_mul(2);
+        let old_enough = |at: SystemTime| now.duration_since(at).is_ok_and(|age| age >= old_after);
         let (packs, young, indexed) = {
             let state = inner.state();
             let mut packs = Vec::new();
@@ -211,6 +235,8 @@ impl PackStore {
             .map(|(key, _)| key)
             .collect();
         Ok(Candidates {
+            now,
+            old_after,
             packs,
             orphans,
             young,
@@ -223,12 +249,12 @@ impl PackStore {
     pub fn sweep(
         &self,
         candidates: &Candidates,
+        me: &str,
         live: &dyn Fn(&Score) -> bool,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Swept, StoreError> {
         let inner = &self.inner;
         let mut swept = Swept {
-            packs_old: candidates.packs.len() as u64,
             packs_young: candidates.young,
             ..Swept::default()
         };
@@ -248,28 +274,41 @@ impl PackStore {
             if gone {
                 continue;
             }
-            let entries = inner.entries_of(&index_key, &pack_key)?;
-            // Live here: live, and this is the copy the index reads (a
-            // duplicate elsewhere is the one kept).
+            swept.packs_old += 1;
+            swept.bytes_before += len;
+            let Some(entries) = inner.entries_of(&index_key)? else {
+                // Its index is nowhere to be read: what it holds is unknown,
+                // so it stays.
+                swept.packs_kept += 1;
+                swept.bytes_after += len;
+                continue;
+            };
+            // Live here: live, and this is the place reads use (a copy
+            // elsewhere is the one kept), or the block has none.
             let keep: Vec<pack::Entry> = {
                 let state = inner.state();
                 entries
                     .iter()
                     .filter(|e| {
-                        live(&e.score) && state.index.get(&e.score).is_some_and(|l| l.pack == p)
+                        live(&e.score) && state.index.get(&e.score).is_none_or(|l| l.pack == p)
                     })
                     .copied()
                     .collect()
             };
-            let live_bytes: u64 = keep.iter().map(|e| e.len as u64).sum();
-            swept.bytes_before += len;
+            // With their headers: a pack of tiny live blocks is not dead.
+            let live_bytes: u64 = keep
+                .iter()
+                .map(|e| (e.len as usize + pack::RECORD_HEADER) as u64)
+                .sum();
             if keep.is_empty() {
                 swept.packs_deleted += 1;
                 swept.blocks_dropped += entries.len() as u64;
                 to_delete.push(p);
-            } else if (len.saturating_sub(live_bytes)) as f64 >= REWRITE_WHEN_DEAD * len as f64 {
+            } else if len.saturating_sub(live_bytes) as f64 >= REWRITE_WHEN_DEAD * len as f64 {
                 let Some(bytes) = inner.get_if_there(&pack_key)? else {
-                    // Gone already (another look at the bucket will tell).
+                    // Gone already: another collection's (a listing will
+                    // tell).
+                    swept.packs_kept += 1;
                     continue;
                 };
                 let blocks: Option<Vec<(pack::Entry, &[u8])>> = keep
@@ -288,10 +327,10 @@ impl PackStore {
                 };
                 for (e, data) in blocks {
                     let state = inner.state();
-                    // Stored again meanwhile (a write of it): that copy
-                    // stands.
+                    // Stored again meanwhile (a write of it, unsent still, or
+                    // sent and read from its new pack): that copy stands.
                     if state.unsent_blocks.contains_key(&e.score)
-                        || state.index.get(&e.score).is_none_or(|l| l.pack != p)
+                        || state.index.get(&e.score).is_some_and(|l| l.pack != p)
                     {
                         continue;
                     }
@@ -308,14 +347,27 @@ impl PackStore {
                 swept.bytes_after += len;
             }
             if to_delete.len() >= PACKS_PER_SYNC {
-                self.delete_after_copies(&mut to_delete)?;
+                self.delete_after_copies(me, &mut to_delete)?;
             }
         }
-        self.delete_after_copies(&mut to_delete)?;
+        self.delete_after_copies(me, &mut to_delete)?;
         for key in &candidates.orphans {
-            // Its index may have come since the listing: then it stays.
-            let index_key = index_of(key);
-            if index_key.is_some_and(|k| !inner.exists(&k).unwrap_or(true)) {
+            // Its index may have come since the listing, or a writer sent
+            // it again: then it stays.
+            let Some(index_key) = index_of(key) else {
+                continue;
+            };
+            if inner.exists(&index_key).unwrap_or(true) {
+                continue;
+            }
+            let Some(at) = inner.written_at(key)? else {
+                continue;
+            };
+            if candidates
+                .now
+                .duration_since(at)
+                .is_ok_and(|age| age >= candidates.old_after)
+            {
                 inner.delete(key)?;
                 swept.orphans_deleted += 1;
             }
@@ -328,11 +380,16 @@ impl PackStore {
     /// then deletes packs `to_delete`: the local copy of the index, the
     /// index, the pack (an index never names a pack that is not there),
     /// and forgets them.
-    fn delete_after_copies(&self, to_delete: &mut Vec<u32>) -> Result<(), StoreError> {
+    fn delete_after_copies(&self, me: &str, to_delete: &mut Vec<u32>) -> Result<(), StoreError> {
         if to_delete.is_empty() {
             return Ok(());
         }
         self.sync()?;
+        // A node that came to the bucket since the collection began: what
+        // its names stand on was not marked.
+        if let Some(why) = self.another_collector(me)? {
+            return Err(StoreError::Collection(why));
+        }
         let inner = &self.inner;
         for &p in to_delete.iter() {
             let (pack_key, index_key) = {
@@ -368,31 +425,27 @@ impl Inner {
     }
 
     /// One pack's entries: from the local copy of its index, else the
-    /// bucket's.
-    fn entries_of(&self, index_key: &str, pack_key: &str) -> Result<Vec<pack::Entry>, StoreError> {
+    /// bucket's; `None` if neither can be read.
+    fn entries_of(&self, index_key: &str) -> Result<Option<Vec<pack::Entry>>, StoreError> {
         if let Ok(bytes) = std::fs::read(self.local_copy(index_key))
             && let Ok(entries) = pack::parse_index(&bytes)
         {
-            return Ok(entries);
+            return Ok(Some(entries));
         }
-        match self.get_if_there(index_key)? {
-            Some(bytes) => match pack::parse_index(&bytes) {
-                Ok(entries) => Ok(entries),
-                Err(_) => match self.get_if_there(pack_key)? {
-                    Some(pack) => Ok(pack::scan_pack(&pack).0),
-                    None => Ok(Vec::new()),
-                },
-            },
-            None => Ok(Vec::new()),
-        }
+        Ok(self
+            .get_if_there(index_key)?
+            .and_then(|bytes| pack::parse_index(&bytes).ok()))
     }
 
-    /// A whole object, or `None` if it is not in the bucket.
-    fn get_if_there(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        match self.get_object(key) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(_) if !self.exists(key)? => Ok(None),
-            Err(e) => Err(e),
+    /// When object `key` went in, by the bucket's clock; `None` if it is
+    /// not there.
+    fn written_at(&self, key: &str) -> Result<Option<SystemTime>, StoreError> {
+        let s3 = self.s3.clone();
+        let path = Key::from(key);
+        match self.wait(async move { s3.head(&path).await })? {
+            Ok(meta) => Ok(Some(meta.last_modified.into())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(remote(format!("looking at {key} in {}", self.name), e)),
         }
     }
 
