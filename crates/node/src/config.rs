@@ -268,7 +268,7 @@ pub const SETTINGS: &[Setting] = &[
         "gc-every",
         Kind::Duration,
         Some("24h"),
-        "(storage) How often the node collects its garbage by itself (0: only when `colony gc` asks)",
+        "(storage) How often the node collects its own log's garbage by itself (0: only when `colony gc` asks; a bucket is collected only when asked)",
     ),
     setting(
         "env-ports",

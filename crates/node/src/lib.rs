@@ -411,9 +411,10 @@ fn start_storage(
             }
             None => None,
         };
-        if let Some(every) = config.gc_every
-            && node.collects()
-        {
+        // On a schedule only the node's own log: a bucket may hold archives
+        // other processes wrote and no name here keeps (`colony vac
+        // --store`), so its collections run only when asked for.
+        if let (Some(every), Some(_)) = (config.gc_every, &log) {
             let node = node.clone();
             tokio::spawn(async move {
                 loop {

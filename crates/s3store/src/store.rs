@@ -197,6 +197,9 @@ struct Inner {
     /// (`PREFIX/gc-grace`; `u64::MAX` if none), and when it was read.
     bucket_grace_secs: AtomicU64,
     grace_read: Mutex<Option<Instant>>,
+    /// A longer grace period this node published before, and until when
+    /// its collections keep to it.
+    lowered: Mutex<Option<(Duration, Instant)>>,
     spans: Mutex<Spans>,
     /// Signalled when a span's fetch ends.
     span_landed: Condvar,
@@ -333,6 +336,7 @@ impl PackStore {
             grace_secs: AtomicU64::new(DEFAULT_GRACE.as_secs()),
             bucket_grace_secs: AtomicU64::new(u64::MAX),
             grace_read: Mutex::new(None),
+            lowered: Mutex::new(None),
             spans: Mutex::default(),
             span_landed: Condvar::new(),
             counters: Counters::default(),
@@ -533,6 +537,11 @@ impl Inner {
             let Some(index_key) = entry.file_name().to_str().map(|n| n.replace('%', "/")) else {
                 continue;
             };
+            // A cache directory that served another prefix keeps its copies
+            // too: they are not this store's.
+            if !index_key.starts_with(&format!("{}/", self.key("index"))) {
+                continue;
+            }
             let parsed = std::fs::read(entry.path())
                 .map_err(|e| e.to_string())
                 .and_then(|b| pack::parse_index(&b));
@@ -552,8 +561,14 @@ impl Inner {
         }
     }
 
-    /// A refresh that started after `asked`, this one or another reader's
-    /// (many readers that meet one deleted pack make one LIST).
+    /// A look at the bucket that starts now (see [`Inner::refresh_after`]).
+    fn refresh(&self) -> Result<(), StoreError> {
+        self.refresh_after(Instant::now())
+    }
+
+    /// A look at the bucket that started after `asked` and succeeded, this
+    /// one or another thread's: one runs at a time, and many readers that
+    /// meet one deleted pack make one LIST.
     fn refresh_after(&self, asked: Instant) -> Result<(), StoreError> {
         let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = self
@@ -564,21 +579,16 @@ impl Inner {
         if fresh {
             return Ok(());
         }
-        self.refresh()
+        let started = Instant::now();
+        self.look_at_the_bucket()?;
+        *self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        Ok(())
     }
 
     /// Merges the bucket's indexes not merged yet, learns how old every
     /// pack is, and forgets the packs a collection deleted.
-    fn refresh(&self) -> Result<(), StoreError> {
-        *self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        let grace_due = self
-            .grace_read
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|t| t.elapsed() >= GRACE_READ_EVERY);
-        if grace_due {
-            self.learn_grace()?;
-        }
+    fn look_at_the_bucket(&self) -> Result<(), StoreError> {
+        self.learn_grace_if_due()?;
         let listed: HashMap<String, SystemTime> = self
             .list("index")?
             .into_iter()
@@ -658,6 +668,17 @@ impl Inner {
                 .load(Ordering::Relaxed)
                 .min(self.bucket_grace_secs.load(Ordering::Relaxed)),
         )
+    }
+
+    /// Reads the collector's grace period again if a minute has passed
+    /// (a writer that only writes learns a change too).
+    fn learn_grace_if_due(&self) -> Result<(), StoreError> {
+        let due = self
+            .grace_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= GRACE_READ_EVERY);
+        if due { self.learn_grace() } else { Ok(()) }
     }
 
     /// Reads the grace period the bucket's collector published.
@@ -1072,7 +1093,7 @@ impl BlockStore for PackStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .is_none_or(|t| t.elapsed() >= REFRESH_GAP);
             if due {
-                inner.refresh_after(Instant::now())?;
+                inner.refresh()?;
                 loc = locate();
             }
         }
@@ -1128,6 +1149,7 @@ impl BlockStore for PackStore {
         }
         let score = Score::of(data);
         let inner = &self.inner;
+        inner.learn_grace_if_due()?;
         let held = inner.held(&inner.state(), &score);
         if held == Held::Fresh {
             inner.counters.deduplicated.fetch_add(1, Ordering::Relaxed);

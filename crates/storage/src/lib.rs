@@ -488,11 +488,6 @@ impl Node {
         self
     }
 
-    /// Whether the node collects its garbage (its store is its own).
-    pub fn collects(&self) -> bool {
-        self.collector.is_some()
-    }
-
     /// Runs a collection (`colony gc`), telling `progress` how it goes.
     pub fn collect(&self, progress: &mut dyn FnMut(&str)) -> GridResult<collect::Report> {
         let collector = self.collector.as_ref().ok_or_else(|| {

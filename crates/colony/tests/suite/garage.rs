@@ -610,9 +610,9 @@ fn a_working_set_on_a_bucket_is_fetched_ahead_a_stretch_at_a_time() {
     );
 }
 
-/// Every object key under `prefix` in the bucket.
-fn keys_under(g: &Garage, prefix: &str) -> std::collections::BTreeSet<String> {
-    let raw = object_store::aws::AmazonS3Builder::new()
+/// The bucket itself, as anyone with its key sees it.
+fn raw_bucket(g: &Garage) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(&g.bucket)
         .with_region("garage")
         .with_endpoint(g.endpoint(0))
@@ -620,7 +620,12 @@ fn keys_under(g: &Garage, prefix: &str) -> std::collections::BTreeSet<String> {
         .with_access_key_id(&g.key_id)
         .with_secret_access_key(&g.secret)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Every object key under `prefix` in the bucket.
+fn keys_under(g: &Garage, prefix: &str) -> std::collections::BTreeSet<String> {
+    let raw = raw_bucket(g);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use futures_util::StreamExt;
@@ -774,16 +779,31 @@ fn a_collection_rewrites_and_deletes_old_packs_while_another_writer_goes_on() {
     drop(a);
     let a = PackStore::open(&settings(&g, 0, "gc", &tmp.path().join("a"))).unwrap();
     a.set_grace(grace);
+    // And a pack without an index, as a writer killed between its two
+    // objects leaves: deleted once old.
+    let ghost = "gc/packs/ghost/00000000.pack";
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(raw_bucket(&g).put(
+            &object_store::path::Path::from(ghost),
+            s3store::Bytes::from_static(b"CLNYPAK1").into(),
+        ))
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(3100));
     let again = a.collection_candidates().unwrap();
     let second = a
         .sweep(&again, "a", &|s| live.contains(s), &mut |_, _| {})
         .unwrap();
     assert_eq!(
-        (second.packs_rewritten, second.packs_deleted),
-        (0, 0),
+        (
+            second.packs_rewritten,
+            second.packs_deleted,
+            second.orphans_deleted
+        ),
+        (0, 0, 1),
         "{second:?}"
     );
+    assert!(!keys_under(&g, "gc/packs").contains(ghost));
     let e = PackStore::open(&settings(&g, 2, "gc", &tmp.path().join("e"))).unwrap();
     for x in data.iter().chain(&fresh).chain(&during) {
         let s = Score::of(x);

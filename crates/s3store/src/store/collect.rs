@@ -157,6 +157,16 @@ impl PackStore {
     /// directory), and publishes its grace period for every writer.
     pub fn register_collector(&self, user: &str, about: &str) -> Result<(), StoreError> {
         let grace = self.inner.grace_secs.load(Ordering::Relaxed);
+        // Lowered from what writers keep to now: their claims under the
+        // longer period stand until it has passed (and they have read the
+        // new one), so collections keep to the longer one until then.
+        let before = self.inner.bucket_grace_secs.load(Ordering::Relaxed);
+        if before != u64::MAX && before > grace {
+            let until =
+                std::time::Instant::now() + Duration::from_secs(before) + super::GRACE_READ_EVERY;
+            *self.inner.lowered.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Duration::from_secs(before), until));
+        }
         for (key, body) in [
             (format!("users/{}", safe_name(user)), format!("{about}\n")),
             (super::GRACE_OBJECT.to_string(), format!("{grace}\n")),
@@ -208,7 +218,12 @@ impl PackStore {
         let inner = &self.inner;
         let now = inner.bucket_now()?;
         inner.refresh()?;
-        let grace = Duration::from_secs(inner.grace_secs.load(Ordering::Relaxed));
+        let mut grace = Duration::from_secs(inner.grace_secs.load(Ordering::Relaxed));
+        if let Some((longer, until)) = *inner.lowered.lock().unwrap_or_else(|p| p.into_inner())
+            && std::time::Instant::now() < until
+        {
+            grace = grace.max(longer);
+        }
         let old_after = grace.saturating_mul(2);
         let old_enough = |at: SystemTime| now.duration_since(at).is_ok_and(|age| age >= old_after);
         let (packs, young, indexed) = {
@@ -259,6 +274,16 @@ impl PackStore {
             ..Swept::default()
         };
         let mut to_delete: Vec<u32> = Vec::new();
+        // A block this pack holds is safe elsewhere only in a pack that is
+        // in the bucket's listing and not one of this sweep's (which may
+        // yet be found damaged, or be gone): else this copy is kept.
+        let candidate: HashSet<u32> = candidates.packs.iter().copied().collect();
+        let elsewhere = |state: &super::State, score: &Score, p: u32| {
+            state.index.get(score).is_some_and(|l| {
+                let q = &state.packs[l.pack as usize];
+                l.pack != p && !candidate.contains(&l.pack) && !q.gone && q.written.is_some()
+            })
+        };
         for (done, &p) in candidates.packs.iter().enumerate() {
             progress(done as u64, candidates.packs.len() as u64);
             let (pack_key, index_key, len, gone) = {
@@ -283,15 +308,12 @@ impl PackStore {
                 swept.bytes_after += len;
                 continue;
             };
-            // Live here: live, and this is the place reads use (a copy
-            // elsewhere is the one kept), or the block has none.
+            // Live here: live, and not safe elsewhere.
             let keep: Vec<pack::Entry> = {
                 let state = inner.state();
                 entries
                     .iter()
-                    .filter(|e| {
-                        live(&e.score) && state.index.get(&e.score).is_none_or(|l| l.pack == p)
-                    })
+                    .filter(|e| live(&e.score) && !elsewhere(&state, &e.score, p))
                     .copied()
                     .collect()
             };
@@ -327,10 +349,9 @@ impl PackStore {
                 };
                 for (e, data) in blocks {
                     let state = inner.state();
-                    // Stored again meanwhile (a write of it, unsent still, or
-                    // sent and read from its new pack): that copy stands.
-                    if state.unsent_blocks.contains_key(&e.score)
-                        || state.index.get(&e.score).is_some_and(|l| l.pack != p)
+                    // Stored again meanwhile (a write of it or another old
+                    // pack's copy, unsent still or sent): that copy stands.
+                    if state.unsent_blocks.contains_key(&e.score) || elsewhere(&state, &e.score, p)
                     {
                         continue;
                     }
