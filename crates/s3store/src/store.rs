@@ -589,6 +589,26 @@ impl Inner {
     /// pack is, and forgets the packs a collection deleted.
     fn look_at_the_bucket(&self) -> Result<(), StoreError> {
         self.learn_grace_if_due()?;
+        // An index listed, then found deleted, means a collection ran
+        // meanwhile: the copies of that pack's live blocks went in before
+        // it was deleted, but perhaps after this listing. So list again,
+        // until a look meets no deletion (a few times at most: collections
+        // delete in batches).
+        for _ in 0..8 {
+            if !self.look_once()? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Remote(format!(
+            "{}: indexes kept being deleted while being read; is a collection running?",
+            self.name
+        )))
+    }
+
+    /// One look at the bucket's indexes; true if one it listed was gone by
+    /// the time it was read.
+    fn look_once(&self) -> Result<bool, StoreError> {
+        let mut met_a_deletion = false;
         let listed: HashMap<String, SystemTime> = self
             .list("index")?
             .into_iter()
@@ -618,9 +638,9 @@ impl Inner {
             let Some(pack_key) = pack_of(&index_key) else {
                 continue;
             };
-            // Listed, then deleted by a collection before this look: as if
-            // it had not been listed.
+            // Listed, then deleted by a collection before this look.
             let Some(bytes) = self.get_if_there(&index_key)? else {
+                met_a_deletion = true;
                 continue;
             };
             let entries = match pack::parse_index(&bytes) {
@@ -634,6 +654,7 @@ impl Inner {
                         .damaged_indexes
                         .fetch_add(1, Ordering::Relaxed);
                     let Some(pack) = self.get_if_there(&pack_key)? else {
+                        met_a_deletion = true;
                         continue;
                     };
                     let (entries, damage) = pack::scan_pack(&pack);
@@ -656,7 +677,7 @@ impl Inner {
             }
         }
         self.forget_packs(&mut self.state(), &gone);
-        Ok(())
+        Ok(met_a_deletion)
     }
 
     /// The grace period this writer keeps to: its own, or the bucket's

@@ -469,16 +469,8 @@ fn a_node_on_a_venti_server_refuses_to_collect_and_says_why() {
     server.start();
     let mut client = Node::with_users();
     client.start(&["--venti", &server.venti, "--gc-every", "0"]);
-    let out = Command::new(COLONY)
-        .args(["gc", "--state"])
-        .arg(&client.state)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("kept by a venti server"),
-        "{err}"
-    );
+    let err = crate::common::run::gc(&client.state).expect_err("a collection on venti=");
+    assert!(err.contains("kept by a venti server"), "{err}");
     // The server's own collection is unaffected.
     server.gc();
 }
