@@ -933,3 +933,69 @@ fn a_node_on_a_bucket_collects_it_and_a_kill_loses_no_live_root() {
     );
     extracts(&kept.0, &kept.1);
 }
+
+/// A collection looks at the bucket's registry again before it deletes:
+/// a storage node that registered while it ran stops it, and nothing is
+/// deleted. A pack whose index cannot be read (here, damaged in the
+/// bucket and its local copy gone) is kept, not taken for empty.
+#[test]
+fn a_collection_stops_for_a_node_that_came_meanwhile_and_keeps_a_pack_it_cannot_read() {
+    let Some(g) = garage("collect2") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = PackStore::open(&settings(&g, 0, "gc2", &tmp.path().join("a"))).unwrap();
+    a.set_grace(std::time::Duration::from_secs(1));
+    a.register_collector("a", "collector a").unwrap();
+    // About four packs, all of it dead.
+    for b in blocks(40, 100) {
+        a.write(BlockType::DATA, &b).unwrap();
+    }
+    a.sync().unwrap();
+    let packs = keys_under(&g, "gc2/packs");
+    assert!(packs.len() >= 3, "{packs:?}");
+    // The first pack's index, damaged in the bucket, and not kept here.
+    let index = format!("gc2/index/{}/00000000.idx", a.writer());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(raw_bucket(&g).put(
+        &object_store::path::Path::from(index.as_str()),
+        s3store::Bytes::from_static(b"not an index").into(),
+    ))
+    .unwrap();
+    std::fs::remove_file(tmp.path().join("a/index").join(index.replace('/', "%"))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+
+    let other = PackStore::open(&settings(&g, 1, "gc2", &tmp.path().join("b"))).unwrap();
+    let candidates = a.collection_candidates().unwrap();
+    let mut registered = false;
+    let err = a
+        .sweep(&candidates, "a", &|_| false, &mut |_, _| {
+            if !registered {
+                other
+                    .register_collector("node-b", "node b, come meanwhile")
+                    .unwrap();
+                registered = true;
+            }
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node-b") && err.contains("uses this bucket too"),
+        "{err}"
+    );
+    assert_eq!(keys_under(&g, "gc2/packs"), packs, "nothing was deleted");
+
+    // node-b is gone for good: the next collection deletes what it may.
+    rt.block_on(raw_bucket(&g).delete(&object_store::path::Path::from("gc2/users/node-b")))
+        .unwrap();
+    let candidates = a.collection_candidates().unwrap();
+    let swept = a
+        .sweep(&candidates, "a", &|_| false, &mut |_, _| {})
+        .unwrap();
+    assert_eq!(
+        (swept.packs_deleted, swept.packs_kept),
+        (packs.len() as u64 - 1, 1),
+        "{swept:?}"
+    );
+    let left = keys_under(&g, "gc2/packs");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left.iter().next().unwrap().ends_with("00000000.pack"));
+}
