@@ -21,9 +21,13 @@
 //!   deleted, then the old pack. A collection killed at any moment leaves
 //!   duplicates, or a pack without an index, which the next collection
 //!   deletes once it is old; never a live block without a copy.
-//! * **Readers catch up**: a writer that finds a pack gone forgets it and
-//!   lists the bucket again (where the copies are), and every listing
-//!   forgets the packs whose index is gone.
+//! * **A block leaves a pack only for a safe place**: a live block is
+//!   dropped from an old pack only when a pack outside this sweep, in the
+//!   bucket's listing, holds it too; else it is copied.
+//! * **Readers catch up**: a process that finds a pack gone forgets it
+//!   and lists the bucket again (where the copies are); every listing
+//!   forgets the packs whose index is gone, and one that meets an index
+//!   deleted after it was listed lists again.
 //!
 //! The live set is the caller's (a storage node marks it from its names,
 //! environments and jobs). Since every process on the bucket reads the
