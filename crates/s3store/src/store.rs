@@ -740,12 +740,18 @@ impl Inner {
 
     /// Whether object `key` is in the bucket.
     fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.written_at(key)?.is_some())
+    }
+
+    /// When object `key` went in, by the bucket's clock; `None` if it is
+    /// not there.
+    fn written_at(&self, key: &str) -> Result<Option<SystemTime>, StoreError> {
         let s3 = self.s3.clone();
         let path = Key::from(key);
         self.counters.object_gets.fetch_add(1, Ordering::Relaxed);
         match self.wait(async move { s3.head(&path).await })? {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.last_modified.into())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(remote(format!("looking for {key} in {}", self.name), e)),
         }
     }

@@ -214,27 +214,23 @@ fn an_old_block_touched_again_is_copied_forward_and_outlives_a_sweep() {
     store.sync().unwrap();
     // Everything live: the old records the copies replaced go all the
     // same, the blocks stay readable from their copies.
+    let copies_read = || {
+        assert_eq!(
+            store.read(&old, BlockType::DATA).unwrap(),
+            Some(block(1, 8192))
+        );
+        assert_eq!(
+            store.read(&claimed, BlockType::DATA).unwrap(),
+            Some(block(2, 8192))
+        );
+    };
     let done = sweep(&store, horizon, &|_, _| true).unwrap();
     assert_eq!(done.skips, 1, "{done:?}");
     assert_eq!(done.live, done.records - 2, "{done:?}");
-    assert_eq!(
-        store.read(&old, BlockType::DATA).unwrap(),
-        Some(block(1, 8192))
-    );
-    assert_eq!(
-        store.read(&claimed, BlockType::DATA).unwrap(),
-        Some(block(2, 8192))
-    );
+    copies_read();
     // Nothing marked live: only the copies survive.
     sweep(&store, horizon, &|_, _| false).unwrap();
-    assert_eq!(
-        store.read(&old, BlockType::DATA).unwrap(),
-        Some(block(1, 8192))
-    );
-    assert_eq!(
-        store.read(&claimed, BlockType::DATA).unwrap(),
-        Some(block(2, 8192))
-    );
+    copies_read();
     assert!(none_read(&store, &filler));
 }
 

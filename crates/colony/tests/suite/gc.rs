@@ -89,11 +89,7 @@ impl Collected {
             .arg(&dir)
             .output()
             .unwrap();
-        if out.status.success() {
-            Ok(dir)
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        crate::common::run::outcome(&out).map(|_| dir)
     }
 
     /// `root` extracts and holds what `tree` holds.
@@ -445,12 +441,7 @@ fn an_unnamed_upload_of_old_garbage_survives_a_collection_in_its_grace() {
         .arg(format!("{}/.", tree.display()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let root = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let root = crate::common::run::ok(&out).trim().to_string();
     let before = c.log_bytes();
     let report = c.gc();
     c.whole(&root, &tree);

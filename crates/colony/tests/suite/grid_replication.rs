@@ -283,11 +283,7 @@ impl Grid {
             .args(["unvac", "-t", "-h", VENTI, root])
             .output()
             .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8(out.stdout).unwrap())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        crate::common::run::outcome(&out)
     }
 
     /// Imports `dir` as `name` for alice into `node` (running or not).

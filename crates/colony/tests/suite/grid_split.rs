@@ -324,11 +324,7 @@ impl Split {
             ])
             .output()
             .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8(out.stdout).unwrap())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        crate::common::run::outcome(&out)
     }
 
     fn root_of(&self, name: &str) -> Option<String> {

@@ -462,18 +462,6 @@ impl Inner {
             .and_then(|bytes| pack::parse_index(&bytes).ok()))
     }
 
-    /// When object `key` went in, by the bucket's clock; `None` if it is
-    /// not there.
-    fn written_at(&self, key: &str) -> Result<Option<SystemTime>, StoreError> {
-        let s3 = self.s3.clone();
-        let path = Key::from(key);
-        match self.wait(async move { s3.head(&path).await })? {
-            Ok(meta) => Ok(Some(meta.last_modified.into())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(remote(format!("looking at {key} in {}", self.name), e)),
-        }
-    }
-
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         let s3 = self.s3.clone();
         let path = Key::from(key);

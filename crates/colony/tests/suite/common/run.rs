@@ -66,17 +66,23 @@ pub fn failed(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `colony gc` beside the node running on `state`: its report, or its
-/// refusal.
-pub fn gc(state: &std::path::Path) -> Result<String, String> {
-    let out = Command::new(COLONY)
-        .args(["gc", "--state"])
-        .arg(state)
-        .output()
-        .unwrap();
+/// What a command said: its stdout if it succeeded, else its stderr.
+pub fn outcome(out: &Output) -> Result<String, String> {
     if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
+        Ok(String::from_utf8(out.stdout.clone()).unwrap())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// `colony gc` beside the node running on `state`: its report, or its
+/// refusal.
+pub fn gc(state: &std::path::Path) -> Result<String, String> {
+    outcome(
+        &Command::new(COLONY)
+            .args(["gc", "--state"])
+            .arg(state)
+            .output()
+            .unwrap(),
+    )
 }
